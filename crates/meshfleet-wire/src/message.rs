@@ -1,0 +1,600 @@
+//! Typed core messages (types 3-9) and the decoder.
+
+use alloc::borrow::Cow;
+use alloc::boxed::Box;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
+use serde::ser::{SerializeMap, Serializer};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::lenient::{LenientBool, LenientInt, LenientU32};
+use crate::package::Package;
+use crate::tree::{NodeTree, SubsSeed, MAX_TREE_DEPTH};
+use crate::{types, NodeId, Routing};
+
+/// Longest `msg` string accepted, in characters: ArduinoJson's limit in the library
+/// (`ARDUINOJSON_STRING_LENGTH_SIZE` 2; PROTOCOL.md §4.10). A longer one would be dropped by
+/// every C++ node on its path, so we drop it at the edge too.
+pub const MAX_STRING_CHARS: usize = 65_535;
+
+/// Keys of a frame that this crate does not model, in arrival order, kept so that
+/// forwarding writes them back (the library re-serializes forwarded frames with every key).
+pub type Extra = Vec<(String, Box<RawValue>)>;
+
+/// Why a frame could not be decoded. The frame is dropped; the link stays up (as in the
+/// library, PROTOCOL.md §4.10).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// Not valid UTF-8.
+    Utf8,
+    /// Not valid JSON (or nested deeper than the limit).
+    Json(String),
+    /// Valid JSON but not an object (an array, a number...).
+    NotObject,
+    /// An object without a usable `type`.
+    NoType,
+    /// A core message with a malformed field.
+    Field {
+        /// The message type.
+        ty: i64,
+        /// The field at fault.
+        field: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Utf8 => f.write_str("frame is not valid UTF-8"),
+            Self::Json(e) => write!(f, "frame is not valid JSON: {e}"),
+            Self::NotObject => f.write_str("frame is JSON but not an object"),
+            Self::NoType => f.write_str("frame has no integer `type`"),
+            Self::Field { ty, field, reason } => {
+                write!(f, "type {ty} frame has a bad `{field}`: {reason}")
+            }
+        }
+    }
+}
+
+/// The `msg` of TIME_SYNC / TIME_DELAY: `{type[,t0][,t1,t2]}`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TimeMsg {
+    /// -1 error, 0 TIME_SYNC_REQUEST, 1 TIME_REQUEST, 2 TIME_REPLY.
+    pub kind: i64,
+    /// Requester's send time.
+    pub t0: Option<u32>,
+    /// Responder's receive time.
+    pub t1: Option<u32>,
+    /// Responder's send time.
+    pub t2: Option<u32>,
+}
+
+impl TimeMsg {
+    /// msg.type -1: the peer reports an error, forcing a retry.
+    pub const ERROR: i64 = -1;
+    /// msg.type 0: "please ask me for my time".
+    pub const SYNC_REQUEST: i64 = 0;
+    /// msg.type 1: "tell me your time" (carries t0).
+    pub const REQUEST: i64 = 1;
+    /// msg.type 2: the answer (t0 echoed, t1, t2).
+    pub const REPLY: i64 = 2;
+}
+
+impl Serialize for TimeMsg {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("type", &self.kind)?;
+        if let Some(t0) = self.t0 {
+            m.serialize_entry("t0", &t0)?;
+        }
+        if let Some(t1) = self.t1 {
+            m.serialize_entry("t1", &t1)?;
+        }
+        if let Some(t2) = self.t2 {
+            m.serialize_entry("t2", &t2)?;
+        }
+        m.end()
+    }
+}
+
+#[derive(Deserialize)]
+struct TimeMsgWire {
+    #[serde(rename = "type", default)]
+    kind: LenientInt,
+    #[serde(default)]
+    t0: LenientU32,
+    #[serde(default)]
+    t1: LenientU32,
+    #[serde(default)]
+    t2: LenientU32,
+}
+
+/// TIME_SYNC (4) or TIME_DELAY (3): `type, dest, from, msg{...}`.
+#[derive(Clone, Debug, Default)]
+pub struct TimePacket {
+    /// Destination node.
+    pub dest: NodeId,
+    /// Sender.
+    pub from: NodeId,
+    /// The time payload.
+    pub msg: TimeMsg,
+    /// Keys we do not model.
+    pub extra: Extra,
+}
+
+/// NODE_SYNC_REQUEST (5) / NODE_SYNC_REPLY (6): the sender's tree minus the receiver's branch.
+#[derive(Clone, Debug, Default)]
+pub struct NodeSync {
+    /// The sender's view: itself at the top (`nodeId`, `root`, `hasTimeAuthority`, `subs`).
+    pub tree: NodeTree,
+    /// Destination (0 while the sender does not know us yet).
+    pub dest: NodeId,
+    /// Sender (the library repeats it as `nodeId`).
+    pub from: NodeId,
+    /// Keys we do not model.
+    pub extra: Extra,
+}
+
+/// The `msg` of SINGLE / BROADCAST.
+#[derive(Clone, Debug)]
+pub enum MsgText {
+    /// A JSON string (the normal case).
+    Text(String),
+    /// Any other JSON value; the library hands its JSON text to the application.
+    Json(Box<RawValue>),
+    /// No `msg` key; the library hands `"null"` to the application.
+    Missing,
+}
+
+impl MsgText {
+    /// What the library's application callback would receive.
+    pub fn as_text(&self) -> Cow<'_, str> {
+        match self {
+            Self::Text(s) => Cow::Borrowed(s),
+            Self::Json(raw) => Cow::Borrowed(raw.get()),
+            Self::Missing => Cow::Borrowed("null"),
+        }
+    }
+}
+
+impl PartialEq for MsgText {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Text(a), Self::Text(b)) => a == b,
+            (Self::Json(a), Self::Json(b)) => a.get() == b.get(),
+            (Self::Missing, Self::Missing) => true,
+            _ => false,
+        }
+    }
+}
+
+/// `Extra` equality by key and JSON text (RawValue has no `PartialEq`).
+fn extra_eq(a: &Extra, b: &Extra) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|((ka, va), (kb, vb))| ka == kb && va.get() == vb.get())
+}
+
+/// SINGLE (9) or BROADCAST (8): `type, dest, from, msg`.
+#[derive(Clone, Debug)]
+pub struct Text {
+    /// Destination (0 for BROADCAST).
+    pub dest: NodeId,
+    /// Sender.
+    pub from: NodeId,
+    /// The payload.
+    pub msg: MsgText,
+    /// Keys we do not model (including an explicit `routing`).
+    pub extra: Extra,
+}
+
+impl PartialEq for TimePacket {
+    fn eq(&self, o: &Self) -> bool {
+        self.dest == o.dest
+            && self.from == o.from
+            && self.msg == o.msg
+            && extra_eq(&self.extra, &o.extra)
+    }
+}
+
+impl PartialEq for NodeSync {
+    fn eq(&self, o: &Self) -> bool {
+        self.tree == o.tree
+            && self.dest == o.dest
+            && self.from == o.from
+            && extra_eq(&self.extra, &o.extra)
+    }
+}
+
+impl PartialEq for Text {
+    fn eq(&self, o: &Self) -> bool {
+        self.dest == o.dest
+            && self.from == o.from
+            && self.msg == o.msg
+            && extra_eq(&self.extra, &o.extra)
+    }
+}
+
+/// A decoded frame.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Message {
+    /// Type 3.
+    TimeDelay(TimePacket),
+    /// Type 4.
+    TimeSync(TimePacket),
+    /// Type 5.
+    NodeSyncRequest(NodeSync),
+    /// Type 6.
+    NodeSyncReply(NodeSync),
+    /// Type 8.
+    Broadcast(Text),
+    /// Type 9.
+    Single(Text),
+    /// Any other type (plugins, CONTROL), carried opaquely.
+    Package(Package),
+}
+
+fn extra_routing(extra: &Extra) -> Option<i64> {
+    extra
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "routing")
+        .and_then(|(_, v)| serde_json::from_str::<LenientInt>(v.get()).ok())
+        .and_then(|r| r.0)
+}
+
+impl Message {
+    /// The `type` number.
+    pub fn ty(&self) -> i64 {
+        match self {
+            Self::TimeDelay(_) => types::TIME_DELAY,
+            Self::TimeSync(_) => types::TIME_SYNC,
+            Self::NodeSyncRequest(_) => types::NODE_SYNC_REQUEST,
+            Self::NodeSyncReply(_) => types::NODE_SYNC_REPLY,
+            Self::Broadcast(_) => types::BROADCAST,
+            Self::Single(_) => types::SINGLE,
+            Self::Package(p) => p.ty,
+        }
+    }
+
+    /// Destination as the library reads it (`dest()`: 0 when absent or not a uint32).
+    pub fn dest(&self) -> NodeId {
+        match self {
+            Self::TimeDelay(t) | Self::TimeSync(t) => t.dest,
+            Self::NodeSyncRequest(n) | Self::NodeSyncReply(n) => n.dest,
+            Self::Broadcast(t) | Self::Single(t) => t.dest,
+            Self::Package(p) => p.dest(),
+        }
+    }
+
+    /// Sender as the library reads it.
+    pub fn from(&self) -> NodeId {
+        match self {
+            Self::TimeDelay(t) | Self::TimeSync(t) => t.from,
+            Self::NodeSyncRequest(n) | Self::NodeSyncReply(n) => n.from,
+            Self::Broadcast(t) | Self::Single(t) => t.from,
+            Self::Package(p) => p.from(),
+        }
+    }
+
+    /// How this frame is routed: the explicit `routing` key if any, else by type.
+    pub fn routing(&self) -> Routing {
+        let explicit = match self {
+            Self::TimeDelay(t) | Self::TimeSync(t) => extra_routing(&t.extra),
+            Self::NodeSyncRequest(n) | Self::NodeSyncReply(n) => extra_routing(&n.extra),
+            Self::Broadcast(t) | Self::Single(t) => extra_routing(&t.extra),
+            Self::Package(p) => return p.routing(),
+        };
+        match explicit {
+            Some(code) => Routing::from_code(code),
+            None => Routing::for_type(self.ty()),
+        }
+    }
+
+    /// The frame's JSON text (no NUL), keys in the library's order.
+    pub fn encode(&self) -> Vec<u8> {
+        if let Self::Package(p) = self {
+            return p.text().as_bytes().to_vec();
+        }
+        // Serializing our own types cannot fail: string keys only, RawValue holds
+        // validated JSON; an empty frame would be skipped by any receiver anyway.
+        serde_json::to_vec(&Encoded(self)).unwrap_or_default()
+    }
+
+    /// The frame as sent on the wire: JSON text followed by a NUL.
+    pub fn encode_frame(&self) -> Vec<u8> {
+        let mut out = self.encode();
+        out.push(0);
+        out
+    }
+}
+
+struct Encoded<'a>(&'a Message);
+
+fn write_extra<M: SerializeMap>(m: &mut M, extra: &Extra) -> Result<(), M::Error> {
+    for (k, v) in extra {
+        m.serialize_entry(k, v)?;
+    }
+    Ok(())
+}
+
+impl Serialize for Encoded<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let ty = self.0.ty();
+        let mut m = s.serialize_map(None)?;
+        match self.0 {
+            Message::TimeDelay(t) | Message::TimeSync(t) => {
+                m.serialize_entry("type", &ty)?;
+                m.serialize_entry("dest", &t.dest.0)?;
+                m.serialize_entry("from", &t.from.0)?;
+                m.serialize_entry("msg", &t.msg)?;
+                write_extra(&mut m, &t.extra)?;
+            }
+            Message::NodeSyncRequest(n) | Message::NodeSyncReply(n) => {
+                let with_authority = matches!(self.0, Message::NodeSyncRequest(_));
+                n.tree.serialize_fields(&mut m, with_authority)?;
+                m.serialize_entry("type", &ty)?;
+                m.serialize_entry("dest", &n.dest.0)?;
+                m.serialize_entry("from", &n.from.0)?;
+                write_extra(&mut m, &n.extra)?;
+            }
+            Message::Broadcast(t) | Message::Single(t) => {
+                m.serialize_entry("type", &ty)?;
+                m.serialize_entry("dest", &t.dest.0)?;
+                m.serialize_entry("from", &t.from.0)?;
+                match &t.msg {
+                    MsgText::Text(s) => m.serialize_entry("msg", s)?,
+                    MsgText::Json(raw) => m.serialize_entry("msg", raw)?,
+                    MsgText::Missing => {}
+                }
+                write_extra(&mut m, &t.extra)?;
+            }
+            Message::Package(_) => unreachable!("packages are written verbatim"),
+        }
+        m.end()
+    }
+}
+
+/// Every key of the top-level object, borrowed from the input, in order.
+pub(crate) struct Envelope<'a>(pub(crate) Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'a> Envelope<'a> {
+    /// The value of `key`; with duplicate keys the last one wins, as in ArduinoJson.
+    pub(crate) fn get(&self, key: &str) -> Option<&'a RawValue> {
+        self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+
+    fn u32(&self, key: &str) -> Option<u32> {
+        self.get(key)
+            .and_then(|v| serde_json::from_str::<LenientU32>(v.get()).ok())
+            .and_then(|v| v.0)
+    }
+
+    pub(crate) fn int(&self, key: &str) -> Option<i64> {
+        self.get(key)
+            .and_then(|v| serde_json::from_str::<LenientInt>(v.get()).ok())
+            .and_then(|v| v.0)
+    }
+
+    fn bool(&self, key: &str) -> bool {
+        self.get(key)
+            .and_then(|v| serde_json::from_str::<LenientBool>(v.get()).ok())
+            .and_then(|v| v.0)
+            .unwrap_or(false)
+    }
+
+    /// Keys not in `known`, last occurrence of each, in order of first appearance.
+    fn extra(&self, known: &[&str]) -> Extra {
+        let mut out: Extra = Vec::new();
+        for (i, (k, v)) in self.0.iter().enumerate() {
+            if known.contains(&k.as_ref()) {
+                continue;
+            }
+            if self.0[i + 1..].iter().any(|(k2, _)| k2 == k) {
+                continue; // a later duplicate wins
+            }
+            out.push((k.to_string(), alloc::borrow::ToOwned::to_owned(*v)));
+        }
+        out
+    }
+}
+
+struct EnvelopeVisitor;
+
+impl<'de> Visitor<'de> for EnvelopeVisitor {
+    type Value = Option<Envelope<'de>>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut entries = Vec::with_capacity(8);
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            let value: &'de RawValue = map.next_value()?;
+            entries.push((key, value));
+        }
+        Ok(Some(Envelope(entries)))
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+}
+
+struct MaybeEnvelope<'a>(Option<Envelope<'a>>);
+
+impl<'de> Deserialize<'de> for MaybeEnvelope<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(EnvelopeVisitor).map(MaybeEnvelope)
+    }
+}
+
+/// Parses the first JSON value of `text`; returns it and the text it spans.
+///
+/// Like ArduinoJson, anything after the first complete value is ignored (trailing
+/// garbage, a second object in the same frame).
+pub(crate) fn parse_envelope(text: &str) -> Result<(Envelope<'_>, &str), DecodeError> {
+    let start = text.len() - text.trim_start().len();
+    let mut stream = serde_json::Deserializer::from_str(text).into_iter::<MaybeEnvelope<'_>>();
+    match stream.next() {
+        Some(Ok(MaybeEnvelope(Some(env)))) => Ok((env, &text[start..stream.byte_offset()])),
+        Some(Ok(MaybeEnvelope(None))) => Err(DecodeError::NotObject),
+        Some(Err(e)) => Err(DecodeError::Json(e.to_string())),
+        None => Err(DecodeError::Json("empty frame".into())),
+    }
+}
+
+/// Decodes one frame (the bytes between NULs).
+pub fn decode(frame: &[u8]) -> Result<Message, DecodeError> {
+    let text = core::str::from_utf8(frame).map_err(|_| DecodeError::Utf8)?;
+    let (env, object_text) = parse_envelope(text)?;
+    let ty = env.int("type").ok_or(DecodeError::NoType)?;
+    let dest = NodeId(env.u32("dest").unwrap_or(0));
+    let from = NodeId(env.u32("from").unwrap_or(0));
+    Ok(match ty {
+        types::TIME_DELAY | types::TIME_SYNC => {
+            let raw = env.get("msg").ok_or(DecodeError::Field {
+                ty,
+                field: "msg",
+                reason: "missing".into(),
+            })?;
+            let wire: TimeMsgWire =
+                serde_json::from_str(raw.get()).map_err(|e| DecodeError::Field {
+                    ty,
+                    field: "msg",
+                    reason: e.to_string(),
+                })?;
+            let msg = TimeMsg {
+                kind: wire.kind.0.ok_or(DecodeError::Field {
+                    ty,
+                    field: "msg.type",
+                    reason: "not an integer".into(),
+                })?,
+                t0: wire.t0.0,
+                t1: wire.t1.0,
+                t2: wire.t2.0,
+            };
+            let p = TimePacket {
+                dest,
+                from,
+                msg,
+                extra: env.extra(&["type", "dest", "from", "msg"]),
+            };
+            if ty == types::TIME_DELAY {
+                Message::TimeDelay(p)
+            } else {
+                Message::TimeSync(p)
+            }
+        }
+        types::NODE_SYNC_REQUEST | types::NODE_SYNC_REPLY => {
+            let subs = match env.get("subs") {
+                None => Vec::new(),
+                Some(raw) => {
+                    let mut de = serde_json::Deserializer::from_str(raw.get());
+                    SubsSeed {
+                        depth_left: MAX_TREE_DEPTH,
+                    }
+                    .deserialize(&mut de)
+                    .map_err(|e| DecodeError::Field {
+                        ty,
+                        field: "subs",
+                        reason: e.to_string(),
+                    })?
+                }
+            };
+            let tree = NodeTree {
+                // The library falls back to `from` when `nodeId` is not a uint32.
+                node_id: env.u32("nodeId").map(NodeId).unwrap_or(from),
+                root: env.bool("root"),
+                has_time_authority: env.bool("hasTimeAuthority"),
+                subs,
+            };
+            let n = NodeSync {
+                tree,
+                dest,
+                from,
+                extra: env.extra(&[
+                    "nodeId",
+                    "root",
+                    "hasTimeAuthority",
+                    "subs",
+                    "type",
+                    "dest",
+                    "from",
+                ]),
+            };
+            if ty == types::NODE_SYNC_REQUEST {
+                Message::NodeSyncRequest(n)
+            } else {
+                Message::NodeSyncReply(n)
+            }
+        }
+        types::BROADCAST | types::SINGLE => {
+            let msg = match env.get("msg") {
+                None => MsgText::Missing,
+                Some(raw) => match serde_json::from_str::<String>(raw.get()) {
+                    Ok(s) if s.chars().count() > MAX_STRING_CHARS => {
+                        return Err(DecodeError::Field {
+                            ty,
+                            field: "msg",
+                            reason: alloc::format!(
+                                "longer than {MAX_STRING_CHARS} characters (the library's string limit)"
+                            ),
+                        })
+                    }
+                    Ok(s) => MsgText::Text(s),
+                    Err(_) => MsgText::Json(alloc::borrow::ToOwned::to_owned(raw)),
+                },
+            };
+            let t = Text {
+                dest,
+                from,
+                msg,
+                extra: env.extra(&["type", "dest", "from", "msg"]),
+            };
+            if ty == types::BROADCAST {
+                Message::Broadcast(t)
+            } else {
+                Message::Single(t)
+            }
+        }
+        _ => {
+            let routing = match env.int("routing") {
+                Some(code) => Routing::from_code(code),
+                None => Routing::for_type(ty),
+            };
+            Message::Package(Package::from_parts(
+                ty,
+                routing,
+                dest,
+                from,
+                object_text.into(),
+            ))
+        }
+    })
+}
