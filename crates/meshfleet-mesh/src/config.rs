@@ -1,0 +1,61 @@
+//! Node configuration; defaults are the library's (PROTOCOL.md §4.8).
+
+use meshfleet_wire::{NodeId, DEFAULT_MAX_FRAME_LEN};
+
+use crate::time::Duration;
+
+/// Everything a node needs to start. `Config::new(id)` gives the library's timers.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This node's id (must not be 0).
+    pub node_id: NodeId,
+    /// Whether this node is the mesh root (`setRoot`).
+    pub root: bool,
+    /// Whether this node's clock is authoritative (RTC, NTP): others adopt its time.
+    pub has_time_authority: bool,
+    /// Wait for a NODE_SYNC_REPLY before closing the link (NODE_TIMEOUT, 10 s).
+    pub node_timeout: Duration,
+    /// Period of node sync per link (60 s), postponed when an unchanged tree arrives.
+    pub node_sync_interval: Duration,
+    /// Delay of the first node sync and time sync on the accepting (AP) side (10 s).
+    pub ap_first_sync_delay: Duration,
+    /// Time sync period after a success (TIME_SYNC_INTERVAL, 60 s).
+    pub time_sync_interval: Duration,
+    /// Time sync period until the first success (10 s).
+    pub time_sync_unsynced_interval: Duration,
+    /// Retry after a rejected time sample (200 ms).
+    pub time_sync_retry: Duration,
+    /// How long we hold a TIME_REPLY before sending it, so that `t2 - t1` reflects a real
+    /// processing time. The library discards a sample when the round trip exceeds 85 x the
+    /// responder's processing time (`MAX_CPU_TRIP_RATIO`); replying in zero time would make
+    /// every C++ peer that adopts our time reject every sample. 1 ms accepts round trips
+    /// up to 85 ms and costs nothing measurable.
+    pub time_reply_hold: Duration,
+    /// Largest frame accepted from a peer (see `meshfleet_wire::DEFAULT_MAX_FRAME_LEN`).
+    pub max_frame_len: usize,
+    /// The initial `timeOffset` (mesh time = local micros + offset).
+    pub initial_time_offset: u32,
+    /// Seed of this node's PRNG (plugins derive theirs from it).
+    pub seed: u64,
+}
+
+impl Config {
+    /// The library's defaults for node `node_id`.
+    pub fn new(node_id: NodeId) -> Self {
+        Self {
+            node_id,
+            root: false,
+            has_time_authority: false,
+            node_timeout: Duration::from_secs(10),
+            node_sync_interval: Duration::from_secs(60),
+            ap_first_sync_delay: Duration::from_secs(10),
+            time_sync_interval: Duration::from_secs(60),
+            time_sync_unsynced_interval: Duration::from_secs(10),
+            time_sync_retry: Duration::from_millis(200),
+            time_reply_hold: Duration::from_millis(1),
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            initial_time_offset: 0,
+            seed: u64::from(node_id.0),
+        }
+    }
+}

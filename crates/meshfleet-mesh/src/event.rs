@@ -1,0 +1,201 @@
+//! What the node tells its driver and application.
+
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::any::Any;
+use core::fmt;
+
+use meshfleet_wire::NodeId;
+
+use crate::LinkId;
+
+/// Which side of the TCP connection we are (the library's `station` flag).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LinkRole {
+    /// We connected out (WiFi station -> its AP): we sync at once.
+    Station,
+    /// We accepted the connection (we are the AP): we wait 10 s before our first sync.
+    AccessPoint,
+}
+
+/// Why a link was closed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The driver reported the connection gone (FIN, reset, error).
+    PeerClosed,
+    /// No NODE_SYNC_REPLY within the node timeout.
+    NodeSyncTimeout,
+    /// A node sync announced a different id than the link's.
+    ChangedNodeId {
+        /// The id the link had.
+        was: NodeId,
+        /// The id it now claimed.
+        now: NodeId,
+    },
+    /// A node sync listed the sender inside its own sub-tree (a loop).
+    SenderInOwnSubtree(NodeId),
+    /// The first node sync announced a node we already reach through another link.
+    DuplicateNode(NodeId),
+    /// The peer claimed our own node id.
+    ClaimsOurId,
+    /// The application asked.
+    Requested,
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::PeerClosed => f.write_str("connection closed by peer"),
+            Self::NodeSyncTimeout => f.write_str("no node sync reply within the node timeout"),
+            Self::ChangedNodeId { was, now } => {
+                write!(f, "node sync changed the link's id from {was} to {now}")
+            }
+            Self::SenderInOwnSubtree(id) => {
+                write!(f, "node sync lists sender {id} inside its own subtree")
+            }
+            Self::DuplicateNode(id) => {
+                write!(f, "node {id} is already reachable through another link")
+            }
+            Self::ClaimsOurId => f.write_str("peer claims our own node id"),
+            Self::Requested => f.write_str("closed by the application"),
+        }
+    }
+}
+
+impl CloseReason {
+    /// A short stable label for counters and JSON.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::PeerClosed => "peer_closed",
+            Self::NodeSyncTimeout => "node_sync_timeout",
+            Self::ChangedNodeId { .. } => "changed_node_id",
+            Self::SenderInOwnSubtree(_) => "sender_in_own_subtree",
+            Self::DuplicateNode(_) => "duplicate_node",
+            Self::ClaimsOurId => "claims_our_id",
+            Self::Requested => "requested",
+        }
+    }
+}
+
+/// Why a single frame was dropped (the link stays up).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// Larger than the frame cap.
+    TooLong,
+    /// Could not be decoded (the wire crate's message).
+    Decode(String),
+    /// A SINGLE for a node we have no route to.
+    NoRoute(NodeId),
+    /// A package type nobody handles.
+    Unhandled(i64),
+}
+
+impl DropReason {
+    /// A short stable label for counters and JSON.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::TooLong => "too_long",
+            Self::Decode(_) => "decode",
+            Self::NoRoute(_) => "no_route",
+            Self::Unhandled(_) => "unhandled",
+        }
+    }
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TooLong => f.write_str("frame exceeds the size cap"),
+            Self::Decode(e) => f.write_str(e),
+            Self::NoRoute(id) => write!(f, "no route to node {id}"),
+            Self::Unhandled(ty) => write!(f, "no handler for package type {ty}"),
+        }
+    }
+}
+
+/// An event a plugin reports to the application.
+pub trait PluginEvent: fmt::Debug + Send {
+    /// For downcasting to the plugin's own type.
+    fn as_any(&self) -> &dyn Any;
+    /// A JSON form for `--json` output and logs.
+    fn to_json(&self) -> serde_json::Value;
+}
+
+/// Whether a received application message was unicast or broadcast.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// SINGLE (9).
+    Single,
+    /// BROADCAST (8).
+    Broadcast,
+}
+
+/// Something the driver or application should know. Drain with [`crate::Node::poll_event`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Event {
+    /// The first node sync on a link succeeded: the peer is now part of the mesh
+    /// (`newConnectionCallback`).
+    NewConnection {
+        /// The link.
+        link: LinkId,
+        /// The neighbour's id.
+        peer: NodeId,
+    },
+    /// The node closed a link or learnt that it closed. The driver must close the socket
+    /// (unless it reported the closure itself) and send nothing more on it.
+    LinkClosed {
+        /// The link.
+        link: LinkId,
+        /// The neighbour's id, if it had synced.
+        peer: Option<NodeId>,
+        /// Why.
+        reason: CloseReason,
+    },
+    /// The mesh layout changed (`changedConnectionsCallback`); `nodes` is the new node list
+    /// (all nodes but us, sorted).
+    NodeListChanged {
+        /// Every other node we can reach.
+        nodes: Vec<NodeId>,
+    },
+    /// An application message for us.
+    Received {
+        /// Sender.
+        from: NodeId,
+        /// Text (what the library's receive callback gets).
+        msg: String,
+        /// Unicast or broadcast.
+        delivery: Delivery,
+    },
+    /// Time sync changed our offset (`nodeTimeAdjustedCallback`).
+    TimeAdjusted {
+        /// The correction applied, in microseconds.
+        offset: i32,
+        /// Mesh time after the correction.
+        mesh_time: u32,
+    },
+    /// A TIME_DELAY measurement completed (`nodeDelayReceivedCallback`).
+    DelayMeasured {
+        /// The node measured.
+        node: NodeId,
+        /// One-way trip delay in microseconds.
+        delay_us: i32,
+    },
+    /// A frame was dropped; the link stays up.
+    FrameDropped {
+        /// Where it came from.
+        link: LinkId,
+        /// Why.
+        reason: DropReason,
+    },
+    /// A plugin's event.
+    Plugin {
+        /// The plugin's name.
+        plugin: &'static str,
+        /// Its payload.
+        event: Box<dyn PluginEvent>,
+    },
+}

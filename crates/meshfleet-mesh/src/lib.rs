@@ -1,0 +1,38 @@
+//! A painlessMesh node as a sans-IO state machine.
+//!
+//! [`Node`] speaks the painlessMesh protocol exactly as the C++ library does
+//! (`../shared/painlessmesh/PROTOCOL.md`): node sync over every link with the receiving
+//! link's branch excluded, SINGLE routed along the tree, BROADCAST flooded, time sync with
+//! the library's offset formula and adoption rule, liveness through the node-sync timeout.
+//! It never touches a socket, a thread or a clock: drivers (the tokio runtime, the
+//! simulator) feed it bytes and `now`, and carry out what it asks. See [`Node`] for the
+//! run loop.
+//!
+//! Plugins ([`Plugin`]) handle other package types (OTA, status) through the same loop.
+#![no_std]
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
+extern crate alloc;
+
+mod config;
+mod event;
+mod node;
+mod plugin;
+mod rng;
+mod stats;
+pub mod time;
+pub mod timesync;
+
+pub use config::Config;
+pub use event::{CloseReason, Delivery, DropReason, Event, LinkRole, PluginEvent};
+pub use meshfleet_wire as wire;
+pub use meshfleet_wire::{NodeId, NodeTree};
+pub use node::{Node, Transmit};
+pub use plugin::{Ctx, MeshChange, Plugin, SendError};
+pub use rng::Rng;
+pub use stats::Stats;
+pub use time::{Duration, Instant};
+
+/// A driver-chosen handle for one TCP connection (never reused by a driver).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LinkId(pub u64);

@@ -1,0 +1,970 @@
+//! The node: links, node sync, routing, time sync, plugin dispatch.
+
+use alloc::boxed::Box;
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+
+use meshfleet_wire::{
+    decode, FrameError, Framer, Message, MsgText, NodeId, NodeSync, NodeTree, Package, Routing,
+    Text, TimeMsg, TimePacket,
+};
+
+use crate::config::Config;
+use crate::event::{CloseReason, Delivery, DropReason, Event, LinkRole};
+use crate::plugin::{Ctx, MeshChange, Plugin, SendError};
+use crate::rng::Rng;
+use crate::stats::Stats;
+use crate::time::{Duration, Instant};
+use crate::timesync::{adopt, clock_offset, trip_delay, TIME_SYNC_ACCURACY};
+use crate::LinkId;
+
+/// Bytes to send on a link. Drain with [`Node::poll_transmit`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    /// The link.
+    pub link: LinkId,
+    /// One frame, NUL included.
+    pub frame: Vec<u8>,
+    /// The library sends NODE_SYNC_REPLY and TIME_SYNC with high priority: ahead of queued
+    /// normal frames (never interrupting a frame already being written).
+    pub high_priority: bool,
+}
+
+/// Per-link timers, one slot each (quinn-style timer table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LinkTimer {
+    /// Send our periodic NODE_SYNC_REQUEST.
+    NodeSync = 0,
+    /// The peer did not answer our NODE_SYNC_REQUEST: close.
+    NodeTimeout = 1,
+    /// Start a time sync round.
+    TimeSync = 2,
+}
+
+const LINK_TIMERS: [LinkTimer; 3] = [
+    LinkTimer::NodeTimeout,
+    LinkTimer::NodeSync,
+    LinkTimer::TimeSync,
+];
+
+pub(crate) struct Link {
+    pub(crate) id: LinkId,
+    pub(crate) role: LinkRole,
+    framer: Framer,
+    /// 0 until the first node sync.
+    pub(crate) peer: NodeId,
+    /// What the neighbour last told us: itself and everything behind it (minus us).
+    pub(crate) tree: Option<NodeTree>,
+    timers: [Option<Instant>; 3],
+    /// The time sync task exists once the first node sync is done.
+    time_sync_interval: Option<Duration>,
+}
+
+impl Link {
+    fn timer(&self, t: LinkTimer) -> Option<Instant> {
+        self.timers[t as usize]
+    }
+    fn set(&mut self, t: LinkTimer, at: Option<Instant>) {
+        self.timers[t as usize] = at;
+    }
+    fn contains(&self, id: NodeId) -> bool {
+        self.tree.as_ref().is_some_and(|t| t.contains(id))
+    }
+}
+
+/// A TIME_REPLY held back for `time_reply_hold` (see [`Config::time_reply_hold`]).
+struct HeldReply {
+    at: Instant,
+    link: LinkId,
+    packet: TimePacket,
+}
+
+/// Everything but the plugins, so plugins can borrow it mutably through [`Ctx`].
+pub(crate) struct Core {
+    pub(crate) config: Config,
+    pub(crate) links: Vec<Link>,
+    time_offset: u32,
+    transmits: VecDeque<Transmit>,
+    pub(crate) events: VecDeque<Event>,
+    changes: VecDeque<MeshChange>,
+    inbox: VecDeque<(LinkId, Routing, Package)>,
+    held_replies: Vec<HeldReply>,
+    pub(crate) rng: Rng,
+    pub(crate) stats: Stats,
+}
+
+/// A painlessMesh node, sans-IO.
+///
+/// # Run loop
+///
+/// The driver owns sockets and a clock; the node owns protocol state. After **every**
+/// input the driver drains all outputs:
+///
+/// ```text
+/// loop {
+///     // inputs, each with the current time:
+///     node.handle_link_up(now, link, role);      // a TCP connection is established
+///     node.handle_bytes(now, link, &bytes);      // bytes read from it
+///     node.handle_link_down(now, link);          // it closed
+///     node.handle_timeout(now);                  // now >= node.poll_timeout()
+///     node.send_single(now, dest, text); ...     // application commands
+///     // outputs, until each returns None:
+///     while let Some(t) = node.poll_transmit() { /* queue t.frame on t.link */ }
+///     while let Some(e) = node.poll_event()    { /* LinkClosed => close the socket */ }
+///     let wake_at = node.poll_timeout();
+/// }
+/// ```
+///
+/// Invariants: the node never blocks, reads a clock, or allocates without bound on a
+/// peer's behalf (frames are capped by [`Config::max_frame_len`], trees by depth). Bad
+/// input from a peer drops that frame ([`Event::FrameDropped`]) or closes that link
+/// ([`Event::LinkClosed`]); it never fails the node. Same inputs, same outputs: all
+/// randomness comes from [`Config::seed`].
+pub struct Node {
+    core: Core,
+    plugins: Vec<Box<dyn Plugin>>,
+}
+
+impl Node {
+    /// A node with no links.
+    pub fn new(config: Config) -> Self {
+        let rng = Rng::new(config.seed);
+        Self {
+            core: Core {
+                time_offset: config.initial_time_offset,
+                config,
+                links: Vec::new(),
+                transmits: VecDeque::new(),
+                events: VecDeque::new(),
+                changes: VecDeque::new(),
+                inbox: VecDeque::new(),
+                held_replies: Vec::new(),
+                rng,
+                stats: Stats::default(),
+            },
+            plugins: Vec::new(),
+        }
+    }
+
+    /// Registers a plugin; it receives the package types it claims.
+    pub fn add_plugin(&mut self, plugin: Box<dyn Plugin>) {
+        self.plugins.push(plugin);
+    }
+
+    /// The first plugin of type `T`.
+    pub fn plugin<T: Plugin>(&self) -> Option<&T> {
+        self.plugins
+            .iter()
+            .find_map(|p| p.as_any().downcast_ref::<T>())
+    }
+
+    /// The first plugin of type `T`, mutably.
+    pub fn plugin_mut<T: Plugin>(&mut self) -> Option<&mut T> {
+        self.plugins
+            .iter_mut()
+            .find_map(|p| p.as_any_mut().downcast_mut::<T>())
+    }
+
+    /// Runs `f` on plugin `T` with a context, so the application can make it act (for
+    /// example start an OTA offer). Returns `None` if there is no such plugin.
+    pub fn with_plugin<T: Plugin, R>(
+        &mut self,
+        now: Instant,
+        f: impl FnOnce(&mut T, &mut Ctx<'_>) -> R,
+    ) -> Option<R> {
+        let plugin = self.plugins.iter_mut().find(|p| p.as_any().is::<T>())?;
+        let name = plugin.name();
+        let typed = plugin.as_any_mut().downcast_mut::<T>()?;
+        let mut ctx = Ctx {
+            now,
+            core: &mut self.core,
+            plugin: name,
+        };
+        let r = f(typed, &mut ctx);
+        self.dispatch(now);
+        Some(r)
+    }
+
+    /// Our id.
+    pub fn id(&self) -> NodeId {
+        self.core.config.node_id
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.core.config
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.core.stats
+    }
+
+    /// Mesh time at `now` (µs; local time + offset, wrapping like the library's uint32).
+    pub fn mesh_time(&self, now: Instant) -> u32 {
+        self.core.mesh_time(now)
+    }
+
+    /// The current time offset.
+    pub fn time_offset(&self) -> u32 {
+        self.core.time_offset
+    }
+
+    /// Every other node we can reach, sorted (`getNodeList`).
+    pub fn nodes(&self) -> Vec<NodeId> {
+        self.core.nodes()
+    }
+
+    /// Our view of the mesh, as `subConnectionJson` (us at the top).
+    pub fn topology(&self) -> NodeTree {
+        self.core.topology()
+    }
+
+    /// Whether we are the root or know one (`isRooted`).
+    pub fn contains_root(&self) -> bool {
+        self.core.topology().is_rooted()
+    }
+
+    /// Synced links: `(link, neighbour)`.
+    pub fn neighbours(&self) -> Vec<(LinkId, NodeId)> {
+        self.core
+            .links
+            .iter()
+            .filter(|l| l.peer != NodeId::UNKNOWN)
+            .map(|l| (l.id, l.peer))
+            .collect()
+    }
+
+    /// Number of open links (synced or not).
+    pub fn link_count(&self) -> usize {
+        self.core.links.len()
+    }
+
+    /// The link a SINGLE to `dest` would leave on.
+    pub fn route(&self, dest: NodeId) -> Option<LinkId> {
+        self.core.route(dest)
+    }
+
+    /// A TCP connection is up. `role` says who connected.
+    pub fn handle_link_up(&mut self, now: Instant, link: LinkId, role: LinkRole) {
+        let c = &mut self.core;
+        if c.links.iter().any(|l| l.id == link) {
+            return;
+        }
+        let first_sync = match role {
+            LinkRole::Station => now,
+            LinkRole::AccessPoint => now + c.config.ap_first_sync_delay,
+        };
+        let mut l = Link {
+            id: link,
+            role,
+            framer: Framer::new(c.config.max_frame_len),
+            peer: NodeId::UNKNOWN,
+            tree: None,
+            timers: [None; 3],
+            time_sync_interval: None,
+        };
+        l.set(LinkTimer::NodeSync, Some(first_sync));
+        c.links.push(l);
+        c.stats.links_opened += 1;
+        if role == LinkRole::Station {
+            // The station's first request goes out at once (PROTOCOL.md §4.4).
+            self.handle_timeout(now);
+        }
+    }
+
+    /// The TCP connection closed (or failed). Nothing more will be sent on it.
+    pub fn handle_link_down(&mut self, now: Instant, link: LinkId) {
+        self.core.close_link(now, link, CloseReason::PeerClosed);
+        self.dispatch(now);
+    }
+
+    /// The application closes a link.
+    pub fn close_link(&mut self, now: Instant, link: LinkId) {
+        self.core.close_link(now, link, CloseReason::Requested);
+        self.dispatch(now);
+    }
+
+    /// Bytes arrived on a link (any split: the node reassembles frames).
+    pub fn handle_bytes(&mut self, now: Instant, link: LinkId, bytes: &[u8]) {
+        let Some(idx) = self.core.link_index(link) else {
+            return;
+        };
+        // Take the framer out so frames can be handled while it is borrowed.
+        let mut framer = core::mem::replace(&mut self.core.links[idx].framer, Framer::new(0));
+        let mut frames: Vec<Result<Vec<u8>, FrameError>> = Vec::new();
+        framer.push(bytes, |f| frames.push(f.map(<[u8]>::to_vec)));
+        if let Some(idx) = self.core.link_index(link) {
+            self.core.links[idx].framer = framer;
+        }
+        self.core.stats.bytes_in += bytes.len() as u64;
+        for f in frames {
+            if self.core.link_index(link).is_none() {
+                break; // an earlier frame closed the link
+            }
+            match f {
+                Ok(frame) => self.core.handle_frame(now, link, &frame),
+                Err(FrameError::TooLong { .. }) | Err(_) => {
+                    self.core.drop_frame(link, DropReason::TooLong);
+                }
+            }
+        }
+        self.dispatch(now);
+    }
+
+    /// Hands a whole frame (NUL excluded) to the node: for drivers that already framed it.
+    pub fn handle_frame(&mut self, now: Instant, link: LinkId, frame: &[u8]) {
+        if self.core.link_index(link).is_none() {
+            return;
+        }
+        self.core.stats.bytes_in += frame.len() as u64 + 1;
+        if frame.len() > self.core.config.max_frame_len {
+            self.core.drop_frame(link, DropReason::TooLong);
+        } else if !frame.is_empty() {
+            self.core.handle_frame(now, link, frame);
+        }
+        self.dispatch(now);
+    }
+
+    /// Runs every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.core.run_timers(now);
+        self.dispatch(now);
+        for i in 0..self.plugins.len() {
+            if self.plugins[i].poll_timeout().is_some_and(|t| t <= now) {
+                let name = self.plugins[i].name();
+                let mut ctx = Ctx {
+                    now,
+                    core: &mut self.core,
+                    plugin: name,
+                };
+                self.plugins[i].handle_timeout(&mut ctx);
+            }
+        }
+        self.dispatch(now);
+    }
+
+    /// The earliest time at which [`Node::handle_timeout`] must be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let core = self.core.poll_timeout();
+        let plugins = self.plugins.iter().filter_map(|p| p.poll_timeout()).min();
+        match (core, plugins) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The next frame to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.core.transmits.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.core.events.pop_front()
+    }
+
+    /// Sends `msg` to `dest` (SINGLE). Fails like the library's `sendSingle` (returns
+    /// false) when no link leads there.
+    pub fn send_single(&mut self, _now: Instant, dest: NodeId, msg: &str) -> Result<(), SendError> {
+        let m = Message::Single(Text {
+            dest,
+            from: self.core.config.node_id,
+            msg: MsgText::Text(msg.into()),
+            extra: Vec::new(),
+        });
+        let r = self.core.send_message_routed(&m, Routing::Single, None);
+        if r.is_ok() {
+            self.core.stats.app_sent += 1;
+        }
+        r
+    }
+
+    /// Sends `msg` to every node (BROADCAST). Returns how many links it left on.
+    pub fn send_broadcast(&mut self, _now: Instant, msg: &str) -> usize {
+        let m = Message::Broadcast(Text {
+            dest: NodeId(0),
+            from: self.core.config.node_id,
+            msg: MsgText::Text(msg.into()),
+            extra: Vec::new(),
+        });
+        self.core.stats.app_sent += 1;
+        self.core.flood(&m, None)
+    }
+
+    /// Sends a plugin package as its `routing` says (BROADCAST floods, SINGLE routes).
+    pub fn send_package(&mut self, _now: Instant, pkg: &Package) -> Result<(), SendError> {
+        self.core
+            .send_message_routed(&Message::Package(pkg.clone()), pkg.routing(), None)
+    }
+
+    /// Starts a TIME_DELAY measurement to `dest` (`startDelayMeas`); the result arrives
+    /// as [`Event::DelayMeasured`].
+    pub fn start_delay_measurement(&mut self, now: Instant, dest: NodeId) -> Result<(), SendError> {
+        let p = TimePacket {
+            dest,
+            from: self.core.config.node_id,
+            msg: TimeMsg {
+                kind: TimeMsg::REQUEST,
+                t0: Some(self.core.mesh_time(now)),
+                t1: None,
+                t2: None,
+            },
+            extra: Vec::new(),
+        };
+        self.core
+            .send_message_routed(&Message::TimeDelay(p), Routing::Single, None)
+    }
+
+    /// Delivers queued packages and layout changes to plugins.
+    fn dispatch(&mut self, now: Instant) {
+        // Bounded: plugin calls can send, but only inputs create inbox items or changes.
+        while let Some(change) = self.core.changes.pop_front() {
+            for p in &mut self.plugins {
+                let name = p.name();
+                let mut ctx = Ctx {
+                    now,
+                    core: &mut self.core,
+                    plugin: name,
+                };
+                p.handle_change(&mut ctx, &change);
+            }
+        }
+        while let Some((link, routing, pkg)) = self.core.inbox.pop_front() {
+            let mut handled = false;
+            for p in &mut self.plugins {
+                if p.handles(pkg.ty()) {
+                    let name = p.name();
+                    let mut ctx = Ctx {
+                        now,
+                        core: &mut self.core,
+                        plugin: name,
+                    };
+                    p.handle_package(&mut ctx, link, routing, &pkg);
+                    handled = true;
+                }
+            }
+            if !handled {
+                self.core.stats.unhandled_packages += 1;
+                // Unknown types are silently ignored by the library; we count them and tell.
+                self.core.events.push_back(Event::FrameDropped {
+                    link,
+                    reason: DropReason::Unhandled(pkg.ty()),
+                });
+            }
+        }
+    }
+}
+
+impl Core {
+    pub(crate) fn mesh_time(&self, now: Instant) -> u32 {
+        // The library's micros() is a wrapping uint32; so is mesh time.
+        (now.as_micros() as u32).wrapping_add(self.time_offset)
+    }
+
+    fn link_index(&self, link: LinkId) -> Option<usize> {
+        self.links.iter().position(|l| l.id == link)
+    }
+
+    pub(crate) fn topology(&self) -> NodeTree {
+        NodeTree {
+            node_id: self.config.node_id,
+            root: self.config.root,
+            has_time_authority: self.config.has_time_authority,
+            subs: self
+                .links
+                .iter()
+                .filter(|l| l.peer != NodeId::UNKNOWN)
+                .filter_map(|l| l.tree.clone())
+                .collect(),
+        }
+    }
+
+    /// Our tree without the branch of `peer` (`excludeRoute`): what we tell that link.
+    fn tree_for(&self, peer: NodeId) -> NodeTree {
+        NodeTree {
+            node_id: self.config.node_id,
+            root: self.config.root,
+            has_time_authority: self.config.has_time_authority,
+            subs: self
+                .links
+                .iter()
+                .filter(|l| l.peer != NodeId::UNKNOWN && l.peer != peer)
+                .filter_map(|l| l.tree.clone())
+                .collect(),
+        }
+    }
+
+    pub(crate) fn nodes(&self) -> Vec<NodeId> {
+        let mut out = Vec::new();
+        for l in &self.links {
+            if let (Some(t), true) = (&l.tree, l.peer != NodeId::UNKNOWN) {
+                out.push(t.node_id);
+                t.collect_ids(&mut out);
+            }
+        }
+        out.retain(|id| *id != NodeId::UNKNOWN && *id != self.config.node_id);
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// First synced link (in link order) whose tree contains `dest` (`findRoute`).
+    pub(crate) fn route(&self, dest: NodeId) -> Option<LinkId> {
+        self.links
+            .iter()
+            .find(|l| l.peer != NodeId::UNKNOWN && l.contains(dest))
+            .map(|l| l.id)
+    }
+
+    pub(crate) fn push_transmit(&mut self, link: LinkId, frame: Vec<u8>, high_priority: bool) {
+        self.stats.frames_out += 1;
+        self.stats.bytes_out += frame.len() as u64;
+        self.transmits.push_back(Transmit {
+            link,
+            frame,
+            high_priority,
+        });
+    }
+
+    fn send_msg(&mut self, link: LinkId, msg: &Message, high_priority: bool) {
+        self.push_transmit(link, msg.encode_frame(), high_priority);
+    }
+
+    /// Sends on every synced link except `except`; returns the count.
+    fn flood(&mut self, msg: &Message, except: Option<LinkId>) -> usize {
+        let targets: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter(|l| l.peer != NodeId::UNKNOWN && Some(l.id) != except)
+            .map(|l| l.id)
+            .collect();
+        if targets.is_empty() {
+            return 0;
+        }
+        let frame = msg.encode_frame();
+        for &t in &targets {
+            self.push_transmit(t, frame.clone(), false);
+        }
+        targets.len()
+    }
+
+    pub(crate) fn send_message_routed(
+        &mut self,
+        msg: &Message,
+        routing: Routing,
+        except: Option<LinkId>,
+    ) -> Result<(), SendError> {
+        match routing {
+            Routing::Broadcast => {
+                self.flood(msg, except);
+                Ok(())
+            }
+            _ => {
+                let dest = msg.dest();
+                let link = self.route(dest).ok_or(SendError::NoRoute(dest))?;
+                self.send_msg(link, msg, false);
+                Ok(())
+            }
+        }
+    }
+
+    fn drop_frame(&mut self, link: LinkId, reason: DropReason) {
+        self.stats.count_drop(&reason);
+        self.events.push_back(Event::FrameDropped { link, reason });
+    }
+
+    fn handle_frame(&mut self, now: Instant, link: LinkId, frame: &[u8]) {
+        self.stats.frames_in += 1;
+        let msg = match decode(frame) {
+            Ok(m) => m,
+            Err(e) => {
+                self.drop_frame(link, DropReason::Decode(alloc::format!("{e}")));
+                return;
+            }
+        };
+        let me = self.config.node_id;
+        let routing = msg.routing();
+        // router.hpp routePackage: SINGLE not for us is forwarded without local processing.
+        if routing == Routing::Single && msg.dest() != me {
+            match self.route(msg.dest()) {
+                Some(out) => {
+                    self.stats.forwarded += 1;
+                    self.send_msg(out, &msg, false);
+                }
+                None => self.drop_frame(link, DropReason::NoRoute(msg.dest())),
+            }
+            return;
+        }
+        if routing == Routing::Broadcast {
+            self.stats.forwarded += self.flood(&msg, Some(link)) as u64;
+        }
+        match msg {
+            Message::NodeSyncRequest(n) => {
+                self.handle_node_sync(now, link, n);
+                if let Some(idx) = self.link_index(link) {
+                    let peer = self.links[idx].peer;
+                    let tree = self.tree_for(peer);
+                    let reply = Message::NodeSyncReply(NodeSync {
+                        tree,
+                        dest: peer,
+                        from: me,
+                        extra: Vec::new(),
+                    });
+                    self.send_msg(link, &reply, true);
+                }
+            }
+            Message::NodeSyncReply(n) => {
+                self.handle_node_sync(now, link, n);
+                if let Some(idx) = self.link_index(link) {
+                    self.links[idx].set(LinkTimer::NodeTimeout, None);
+                }
+            }
+            Message::TimeSync(t) => self.handle_time_sync(now, link, t),
+            Message::TimeDelay(t) => self.handle_time_delay(now, t),
+            Message::Single(t) => {
+                self.stats.app_received += 1;
+                self.events.push_back(Event::Received {
+                    from: t.from,
+                    msg: t.msg.as_text().into_owned(),
+                    delivery: Delivery::Single,
+                });
+            }
+            Message::Broadcast(t) => {
+                self.stats.app_received += 1;
+                self.events.push_back(Event::Received {
+                    from: t.from,
+                    msg: t.msg.as_text().into_owned(),
+                    delivery: Delivery::Broadcast,
+                });
+            }
+            Message::Package(p) => self.inbox.push_back((link, routing, p)),
+        }
+    }
+
+    /// router.hpp `handleNodeSync`.
+    fn handle_node_sync(&mut self, now: Instant, link: LinkId, n: NodeSync) {
+        let Some(idx) = self.link_index(link) else {
+            return;
+        };
+        let me = self.config.node_id;
+        let tree = n.tree;
+        let peer = self.links[idx].peer;
+        // validSubs: a known link must keep its id and must not appear below itself.
+        if peer != NodeId::UNKNOWN {
+            if tree.node_id != peer {
+                self.close_link(
+                    now,
+                    link,
+                    CloseReason::ChangedNodeId {
+                        was: peer,
+                        now: tree.node_id,
+                    },
+                );
+                return;
+            }
+            if tree.subs.iter().any(|s| s.contains(peer)) {
+                self.close_link(now, link, CloseReason::SenderInOwnSubtree(peer));
+                return;
+            }
+        }
+        // Stricter than the library, which accepts a neighbour with our id: two nodes with
+        // one id break routing for both, so refuse at once.
+        if tree.node_id == me {
+            self.close_link(now, link, CloseReason::ClaimsOurId);
+            return;
+        }
+        if tree.node_id == NodeId::UNKNOWN {
+            self.drop_frame(
+                link,
+                DropReason::Decode("node sync without a node id".into()),
+            );
+            return;
+        }
+        if peer == NodeId::UNKNOWN {
+            // First sync on this link: refuse a node we already reach another way.
+            if self.route(tree.node_id).is_some() {
+                self.close_link(now, link, CloseReason::DuplicateNode(tree.node_id));
+                return;
+            }
+            let l = &mut self.links[idx];
+            l.peer = tree.node_id;
+            l.time_sync_interval = Some(self.config.time_sync_unsynced_interval);
+            let first = match l.role {
+                LinkRole::Station => now,
+                LinkRole::AccessPoint => now + self.config.ap_first_sync_delay,
+            };
+            l.set(LinkTimer::TimeSync, Some(first));
+            self.events.push_back(Event::NewConnection {
+                link,
+                peer: tree.node_id,
+            });
+            self.changes.push_back(MeshChange::NeighbourUp {
+                link,
+                peer: tree.node_id,
+            });
+        }
+        let l = &mut self.links[idx];
+        if l.tree.as_ref() != Some(&tree) {
+            l.tree = Some(tree);
+            let changed = l.peer;
+            self.layout_changed(now, Some(changed));
+        } else {
+            // Unchanged tree: postpone this link's own periodic sync by a full interval.
+            l.set(
+                LinkTimer::NodeSync,
+                Some(now + self.config.node_sync_interval),
+            );
+        }
+    }
+
+    /// changedConnections -> syncLayout: ask every other synced link to re-sync now.
+    fn layout_changed(&mut self, now: Instant, except_peer: Option<NodeId>) {
+        for l in &mut self.links {
+            if l.peer != NodeId::UNKNOWN && Some(l.peer) != except_peer {
+                l.set(LinkTimer::NodeSync, Some(now));
+            }
+        }
+        self.stats.layout_changes += 1;
+        self.events.push_back(Event::NodeListChanged {
+            nodes: self.nodes(),
+        });
+        self.changes.push_back(MeshChange::LayoutChanged);
+    }
+
+    pub(crate) fn close_link(&mut self, now: Instant, link: LinkId, reason: CloseReason) {
+        let Some(idx) = self.link_index(link) else {
+            return;
+        };
+        let l = self.links.remove(idx);
+        self.held_replies.retain(|h| h.link != link);
+        self.stats.count_close(&reason);
+        let peer = (l.peer != NodeId::UNKNOWN).then_some(l.peer);
+        self.events
+            .push_back(Event::LinkClosed { link, peer, reason });
+        // onDroppedConnection is not fired for links that never synced.
+        if let Some(p) = peer {
+            self.changes
+                .push_back(MeshChange::NeighbourDown { link, peer: p });
+            self.layout_changed(now, Some(p));
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        let links = self
+            .links
+            .iter()
+            .flat_map(|l| l.timers.iter().flatten())
+            .min()
+            .copied();
+        let held = self.held_replies.iter().map(|h| h.at).min();
+        match (links, held) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn run_timers(&mut self, now: Instant) {
+        // Held time replies first: their t2 must be read as close to `at` as possible.
+        let mut i = 0;
+        while i < self.held_replies.len() {
+            if self.held_replies[i].at <= now {
+                let mut h = self.held_replies.swap_remove(i);
+                h.packet.msg.t2 = Some(self.mesh_time(now));
+                self.send_msg(h.link, &Message::TimeSync(h.packet), true);
+            } else {
+                i += 1;
+            }
+        }
+        let ids: Vec<LinkId> = self.links.iter().map(|l| l.id).collect();
+        for id in ids {
+            for t in LINK_TIMERS {
+                let Some(idx) = self.link_index(id) else {
+                    break;
+                };
+                if !self.links[idx].timer(t).is_some_and(|at| at <= now) {
+                    continue;
+                }
+                match t {
+                    LinkTimer::NodeTimeout => {
+                        self.close_link(now, id, CloseReason::NodeSyncTimeout);
+                    }
+                    LinkTimer::NodeSync => self.send_node_sync_request(now, idx),
+                    LinkTimer::TimeSync => self.start_time_sync(now, idx),
+                }
+            }
+        }
+    }
+
+    fn send_node_sync_request(&mut self, now: Instant, idx: usize) {
+        let (link, peer) = (self.links[idx].id, self.links[idx].peer);
+        let tree = self.tree_for(peer);
+        let l = &mut self.links[idx];
+        l.set(
+            LinkTimer::NodeSync,
+            Some(now + self.config.node_sync_interval),
+        );
+        // restartDelayed: the timeout counts from the latest request.
+        l.set(LinkTimer::NodeTimeout, Some(now + self.config.node_timeout));
+        let req = Message::NodeSyncRequest(NodeSync {
+            tree,
+            dest: peer,
+            from: self.config.node_id,
+            extra: Vec::new(),
+        });
+        self.send_msg(link, &req, false);
+    }
+
+    /// mesh.hpp `startTimeSync` / ntp.hpp `initTimeSync`.
+    fn start_time_sync(&mut self, now: Instant, idx: usize) {
+        let l = &self.links[idx];
+        let (link, peer) = (l.id, l.peer);
+        let interval = l
+            .time_sync_interval
+            .unwrap_or(self.config.time_sync_unsynced_interval);
+        let Some(remote) = l.tree.clone() else { return };
+        let adopt_from_peer = adopt(&self.tree_for(peer), &remote);
+        self.links[idx].set(LinkTimer::TimeSync, Some(now + interval));
+        let msg = if adopt_from_peer {
+            TimeMsg {
+                kind: TimeMsg::REQUEST,
+                t0: Some(self.mesh_time(now)),
+                t1: None,
+                t2: None,
+            }
+        } else {
+            TimeMsg {
+                kind: TimeMsg::SYNC_REQUEST,
+                ..TimeMsg::default()
+            }
+        };
+        let p = TimePacket {
+            dest: peer,
+            from: self.config.node_id,
+            msg,
+            extra: Vec::new(),
+        };
+        self.send_msg(link, &Message::TimeSync(p), true);
+    }
+
+    fn delay_time_sync(&mut self, link: LinkId, until: Instant) {
+        if let Some(idx) = self.link_index(link) {
+            self.links[idx].set(LinkTimer::TimeSync, Some(until));
+        }
+    }
+
+    /// ntp.hpp `handleTimeSync`.
+    fn handle_time_sync(&mut self, now: Instant, link: LinkId, t: TimePacket) {
+        let received_at = self.mesh_time(now);
+        let me = self.config.node_id;
+        match t.msg.kind {
+            TimeMsg::ERROR => self.delay_time_sync(link, now),
+            TimeMsg::SYNC_REQUEST => {
+                let reply = TimePacket {
+                    dest: t.from,
+                    from: me,
+                    msg: TimeMsg {
+                        kind: TimeMsg::REQUEST,
+                        t0: Some(received_at),
+                        t1: None,
+                        t2: None,
+                    },
+                    extra: Vec::new(),
+                };
+                self.send_msg(link, &Message::TimeSync(reply), true);
+            }
+            TimeMsg::REQUEST => {
+                let packet = TimePacket {
+                    dest: t.from,
+                    from: me,
+                    msg: TimeMsg {
+                        kind: TimeMsg::REPLY,
+                        t0: t.msg.t0,
+                        t1: Some(received_at),
+                        t2: None,
+                    },
+                    extra: Vec::new(),
+                };
+                self.held_replies.push(HeldReply {
+                    at: now + self.config.time_reply_hold,
+                    link,
+                    packet,
+                });
+                // After answering, the library considers this link synced for a while.
+                self.delay_time_sync(link, now + self.config.time_sync_interval);
+            }
+            TimeMsg::REPLY => {
+                let (Some(t0), Some(t1), Some(t2)) = (t.msg.t0, t.msg.t1, t.msg.t2) else {
+                    self.drop_frame(
+                        link,
+                        DropReason::Decode("TIME_REPLY without t0/t1/t2".into()),
+                    );
+                    return;
+                };
+                let offset = clock_offset(t0, t1, t2, received_at);
+                self.time_offset = self.time_offset.wrapping_add(offset as u32);
+                if offset != 0 {
+                    self.stats.time_adjustments += 1;
+                    self.events.push_back(Event::TimeAdjusted {
+                        offset,
+                        mesh_time: self.mesh_time(now),
+                    });
+                }
+                if offset != 0 && offset.unsigned_abs() < TIME_SYNC_ACCURACY {
+                    if let Some(idx) = self.link_index(link) {
+                        self.links[idx].time_sync_interval = Some(self.config.time_sync_interval);
+                    }
+                    self.delay_time_sync(link, now + self.config.time_sync_interval);
+                    // Our time changed: bring every other link's time sync forward.
+                    let peer = self.link_index(link).map(|i| self.links[i].peer);
+                    for l in &mut self.links {
+                        if Some(l.peer) != peer && l.time_sync_interval.is_some() {
+                            l.set(LinkTimer::TimeSync, Some(now));
+                        }
+                    }
+                } else {
+                    self.delay_time_sync(link, now + self.config.time_sync_retry);
+                }
+            }
+            _ => self.drop_frame(
+                link,
+                DropReason::Decode(alloc::format!("unknown time sync type {}", t.msg.kind)),
+            ),
+        }
+    }
+
+    /// ntp.hpp `handleTimeDelay` (end to end, routed as SINGLE).
+    fn handle_time_delay(&mut self, now: Instant, t: TimePacket) {
+        let received_at = self.mesh_time(now);
+        match t.msg.kind {
+            TimeMsg::REQUEST => {
+                let reply = TimePacket {
+                    dest: t.from,
+                    from: self.config.node_id,
+                    msg: TimeMsg {
+                        kind: TimeMsg::REPLY,
+                        t0: t.msg.t0,
+                        t1: Some(received_at),
+                        t2: Some(received_at),
+                    },
+                    extra: Vec::new(),
+                };
+                if self
+                    .send_message_routed(&Message::TimeDelay(reply), Routing::Single, None)
+                    .is_err()
+                {
+                    self.stats.count_drop(&DropReason::NoRoute(t.from));
+                }
+            }
+            TimeMsg::REPLY => {
+                if let (Some(t0), Some(t1), Some(t2)) = (t.msg.t0, t.msg.t1, t.msg.t2) {
+                    self.events.push_back(Event::DelayMeasured {
+                        node: t.from,
+                        delay_us: trip_delay(t0, t1, t2, received_at),
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+}
