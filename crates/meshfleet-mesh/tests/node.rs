@@ -1,0 +1,446 @@
+//! The node against the library's observed behaviour, in virtual time (no sockets).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::Net;
+use meshfleet_mesh::{
+    CloseReason, Config, Delivery, Duration, Event, Instant, LinkId, LinkRole, Node, NodeId,
+};
+use serde_json::Value;
+
+const MS: Duration = Duration::from_millis(1);
+
+fn transcript(name: &str) -> Vec<Value> {
+    let path = format!(
+        "{}/../../../shared/painlessmesh/transcripts/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!("cannot read {path} ({e}): the shared/ folder must sit next to the project root")
+    });
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Replaces time stamps (which depend on each run's clocks) with 0.
+fn mask(mut v: Value) -> Value {
+    if let Some(msg) = v.get_mut("msg").and_then(Value::as_object_mut) {
+        for k in ["t0", "t1", "t2"] {
+            if let Some(t) = msg.get_mut(k) {
+                assert!(t.is_u64(), "{k} must be an unsigned integer");
+                *t = Value::from(0);
+            }
+        }
+    }
+    v
+}
+
+/// Plays one side of transcript 01's connection opening against our node, which plays
+/// the other side; our node must send exactly the frames the library sent.
+fn replay_opening(ours: &str) {
+    let frames: Vec<Value> = transcript("01_two_node.jsonl")
+        .into_iter()
+        .filter(|l| l["kind"] == "frame")
+        .take(5)
+        .collect();
+    let t_start = frames[0]["t"].as_f64().unwrap();
+    let (id, role) = if ours == "A" {
+        (1001, LinkRole::AccessPoint)
+    } else {
+        (3_000_000_002, LinkRole::Station)
+    };
+    let mut node = Node::new(Config::new(NodeId(id)));
+    let link = LinkId(1);
+    let mut now = Instant::ZERO;
+    node.handle_link_up(now, link, role);
+    for f in &frames {
+        now = now.max(Instant::from_micros(
+            ((f["t"].as_f64().unwrap() - t_start) * 1e6) as u64,
+        ));
+        if f["src"] == ours {
+            // Let timers due by now (and the 1 ms reply hold) run, then expect the frame.
+            let deadline = now + Duration::from_millis(2);
+            let sent = loop {
+                if let Some(t) = node.poll_transmit() {
+                    break t;
+                }
+                let at = node.poll_timeout().expect("a timer is pending");
+                assert!(
+                    at <= deadline,
+                    "our node sends nothing where the library sent {}",
+                    f["text"]
+                );
+                now = now.max(at);
+                node.handle_timeout(now);
+            };
+            assert_eq!(*sent.frame.last().unwrap(), 0, "frames end with NUL");
+            let ours_json: Value =
+                serde_json::from_slice(&sent.frame[..sent.frame.len() - 1]).unwrap();
+            assert_eq!(mask(ours_json), mask(f["json"].clone()), "as {ours}");
+        } else {
+            let mut bytes = f["text"].as_str().unwrap().as_bytes().to_vec();
+            bytes.push(0);
+            node.handle_bytes(now, link, &bytes);
+        }
+    }
+    assert!(node.poll_transmit().is_none());
+    assert_eq!(node.nodes().len(), 1);
+}
+
+#[test]
+fn opening_sequence_of_transcript_01_as_access_point() {
+    replay_opening("A");
+}
+
+#[test]
+fn opening_sequence_of_transcript_01_as_station() {
+    replay_opening("B");
+}
+
+fn chain() -> Net {
+    // A <- B <- C as in 02_three_chain (ids 1, 2, 3), 2.5 ms per hop.
+    let mut net = Net::new(Duration::from_micros(2_500));
+    let a = net.add_id(1, 100_000_000);
+    let b = net.add_id(2, 1_200_000_000);
+    let c = net.add_id(3, 2_700_000_000);
+    net.connect(b, a);
+    net.run_for(Duration::from_millis(100));
+    net.connect(c, b);
+    net.run_for(Duration::from_secs(1));
+    net
+}
+
+#[test]
+fn node_lists_converge_in_a_chain() {
+    let net = chain();
+    assert_eq!(net.nodes[0].nodes(), vec![NodeId(2), NodeId(3)]);
+    assert_eq!(net.nodes[1].nodes(), vec![NodeId(1), NodeId(3)]);
+    assert_eq!(net.nodes[2].nodes(), vec![NodeId(1), NodeId(2)]);
+    let topo = serde_json::to_value(net.nodes[0].topology()).unwrap();
+    assert_eq!(
+        topo,
+        serde_json::json!({"nodeId":1,"subs":[{"nodeId":2,"subs":[{"nodeId":3}]}]})
+    );
+}
+
+#[test]
+fn single_and_broadcast_route_through_the_middle() {
+    let mut net = chain();
+    let now = net.now;
+    net.nodes[2].send_single(now, NodeId(1), "C to A").unwrap();
+    net.drain(2);
+    net.nodes[0].send_single(now, NodeId(3), "A to C").unwrap();
+    net.drain(0);
+    net.nodes[0].send_broadcast(now, "from A");
+    net.drain(0);
+    net.nodes[1].send_broadcast(now, "from B");
+    net.drain(1);
+    assert!(
+        net.nodes[0]
+            .send_single(now, NodeId(4242), "nowhere")
+            .is_err(),
+        "unknown dest refused"
+    );
+    net.run_for(Duration::from_millis(50));
+    let got = |i: usize| net.received(i);
+    let a = got(0);
+    assert_eq!(a.len(), 2, "{a:?}");
+    assert!(a.contains(&(NodeId(3), "C to A".into(), Delivery::Single)));
+    assert!(a.contains(&(NodeId(2), "from B".into(), Delivery::Broadcast)));
+    // B relays the singles but does not deliver them, and gets A's broadcast once.
+    assert_eq!(
+        got(1),
+        vec![(NodeId(1), "from A".into(), Delivery::Broadcast)]
+    );
+    let c = got(2);
+    assert_eq!(c.len(), 3, "{c:?}");
+    assert!(c.contains(&(NodeId(1), "A to C".into(), Delivery::Single)));
+    assert!(c.contains(&(NodeId(1), "from A".into(), Delivery::Broadcast)));
+    assert!(c.contains(&(NodeId(2), "from B".into(), Delivery::Broadcast)));
+    assert!(net.nodes[1].stats().forwarded >= 3);
+}
+
+fn spread(net: &Net) -> u32 {
+    let times: Vec<u32> = net.nodes.iter().map(|n| n.mesh_time(net.now)).collect();
+    let mut worst = 0;
+    for a in &times {
+        for b in &times {
+            worst = worst.max(a.wrapping_sub(*b).min(b.wrapping_sub(*a)));
+        }
+    }
+    worst
+}
+
+#[test]
+fn time_sync_converges_within_a_millisecond_and_the_right_node_adopts() {
+    // Two nodes: the lower id adopts the higher id's time (01_two_node: A 1001 took B's).
+    let mut net = Net::new(Duration::from_micros(2_500));
+    let a = net.add_id(1001, 100_000_000);
+    let b = net.add_id(3_000_000_002, 2_200_000_000);
+    net.connect(b, a);
+    net.run_for(Duration::from_secs(5));
+    assert!(spread(&net) < 1_000, "spread {} us", spread(&net));
+    assert_eq!(
+        net.nodes[b].time_offset(),
+        2_200_000_000,
+        "B keeps its time"
+    );
+    assert_ne!(net.nodes[a].time_offset(), 100_000_000, "A adopted");
+
+    // Chain: the middle node has the larger side on both links, so A and C take B's time.
+    let mut net = chain();
+    net.run_for(Duration::from_secs(120));
+    assert!(spread(&net) < 1_000, "spread {} us", spread(&net));
+    assert_eq!(net.nodes[1].time_offset(), 1_200_000_000, "B is the source");
+}
+
+#[test]
+fn killed_peer_is_noticed_and_far_nodes_update() {
+    let mut net = chain();
+    net.cut(1); // C's link to B resets
+    net.run_for(Duration::from_millis(20));
+    assert_eq!(net.nodes[1].nodes(), vec![NodeId(1)]);
+    assert_eq!(
+        net.nodes[0].nodes(),
+        vec![NodeId(2)],
+        "B re-syncs A at once"
+    );
+}
+
+#[test]
+fn silent_peers_are_dropped_after_the_library_timeouts() {
+    // A station whose AP never answers closes after NODE_TIMEOUT (10 s).
+    let mut net = Net::new(MS);
+    let ap = net.add_id(10, 0);
+    let sta = net.add_id(23, 0);
+    let w = net.connect(sta, ap);
+    net.mute(w, sta);
+    net.run_for(Duration::from_millis(9_990));
+    assert!(net.closed(sta).is_empty());
+    net.run_for(Duration::from_millis(20));
+    assert_eq!(net.closed(sta), vec![CloseReason::NodeSyncTimeout]);
+
+    // An AP whose station never talks: request at +10 s, closed at +20 s.
+    let mut net = Net::new(MS);
+    let ap = net.add_id(21, 0);
+    let sta = net.add_id(7, 0);
+    let w = net.connect(sta, ap);
+    net.mute(w, ap);
+    net.run_for(Duration::from_millis(19_990));
+    assert!(net.closed(ap).is_empty());
+    net.run_for(Duration::from_millis(20));
+    assert_eq!(net.closed(ap), vec![CloseReason::NodeSyncTimeout]);
+
+    // A synced peer that hangs (03_stalled_node): detected by the next request + 10 s.
+    let mut net = Net::new(MS);
+    let a = net.add_id(1, 0);
+    let b = net.add_id(2, 0);
+    let w = net.connect(b, a);
+    net.run_for(Duration::from_secs(2));
+    assert_eq!(net.nodes[a].nodes(), vec![NodeId(2)]);
+    net.mute(w, a);
+    net.run_for(Duration::from_secs(19));
+    assert_eq!(
+        net.closed(a),
+        vec![CloseReason::NodeSyncTimeout],
+        "A's first request at +10 s, timeout +10 s"
+    );
+}
+
+/// A node with one accepted link from a scripted peer.
+fn scripted(id: u32) -> (Node, LinkId) {
+    let mut n = Node::new(Config::new(NodeId(id)));
+    n.handle_link_up(Instant::ZERO, LinkId(1), LinkRole::AccessPoint);
+    (n, LinkId(1))
+}
+
+fn feed(n: &mut Node, link: LinkId, text: &str) -> Vec<Event> {
+    let mut bytes = text.as_bytes().to_vec();
+    bytes.push(0);
+    n.handle_bytes(Instant::from_micros(1_000), link, &bytes);
+    std::iter::from_fn(|| n.poll_event()).collect()
+}
+
+fn closed_with(events: &[Event]) -> Option<CloseReason> {
+    events.iter().find_map(|e| match e {
+        Event::LinkClosed { reason, .. } => Some(reason.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn duplicate_ids_and_forged_node_syncs_close_the_link() {
+    // Second link announcing a node we already reach.
+    let (mut n, l1) = scripted(21);
+    feed(&mut n, l1, r#"{"nodeId":22,"type":5,"dest":0,"from":22}"#);
+    n.handle_link_up(Instant::ZERO, LinkId(2), LinkRole::AccessPoint);
+    let ev = feed(
+        &mut n,
+        LinkId(2),
+        r#"{"nodeId":22,"type":5,"dest":0,"from":22}"#,
+    );
+    assert_eq!(
+        closed_with(&ev),
+        Some(CloseReason::DuplicateNode(NodeId(22)))
+    );
+    assert_eq!(n.nodes(), vec![NodeId(22)], "the first link survives");
+
+    // A node sync changing the link's id.
+    let (mut n, l) = scripted(21);
+    feed(&mut n, l, r#"{"nodeId":7,"type":5,"dest":0,"from":7}"#);
+    let ev = feed(&mut n, l, r#"{"nodeId":8,"type":5,"dest":21,"from":8}"#);
+    assert_eq!(
+        closed_with(&ev),
+        Some(CloseReason::ChangedNodeId {
+            was: NodeId(7),
+            now: NodeId(8)
+        })
+    );
+
+    // A node sync listing the sender inside its own subtree.
+    let (mut n, l) = scripted(21);
+    feed(&mut n, l, r#"{"nodeId":9,"type":5,"dest":0,"from":9}"#);
+    let ev = feed(
+        &mut n,
+        l,
+        r#"{"nodeId":9,"type":5,"dest":21,"from":9,"subs":[{"nodeId":56,"subs":[{"nodeId":9}]}]}"#,
+    );
+    assert_eq!(
+        closed_with(&ev),
+        Some(CloseReason::SenderInOwnSubtree(NodeId(9)))
+    );
+
+    // A peer claiming our own id.
+    let (mut n, l) = scripted(21);
+    let ev = feed(&mut n, l, r#"{"nodeId":21,"type":5,"dest":0,"from":21}"#);
+    assert_eq!(closed_with(&ev), Some(CloseReason::ClaimsOurId));
+    assert_eq!(n.stats().closed_invalid, 1);
+}
+
+/// Each bad input drops the frame (counted, reported) while the link and node carry on:
+/// a valid SINGLE right after it is still delivered, and a second link is unaffected.
+#[test]
+fn bad_input_drops_the_frame_and_nothing_else() {
+    let deep = format!(
+        r#"{{"nodeId":5,"type":5,"dest":0,"from":5,"subs":{}{}}}"#,
+        r#"[{"nodeId":1,"subs":"#.repeat(10_000),
+        "]}".repeat(10_000)
+    );
+    let huge_string = format!(
+        r#"{{"type":9,"dest":21,"from":7,"msg":"{}"}}"#,
+        "x".repeat(1_000_000)
+    );
+    let cases: Vec<(&str, Vec<u8>, fn(&meshfleet_mesh::Stats) -> u64)> = vec![
+        (
+            "invalid utf-8",
+            b"{\"type\":9,\"msg\":\"\xff\xfe\"}".to_vec(),
+            |s| s.dropped_decode,
+        ),
+        ("invalid json", b"{not json}".to_vec(), |s| s.dropped_decode),
+        (
+            "truncated json",
+            br#"{"type":9,"dest":21,"from":7,"msg":"tr"#.to_vec(),
+            |s| s.dropped_decode,
+        ),
+        (
+            "wrong field types",
+            br#"{"type":4,"dest":21,"from":7,"msg":"not an object"}"#.to_vec(),
+            |s| s.dropped_decode,
+        ),
+        ("array", b"[1,2,3]".to_vec(), |s| s.dropped_decode),
+        (
+            "unknown type",
+            br#"{"type":99,"dest":21,"from":7}"#.to_vec(),
+            |s| s.unhandled_packages,
+        ),
+        ("subs nested 10,000 deep", deep.into_bytes(), |s| {
+            s.dropped_decode
+        }),
+        ("a 1 MB string", huge_string.into_bytes(), |s| {
+            s.dropped_decode
+        }),
+        (
+            "string over the library's 65,535 chars",
+            format!(
+                r#"{{"type":9,"dest":21,"from":7,"msg":"{}"}}"#,
+                "y".repeat(65_536)
+            )
+            .into_bytes(),
+            |s| s.dropped_decode,
+        ),
+        (
+            "no route",
+            br#"{"type":9,"dest":999,"from":7,"msg":"lost"}"#.to_vec(),
+            |s| s.dropped_no_route,
+        ),
+    ];
+    for (name, bad, counter) in cases {
+        let (mut n, l) = scripted(21);
+        feed(&mut n, l, r#"{"nodeId":7,"type":5,"dest":0,"from":7}"#);
+        n.handle_link_up(Instant::ZERO, LinkId(2), LinkRole::AccessPoint);
+        feed(
+            &mut n,
+            LinkId(2),
+            r#"{"nodeId":8,"type":5,"dest":0,"from":8}"#,
+        );
+        let before = counter(n.stats());
+        let mut bytes = bad.clone();
+        bytes.push(0);
+        n.handle_bytes(Instant::from_micros(2_000), l, &bytes);
+        let ev: Vec<Event> = std::iter::from_fn(|| n.poll_event()).collect();
+        assert!(
+            ev.iter().any(|e| matches!(e, Event::FrameDropped { .. })),
+            "{name}: no drop event"
+        );
+        assert!(closed_with(&ev).is_none(), "{name}: link closed");
+        assert_eq!(counter(n.stats()), before + 1, "{name}: counter");
+        let ev = feed(&mut n, l, r#"{"type":9,"dest":21,"from":7,"msg":"alive"}"#);
+        assert!(
+            ev.iter()
+                .any(|e| matches!(e, Event::Received { msg, .. } if msg == "alive")),
+            "{name}: link dead"
+        );
+        let ev = feed(
+            &mut n,
+            LinkId(2),
+            r#"{"type":9,"dest":21,"from":8,"msg":"other"}"#,
+        );
+        assert!(
+            ev.iter()
+                .any(|e| matches!(e, Event::Received { msg, .. } if msg == "other")),
+            "{name}"
+        );
+        assert_eq!(n.nodes(), vec![NodeId(7), NodeId(8)], "{name}");
+    }
+}
+
+#[test]
+fn oversized_and_endless_frames_are_capped() {
+    let mut config = Config::new(NodeId(21));
+    config.max_frame_len = 4_096;
+    let mut n = Node::new(config);
+    let l = LinkId(1);
+    n.handle_link_up(Instant::ZERO, l, LinkRole::AccessPoint);
+    feed(&mut n, l, r#"{"nodeId":7,"type":5,"dest":0,"from":7}"#);
+    // 10 MB without a NUL, in 1 KB reads.
+    let chunk = [b'x'; 1024];
+    for _ in 0..10_000 {
+        n.handle_bytes(Instant::from_micros(5_000), l, &chunk);
+    }
+    assert_eq!(n.stats().dropped_too_long, 1, "reported once");
+    // The stream resynchronises at the next NUL.
+    n.handle_bytes(Instant::from_micros(5_000), l, b"\0");
+    let ev = feed(&mut n, l, r#"{"type":9,"dest":21,"from":7,"msg":"after"}"#);
+    assert!(ev
+        .iter()
+        .any(|e| matches!(e, Event::Received { msg, .. } if msg == "after")));
+    // A whole oversized frame in one read.
+    let big = format!(
+        r#"{{"type":9,"dest":21,"from":7,"msg":"{}"}}"#,
+        "z".repeat(5_000)
+    );
+    feed(&mut n, l, &big);
+    assert_eq!(n.stats().dropped_too_long, 2);
+}
