@@ -27,7 +27,7 @@ pub use config::Config;
 pub use event::{CloseReason, Delivery, DropReason, Event, LinkRole, PluginEvent};
 pub use meshfleet_wire as wire;
 pub use meshfleet_wire::{NodeId, NodeTree};
-pub use node::{Node, Transmit};
+pub use node::{binary_tag, Node, Transmit};
 pub use plugin::{Ctx, MeshChange, Plugin, SendError};
 pub use rng::Rng;
 pub use stats::Stats;

@@ -5,8 +5,8 @@ use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
 use meshfleet_wire::{
-    decode, FrameError, Framer, Message, MsgText, NodeId, NodeSync, NodeTree, Package, Routing,
-    Text, TimeMsg, TimePacket,
+    binary_frame, decode, FrameRef, Framer, Message, MsgText, NodeId, NodeSync, NodeTree, Package,
+    Routing, Text, TimeMsg, TimePacket,
 };
 
 use crate::config::Config;
@@ -88,6 +88,7 @@ pub(crate) struct Core {
     pub(crate) events: VecDeque<Event>,
     changes: VecDeque<MeshChange>,
     inbox: VecDeque<(LinkId, Routing, Package)>,
+    binary_inbox: VecDeque<(LinkId, Vec<u8>)>,
     held_replies: Vec<HeldReply>,
     pub(crate) rng: Rng,
     pub(crate) stats: Stats,
@@ -138,6 +139,7 @@ impl Node {
                 events: VecDeque::new(),
                 changes: VecDeque::new(),
                 inbox: VecDeque::new(),
+                binary_inbox: VecDeque::new(),
                 held_replies: Vec::new(),
                 rng,
                 stats: Stats::default(),
@@ -292,8 +294,15 @@ impl Node {
         };
         // Take the framer out so frames can be handled while it is borrowed.
         let mut framer = core::mem::replace(&mut self.core.links[idx].framer, Framer::new(0));
-        let mut frames: Vec<Result<Vec<u8>, FrameError>> = Vec::new();
-        framer.push(bytes, |f| frames.push(f.map(<[u8]>::to_vec)));
+        // (is_binary, bytes); None = oversized.
+        let mut frames: Vec<Option<(bool, Vec<u8>)>> = Vec::new();
+        framer.push(bytes, |f| {
+            frames.push(match f {
+                Ok(FrameRef::Json(j)) => Some((false, j.to_vec())),
+                Ok(FrameRef::Binary(b)) => Some((true, b.to_vec())),
+                Err(_) => None,
+            })
+        });
         if let Some(idx) = self.core.link_index(link) {
             self.core.links[idx].framer = framer;
         }
@@ -303,10 +312,9 @@ impl Node {
                 break; // an earlier frame closed the link
             }
             match f {
-                Ok(frame) => self.core.handle_frame(now, link, &frame),
-                Err(FrameError::TooLong { .. }) | Err(_) => {
-                    self.core.drop_frame(link, DropReason::TooLong);
-                }
+                Some((false, frame)) => self.core.handle_frame(now, link, &frame),
+                Some((true, payload)) => self.core.handle_binary(link, payload),
+                None => self.core.drop_frame(link, DropReason::TooLong),
             }
         }
         self.dispatch(now);
@@ -430,6 +438,27 @@ impl Node {
                 p.handle_change(&mut ctx, &change);
             }
         }
+        while let Some((link, payload)) = self.core.binary_inbox.pop_front() {
+            let tag = binary_tag(&payload);
+            match self.plugins.iter_mut().find(|p| p.handles_binary(tag)) {
+                Some(p) => {
+                    let name = p.name();
+                    let mut ctx = Ctx {
+                        now,
+                        core: &mut self.core,
+                        plugin: name,
+                    };
+                    p.handle_binary(&mut ctx, link, &payload);
+                }
+                None => {
+                    self.core.stats.unhandled_packages += 1;
+                    self.core.events.push_back(Event::FrameDropped {
+                        link,
+                        reason: DropReason::Unhandled(i64::from(tag)),
+                    });
+                }
+            }
+        }
         while let Some((link, routing, pkg)) = self.core.inbox.pop_front() {
             let mut handled = false;
             for p in &mut self.plugins {
@@ -453,6 +482,14 @@ impl Node {
                 });
             }
         }
+    }
+}
+
+/// The type tag of a binary frame: its first two bytes, little endian.
+pub fn binary_tag(payload: &[u8]) -> u16 {
+    match payload {
+        [a, b, ..] => u16::from_le_bytes([*a, *b]),
+        _ => 0,
     }
 }
 
@@ -567,6 +604,23 @@ impl Core {
                 Ok(())
             }
         }
+    }
+
+    fn handle_binary(&mut self, link: LinkId, payload: Vec<u8>) {
+        self.stats.frames_in += 1;
+        if payload.len() < 2 {
+            self.drop_frame(
+                link,
+                DropReason::Decode("binary frame without a type tag".into()),
+            );
+            return;
+        }
+        self.binary_inbox.push_back((link, payload));
+    }
+
+    /// Sends a binary frame (meshfleet peers only; see `meshfleet_wire::binary_frame`).
+    pub(crate) fn send_binary(&mut self, link: LinkId, payload: &[u8]) {
+        self.push_transmit(link, binary_frame(payload), false);
     }
 
     fn drop_frame(&mut self, link: LinkId, reason: DropReason) {

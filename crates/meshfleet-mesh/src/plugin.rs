@@ -104,6 +104,17 @@ impl Ctx<'_> {
         Ok(())
     }
 
+    /// Sends a binary frame on one link. `payload` starts with the plugin's u16 LE type
+    /// tag. Only for peers that said they accept binary frames (a stock node would drop
+    /// it as unparsable JSON).
+    pub fn send_binary_on_link(&mut self, link: LinkId, payload: &[u8]) -> Result<(), SendError> {
+        if !self.core.links.iter().any(|l| l.id == link) {
+            return Err(SendError::NoSuchLink(link));
+        }
+        self.core.send_binary(link, payload);
+        Ok(())
+    }
+
     /// Synced links: `(link, neighbour id, role)`, in link order.
     pub fn links(&self) -> Vec<(LinkId, NodeId, LinkRole)> {
         self.core
@@ -163,6 +174,14 @@ pub trait Plugin: Any + Send {
     /// A package of a claimed type reached us. `link` is where it arrived from;
     /// `routing` tells whether it was broadcast (the node has already flooded it on).
     fn handle_package(&mut self, ctx: &mut Ctx<'_>, link: LinkId, routing: Routing, pkg: &Package);
+
+    /// Whether this plugin handles binary frames tagged `tag` (first two payload bytes).
+    fn handles_binary(&self, _tag: u16) -> bool {
+        false
+    }
+
+    /// A binary frame with a claimed tag arrived on `link` (tag included in `payload`).
+    fn handle_binary(&mut self, _ctx: &mut Ctx<'_>, _link: LinkId, _payload: &[u8]) {}
 
     /// The mesh changed.
     fn handle_change(&mut self, _ctx: &mut Ctx<'_>, _change: &MeshChange) {}

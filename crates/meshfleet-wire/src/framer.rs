@@ -1,13 +1,21 @@
-//! Splitting a TCP byte stream into NUL-terminated frames.
+//! Splitting a TCP byte stream into frames.
+//!
+//! painlessMesh frames are JSON text ended by a NUL. meshfleet adds one optional frame kind
+//! between meshfleet nodes: a **binary frame** `0x01, len: u32 LE, payload[len]` (no NUL),
+//! used for OTA chunk data so it travels without the base64 tax. A JSON frame never starts
+//! with 0x01 (it starts with `{` or whitespace), so the two cannot be confused, and a
+//! meshfleet node only sends binary frames to a peer that advertised it accepts them.
 
 use alloc::vec::Vec;
+
+/// First byte of a binary frame.
+pub const BINARY_FRAME_MARK: u8 = 0x01;
 
 /// Why the framer refused bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum FrameError {
-    /// A frame grew past the cap before its NUL arrived; its bytes up to the next NUL are
-    /// discarded without being buffered.
+    /// A frame grew past the cap; its bytes are discarded without being buffered.
     TooLong {
         /// The configured cap.
         max: usize,
@@ -17,31 +25,63 @@ pub enum FrameError {
 impl core::fmt::Display for FrameError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            Self::TooLong { max } => write!(f, "frame longer than {max} bytes without a NUL"),
+            Self::TooLong { max } => write!(f, "frame longer than {max} bytes"),
         }
     }
 }
 
-/// Accumulates bytes of one link and hands out complete frames (NUL excluded).
+/// One complete frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameRef<'a> {
+    /// JSON text, NUL excluded.
+    Json(&'a [u8]),
+    /// A binary frame's payload.
+    Binary(&'a [u8]),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Between frames or inside a JSON frame (bytes in `buf`).
+    Text,
+    /// Skipping an oversized JSON frame up to its NUL.
+    DiscardText,
+    /// Reading the 4 length bytes of a binary frame (count read so far in `buf`).
+    BinaryLen,
+    /// Reading `remaining` payload bytes of a binary frame into `buf`.
+    BinaryBody { remaining: usize },
+    /// Skipping `remaining` payload bytes of an oversized binary frame.
+    DiscardBinary { remaining: usize },
+}
+
+/// Accumulates bytes of one link and hands out complete frames.
 ///
 /// Memory is bounded by `max_frame_len`: once a frame exceeds it, the framer reports
-/// [`FrameError::TooLong`] once and skips to the next NUL, keeping nothing. Empty frames
+/// [`FrameError::TooLong`] once and skips the frame, keeping nothing. Empty JSON frames
 /// (consecutive NULs) are skipped, like the library's `ReceiveBuffer`.
 #[derive(Debug)]
 pub struct Framer {
     buf: Vec<u8>,
     max_frame_len: usize,
-    discarding: bool,
+    state: State,
+    accept_binary: bool,
 }
 
 impl Framer {
-    /// A framer that accepts frames of at most `max_frame_len` bytes (NUL excluded).
+    /// A framer for frames of at most `max_frame_len` bytes (NUL excluded), accepting
+    /// binary frames.
     pub fn new(max_frame_len: usize) -> Self {
         Self {
             buf: Vec::new(),
             max_frame_len,
-            discarding: false,
+            state: State::Text,
+            accept_binary: true,
         }
+    }
+
+    /// Whether a frame starting with 0x01 is read as binary (default) or as text (which
+    /// then fails to decode, as in the C++ library).
+    pub fn set_accept_binary(&mut self, accept: bool) {
+        self.accept_binary = accept;
     }
 
     /// Bytes held for an incomplete frame.
@@ -50,55 +90,125 @@ impl Framer {
     }
 
     /// Feeds bytes; calls `on_frame` for each complete frame or error, in stream order.
-    ///
-    /// A frame that arrives whole in `data` while nothing is buffered is passed without a
-    /// copy.
-    pub fn push(&mut self, mut data: &[u8], mut on_frame: impl FnMut(Result<&[u8], FrameError>)) {
+    /// A JSON frame that arrives whole while nothing is buffered is passed without a copy.
+    pub fn push(
+        &mut self,
+        mut data: &[u8],
+        mut on_frame: impl FnMut(Result<FrameRef<'_>, FrameError>),
+    ) {
+        let max = self.max_frame_len;
         while !data.is_empty() {
-            match data.iter().position(|&b| b == 0) {
-                Some(nul) => {
-                    let (head, rest) = (&data[..nul], &data[nul + 1..]);
-                    data = rest;
-                    if self.discarding {
-                        self.discarding = false;
+            match self.state {
+                State::Text => {
+                    if self.buf.is_empty() && self.accept_binary && data[0] == BINARY_FRAME_MARK {
+                        data = &data[1..];
+                        self.state = State::BinaryLen;
                         continue;
                     }
-                    if self.buf.is_empty() {
-                        if head.len() > self.max_frame_len {
-                            on_frame(Err(FrameError::TooLong {
-                                max: self.max_frame_len,
-                            }));
-                        } else if !head.is_empty() {
-                            on_frame(Ok(head));
+                    match data.iter().position(|&b| b == 0) {
+                        Some(nul) => {
+                            let head = &data[..nul];
+                            data = &data[nul + 1..];
+                            if self.buf.len() + head.len() > max {
+                                self.buf = Vec::new();
+                                on_frame(Err(FrameError::TooLong { max }));
+                            } else if self.buf.is_empty() {
+                                if !head.is_empty() {
+                                    on_frame(Ok(FrameRef::Json(head)));
+                                }
+                            } else {
+                                self.buf.extend_from_slice(head);
+                                on_frame(Ok(FrameRef::Json(&self.buf)));
+                                self.buf.clear();
+                            }
                         }
-                    } else if self.buf.len() + head.len() > self.max_frame_len {
-                        self.buf.clear();
-                        on_frame(Err(FrameError::TooLong {
-                            max: self.max_frame_len,
-                        }));
-                    } else {
-                        self.buf.extend_from_slice(head);
-                        on_frame(Ok(&self.buf));
-                        self.buf.clear();
+                        None => {
+                            if self.buf.len() + data.len() > max {
+                                self.buf = Vec::new();
+                                self.state = State::DiscardText;
+                                on_frame(Err(FrameError::TooLong { max }));
+                            } else {
+                                self.buf.extend_from_slice(data);
+                            }
+                            return;
+                        }
                     }
                 }
-                None => {
-                    if !self.discarding {
-                        if self.buf.len() + data.len() > self.max_frame_len {
-                            self.buf = Vec::new();
-                            self.discarding = true;
-                            on_frame(Err(FrameError::TooLong {
-                                max: self.max_frame_len,
-                            }));
+                State::DiscardText => match data.iter().position(|&b| b == 0) {
+                    Some(nul) => {
+                        data = &data[nul + 1..];
+                        self.state = State::Text;
+                    }
+                    None => return,
+                },
+                State::BinaryLen => {
+                    let need = 4 - self.buf.len();
+                    let take = need.min(data.len());
+                    self.buf.extend_from_slice(&data[..take]);
+                    data = &data[take..];
+                    if self.buf.len() == 4 {
+                        let len = u32::from_le_bytes([
+                            self.buf[0],
+                            self.buf[1],
+                            self.buf[2],
+                            self.buf[3],
+                        ]) as usize;
+                        self.buf.clear();
+                        if len > max {
+                            self.state = State::DiscardBinary { remaining: len };
+                            on_frame(Err(FrameError::TooLong { max }));
                         } else {
-                            self.buf.extend_from_slice(data);
+                            self.state = State::BinaryBody { remaining: len };
+                        }
+                        if len == 0 {
+                            self.state = State::Text;
+                            on_frame(Ok(FrameRef::Binary(&[])));
                         }
                     }
-                    return;
+                }
+                State::BinaryBody { remaining } => {
+                    let take = remaining.min(data.len());
+                    if self.buf.is_empty() && take == remaining {
+                        on_frame(Ok(FrameRef::Binary(&data[..take])));
+                    } else {
+                        self.buf.extend_from_slice(&data[..take]);
+                        if take == remaining {
+                            on_frame(Ok(FrameRef::Binary(&self.buf)));
+                            self.buf.clear();
+                        }
+                    }
+                    data = &data[take..];
+                    self.state = if take == remaining {
+                        State::Text
+                    } else {
+                        State::BinaryBody {
+                            remaining: remaining - take,
+                        }
+                    };
+                }
+                State::DiscardBinary { remaining } => {
+                    let take = remaining.min(data.len());
+                    data = &data[take..];
+                    self.state = if take == remaining {
+                        State::Text
+                    } else {
+                        State::DiscardBinary {
+                            remaining: remaining - take,
+                        }
+                    };
                 }
             }
         }
     }
+}
+
+/// Wraps `payload` as a binary frame (`0x01, len u32 LE, payload`).
+pub fn binary_frame(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 5);
+    out.push(BINARY_FRAME_MARK);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
 }
 
 #[cfg(test)]
@@ -106,9 +216,22 @@ mod tests {
     use super::*;
     use alloc::vec;
 
-    fn frames(framer: &mut Framer, data: &[u8]) -> Vec<Result<Vec<u8>, FrameError>> {
+    #[derive(Debug, PartialEq)]
+    enum F {
+        J(Vec<u8>),
+        B(Vec<u8>),
+        E,
+    }
+
+    fn frames(framer: &mut Framer, data: &[u8]) -> Vec<F> {
         let mut out = vec![];
-        framer.push(data, |f| out.push(f.map(<[u8]>::to_vec)));
+        framer.push(data, |f| {
+            out.push(match f {
+                Ok(FrameRef::Json(j)) => F::J(j.to_vec()),
+                Ok(FrameRef::Binary(b)) => F::B(b.to_vec()),
+                Err(_) => F::E,
+            })
+        });
         out
     }
 
@@ -117,10 +240,10 @@ mod tests {
         let mut f = Framer::new(100);
         assert_eq!(
             frames(&mut f, b"{\"a\":1}\0\0{\"b\""),
-            vec![Ok(b"{\"a\":1}".to_vec())]
+            vec![F::J(b"{\"a\":1}".to_vec())]
         );
         assert_eq!(f.buffered(), 4);
-        assert_eq!(frames(&mut f, b":2}\0"), vec![Ok(b"{\"b\":2}".to_vec())]);
+        assert_eq!(frames(&mut f, b":2}\0"), vec![F::J(b"{\"b\":2}".to_vec())]);
         assert_eq!(f.buffered(), 0);
     }
 
@@ -131,14 +254,13 @@ mod tests {
         let mut errors = 0;
         for _ in 0..10_000 {
             for r in frames(&mut f, &chunk) {
-                assert!(r.is_err());
+                assert_eq!(r, F::E);
                 errors += 1;
             }
             assert!(f.buffered() <= 1000);
         }
         assert_eq!(errors, 1, "the overflow is reported once, not per chunk");
-        // The stream recovers at the next NUL.
-        assert_eq!(frames(&mut f, b"tail\0{}\0"), vec![Ok(b"{}".to_vec())]);
+        assert_eq!(frames(&mut f, b"tail\0{}\0"), vec![F::J(b"{}".to_vec())]);
     }
 
     #[test]
@@ -146,12 +268,60 @@ mod tests {
         let mut f = Framer::new(4);
         assert_eq!(
             frames(&mut f, b"123456\0ok\0"),
-            vec![Err(FrameError::TooLong { max: 4 }), Ok(b"ok".to_vec())]
+            vec![F::E, F::J(b"ok".to_vec())]
         );
         assert_eq!(frames(&mut f, b"12"), vec![]);
         assert_eq!(
             frames(&mut f, b"345\0ab\0"),
-            vec![Err(FrameError::TooLong { max: 4 }), Ok(b"ab".to_vec())]
+            vec![F::E, F::J(b"ab".to_vec())]
+        );
+    }
+
+    #[test]
+    fn binary_frames_carry_nuls_and_interleave_with_json() {
+        let mut f = Framer::new(100);
+        let mut stream = b"{\"a\":1}\0".to_vec();
+        stream.extend(binary_frame(&[0, 1, 2, 0, 255]));
+        stream.extend(b"{\"b\":2}\0");
+        stream.extend(binary_frame(&[]));
+        let want = vec![
+            F::J(b"{\"a\":1}".to_vec()),
+            F::B(vec![0, 1, 2, 0, 255]),
+            F::J(b"{\"b\":2}".to_vec()),
+            F::B(vec![]),
+        ];
+        assert_eq!(frames(&mut f, &stream), want);
+        // Byte by byte gives the same frames.
+        let mut f = Framer::new(100);
+        let mut got = vec![];
+        for b in &stream {
+            got.extend(frames(&mut f, core::slice::from_ref(b)));
+        }
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn oversized_binary_frame_is_skipped_without_buffering() {
+        let mut f = Framer::new(10);
+        let mut stream = binary_frame(&[7; 1000]);
+        stream.extend(b"{}\0");
+        assert_eq!(frames(&mut f, &stream), vec![F::E, F::J(b"{}".to_vec())]);
+        // A lying length prefix (4 GB) never allocates: it is skipped as it arrives.
+        let mut f = Framer::new(10);
+        assert_eq!(
+            frames(&mut f, &[1, 255, 255, 255, 255, 9, 9, 9]),
+            vec![F::E]
+        );
+        assert_eq!(f.buffered(), 0);
+    }
+
+    #[test]
+    fn binary_off_reads_the_mark_as_text() {
+        let mut f = Framer::new(100);
+        f.set_accept_binary(false);
+        assert_eq!(
+            frames(&mut f, b"\x01abc\0"),
+            vec![F::J(b"\x01abc".to_vec())]
         );
     }
 }

@@ -29,7 +29,7 @@ pub mod ota;
 mod package;
 mod tree;
 
-pub use framer::{FrameError, Framer};
+pub use framer::{binary_frame, FrameError, FrameRef, Framer, BINARY_FRAME_MARK};
 pub use message::{
     decode, DecodeError, Extra, Message, MsgText, NodeSync, Text, TimeMsg, TimePacket,
     MAX_STRING_CHARS,

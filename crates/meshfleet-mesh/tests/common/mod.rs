@@ -1,6 +1,6 @@
 //! A tiny in-process network with virtual time: nodes joined by links with a fixed
 //! one-way delay, frames delivered in order. No sockets, no clock.
-#![allow(dead_code, clippy::unwrap_used)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 
