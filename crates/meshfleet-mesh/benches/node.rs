@@ -1,1 +1,142 @@
-fn main() {}
+//! The node's hot paths: handling a node sync of a big tree, routing lookup in a 1,000-node
+//! mesh, and forwarding a SINGLE; each against a `serde_json::Value` baseline doing the
+//! same job the obvious way.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
+use meshfleet_mesh::{Config, Instant, LinkId, LinkRole, Node, NodeId, NodeTree};
+use serde_json::Value;
+
+/// A tree of `n` nodes, up to 4 children each, ids from `base`.
+fn tree(base: u32, n: u32) -> NodeTree {
+    fn build(next: &mut u32, left: &mut u32, depth: u32) -> NodeTree {
+        let mut t = NodeTree::leaf(NodeId(*next));
+        *next += 1;
+        *left -= 1;
+        for _ in 0..4 {
+            if *left == 0 || depth > 12 {
+                break;
+            }
+            t.subs.push(build(next, left, depth + 1));
+        }
+        t
+    }
+    let (mut next, mut left) = (base, n);
+    build(&mut next, &mut left, 0)
+}
+
+fn reply_frame(t: &NodeTree, dest: u32) -> Vec<u8> {
+    let mut v = serde_json::to_value(t).unwrap();
+    let o = v.as_object_mut().unwrap();
+    o.insert("type".into(), 6.into());
+    o.insert("dest".into(), dest.into());
+    o.insert("from".into(), t.node_id.0.into());
+    let mut f = serde_json::to_vec(&v).unwrap();
+    f.push(0);
+    f
+}
+
+/// A node (id 1) with 4 links whose trees hold `per_link` nodes each.
+fn mesh(per_link: u32) -> (Node, Vec<NodeTree>) {
+    let mut node = Node::new(Config::new(NodeId(1)));
+    let mut trees = vec![];
+    for l in 0..4u32 {
+        let t = tree(10_000 * (l + 1), per_link);
+        node.handle_link_up(Instant::ZERO, LinkId(u64::from(l)), LinkRole::AccessPoint);
+        node.handle_bytes(Instant::ZERO, LinkId(u64::from(l)), &reply_frame(&t, 1));
+        trees.push(t);
+    }
+    while node.poll_transmit().is_some() {}
+    while node.poll_event().is_some() {}
+    (node, trees)
+}
+
+fn contains(v: &Value, id: u64) -> bool {
+    v.get("nodeId").and_then(Value::as_u64) == Some(id)
+        || v.get("subs")
+            .and_then(Value::as_array)
+            .is_some_and(|s| s.iter().any(|c| contains(c, id)))
+}
+
+fn bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("node_sync");
+    for n in [100u32, 1000] {
+        // Alternate two trees so every sync is a change (the expensive path: store, re-sync
+        // the other links, recompute the node list).
+        let a = tree(500_000, n);
+        let mut b = a.clone();
+        b.subs.push(NodeTree::leaf(NodeId(999_999)));
+        let frames = [reply_frame(&a, 1), reply_frame(&b, 1)];
+        let mut node = Node::new(Config::new(NodeId(1)));
+        node.handle_link_up(Instant::ZERO, LinkId(9), LinkRole::AccessPoint);
+        let mut i = 0;
+        g.bench_function(BenchmarkId::new("meshfleet", n), |bch| {
+            bch.iter(|| {
+                node.handle_bytes(Instant::ZERO, LinkId(9), black_box(&frames[i % 2]));
+                i += 1;
+                while node.poll_transmit().is_some() {}
+                while node.poll_event().is_some() {}
+            })
+        });
+        g.bench_function(BenchmarkId::new("serde_json_value", n), |bch| {
+            let mut j = 0;
+            bch.iter(|| {
+                let f = &frames[j % 2];
+                j += 1;
+                let v: Value = serde_json::from_slice(&f[..f.len() - 1]).unwrap();
+                let mut ids = vec![];
+                fn walk(v: &Value, out: &mut Vec<u64>) {
+                    if let Some(id) = v.get("nodeId").and_then(Value::as_u64) {
+                        out.push(id);
+                    }
+                    for s in v
+                        .get("subs")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                    {
+                        walk(s, out);
+                    }
+                }
+                walk(&v, &mut ids);
+                ids.sort_unstable();
+                black_box(ids.len())
+            })
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("route_lookup_1000");
+    let (node, trees) = mesh(250);
+    let values: Vec<Value> = trees
+        .iter()
+        .map(|t| serde_json::to_value(t).unwrap())
+        .collect();
+    let far = NodeId(40_000 + 249); // the last node of the last link
+    assert!(node.route(far).is_some());
+    g.bench_function("meshfleet", |b| b.iter(|| node.route(black_box(far))));
+    g.bench_function("serde_json_value", |b| {
+        b.iter(|| {
+            values
+                .iter()
+                .position(|v| contains(v, u64::from(black_box(far).0)))
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("forward_single_1000");
+    let (mut node, _) = mesh(250);
+    let mut frame =
+        br#"{"type":9,"dest":40249,"from":10003,"msg":"temperature=21.5;humidity=40"}"#.to_vec();
+    frame.push(0);
+    g.bench_function("meshfleet", |b| {
+        b.iter(|| {
+            node.handle_bytes(Instant::ZERO, LinkId(0), black_box(&frame));
+            black_box(node.poll_transmit())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The sans-IO core crates must not depend on an async runtime, sockets or I/O services
+# (DEVELOPERS.md, STYLE.md). `cargo tree` lists every normal dependency, transitively.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+core=(meshfleet-wire meshfleet-mesh)
+[ -d crates/meshfleet-ota ] && core+=(meshfleet-ota)
+forbidden='^(tokio|mio|socket2|axum|hyper|rumqttc|async-std|smol|reqwest)$'
+status=0
+for c in "${core[@]}"; do
+  deps=$(cargo tree -p "$c" -e normal --prefix none --format '{p}' | awk '{print $1}' | sort -u)
+  bad=$(echo "$deps" | grep -E "$forbidden" || true)
+  if [ -n "$bad" ]; then
+    echo "core crate $c depends on: $bad" >&2
+    status=1
+  else
+    echo "ok: $c has no runtime/socket dependencies ($(echo "$deps" | wc -l) crates)"
+  fi
+done
+# no_std crates must build without std features leaking in through their own manifests.
+for c in meshfleet-wire meshfleet-mesh; do
+  grep -q '^#!\[no_std\]' "crates/$c/src/lib.rs" || { echo "$c lost #![no_std]" >&2; status=1; }
+done
+exit $status

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs what the build and tests need on a fresh Debian machine with rustup's stable
+# toolchain. Safe to run twice.
+set -euo pipefail
+need=()
+command -v cc >/dev/null || need+=(gcc)
+command -v pkg-config >/dev/null || need+=(pkg-config)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+  fi
+fi
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+cd "$(dirname "$0")/.."
+cargo fetch --locked
