@@ -1,0 +1,102 @@
+//! Signed, compressed firmware artefacts (`.mfw`) for meshfleet OTA.
+//!
+//! A pure library: no clock, no sockets, no global RNG. Time and randomness come in as
+//! arguments, so packing is deterministic and everything can be tested in isolation. Used by the
+//! CLI (`meshfleet firmware keygen|pack|inspect|verify`) and by the OTA engine, on the sending
+//! side ([`Artefact::chunk`]) and the receiving side ([`StreamVerifier`], [`StreamDecoder`]).
+//!
+//! # Pipeline
+//!
+//! ```
+//! use meshfleet_firmware::{keys, pack, Artefact, PackOptions, Version};
+//! # use rand_core::SeedableRng as _;
+//! # let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
+//! let key = keys::keygen(&mut rng); // the CLI passes `OsRng`
+//! let image = b"\xe9 an ESP8266 flash image ...".repeat(64);
+//!
+//! let mut opts = PackOptions::new("sensor", "ESP8266", Version::parse("1.2.10")?);
+//! opts.signing_key = Some(&key);
+//! let file = pack(&image, opts)?.to_bytes();
+//!
+//! let artefact = Artefact::from_bytes(&file)?;
+//! let verified = artefact.verify(Some(&key.verifying_key()))?;
+//! assert_eq!(verified.image(), &image[..]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # File format (`.mfw`, format 1)
+//!
+//! ```text
+//! offset  size  content
+//! 0       4     magic "MFW1"
+//! 4       4     manifest length L, u32 little-endian, L <= 1 MiB
+//! 8       L     manifest, UTF-8 JSON (written compact; any JSON formatting is read)
+//! 8+L     P     payload: the image encoded with `codec`; P = manifest.compressed_size exactly
+//! ```
+//!
+//! The manifest ([`Manifest`]) as written by [`pack`] (hashes shortened here):
+//!
+//! ```json
+//! {"format":1,"role":"sensor","hardware":"ESP8266","version":"1.2.10","size":594036,
+//!  "md5":"<32 hex>","sha256":"<64 hex>","codec":"deflate","compressed_size":388531,
+//!  "chunk_size":1024,"chunk_count":380,"chunk_hashes":["<32 hex>",...],
+//!  "payload_sha256":"<64 hex>","created":1767225600,"key_id":"<16 hex>","signature":"<128 hex>"}
+//! ```
+//!
+//! * `size`, `md5`, `sha256` describe the raw image. `md5` is what a stock painlessMesh node
+//!   announces and checks, so a meshfleet sender can serve stock nodes from the same artefact.
+//! * `codec` is `none` or `deflate` (raw DEFLATE, see [`codec`]); `compressed_size`,
+//!   `chunk_size` (default 1024, 64..=32768), `chunk_count`, `chunk_hashes` and
+//!   `payload_sha256` describe the payload *as transmitted*.
+//! * The signature is Ed25519 over [`Manifest::signed_bytes`]: a fixed context string and the
+//!   compact JSON of the manifest with `"signature":null`; `key_id` (first 8 bytes of the
+//!   SHA-256 of the public key) is inside the signed bytes.
+//!
+//! # Chunk integrity: a flat, signed hash list (no Merkle tree)
+//!
+//! Each chunk of the transmitted payload has a 16-byte truncated SHA-256 in the manifest, so a
+//! receiver rejects a corrupted or forged chunk the moment it arrives, *before* decompressing
+//! or writing it, and asks for that one chunk again. The list is covered by the manifest
+//! signature, which the receiver checks once, before the transfer.
+//!
+//! A Merkle tree would let the manifest carry one root instead of the list, at the price of a
+//! proof (log2(n) × 16 bytes, 9 hashes for 400 chunks) with every chunk, and proof checking on
+//! the device. Here the whole list costs 16 bytes per 1 KiB chunk (1.6% of the payload, about
+//! 6 KiB for a 600 KB ESP8266 image, 13 KiB as hex in the manifest) and is transferred once,
+//! and checking a chunk is one SHA-256 and a compare by index. The flat list wins for images of
+//! this size; the 1 MiB manifest limit caps it at about 29,000 chunks.
+//!
+//! Truncating to 128 bits is safe here: forging a chunk needs a second preimage of a hash the
+//! signer published (2^128 work). Final acceptance does not rest on the truncated hashes
+//! anyway: the full `payload_sha256`, image `sha256` and `md5` are all checked at the end.
+//!
+//! # Receiver memory
+//!
+//! [`StreamDecoder`] decodes a DEFLATE payload pushed chunk by chunk with a fixed footprint of
+//! [`STREAM_DECODER_FOOTPRINT`] bytes: the 32 KiB window plus the inflater's tables
+//! ([`codec::INFLATER_STATE_SIZE`]); no input is buffered. See [`codec`] for details.
+
+mod artefact;
+pub mod codec;
+mod digest;
+mod hex;
+pub mod keys;
+mod manifest;
+mod verify;
+mod version;
+
+pub use artefact::{
+    pack, Artefact, PackError, PackOptions, ParseError, DEFAULT_LEVEL, HEADER_LEN, MAGIC,
+};
+pub use codec::{Codec, DecodeError, StreamDecoder, DEFLATE_WINDOW_SIZE, STREAM_DECODER_FOOTPRINT};
+pub use digest::{ChunkHash, HexValueError, KeyId, ManifestSignature, Md5Digest, Sha256Digest};
+pub use manifest::{
+    Manifest, ManifestError, SignatureError, DEFAULT_CHUNK_SIZE, FORMAT_VERSION, MAX_CHUNK_SIZE,
+    MAX_IMAGE_SIZE, MAX_MANIFEST_LEN, MAX_PAYLOAD_SIZE, MAX_TEXT_LEN, MIN_CHUNK_SIZE,
+    SIGNATURE_CONTEXT,
+};
+pub use verify::{SignatureCheck, StreamVerifier, VerifiedArtefact, VerifyError};
+pub use version::{Version, VersionError, VersionErrorKind, MAX_VERSION_LEN};
+
+/// Re-exported so callers name the same key types this crate uses.
+pub use ed25519_dalek::{SigningKey, VerifyingKey};
