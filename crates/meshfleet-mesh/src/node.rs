@@ -5,7 +5,7 @@ use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
 use meshfleet_wire::{
-    binary_frame, decode, FrameRef, Framer, Message, MsgText, NodeId, NodeSync, NodeTree, Package,
+    binary_frame, parse, FrameRef, Framer, Message, MsgText, NodeId, NodeSync, NodeTree, Package,
     Routing, Text, TimeMsg, TimePacket,
 };
 
@@ -485,6 +485,13 @@ impl Node {
     }
 }
 
+fn with_nul(text: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(text.len() + 1);
+    v.extend_from_slice(text.as_bytes());
+    v.push(0);
+    v
+}
+
 /// The type tag of a binary frame: its first two bytes, little endian.
 pub fn binary_tag(payload: &[u8]) -> u16 {
     match payload {
@@ -570,18 +577,18 @@ impl Core {
 
     /// Sends on every synced link except `except`; returns the count.
     fn flood(&mut self, msg: &Message, except: Option<LinkId>) -> usize {
+        self.flood_frame(&msg.encode_frame(), except)
+    }
+
+    fn flood_frame(&mut self, frame: &[u8], except: Option<LinkId>) -> usize {
         let targets: Vec<LinkId> = self
             .links
             .iter()
             .filter(|l| l.peer != NodeId::UNKNOWN && Some(l.id) != except)
             .map(|l| l.id)
             .collect();
-        if targets.is_empty() {
-            return 0;
-        }
-        let frame = msg.encode_frame();
         for &t in &targets {
-            self.push_transmit(t, frame.clone(), false);
+            self.push_transmit(t, frame.to_vec(), false);
         }
         targets.len()
     }
@@ -630,28 +637,39 @@ impl Core {
 
     fn handle_frame(&mut self, now: Instant, link: LinkId, frame: &[u8]) {
         self.stats.frames_in += 1;
-        let msg = match decode(frame) {
-            Ok(m) => m,
+        let parsed = match parse(frame) {
+            Ok(p) => p,
             Err(e) => {
                 self.drop_frame(link, DropReason::Decode(alloc::format!("{e}")));
                 return;
             }
         };
         let me = self.config.node_id;
-        let routing = msg.routing();
+        let routing = parsed.routing();
         // router.hpp routePackage: SINGLE not for us is forwarded without local processing.
-        if routing == Routing::Single && msg.dest() != me {
-            match self.route(msg.dest()) {
+        // We forward the received text verbatim (the library re-serializes it; both keep
+        // every key, ours skips a decode and an encode on every relay hop).
+        if routing == Routing::Single && parsed.dest() != me {
+            match self.route(parsed.dest()) {
                 Some(out) => {
                     self.stats.forwarded += 1;
-                    self.send_msg(out, &msg, false);
+                    let bytes = with_nul(parsed.text());
+                    self.push_transmit(out, bytes, false);
                 }
-                None => self.drop_frame(link, DropReason::NoRoute(msg.dest())),
+                None => self.drop_frame(link, DropReason::NoRoute(parsed.dest())),
             }
             return;
         }
+        let msg = match parsed.message() {
+            Ok(m) => m,
+            Err(e) => {
+                self.drop_frame(link, DropReason::Decode(alloc::format!("{e}")));
+                return;
+            }
+        };
         if routing == Routing::Broadcast {
-            self.stats.forwarded += self.flood(&msg, Some(link)) as u64;
+            let bytes = with_nul(parsed.text());
+            self.stats.forwarded += self.flood_frame(&bytes, Some(link)) as u64;
         }
         match msg {
             Message::NodeSyncRequest(n) => {

@@ -31,8 +31,8 @@ mod tree;
 
 pub use framer::{binary_frame, FrameError, FrameRef, Framer, BINARY_FRAME_MARK};
 pub use message::{
-    decode, DecodeError, Extra, Message, MsgText, NodeSync, Text, TimeMsg, TimePacket,
-    MAX_STRING_CHARS,
+    decode, parse, DecodeError, Extra, Frame, Message, MsgText, NodeSync, Text, TimeMsg,
+    TimePacket, MAX_STRING_CHARS,
 };
 pub use package::Package;
 pub use tree::{NodeTree, MAX_TREE_DEPTH};

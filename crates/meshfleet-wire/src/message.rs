@@ -471,91 +471,153 @@ pub(crate) fn parse_envelope(text: &str) -> Result<(Envelope<'_>, &str), DecodeE
 
 /// Decodes one frame (the bytes between NULs).
 pub fn decode(frame: &[u8]) -> Result<Message, DecodeError> {
+    parse(frame)?.message()
+}
+
+/// A frame parsed just enough to route it: one pass over the JSON, values kept as
+/// borrowed raw text. [`Frame::message`] finishes decoding when the frame is for us;
+/// a relay forwards [`Frame::text`] verbatim (every key preserved) without it.
+pub struct Frame<'a> {
+    env: Envelope<'a>,
+    text: &'a str,
+    ty: i64,
+    routing: Routing,
+    dest: NodeId,
+    from: NodeId,
+}
+
+/// Parses a frame's envelope (see [`Frame`]).
+pub fn parse(frame: &[u8]) -> Result<Frame<'_>, DecodeError> {
     let text = core::str::from_utf8(frame).map_err(|_| DecodeError::Utf8)?;
     let (env, object_text) = parse_envelope(text)?;
     let ty = env.int("type").ok_or(DecodeError::NoType)?;
+    let routing = match env.int("routing") {
+        Some(code) => Routing::from_code(code),
+        None => Routing::for_type(ty),
+    };
     let dest = NodeId(env.u32("dest").unwrap_or(0));
     let from = NodeId(env.u32("from").unwrap_or(0));
-    Ok(match ty {
-        types::TIME_DELAY | types::TIME_SYNC => {
-            let raw = env.get("msg").ok_or(DecodeError::Field {
-                ty,
-                field: "msg",
-                reason: "missing".into(),
-            })?;
-            let wire: TimeMsgWire =
-                serde_json::from_str(raw.get()).map_err(|e| DecodeError::Field {
+    Ok(Frame {
+        env,
+        text: object_text,
+        ty,
+        routing,
+        dest,
+        from,
+    })
+}
+
+impl Frame<'_> {
+    /// The `type`.
+    pub fn ty(&self) -> i64 {
+        self.ty
+    }
+
+    /// How it travels (an explicit `routing` key wins over the type's rule).
+    pub fn routing(&self) -> Routing {
+        self.routing
+    }
+
+    /// Destination as the library reads it (0 when absent or not a uint32).
+    pub fn dest(&self) -> NodeId {
+        self.dest
+    }
+
+    /// Sender as the library reads it.
+    pub fn from(&self) -> NodeId {
+        self.from
+    }
+
+    /// The JSON object's text exactly as received (leading whitespace and anything after
+    /// the object removed): what a relay forwards.
+    pub fn text(&self) -> &str {
+        self.text
+    }
+
+    /// Decodes the typed message.
+    pub fn message(&self) -> Result<Message, DecodeError> {
+        let (env, object_text, ty, dest, from) =
+            (&self.env, self.text, self.ty, self.dest, self.from);
+        Ok(match ty {
+            types::TIME_DELAY | types::TIME_SYNC => {
+                let raw = env.get("msg").ok_or(DecodeError::Field {
                     ty,
                     field: "msg",
-                    reason: e.to_string(),
+                    reason: "missing".into(),
                 })?;
-            let msg = TimeMsg {
-                kind: wire.kind.0.ok_or(DecodeError::Field {
-                    ty,
-                    field: "msg.type",
-                    reason: "not an integer".into(),
-                })?,
-                t0: wire.t0.0,
-                t1: wire.t1.0,
-                t2: wire.t2.0,
-            };
-            let p = TimePacket {
-                dest,
-                from,
-                msg,
-                extra: env.extra(&["type", "dest", "from", "msg"]),
-            };
-            if ty == types::TIME_DELAY {
-                Message::TimeDelay(p)
-            } else {
-                Message::TimeSync(p)
-            }
-        }
-        types::NODE_SYNC_REQUEST | types::NODE_SYNC_REPLY => {
-            let subs = match env.get("subs") {
-                None => Vec::new(),
-                Some(raw) => {
-                    let mut de = serde_json::Deserializer::from_str(raw.get());
-                    SubsSeed {
-                        depth_left: MAX_TREE_DEPTH,
-                    }
-                    .deserialize(&mut de)
-                    .map_err(|e| DecodeError::Field {
+                let wire: TimeMsgWire =
+                    serde_json::from_str(raw.get()).map_err(|e| DecodeError::Field {
                         ty,
-                        field: "subs",
+                        field: "msg",
                         reason: e.to_string(),
-                    })?
+                    })?;
+                let msg = TimeMsg {
+                    kind: wire.kind.0.ok_or(DecodeError::Field {
+                        ty,
+                        field: "msg.type",
+                        reason: "not an integer".into(),
+                    })?,
+                    t0: wire.t0.0,
+                    t1: wire.t1.0,
+                    t2: wire.t2.0,
+                };
+                let p = TimePacket {
+                    dest,
+                    from,
+                    msg,
+                    extra: env.extra(&["type", "dest", "from", "msg"]),
+                };
+                if ty == types::TIME_DELAY {
+                    Message::TimeDelay(p)
+                } else {
+                    Message::TimeSync(p)
                 }
-            };
-            let tree = NodeTree {
-                // The library falls back to `from` when `nodeId` is not a uint32.
-                node_id: env.u32("nodeId").map(NodeId).unwrap_or(from),
-                root: env.bool("root"),
-                has_time_authority: env.bool("hasTimeAuthority"),
-                subs,
-            };
-            let n = NodeSync {
-                tree,
-                dest,
-                from,
-                extra: env.extra(&[
-                    "nodeId",
-                    "root",
-                    "hasTimeAuthority",
-                    "subs",
-                    "type",
-                    "dest",
-                    "from",
-                ]),
-            };
-            if ty == types::NODE_SYNC_REQUEST {
-                Message::NodeSyncRequest(n)
-            } else {
-                Message::NodeSyncReply(n)
             }
-        }
-        types::BROADCAST | types::SINGLE => {
-            let msg = match env.get("msg") {
+            types::NODE_SYNC_REQUEST | types::NODE_SYNC_REPLY => {
+                let subs = match env.get("subs") {
+                    None => Vec::new(),
+                    Some(raw) => {
+                        let mut de = serde_json::Deserializer::from_str(raw.get());
+                        SubsSeed {
+                            depth_left: MAX_TREE_DEPTH,
+                        }
+                        .deserialize(&mut de)
+                        .map_err(|e| DecodeError::Field {
+                            ty,
+                            field: "subs",
+                            reason: e.to_string(),
+                        })?
+                    }
+                };
+                let tree = NodeTree {
+                    // The library falls back to `from` when `nodeId` is not a uint32.
+                    node_id: env.u32("nodeId").map(NodeId).unwrap_or(from),
+                    root: env.bool("root"),
+                    has_time_authority: env.bool("hasTimeAuthority"),
+                    subs,
+                };
+                let n = NodeSync {
+                    tree,
+                    dest,
+                    from,
+                    extra: env.extra(&[
+                        "nodeId",
+                        "root",
+                        "hasTimeAuthority",
+                        "subs",
+                        "type",
+                        "dest",
+                        "from",
+                    ]),
+                };
+                if ty == types::NODE_SYNC_REQUEST {
+                    Message::NodeSyncRequest(n)
+                } else {
+                    Message::NodeSyncReply(n)
+                }
+            }
+            types::BROADCAST | types::SINGLE => {
+                let msg = match env.get("msg") {
                 None => MsgText::Missing,
                 Some(raw) => match serde_json::from_str::<String>(raw.get()) {
                     Ok(s) if s.chars().count() > MAX_STRING_CHARS => {
@@ -571,30 +633,25 @@ pub fn decode(frame: &[u8]) -> Result<Message, DecodeError> {
                     Err(_) => MsgText::Json(alloc::borrow::ToOwned::to_owned(raw)),
                 },
             };
-            let t = Text {
-                dest,
-                from,
-                msg,
-                extra: env.extra(&["type", "dest", "from", "msg"]),
-            };
-            if ty == types::BROADCAST {
-                Message::Broadcast(t)
-            } else {
-                Message::Single(t)
+                let t = Text {
+                    dest,
+                    from,
+                    msg,
+                    extra: env.extra(&["type", "dest", "from", "msg"]),
+                };
+                if ty == types::BROADCAST {
+                    Message::Broadcast(t)
+                } else {
+                    Message::Single(t)
+                }
             }
-        }
-        _ => {
-            let routing = match env.int("routing") {
-                Some(code) => Routing::from_code(code),
-                None => Routing::for_type(ty),
-            };
-            Message::Package(Package::from_parts(
+            _ => Message::Package(Package::from_parts(
                 ty,
-                routing,
+                self.routing,
                 dest,
                 from,
                 object_text.into(),
-            ))
-        }
-    })
+            )),
+        })
+    }
 }
