@@ -319,6 +319,9 @@ fn duplicate_ids_and_forged_node_syncs_close_the_link() {
     assert_eq!(n.stats().closed_invalid, 1);
 }
 
+/// Reads the counter a bad input must bump.
+type Counter = fn(&meshfleet_mesh::Stats) -> u64;
+
 /// Each bad input drops the frame (counted, reported) while the link and node carry on:
 /// a valid SINGLE right after it is still delivered, and a second link is unaffected.
 #[test]
@@ -332,7 +335,7 @@ fn bad_input_drops_the_frame_and_nothing_else() {
         r#"{{"type":9,"dest":21,"from":7,"msg":"{}"}}"#,
         "x".repeat(1_000_000)
     );
-    let cases: Vec<(&str, Vec<u8>, fn(&meshfleet_mesh::Stats) -> u64)> = vec![
+    let cases: Vec<(&str, Vec<u8>, Counter)> = vec![
         (
             "invalid utf-8",
             b"{\"type\":9,\"msg\":\"\xff\xfe\"}".to_vec(),

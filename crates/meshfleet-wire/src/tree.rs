@@ -27,7 +27,7 @@ pub struct NodeTree {
     /// Whether this node has an authoritative clock (RTC, internet).
     pub has_time_authority: bool,
     /// The trees of its links.
-    pub subs: Vec<NodeTree>,
+    pub subs: Vec<Self>,
 }
 
 impl NodeTree {

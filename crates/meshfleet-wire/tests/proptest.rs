@@ -39,7 +39,7 @@ fn time_msg() -> impl Strategy<Value = TimeMsg> {
 fn message() -> impl Strategy<Value = Message> {
     let ids = (any::<u32>(), any::<u32>());
     prop_oneof![
-        (ids.clone(), ".{0,200}").prop_map(|((d, f), s)| Message::Single(Text {
+        (ids, ".{0,200}").prop_map(|((d, f), s)| Message::Single(Text {
             dest: NodeId(d),
             from: NodeId(f),
             msg: MsgText::Text(s),
@@ -51,13 +51,13 @@ fn message() -> impl Strategy<Value = Message> {
             msg: MsgText::Text(s),
             extra: vec![]
         })),
-        (ids.clone(), time_msg()).prop_map(|((d, f), msg)| Message::TimeSync(TimePacket {
+        (ids, time_msg()).prop_map(|((d, f), msg)| Message::TimeSync(TimePacket {
             dest: NodeId(d),
             from: NodeId(f),
             msg,
             extra: vec![]
         })),
-        (ids.clone(), time_msg()).prop_map(|((d, f), msg)| Message::TimeDelay(TimePacket {
+        (ids, time_msg()).prop_map(|((d, f), msg)| Message::TimeDelay(TimePacket {
             dest: NodeId(d),
             from: NodeId(f),
             msg,

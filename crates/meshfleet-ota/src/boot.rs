@@ -1,0 +1,248 @@
+//! Safe apply: commit a verified image, boot it on trial, confirm or roll back.
+//!
+//! The A/B trial-boot scheme of ESP-IDF's app rollback and MCUboot's test swap:
+//!
+//! 1. [`commit`]: after the receiver verified the whole image (sha256, md5, size, signature)
+//!    in the inactive slot, one atomic boot-record write marks it `pending`.
+//! 2. [`BootManager::on_boot`] (the bootloader's decision, at every start): a pending image is
+//!    hashed again and booted on trial, its attempt counter persisted *before* it runs; once
+//!    the counter reaches the limit without a confirmation it is abandoned (rollback) and the
+//!    confirmed slot boots. A pending image that no longer hashes to what was verified is
+//!    never booted.
+//! 3. [`BootManager::confirm`]: the new image declares itself healthy; it becomes the active
+//!    slot. [`BootManager::rollback`] abandons it explicitly.
+//!
+//! Each step is one atomic write of the boot record, so a power cut anywhere leaves the
+//! device on the verified new image or on the old one.
+
+use sha2::{Digest as _, Sha256};
+
+use crate::store::{BootRecord, ImageInfo, Slot, SlotStore, StoreError};
+
+/// Default boot attempts of a pending image before it is rolled back.
+pub const DEFAULT_MAX_BOOT_ATTEMPTS: u32 = 3;
+
+/// Which slot to boot, and whether it is on trial.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BootDecision {
+    /// The slot to run.
+    pub slot: Slot,
+    /// What it holds.
+    pub image: Option<ImageInfo>,
+    /// A new image on trial: call [`BootManager::confirm`] once healthy.
+    pub trial: bool,
+    /// A pending image was abandoned at this boot, and why.
+    pub rolled_back: Option<&'static str>,
+}
+
+/// Marks the verified image in `slot` pending: it boots on trial at the next start.
+/// Refuses the active slot (never overwrite what runs).
+pub fn commit(store: &mut dyn SlotStore, slot: Slot, info: ImageInfo) -> Result<(), StoreError> {
+    let mut rec = store.load_boot()?.unwrap_or_else(|| BootRecord::new(None));
+    if slot == rec.active {
+        return Err(StoreError::Corrupt {
+            what: "commit",
+            detail: "refusing to commit into the active slot".into(),
+        });
+    }
+    rec.set_image(slot, Some(info));
+    rec.pending = Some(slot);
+    rec.attempts = 0;
+    store.save_boot(&rec)
+}
+
+/// SHA-256 of the first `size` bytes of `slot`, read in bounded pieces, as hex.
+pub fn slot_sha256(store: &mut dyn SlotStore, slot: Slot, size: u64) -> Result<String, StoreError> {
+    const PIECE: u64 = 64 * 1024;
+    let mut h = Sha256::new();
+    let mut off = 0u64;
+    while off < size {
+        let n = (size - off).min(PIECE) as usize;
+        h.update(store.read_slot(slot, off, n)?);
+        off += n as u64;
+    }
+    Ok(crate::stock::hex(&h.finalize()))
+}
+
+/// The boot side of a device: decides what boots, confirms, rolls back.
+#[derive(Debug)]
+pub struct BootManager<S: SlotStore> {
+    store: S,
+    max_attempts: u32,
+    /// The decision of the current boot.
+    current: Option<BootDecision>,
+}
+
+impl<S: SlotStore> BootManager<S> {
+    /// A manager over `store` allowing `max_attempts` trial boots.
+    pub fn new(store: S, max_attempts: u32) -> Self {
+        Self {
+            store,
+            max_attempts: max_attempts.max(1),
+            current: None,
+        }
+    }
+
+    /// The store.
+    pub fn store(&mut self) -> &mut S {
+        &mut self.store
+    }
+
+    /// Gives the store back.
+    pub fn into_store(self) -> S {
+        self.store
+    }
+
+    /// The decision of this boot, after [`BootManager::on_boot`].
+    pub fn current(&self) -> Option<&BootDecision> {
+        self.current.as_ref()
+    }
+
+    /// Decides which slot boots now. Call once per start, before running the image.
+    pub fn on_boot(&mut self) -> Result<BootDecision, StoreError> {
+        let mut rec = self
+            .store
+            .load_boot()?
+            .unwrap_or_else(|| BootRecord::new(None));
+        let mut rolled_back = None;
+        if let Some(p) = rec.pending {
+            let verdict = if rec.attempts >= self.max_attempts {
+                Err("the new image did not confirm within its boot attempts")
+            } else {
+                match rec.image(p).cloned() {
+                    None => Err("pending slot has no image record"),
+                    Some(info) => match slot_sha256(&mut self.store, p, info.size) {
+                        Ok(h) if h == info.sha256 => Ok(()),
+                        Ok(_) => Err("pending image no longer matches its verified sha256"),
+                        Err(StoreError::OutOfRange { .. }) => Err("pending image is truncated"),
+                        Err(e) => return Err(e),
+                    },
+                }
+            };
+            match verdict {
+                Ok(()) => {
+                    // Count the attempt before running it: a crash in the new image
+                    // then still uses one up.
+                    rec.attempts += 1;
+                    self.store.save_boot(&rec)?;
+                    let d = BootDecision {
+                        slot: p,
+                        image: rec.image(p).cloned(),
+                        trial: true,
+                        rolled_back: None,
+                    };
+                    self.current = Some(d.clone());
+                    return Ok(d);
+                }
+                Err(why) => {
+                    rec.pending = None;
+                    rec.attempts = 0;
+                    self.store.save_boot(&rec)?;
+                    rolled_back = Some(why);
+                }
+            }
+        }
+        let d = BootDecision {
+            slot: rec.active,
+            image: rec.image(rec.active).cloned(),
+            trial: false,
+            rolled_back,
+        };
+        self.current = Some(d.clone());
+        Ok(d)
+    }
+
+    /// The running trial image is healthy: make it the active slot.
+    pub fn confirm(&mut self) -> Result<(), StoreError> {
+        let Some(cur) = self.current.as_ref().filter(|d| d.trial) else {
+            return Ok(()); // nothing on trial
+        };
+        let slot = cur.slot;
+        let mut rec = self
+            .store
+            .load_boot()?
+            .unwrap_or_else(|| BootRecord::new(None));
+        if rec.pending == Some(slot) {
+            rec.active = slot;
+            rec.pending = None;
+            rec.attempts = 0;
+            self.store.save_boot(&rec)?;
+        }
+        if let Some(c) = self.current.as_mut() {
+            c.trial = false;
+        }
+        Ok(())
+    }
+
+    /// Abandons a pending or trial image: the next boot runs the confirmed slot.
+    pub fn rollback(&mut self) -> Result<(), StoreError> {
+        let mut rec = self
+            .store
+            .load_boot()?
+            .unwrap_or_else(|| BootRecord::new(None));
+        if rec.pending.is_some() {
+            rec.pending = None;
+            rec.attempts = 0;
+            self.store.save_boot(&rec)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::store::{image_info, MemStore};
+
+    fn device() -> (MemStore, ImageInfo) {
+        let s = MemStore::with_image(b"old image", "1.0.0");
+        let mut w = s.clone();
+        w.write_slot(Slot::B, 0, b"new image!").unwrap();
+        (s, image_info(b"new image!", "1.1.0"))
+    }
+
+    #[test]
+    fn trial_then_confirm() {
+        let (s, info) = device();
+        commit(&mut s.clone(), Slot::B, info).unwrap();
+        let mut bm = BootManager::new(s.clone(), 3);
+        let d = bm.on_boot().unwrap();
+        assert_eq!((d.slot, d.trial), (Slot::B, true));
+        bm.confirm().unwrap();
+        let d = BootManager::new(s, 3).on_boot().unwrap();
+        assert_eq!((d.slot, d.trial), (Slot::B, false));
+    }
+
+    #[test]
+    fn unconfirmed_image_rolls_back_after_its_attempts() {
+        let (s, info) = device();
+        commit(&mut s.clone(), Slot::B, info).unwrap();
+        for _ in 0..3 {
+            let d = BootManager::new(s.clone(), 3).on_boot().unwrap();
+            assert_eq!(d.slot, Slot::B); // crashes before confirming
+        }
+        let d = BootManager::new(s, 3).on_boot().unwrap();
+        assert_eq!(d.slot, Slot::A);
+        assert!(d.rolled_back.is_some());
+    }
+
+    #[test]
+    fn a_damaged_pending_image_never_boots() {
+        let (s, info) = device();
+        commit(&mut s.clone(), Slot::B, info).unwrap();
+        s.clone().write_slot(Slot::B, 0, b"X").unwrap();
+        let d = BootManager::new(s, 3).on_boot().unwrap();
+        assert_eq!(d.slot, Slot::A);
+        assert_eq!(
+            d.rolled_back,
+            Some("pending image no longer matches its verified sha256")
+        );
+    }
+
+    #[test]
+    fn commit_refuses_the_active_slot() {
+        let (s, info) = device();
+        assert!(commit(&mut s.clone(), Slot::A, info).is_err());
+    }
+}

@@ -1,0 +1,280 @@
+//! What the OTA plugins tell the application (through [`meshfleet_mesh::Event::Plugin`]).
+
+use std::any::Any;
+
+use meshfleet_mesh::{Duration, NodeId, PluginEvent};
+use serde_json::json;
+
+/// Why an announce was sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AnnounceReason {
+    /// The offer started.
+    Start,
+    /// The periodic timer (the library's 60 s task).
+    Periodic,
+    /// New nodes joined the mesh.
+    Join,
+}
+
+impl AnnounceReason {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Start => "start",
+            Self::Periodic => "periodic",
+            Self::Join => "join",
+        }
+    }
+}
+
+/// One OTA happening. Downcast a [`PluginEvent`] with `event.as_any().downcast_ref::<OtaEvent>()`.
+///
+/// Every variant has a stable JSON form (`{"event": "<snake_case name>", ...}`) for `--json`
+/// output.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OtaEvent {
+    // ---- stock sender ----
+    /// An Announce (10) went out.
+    AnnounceSent {
+        /// Why.
+        reason: AnnounceReason,
+        /// Announces left on the periodic timer.
+        remaining: u32,
+    },
+    /// A part was served to `node`.
+    PartServed {
+        /// The requester.
+        node: NodeId,
+        /// 0-based part.
+        part: u32,
+        /// Parts in the image.
+        no_part: u32,
+        /// Parts served to this node so far (retries included).
+        served: u32,
+    },
+    /// `node` requested and got the last part.
+    NodeCompleted {
+        /// The node.
+        node: NodeId,
+        /// From its first request to the last part.
+        took: Duration,
+    },
+    /// A DataRequest was not answered.
+    RequestIgnored {
+        /// The requester.
+        node: NodeId,
+        /// Why (`md5`, `role`, `hardware`, `part_out_of_range`, `no_route`, `malformed`).
+        reason: &'static str,
+    },
+
+    // ---- stock receiver ----
+    /// The receiver started (or resumed) fetching an image.
+    UpdateStarted {
+        /// MD5 of the image.
+        md5: String,
+        /// Parts in the image.
+        no_part: u32,
+        /// The part it asks for first.
+        from_part: u32,
+        /// The announcer.
+        sender: NodeId,
+    },
+    /// A part was written.
+    PartReceived {
+        /// 0-based part.
+        part: u32,
+        /// Parts in the image.
+        no_part: u32,
+    },
+    /// A broadcast part arrived out of sequence: the receiver left broadcast mode and asks
+    /// for the missing part by unicast (the Alteriom fallback).
+    BroadcastGap {
+        /// The part it needs.
+        expected: u32,
+        /// The part that arrived.
+        got: u32,
+    },
+    /// The request task ran out of retries; the update is abandoned until the next announce.
+    GaveUp {
+        /// MD5 of the image.
+        md5: String,
+        /// The part it was waiting for.
+        part: u32,
+    },
+    /// The image was received and its MD5 matches: it is installed (the library reboots
+    /// 2 s later).
+    Updated {
+        /// MD5 of the new image.
+        md5: String,
+        /// Image size.
+        size: u64,
+    },
+    /// The update failed (write error, MD5 mismatch); it restarts from part 0 on the next
+    /// announce.
+    UpdateFailed {
+        /// MD5 announced.
+        md5: String,
+        /// Why.
+        reason: String,
+    },
+
+    // ---- meshfleet protocol ----
+    /// A neighbour's capabilities arrived.
+    CapsReceived {
+        /// The neighbour.
+        peer: NodeId,
+        /// Whether it accepts binary frames.
+        binary: bool,
+    },
+    /// No CAPS from a neighbour in time: it is treated as a stock node.
+    NeighbourIsStock {
+        /// The neighbour.
+        peer: NodeId,
+    },
+    /// An offer was accepted: the transfer starts (or resumes).
+    OfferAccepted {
+        /// Campaign id.
+        campaign: u32,
+        /// Firmware version offered.
+        version: String,
+        /// Chunks already held (resume).
+        have: u32,
+        /// Chunks in the payload.
+        chunks: u32,
+    },
+    /// An offer was refused.
+    OfferRejected {
+        /// The neighbour that offered.
+        peer: NodeId,
+        /// Why, for a human.
+        reason: String,
+    },
+    /// A chunk was dropped because it failed verification.
+    ChunkRejected {
+        /// The neighbour it came from.
+        peer: NodeId,
+        /// Chunk index.
+        index: u32,
+        /// Why (`hash`, `length`, `index`, `campaign`).
+        reason: &'static str,
+    },
+    /// Transfer progress (emitted every ~10% and at the end).
+    Progress {
+        /// Campaign id.
+        campaign: u32,
+        /// Chunks held.
+        have: u32,
+        /// Chunks in the payload.
+        chunks: u32,
+    },
+    /// Every chunk is held and the image verified (sha256, md5, size, signature).
+    Verified {
+        /// Campaign id.
+        campaign: u32,
+    },
+    /// The verified image was committed to the inactive slot and is pending boot: the driver
+    /// runs its post-update hook (reboot).
+    Applied {
+        /// Campaign id.
+        campaign: u32,
+        /// New version.
+        version: String,
+    },
+    /// Verification of the complete image failed; the staged data was discarded.
+    VerifyFailed {
+        /// Campaign id.
+        campaign: u32,
+        /// Why.
+        reason: String,
+    },
+    /// A downstream neighbour reported it has the whole image.
+    PeerDone {
+        /// The neighbour.
+        peer: NodeId,
+        /// Campaign id.
+        campaign: u32,
+    },
+}
+
+impl PluginEvent for OtaEvent {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        match self {
+            Self::AnnounceSent { reason, remaining } => {
+                json!({"event": "announce_sent", "reason": reason.label(), "remaining": remaining})
+            }
+            Self::PartServed {
+                node,
+                part,
+                no_part,
+                served,
+            } => json!({"event": "part_served", "node": node.0, "part": part,
+                        "no_part": no_part, "served": served}),
+            Self::NodeCompleted { node, took } => {
+                json!({"event": "node_completed", "node": node.0, "took_ms": took.as_millis()})
+            }
+            Self::RequestIgnored { node, reason } => {
+                json!({"event": "request_ignored", "node": node.0, "reason": reason})
+            }
+            Self::UpdateStarted {
+                md5,
+                no_part,
+                from_part,
+                sender,
+            } => json!({"event": "update_started", "md5": md5, "no_part": no_part,
+                        "from_part": from_part, "sender": sender.0}),
+            Self::PartReceived { part, no_part } => {
+                json!({"event": "part_received", "part": part, "no_part": no_part})
+            }
+            Self::BroadcastGap { expected, got } => {
+                json!({"event": "broadcast_gap", "expected": expected, "got": got})
+            }
+            Self::GaveUp { md5, part } => json!({"event": "gave_up", "md5": md5, "part": part}),
+            Self::Updated { md5, size } => json!({"event": "updated", "md5": md5, "size": size}),
+            Self::UpdateFailed { md5, reason } => {
+                json!({"event": "update_failed", "md5": md5, "reason": reason})
+            }
+            Self::CapsReceived { peer, binary } => {
+                json!({"event": "caps_received", "peer": peer.0, "bin": binary})
+            }
+            Self::NeighbourIsStock { peer } => {
+                json!({"event": "neighbour_is_stock", "peer": peer.0})
+            }
+            Self::OfferAccepted {
+                campaign,
+                version,
+                have,
+                chunks,
+            } => json!({"event": "offer_accepted", "campaign": campaign, "version": version,
+                        "have": have, "chunks": chunks}),
+            Self::OfferRejected { peer, reason } => {
+                json!({"event": "offer_rejected", "peer": peer.0, "reason": reason})
+            }
+            Self::ChunkRejected {
+                peer,
+                index,
+                reason,
+            } => json!({"event": "chunk_rejected", "peer": peer.0, "index": index,
+                        "reason": reason}),
+            Self::Progress {
+                campaign,
+                have,
+                chunks,
+            } => json!({"event": "progress", "campaign": campaign, "have": have,
+                        "chunks": chunks}),
+            Self::Verified { campaign } => json!({"event": "verified", "campaign": campaign}),
+            Self::Applied { campaign, version } => {
+                json!({"event": "applied", "campaign": campaign, "version": version})
+            }
+            Self::VerifyFailed { campaign, reason } => {
+                json!({"event": "verify_failed", "campaign": campaign, "reason": reason})
+            }
+            Self::PeerDone { peer, campaign } => {
+                json!({"event": "peer_done", "peer": peer.0, "campaign": campaign})
+            }
+        }
+    }
+}

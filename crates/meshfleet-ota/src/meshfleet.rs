@@ -1,0 +1,1248 @@
+//! The meshfleet OTA protocol (`docs/ota-protocol.md`): hop-by-hop, store-and-forward
+//! distribution of a signed, compressed artefact with NAK repair.
+//!
+//! One type plays every role: a *source* holds the whole artefact; a *receiver* accepts an
+//! OFFER, stores verified chunks in its [`SlotStore`], decodes the contiguous prefix into the
+//! inactive slot and commits the verified image; every receiver is also a *relay*: each
+//! verified chunk is forwarded to the downstream neighbours that still lack it, so a chunk
+//! crosses each link once and the transfer pipelines down the tree.
+//!
+//! Repair follows the spirit of Trickle (RFC 6206): a receiver that hears no progress from
+//! its upstream for an interval `I` (randomized in `[I/2, I)`) sends one NAK, one hop, to its
+//! upstream only, and doubles `I` up to `Imax`; progress resets `I` to `Imin`. An upstream
+//! answers from its own store, and what it lacks itself is covered by its own NAK upstream,
+//! so NAK traffic is at most one message per link per interval: O(links), never O(nodes²).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use meshfleet_firmware::{Artefact, Codec, Manifest, StreamVerifier, VerifyingKey, Version};
+use meshfleet_mesh::{Ctx, Duration, Instant, LinkId, MeshChange, NodeId, Plugin};
+use meshfleet_wire::{Package, Routing};
+use serde::{Deserialize, Serialize};
+
+use crate::boot;
+use crate::event::OtaEvent;
+use crate::proto::{
+    campaign_id, decode_binary_chunk, encode_binary_chunk, Bitmap, Caps, ChunkJson, Nak, Offer,
+    Status, BINARY_CHUNK_HEADER, CAPS, CHUNK, MAX_CAPS_TEXT, MAX_CODECS, MAX_NAK_RANGES, NAK,
+    OFFER, PROTOCOL_VERSION, STATUS, TYPE_FIRST, TYPE_LAST,
+};
+use crate::store::{ImageInfo, Slot, SlotStore, StoreError};
+
+/// Assumed ESP32 TCP throughput over the mesh, bytes per second.
+pub const ASSUMED_LINK_RATE: u64 = 123_000;
+
+/// Configuration of a [`MeshfleetOta`] node.
+#[derive(Clone, Debug)]
+pub struct MeshfleetConfig {
+    /// Our role.
+    pub role: String,
+    /// Our hardware.
+    pub hardware: String,
+    /// The running image (from [`crate::BootDecision::image`]), if known.
+    pub running: Option<ImageInfo>,
+    /// The running image is on trial (not confirmed yet): offers are refused, because the
+    /// only other slot holds the confirmed fallback.
+    pub on_trial: bool,
+    /// Manifests must be signed by this key; `None` accepts unsigned ones (integrity only).
+    pub trusted_key: Option<VerifyingKey>,
+    /// Accept binary frames (advertised in CAPS).
+    pub binary: bool,
+    /// Codecs we decode.
+    pub codecs: Vec<Codec>,
+    /// Bytes we can stage (advertised in CAPS; larger payloads are refused).
+    pub max_staging: u64,
+    /// Accept offers that are not newer than the running version.
+    pub allow_downgrade: bool,
+    /// How long to wait for a neighbour's CAPS before treating it as a stock node (3 s).
+    pub caps_timeout: Duration,
+    /// Pacing: bytes per second per link (default 60% of [`ASSUMED_LINK_RATE`]).
+    pub link_rate: u64,
+    /// Pacing: chunk frames that may leave back to back on one link (4).
+    pub burst_chunks: u32,
+    /// NAK interval bounds (Trickle `Imin`, `Imax`): 500 ms, 8 s.
+    pub nak_min: Duration,
+    /// See `nak_min`.
+    pub nak_max: Duration,
+    /// Persist the bitmap after this many new chunks (16): a crash re-fetches at most that
+    /// many, and flash is not rewritten for every chunk.
+    pub save_every: u32,
+}
+
+impl MeshfleetConfig {
+    /// Defaults for a node of `role` on `hardware`.
+    pub fn new(role: impl Into<String>, hardware: impl Into<String>) -> Self {
+        Self {
+            role: role.into(),
+            hardware: hardware.into(),
+            running: None,
+            on_trial: false,
+            trusted_key: None,
+            binary: true,
+            codecs: vec![Codec::None, Codec::Deflate],
+            max_staging: 4 * 1024 * 1024,
+            allow_downgrade: false,
+            caps_timeout: Duration::from_secs(3),
+            link_rate: ASSUMED_LINK_RATE * 6 / 10,
+            burst_chunks: 4,
+            nak_min: Duration::from_millis(500),
+            nak_max: Duration::from_secs(8),
+            save_every: 16,
+        }
+    }
+}
+
+/// Counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MeshfleetStats {
+    /// Chunks sent (all links).
+    pub chunks_sent: u64,
+    /// Chunk payload bytes sent.
+    pub chunk_bytes_sent: u64,
+    /// New verified chunks received.
+    pub chunks_received: u64,
+    /// Chunks received that we already had.
+    pub duplicates: u64,
+    /// Chunks dropped for failing verification.
+    pub chunks_rejected: u64,
+    /// NAKs sent.
+    pub naks_sent: u64,
+    /// NAKs received.
+    pub naks_received: u64,
+    /// Offers sent.
+    pub offers_sent: u64,
+    /// Malformed meshfleet packages dropped.
+    pub malformed: u64,
+}
+
+/// The persisted transfer state (`SlotStore::save_state`).
+#[derive(Serialize, Deserialize)]
+struct SavedState {
+    campaign: u32,
+    forced: bool,
+    manifest: serde_json::Value,
+    have: String,
+}
+
+/// Where chunk bytes come from.
+enum ChunkSource {
+    /// We are the source: the payload in memory.
+    Payload(Arc<Artefact>),
+    /// Staged in the store.
+    Staged,
+}
+
+struct Campaign {
+    id: u32,
+    manifest: Arc<Manifest>,
+    forced: bool,
+    source: ChunkSource,
+    have: Bitmap,
+    upstream: Option<LinkId>,
+    /// Every chunk held and the image verified and committed (or we are the source).
+    complete: bool,
+    verifier: Option<StreamVerifier<Arc<Manifest>>>,
+    slot: Slot,
+    slot_offset: u64,
+    unsaved: u32,
+    nak_interval: Duration,
+    nak_at: Option<Instant>,
+    /// A chunk arrived since the NAK interval started (Trickle: consistent, suppress).
+    progressed: bool,
+    last_progress_tenth: u32,
+}
+
+struct Neighbour {
+    peer: NodeId,
+    caps: Option<Caps>,
+    caps_deadline: Option<Instant>,
+    stock: bool,
+    offered: Option<u32>,
+    /// Chunks the neighbour asked for (NAK) and has not been sent since.
+    want: Bitmap,
+    /// It accepted (sent a NAK) for the campaign.
+    accepted: bool,
+    rejected: bool,
+    done: bool,
+    subtree_done: bool,
+    tokens: f64,
+    refilled: Instant,
+    pump_at: Option<Instant>,
+}
+
+/// The meshfleet OTA plugin (package types 700-709, binary tag 703). See the module docs.
+pub struct MeshfleetOta {
+    config: MeshfleetConfig,
+    store: Box<dyn SlotStore>,
+    campaign: Option<Campaign>,
+    neighbours: BTreeMap<LinkId, Neighbour>,
+    stats: MeshfleetStats,
+    /// Set when a store operation failed: the node stops receiving (a real device would be
+    /// rebooting) until it is rebuilt from its store.
+    failed: Option<String>,
+}
+
+impl std::fmt::Debug for MeshfleetOta {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshfleetOta")
+            .field("campaign", &self.campaign.as_ref().map(|c| c.id))
+            .field("have", &self.campaign.as_ref().map(|c| c.have.count()))
+            .field("neighbours", &self.neighbours.len())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why [`MeshfleetOta::new`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl MeshfleetOta {
+    /// A receiver/relay over `store`. A transfer persisted in the store is resumed: its
+    /// verified chunks are kept, the staged prefix is decoded again into the inactive slot,
+    /// and only missing chunks are asked for once an upstream offers it again.
+    pub fn new(config: MeshfleetConfig, store: Box<dyn SlotStore>) -> Result<Self, OpenError> {
+        let mut me = Self {
+            config,
+            store,
+            campaign: None,
+            neighbours: BTreeMap::new(),
+            stats: MeshfleetStats::default(),
+            failed: None,
+        };
+        me.restore()?;
+        Ok(me)
+    }
+
+    /// A source offering `artefact` (verify it before: [`Artefact::verify`]). `forced`
+    /// lets receivers install it even if not newer.
+    pub fn source(
+        config: MeshfleetConfig,
+        store: Box<dyn SlotStore>,
+        artefact: Artefact,
+        forced: bool,
+    ) -> Self {
+        let manifest = Arc::new(artefact.manifest().clone());
+        let chunks = manifest.chunk_count;
+        let campaign = Campaign {
+            id: campaign_id(&manifest),
+            manifest,
+            forced,
+            source: ChunkSource::Payload(Arc::new(artefact)),
+            have: Bitmap::full(chunks),
+            upstream: None,
+            complete: true,
+            verifier: None,
+            slot: Slot::B,
+            slot_offset: 0,
+            unsaved: 0,
+            nak_interval: Duration::ZERO,
+            nak_at: None,
+            progressed: false,
+            last_progress_tenth: 10,
+        };
+        Self {
+            config,
+            store,
+            campaign: Some(campaign),
+            neighbours: BTreeMap::new(),
+            stats: MeshfleetStats::default(),
+            failed: None,
+        }
+    }
+
+    /// Starts distributing (a source): offers to every meshfleet neighbour that lacks the
+    /// image. Neighbours that join later get an offer after their CAPS.
+    pub fn start(&mut self, ctx: &mut Ctx<'_>) {
+        self.offer_all(ctx);
+        self.pump(ctx);
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &MeshfleetStats {
+        &self.stats
+    }
+
+    /// The campaign in progress: (id, chunks held, chunk count).
+    pub fn progress(&self) -> Option<(u32, u32, u32)> {
+        self.campaign
+            .as_ref()
+            .map(|c| (c.id, c.have.count(), c.manifest.chunk_count))
+    }
+
+    /// Whether the image was received, verified and committed (or we are the source).
+    pub fn is_complete(&self) -> bool {
+        self.campaign.as_ref().is_some_and(|c| c.complete)
+    }
+
+    /// Whether every neighbour we offered the campaign to (and that did not refuse it),
+    /// and everything behind it, reported done.
+    pub fn subtree_done(&self) -> bool {
+        let Some(id) = self.campaign.as_ref().map(|c| c.id) else {
+            return true;
+        };
+        self.neighbours
+            .values()
+            .filter(|n| n.offered == Some(id) && !n.rejected)
+            .all(|n| n.subtree_done)
+    }
+
+    /// Neighbours that sent no CAPS in time: stock nodes (serve them with a
+    /// [`crate::StockSender`] on the same node).
+    pub fn stock_neighbours(&self) -> Vec<NodeId> {
+        self.neighbours
+            .values()
+            .filter(|n| n.stock)
+            .map(|n| n.peer)
+            .collect()
+    }
+
+    /// Why the node stopped (a store failure), if it did.
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+
+    /// Gives the store back (a simulated reboot keeps it).
+    pub fn into_store(self) -> Box<dyn SlotStore> {
+        self.store
+    }
+
+    // ------------------------------------------------------------------ persistence
+
+    fn restore(&mut self) -> Result<(), StoreError> {
+        let Some(bytes) = self.store.load_state()? else {
+            return Ok(());
+        };
+        let Some((saved, manifest)) =
+            serde_json::from_slice::<SavedState>(&bytes)
+                .ok()
+                .and_then(|s| {
+                    let m = Manifest::from_json(s.manifest.to_string().as_bytes()).ok()?;
+                    Some((s, m))
+                })
+        else {
+            // Unreadable state: start over (the staged data is untrusted without it).
+            return self.store.clear_state();
+        };
+        let chunks = manifest.chunk_count;
+        let Some(mut have) = Bitmap::from_hex(&saved.have, chunks) else {
+            return self.store.clear_state();
+        };
+        let manifest = Arc::new(manifest);
+        // The bitmap is written after the chunks it lists, but check anyway: a chunk that
+        // does not verify is simply fetched again.
+        for i in 0..chunks {
+            if have.get(i) {
+                let ok = manifest
+                    .chunk_range(i)
+                    .and_then(|r| self.store.read_staging(r.start as u64, r.len()).ok())
+                    .is_some_and(|b| manifest.verify_chunk(i, &b));
+                if !ok {
+                    have.clear(i);
+                }
+            }
+        }
+        let slot = self.inactive_slot()?;
+        let mut c = Campaign {
+            id: saved.campaign,
+            verifier: StreamVerifier::new(manifest.clone()).ok(),
+            manifest,
+            forced: saved.forced,
+            source: ChunkSource::Staged,
+            have,
+            upstream: None,
+            complete: false,
+            slot,
+            slot_offset: 0,
+            unsaved: 0,
+            nak_interval: self.config.nak_min,
+            nak_at: None,
+            progressed: false,
+            last_progress_tenth: 0,
+        };
+        // The decoder's state is not persisted: decode the staged prefix again.
+        self.store.erase_slot(slot)?;
+        self.advance_decoder(&mut c)?;
+        self.campaign = Some(c);
+        Ok(())
+    }
+
+    fn save_state(&mut self) -> Result<(), StoreError> {
+        let Some(c) = self.campaign.as_mut() else {
+            return Ok(());
+        };
+        if matches!(c.source, ChunkSource::Payload(_)) || c.complete {
+            return Ok(());
+        }
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&c.manifest.to_json()).unwrap_or_default();
+        let saved = SavedState {
+            campaign: c.id,
+            forced: c.forced,
+            manifest,
+            have: c.have.to_hex(),
+        };
+        c.unsaved = 0;
+        let bytes = serde_json::to_vec(&saved).map_err(|e| StoreError::Corrupt {
+            what: "state",
+            detail: e.to_string(),
+        })?;
+        self.store.save_state(&bytes)
+    }
+
+    fn inactive_slot(&mut self) -> Result<Slot, StoreError> {
+        Ok(self.store.load_boot()?.map_or(Slot::B, |r| r.inactive()))
+    }
+
+    fn fail(&mut self, ctx: &mut Ctx<'_>, e: &StoreError) {
+        let campaign = self.campaign.as_ref().map_or(0, |c| c.id);
+        let reason = format!("store failed: {e}");
+        self.failed = Some(reason.clone());
+        ctx.emit(Box::new(OtaEvent::VerifyFailed { campaign, reason }));
+    }
+
+    // ------------------------------------------------------------------ sending
+
+    fn send_json<T: Serialize>(ctx: &mut Ctx<'_>, link: LinkId, msg: &T) {
+        if let Ok(pkg) = Package::from_serialize(msg) {
+            // The link may have just closed; the NeighbourDown that follows cleans up.
+            let _ = ctx.send_on_link(link, &pkg);
+        }
+    }
+
+    fn caps(&self, me: u32, dest: u32) -> Caps {
+        let running = self.config.running.as_ref();
+        Caps {
+            from: me,
+            routing: 0,
+            ty: CAPS,
+            dest,
+            v: PROTOCOL_VERSION,
+            codecs: self
+                .config
+                .codecs
+                .iter()
+                .map(|c| c.name().to_string())
+                .collect(),
+            window: u32::try_from(meshfleet_firmware::DEFLATE_WINDOW_SIZE).unwrap_or(u32::MAX),
+            mem: self.config.max_staging,
+            bin: self.config.binary,
+            role: self.config.role.clone(),
+            hardware: self.config.hardware.clone(),
+            fw: running.map(|r| r.version.clone()).unwrap_or_default(),
+            sha256: running.map(|r| r.sha256.clone()).unwrap_or_default(),
+        }
+    }
+
+    /// Offers the campaign to every neighbour whose CAPS show it lacks the image.
+    fn offer_all(&mut self, ctx: &mut Ctx<'_>) {
+        let links: Vec<LinkId> = self.neighbours.keys().copied().collect();
+        for l in links {
+            self.maybe_offer(ctx, l);
+        }
+    }
+
+    fn maybe_offer(&mut self, ctx: &mut Ctx<'_>, link: LinkId) {
+        let Some(c) = self.campaign.as_ref() else {
+            return;
+        };
+        let Some(n) = self.neighbours.get_mut(&link) else {
+            return;
+        };
+        let Some(caps) = n.caps.as_ref() else {
+            return;
+        };
+        let m = &c.manifest;
+        if Some(link) == c.upstream
+            || n.offered == Some(c.id)
+            || caps.sha256.eq_ignore_ascii_case(&m.sha256.to_hex())
+            || caps.role != m.role
+            || caps.hardware != m.hardware
+        {
+            return;
+        }
+        n.offered = Some(c.id);
+        n.rejected = false;
+        n.accepted = false;
+        n.done = false;
+        n.subtree_done = false;
+        n.want = Bitmap::new(m.chunk_count);
+        let offer = Offer {
+            from: ctx.node_id().0,
+            routing: 0,
+            ty: OFFER,
+            dest: n.peer.0,
+            campaign: c.id,
+            forced: c.forced,
+            manifest: serde_json::from_slice(&m.to_json()).unwrap_or_default(),
+        };
+        self.stats.offers_sent += 1;
+        Self::send_json(ctx, link, &offer);
+    }
+
+    fn chunk_bytes(&mut self, index: u32) -> Option<Vec<u8>> {
+        let c = self.campaign.as_ref()?;
+        match &c.source {
+            ChunkSource::Payload(a) => a.chunk(index).map(<[u8]>::to_vec),
+            ChunkSource::Staged => {
+                if !c.have.get(index) {
+                    return None;
+                }
+                let r = c.manifest.chunk_range(index)?;
+                self.store.read_staging(r.start as u64, r.len()).ok()
+            }
+        }
+    }
+
+    /// Sends what the token buckets allow; arms each link's pacing timer.
+    fn pump(&mut self, ctx: &mut Ctx<'_>) {
+        let now = ctx.now();
+        let Some(c) = self.campaign.as_ref() else {
+            return;
+        };
+        let (id, chunk_size) = (c.id, u64::from(c.manifest.chunk_size));
+        let frame_cost = (chunk_size + BINARY_CHUNK_HEADER as u64 + 5) as f64;
+        let rate = self.config.link_rate.max(1) as f64;
+        let burst = frame_cost * f64::from(self.config.burst_chunks.max(1));
+        let links: Vec<LinkId> = self.neighbours.keys().copied().collect();
+        for link in links {
+            loop {
+                let Some(c) = self.campaign.as_ref() else {
+                    return;
+                };
+                let Some(n) = self.neighbours.get_mut(&link) else {
+                    break;
+                };
+                n.pump_at = None;
+                let Some(index) = n.want.first_common(&c.have, 0) else {
+                    break;
+                };
+                let elapsed = now.saturating_since(n.refilled).as_micros() as f64 / 1e6;
+                n.tokens = (n.tokens + elapsed * rate).min(burst);
+                n.refilled = now;
+                if n.tokens < frame_cost {
+                    let wait = ((frame_cost - n.tokens) / rate * 1e6).ceil() as u64;
+                    n.pump_at = Some(now + Duration::from_micros(wait.max(1)));
+                    break;
+                }
+                let binary = self.config.binary && n.caps.as_ref().is_some_and(|c| c.bin);
+                let peer = n.peer.0;
+                let Some(data) = self.chunk_bytes(index) else {
+                    // Cannot read it back: forget the want; the neighbour NAKs again.
+                    if let Some(n) = self.neighbours.get_mut(&link) {
+                        n.want.clear(index);
+                    }
+                    continue;
+                };
+                let cost = if binary {
+                    let payload = encode_binary_chunk(id, index, &data);
+                    let _ = ctx.send_binary_on_link(link, &payload);
+                    payload.len() + 5
+                } else {
+                    let msg = ChunkJson {
+                        from: ctx.node_id().0,
+                        routing: 0,
+                        ty: CHUNK,
+                        dest: peer,
+                        campaign: id,
+                        index,
+                        data: BASE64.encode(&data),
+                    };
+                    Self::send_json(ctx, link, &msg);
+                    msg.data.len() + 100
+                };
+                self.stats.chunks_sent += 1;
+                self.stats.chunk_bytes_sent += data.len() as u64;
+                if let Some(n) = self.neighbours.get_mut(&link) {
+                    n.tokens -= cost as f64;
+                    n.want.clear(index);
+                }
+            }
+        }
+    }
+
+    fn send_status(&mut self, ctx: &mut Ctx<'_>, reject: Option<(LinkId, u32, String)>) {
+        if let Some((link, campaign, reason)) = reject {
+            let peer = self.neighbours.get(&link).map_or(0, |n| n.peer.0);
+            let st = Status {
+                from: ctx.node_id().0,
+                routing: 0,
+                ty: STATUS,
+                dest: peer,
+                campaign,
+                have: 0,
+                chunks: 0,
+                done: false,
+                subtree_done: false,
+                reject: Some(reason),
+            };
+            Self::send_json(ctx, link, &st);
+            return;
+        }
+        if let Some(up) = self.campaign.as_ref().and_then(|c| c.upstream) {
+            self.send_status_on(ctx, up);
+        }
+    }
+
+    /// Our progress for the campaign, on `link`.
+    fn send_status_on(&mut self, ctx: &mut Ctx<'_>, link: LinkId) {
+        let Some(c) = self.campaign.as_ref() else {
+            return;
+        };
+        let peer = self.neighbours.get(&link).map_or(0, |n| n.peer.0);
+        let st = Status {
+            from: ctx.node_id().0,
+            routing: 0,
+            ty: STATUS,
+            dest: peer,
+            campaign: c.id,
+            have: c.have.count(),
+            chunks: c.manifest.chunk_count,
+            done: c.complete,
+            subtree_done: c.complete && self.subtree_done(),
+            reject: None,
+        };
+        Self::send_json(ctx, link, &st);
+    }
+
+    fn send_nak(&mut self, ctx: &mut Ctx<'_>) {
+        let Some(c) = self.campaign.as_ref() else {
+            return;
+        };
+        let Some(up) = c.upstream else {
+            return;
+        };
+        if c.have.is_full() {
+            return;
+        }
+        let peer = self.neighbours.get(&up).map_or(0, |n| n.peer.0);
+        let nak = Nak {
+            from: ctx.node_id().0,
+            routing: 0,
+            ty: NAK,
+            dest: peer,
+            campaign: c.id,
+            missing: c.have.missing_ranges(MAX_NAK_RANGES),
+        };
+        self.stats.naks_sent += 1;
+        Self::send_json(ctx, up, &nak);
+    }
+
+    /// Arms the next NAK decision at a random point in `[I/2, I)`.
+    fn arm_nak(&mut self, ctx: &mut Ctx<'_>) {
+        let now = ctx.now();
+        let Some(c) = self.campaign.as_mut() else {
+            return;
+        };
+        if c.complete || c.upstream.is_none() {
+            c.nak_at = None;
+            return;
+        }
+        let i = c.nak_interval.as_micros().max(2);
+        let t = i / 2 + ctx.rng().below(i / 2);
+        c.nak_at = Some(now + Duration::from_micros(t));
+        c.progressed = false;
+    }
+
+    // ------------------------------------------------------------------ receiving
+
+    fn handle_caps(&mut self, ctx: &mut Ctx<'_>, link: LinkId, pkg: &Package) {
+        let Ok(caps) = pkg.parse::<Caps>() else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let too_long = [&caps.role, &caps.hardware, &caps.fw, &caps.sha256]
+            .iter()
+            .any(|s| s.len() > MAX_CAPS_TEXT);
+        if too_long || caps.codecs.len() > MAX_CODECS {
+            self.stats.malformed += 1;
+            return;
+        }
+        let Some(n) = self.neighbours.get_mut(&link) else {
+            return;
+        };
+        n.caps_deadline = None;
+        n.stock = false;
+        let binary = caps.bin;
+        n.caps = Some(caps);
+        ctx.emit(Box::new(OtaEvent::CapsReceived {
+            peer: n.peer,
+            binary,
+        }));
+        self.maybe_offer(ctx, link);
+    }
+
+    /// Why an offer is refused, if it is.
+    fn refuse_reason(&self, m: &Manifest, forced: bool) -> Option<String> {
+        if m.role != self.config.role {
+            return Some(format!(
+                "role {} is not ours ({})",
+                m.role, self.config.role
+            ));
+        }
+        if m.hardware != self.config.hardware {
+            return Some(format!(
+                "hardware {} is not ours ({})",
+                m.hardware, self.config.hardware
+            ));
+        }
+        if let Some(key) = &self.config.trusted_key {
+            if let Err(e) = m.verify_signature(key) {
+                return Some(format!("signature: {e}"));
+            }
+        }
+        if !self.config.codecs.contains(&m.codec) {
+            return Some(format!("codec {} not supported", m.codec.name()));
+        }
+        if m.compressed_size > self.config.max_staging {
+            return Some(format!(
+                "payload of {} bytes exceeds our {} bytes of staging",
+                m.compressed_size, self.config.max_staging
+            ));
+        }
+        if self.config.on_trial {
+            return Some("running image is not confirmed yet".into());
+        }
+        if let Some(r) = &self.config.running {
+            if let Ok(running) = Version::parse(&r.version) {
+                let newer = m.version.cmp_precedence(&running) == std::cmp::Ordering::Greater;
+                if !newer && !forced && !self.config.allow_downgrade {
+                    return Some(format!(
+                        "downgrade refused: offered {} is not newer than running {}",
+                        m.version, running
+                    ));
+                }
+            }
+        }
+        None
+    }
+
+    fn handle_offer(&mut self, ctx: &mut Ctx<'_>, link: LinkId, pkg: &Package) {
+        let Ok(offer) = pkg.parse::<Offer>() else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let peer = self.neighbours.get(&link).map_or(pkg.from(), |n| n.peer);
+        let manifest = match Manifest::from_json(offer.manifest.to_string().as_bytes()) {
+            Ok(m) => m,
+            Err(e) => {
+                let reason = format!("invalid manifest: {e}");
+                ctx.emit(Box::new(OtaEvent::OfferRejected {
+                    peer,
+                    reason: reason.clone(),
+                }));
+                self.send_status(ctx, Some((link, offer.campaign, reason)));
+                return;
+            }
+        };
+        let id = campaign_id(&manifest);
+        if id != offer.campaign {
+            self.stats.malformed += 1;
+            return;
+        }
+        // Already running it: tell the offerer we are done.
+        if self
+            .config
+            .running
+            .as_ref()
+            .is_some_and(|r| r.sha256.eq_ignore_ascii_case(&manifest.sha256.to_hex()))
+        {
+            let st = Status {
+                from: ctx.node_id().0,
+                routing: 0,
+                ty: STATUS,
+                dest: peer.0,
+                campaign: id,
+                have: manifest.chunk_count,
+                chunks: manifest.chunk_count,
+                done: true,
+                subtree_done: true,
+                reject: None,
+            };
+            Self::send_json(ctx, link, &st);
+            return;
+        }
+        if let Some(c) = self.campaign.as_mut() {
+            if c.id == id {
+                if c.complete {
+                    // We hold it already (source, or done and not yet rebooted).
+                    self.send_status_on(ctx, link);
+                    return;
+                }
+                // Resume (after a reboot, a lost upstream, or a second offerer).
+                if !matches!(c.upstream, Some(u) if self.neighbours.contains_key(&u)) {
+                    c.upstream = Some(link);
+                }
+                if c.upstream == Some(link) {
+                    c.nak_interval = self.config.nak_min;
+                    self.send_nak(ctx);
+                    self.arm_nak(ctx);
+                }
+                return;
+            }
+            if !c.complete || self.failed.is_some() {
+                let reason = format!("busy with campaign {}", c.id);
+                ctx.emit(Box::new(OtaEvent::OfferRejected {
+                    peer,
+                    reason: reason.clone(),
+                }));
+                self.send_status(ctx, Some((link, id, reason)));
+                return;
+            }
+        }
+        if let Some(reason) = self.refuse_reason(&manifest, offer.forced) {
+            ctx.emit(Box::new(OtaEvent::OfferRejected {
+                peer,
+                reason: reason.clone(),
+            }));
+            self.send_status(ctx, Some((link, id, reason)));
+            return;
+        }
+        if let Err(e) = self.begin(ctx, link, id, manifest, offer.forced) {
+            self.fail(ctx, &e);
+        }
+    }
+
+    fn begin(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        link: LinkId,
+        id: u32,
+        manifest: Manifest,
+        forced: bool,
+    ) -> Result<(), StoreError> {
+        // A committed but not yet booted image sits in the inactive slot: it is superseded.
+        let mut rec = self.store.load_boot()?;
+        if let Some(r) = rec.as_mut().filter(|r| r.pending.is_some()) {
+            r.pending = None;
+            r.attempts = 0;
+            self.store.save_boot(r)?;
+        }
+        let slot = rec.map_or(Slot::B, |r| r.inactive());
+        let manifest = Arc::new(manifest);
+        let chunks = manifest.chunk_count;
+        self.store.reset_staging(manifest.compressed_size)?;
+        self.store.erase_slot(slot)?;
+        self.campaign = Some(Campaign {
+            id,
+            verifier: StreamVerifier::new(manifest.clone()).ok(),
+            manifest: manifest.clone(),
+            forced,
+            source: ChunkSource::Staged,
+            have: Bitmap::new(chunks),
+            upstream: Some(link),
+            complete: false,
+            slot,
+            slot_offset: 0,
+            unsaved: 0,
+            nak_interval: self.config.nak_min,
+            nak_at: None,
+            progressed: false,
+            last_progress_tenth: 0,
+        });
+        self.save_state()?;
+        ctx.emit(Box::new(OtaEvent::OfferAccepted {
+            campaign: id,
+            version: manifest.version.to_string(),
+            have: 0,
+            chunks,
+        }));
+        // The NAK is the acceptance: "send me all of these".
+        self.send_nak(ctx);
+        self.arm_nak(ctx);
+        // Pipelining: offer downstream at once; chunks follow as they arrive here.
+        self.offer_all(ctx);
+        Ok(())
+    }
+
+    fn handle_chunk(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        link: LinkId,
+        campaign: u32,
+        index: u32,
+        data: &[u8],
+    ) {
+        let peer = self.neighbours.get(&link).map_or(NodeId(0), |n| n.peer);
+        if self.failed.is_some() {
+            return;
+        }
+        let Some(c) = self.campaign.as_mut() else {
+            return;
+        };
+        let reject = if c.id != campaign {
+            Some("campaign")
+        } else if index >= c.manifest.chunk_count {
+            Some("index")
+        } else if c.manifest.chunk_len(index) != Some(data.len()) {
+            Some("length")
+        } else if !c.manifest.verify_chunk(index, data) {
+            Some("hash")
+        } else {
+            None
+        };
+        if let Some(reason) = reject {
+            self.stats.chunks_rejected += 1;
+            ctx.emit(Box::new(OtaEvent::ChunkRejected {
+                peer,
+                index,
+                reason,
+            }));
+            return;
+        }
+        if c.have.get(index) {
+            self.stats.duplicates += 1;
+            return;
+        }
+        if let Err(e) = self.store_chunk(ctx, index, data) {
+            self.fail(ctx, &e);
+            return;
+        }
+        // Forward downstream: every accepted neighbour but the sender that lacks it.
+        for (l, n) in &mut self.neighbours {
+            if *l != link && n.accepted && !n.done && n.offered == Some(campaign) {
+                n.want.set(index);
+            }
+        }
+        self.pump(ctx);
+    }
+
+    fn store_chunk(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        index: u32,
+        data: &[u8],
+    ) -> Result<(), StoreError> {
+        let Some(c) = self.campaign.as_mut() else {
+            return Ok(());
+        };
+        let offset = c.manifest.chunk_range(index).map_or(0, |r| r.start as u64);
+        // Data first, durable; then the bitmap that vouches for it.
+        self.store.write_staging(offset, data)?;
+        let Some(mut c) = self.campaign.take() else {
+            return Ok(());
+        };
+        c.have.set(index);
+        c.unsaved += 1;
+        c.progressed = true;
+        self.stats.chunks_received += 1;
+        let r = self.advance_decoder(&mut c);
+        let tenth = c.have.count() * 10 / c.manifest.chunk_count.max(1);
+        let progress = (tenth > c.last_progress_tenth).then(|| {
+            c.last_progress_tenth = tenth;
+            OtaEvent::Progress {
+                campaign: c.id,
+                have: c.have.count(),
+                chunks: c.manifest.chunk_count,
+            }
+        });
+        let full = c.have.is_full();
+        let save = c.unsaved >= self.config.save_every.max(1) && !full;
+        self.campaign = Some(c);
+        r?;
+        if let Some(e) = progress {
+            ctx.emit(Box::new(e));
+        }
+        if save {
+            self.save_state()?;
+        }
+        if full {
+            self.finish(ctx)?;
+        }
+        Ok(())
+    }
+
+    /// Decodes the contiguous prefix of held chunks into the inactive slot.
+    fn advance_decoder(&mut self, c: &mut Campaign) -> Result<(), StoreError> {
+        let Some(v) = c.verifier.as_mut() else {
+            return Ok(());
+        };
+        while c.have.get(v.next_chunk()) {
+            let i = v.next_chunk();
+            let Some(r) = c.manifest.chunk_range(i) else {
+                break;
+            };
+            let bytes = self.store.read_staging(r.start as u64, r.len())?;
+            let mut err = None;
+            let (store, slot, off) = (&mut self.store, c.slot, &mut c.slot_offset);
+            let pushed = v.push_chunk(i, &bytes, |out| {
+                if err.is_none() {
+                    if let Err(e) = store.write_slot(slot, *off, out) {
+                        err = Some(e);
+                    }
+                    *off += out.len() as u64;
+                }
+            });
+            if let Some(e) = err {
+                return Err(e);
+            }
+            if pushed.is_err() {
+                // A decode error: the image is bad (a verified chunk list with a corrupt
+                // stream can only come from a bad signer). `finish` reports it.
+                c.verifier = None;
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, ctx: &mut Ctx<'_>) -> Result<(), StoreError> {
+        let Some(mut c) = self.campaign.take() else {
+            return Ok(());
+        };
+        let verdict = match c.verifier.take() {
+            Some(v) => v.finish().map_err(|e| e.to_string()),
+            None => Err("the payload does not decode".to_string()),
+        };
+        let m = c.manifest.clone();
+        match verdict {
+            Ok(()) => {
+                ctx.emit(Box::new(OtaEvent::Verified { campaign: c.id }));
+                self.store.sync_slot(c.slot)?;
+                let info = ImageInfo {
+                    version: m.version.to_string(),
+                    sha256: m.sha256.to_hex(),
+                    md5: m.md5.to_hex(),
+                    size: m.size,
+                };
+                boot::commit(self.store.as_mut(), c.slot, info)?;
+                self.store.clear_state()?;
+                c.complete = true;
+                c.nak_at = None;
+                let id = c.id;
+                self.campaign = Some(c);
+                ctx.emit(Box::new(OtaEvent::Applied {
+                    campaign: id,
+                    version: m.version.to_string(),
+                }));
+                self.send_status(ctx, None);
+            }
+            Err(reason) => {
+                ctx.emit(Box::new(OtaEvent::VerifyFailed {
+                    campaign: c.id,
+                    reason,
+                }));
+                self.store.clear_state()?;
+                // Nothing was committed; the campaign is dropped.
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_nak(&mut self, ctx: &mut Ctx<'_>, link: LinkId, pkg: &Package) {
+        let Ok(nak) = pkg.parse::<Nak>() else {
+            self.stats.malformed += 1;
+            return;
+        };
+        self.stats.naks_received += 1;
+        let Some(c) = self.campaign.as_ref() else {
+            return;
+        };
+        if nak.campaign != c.id || nak.missing.len() > MAX_NAK_RANGES {
+            self.stats.malformed += 1;
+            return;
+        }
+        let Some(n) = self.neighbours.get_mut(&link) else {
+            return;
+        };
+        if n.offered != Some(c.id) {
+            // A NAK without our offer (e.g. after our restart): treat it as acceptance.
+            n.offered = Some(c.id);
+            n.want = Bitmap::new(c.manifest.chunk_count);
+        }
+        n.accepted = true;
+        n.done = false;
+        n.subtree_done = false;
+        for [a, b] in nak.missing {
+            n.want.set_range(a, b);
+        }
+        self.pump(ctx);
+    }
+
+    fn handle_status(&mut self, ctx: &mut Ctx<'_>, link: LinkId, pkg: &Package) {
+        let Ok(st) = pkg.parse::<Status>() else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let Some(c) = self.campaign.as_ref() else {
+            return;
+        };
+        if st.campaign != c.id {
+            return;
+        }
+        let id = c.id;
+        let Some(n) = self.neighbours.get_mut(&link) else {
+            return;
+        };
+        if let Some(reason) = st.reject {
+            n.rejected = true;
+            n.accepted = false;
+            n.want.clear_all();
+            let reason: String = reason.chars().take(200).collect();
+            ctx.emit(Box::new(OtaEvent::OfferRejected {
+                peer: n.peer,
+                reason,
+            }));
+            return;
+        }
+        let was = n.subtree_done;
+        if st.done {
+            n.done = true;
+            n.accepted = true;
+            n.want.clear_all();
+            if !was {
+                ctx.emit(Box::new(OtaEvent::PeerDone {
+                    peer: n.peer,
+                    campaign: id,
+                }));
+            }
+        }
+        n.subtree_done = st.done && st.subtree_done;
+        if n.subtree_done != was && self.is_complete() {
+            // Our own subtree state may have changed: tell upstream.
+            self.send_status(ctx, None);
+        }
+    }
+}
+
+impl Plugin for MeshfleetOta {
+    fn name(&self) -> &'static str {
+        "ota-meshfleet"
+    }
+
+    fn handles(&self, ty: i64) -> bool {
+        (TYPE_FIRST..=TYPE_LAST).contains(&ty)
+    }
+
+    fn handles_binary(&self, tag: u16) -> bool {
+        i64::from(tag) == CHUNK
+    }
+
+    fn handle_package(&mut self, ctx: &mut Ctx<'_>, link: LinkId, routing: Routing, pkg: &Package) {
+        // Hop-by-hop only: a meshfleet package that was flooded or routed is not for us.
+        if routing != Routing::Neighbour {
+            self.stats.malformed += 1;
+            return;
+        }
+        match pkg.ty() {
+            CAPS => self.handle_caps(ctx, link, pkg),
+            OFFER => self.handle_offer(ctx, link, pkg),
+            CHUNK => {
+                let Ok(c) = pkg.parse::<ChunkJson>() else {
+                    self.stats.malformed += 1;
+                    return;
+                };
+                match BASE64.decode(&c.data) {
+                    Ok(data) => self.handle_chunk(ctx, link, c.campaign, c.index, &data),
+                    Err(_) => self.stats.malformed += 1,
+                }
+            }
+            NAK => self.handle_nak(ctx, link, pkg),
+            STATUS => self.handle_status(ctx, link, pkg),
+            _ => {}
+        }
+    }
+
+    fn handle_binary(&mut self, ctx: &mut Ctx<'_>, link: LinkId, payload: &[u8]) {
+        match decode_binary_chunk(payload) {
+            Some((campaign, index, data)) => self.handle_chunk(ctx, link, campaign, index, data),
+            None => self.stats.malformed += 1,
+        }
+    }
+
+    fn handle_change(&mut self, ctx: &mut Ctx<'_>, change: &MeshChange) {
+        let now = ctx.now();
+        match change {
+            MeshChange::NeighbourUp { link, peer } => {
+                self.neighbours.insert(
+                    *link,
+                    Neighbour {
+                        peer: *peer,
+                        caps: None,
+                        caps_deadline: Some(now + self.config.caps_timeout),
+                        stock: false,
+                        offered: None,
+                        want: Bitmap::new(0),
+                        accepted: false,
+                        rejected: false,
+                        done: false,
+                        subtree_done: false,
+                        tokens: 0.0,
+                        refilled: now,
+                        pump_at: None,
+                    },
+                );
+                let caps = self.caps(ctx.node_id().0, peer.0);
+                Self::send_json(ctx, *link, &caps);
+            }
+            MeshChange::NeighbourDown { link, .. } => {
+                self.neighbours.remove(link);
+                if let Some(c) = self.campaign.as_mut() {
+                    if c.upstream == Some(*link) {
+                        // Wait for an offer from whoever still has it.
+                        c.upstream = None;
+                        c.nak_at = None;
+                    }
+                }
+            }
+            MeshChange::LayoutChanged => {}
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        let n = self
+            .neighbours
+            .values()
+            .flat_map(|n| [n.caps_deadline, n.pump_at])
+            .flatten();
+        let c = self.campaign.as_ref().and_then(|c| c.nak_at);
+        n.chain(c).min()
+    }
+
+    fn handle_timeout(&mut self, ctx: &mut Ctx<'_>) {
+        let now = ctx.now();
+        let mut stock = Vec::new();
+        for n in self.neighbours.values_mut() {
+            if n.caps_deadline.is_some_and(|t| t <= now) {
+                n.caps_deadline = None;
+                n.stock = true;
+                stock.push(n.peer);
+            }
+        }
+        for peer in stock {
+            ctx.emit(Box::new(OtaEvent::NeighbourIsStock { peer }));
+        }
+        if let Some(c) = self.campaign.as_mut() {
+            if c.nak_at.is_some_and(|t| t <= now) {
+                if c.progressed {
+                    // Progress heard: suppress, stay at Imin.
+                    c.nak_interval = self.config.nak_min;
+                    self.arm_nak(ctx);
+                } else {
+                    c.nak_interval = (c.nak_interval + c.nak_interval)
+                        .min(self.config.nak_max)
+                        .max(self.config.nak_min);
+                    self.send_nak(ctx);
+                    self.arm_nak(ctx);
+                }
+            }
+        }
+        self.pump(ctx);
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}

@@ -1,0 +1,369 @@
+//! The meshfleet OTA wire messages (package types 700-709, `docs/ota-protocol.md`) and the
+//! chunk bitmap.
+
+use serde::{Deserialize, Serialize};
+
+/// First package type of the meshfleet OTA range (700-709). The range avoids the Alteriom
+/// types 10-12, 200-205, 400, 600-605, 610-614 and 620-622.
+pub const TYPE_FIRST: i64 = 700;
+/// Last package type of the range.
+pub const TYPE_LAST: i64 = 709;
+/// CAPS: what a node can take and what it runs (NEIGHBOUR).
+pub const CAPS: i64 = 700;
+/// OFFER: a signed manifest (NEIGHBOUR).
+pub const OFFER: i64 = 701;
+/// CHUNK: one payload chunk (NEIGHBOUR JSON, or binary frame tag 703).
+pub const CHUNK: i64 = 703;
+/// NAK: missing chunk ranges (NEIGHBOUR, one hop upstream).
+pub const NAK: i64 = 704;
+/// STATUS: progress / done / refusal (NEIGHBOUR, one hop upstream).
+pub const STATUS: i64 = 705;
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Most ranges in one NAK. A NAK lists the *first* missing ranges; the rest are asked for
+/// in later intervals, so a peer can never make us walk an unbounded list.
+pub const MAX_NAK_RANGES: usize = 64;
+/// Most codec names in a CAPS.
+pub const MAX_CODECS: usize = 8;
+/// Longest string field we keep from a peer's CAPS (role, hardware, version, hash).
+pub const MAX_CAPS_TEXT: usize = 80;
+
+/// Bytes before the chunk data in a binary CHUNK payload: tag u16, campaign u32, index u32
+/// (all little endian).
+pub const BINARY_CHUNK_HEADER: usize = 10;
+
+/// CAPS (700).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Caps {
+    /// Sender.
+    pub from: u32,
+    /// 0 (NEIGHBOUR).
+    pub routing: i64,
+    /// 700.
+    #[serde(rename = "type")]
+    pub ty: i64,
+    /// The neighbour.
+    pub dest: u32,
+    /// Protocol version.
+    pub v: u32,
+    /// Payload codecs it decodes ("none", "deflate").
+    pub codecs: Vec<String>,
+    /// Largest decompression window it can hold, bytes.
+    pub window: u32,
+    /// Bytes it can stage for a transfer.
+    pub mem: u64,
+    /// Accepts binary frames.
+    pub bin: bool,
+    /// Its role.
+    pub role: String,
+    /// Its hardware.
+    pub hardware: String,
+    /// Running firmware version ("" if unknown).
+    pub fw: String,
+    /// SHA-256 of the running image, hex ("" if unknown).
+    pub sha256: String,
+}
+
+/// OFFER (701).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Offer {
+    /// Sender.
+    pub from: u32,
+    /// 0 (NEIGHBOUR).
+    pub routing: i64,
+    /// 701.
+    #[serde(rename = "type")]
+    pub ty: i64,
+    /// The neighbour.
+    pub dest: u32,
+    /// Campaign id (see [`campaign_id`]).
+    pub campaign: u32,
+    /// Install even if not newer.
+    #[serde(default)]
+    pub forced: bool,
+    /// The manifest, as a JSON object.
+    pub manifest: serde_json::Value,
+}
+
+/// CHUNK (703) as JSON, for neighbours without binary frames.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkJson {
+    /// Sender.
+    pub from: u32,
+    /// 0 (NEIGHBOUR).
+    pub routing: i64,
+    /// 703.
+    #[serde(rename = "type")]
+    pub ty: i64,
+    /// The neighbour.
+    pub dest: u32,
+    /// Campaign id.
+    pub campaign: u32,
+    /// Chunk index.
+    pub index: u32,
+    /// Base64 (standard, padded) of the chunk.
+    pub data: String,
+}
+
+/// NAK (704).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Nak {
+    /// Sender.
+    pub from: u32,
+    /// 0 (NEIGHBOUR).
+    pub routing: i64,
+    /// 704.
+    #[serde(rename = "type")]
+    pub ty: i64,
+    /// The upstream neighbour.
+    pub dest: u32,
+    /// Campaign id.
+    pub campaign: u32,
+    /// Missing chunks as half-open ranges `[start, end)`, ascending, at most
+    /// [`MAX_NAK_RANGES`].
+    pub missing: Vec<[u32; 2]>,
+}
+
+/// STATUS (705).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// Sender.
+    pub from: u32,
+    /// 0 (NEIGHBOUR).
+    pub routing: i64,
+    /// 705.
+    #[serde(rename = "type")]
+    pub ty: i64,
+    /// The upstream neighbour.
+    pub dest: u32,
+    /// Campaign id.
+    pub campaign: u32,
+    /// Chunks held.
+    pub have: u32,
+    /// Chunks in the payload.
+    pub chunks: u32,
+    /// The sender holds and verified the whole image.
+    pub done: bool,
+    /// The sender and everything downstream of it are done.
+    #[serde(default)]
+    pub subtree_done: bool,
+    /// The offer was refused, and why (no chunks will be wanted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reject: Option<String>,
+}
+
+/// The campaign id of a payload: its `payload_sha256`'s first four bytes, little endian.
+/// Every node holding the same artefact derives the same id, so a transfer resumes from any
+/// of them.
+pub fn campaign_id(manifest: &meshfleet_firmware::Manifest) -> u32 {
+    let b = manifest.payload_sha256.0;
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
+/// A binary CHUNK payload (tag included).
+pub fn encode_binary_chunk(campaign: u32, index: u32, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(BINARY_CHUNK_HEADER + data.len());
+    out.extend_from_slice(&u16::try_from(CHUNK).unwrap_or(703).to_le_bytes());
+    out.extend_from_slice(&campaign.to_le_bytes());
+    out.extend_from_slice(&index.to_le_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
+/// Splits a binary CHUNK payload into (campaign, index, data).
+pub fn decode_binary_chunk(payload: &[u8]) -> Option<(u32, u32, &[u8])> {
+    let (head, data) = payload.split_at_checked(BINARY_CHUNK_HEADER)?;
+    let c = u32::from_le_bytes([head[2], head[3], head[4], head[5]]);
+    let i = u32::from_le_bytes([head[6], head[7], head[8], head[9]]);
+    Some((c, i, data))
+}
+
+/// A fixed-size set of chunk indexes.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Bitmap {
+    words: Vec<u64>,
+    len: u32,
+    ones: u32,
+}
+
+impl Bitmap {
+    /// All clear, `len` bits.
+    pub fn new(len: u32) -> Self {
+        Self {
+            words: vec![0; (len as usize).div_ceil(64)],
+            len,
+            ones: 0,
+        }
+    }
+
+    /// All set, `len` bits.
+    pub fn full(len: u32) -> Self {
+        let mut b = Self::new(len);
+        b.set_range(0, len);
+        b
+    }
+
+    /// Number of bits.
+    pub fn len(&self) -> u32 {
+        self.len
+    }
+
+    /// Whether it has no bits.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bits set.
+    pub fn count(&self) -> u32 {
+        self.ones
+    }
+
+    /// Whether every bit is set.
+    pub fn is_full(&self) -> bool {
+        self.ones == self.len
+    }
+
+    /// Bit `i` (false past the end).
+    pub fn get(&self, i: u32) -> bool {
+        i < self.len && self.words[(i / 64) as usize] & (1 << (i % 64)) != 0
+    }
+
+    /// Sets bit `i`; returns whether it was clear. Ignores `i` past the end.
+    pub fn set(&mut self, i: u32) -> bool {
+        if i >= self.len || self.get(i) {
+            return false;
+        }
+        self.words[(i / 64) as usize] |= 1 << (i % 64);
+        self.ones += 1;
+        true
+    }
+
+    /// Clears bit `i`.
+    pub fn clear(&mut self, i: u32) {
+        if self.get(i) {
+            self.words[(i / 64) as usize] &= !(1 << (i % 64));
+            self.ones -= 1;
+        }
+    }
+
+    /// Clears every bit.
+    pub fn clear_all(&mut self) {
+        self.words.iter_mut().for_each(|w| *w = 0);
+        self.ones = 0;
+    }
+
+    /// Sets `[start, end)`, clipped to the bitmap.
+    pub fn set_range(&mut self, start: u32, end: u32) {
+        for i in start..end.min(self.len) {
+            self.set(i);
+        }
+    }
+
+    /// The first index `>= from` that is set here and in `other` (same length).
+    pub fn first_common(&self, other: &Self, from: u32) -> Option<u32> {
+        let mut w = (from / 64) as usize;
+        let mut mask = u64::MAX.checked_shl(from % 64).unwrap_or(0);
+        while w < self.words.len() {
+            let x = self.words[w] & other.words.get(w).copied().unwrap_or(0) & mask;
+            if x != 0 {
+                let i = (w as u32) * 64 + x.trailing_zeros();
+                return (i < self.len).then_some(i);
+            }
+            w += 1;
+            mask = u64::MAX;
+        }
+        None
+    }
+
+    /// The first clear ranges `[start, end)`, at most `limit` of them.
+    pub fn missing_ranges(&self, limit: usize) -> Vec<[u32; 2]> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < self.len && out.len() < limit {
+            if self.get(i) {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < self.len && !self.get(i) {
+                i += 1;
+            }
+            out.push([start, i]);
+        }
+        out
+    }
+
+    /// Lowercase hex of the bytes (bit i = byte i/8, bit i%8), for persistence.
+    pub fn to_hex(&self) -> String {
+        let bytes: Vec<u8> = self
+            .words
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .take((self.len as usize).div_ceil(8))
+            .collect();
+        crate::stock::hex(&bytes)
+    }
+
+    /// Parses [`Bitmap::to_hex`] for `len` bits.
+    pub fn from_hex(hex: &str, len: u32) -> Option<Self> {
+        let nbytes = (len as usize).div_ceil(8);
+        if hex.len() != nbytes * 2 {
+            return None;
+        }
+        let mut b = Self::new(len);
+        for (k, pair) in hex.as_bytes().chunks(2).enumerate() {
+            let s = std::str::from_utf8(pair).ok()?;
+            let byte = u8::from_str_radix(s, 16).ok()?;
+            for bit in 0..8 {
+                if byte & (1 << bit) != 0 {
+                    let i = (k * 8 + bit) as u32;
+                    if i >= len {
+                        return None;
+                    }
+                    b.set(i);
+                }
+            }
+        }
+        Some(b)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn ranges_and_common() {
+        let mut b = Bitmap::new(130);
+        b.set_range(0, 10);
+        b.set_range(64, 70);
+        assert_eq!(b.missing_ranges(10), vec![[10, 64], [70, 130]]);
+        assert_eq!(b.missing_ranges(1), vec![[10, 64]]);
+        let f = Bitmap::full(130);
+        assert_eq!(b.first_common(&f, 5), Some(5));
+        assert_eq!(b.first_common(&f, 10), Some(64));
+        assert_eq!(b.first_common(&f, 70), None);
+        assert!(Bitmap::full(130).is_full());
+    }
+
+    #[test]
+    fn binary_chunk_round_trip() {
+        let p = encode_binary_chunk(7, 9, b"abc");
+        assert_eq!(&p[..2], &703u16.to_le_bytes());
+        assert_eq!(decode_binary_chunk(&p), Some((7, 9, &b"abc"[..])));
+        assert_eq!(decode_binary_chunk(&p[..9]), None);
+    }
+
+    proptest! {
+        #[test]
+        fn hex_round_trip(len in 0u32..300, bits in proptest::collection::vec(0u32..300, 0..50)) {
+            let mut b = Bitmap::new(len);
+            for i in bits { b.set(i); }
+            let h = b.to_hex();
+            prop_assert_eq!(Bitmap::from_hex(&h, len).unwrap(), b);
+        }
+    }
+}

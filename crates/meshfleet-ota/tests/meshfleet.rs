@@ -1,0 +1,471 @@
+//! The meshfleet OTA protocol on small in-process meshes: chain, tree, loss, reboot, late
+//! joiner, rejections, and bytes on the wire against stock OTA.
+
+#![allow(clippy::unwrap_used, clippy::needless_range_loop)]
+
+mod common;
+
+use common::Net;
+use meshfleet_firmware::{pack, Artefact, Codec, PackOptions, SigningKey, Version};
+use meshfleet_mesh::{Config, Duration, Node, NodeId};
+use meshfleet_ota::store::image_info;
+use meshfleet_ota::{
+    BootManager, MemStore, MeshfleetConfig, MeshfleetOta, OtaEvent, Slot, SlotStore, StockOffer,
+    StockReceiver, StockReceiverConfig, StockSender, StockSenderConfig, StockStyle,
+};
+
+const ROLE: &str = "sensor";
+const HW: &str = "ESP8266";
+
+fn key() -> SigningKey {
+    SigningKey::from_bytes(&[7u8; 32])
+}
+
+fn image(len: usize, seed: u64) -> Vec<u8> {
+    // Half compressible, half noise: a firmware-like mix.
+    let mut x = seed | 1;
+    (0..len)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if (i / 512) % 2 == 0 {
+                (i % 61) as u8
+            } else {
+                x as u8
+            }
+        })
+        .collect()
+}
+
+fn artefact(img: &[u8], version: &str, chunk_size: u32) -> Artefact {
+    let k = key();
+    let mut o = PackOptions::new(ROLE, HW, Version::parse(version).unwrap());
+    o.signing_key = Some(&k);
+    o.chunk_size = chunk_size;
+    pack(img, o).unwrap()
+}
+
+fn config(store: &MemStore) -> MeshfleetConfig {
+    let mut c = MeshfleetConfig::new(ROLE, HW);
+    c.trusted_key = Some(key().verifying_key());
+    c.running = store
+        .clone()
+        .load_boot()
+        .unwrap()
+        .and_then(|r| r.images[0].clone());
+    c
+}
+
+fn receiver_node(id: u32, store: &MemStore) -> Node {
+    let mut n = Node::new(Config::new(NodeId(id)));
+    let ota = MeshfleetOta::new(config(store), Box::new(store.clone())).unwrap();
+    n.add_plugin(Box::new(ota));
+    n
+}
+
+fn source_node(id: u32, a: &Artefact) -> Node {
+    let mut n = Node::new(Config::new(NodeId(id)));
+    let store = MemStore::new();
+    let ota = MeshfleetOta::source(config(&store), Box::new(store), a.clone(), false);
+    n.add_plugin(Box::new(ota));
+    n
+}
+
+fn ota(net: &Net, i: usize) -> &MeshfleetOta {
+    net.nodes[i].plugin::<MeshfleetOta>().unwrap()
+}
+
+fn complete(net: &Net, i: usize) -> bool {
+    ota(net, i).is_complete()
+}
+
+/// The image a device boots after the update (what the bootloader would run).
+fn booted_image(store: &MemStore) -> Vec<u8> {
+    let mut bm = BootManager::new(store.clone(), 3);
+    let d = bm.on_boot().unwrap();
+    let size = d.image.as_ref().unwrap().size as usize;
+    store.clone().read_slot(d.slot, 0, size).unwrap()
+}
+
+struct Setup {
+    net: Net,
+    stores: Vec<MemStore>,
+    new: Vec<u8>,
+    art: Artefact,
+}
+
+/// Source at index 0; receivers 1.. connected as `parent[i-1]` says.
+fn setup(parents: &[usize], new_len: usize) -> Setup {
+    let old = image(new_len, 1);
+    let new = image(new_len, 2);
+    let art = artefact(&new, "1.1.0", 1024);
+    let mut net = Net::new(Duration::from_millis(2));
+    net.add(source_node(1, &art));
+    let mut stores = vec![MemStore::new()];
+    for (k, &p) in parents.iter().enumerate() {
+        let s = MemStore::with_image(&old, "1.0.0");
+        let i = net.add(receiver_node(k as u32 + 2, &s));
+        stores.push(s);
+        net.connect(i, p);
+    }
+    Setup {
+        net,
+        stores,
+        new,
+        art,
+    }
+}
+
+fn all_complete(net: &Net) -> bool {
+    (1..net.nodes.len()).all(|i| complete(net, i))
+}
+
+/// Chunk frames (binary or JSON) from `from` to `to`.
+fn chunk_frames(net: &Net, from: usize, to: usize) -> usize {
+    net.trace
+        .iter()
+        .filter(|s| s.from == from && s.to == to && s.ty() == Some(703))
+        .count()
+}
+
+#[test]
+fn chain_pipelines_and_each_chunk_crosses_each_link_once() {
+    let Setup {
+        mut net,
+        stores,
+        new,
+        art,
+    } = setup(&[0, 1, 2], 40_000);
+    assert!(net.run_until_cond(
+        Duration::from_millis(100),
+        Duration::from_secs(30),
+        all_complete
+    ));
+    let n = art.chunk_count() as usize;
+    for i in 1..=3 {
+        assert_eq!(chunk_frames(&net, i - 1, i), n, "link {} -> {i}", i - 1);
+        assert_eq!(chunk_frames(&net, i, i - 1), 0);
+        assert_eq!(booted_image(&stores[i]), new);
+        assert!(net
+            .ota_events(i)
+            .iter()
+            .any(|e| matches!(e, OtaEvent::Applied { .. })));
+    }
+    // Binary frames were used (every node advertised `bin`).
+    assert!(net.trace.iter().any(|s| s.tag == Some(703)));
+    // Subtree completion propagates to the source.
+    net.run_for(Duration::from_secs(1));
+    assert!(ota(&net, 0).subtree_done());
+}
+
+#[test]
+fn tree_with_loss_repairs_by_nak() {
+    // 0 -> {1, 2}; 1 -> {3, 4}; 2 -> {5}
+    let mut s = setup(&[0, 0, 1, 1, 2], 30_000);
+    let mut k = 0u32;
+    s.net.drop_if = Some(Box::new(move |seen| {
+        if seen.ty() == Some(703) {
+            k += 1;
+            k % 7 == 3 // ~14% of chunk frames lost
+        } else {
+            false
+        }
+    }));
+    assert!(s.net.run_until_cond(
+        Duration::from_millis(100),
+        Duration::from_secs(60),
+        all_complete
+    ));
+    assert!(s.net.dropped > 5);
+    for i in 1..=5 {
+        assert_eq!(booted_image(&s.stores[i]), s.new);
+        assert!(ota(&s.net, i).stats().naks_sent >= 1);
+    }
+    // NAKs only ever go one hop upstream: never to a child.
+    for seen in s.net.trace.iter().filter(|x| x.ty() == Some(704)) {
+        let parent_of = [usize::MAX, 0, 0, 1, 1, 2];
+        assert_eq!(seen.to, parent_of[seen.from]);
+    }
+    let naks = s.net.trace.iter().filter(|x| x.ty() == Some(704)).count();
+    let lost = s.net.dropped;
+    // Bounded by the links and the losses, not by nodes squared.
+    assert!(naks <= 5 * 2 + 2 * lost, "{naks} NAKs for {lost} losses");
+}
+
+#[test]
+fn a_rebooted_node_resumes_and_fetches_only_missing_chunks() {
+    let mut s = setup(&[0, 1], 60_000);
+    let n = s.art.chunk_count();
+    // Run until node 2 holds some but not all chunks.
+    assert!(s
+        .net
+        .run_until_cond(Duration::from_millis(20), Duration::from_secs(20), |net| {
+            ota(net, 2)
+                .progress()
+                .is_some_and(|(_, have, _)| have >= n / 2)
+        }));
+    let before = ota(&s.net, 2).progress().unwrap().1;
+    assert!(before < n);
+    // Power cut: everything in RAM is gone, the store stays.
+    let store = s.stores[2].clone();
+    s.net.replace(2, receiver_node(3, &store));
+    let persisted = ota(&s.net, 2).progress().unwrap().1;
+    assert!(persisted + 16 >= before, "at most save_every chunks lost");
+    s.net.connect(2, 1);
+    assert!(s.net.run_until_cond(
+        Duration::from_millis(100),
+        Duration::from_secs(30),
+        all_complete
+    ));
+    let fetched_after = ota(&s.net, 2).stats().chunks_received;
+    assert_eq!(fetched_after, u64::from(n - persisted));
+    assert_eq!(booted_image(&store), s.new);
+}
+
+#[test]
+fn a_late_joiner_gets_an_offer_and_the_chunks() {
+    let mut s = setup(&[0, 1], 20_000);
+    assert!(s.net.run_until_cond(
+        Duration::from_millis(100),
+        Duration::from_secs(20),
+        all_complete
+    ));
+    let old = image(20_000, 1);
+    let store = MemStore::with_image(&old, "1.0.0");
+    let late = s.net.add(receiver_node(9, &store));
+    s.net.connect(late, 2);
+    assert!(s
+        .net
+        .run_until_cond(Duration::from_millis(100), Duration::from_secs(20), |net| {
+            complete(net, late)
+        }));
+    // Served by its neighbour (node 2), which relays from its own store.
+    assert_eq!(chunk_frames(&s.net, 2, late), s.art.chunk_count() as usize);
+    assert_eq!(booted_image(&store), s.new);
+}
+
+#[test]
+fn json_chunks_for_a_neighbour_without_binary_frames() {
+    let old = image(8_000, 1);
+    let new = image(8_000, 2);
+    let art = artefact(&new, "2.0.0", 1024);
+    let mut net = Net::new(Duration::from_millis(2));
+    net.add(source_node(1, &art));
+    let store = MemStore::with_image(&old, "1.0.0");
+    let mut n = Node::new(Config::new(NodeId(2)));
+    let mut c = config(&store);
+    c.binary = false;
+    n.add_plugin(Box::new(
+        MeshfleetOta::new(c, Box::new(store.clone())).unwrap(),
+    ));
+    let r = net.add(n);
+    net.connect(r, 0);
+    assert!(
+        net.run_until_cond(Duration::from_millis(100), Duration::from_secs(20), |n| {
+            complete(n, r)
+        })
+    );
+    assert!(net.trace.iter().all(|s| s.tag.is_none()));
+    assert_eq!(booted_image(&store), new);
+}
+
+// ------------------------------------------------------------------ rejections
+
+/// A receiver offered `art` by a source; returns (net, receiver store).
+fn offer_to_one(art: &Artefact, trusted: bool, running_version: &str) -> (Net, MemStore) {
+    let old = image(4_000, 1);
+    let mut net = Net::new(Duration::from_millis(2));
+    net.add(source_node(1, art));
+    let store = MemStore::with_image(&old, running_version);
+    let mut c = config(&store);
+    if !trusted {
+        c.trusted_key = None;
+    }
+    let mut n = Node::new(Config::new(NodeId(2)));
+    n.add_plugin(Box::new(
+        MeshfleetOta::new(c, Box::new(store.clone())).unwrap(),
+    ));
+    let r = net.add(n);
+    net.connect(r, 0);
+    net.run_for(Duration::from_secs(10));
+    (net, store)
+}
+
+fn rejected(net: &Net, needle: &str) -> bool {
+    net.ota_events(1)
+        .iter()
+        .any(|e| matches!(e, OtaEvent::OfferRejected { reason, .. } if reason.contains(needle)))
+}
+
+fn still_old(store: &MemStore) {
+    assert_eq!(booted_image(store), image(4_000, 1));
+}
+
+#[test]
+fn rejects_a_forged_signature() {
+    let mut art = artefact(&image(4_000, 2), "1.1.0", 256);
+    let (mut m, p) = art.clone().into_parts();
+    m.size += 0; // keep the manifest, forge the signature
+    let mut sig = m.signature.unwrap();
+    sig.0[0] ^= 1;
+    m.signature = Some(sig);
+    art = Artefact::from_parts(m, p).unwrap();
+    let (net, store) = offer_to_one(&art, true, "1.0.0");
+    assert!(rejected(&net, "signature"));
+    // The source learnt it too, and sent no chunk.
+    assert!(net
+        .ota_events(0)
+        .iter()
+        .any(|e| matches!(e, OtaEvent::OfferRejected { .. })));
+    assert_eq!(chunk_frames(&net, 0, 1), 0);
+    still_old(&store);
+}
+
+#[test]
+fn rejects_a_downgrade() {
+    let art = artefact(&image(4_000, 2), "0.9.0", 256);
+    let (net, store) = offer_to_one(&art, true, "1.0.0");
+    assert!(rejected(&net, "downgrade"));
+    still_old(&store);
+}
+
+#[test]
+fn rejects_a_tampered_chunk_and_repairs_it() {
+    let new = image(4_000, 2);
+    let art = artefact(&new, "1.1.0", 256);
+    let old = image(4_000, 1);
+    let mut net = Net::new(Duration::from_millis(2));
+    net.add(source_node(1, &art));
+    let store = MemStore::with_image(&old, "1.0.0");
+    let r = net.add(receiver_node(2, &store));
+    net.connect(r, 0);
+    // Let the offer through, then inject a tampered chunk 0 as if from the source.
+    net.run_until_cond(Duration::from_millis(1), Duration::from_secs(2), |n| {
+        ota(n, 1).progress().is_some()
+    });
+    let mut bad = art.chunk(0).unwrap().to_vec();
+    bad[10] ^= 0x55;
+    let id = ota(&net, 1).progress().unwrap().0;
+    let frame =
+        meshfleet_mesh::wire::binary_frame(&meshfleet_ota::proto::encode_binary_chunk(id, 0, &bad));
+    net.inject(0, r, &frame);
+    assert!(net.ota_events(1).iter().any(|e| matches!(
+        e,
+        OtaEvent::ChunkRejected {
+            index: 0,
+            reason: "hash",
+            ..
+        }
+    )));
+    assert_eq!(ota(&net, 1).stats().chunks_rejected, 1);
+    assert!(
+        net.run_until_cond(Duration::from_millis(100), Duration::from_secs(20), |n| {
+            complete(n, 1)
+        })
+    );
+    assert_eq!(booted_image(&store), new);
+}
+
+#[test]
+fn rejects_a_truncated_image_at_verification() {
+    // An unsigned artefact (no trusted key) whose payload was cut short and re-hashed: every
+    // chunk matches its manifest hash, but the stream ends before the declared size.
+    let new = image(4_000, 2);
+    let art = artefact(&new, "1.1.0", 256);
+    let (mut m, mut p) = art.into_parts();
+    p.truncate(p.len() - 100);
+    m.compressed_size = p.len() as u64;
+    m.chunk_hashes = p
+        .chunks(256)
+        .map(meshfleet_firmware::ChunkHash::of)
+        .collect();
+    m.chunk_count = m.chunk_hashes.len() as u32;
+    m.payload_sha256 = meshfleet_firmware::Sha256Digest::of(&p);
+    m.key_id = None;
+    m.signature = None;
+    let art = Artefact::from_parts(m, p).unwrap();
+    let (net, store) = offer_to_one(&art, false, "1.0.0");
+    assert!(net.ota_events(1).iter().any(|e| matches!(
+        e,
+        OtaEvent::VerifyFailed { reason, .. } if reason.contains("decod") || reason.contains("incomplete")
+    )));
+    assert!(!net
+        .ota_events(1)
+        .iter()
+        .any(|e| matches!(e, OtaEvent::Applied { .. })));
+    still_old(&store);
+}
+
+// ------------------------------------------------------------------ bytes on the wire
+
+fn ota_bytes(net: &Net, types: &[i64]) -> usize {
+    net.trace
+        .iter()
+        .filter(|s| s.ty().is_some_and(|t| types.contains(&t)))
+        .map(|s| s.len)
+        .sum()
+}
+
+#[test]
+fn bytes_on_the_wire_per_firmware_byte_stock_vs_meshfleet() {
+    let path = common::shared_dir().join("firmware/esp8266-micropython-v1.9.4-113.bin");
+    let img = std::fs::read(&path).unwrap();
+
+    // Stock: StockSender -> StockReceiver, one hop, Alteriom 1024-byte parts.
+    let mut net = Net::new(Duration::from_millis(1));
+    let s = net.add_id(1);
+    let offer = StockOffer::new(img.clone(), ROLE, HW, StockStyle::ALTERIOM).unwrap();
+    net.nodes[s].add_plugin(Box::new(StockSender::new(
+        offer,
+        StockSenderConfig::default(),
+    )));
+    let mut rn = Node::new(Config::new(NodeId(2)));
+    let mut rc = StockReceiverConfig::new(ROLE, HW);
+    rc.keep_image = false;
+    rn.add_plugin(Box::new(StockReceiver::new(rc)));
+    let r = net.add(rn);
+    net.connect(r, s);
+    net.run_for(Duration::from_secs(1));
+    let now = net.now;
+    net.nodes[s].with_plugin::<StockSender, _>(now, |x, ctx| x.start(ctx));
+    net.drain(s);
+    assert!(
+        net.run_until_cond(Duration::from_secs(1), Duration::from_secs(60), |n| {
+            n.nodes[1].plugin::<StockReceiver>().unwrap().updates() == 1
+        })
+    );
+    let stock = ota_bytes(&net, &[10, 11, 12]) as f64 / img.len() as f64;
+
+    // meshfleet: deflate artefact, binary chunks, one hop.
+    let art = {
+        let k = key();
+        let mut o = PackOptions::new(ROLE, HW, Version::parse("1.9.4-113").unwrap());
+        o.signing_key = Some(&k);
+        o.codec = Codec::Deflate;
+        pack(&img, o).unwrap()
+    };
+    let mut net = Net::new(Duration::from_millis(1));
+    net.add(source_node(1, &art));
+    let old = image(1000, 1);
+    let store = MemStore::with_image(&old, "1.9.4-106");
+    let r = net.add(receiver_node(2, &store));
+    net.connect(r, 0);
+    assert!(
+        net.run_until_cond(Duration::from_secs(1), Duration::from_secs(60), |n| {
+            complete(n, 1)
+        })
+    );
+    let mf = ota_bytes(&net, &(700..=709).collect::<Vec<_>>()) as f64 / img.len() as f64;
+    println!(
+        "bytes on the wire per firmware byte ({} B image, one hop): stock {stock:.3}, meshfleet {mf:.3} \
+         (payload {:.3} of the image)",
+        img.len(),
+        art.payload().len() as f64 / img.len() as f64
+    );
+    assert_eq!(booted_image(&store), img);
+    assert!(stock >= 1.37, "stock {stock}");
+    assert!(mf <= 0.70, "meshfleet {mf}");
+    let _ = image_info(&img, "x");
+    let _ = Slot::A;
+}
