@@ -58,6 +58,8 @@ pub(crate) struct Link {
     timers: [Option<Instant>; 3],
     /// The time sync task exists once the first node sync is done.
     time_sync_interval: Option<Duration>,
+    /// Bytes the driver says are queued for this link and not yet written.
+    pub(crate) backlog: usize,
 }
 
 impl Link {
@@ -265,6 +267,7 @@ impl Node {
             tree: None,
             timers: [None; 3],
             time_sync_interval: None,
+            backlog: 0,
         };
         l.set(LinkTimer::NodeSync, Some(first_sync));
         c.links.push(l);
@@ -272,6 +275,15 @@ impl Node {
         if role == LinkRole::Station {
             // The station's first request goes out at once (PROTOCOL.md §4.4).
             self.handle_timeout(now);
+        }
+    }
+
+    /// The driver reports how many bytes are queued for `link` and not yet written, so
+    /// plugins that pace bulk traffic (OTA) can back off before the queue fills. Drivers
+    /// call it after queueing transmits and as the queue drains; it is advisory.
+    pub fn set_link_backlog(&mut self, link: LinkId, queued_bytes: usize) {
+        if let Some(idx) = self.core.link_index(link) {
+            self.core.links[idx].backlog = queued_bytes;
         }
     }
 

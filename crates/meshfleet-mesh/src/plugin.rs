@@ -125,6 +125,21 @@ impl Ctx<'_> {
             .collect()
     }
 
+    /// Bytes queued for `link` in the driver, as last reported with
+    /// [`crate::Node::set_link_backlog`] (0 if the driver does not report it).
+    pub fn link_backlog(&self, link: LinkId) -> Option<usize> {
+        self.core
+            .links
+            .iter()
+            .find(|l| l.id == link)
+            .map(|l| l.backlog)
+    }
+
+    /// Whether this node is the mesh root.
+    pub fn is_root(&self) -> bool {
+        self.core.config.root
+    }
+
     /// The link a SINGLE to `dest` would leave on.
     pub fn route(&self, dest: NodeId) -> Option<LinkId> {
         self.core.route(dest)
