@@ -60,6 +60,8 @@ pub(crate) struct Link {
     time_sync_interval: Option<Duration>,
     /// Bytes the driver says are queued for this link and not yet written.
     pub(crate) backlog: usize,
+    /// Digest of the tree we last told this link (request or reply).
+    sent_digest: Option<u64>,
 }
 
 impl Link {
@@ -268,6 +270,7 @@ impl Node {
             timers: [None; 3],
             time_sync_interval: None,
             backlog: 0,
+            sent_digest: None,
         };
         l.set(LinkTimer::NodeSync, Some(first_sync));
         c.links.push(l);
@@ -689,6 +692,7 @@ impl Core {
                 if let Some(idx) = self.link_index(link) {
                     let peer = self.links[idx].peer;
                     let tree = self.tree_for(peer);
+                    self.links[idx].sent_digest = Some(tree.digest());
                     let reply = Message::NodeSyncReply(NodeSync {
                         tree,
                         dest: peer,
@@ -779,6 +783,13 @@ impl Core {
                 LinkRole::AccessPoint => now + self.config.ap_first_sync_delay,
             };
             l.set(LinkTimer::TimeSync, Some(first));
+            // Our layout may have changed while our first request was in flight (another
+            // link synced meanwhile): the library waits up to a full interval to tell this
+            // peer; we re-sync at once if what we said is stale.
+            let sent = self.links[idx].sent_digest;
+            if sent.is_some() && sent != Some(self.tree_for(tree.node_id).digest()) {
+                self.links[idx].set(LinkTimer::NodeSync, Some(now));
+            }
             self.events.push_back(Event::NewConnection {
                 link,
                 peer: tree.node_id,
@@ -884,6 +895,7 @@ impl Core {
         let (link, peer) = (self.links[idx].id, self.links[idx].peer);
         let tree = self.tree_for(peer);
         let l = &mut self.links[idx];
+        l.sent_digest = Some(tree.digest());
         l.set(
             LinkTimer::NodeSync,
             Some(now + self.config.node_sync_interval),

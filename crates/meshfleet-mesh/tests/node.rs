@@ -447,3 +447,19 @@ fn oversized_and_endless_frames_are_capped() {
     feed(&mut n, l, &big);
     assert_eq!(n.stats().dropped_too_long, 2);
 }
+
+#[test]
+fn a_layout_change_during_a_first_sync_reaches_the_new_peer_at_once() {
+    // B joins A while C joins B at the same instant: C's sync with B completes while B's
+    // first request to A is still in flight. B must re-sync A as soon as A answers, not a
+    // full interval later.
+    let mut net = Net::new(Duration::from_micros(2_500));
+    let a = net.add_id(1, 0);
+    let b = net.add_id(2, 0);
+    let c = net.add_id(3, 0);
+    net.connect(b, a);
+    net.connect(c, b);
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(net.nodes[a].nodes(), vec![NodeId(2), NodeId(3)]);
+    assert_eq!(net.nodes[c].nodes(), vec![NodeId(1), NodeId(2)]);
+}

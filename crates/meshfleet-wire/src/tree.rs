@@ -62,6 +62,28 @@ impl NodeTree {
         }
     }
 
+    /// A 64-bit digest of the whole tree (FNV-1a over ids, flags and shape), to tell
+    /// cheaply whether a tree changed without keeping a copy.
+    pub fn digest(&self) -> u64 {
+        fn walk(t: &NodeTree, h: &mut u64) {
+            let mut eat = |x: u64| {
+                for b in x.to_le_bytes() {
+                    *h = (*h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+                }
+            };
+            eat(u64::from(t.node_id.0)
+                | u64::from(t.root) << 32
+                | u64::from(t.has_time_authority) << 33);
+            eat(t.subs.len() as u64);
+            for s in &t.subs {
+                walk(s, h);
+            }
+        }
+        let mut h = 0xcbf2_9ce4_8422_2325;
+        walk(self, &mut h);
+        h
+    }
+
     /// Depth in tree levels (a leaf is 1).
     pub fn depth(&self) -> usize {
         1 + self.subs.iter().map(Self::depth).max().unwrap_or(0)

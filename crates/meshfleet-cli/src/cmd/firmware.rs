@@ -1,0 +1,249 @@
+//! `meshfleet firmware`: create signing keys, pack firmware images into signed, compressed
+//! `.mfw` artefacts, inspect and verify them.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context as _};
+use meshfleet_firmware::{codec::Codec, keys, pack, Artefact, PackOptions, SignatureCheck, Version};
+use serde_json::json;
+
+use crate::context::{usage, Context};
+
+const AFTER_LONG_HELP: &str = "\
+Examples:
+  # Once: a signing key (keep fleet.key secret; give fleet.pub to the nodes)
+  meshfleet firmware keygen --out fleet.key
+
+  # Pack and sign an ESP8266 image for the nodes with role `sensor`
+  meshfleet firmware pack build/firmware.bin --role sensor --hardware ESP8266 \\
+      --version 1.4.2 --sign fleet.key --out sensor-1.4.2.mfw
+
+  # What is inside (add --json for scripts)
+  meshfleet firmware inspect sensor-1.4.2.mfw
+
+  # Check sizes, hashes and the signature; exit status 0 only if all are good
+  meshfleet firmware verify sensor-1.4.2.mfw --key fleet.pub";
+
+/// Create keys, pack, inspect and verify firmware artefacts (.mfw).
+#[derive(clap::Args, Debug)]
+#[command(after_long_help = AFTER_LONG_HELP)]
+pub(crate) struct Args {
+    #[command(subcommand)]
+    command: FirmwareCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum FirmwareCommand {
+    /// Create an Ed25519 signing key (KEY) and its public key (KEY.pub, or --pub).
+    Keygen {
+        /// Where to write the secret key. Refuses to overwrite an existing file.
+        #[arg(long, value_name = "KEY")]
+        out: PathBuf,
+        /// Where to write the public key (default: KEY with `.pub` appended).
+        #[arg(long = "pub", value_name = "PUB")]
+        public: Option<PathBuf>,
+    },
+    /// Compress (and sign) a raw firmware image into an .mfw artefact.
+    // `--version` here is the firmware's; the program's own stays on `meshfleet --version`.
+    #[command(disable_version_flag = true)]
+    Pack {
+        /// The raw image, as it is flashed (e.g. an ESP8266 `firmware.bin`).
+        image: PathBuf,
+        /// The painlessMesh role of the nodes it is for (the OTA `role`), e.g. `sensor`.
+        #[arg(long)]
+        role: String,
+        /// `ESP8266` or `ESP32` (the OTA `hardware`).
+        #[arg(long)]
+        hardware: String,
+        /// Firmware version, e.g. `1.4.2` (nodes refuse downgrades unless forced).
+        #[arg(long)]
+        version: String,
+        /// Sign with this secret key (from `keygen`). Unsigned artefacts are refused by nodes
+        /// that trust a key.
+        #[arg(long, value_name = "KEY")]
+        sign: Option<PathBuf>,
+        /// Payload codec: `deflate` (default; raw DEFLATE, 32 KiB window) or `none`.
+        #[arg(long, default_value = "deflate")]
+        codec: String,
+        /// Compression level 0..=10.
+        #[arg(long, default_value_t = meshfleet_firmware::DEFAULT_LEVEL)]
+        level: u8,
+        /// Bytes of payload per transmitted chunk (64..=32768).
+        #[arg(long, default_value_t = meshfleet_firmware::DEFAULT_CHUNK_SIZE)]
+        chunk_size: u32,
+        /// Where to write the artefact.
+        #[arg(long, value_name = "FILE.mfw")]
+        out: PathBuf,
+    },
+    /// Print an artefact's manifest (role, hardware, version, sizes, hashes, signer).
+    Inspect {
+        /// The artefact.
+        file: PathBuf,
+        /// One JSON object (the manifest plus derived figures) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check an artefact completely: sizes, every chunk hash, payload and image hashes,
+    /// and the signature. Exit status 0 only if everything checks out.
+    Verify {
+        /// The artefact.
+        file: PathBuf,
+        /// Public key the artefact must be signed with. Without it only integrity is
+        /// checked, and the command says so.
+        #[arg(long, value_name = "PUB")]
+        key: Option<PathBuf>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub(crate) fn run(args: Args, _ctx: &Context) -> anyhow::Result<()> {
+    match args.command {
+        FirmwareCommand::Keygen { out, public } => keygen(&out, public),
+        FirmwareCommand::Pack { image, role, hardware, version, sign, codec, level, chunk_size, out } => {
+            let version = Version::parse(&version).map_err(|e| usage(format!("--version: {e}")))?;
+            let codec = Codec::from_name(&codec)
+                .ok_or_else(|| usage(format!("--codec: unknown codec {codec:?} (use deflate or none)")))?;
+            let key = sign.as_deref().map(keys::read_secret_key).transpose()?;
+            let raw = std::fs::read(&image).with_context(|| format!("cannot read {}", image.display()))?;
+            let mut opts = PackOptions::new(role, hardware, version);
+            opts.codec = codec;
+            opts.level = level;
+            opts.chunk_size = chunk_size;
+            opts.signing_key = key.as_ref();
+            opts.created = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .map(|d| d.as_secs());
+            let artefact = pack(&raw, opts).map_err(|e| usage(e.to_string()))?;
+            let bytes = artefact.to_bytes();
+            write_new(&out, &bytes)?;
+            let m = artefact.manifest();
+            println!(
+                "wrote {}: {} {} {} — {} bytes raw, {} bytes {} ({:.1}%), {} chunks, {}",
+                out.display(),
+                m.role,
+                m.hardware,
+                m.version,
+                m.size,
+                m.compressed_size,
+                m.codec.name(),
+                100.0 * m.compressed_size as f64 / m.size.max(1) as f64,
+                m.chunk_count,
+                if m.signature.is_some() { "signed" } else { "unsigned" }
+            );
+            Ok(())
+        }
+        FirmwareCommand::Inspect { file, json } => inspect(&file, json),
+        FirmwareCommand::Verify { file, key, json } => verify(&file, key.as_deref(), json),
+    }
+}
+
+fn keygen(out: &Path, public: Option<PathBuf>) -> anyhow::Result<()> {
+    let public = public.unwrap_or_else(|| {
+        let mut p = out.as_os_str().to_owned();
+        p.push(".pub");
+        PathBuf::from(p)
+    });
+    let key = keys::keygen(&mut rand_core::OsRng);
+    keys::write_secret_key(out, &key)?;
+    keys::write_public_key(&public, &key.verifying_key())?;
+    println!(
+        "wrote secret key {} and public key {} (key id {})",
+        out.display(),
+        public.display(),
+        keys::key_id(&key.verifying_key())
+    );
+    Ok(())
+}
+
+fn read_artefact(file: &Path) -> anyhow::Result<Artefact> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    Artefact::from_bytes(&bytes).with_context(|| format!("{} is not a valid .mfw artefact", file.display()))
+}
+
+fn inspect(file: &Path, as_json: bool) -> anyhow::Result<()> {
+    let a = read_artefact(file)?;
+    let m = a.manifest();
+    if as_json {
+        let mut v = serde_json::from_slice::<serde_json::Value>(&m.to_json()).context("manifest JSON")?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("ratio".into(), json!(m.compressed_size as f64 / m.size.max(1) as f64));
+            o.insert("file_bytes".into(), json!(a.to_bytes().len()));
+        }
+        println!("{v}");
+        return Ok(());
+    }
+    println!("file:        {}", file.display());
+    println!("role:        {}", m.role);
+    println!("hardware:    {}", m.hardware);
+    println!("version:     {}", m.version);
+    println!("size:        {} bytes", m.size);
+    println!("md5:         {}", m.md5);
+    println!("sha256:      {}", m.sha256);
+    println!(
+        "payload:     {} bytes {} ({:.1}% of the image)",
+        m.compressed_size,
+        m.codec.name(),
+        100.0 * m.compressed_size as f64 / m.size.max(1) as f64
+    );
+    println!("chunks:      {} x {} bytes", m.chunk_count, m.chunk_size);
+    if let Some(created) = m.created {
+        println!("created:     {created} (Unix seconds)");
+    }
+    match (&m.key_id, &m.signature) {
+        (Some(k), Some(_)) => println!("signed by:   key {k} (not checked here: use `verify --key`)"),
+        _ => println!("signed by:   nobody (unsigned)"),
+    }
+    Ok(())
+}
+
+fn verify(file: &Path, key: Option<&Path>, as_json: bool) -> anyhow::Result<()> {
+    let a = read_artefact(file)?;
+    let key = key.map(keys::read_public_key).transpose()?;
+    let verified = a.verify(key.as_ref()).map_err(|e| anyhow!("{}: verification failed: {e}", file.display()))?;
+    let m = verified.manifest();
+    let (signature, detail) = match verified.signature() {
+        SignatureCheck::Verified(id) => ("verified", format!("signed by key {id}")),
+        SignatureCheck::NotChecked { claimed_key: Some(id) } => {
+            ("not_checked", format!("claims key {id}; signature NOT checked (pass --key)"))
+        }
+        SignatureCheck::NotChecked { claimed_key: None } => ("unsigned", "unsigned".to_owned()),
+        #[allow(unreachable_patterns)]
+        _ => ("unknown", "unknown signature state".to_owned()),
+    };
+    if as_json {
+        println!(
+            "{}",
+            json!({"ok": true, "file": file.display().to_string(), "role": m.role, "hardware": m.hardware,
+                   "version": m.version.to_string(), "size": m.size, "sha256": m.sha256.to_string(),
+                   "signature": signature})
+        );
+    } else {
+        println!(
+            "ok: {} — {} {} {}, {} bytes, sha256 and md5 match, {} chunks intact, {detail}",
+            file.display(),
+            m.role,
+            m.hardware,
+            m.version,
+            m.size,
+            m.chunk_count
+        );
+    }
+    Ok(())
+}
+
+/// Writes a new file, refusing to overwrite (an artefact is an input to a fleet update:
+/// silently replacing one is how the wrong image ships).
+fn write_new(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))?;
+    f.write_all(bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    f.sync_all().with_context(|| format!("cannot sync {}", path.display()))?;
+    Ok(())
+}

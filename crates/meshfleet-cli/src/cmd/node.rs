@@ -1,0 +1,831 @@
+//! `meshfleet node`: one mesh node, driven by line commands on stdin, reporting events
+//! on stdout (readable lines, or JSON objects with `--json`).
+//!
+//! The flags are a contract: an external harness drives this command against the real
+//! C++ painlessMesh, so `--listen`, `--connect`, `--node-id`, `--root` and `--json` and
+//! the JSON shapes below must not change.
+
+use std::hash::{BuildHasher, RandomState};
+use std::io::{BufRead, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _};
+use meshfleet_mesh::{Config, Node, NodeId};
+use meshfleet_runtime::{
+    MeshHandle, Runtime, RuntimeConfig, RuntimeEvent, RuntimeStats, SendError, Stopped,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::{broadcast, mpsc};
+use tracing::{info, warn};
+
+use crate::context::{tokio_runtime, usage, Context};
+
+const LONG_ABOUT: &str = "\
+Run a painlessMesh-compatible mesh node over TCP.
+
+The node speaks the painlessMesh wire protocol, so it can join a mesh of ESP32/ESP8266 \
+nodes running the C++ library (from a host on the mesh's WiFi) or of other meshfleet nodes. \
+--listen accepts connections like a painlessMesh access point (the library uses port 5555); \
+--connect joins another node like a station, and reconnects with backoff when the link drops.
+
+Commands, one per line on stdin:
+  single <dest> <text>   send <text> (the rest of the line) to node <dest>
+  broadcast <text>       send <text> to every node
+  nodes                  print the list of other nodes
+  topology               print the mesh tree as JSON (painlessMesh's subConnectionJson)
+  time                   print the mesh time (microseconds, wraps at 2^32)
+  delay <dest>           measure the trip delay to <dest>; the result arrives as an event
+  stats                  print counters
+  help                   list these commands
+  quit                   close every link and exit with status 0
+
+Events (links up and down, node list changes, messages received, time adjustments) are \
+printed on stdout as they happen, one per line: readable text, or with --json one JSON \
+object per line, e.g. {\"event\":\"received\",\"from\":1001,\"msg\":\"hi\",\"kind\":\"single\"}. \
+Command replies follow the same format ({\"nodes\":[...]}, {\"topology\":{...}}, {\"time\":...}).
+
+At end of input on stdin the node keeps running until SIGINT or SIGTERM, so it can run \
+detached (`meshfleet node --listen 0.0.0.0:5555 </dev/null &`). SIGINT and SIGTERM stop it \
+like `quit`.";
+
+const AFTER_LONG_HELP: &str = "\
+Examples:
+  # An access point on the painlessMesh port, with a fixed id:
+  meshfleet node --listen 0.0.0.0:5555 --node-id 1001
+
+  # Join it (from another terminal or machine), then type commands:
+  meshfleet node --connect 192.168.1.10:5555
+  single 1001 hello from the other side
+  nodes
+
+  # Relay: accept stations and connect upwards at the same time:
+  meshfleet node --listen 0.0.0.0:5556 --connect 192.168.1.10:5555
+
+  # Scripted, machine-readable:
+  (sleep 2; echo 'broadcast hi all'; echo quit) | meshfleet node --connect 127.0.0.1:5555 --json";
+
+/// Run a mesh node: send and receive messages, watch the mesh.
+#[derive(clap::Args, Debug)]
+#[command(long_about = LONG_ABOUT, after_long_help = AFTER_LONG_HELP)]
+pub(crate) struct Args {
+    /// Accept mesh connections on ADDR:PORT, like a painlessMesh access point (the
+    /// library's port is 5555). Port 0 picks a free port; the `listening` event says which.
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Option<String>,
+
+    /// Connect to the node at HOST:PORT, like a station; reconnects with backoff (0.5 s
+    /// doubling to 30 s) whenever the link drops. Repeat for several uplinks.
+    #[arg(long, value_name = "HOST:PORT")]
+    connect: Vec<String>,
+
+    /// This node's id, 1 to 4294967295 (on an ESP: the last 4 bytes of its AP MAC).
+    /// Default: random.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    node_id: Option<u32>,
+
+    /// Make this node the mesh root (painlessMesh `setRoot`): other nodes see it in the
+    /// topology with "root":true.
+    #[arg(long)]
+    root: bool,
+
+    /// Print events and command replies as JSON, one object per line.
+    #[arg(long)]
+    json: bool,
+
+    /// Largest frame accepted from a peer, in bytes (default 1 MiB); longer frames are
+    /// dropped without being buffered.
+    #[arg(long, hide = true, value_name = "BYTES")]
+    max_frame_len: Option<usize>,
+
+    /// Send queue cap per link, in bytes (default 256 KiB).
+    #[arg(long, hide = true, value_name = "BYTES")]
+    queue_cap: Option<usize>,
+}
+
+/// The `[node]` table of the config file: defaults for the flags, same names.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+struct NodeDefaults {
+    listen: Option<String>,
+    connect: Vec<String>,
+    node_id: Option<u32>,
+    root: bool,
+    json: bool,
+    max_frame_len: Option<usize>,
+    queue_cap: Option<usize>,
+}
+
+/// Flags over config file over built-in defaults.
+struct Options {
+    node: Config,
+    runtime: RuntimeConfig,
+    json: bool,
+}
+
+impl Options {
+    fn resolve(args: Args, defaults: NodeDefaults) -> anyhow::Result<Self> {
+        let node_id = match args.node_id.or(defaults.node_id) {
+            Some(0) => return Err(usage("node-id must be between 1 and 4294967295")),
+            Some(id) => NodeId(id),
+            None => random_node_id(),
+        };
+        let mut node = Config::new(node_id);
+        node.root = args.root || defaults.root;
+        if let Some(n) = args.max_frame_len.or(defaults.max_frame_len) {
+            if n == 0 {
+                return Err(usage("--max-frame-len must be positive"));
+            }
+            node.max_frame_len = n;
+        }
+
+        let mut runtime = RuntimeConfig::default();
+        if let Some(addr) = args.listen.or(defaults.listen) {
+            runtime.listen = Some(resolve_listen(&addr)?);
+        }
+        // Flags replace the file's list rather than adding to it, like every other flag.
+        runtime.connect = if args.connect.is_empty() {
+            defaults.connect
+        } else {
+            args.connect
+        };
+        for target in &runtime.connect {
+            check_host_port(target)?;
+        }
+        if let Some(cap) = args.queue_cap.or(defaults.queue_cap) {
+            if cap == 0 {
+                return Err(usage("--queue-cap must be positive"));
+            }
+            runtime.queue_cap = cap;
+        }
+        Ok(Self {
+            node,
+            runtime,
+            json: args.json || defaults.json,
+        })
+    }
+}
+
+fn resolve_listen(addr: &str) -> anyhow::Result<SocketAddr> {
+    addr.to_socket_addrs()
+        .map_err(|e| usage(format!("--listen {addr}: {e} (expected ADDR:PORT)")))?
+        .next()
+        .ok_or_else(|| usage(format!("--listen {addr}: resolves to no address")))
+}
+
+/// Connect targets are resolved at every attempt (addresses may change), so only their
+/// form is checked here.
+fn check_host_port(target: &str) -> anyhow::Result<()> {
+    match target.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(usage(format!("--connect {target}: expected HOST:PORT"))),
+    }
+}
+
+/// A non-zero id from the OS-seeded hasher (0 means "unknown" on the wire).
+fn random_node_id() -> NodeId {
+    let state = RandomState::new();
+    let mut salt = 0u64;
+    loop {
+        let bits = state.hash_one((std::time::SystemTime::now(), std::process::id(), salt));
+        let id = (bits ^ (bits >> 32)) as u32;
+        if id != 0 {
+            return NodeId(id);
+        }
+        salt += 1;
+    }
+}
+
+pub(crate) fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
+    let opts = Options::resolve(args, ctx.section("node")?)?;
+    let rt = tokio_runtime()?;
+    let result = rt.block_on(run_node(opts));
+    // The stdin thread may be blocked in read(2); it must not hold up the exit.
+    rt.shutdown_timeout(Duration::from_millis(100));
+    result
+}
+
+async fn run_node(opts: Options) -> anyhow::Result<()> {
+    let out = Output { json: opts.json };
+    let node_id = opts.node.node_id;
+    let root = opts.node.root;
+    let (mesh, mut task) = Runtime::start(Node::new(opts.node), opts.runtime)
+        .await
+        .context("cannot start the node")?;
+    // Subscribed before the runtime started: holds `listening` and any early event.
+    let events = mesh.subscribe();
+    out.reply(
+        Start {
+            event: "start",
+            node_id: node_id.0,
+            root,
+        },
+        || format!("node {node_id} started{}", if root { " (root)" } else { "" }),
+    );
+    let printer = tokio::spawn(print_events(events, out));
+
+    let mut lines = spawn_stdin_reader()?;
+    let mut signals = Signals::new()?;
+    let mut stdin_open = true;
+    let mut task_done = false;
+    let result = loop {
+        tokio::select! {
+            line = lines.recv(), if stdin_open => match line {
+                Some(line) => match execute(&mesh, out, line).await {
+                    Ok(Flow::Continue) => {}
+                    Ok(Flow::Quit) => break Ok(()),
+                    Err(Stopped) => break Err(anyhow!("the mesh runtime stopped unexpectedly")),
+                },
+                None => {
+                    stdin_open = false;
+                    info!("end of stdin: running until SIGINT or SIGTERM");
+                }
+            },
+            signal = signals.recv() => {
+                info!(signal, "stopping");
+                break Ok(());
+            }
+            joined = &mut task => {
+                task_done = true;
+                break Err(match joined {
+                    Err(e) if e.is_panic() => anyhow!("the mesh runtime panicked"),
+                    _ => anyhow!("the mesh runtime stopped unexpectedly"),
+                });
+            }
+        }
+    };
+
+    out.reply(json!({"event": "stopping"}), || "stopping".to_owned());
+    mesh.shutdown().await;
+    if !task_done {
+        let _ = task.await;
+    }
+    drop(mesh);
+    // The printer ends once the runtime's event channel closes; give it a moment to
+    // print the last disconnects, but do not hang on it.
+    let _ = tokio::time::timeout(Duration::from_secs(1), printer).await;
+    result
+}
+
+/// Where output goes: stdout, one line at a time, flushed per line (a harness reads it
+/// through a pipe).
+#[derive(Clone, Copy)]
+struct Output {
+    json: bool,
+}
+
+impl Output {
+    fn line(self, text: &str) {
+        let mut stdout = std::io::stdout().lock();
+        // A closed stdout (the reader went away) must not stop the node: ignore it.
+        let _ = writeln!(stdout, "{text}").and_then(|()| stdout.flush());
+    }
+
+    /// Prints `value` in JSON mode, `text()` otherwise.
+    fn reply(self, value: impl Serialize, text: impl FnOnce() -> String) {
+        if !self.json {
+            self.line(&text());
+            return;
+        }
+        match serde_json::to_string(&value) {
+            Ok(s) => self.line(&s),
+            Err(err) => warn!(error = %err, "cannot serialize a reply"),
+        }
+    }
+
+    fn event(self, e: &RuntimeEvent) {
+        if self.json {
+            match serde_json::to_string(e) {
+                Ok(s) => self.line(&s),
+                Err(err) => warn!(error = %err, "cannot serialize event"),
+            }
+        } else {
+            self.line(&one_line(&e.to_string()));
+        }
+    }
+
+    fn error(self, msg: &str) {
+        self.reply(json!({ "error": msg }), || format!("error: {msg}"));
+    }
+}
+
+/// Escapes line breaks and other control characters, so a received message cannot
+/// break the one-event-per-line output.
+fn one_line(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_owned();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+async fn print_events(mut events: broadcast::Receiver<RuntimeEvent>, out: Output) {
+    loop {
+        match events.recv().await {
+            Ok(e) => out.event(&e),
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                warn!(missed = n, "output too slow: events skipped");
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Longest command line accepted (a message must fit in a frame anyway).
+const MAX_LINE: usize = 4 << 20;
+
+/// One line from stdin.
+enum Line {
+    Text(String),
+    TooLong,
+    NotUtf8,
+}
+
+/// Reads stdin on a plain thread: tokio's stdin would hold up the runtime's shutdown
+/// while a read is pending. The channel is bounded: a fast writer is held back by the
+/// pipe, not buffered here.
+fn spawn_stdin_reader() -> anyhow::Result<mpsc::Receiver<Line>> {
+    let (tx, rx) = mpsc::channel(16);
+    std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            let mut stdin = std::io::stdin().lock();
+            loop {
+                match read_line_capped(&mut stdin, MAX_LINE) {
+                    Ok(Some(line)) => {
+                        if tx.blocking_send(line).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(e) => {
+                        warn!(error = %e, "cannot read stdin");
+                        return;
+                    }
+                }
+            }
+        })
+        .context("cannot start the stdin thread")?;
+    Ok(rx)
+}
+
+/// Reads up to and including the next `\n`, keeping at most `max` bytes: a longer line
+/// is consumed and reported as [`Line::TooLong`]. `None` at end of input.
+fn read_line_capped(r: &mut impl BufRead, max: usize) -> std::io::Result<Option<Line>> {
+    let mut buf = Vec::new();
+    let mut too_long = false;
+    let mut read_any = false;
+    loop {
+        let chunk = match r.fill_buf() {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if chunk.is_empty() {
+            if !read_any {
+                return Ok(None);
+            }
+            break;
+        }
+        read_any = true;
+        let (take, done) = match chunk.iter().position(|b| *b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        if !too_long {
+            if buf.len() + take > max {
+                too_long = true;
+                buf = Vec::new();
+            } else {
+                buf.extend_from_slice(&chunk[..take]);
+            }
+        }
+        r.consume(take);
+        if done {
+            break;
+        }
+    }
+    if too_long {
+        return Ok(Some(Line::TooLong));
+    }
+    Ok(Some(match String::from_utf8(buf) {
+        Ok(s) => Line::Text(s),
+        Err(_) => Line::NotUtf8,
+    }))
+}
+
+/// A parsed stdin command.
+#[derive(Debug, PartialEq, Eq)]
+enum Cmd<'a> {
+    Single { dest: NodeId, text: &'a str },
+    Broadcast(&'a str),
+    Nodes,
+    Topology,
+    Time,
+    Delay(NodeId),
+    Stats,
+    Help,
+    Quit,
+    Nothing,
+}
+
+const HELP: &str = "commands: single <dest> <text> | broadcast <text> | nodes | topology | \
+                    time | delay <dest> | stats | help | quit";
+
+/// Splits off the first blank-separated word; the rest has its leading blanks removed.
+fn word(s: &str) -> (&str, &str) {
+    let s = s.trim_start();
+    match s.find(char::is_whitespace) {
+        Some(i) => (&s[..i], s[i..].trim_start()),
+        None => (s, ""),
+    }
+}
+
+fn node_id_arg(s: &str) -> Result<NodeId, String> {
+    match s.parse::<u32>() {
+        Ok(0) => Err("node id 0 is not a node".into()),
+        Ok(n) => Ok(NodeId(n)),
+        Err(_) if s.is_empty() => Err("missing node id".into()),
+        Err(_) => Err(format!("'{s}' is not a node id (1..4294967295)")),
+    }
+}
+
+fn parse(line: &str) -> Result<Cmd<'_>, String> {
+    let line = line.trim_end_matches(['\n', '\r']);
+    let (verb, rest) = word(line);
+    let no_args = |cmd| {
+        if rest.is_empty() {
+            Ok(cmd)
+        } else {
+            Err(format!("'{verb}' takes no arguments"))
+        }
+    };
+    match verb {
+        "" => Ok(Cmd::Nothing),
+        "single" => {
+            let (dest, text) = word(rest);
+            Ok(Cmd::Single {
+                dest: node_id_arg(dest)?,
+                text,
+            })
+        }
+        "broadcast" => Ok(Cmd::Broadcast(rest)),
+        "delay" => {
+            let (dest, extra) = word(rest);
+            if !extra.is_empty() {
+                return Err("usage: delay <dest>".into());
+            }
+            Ok(Cmd::Delay(node_id_arg(dest)?))
+        }
+        "nodes" => no_args(Cmd::Nodes),
+        "topology" => no_args(Cmd::Topology),
+        "time" => no_args(Cmd::Time),
+        "stats" => no_args(Cmd::Stats),
+        "help" => no_args(Cmd::Help),
+        "quit" | "exit" => no_args(Cmd::Quit),
+        other => Err(format!("unknown command '{other}' ({HELP})")),
+    }
+}
+
+enum Flow {
+    Continue,
+    Quit,
+}
+
+fn ids(nodes: &[NodeId]) -> Vec<u32> {
+    nodes.iter().map(|n| n.0).collect()
+}
+
+fn ids_text(nodes: &[NodeId]) -> String {
+    let list: Vec<String> = nodes.iter().map(ToString::to_string).collect();
+    format!("[{}]", list.join(", "))
+}
+
+/// `{"event":"start",...}`: the first line, with the (possibly random) node id.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Start {
+    event: &'static str,
+    node_id: u32,
+    root: bool,
+}
+
+/// `{"event":"sent",...}`: the outcome of `single`, `broadcast` or `delay` (fields in
+/// this order; `json!` would sort them).
+#[derive(Serialize)]
+struct Sent<'a> {
+    event: &'static str,
+    kind: &'a str,
+    #[serde(rename = "type")]
+    ty: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dest: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    links: Option<usize>,
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// Prints the outcome of a send to one node.
+fn report_send(
+    out: Output,
+    kind: &str,
+    ty: u8,
+    dest: NodeId,
+    r: Result<(), SendError>,
+) -> Result<(), Stopped> {
+    let error = match r {
+        Ok(()) => None,
+        Err(SendError::Stopped(s)) => return Err(s),
+        Err(e) => Some(e.to_string()),
+    };
+    let text = || match &error {
+        None => format!("sent {kind} to {dest}"),
+        Some(e) => format!("{kind} to {dest} not sent: {e}"),
+    };
+    let sent = Sent {
+        event: "sent",
+        kind,
+        ty,
+        dest: Some(dest.0),
+        links: None,
+        ok: error.is_none(),
+        error: error.clone(),
+    };
+    out.reply(sent, text);
+    Ok(())
+}
+
+/// The `stats` reply.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatsReply {
+    links: usize,
+    queued_bytes: usize,
+    queue_dropped: u64,
+    queue_evicted: u64,
+    closed_stalled: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+    frames_in: u64,
+    frames_out: u64,
+    forwarded: u64,
+    app_sent: u64,
+    app_received: u64,
+    dropped_too_long: u64,
+    dropped_decode: u64,
+    dropped_no_route: u64,
+    time_adjustments: u64,
+}
+
+impl StatsReply {
+    fn new(s: &RuntimeStats) -> Self {
+        let n = &s.node;
+        Self {
+            links: s.links,
+            queued_bytes: s.queued_bytes,
+            queue_dropped: s.queue_dropped,
+            queue_evicted: s.queue_evicted,
+            closed_stalled: s.closed_stalled,
+            bytes_in: n.bytes_in,
+            bytes_out: n.bytes_out,
+            frames_in: n.frames_in,
+            frames_out: n.frames_out,
+            forwarded: n.forwarded,
+            app_sent: n.app_sent,
+            app_received: n.app_received,
+            dropped_too_long: n.dropped_too_long,
+            dropped_decode: n.dropped_decode,
+            dropped_no_route: n.dropped_no_route,
+            time_adjustments: n.time_adjustments,
+        }
+    }
+}
+
+impl std::fmt::Display for StatsReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "links {}, frames in {} out {}, forwarded {}, messages sent {} received {}, \
+             dropped: queue full {}, too long {}, undecodable {}, no route {}",
+            self.links,
+            self.frames_in,
+            self.frames_out,
+            self.forwarded,
+            self.app_sent,
+            self.app_received,
+            self.queue_dropped,
+            self.dropped_too_long,
+            self.dropped_decode,
+            self.dropped_no_route
+        )
+    }
+}
+
+async fn execute(mesh: &MeshHandle, out: Output, line: Line) -> Result<Flow, Stopped> {
+    let text = match line {
+        Line::Text(t) => t,
+        Line::TooLong => {
+            out.error(&format!("line longer than {MAX_LINE} bytes ignored"));
+            return Ok(Flow::Continue);
+        }
+        Line::NotUtf8 => {
+            out.error("line is not valid UTF-8; ignored");
+            return Ok(Flow::Continue);
+        }
+    };
+    let cmd = match parse(&text) {
+        Ok(c) => c,
+        Err(msg) => {
+            out.error(&msg);
+            return Ok(Flow::Continue);
+        }
+    };
+    match cmd {
+        Cmd::Nothing => {}
+        Cmd::Single { dest, text } => {
+            let r = mesh.send_single(dest, text).await;
+            report_send(out, "single", 9, dest, r)?;
+        }
+        Cmd::Broadcast(text) => {
+            let links = mesh.broadcast(text).await?;
+            let sent = Sent {
+                event: "sent",
+                kind: "broadcast",
+                ty: 8,
+                dest: None,
+                links: Some(links),
+                ok: links > 0,
+                error: (links == 0).then(|| "no synced neighbour".to_owned()),
+            };
+            out.reply(sent, || format!("sent broadcast on {links} link(s)"));
+        }
+        Cmd::Delay(dest) => {
+            let r = mesh.start_delay_measurement(dest).await;
+            report_send(out, "delay", 3, dest, r)?;
+        }
+        Cmd::Nodes => {
+            let nodes = mesh.nodes().await?;
+            out.reply(json!({ "nodes": ids(&nodes) }), || {
+                format!("nodes: {}", ids_text(&nodes))
+            });
+        }
+        Cmd::Topology => {
+            let tree = mesh.topology().await?;
+            // NodeTree serializes to the library's subConnectionJson shape.
+            match serde_json::to_value(&tree) {
+                Ok(v) => out.reply(json!({ "topology": v }), || v.to_string()),
+                Err(e) => out.error(&format!("cannot serialize the topology: {e}")),
+            }
+        }
+        Cmd::Time => {
+            let t = mesh.mesh_time().await?;
+            out.reply(json!({ "time": t }), || format!("time: {t}"));
+        }
+        Cmd::Stats => {
+            let stats = StatsReply::new(&mesh.stats().await?);
+            let text = stats.to_string();
+            out.reply(json!({ "stats": stats }), || text);
+        }
+        Cmd::Help => out.reply(json!({ "help": HELP }), || HELP.to_owned()),
+        Cmd::Quit => return Ok(Flow::Quit),
+    }
+    Ok(Flow::Continue)
+}
+
+/// SIGINT and SIGTERM (Ctrl-C elsewhere).
+struct Signals {
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+                term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    async fn recv(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.int.recv() => "SIGINT",
+                _ = self.term.recv() => "SIGTERM",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn parses_commands() {
+        assert_eq!(
+            parse("single 1001 hello  world\n"),
+            Ok(Cmd::Single {
+                dest: NodeId(1001),
+                text: "hello  world"
+            })
+        );
+        assert_eq!(
+            parse("single 7\r\n"),
+            Ok(Cmd::Single {
+                dest: NodeId(7),
+                text: ""
+            })
+        );
+        assert_eq!(parse("broadcast a b c"), Ok(Cmd::Broadcast("a b c")));
+        assert_eq!(parse("  nodes  "), Ok(Cmd::Nodes));
+        assert_eq!(parse("delay 4294967295"), Ok(Cmd::Delay(NodeId(u32::MAX))));
+        assert_eq!(parse(""), Ok(Cmd::Nothing));
+        assert!(parse("single x hi").is_err());
+        assert!(parse("single 0 hi").is_err());
+        assert!(parse("single").is_err());
+        assert!(parse("delay 5 6").is_err());
+        assert!(parse("nodes please").is_err());
+        assert!(parse("frobnicate").unwrap_err().contains("unknown command"));
+    }
+
+    #[test]
+    fn long_lines_are_consumed_and_reported() {
+        let input = format!("{}\nnodes\nlast", "x".repeat(100));
+        let mut r = std::io::BufReader::with_capacity(16, input.as_bytes());
+        assert!(matches!(read_line_capped(&mut r, 50), Ok(Some(Line::TooLong))));
+        assert!(matches!(read_line_capped(&mut r, 50), Ok(Some(Line::Text(t))) if t == "nodes\n"));
+        assert!(matches!(read_line_capped(&mut r, 50), Ok(Some(Line::Text(t))) if t == "last"));
+        assert!(matches!(read_line_capped(&mut r, 50), Ok(None)));
+    }
+
+    #[test]
+    fn output_stays_on_one_line() {
+        assert_eq!(one_line("a\nb\tc"), "a\\nb\\tc");
+        assert_eq!(one_line("plain é"), "plain é");
+    }
+
+    #[test]
+    fn options_resolve_flags_over_file() {
+        let args = Args {
+            listen: None,
+            connect: vec!["10.0.0.1:5555".into()],
+            node_id: Some(5),
+            root: false,
+            json: false,
+            max_frame_len: None,
+            queue_cap: Some(1000),
+        };
+        let file: NodeDefaults = toml::from_str(
+            "listen = \"127.0.0.1:0\"\nconnect = [\"a:1\"]\nnode-id = 9\nroot = true\njson = true",
+        )
+        .unwrap();
+        let o = Options::resolve(args, file).unwrap();
+        assert_eq!(o.node.node_id, NodeId(5));
+        assert!(o.node.root && o.json);
+        assert_eq!(o.runtime.connect, ["10.0.0.1:5555"]);
+        assert_eq!(o.runtime.listen, Some("127.0.0.1:0".parse().unwrap()));
+        assert_eq!(o.runtime.queue_cap, 1000);
+        assert!(toml::from_str::<NodeDefaults>("nodeid = 3").is_err());
+    }
+
+    #[test]
+    fn connect_targets_need_a_port() {
+        assert!(check_host_port("host:5555").is_ok());
+        assert!(check_host_port("[::1]:5555").is_ok());
+        assert!(check_host_port("host").is_err());
+        assert!(check_host_port(":5555").is_err());
+        assert!(check_host_port("host:99999").is_err());
+    }
+
+    #[test]
+    fn random_ids_are_not_zero() {
+        for _ in 0..100 {
+            assert_ne!(random_node_id(), NodeId(0));
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! What every subcommand gets: the parsed config file, and shared helpers.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use serde::de::DeserializeOwned;
+
+/// An error in how the program was invoked (flags, config file): exit status 2.
+#[derive(Debug)]
+pub(crate) struct UsageError(pub(crate) String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Shorthand for returning a [`UsageError`].
+pub(crate) fn usage(msg: impl Into<String>) -> anyhow::Error {
+    UsageError(msg.into()).into()
+}
+
+/// The global options, resolved.
+#[derive(Debug, Default)]
+pub(crate) struct Context {
+    /// The `--config` file and its contents.
+    config: Option<(PathBuf, toml::Table)>,
+}
+
+impl Context {
+    /// Reads and parses `--config`, if given.
+    pub(crate) fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| usage(format!("cannot read config file {}: {e}", path.display())))?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e| usage(format!("config file {}: {e}", path.display())))?;
+        Ok(Self {
+            config: Some((path.to_owned(), table)),
+        })
+    }
+
+    /// The config file's `[name]` table as `T` (`T::default()` if there is none), so
+    /// each subcommand owns its section and its validation.
+    pub(crate) fn section<T: DeserializeOwned + Default>(&self, name: &str) -> anyhow::Result<T> {
+        let Some((path, table)) = &self.config else {
+            return Ok(T::default());
+        };
+        let Some(value) = table.get(name) else {
+            return Ok(T::default());
+        };
+        value
+            .clone()
+            .try_into()
+            .map_err(|e| usage(format!("config file {}, [{name}]: {e}", path.display())))
+    }
+}
+
+/// A multi-threaded tokio runtime for subcommands that do network I/O.
+pub(crate) fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")
+}

@@ -1,0 +1,455 @@
+//! What the runtime tells its subscribers: the node's events in owned, serializable form,
+//! plus link-level events the node does not see (listening, connecting, TCP up/down).
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use meshfleet_mesh::{CloseReason, LinkId, LinkRole, NodeId};
+use serde::{Deserialize, Serialize};
+
+/// Whether a received application message was unicast or broadcast.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageKind {
+    /// SINGLE (type 9).
+    Single,
+    /// BROADCAST (type 8).
+    Broadcast,
+}
+
+impl fmt::Display for MessageKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Single => "single",
+            Self::Broadcast => "broadcast",
+        })
+    }
+}
+
+/// One event, as broadcast by [`crate::MeshHandle::subscribe`].
+///
+/// The JSON form is stable: `{"event":"<snake_case variant>", <camelCase fields>}`, for
+/// example `{"event":"received","from":1001,"msg":"hello","kind":"single"}`. Node ids are
+/// plain integers, link ids integers, reasons a stable snake_case label plus a readable
+/// `detail`. [`fmt::Display`] gives a one-line human form.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(
+    tag = "event",
+    rename_all = "snake_case",
+    rename_all_fields = "camelCase"
+)]
+#[non_exhaustive]
+pub enum RuntimeEvent {
+    /// The listener is bound (the first event of a runtime that listens).
+    Listening {
+        /// The bound address (the real port when port 0 was asked for).
+        addr: SocketAddr,
+        /// `addr`'s port, for consumers that only want that.
+        port: u16,
+    },
+    /// A connection attempt to a configured target starts.
+    Connecting {
+        /// The target, as configured.
+        target: String,
+        /// 1 for the first attempt since the runtime started.
+        attempt: u32,
+    },
+    /// A connection attempt failed; another follows after a backoff delay.
+    ConnectFailed {
+        /// The target, as configured.
+        target: String,
+        /// What went wrong.
+        error: String,
+        /// Milliseconds until the next attempt.
+        retry_in_ms: u64,
+    },
+    /// A TCP connection is up. The node starts syncing on it; [`RuntimeEvent::NewConnection`]
+    /// follows once the peer has identified itself.
+    Connected {
+        /// The runtime's id for this connection (never reused).
+        #[serde(with = "link_id")]
+        link: LinkId,
+        /// The peer's address (or the label given to an attached stream).
+        peer: String,
+        /// Who connected: `station` (we did) or `access_point` (they did).
+        #[serde(with = "link_role")]
+        role: LinkRole,
+    },
+    /// A TCP connection is gone, for whatever reason (see `reason`).
+    Disconnected {
+        /// The connection.
+        #[serde(with = "link_id")]
+        link: LinkId,
+        /// The peer's address.
+        peer: String,
+        /// The neighbour's node id, if it had synced.
+        #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_node_id")]
+        node_id: Option<NodeId>,
+        /// Stable label: `eof`, `io_error`, `send_queue_stalled`, `shutdown`, or one of
+        /// [`CloseReason::label`] (`node_sync_timeout`, `duplicate_node`, ...).
+        reason: String,
+        /// Human-readable detail.
+        detail: String,
+    },
+    /// A neighbour completed its first node sync (`newConnectionCallback`).
+    NewConnection {
+        /// The neighbour.
+        #[serde(with = "node_id")]
+        node_id: NodeId,
+        /// Its connection.
+        #[serde(with = "link_id")]
+        link: LinkId,
+    },
+    /// A synced neighbour went away (`droppedConnectionCallback`).
+    DroppedConnection {
+        /// The neighbour.
+        #[serde(with = "node_id")]
+        node_id: NodeId,
+        /// Its connection.
+        #[serde(with = "link_id")]
+        link: LinkId,
+        /// Stable label, as in [`RuntimeEvent::Disconnected`].
+        reason: String,
+        /// Human-readable detail.
+        detail: String,
+    },
+    /// The node list changed (`changedConnectionsCallback`).
+    Nodes {
+        /// Every other node we can reach, sorted.
+        #[serde(with = "node_ids")]
+        nodes: Vec<NodeId>,
+    },
+    /// An application message for us.
+    Received {
+        /// The sender.
+        #[serde(with = "node_id")]
+        from: NodeId,
+        /// The text.
+        msg: String,
+        /// Unicast or broadcast.
+        kind: MessageKind,
+    },
+    /// Time sync corrected our clock (`nodeTimeAdjustedCallback`).
+    TimeAdjusted {
+        /// The correction, in microseconds.
+        offset: i32,
+        /// Mesh time right after the correction (µs, wrapping u32).
+        mesh_time: u32,
+    },
+    /// A TIME_DELAY measurement finished (`nodeDelayReceivedCallback`).
+    Delay {
+        /// The node measured.
+        #[serde(with = "node_id")]
+        node_id: NodeId,
+        /// One-way trip delay in microseconds.
+        us: i32,
+    },
+    /// A frame from a peer was dropped (undecodable, too long, no route...); the link
+    /// stays up.
+    FrameDropped {
+        /// Where it came from.
+        #[serde(with = "link_id")]
+        link: LinkId,
+        /// Stable label ([`meshfleet_mesh::DropReason::label`]).
+        reason: String,
+        /// Human-readable detail.
+        detail: String,
+    },
+    /// A plugin's event, in the plugin's JSON form ([`meshfleet_mesh::PluginEvent::to_json`]).
+    Plugin {
+        /// The plugin's name.
+        plugin: String,
+        /// Its payload.
+        data: serde_json::Value,
+    },
+}
+
+impl fmt::Display for RuntimeEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Listening { addr, .. } => write!(f, "listening on {addr}"),
+            Self::Connecting { target, attempt } => {
+                write!(f, "connecting to {target} (attempt {attempt})")
+            }
+            Self::ConnectFailed {
+                target,
+                error,
+                retry_in_ms,
+            } => write!(
+                f,
+                "connecting to {target} failed: {error}; retrying in {:.1} s",
+                *retry_in_ms as f64 / 1000.0
+            ),
+            Self::Connected { link, peer, role } => match role {
+                LinkRole::Station => write!(f, "connected to {peer} (link {})", link.0),
+                LinkRole::AccessPoint => write!(f, "accepted {peer} (link {})", link.0),
+            },
+            Self::Disconnected {
+                link, peer, detail, ..
+            } => write!(f, "disconnected from {peer} (link {}): {detail}", link.0),
+            Self::NewConnection { node_id, .. } => write!(f, "link up {node_id}"),
+            Self::DroppedConnection {
+                node_id, detail, ..
+            } => write!(f, "link down {node_id} ({detail})"),
+            Self::Nodes { nodes } => {
+                f.write_str("nodes changed: ")?;
+                write_ids(f, nodes)
+            }
+            Self::Received { from, msg, kind } => write!(f, "received {kind} from {from}: {msg}"),
+            Self::TimeAdjusted { offset, .. } => write!(f, "time adjusted by {offset} us"),
+            Self::Delay { node_id, us } => write!(f, "delay to {node_id}: {us} us"),
+            Self::FrameDropped { link, detail, .. } => {
+                write!(f, "frame dropped on link {}: {detail}", link.0)
+            }
+            Self::Plugin { plugin, data } => write!(f, "{plugin}: {data}"),
+        }
+    }
+}
+
+/// Writes `[1, 2, 3]`.
+pub(crate) fn write_ids(f: &mut impl fmt::Write, ids: &[NodeId]) -> fmt::Result {
+    f.write_char('[')?;
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            f.write_str(", ")?;
+        }
+        write!(f, "{id}")?;
+    }
+    f.write_char(']')
+}
+
+/// Why the runtime closed (or lost) a connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum DisconnectReason {
+    /// The peer closed its side (FIN).
+    Eof,
+    /// Reading or writing failed (reset, broken pipe, ...).
+    Io(String),
+    /// The node closed the link (node sync timeout, loop, duplicate node, ...).
+    Node(CloseReason),
+    /// The send queue stayed full for the stall timeout.
+    Stalled,
+    /// The runtime is shutting down.
+    Shutdown,
+}
+
+impl DisconnectReason {
+    pub(crate) fn label(&self) -> &'static str {
+        match self {
+            Self::Eof => "eof",
+            Self::Io(_) => "io_error",
+            Self::Node(r) => r.label(),
+            Self::Stalled => "send_queue_stalled",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
+impl fmt::Display for DisconnectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Eof => f.write_str("connection closed by peer"),
+            Self::Io(e) => write!(f, "i/o error: {e}"),
+            Self::Node(r) => fmt::Display::fmt(r, f),
+            Self::Stalled => f.write_str("peer stopped reading: send queue full for too long"),
+            Self::Shutdown => f.write_str("runtime shutting down"),
+        }
+    }
+}
+
+// serde adapters: the mesh crate is no_std without serde, so its id types are mapped to
+// their integer forms here.
+
+mod node_id {
+    use meshfleet_mesh::NodeId;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(id: &NodeId, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u32(id.0)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<NodeId, D::Error> {
+        u32::deserialize(d).map(NodeId)
+    }
+}
+
+mod opt_node_id {
+    use meshfleet_mesh::NodeId;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(id: &Option<NodeId>, s: S) -> Result<S::Ok, S::Error> {
+        match id {
+            Some(id) => s.serialize_some(&id.0),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<NodeId>, D::Error> {
+        Ok(Option::<u32>::deserialize(d)?.map(NodeId))
+    }
+}
+
+mod node_ids {
+    use meshfleet_mesh::NodeId;
+    use serde::ser::SerializeSeq;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(ids: &[NodeId], s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(ids.len()))?;
+        for id in ids {
+            seq.serialize_element(&id.0)?;
+        }
+        seq.end()
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<NodeId>, D::Error> {
+        Ok(Vec::<u32>::deserialize(d)?
+            .into_iter()
+            .map(NodeId)
+            .collect())
+    }
+}
+
+mod link_id {
+    use meshfleet_mesh::LinkId;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(id: &LinkId, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(id.0)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<LinkId, D::Error> {
+        u64::deserialize(d).map(LinkId)
+    }
+}
+
+mod link_role {
+    use meshfleet_mesh::LinkRole;
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(role: &LinkRole, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match role {
+            LinkRole::Station => "station",
+            LinkRole::AccessPoint => "access_point",
+        })
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<LinkRole, D::Error> {
+        // Owned: internally tagged enums buffer their fields, so nothing can be borrowed.
+        match String::deserialize(d)?.as_str() {
+            "station" => Ok(LinkRole::Station),
+            "access_point" => Ok(LinkRole::AccessPoint),
+            other => Err(D::Error::unknown_variant(
+                other,
+                &["station", "access_point"],
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::json;
+
+    fn round_trip(e: &RuntimeEvent, expected: serde_json::Value) {
+        let v = serde_json::to_value(e).unwrap();
+        assert_eq!(v, expected);
+        let back: RuntimeEvent = serde_json::from_value(v).unwrap();
+        assert_eq!(&back, e);
+    }
+
+    #[test]
+    fn json_names_are_stable() {
+        round_trip(
+            &RuntimeEvent::Received {
+                from: NodeId(1001),
+                msg: "hello".into(),
+                kind: MessageKind::Single,
+            },
+            json!({"event":"received","from":1001,"msg":"hello","kind":"single"}),
+        );
+        round_trip(
+            &RuntimeEvent::NewConnection {
+                node_id: NodeId(7),
+                link: LinkId(3),
+            },
+            json!({"event":"new_connection","nodeId":7,"link":3}),
+        );
+        round_trip(
+            &RuntimeEvent::DroppedConnection {
+                node_id: NodeId(7),
+                link: LinkId(3),
+                reason: "eof".into(),
+                detail: "connection closed by peer".into(),
+            },
+            json!({"event":"dropped_connection","nodeId":7,"link":3,"reason":"eof",
+                   "detail":"connection closed by peer"}),
+        );
+        round_trip(
+            &RuntimeEvent::Nodes {
+                nodes: vec![NodeId(1), NodeId(4294967295)],
+            },
+            json!({"event":"nodes","nodes":[1,4294967295u32]}),
+        );
+        round_trip(
+            &RuntimeEvent::TimeAdjusted {
+                offset: -123,
+                mesh_time: 5,
+            },
+            json!({"event":"time_adjusted","offset":-123,"meshTime":5}),
+        );
+        round_trip(
+            &RuntimeEvent::Delay {
+                node_id: NodeId(2),
+                us: 250,
+            },
+            json!({"event":"delay","nodeId":2,"us":250}),
+        );
+        round_trip(
+            &RuntimeEvent::Listening {
+                addr: "127.0.0.1:5555".parse().unwrap(),
+                port: 5555,
+            },
+            json!({"event":"listening","addr":"127.0.0.1:5555","port":5555}),
+        );
+        round_trip(
+            &RuntimeEvent::Connected {
+                link: LinkId(1),
+                peer: "127.0.0.1:5555".into(),
+                role: LinkRole::AccessPoint,
+            },
+            json!({"event":"connected","link":1,"peer":"127.0.0.1:5555","role":"access_point"}),
+        );
+        round_trip(
+            &RuntimeEvent::Disconnected {
+                link: LinkId(1),
+                peer: "p".into(),
+                node_id: None,
+                reason: "eof".into(),
+                detail: "d".into(),
+            },
+            json!({"event":"disconnected","link":1,"peer":"p","reason":"eof","detail":"d"}),
+        );
+    }
+
+    #[test]
+    fn display_is_one_readable_line() {
+        let e = RuntimeEvent::Nodes {
+            nodes: vec![NodeId(1001), NodeId(2002)],
+        };
+        assert_eq!(e.to_string(), "nodes changed: [1001, 2002]");
+        let e = RuntimeEvent::DroppedConnection {
+            node_id: NodeId(1001),
+            link: LinkId(1),
+            reason: "node_sync_timeout".into(),
+            detail: DisconnectReason::Node(CloseReason::NodeSyncTimeout).to_string(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "link down 1001 (no node sync reply within the node timeout)"
+        );
+    }
+}
