@@ -15,7 +15,7 @@ use crate::plugin::{Ctx, MeshChange, Plugin, SendError};
 use crate::rng::Rng;
 use crate::stats::Stats;
 use crate::time::{Duration, Instant};
-use crate::timesync::{adopt, clock_offset, trip_delay, TIME_SYNC_ACCURACY};
+use crate::timesync::{adopt_by_size, clock_offset, trip_delay, TIME_SYNC_ACCURACY};
 use crate::LinkId;
 
 /// Bytes to send on a link. Drain with [`Node::poll_transmit`].
@@ -62,6 +62,13 @@ pub(crate) struct Link {
     pub(crate) backlog: usize,
     /// Digest of the tree we last told this link (request or reply).
     sent_digest: Option<u64>,
+    /// `tree` serialized once on receipt: node syncs to our other links embed it as is,
+    /// so a layout change costs a copy per link, not a clone and a re-serialization.
+    tree_json: Vec<u8>,
+    /// `tree.digest()`, to detect an unchanged tree without comparing trees.
+    tree_digest: u64,
+    /// `tree.size()`, for the time-sync adoption rule.
+    tree_size: usize,
 }
 
 impl Link {
@@ -271,6 +278,9 @@ impl Node {
             time_sync_interval: None,
             backlog: 0,
             sent_digest: None,
+            tree_json: Vec::new(),
+            tree_digest: 0,
+            tree_size: 0,
         };
         l.set(LinkTimer::NodeSync, Some(first_sync));
         c.links.push(l);
@@ -539,19 +549,71 @@ impl Core {
         }
     }
 
-    /// Our tree without the branch of `peer` (`excludeRoute`): what we tell that link.
-    fn tree_for(&self, peer: NodeId) -> NodeTree {
-        NodeTree {
-            node_id: self.config.node_id,
-            root: self.config.root,
-            has_time_authority: self.config.has_time_authority,
-            subs: self
-                .links
-                .iter()
-                .filter(|l| l.peer != NodeId::UNKNOWN && l.peer != peer)
-                .filter_map(|l| l.tree.clone())
-                .collect(),
+    /// Synced links whose tree we tell `peer` (`excludeRoute`: all but its own branch).
+    fn subs_for(&self, peer: NodeId) -> impl Iterator<Item = &Link> {
+        self.links
+            .iter()
+            .filter(move |l| l.peer != NodeId::UNKNOWN && l.peer != peer && l.tree.is_some())
+    }
+
+    /// A digest of what we tell `peer` (our id and flags, and each included subtree's).
+    fn digest_for(&self, peer: NodeId) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |x: u64| {
+            for b in x.to_le_bytes() {
+                h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        let c = &self.config;
+        eat(u64::from(c.node_id.0)
+            | u64::from(c.root) << 32
+            | u64::from(c.has_time_authority) << 33);
+        for l in self.subs_for(peer) {
+            eat(l.tree_digest);
         }
+        h
+    }
+
+    /// Nodes on our side of the link to `peer`, us included (the adoption rule's count).
+    fn size_for(&self, peer: NodeId) -> usize {
+        1 + self.subs_for(peer).map(|l| l.tree_size).sum::<usize>()
+    }
+
+    /// A NODE_SYNC_REQUEST/REPLY frame for `peer`: our tree minus its branch, keys in the
+    /// library's order (`nodeId[,root][,hasTimeAuthority][,subs],type,dest,from`), built from
+    /// the per-link JSON cached at receipt.
+    fn node_sync_frame(&self, ty: i64, peer: NodeId, with_authority: bool) -> Vec<u8> {
+        use core::fmt::Write as _;
+        let c = &self.config;
+        let body: usize = self.subs_for(peer).map(|l| l.tree_json.len() + 1).sum();
+        let mut head = alloc::string::String::with_capacity(48);
+        let _ = write!(head, "{{\"nodeId\":{}", c.node_id.0);
+        if c.root {
+            head.push_str(",\"root\":true");
+        }
+        if with_authority && c.has_time_authority {
+            head.push_str(",\"hasTimeAuthority\":true");
+        }
+        let mut out = Vec::with_capacity(head.len() + body + 64);
+        out.extend_from_slice(head.as_bytes());
+        let mut first = true;
+        for l in self.subs_for(peer) {
+            out.extend_from_slice(if first { b",\"subs\":[" } else { b"," });
+            out.extend_from_slice(&l.tree_json);
+            first = false;
+        }
+        if !first {
+            out.push(b']');
+        }
+        let mut tail = alloc::string::String::with_capacity(48);
+        let _ = write!(
+            tail,
+            ",\"type\":{ty},\"dest\":{},\"from\":{}}}",
+            peer.0, c.node_id.0
+        );
+        out.extend_from_slice(tail.as_bytes());
+        out.push(0);
+        out
     }
 
     pub(crate) fn nodes(&self) -> Vec<NodeId> {
@@ -691,15 +753,10 @@ impl Core {
                 self.handle_node_sync(now, link, n);
                 if let Some(idx) = self.link_index(link) {
                     let peer = self.links[idx].peer;
-                    let tree = self.tree_for(peer);
-                    self.links[idx].sent_digest = Some(tree.digest());
-                    let reply = Message::NodeSyncReply(NodeSync {
-                        tree,
-                        dest: peer,
-                        from: me,
-                        extra: Vec::new(),
-                    });
-                    self.send_msg(link, &reply, true);
+                    let frame =
+                        self.node_sync_frame(meshfleet_wire::types::NODE_SYNC_REPLY, peer, false);
+                    self.links[idx].sent_digest = Some(self.digest_for(peer));
+                    self.push_transmit(link, frame, true);
                 }
             }
             Message::NodeSyncReply(n) => {
@@ -787,7 +844,7 @@ impl Core {
             // link synced meanwhile): the library waits up to a full interval to tell this
             // peer; we re-sync at once if what we said is stale.
             let sent = self.links[idx].sent_digest;
-            if sent.is_some() && sent != Some(self.tree_for(tree.node_id).digest()) {
+            if sent.is_some() && sent != Some(self.digest_for(tree.node_id)) {
                 self.links[idx].set(LinkTimer::NodeSync, Some(now));
             }
             self.events.push_back(Event::NewConnection {
@@ -799,8 +856,12 @@ impl Core {
                 peer: tree.node_id,
             });
         }
+        let digest = tree.digest();
         let l = &mut self.links[idx];
-        if l.tree.as_ref() != Some(&tree) {
+        if l.tree.is_none() || l.tree_digest != digest {
+            l.tree_json = serde_json::to_vec(&tree).unwrap_or_default();
+            l.tree_digest = digest;
+            l.tree_size = tree.size();
             l.tree = Some(tree);
             let changed = l.peer;
             self.layout_changed(now, Some(changed));
@@ -893,22 +954,17 @@ impl Core {
 
     fn send_node_sync_request(&mut self, now: Instant, idx: usize) {
         let (link, peer) = (self.links[idx].id, self.links[idx].peer);
-        let tree = self.tree_for(peer);
+        let frame = self.node_sync_frame(meshfleet_wire::types::NODE_SYNC_REQUEST, peer, true);
+        let digest = self.digest_for(peer);
         let l = &mut self.links[idx];
-        l.sent_digest = Some(tree.digest());
+        l.sent_digest = Some(digest);
         l.set(
             LinkTimer::NodeSync,
             Some(now + self.config.node_sync_interval),
         );
         // restartDelayed: the timeout counts from the latest request.
         l.set(LinkTimer::NodeTimeout, Some(now + self.config.node_timeout));
-        let req = Message::NodeSyncRequest(NodeSync {
-            tree,
-            dest: peer,
-            from: self.config.node_id,
-            extra: Vec::new(),
-        });
-        self.send_msg(link, &req, false);
+        self.push_transmit(link, frame, false);
     }
 
     /// mesh.hpp `startTimeSync` / ntp.hpp `initTimeSync`.
@@ -918,8 +974,16 @@ impl Core {
         let interval = l
             .time_sync_interval
             .unwrap_or(self.config.time_sync_unsynced_interval);
-        let Some(remote) = l.tree.clone() else { return };
-        let adopt_from_peer = adopt(&self.tree_for(peer), &remote);
+        let Some(remote) = l.tree.as_ref() else {
+            return;
+        };
+        let (remote_id, remote_authority, remote_size) =
+            (remote.node_id, remote.has_time_authority, l.tree_size);
+        let c = &self.config;
+        let adopt_from_peer = adopt_by_size(
+            (c.node_id, c.has_time_authority, self.size_for(peer)),
+            (remote_id, remote_authority, remote_size),
+        );
         self.links[idx].set(LinkTimer::TimeSync, Some(now + interval));
         let msg = if adopt_from_peer {
             TimeMsg {

@@ -1,7 +1,7 @@
 //! The library's time sync arithmetic (ntp.hpp), reproduced exactly, including its
 //! quirks, because C++ nodes on the other end of a link run the same rules.
 
-use meshfleet_wire::NodeTree;
+use meshfleet_wire::{NodeId, NodeTree};
 
 /// An accepted offset must be smaller than this (TIME_SYNC_ACCURACY, µs).
 pub const TIME_SYNC_ACCURACY: u32 = 5_000;
@@ -36,18 +36,28 @@ pub fn trip_delay(t0: u32, t1: u32, t2: u32, t3: u32) -> i32 {
 /// Time authority wins; otherwise the larger side is the source, and on a tie the lower
 /// node id adopts the higher one's time.
 pub fn adopt(mine: &NodeTree, remote: &NodeTree) -> bool {
-    if !mine.has_time_authority && remote.has_time_authority {
+    adopt_by_size(
+        (mine.node_id, mine.has_time_authority, mine.size()),
+        (remote.node_id, remote.has_time_authority, remote.size()),
+    )
+}
+
+/// [`adopt`] on `(node id, has time authority, node count)` of each side, for callers
+/// that keep the counts instead of the trees.
+pub fn adopt_by_size(mine: (NodeId, bool, usize), remote: (NodeId, bool, usize)) -> bool {
+    let ((my_id, my_authority, my_count), (remote_id, remote_authority, remote_count)) =
+        (mine, remote);
+    if !my_authority && remote_authority {
         return true;
     }
-    if mine.has_time_authority && !remote.has_time_authority {
+    if my_authority && !remote_authority {
         return false;
     }
-    let (my_count, remote_count) = (mine.size(), remote.size());
     if my_count > remote_count {
         return false;
     }
     if my_count == remote_count {
-        return mine.node_id < remote.node_id;
+        return my_id < remote_id;
     }
     true
 }
@@ -55,7 +65,6 @@ pub fn adopt(mine: &NodeTree, remote: &NodeTree) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use meshfleet_wire::NodeId;
 
     #[test]
     fn offset_matches_the_transcript() {
