@@ -171,6 +171,38 @@ struct Neighbour {
     tokens: f64,
     refilled: Instant,
     pump_at: Option<Instant>,
+    /// Chunks sent to it on this link (retransmissions included).
+    chunks_sent: u32,
+    /// Chunk payload bytes sent to it on this link.
+    bytes_sent: u64,
+}
+
+/// What a node knows about one meshfleet neighbour, for progress displays
+/// ([`MeshfleetOta::peers`]). Counters are per link: a neighbour that reconnects shows up
+/// with a new `link` and counters from zero.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerProgress {
+    /// The link to it.
+    pub link: LinkId,
+    /// The neighbour.
+    pub peer: NodeId,
+    /// It sent no CAPS in time: a stock node.
+    pub stock: bool,
+    /// We offered it the current campaign.
+    pub offered: bool,
+    /// It accepted (asked for chunks).
+    pub accepted: bool,
+    /// It refused the offer.
+    pub rejected: bool,
+    /// It reported holding the whole image.
+    pub done: bool,
+    /// It and everything behind it reported done.
+    pub subtree_done: bool,
+    /// Chunks sent to it on this link (retransmissions included).
+    pub chunks_sent: u32,
+    /// Chunk payload bytes sent to it on this link.
+    pub bytes_sent: u64,
 }
 
 /// The meshfleet OTA plugin (package types 700-709, binary tag 703). See the module docs.
@@ -303,6 +335,36 @@ impl MeshfleetOta {
             .filter(|n| n.stock)
             .map(|n| n.peer)
             .collect()
+    }
+
+    /// Every meshfleet (or presumed stock) neighbour and what we know of its progress in
+    /// the current campaign.
+    pub fn peers(&self) -> Vec<PeerProgress> {
+        let id = self.campaign.as_ref().map(|c| c.id);
+        self.neighbours
+            .iter()
+            .map(|(link, n)| PeerProgress {
+                link: *link,
+                peer: n.peer,
+                stock: n.stock,
+                offered: id.is_some() && n.offered == id,
+                accepted: n.accepted,
+                rejected: n.rejected,
+                done: n.done,
+                subtree_done: n.subtree_done,
+                chunks_sent: n.chunks_sent,
+                bytes_sent: n.bytes_sent,
+            })
+            .collect()
+    }
+
+    /// Tells the node what runs now, for a driver that boots a new image without rebuilding
+    /// the plugin (a Linux node restarts its application, not itself): the running image
+    /// (advertised in CAPS, compared with offers) and whether it is on trial (offers are
+    /// refused then, because the only other slot holds the fallback).
+    pub fn set_running(&mut self, running: Option<ImageInfo>, on_trial: bool) {
+        self.config.running = running;
+        self.config.on_trial = on_trial;
     }
 
     /// Why the node stopped (a store failure), if it did.
@@ -564,6 +626,8 @@ impl MeshfleetOta {
                 if let Some(n) = self.neighbours.get_mut(&link) {
                     n.tokens -= cost as f64;
                     n.want.clear(index);
+                    n.chunks_sent = n.chunks_sent.saturating_add(1);
+                    n.bytes_sent += data.len() as u64;
                 }
             }
         }
@@ -1095,10 +1159,13 @@ impl MeshfleetOta {
         }
         let was = n.subtree_done;
         if st.done {
+            // Reported once per neighbour: a later STATUS that only updates
+            // `subtree_done` is not a second "done".
+            let was_done = n.done;
             n.done = true;
             n.accepted = true;
             n.want.clear_all();
-            if !was {
+            if !was_done {
                 ctx.emit(Box::new(OtaEvent::PeerDone {
                     peer: n.peer,
                     campaign: id,
@@ -1178,6 +1245,8 @@ impl Plugin for MeshfleetOta {
                         tokens: 0.0,
                         refilled: now,
                         pump_at: None,
+                        chunks_sent: 0,
+                        bytes_sent: 0,
                     },
                 );
                 let caps = self.caps(ctx.node_id().0, peer.0);

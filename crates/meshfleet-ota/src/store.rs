@@ -418,6 +418,12 @@ impl FileStore {
         &self.dir
     }
 
+    /// The file holding `slot`'s image: what a Linux node runs or hands to its application
+    /// once the image is committed.
+    pub fn slot_path(&self, slot: Slot) -> PathBuf {
+        self.path(Self::slot_name(slot))
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }

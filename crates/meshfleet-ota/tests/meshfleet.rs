@@ -469,3 +469,44 @@ fn bytes_on_the_wire_per_firmware_byte_stock_vs_meshfleet() {
     let _ = image_info(&img, "x");
     let _ = Slot::A;
 }
+
+#[test]
+fn peers_report_progress_and_done_is_reported_once() {
+    // 0 -> 1 -> 2: the source's neighbour reports done, then (later) its subtree done.
+    let Setup { mut net, art, .. } = setup(&[0, 1], 20_000);
+    assert!(net.run_until_cond(
+        Duration::from_millis(100),
+        Duration::from_secs(30),
+        all_complete
+    ));
+    net.run_for(Duration::from_secs(1));
+    let peers = ota(&net, 0).peers();
+    assert_eq!(peers.len(), 1);
+    let p = &peers[0];
+    assert_eq!(p.peer, NodeId(2));
+    assert!(p.offered && p.accepted && p.done && p.subtree_done && !p.stock && !p.rejected);
+    assert_eq!(p.chunks_sent, art.chunk_count());
+    assert_eq!(p.bytes_sent, art.payload().len() as u64);
+    let done = net
+        .ota_events(0)
+        .iter()
+        .filter(|e| matches!(e, OtaEvent::PeerDone { .. }))
+        .count();
+    assert_eq!(done, 1, "PeerDone once, though STATUS came twice");
+}
+
+#[test]
+fn a_node_on_trial_refuses_offers() {
+    let mut s = setup(&[0], 10_000);
+    let info = image_info(b"the image on trial", "1.0.5");
+    s.net.nodes[1]
+        .plugin_mut::<MeshfleetOta>()
+        .unwrap()
+        .set_running(Some(info), true);
+    s.net.run_for(Duration::from_secs(5));
+    assert!(!complete(&s.net, 1));
+    assert!(s.net.ota_events(1).iter().any(|e| matches!(
+        e,
+        OtaEvent::OfferRejected { reason, .. } if reason.contains("not confirmed")
+    )));
+}

@@ -4,10 +4,14 @@
 //! The flags are a contract: an external harness drives this command against the real
 //! C++ painlessMesh, so `--listen`, `--connect`, `--node-id`, `--root` and `--json` and
 //! the JSON shapes below must not change.
+//!
+//! `--ota-dir` adds an OTA receiver ([`crate::cmd::ota::receiver`]) and the `ota` command;
+//! without it the node behaves exactly as before.
 
 use std::hash::{BuildHasher, RandomState};
 use std::io::{BufRead, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
@@ -20,6 +24,7 @@ use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
 use tracing::{info, warn};
 
+use crate::cmd::ota::receiver::{Controller, OtaLine, OtaReceiver, ReceiverOptions};
 use crate::context::{tokio_runtime, usage, Context};
 
 const LONG_ABOUT: &str = "\
@@ -38,6 +43,7 @@ Commands, one per line on stdin:
   time                   print the mesh time (microseconds, wraps at 2^32)
   delay <dest>           measure the trip delay to <dest>; the result arrives as an event
   stats                  print counters
+  ota                    print the OTA receiver's state (with --ota-dir)
   help                   list these commands
   quit                   close every link and exit with status 0
 
@@ -48,7 +54,27 @@ Command replies follow the same format ({\"nodes\":[...]}, {\"topology\":{...}},
 
 At end of input on stdin the node keeps running until SIGINT or SIGTERM, so it can run \
 detached (`meshfleet node --listen 0.0.0.0:5555 </dev/null &`). SIGINT and SIGTERM stop it \
-like `quit`.";
+like `quit`.
+
+OTA receiving (--ota-dir DIR --ota-role R --ota-hardware H): the node accepts firmware \
+updates for its role and hardware from `meshfleet ota offer` or from a stock painlessMesh \
+sender. DIR holds two image slots (slot_a.bin, slot_b.bin), the staged transfer and the boot \
+record. meshfleet transfers are verified chunk by chunk against the signed manifest (signed \
+by --ota-key's key, if given: then unsigned or forged artefacts are refused), relayed to \
+the node's own meshfleet neighbours, and resumed after a restart; stock transfers (only \
+accepted without --ota-key: they carry no signature) are checked against their MD5. A \
+verified image is written to the inactive slot and booted on trial: the node prints \
+{\"event\":\"ota_boot\",...}, runs --ota-hook through `sh -c` with MESHFLEET_OTA_VERSION \
+and MESHFLEET_OTA_IMAGE (the image file) in its environment (this is how a Linux node \
+restarts its application; the hook's output goes to stderr), and after --ota-confirm-after \
+seconds (30) confirms the image if the node is connected to the mesh. Until then further \
+updates are refused. An image never confirmed is booted on trial again at the next start, \
+and rolled back after 3 unconfirmed starts; the hook runs at such a start too, for the image \
+booted. If the hook fails for a new image, the update is rolled back at once and the hook \
+runs again for the previous image. At every start the node prints its boot \
+decision ({\"event\":\"ota_boot\",\"reason\":\"start\",...}) and any transfer it resumes \
+({\"event\":\"ota_resume\",...}). Transfer events are plugin events \
+({\"event\":\"plugin\",\"plugin\":\"ota-receiver\",\"data\":{\"event\":\"progress\",...}}).";
 
 const AFTER_LONG_HELP: &str = "\
 Examples:
@@ -64,7 +90,12 @@ Examples:
   meshfleet node --listen 0.0.0.0:5556 --connect 192.168.1.10:5555
 
   # Scripted, machine-readable:
-  (sleep 2; echo 'broadcast hi all'; echo quit) | meshfleet node --connect 127.0.0.1:5555 --json";
+  (sleep 2; echo 'broadcast hi all'; echo quit) | meshfleet node --connect 127.0.0.1:5555 --json
+
+  # A Linux node that takes signed updates for role `gateway` and restarts its service:
+  meshfleet node --connect 192.168.1.10:5555 --ota-dir /var/lib/meshfleet/ota \\
+      --ota-role gateway --ota-hardware linux-x86_64 --ota-key fleet.pub \\
+      --ota-hook 'install -m755 \"$MESHFLEET_OTA_IMAGE\" /usr/local/bin/app && systemctl restart app'";
 
 /// Run a mesh node: send and receive messages, watch the mesh.
 #[derive(clap::Args, Debug)]
@@ -102,6 +133,59 @@ pub(crate) struct Args {
     /// Send queue cap per link, in bytes (default 256 KiB).
     #[arg(long, hide = true, value_name = "BYTES")]
     queue_cap: Option<usize>,
+
+    /// Receive OTA updates, kept in DIR (created if needed). Needs --ota-role and
+    /// --ota-hardware.
+    #[arg(long, value_name = "DIR", help_heading = "OTA receiving")]
+    ota_dir: Option<PathBuf>,
+
+    /// The OTA role of this node: offers for another role are refused.
+    #[arg(long, value_name = "ROLE", help_heading = "OTA receiving")]
+    ota_role: Option<String>,
+
+    /// The OTA hardware of this node (e.g. ESP32, linux-arm64).
+    #[arg(long, value_name = "HW", help_heading = "OTA receiving")]
+    ota_hardware: Option<String>,
+
+    /// Accept only artefacts signed by this public key (from `meshfleet firmware keygen`).
+    #[arg(long, value_name = "PUB", help_heading = "OTA receiving")]
+    ota_key: Option<PathBuf>,
+
+    /// Protocols to accept updates through, comma-separated: `meshfleet`, `stock`.
+    /// Default: both, or only meshfleet with --ota-key (stock images are not signed).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        value_name = "PROTO",
+        help_heading = "OTA receiving"
+    )]
+    ota_accept: Vec<OtaProto>,
+
+    /// Run `sh -c CMD` whenever the image to run changes (an update booted on trial, a
+    /// rollback), with MESHFLEET_OTA_VERSION and MESHFLEET_OTA_IMAGE (the image file) set:
+    /// restart the application here. A failure rolls a new image back.
+    #[arg(long, value_name = "CMD", help_heading = "OTA receiving")]
+    ota_hook: Option<String>,
+
+    /// Confirm a new image after SECS seconds of running if the node is connected
+    /// (default 30); unconfirmed images roll back after 3 starts.
+    #[arg(long, value_name = "SECS", help_heading = "OTA receiving")]
+    ota_confirm_after: Option<u64>,
+
+    /// Pacing of the OTA chunks this node relays, bytes per second per link (tests).
+    #[arg(long, hide = true, value_name = "BYTES_PER_S")]
+    ota_rate: Option<u64>,
+}
+
+/// A protocol OTA updates may arrive through (`--ota-accept`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum OtaProto {
+    /// The meshfleet protocol (signed, compressed, resumable, relayed).
+    Meshfleet,
+    /// The painlessMesh library's stock OTA (unsigned; checked by MD5).
+    Stock,
 }
 
 /// The `[node]` table of the config file: defaults for the flags, same names.
@@ -115,13 +199,24 @@ struct NodeDefaults {
     json: bool,
     max_frame_len: Option<usize>,
     queue_cap: Option<usize>,
+    ota_dir: Option<PathBuf>,
+    ota_role: Option<String>,
+    ota_hardware: Option<String>,
+    ota_key: Option<PathBuf>,
+    ota_accept: Vec<OtaProto>,
+    ota_hook: Option<String>,
+    ota_confirm_after: Option<u64>,
 }
+
+/// Default `--ota-confirm-after`.
+const DEFAULT_CONFIRM_AFTER: u64 = 30;
 
 /// Flags over config file over built-in defaults.
 struct Options {
     node: Config,
     runtime: RuntimeConfig,
     json: bool,
+    ota: Option<ReceiverOptions>,
 }
 
 impl Options {
@@ -159,15 +254,114 @@ impl Options {
             }
             runtime.queue_cap = cap;
         }
+        let ota = OtaFlags {
+            dir: args.ota_dir.or(defaults.ota_dir),
+            role: args.ota_role.or(defaults.ota_role),
+            hardware: args.ota_hardware.or(defaults.ota_hardware),
+            key: args.ota_key.or(defaults.ota_key),
+            accept: if args.ota_accept.is_empty() {
+                defaults.ota_accept
+            } else {
+                args.ota_accept
+            },
+            hook: args.ota_hook.or(defaults.ota_hook),
+            confirm_after: args.ota_confirm_after.or(defaults.ota_confirm_after),
+            rate: args.ota_rate,
+        }
+        .resolve()?;
         Ok(Self {
             node,
             runtime,
             json: args.json || defaults.json,
+            ota,
         })
     }
 }
 
-fn resolve_listen(addr: &str) -> anyhow::Result<SocketAddr> {
+/// The `--ota-*` settings, before checking.
+struct OtaFlags {
+    dir: Option<PathBuf>,
+    role: Option<String>,
+    hardware: Option<String>,
+    key: Option<PathBuf>,
+    accept: Vec<OtaProto>,
+    hook: Option<String>,
+    confirm_after: Option<u64>,
+    rate: Option<u64>,
+}
+
+impl OtaFlags {
+    fn resolve(self) -> anyhow::Result<Option<ReceiverOptions>> {
+        let Some(dir) = self.dir else {
+            let given = self.role.is_some()
+                || self.hardware.is_some()
+                || self.key.is_some()
+                || !self.accept.is_empty()
+                || self.hook.is_some()
+                || self.confirm_after.is_some()
+                || self.rate.is_some();
+            if given {
+                return Err(usage("the --ota-* options need --ota-dir DIR"));
+            }
+            return Ok(None);
+        };
+        // Absolute, so the image path handed to the hook does not depend on its cwd.
+        let dir = std::path::absolute(&dir).unwrap_or(dir);
+        let (Some(role), Some(hardware)) = (self.role, self.hardware) else {
+            return Err(usage("--ota-dir needs --ota-role and --ota-hardware"));
+        };
+        // The manifest's limit: a longer role could never match an artefact.
+        let max = meshfleet_firmware::MAX_TEXT_LEN;
+        for (flag, v) in [("--ota-role", &role), ("--ota-hardware", &hardware)] {
+            if v.is_empty() || v.len() > max {
+                return Err(usage(format!("{flag}: 1 to {max} bytes")));
+            }
+        }
+        let accept = if self.accept.is_empty() {
+            if self.key.is_some() {
+                vec![OtaProto::Meshfleet]
+            } else {
+                vec![OtaProto::Meshfleet, OtaProto::Stock]
+            }
+        } else {
+            self.accept
+        };
+        let stock = accept.contains(&OtaProto::Stock);
+        if stock && self.key.is_some() {
+            return Err(usage(
+                "--ota-accept stock cannot be combined with --ota-key: stock images carry no \
+                 signature",
+            ));
+        }
+        if self.rate == Some(0) {
+            return Err(usage("--ota-rate must be positive"));
+        }
+        let key = self
+            .key
+            .as_deref()
+            .map(|p| {
+                meshfleet_firmware::keys::read_public_key(p)
+                    .with_context(|| format!("--ota-key {}", p.display()))
+            })
+            .transpose()?;
+        Ok(Some(ReceiverOptions {
+            dir,
+            role,
+            hardware,
+            key,
+            meshfleet: accept.contains(&OtaProto::Meshfleet),
+            stock,
+            hook: self.hook.filter(|h| !h.trim().is_empty()),
+            confirm_after: Duration::from_secs(
+                self.confirm_after.unwrap_or(DEFAULT_CONFIRM_AFTER),
+            ),
+            link_rate: self.rate,
+        }))
+    }
+}
+
+/// `--listen ADDR:PORT`, resolved (usage error if it does not resolve).
+pub(crate) fn resolve_listen(addr: &str) -> anyhow::Result<SocketAddr> {
     addr.to_socket_addrs()
         .map_err(|e| usage(format!("--listen {addr}: {e} (expected ADDR:PORT)")))?
         .next()
@@ -176,7 +370,7 @@ fn resolve_listen(addr: &str) -> anyhow::Result<SocketAddr> {
 
 /// Connect targets are resolved at every attempt (addresses may change), so only their
 /// form is checked here.
-fn check_host_port(target: &str) -> anyhow::Result<()> {
+pub(crate) fn check_host_port(target: &str) -> anyhow::Result<()> {
     match target.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
         _ => Err(usage(format!("--connect {target}: expected HOST:PORT"))),
@@ -184,7 +378,7 @@ fn check_host_port(target: &str) -> anyhow::Result<()> {
 }
 
 /// A non-zero id from the OS-seeded hasher (0 means "unknown" on the wire).
-fn random_node_id() -> NodeId {
+pub(crate) fn random_node_id() -> NodeId {
     let state = RandomState::new();
     let mut salt = 0u64;
     loop {
@@ -210,11 +404,35 @@ async fn run_node(opts: Options) -> anyhow::Result<()> {
     let out = Output { json: opts.json };
     let node_id = opts.node.node_id;
     let root = opts.node.root;
-    let (mesh, mut task) = Runtime::start(Node::new(opts.node), opts.runtime)
+    let mut node = Node::new(opts.node);
+    // The boot decision is made before the node joins the mesh, like a bootloader's.
+    let ota = match opts.ota {
+        Some(o) => {
+            let (receiver, decision) = OtaReceiver::open(o.clone())
+                .with_context(|| format!("cannot open the OTA store in {}", o.dir.display()))?;
+            let path = receiver.slot_path(decision.slot);
+            let boot = OtaLine::boot("start", &decision, &path);
+            let resume = receiver
+                .resumed()
+                .map(|(campaign, have, chunks)| OtaLine::Resume {
+                    campaign,
+                    have,
+                    chunks,
+                });
+            node.add_plugin(Box::new(receiver));
+            Some((o, (decision, path), boot, resume))
+        }
+        None => None,
+    };
+    let ota_enabled = ota.is_some();
+    let (mesh, mut task) = Runtime::start(node, opts.runtime)
         .await
         .context("cannot start the node")?;
     // Subscribed before the runtime started: holds `listening` and any early event.
     let events = mesh.subscribe();
+    // The OTA controller's own subscription, taken before any update can arrive (an
+    // offer needs a link, a node sync and a CAPS exchange first).
+    let ota_events = ota.as_ref().map(|_| mesh.subscribe());
     out.reply(
         Start {
             event: "start",
@@ -223,6 +441,21 @@ async fn run_node(opts: Options) -> anyhow::Result<()> {
         },
         || format!("node {node_id} started{}", if root { " (root)" } else { "" }),
     );
+    let controller = ota
+        .zip(ota_events)
+        .map(|((o, startup, boot, resume), ota_events)| {
+            boot.print(out);
+            if let Some(r) = resume {
+                r.print(out);
+            }
+            let c = Controller {
+                mesh: mesh.clone(),
+                out,
+                hook: o.hook,
+                confirm_after: o.confirm_after,
+            };
+            tokio::spawn(c.run(ota_events, startup))
+        });
     let printer = tokio::spawn(print_events(events, out));
 
     let mut lines = spawn_stdin_reader()?;
@@ -232,7 +465,7 @@ async fn run_node(opts: Options) -> anyhow::Result<()> {
     let result = loop {
         tokio::select! {
             line = lines.recv(), if stdin_open => match line {
-                Some(line) => match execute(&mesh, out, line).await {
+                Some(line) => match execute(&mesh, out, line, ota_enabled).await {
                     Ok(Flow::Continue) => {}
                     Ok(Flow::Quit) => break Ok(()),
                     Err(Stopped) => break Err(anyhow!("the mesh runtime stopped unexpectedly")),
@@ -257,6 +490,10 @@ async fn run_node(opts: Options) -> anyhow::Result<()> {
     };
 
     out.reply(json!({"event": "stopping"}), || "stopping".to_owned());
+    if let Some(c) = controller {
+        // A hook still running is killed with it.
+        c.abort();
+    }
     mesh.shutdown().await;
     if !task_done {
         let _ = task.await;
@@ -270,9 +507,10 @@ async fn run_node(opts: Options) -> anyhow::Result<()> {
 
 /// Where output goes: stdout, one line at a time, flushed per line (a harness reads it
 /// through a pipe).
-#[derive(Clone, Copy)]
-struct Output {
-    json: bool,
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Output {
+    /// JSON objects instead of text.
+    pub(crate) json: bool,
 }
 
 impl Output {
@@ -283,7 +521,7 @@ impl Output {
     }
 
     /// Prints `value` in JSON mode, `text()` otherwise.
-    fn reply(self, value: impl Serialize, text: impl FnOnce() -> String) {
+    pub(crate) fn reply(self, value: impl Serialize, text: impl FnOnce() -> String) {
         if !self.json {
             self.line(&text());
             return;
@@ -432,6 +670,7 @@ enum Cmd<'a> {
     Time,
     Delay(NodeId),
     Stats,
+    Ota,
     Help,
     Quit,
     Nothing,
@@ -439,6 +678,10 @@ enum Cmd<'a> {
 
 const HELP: &str = "commands: single <dest> <text> | broadcast <text> | nodes | topology | \
                     time | delay <dest> | stats | help | quit";
+
+/// [`HELP`] of a node with an OTA receiver.
+const HELP_OTA: &str = "commands: single <dest> <text> | broadcast <text> | nodes | topology | \
+                        time | delay <dest> | stats | ota | help | quit";
 
 /// Splits off the first blank-separated word; the rest has its leading blanks removed.
 fn word(s: &str) -> (&str, &str) {
@@ -489,6 +732,7 @@ fn parse(line: &str) -> Result<Cmd<'_>, String> {
         "topology" => no_args(Cmd::Topology),
         "time" => no_args(Cmd::Time),
         "stats" => no_args(Cmd::Stats),
+        "ota" => no_args(Cmd::Ota),
         "help" => no_args(Cmd::Help),
         "quit" | "exit" => no_args(Cmd::Quit),
         other => Err(format!("unknown command '{other}' ({HELP})")),
@@ -631,7 +875,7 @@ impl std::fmt::Display for StatsReply {
     }
 }
 
-async fn execute(mesh: &MeshHandle, out: Output, line: Line) -> Result<Flow, Stopped> {
+async fn execute(mesh: &MeshHandle, out: Output, line: Line, ota: bool) -> Result<Flow, Stopped> {
     let text = match line {
         Line::Text(t) => t,
         Line::TooLong => {
@@ -696,14 +940,30 @@ async fn execute(mesh: &MeshHandle, out: Output, line: Line) -> Result<Flow, Sto
             let text = stats.to_string();
             out.reply(json!({ "stats": stats }), || text);
         }
-        Cmd::Help => out.reply(json!({ "help": HELP }), || HELP.to_owned()),
+        Cmd::Ota if !ota => out.error("no OTA receiver: start the node with --ota-dir"),
+        Cmd::Ota => {
+            let state = mesh
+                .with_node(|node, _| node.plugin_mut::<OtaReceiver>().map(|r| r.state()))
+                .await?;
+            match state {
+                Some(s) => {
+                    let text = s.to_string();
+                    out.reply(json!({ "ota": s }), || text);
+                }
+                None => out.error("no OTA receiver"),
+            }
+        }
+        Cmd::Help => {
+            let help = if ota { HELP_OTA } else { HELP };
+            out.reply(json!({ "help": help }), || help.to_owned());
+        }
         Cmd::Quit => return Ok(Flow::Quit),
     }
     Ok(Flow::Continue)
 }
 
 /// SIGINT and SIGTERM (Ctrl-C elsewhere).
-struct Signals {
+pub(crate) struct Signals {
     #[cfg(unix)]
     int: tokio::signal::unix::Signal,
     #[cfg(unix)]
@@ -711,7 +971,8 @@ struct Signals {
 }
 
 impl Signals {
-    fn new() -> anyhow::Result<Self> {
+    /// Installs the handlers.
+    pub(crate) fn new() -> anyhow::Result<Self> {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{signal, SignalKind};
@@ -724,7 +985,8 @@ impl Signals {
         Ok(Self {})
     }
 
-    async fn recv(&mut self) -> &'static str {
+    /// The next signal's name.
+    pub(crate) async fn recv(&mut self) -> &'static str {
         #[cfg(unix)]
         {
             tokio::select! {
@@ -771,6 +1033,90 @@ mod tests {
         assert!(parse("delay 5 6").is_err());
         assert!(parse("nodes please").is_err());
         assert!(parse("frobnicate").unwrap_err().contains("unknown command"));
+        assert_eq!(parse("ota"), Ok(Cmd::Ota));
+        assert!(parse("ota now").is_err());
+    }
+
+    fn ota_flags(dir: Option<&str>) -> OtaFlags {
+        OtaFlags {
+            dir: dir.map(PathBuf::from),
+            role: Some("sensor".into()),
+            hardware: Some("ESP32".into()),
+            key: None,
+            accept: Vec::new(),
+            hook: None,
+            confirm_after: None,
+            rate: None,
+        }
+    }
+
+    #[test]
+    fn ota_flags_resolve() {
+        let o = ota_flags(Some("ota")).resolve().unwrap().unwrap();
+        assert!(o.dir.is_absolute() && o.dir.ends_with("ota"));
+        assert!(o.meshfleet && o.stock, "both protocols by default without a key");
+        assert_eq!(o.confirm_after, Duration::from_secs(30));
+        assert!(o.key.is_none() && o.hook.is_none());
+
+        let mut f = ota_flags(Some("ota"));
+        f.accept = vec![OtaProto::Stock];
+        f.confirm_after = Some(0);
+        f.hook = Some("  ".into());
+        let o = f.resolve().unwrap().unwrap();
+        assert!(!o.meshfleet && o.stock);
+        assert_eq!(o.confirm_after, Duration::ZERO);
+        assert!(o.hook.is_none(), "a blank hook is no hook");
+
+        // Without --ota-dir: nothing, and the other flags are a usage error.
+        let mut f = ota_flags(None);
+        f.role = None;
+        f.hardware = None;
+        assert!(f.resolve().unwrap().is_none());
+        assert!(ota_flags(None).resolve().is_err());
+        let mut f = ota_flags(Some("ota"));
+        f.hardware = None;
+        assert!(f.resolve().is_err());
+        // Stock images carry no signature: not with a trusted key.
+        let mut f = ota_flags(Some("ota"));
+        f.key = Some("fleet.pub".into());
+        f.accept = vec![OtaProto::Meshfleet, OtaProto::Stock];
+        let e = f.resolve().unwrap_err();
+        assert!(e.downcast_ref::<crate::context::UsageError>().is_some());
+        let mut f = ota_flags(Some("ota"));
+        f.rate = Some(0);
+        assert!(f.resolve().is_err());
+    }
+
+    #[test]
+    fn ota_settings_come_from_the_config_file_too() {
+        let file: NodeDefaults = toml::from_str(
+            "ota-dir = \"/var/lib/ota\"\nota-role = \"gw\"\nota-hardware = \"linux\"\n\
+             ota-accept = [\"meshfleet\"]\nota-confirm-after = 5",
+        )
+        .unwrap();
+        let args = Args {
+            listen: None,
+            connect: Vec::new(),
+            node_id: Some(5),
+            root: false,
+            json: false,
+            max_frame_len: None,
+            queue_cap: None,
+            ota_dir: None,
+            ota_role: Some("sensor".into()),
+            ota_hardware: None,
+            ota_key: None,
+            ota_accept: Vec::new(),
+            ota_hook: None,
+            ota_confirm_after: None,
+            ota_rate: None,
+        };
+        let o = Options::resolve(args, file).unwrap().ota.unwrap();
+        assert_eq!(o.dir, PathBuf::from("/var/lib/ota"));
+        assert_eq!((o.role.as_str(), o.hardware.as_str()), ("sensor", "linux"));
+        assert!(o.meshfleet && !o.stock);
+        assert_eq!(o.confirm_after, Duration::from_secs(5));
+        assert!(toml::from_str::<NodeDefaults>("ota-accept = [\"gossip\"]").is_err());
     }
 
     #[test]
@@ -799,6 +1145,14 @@ mod tests {
             json: false,
             max_frame_len: None,
             queue_cap: Some(1000),
+            ota_dir: None,
+            ota_role: None,
+            ota_hardware: None,
+            ota_key: None,
+            ota_accept: Vec::new(),
+            ota_hook: None,
+            ota_confirm_after: None,
+            ota_rate: None,
         };
         let file: NodeDefaults = toml::from_str(
             "listen = \"127.0.0.1:0\"\nconnect = [\"a:1\"]\nnode-id = 9\nroot = true\njson = true",
