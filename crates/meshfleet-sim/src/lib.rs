@@ -1,0 +1,89 @@
+//! A deterministic discrete-event simulator for painlessMesh networks built from real
+//! [`meshfleet_mesh::Node`]s.
+//!
+//! The simulator contains no protocol logic. Every node is the real sans-IO node, with
+//! whatever plugins the scenario's factory attaches; the simulator only plays the part of
+//! the driver (sockets, clock, WiFi association) and of the air in between:
+//!
+//! * **Virtual time** in integer microseconds ([`meshfleet_mesh::Instant`]), advanced by a
+//!   binary-heap event queue. Ties run in scheduling order (sequence numbers), so a run is
+//!   a pure function of the scenario and its seed.
+//! * **Per-node clocks** with a random boot origin and a constant drift (default uniform in
+//!   ±20 ppm): each node is called with *its* local time, and its timers are converted back
+//!   to global time, so time sync has real offsets and real drift to correct.
+//! * **Links** are TCP connections between a station and its access point, modelled by the
+//!   channel module ([`LinkParams`], [`ChannelModel`]): goodput, per-frame overhead,
+//!   latency, FIFO send queues with a high-priority lane and a byte cap, and radio loss as
+//!   TCP retransmissions (delay and goodput, then a reset). See `docs/simulator.md`.
+//! * **Topology** ([`Topology`]) only says who can hear whom and when nodes join; the mesh
+//!   forms through the nodes' own node sync.
+//! * **Timeline** ([`SimEvent`]): crashes, reboots (the node is rebuilt from the factory,
+//!   its [`PersistentStore`] kept), hangs, link drops, moves, partitions, link changes.
+//! * **Traffic** ([`Traffic`]): periodic broadcasts and singles, tagged with an id and the
+//!   send time so deliveries, duplicates and latency are measured at the receivers.
+//!
+//! # Run loop
+//!
+//! ```text
+//! pop the earliest event (time, seq); now = its time
+//! match event:
+//!   node wakeup (current generation only) -> node.handle_timeout(local(now))
+//!   frame arrival                          -> node.handle_frame(local(now), link, frame)
+//!   peer closed                            -> node.handle_link_down(local(now), link)
+//!   association                            -> handle_link_up on the AP, then the station
+//!   transmitter free / direction done      -> start the next queued frame
+//!   timeline, traffic, sample              -> as described
+//! after every input to a node:
+//!   drain poll_transmit  -> per-link send queues
+//!   drain poll_event     -> LinkClosed closes the link (peer told one latency later),
+//!                           NodeListChanged / Received feed the metrics
+//!   poll_timeout         -> one pending wakeup per node (older ones become stale)
+//! ```
+//!
+//! Invariants: a node's local time never goes backwards and a wakeup never arrives before
+//! the local time the node asked for; frames on one link direction arrive in order; no
+//! `HashMap` is ever iterated, so nothing depends on hashing.
+//!
+//! # Example
+//!
+//! ```
+//! use meshfleet_mesh::Duration;
+//! use meshfleet_sim::{Scenario, Simulation, Topology, Traffic};
+//!
+//! let scenario = Scenario::new(Topology::Line { nodes: 3, spacing_m: 30.0 })
+//!     .seed(7)
+//!     .duration(Duration::from_secs(30))
+//!     .traffic(Traffic::broadcast(Some(1), 1.0, Duration::from_secs(5)));
+//! let report = Simulation::new(scenario).run();
+//! assert!(report.convergence.converged_at_end);
+//! assert_eq!(report.app.duplicates, 0);
+//! ```
+
+mod channel;
+mod cli;
+mod clock;
+mod file;
+mod metrics;
+mod output;
+mod queue;
+mod scenario;
+mod sim;
+mod store;
+mod svg;
+mod topology;
+
+pub use channel::{ChannelModel, LinkChange, LinkParams};
+pub use cli::{demo_scenario, run_scenario, run_scenario_file, RunError};
+pub use file::{load_scenario, parse_scenario, Located, ScenarioError};
+pub use metrics::{
+    AppReport, ConvergenceEntry, ConvergenceReport, LatencySummary, LinkReport, MeshTotals,
+    NodeReport, Sample, SimReport, TimeSyncReport,
+};
+pub use output::{peak_rss_kib, write_outputs, RunInfo, WriteError};
+pub use scenario::{
+    plain_node, ClockParams, Formation, InvalidScenario, MeshParams, NodeAction, NodeFactory,
+    NodeInit, RejoinParams, Scenario, SimEvent, Traffic, TrafficKind, MAX_PAYLOAD_BYTES,
+};
+pub use sim::{FrameTrace, Simulation};
+pub use store::PersistentStore;
+pub use topology::{Topology, ESP32_MAX_CONN, ESP8266_MAX_CONN};
