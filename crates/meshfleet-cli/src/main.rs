@@ -43,6 +43,7 @@ macro_rules! subcommands {
 subcommands! {
     Node => node,
     Firmware => firmware,
+    Sim => sim,
     Ota => ota,
 }
 
