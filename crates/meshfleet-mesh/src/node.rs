@@ -67,6 +67,9 @@ pub(crate) struct Link {
     tree_json: Vec<u8>,
     /// `tree.digest()`, to detect an unchanged tree without comparing trees.
     tree_digest: u64,
+    /// Where the `subs` array sits in `tree_json`, if the tree has subs: a node sync
+    /// whose raw `subs` text equals it carries the tree we hold (see `unchanged_node_sync`).
+    subs_range: Option<(usize, usize)>,
     /// `tree.size()`, for the time-sync adoption rule.
     tree_size: usize,
 }
@@ -280,6 +283,7 @@ impl Node {
             sent_digest: None,
             tree_json: Vec::new(),
             tree_digest: 0,
+            subs_range: None,
             tree_size: 0,
         };
         l.set(LinkTimer::NodeSync, Some(first_sync));
@@ -510,6 +514,31 @@ impl Node {
     }
 }
 
+/// A link tree's compact JSON (`{"nodeId":..[,"root":true][,"hasTimeAuthority":true][,"subs":[..]]}`,
+/// the library's key order) and the byte range of its `subs` array.
+fn link_tree_json(tree: &NodeTree) -> (Vec<u8>, Option<(usize, usize)>) {
+    use core::fmt::Write as _;
+    let mut head = alloc::string::String::with_capacity(48);
+    let _ = write!(head, "{{\"nodeId\":{}", tree.node_id.0);
+    if tree.root {
+        head.push_str(",\"root\":true");
+    }
+    if tree.has_time_authority {
+        head.push_str(",\"hasTimeAuthority\":true");
+    }
+    let mut out = head.into_bytes();
+    let mut range = None;
+    if !tree.subs.is_empty() {
+        out.extend_from_slice(b",\"subs\":");
+        let start = out.len();
+        // Serializing our own tree into a Vec cannot fail.
+        out.extend_from_slice(&serde_json::to_vec(&tree.subs).unwrap_or_default());
+        range = Some((start, out.len()));
+    }
+    out.push(b'}');
+    (out, range)
+}
+
 fn with_nul(text: &str) -> Vec<u8> {
     let mut v = Vec::with_capacity(text.len() + 1);
     v.extend_from_slice(text.as_bytes());
@@ -737,6 +766,9 @@ impl Core {
             }
             return;
         }
+        if self.unchanged_node_sync(now, link, &parsed) {
+            return;
+        }
         let msg = match parsed.message() {
             Ok(m) => m,
             Err(e) => {
@@ -785,6 +817,58 @@ impl Core {
             }
             Message::Package(p) => self.inbox.push_back((link, routing, p)),
         }
+    }
+
+    /// The common case of node sync: a synced link re-sends exactly the tree we hold.
+    /// Both the library and we serialize trees compactly in one key order, so the raw
+    /// `subs` text of the frame equals our cached serialization: one memcmp instead of
+    /// decoding, comparing and dropping a tree. Does what `handle_node_sync` does for an
+    /// unchanged tree and returns true; anything else takes the full path.
+    fn unchanged_node_sync(
+        &mut self,
+        now: Instant,
+        link: LinkId,
+        parsed: &meshfleet_wire::Frame<'_>,
+    ) -> bool {
+        use meshfleet_wire::types::{NODE_SYNC_REPLY, NODE_SYNC_REQUEST};
+        let ty = parsed.ty();
+        if ty != NODE_SYNC_REQUEST && ty != NODE_SYNC_REPLY {
+            return false;
+        }
+        let Some(idx) = self.link_index(link) else {
+            return false;
+        };
+        let l = &self.links[idx];
+        let Some(tree) = &l.tree else { return false };
+        let flag = |k: &str| parsed.raw_field(k) == Some("true");
+        let same_top = parsed
+            .raw_field("nodeId")
+            .and_then(|v| v.parse::<u32>().ok())
+            == Some(l.peer.0)
+            && flag("root") == tree.root
+            && flag("hasTimeAuthority") == tree.has_time_authority;
+        let same_subs = match (parsed.raw_field("subs"), l.subs_range) {
+            (Some(raw), Some((a, b))) => raw.as_bytes() == &l.tree_json[a..b],
+            (None, None) => true,
+            _ => false,
+        };
+        if !(same_top && same_subs) {
+            return false;
+        }
+        let peer = l.peer;
+        // Unchanged tree: postpone this link's own periodic sync by a full interval.
+        self.links[idx].set(
+            LinkTimer::NodeSync,
+            Some(now + self.config.node_sync_interval),
+        );
+        if ty == NODE_SYNC_REQUEST {
+            let frame = self.node_sync_frame(NODE_SYNC_REPLY, peer, false);
+            self.links[idx].sent_digest = Some(self.digest_for(peer));
+            self.push_transmit(link, frame, true);
+        } else {
+            self.links[idx].set(LinkTimer::NodeTimeout, None);
+        }
+        true
     }
 
     /// router.hpp `handleNodeSync`.
@@ -859,7 +943,9 @@ impl Core {
         let digest = tree.digest();
         let l = &mut self.links[idx];
         if l.tree.is_none() || l.tree_digest != digest {
-            l.tree_json = serde_json::to_vec(&tree).unwrap_or_default();
+            let (json, range) = link_tree_json(&tree);
+            l.tree_json = json;
+            l.subs_range = range;
             l.tree_digest = digest;
             l.tree_size = tree.size();
             l.tree = Some(tree);

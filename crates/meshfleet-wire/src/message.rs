@@ -534,6 +534,12 @@ impl Frame<'_> {
         self.text
     }
 
+    /// The raw JSON text of top-level key `key` as received (last occurrence wins, as in
+    /// the library), for cheap comparisons without decoding.
+    pub fn raw_field(&self, key: &str) -> Option<&str> {
+        self.env.get(key).map(RawValue::get)
+    }
+
     /// Decodes the typed message.
     pub fn message(&self) -> Result<Message, DecodeError> {
         let (env, object_text, ty, dest, from) =
