@@ -1149,6 +1149,11 @@ impl Core {
                 };
                 let offset = clock_offset(t0, t1, t2, received_at);
                 self.time_offset = self.time_offset.wrapping_add(offset as u32);
+                // A held TIME_REPLY took t1 in the old time base and takes t2 when sent:
+                // move t1 with the clock so both stay in one base.
+                for h in &mut self.held_replies {
+                    h.packet.msg.t1 = h.packet.msg.t1.map(|t1| t1.wrapping_add(offset as u32));
+                }
                 if offset != 0 {
                     self.stats.time_adjustments += 1;
                     self.events.push_back(Event::TimeAdjusted {

@@ -262,9 +262,20 @@ impl MeshfleetOta {
         artefact: Artefact,
         forced: bool,
     ) -> Self {
+        Self {
+            config,
+            store,
+            campaign: Some(Self::source_campaign(artefact, forced)),
+            neighbours: BTreeMap::new(),
+            stats: MeshfleetStats::default(),
+            failed: None,
+        }
+    }
+
+    fn source_campaign(artefact: Artefact, forced: bool) -> Campaign {
         let manifest = Arc::new(artefact.manifest().clone());
         let chunks = manifest.chunk_count;
-        let campaign = Campaign {
+        Campaign {
             id: campaign_id(&manifest),
             manifest,
             forced,
@@ -280,15 +291,41 @@ impl MeshfleetOta {
             nak_at: None,
             progressed: false,
             last_progress_tenth: 10,
-        };
-        Self {
-            config,
-            store,
-            campaign: Some(campaign),
-            neighbours: BTreeMap::new(),
-            stats: MeshfleetStats::default(),
-            failed: None,
         }
+    }
+
+    /// Turns a running node into the source of `artefact` (a gateway that has just been
+    /// handed a new build), then [`MeshfleetOta::start`]s it: the neighbours' CAPS already
+    /// exchanged are kept, so every meshfleet neighbour that lacks the image gets an offer
+    /// at once. Building a new plugin with [`MeshfleetOta::source`] instead would lose them
+    /// (CAPS are sent once per link) and make every neighbour look like a stock node.
+    ///
+    /// Returns `false`, and changes nothing, while a transfer of *another* campaign is in
+    /// progress here (one campaign per node, as for offers). A transfer of the same
+    /// campaign is superseded: the node now holds the whole payload.
+    pub fn start_source(&mut self, ctx: &mut Ctx<'_>, artefact: Artefact, forced: bool) -> bool {
+        let id = campaign_id(artefact.manifest());
+        if self
+            .campaign
+            .as_ref()
+            .is_some_and(|c| !c.complete && c.id != id)
+        {
+            return false;
+        }
+        if self.campaign.as_ref().is_some_and(|c| !c.complete) {
+            // A staged partial copy of the same payload is superseded by the whole one; a
+            // failure to delete its record only costs a pointless resume after a reboot.
+            let _ = self.store.clear_state();
+        }
+        self.campaign = Some(Self::source_campaign(artefact, forced));
+        for n in self.neighbours.values_mut() {
+            // Offers of an earlier campaign do not count for this one.
+            if n.offered != Some(id) {
+                n.offered = None;
+            }
+        }
+        self.start(ctx);
+        true
     }
 
     /// Starts distributing (a source): offers to every meshfleet neighbour that lacks the

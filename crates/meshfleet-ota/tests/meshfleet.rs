@@ -510,3 +510,63 @@ fn a_node_on_trial_refuses_offers() {
         OtaEvent::OfferRejected { reason, .. } if reason.contains("not confirmed")
     )));
 }
+
+#[test]
+fn a_running_node_becomes_the_source_without_losing_its_neighbours_caps() {
+    // Index 0 runs the old image as a plain receiver; the mesh forms and CAPS are exchanged
+    // before it is handed the artefact.
+    let old = image(20_000, 1);
+    let new = image(20_000, 2);
+    let art = artefact(&new, "1.1.0", 1024);
+    let mut net = Net::new(Duration::from_millis(2));
+    let mut stores = Vec::new();
+    for id in 1..=3u32 {
+        let s = MemStore::with_image(&old, "1.0.0");
+        net.add(receiver_node(id, &s));
+        stores.push(s);
+    }
+    net.connect(1, 0);
+    net.connect(2, 1);
+    net.run_for(Duration::from_secs(5));
+    assert!(!complete(&net, 1));
+    let now = net.now;
+    let started = net.nodes[0]
+        .with_plugin::<MeshfleetOta, _>(now, |o, ctx| o.start_source(ctx, art.clone(), false))
+        .unwrap();
+    assert!(started);
+    net.drain(0);
+    assert!(net.run_until_cond(
+        Duration::from_millis(100),
+        Duration::from_secs(30),
+        |n| complete(n, 1) && complete(n, 2)
+    ));
+    // Offered at once (no CAPS timeout, nobody taken for a stock node).
+    assert!(net
+        .ota_events(0)
+        .iter()
+        .all(|e| !matches!(e, OtaEvent::NeighbourIsStock { .. })));
+    for i in 1..=2 {
+        assert_eq!(booted_image(&stores[i]), new);
+    }
+}
+
+#[test]
+fn start_source_refuses_while_another_campaign_is_half_received() {
+    let mut s = setup(&[0], 60_000);
+    s.net.run_until_cond(Duration::from_millis(5), Duration::from_secs(30), |n| {
+        ota(n, 1).progress().is_some_and(|(_, have, _)| have > 3)
+    });
+    assert!(!complete(&s.net, 1));
+    let other = artefact(&image(10_000, 9), "2.0.0", 1024);
+    let now = s.net.now;
+    let started = s.net.nodes[1]
+        .with_plugin::<MeshfleetOta, _>(now, |o, ctx| o.start_source(ctx, other, false))
+        .unwrap();
+    assert!(!started);
+    // The transfer in progress goes on.
+    assert!(s.net.run_until_cond(
+        Duration::from_millis(100),
+        Duration::from_secs(30),
+        all_complete
+    ));
+}

@@ -1245,9 +1245,15 @@ impl Simulation {
             self.drop_frame("node_down", 1);
             return;
         };
-        // Frames carry their NUL on the air; the node takes them pre-framed without it.
-        let body = frame.strip_suffix(&[0]).unwrap_or(&frame);
-        node.handle_frame(local, link, body);
+        if frame.first() == Some(&meshfleet_wire::BINARY_FRAME_MARK) {
+            // A binary frame (meshfleet OTA chunks) has no NUL: the node's own framer reads
+            // its length header. Frames always arrive whole, so the framer starts empty.
+            node.handle_bytes(local, link, &frame);
+        } else {
+            // JSON frames carry their NUL on the air; the node takes them pre-framed without it.
+            let body = frame.strip_suffix(&[0]).unwrap_or(&frame);
+            node.handle_frame(local, link, body);
+        }
         self.after_input(to);
     }
 
