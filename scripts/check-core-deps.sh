@@ -17,8 +17,11 @@ for c in "${core[@]}"; do
     echo "ok: $c has no runtime/socket dependencies ($(echo "$deps" | wc -l) crates)"
   fi
 done
-# no_std crates must build without std features leaking in through their own manifests.
+# no_std crates: they must say so, and build on their own, where cargo does not unify
+# in the `std` features that other workspace members enable on serde/serde_json.
 for c in meshfleet-wire meshfleet-mesh; do
   grep -q '^#!\[no_std\]' "crates/$c/src/lib.rs" || { echo "$c lost #![no_std]" >&2; status=1; }
 done
+cargo build --quiet --locked -p meshfleet-wire -p meshfleet-mesh || { echo "no_std + alloc build failed" >&2; status=1; }
+echo "ok: meshfleet-wire and meshfleet-mesh build as no_std + alloc (serde_json without std)"
 exit $status
