@@ -61,7 +61,10 @@ pub struct MeshfleetConfig {
     pub caps_timeout: Duration,
     /// Pacing: bytes per second per link (default 60% of [`ASSUMED_LINK_RATE`]).
     pub link_rate: u64,
-    /// Pacing: chunk frames that may leave back to back on one link (4).
+    /// Pacing: chunk frames that may leave back to back on one link (4). Also the
+    /// back-pressure limit: no chunk is queued while the driver reports
+    /// ([`meshfleet_mesh::Node::set_link_backlog`]) this many chunk frames' bytes already
+    /// waiting on the link.
     pub burst_chunks: u32,
     /// NAK interval bounds (Trickle `Imin`, `Imax`): 500 ms, 8 s.
     pub nak_min: Duration,
@@ -175,6 +178,38 @@ struct Neighbour {
     chunks_sent: u32,
     /// Chunk payload bytes sent to it on this link.
     bytes_sent: u64,
+    /// Chunks sent on this link since `sent_since` (`[0]`) and in the guard period before
+    /// (`[1]`): a NAK does not get these sent again (see `handle_nak`).
+    sent: [Bitmap; 2],
+    sent_since: Instant,
+}
+
+impl Neighbour {
+    /// Starts the sent-chunk memory of a campaign of `chunks` chunks.
+    fn reset_sent(&mut self, chunks: u32, now: Instant) {
+        self.sent = [Bitmap::new(chunks), Bitmap::new(chunks)];
+        self.sent_since = now;
+    }
+
+    /// Ages the sent-chunk memory: a period of `period` after `sent_since`, the recent
+    /// chunks become the older ones; after two, nothing is remembered.
+    fn age_sent(&mut self, now: Instant, period: Duration) {
+        let age = now.saturating_since(self.sent_since);
+        if age < period {
+            return;
+        }
+        if age < period + period {
+            self.sent.swap(0, 1);
+            self.sent[0].clear_all();
+        } else {
+            self.sent.iter_mut().for_each(Bitmap::clear_all);
+        }
+        self.sent_since = now;
+    }
+
+    fn sent_lately(&self, index: u32) -> bool {
+        self.sent.iter().any(|b| b.get(index))
+    }
 }
 
 /// What a node knows about one meshfleet neighbour, for progress displays
@@ -574,6 +609,7 @@ impl MeshfleetOta {
         n.done = false;
         n.subtree_done = false;
         n.want = Bitmap::new(m.chunk_count);
+        n.reset_sent(m.chunk_count, ctx.now());
         let offer = Offer {
             from: ctx.node_id().0,
             routing: 0,
@@ -627,6 +663,19 @@ impl MeshfleetOta {
                 let elapsed = now.saturating_since(n.refilled).as_micros() as f64 / 1e6;
                 n.tokens = (n.tokens + elapsed * rate).min(burst);
                 n.refilled = now;
+                // Back-pressure: when the link is slower than the pacing rate (radio loss
+                // stretches TCP, several links share one radio), the driver's queue for it
+                // grows. Sending more would only lengthen it: every other frame on the
+                // link (node sync, application messages) would wait behind it, until the
+                // node-sync timeout closes the link or the queue drops frames. So no chunk
+                // is queued while a burst's worth of bytes already waits there; look again
+                // when that much should have drained at the pacing rate.
+                let backlog = ctx.link_backlog(link).unwrap_or(0) as f64;
+                if backlog >= burst {
+                    let wait = ((backlog - burst + frame_cost) / rate * 1e6).ceil() as u64;
+                    n.pump_at = Some(now + Duration::from_micros(wait.max(1)));
+                    break;
+                }
                 if n.tokens < frame_cost {
                     let wait = ((frame_cost - n.tokens) / rate * 1e6).ceil() as u64;
                     n.pump_at = Some(now + Duration::from_micros(wait.max(1)));
@@ -663,6 +712,7 @@ impl MeshfleetOta {
                 if let Some(n) = self.neighbours.get_mut(&link) {
                     n.tokens -= cost as f64;
                     n.want.clear(index);
+                    n.sent[0].set(index);
                     n.chunks_sent = n.chunks_sent.saturating_add(1);
                     n.bytes_sent += data.len() as u64;
                 }
@@ -1154,16 +1204,33 @@ impl MeshfleetOta {
         let Some(n) = self.neighbours.get_mut(&link) else {
             return;
         };
+        let now = ctx.now();
         if n.offered != Some(c.id) {
             // A NAK without our offer (e.g. after our restart): treat it as acceptance.
             n.offered = Some(c.id);
             n.want = Bitmap::new(c.manifest.chunk_count);
+            n.reset_sent(c.manifest.chunk_count, now);
         }
         n.accepted = true;
         n.done = false;
         n.subtree_done = false;
+        // The link is TCP: a chunk sent on it is delivered unless the link dies, and then
+        // the neighbour comes back on a new link with fresh state. A NAK that lists a chunk
+        // sent here lately was written while that chunk was still queued or in flight (a
+        // stalled link, a busy channel): sending it again would only duplicate it. So
+        // only chunks not sent within the last one to two guard periods (a quarter of
+        // `nak_max`, 2 s: longer than a TCP stall at 20% segment loss usually lasts) are
+        // wanted again; a chunk that really went missing (a driver that dropped a frame
+        // from a full queue) is sent again after that.
+        let guard = Duration::from_micros(self.config.nak_max.as_micros() / 4);
+        n.age_sent(now, guard.max(self.config.nak_min));
+        let chunks = c.manifest.chunk_count;
         for [a, b] in nak.missing {
-            n.want.set_range(a, b);
+            for i in a..b.min(chunks) {
+                if !n.sent_lately(i) {
+                    n.want.set(i);
+                }
+            }
         }
         self.pump(ctx);
     }
@@ -1284,6 +1351,8 @@ impl Plugin for MeshfleetOta {
                         pump_at: None,
                         chunks_sent: 0,
                         bytes_sent: 0,
+                        sent: [Bitmap::new(0), Bitmap::new(0)],
+                        sent_since: now,
                     },
                 );
                 let caps = self.caps(ctx.node_id().0, peer.0);

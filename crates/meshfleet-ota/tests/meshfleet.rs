@@ -553,9 +553,10 @@ fn a_running_node_becomes_the_source_without_losing_its_neighbours_caps() {
 #[test]
 fn start_source_refuses_while_another_campaign_is_half_received() {
     let mut s = setup(&[0], 60_000);
-    s.net.run_until_cond(Duration::from_millis(5), Duration::from_secs(30), |n| {
-        ota(n, 1).progress().is_some_and(|(_, have, _)| have > 3)
-    });
+    s.net
+        .run_until_cond(Duration::from_millis(5), Duration::from_secs(30), |n| {
+            ota(n, 1).progress().is_some_and(|(_, have, _)| have > 3)
+        });
     assert!(!complete(&s.net, 1));
     let other = artefact(&image(10_000, 9), "2.0.0", 1024);
     let now = s.net.now;
@@ -569,4 +570,28 @@ fn start_source_refuses_while_another_campaign_is_half_received() {
         Duration::from_secs(30),
         all_complete
     ));
+}
+
+#[test]
+fn a_nak_racing_chunks_in_flight_does_not_get_them_sent_twice() {
+    // A slow link: every frame takes 1.5 s, so the receiver's NAK timer (500 ms at first)
+    // fires while the chunks it lists are on their way. TCP delivers them; sending them
+    // again would only put duplicates on the air.
+    let old = image(30_000, 1);
+    let new = image(30_000, 2);
+    let art = artefact(&new, "1.1.0", 1024);
+    let mut net = Net::new(Duration::from_millis(1500));
+    net.add(source_node(1, &art));
+    let store = MemStore::with_image(&old, "1.0.0");
+    net.add(receiver_node(2, &store));
+    net.connect(1, 0);
+    assert!(
+        net.run_until_cond(Duration::from_millis(100), Duration::from_secs(120), |n| {
+            complete(n, 1)
+        })
+    );
+    assert!(ota(&net, 1).stats().naks_sent >= 2, "the NAKs did race");
+    assert_eq!(ota(&net, 1).stats().duplicates, 0);
+    assert_eq!(chunk_frames(&net, 0, 1), art.chunk_count() as usize);
+    assert_eq!(booted_image(&store), new);
 }

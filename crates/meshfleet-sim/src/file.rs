@@ -4,6 +4,7 @@
 //! error names the file, line, column and field.
 //!
 //! The format is documented in `docs/simulator.md`; `examples/scenarios/` has examples.
+//! An `[ota]` table adds an OTA campaign ([`crate::ota`]).
 
 use std::fmt;
 use std::ops::Range;
@@ -14,6 +15,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::channel::{ChannelModel, LinkChange, LinkParams};
+use crate::ota::{synthetic_image, OtaCampaign, OtaStrategy};
 use crate::scenario::{
     check_change, check_traffic, ClockParams, Formation, MeshParams, RejoinParams, Scenario,
     SimEvent, Traffic, TrafficKind,
@@ -141,6 +143,20 @@ struct RawScenario {
     traffic: Vec<RawTraffic>,
     #[serde(default)]
     events: Vec<RawEvent>,
+    ota: Option<RawOta>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOta {
+    strategy: Spanned<String>,
+    image: Sp<String>,
+    synthetic_kib: Sp<i64>,
+    source: Sp<i64>,
+    start_s: Spanned<f64>,
+    role: Sp<String>,
+    hardware: Sp<String>,
+    broadcast_root: Sp<i64>,
 }
 
 #[derive(Deserialize)]
@@ -519,11 +535,140 @@ fn build(src: &Src<'_>, raw: RawScenario) -> Result<Scenario, ScenarioError> {
         let at = secs(c.non_negative(&format!("events[{i}].at_s"), &e.at_s)?);
         s.events.push((at, build_event(&c, e, i, n)?));
     }
+    if let Some(o) = &raw.ota {
+        s.ota = Some(build_ota(&c, o, n, s.duration)?);
+    }
     // Everything above is checked with its span; this catches what only the whole
     // scenario can tell, pointing at the topology.
     s.validate()
         .map_err(|e| src.err(raw.topology.kind.span(), Some(e.field), e.message))?;
     Ok(s)
+}
+
+/// Largest synthetic image (the artefact format's image limit).
+const MAX_SYNTHETIC_KIB: i64 = (meshfleet_firmware::MAX_IMAGE_SIZE / 1024) as i64;
+
+fn build_ota(
+    c: &Check<'_, '_>,
+    o: &RawOta,
+    n: u32,
+    duration: Duration,
+) -> Result<OtaCampaign, ScenarioError> {
+    let strategy = OtaStrategy::from_label(o.strategy.get_ref()).ok_or_else(|| {
+        c.src.err(
+            o.strategy.span(),
+            Some("ota.strategy".into()),
+            format!(
+                "unknown OTA strategy `{}` (expected stock, stock_broadcasted or meshfleet)",
+                o.strategy.get_ref()
+            ),
+        )
+    })?;
+    let image = match (&o.image, &o.synthetic_kib) {
+        (Some(_), Some(k)) => {
+            return Err(c.src.err(
+                k.span(),
+                Some("ota.synthetic_kib".into()),
+                "give either `image` or `synthetic_kib`, not both",
+            ))
+        }
+        (None, None) => {
+            return Err(c.src.err(
+                o.strategy.span(),
+                Some("ota.image".into()),
+                "an OTA campaign needs `image = \"path\"` or `synthetic_kib = N`",
+            ))
+        }
+        (None, Some(k)) => {
+            let kib = c.count("ota.synthetic_kib", k, 1)?;
+            if i64::from(kib) > MAX_SYNTHETIC_KIB {
+                return Err(c.src.err(
+                    k.span(),
+                    Some("ota.synthetic_kib".into()),
+                    format!("must be at most {MAX_SYNTHETIC_KIB} (64 MiB, the image limit)"),
+                ));
+            }
+            // A fixed seed: the image is the campaign's input, not part of the run's
+            // randomness, so `--seed` does not change it.
+            synthetic_image(kib as usize * 1024, 1)
+        }
+        (Some(f), None) => {
+            let rel = Path::new(f.get_ref());
+            let path = match c.src.path.and_then(Path::parent) {
+                Some(dir) if rel.is_relative() => dir.join(rel),
+                _ => rel.to_path_buf(),
+            };
+            let bytes = std::fs::read(&path).map_err(|source| ScenarioError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            if bytes.is_empty() {
+                return Err(c.src.err(
+                    f.span(),
+                    Some("ota.image".into()),
+                    format!("{} is empty", path.display()),
+                ));
+            }
+            bytes
+        }
+    };
+    let role = o
+        .role
+        .as_ref()
+        .map_or(crate::ota::DEFAULT_ROLE, |r| r.get_ref().as_str());
+    let hardware = o
+        .hardware
+        .as_ref()
+        .map_or(crate::ota::DEFAULT_HARDWARE, |h| h.get_ref().as_str());
+    let mut campaign = OtaCampaign::for_target(strategy, image, role, hardware).map_err(|e| {
+        let span = o
+            .role
+            .as_ref()
+            .or(o.hardware.as_ref())
+            .map_or(o.strategy.span(), Spanned::span);
+        c.src.err(span, Some("ota".into()), e.to_string())
+    })?;
+    if let Some(v) = &o.source {
+        campaign.source = c.node("ota.source", v, n)?;
+    }
+    if n < 2 {
+        return Err(c.src.err(
+            o.strategy.span(),
+            Some("ota".into()),
+            "an OTA campaign needs at least two nodes",
+        ));
+    }
+    let start = secs(c.non_negative("ota.start_s", &o.start_s)?);
+    if start >= duration {
+        return Err(c.src.err(
+            o.start_s.span(),
+            Some("ota.start_s".into()),
+            format!(
+                "must be before the end of the run (duration_s = {})",
+                duration.as_micros() as f64 / 1e6
+            ),
+        ));
+    }
+    campaign.start = Some(start);
+    if let Some(v) = &o.broadcast_root {
+        if strategy != OtaStrategy::StockBroadcasted {
+            return Err(c.src.err(
+                v.span(),
+                Some("ota.broadcast_root".into()),
+                format!("not used by strategy `{}`", strategy.label()),
+            ));
+        }
+        let r = c.node("ota.broadcast_root", v, n)?;
+        if r == campaign.source {
+            return Err(c.src.err(
+                v.span(),
+                Some("ota.broadcast_root".into()),
+                "the root must be a receiver: in broadcast mode only the root requests parts",
+            ));
+        }
+        campaign.broadcast_root = Some(r);
+    }
+    Ok(campaign)
 }
 
 fn build_topology(c: &Check<'_, '_>, t: &RawTopology) -> Result<Topology, ScenarioError> {

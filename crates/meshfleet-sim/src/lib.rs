@@ -21,6 +21,10 @@
 //!   its [`PersistentStore`] kept), hangs, link drops, moves, partitions, link changes.
 //! * **Traffic** ([`Traffic`]): periodic broadcasts and singles, tagged with an id and the
 //!   send time so deliveries, duplicates and latency are measured at the receivers.
+//! * **OTA campaigns** ([`ota`]): the real OTA engine on every node (stock painlessMesh OTA,
+//!   its broadcast mode, or the meshfleet protocol), with per-node simulated flash kept
+//!   across reboots, measured against the lower bound of the channel model
+//!   ([`Scenario::ota()`], the `[ota]` table of scenario files, [`SimReport::ota`]).
 //!
 //! # Run loop
 //!
@@ -64,6 +68,7 @@ mod cli;
 mod clock;
 mod file;
 mod metrics;
+pub mod ota;
 mod output;
 mod queue;
 mod scenario;

@@ -400,6 +400,9 @@ pub struct SimReport {
     /// Every delivery latency in µs, sorted (for the CDF plot).
     #[serde(skip)]
     pub latencies_us: Vec<u64>,
+    /// The OTA campaign's results, if the scenario ran one (`run_scenario` fills it in).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ota: Option<crate::ota::OtaReport>,
 }
 
 impl SimReport {

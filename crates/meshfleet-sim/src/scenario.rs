@@ -331,6 +331,11 @@ pub struct Scenario {
     pub sample_interval: Duration,
     /// Builds every node.
     pub factory: NodeFactory,
+    /// An OTA campaign to run ([`crate::ota`]). `run_scenario` attaches it
+    /// ([`crate::ota::OtaCampaign::attach`]) and puts its report in [`crate::SimReport::ota`];
+    /// [`crate::Simulation`] itself ignores this field, so attach it yourself when driving
+    /// a simulation from code.
+    pub ota: Option<crate::ota::OtaCampaign>,
 }
 
 impl fmt::Debug for Scenario {
@@ -345,6 +350,7 @@ impl fmt::Debug for Scenario {
             .field("channel", &self.channel)
             .field("events", &self.events)
             .field("traffic", &self.traffic)
+            .field("ota", &self.ota)
             .finish_non_exhaustive()
     }
 }
@@ -374,6 +380,7 @@ impl Scenario {
             traffic: Vec::new(),
             sample_interval: Duration::from_secs(1),
             factory: Arc::new(plain_node),
+            ota: None,
         }
     }
 
@@ -470,6 +477,12 @@ impl Scenario {
         self
     }
 
+    /// Sets the OTA campaign (the `ota` field).
+    pub fn ota(mut self, campaign: crate::ota::OtaCampaign) -> Self {
+        self.ota = Some(campaign);
+        self
+    }
+
     /// The id of node number `n`.
     pub fn id_of(&self, n: u32) -> NodeId {
         NodeId(self.id_base.wrapping_add(n))
@@ -543,6 +556,11 @@ impl Scenario {
         for (i, (_, e)) in self.events.iter().enumerate() {
             if let Err((f, m)) = check_event(e, n) {
                 return bad(&format!("events[{i}].{f}"), m);
+            }
+        }
+        if let Some(c) = &self.ota {
+            if let Err((f, m)) = c.check(n) {
+                return bad(&format!("ota.{f}"), m);
             }
         }
         Ok(())

@@ -1092,11 +1092,16 @@ impl Simulation {
         if wake {
             dir.ready = true;
         }
+        let backlog = dir.queued_bytes;
         let s = &mut self.slots[v];
         s.queued_bytes += len as u64;
         s.queued_frames += 1;
         s.queue_peak_bytes = s.queue_peak_bytes.max(s.queued_bytes);
         s.queue_peak_frames = s.queue_peak_frames.max(s.queued_frames);
+        // Like a driver, tell the node what waits in its send queue (plugins pace on it).
+        if let Some(n) = s.node.as_mut() {
+            n.set_link_backlog(t.link, backlog);
+        }
         if wake {
             self.radios[unit].ready.push_back((t.link, d as u8));
             self.try_start(unit);
@@ -1155,8 +1160,12 @@ impl Simulation {
                     retransmissions: cost.retransmissions,
                 });
             }
+            let backlog = dir.queued_bytes;
             dir.in_flight = Some((frame, arrival));
             let s = &mut self.slots[from];
+            if let Some(n) = s.node.as_mut() {
+                n.set_link_backlog(link, backlog);
+            }
             s.queued_bytes -= len as u64;
             s.queued_frames -= 1;
             s.frames_sent += 1;
@@ -1711,7 +1720,14 @@ impl Simulation {
             per_link,
             series: self.series.clone(),
             latencies_us: lat,
+            ota: None,
         }
+    }
+
+    /// The link parameters new links get (the scenario's, with every `SetLink` for all
+    /// links applied so far).
+    pub fn link_defaults(&self) -> &LinkParams {
+        &self.link_defaults
     }
 
     /// The clock drift bound of the run, ppm.

@@ -1,0 +1,453 @@
+//! OTA campaigns side by side: stock painlessMesh OTA, its `broadcasted` mode and the
+//! meshfleet protocol, against the lower bound, in one run.
+//!
+//! ```text
+//! cargo run -p meshfleet-sim --release --example ota_bench -- \
+//!     [--nodes 10,50,100,500,1000] [--loss 0,0.05,0.2] \
+//!     [--channel independent,airtime,geometric] \
+//!     [--strategy stock,stock_broadcasted,meshfleet] [--image-kib 1024] [--seed 1] \
+//!     [--cap-min 60] [--max-wall-s 1200] [--stock-max-nodes 1000] [--out DIR]
+//! ```
+//!
+//! Every cell: a geometric placement (ESP8266: 50 m radio range, at most 4 stations per
+//! access point, one node per ~1,000 m², as `meshfleet sim --demo`), one join every 50 ms
+//! (`--join-ms`), formed without loss; once every node has joined and the node lists have
+//! converged, the loss is applied to every link and node 1 starts the campaign, which runs
+//! until every receiver is updated or 60 virtual minutes have passed (the library's
+//! announce window). Forming without loss keeps large meshes from spending many wall
+//! minutes re-forming (with 5% loss the node-sync frames of a 1,000-node mesh, ~30 KB
+//! each, stall for seconds) and does not change what is measured: the campaign runs
+//! entirely under loss.
+//! The image is 1 MiB of real ESP8266 firmware (`../shared/firmware/esp8266-*.bin`
+//! concatenated), or, if that folder is missing, `synthetic_image` (says so).
+//!
+//! Writes `ota_bench.md` (a markdown table) and `ota_bench.csv` into `--out`
+//! (default `target/ota_bench`), and prints each row as it completes.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant as Wall;
+
+use meshfleet_mesh::Duration;
+use meshfleet_sim::ota::{synthetic_image, OtaCampaign, OtaReport, OtaStrategy};
+use meshfleet_sim::{
+    ChannelModel, Formation, LinkChange, LinkParams, Scenario, SimEvent, Simulation, Topology,
+    ESP8266_MAX_CONN,
+};
+
+struct Args {
+    nodes: Vec<u32>,
+    loss: Vec<f64>,
+    channels: Vec<String>,
+    strategies: Vec<OtaStrategy>,
+    image_kib: usize,
+    seed: u64,
+    cap: Duration,
+    max_wall_s: f64,
+    stock_max_nodes: u32,
+    formation_cap: Duration,
+    join_ms: u64,
+    random_tree_from: Option<u32>,
+    out: PathBuf,
+}
+
+fn list<T>(v: &str, f: impl Fn(&str) -> Option<T>) -> Vec<T> {
+    v.split(',')
+        .map(|x| f(x.trim()).unwrap_or_else(|| die(&format!("bad value `{x}`"))))
+        .collect()
+}
+
+fn die(msg: &str) -> ! {
+    eprintln!("ota_bench: {msg}");
+    std::process::exit(2)
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        nodes: vec![10, 50, 100, 500, 1000],
+        loss: vec![0.0, 0.05, 0.2],
+        channels: vec!["independent".into(), "airtime".into(), "geometric".into()],
+        strategies: OtaStrategy::ALL.to_vec(),
+        image_kib: 1024,
+        seed: 1,
+        cap: Duration::from_secs(3600),
+        max_wall_s: 1200.0,
+        stock_max_nodes: u32::MAX,
+        formation_cap: Duration::from_secs(900),
+        join_ms: 50,
+        random_tree_from: None,
+        out: PathBuf::from("target/ota_bench"),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let v = it
+            .next()
+            .unwrap_or_else(|| die(&format!("{flag} needs a value")));
+        match flag.as_str() {
+            "--nodes" => a.nodes = list(&v, |x| x.parse().ok()),
+            "--loss" => a.loss = list(&v, |x| x.parse().ok()),
+            "--channel" => a.channels = list(&v, |x| Some(x.to_owned())),
+            "--strategy" => a.strategies = list(&v, OtaStrategy::from_label),
+            "--image-kib" => a.image_kib = v.parse().unwrap_or_else(|_| die("bad --image-kib")),
+            "--seed" => a.seed = v.parse().unwrap_or_else(|_| die("bad --seed")),
+            "--cap-min" => {
+                a.cap = Duration::from_secs(
+                    v.parse::<u64>().unwrap_or_else(|_| die("bad --cap-min")) * 60,
+                );
+            }
+            "--max-wall-s" => a.max_wall_s = v.parse().unwrap_or_else(|_| die("bad --max-wall-s")),
+            "--stock-max-nodes" => {
+                a.stock_max_nodes = v.parse().unwrap_or_else(|_| die("bad --stock-max-nodes"));
+            }
+            "--formation-cap-s" => {
+                a.formation_cap =
+                    Duration::from_secs(v.parse().unwrap_or_else(|_| die("bad --formation-cap-s")));
+            }
+            "--random-tree-from" => {
+                a.random_tree_from =
+                    Some(v.parse().unwrap_or_else(|_| die("bad --random-tree-from")));
+            }
+            "--join-ms" => a.join_ms = v.parse().unwrap_or_else(|_| die("bad --join-ms")),
+            "--out" => a.out = PathBuf::from(v),
+            other => die(&format!("unknown flag {other}")),
+        }
+    }
+    a
+}
+
+/// 1 MiB (or `kib`) of real ESP8266 firmware, or synthetic firmware-like bytes.
+fn image(kib: usize) -> (Vec<u8>, String) {
+    let len = kib * 1024;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/firmware");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("esp8266-") && n.ends_with(".bin"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    let mut out = Vec::with_capacity(len);
+    for f in &files {
+        if let Ok(b) = std::fs::read(f) {
+            out.extend_from_slice(&b);
+        }
+        if out.len() >= len {
+            break;
+        }
+    }
+    if out.len() >= len {
+        out.truncate(len);
+        let names: Vec<String> = files
+            .iter()
+            .filter_map(|f| f.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect();
+        (
+            out,
+            format!(
+                "real ESP8266 firmware ({} concatenated, first {kib} KiB)",
+                names.join(" + ")
+            ),
+        )
+    } else {
+        (
+            synthetic_image(len, 1),
+            format!(
+                "SYNTHETIC firmware-like bytes ({kib} KiB): {} not found",
+                dir.display()
+            ),
+        )
+    }
+}
+
+fn channel(name: &str) -> ChannelModel {
+    match name {
+        "independent" => ChannelModel::Independent,
+        "airtime" => ChannelModel::Airtime,
+        // Twice the radio range, the scenario files' default.
+        "geometric" => ChannelModel::Geometric {
+            interference_range_m: 100.0,
+        },
+        other => die(&format!("unknown channel {other}")),
+    }
+}
+
+fn scenario(n: u32, ch: &str, a: &Args) -> Scenario {
+    let topology = if a.random_tree_from.is_some_and(|m| n >= m) && ch != "geometric" {
+        Topology::RandomTree {
+            nodes: n,
+            max_children: ESP8266_MAX_CONN,
+        }
+    } else {
+        // One node per ~1,000 m², as the demo: connected by construction, depth ~√n.
+        let side = (f64::from(n) * 1008.0).sqrt().max(60.0);
+        Topology::Geometric {
+            nodes: n,
+            width_m: side,
+            height_m: side,
+            radio_range_m: 50.0,
+            max_children: ESP8266_MAX_CONN,
+        }
+    };
+    let (seed, join_ms) = (a.seed, a.join_ms);
+    Scenario::new(topology)
+        .name(format!("ota n{n} {ch}"))
+        .seed(seed)
+        .duration(Duration::from_secs(6 * 3600))
+        .channel(channel(ch))
+        // Formed without loss; the loss is applied when the campaign starts (see run_cell).
+        .link(LinkParams::default())
+        .formation(Formation {
+            start: Duration::ZERO,
+            interval: Duration::from_millis(join_ms),
+            jitter: Duration::from_millis(join_ms * 4 / 5),
+        })
+}
+
+/// One cell's outcome.
+struct Row {
+    n: u32,
+    loss: f64,
+    channel: String,
+    strategy: String,
+    formed_s: Option<f64>,
+    report: Option<OtaReport>,
+    wall_s: f64,
+    note: String,
+}
+
+fn run_cell(a: &Args, base: &OtaCampaign, n: u32, loss: f64, ch: &str, s: OtaStrategy) -> Row {
+    let wall = Wall::now();
+    let campaign = base.clone().with_strategy(s);
+    let (sc, mut run) = campaign.attach(scenario(n, ch, a));
+    let mut sim = Simulation::new(sc);
+    run.install(&mut sim);
+    let debug = std::env::var_os("OTA_BENCH_DEBUG").is_some();
+    // Form the mesh first: the campaign measures distribution, not formation.
+    let mut formed = None;
+    while sim.now().as_micros() < a.formation_cap.as_micros() {
+        sim.run_for(Duration::from_secs(1));
+        if debug && sim.now().as_micros() % 10_000_000 == 0 {
+            eprintln!(
+                "  forming: {:.0} virtual s, {:.1} wall s, {} components, converged {}",
+                sim.now().as_micros() as f64 / 1e6,
+                wall.elapsed().as_secs_f64(),
+                sim.components(),
+                sim.converged()
+            );
+        }
+        let all_up = sim.node_ids().iter().all(|id| sim.is_running(*id));
+        if all_up && sim.converged() && sim.components() == 1 {
+            formed = Some(sim.now().as_micros() as f64 / 1e6);
+            break;
+        }
+    }
+    let mut note = String::new();
+    if debug {
+        eprintln!(
+            "formed at {formed:?} virtual s after {:.1} wall s",
+            wall.elapsed().as_secs_f64()
+        );
+    }
+    if formed.is_none() {
+        note.push_str("mesh not converged at the formation cap; started anyway. ");
+    }
+    // Loss from now on, on every link (the bound reads the links as they are at the end).
+    if loss > 0.0 {
+        sim.schedule(
+            sim.now(),
+            SimEvent::SetLink {
+                between: None,
+                change: LinkChange::loss(loss),
+            },
+        );
+        sim.run_for(Duration::ZERO);
+    }
+    run.start(&mut sim);
+    let start = sim.now();
+    let cap_at = start + a.cap;
+    let mut wall_capped = false;
+    while sim.now() < cap_at && !run.all_updated() {
+        sim.run_for(Duration::from_secs(1));
+        if wall.elapsed().as_secs_f64() > a.max_wall_s {
+            wall_capped = true;
+            break;
+        }
+    }
+    if wall_capped {
+        let _ = write!(
+            note,
+            "stopped at the wall-time cap ({:.0} s) after {:.0} virtual s. ",
+            a.max_wall_s,
+            sim.now().saturating_since(start).as_micros() as f64 / 1e6
+        );
+    } else if !run.all_updated() {
+        let _ = write!(
+            note,
+            "at the {:.0}-min cap. ",
+            a.cap.as_micros() as f64 / 6e7
+        );
+    }
+    let report = run.report(&sim);
+    let c = &report.counters;
+    if c.broadcast_gaps + c.gave_up > 0 {
+        let _ = write!(
+            note,
+            "{} broadcast gaps, {} gave up. ",
+            c.broadcast_gaps, c.gave_up
+        );
+    }
+    if std::env::var_os("OTA_BENCH_DEBUG").is_some() {
+        eprintln!(
+            "{}",
+            serde_json::to_string_pretty(&report.counters).unwrap_or_default()
+        );
+        let drops = sim.report().drops;
+        eprintln!("drops {drops:?} closes {:?}", sim.report().link_closes);
+    }
+    Row {
+        n,
+        loss,
+        channel: ch.to_owned(),
+        strategy: s.label().to_owned(),
+        formed_s: formed,
+        report: Some(report),
+        wall_s: wall.elapsed().as_secs_f64(),
+        note,
+    }
+}
+
+fn mb(b: u64) -> String {
+    format!("{:.1}", b as f64 / 1e6)
+}
+
+fn md_row(r: &Row) -> String {
+    let Some(o) = &r.report else {
+        return format!(
+            "| {} | {:.0}% | {} | {} | skipped | | | | | | | | {} |\n",
+            r.n,
+            r.loss * 100.0,
+            r.channel,
+            r.strategy,
+            r.note
+        );
+    };
+    let lb = o.lower_bound.as_ref();
+    let per_copy = o.ota_bytes_on_air as f64 / (f64::from(o.receivers) * o.payload_bytes as f64);
+    let makespan = match (o.makespan_s, o.last_update_s) {
+        (Some(m), _) => format!("{m:.1}"),
+        (None, Some(l)) => format!("> {:.0} (last {l:.0})", o.observed_s.unwrap_or(0.0)),
+        (None, None) => format!("> {:.0}", o.observed_s.unwrap_or(0.0)),
+    };
+    format!(
+        "| {} | {:.0}% | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {:.1} | {}/{} | {:.0} | {} |\n",
+        r.n,
+        r.loss * 100.0,
+        r.channel,
+        r.strategy,
+        makespan,
+        lb.map_or_else(|| "–".into(), |b| format!("{:.1} ({})", b.bound_s, b.binding)),
+        o.ratio_to_bound
+            .map_or_else(|| "–".into(), |x| format!("{x:.2}")),
+        lb.map_or_else(|| "–".into(), |b| b.depth.to_string()),
+        mb(o.ota_bytes_on_air),
+        per_copy,
+        mb(o.source_bytes),
+        o.peak_node_ota_memory_bytes as f64 / 1024.0,
+        o.updated,
+        o.receivers,
+        r.wall_s,
+        r.note.trim()
+    )
+}
+
+fn csv_row(r: &Row) -> String {
+    let o = r.report.as_ref();
+    let lb = o.and_then(|o| o.lower_bound.as_ref());
+    let opt = |v: Option<f64>| v.map_or_else(String::new, |x| format!("{x:.3}"));
+    format!(
+        "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.1},\"{}\"\n",
+        r.n,
+        r.loss,
+        r.channel,
+        r.strategy,
+        opt(r.formed_s),
+        opt(o.and_then(|o| o.makespan_s)),
+        opt(o.and_then(|o| o.last_update_s)),
+        opt(lb.map(|b| b.bound_s)),
+        lb.map_or("", |b| b.binding),
+        lb.map_or(String::new(), |b| b.depth.to_string()),
+        opt(o.and_then(|o| o.ratio_to_bound)),
+        o.map_or(String::new(), |o| o.ota_bytes_on_air.to_string()),
+        o.map_or(String::new(), |o| o
+            .bytes_on_air_until_last_update
+            .to_string()),
+        o.map_or(String::new(), |o| o.source_bytes.to_string()),
+        o.map_or(String::new(), |o| o.payload_bytes.to_string()),
+        o.map_or(String::new(), |o| o.peak_node_ota_memory_bytes.to_string()),
+        o.map_or(String::new(), |o| o.updated.to_string()),
+        o.map_or(String::new(), |o| o.receivers.to_string()),
+        r.wall_s,
+        r.note.trim().replace('"', "'")
+    )
+}
+
+const MD_HEAD: &str = "| N | loss | channel | strategy | makespan s | lower bound s | ratio | depth | OTA MB on air | on air / ((N-1)·S) | source MB sent | peak node OTA KiB | updated | wall s | note |\n| ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n";
+const CSV_HEAD: &str = "nodes,loss,channel,strategy,formed_s,makespan_s,last_update_s,lower_bound_s,binding,depth,ratio_to_bound,ota_bytes_on_air,bytes_on_air_until_last_update,source_bytes,payload_bytes,peak_node_ota_memory_bytes,updated,receivers,wall_s,note\n";
+
+fn main() {
+    let a = parse_args();
+    let (img, what) = image(a.image_kib);
+    let base = OtaCampaign::new(OtaStrategy::Meshfleet, img)
+        .unwrap_or_else(|e| die(&format!("cannot pack the image: {e}")));
+    let s = base.artefact().payload().len();
+    println!(
+        "image: {what}; {} bytes, deflated payload S = {s} bytes ({:.3}), {} chunks of {} bytes",
+        base.image().len(),
+        s as f64 / base.image().len() as f64,
+        base.artefact().chunk_count(),
+        base.artefact().manifest().chunk_size
+    );
+    std::fs::create_dir_all(&a.out).unwrap_or_else(|e| die(&format!("{}: {e}", a.out.display())));
+    let mut md = String::from(MD_HEAD);
+    let mut csv = String::from(CSV_HEAD);
+    print!("{MD_HEAD}");
+    for &n in &a.nodes {
+        for &loss in &a.loss {
+            for ch in &a.channels {
+                for &st in &a.strategies {
+                    let row = if st != OtaStrategy::Meshfleet && n > a.stock_max_nodes {
+                        Row {
+                            n,
+                            loss,
+                            channel: ch.clone(),
+                            strategy: st.label().to_owned(),
+                            formed_s: None,
+                            report: None,
+                            wall_s: 0.0,
+                            note: format!("stock runs above {} nodes skipped (--stock-max-nodes): see the estimate in docs/benchmarks.md", a.stock_max_nodes),
+                        }
+                    } else {
+                        run_cell(&a, &base, n, loss, ch, st)
+                    };
+                    let line = md_row(&row);
+                    print!("{line}");
+                    md.push_str(&line);
+                    csv.push_str(&csv_row(&row));
+                    // Written after every row: a long run can be read while it goes on.
+                    let _ = std::fs::write(a.out.join("ota_bench.md"), &md);
+                    let _ = std::fs::write(a.out.join("ota_bench.csv"), &csv);
+                }
+            }
+        }
+    }
+    println!(
+        "\nwritten: {}/ota_bench.md, ota_bench.csv ({what})",
+        a.out.display()
+    );
+}

@@ -1,0 +1,1317 @@
+//! OTA campaigns in the simulator: the real OTA engine (`meshfleet-ota`) on every node,
+//! one firmware image pushed from one source, measured against the lower bound of the
+//! simulator's channel model.
+//!
+//! An [`OtaCampaign`] says what to distribute and how ([`OtaStrategy`]):
+//!
+//! * [`OtaStrategy::Stock`]: stock painlessMesh OTA. The source runs a
+//!   [`StockSender`] (announce at start, then every 60 s, 60 times); every other node a
+//!   [`StockReceiver`] with the library's timers (a request every 30 s, 10 tries), fetching
+//!   the raw image part by part (1 KiB parts, base64 in JSON), each node on its own.
+//! * [`OtaStrategy::StockBroadcasted`]: the library's `broadcasted` mode. Only the mesh root
+//!   requests; Data goes out as BROADCAST and every receiver writes the parts in order; a
+//!   receiver that sees a part out of sequence falls back to unicast requests, with the
+//!   library's bug of asking in the root's name (`gap_request_from_self = false`): such a
+//!   node never gets its part. The root is a *receiver* (the library's broadcast mode needs
+//!   one that requests), see [`OtaCampaign::broadcast_root`].
+//! * [`OtaStrategy::Meshfleet`]: the meshfleet protocol ([`MeshfleetOta`]): the signed,
+//!   deflated artefact, hop by hop, pipelined, NAK repair. Each receiver has a [`MemStore`]
+//!   (A/B slots, staging, boot record) that the campaign keeps per node number, so a
+//!   simulated reboot rebuilds the node over the same "flash" and the transfer resumes.
+//!
+//! The campaign is attached to a [`Scenario`] through its node factory
+//! ([`OtaCampaign::attach`]), which also schedules the start. [`OtaRun`] observes the run
+//! (frame trace and node events) and writes an [`OtaReport`]: per-node update times,
+//! makespan, success, bytes on air, bytes sent by the source, per-node OTA memory, the final
+//! image of every node (checked in its store: new, old or broken), and the lower bound of
+//! `docs/ota-protocol.md` ("Lower bound") computed from the tree formed at the start.
+//!
+//! `run_scenario` does all of this for a scenario whose `ota` field is set (scenario
+//! files: the `[ota]` table). From code:
+//!
+//! ```no_run
+//! use meshfleet_mesh::Duration;
+//! use meshfleet_sim::ota::{synthetic_image, OtaCampaign, OtaStrategy};
+//! use meshfleet_sim::{Scenario, Simulation, Topology};
+//!
+//! let campaign = OtaCampaign::new(OtaStrategy::Meshfleet, synthetic_image(64 * 1024, 1))?
+//!     .start_at(Duration::from_secs(30));
+//! let scenario = Scenario::new(Topology::RandomTree { nodes: 20, max_children: 4 })
+//!     .duration(Duration::from_secs(120));
+//! let (scenario, run) = campaign.attach(scenario);
+//! let mut sim = Simulation::new(scenario);
+//! run.install(&mut sim);
+//! sim.run();
+//! let report = run.report(&sim);
+//! assert_eq!(report.updated, report.receivers);
+//! # Ok::<(), meshfleet_sim::ota::OtaSetupError>(())
+//! ```
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use meshfleet_firmware::{
+    pack, Artefact, Codec, PackError, PackOptions, SigningKey, Version, VersionError,
+    STREAM_DECODER_FOOTPRINT,
+};
+use meshfleet_mesh::{
+    Ctx, Duration, Event, Instant, LinkId, MeshChange, Node, NodeId, NodeTree, Plugin,
+};
+use meshfleet_ota::proto::BINARY_CHUNK_HEADER;
+use meshfleet_ota::store::image_info;
+use meshfleet_ota::{
+    boot, BootManager, ImageInfo, MemStore, MeshfleetConfig, MeshfleetOta, OfferError, OtaEvent,
+    SlotStore, StockOffer, StockReceiver, StockReceiverConfig, StockSender, StockSenderConfig,
+    StockStyle,
+};
+use meshfleet_wire::{Package, Routing, BINARY_FRAME_MARK};
+use serde::Serialize;
+
+use crate::channel::{ChannelModel, LinkParams};
+use crate::scenario::{NodeAction, NodeInit, Scenario, SimEvent};
+use crate::sim::{FrameTrace, Simulation};
+use crate::topology::dist;
+
+/// Version of the firmware every receiver runs before the campaign.
+pub const OLD_VERSION: &str = "1.0.0";
+/// Version of the firmware the campaign distributes.
+pub const NEW_VERSION: &str = "1.1.0";
+/// Default node role of a campaign.
+pub const DEFAULT_ROLE: &str = "sensor";
+/// Default hardware of a campaign (the simulator's links are calibrated on ESP8266).
+pub const DEFAULT_HARDWARE: &str = "ESP8266";
+/// Boot attempts of a new image before the boot manager rolls it back.
+const BOOT_ATTEMPTS: u32 = meshfleet_ota::DEFAULT_MAX_BOOT_ATTEMPTS;
+/// Bytes of an MD5 context (`md5_context_t` on the ESP cores: state, count, buffer).
+const MD5_CONTEXT_BYTES: u64 = 88;
+
+/// The fixed Ed25519 key campaigns sign with: simulated runs must be reproducible, and
+/// nothing here protects a real device.
+pub fn test_signing_key() -> SigningKey {
+    SigningKey::from_bytes(&[0x5e; 32])
+}
+
+/// How the image is distributed. See the module docs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum OtaStrategy {
+    /// Stock painlessMesh OTA, unicast (every node fetches every part from the source).
+    Stock,
+    /// Stock painlessMesh OTA in the Alteriom `broadcasted` mode.
+    StockBroadcasted,
+    /// The meshfleet protocol.
+    Meshfleet,
+}
+
+impl OtaStrategy {
+    /// Every strategy, in report order.
+    pub const ALL: [Self; 3] = [Self::Stock, Self::StockBroadcasted, Self::Meshfleet];
+
+    /// The name used in scenario files and reports.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Stock => "stock",
+            Self::StockBroadcasted => "stock_broadcasted",
+            Self::Meshfleet => "meshfleet",
+        }
+    }
+
+    /// Parses [`OtaStrategy::label`].
+    pub fn from_label(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|x| x.label() == s)
+    }
+}
+
+/// A campaign could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OtaSetupError {
+    /// The image could not be packed into an artefact.
+    #[error("cannot pack the image: {0}")]
+    Pack(#[from] PackError),
+    /// The image cannot be offered to stock nodes.
+    #[error("cannot offer the image to stock nodes: {0}")]
+    Offer(#[from] OfferError),
+    /// The campaign's version does not parse (a constant: never happens).
+    #[error(transparent)]
+    Version(#[from] VersionError),
+}
+
+/// Everything a campaign distributes, packed once and shared by all nodes.
+struct Payload {
+    image: Vec<u8>,
+    artefact: Artefact,
+    /// For the stock strategies (the raw image, 1 KiB parts).
+    offer: StockOffer,
+    new_info: ImageInfo,
+    old_image: Vec<u8>,
+    old_info: ImageInfo,
+}
+
+/// An OTA campaign: one image, one source, one strategy. Build with [`OtaCampaign::new`],
+/// adjust with the setters, then [`OtaCampaign::attach`] it to a scenario (or put it in
+/// the `ota` field of a [`Scenario`] and use `run_scenario`).
+#[derive(Clone)]
+pub struct OtaCampaign {
+    /// How the image is distributed.
+    pub strategy: OtaStrategy,
+    /// The node that has the new image (1-based number).
+    pub source: u32,
+    /// When the source starts distributing (virtual time from 0). `None`: the caller starts
+    /// it with [`OtaRun::start`].
+    pub start: Option<Duration>,
+    /// Timers of the stock sender (the library's `offerOTA`: 60 announces, 60 s apart).
+    pub stock_sender: StockSenderConfig,
+    /// Period of a stock receiver's request task (the library's 30 s).
+    pub stock_retry_interval: Duration,
+    /// Requests of a stock receiver's task before it gives up (the library's 10).
+    pub stock_max_requests: u32,
+    /// [`OtaStrategy::StockBroadcasted`]: the node made mesh root (`setRoot`) if the
+    /// scenario names none. Default: node 1, or node 2 if node 1 is the source. Broadcast
+    /// mode needs a root that is a receiver: only the root requests parts.
+    pub broadcast_root: Option<u32>,
+    /// Template of every meshfleet node's configuration (pacing, NAK timers, …). Role,
+    /// hardware, running image and the trusted key are filled in per node.
+    pub meshfleet: MeshfleetConfig,
+    role: String,
+    hardware: String,
+    payload: Arc<Payload>,
+}
+
+impl std::fmt::Debug for OtaCampaign {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OtaCampaign")
+            .field("strategy", &self.strategy)
+            .field("source", &self.source)
+            .field("start", &self.start)
+            .field("image_bytes", &self.payload.image.len())
+            .field("payload_bytes", &self.payload.artefact.payload().len())
+            .field("role", &self.role)
+            .field("hardware", &self.hardware)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OtaCampaign {
+    /// A campaign distributing `image` as version [`NEW_VERSION`] to nodes of role
+    /// [`DEFAULT_ROLE`] on [`DEFAULT_HARDWARE`] running [`OLD_VERSION`], from node 1,
+    /// started by hand ([`OtaRun::start`]) unless [`OtaCampaign::start_at`] is set. The
+    /// image is packed once (deflate, 1 KiB chunks, signed with [`test_signing_key`]).
+    pub fn new(strategy: OtaStrategy, image: Vec<u8>) -> Result<Self, OtaSetupError> {
+        Self::for_target(strategy, image, DEFAULT_ROLE, DEFAULT_HARDWARE)
+    }
+
+    /// As [`OtaCampaign::new`], for nodes of `role` on `hardware`.
+    pub fn for_target(
+        strategy: OtaStrategy,
+        image: Vec<u8>,
+        role: &str,
+        hardware: &str,
+    ) -> Result<Self, OtaSetupError> {
+        let key = test_signing_key();
+        let mut opts = PackOptions::new(role, hardware, Version::parse(NEW_VERSION)?);
+        opts.codec = Codec::Deflate;
+        // Fixed, so that the artefact (and every run) is a pure function of the image.
+        opts.created = Some(1_767_225_600);
+        opts.signing_key = Some(&key);
+        let artefact = pack(&image, opts)?;
+        let offer = StockOffer::new(image.clone(), role, hardware, StockStyle::ALTERIOM)?;
+        // What the receivers run: small (its content is never transferred) and different.
+        let old_image: Vec<u8> = b"meshfleet-sim old firmware "
+            .iter()
+            .copied()
+            .cycle()
+            .take(4096)
+            .collect();
+        let payload = Payload {
+            new_info: image_info(&image, NEW_VERSION),
+            old_info: image_info(&old_image, OLD_VERSION),
+            image,
+            artefact,
+            offer,
+            old_image,
+        };
+        Ok(Self {
+            strategy,
+            source: 1,
+            start: None,
+            stock_sender: StockSenderConfig::default(),
+            stock_retry_interval: StockReceiverConfig::new(role, hardware).retry_interval,
+            stock_max_requests: StockReceiverConfig::new(role, hardware).max_requests,
+            broadcast_root: None,
+            meshfleet: MeshfleetConfig::new(role, hardware),
+            role: role.to_owned(),
+            hardware: hardware.to_owned(),
+            payload: Arc::new(payload),
+        })
+    }
+
+    /// The same image and settings with another strategy (the artefact is not packed again).
+    #[must_use]
+    pub fn with_strategy(mut self, strategy: OtaStrategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
+    /// Sets the source node.
+    #[must_use]
+    pub fn source(mut self, node: u32) -> Self {
+        self.source = node;
+        self
+    }
+
+    /// Starts the campaign at `at` (virtual time from 0).
+    #[must_use]
+    pub fn start_at(mut self, at: Duration) -> Self {
+        self.start = Some(at);
+        self
+    }
+
+    /// The raw image.
+    pub fn image(&self) -> &[u8] {
+        &self.payload.image
+    }
+
+    /// The packed, signed artefact.
+    pub fn artefact(&self) -> &Artefact {
+        &self.payload.artefact
+    }
+
+    /// Target role.
+    pub fn role(&self) -> &str {
+        &self.role
+    }
+
+    /// Target hardware.
+    pub fn hardware(&self) -> &str {
+        &self.hardware
+    }
+
+    /// The node made root for [`OtaStrategy::StockBroadcasted`] when the scenario has none.
+    pub fn default_broadcast_root(&self) -> u32 {
+        self.broadcast_root
+            .unwrap_or(if self.source == 1 { 2 } else { 1 })
+    }
+
+    /// Checks the campaign against a mesh of `nodes` nodes: `(field, message)`.
+    pub(crate) fn check(&self, nodes: u32) -> Result<(), (&'static str, String)> {
+        let in_range = |v: u32| (1..=nodes).contains(&v);
+        if !in_range(self.source) {
+            return Err((
+                "source",
+                format!(
+                    "names node {}, but nodes are numbered 1..={nodes}",
+                    self.source
+                ),
+            ));
+        }
+        if nodes < 2 {
+            return Err(("source", "a campaign needs at least one receiver".into()));
+        }
+        if let Some(r) = self.broadcast_root {
+            if !in_range(r) {
+                return Err((
+                    "broadcast_root",
+                    format!("names node {r}, but nodes are numbered 1..={nodes}"),
+                ));
+            }
+            if r == self.source {
+                return Err((
+                    "broadcast_root",
+                    "the root must be a receiver: in broadcast mode only the root requests".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Equips `scenario` for this campaign: its factory adds the OTA plugins to every node
+    /// (wrapping the scenario's own factory), the start is scheduled if
+    /// [`OtaCampaign::start`] is set, and for [`OtaStrategy::StockBroadcasted`] a root is
+    /// named if the scenario has none. The returned [`OtaRun`] observes one run of the
+    /// returned scenario: call [`OtaRun::install`] on its [`Simulation`] before running.
+    ///
+    /// The per-node stores live in the `OtaRun`: attach again for another run.
+    pub fn attach(&self, mut scenario: Scenario) -> (Scenario, OtaRun) {
+        scenario.ota = None;
+        if self.strategy == OtaStrategy::StockBroadcasted && scenario.mesh.root.is_none() {
+            scenario.mesh.root = Some(self.default_broadcast_root());
+        }
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let inner = scenario.factory.clone();
+        let campaign = self.clone();
+        let s = shared.clone();
+        scenario.factory = Arc::new(move |init: NodeInit<'_>| {
+            let number = init.number;
+            let mut node = inner(init);
+            campaign.equip(&mut node, number, &s);
+            node
+        });
+        let air = Rc::new(RefCell::new(Air {
+            start: self.start.map(|d| Instant::ZERO + d),
+            source: scenario.id_of(self.source),
+            ..Air::default()
+        }));
+        if let Some(at) = self.start {
+            let campaign = self.clone();
+            let s = shared.clone();
+            let action: NodeAction = Arc::new(move |node: &mut Node, now: Instant| {
+                campaign.start_on(node, now, &s);
+            });
+            scenario.events.push((
+                at,
+                SimEvent::Action {
+                    node: self.source,
+                    action,
+                },
+            ));
+        }
+        let run = OtaRun {
+            campaign: self.clone(),
+            shared,
+            air,
+            channel: scenario.channel.clone(),
+            id_base: scenario.id_base,
+            nodes: scenario.topology.node_count(),
+            start: self.start.map(|d| Instant::ZERO + d),
+        };
+        (scenario, run)
+    }
+
+    /// Adds this campaign's plugins to a node being built by the factory.
+    fn equip(&self, node: &mut Node, number: u32, shared: &Arc<Mutex<Shared>>) {
+        let mut sh = lock(shared);
+        let p = &self.payload;
+        match self.strategy {
+            OtaStrategy::Stock | OtaStrategy::StockBroadcasted => {
+                if number == self.source {
+                    let style = StockStyle::Alteriom {
+                        part_size: StockStyle::ALTERIOM.raw_part_size(),
+                        broadcasted: self.strategy == OtaStrategy::StockBroadcasted,
+                    };
+                    let offer = StockOffer::new(p.image.clone(), &self.role, &self.hardware, style)
+                        .unwrap_or_else(|_| p.offer.clone());
+                    node.add_plugin(Box::new(StockSource {
+                        sender: StockSender::new(offer, self.stock_sender.clone()),
+                        // The library's setup() calls offerOTA at every boot: a source
+                        // rebooted after the start offers again at once.
+                        start_pending: sh.started,
+                    }));
+                } else {
+                    let mut c = StockReceiverConfig::new(&self.role, &self.hardware);
+                    // A stock node keeps nothing of a transfer across a reboot; once
+                    // updated, it runs the new image.
+                    c.current_md5 = Some(if sh.updated_at.contains_key(&number) {
+                        p.new_info.md5.clone()
+                    } else {
+                        p.old_info.md5.clone()
+                    });
+                    c.retry_interval = self.stock_retry_interval;
+                    c.max_requests = self.stock_max_requests;
+                    c.keep_image = false;
+                    c.gap_request_from_self = false;
+                    node.add_plugin(Box::new(StockReceiver::new(c)));
+                }
+            }
+            OtaStrategy::Meshfleet => {
+                let store = sh
+                    .stores
+                    .entry(number)
+                    .or_insert_with(|| MemStore::with_image(&p.old_image, OLD_VERSION))
+                    .clone();
+                // The bootloader's decision; the simulated firmware is healthy by
+                // construction, so a new image on trial confirms itself at once.
+                let mut bm = BootManager::new(store.clone(), BOOT_ATTEMPTS);
+                let running = match bm.on_boot() {
+                    Ok(d) => {
+                        if d.trial && bm.confirm().is_err() {
+                            sh.counters.store_errors += 1;
+                        }
+                        d.image
+                    }
+                    Err(_) => {
+                        sh.counters.store_errors += 1;
+                        None
+                    }
+                };
+                let mut c = self.meshfleet.clone();
+                c.role.clone_from(&self.role);
+                c.hardware.clone_from(&self.hardware);
+                c.trusted_key = Some(test_signing_key().verifying_key());
+                c.running = running;
+                c.on_trial = false;
+                if number == self.source && sh.started {
+                    node.add_plugin(Box::new(MeshfleetOta::source(
+                        c,
+                        Box::new(store),
+                        p.artefact.clone(),
+                        false,
+                    )));
+                } else {
+                    match MeshfleetOta::new(c, Box::new(store)) {
+                        Ok(o) => node.add_plugin(Box::new(o)),
+                        Err(_) => sh.counters.store_errors += 1,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Makes the source start distributing (the scheduled action or [`OtaRun::start`]).
+    fn start_on(&self, node: &mut Node, now: Instant, shared: &Arc<Mutex<Shared>>) {
+        {
+            let mut sh = lock(shared);
+            sh.started = true;
+            // The source's view of the mesh is the tree the campaign runs on.
+            sh.tree = Some(node.topology());
+        }
+        match self.strategy {
+            OtaStrategy::Stock | OtaStrategy::StockBroadcasted => {
+                node.with_plugin::<StockSource, _>(now, |s, ctx| {
+                    s.start_pending = false;
+                    s.sender.start(ctx);
+                });
+            }
+            OtaStrategy::Meshfleet => {
+                let artefact = self.payload.artefact.clone();
+                node.with_plugin::<MeshfleetOta, _>(now, |o, ctx| {
+                    o.start_source(ctx, artefact, false)
+                });
+            }
+        }
+    }
+}
+
+fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    // The simulator is single-threaded; a panic elsewhere leaves consistent data.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A [`StockSender`] that starts by itself after a reboot (the library's `offerOTA` runs in
+/// `setup()`), where the first start is the campaign's.
+struct StockSource {
+    sender: StockSender,
+    start_pending: bool,
+}
+
+impl Plugin for StockSource {
+    fn name(&self) -> &'static str {
+        self.sender.name()
+    }
+    fn handles(&self, ty: i64) -> bool {
+        self.sender.handles(ty)
+    }
+    fn handle_package(&mut self, ctx: &mut Ctx<'_>, link: LinkId, routing: Routing, pkg: &Package) {
+        self.sender.handle_package(ctx, link, routing, pkg);
+    }
+    fn handle_change(&mut self, ctx: &mut Ctx<'_>, change: &MeshChange) {
+        self.sender.handle_change(ctx, change);
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        // "As soon as possible": the driver clamps a past deadline to now.
+        if self.start_pending {
+            return Some(Instant::ZERO);
+        }
+        self.sender.poll_timeout()
+    }
+    fn handle_timeout(&mut self, ctx: &mut Ctx<'_>) {
+        if self.start_pending {
+            self.start_pending = false;
+            self.sender.start(ctx);
+            return;
+        }
+        self.sender.handle_timeout(ctx);
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
+/// State shared by the factory, the start action and the event hook (all may run on any
+/// clone of the scenario, hence `Arc<Mutex<_>>`).
+#[derive(Default)]
+struct Shared {
+    started: bool,
+    stores: BTreeMap<u32, MemStore>,
+    /// First update of each node, global time.
+    updated_at: BTreeMap<u32, Instant>,
+    tree: Option<NodeTree>,
+    counters: OtaCounters,
+}
+
+/// What the frame trace counts.
+#[derive(Default)]
+struct Air {
+    start: Option<Instant>,
+    source: NodeId,
+    ota_frames: u64,
+    ota_bytes: u64,
+    since_start_bytes: u64,
+    source_ota_bytes: u64,
+    source_bytes: u64,
+    /// `since_start_bytes` when the latest node updated.
+    at_last_update: u64,
+    max_offer_frame: u64,
+    max_data_frame: u64,
+}
+
+/// OTA package types: stock 10-12, meshfleet 700-709 (binary chunks are tagged 703).
+fn is_ota_type(ty: i64) -> bool {
+    (10..=12).contains(&ty) || (700..=709).contains(&ty)
+}
+
+/// The package type of a frame on the air: the tag of a binary frame, or the first
+/// `"type":` of a JSON frame (every painlessMesh package has it among its first keys).
+pub fn frame_type(frame: &[u8]) -> Option<i64> {
+    if frame.first() == Some(&BINARY_FRAME_MARK) {
+        let t = frame.get(5..7)?;
+        return Some(i64::from(u16::from_le_bytes([t[0], t[1]])));
+    }
+    const KEY: &[u8] = b"\"type\":";
+    let head = &frame[..frame.len().min(128)];
+    let at = head.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let digits = frame[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit() || **b == b'-')
+        .count();
+    std::str::from_utf8(&frame[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Counts of notable OTA events over the run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct OtaCounters {
+    /// Stock receivers whose request task gave up.
+    pub gave_up: u64,
+    /// Stock receivers that saw a broadcast part out of sequence.
+    pub broadcast_gaps: u64,
+    /// Stock updates that failed (MD5, write).
+    pub update_failed: u64,
+    /// meshfleet chunks rejected (hash, length, …).
+    pub chunks_rejected: u64,
+    /// meshfleet complete images that failed verification (or store failures).
+    pub verify_failed: u64,
+    /// meshfleet offers refused.
+    pub offers_rejected: u64,
+    /// Store or boot-record operations that failed in the simulator's wrapper.
+    pub store_errors: u64,
+}
+
+/// Which image a node runs (or boots next) at the end, as its storage says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinalImage {
+    /// The verified new image (running, or committed and booting next).
+    New,
+    /// Its old image.
+    Old,
+    /// Anything else: a slot that does not hash to its record, or an image that is neither.
+    Broken,
+}
+
+/// One receiver's outcome.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct OtaNodeReport {
+    /// Node number.
+    pub node: u32,
+    /// Hops from the source in the tree at the start (`None`: not in the source's mesh).
+    pub depth: Option<u32>,
+    /// When it first held the verified new image, virtual seconds after the start.
+    pub updated_after_s: Option<f64>,
+    /// What it runs or boots next at the end.
+    pub image: FinalImage,
+}
+
+/// The lower bound of `docs/ota-protocol.md` ("Lower bound") for one run.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct LowerBound {
+    /// Payload S (the compressed artefact payload), bytes.
+    pub payload_bytes: u64,
+    /// Largest payload per frame c (the artefact's chunk size), bytes.
+    pub chunk_bytes: u32,
+    /// Frames per link, ⌈S / c⌉.
+    pub frames: u64,
+    /// Depth D of the tree rooted at the source (hops to the farthest receiver).
+    pub depth: u32,
+    /// Most children of one node in that tree.
+    pub max_children: u32,
+    /// Expected time a full chunk frame holds its link (overhead, bytes, retransmissions
+    /// and their timeouts), ms.
+    pub frame_link_ms: f64,
+    /// Expected time a full chunk frame holds its sender's radio (timeouts excluded), ms.
+    pub frame_radio_ms: f64,
+    /// (a) store-and-forward pipeline down the deepest path, seconds.
+    pub pipeline_s: f64,
+    /// (b) a node with k children sends the payload k times on its radio (airtime and
+    /// geometric channels), seconds.
+    pub airtime_s: Option<f64>,
+    /// (c) the transmissions of nodes within half the interference range of a point are
+    /// serialized (geometric channel), seconds.
+    pub interference_s: Option<f64>,
+    /// The bound: the largest of the above.
+    pub bound_s: f64,
+    /// Which term binds: `pipeline`, `airtime` or `interference`.
+    pub binding: &'static str,
+}
+
+/// The result of a campaign. In `summary.json` under `ota`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct OtaReport {
+    /// `stock`, `stock_broadcasted` or `meshfleet`.
+    pub strategy: String,
+    /// Source node number.
+    pub source: u32,
+    /// Raw image size, bytes.
+    pub image_bytes: u64,
+    /// Compressed, chunked payload size S (meshfleet transfers this), bytes.
+    pub payload_bytes: u64,
+    /// When the source started, virtual seconds (`None`: never started).
+    pub started_s: Option<f64>,
+    /// How long the run went on after the start, virtual seconds.
+    pub observed_s: Option<f64>,
+    /// Receivers: every node but the source.
+    pub receivers: u32,
+    /// Receivers that got the verified new image.
+    pub updated: u32,
+    /// `updated / receivers`.
+    pub success_ratio: f64,
+    /// Time from the start until the last receiver was updated, if all were.
+    pub makespan_s: Option<f64>,
+    /// Time from the start until the latest update so far.
+    pub last_update_s: Option<f64>,
+    /// Frames of OTA package types (10-12, 700-709, binary chunks) put on the air.
+    pub ota_frames_on_air: u64,
+    /// Their bytes.
+    pub ota_bytes_on_air: u64,
+    /// All bytes put on the air from the start until the latest update (mesh traffic
+    /// included).
+    pub bytes_on_air_until_last_update: u64,
+    /// All bytes put on the air from the start until the end of the run.
+    pub bytes_on_air_since_start: u64,
+    /// OTA bytes the source put on the air.
+    pub source_ota_bytes: u64,
+    /// All bytes the source put on the air since the start.
+    pub source_bytes: u64,
+    /// Peak RAM one receiver needs for the update, bytes (definition in
+    /// `docs/ota-protocol.md`, "Lower bound"; largest over the receivers).
+    pub peak_node_ota_memory_bytes: u64,
+    /// Receivers whose storage ends on the new image / the old one / neither.
+    pub final_new: u32,
+    /// See `final_new`.
+    pub final_old: u32,
+    /// See `final_new`.
+    pub final_broken: u32,
+    /// Notable events.
+    pub counters: OtaCounters,
+    /// The lower bound for this run's tree and links (`None` before the start).
+    pub lower_bound: Option<LowerBound>,
+    /// `makespan_s / lower_bound.bound_s`.
+    pub ratio_to_bound: Option<f64>,
+    /// Per receiver.
+    pub per_node: Vec<OtaNodeReport>,
+}
+
+/// Observes one run of a scenario equipped by [`OtaCampaign::attach`].
+pub struct OtaRun {
+    campaign: OtaCampaign,
+    shared: Arc<Mutex<Shared>>,
+    air: Rc<RefCell<Air>>,
+    channel: ChannelModel,
+    id_base: u32,
+    nodes: u32,
+    start: Option<Instant>,
+}
+
+impl OtaRun {
+    /// Installs the frame trace and the event hook that measure the campaign (replacing
+    /// any set before). Call before running.
+    pub fn install(&self, sim: &mut Simulation) {
+        let air = self.air.clone();
+        sim.set_frame_trace(move |f: &FrameTrace<'_>| {
+            let mut a = air.borrow_mut();
+            let ty = frame_type(f.frame);
+            let ota = ty.is_some_and(is_ota_type);
+            let bytes = f.bytes as u64;
+            if ota {
+                a.ota_frames += 1;
+                a.ota_bytes += bytes;
+                match ty {
+                    Some(701) => a.max_offer_frame = a.max_offer_frame.max(bytes),
+                    Some(12) => a.max_data_frame = a.max_data_frame.max(bytes),
+                    _ => {}
+                }
+            }
+            if a.start.is_some_and(|s| f.start >= s) {
+                a.since_start_bytes += bytes;
+                if f.from == a.source {
+                    a.source_bytes += bytes;
+                    if ota {
+                        a.source_ota_bytes += bytes;
+                    }
+                }
+            }
+        });
+        let air = self.air.clone();
+        let shared = self.shared.clone();
+        let base = self.id_base;
+        let strategy = self.campaign.strategy;
+        sim.set_event_hook(move |now: Instant, id: NodeId, e: &Event| {
+            let Event::Plugin { event, .. } = e else {
+                return;
+            };
+            let Some(ev) = event.as_any().downcast_ref::<OtaEvent>() else {
+                return;
+            };
+            let number = id.0.wrapping_sub(base);
+            let mut sh = lock(&shared);
+            let c = &mut sh.counters;
+            let updated = match ev {
+                OtaEvent::Updated { .. } => strategy != OtaStrategy::Meshfleet,
+                OtaEvent::Applied { .. } => strategy == OtaStrategy::Meshfleet,
+                OtaEvent::GaveUp { .. } => {
+                    c.gave_up += 1;
+                    false
+                }
+                OtaEvent::BroadcastGap { .. } => {
+                    c.broadcast_gaps += 1;
+                    false
+                }
+                OtaEvent::UpdateFailed { .. } => {
+                    c.update_failed += 1;
+                    false
+                }
+                OtaEvent::ChunkRejected { .. } => {
+                    c.chunks_rejected += 1;
+                    false
+                }
+                OtaEvent::VerifyFailed { .. } => {
+                    c.verify_failed += 1;
+                    false
+                }
+                OtaEvent::OfferRejected { .. } => {
+                    c.offers_rejected += 1;
+                    false
+                }
+                _ => false,
+            };
+            if updated && !sh.updated_at.contains_key(&number) {
+                sh.updated_at.insert(number, now);
+                let mut a = air.borrow_mut();
+                a.at_last_update = a.since_start_bytes;
+            }
+        });
+    }
+
+    /// Starts the campaign now (for campaigns without [`OtaCampaign::start`]). Returns
+    /// `false` if it had started already or the source is not running.
+    pub fn start(&mut self, sim: &mut Simulation) -> bool {
+        if self.start.is_some() {
+            return false;
+        }
+        let now = sim.now();
+        let campaign = self.campaign.clone();
+        let shared = self.shared.clone();
+        let id = sim.id_of(self.campaign.source);
+        let done = sim
+            .with_node(id, move |node, local| {
+                campaign.start_on(node, local, &shared)
+            })
+            .is_some();
+        if done {
+            self.start = Some(now);
+            self.air.borrow_mut().start = Some(now);
+        }
+        done
+    }
+
+    /// When the campaign starts (or started), global virtual time.
+    pub fn started_at(&self) -> Option<Instant> {
+        self.start
+    }
+
+    /// Receivers: every node but the source.
+    pub fn receivers(&self) -> u32 {
+        self.nodes.saturating_sub(1)
+    }
+
+    /// Receivers updated so far.
+    pub fn updated(&self) -> u32 {
+        lock(&self.shared).updated_at.len() as u32
+    }
+
+    /// Whether every receiver is updated.
+    pub fn all_updated(&self) -> bool {
+        self.updated() >= self.receivers()
+    }
+
+    /// The campaign this run observes.
+    pub fn campaign(&self) -> &OtaCampaign {
+        &self.campaign
+    }
+
+    /// The report so far.
+    pub fn report(&self, sim: &Simulation) -> OtaReport {
+        let sh = lock(&self.shared);
+        let air = self.air.borrow();
+        let c = &self.campaign;
+        let p = &c.payload;
+        let manifest = p.artefact.manifest();
+        let start = self.start.filter(|s| *s <= sim.now() && sh.started);
+        let since = |t: Instant| start.map(|s| secs(t.saturating_since(s)));
+        let shape = sh
+            .tree
+            .as_ref()
+            .map(|t| TreeShape::from_tree(t, self.id_base, self.nodes));
+        let mut per_node = Vec::new();
+        let (mut new, mut old, mut broken) = (0, 0, 0);
+        for number in (1..=self.nodes).filter(|n| *n != c.source) {
+            let image = match c.strategy {
+                OtaStrategy::Meshfleet => sh
+                    .stores
+                    .get(&number)
+                    .map_or(FinalImage::Old, |s| final_image(s, p)),
+                // The library checks the MD5 of the whole image before it switches:
+                // a stock node runs the new image or the old one.
+                _ if sh.updated_at.contains_key(&number) => FinalImage::New,
+                _ => FinalImage::Old,
+            };
+            match image {
+                FinalImage::New => new += 1,
+                FinalImage::Old => old += 1,
+                FinalImage::Broken => broken += 1,
+            }
+            per_node.push(OtaNodeReport {
+                node: number,
+                depth: shape
+                    .as_ref()
+                    .and_then(|s| s.depth.get(number as usize - 1).copied().flatten()),
+                updated_after_s: sh.updated_at.get(&number).and_then(|t| since(*t)),
+                image,
+            });
+        }
+        let receivers = self.receivers();
+        let updated = sh.updated_at.len() as u32;
+        let last = sh.updated_at.values().max().and_then(|t| since(*t));
+        let makespan = last.filter(|_| updated >= receivers);
+        let lower_bound = shape.as_ref().filter(|_| start.is_some()).map(|s| {
+            lower_bound(
+                s,
+                p.artefact.payload().len() as u64,
+                manifest.chunk_size,
+                // The links as they are now: a `SetLink` for all links (say, loss applied
+                // once the mesh has formed) is what the campaign ran under.
+                sim.link_defaults(),
+                &self.channel,
+                sim.positions(),
+            )
+        });
+        let memory = match c.strategy {
+            OtaStrategy::Meshfleet => {
+                let children = shape.as_ref().map_or(0, |s| {
+                    (1..=self.nodes)
+                        .filter(|n| *n != c.source)
+                        .map(|n| s.children[n as usize - 1])
+                        .max()
+                        .unwrap_or(0)
+                });
+                meshfleet_memory(manifest, children, air.max_offer_frame)
+            }
+            _ => stock_memory(c, air.max_data_frame),
+        };
+        OtaReport {
+            strategy: c.strategy.label().to_owned(),
+            source: c.source,
+            image_bytes: p.image.len() as u64,
+            payload_bytes: p.artefact.payload().len() as u64,
+            started_s: start.map(secs_at),
+            observed_s: since(sim.now()),
+            receivers,
+            updated,
+            success_ratio: if receivers > 0 {
+                f64::from(updated) / f64::from(receivers)
+            } else {
+                1.0
+            },
+            makespan_s: makespan,
+            last_update_s: last,
+            ota_frames_on_air: air.ota_frames,
+            ota_bytes_on_air: air.ota_bytes,
+            bytes_on_air_until_last_update: air.at_last_update,
+            bytes_on_air_since_start: air.since_start_bytes,
+            source_ota_bytes: air.source_ota_bytes,
+            source_bytes: air.source_bytes,
+            peak_node_ota_memory_bytes: memory,
+            final_new: new,
+            final_old: old,
+            final_broken: broken,
+            counters: sh.counters.clone(),
+            ratio_to_bound: match (&lower_bound, makespan) {
+                (Some(b), Some(m)) if b.bound_s > 0.0 => Some(m / b.bound_s),
+                _ => None,
+            },
+            lower_bound,
+            per_node,
+        }
+    }
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_micros() as f64 / 1e6
+}
+
+fn secs_at(t: Instant) -> f64 {
+    t.as_micros() as f64 / 1e6
+}
+
+/// What a meshfleet node's storage boots next (the boot manager's decision, without
+/// counting an attempt), checked against the slot's bytes.
+fn final_image(store: &MemStore, p: &Payload) -> FinalImage {
+    let mut s = store.clone();
+    let Ok(Some(rec)) = s.load_boot() else {
+        return FinalImage::Broken;
+    };
+    let hashes = |s: &mut MemStore, slot, info: &ImageInfo| {
+        boot::slot_sha256(s, slot, info.size).is_ok_and(|h| h == info.sha256)
+    };
+    let mut slot = rec.active;
+    if let Some(pending) = rec.pending {
+        // `on_boot` boots a pending image that still hashes to its record (with attempts
+        // left) and rolls back otherwise.
+        if rec.attempts < BOOT_ATTEMPTS
+            && rec
+                .image(pending)
+                .is_some_and(|info| hashes(&mut s, pending, info))
+        {
+            slot = pending;
+        }
+    }
+    match rec.image(slot) {
+        Some(info) if hashes(&mut s, slot, info) => {
+            if info.sha256 == p.new_info.sha256 {
+                FinalImage::New
+            } else if info.sha256 == p.old_info.sha256 {
+                FinalImage::Old
+            } else {
+                FinalImage::Broken
+            }
+        }
+        _ => FinalImage::Broken,
+    }
+}
+
+/// RAM a meshfleet receiver needs for the update, bytes: the larger of the OFFER phase (the
+/// OFFER frame being parsed, plus the chunk-hash table it yields) and the transfer phase
+/// (the DEFLATE decoder's window and tables, one chunk frame, the chunk-hash table kept
+/// for verification, its own bitmap and one "wanted" bitmap per downstream neighbour).
+/// Staged chunks and the image go to flash, not RAM.
+fn meshfleet_memory(m: &meshfleet_firmware::Manifest, children: u32, offer_frame: u64) -> u64 {
+    let bitmap = u64::from(m.chunk_count).div_ceil(8);
+    let hashes = 16 * u64::from(m.chunk_count);
+    let decoder = match m.codec {
+        Codec::Deflate => STREAM_DECODER_FOOTPRINT as u64,
+        _ => 0,
+    };
+    let frame = u64::from(m.chunk_size) + BINARY_CHUNK_HEADER as u64 + 5;
+    let transfer = decoder + frame + hashes + bitmap * (1 + u64::from(children));
+    let offer = offer_frame.max(m.json_len() as u64) + hashes;
+    transfer.max(offer)
+}
+
+/// RAM a stock receiver needs for the update, bytes: the Data frame being parsed (JSON with
+/// the base64 part), the decoded part handed to `Update.write`, and the MD5 context.
+fn stock_memory(c: &OtaCampaign, data_frame: u64) -> u64 {
+    let offer = &c.payload.offer;
+    let part = u64::from(offer.style().raw_part_size()).min(offer.image().len() as u64);
+    let frame = if data_frame > 0 {
+        data_frame
+    } else {
+        // Not seen on the air (no transfer): the frame of part 0 as the library sends it.
+        let req = offer.announce(1).request(u32::MAX, 0);
+        let reply = req.reply(offer.part_base64(0).unwrap_or_default());
+        Package::from_serialize(&reply).map_or(0, |p| p.text().len() as u64 + 1)
+    };
+    frame + part + MD5_CONTEXT_BYTES
+}
+
+/// The tree the campaign runs on, by node index (number − 1): depth from the source and
+/// number of children.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TreeShape {
+    /// Depth of each node (`None`: not in the tree).
+    pub depth: Vec<Option<u32>>,
+    /// Children of each node.
+    pub children: Vec<u32>,
+}
+
+impl TreeShape {
+    /// From a node's view of the mesh (`Node::topology`), which is the tree rooted at it.
+    pub fn from_tree(tree: &NodeTree, id_base: u32, nodes: u32) -> Self {
+        let n = nodes as usize;
+        let mut s = Self {
+            depth: vec![None; n],
+            children: vec![0; n],
+        };
+        let mut stack = vec![(tree, 0u32)];
+        while let Some((t, d)) = stack.pop() {
+            let Some(i) = t
+                .node_id
+                .0
+                .checked_sub(id_base)
+                .and_then(|k| (k as usize).checked_sub(1))
+                .filter(|i| *i < n)
+            else {
+                continue;
+            };
+            s.depth[i] = Some(d);
+            s.children[i] = t.subs.len() as u32;
+            for sub in &t.subs {
+                stack.push((sub, d + 1));
+            }
+        }
+        s
+    }
+
+    /// Depth of the tree (hops from the root to the farthest node in it).
+    pub fn max_depth(&self) -> u32 {
+        self.depth.iter().flatten().copied().max().unwrap_or(0)
+    }
+}
+
+/// Expected cost of one frame of `bytes` bytes under the simulator's TCP model
+/// (`channel::tx_cost`): `(link, radio)` seconds, where `radio` is the transmitter's busy
+/// time (overhead, first transmission and retransmitted segments) and `link` adds the
+/// retransmission timeouts, during which the connection stalls but the radio is free.
+pub fn expected_frame_cost(bytes: u64, p: &LinkParams) -> (f64, f64) {
+    let g = p.goodput_bytes_per_s;
+    let mut radio = secs(p.frame_overhead) + bytes as f64 / g;
+    let mut stall = 0.0;
+    if p.loss > 0.0 {
+        let mss = p.mss.max(1) as u64;
+        let mut left = bytes;
+        while left > 0 {
+            let seg = left.min(mss);
+            left -= seg;
+            // The k-th consecutive loss of a segment (k <= max_retransmits) costs its
+            // airtime again and the k-th timeout; it happens with probability p^k.
+            let mut pk = 1.0;
+            let mut rto = secs(p.min_rto);
+            for _ in 0..p.max_retransmits {
+                pk *= p.loss;
+                radio += pk * seg as f64 / g;
+                stall += pk * rto;
+                rto = (rto * 2.0).min(secs(p.max_rto));
+            }
+        }
+    }
+    (radio + stall, radio)
+}
+
+/// The lower bound on the makespan of delivering a payload of `payload` bytes, in frames
+/// of at most `chunk` payload bytes, from the root of `tree` to every node in it, under
+/// link parameters `p` and `channel` (`docs/ota-protocol.md`, "Lower bound"). Headers are
+/// not counted, so every real protocol pays more. With loss it bounds the expected
+/// makespan.
+pub fn lower_bound(
+    tree: &TreeShape,
+    payload: u64,
+    chunk: u32,
+    p: &LinkParams,
+    channel: &ChannelModel,
+    positions: Option<&[(f64, f64)]>,
+) -> LowerBound {
+    let c = u64::from(chunk.max(1));
+    let frames = payload.div_ceil(c).max(1);
+    let last = payload - (frames - 1) * c;
+    let (full_link, full_radio) = expected_frame_cost(c, p);
+    let (last_link, last_radio) = expected_frame_cost(last, p);
+    // All S bytes cross the first link of the deepest path, one frame after the other.
+    let all_link = (frames - 1) as f64 * full_link + last_link;
+    let all_radio = (frames - 1) as f64 * full_radio + last_radio;
+    // The smallest frame: what must still cross each later hop after the last one.
+    let (min_link, _) = expected_frame_cost(last.min(c), p);
+    let lat = secs(p.latency);
+    let depth = tree.max_depth();
+    let d = f64::from(depth);
+    let pipeline = if depth == 0 {
+        0.0
+    } else {
+        all_link + (d - 1.0) * min_link + d * lat
+    };
+    let mut bound = pipeline;
+    let mut binding = "pipeline";
+    let shared_radio = !matches!(channel, ChannelModel::Independent);
+    let airtime = shared_radio.then(|| {
+        tree.depth
+            .iter()
+            .zip(&tree.children)
+            .filter_map(|(dv, k)| dv.map(|dv| (dv, *k)))
+            .filter(|(_, k)| *k > 0)
+            .map(|(dv, k)| {
+                // The first frame reaches v after dv hops; then v's radio sends the whole
+                // payload once per child; the last copy arrives one latency later.
+                f64::from(dv) * (min_link + lat) + f64::from(k) * all_radio + lat
+            })
+            .fold(0.0, f64::max)
+    });
+    if let Some(a) = airtime {
+        if a > bound {
+            bound = a;
+            binding = "airtime";
+        }
+    }
+    let interference = match (channel, positions) {
+        (
+            ChannelModel::Geometric {
+                interference_range_m,
+            },
+            Some(pos),
+        ) => {
+            let r = interference_range_m / 2.0;
+            let mut best = 0u64;
+            for v in pos {
+                // Nodes within r/2 of a point are pairwise within r: no two of them may
+                // transmit at once, so their copies of the payload are serialized.
+                let k: u64 = pos
+                    .iter()
+                    .zip(&tree.children)
+                    .zip(&tree.depth)
+                    .filter(|((u, _), dv)| dv.is_some() && dist(**u, *v) <= r)
+                    .map(|((_, k), _)| u64::from(*k))
+                    .sum();
+                best = best.max(k);
+            }
+            Some(best as f64 * all_radio + lat)
+        }
+        _ => None,
+    };
+    if let Some(i) = interference {
+        if i > bound {
+            bound = i;
+            binding = "interference";
+        }
+    }
+    LowerBound {
+        payload_bytes: payload,
+        chunk_bytes: chunk,
+        frames,
+        depth,
+        max_children: tree.children.iter().copied().max().unwrap_or(0),
+        frame_link_ms: full_link * 1e3,
+        frame_radio_ms: full_radio * 1e3,
+        pipeline_s: pipeline,
+        airtime_s: airtime,
+        interference_s: interference,
+        bound_s: bound,
+        binding,
+    }
+}
+
+/// A deterministic pseudo-firmware image of `len` bytes that DEFLATE compresses about as
+/// well as real ESP8266 firmware (to ~0.65 of its size, `shared/firmware/README.md`):
+/// literals from a skewed distribution mixed with short back-references, like machine code
+/// and its constant tables. The same `(len, seed)` always gives the same bytes.
+pub fn synthetic_image(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut out: Vec<u8> = Vec::with_capacity(len);
+    // ESP8266 images start with the 0xE9 header magic.
+    out.push(0xe9);
+    while out.len() < len {
+        let r = next();
+        if out.len() > 64 && r % 100 < 14 {
+            // A back-reference: 3..=10 bytes from up to 4 KiB back (tuned so that
+            // DEFLATE level 9 keeps 0.65-0.66 of the bytes, as for the real images).
+            let n = 3 + (r >> 8) as usize % 8;
+            let back = 1 + (r >> 16) as usize % out.len().min(4096);
+            let from = out.len() - back;
+            for k in 0..n {
+                let b = out[from + k];
+                out.push(b);
+            }
+        } else {
+            // A literal, skewed toward a few values (opcodes, zeros).
+            let v = (r >> 24) as u8;
+            out.push(if r % 3 == 0 { v & 0x1f } else { v });
+        }
+    }
+    out.truncate(len);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_types() {
+        assert_eq!(
+            frame_type(b"{\"from\":1,\"routing\":2,\"type\":10,\"md5\":\"x\"}\0"),
+            Some(10)
+        );
+        assert_eq!(frame_type(b"{\"type\":8,\"dest\":0}\0"), Some(8));
+        let bin =
+            meshfleet_wire::binary_frame(&meshfleet_ota::proto::encode_binary_chunk(1, 2, b"abc"));
+        assert_eq!(frame_type(&bin), Some(703));
+        assert_eq!(frame_type(b"garbage"), None);
+    }
+
+    #[test]
+    fn synthetic_image_compresses_like_firmware() {
+        let img = synthetic_image(256 * 1024, 3);
+        assert_eq!(img, synthetic_image(256 * 1024, 3));
+        let z = meshfleet_firmware::codec::deflate(&img, 9);
+        let ratio = z.len() as f64 / img.len() as f64;
+        assert!((0.62..0.70).contains(&ratio), "{ratio}");
+    }
+
+    #[test]
+    fn lossless_bound_is_the_pipeline_of_full_frames() {
+        // A chain of 3 hops.
+        let tree = TreeShape {
+            depth: vec![Some(0), Some(1), Some(2), Some(3)],
+            children: vec![1, 1, 1, 0],
+        };
+        let p = LinkParams::default();
+        let b = lower_bound(&tree, 10 * 1024, 1024, &p, &ChannelModel::Independent, None);
+        let frame = 1.665e-3 + 1024.0 / 131_000.0;
+        let expect = 10.0 * frame + 2.0 * frame + 3.0 * 320e-6;
+        assert!((b.pipeline_s - expect).abs() < 1e-9, "{b:?}");
+        assert_eq!(b.binding, "pipeline");
+        // On a shared radio a node with 3 children sends the payload 3 times.
+        let star = TreeShape {
+            depth: vec![Some(0), Some(1), Some(1), Some(1)],
+            children: vec![3, 0, 0, 0],
+        };
+        let b = lower_bound(&star, 10 * 1024, 1024, &p, &ChannelModel::Airtime, None);
+        assert_eq!(b.binding, "airtime");
+        assert!((b.bound_s - (30.0 * frame + 320e-6)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn loss_costs_retransmissions_and_timeouts() {
+        let p = LinkParams {
+            loss: 0.05,
+            ..LinkParams::default()
+        };
+        let (link, radio) = expected_frame_cost(1000, &p);
+        let clean = 1.665e-3 + 1000.0 / 131_000.0;
+        assert!(radio > clean && radio < clean * 1.06);
+        // ≈ 0.05 * 200 ms + 0.0025 * 400 ms + …
+        assert!((link - radio - 0.01111).abs() < 1e-4, "{}", link - radio);
+    }
+}
