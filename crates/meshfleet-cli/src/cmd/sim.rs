@@ -141,6 +141,27 @@ fn print_report(r: &SimReport, wall_s: f64) {
         100.0 * r.app.delivery_ratio,
         r.app.duplicates
     );
+    if let Some(o) = &r.ota {
+        println!(
+            "ota ({}): {}/{} nodes updated, makespan {}, {:.1} MB of OTA frames on air ({:.2}x (N-1) x payload), source sent {:.1} KB",
+            o.strategy,
+            o.updated,
+            o.receivers,
+            o.makespan_s.map_or_else(|| "n/a (not all updated)".to_owned(), |s| format!("{s:.1} s")),
+            o.ota_bytes_on_air as f64 / 1e6,
+            o.ota_bytes_on_air as f64 / (f64::from(o.receivers.max(1)) * o.payload_bytes.max(1) as f64),
+            o.source_ota_bytes as f64 / 1e3,
+        );
+        println!(
+            "     image {} KB -> payload {} KB; ends: {} new, {} old, {} broken; lower bound ratio {}",
+            o.image_bytes / 1024,
+            o.payload_bytes / 1024,
+            o.final_new,
+            o.final_old,
+            o.final_broken,
+            o.ratio_to_bound.map_or_else(|| "n/a".to_owned(), |x| format!("{x:.2}x")),
+        );
+    }
     if !r.drops.is_empty() {
         let drops: Vec<String> = r.drops.iter().map(|(k, v)| format!("{k} {v}")).collect();
         println!("drops: {}", drops.join(", "));
