@@ -6,18 +6,25 @@
 //!     [--nodes 10,50,100,500,1000] [--loss 0,0.05,0.2] \
 //!     [--channel independent,airtime,geometric] \
 //!     [--strategy stock,stock_broadcasted,meshfleet] [--image-kib 1024] [--seed 1] \
-//!     [--cap-min 60] [--max-wall-s 1200] [--stock-max-nodes 1000] [--out DIR]
+//!     [--cap-min 60] [--max-wall-s 1200] [--stock-max-nodes N] [--join-ms 50] \
+//!     [--random-tree-from N] [--formation-cap-s 900] [--out DIR]
 //! ```
+//!
+//! `--random-tree-from N`: from N nodes on, the independent and airtime channels run on a
+//! random tree instead of the geometric placement (it forms in a fraction of the time).
+//! `--max-wall-s`: a cell still running after that much wall time is stopped and reported
+//! as such (never silently). `--stock-max-nodes`: stock cells above that size are skipped,
+//! and the row says so. `OTA_BENCH_DEBUG=1` prints formation progress, counters and drops.
 //!
 //! Every cell: a geometric placement (ESP8266: 50 m radio range, at most 4 stations per
 //! access point, one node per ~1,000 m², as `meshfleet sim --demo`), one join every 50 ms
 //! (`--join-ms`), formed without loss; once every node has joined and the node lists have
 //! converged, the loss is applied to every link and node 1 starts the campaign, which runs
 //! until every receiver is updated or 60 virtual minutes have passed (the library's
-//! announce window). Forming without loss keeps large meshes from spending many wall
-//! minutes re-forming (with 5% loss the node-sync frames of a 1,000-node mesh, ~30 KB
-//! each, stall for seconds) and does not change what is measured: the campaign runs
-//! entirely under loss.
+//! announce window). Forming without loss saves wall time on large meshes (their
+//! formation is dominated by node sync, ~30 KB frames at 1,000 nodes, which loss only
+//! slows down) and does not change what is measured: the campaign runs entirely under
+//! loss.
 //! The image is 1 MiB of real ESP8266 firmware (`../shared/firmware/esp8266-*.bin`
 //! concatenated), or, if that folder is missing, `synthetic_image` (says so).
 //!
