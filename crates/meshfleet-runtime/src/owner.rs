@@ -59,6 +59,8 @@ struct Link {
     writer: mpsc::Sender<Vec<u8>>,
     /// The writer holds a batch.
     writing: bool,
+    /// Bytes of the batch the writer is writing now (0 when idle).
+    in_flight: usize,
     tasks: [AbortHandle; 2],
     /// Since when the queue has been full (refused or evicted a frame), until it drains
     /// to half its cap.
@@ -275,6 +277,7 @@ impl Owner {
             Input::Written { link } => {
                 if let Some(l) = self.links.get_mut(&link) {
                     l.writing = false;
+                    l.in_flight = 0;
                 }
             }
             Input::Closed { link, reason } => {
@@ -320,6 +323,7 @@ impl Owner {
                 queue: SendQueue::new(self.cfg.queue_cap),
                 writer: writer_tx,
                 writing: false,
+                in_flight: 0,
                 tasks: [reader_task.abort_handle(), writer_task.abort_handle()],
                 full_since: None,
                 overflow_log: LogLimiter::new(LOG_EVERY),
@@ -417,8 +421,18 @@ impl Owner {
                 self.on_node_event(e);
             }
             if !progressed {
+                self.report_backlogs();
                 return;
             }
+        }
+    }
+
+    /// Tells the node how many bytes wait on each link (queued + being written), so
+    /// plugins that pace bulk data (OTA) back off before the queue fills.
+    fn report_backlogs(&mut self) {
+        for (id, l) in &self.links {
+            self.node
+                .set_link_backlog(*id, l.queue.bytes() + l.in_flight);
         }
     }
 
@@ -480,8 +494,10 @@ impl Owner {
         }
         // Cannot be full (see `Link::writer`); if the writer has ended, its `Closed`
         // input is on its way and the batch is moot.
+        let len = batch.len();
         if l.writer.try_send(batch).is_ok() {
             l.writing = true;
+            l.in_flight = len;
         }
         if l.full_since.is_some() && l.queue.bytes() <= l.queue.cap() / 2 {
             l.full_since = None;
