@@ -135,6 +135,7 @@ impl<S: SlotStore> BootManager<S> {
                     return Ok(d);
                 }
                 Err(why) => {
+                    rec.refuse_image_in(p);
                     rec.pending = None;
                     rec.attempts = 0;
                     self.store.save_boot(&rec)?;
@@ -180,7 +181,8 @@ impl<S: SlotStore> BootManager<S> {
             .store
             .load_boot()?
             .unwrap_or_else(|| BootRecord::new(None));
-        if rec.pending.is_some() {
+        if let Some(p) = rec.pending {
+            rec.refuse_image_in(p);
             rec.pending = None;
             rec.attempts = 0;
             self.store.save_boot(&rec)?;
@@ -225,6 +227,28 @@ mod tests {
         let d = BootManager::new(s, 3).on_boot().unwrap();
         assert_eq!(d.slot, Slot::A);
         assert!(d.rolled_back.is_some());
+    }
+
+    #[test]
+    fn rolled_back_images_are_remembered() {
+        let (s, info) = device();
+        let sha = info.sha256.clone();
+        commit(&mut s.clone(), Slot::B, info).unwrap();
+        for _ in 0..3 {
+            BootManager::new(s.clone(), 3).on_boot().unwrap();
+        }
+        BootManager::new(s.clone(), 3).on_boot().unwrap();
+        let rec = s.clone().load_boot().unwrap().unwrap();
+        assert_eq!(rec.refused, vec![sha]);
+        // An explicit rollback (a failed post-update hook) is remembered too, once.
+        let (s, info) = device();
+        let sha = info.sha256.clone();
+        commit(&mut s.clone(), Slot::B, info).unwrap();
+        let mut bm = BootManager::new(s.clone(), 3);
+        bm.on_boot().unwrap();
+        bm.rollback().unwrap();
+        bm.rollback().unwrap();
+        assert_eq!(s.clone().load_boot().unwrap().unwrap().refused, vec![sha]);
     }
 
     #[test]

@@ -832,7 +832,7 @@ impl MeshfleetOta {
     }
 
     /// Why an offer is refused, if it is.
-    fn refuse_reason(&self, m: &Manifest, forced: bool) -> Option<String> {
+    fn refuse_reason(&mut self, m: &Manifest, forced: bool) -> Option<String> {
         if m.role != self.config.role {
             return Some(format!(
                 "role {} is not ours ({})",
@@ -861,6 +861,18 @@ impl MeshfleetOta {
         }
         if self.config.on_trial {
             return Some("running image is not confirmed yet".into());
+        }
+        if !forced {
+            let sha = m.sha256.to_string();
+            // Read fresh: a rollback may have happened since this plugin started.
+            if let Ok(Some(rec)) = self.store.load_boot() {
+                if rec.refused.contains(&sha) {
+                    return Some(format!(
+                        "image {} was rolled back on this node; it is refused unless forced",
+                        &sha[..sha.len().min(16)]
+                    ));
+                }
+            }
         }
         if let Some(r) = &self.config.running {
             if let Ok(running) = Version::parse(&r.version) {

@@ -72,7 +72,15 @@ pub struct BootRecord {
     pub pending: Option<Slot>,
     /// Boots of `pending` so far without a confirmation.
     pub attempts: u32,
+    /// SHA-256 (hex) of images that were rolled back here, newest last, at most
+    /// [`MAX_REFUSED`]: offers of them are refused unless forced, so a bad image is not
+    /// fetched, tried and rolled back over and over.
+    #[serde(default)]
+    pub refused: Vec<String>,
 }
+
+/// How many rolled-back images a node remembers.
+pub const MAX_REFUSED: usize = 8;
 
 impl BootRecord {
     /// A device running `info` from slot A.
@@ -82,6 +90,18 @@ impl BootRecord {
             images: [info, None],
             pending: None,
             attempts: 0,
+            refused: Vec::new(),
+        }
+    }
+
+    /// Remembers that `slot`'s image was rolled back.
+    pub fn refuse_image_in(&mut self, slot: Slot) {
+        if let Some(sha) = self.image(slot).map(|i| i.sha256.clone()) {
+            self.refused.retain(|s| *s != sha);
+            self.refused.push(sha);
+            if self.refused.len() > MAX_REFUSED {
+                self.refused.remove(0);
+            }
         }
     }
 

@@ -331,6 +331,29 @@ fn rejects_a_downgrade() {
 }
 
 #[test]
+fn refuses_an_image_it_rolled_back_unless_forced() {
+    let art = artefact(&image(4_000, 2), "1.1.0", 256);
+    let old = image(4_000, 1);
+    let mut net = Net::new(Duration::from_millis(2));
+    net.add(source_node(1, &art));
+    let store = MemStore::with_image(&old, "1.0.0");
+    // This node tried the image before and rolled it back.
+    let mut flash = store.clone();
+    let mut rec = flash.load_boot().unwrap().unwrap();
+    rec.refused.push(art.manifest().sha256.to_string());
+    flash.save_boot(&rec).unwrap();
+    let mut n = Node::new(Config::new(NodeId(2)));
+    n.add_plugin(Box::new(
+        MeshfleetOta::new(config(&store), Box::new(store.clone())).unwrap(),
+    ));
+    let r = net.add(n);
+    net.connect(r, 0);
+    net.run_for(Duration::from_secs(10));
+    assert!(rejected(&net, "rolled back"));
+    still_old(&store);
+}
+
+#[test]
 fn rejects_a_tampered_chunk_and_repairs_it() {
     let new = image(4_000, 2);
     let art = artefact(&new, "1.1.0", 256);
