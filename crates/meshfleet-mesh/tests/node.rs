@@ -102,9 +102,9 @@ fn opening_sequence_of_transcript_01_as_station() {
 fn chain() -> Net {
     // A <- B <- C as in 02_three_chain (ids 1, 2, 3), 2.5 ms per hop.
     let mut net = Net::new(Duration::from_micros(2_500));
-    let a = net.add_id(1, 100_000_000);
-    let b = net.add_id(2, 1_200_000_000);
-    let c = net.add_id(3, 2_700_000_000);
+    let a = net.add_with_offset(1, 100_000_000);
+    let b = net.add_with_offset(2, 1_200_000_000);
+    let c = net.add_with_offset(3, 2_700_000_000);
     net.connect(b, a);
     net.run_for(Duration::from_millis(100));
     net.connect(c, b);
@@ -177,8 +177,8 @@ fn spread(net: &Net) -> u32 {
 fn time_sync_converges_within_a_millisecond_and_the_right_node_adopts() {
     // Two nodes: the lower id adopts the higher id's time (01_two_node: A 1001 took B's).
     let mut net = Net::new(Duration::from_micros(2_500));
-    let a = net.add_id(1001, 100_000_000);
-    let b = net.add_id(3_000_000_002, 2_200_000_000);
+    let a = net.add_with_offset(1001, 100_000_000);
+    let b = net.add_with_offset(3_000_000_002, 2_200_000_000);
     net.connect(b, a);
     net.run_for(Duration::from_secs(5));
     assert!(spread(&net) < 1_000, "spread {} us", spread(&net));
@@ -213,8 +213,8 @@ fn killed_peer_is_noticed_and_far_nodes_update() {
 fn silent_peers_are_dropped_after_the_library_timeouts() {
     // A station whose AP never answers closes after NODE_TIMEOUT (10 s).
     let mut net = Net::new(MS);
-    let ap = net.add_id(10, 0);
-    let sta = net.add_id(23, 0);
+    let ap = net.add_with_offset(10, 0);
+    let sta = net.add_with_offset(23, 0);
     let w = net.connect(sta, ap);
     net.mute(w, sta);
     net.run_for(Duration::from_millis(9_990));
@@ -224,8 +224,8 @@ fn silent_peers_are_dropped_after_the_library_timeouts() {
 
     // An AP whose station never talks: request at +10 s, closed at +20 s.
     let mut net = Net::new(MS);
-    let ap = net.add_id(21, 0);
-    let sta = net.add_id(7, 0);
+    let ap = net.add_with_offset(21, 0);
+    let sta = net.add_with_offset(7, 0);
     let w = net.connect(sta, ap);
     net.mute(w, ap);
     net.run_for(Duration::from_millis(19_990));
@@ -235,8 +235,8 @@ fn silent_peers_are_dropped_after_the_library_timeouts() {
 
     // A synced peer that hangs (03_stalled_node): detected by the next request + 10 s.
     let mut net = Net::new(MS);
-    let a = net.add_id(1, 0);
-    let b = net.add_id(2, 0);
+    let a = net.add_with_offset(1, 0);
+    let b = net.add_with_offset(2, 0);
     let w = net.connect(b, a);
     net.run_for(Duration::from_secs(2));
     assert_eq!(net.nodes[a].nodes(), vec![NodeId(2)]);
@@ -454,9 +454,9 @@ fn a_layout_change_during_a_first_sync_reaches_the_new_peer_at_once() {
     // first request to A is still in flight. B must re-sync A as soon as A answers, not a
     // full interval later.
     let mut net = Net::new(Duration::from_micros(2_500));
-    let a = net.add_id(1, 0);
-    let b = net.add_id(2, 0);
-    let c = net.add_id(3, 0);
+    let a = net.add_with_offset(1, 0);
+    let b = net.add_with_offset(2, 0);
+    let c = net.add_with_offset(3, 0);
     net.connect(b, a);
     net.connect(c, b);
     net.run_for(Duration::from_millis(100));

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::Net;
+use common::{Net, OtaEvents};
 use meshfleet_firmware::{pack, Artefact, Codec, PackOptions, SigningKey, Version};
 use meshfleet_mesh::{Config, Duration, Node, NodeId};
 use meshfleet_ota::store::image_info;

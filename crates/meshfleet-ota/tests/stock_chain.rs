@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::Net;
+use common::{Net, OtaEvents};
 use meshfleet_mesh::{Config, Duration, Node, NodeId};
 use meshfleet_ota::{
     md5_hex, OtaEvent, StockOffer, StockReceiver, StockReceiverConfig, StockSender,
