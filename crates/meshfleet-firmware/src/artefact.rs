@@ -103,6 +103,10 @@ pub enum PackError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ParseError {
+    /// The manifest lacks the chunk table: it is the lean form an OFFER carries, not an
+    /// artefact's.
+    #[error("the manifest has no chunk_hashes (the lean form sent in offers); an .mfw file needs the full manifest")]
+    NoChunkTable,
     /// Shorter than the 8-byte header.
     #[error("file is {len} bytes, too short for an .mfw header ({HEADER_LEN} bytes)")]
     TooShort {
@@ -220,6 +224,7 @@ pub fn pack(image: &[u8], opts: PackOptions<'_>) -> Result<Artefact, PackError> 
         compressed_size: payload.len() as u64,
         chunk_size: opts.chunk_size,
         chunk_count,
+        hash_pages: crate::manifest::page_hashes(&chunk_hashes, (opts.chunk_size / 16).max(1)),
         chunk_hashes,
         payload_sha256: Sha256Digest::of(&payload),
         created: opts.created,
@@ -264,6 +269,9 @@ impl Artefact {
     /// then every chunk. Checks the manifest ([`Manifest::validate`]) and the payload length.
     pub fn from_parts(manifest: Manifest, payload: Vec<u8>) -> Result<Self, ParseError> {
         manifest.validate()?;
+        if !manifest.has_chunk_table() {
+            return Err(ParseError::NoChunkTable);
+        }
         let expected = manifest.compressed_size;
         let found = payload.len() as u64;
         if found < expected {
@@ -306,6 +314,9 @@ impl Artefact {
                     available: rest.len(),
                 })?;
         let manifest = Manifest::from_json(json)?;
+        if !manifest.has_chunk_table() {
+            return Err(ParseError::NoChunkTable);
+        }
         let expected = manifest.compressed_size;
         let found = payload.len() as u64;
         if found != expected {

@@ -24,7 +24,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! # File format (`.mfw`, format 1)
+//! # File format (`.mfw`, format 2)
 //!
 //! ```text
 //! offset  size  content
@@ -37,34 +37,40 @@
 //! The manifest ([`Manifest`]) as written by [`pack`] (hashes shortened here):
 //!
 //! ```json
-//! {"format":1,"role":"sensor","hardware":"ESP8266","version":"1.2.10","size":594036,
+//! {"format":2,"role":"sensor","hardware":"ESP8266","version":"1.2.10","size":594036,
 //!  "md5":"<32 hex>","sha256":"<64 hex>","codec":"deflate","compressed_size":388531,
 //!  "chunk_size":1024,"chunk_count":380,"chunk_hashes":["<32 hex>",...],
-//!  "payload_sha256":"<64 hex>","created":1767225600,"key_id":"<16 hex>","signature":"<128 hex>"}
+//!  "hash_pages":["<32 hex>",...],"payload_sha256":"<64 hex>","created":1767225600,
+//!  "key_id":"<16 hex>","signature":"<128 hex>"}
 //! ```
 //!
 //! * `size`, `md5`, `sha256` describe the raw image. `md5` is what a stock painlessMesh node
 //!   announces and checks, so a meshfleet sender can serve stock nodes from the same artefact.
 //! * `codec` is `none` or `deflate` (raw DEFLATE, see [`codec`]); `compressed_size`,
-//!   `chunk_size` (default 1024, 64..=32768), `chunk_count`, `chunk_hashes` and
+//!   `chunk_size` (default 1024, 64..=32768), `chunk_count`, `chunk_hashes`, `hash_pages` and
 //!   `payload_sha256` describe the payload *as transmitted*.
 //! * The signature is Ed25519 over [`Manifest::signed_bytes`]: a fixed context string and the
-//!   compact JSON of the manifest with `"signature":null`; `key_id` (first 8 bytes of the
-//!   SHA-256 of the public key) is inside the signed bytes.
+//!   compact JSON of the manifest without `chunk_hashes` and with `"signature":null`; `key_id`
+//!   (first 8 bytes of the SHA-256 of the public key) is inside the signed bytes.
 //!
-//! # Chunk integrity: a flat, signed hash list (no Merkle tree)
+//! # Chunk integrity: a two-level hash tree
 //!
-//! Each chunk of the transmitted payload has a 16-byte truncated SHA-256 in the manifest, so a
-//! receiver rejects a corrupted or forged chunk the moment it arrives, *before* decompressing
-//! or writing it, and asks for that one chunk again. The list is covered by the manifest
-//! signature, which the receiver checks once, before the transfer.
+//! Each chunk of the transmitted payload has a 16-byte truncated SHA-256, so a receiver
+//! rejects a corrupted or forged chunk the moment it arrives, *before* decompressing,
+//! storing or forwarding it, and asks for that one chunk again.
 //!
-//! A Merkle tree would let the manifest carry one root instead of the list, at the price of a
-//! proof (log2(n) × 16 bytes, 9 hashes for 400 chunks) with every chunk, and proof checking on
-//! the device. Here the whole list costs 16 bytes per 1 KiB chunk (1.6% of the payload, about
-//! 6 KiB for a 600 KB ESP8266 image, 13 KiB as hex in the manifest) and is transferred once,
-//! and checking a chunk is one SHA-256 and a compare by index. The flat list wins for images of
-//! this size; the 1 MiB manifest limit caps it at about 29,000 chunks.
+//! Those hashes (the *chunk table*, 16 bytes per chunk) are not signed one by one: the table
+//! is cut into pages of `chunk_size / 16` hashes ([`Manifest::hashes_per_page`]), and the
+//! signed manifest lists the hash of each page (`hash_pages`). A receiver gets the *lean*
+//! manifest ([`Manifest::lean`], no table: ~1 KB whatever the image size), checks its
+//! signature once, then receives each page like a chunk, just ahead of the chunks it covers,
+//! checks it against `hash_pages`, and checks those chunks against it. In format 1 the whole
+//! table was in the signed manifest: 24 KB of JSON for 1 MiB that every hop of a mesh had to
+//! receive and parse whole before it could start forwarding, and 11 KiB of RAM on a device.
+//!
+//! A full Merkle tree would shrink the signed part to one root, at the price of a proof
+//! (log2(n) x 16 bytes) with every chunk; two levels already keep the manifest at 16 bytes
+//! per 64 KiB of payload, and checking a chunk stays one SHA-256 and a compare.
 //!
 //! Truncating to 128 bits is safe here: forging a chunk needs a second preimage of a hash the
 //! signer published (2^128 work). Final acceptance does not rest on the truncated hashes

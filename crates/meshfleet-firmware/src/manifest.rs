@@ -9,7 +9,7 @@ use crate::digest::{ChunkHash, KeyId, ManifestSignature, Md5Digest, Sha256Digest
 use crate::version::Version;
 
 /// The manifest format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Default size of a transmitted chunk: fits one painlessMesh-sized frame with room for headers.
 pub const DEFAULT_CHUNK_SIZE: u32 = 1024;
@@ -38,8 +38,8 @@ pub const MAX_MANIFEST_LEN: usize = 1024 * 1024;
 pub const MAX_TEXT_LEN: usize = 64;
 
 /// Prefix of every signed message, so that a signature over a manifest can never be valid for
-/// any other message a meshfleet key signs (domain separation). Fixed for format 1.
-pub const SIGNATURE_CONTEXT: &[u8] = b"meshfleet-mfw-manifest-v1\n";
+/// any other message a meshfleet key signs (domain separation). Fixed for format 2.
+pub const SIGNATURE_CONTEXT: &[u8] = b"meshfleet-mfw-manifest-v2\n";
 
 /// Describes one firmware artefact. Serialised as a JSON object with exactly these keys, in
 /// this order.
@@ -76,8 +76,19 @@ pub struct Manifest {
     pub chunk_size: u32,
     /// Number of chunks: `ceil(compressed_size / chunk_size)`.
     pub chunk_count: u32,
-    /// [`ChunkHash`] of each payload chunk, in order.
+    /// [`ChunkHash`] of each payload chunk, in order: the *chunk table*. Present in `.mfw`
+    /// files; absent (empty, and not serialised) in the *lean* form a receiver gets in an
+    /// OFFER ([`Manifest::lean`]), which carries only `hash_pages` and fetches the table
+    /// page by page with the payload. Not covered by the signature directly: `validate`
+    /// checks a present table against the signed `hash_pages`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chunk_hashes: Vec<ChunkHash>,
+    /// [`ChunkHash`] of each *hash page*: the chunk table cut into pages of
+    /// [`Manifest::hashes_per_page`] consecutive 16-byte chunk hashes (`chunk_size` bytes,
+    /// so a page travels like a chunk), each page hashed as one byte string. This two-level
+    /// hash tree keeps the signed manifest small (16 bytes per 64 KiB of payload at the
+    /// default chunk size) while every chunk stays checkable on arrival.
+    pub hash_pages: Vec<ChunkHash>,
     /// SHA-256 of the whole payload.
     pub payload_sha256: Sha256Digest,
     /// When the artefact was packed, Unix time in seconds, if the packer said.
@@ -156,13 +167,31 @@ pub enum ManifestError {
         /// Declared chunk size.
         chunk_size: u32,
     },
-    /// `chunk_hashes` has the wrong length.
+    /// `chunk_hashes` has the wrong length (it must list every chunk, or be absent).
     #[error("chunk_hashes lists {listed} hashes for {chunk_count} chunks")]
     ChunkHashCount {
         /// Hashes listed.
         listed: usize,
         /// Declared chunk count.
         chunk_count: u32,
+    },
+    /// `hash_pages` has the wrong length.
+    #[error("hash_pages lists {listed} pages; {chunk_count} chunk hashes in pages of {per_page} make {expected}")]
+    HashPageCount {
+        /// Pages listed.
+        listed: usize,
+        /// Pages implied by the chunk count and the page size.
+        expected: u32,
+        /// Declared chunk count.
+        chunk_count: u32,
+        /// Chunk hashes per page.
+        per_page: u32,
+    },
+    /// The chunk table does not hash to the signed `hash_pages`.
+    #[error("chunk_hashes do not match hash page {page}: the chunk table was altered")]
+    HashPageMismatch {
+        /// First page that does not match.
+        page: u32,
     },
     /// Exactly one of `key_id` and `signature` is present.
     #[error("key_id and signature must be both present or both absent")]
@@ -319,11 +348,32 @@ impl Manifest {
                 chunk_size: self.chunk_size,
             });
         }
-        if self.chunk_hashes.len() as u64 != u64::from(self.chunk_count) {
-            return Err(ManifestError::ChunkHashCount {
-                listed: self.chunk_hashes.len(),
+        let pages = self.page_count();
+        if self.hash_pages.len() as u64 != u64::from(pages) {
+            return Err(ManifestError::HashPageCount {
+                listed: self.hash_pages.len(),
+                expected: pages,
                 chunk_count: self.chunk_count,
+                per_page: self.hashes_per_page(),
             });
+        }
+        if !self.chunk_hashes.is_empty() {
+            if self.chunk_hashes.len() as u64 != u64::from(self.chunk_count) {
+                return Err(ManifestError::ChunkHashCount {
+                    listed: self.chunk_hashes.len(),
+                    chunk_count: self.chunk_count,
+                });
+            }
+            let computed = page_hashes(&self.chunk_hashes, self.hashes_per_page());
+            if let Some(page) = computed
+                .iter()
+                .zip(&self.hash_pages)
+                .position(|(a, b)| a != b)
+            {
+                return Err(ManifestError::HashPageMismatch {
+                    page: u32::try_from(page).unwrap_or(u32::MAX),
+                });
+            }
         }
         if self.key_id.is_some() != self.signature.is_some() {
             return Err(ManifestError::HalfSigned);
@@ -338,13 +388,14 @@ impl Manifest {
     /// The exact bytes an Ed25519 signature covers:
     ///
     /// ```text
-    /// SIGNATURE_CONTEXT || to_json(manifest with signature = None)
+    /// SIGNATURE_CONTEXT || to_json(lean manifest with signature = None)
     /// ```
     ///
-    /// i.e. `"meshfleet-mfw-manifest-v1\n"` followed by the compact JSON of the manifest with
-    /// `"signature":null`: keys in declaration order (`format`, `role`, `hardware`, `version`,
-    /// `size`, `md5`, `sha256`, `codec`, `compressed_size`, `chunk_size`, `chunk_count`,
-    /// `chunk_hashes`, `payload_sha256`, `created`, `key_id`, `signature`), no whitespace,
+    /// i.e. `"meshfleet-mfw-manifest-v2\n"` followed by the compact JSON of the manifest
+    /// without `chunk_hashes` and with `"signature":null`: keys in declaration order
+    /// (`format`, `role`, `hardware`, `version`, `size`, `md5`, `sha256`, `codec`,
+    /// `compressed_size`, `chunk_size`, `chunk_count`, `hash_pages`, `payload_sha256`,
+    /// `created`, `key_id`, `signature`), no whitespace,
     /// integers in plain decimal, absent optional values as `null`, digests as lowercase hex
     /// strings, the version in normalised form. `role` and `hardware` are printable ASCII
     /// without `"` or `\`, so no string ever needs escaping and the form is easy to reproduce
@@ -354,16 +405,80 @@ impl Manifest {
     /// what is verified is exactly what the program goes on to use.
     pub fn signed_bytes(&self) -> Vec<u8> {
         let mut out = SIGNATURE_CONTEXT.to_vec();
-        if self.signature.is_none() {
+        if self.signature.is_none() && self.chunk_hashes.is_empty() {
             self.write_json(&mut out);
         } else {
             let unsigned = Self {
                 signature: None,
+                chunk_hashes: Vec::new(),
                 ..self.clone()
             };
             unsigned.write_json(&mut out);
         }
         out
+    }
+
+    /// Sets the chunk table to `hashes`, with `chunk_count` and `hash_pages` to match (for
+    /// tools and tests that build a manifest by hand; [`crate::pack`] does this itself).
+    pub fn set_chunk_table(&mut self, hashes: Vec<ChunkHash>) {
+        self.chunk_count = u32::try_from(hashes.len()).unwrap_or(u32::MAX);
+        self.hash_pages = page_hashes(&hashes, self.hashes_per_page());
+        self.chunk_hashes = hashes;
+    }
+
+    /// The lean form: this manifest without the chunk table. It is what an OFFER carries:
+    /// the signature still verifies (it never covered the table), and it stays small
+    /// whatever the image size, so a relay can check it and offer downstream at once.
+    pub fn lean(&self) -> Self {
+        Self {
+            chunk_hashes: Vec::new(),
+            ..self.clone()
+        }
+    }
+
+    /// True if the chunk table is present (a full manifest, not a lean one).
+    pub fn has_chunk_table(&self) -> bool {
+        !self.chunk_hashes.is_empty()
+    }
+
+    /// Chunk hashes per hash page: `chunk_size / 16`, so that a page is at most one chunk.
+    pub fn hashes_per_page(&self) -> u32 {
+        (self.chunk_size / CHUNK_HASH_LEN).max(1)
+    }
+
+    /// Number of hash pages: `ceil(chunk_count / hashes_per_page)`.
+    pub fn page_count(&self) -> u32 {
+        self.chunk_count.div_ceil(self.hashes_per_page())
+    }
+
+    /// The chunk indices page `page` covers, or `None` past the last page.
+    pub fn page_chunks(&self, page: u32) -> Option<Range<u32>> {
+        if page >= self.page_count() {
+            return None;
+        }
+        let per = self.hashes_per_page();
+        let start = page.checked_mul(per)?;
+        Some(start..start.saturating_add(per).min(self.chunk_count))
+    }
+
+    /// Length in bytes of hash page `page` (16 per chunk it covers), or `None` past the end.
+    pub fn page_len(&self, page: u32) -> Option<usize> {
+        self.page_chunks(page)
+            .map(|r| r.len() * CHUNK_HASH_LEN as usize)
+    }
+
+    /// True if `bytes` is exactly hash page `page` (length and hash). A receiver checks each
+    /// page on arrival; the chunk hashes in a page that passes are then trusted as if signed.
+    pub fn verify_page(&self, page: u32, bytes: &[u8]) -> bool {
+        self.page_len(page) == Some(bytes.len())
+            && self.hash_pages.get(page as usize) == Some(&ChunkHash::of(bytes))
+    }
+
+    /// Hash page `page` from the chunk table (a full manifest only).
+    pub fn page_bytes(&self, page: u32) -> Option<Vec<u8>> {
+        let r = self.page_chunks(page)?;
+        let hashes = self.chunk_hashes.get(r.start as usize..r.end as usize)?;
+        Some(hashes.iter().flat_map(|h| h.0).collect())
     }
 
     /// Signs the manifest with `key`, setting `key_id` and `signature` (replacing any earlier
@@ -422,9 +537,31 @@ impl Manifest {
     }
 
     /// True if `bytes` is exactly chunk `index` of the payload (length and hash). A receiver
-    /// calls this on every chunk as it arrives, before decoding or storing it.
+    /// calls this on every chunk as it arrives, before decoding or storing it. Always false
+    /// on a lean manifest (no chunk table): check against the hash from the verified page
+    /// with [`Manifest::verify_chunk_against`].
     pub fn verify_chunk(&self, index: u32, bytes: &[u8]) -> bool {
-        self.chunk_len(index) == Some(bytes.len())
-            && self.chunk_hash(index) == Some(&ChunkHash::of(bytes))
+        self.chunk_hash(index)
+            .is_some_and(|h| self.verify_chunk_against(index, bytes, h))
     }
+
+    /// True if `bytes` has chunk `index`'s length and hashes to `expected` (taken from a
+    /// verified hash page).
+    pub fn verify_chunk_against(&self, index: u32, bytes: &[u8], expected: &ChunkHash) -> bool {
+        self.chunk_len(index) == Some(bytes.len()) && ChunkHash::of(bytes) == *expected
+    }
+}
+
+/// Bytes of one chunk hash.
+const CHUNK_HASH_LEN: u32 = 16;
+
+/// The hash of every page of `table`, `per_page` hashes to a page.
+pub(crate) fn page_hashes(table: &[ChunkHash], per_page: u32) -> Vec<ChunkHash> {
+    table
+        .chunks(per_page.max(1) as usize)
+        .map(|page| {
+            let bytes: Vec<u8> = page.iter().flat_map(|h| h.0).collect();
+            ChunkHash::of(&bytes)
+        })
+        .collect()
 }

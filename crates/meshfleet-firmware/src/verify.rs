@@ -255,10 +255,29 @@ impl<M: Borrow<Manifest>> StreamVerifier<M> {
     }
 
     /// Checks chunk `index` (length and hash), then decodes it, handing image bytes to `sink`.
+    /// Needs a full manifest (with the chunk table); with a lean one every chunk fails its
+    /// hash check: use [`StreamVerifier::push_chunk_with_hash`].
     pub fn push_chunk(
         &mut self,
         index: u32,
         bytes: &[u8],
+        sink: impl FnMut(&[u8]),
+    ) -> Result<(), VerifyError> {
+        match self.manifest.borrow().chunk_hash(index).copied() {
+            Some(expected) => self.push_chunk_with_hash(index, bytes, &expected, sink),
+            // A lean manifest has no hash to match: the all-zero placeholder fails the hash
+            // check like a wrong hash would, after the index, order and length checks.
+            None => self.push_chunk_with_hash(index, bytes, &ChunkHash([0; 16]), sink),
+        }
+    }
+
+    /// As [`StreamVerifier::push_chunk`], checking the chunk against `expected`: its hash
+    /// from a hash page the caller verified ([`Manifest::verify_page`]).
+    pub fn push_chunk_with_hash(
+        &mut self,
+        index: u32,
+        bytes: &[u8],
+        expected_hash: &ChunkHash,
         mut sink: impl FnMut(&[u8]),
     ) -> Result<(), VerifyError> {
         let manifest = self.manifest.borrow();
@@ -281,7 +300,7 @@ impl<M: Borrow<Manifest>> StreamVerifier<M> {
                 found: bytes.len(),
             });
         }
-        if manifest.chunk_hash(index) != Some(&ChunkHash::of(bytes)) {
+        if *expected_hash != ChunkHash::of(bytes) {
             return Err(VerifyError::ChunkHash { index });
         }
         self.next += 1;

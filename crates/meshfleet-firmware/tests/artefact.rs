@@ -297,18 +297,18 @@ fn manifest_errors_are_specific() {
         "{err}"
     );
 
-    let bad = replace_once(&json, b"\"format\":1", b"\"format\":2,\"window\":4096");
+    let bad = replace_once(&json, b"\"format\":2", b"\"format\":3,\"window\":4096");
     let err = Artefact::from_bytes(&mfw(&bad, artefact.payload())).expect_err("format");
     assert!(
         matches!(
             err,
-            ParseError::Manifest(ManifestError::UnsupportedFormat { found: 2 })
+            ParseError::Manifest(ManifestError::UnsupportedFormat { found: 3 })
         ),
         "{err}"
     );
 
     // An extra key could not be covered by the signature, so it is refused outright.
-    let bad = replace_once(&json, b"\"format\":1", b"\"format\":1,\"forced\":true");
+    let bad = replace_once(&json, b"\"format\":2", b"\"format\":2,\"forced\":true");
     let err = Artefact::from_bytes(&mfw(&bad, artefact.payload())).expect_err("extra key");
     assert!(err.to_string().contains("unknown field `forced`"), "{err}");
 
@@ -339,6 +339,66 @@ fn manifest_errors_are_specific() {
     let bad = replace_once(&json, md5.as_bytes(), md5.to_uppercase().as_bytes());
     let err = Artefact::from_bytes(&mfw(&bad, artefact.payload())).expect_err("uppercase md5");
     assert!(err.to_string().contains("invalid md5"), "{err}");
+}
+
+/// The chunk table is not signed itself: it must hash to the signed hash pages, and an
+/// artefact file must carry it; the lean form (what an OFFER carries) keeps the signature.
+#[test]
+fn chunk_table_is_bound_to_the_signed_hash_pages() {
+    let file = signed_file(&ath9k());
+    let artefact = parse(&file);
+    let m = artefact.manifest();
+    assert!(m.page_count() >= 1);
+    assert_eq!(m.hash_pages.len() as u32, m.page_count());
+
+    // Swap one chunk hash for another: the table no longer matches page 0.
+    let json = m.to_json();
+    let (h0, h1) = (m.chunk_hashes[0].to_hex(), m.chunk_hashes[1].to_hex());
+    let bad = replace_once(&json, h0.as_bytes(), h1.as_bytes());
+    let err = Artefact::from_bytes(&mfw(&bad, artefact.payload())).expect_err("altered table");
+    assert!(
+        matches!(
+            err,
+            ParseError::Manifest(ManifestError::HashPageMismatch { page: 0 })
+        ),
+        "{err}"
+    );
+
+    // The lean manifest: small, still validly signed, refused as an artefact.
+    let lean = m.lean();
+    assert!(!lean.has_chunk_table());
+    assert!(
+        lean.json_len() < m.json_len() / 2,
+        "{} vs {}",
+        lean.json_len(),
+        m.json_len()
+    );
+    lean.validate().unwrap_or_else(|e| panic!("{e}"));
+    let key = key(1).verifying_key();
+    lean.verify_signature(&key)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let err = Artefact::from_bytes(&mfw(&lean.to_json(), artefact.payload())).expect_err("lean");
+    assert!(matches!(err, ParseError::NoChunkTable), "{err}");
+
+    // Pages verify, and each chunk verifies against the hash its page lists.
+    for page in 0..m.page_count() {
+        let bytes = m.page_bytes(page).unwrap_or_default();
+        assert!(lean.verify_page(page, &bytes), "page {page}");
+        let mut flipped = bytes.clone();
+        flipped[0] ^= 1;
+        assert!(!lean.verify_page(page, &flipped), "page {page}");
+        let range = m.page_chunks(page).unwrap_or(0..0);
+        for (i, hash) in range.zip(bytes.chunks(16)) {
+            let hash = meshfleet_firmware::ChunkHash(hash.try_into().unwrap_or([0; 16]));
+            let chunk = artefact.chunk(i).unwrap_or_default();
+            assert!(lean.verify_chunk_against(i, chunk, &hash), "chunk {i}");
+            assert!(
+                !lean.verify_chunk(i, chunk),
+                "lean manifests verify no chunk alone"
+            );
+        }
+    }
+    assert_eq!(m.page_bytes(m.page_count()), None);
 }
 
 #[test]

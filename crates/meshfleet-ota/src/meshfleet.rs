@@ -18,7 +18,9 @@ use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use meshfleet_firmware::{Artefact, Codec, Manifest, StreamVerifier, VerifyingKey, Version};
+use meshfleet_firmware::{
+    Artefact, ChunkHash, Codec, Manifest, StreamVerifier, VerifyingKey, Version,
+};
 use meshfleet_mesh::{Ctx, Duration, Instant, LinkId, MeshChange, NodeId, Plugin};
 use meshfleet_wire::{Package, Routing};
 use serde::{Deserialize, Serialize};
@@ -26,11 +28,28 @@ use serde::{Deserialize, Serialize};
 use crate::boot;
 use crate::event::OtaEvent;
 use crate::proto::{
-    campaign_id, decode_binary_chunk, encode_binary_chunk, Bitmap, Caps, ChunkJson, Nak, Offer,
-    Status, BINARY_CHUNK_HEADER, CAPS, CHUNK, MAX_CAPS_TEXT, MAX_CODECS, MAX_NAK_RANGES, NAK,
-    OFFER, PROTOCOL_VERSION, STATUS, TYPE_FIRST, TYPE_LAST,
+    campaign_id, decode_binary_chunk, encode_binary_chunk, Bitmap, Caps, ChunkJson, Layout, Nak,
+    Offer, Status, Unit, BINARY_CHUNK_HEADER, CAPS, CHUNK, MAX_CAPS_TEXT, MAX_CODECS,
+    MAX_NAK_RANGES, NAK, OFFER, PROTOCOL_VERSION, STATUS, TYPE_FIRST, TYPE_LAST,
 };
 use crate::store::{ImageInfo, Slot, SlotStore, StoreError};
+
+/// Bytes of one chunk hash in a hash page.
+const CHUNK_HASH_BYTES: usize = 16;
+
+/// Where unit `u` is staged and how long it is: a chunk at its payload offset; hash page
+/// `k` after the payload, at 16 bytes per chunk it follows (so chunk `i`'s hash is at
+/// `compressed_size + 16·i`).
+fn staged_range(m: &Manifest, layout: &Layout, u: u32) -> Option<(u64, usize)> {
+    match layout.unit(u)? {
+        Unit::Chunk(i) => m.chunk_range(i).map(|r| (r.start as u64, r.len())),
+        Unit::Page(k) => {
+            let first = m.page_chunks(k)?.start;
+            let off = m.compressed_size + u64::from(first) * CHUNK_HASH_BYTES as u64;
+            Some((off, m.page_len(k)?))
+        }
+    }
+}
 
 /// Assumed ESP32 TCP throughput over the mesh, bytes per second.
 pub const ASSUMED_LINK_RATE: u64 = 123_000;
@@ -111,6 +130,8 @@ pub struct MeshfleetStats {
     pub duplicates: u64,
     /// Chunks dropped for failing verification.
     pub chunks_rejected: u64,
+    /// Chunks dropped because their hash page had not arrived yet (asked for again).
+    pub unverifiable: u64,
     /// NAKs sent.
     pub naks_sent: u64,
     /// NAKs received.
@@ -140,9 +161,13 @@ enum ChunkSource {
 
 struct Campaign {
     id: u32,
+    /// Full (source) or lean (receiver) manifest.
     manifest: Arc<Manifest>,
+    /// The unit index space (hash pages and chunks) every bitmap below counts in.
+    layout: Layout,
     forced: bool,
     source: ChunkSource,
+    /// Units held (verified and, on a receiver, staged).
     have: Bitmap,
     upstream: Option<LinkId>,
     /// Every chunk held and the image verified and committed (or we are the source).
@@ -164,7 +189,7 @@ struct Neighbour {
     caps_deadline: Option<Instant>,
     stock: bool,
     offered: Option<u32>,
-    /// Chunks the neighbour asked for (NAK) and has not been sent since.
+    /// Units the neighbour asked for (NAK) and has not been sent since.
     want: Bitmap,
     /// It accepted (sent a NAK) for the campaign.
     accepted: bool,
@@ -309,13 +334,14 @@ impl MeshfleetOta {
 
     fn source_campaign(artefact: Artefact, forced: bool) -> Campaign {
         let manifest = Arc::new(artefact.manifest().clone());
-        let chunks = manifest.chunk_count;
+        let layout = Layout::of(&manifest);
         Campaign {
             id: campaign_id(&manifest),
             manifest,
+            layout,
             forced,
             source: ChunkSource::Payload(Arc::new(artefact)),
-            have: Bitmap::full(chunks),
+            have: Bitmap::full(layout.units()),
             upstream: None,
             complete: true,
             verifier: None,
@@ -375,11 +401,12 @@ impl MeshfleetOta {
         &self.stats
     }
 
-    /// The campaign in progress: (id, chunks held, chunk count).
+    /// The campaign in progress: (id, units held, units), counting hash pages and chunks
+    /// ([`Layout`]).
     pub fn progress(&self) -> Option<(u32, u32, u32)> {
         self.campaign
             .as_ref()
-            .map(|c| (c.id, c.have.count(), c.manifest.chunk_count))
+            .map(|c| (c.id, c.have.count(), c.layout.units()))
     }
 
     /// Whether the image was received, verified and committed (or we are the source).
@@ -466,21 +493,21 @@ impl MeshfleetOta {
             // Unreadable state: start over (the staged data is untrusted without it).
             return self.store.clear_state();
         };
-        let chunks = manifest.chunk_count;
-        let Some(mut have) = Bitmap::from_hex(&saved.have, chunks) else {
+        let layout = Layout::of(&manifest);
+        let Some(mut have) = Bitmap::from_hex(&saved.have, layout.units()) else {
             return self.store.clear_state();
         };
         let manifest = Arc::new(manifest);
-        // The bitmap is written after the chunks it lists, but check anyway: a chunk that
-        // does not verify is simply fetched again.
-        for i in 0..chunks {
-            if have.get(i) {
-                let ok = manifest
-                    .chunk_range(i)
-                    .and_then(|r| self.store.read_staging(r.start as u64, r.len()).ok())
-                    .is_some_and(|b| manifest.verify_chunk(i, &b));
+        // The bitmap is written after the units it lists, but check anyway: a unit that
+        // does not verify is simply fetched again. Pages come before the chunks they cover
+        // in unit order, so a chunk is checked against a page already re-verified.
+        for u in 0..layout.units() {
+            if have.get(u) {
+                let ok = staged_range(&manifest, &layout, u)
+                    .and_then(|(off, len)| self.store.read_staging(off, len).ok())
+                    .is_some_and(|b| self.verify_unit(&manifest, &layout, &have, u, &b));
                 if !ok {
-                    have.clear(i);
+                    have.clear(u);
                 }
             }
         }
@@ -489,6 +516,7 @@ impl MeshfleetOta {
             id: saved.campaign,
             verifier: StreamVerifier::new(manifest.clone()).ok(),
             manifest,
+            layout,
             forced: saved.forced,
             source: ChunkSource::Staged,
             have,
@@ -608,8 +636,14 @@ impl MeshfleetOta {
         n.accepted = false;
         n.done = false;
         n.subtree_done = false;
-        n.want = Bitmap::new(m.chunk_count);
-        n.reset_sent(m.chunk_count, ctx.now());
+        n.want = Bitmap::new(c.layout.units());
+        n.reset_sent(c.layout.units(), ctx.now());
+        // The lean manifest: the chunk table follows page by page with the chunks.
+        let lean = if m.has_chunk_table() {
+            m.lean().to_json()
+        } else {
+            m.to_json()
+        };
         let offer = Offer {
             from: ctx.node_id().0,
             routing: 0,
@@ -617,24 +651,59 @@ impl MeshfleetOta {
             dest: n.peer.0,
             campaign: c.id,
             forced: c.forced,
-            manifest: serde_json::from_slice(&m.to_json()).unwrap_or_default(),
+            manifest: serde_json::from_slice(&lean).unwrap_or_default(),
         };
         self.stats.offers_sent += 1;
         Self::send_json(ctx, link, &offer);
     }
 
+    /// The bytes of unit `index`, if we hold it.
     fn chunk_bytes(&mut self, index: u32) -> Option<Vec<u8>> {
         let c = self.campaign.as_ref()?;
         match &c.source {
-            ChunkSource::Payload(a) => a.chunk(index).map(<[u8]>::to_vec),
+            ChunkSource::Payload(a) => match c.layout.unit(index)? {
+                Unit::Page(k) => a.manifest().page_bytes(k),
+                Unit::Chunk(i) => a.chunk(i).map(<[u8]>::to_vec),
+            },
             ChunkSource::Staged => {
                 if !c.have.get(index) {
                     return None;
                 }
-                let r = c.manifest.chunk_range(index)?;
-                self.store.read_staging(r.start as u64, r.len()).ok()
+                let (off, len) = staged_range(&c.manifest, &c.layout, index)?;
+                self.store.read_staging(off, len).ok()
             }
         }
+    }
+
+    /// True if `bytes` is unit `u` of the campaign: a page that hashes to its signed entry,
+    /// or a chunk that hashes to the entry of its page, which must be held (`have`) and is
+    /// read back from staging. Chunk hashes live in the staging area, not in RAM: a
+    /// receiver's memory does not grow with the image.
+    fn verify_unit(
+        &mut self,
+        m: &Manifest,
+        layout: &Layout,
+        have: &Bitmap,
+        u: u32,
+        bytes: &[u8],
+    ) -> bool {
+        match layout.unit(u) {
+            Some(Unit::Page(k)) => m.verify_page(k, bytes),
+            Some(Unit::Chunk(i)) => {
+                have.get(layout.page_of_chunk(i))
+                    && self
+                        .staged_chunk_hash(m, i)
+                        .is_some_and(|h| m.verify_chunk_against(i, bytes, &h))
+            }
+            None => false,
+        }
+    }
+
+    /// Chunk `i`'s hash from its staged (verified) hash page.
+    fn staged_chunk_hash(&mut self, m: &Manifest, i: u32) -> Option<ChunkHash> {
+        let off = m.compressed_size + u64::from(i) * CHUNK_HASH_BYTES as u64;
+        let b = self.store.read_staging(off, CHUNK_HASH_BYTES).ok()?;
+        Some(ChunkHash(b.try_into().ok()?))
     }
 
     /// Sends what the token buckets allow; arms each link's pacing timer.
@@ -756,7 +825,7 @@ impl MeshfleetOta {
             dest: peer,
             campaign: c.id,
             have: c.have.count(),
-            chunks: c.manifest.chunk_count,
+            chunks: c.layout.units(),
             done: c.complete,
             subtree_done: c.complete && self.subtree_done(),
             reject: None,
@@ -821,6 +890,13 @@ impl MeshfleetOta {
             return;
         };
         n.caps_deadline = None;
+        if caps.v != PROTOCOL_VERSION {
+            // Chunk indices and the manifest form differ between versions: speaking ours
+            // to it would only get every chunk rejected. Stock OTA still reaches it.
+            n.stock = true;
+            n.caps = None;
+            return;
+        }
         n.stock = false;
         let binary = caps.bin;
         n.caps = Some(caps);
@@ -853,10 +929,13 @@ impl MeshfleetOta {
         if !self.config.codecs.contains(&m.codec) {
             return Some(format!("codec {} not supported", m.codec.name()));
         }
-        if m.compressed_size > self.config.max_staging {
+        let staging = m
+            .compressed_size
+            .saturating_add(u64::from(m.chunk_count) * CHUNK_HASH_BYTES as u64);
+        if staging > self.config.max_staging {
             return Some(format!(
-                "payload of {} bytes exceeds our {} bytes of staging",
-                m.compressed_size, self.config.max_staging
+                "payload and chunk table of {staging} bytes exceed our {} bytes of staging",
+                self.config.max_staging
             ));
         }
         if self.config.on_trial {
@@ -924,8 +1003,8 @@ impl MeshfleetOta {
                 ty: STATUS,
                 dest: peer.0,
                 campaign: id,
-                have: manifest.chunk_count,
-                chunks: manifest.chunk_count,
+                have: Layout::of(&manifest).units(),
+                chunks: Layout::of(&manifest).units(),
                 done: true,
                 subtree_done: true,
                 reject: None,
@@ -990,14 +1069,20 @@ impl MeshfleetOta {
             self.store.save_boot(r)?;
         }
         let slot = rec.map_or(Slot::B, |r| r.inactive());
-        let manifest = Arc::new(manifest);
-        let chunks = manifest.chunk_count;
-        self.store.reset_staging(manifest.compressed_size)?;
+        // Only the lean manifest is kept: the chunk table arrives as hash pages.
+        let manifest = Arc::new(manifest.lean());
+        let layout = Layout::of(&manifest);
+        let chunks = layout.units();
+        // Staging: the payload, then the chunk table (16 bytes per chunk).
+        let table = u64::from(manifest.chunk_count) * CHUNK_HASH_BYTES as u64;
+        self.store
+            .reset_staging(manifest.compressed_size.saturating_add(table))?;
         self.store.erase_slot(slot)?;
         self.campaign = Some(Campaign {
             id,
             verifier: StreamVerifier::new(manifest.clone()).ok(),
             manifest: manifest.clone(),
+            layout,
             forced,
             source: ChunkSource::Staged,
             have: Bitmap::new(chunks),
@@ -1038,19 +1123,30 @@ impl MeshfleetOta {
         if self.failed.is_some() {
             return;
         }
-        let Some(c) = self.campaign.as_mut() else {
+        let Some(c) = self.campaign.as_ref() else {
             return;
         };
+        let (manifest, layout) = (c.manifest.clone(), c.layout);
+        let expected_len = staged_range(&manifest, &layout, index).map(|(_, len)| len);
         let reject = if c.id != campaign {
             Some("campaign")
-        } else if index >= c.manifest.chunk_count {
+        } else if expected_len.is_none() {
             Some("index")
-        } else if c.manifest.chunk_len(index) != Some(data.len()) {
+        } else if expected_len != Some(data.len()) {
             Some("length")
-        } else if !c.manifest.verify_chunk(index, data) {
-            Some("hash")
+        } else if c.have.get(index) {
+            self.stats.duplicates += 1;
+            return;
+        } else if matches!(layout.unit(index), Some(Unit::Chunk(i)) if !c.have.get(layout.page_of_chunk(i)))
+        {
+            // Its hash page has not arrived (it is sent just before the chunks it covers,
+            // so this takes a reordering, e.g. a new upstream mid-page): not bad data, just
+            // not checkable yet. Dropped; the NAK asks for both again.
+            self.stats.unverifiable += 1;
+            return;
         } else {
-            None
+            let have = c.have.clone();
+            (!self.verify_unit(&manifest, &layout, &have, index, data)).then_some("hash")
         };
         if let Some(reason) = reject {
             self.stats.chunks_rejected += 1;
@@ -1059,10 +1155,6 @@ impl MeshfleetOta {
                 index,
                 reason,
             }));
-            return;
-        }
-        if c.have.get(index) {
-            self.stats.duplicates += 1;
             return;
         }
         if let Err(e) = self.store_chunk(ctx, index, data) {
@@ -1087,7 +1179,7 @@ impl MeshfleetOta {
         let Some(c) = self.campaign.as_mut() else {
             return Ok(());
         };
-        let offset = c.manifest.chunk_range(index).map_or(0, |r| r.start as u64);
+        let offset = staged_range(&c.manifest, &c.layout, index).map_or(0, |(off, _)| off);
         // Data first, durable; then the bitmap that vouches for it.
         self.store.write_staging(offset, data)?;
         let Some(mut c) = self.campaign.take() else {
@@ -1098,13 +1190,13 @@ impl MeshfleetOta {
         c.progressed = true;
         self.stats.chunks_received += 1;
         let r = self.advance_decoder(&mut c);
-        let tenth = c.have.count() * 10 / c.manifest.chunk_count.max(1);
+        let tenth = c.have.count() * 10 / c.layout.units().max(1);
         let progress = (tenth > c.last_progress_tenth).then(|| {
             c.last_progress_tenth = tenth;
             OtaEvent::Progress {
                 campaign: c.id,
                 have: c.have.count(),
-                chunks: c.manifest.chunk_count,
+                chunks: c.layout.units(),
             }
         });
         let full = c.have.is_full();
@@ -1128,15 +1220,18 @@ impl MeshfleetOta {
         let Some(v) = c.verifier.as_mut() else {
             return Ok(());
         };
-        while c.have.get(v.next_chunk()) {
+        while !v.is_complete() && c.have.get(c.layout.of_chunk(v.next_chunk())) {
             let i = v.next_chunk();
             let Some(r) = c.manifest.chunk_range(i) else {
                 break;
             };
             let bytes = self.store.read_staging(r.start as u64, r.len())?;
+            let Some(hash) = self.staged_chunk_hash(&c.manifest, i) else {
+                break;
+            };
             let mut err = None;
             let (store, slot, off) = (&mut self.store, c.slot, &mut c.slot_offset);
-            let pushed = v.push_chunk(i, &bytes, |out| {
+            let pushed = v.push_chunk_with_hash(i, &bytes, &hash, |out| {
                 if err.is_none() {
                     if let Err(e) = store.write_slot(slot, *off, out) {
                         err = Some(e);
@@ -1220,8 +1315,8 @@ impl MeshfleetOta {
         if n.offered != Some(c.id) {
             // A NAK without our offer (e.g. after our restart): treat it as acceptance.
             n.offered = Some(c.id);
-            n.want = Bitmap::new(c.manifest.chunk_count);
-            n.reset_sent(c.manifest.chunk_count, now);
+            n.want = Bitmap::new(c.layout.units());
+            n.reset_sent(c.layout.units(), now);
         }
         n.accepted = true;
         n.done = false;
@@ -1236,7 +1331,7 @@ impl MeshfleetOta {
         // from a full queue) is sent again after that.
         let guard = Duration::from_micros(self.config.nak_max.as_micros() / 4);
         n.age_sent(now, guard.max(self.config.nak_min));
-        let chunks = c.manifest.chunk_count;
+        let chunks = c.layout.units();
         for [a, b] in nak.missing {
             for i in a..b.min(chunks) {
                 if !n.sent_lately(i) {

@@ -1,6 +1,7 @@
 //! The meshfleet OTA wire messages (package types 700-709, `docs/ota-protocol.md`) and the
 //! chunk bitmap.
 
+use meshfleet_firmware::Manifest;
 use serde::{Deserialize, Serialize};
 
 /// First package type of the meshfleet OTA range (700-709). The range avoids the Alteriom
@@ -18,8 +19,10 @@ pub const CHUNK: i64 = 703;
 pub const NAK: i64 = 704;
 /// STATUS: progress / done / refusal (NEIGHBOUR, one hop upstream).
 pub const STATUS: i64 = 705;
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The protocol version this build speaks. 2: CHUNK, NAK and STATUS count transfer units
+/// (hash pages interleaved with chunks, [`Layout`]) and OFFER carries the lean manifest
+/// (format 2). A neighbour advertising another version is served as a stock node.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Most ranges in one NAK. A NAK lists the *first* missing ranges; the rest are asked for
 /// in later intervals, so a peer can never make us walk an unbounded list.
@@ -151,6 +154,76 @@ pub struct Status {
     /// The offer was refused, and why (no chunks will be wanted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reject: Option<String>,
+}
+
+/// One transfer unit of a campaign.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    /// Hash page `k` of the chunk table ([`Manifest::page_bytes`]).
+    Page(u32),
+    /// Payload chunk `i`.
+    Chunk(u32),
+}
+
+/// The unit index space of a campaign: every CHUNK, NAK range, STATUS count and bitmap
+/// counts *units*, the manifest's hash pages interleaved with the payload chunks they
+/// cover: page 0, chunks 0..H, page 1, chunks H..2H, ... (H = [`Manifest::hashes_per_page`]).
+///
+/// Sent in index order, each page travels just ahead of the chunks it vouches for, so a
+/// relay can check and forward chunk `i` as soon as page `i / H` and chunk `i` arrived:
+/// the chunk table costs each hop one page of delay instead of arriving whole with the
+/// OFFER, and it is repaired and resumed like any chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    chunks: u32,
+    pages: u32,
+    per_page: u32,
+}
+
+impl Layout {
+    /// The layout of `m`'s campaign.
+    pub fn of(m: &Manifest) -> Self {
+        Self {
+            chunks: m.chunk_count,
+            pages: m.page_count(),
+            per_page: m.hashes_per_page(),
+        }
+    }
+
+    /// Units in the campaign: pages plus chunks.
+    pub fn units(&self) -> u32 {
+        self.chunks.saturating_add(self.pages)
+    }
+
+    /// What unit `u` is, or `None` past the end.
+    pub fn unit(&self, u: u32) -> Option<Unit> {
+        let stride = self.per_page + 1;
+        let (page, r) = (u / stride, u % stride);
+        if page >= self.pages {
+            return None;
+        }
+        if r == 0 {
+            return Some(Unit::Page(page));
+        }
+        let chunk = page * self.per_page + (r - 1);
+        (chunk < self.chunks).then_some(Unit::Chunk(chunk))
+    }
+
+    /// The unit index of payload chunk `i`.
+    pub fn of_chunk(&self, i: u32) -> u32 {
+        let page = i / self.per_page;
+        page * (self.per_page + 1) + 1 + i % self.per_page
+    }
+
+    /// The unit index of hash page `k`.
+    pub fn of_page(&self, k: u32) -> u32 {
+        k * (self.per_page + 1)
+    }
+
+    /// The unit index of the page that covers payload chunk `i`.
+    pub fn page_of_chunk(&self, i: u32) -> u32 {
+        self.of_page(i / self.per_page)
+    }
 }
 
 /// The campaign id of a payload: its `payload_sha256`'s first four bytes, little endian.
@@ -358,6 +431,33 @@ mod tests {
     }
 
     proptest! {
+        /// Every unit is exactly one page or one chunk, each page comes just before the
+        /// chunks it covers, and the index maps invert each other.
+        #[test]
+        fn layout_is_a_bijection(chunks in 1u32..2000, per_page in 1u32..70) {
+            let l = Layout { chunks, pages: chunks.div_ceil(per_page), per_page };
+            let (mut seen_chunks, mut seen_pages) = (0u32, 0u32);
+            for u in 0..l.units() {
+                match l.unit(u) {
+                    Some(Unit::Page(k)) => {
+                        prop_assert_eq!(k, seen_pages);
+                        prop_assert_eq!(l.of_page(k), u);
+                        seen_pages += 1;
+                    }
+                    Some(Unit::Chunk(i)) => {
+                        prop_assert_eq!(i, seen_chunks);
+                        prop_assert_eq!(l.of_chunk(i), u);
+                        prop_assert!(l.page_of_chunk(i) < u);
+                        prop_assert_eq!(l.unit(l.page_of_chunk(i)), Some(Unit::Page(i / per_page)));
+                        seen_chunks += 1;
+                    }
+                    None => prop_assert!(false, "unit {} of {} unmapped", u, l.units()),
+                }
+            }
+            prop_assert_eq!((seen_chunks, seen_pages), (chunks, l.pages));
+            prop_assert_eq!(l.unit(l.units()), None);
+        }
+
         #[test]
         fn hex_round_trip(len in 0u32..300, bits in proptest::collection::vec(0u32..300, 0..50)) {
             let mut b = Bitmap::new(len);

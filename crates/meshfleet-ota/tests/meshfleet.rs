@@ -121,7 +121,17 @@ fn all_complete(net: &Net) -> bool {
     (1..net.nodes.len()).all(|i| complete(net, i))
 }
 
-/// Chunk frames (binary or JSON) from `from` to `to`.
+/// Transfer units of `art`: its payload chunks plus the hash pages of its chunk table.
+fn units(art: &Artefact) -> usize {
+    (art.chunk_count() + art.manifest().page_count()) as usize
+}
+
+/// Bytes of `art`'s units: the payload and the chunk table.
+fn unit_bytes(art: &Artefact) -> u64 {
+    art.payload().len() as u64 + 16 * u64::from(art.chunk_count())
+}
+
+/// Chunk frames (binary or JSON, hash pages included) from `from` to `to`.
 fn chunk_frames(net: &Net, from: usize, to: usize) -> usize {
     net.trace
         .iter()
@@ -142,7 +152,7 @@ fn chain_pipelines_and_each_chunk_crosses_each_link_once() {
         Duration::from_secs(30),
         all_complete
     ));
-    let n = art.chunk_count() as usize;
+    let n = units(&art);
     for i in 1..=3 {
         assert_eq!(chunk_frames(&net, i - 1, i), n, "link {} -> {i}", i - 1);
         assert_eq!(chunk_frames(&net, i, i - 1), 0);
@@ -196,7 +206,7 @@ fn tree_with_loss_repairs_by_nak() {
 #[test]
 fn a_rebooted_node_resumes_and_fetches_only_missing_chunks() {
     let mut s = setup(&[0, 1], 60_000);
-    let n = s.art.chunk_count();
+    let n = units(&s.art) as u32;
     // Run until node 2 holds some but not all chunks.
     assert!(s
         .net
@@ -241,7 +251,7 @@ fn a_late_joiner_gets_an_offer_and_the_chunks() {
             complete(net, late)
         }));
     // Served by its neighbour (node 2), which relays from its own store.
-    assert_eq!(chunk_frames(&s.net, 2, late), s.art.chunk_count() as usize);
+    assert_eq!(chunk_frames(&s.net, 2, late), units(&s.art));
     assert_eq!(booted_image(&store), s.new);
 }
 
@@ -363,23 +373,31 @@ fn rejects_a_tampered_chunk_and_repairs_it() {
     let store = MemStore::with_image(&old, "1.0.0");
     let r = net.add(receiver_node(2, &store));
     net.connect(r, 0);
-    // Let the offer through, then inject a tampered chunk 0 as if from the source.
+    // Let the offer and the hash page through, then inject a tampered last chunk as if
+    // from the source, before the real one arrives.
     net.run_until_cond(Duration::from_millis(1), Duration::from_secs(2), |n| {
-        ota(n, 1).progress().is_some()
+        ota(n, 1).progress().is_some_and(|(_, have, _)| have >= 1)
     });
-    let mut bad = art.chunk(0).unwrap().to_vec();
+    let last = art.chunk_count() - 1;
+    let unit = meshfleet_ota::proto::Layout::of(art.manifest()).of_chunk(last);
+    assert!(
+        ota(&net, 1).progress().unwrap().1 < unit,
+        "the real chunk came first"
+    );
+    let mut bad = art.chunk(last).unwrap().to_vec();
     bad[10] ^= 0x55;
     let id = ota(&net, 1).progress().unwrap().0;
-    let frame =
-        meshfleet_mesh::wire::binary_frame(&meshfleet_ota::proto::encode_binary_chunk(id, 0, &bad));
+    let frame = meshfleet_mesh::wire::binary_frame(&meshfleet_ota::proto::encode_binary_chunk(
+        id, unit, &bad,
+    ));
     net.inject(0, r, &frame);
     assert!(net.ota_events(1).iter().any(|e| matches!(
         e,
         OtaEvent::ChunkRejected {
-            index: 0,
+            index,
             reason: "hash",
             ..
-        }
+        } if *index == unit
     )));
     assert_eq!(ota(&net, 1).stats().chunks_rejected, 1);
     assert!(
@@ -399,11 +417,11 @@ fn rejects_a_truncated_image_at_verification() {
     let (mut m, mut p) = art.into_parts();
     p.truncate(p.len() - 100);
     m.compressed_size = p.len() as u64;
-    m.chunk_hashes = p
-        .chunks(256)
-        .map(meshfleet_firmware::ChunkHash::of)
-        .collect();
-    m.chunk_count = m.chunk_hashes.len() as u32;
+    m.set_chunk_table(
+        p.chunks(256)
+            .map(meshfleet_firmware::ChunkHash::of)
+            .collect(),
+    );
     m.payload_sha256 = meshfleet_firmware::Sha256Digest::of(&p);
     m.key_id = None;
     m.signature = None;
@@ -508,8 +526,8 @@ fn peers_report_progress_and_done_is_reported_once() {
     let p = &peers[0];
     assert_eq!(p.peer, NodeId(2));
     assert!(p.offered && p.accepted && p.done && p.subtree_done && !p.stock && !p.rejected);
-    assert_eq!(p.chunks_sent, art.chunk_count());
-    assert_eq!(p.bytes_sent, art.payload().len() as u64);
+    assert_eq!(p.chunks_sent as usize, units(&art));
+    assert_eq!(p.bytes_sent, unit_bytes(&art));
     let done = net
         .ota_events(0)
         .iter()
@@ -615,6 +633,94 @@ fn a_nak_racing_chunks_in_flight_does_not_get_them_sent_twice() {
     );
     assert!(ota(&net, 1).stats().naks_sent >= 2, "the NAKs did race");
     assert_eq!(ota(&net, 1).stats().duplicates, 0);
-    assert_eq!(chunk_frames(&net, 0, 1), art.chunk_count() as usize);
+    assert_eq!(chunk_frames(&net, 0, 1), units(&art));
     assert_eq!(booted_image(&store), new);
+}
+
+#[test]
+fn the_offer_is_lean_and_the_chunk_table_follows_in_pages() {
+    // 0 -> 1 -> 2 -> 3 with 200 KB: the OFFER each hop sends stays under 1 KB whatever the
+    // image size (the 16-byte-per-chunk table travels as hash pages with the chunks).
+    let Setup { net, art, .. } = {
+        let mut s = setup(&[0, 1, 2], 200_000);
+        assert!(s.net.run_until_cond(
+            Duration::from_millis(100),
+            Duration::from_secs(60),
+            all_complete
+        ));
+        s
+    };
+    let full = art.manifest().json_len();
+    let offers: Vec<usize> = net
+        .trace
+        .iter()
+        .filter(|s| s.ty() == Some(701))
+        .map(|s| s.len)
+        .collect();
+    assert_eq!(offers.len(), 3, "one offer per hop");
+    assert!(art.manifest().page_count() >= 2);
+    for len in offers {
+        assert!(len < 1024, "offer of {len} bytes (full manifest: {full})");
+    }
+    assert!(
+        full > 2048,
+        "the full manifest would not have been small: {full}"
+    );
+}
+
+#[test]
+fn a_chunk_ahead_of_its_hash_page_is_dropped_and_fetched_again() {
+    let new = image(60_000, 2);
+    let art = artefact(&new, "1.1.0", 256);
+    let layout = meshfleet_ota::proto::Layout::of(art.manifest());
+    let per_page = art.manifest().hashes_per_page();
+    let target = per_page + 3; // a chunk of page 1
+    let mut net = Net::new(Duration::from_millis(2));
+    net.add(source_node(1, &art));
+    let store = MemStore::with_image(&image(60_000, 1), "1.0.0");
+    let r = net.add(receiver_node(2, &store));
+    net.connect(r, 0);
+    net.run_until_cond(Duration::from_millis(1), Duration::from_secs(2), |n| {
+        ota(n, 1).progress().is_some_and(|(_, have, _)| have >= 1)
+    });
+    assert!(ota(&net, 1).progress().unwrap().1 < layout.page_of_chunk(target));
+    let id = ota(&net, 1).progress().unwrap().0;
+    let genuine = art.chunk(target).unwrap();
+    let frame = meshfleet_mesh::wire::binary_frame(&meshfleet_ota::proto::encode_binary_chunk(
+        id,
+        layout.of_chunk(target),
+        genuine,
+    ));
+    let before = ota(&net, 1).stats().chunks_received;
+    net.inject(0, r, &frame);
+    let stats = ota(&net, 1).stats().clone();
+    assert_eq!(stats.unverifiable, 1, "not checkable yet");
+    assert_eq!(stats.chunks_received, before, "and not stored");
+    assert_eq!(stats.chunks_rejected, 0, "nor counted as bad data");
+    assert!(
+        net.run_until_cond(Duration::from_millis(100), Duration::from_secs(30), |n| {
+            complete(n, 1)
+        })
+    );
+    assert_eq!(booted_image(&store), new);
+}
+
+#[test]
+fn a_neighbour_speaking_another_protocol_version_is_served_as_stock() {
+    let art = artefact(&image(8_000, 2), "2.0.0", 1024);
+    let mut net = Net::new(Duration::from_millis(2));
+    net.add(source_node(1, &art));
+    let other = net.add(Node::new(Config::new(NodeId(2))));
+    net.connect(other, 0);
+    net.run_for(Duration::from_millis(500));
+    let caps = r#"{"from":2,"routing":0,"type":700,"dest":1,"v":1,"codecs":["none","deflate"],"window":32768,"mem":4194304,"bin":true,"role":"sensor","hardware":"ESP8266","fw":"1.0.0","sha256":""}"#;
+    let mut frame = caps.as_bytes().to_vec();
+    frame.push(0);
+    net.inject(0, 0, &frame); // on wire 0, to the source
+    net.run_for(Duration::from_secs(5));
+    assert!(
+        net.trace.iter().all(|s| s.ty() != Some(701)),
+        "no OFFER to a version-1 node"
+    );
+    assert_eq!(ota(&net, 0).stock_neighbours(), vec![NodeId(2)]);
 }

@@ -1010,20 +1010,21 @@ fn final_image(store: &MemStore, p: &Payload) -> FinalImage {
 }
 
 /// RAM a meshfleet receiver needs for the update, bytes: the larger of the OFFER phase (the
-/// OFFER frame being parsed, plus the chunk-hash table it yields) and the transfer phase
-/// (the DEFLATE decoder's window and tables, one chunk frame, the chunk-hash table kept
-/// for verification, its own bitmap and one "wanted" bitmap per downstream neighbour).
-/// Staged chunks and the image go to flash, not RAM.
+/// OFFER frame being parsed: the lean manifest) and the transfer phase (the DEFLATE
+/// decoder's window and tables, one chunk frame, its own unit bitmap and one "wanted"
+/// bitmap per downstream neighbour). Staged chunks, the chunk table's hash pages (a chunk
+/// is checked against its 16-byte entry read back from flash) and the image go to flash,
+/// not RAM.
 fn meshfleet_memory(m: &meshfleet_firmware::Manifest, children: u32, offer_frame: u64) -> u64 {
-    let bitmap = u64::from(m.chunk_count).div_ceil(8);
-    let hashes = 16 * u64::from(m.chunk_count);
+    let units = meshfleet_ota::proto::Layout::of(m).units();
+    let bitmap = u64::from(units).div_ceil(8);
     let decoder = match m.codec {
         Codec::Deflate => STREAM_DECODER_FOOTPRINT as u64,
         _ => 0,
     };
     let frame = u64::from(m.chunk_size) + BINARY_CHUNK_HEADER as u64 + 5;
-    let transfer = decoder + frame + hashes + bitmap * (1 + u64::from(children));
-    let offer = offer_frame.max(m.json_len() as u64) + hashes;
+    let transfer = decoder + frame + bitmap * (1 + u64::from(children));
+    let offer = offer_frame.max(m.lean().json_len() as u64);
     transfer.max(offer)
 }
 

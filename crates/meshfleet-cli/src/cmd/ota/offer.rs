@@ -330,12 +330,14 @@ fn build_node(plan: &Plan) -> anyhow::Result<(Node, Offered, Value)> {
         "md5": m.md5.to_hex(),
         "sha256": m.sha256.to_hex(),
         "chunks": m.chunk_count,
+        "units": meshfleet_ota::proto::Layout::of(&m).units(),
         "parts": parts,
         "signature": signature,
         "forced": plan.forced,
     });
     let offered = Offered {
-        chunks: m.chunk_count,
+        // Bars count transfer units: the chunks and the hash pages sent with them.
+        chunks: meshfleet_ota::proto::Layout::of(&m).units(),
         parts,
         part_size: plan.style.raw_part_size(),
         image_len,
