@@ -2,193 +2,25 @@
 //! through stdin and read through stdout exactly as an external harness would.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+mod common;
+
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::{args, Proc};
 use serde_json::Value;
 
 /// Generous: CI runs this on 2 busy cores, next to other builds.
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Lines of stderr kept per process for failure messages.
-const STDERR_TAIL: usize = 60;
+/// A `meshfleet node --json ARGS` process.
+type Node = Proc;
 
-/// One `meshfleet node` process.
-struct Node {
-    name: &'static str,
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: Receiver<Value>,
-    /// Every stdout line so far, and whether a `wait_for` has claimed it.
-    seen: Vec<(Value, bool)>,
-    stderr: Arc<Mutex<VecDeque<String>>>,
-}
-
-impl Node {
-    fn spawn(name: &'static str, args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_meshfleet"))
-            .arg("node")
-            .arg("--json")
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{name}: cannot start meshfleet: {e}"));
-
-        let (tx, stdout) = mpsc::channel();
-        let out = BufReader::new(child.stdout.take().unwrap());
-        thread::spawn(move || {
-            for line in out.lines() {
-                let Ok(line) = line else { return };
-                let v: Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("{name}: stdout line is not JSON ({e}): {line}"));
-                if tx.send(v).is_err() {
-                    return;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(VecDeque::new()));
-        let tail = Arc::clone(&stderr);
-        let err = BufReader::new(child.stderr.take().unwrap());
-        thread::spawn(move || {
-            for line in err.lines().map_while(Result::ok) {
-                let mut t = tail.lock().unwrap();
-                if t.len() == STDERR_TAIL {
-                    t.pop_front();
-                }
-                t.push_back(line);
-            }
-        });
-        let stdin = child.stdin.take();
-        Self {
-            name,
-            child,
-            stdin,
-            stdout,
-            seen: Vec::new(),
-            stderr,
-        }
-    }
-
-    fn send(&mut self, command: &str) {
-        let stdin = self.stdin.as_mut().unwrap();
-        writeln!(stdin, "{command}")
-            .and_then(|()| stdin.flush())
-            .unwrap_or_else(|e| panic!("{}: cannot write '{command}': {e}", self.name));
-    }
-
-    fn fail(&self, msg: &str) -> ! {
-        let out: Vec<String> = self.seen.iter().map(|(v, _)| v.to_string()).collect();
-        let err: Vec<String> = self.stderr.lock().unwrap().iter().cloned().collect();
-        panic!(
-            "{}: {msg}\n--- stdout so far:\n{}\n--- stderr (last {STDERR_TAIL} lines):\n{}",
-            self.name,
-            out.join("\n"),
-            err.join("\n")
-        );
-    }
-
-    /// The first stdout line not yet claimed that matches `pred` (waiting for it if
-    /// need be); claims it.
-    fn wait_for(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + TIMEOUT;
-        let mut checked = 0;
-        loop {
-            for (v, claimed) in &mut self.seen[checked..] {
-                if !*claimed && pred(v) {
-                    *claimed = true;
-                    return v.clone();
-                }
-            }
-            checked = self.seen.len();
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.stdout.recv_timeout(left) {
-                Ok(v) => self.seen.push((v, false)),
-                Err(RecvTimeoutError::Timeout) => {
-                    self.fail(&format!("timed out after {TIMEOUT:?} waiting for {what}"))
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    self.fail(&format!("exited while we waited for {what}"))
-                }
-            }
-        }
-    }
-
-    /// Sends `command` and returns its reply, the next line with key `key`.
-    fn request(&mut self, command: &str, key: &str) -> Value {
-        self.send(command);
-        let reply = self.wait_for(&format!("the reply to '{command}'"), |v| {
-            v.get(key).is_some()
-        });
-        reply[key].clone()
-    }
-
-    fn nodes(&mut self) -> Vec<u64> {
-        let v = self.request("nodes", "nodes");
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|n| n.as_u64().unwrap())
-            .collect()
-    }
-
-    /// Polls `nodes` until it equals `expected`.
-    fn wait_nodes(&mut self, expected: &[u64]) {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let nodes = self.nodes();
-            if nodes == expected {
-                return;
-            }
-            if Instant::now() > deadline {
-                self.fail(&format!(
-                    "node list still {nodes:?} after {TIMEOUT:?}, want {expected:?}"
-                ));
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Every line received so far (claimed or not), after draining what is pending.
-    fn all_lines(&mut self) -> Vec<Value> {
-        while let Ok(v) = self.stdout.try_recv() {
-            self.seen.push((v, false));
-        }
-        self.seen.iter().map(|(v, _)| v.clone()).collect()
-    }
-
-    fn listening_port(&mut self) -> u16 {
-        let v = self.wait_for("the listening event", |v| v["event"] == "listening");
-        u16::try_from(v["port"].as_u64().unwrap()).unwrap()
-    }
-
-    fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                self.fail("did not exit after quit");
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Node {
-    /// No stray processes when a test fails half-way.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn node(name: &str, extra: &[&str]) -> Node {
+    let mut a = args(&["node", "--json"]);
+    a.extend(args(extra));
+    Proc::spawn(name, None, &a, TIMEOUT)
 }
 
 fn received<'a>(lines: &'a [Value], msg: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
@@ -222,12 +54,12 @@ fn spread(offsets: &[i64]) -> i64 {
 
 #[test]
 fn three_nodes_in_a_chain() {
-    let mut a = Node::spawn("A", &["--listen", "127.0.0.1:0", "--node-id", "1001"]);
+    let mut a = node("A", &["--listen", "127.0.0.1:0", "--node-id", "1001"]);
     let a_addr = format!("127.0.0.1:{}", a.listening_port());
     let start = a.wait_for("the start line", |v| v["event"] == "start");
     assert_eq!(start["nodeId"], 1001);
 
-    let mut b = Node::spawn(
+    let mut b = node(
         "B",
         &[
             "--listen",
@@ -242,7 +74,7 @@ fn three_nodes_in_a_chain() {
     // C joins once A-B is up, so A learns of C through B's immediate re-sync rather
     // than its own first node sync 10 s after accepting B (see the runtime's tests).
     a.wait_nodes(&[2002]);
-    let mut c = Node::spawn("C", &["--connect", &b_addr, "--node-id", "3003"]);
+    let mut c = node("C", &["--connect", &b_addr, "--node-id", "3003"]);
 
     // Node lists converge: each sees the other two.
     a.wait_nodes(&[2002, 3003]);
@@ -370,16 +202,16 @@ fn three_nodes_in_a_chain() {
 
 #[test]
 fn end_of_stdin_keeps_the_node_running() {
-    let mut a = Node::spawn("A", &["--listen", "127.0.0.1:0", "--node-id", "7"]);
+    let mut a = node("A", &["--listen", "127.0.0.1:0", "--node-id", "7"]);
     let port = a.listening_port();
     // A harness may close stdin: the node must stay up (and keep listening).
-    a.stdin = None;
+    a.close_stdin();
     thread::sleep(Duration::from_millis(300));
     assert!(
         a.child.try_wait().unwrap().is_none(),
         "A exited at end of stdin"
     );
-    let mut b = Node::spawn(
+    let mut b = node(
         "B",
         &["--connect", &format!("127.0.0.1:{port}"), "--node-id", "8"],
     );

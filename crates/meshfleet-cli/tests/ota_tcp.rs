@@ -3,221 +3,24 @@
 //! would.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Write};
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
-use std::thread;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use common::{args, meshfleet, text, Proc};
 use sha2::{Digest, Sha256};
 
 /// Generous: CI runs this on 2 busy cores, next to other test binaries.
 const TIMEOUT: Duration = Duration::from_secs(90);
-
-/// Lines of stderr kept per process for failure messages.
-const STDERR_TAIL: usize = 40;
 
 /// Pacing of every meshfleet sender in the tree test, bytes per second per link: slow
 /// enough that a node can be killed in the middle of its transfer, fast enough for a test
 /// (300 KB in about 6 s).
 const RATE: &str = "50000";
 
-/// One `meshfleet` process whose stdout is JSON lines.
-struct Proc {
-    name: String,
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: Receiver<Value>,
-    /// Every stdout line so far, and whether a `wait_for` has claimed it.
-    seen: Vec<(Value, bool)>,
-    stderr: Arc<Mutex<VecDeque<String>>>,
-}
-
-impl Proc {
-    fn spawn(name: &str, dir: &Path, args: &[String]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_meshfleet"))
-            .current_dir(dir)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{name}: cannot start meshfleet: {e}"));
-        let (tx, stdout) = mpsc::channel();
-        let out = BufReader::new(child.stdout.take().unwrap());
-        let who = name.to_owned();
-        thread::spawn(move || {
-            for line in out.lines() {
-                let Ok(line) = line else { return };
-                let v: Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("{who}: stdout line is not JSON ({e}): {line}"));
-                if tx.send(v).is_err() {
-                    return;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(VecDeque::new()));
-        let tail = Arc::clone(&stderr);
-        let err = BufReader::new(child.stderr.take().unwrap());
-        thread::spawn(move || {
-            for line in err.lines().map_while(Result::ok) {
-                let mut t = tail.lock().unwrap();
-                if t.len() == STDERR_TAIL {
-                    t.pop_front();
-                }
-                t.push_back(line);
-            }
-        });
-        let stdin = child.stdin.take();
-        Self {
-            name: name.to_owned(),
-            child,
-            stdin,
-            stdout,
-            seen: Vec::new(),
-            stderr,
-        }
-    }
-
-    fn send(&mut self, command: &str) {
-        let stdin = self.stdin.as_mut().unwrap();
-        writeln!(stdin, "{command}")
-            .and_then(|()| stdin.flush())
-            .unwrap_or_else(|e| panic!("{}: cannot write '{command}': {e}", self.name));
-    }
-
-    fn fail(&mut self, msg: &str) -> ! {
-        while let Ok(v) = self.stdout.try_recv() {
-            self.seen.push((v, false));
-        }
-        let out: Vec<String> = self.seen.iter().map(|(v, _)| v.to_string()).collect();
-        let err: Vec<String> = self.stderr.lock().unwrap().iter().cloned().collect();
-        panic!(
-            "{}: {msg}\n--- stdout so far:\n{}\n--- stderr (last {STDERR_TAIL} lines):\n{}",
-            self.name,
-            out.join("\n"),
-            err.join("\n")
-        );
-    }
-
-    /// The first stdout line not yet claimed that matches `pred` (waiting for it if need
-    /// be); claims it.
-    fn wait_for(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + TIMEOUT;
-        let mut checked = 0;
-        loop {
-            for (v, claimed) in &mut self.seen[checked..] {
-                if !*claimed && pred(v) {
-                    *claimed = true;
-                    return v.clone();
-                }
-            }
-            checked = self.seen.len();
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.stdout.recv_timeout(left) {
-                Ok(v) => self.seen.push((v, false)),
-                Err(RecvTimeoutError::Timeout) => {
-                    self.fail(&format!("timed out after {TIMEOUT:?} waiting for {what}"))
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    self.fail(&format!("exited while we waited for {what}"))
-                }
-            }
-        }
-    }
-
-    /// Sends `command` and returns its reply, the next line with key `key`.
-    fn request(&mut self, command: &str, key: &str) -> Value {
-        self.send(command);
-        let reply = self.wait_for(&format!("the reply to '{command}'"), |v| {
-            v.get(key).is_some()
-        });
-        reply[key].clone()
-    }
-
-    /// An OTA plugin event of the node (`{"event":"plugin","data":{"event":name,..}}`).
-    fn wait_plugin(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        self.wait_for(what, |v| v["event"] == "plugin" && pred(&v["data"]))["data"].clone()
-    }
-
-    fn listening_port(&mut self) -> u16 {
-        let v = self.wait_for("the listening event", |v| v["event"] == "listening");
-        u16::try_from(v["port"].as_u64().unwrap()).unwrap()
-    }
-
-    /// Polls `nodes` until it lists `expected` (in any order).
-    fn wait_nodes(&mut self, expected: &[u64]) {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let v = self.request("nodes", "nodes");
-            let mut nodes: Vec<u64> = v
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter_map(Value::as_u64)
-                .collect();
-            nodes.sort_unstable();
-            if nodes == expected {
-                return;
-            }
-            if Instant::now() > deadline {
-                self.fail(&format!("node list still {nodes:?}, want {expected:?}"));
-            }
-            thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                self.fail("did not exit");
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// SIGKILL: no chance to save anything.
-    fn kill(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Proc {
-    /// No stray processes when a test fails half-way.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn args(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| (*s).to_owned()).collect()
-}
-
-fn meshfleet(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_meshfleet"))
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+fn spawn(name: &str, dir: &Path, args: &[String]) -> Proc {
+    Proc::spawn(name, Some(dir), args, TIMEOUT)
 }
 
 fn run_ok(dir: &Path, a: &[&str]) {
@@ -370,38 +173,38 @@ fn broadcast_tree_survives_a_killed_relay() {
         listen: Some("127.0.0.1:0".into()),
         connect: None,
     };
-    let mut p1 = Proc::spawn("R1", d, &receiver_args(d, &r1, &secure));
+    let mut p1 = spawn("R1", d, &receiver_args(d, &r1, &secure));
     let port1 = p1.listening_port();
     let r2 = Spec {
         id: 102,
         listen: Some("127.0.0.1:0".into()),
         connect: Some(format!("127.0.0.1:{port1}")),
     };
-    let mut p2 = Proc::spawn("R2", d, &receiver_args(d, &r2, &secure));
+    let mut p2 = spawn("R2", d, &receiver_args(d, &r2, &secure));
     let port2 = p2.listening_port();
     let r3 = Spec {
         id: 103,
         listen: None,
         connect: Some(format!("127.0.0.1:{port1}")),
     };
-    let mut p3 = Proc::spawn("R3", d, &receiver_args(d, &r3, &secure));
+    let mut p3 = spawn("R3", d, &receiver_args(d, &r3, &secure));
     let r4 = Spec {
         id: 104,
         listen: Some("127.0.0.1:0".into()),
         connect: Some(format!("127.0.0.1:{port2}")),
     };
-    let mut p4 = Proc::spawn("R4", d, &receiver_args(d, &r4, &secure));
+    let mut p4 = spawn("R4", d, &receiver_args(d, &r4, &secure));
     let port4 = p4.listening_port();
     let r5 = Spec {
         id: 105,
         listen: None,
         connect: Some(format!("127.0.0.1:{port4}")),
     };
-    let mut p5 = Proc::spawn("R5", d, &receiver_args(d, &r5, &secure));
+    let mut p5 = spawn("R5", d, &receiver_args(d, &r5, &secure));
     p1.wait_nodes(&[102, 103, 104, 105]);
     eprintln!("tree up after {:?}", t0.elapsed());
 
-    let mut offer = Proc::spawn(
+    let mut offer = spawn(
         "offer",
         d,
         &words(&format!(
@@ -441,7 +244,7 @@ fn broadcast_tree_survives_a_killed_relay() {
         listen: Some(format!("127.0.0.1:{port4}")),
         connect: Some(format!("127.0.0.1:{port2}")),
     };
-    let mut p4 = Proc::spawn("R4 (restarted)", d, &receiver_args(d, &r4, &secure));
+    let mut p4 = spawn("R4 (restarted)", d, &receiver_args(d, &r4, &secure));
     let resume = p4.wait_for("ota_resume", |v| v["event"] == "ota_resume");
     let resumed = resume["have"].as_u64().unwrap();
     // The bitmap is saved every 16 chunks: at most 15 are fetched again.
@@ -505,13 +308,13 @@ fn stock_offer_updates_a_stock_receiver() {
         listen: Some("127.0.0.1:0".into()),
         connect: None,
     };
-    let mut node = Proc::spawn(
+    let mut node = spawn(
         "stock receiver",
         d,
         &receiver_args(d, &r, &["--ota-accept", "stock"]),
     );
     let port = node.listening_port();
-    let mut offer = Proc::spawn(
+    let mut offer = spawn(
         "offer",
         d,
         &words(&format!(
@@ -562,13 +365,13 @@ fn unsigned_artefact_is_refused_by_a_node_that_trusts_a_key() {
         listen: Some("127.0.0.1:0".into()),
         connect: None,
     };
-    let mut node = Proc::spawn(
+    let mut node = spawn(
         "receiver",
         d,
         &receiver_args(d, &r, &["--ota-key", "fleet.key.pub"]),
     );
     let port = node.listening_port();
-    let mut offer = Proc::spawn(
+    let mut offer = spawn(
         "offer",
         d,
         &words(&format!(
@@ -711,14 +514,14 @@ fn failed_hooks_roll_back_and_unconfirmed_images_retry() {
     };
     // A: its hook fails. B: dies before its confirmation.
     let a_args = |listen: String| receiver_args(d, &spec(401, listen), &["--ota-hook", "exit 3"]);
-    let mut a = Proc::spawn("A", d, &a_args("127.0.0.1:0".into()));
+    let mut a = spawn("A", d, &a_args("127.0.0.1:0".into()));
     let port_a = a.listening_port();
     let b_args = |listen: String, confirm: &str| {
         receiver_args(d, &spec(402, listen), &["--ota-confirm-after", confirm])
     };
-    let mut b = Proc::spawn("B", d, &b_args("127.0.0.1:0".into(), "600"));
+    let mut b = spawn("B", d, &b_args("127.0.0.1:0".into(), "600"));
     let port_b = b.listening_port();
-    let mut offer = Proc::spawn(
+    let mut offer = spawn(
         "offer",
         d,
         &words(&format!(
@@ -750,7 +553,7 @@ fn failed_hooks_roll_back_and_unconfirmed_images_retry() {
     assert_eq!(boot["trial"], true);
     assert_eq!(b.request("ota", "ota")["phase"], "trial");
     b.kill();
-    let mut b = Proc::spawn(
+    let mut b = spawn(
         "B (restarted)",
         d,
         &b_args(format!("127.0.0.1:{port_b}"), "1"),
