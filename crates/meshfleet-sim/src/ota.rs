@@ -54,7 +54,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use meshfleet_firmware::{
     pack, Artefact, Codec, PackError, PackOptions, SigningKey, Version, VersionError,
-    STREAM_DECODER_FOOTPRINT,
 };
 use meshfleet_mesh::{
     Ctx, Duration, Event, Instant, LinkId, MeshChange, Node, NodeId, NodeTree, Plugin,
@@ -1011,15 +1010,16 @@ fn final_image(store: &MemStore, p: &Payload) -> FinalImage {
 
 /// RAM a meshfleet receiver needs for the update, bytes: the larger of the OFFER phase (the
 /// OFFER frame being parsed, plus the chunk-hash table it yields) and the transfer phase
-/// (the DEFLATE decoder's window and tables, one chunk frame, the chunk-hash table kept
-/// for verification, its own bitmap and one "wanted" bitmap per downstream neighbour).
-/// Staged chunks and the image go to flash, not RAM.
+/// (the DEFLATE decoder for the artefact's window: the window and the inflater's tables; one
+/// chunk frame, the chunk-hash table kept for verification, its own bitmap and one "wanted"
+/// bitmap per downstream neighbour). Staged chunks and the image go to flash, not RAM.
 fn meshfleet_memory(m: &meshfleet_firmware::Manifest, children: u32, offer_frame: u64) -> u64 {
     let bitmap = u64::from(m.chunk_count).div_ceil(8);
     let hashes = 16 * u64::from(m.chunk_count);
+    // Codec none passes chunks straight to the slot: no decoder buffers to count.
     let decoder = match m.codec {
-        Codec::Deflate => STREAM_DECODER_FOOTPRINT as u64,
-        _ => 0,
+        Codec::Deflate => m.decoder_footprint() as u64,
+        Codec::None => 0,
     };
     let frame = u64::from(m.chunk_size) + BINARY_CHUNK_HEADER as u64 + 5;
     let transfer = decoder + frame + hashes + bitmap * (1 + u64::from(children));
@@ -1274,7 +1274,8 @@ mod tests {
     fn synthetic_image_compresses_like_firmware() {
         let img = synthetic_image(256 * 1024, 3);
         assert_eq!(img, synthetic_image(256 * 1024, 3));
-        let z = meshfleet_firmware::codec::deflate(&img, 9);
+        let z = meshfleet_firmware::codec::deflate(&img, 9, meshfleet_firmware::MAX_WINDOW)
+            .unwrap_or_default();
         let ratio = z.len() as f64 / img.len() as f64;
         assert!((0.62..0.70).contains(&ratio), "{ratio}");
     }
