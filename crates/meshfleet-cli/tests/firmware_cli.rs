@@ -3,6 +3,9 @@
 
 mod common;
 
+use std::path::Path;
+use std::process::Output;
+
 use common::{meshfleet, text};
 
 #[test]
@@ -65,6 +68,9 @@ fn pack_inspect_verify_and_every_rejection() {
     assert_eq!(m["version"], "2.1.0");
     assert_eq!(m["size"], 200_000);
     assert!(m["compressed_size"].as_u64().unwrap() < 200_000);
+    // The default window: the format's largest.
+    assert_eq!(m["codec"], "deflate");
+    assert_eq!(m["window"], 32768);
 
     let o = meshfleet(
         d,
@@ -145,4 +151,101 @@ fn pack_inspect_verify_and_every_rejection() {
         ],
     );
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}
+
+/// `pack ARGS... --out OUT` of `app.bin` for role sensor on ESP8266.
+fn pack(d: &Path, extra: &[&str], out: &str) -> Output {
+    let mut args = vec![
+        "firmware",
+        "pack",
+        "app.bin",
+        "--role",
+        "sensor",
+        "--hardware",
+        "ESP8266",
+        "--version",
+        "1.0.0",
+        "--out",
+        out,
+    ];
+    args.extend_from_slice(extra);
+    meshfleet(d, &args)
+}
+
+#[test]
+fn pack_with_a_window_for_small_receivers() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Repeats 12,000 bytes apart: within a 16 KiB window, beyond 8 KiB.
+    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+    let block: Vec<u8> = (0..12_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(d.join("app.bin"), block.repeat(8)).unwrap();
+
+    for (arg, window) in [
+        ("8K", 8192u32),
+        ("16KiB", 16384),
+        ("4096", 4096),
+        ("512", 512),
+    ] {
+        let out = format!("w{window}.mfw");
+        let o = pack(d, &["--window", arg], &out);
+        assert!(o.status.success(), "{arg}: {}", text(&o));
+        assert!(
+            text(&o).contains(&format!("{} KiB window", f64::from(window) / 1024.0)),
+            "{}",
+            text(&o)
+        );
+        let o = meshfleet(d, &["firmware", "inspect", &out, "--json"]);
+        assert!(o.status.success(), "{}", text(&o));
+        let m: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(m["window"], window, "{arg}");
+        // The decompressor's memory: the window plus ~10 KiB of tables.
+        let decoder = m["decoder_bytes"].as_u64().unwrap();
+        assert!(
+            decoder > u64::from(window) + 10_000 && decoder < u64::from(window) + 11_000,
+            "{decoder}"
+        );
+        let o = meshfleet(d, &["firmware", "verify", &out]);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    // The window limits the compressor: 8 KiB cannot reach the repeats, 16 KiB can.
+    let len = |f: &str| std::fs::metadata(d.join(f)).unwrap().len();
+    assert!(
+        len("w16384.mfw") * 3 < len("w8192.mfw"),
+        "{} vs {}",
+        len("w16384.mfw"),
+        len("w8192.mfw")
+    );
+
+    let o = meshfleet(d, &["firmware", "inspect", "w8192.mfw"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("window:      8192 bytes"), "{}", text(&o));
+
+    // Codec none has no window, whatever --window says.
+    let o = pack(d, &["--codec", "none", "--window", "8K"], "none.mfw");
+    assert!(o.status.success(), "{}", text(&o));
+    let o = meshfleet(d, &["firmware", "inspect", "none.mfw", "--json"]);
+    let m: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(m["window"], 0);
+
+    // Not a power of two, out of range, not a size: usage errors, nothing written.
+    for bad in ["3000", "64K", "256", "0", "8M", "lots"] {
+        let o = pack(d, &["--window", bad], "bad.mfw");
+        assert_eq!(o.status.code(), Some(2), "{bad}: {}", text(&o));
+        assert!(text(&o).contains("--window"), "{bad}: {}", text(&o));
+        assert!(!d.join("bad.mfw").exists());
+    }
+    let o = pack(d, &["--window", "3000"], "bad.mfw");
+    assert!(
+        text(&o).contains("power of two from 512 to 32768"),
+        "{}",
+        text(&o)
+    );
 }

@@ -352,6 +352,63 @@ fn stock_offer_updates_a_stock_receiver() {
     assert_eq!(n["bytes"].as_u64(), Some(image.len() as u64));
 }
 
+/// A meshfleet node that can give its decompressor only 8 KiB (`--ota-window 8K`, an
+/// ESP8266's budget) is not offered an artefact packed with the default 32 KiB window; with
+/// `--strategy auto` it falls back to the stock flow and is updated by it.
+#[test]
+fn a_node_with_a_small_window_gets_the_stock_flow_under_auto() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let shared = Path::new("/work/shared/firmware/ath9k-htc-9271-1.4.0-110.fw");
+    let image = std::fs::read(shared).unwrap_or_else(|_| incompressible_image(51 * 1024));
+    let sha = sha256_hex(&image);
+    std::fs::write(d.join("fw.bin"), &image).unwrap();
+    pack(d, "fw.bin", "1.4.0", None, "fw.mfw");
+    let r = Spec {
+        id: 251,
+        listen: Some("127.0.0.1:0".into()),
+        connect: None,
+    };
+    let mut node = spawn(
+        "small receiver",
+        d,
+        &receiver_args(d, &r, &["--ota-window", "8K"]),
+    );
+    let port = node.listening_port();
+    let mut offer = spawn(
+        "offer",
+        d,
+        &words(&format!(
+            "ota offer fw.mfw --strategy auto --connect 127.0.0.1:{port} --json \
+             --exit-when-idle 3"
+        )),
+    );
+    let skipped = offer.wait_for("peer_cannot_decode", |v| v["event"] == "peer_cannot_decode");
+    assert_eq!(skipped["peer"], 251);
+    assert_eq!(
+        skipped["reason"],
+        "the payload needs a 32768-byte decompression window, it can give 8192"
+    );
+    let applied = node.wait_plugin("the commit", |e| e["event"] == "applied");
+    assert_eq!(applied["via"], "stock", "{applied}");
+    let version = applied["version"].as_str().unwrap().to_owned();
+    check_updated(d, &mut node, 251, &version, &sha);
+
+    let summary = offer.wait_for("the summary", |v| v["event"] == "summary");
+    assert!(offer.wait_exit().success(), "offer: {summary}");
+    let nodes = summary["nodes"].as_array().unwrap();
+    let row = |via: &str| {
+        nodes
+            .iter()
+            .find(|n| n["nodeId"] == 251 && n["via"] == via)
+            .unwrap_or_else(|| panic!("no {via} row: {summary}"))
+    };
+    assert_eq!(row("meshfleet")["status"], "skipped", "{summary}");
+    assert_eq!(row("stock")["status"], "updated", "{summary}");
+    // Not one meshfleet chunk was sent to it.
+    assert_eq!(row("meshfleet")["bytes"], 0, "{summary}");
+}
+
 /// A node that trusts a key refuses an unsigned artefact; the source reports it failed.
 #[test]
 fn unsigned_artefact_is_refused_by_a_node_that_trusts_a_key() {

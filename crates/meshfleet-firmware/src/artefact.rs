@@ -2,7 +2,7 @@
 
 use ed25519_dalek::SigningKey;
 
-use crate::codec::{self, Codec, StreamDecoder, MAX_LEVEL};
+use crate::codec::{self, Codec, DeflateError, StreamDecoder, MAX_LEVEL, MAX_WINDOW};
 use crate::digest::{ChunkHash, Md5Digest, Sha256Digest};
 use crate::manifest::{
     valid_text, Manifest, ManifestError, DEFAULT_CHUNK_SIZE, FORMAT_VERSION, MAX_CHUNK_SIZE,
@@ -16,9 +16,14 @@ pub const MAGIC: [u8; 4] = *b"MFW1";
 /// Bytes before the manifest: magic and the little-endian `u32` manifest length.
 pub const HEADER_LEN: usize = 8;
 
-/// Default DEFLATE level for [`pack`]: the best zlib-compatible level. Level 10 gains about
-/// 0.1% on the firmware corpus for several times the packing time.
+/// Default DEFLATE level for [`pack`]: zlib's best. Level 10 also tries `miniz_oxide`'s
+/// level 10 at the 32 KiB window and keeps the smaller stream (see [`codec::deflate`]).
 pub const DEFAULT_LEVEL: u8 = 9;
+
+/// Default DEFLATE window for [`pack`]: the format's largest, 32 KiB, the best compression,
+/// for receivers that can hold it (an ESP32). An ESP8266 needs a smaller one: see
+/// [`PackOptions::window`].
+pub const DEFAULT_WINDOW: u32 = MAX_WINDOW;
 
 /// A parsed firmware artefact: a validated manifest and a payload of exactly
 /// `manifest.compressed_size` bytes.
@@ -54,6 +59,11 @@ pub struct PackOptions<'a> {
     pub codec: Codec,
     /// DEFLATE level 0..=10; default [`DEFAULT_LEVEL`]. Ignored for [`Codec::None`].
     pub level: u8,
+    /// DEFLATE window in bytes, a power of two from [`codec::MIN_WINDOW`] to
+    /// [`codec::MAX_WINDOW`]; default [`DEFAULT_WINDOW`]. A receiver needs this much RAM plus
+    /// the inflater's tables ([`codec::decoder_footprint`]): 8192 (18.3 KiB in all) suits an
+    /// ESP8266. Ignored for [`Codec::None`] (its manifest says 0).
+    pub window: u32,
     /// Transmitted chunk size; default [`DEFAULT_CHUNK_SIZE`].
     pub chunk_size: u32,
     /// Creation time to record (Unix seconds). Taken as input so that packing is deterministic:
@@ -64,8 +74,8 @@ pub struct PackOptions<'a> {
 }
 
 impl PackOptions<'_> {
-    /// Options with the defaults: deflate at [`DEFAULT_LEVEL`], [`DEFAULT_CHUNK_SIZE`] chunks,
-    /// no timestamp, unsigned.
+    /// Options with the defaults: deflate at [`DEFAULT_LEVEL`] with a [`DEFAULT_WINDOW`]
+    /// window, [`DEFAULT_CHUNK_SIZE`] chunks, no timestamp, unsigned.
     pub fn new(role: impl Into<String>, hardware: impl Into<String>, version: Version) -> Self {
         Self {
             role: role.into(),
@@ -73,6 +83,7 @@ impl PackOptions<'_> {
             version,
             codec: Codec::Deflate,
             level: DEFAULT_LEVEL,
+            window: DEFAULT_WINDOW,
             chunk_size: DEFAULT_CHUNK_SIZE,
             created: None,
             signing_key: None,
@@ -90,9 +101,13 @@ pub enum PackError {
         /// The level asked for.
         level: u8,
     },
-    /// The options or image make an invalid manifest (empty image, bad chunk size, bad role...).
+    /// The options or image make an invalid manifest (empty image, bad chunk size, bad
+    /// window, bad role...).
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    /// The compressor failed (a bug in it; nothing was produced).
+    #[error("internal error: {0}")]
+    Deflate(#[source] DeflateError),
     /// The compressed stream did not decode back to the image. A bug in the compressor or this
     /// crate; nothing was produced.
     #[error("internal error: the packed payload does not decode back to the image ({0})")]
@@ -171,8 +186,8 @@ fn magic_hint(found: &[u8; 4]) -> &'static str {
 /// manifest and signs it if `opts.signing_key` is set.
 ///
 /// Deterministic: the same image and options give byte-identical output. The payload is
-/// decoded again with [`StreamDecoder`] before returning, so an artefact that a receiver with
-/// a 32 KiB window could not decode is never produced.
+/// decoded again with a [`StreamDecoder`] of the manifest's window before returning, so an
+/// artefact that a receiver with that window could not decode is never produced.
 pub fn pack(image: &[u8], opts: PackOptions<'_>) -> Result<Artefact, PackError> {
     let size = image.len() as u64;
     // Refuse what `validate` would refuse before spending time compressing.
@@ -193,16 +208,24 @@ pub fn pack(image: &[u8], opts: PackOptions<'_>) -> Result<Artefact, PackError> 
         }
         .into());
     }
+    // Codec `none` decompresses nothing: its window is 0 whatever the options say.
+    let window = match opts.codec {
+        Codec::None => 0,
+        Codec::Deflate => opts.window,
+    };
+    opts.codec
+        .check_window(window)
+        .map_err(ManifestError::from)?;
     let payload = match opts.codec {
         Codec::None => image.to_vec(),
         Codec::Deflate => {
             if opts.level > MAX_LEVEL {
                 return Err(PackError::Level { level: opts.level });
             }
-            codec::deflate(image, opts.level)
+            codec::deflate(image, opts.level, window).map_err(PackError::Deflate)?
         }
     };
-    self_check(image, &payload, opts.codec)?;
+    self_check(image, &payload, opts.codec, window)?;
 
     // `chunk_size` was range-checked above, so `chunks` cannot get 0.
     let chunk_hashes: Vec<ChunkHash> = payload
@@ -221,6 +244,7 @@ pub fn pack(image: &[u8], opts: PackOptions<'_>) -> Result<Artefact, PackError> 
         md5: Md5Digest::of(image),
         sha256: Sha256Digest::of(image),
         codec: opts.codec,
+        window,
         compressed_size: payload.len() as u64,
         chunk_size: opts.chunk_size,
         chunk_count,
@@ -241,8 +265,9 @@ pub fn pack(image: &[u8], opts: PackOptions<'_>) -> Result<Artefact, PackError> 
 }
 
 /// Decodes `payload` the way a receiver will and compares with `image`, without buffering.
-fn self_check(image: &[u8], payload: &[u8], codec: Codec) -> Result<(), PackError> {
-    let mut decoder = StreamDecoder::new(codec, image.len() as u64);
+fn self_check(image: &[u8], payload: &[u8], codec: Codec, window: u32) -> Result<(), PackError> {
+    let mut decoder = StreamDecoder::new(codec, window, image.len() as u64)
+        .map_err(|_| PackError::SelfCheck("invalid window"))?;
     let mut offset = 0usize;
     let mut same = true;
     for chunk in payload.chunks(DEFAULT_CHUNK_SIZE as usize) {

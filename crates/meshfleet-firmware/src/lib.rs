@@ -38,7 +38,7 @@
 //!
 //! ```json
 //! {"format":2,"role":"sensor","hardware":"ESP8266","version":"1.2.10","size":594036,
-//!  "md5":"<32 hex>","sha256":"<64 hex>","codec":"deflate","compressed_size":388531,
+//!  "md5":"<32 hex>","sha256":"<64 hex>","codec":"deflate","window":32768,"compressed_size":387326,
 //!  "chunk_size":1024,"chunk_count":380,"chunk_hashes":["<32 hex>",...],
 //!  "hash_pages":["<32 hex>",...],"payload_sha256":"<64 hex>","created":1767225600,
 //!  "key_id":"<16 hex>","signature":"<128 hex>"}
@@ -46,7 +46,9 @@
 //!
 //! * `size`, `md5`, `sha256` describe the raw image. `md5` is what a stock painlessMesh node
 //!   announces and checks, so a meshfleet sender can serve stock nodes from the same artefact.
-//! * `codec` is `none` or `deflate` (raw DEFLATE, see [`codec`]); `compressed_size`,
+//! * `codec` is `none` or `deflate` (raw DEFLATE, see [`codec`]); `window` is the DEFLATE
+//!   window the payload needs (a power of two from 512 to 32768 bytes; 0 for `none`), so a
+//!   receiver knows the memory it takes before accepting it; `compressed_size`,
 //!   `chunk_size` (default 1024, 64..=32768), `chunk_count`, `chunk_hashes`, `hash_pages` and
 //!   `payload_sha256` describe the payload *as transmitted*.
 //! * The signature is Ed25519 over [`Manifest::signed_bytes`]: a fixed context string and the
@@ -79,8 +81,10 @@
 //! # Receiver memory
 //!
 //! [`StreamDecoder`] decodes a DEFLATE payload pushed chunk by chunk with a fixed footprint of
-//! [`STREAM_DECODER_FOOTPRINT`] bytes: the 32 KiB window plus the inflater's tables
-//! ([`codec::INFLATER_STATE_SIZE`]); no input is buffered. See [`codec`] for details.
+//! [`decoder_footprint`]`(codec, window)` bytes: the manifest's window plus the inflater's
+//! tables ([`codec::INFLATER_STATE_SIZE`]); no input is buffered. 43,336 bytes for the
+//! default 32 KiB window (an ESP32 has the room), 18,760 for an 8 KiB window (an ESP8266,
+//! with about 40 KB free, has the room for that). See [`codec`] for details.
 
 mod artefact;
 pub mod codec;
@@ -92,9 +96,13 @@ mod verify;
 mod version;
 
 pub use artefact::{
-    pack, Artefact, PackError, PackOptions, ParseError, DEFAULT_LEVEL, HEADER_LEN, MAGIC,
+    pack, Artefact, PackError, PackOptions, ParseError, DEFAULT_LEVEL, DEFAULT_WINDOW, HEADER_LEN,
+    MAGIC,
 };
-pub use codec::{Codec, DecodeError, StreamDecoder, DEFLATE_WINDOW_SIZE, STREAM_DECODER_FOOTPRINT};
+pub use codec::{
+    decoder_footprint, Codec, DecodeError, DeflateError, StreamDecoder, WindowError,
+    DEFLATE_WINDOW_SIZE, MAX_WINDOW, MIN_WINDOW,
+};
 pub use digest::{ChunkHash, HexValueError, KeyId, ManifestSignature, Md5Digest, Sha256Digest};
 pub use manifest::{
     Manifest, ManifestError, SignatureError, DEFAULT_CHUNK_SIZE, FORMAT_VERSION, MAX_CHUNK_SIZE,

@@ -4,7 +4,7 @@ use core::ops::Range;
 
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 
-use crate::codec::Codec;
+use crate::codec::{self, Codec, WindowError};
 use crate::digest::{ChunkHash, KeyId, ManifestSignature, Md5Digest, Sha256Digest};
 use crate::version::Version;
 
@@ -70,6 +70,11 @@ pub struct Manifest {
     pub sha256: Sha256Digest,
     /// Encoding of the payload.
     pub codec: Codec,
+    /// The DEFLATE window the payload needs, in bytes: no back-reference in the stream reaches
+    /// farther back, so a receiver decodes it with a window of this size
+    /// ([`codec::decoder_footprint`]). A power of two from [`codec::MIN_WINDOW`] to
+    /// [`codec::MAX_WINDOW`] for [`Codec::Deflate`], 0 for [`Codec::None`].
+    pub window: u32,
     /// Payload size in bytes (equal to `size` for [`Codec::None`]).
     pub compressed_size: u64,
     /// Size of every transmitted chunk of the payload but the last.
@@ -141,6 +146,9 @@ pub enum ManifestError {
         /// Declared payload size.
         compressed_size: u64,
     },
+    /// `window` is not valid for `codec` (see [`Codec::check_window`]).
+    #[error("invalid manifest: {0}")]
+    Window(#[from] WindowError),
     /// With codec `none` the payload is the image, so the sizes must agree.
     #[error("codec none requires compressed_size ({compressed_size}) to equal size ({size})")]
     StoredSizeMismatch {
@@ -328,6 +336,7 @@ impl Manifest {
                 compressed_size: self.compressed_size,
             });
         }
+        self.codec.check_window(self.window)?;
         if self.codec == Codec::None && self.compressed_size != self.size {
             return Err(ManifestError::StoredSizeMismatch {
                 size: self.size,
@@ -393,7 +402,7 @@ impl Manifest {
     ///
     /// i.e. `"meshfleet-mfw-manifest-v2\n"` followed by the compact JSON of the manifest
     /// without `chunk_hashes` and with `"signature":null`: keys in declaration order
-    /// (`format`, `role`, `hardware`, `version`, `size`, `md5`, `sha256`, `codec`,
+    /// (`format`, `role`, `hardware`, `version`, `size`, `md5`, `sha256`, `codec`, `window`,
     /// `compressed_size`, `chunk_size`, `chunk_count`, `hash_pages`, `payload_sha256`,
     /// `created`, `key_id`, `signature`), no whitespace,
     /// integers in plain decimal, absent optional values as `null`, digests as lowercase hex
@@ -549,6 +558,12 @@ impl Manifest {
     /// verified hash page).
     pub fn verify_chunk_against(&self, index: u32, bytes: &[u8], expected: &ChunkHash) -> bool {
         self.chunk_len(index) == Some(bytes.len()) && ChunkHash::of(bytes) == *expected
+    }
+
+    /// Bytes of RAM a receiver's [`StreamDecoder`](crate::StreamDecoder) needs for this
+    /// payload: [`codec::decoder_footprint`] of `codec` and `window`.
+    pub fn decoder_footprint(&self) -> usize {
+        codec::decoder_footprint(self.codec, self.window)
     }
 }
 

@@ -8,7 +8,7 @@ use md5::Md5;
 use sha2::{Digest as _, Sha256};
 
 use crate::artefact::Artefact;
-use crate::codec::{DecodeError, StreamDecoder};
+use crate::codec::{DecodeError, StreamDecoder, WindowError};
 use crate::digest::{ChunkHash, KeyId, Md5Digest, Sha256Digest};
 use crate::manifest::{Manifest, ManifestError, SignatureError};
 
@@ -70,9 +70,13 @@ pub enum VerifyError {
         /// Computed value.
         found: Sha256Digest,
     },
-    /// The payload does not decode to an image of the declared size.
+    /// The payload does not decode to an image of the declared size (or needs a larger
+    /// window than the manifest declares).
     #[error("decoding the payload failed: {0}")]
     Decode(#[from] DecodeError),
+    /// The manifest's window is not valid for its codec, so no decoder can be built.
+    #[error(transparent)]
+    Window(#[from] WindowError),
     /// The decoded image does not hash to `sha256`.
     #[error("sha256 mismatch: the image hashes to {found}, the manifest says {expected}")]
     Sha256 {
@@ -176,7 +180,7 @@ impl Artefact {
                 claimed_key: manifest.key_id,
             },
         };
-        let mut verifier = StreamVerifier::new_validated(manifest);
+        let mut verifier = StreamVerifier::new_validated(manifest)?;
         // The declared size is trusted for the reservation only as far as the actual payload
         // could decode to: DEFLATE expands at most 1032:1.
         let reserve = manifest
@@ -196,8 +200,8 @@ impl Artefact {
 }
 
 /// Verifies and decodes an artefact's payload chunk by chunk, as a receiver gets it, with
-/// memory bounded by the manifest, three hash states and one [`StreamDecoder`]
-/// ([`STREAM_DECODER_FOOTPRINT`](crate::STREAM_DECODER_FOOTPRINT)).
+/// memory bounded by the manifest, three hash states and one [`StreamDecoder`] with the
+/// manifest's window ([`Manifest::decoder_footprint`]).
 ///
 /// Use: check the manifest's signature first ([`Manifest::verify_signature`]), then push each
 /// chunk in order with [`StreamVerifier::push_chunk`], writing the image bytes it hands to the
@@ -220,23 +224,25 @@ pub struct StreamVerifier<M: Borrow<Manifest> = Manifest> {
 
 impl<M: Borrow<Manifest>> StreamVerifier<M> {
     /// A verifier for the artefact `manifest` describes. Refuses an invalid manifest.
+    /// Its decoder has exactly the manifest's window.
     pub fn new(manifest: M) -> Result<Self, ManifestError> {
         manifest.borrow().validate()?;
-        Ok(Self::new_validated(manifest))
+        Ok(Self::new_validated(manifest)?)
     }
 
-    /// For manifests already validated (those inside an [`Artefact`]).
-    pub(crate) fn new_validated(manifest: M) -> Self {
+    /// For manifests already validated (those inside an [`Artefact`]); the window was
+    /// checked then, so this does not fail in practice.
+    pub(crate) fn new_validated(manifest: M) -> Result<Self, WindowError> {
         let m = manifest.borrow();
-        let decoder = StreamDecoder::new(m.codec, m.size);
-        Self {
+        let decoder = StreamDecoder::new(m.codec, m.window, m.size)?;
+        Ok(Self {
             manifest,
             next: 0,
             payload_sha256: Sha256::new(),
             image_sha256: Sha256::new(),
             image_md5: Md5::new(),
             decoder,
-        }
+        })
     }
 
     /// The manifest.

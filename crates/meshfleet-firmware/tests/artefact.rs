@@ -5,9 +5,9 @@ mod common;
 
 use common::{corpus, key, mfw, replace_once};
 use meshfleet_firmware::{
-    pack, Artefact, Codec, DecodeError, Manifest, ManifestError, PackError, PackOptions,
-    ParseError, SignatureCheck, SignatureError, StreamDecoder, StreamVerifier, VerifyError,
-    Version, HEADER_LEN,
+    decoder_footprint, pack, Artefact, Codec, DecodeError, Manifest, ManifestError, PackError,
+    PackOptions, ParseError, SignatureCheck, SignatureError, StreamDecoder, StreamVerifier,
+    VerifyError, Version, WindowError, DEFAULT_WINDOW, HEADER_LEN,
 };
 
 fn version(s: &str) -> Version {
@@ -86,6 +86,8 @@ fn codec_none_round_trip_and_md5_matches_md5sum() {
             .to_bytes(),
     );
     assert_eq!(artefact.payload(), &image[..]);
+    // Nothing to decompress: no window, whatever `opts.window` said.
+    assert_eq!(artefact.manifest().window, 0);
     let verified = artefact.verify(None).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(verified.image(), &image[..]);
     assert_eq!(
@@ -335,6 +337,41 @@ fn manifest_errors_are_specific() {
     let err = Artefact::from_bytes(&mfw(&bad, artefact.payload())).expect_err("duplicate key");
     assert!(err.to_string().contains("duplicate field `role`"), "{err}");
 
+    // The window must be a power of two in range for deflate (here: not a power of two)...
+    let bad = replace_once(&json, b"\"window\":32768", b"\"window\":20000");
+    let err = Artefact::from_bytes(&mfw(&bad, artefact.payload())).expect_err("window");
+    assert!(
+        matches!(
+            err,
+            ParseError::Manifest(ManifestError::Window(WindowError::Deflate {
+                window: 20000
+            }))
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "invalid manifest: window 20000 is not valid for codec deflate: it must be a power of \
+         two from 512 to 32768 bytes"
+    );
+    // ... and 0 for none.
+    let stored = {
+        let mut opts = PackOptions::new("sensor", "ESP8266", version("1.2.10"));
+        opts.codec = Codec::None;
+        pack(&ath9k(), opts).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let bad = replace_once(
+        &stored.manifest().to_json(),
+        b"\"window\":0",
+        b"\"window\":8192",
+    );
+    let err = Artefact::from_bytes(&mfw(&bad, stored.payload())).expect_err("window none");
+    assert!(err.to_string().contains("must be 0"), "{err}");
+    // The window is a required key.
+    let bad = replace_once(&json, b"\"window\":32768,", b"");
+    let err = Artefact::from_bytes(&mfw(&bad, artefact.payload())).expect_err("no window");
+    assert!(err.to_string().contains("missing field `window`"), "{err}");
+
     let md5 = artefact.manifest().md5.to_hex();
     let bad = replace_once(&json, md5.as_bytes(), md5.to_uppercase().as_bytes());
     let err = Artefact::from_bytes(&mfw(&bad, artefact.payload())).expect_err("uppercase md5");
@@ -428,13 +465,143 @@ fn pack_refuses_bad_options() {
         pack(&[], opts),
         Err(PackError::Manifest(ManifestError::EmptyImage))
     ));
+
+    for window in [0, 256, 1000, 65536] {
+        let mut opts = PackOptions::new("sensor", "ESP8266", version("1.0.0"));
+        opts.window = window;
+        assert!(
+            matches!(
+                pack(&image, opts),
+                Err(PackError::Manifest(ManifestError::Window(
+                    WindowError::Deflate { .. }
+                )))
+            ),
+            "window {window}"
+        );
+    }
+}
+
+#[test]
+fn every_window_packs_verifies_and_is_signed() {
+    let image = ath9k();
+    let k = key(1);
+    let mut previous = None;
+    for bits in 9..=15 {
+        let window = 1u32 << bits;
+        let mut opts = PackOptions::new("sensor", "ESP8266", version("1.0.0"));
+        opts.window = window;
+        opts.signing_key = Some(&k);
+        let a = parse(
+            &pack(&image, opts)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .to_bytes(),
+        );
+        let m = a.manifest();
+        assert_eq!(m.window, window);
+        assert_eq!(
+            m.decoder_footprint(),
+            decoder_footprint(Codec::Deflate, window)
+        );
+        // The window is in the signed bytes, right after the codec.
+        let signed = String::from_utf8(m.signed_bytes()).unwrap_or_default();
+        let key_order = format!("\"codec\":\"deflate\",\"window\":{window},");
+        assert!(signed.contains(&key_order), "{signed}");
+        let verified = a
+            .verify(Some(&k.verifying_key()))
+            .unwrap_or_else(|e| panic!("window {window}: {e}"));
+        assert_eq!(verified.image(), &image[..]);
+        // Claiming another window breaks the signature.
+        let (mut forged, payload) = a.clone().into_parts();
+        forged.window = if window == 512 { 1024 } else { window / 2 };
+        let forged = Artefact::from_parts(forged, payload).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            forged.verify(Some(&k.verifying_key())),
+            Err(VerifyError::Signature(SignatureError::Mismatch { .. }))
+        ));
+        // A larger window compresses better (allowing a few bytes of block-split noise).
+        let size = m.compressed_size;
+        if let Some(prev) = previous {
+            assert!(size <= prev + 64, "window {window}: {size} after {prev}");
+        }
+        previous = Some(size);
+    }
+}
+
+#[test]
+fn verification_decodes_with_the_manifest_window() {
+    // An image whose only long matches are 20,000 bytes apart, packed with a 32 KiB window:
+    // its stream uses them. An (unsigned) manifest that understates the window makes the
+    // verifier's decoder too small for the stream, and verification fails in decoding
+    // instead of producing a wrong image.
+    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+    let noise: Vec<u8> = (0..20_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let image = [&noise[..], &noise[..]].concat();
+    let opts = PackOptions::new("sensor", "ESP8266", version("1.0.0"));
+    let artefact = pack(&image, opts).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        artefact.payload().len() < 21_000,
+        "the stream uses the repeat"
+    );
+    assert!(artefact.verify(None).is_ok());
+
+    for window in [16384, 8192, 512] {
+        let (mut m, payload) = artefact.clone().into_parts();
+        m.window = window;
+        let small = Artefact::from_parts(m, payload).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            matches!(
+                small.verify(None),
+                Err(VerifyError::Decode(DecodeError::Corrupt { .. }))
+            ),
+            "window {window}"
+        );
+        let mut v = StreamVerifier::new(small.manifest()).unwrap_or_else(|e| panic!("{e}"));
+        let pushed: Result<(), VerifyError> = (0..small.chunk_count())
+            .try_for_each(|i| v.push_chunk(i, small.chunk(i).unwrap_or_default(), |_| {}));
+        assert!(
+            matches!(
+                pushed,
+                Err(VerifyError::Decode(DecodeError::Corrupt { .. }))
+            ),
+            "window {window}: {pushed:?}"
+        );
+    }
+
+    // Packed with a 16 KiB window, the same image needs only that (and is bigger).
+    let mut opts = PackOptions::new("sensor", "ESP8266", version("1.0.0"));
+    opts.window = 16384;
+    let narrow = pack(&image, opts).unwrap_or_else(|e| panic!("{e}"));
+    assert!(narrow.payload().len() > 39_000);
+    let mut v = StreamVerifier::new(narrow.manifest()).unwrap_or_else(|e| panic!("{e}"));
+    let mut out = Vec::new();
+    for i in 0..narrow.chunk_count() {
+        v.push_chunk(i, narrow.chunk(i).unwrap_or_default(), |b| {
+            out.extend_from_slice(b);
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+    v.finish().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out, image);
 }
 
 #[test]
 fn stream_decoder_one_chunk_at_a_time() {
     let image = ath9k();
     let artefact = parse(&signed_file(&image));
-    let mut decoder = StreamDecoder::new(Codec::Deflate, image.len() as u64);
+    assert_eq!(artefact.manifest().window, DEFAULT_WINDOW);
+    let mut decoder = StreamDecoder::new(
+        Codec::Deflate,
+        artefact.manifest().window,
+        image.len() as u64,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let mut out = Vec::new();
     for i in 0..artefact.chunk_count() {
         let chunk = artefact.chunk(i).unwrap_or_else(|| panic!("chunk {i}"));

@@ -28,6 +28,11 @@ fn codec_strategy() -> impl Strategy<Value = Codec> {
     prop_oneof![Just(Codec::None), Just(Codec::Deflate)]
 }
 
+/// Every valid DEFLATE window, 512 to 32768 bytes.
+fn window_strategy() -> impl Strategy<Value = u32> {
+    (9u32..=15).prop_map(|bits| 1 << bits)
+}
+
 /// Splits `data` at the given piece lengths (cycled). A length of 0 yields an empty piece
 /// (pushing nothing must be harmless) followed by a 1-byte one, so the split always progresses.
 fn pieces<'a>(data: &'a [u8], lens: &[usize]) -> Vec<&'a [u8]> {
@@ -71,6 +76,7 @@ proptest! {
         image in image(),
         codec in codec_strategy(),
         level in 0u8..=10,
+        window in window_strategy(),
         chunk_size in MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE / 8,
         signed in any::<bool>(),
         created in proptest::option::of(any::<u64>()),
@@ -79,6 +85,7 @@ proptest! {
         let mut opts = PackOptions::new("node", "ESP8266", Version::new(1, 2, 3));
         opts.codec = codec;
         opts.level = level;
+        opts.window = window;
         opts.chunk_size = chunk_size;
         opts.created = created;
         opts.signing_key = signed.then_some(&k);
@@ -95,6 +102,7 @@ proptest! {
         prop_assert_eq!(verified.image(), &image[..]);
 
         let m = parsed.manifest();
+        prop_assert_eq!(m.window, if codec == Codec::Deflate { window } else { 0 });
         let rejoined: Vec<u8> = (0..parsed.chunk_count())
             .flat_map(|i| parsed.chunk(i).unwrap_or_default().to_vec())
             .collect();
@@ -111,13 +119,19 @@ proptest! {
     fn stream_decoder_any_split_equals_original(
         image in image(),
         codec in codec_strategy(),
+        window in window_strategy(),
         lens in prop::collection::vec(0usize..3000, 1..16),
     ) {
-        let payload = match codec {
-            Codec::None => image.clone(),
-            Codec::Deflate => codec::deflate(&image, 6),
+        let (payload, window) = match codec {
+            Codec::None => (image.clone(), 0),
+            Codec::Deflate => (
+                codec::deflate(&image, 6, window).map_err(|e| TestCaseError::fail(e.to_string()))?,
+                window,
+            ),
         };
-        let mut decoder = StreamDecoder::new(codec, image.len() as u64);
+        // A decoder with exactly the window the stream was packed with.
+        let mut decoder = StreamDecoder::new(codec, window, image.len() as u64)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
         let mut out = Vec::new();
         for piece in pieces(&payload, &lens) {
             decoder
@@ -132,9 +146,11 @@ proptest! {
     fn stream_decoder_survives_garbage(
         garbage in prop::collection::vec(any::<u8>(), 0..4000),
         limit in 0u64..100_000,
+        window in window_strategy(),
         lens in prop::collection::vec(1usize..500, 1..8),
     ) {
-        let mut decoder = StreamDecoder::new(Codec::Deflate, limit);
+        let mut decoder = StreamDecoder::new(Codec::Deflate, window, limit)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
         let mut produced = 0u64;
         for piece in pieces(&garbage, &lens) {
             if decoder.push(piece, |b| produced += b.len() as u64).is_err() {

@@ -187,6 +187,18 @@ pub enum OtaEvent {
         /// Why.
         reason: String,
     },
+    /// A neighbour's CAPS show it cannot decode the campaign's payload (codec not listed, or
+    /// a smaller `window` than the manifest needs), so it is not offered the campaign. Once
+    /// per neighbour link and campaign. The driver can serve it otherwise (the stock flow,
+    /// or an artefact packed with a window it can hold).
+    PeerCannotDecode {
+        /// The neighbour.
+        peer: NodeId,
+        /// Campaign id.
+        campaign: u32,
+        /// Why, for a human.
+        reason: String,
+    },
     /// A downstream neighbour reported it has the whole image.
     PeerDone {
         /// The neighbour.
@@ -272,6 +284,12 @@ impl PluginEvent for OtaEvent {
             Self::VerifyFailed { campaign, reason } => {
                 json!({"event": "verify_failed", "campaign": campaign, "reason": reason})
             }
+            Self::PeerCannotDecode {
+                peer,
+                campaign,
+                reason,
+            } => json!({"event": "peer_cannot_decode", "peer": peer.0, "campaign": campaign,
+                        "reason": reason}),
             Self::PeerDone { peer, campaign } => {
                 json!({"event": "peer_done", "peer": peer.0, "campaign": campaign})
             }

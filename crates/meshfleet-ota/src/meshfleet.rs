@@ -12,6 +12,14 @@
 //! upstream only, and doubles `I` up to `Imax`; progress resets `I` to `Imin`. An upstream
 //! answers from its own store, and what it lacks itself is covered by its own NAK upstream,
 //! so NAK traffic is at most one message per link per interval: O(links), never O(nodes²).
+//!
+//! Each node advertises in its CAPS the codecs it decodes and the largest DEFLATE window it
+//! can give its decoder ([`MeshfleetConfig::max_window`]); the manifest says which window
+//! the payload needs. A sender (source or relay) offers a campaign only to the neighbours
+//! whose CAPS cover both, and reports the others ([`OtaEvent::PeerCannotDecode`],
+//! [`PeerProgress::cannot_decode`]) so that its driver can serve them another way (the stock
+//! flow, or an artefact packed with a smaller window). A receiver refuses an offer it cannot
+//! decode in any case, for a sender that ignores CAPS.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -72,6 +80,11 @@ pub struct MeshfleetConfig {
     pub binary: bool,
     /// Codecs we decode.
     pub codecs: Vec<Codec>,
+    /// The largest DEFLATE window we can give the decoder, bytes (advertised in CAPS as
+    /// `window`; offers whose manifest needs more are refused). Default 32768, the format's
+    /// largest: the decoder then takes [`meshfleet_firmware::decoder_footprint`] = 43,336
+    /// bytes. An ESP8266 (about 40 KB free) gives 8192 (18,760 bytes in all).
+    pub max_window: u32,
     /// Bytes we can stage (advertised in CAPS; larger payloads are refused).
     pub max_staging: u64,
     /// Accept offers that are not newer than the running version.
@@ -105,6 +118,7 @@ impl MeshfleetConfig {
             trusted_key: None,
             binary: true,
             codecs: vec![Codec::None, Codec::Deflate],
+            max_window: meshfleet_firmware::MAX_WINDOW,
             max_staging: 4 * 1024 * 1024,
             allow_downgrade: false,
             caps_timeout: Duration::from_secs(3),
@@ -194,6 +208,9 @@ struct Neighbour {
     /// It accepted (sent a NAK) for the campaign.
     accepted: bool,
     rejected: bool,
+    /// The campaign its CAPS show it cannot decode (codec not listed, or a smaller window
+    /// than the manifest needs): it was not offered that campaign.
+    cannot_decode: Option<u32>,
     done: bool,
     subtree_done: bool,
     tokens: f64,
@@ -255,6 +272,11 @@ pub struct PeerProgress {
     pub accepted: bool,
     /// It refused the offer.
     pub rejected: bool,
+    /// Its CAPS show it cannot decode the current campaign's payload (the codec is not among
+    /// its `codecs`, or its `window` is smaller than the manifest's), so it was not offered
+    /// the campaign ([`OtaEvent::PeerCannotDecode`]). A driver serves it another way: the
+    /// stock flow, or an artefact packed for it.
+    pub cannot_decode: bool,
     /// It reported holding the whole image.
     pub done: bool,
     /// It and everything behind it reported done.
@@ -449,6 +471,7 @@ impl MeshfleetOta {
                 offered: id.is_some() && n.offered == id,
                 accepted: n.accepted,
                 rejected: n.rejected,
+                cannot_decode: id.is_some() && n.cannot_decode == id,
                 done: n.done,
                 subtree_done: n.subtree_done,
                 chunks_sent: n.chunks_sent,
@@ -594,7 +617,7 @@ impl MeshfleetOta {
                 .iter()
                 .map(|c| c.name().to_string())
                 .collect(),
-            window: u32::try_from(meshfleet_firmware::DEFLATE_WINDOW_SIZE).unwrap_or(u32::MAX),
+            window: self.config.max_window,
             mem: self.config.max_staging,
             bin: self.config.binary,
             role: self.config.role.clone(),
@@ -631,6 +654,21 @@ impl MeshfleetOta {
         {
             return;
         }
+        // The sender's half of the per-node choice: an offer the neighbour would have to
+        // refuse for lack of a codec or memory is not made. Saying so once lets the driver
+        // reach it another way (`ota offer --strategy auto`: the stock flow's announce).
+        if let Some(reason) = cannot_decode_reason(caps, m) {
+            if n.cannot_decode != Some(c.id) {
+                n.cannot_decode = Some(c.id);
+                ctx.emit(Box::new(OtaEvent::PeerCannotDecode {
+                    peer: n.peer,
+                    campaign: c.id,
+                    reason,
+                }));
+            }
+            return;
+        }
+        n.cannot_decode = None;
         n.offered = Some(c.id);
         n.rejected = false;
         n.accepted = false;
@@ -928,6 +966,12 @@ impl MeshfleetOta {
         }
         if !self.config.codecs.contains(&m.codec) {
             return Some(format!("codec {} not supported", m.codec.name()));
+        }
+        if m.codec == Codec::Deflate && m.window > self.config.max_window {
+            return Some(format!(
+                "needs a {}-byte decompression window, this node can give {}",
+                m.window, self.config.max_window
+            ));
         }
         let staging = m
             .compressed_size
@@ -1391,6 +1435,27 @@ impl MeshfleetOta {
     }
 }
 
+/// Why a neighbour with these CAPS cannot decode the payload `m` describes, if it cannot:
+/// the codec is not among its `codecs`, or (DEFLATE) its `window` is smaller than the
+/// manifest's. The receiver would refuse such an offer itself (`refuse_reason`); the sender
+/// does not make it.
+fn cannot_decode_reason(caps: &Caps, m: &Manifest) -> Option<String> {
+    let codec = m.codec.name();
+    if !caps.codecs.iter().any(|c| c == codec) {
+        return Some(format!(
+            "it does not decode codec {codec} (it lists {})",
+            caps.codecs.join(", ")
+        ));
+    }
+    if m.codec == Codec::Deflate && caps.window < m.window {
+        return Some(format!(
+            "the payload needs a {}-byte decompression window, it can give {}",
+            m.window, caps.window
+        ));
+    }
+    None
+}
+
 impl Plugin for MeshfleetOta {
     fn name(&self) -> &'static str {
         "ota-meshfleet"
@@ -1451,6 +1516,7 @@ impl Plugin for MeshfleetOta {
                         want: Bitmap::new(0),
                         accepted: false,
                         rejected: false,
+                        cannot_decode: None,
                         done: false,
                         subtree_done: false,
                         tokens: 0.0,

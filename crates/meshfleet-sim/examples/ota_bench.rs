@@ -5,10 +5,16 @@
 //! cargo run -p meshfleet-sim --release --example ota_bench -- \
 //!     [--nodes 10,50,100,500,1000] [--loss 0,0.05,0.2] \
 //!     [--channel independent,airtime,geometric] \
-//!     [--strategy stock,stock_broadcasted,meshfleet] [--image-kib 1024] [--seed 1] \
-//!     [--cap-min 60] [--max-wall-s 1200] [--stock-max-nodes N] [--join-ms 50] \
+//!     [--strategy stock,stock_broadcasted,meshfleet] [--image-kib 1024] [--window 8192] \
+//!     [--seed 1] [--cap-min 60] [--max-wall-s 1200] [--stock-max-nodes N] [--join-ms 50] \
 //!     [--random-tree-from N] [--formation-cap-s 900] [--out DIR]
 //! ```
+//!
+//! `--window BYTES` (or `8K`): the DEFLATE window the meshfleet artefact is packed with, a
+//! power of two from 512 to 32768. The default, 8192, is what an ESP8266 receiver (the
+//! simulator's links are calibrated on ESP8266) can hold: its decoder takes 18.3 KiB, where
+//! the 32 KiB window's would take 42.3 KiB, more than the ~40 KB an ESP8266 has free
+//! (`crates/meshfleet-firmware/RESULTS.md`). It costs about 1.5 points of compression.
 //!
 //! `--random-tree-from N`: from N nodes on, the independent and airtime channels run on a
 //! random tree instead of the geometric placement (it forms in a fraction of the time).
@@ -48,6 +54,7 @@ struct Args {
     channels: Vec<String>,
     strategies: Vec<OtaStrategy>,
     image_kib: usize,
+    window: u32,
     seed: u64,
     cap: Duration,
     max_wall_s: f64,
@@ -76,6 +83,7 @@ fn parse_args() -> Args {
         channels: vec!["independent".into(), "airtime".into(), "geometric".into()],
         strategies: OtaStrategy::ALL.to_vec(),
         image_kib: 1024,
+        window: 8192,
         seed: 1,
         cap: Duration::from_secs(3600),
         max_wall_s: 1200.0,
@@ -96,6 +104,7 @@ fn parse_args() -> Args {
             "--channel" => a.channels = list(&v, |x| Some(x.to_owned())),
             "--strategy" => a.strategies = list(&v, OtaStrategy::from_label),
             "--image-kib" => a.image_kib = v.parse().unwrap_or_else(|_| die("bad --image-kib")),
+            "--window" => a.window = parse_window(&v),
             "--seed" => a.seed = v.parse().unwrap_or_else(|_| die("bad --seed")),
             "--cap-min" => {
                 a.cap = Duration::from_secs(
@@ -120,6 +129,23 @@ fn parse_args() -> Args {
         }
     }
     a
+}
+
+/// `--window`: bytes, or KiB with a `K`/`KiB` suffix; checked when the image is packed.
+fn parse_window(v: &str) -> u32 {
+    let lower = v.trim().to_ascii_lowercase();
+    let (digits, unit) = match lower
+        .strip_suffix("kib")
+        .or_else(|| lower.strip_suffix('k'))
+    {
+        Some(d) => (d, 1024),
+        None => (lower.as_str(), 1),
+    };
+    digits
+        .parse::<u32>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .unwrap_or_else(|| die(&format!("bad --window {v:?}: bytes, e.g. 8192 or 8K")))
 }
 
 /// 1 MiB (or `kib`) of real ESP8266 firmware, or synthetic firmware-like bytes.
@@ -411,14 +437,19 @@ fn main() {
     let a = parse_args();
     let (img, what) = image(a.image_kib);
     let base = OtaCampaign::new(OtaStrategy::Meshfleet, img)
+        .and_then(|c| c.with_window(a.window))
         .unwrap_or_else(|e| die(&format!("cannot pack the image: {e}")));
     let s = base.artefact().payload().len();
+    let m = base.artefact().manifest();
     println!(
-        "image: {what}; {} bytes, deflated payload S = {s} bytes ({:.3}), {} chunks of {} bytes",
+        "image: {what}; {} bytes, deflated payload S = {s} bytes ({:.3}) with a {}-byte window \
+         (decoder {} bytes), {} chunks of {} bytes",
         base.image().len(),
         s as f64 / base.image().len() as f64,
+        m.window,
+        m.decoder_footprint(),
         base.artefact().chunk_count(),
-        base.artefact().manifest().chunk_size
+        m.chunk_size
     );
     std::fs::create_dir_all(&a.out).unwrap_or_else(|e| die(&format!("{}: {e}", a.out.display())));
     let mut md = String::from(MD_HEAD);
@@ -454,7 +485,8 @@ fn main() {
         }
     }
     println!(
-        "\nwritten: {}/ota_bench.md, ota_bench.csv ({what})",
-        a.out.display()
+        "\nwritten: {}/ota_bench.md, ota_bench.csv ({what}; {}-byte window)",
+        a.out.display(),
+        a.window
     );
 }

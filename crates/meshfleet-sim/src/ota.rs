@@ -54,7 +54,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use meshfleet_firmware::{
     pack, Artefact, Codec, PackError, PackOptions, SigningKey, Version, VersionError,
-    STREAM_DECODER_FOOTPRINT,
 };
 use meshfleet_mesh::{
     Ctx, Duration, Event, Instant, LinkId, MeshChange, Node, NodeId, NodeTree, Plugin,
@@ -197,7 +196,9 @@ impl OtaCampaign {
     /// A campaign distributing `image` as version [`NEW_VERSION`] to nodes of role
     /// [`DEFAULT_ROLE`] on [`DEFAULT_HARDWARE`] running [`OLD_VERSION`], from node 1,
     /// started by hand ([`OtaRun::start`]) unless [`OtaCampaign::start_at`] is set. The
-    /// image is packed once (deflate, 1 KiB chunks, signed with [`test_signing_key`]).
+    /// image is packed once (deflate with the default 32 KiB window, 1 KiB chunks, signed
+    /// with [`test_signing_key`]); [`OtaCampaign::with_window`] packs it for smaller
+    /// receivers.
     pub fn new(strategy: OtaStrategy, image: Vec<u8>) -> Result<Self, OtaSetupError> {
         Self::for_target(strategy, image, DEFAULT_ROLE, DEFAULT_HARDWARE)
     }
@@ -209,13 +210,7 @@ impl OtaCampaign {
         role: &str,
         hardware: &str,
     ) -> Result<Self, OtaSetupError> {
-        let key = test_signing_key();
-        let mut opts = PackOptions::new(role, hardware, Version::parse(NEW_VERSION)?);
-        opts.codec = Codec::Deflate;
-        // Fixed, so that the artefact (and every run) is a pure function of the image.
-        opts.created = Some(1_767_225_600);
-        opts.signing_key = Some(&key);
-        let artefact = pack(&image, opts)?;
+        let artefact = pack_campaign(&image, role, hardware, meshfleet_firmware::DEFAULT_WINDOW)?;
         let offer = StockOffer::new(image.clone(), role, hardware, StockStyle::ALTERIOM)?;
         // What the receivers run: small (its content is never transferred) and different.
         let old_image: Vec<u8> = b"meshfleet-sim old firmware "
@@ -245,6 +240,24 @@ impl OtaCampaign {
             hardware: hardware.to_owned(),
             payload: Arc::new(payload),
         })
+    }
+
+    /// The same image and settings with the artefact packed again with a `window`-byte
+    /// DEFLATE window (a power of two from 512 to 32768; see
+    /// [`PackOptions::window`](meshfleet_firmware::PackOptions::window)): 8192 is what an
+    /// ESP8266 receiver can hold. The per-node memory in the report follows it.
+    pub fn with_window(mut self, window: u32) -> Result<Self, OtaSetupError> {
+        let p = &self.payload;
+        let artefact = pack_campaign(&p.image, &self.role, &self.hardware, window)?;
+        self.payload = Arc::new(Payload {
+            image: p.image.clone(),
+            artefact,
+            offer: p.offer.clone(),
+            new_info: p.new_info.clone(),
+            old_image: p.old_image.clone(),
+            old_info: p.old_info.clone(),
+        });
+        Ok(self)
     }
 
     /// The same image and settings with another strategy (the artefact is not packed again).
@@ -1009,18 +1022,37 @@ fn final_image(store: &MemStore, p: &Payload) -> FinalImage {
     }
 }
 
+/// The campaign's artefact: deflate with `window`, 1 KiB chunks, signed with
+/// [`test_signing_key`], created at a fixed time so that the artefact (and every run) is a
+/// pure function of the image.
+fn pack_campaign(
+    image: &[u8],
+    role: &str,
+    hardware: &str,
+    window: u32,
+) -> Result<Artefact, OtaSetupError> {
+    let key = test_signing_key();
+    let mut opts = PackOptions::new(role, hardware, Version::parse(NEW_VERSION)?);
+    opts.codec = Codec::Deflate;
+    opts.window = window;
+    opts.created = Some(1_767_225_600);
+    opts.signing_key = Some(&key);
+    Ok(pack(image, opts)?)
+}
+
 /// RAM a meshfleet receiver needs for the update, bytes: the larger of the OFFER phase (the
 /// OFFER frame being parsed: the lean manifest) and the transfer phase (the DEFLATE
-/// decoder's window and tables, one chunk frame, its own unit bitmap and one "wanted"
-/// bitmap per downstream neighbour). Staged chunks, the chunk table's hash pages (a chunk
-/// is checked against its 16-byte entry read back from flash) and the image go to flash,
-/// not RAM.
+/// decoder for the artefact's window: the window and the inflater's tables; one chunk
+/// frame, its own unit bitmap and one "wanted" bitmap per downstream neighbour). Staged
+/// chunks, the chunk table's hash pages (a chunk is checked against its 16-byte entry read
+/// back from flash) and the image go to flash, not RAM.
 fn meshfleet_memory(m: &meshfleet_firmware::Manifest, children: u32, offer_frame: u64) -> u64 {
     let units = meshfleet_ota::proto::Layout::of(m).units();
     let bitmap = u64::from(units).div_ceil(8);
+    // Codec none passes chunks straight to the slot: no decoder buffers to count.
     let decoder = match m.codec {
-        Codec::Deflate => STREAM_DECODER_FOOTPRINT as u64,
-        _ => 0,
+        Codec::Deflate => m.decoder_footprint() as u64,
+        Codec::None => 0,
     };
     let frame = u64::from(m.chunk_size) + BINARY_CHUNK_HEADER as u64 + 5;
     let transfer = decoder + frame + bitmap * (1 + u64::from(children));
@@ -1275,9 +1307,40 @@ mod tests {
     fn synthetic_image_compresses_like_firmware() {
         let img = synthetic_image(256 * 1024, 3);
         assert_eq!(img, synthetic_image(256 * 1024, 3));
-        let z = meshfleet_firmware::codec::deflate(&img, 9);
+        let z = meshfleet_firmware::codec::deflate(&img, 9, meshfleet_firmware::MAX_WINDOW)
+            .unwrap_or_default();
         let ratio = z.len() as f64 / img.len() as f64;
         assert!((0.62..0.70).contains(&ratio), "{ratio}");
+    }
+
+    #[test]
+    fn per_node_memory_follows_the_artefact_window() {
+        let img = synthetic_image(64 * 1024, 5);
+        let wide = OtaCampaign::new(OtaStrategy::Meshfleet, img).unwrap_or_else(|e| panic!("{e}"));
+        let narrow = wide
+            .clone()
+            .with_window(8192)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (mw, mn) = (wide.artefact().manifest(), narrow.artefact().manifest());
+        assert_eq!((mw.window, mn.window), (32768, 8192));
+        assert_eq!(narrow.image(), wide.image());
+        // The transfer phase (2 children: 3 bitmaps) dominates for this image: the decoder
+        // for the artefact's window, one chunk frame and the unit bitmaps (the chunk table
+        // stays in flash).
+        for m in [mw, mn] {
+            let units = u64::from(m.chunk_count + m.page_count());
+            assert_eq!(
+                meshfleet_memory(m, 2, 0),
+                m.decoder_footprint() as u64 + 1024 + 15 + 3 * units.div_ceil(8),
+                "window {}",
+                m.window
+            );
+        }
+        assert_eq!(mw.decoder_footprint() - mn.decoder_footprint(), 24_576);
+        assert!(
+            narrow.clone().with_window(1000).is_err(),
+            "not a power of two"
+        );
     }
 
     #[test]

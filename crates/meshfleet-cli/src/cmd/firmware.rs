@@ -14,9 +14,10 @@ Examples:
   # Once: a signing key (keep fleet.key secret; give fleet.pub to the nodes)
   meshfleet firmware keygen --out fleet.key
 
-  # Pack and sign an ESP8266 image for the nodes with role `sensor`
+  # Pack and sign an ESP8266 image for the nodes with role `sensor`; an 8 KiB window
+  # keeps the receiver's decompressor at 18 KiB of RAM (the default 32 KiB needs 42 KiB)
   meshfleet firmware pack build/firmware.bin --role sensor --hardware ESP8266 \\
-      --version 1.4.2 --sign fleet.key --out sensor-1.4.2.mfw
+      --version 1.4.2 --window 8K --sign fleet.key --out sensor-1.4.2.mfw
 
   # What is inside (add --json for scripts)
   meshfleet firmware inspect sensor-1.4.2.mfw
@@ -62,12 +63,17 @@ enum FirmwareCommand {
         /// that trust a key.
         #[arg(long, value_name = "KEY")]
         sign: Option<PathBuf>,
-        /// Payload codec: `deflate` (default; raw DEFLATE, 32 KiB window) or `none`.
+        /// Payload codec: `deflate` (default; raw DEFLATE) or `none`.
         #[arg(long, default_value = "deflate")]
         codec: String,
         /// Compression level 0..=10.
         #[arg(long, default_value_t = meshfleet_firmware::DEFAULT_LEVEL)]
         level: u8,
+        /// DEFLATE window: bytes (or with a K/KiB suffix, e.g. `8K`), a power of two from 512
+        /// to 32768. Receivers need this much RAM plus ~10 KiB of tables to decompress:
+        /// 8K suits an ESP8266; the default, 32K, compresses best. Ignored with --codec none.
+        #[arg(long, value_name = "BYTES", default_value = "32768", value_parser = parse_window)]
+        window: u32,
         /// Bytes of payload per transmitted chunk (64..=32768).
         #[arg(long, default_value_t = meshfleet_firmware::DEFAULT_CHUNK_SIZE)]
         chunk_size: u32,
@@ -101,7 +107,7 @@ enum FirmwareCommand {
 pub(crate) fn run(args: Args, _ctx: &Context) -> anyhow::Result<()> {
     match args.command {
         FirmwareCommand::Keygen { out, public } => keygen(&out, public),
-        FirmwareCommand::Pack { image, role, hardware, version, sign, codec, level, chunk_size, out } => {
+        FirmwareCommand::Pack { image, role, hardware, version, sign, codec, level, window, chunk_size, out } => {
             let version = Version::parse(&version).map_err(|e| usage(format!("--version: {e}")))?;
             let codec = Codec::from_name(&codec)
                 .ok_or_else(|| usage(format!("--codec: unknown codec {codec:?} (use deflate or none)")))?;
@@ -110,6 +116,7 @@ pub(crate) fn run(args: Args, _ctx: &Context) -> anyhow::Result<()> {
             let mut opts = PackOptions::new(role, hardware, version);
             opts.codec = codec;
             opts.level = level;
+            opts.window = window;
             opts.chunk_size = chunk_size;
             opts.signing_key = key.as_ref();
             opts.created = std::time::SystemTime::now()
@@ -121,7 +128,7 @@ pub(crate) fn run(args: Args, _ctx: &Context) -> anyhow::Result<()> {
             write_new(&out, &bytes)?;
             let m = artefact.manifest();
             println!(
-                "wrote {}: {} {} {} — {} bytes raw, {} bytes {} ({:.1}%), {} chunks, {}",
+                "wrote {}: {} {} {} — {} bytes raw, {} bytes {} ({:.1}%{}), {} chunks, {}",
                 out.display(),
                 m.role,
                 m.hardware,
@@ -130,6 +137,7 @@ pub(crate) fn run(args: Args, _ctx: &Context) -> anyhow::Result<()> {
                 m.compressed_size,
                 m.codec.name(),
                 100.0 * m.compressed_size as f64 / m.size.max(1) as f64,
+                window_note(m),
                 m.chunk_count,
                 if m.signature.is_some() { "signed" } else { "unsigned" }
             );
@@ -137,6 +145,34 @@ pub(crate) fn run(args: Args, _ctx: &Context) -> anyhow::Result<()> {
         }
         FirmwareCommand::Inspect { file, json } => inspect(&file, json),
         FirmwareCommand::Verify { file, key, json } => verify(&file, key.as_deref(), json),
+    }
+}
+
+/// `--window BYTES`: plain bytes or with a `K`/`KiB` suffix (1024 bytes), a valid DEFLATE
+/// window (a power of two from 512 to 32768). Also `meshfleet node --ota-window`.
+pub(crate) fn parse_window(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let lower = t.to_ascii_lowercase();
+    let (digits, unit) = match lower.strip_suffix("kib").or_else(|| lower.strip_suffix('k')) {
+        Some(d) => (d.trim_end(), 1024),
+        None => (lower.as_str(), 1),
+    };
+    let window = digits
+        .parse::<u32>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or_else(|| format!("{s:?} is not a size in bytes (e.g. 8192 or 8K)"))?;
+    Codec::Deflate
+        .check_window(window)
+        .map_err(|e| e.to_string())?;
+    Ok(window)
+}
+
+/// ", 8 KiB window" for a deflate payload; nothing for `none`.
+fn window_note(m: &meshfleet_firmware::Manifest) -> String {
+    match m.codec {
+        Codec::Deflate => format!(", {} KiB window", f64::from(m.window) / 1024.0),
+        Codec::None => String::new(),
     }
 }
 
@@ -171,6 +207,8 @@ fn inspect(file: &Path, as_json: bool) -> anyhow::Result<()> {
         if let Some(o) = v.as_object_mut() {
             o.insert("ratio".into(), json!(m.compressed_size as f64 / m.size.max(1) as f64));
             o.insert("file_bytes".into(), json!(a.to_bytes().len()));
+            // What a receiver must be able to give its decompressor (this host's figure).
+            o.insert("decoder_bytes".into(), json!(m.decoder_footprint()));
         }
         println!("{v}");
         return Ok(());
@@ -188,6 +226,14 @@ fn inspect(file: &Path, as_json: bool) -> anyhow::Result<()> {
         m.codec.name(),
         100.0 * m.compressed_size as f64 / m.size.max(1) as f64
     );
+    match m.codec {
+        Codec::Deflate => println!(
+            "window:      {} bytes (the receiver's decompressor needs {} bytes of RAM)",
+            m.window,
+            m.decoder_footprint()
+        ),
+        Codec::None => println!("window:      0 (nothing to decompress)"),
+    }
     println!("chunks:      {} x {} bytes", m.chunk_count, m.chunk_size);
     if let Some(created) = m.created {
         println!("created:     {created} (Unix seconds)");

@@ -24,6 +24,7 @@ use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
 use tracing::{info, warn};
 
+use crate::cmd::firmware::parse_window;
 use crate::cmd::ota::receiver::{Controller, OtaLine, OtaReceiver, ReceiverOptions};
 use crate::context::{tokio_runtime, usage, Context};
 
@@ -74,7 +75,10 @@ booted. If the hook fails for a new image, the update is rolled back at once and
 runs again for the previous image. At every start the node prints its boot \
 decision ({\"event\":\"ota_boot\",\"reason\":\"start\",...}) and any transfer it resumes \
 ({\"event\":\"ota_resume\",...}). Transfer events are plugin events \
-({\"event\":\"plugin\",\"plugin\":\"ota-receiver\",\"data\":{\"event\":\"progress\",...}}).";
+({\"event\":\"plugin\",\"plugin\":\"ota-receiver\",\"data\":{\"event\":\"progress\",...}}). \
+--ota-window caps the DEFLATE window the node gives its decompressor (advertised to its \
+neighbours, which then do not offer artefacts packed with a larger one; such an offer is \
+refused): 8K is what an ESP8266 can afford; the default, 32K, takes any artefact.";
 
 const AFTER_LONG_HELP: &str = "\
 Examples:
@@ -173,6 +177,17 @@ pub(crate) struct Args {
     #[arg(long, value_name = "SECS", help_heading = "OTA receiving")]
     ota_confirm_after: Option<u64>,
 
+    /// Largest DEFLATE window this node gives its decompressor: bytes or with a K/KiB
+    /// suffix (e.g. 8K), a power of two from 512 to 32768 (default). Artefacts packed with a
+    /// larger `--window` are not offered to it (and refused if they are).
+    #[arg(
+        long,
+        value_name = "BYTES",
+        value_parser = parse_window,
+        help_heading = "OTA receiving"
+    )]
+    ota_window: Option<u32>,
+
     /// Pacing of the OTA chunks this node relays, bytes per second per link (tests).
     #[arg(long, hide = true, value_name = "BYTES_PER_S")]
     ota_rate: Option<u64>,
@@ -186,6 +201,25 @@ pub(crate) enum OtaProto {
     Meshfleet,
     /// The painlessMesh library's stock OTA (unsigned; checked by MD5).
     Stock,
+}
+
+/// A window size in the config file: bytes (`ota-window = 8192`) or as on the command line
+/// (`ota-window = "8K"`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum WindowSetting {
+    Bytes(u32),
+    Text(String),
+}
+
+impl WindowSetting {
+    fn resolve(self) -> anyhow::Result<u32> {
+        let text = match self {
+            Self::Bytes(n) => n.to_string(),
+            Self::Text(t) => t,
+        };
+        parse_window(&text).map_err(|e| usage(format!("ota-window in the config file: {e}")))
+    }
 }
 
 /// The `[node]` table of the config file: defaults for the flags, same names.
@@ -206,6 +240,7 @@ struct NodeDefaults {
     ota_accept: Vec<OtaProto>,
     ota_hook: Option<String>,
     ota_confirm_after: Option<u64>,
+    ota_window: Option<WindowSetting>,
 }
 
 /// Default `--ota-confirm-after`.
@@ -254,6 +289,10 @@ impl Options {
             }
             runtime.queue_cap = cap;
         }
+        let window = match args.ota_window {
+            Some(w) => Some(w),
+            None => defaults.ota_window.map(WindowSetting::resolve).transpose()?,
+        };
         let ota = OtaFlags {
             dir: args.ota_dir.or(defaults.ota_dir),
             role: args.ota_role.or(defaults.ota_role),
@@ -266,6 +305,7 @@ impl Options {
             },
             hook: args.ota_hook.or(defaults.ota_hook),
             confirm_after: args.ota_confirm_after.or(defaults.ota_confirm_after),
+            window,
             rate: args.ota_rate,
         }
         .resolve()?;
@@ -287,6 +327,8 @@ struct OtaFlags {
     accept: Vec<OtaProto>,
     hook: Option<String>,
     confirm_after: Option<u64>,
+    /// A valid DEFLATE window (checked when parsed).
+    window: Option<u32>,
     rate: Option<u64>,
 }
 
@@ -299,6 +341,7 @@ impl OtaFlags {
                 || !self.accept.is_empty()
                 || self.hook.is_some()
                 || self.confirm_after.is_some()
+                || self.window.is_some()
                 || self.rate.is_some();
             if given {
                 return Err(usage("the --ota-* options need --ota-dir DIR"));
@@ -355,6 +398,7 @@ impl OtaFlags {
             confirm_after: Duration::from_secs(
                 self.confirm_after.unwrap_or(DEFAULT_CONFIRM_AFTER),
             ),
+            max_window: self.window.unwrap_or(meshfleet_firmware::MAX_WINDOW),
             link_rate: self.rate,
         }))
     }
@@ -1046,6 +1090,7 @@ mod tests {
             accept: Vec::new(),
             hook: None,
             confirm_after: None,
+            window: None,
             rate: None,
         }
     }
@@ -1085,6 +1130,47 @@ mod tests {
         let mut f = ota_flags(Some("ota"));
         f.rate = Some(0);
         assert!(f.resolve().is_err());
+        // The window: 32 KiB unless given; not without --ota-dir.
+        assert_eq!(ota_flags(Some("ota")).resolve().unwrap().unwrap().max_window, 32768);
+        let mut f = ota_flags(Some("ota"));
+        f.window = Some(8192);
+        assert_eq!(f.resolve().unwrap().unwrap().max_window, 8192);
+        let mut f = ota_flags(None);
+        (f.role, f.hardware, f.window) = (None, None, Some(8192));
+        assert!(f.resolve().is_err());
+    }
+
+    #[test]
+    fn ota_window_flag_and_config() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            node: Args,
+        }
+        let parse = |a: &[&str]| Cli::try_parse_from([&["node"], a].concat()).map(|c| c.node);
+        assert_eq!(parse(&["--ota-window", "8K"]).unwrap().ota_window, Some(8192));
+        assert_eq!(parse(&["--ota-window", "4096"]).unwrap().ota_window, Some(4096));
+        let e = parse(&["--ota-window", "5000"]).err().unwrap().to_string();
+        assert!(e.contains("power of two from 512 to 32768"), "{e}");
+
+        let args = || parse(&["--node-id", "5", "--ota-role", "sensor"]).unwrap();
+        let file = |t: &str| toml::from_str::<NodeDefaults>(t).unwrap();
+        let base = "ota-dir = \"/var/lib/ota\"\nota-hardware = \"ESP8266\"\n";
+        for (line, want) in [("ota-window = \"8K\"", 8192), ("ota-window = 16384", 16384)] {
+            let o = Options::resolve(args(), file(&format!("{base}{line}"))).unwrap();
+            assert_eq!(o.ota.unwrap().max_window, want, "{line}");
+        }
+        // The flag wins over the file.
+        let mut a = args();
+        a.ota_window = Some(1024);
+        let o = Options::resolve(a, file(&format!("{base}ota-window = \"8K\""))).unwrap();
+        assert_eq!(o.ota.unwrap().max_window, 1024);
+        let e = Options::resolve(args(), file(&format!("{base}ota-window = 6000")))
+            .err()
+            .unwrap();
+        assert!(e.downcast_ref::<crate::context::UsageError>().is_some());
+        assert!(e.to_string().contains("ota-window in the config file"), "{e}");
     }
 
     #[test]
@@ -1109,6 +1195,7 @@ mod tests {
             ota_accept: Vec::new(),
             ota_hook: None,
             ota_confirm_after: None,
+            ota_window: None,
             ota_rate: None,
         };
         let o = Options::resolve(args, file).unwrap().ota.unwrap();
@@ -1152,6 +1239,7 @@ mod tests {
             ota_accept: Vec::new(),
             ota_hook: None,
             ota_confirm_after: None,
+            ota_window: None,
             ota_rate: None,
         };
         let file: NodeDefaults = toml::from_str(

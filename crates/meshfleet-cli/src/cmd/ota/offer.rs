@@ -47,6 +47,13 @@ auto (the default): both at once. meshfleet neighbours get the meshfleet protoco
 nodes the stock flow; meshfleet nodes that also accept stock updates prefer the meshfleet \
 transfer.
 
+The meshfleet protocol picks per node: a meshfleet node whose capabilities show it cannot \
+decode the artefact (a smaller decompression window than the artefact was packed with, see \
+`firmware pack --window`, or a codec it lacks) is not offered it, neither by this node nor \
+by a relay; a direct neighbour in that case is reported as skipped, with the reason. With \
+auto such a node gets the stock flow like a stock node, if it accepts stock updates (a node \
+that trusts a signing key does not); with broadcast it is not updated.
+
 Progress: one bar per node that started fetching (parts or chunks sent / total) on stderr \
 when it is a terminal, plain lines otherwise. In the broadcast strategy the bars are the \
 direct neighbours only: they relay to the rest of the mesh. At the end a summary (a table \
@@ -56,7 +63,7 @@ With --json stdout carries one JSON object per line: {\"event\":\"offer_started\
 {\"event\":\"listening\",...} (with --listen), every OTA event of the sending plugins \
 (e.g. {\"event\":\"part_served\",\"plugin\":\"ota-stock-sender\",\"node\":2001,\"part\":7,...}, \
 {\"event\":\"peer_done\",\"plugin\":\"ota-meshfleet\",...}) and the summary \
-{\"event\":\"summary\",\"nodes\":[{\"nodeId\":..,\"status\":\"updated|in_progress|failed\",\
+{\"event\":\"summary\",\"nodes\":[{\"nodeId\":..,\"status\":\"updated|in_progress|failed|skipped\",\
 \"bytes\":..,\"seconds\":..}],\"bytes_sent\":..,\"duration_s\":..}. A stock node counts as \
 updated once it got the last part (it checks the MD5 itself).
 
@@ -252,6 +259,8 @@ impl Plan {
 
 /// What is offered, as the summary and the bars need it.
 struct Offered {
+    /// The stock flow runs too (`auto`): it serves nodes that cannot decode the artefact.
+    stock_flow: bool,
     chunks: u32,
     parts: u32,
     part_size: u32,
@@ -336,6 +345,7 @@ fn build_node(plan: &Plan) -> anyhow::Result<(Node, Offered, Value)> {
         "forced": plan.forced,
     });
     let offered = Offered {
+        stock_flow: plan.strategy.stock(),
         // Bars count transfer units: the chunks and the hash pages sent with them.
         chunks: meshfleet_ota::proto::Layout::of(&m).units(),
         parts,
@@ -512,6 +522,8 @@ enum Status {
     InProgress,
     Updated,
     Failed,
+    /// Not offered: it cannot decode the artefact (meshfleet only).
+    Skipped,
 }
 
 impl Status {
@@ -520,6 +532,7 @@ impl Status {
             Self::InProgress => "in_progress",
             Self::Updated => "updated",
             Self::Failed => "failed",
+            Self::Skipped => "skipped",
         }
     }
 }
@@ -586,6 +599,7 @@ impl NodeRecord {
 }
 
 struct Tracker {
+    stock_flow: bool,
     started: Instant,
     last_activity: Instant,
     nodes: BTreeMap<Key, NodeRecord>,
@@ -607,6 +621,7 @@ impl Tracker {
     fn new(o: &Offered) -> Self {
         let now = Instant::now();
         Self {
+            stock_flow: o.stock_flow,
             started: now,
             last_activity: now,
             nodes: BTreeMap::new(),
@@ -643,7 +658,7 @@ impl Tracker {
         // Announces and capability exchanges happen whether or not anybody fetches.
         if !matches!(
             event,
-            "announce_sent" | "caps_received" | "neighbour_is_stock"
+            "announce_sent" | "caps_received" | "neighbour_is_stock" | "peer_cannot_decode"
         ) {
             self.last_activity = Instant::now();
         }
@@ -676,6 +691,22 @@ impl Tracker {
                 r.set_status(Status::Failed);
                 display.update((n, Via::Meshfleet), r);
             }
+            "peer_cannot_decode" => {
+                let Some(n) = node("peer") else { return };
+                let why = data["reason"].as_str().unwrap_or("unknown reason");
+                let r = self.record((n, Via::Meshfleet));
+                r.reason = Some(format!("cannot decode this artefact: {why}"));
+                r.set_status(Status::Skipped);
+                display.update((n, Via::Meshfleet), r);
+                display.note(&format!(
+                    "node {n} cannot decode this artefact ({why}): {}",
+                    if self.stock_flow {
+                        "the stock flow serves it if it accepts stock updates"
+                    } else {
+                        "not offered (--strategy auto would serve it the stock flow)"
+                    }
+                ));
+            }
             "peer_done" => {
                 let Some(n) = node("peer") else { return };
                 let r = self.record((n, Via::Meshfleet));
@@ -706,7 +737,8 @@ impl Tracker {
             counters.1 = stats.naks_received;
             bytes += stats.chunk_bytes_sent;
             for p in peers {
-                let engaged = p.accepted || p.rejected || p.done || p.chunks_sent > 0;
+                let engaged =
+                    p.accepted || p.rejected || p.done || p.cannot_decode || p.chunks_sent > 0;
                 if p.stock || !engaged {
                     continue;
                 }
@@ -724,6 +756,10 @@ impl Tracker {
                     r.set_status(Status::Updated);
                 } else if p.rejected {
                     r.set_status(Status::Failed);
+                } else if p.cannot_decode {
+                    r.reason
+                        .get_or_insert_with(|| "cannot decode this artefact".to_owned());
+                    r.set_status(Status::Skipped);
                 }
                 display.update(key, r);
             }
@@ -815,11 +851,12 @@ fn print_table(s: &Summary) {
     }
     let count = |st: &str| s.nodes.iter().filter(|n| n.status == st).count();
     lines.push(format!(
-        "{} node(s): {} updated, {} in progress, {} failed; {} bytes sent in {:.1} s",
+        "{} node(s): {} updated, {} in progress, {} failed, {} skipped; {} bytes sent in {:.1} s",
         s.nodes.len(),
         count("updated"),
         count("in_progress"),
         count("failed"),
+        count("skipped"),
         s.bytes_sent,
         s.duration_s
     ));
@@ -908,6 +945,10 @@ impl Display {
                         "failed: {}",
                         r.reason.as_deref().unwrap_or("refused")
                     )),
+                    Status::Skipped => bar.abandon_with_message(format!(
+                        "skipped: {}",
+                        r.reason.as_deref().unwrap_or("cannot decode this artefact")
+                    )),
                 }
             }
             Self::Lines { reported } => {
@@ -923,6 +964,10 @@ impl Display {
                     Status::Failed => format!(
                         "{who}: failed: {}",
                         r.reason.as_deref().unwrap_or("refused")
+                    ),
+                    Status::Skipped => format!(
+                        "{who}: skipped: {}",
+                        r.reason.as_deref().unwrap_or("cannot decode this artefact")
                     ),
                     Status::InProgress if before.is_none() => {
                         format!("{who}: fetching {} {}", r.total, via.unit())
@@ -956,6 +1001,7 @@ mod tests {
 
     fn tracker() -> Tracker {
         Tracker::new(&Offered {
+            stock_flow: true,
             chunks: 10,
             parts: 3,
             part_size: 1024,
@@ -1015,6 +1061,46 @@ mod tests {
         assert_eq!(v["nodes"][0]["reason"], "downgrade refused");
         assert_eq!(v["nodes"][1]["status"], "updated");
         assert!(v["bytes_sent"].is_u64() && v["duration_s"].is_f64());
+    }
+
+    #[test]
+    fn a_neighbour_that_cannot_decode_is_skipped_with_the_reason() {
+        let mut t = tracker();
+        let mut d = Display::Lines {
+            reported: BTreeMap::new(),
+        };
+        t.on_event(
+            "ota-meshfleet",
+            &json!({"event": "peer_cannot_decode", "peer": 5, "campaign": 1,
+                    "reason": "the payload needs a 32768-byte decompression window, it can give 8192"}),
+            &mut d,
+        );
+        // The stock flow then serves it like a stock node.
+        for part in 0..3 {
+            let ev = json!({"event": "part_served", "node": 5, "part": part, "no_part": 3,
+                            "served": part + 1});
+            t.on_event("ota-stock-sender", &ev, &mut d);
+        }
+        t.on_event(
+            "ota-stock-sender",
+            &json!({"event": "node_completed", "node": 5, "took_ms": 900}),
+            &mut d,
+        );
+        let v = serde_json::to_value(t.summary("idle")).unwrap();
+        let nodes = v["nodes"].as_array().unwrap();
+        assert_eq!(nodes.len(), 2, "{v}");
+        assert_eq!(
+            (&nodes[0]["via"], &nodes[0]["status"]),
+            (&json!("meshfleet"), &json!("skipped"))
+        );
+        assert!(nodes[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("32768-byte decompression window, it can give 8192"));
+        assert_eq!(
+            (&nodes[1]["via"], &nodes[1]["status"]),
+            (&json!("stock"), &json!("updated"))
+        );
     }
 
     #[test]

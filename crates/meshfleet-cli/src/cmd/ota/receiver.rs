@@ -70,6 +70,8 @@ pub(crate) struct ReceiverOptions {
     pub(crate) hook: Option<String>,
     /// Healthy running time before a trial image is confirmed.
     pub(crate) confirm_after: Duration,
+    /// Largest DEFLATE window we give the decoder (advertised in CAPS).
+    pub(crate) max_window: u32,
     /// Pacing of the chunks we relay, bytes per second per link (tests).
     pub(crate) link_rate: Option<u64>,
 }
@@ -175,6 +177,7 @@ impl OtaReceiver {
             config.running.clone_from(&running);
             config.on_trial = decision.trial;
             config.trusted_key = opts.key;
+            config.max_window = opts.max_window;
             if let Some(rate) = opts.link_rate {
                 config.link_rate = rate;
             }
