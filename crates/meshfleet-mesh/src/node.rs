@@ -1061,6 +1061,12 @@ impl Core {
             .time_sync_interval
             .unwrap_or(self.config.time_sync_unsynced_interval);
         let Some(remote) = l.tree.as_ref() else {
+            // Not synced yet (a TIME_SYNC moved the timer before the first node sync was
+            // accepted): nobody knows who adopts whose time. Stop the timer rather than
+            // leave it due (the driver would call us at this instant for ever); the first
+            // node sync starts it, as the library enables its time-sync task on a new
+            // connection.
+            self.links[idx].set(LinkTimer::TimeSync, None);
             return;
         };
         let (remote_id, remote_authority, remote_size) =

@@ -463,3 +463,39 @@ fn a_layout_change_during_a_first_sync_reaches_the_new_peer_at_once() {
     assert_eq!(net.nodes[a].nodes(), vec![NodeId(2), NodeId(3)]);
     assert_eq!(net.nodes[c].nodes(), vec![NodeId(1), NodeId(2)]);
 }
+
+#[test]
+fn a_time_sync_before_the_first_node_sync_does_not_spin_the_timer() {
+    // A TIME_SYNC can arrive on a link whose first node sync has not been accepted (one
+    // that was slow, or refused: a tree deeper than MAX_TREE_DEPTH). It moves the link's
+    // time-sync timer; when that timer comes due there is no peer tree to decide who
+    // adopts whose time. The timer must not stay due with nothing to do, or a driver that
+    // calls handle_timeout when poll_timeout says so spins at that instant for ever.
+    for msg in [
+        r#"{"type":-1}"#,
+        r#"{"type":1,"t0":5}"#,
+        r#"{"type":2,"t0":5,"t1":6,"t2":7}"#,
+    ] {
+        let (mut n, l) = scripted(21);
+        feed(
+            &mut n,
+            l,
+            &format!(r#"{{"type":4,"dest":21,"from":7,"msg":{msg}}}"#),
+        );
+        let mut now = Instant::from_micros(1_000);
+        let mut calls = 0;
+        while let Some(at) = n.poll_timeout() {
+            if at > now + Duration::from_secs(3600) {
+                break;
+            }
+            assert!(calls < 100, "{msg}: the timer never moves past {at:?}");
+            now = now.max(at);
+            n.handle_timeout(now);
+            while n.poll_transmit().is_some() {}
+            calls += 1;
+        }
+        // The link is still open and its first node sync still works (the AP's own
+        // request is due after ap_first_sync_delay; a silent peer is closed later).
+        assert!(calls > 0, "{msg}");
+    }
+}

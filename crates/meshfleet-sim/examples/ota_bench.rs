@@ -7,7 +7,7 @@
 //!     [--channel independent,airtime,geometric] \
 //!     [--strategy stock,stock_broadcasted,meshfleet] [--image-kib 1024] [--window 8192] \
 //!     [--seed 1] [--cap-min 60] [--max-wall-s 1200] [--stock-max-nodes N] [--join-ms 50] \
-//!     [--random-tree-from N] [--formation-cap-s 900] [--out DIR]
+//!     [--random-tree-from N] [--form-independent-from N] [--formation-cap-s 900] [--out DIR]
 //! ```
 //!
 //! `--window BYTES` (or `8K`): the DEFLATE window the meshfleet artefact is packed with, a
@@ -18,9 +18,18 @@
 //!
 //! `--random-tree-from N`: from N nodes on, the independent and airtime channels run on a
 //! random tree instead of the geometric placement (it forms in a fraction of the time).
-//! `--max-wall-s`: a cell still running after that much wall time is stopped and reported
-//! as such (never silently). `--stock-max-nodes`: stock cells above that size are skipped,
-//! and the row says so. `OTA_BENCH_DEBUG=1` prints formation progress, counters and drops.
+//! `--form-independent-from N`: from N nodes on, a geometric-channel cell forms its mesh
+//! under the independent channel model (the same placement, so the same radio links and the
+//! same candidate parents) and switches to the geometric model
+//! ([`Simulation::set_channel`]) when the campaign starts, at the same moment as the loss:
+//! every campaign frame is sent under the geometric model. Forming under it does not finish
+//! at 500-1,000 nodes (node-sync frames of ~15-30 KB silence whole neighbourhoods while the
+//! tree changes under them); what it forms is still a tree over the same placement, but
+//! not necessarily the same tree (formation timing decides some parents).
+//! `--max-wall-s`: a cell still running (forming or distributing) after that much wall time
+//! is stopped and reported as such (never silently). `--stock-max-nodes`: stock cells above
+//! that size are skipped, and the row says so. `OTA_BENCH_DEBUG=1` prints formation
+//! progress, counters and drops.
 //!
 //! Every cell: a geometric placement (ESP8266: 50 m radio range, at most 4 stations per
 //! access point, one node per ~1,000 m², as `meshfleet sim --demo`), one join every 50 ms
@@ -42,7 +51,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant as Wall;
 
 use meshfleet_mesh::Duration;
-use meshfleet_sim::ota::{synthetic_image, OtaCampaign, OtaReport, OtaStrategy};
+use meshfleet_sim::ota::{synthetic_image, MonteCarlo, OtaCampaign, OtaReport, OtaStrategy};
 use meshfleet_sim::{
     ChannelModel, Formation, LinkChange, LinkParams, Scenario, SimEvent, Simulation, Topology,
     ESP8266_MAX_CONN,
@@ -62,6 +71,7 @@ struct Args {
     formation_cap: Duration,
     join_ms: u64,
     random_tree_from: Option<u32>,
+    form_independent_from: Option<u32>,
     out: PathBuf,
 }
 
@@ -91,6 +101,7 @@ fn parse_args() -> Args {
         formation_cap: Duration::from_secs(900),
         join_ms: 50,
         random_tree_from: None,
+        form_independent_from: None,
         out: PathBuf::from("target/ota_bench"),
     };
     let mut it = std::env::args().skip(1);
@@ -122,6 +133,12 @@ fn parse_args() -> Args {
             "--random-tree-from" => {
                 a.random_tree_from =
                     Some(v.parse().unwrap_or_else(|_| die("bad --random-tree-from")));
+            }
+            "--form-independent-from" => {
+                a.form_independent_from = Some(
+                    v.parse()
+                        .unwrap_or_else(|_| die("bad --form-independent-from")),
+                );
             }
             "--join-ms" => a.join_ms = v.parse().unwrap_or_else(|_| die("bad --join-ms")),
             "--out" => a.out = PathBuf::from(v),
@@ -228,11 +245,17 @@ fn scenario(n: u32, ch: &str, a: &Args) -> Scenario {
         }
     };
     let (seed, join_ms) = (a.seed, a.join_ms);
+    // Formed under the independent model, switched to the cell's at the start (run_cell).
+    let formation_channel = if switches_channel(n, ch, a) {
+        ChannelModel::Independent
+    } else {
+        channel(ch)
+    };
     Scenario::new(topology)
         .name(format!("ota n{n} {ch}"))
         .seed(seed)
         .duration(Duration::from_secs(6 * 3600))
-        .channel(channel(ch))
+        .channel(formation_channel)
         // Formed without loss; the loss is applied when the campaign starts (see run_cell).
         .link(LinkParams::default())
         .formation(Formation {
@@ -240,6 +263,11 @@ fn scenario(n: u32, ch: &str, a: &Args) -> Scenario {
             interval: Duration::from_millis(join_ms),
             jitter: Duration::from_millis(join_ms * 4 / 5),
         })
+}
+
+/// Whether the cell forms under the independent model and switches to `ch` at the start.
+fn switches_channel(n: u32, ch: &str, a: &Args) -> bool {
+    ch == "geometric" && a.form_independent_from.is_some_and(|m| n >= m)
 }
 
 /// One cell's outcome.
@@ -263,8 +291,32 @@ fn run_cell(a: &Args, base: &OtaCampaign, n: u32, loss: f64, ch: &str, s: OtaStr
     let debug = std::env::var_os("OTA_BENCH_DEBUG").is_some();
     // Form the mesh first: the campaign measures distribution, not formation.
     let mut formed = None;
+    let mut note = String::new();
     while sim.now().as_micros() < a.formation_cap.as_micros() {
-        sim.run_for(Duration::from_secs(1));
+        // One virtual second in tenths, to check the wall clock in between: a formation
+        // storm can take wall minutes per virtual second.
+        for _ in 0..10 {
+            sim.run_for(Duration::from_millis(100));
+            if wall.elapsed().as_secs_f64() <= a.max_wall_s {
+                continue;
+            }
+            let _ = write!(
+                note,
+                "formation stopped at the wall-time cap ({:.0} s) at {:.1} virtual s; no campaign. ",
+                a.max_wall_s,
+                sim.now().as_micros() as f64 / 1e6
+            );
+            return Row {
+                n,
+                loss,
+                channel: ch.to_owned(),
+                strategy: s.label().to_owned(),
+                formed_s: None,
+                report: None,
+                wall_s: wall.elapsed().as_secs_f64(),
+                note,
+            };
+        }
         if debug && sim.now().as_micros() % 10_000_000 == 0 {
             eprintln!(
                 "  forming: {:.0} virtual s, {:.1} wall s, {} components, converged {}",
@@ -280,7 +332,6 @@ fn run_cell(a: &Args, base: &OtaCampaign, n: u32, loss: f64, ch: &str, s: OtaStr
             break;
         }
     }
-    let mut note = String::new();
     if debug {
         eprintln!(
             "formed at {formed:?} virtual s after {:.1} wall s",
@@ -289,6 +340,13 @@ fn run_cell(a: &Args, base: &OtaCampaign, n: u32, loss: f64, ch: &str, s: OtaStr
     }
     if formed.is_none() {
         note.push_str("mesh not converged at the formation cap; started anyway. ");
+    }
+    if switches_channel(n, ch, a) {
+        // The campaign runs entirely under the cell's channel model.
+        if let Err(e) = sim.set_channel(channel(ch)) {
+            die(&format!("cannot switch to the {ch} channel: {e}"));
+        }
+        note.push_str("formed under the independent model, geometric from the start. ");
     }
     // Loss from now on, on every link (the bound reads the links as they are at the end).
     if loss > 0.0 {
@@ -305,11 +363,14 @@ fn run_cell(a: &Args, base: &OtaCampaign, n: u32, loss: f64, ch: &str, s: OtaStr
     let start = sim.now();
     let cap_at = start + a.cap;
     let mut wall_capped = false;
-    while sim.now() < cap_at && !run.all_updated() {
-        sim.run_for(Duration::from_secs(1));
-        if wall.elapsed().as_secs_f64() > a.max_wall_s {
-            wall_capped = true;
-            break;
+    'campaign: while sim.now() < cap_at && !run.all_updated() {
+        // As in the formation: one virtual second in tenths, the wall clock checked between.
+        for _ in 0..10 {
+            sim.run_for(Duration::from_millis(100));
+            if wall.elapsed().as_secs_f64() > a.max_wall_s {
+                wall_capped = true;
+                break 'campaign;
+            }
         }
     }
     if wall_capped {
@@ -359,15 +420,37 @@ fn mb(b: u64) -> String {
     format!("{:.1}", b as f64 / 1e6)
 }
 
+/// A pair of stochastic bounds, deepest path / every receiver, with the larger 95%
+/// confidence half-width.
+fn pair(path: &MonteCarlo, tree: &MonteCarlo) -> String {
+    format!(
+        "{:.1} / {:.1} ±{:.2}",
+        path.mean_s,
+        tree.mean_s,
+        1.96 * path.se_s.max(tree.se_s)
+    )
+}
+
+fn short_binding(b: &str) -> &str {
+    match b {
+        "stochastic_pipeline" => "stoch. path",
+        "stochastic_tree" => "stoch. tree",
+        "stochastic_pipeline_chunked" => "stoch. path, c",
+        "stochastic_tree_chunked" => "stoch. tree, c",
+        other => other,
+    }
+}
+
 fn md_row(r: &Row) -> String {
     let Some(o) = &r.report else {
         return format!(
-            "| {} | {:.0}% | {} | {} | skipped | | | | | | | | {} |\n",
+            "| {} | {:.0}% | {} | {} | not run | | | | | | | | | | | | | | {:.0} | {} |\n",
             r.n,
             r.loss * 100.0,
             r.channel,
             r.strategy,
-            r.note
+            r.wall_s,
+            r.note.trim()
         );
     };
     let lb = o.lower_bound.as_ref();
@@ -377,16 +460,43 @@ fn md_row(r: &Row) -> String {
         (None, Some(l)) => format!("> {:.0} (last {l:.0})", o.observed_s.unwrap_or(0.0)),
         (None, None) => format!("> {:.0}", o.observed_s.unwrap_or(0.0)),
     };
+    let ratio = |x: Option<f64>| x.map_or_else(|| "–".into(), |x| format!("{x:.2}"));
     format!(
-        "| {} | {:.0}% | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {:.1} | {}/{} | {:.0} | {} |\n",
+        "| {} | {:.0}% | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {:.1} | {}/{} | {:.0} | {} |\n",
         r.n,
         r.loss * 100.0,
         r.channel,
         r.strategy,
         makespan,
         lb.map_or_else(|| "–".into(), |b| format!("{:.1} ({})", b.bound_s, b.binding)),
-        o.ratio_to_bound
-            .map_or_else(|| "–".into(), |x| format!("{x:.2}")),
+        lb.map_or_else(
+            || "–".into(),
+            |b| pair(&b.stochastic_pipeline, &b.stochastic_tree)
+        ),
+        lb.map_or_else(
+            || "–".into(),
+            |b| {
+                let t = &b.stochastic_tree_chunked;
+                format!(
+                    "{} (sd {:.1}, 5% {:.1})",
+                    pair(&b.stochastic_pipeline_chunked, t),
+                    t.sd_s,
+                    t.q05_s
+                )
+            }
+        ),
+        lb.map_or_else(|| "–".into(), |b| format!(
+            "{:.1} ({})",
+            b.combined_bound_s,
+            short_binding(b.combined_binding)
+        )),
+        ratio(o.ratio_to_bound),
+        ratio(
+            o.makespan_s
+                .zip(lb)
+                .map(|(m, b)| m / b.stochastic_tree.mean_s.max(b.stochastic_pipeline.mean_s))
+        ),
+        ratio(o.ratio_to_combined_bound),
         lb.map_or_else(|| "–".into(), |b| b.depth.to_string()),
         mb(o.ota_bytes_on_air),
         per_copy,
@@ -403,8 +513,9 @@ fn csv_row(r: &Row) -> String {
     let o = r.report.as_ref();
     let lb = o.and_then(|o| o.lower_bound.as_ref());
     let opt = |v: Option<f64>| v.map_or_else(String::new, |x| format!("{x:.3}"));
+    let opt4 = |v: Option<f64>| v.map_or_else(String::new, |x| format!("{x:.4}"));
     format!(
-        "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.1},\"{}\"\n",
+        "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.1},\"{}\"\n",
         r.n,
         r.loss,
         r.channel,
@@ -416,6 +527,20 @@ fn csv_row(r: &Row) -> String {
         lb.map_or("", |b| b.binding),
         lb.map_or(String::new(), |b| b.depth.to_string()),
         opt(o.and_then(|o| o.ratio_to_bound)),
+        opt(lb.map(|b| b.stochastic_pipeline.mean_s)),
+        opt4(lb.map(|b| b.stochastic_pipeline.se_s)),
+        opt(lb.map(|b| b.stochastic_tree.mean_s)),
+        opt4(lb.map(|b| b.stochastic_tree.se_s)),
+        opt(lb.map(|b| b.stochastic_pipeline_chunked.mean_s)),
+        opt4(lb.map(|b| b.stochastic_pipeline_chunked.se_s)),
+        opt(lb.map(|b| b.stochastic_tree_chunked.mean_s)),
+        opt4(lb.map(|b| b.stochastic_tree_chunked.se_s)),
+        opt(lb.map(|b| b.stochastic_tree.sd_s)),
+        opt(lb.map(|b| b.stochastic_tree_chunked.sd_s)),
+        opt(lb.map(|b| b.stochastic_tree_chunked.q05_s)),
+        opt(lb.map(|b| b.combined_bound_s)),
+        lb.map_or("", |b| b.combined_binding),
+        opt(o.and_then(|o| o.ratio_to_combined_bound)),
         o.map_or(String::new(), |o| o.ota_bytes_on_air.to_string()),
         o.map_or(String::new(), |o| o
             .bytes_on_air_until_last_update
@@ -430,8 +555,16 @@ fn csv_row(r: &Row) -> String {
     )
 }
 
-const MD_HEAD: &str = "| N | loss | channel | strategy | makespan s | lower bound s | ratio | depth | OTA MB on air | on air / ((N-1)·S) | source MB sent | peak node OTA KiB | updated | wall s | note |\n| ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n";
-const CSV_HEAD: &str = "nodes,loss,channel,strategy,formed_s,makespan_s,last_update_s,lower_bound_s,binding,depth,ratio_to_bound,ota_bytes_on_air,bytes_on_air_until_last_update,source_bytes,payload_bytes,peak_node_ota_memory_bytes,updated,receivers,wall_s,note\n";
+/// The bounds (`docs/ota-protocol.md` §7): the mean-value bound (a)-(c) for frames of at
+/// most c payload bytes; the stochastic bound (d) down the deepest path and over every
+/// receiver, for frames of any size (the fewest segments: any protocol) and for frames of
+/// at most c; the combined bound, the largest of them; the makespan over the mean-value
+/// bound, over the stochastic bound for any protocol, and over the combined bound. The
+/// stochastic bounds are on the expected makespan; one run scatters around its mean (the
+/// tree's standard deviation `sd`), and is shorter than the 5% quantile with probability
+/// at most 5%.
+const MD_HEAD: &str = "| N | loss | channel | strategy | makespan s | mean-value bound s | stochastic s, any frames: path / tree ±95% | stochastic s, frames ≤ c: path / tree ±95% (tree: sd, 5% quantile) | combined bound s | makespan / mean-value | makespan / stochastic any | makespan / combined | depth | OTA MB on air | on air / ((N-1)·S) | source MB sent | peak node OTA KiB | updated | wall s | note |\n| ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n";
+const CSV_HEAD: &str = "nodes,loss,channel,strategy,formed_s,makespan_s,last_update_s,lower_bound_s,binding,depth,ratio_to_bound,stochastic_pipeline_s,stochastic_pipeline_se_s,stochastic_tree_s,stochastic_tree_se_s,stochastic_pipeline_chunked_s,stochastic_pipeline_chunked_se_s,stochastic_tree_chunked_s,stochastic_tree_chunked_se_s,stochastic_tree_sd_s,stochastic_tree_chunked_sd_s,stochastic_tree_chunked_q05_s,combined_bound_s,combined_binding,ratio_to_combined_bound,ota_bytes_on_air,bytes_on_air_until_last_update,source_bytes,payload_bytes,peak_node_ota_memory_bytes,updated,receivers,wall_s,note\n";
 
 fn main() {
     let a = parse_args();

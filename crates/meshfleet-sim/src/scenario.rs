@@ -98,6 +98,16 @@ pub enum SimEvent {
         /// What changes.
         change: LinkChange,
     },
+    /// Switches the channel model from now on ([`Simulation::set_channel`]): links, queues
+    /// and loss stay; transmissions that start later follow the new model. The geometric
+    /// model needs a topology with positions (checked with the scenario; scheduled at run
+    /// time without positions, it has no interferers and acts as `Airtime`).
+    ///
+    /// [`Simulation::set_channel`]: crate::Simulation::set_channel
+    SetChannel {
+        /// The new model.
+        channel: ChannelModel,
+    },
     /// Runs an action on a node (skipped if the node is down or hung).
     Action {
         /// The node.
@@ -120,6 +130,7 @@ impl SimEvent {
             Self::Partition { .. } => "partition",
             Self::Heal => "heal",
             Self::SetLink { .. } => "set_link",
+            Self::SetChannel { .. } => "set_channel",
             Self::Action { .. } => "action",
         }
     }
@@ -137,7 +148,7 @@ impl SimEvent {
             Self::LinkDown { a, b, .. } => vec![*a, *b],
             Self::Move { node, parent } => vec![*node, *parent],
             Self::Partition { nodes } => nodes.clone(),
-            Self::Heal => Vec::new(),
+            Self::Heal | Self::SetChannel { .. } => Vec::new(),
             Self::SetLink { between, .. } => between.map(|(a, b)| vec![a, b]).unwrap_or_default(),
         }
     }
@@ -155,6 +166,7 @@ impl fmt::Debug for SimEvent {
             Self::Partition { nodes } => write!(f, "Partition({nodes:?})"),
             Self::Heal => f.write_str("Heal"),
             Self::SetLink { between, change } => write!(f, "SetLink({between:?}, {change:?})"),
+            Self::SetChannel { channel } => write!(f, "SetChannel({channel:?})"),
             Self::Action { node, .. } => write!(f, "Action({node})"),
         }
     }
@@ -516,22 +528,12 @@ impl Scenario {
         if let Err((f, m)) = check_link(&self.link) {
             return bad(&format!("link.{f}"), m);
         }
-        if let ChannelModel::Geometric {
-            interference_range_m,
-        } = self.channel
-        {
-            if !self.topology.has_positions() {
-                return bad("channel.model", format!(
-                    "the geometric channel needs node positions; topology `{}` has none (use line, grid or geometric)",
-                    self.topology.label()
-                ));
-            }
-            if !(interference_range_m > 0.0 && interference_range_m.is_finite()) {
-                return bad(
-                    "channel.interference_range_m",
-                    format!("must be a positive distance (got {interference_range_m})"),
-                );
-            }
+        if let Err((f, m)) = check_channel(
+            &self.channel,
+            self.topology.has_positions(),
+            self.topology.label(),
+        ) {
+            return bad(&format!("channel.{f}"), m);
         }
         if !(self.clock.drift_ppm >= 0.0 && self.clock.drift_ppm < 1000.0) {
             return bad(
@@ -556,6 +558,15 @@ impl Scenario {
         for (i, (_, e)) in self.events.iter().enumerate() {
             if let Err((f, m)) = check_event(e, n) {
                 return bad(&format!("events[{i}].{f}"), m);
+            }
+            if let SimEvent::SetChannel { channel } = e {
+                if let Err((f, m)) = check_channel(
+                    channel,
+                    self.topology.has_positions(),
+                    self.topology.label(),
+                ) {
+                    return bad(&format!("events[{i}].channel.{f}"), m);
+                }
             }
         }
         if let Some(c) = &self.ota {
@@ -648,6 +659,35 @@ pub(crate) fn check_traffic(t: &Traffic, n: u32) -> Result<(), (&'static str, St
         }
         if n < 2 {
             return Err(("kind", "singles need at least two nodes".into()));
+        }
+    }
+    Ok(())
+}
+
+/// A channel model a run can use: the geometric one needs positions and a positive range.
+pub(crate) fn check_channel(
+    channel: &ChannelModel,
+    has_positions: bool,
+    topology_label: &str,
+) -> Result<(), (&'static str, String)> {
+    if let ChannelModel::Geometric {
+        interference_range_m,
+    } = *channel
+    {
+        if !has_positions {
+            return Err((
+                "model",
+                format!(
+                    "the geometric channel needs node positions; topology `{}` has none (use line, grid or geometric)",
+                    topology_label
+                ),
+            ));
+        }
+        if !(interference_range_m > 0.0 && interference_range_m.is_finite()) {
+            return Err((
+                "interference_range_m",
+                format!("must be a positive distance (got {interference_range_m})"),
+            ));
         }
     }
     Ok(())

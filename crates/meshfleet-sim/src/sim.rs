@@ -112,6 +112,21 @@ struct Radio {
     node: usize,
     /// Geometric model: queue position while waiting for a clear channel.
     waiting: Option<u64>,
+    /// Its transmission on the air marks the sender's neighbourhood busy (it started under
+    /// the geometric model, and no channel switch happened since): its end must unmark it.
+    carrier: bool,
+}
+
+impl Radio {
+    fn new(node: usize) -> Self {
+        Self {
+            busy: false,
+            ready: VecDeque::new(),
+            node,
+            waiting: None,
+            carrier: false,
+        }
+    }
 }
 
 struct LinkStat {
@@ -214,6 +229,36 @@ pub struct Simulation {
 
 const LINK_SALT: u64 = 0x4C49_4E4B;
 const NODE_SALT: u64 = 0x4E4F_4445;
+
+/// For each node, the nodes within the interference range under `channel` (empty unless
+/// it is geometric and there are positions), sorted.
+fn interferers(
+    channel: &ChannelModel,
+    positions: Option<&[(f64, f64)]>,
+    n: usize,
+) -> Vec<Vec<usize>> {
+    let mut out = vec![Vec::new(); n];
+    if let (
+        ChannelModel::Geometric {
+            interference_range_m,
+        },
+        Some(pos),
+    ) = (channel, positions)
+    {
+        let mut grid = CellGrid::new(*interference_range_m);
+        for (i, p) in pos.iter().enumerate() {
+            grid.insert(*p, i);
+        }
+        for (i, p) in pos.iter().enumerate().take(n) {
+            let mut v = Vec::new();
+            grid.within(*p, *interference_range_m, pos, &mut v);
+            v.retain(|&j| j != i);
+            v.sort_unstable();
+            out[i] = v;
+        }
+    }
+    out
+}
 
 /// A child seed from the run seed, a domain and two numbers: independent of the order in
 /// which things are created, so adding a node or a link does not reshuffle the others.
@@ -332,37 +377,11 @@ impl Simulation {
                     + Duration::from_micros(f.interval.as_micros() * k as u64 + jitter)
             })
             .collect();
-        let radios: Vec<Radio> = match scenario.channel {
-            ChannelModel::Independent => Vec::new(),
-            _ => (0..n)
-                .map(|v| Radio {
-                    busy: false,
-                    ready: VecDeque::new(),
-                    node: v,
-                    waiting: None,
-                })
-                .collect(),
-        };
-        let mut interferers = vec![Vec::new(); n];
-        if let (
-            ChannelModel::Geometric {
-                interference_range_m,
-            },
-            Some(pos),
-        ) = (&scenario.channel, &layout.positions)
-        {
-            let mut grid = CellGrid::new(*interference_range_m);
-            for (i, p) in pos.iter().enumerate() {
-                grid.insert(*p, i);
-            }
-            for (i, p) in pos.iter().enumerate() {
-                let mut v = Vec::new();
-                grid.within(*p, *interference_range_m, pos, &mut v);
-                v.retain(|&j| j != i);
-                v.sort_unstable();
-                interferers[i] = v;
-            }
-        }
+        // Radios 0..n are the nodes' own (the airtime and geometric models); the
+        // independent model adds one per link direction after them. Keeping the node radios
+        // under every model lets the channel model change during a run.
+        let radios: Vec<Radio> = (0..n).map(Radio::new).collect();
+        let interferers = interferers(&scenario.channel, layout.positions.as_deref(), n);
         let mesh = scenario.mesh.clone();
         let id_base = scenario.id_base;
         let config_template = Box::new(move |id: NodeId| {
@@ -969,18 +988,7 @@ impl Simulation {
         let mut dirs = [Dir::default(), Dir::default()];
         for (d, dir) in dirs.iter_mut().enumerate() {
             let sender = if d == 0 { ap } else { sta };
-            dir.unit = match self.channel {
-                ChannelModel::Independent => {
-                    self.radios.push(Radio {
-                        busy: false,
-                        ready: VecDeque::new(),
-                        node: sender,
-                        waiting: None,
-                    });
-                    self.radios.len() - 1
-                }
-                _ => sender,
-            };
+            dir.unit = self.unit_for(sender);
         }
         self.links.push(Some(LinkState {
             id,
@@ -1108,6 +1116,66 @@ impl Simulation {
         }
     }
 
+    /// The transmitter a new link direction sent by `sender` uses under the current model.
+    fn unit_for(&mut self, sender: usize) -> usize {
+        match self.channel {
+            ChannelModel::Independent => {
+                self.radios.push(Radio::new(sender));
+                self.radios.len() - 1
+            }
+            _ => sender,
+        }
+    }
+
+    /// Switches the channel model now (see [`Simulation::set_channel`]).
+    fn switch_channel(&mut self, channel: ChannelModel) {
+        // Transmissions on the air finish their airtime, but from now on only the new
+        // model's transmissions occupy the medium: unmark what the old ones marked.
+        for unit in 0..self.radios.len() {
+            if std::mem::take(&mut self.radios[unit].carrier) {
+                let node = self.radios[unit].node;
+                self.carrier_busy[node] -= 1;
+                for &j in &self.interferers[node] {
+                    self.carrier_busy[j] -= 1;
+                }
+            }
+        }
+        debug_assert!(self.carrier_busy.iter().all(|c| *c == 0));
+        for r in &mut self.radios {
+            r.ready.clear();
+            r.waiting = None;
+        }
+        self.interferers =
+            interferers(&channel, self.layout.positions.as_deref(), self.slots.len());
+        self.channel = channel;
+        // Every link direction moves to its transmitter under the new model; those with
+        // frames waiting queue there, in link order (the old rings' order is not kept).
+        let mut wake = Vec::new();
+        for i in 0..self.links.len() {
+            for d in 0..2 {
+                let Some(sender) = self.links[i].as_ref().map(|l| l.ends[d]) else {
+                    continue;
+                };
+                let unit = self.unit_for(sender);
+                let Some(l) = self.links[i].as_mut() else {
+                    continue;
+                };
+                let id = l.id;
+                let dir = &mut l.dirs[d];
+                dir.unit = unit;
+                if dir.ready {
+                    self.radios[unit].ready.push_back((id, d as u8));
+                    wake.push(unit);
+                }
+            }
+        }
+        wake.sort_unstable();
+        wake.dedup();
+        for unit in wake {
+            self.try_start(unit);
+        }
+    }
+
     fn try_start(&mut self, unit: usize) {
         if self.radios[unit].busy {
             return;
@@ -1177,6 +1245,7 @@ impl Simulation {
             self.radios[unit].busy = true;
             self.radios[unit].waiting = None;
             if geometric {
+                self.radios[unit].carrier = true;
                 self.carrier_busy[node] += 1;
                 for i in 0..self.interferers[node].len() {
                     let j = self.interferers[node][i];
@@ -1195,7 +1264,9 @@ impl Simulation {
 
     fn radio_free(&mut self, unit: usize) {
         self.radios[unit].busy = false;
-        if let ChannelModel::Geometric { .. } = self.channel {
+        // Only a transmission that marked the neighbourhood unmarks it: one that started
+        // before a channel switch did not, or was unmarked by the switch.
+        if std::mem::take(&mut self.radios[unit].carrier) {
             let node = self.radios[unit].node;
             self.carrier_busy[node] -= 1;
             let mut waiting: Vec<(u64, usize)> = Vec::new();
@@ -1271,7 +1342,10 @@ impl Simulation {
     fn timeline_event(&mut self, i: usize) {
         let e = self.timeline[i].clone();
         let idx = |n: u32| n as usize - 1;
-        let topo = !matches!(e, SimEvent::SetLink { .. } | SimEvent::Action { .. });
+        let topo = !matches!(
+            e,
+            SimEvent::SetLink { .. } | SimEvent::Action { .. } | SimEvent::SetChannel { .. }
+        );
         match &e {
             SimEvent::Join { node, parent } => {
                 self.join(idx(*node), parent.map(idx), true, parent.is_some());
@@ -1377,6 +1451,7 @@ impl Simulation {
                     }
                 }
             },
+            SimEvent::SetChannel { channel } => self.switch_channel(channel.clone()),
             SimEvent::Action { node, action } => {
                 let v = idx(*node);
                 if !self.slots[v].hung {
@@ -1738,6 +1813,38 @@ impl Simulation {
     /// Events waiting in the queue (stale wakeups included).
     pub fn pending_events(&self) -> usize {
         self.queue.len()
+    }
+
+    /// The channel model in force (the scenario's, or the last [`SimEvent::SetChannel`]).
+    pub fn channel(&self) -> &ChannelModel {
+        &self.channel
+    }
+
+    /// Switches the channel model now: transmissions that start from now on follow
+    /// `channel`; those on the air finish their airtime but stop counting for carrier sense,
+    /// and frames waiting move to their transmitter under the new model. Links, queues,
+    /// loss and everything else stay. Same as scheduling [`SimEvent::SetChannel`] now.
+    ///
+    /// Used to form a mesh under one model and run a measurement under another (the
+    /// benchmarks form big geometric placements under `Independent`, whose formation
+    /// traffic does not silence whole neighbourhoods, and measure under `Geometric`).
+    ///
+    /// # Errors
+    ///
+    /// The geometric model on a topology without positions, or with an interference range
+    /// that is not a positive distance; nothing changes then.
+    pub fn set_channel(&mut self, channel: ChannelModel) -> Result<(), InvalidScenario> {
+        crate::scenario::check_channel(
+            &channel,
+            self.layout.positions.is_some(),
+            self.topology_label,
+        )
+        .map_err(|(field, message)| InvalidScenario {
+            field: format!("channel.{field}"),
+            message,
+        })?;
+        self.switch_channel(channel);
+        Ok(())
     }
 
     /// Positions of the nodes, if the topology has them (metres, by number order).

@@ -256,3 +256,129 @@ fn move_changes_the_parent() {
     assert!(sim.link_between(sim.id_of(4), sim.id_of(1)).is_none());
     assert!(r.convergence.converged_at_end);
 }
+
+/// Pairs of transmissions that overlap in time and satisfy `pair`, counting only those
+/// whose both starts lie in `window`.
+fn overlaps_in(
+    air: &Air,
+    window: std::ops::Range<Instant>,
+    pair: impl Fn(NodeId, NodeId) -> bool,
+) -> usize {
+    let v = air.borrow();
+    let inside: Vec<_> = v.iter().filter(|t| window.contains(&t.0)).collect();
+    let mut n = 0;
+    for (i, a) in inside.iter().enumerate() {
+        for b in &inside[i + 1..] {
+            if pair(a.2, b.2) && a.0 < b.1 && b.0 < a.1 {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+#[test]
+fn the_channel_model_can_change_during_a_run() {
+    // A line 30 m apart, flooded from both ends: independent links for 8 s, then the
+    // geometric channel (40 m: neighbours block each other) until 16 s, then independent
+    // links again.
+    let at = |s: u64| Instant::ZERO + Duration::from_secs(s);
+    let s = Scenario::new(Topology::Line {
+        nodes: 5,
+        spacing_m: 30.0,
+    })
+    .seed(1)
+    .duration(Duration::from_secs(24))
+    .event(
+        Duration::from_secs(8),
+        SimEvent::SetChannel {
+            channel: ChannelModel::Geometric {
+                interference_range_m: 40.0,
+            },
+        },
+    )
+    .event(
+        Duration::from_secs(16),
+        SimEvent::SetChannel {
+            channel: ChannelModel::Independent,
+        },
+    )
+    .traffic(
+        Traffic::broadcast(Some(1), 10.0, Duration::from_secs(2))
+            .payload(3000)
+            .until(Duration::from_secs(22)),
+    )
+    .traffic(
+        Traffic::broadcast(Some(5), 10.0, Duration::from_secs(2))
+            .payload(3000)
+            .until(Duration::from_secs(22)),
+    );
+    let mut sim = Simulation::new(s);
+    let ids: Vec<NodeId> = sim.node_ids();
+    let pos = |id: NodeId| ids.iter().position(|x| *x == id).unwrap_or(0) as i64;
+    let near = |a: NodeId, b: NodeId| (pos(a) - pos(b)).abs() <= 1;
+    let air: Air = Rc::default();
+    let a = air.clone();
+    sim.set_frame_trace(move |f| {
+        a.borrow_mut()
+            .push((f.start, f.start + f.airtime, f.from, f.to))
+    });
+    assert_eq!(sim.channel(), &ChannelModel::Independent);
+    sim.run_until(at(12));
+    assert_eq!(sim.channel().label(), "geometric");
+    let r = sim.run();
+    assert!(
+        overlaps_in(&air, at(2)..at(8), near) > 0,
+        "independent: neighbours overlap"
+    );
+    assert_eq!(
+        overlaps_in(&air, at(8)..at(16), near),
+        0,
+        "geometric: transmissions started after the switch never overlap a neighbour's"
+    );
+    assert!(
+        overlaps_in(&air, at(8)..at(16), |a, b| (pos(a) - pos(b)).abs() >= 2) > 0,
+        "spatial reuse"
+    );
+    assert!(
+        overlaps_in(&air, at(16)..at(24), near) > 0,
+        "independent again"
+    );
+    // Frames that waited for the medium at a switch are sent, not lost.
+    assert_eq!(r.app.broadcasts_complete, r.app.broadcasts);
+    assert_eq!(r.app.delivered, r.app.expected_deliveries);
+    assert_eq!(r.channel, "independent");
+}
+
+#[test]
+fn set_channel_refuses_the_geometric_model_without_positions() {
+    let mut sim = Simulation::new(star_flood(ChannelModel::Airtime));
+    let e = sim
+        .set_channel(ChannelModel::Geometric {
+            interference_range_m: 100.0,
+        })
+        .expect_err("a star has no positions");
+    assert_eq!(e.field, "channel.model");
+    assert_eq!(sim.channel(), &ChannelModel::Airtime);
+    // The same event in a scenario is refused up front.
+    let bad = star_flood(ChannelModel::Airtime).event(
+        Duration::from_secs(1),
+        SimEvent::SetChannel {
+            channel: ChannelModel::Geometric {
+                interference_range_m: 100.0,
+            },
+        },
+    );
+    let e = Simulation::try_new(bad).err().expect("invalid");
+    assert_eq!(e.field, "events[0].channel.model");
+    // Airtime -> independent at once: the hub's links send at the same time again.
+    assert!(sim.set_channel(ChannelModel::Independent).is_ok());
+    let air: Air = Rc::default();
+    let a = air.clone();
+    sim.set_frame_trace(move |f| {
+        a.borrow_mut()
+            .push((f.start, f.start + f.airtime, f.from, f.to))
+    });
+    sim.run();
+    assert!(overlaps(&air, |a, b| a == b) > 0);
+}

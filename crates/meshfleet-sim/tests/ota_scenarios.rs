@@ -59,6 +59,12 @@ fn every_strategy_updates_a_small_mesh_and_reports_it() {
             m >= lb.bound_s,
             "{strategy}: makespan {m} below the bound {lb:?}"
         );
+        // Without loss the stochastic bounds are not random, so this holds in every run.
+        assert!(
+            m >= lb.combined_bound_s && lb.combined_bound_s >= lb.bound_s,
+            "{strategy}: makespan {m} below the combined bound {lb:?}"
+        );
+        assert_eq!(lb.stochastic_tree_chunked.se_s, 0.0);
         // Every receiver gets at least the payload (stock: the raw image, base64).
         assert!(o.ota_bytes_on_air >= 11 * o.payload_bytes, "{o:#?}");
         assert!(o.source_ota_bytes > 0);
