@@ -58,6 +58,7 @@
 pub mod boot;
 mod event;
 pub mod meshfleet;
+mod pacing;
 pub mod proto;
 pub mod stock;
 pub mod store;

@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::boot;
 use crate::event::OtaEvent;
+use crate::pacing::DelayPacer;
 use crate::proto::{
     campaign_id, decode_binary_chunk, encode_binary_chunk, Bitmap, Caps, ChunkJson, Layout, Nak,
     Offer, Status, Unit, BINARY_CHUNK_HEADER, CAPS, CHUNK, MAX_CAPS_TEXT, MAX_CODECS,
@@ -91,8 +92,13 @@ pub struct MeshfleetConfig {
     pub allow_downgrade: bool,
     /// How long to wait for a neighbour's CAPS before treating it as a stock node (3 s).
     pub caps_timeout: Duration,
-    /// Pacing: bytes per second per link (default 60% of [`ASSUMED_LINK_RATE`]).
+    /// Pacing: bytes per second per link (default 60% of [`ASSUMED_LINK_RATE`]): the most a
+    /// link sends; the delay control below may pace it slower.
     pub link_rate: u64,
+    /// Delay control (`pacing` module docs): a link slows down while its chunk frames wait
+    /// longer than this in the driver (the medium is crowded), and speeds up again below
+    /// it. 150 ms; `None` paces at `link_rate` alone. Needs a driver that reports backlog.
+    pub delay_target: Option<Duration>,
     /// Pacing: chunk frames that may leave back to back on one link (4). Also the
     /// back-pressure limit: no chunk is queued while the driver reports
     /// ([`meshfleet_mesh::Node::set_link_backlog`]) this many chunk frames' bytes already
@@ -123,6 +129,7 @@ impl MeshfleetConfig {
             allow_downgrade: false,
             caps_timeout: Duration::from_secs(3),
             link_rate: ASSUMED_LINK_RATE * 6 / 10,
+            delay_target: Some(Duration::from_millis(150)),
             burst_chunks: 4,
             nak_min: Duration::from_millis(500),
             nak_max: Duration::from_secs(8),
@@ -161,6 +168,8 @@ pub struct MeshfleetStats {
 struct SavedState {
     campaign: u32,
     forced: bool,
+    #[serde(default)]
+    origin: u32,
     manifest: serde_json::Value,
     have: String,
 }
@@ -180,6 +189,9 @@ struct Campaign {
     /// The unit index space (hash pages and chunks) every bitmap below counts in.
     layout: Layout,
     forced: bool,
+    /// The node the campaign started from (0: unknown, e.g. an offer from an older
+    /// build): the upstream is the neighbour on the route toward it.
+    origin: u32,
     source: ChunkSource,
     /// Units held (verified and, on a receiver, staged).
     have: Bitmap,
@@ -216,6 +228,10 @@ struct Neighbour {
     tokens: f64,
     refilled: Instant,
     pump_at: Option<Instant>,
+    /// The link's rate under delay control.
+    pacer: DelayPacer,
+    /// The campaign it offered us: it holds (part of) it and can be our upstream.
+    offers_campaign: Option<u32>,
     /// Chunks sent to it on this link (retransmissions included).
     chunks_sent: u32,
     /// Chunk payload bytes sent to it on this link.
@@ -362,6 +378,8 @@ impl MeshfleetOta {
             manifest,
             layout,
             forced,
+            // Set to our id at the first offer (the node id is not known here).
+            origin: 0,
             source: ChunkSource::Payload(Arc::new(artefact)),
             have: Bitmap::full(layout.units()),
             upstream: None,
@@ -541,6 +559,7 @@ impl MeshfleetOta {
             manifest,
             layout,
             forced: saved.forced,
+            origin: saved.origin,
             source: ChunkSource::Staged,
             have,
             upstream: None,
@@ -572,6 +591,7 @@ impl MeshfleetOta {
         let saved = SavedState {
             campaign: c.id,
             forced: c.forced,
+            origin: c.origin,
             manifest,
             have: c.have.to_hex(),
         };
@@ -636,6 +656,13 @@ impl MeshfleetOta {
     }
 
     fn maybe_offer(&mut self, ctx: &mut Ctx<'_>, link: LinkId) {
+        let me = ctx.node_id().0;
+        if let Some(c) = self.campaign.as_mut() {
+            if c.origin == 0 && matches!(c.source, ChunkSource::Payload(_)) {
+                // We are the source: offers name us as the origin.
+                c.origin = me;
+            }
+        }
         let Some(c) = self.campaign.as_ref() else {
             return;
         };
@@ -689,6 +716,7 @@ impl MeshfleetOta {
             dest: n.peer.0,
             campaign: c.id,
             forced: c.forced,
+            origin: c.origin,
             manifest: serde_json::from_slice(&lean).unwrap_or_default(),
         };
         self.stats.offers_sent += 1;
@@ -752,7 +780,7 @@ impl MeshfleetOta {
         };
         let (id, chunk_size) = (c.id, u64::from(c.manifest.chunk_size));
         let frame_cost = (chunk_size + BINARY_CHUNK_HEADER as u64 + 5) as f64;
-        let rate = self.config.link_rate.max(1) as f64;
+        let delay_control = self.config.delay_target.is_some();
         let burst = frame_cost * f64::from(self.config.burst_chunks.max(1));
         let links: Vec<LinkId> = self.neighbours.keys().copied().collect();
         for link in links {
@@ -767,6 +795,10 @@ impl MeshfleetOta {
                 let Some(index) = n.want.first_common(&c.have, 0) else {
                     break;
                 };
+                if delay_control {
+                    n.pacer.observe(now, ctx.link_backlog(link));
+                }
+                let rate = n.pacer.rate();
                 let elapsed = now.saturating_since(n.refilled).as_micros() as f64 / 1e6;
                 n.tokens = (n.tokens + elapsed * rate).min(burst);
                 n.refilled = now;
@@ -817,6 +849,7 @@ impl MeshfleetOta {
                 self.stats.chunks_sent += 1;
                 self.stats.chunk_bytes_sent += data.len() as u64;
                 if let Some(n) = self.neighbours.get_mut(&link) {
+                    n.pacer.on_queued(now, cost as u64);
                     n.tokens -= cost as f64;
                     n.want.clear(index);
                     n.sent[0].set(index);
@@ -1064,8 +1097,20 @@ impl MeshfleetOta {
                     return;
                 }
                 // Resume (after a reboot, a lost upstream, or a second offerer).
-                if !matches!(c.upstream, Some(u) if self.neighbours.contains_key(&u)) {
+                if let Some(n) = self.neighbours.get_mut(&link) {
+                    n.offers_campaign = Some(id);
+                }
+                if c.origin == 0 {
+                    c.origin = offer.origin;
+                }
+                let alive = matches!(c.upstream, Some(u) if self.neighbours.contains_key(&u));
+                // The neighbour toward the origin is the right upstream whatever we had:
+                // two part-way nodes that took each other as upstream after their links
+                // were re-made would otherwise wait on each other for ever.
+                let toward_origin = c.origin != 0 && ctx.route(NodeId(c.origin)) == Some(link);
+                if !alive || (toward_origin && c.upstream != Some(link)) {
                     c.upstream = Some(link);
+                    c.nak_interval = self.config.nak_min;
                 }
                 if c.upstream == Some(link) {
                     c.nak_interval = self.config.nak_min;
@@ -1092,7 +1137,10 @@ impl MeshfleetOta {
             self.send_status(ctx, Some((link, id, reason)));
             return;
         }
-        if let Err(e) = self.begin(ctx, link, id, manifest, offer.forced) {
+        if let Some(n) = self.neighbours.get_mut(&link) {
+            n.offers_campaign = Some(id);
+        }
+        if let Err(e) = self.begin(ctx, link, id, manifest, offer.forced, offer.origin) {
             self.fail(ctx, &e);
         }
     }
@@ -1104,6 +1152,7 @@ impl MeshfleetOta {
         id: u32,
         manifest: Manifest,
         forced: bool,
+        origin: u32,
     ) -> Result<(), StoreError> {
         // A committed but not yet booted image sits in the inactive slot: it is superseded.
         let mut rec = self.store.load_boot()?;
@@ -1128,6 +1177,7 @@ impl MeshfleetOta {
             manifest: manifest.clone(),
             layout,
             forced,
+            origin,
             source: ChunkSource::Staged,
             have: Bitmap::new(chunks),
             upstream: Some(link),
@@ -1386,6 +1436,32 @@ impl MeshfleetOta {
         self.pump(ctx);
     }
 
+    /// After a layout change: if the route toward the campaign's origin now leaves through
+    /// another neighbour that holds the campaign, that neighbour becomes the upstream (and
+    /// hears our NAK at once). Upstreams thus follow the tree toward the source, which has
+    /// no cycles; without this, nodes whose links were re-made could end up each other's
+    /// upstream, both part-way, and stay so.
+    fn follow_origin(&mut self, ctx: &mut Ctx<'_>) {
+        let Some(c) = self.campaign.as_mut() else {
+            return;
+        };
+        if c.complete || c.origin == 0 {
+            return;
+        }
+        let Some(link) = ctx.route(NodeId(c.origin)) else {
+            return;
+        };
+        if c.upstream == Some(link)
+            || self.neighbours.get(&link).and_then(|n| n.offers_campaign) != Some(c.id)
+        {
+            return;
+        }
+        c.upstream = Some(link);
+        c.nak_interval = self.config.nak_min;
+        self.send_nak(ctx);
+        self.arm_nak(ctx);
+    }
+
     fn handle_status(&mut self, ctx: &mut Ctx<'_>, link: LinkId, pkg: &Package) {
         let Ok(st) = pkg.parse::<Status>() else {
             self.stats.malformed += 1;
@@ -1522,6 +1598,12 @@ impl Plugin for MeshfleetOta {
                         tokens: 0.0,
                         refilled: now,
                         pump_at: None,
+                        pacer: DelayPacer::new(
+                            self.config.link_rate.max(1) as f64,
+                            self.config.delay_target.unwrap_or(Duration::ZERO),
+                            now,
+                        ),
+                        offers_campaign: None,
                         chunks_sent: 0,
                         bytes_sent: 0,
                         sent: [Bitmap::new(0), Bitmap::new(0)],
@@ -1541,7 +1623,7 @@ impl Plugin for MeshfleetOta {
                     }
                 }
             }
-            MeshChange::LayoutChanged => {}
+            MeshChange::LayoutChanged => self.follow_origin(ctx),
         }
     }
 

@@ -85,6 +85,11 @@ pub struct Offer {
     /// Install even if not newer.
     #[serde(default)]
     pub forced: bool,
+    /// The node the campaign started from (its source). A receiver takes as its upstream
+    /// the neighbour on its mesh route to this node, so upstream links follow the tree
+    /// toward the source and never form a cycle. 0: not given.
+    #[serde(default)]
+    pub origin: u32,
     /// The manifest, as a JSON object.
     pub manifest: serde_json::Value,
 }

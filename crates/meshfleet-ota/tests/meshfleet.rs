@@ -766,6 +766,7 @@ fn offer_frame(art: &Artefact, from: u32, dest: u32) -> Vec<u8> {
         dest,
         campaign: meshfleet_ota::proto::campaign_id(art.manifest()),
         forced: false,
+        origin: from,
         manifest: serde_json::from_slice(&art.manifest().lean().to_json()).unwrap(),
     };
     let pkg = meshfleet_wire::Package::from_serialize(&offer).unwrap();
@@ -934,4 +935,45 @@ fn a_small_window_artefact_reaches_small_window_receivers_end_to_end() {
             if reason.contains("8192-byte decompression window, it can give 4096")
     )));
     still_old_image(&stores[2], &old);
+}
+
+#[test]
+fn part_way_nodes_that_meet_again_follow_the_route_to_the_source() {
+    // 0 (source) - 1 - 2. Both receivers lose their upstream part-way, meet each other
+    // first (each offers the other what it holds), and only then the source again. Without
+    // the origin rule each would keep the other as upstream, both waiting for chunks
+    // neither has.
+    let mut s = setup(&[0, 1], 80_000);
+    let units = units(&s.art) as u32;
+    assert!(s
+        .net
+        .run_until_cond(Duration::from_millis(5), Duration::from_secs(30), |net| {
+            ota(net, 2)
+                .progress()
+                .is_some_and(|(_, have, _)| have >= units / 4)
+        }));
+    let (have1, have2) = (
+        ota(&s.net, 1).progress().unwrap().1,
+        ota(&s.net, 2).progress().unwrap().1,
+    );
+    assert!(have1 < units && have2 < units, "{have1} {have2} of {units}");
+    for w in s.net.wires_of(1) {
+        s.net.cut(w);
+    }
+    s.net.run_for(Duration::from_secs(1));
+    s.net.connect(1, 2);
+    s.net.run_for(Duration::from_secs(5));
+    s.net.connect(1, 0);
+    assert!(
+        s.net.run_until_cond(
+            Duration::from_millis(100),
+            Duration::from_secs(60),
+            all_complete
+        ),
+        "stuck at {:?} and {:?}",
+        ota(&s.net, 1).progress(),
+        ota(&s.net, 2).progress()
+    );
+    assert_eq!(booted_image(&s.stores[1]), s.new);
+    assert_eq!(booted_image(&s.stores[2]), s.new);
 }

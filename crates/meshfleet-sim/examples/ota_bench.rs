@@ -403,6 +403,42 @@ fn run_cell(a: &Args, base: &OtaCampaign, n: u32, loss: f64, ch: &str, s: OtaStr
         );
         let drops = sim.report().drops;
         eprintln!("drops {drops:?} closes {:?}", sim.report().link_closes);
+        // Where the receivers that did not update stand at the end.
+        let (mut no_campaign, mut partial, mut isolated, mut nodes_seen) = (0, 0, 0, 0);
+        for id in sim.node_ids() {
+            let Some(node) = sim.node(id) else { continue };
+            let Some(ota) = node.plugin::<meshfleet_ota::MeshfleetOta>() else {
+                continue;
+            };
+            if ota.is_complete() {
+                continue;
+            }
+            if node.link_count() == 0 {
+                isolated += 1;
+            }
+            match ota.progress() {
+                None => no_campaign += 1,
+                Some(_) => partial += 1,
+            }
+            if nodes_seen < 12 {
+                nodes_seen += 1;
+                eprintln!(
+                    "  {id:?}: links {} knows {} nodes, progress {:?}, peers {:?}",
+                    node.link_count(),
+                    node.nodes().len(),
+                    ota.progress(),
+                    ota.peers()
+                        .iter()
+                        .map(|p| (p.peer.0, p.offered, p.accepted, p.done, p.stock))
+                        .collect::<Vec<_>>()
+                );
+            }
+        }
+        eprintln!(
+            "end: {} components, converged {}; not updated: {no_campaign} without the campaign, {partial} part-way, {isolated} with no link",
+            sim.components(),
+            sim.converged()
+        );
     }
     Row {
         n,
