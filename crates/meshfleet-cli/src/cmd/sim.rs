@@ -153,13 +153,15 @@ fn print_report(r: &SimReport, wall_s: f64) {
             o.source_ota_bytes as f64 / 1e3,
         );
         println!(
-            "     image {} KB -> payload {} KB; ends: {} new, {} old, {} broken; lower bound ratio {}",
+            "     image {} KB -> payload {} KB; ends: {} new, {} old, {} broken; makespan / lower bound: {} (mean-value), {} (with stall propagation)",
             o.image_bytes / 1024,
             o.payload_bytes / 1024,
             o.final_new,
             o.final_old,
             o.final_broken,
             o.ratio_to_bound.map_or_else(|| "n/a".to_owned(), |x| format!("{x:.2}x")),
+            o.ratio_to_combined_bound
+                .map_or_else(|| "n/a".to_owned(), |x| format!("{x:.2}x")),
         );
     }
     if !r.drops.is_empty() {
