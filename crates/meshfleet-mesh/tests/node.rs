@@ -499,3 +499,69 @@ fn a_time_sync_before_the_first_node_sync_does_not_spin_the_timer() {
         assert!(calls > 0, "{msg}");
     }
 }
+
+/// A node-sync frame from `from` whose tree is a chain of `levels` nodes below it.
+fn chain_node_sync(from: u32, dest: u32, levels: u32) -> String {
+    let mut subs = String::new();
+    for id in 1..=levels {
+        subs.push_str(&format!(r#","subs":[{{"nodeId":{}"#, 1000 + id));
+    }
+    subs.push_str(&"}]".repeat(levels as usize));
+    format!(r#"{{"nodeId":{from}{subs},"type":5,"dest":{dest},"from":{from}}}"#)
+}
+
+#[test]
+fn a_node_accepts_node_syncs_as_deep_as_the_library_does() {
+    // A geometric 1,000-node mesh is 73-93 hops across; the library accepts trees up to
+    // 127 levels below the sender (JSON nesting 255). On a small stack: parsing the tree
+    // takes none; serializing it again (the node caches each link tree's JSON) recurses,
+    // between 128 and 192 KiB for 127 levels in a debug build.
+    let handle = std::thread::Builder::new()
+        .stack_size(256 << 10)
+        .spawn(|| {
+            for levels in [100, meshfleet_wire::MAX_TREE_DEPTH as u32] {
+                let (mut n, l) = scripted(21);
+                let ev = feed(&mut n, l, &chain_node_sync(7, 21, levels));
+                assert_eq!(n.stats().dropped_decode, 0, "{levels}: {ev:?}");
+                assert_eq!(closed_with(&ev), None);
+                let mut expected = vec![NodeId(7)];
+                expected.extend((1..=levels).map(|i| NodeId(1000 + i)));
+                assert_eq!(n.nodes(), expected, "{levels}");
+                assert_eq!(n.route(NodeId(1000 + levels)), Some(l));
+                // It answers with its own tree (without the asker's branch).
+                let reply = std::iter::from_fn(|| n.poll_transmit())
+                    .find(|t| t.frame.windows(8).any(|w| w == br#""type":6"#))
+                    .expect("a NODE_SYNC_REPLY");
+                assert_eq!(reply.link, l);
+            }
+            // One level deeper than the library's limit is refused like any frame the
+            // library cannot parse: dropped, the link stays.
+            let (mut n, l) = scripted(21);
+            let deeper = meshfleet_wire::MAX_TREE_DEPTH as u32 + 1;
+            let ev = feed(&mut n, l, &chain_node_sync(7, 21, deeper));
+            assert_eq!(n.stats().dropped_decode, 1);
+            assert_eq!(closed_with(&ev), None);
+            assert!(n.nodes().is_empty());
+        })
+        .expect("spawn");
+    handle.join().expect("no panic");
+}
+
+#[test]
+fn a_line_of_110_nodes_converges() {
+    // The far ends' node syncs describe 109 levels: beyond what meshfleet parsed before
+    // (63), within the library's 127.
+    let mut net = Net::new(Duration::from_micros(2_500));
+    let ids: Vec<usize> = (1..=110).map(|i| net.add_id(i)).collect();
+    for w in ids.windows(2) {
+        net.connect(w[1], w[0]);
+        net.run_for(Duration::from_millis(50));
+    }
+    net.run_for(Duration::from_secs(2));
+    for (i, &n) in ids.iter().enumerate() {
+        let known = net.nodes[n].nodes();
+        assert_eq!(known.len(), 109, "node {} knows {}", i + 1, known.len());
+        assert_eq!(net.nodes[n].stats().dropped_decode, 0);
+        assert!(net.closed(n).is_empty());
+    }
+}

@@ -641,14 +641,16 @@ mod tests {
 
     #[test]
     fn line_diameter_limit() {
+        // A node-sync frame carries 127 levels below its sender (the library's limit): a
+        // line of 128 nodes syncs end to end, one of 129 cannot.
         assert!(Topology::Line {
-            nodes: 64,
+            nodes: 128,
             spacing_m: 10.0
         }
         .check()
         .is_ok());
         assert!(Topology::Line {
-            nodes: 65,
+            nodes: 129,
             spacing_m: 10.0
         }
         .check()

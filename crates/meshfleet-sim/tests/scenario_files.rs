@@ -195,7 +195,7 @@ fn impossible_topologies_are_rejected() {
         "at least 1",
     );
     expect(
-        "kind = \"line\"\nnodes = 100\n",
+        "kind = \"line\"\nnodes = 129\n",
         4,
         Some("topology.nodes"),
         "levels",

@@ -9,9 +9,13 @@
 //!   buffering it (the C++ library has no limit; we do, see [`DEFAULT_MAX_FRAME_LEN`]).
 //! * [`decode`] parses one frame into a [`Message`]. It is as tolerant as the library where
 //!   real nodes depend on it (`"type":"9"`, trailing garbage after the object, duplicate
-//!   keys: last wins, `msg` that is not a string) and strict where that protects us (depth
-//!   limits, invalid UTF-8, numbers out of the unsigned 32-bit range read as 0 exactly like
-//!   the library's `is<uint32_t>()`).
+//!   keys: last wins, `msg` that is not a string) and strict where that protects us (invalid
+//!   UTF-8, numbers out of the unsigned 32-bit range read as 0 exactly like the library's
+//!   `is<uint32_t>()`). Nesting is limited exactly as in the library: a frame nested deeper
+//!   than [`MAX_JSON_NESTING`] (255) is refused, so node trees go [`MAX_TREE_DEPTH`] (127)
+//!   levels deep. A non-recursive pre-scan enforces it before serde_json parses anything,
+//!   so no input can make a parse recurse deeper than that (stack use: see
+//!   [`MAX_JSON_NESTING`]).
 //! * [`Message::encode`] writes the exact key order the library writes, so frames are
 //!   byte-identical to the library's for everything it would send (`package_samples.jsonl`).
 //!   Keys we do not know are kept and written back, so forwarding preserves them (Q7).
@@ -25,6 +29,7 @@ extern crate alloc;
 mod framer;
 mod lenient;
 mod message;
+mod nesting;
 pub mod ota;
 mod package;
 mod tree;
@@ -34,6 +39,7 @@ pub use message::{
     decode, parse, DecodeError, Extra, Frame, Message, MsgText, NodeSync, Text, TimeMsg,
     TimePacket, MAX_STRING_CHARS,
 };
+pub use nesting::MAX_JSON_NESTING;
 pub use package::Package;
 pub use tree::{NodeTree, MAX_TREE_DEPTH};
 

@@ -6,14 +6,15 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt;
 
-use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::lenient::{LenientBool, LenientInt, LenientU32};
+use crate::nesting::{nesting_within, MAX_JSON_NESTING};
 use crate::package::Package;
-use crate::tree::{NodeTree, SubsSeed, MAX_TREE_DEPTH};
+use crate::tree::{parse_subs, NodeTree, MAX_TREE_DEPTH};
 use crate::{types, NodeId, Routing};
 
 /// Longest `msg` string accepted, in characters: ArduinoJson's limit in the library
@@ -32,7 +33,8 @@ pub type Extra = Vec<(String, Box<RawValue>)>;
 pub enum DecodeError {
     /// Not valid UTF-8.
     Utf8,
-    /// Not valid JSON (or nested deeper than the limit).
+    /// Not valid JSON, or nested deeper than [`MAX_JSON_NESTING`] (the library's
+    /// `TooDeep`; this includes node trees deeper than [`MAX_TREE_DEPTH`]).
     Json(String),
     /// Valid JSON but not an object (an array, a number...).
     NotObject,
@@ -458,9 +460,22 @@ impl<'de> Deserialize<'de> for MaybeEnvelope<'de> {
 ///
 /// Like ArduinoJson, anything after the first complete value is ignored (trailing
 /// garbage, a second object in the same frame).
+///
+/// A first value nested deeper than [`MAX_JSON_NESTING`] is refused before serde_json
+/// sees it, as the library refuses it (`TooDeep`). That bound is what makes it safe to
+/// parse here without serde_json's recursion limit, which would refuse nesting beyond 128
+/// that the library accepts (serde_json skips the raw values below the top level without
+/// recursion today, but that is how it is written, not a promise).
 pub(crate) fn parse_envelope(text: &str) -> Result<(Envelope<'_>, &str), DecodeError> {
+    if !nesting_within(text.as_bytes(), MAX_JSON_NESTING) {
+        return Err(DecodeError::Json(alloc::format!(
+            "nested deeper than {MAX_JSON_NESTING} levels (the library's limit)"
+        )));
+    }
     let start = text.len() - text.trim_start().len();
-    let mut stream = serde_json::Deserializer::from_str(text).into_iter::<MaybeEnvelope<'_>>();
+    let mut de = serde_json::Deserializer::from_str(text);
+    de.disable_recursion_limit(); // bounded by the scan above
+    let mut stream = de.into_iter::<MaybeEnvelope<'_>>();
     match stream.next() {
         Some(Ok(MaybeEnvelope(Some(env)))) => Ok((env, &text[start..stream.byte_offset()])),
         Some(Ok(MaybeEnvelope(None))) => Err(DecodeError::NotObject),
@@ -582,16 +597,13 @@ impl Frame<'_> {
             types::NODE_SYNC_REQUEST | types::NODE_SYNC_REPLY => {
                 let subs = match env.get("subs") {
                     None => Vec::new(),
+                    // Iterative, so however deep the tree (up to what the nesting
+                    // pre-scan lets through), it takes no stack.
                     Some(raw) => {
-                        let mut de = serde_json::Deserializer::from_str(raw.get());
-                        SubsSeed {
-                            depth_left: MAX_TREE_DEPTH,
-                        }
-                        .deserialize(&mut de)
-                        .map_err(|e| DecodeError::Field {
+                        parse_subs(raw.get(), MAX_TREE_DEPTH).map_err(|e| DecodeError::Field {
                             ty,
                             field: "subs",
-                            reason: e.to_string(),
+                            reason: e.into(),
                         })?
                     }
                 };

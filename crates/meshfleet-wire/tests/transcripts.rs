@@ -91,7 +91,9 @@ fn every_transcript_frame_decodes_and_reencodes_to_the_same_json() {
                         || !original.is_object()
                         || original.get("type").is_none()
                         || text.len() > 65_000
-                        || text.contains("[[[[[[[[");
+                        // Nested deeper than the library's 255 (the object + 255 arrays):
+                        // `nesting_300`, which the library drops; `nesting_200` must pass.
+                        || text.contains(&"[".repeat(255));
                     assert!(
                         expected,
                         "{}: rejected {e} for {}",
@@ -103,10 +105,10 @@ fn every_transcript_frame_decodes_and_reencodes_to_the_same_json() {
         }
     }
     // The corpus has 231 frames; all ordinary traffic must round-trip.
-    assert_eq!(checked, 214);
+    assert_eq!(checked, 213);
     assert_eq!(
-        rejected, 12,
-        "the frames the library also drops, plus 65,536+ chars and deep nesting"
+        rejected, 13,
+        "the frames the library also drops (among them 65,536+ chars and nesting 301)"
     );
     assert_eq!(normalized, 5);
     eprintln!("checked {checked}, rejected {rejected}, normalized {normalized}");
