@@ -291,36 +291,51 @@ fn broadcast_tree_survives_a_killed_relay() {
     eprintln!("done after {:?}", t0.elapsed());
 }
 
-/// The stock flow end to end: the library's sender (`--strategy stock`) and a node that
-/// accepts only stock updates.
-#[test]
-fn stock_offer_updates_a_stock_receiver() {
-    let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path();
-    // A real firmware image if the shared set is there, else a synthetic one.
+/// One receiver node `id` (with `extra` flags) listening in `d`, and `ota offer` of a
+/// packed image (a real firmware image if the shared set is there, else a synthetic one)
+/// with `strategy`, connected to it. Returns (image, its sha256, node, offer).
+fn one_receiver(
+    d: &Path,
+    id: u32,
+    name: &str,
+    extra: &[&str],
+    strategy: &str,
+) -> (Vec<u8>, String, Proc, Proc) {
     let shared = Path::new("/work/shared/firmware/ath9k-htc-9271-1.4.0-110.fw");
     let image = std::fs::read(shared).unwrap_or_else(|_| incompressible_image(51 * 1024));
     let sha = sha256_hex(&image);
     std::fs::write(d.join("fw.bin"), &image).unwrap();
     pack(d, "fw.bin", "1.4.0", None, "fw.mfw");
     let r = Spec {
-        id: 201,
+        id,
         listen: Some("127.0.0.1:0".into()),
         connect: None,
     };
-    let mut node = spawn(
-        "stock receiver",
-        d,
-        &receiver_args(d, &r, &["--ota-accept", "stock"]),
-    );
+    let mut node = spawn(name, d, &receiver_args(d, &r, extra));
     let port = node.listening_port();
-    let mut offer = spawn(
+    let offer = spawn(
         "offer",
         d,
         &words(&format!(
-            "ota offer fw.mfw --strategy stock --connect 127.0.0.1:{port} --json \
+            "ota offer fw.mfw --strategy {strategy} --connect 127.0.0.1:{port} --json \
              --exit-when-idle 3"
         )),
+    );
+    (image, sha, node, offer)
+}
+
+/// The stock flow end to end: the library's sender (`--strategy stock`) and a node that
+/// accepts only stock updates.
+#[test]
+fn stock_offer_updates_a_stock_receiver() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let (image, sha, mut node, mut offer) = one_receiver(
+        d,
+        201,
+        "stock receiver",
+        &["--ota-accept", "stock"],
+        "stock",
     );
     let started = offer.wait_for("offer_started", |v| v["event"] == "offer_started");
     let parts = started["parts"].as_u64().unwrap();
@@ -359,30 +374,8 @@ fn stock_offer_updates_a_stock_receiver() {
 fn a_node_with_a_small_window_gets_the_stock_flow_under_auto() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let shared = Path::new("/work/shared/firmware/ath9k-htc-9271-1.4.0-110.fw");
-    let image = std::fs::read(shared).unwrap_or_else(|_| incompressible_image(51 * 1024));
-    let sha = sha256_hex(&image);
-    std::fs::write(d.join("fw.bin"), &image).unwrap();
-    pack(d, "fw.bin", "1.4.0", None, "fw.mfw");
-    let r = Spec {
-        id: 251,
-        listen: Some("127.0.0.1:0".into()),
-        connect: None,
-    };
-    let mut node = spawn(
-        "small receiver",
-        d,
-        &receiver_args(d, &r, &["--ota-window", "8K"]),
-    );
-    let port = node.listening_port();
-    let mut offer = spawn(
-        "offer",
-        d,
-        &words(&format!(
-            "ota offer fw.mfw --strategy auto --connect 127.0.0.1:{port} --json \
-             --exit-when-idle 3"
-        )),
-    );
+    let (_image, sha, mut node, mut offer) =
+        one_receiver(d, 251, "small receiver", &["--ota-window", "8K"], "auto");
     let skipped = offer.wait_for("peer_cannot_decode", |v| v["event"] == "peer_cannot_decode");
     assert_eq!(skipped["peer"], 251);
     assert_eq!(
