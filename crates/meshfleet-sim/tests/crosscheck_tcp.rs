@@ -178,10 +178,29 @@ fn three_chain_puts_the_same_frames_on_each_link_in_the_simulator_and_over_tcp()
             s[l].len(),
             sim[l].len()
         );
+        // The real run's clock is the machine's: on a loaded machine the last periodic node
+        // sync (10 s after an accept) can fall just inside or just outside the 14 s window
+        // on one side only. So the sequences must agree frame for frame as far as both go,
+        // and may differ by that one trailing frame at most.
+        let n = s[l].len().min(t[l].len());
+        assert!(
+            n >= 2,
+            "too few node-sync frames on {l:?}: sim {:#?}\ntcp {:#?}",
+            s[l],
+            t[l]
+        );
+        assert!(
+            s[l].len().abs_diff(t[l].len()) <= 1,
+            "frame counts on link {l:?} differ by more than the last periodic sync:\nsim {:#?}\ntcp {:#?}",
+            s[l],
+            t[l]
+        );
         assert_eq!(
-            s[l], t[l],
+            s[l][..n],
+            t[l][..n],
             "frames on link {l:?} differ:\nsim {:#?}\ntcp {:#?}",
-            s[l], t[l]
+            s[l],
+            t[l]
         );
     }
 }
