@@ -856,11 +856,16 @@ impl Core {
             return false;
         }
         let peer = l.peer;
-        // Unchanged tree: postpone this link's own periodic sync by a full interval.
-        self.links[idx].set(
-            LinkTimer::NodeSync,
-            Some(now + self.config.node_sync_interval),
-        );
+        // Unchanged tree: postpone this link's own periodic sync by a full interval, unless
+        // the peer has not heard our current tree yet and this is a reply (a request is
+        // answered below with the current tree). See `handle_node_sync`.
+        let told_current = self.links[idx].sent_digest == Some(self.digest_for(peer));
+        if told_current || ty == NODE_SYNC_REQUEST {
+            self.links[idx].set(
+                LinkTimer::NodeSync,
+                Some(now + self.config.node_sync_interval),
+            );
+        }
         if ty == NODE_SYNC_REQUEST {
             let frame = self.node_sync_frame(NODE_SYNC_REPLY, peer, false);
             self.links[idx].sent_digest = Some(self.digest_for(peer));
@@ -941,6 +946,8 @@ impl Core {
             });
         }
         let digest = tree.digest();
+        // What this peer last heard from us, against what we would tell it now.
+        let told_current = self.links[idx].sent_digest == Some(self.digest_for(tree.node_id));
         let l = &mut self.links[idx];
         if l.tree.is_none() || l.tree_digest != digest {
             let (json, range) = link_tree_json(&tree);
@@ -951,13 +958,18 @@ impl Core {
             l.tree = Some(tree);
             let changed = l.peer;
             self.layout_changed(now, Some(changed));
-        } else {
-            // Unchanged tree: postpone this link's own periodic sync by a full interval.
+        } else if told_current {
+            // Unchanged tree, and the peer has our current one: postpone this link's own
+            // periodic sync by a full interval.
             l.set(
                 LinkTimer::NodeSync,
                 Some(now + self.config.node_sync_interval),
             );
         }
+        // Otherwise a re-sync is due (another link changed our layout since we last told
+        // this peer, and `layout_changed` set it to now): postponing it would keep the
+        // peer on a stale tree for a whole interval. In a line whose links all came up at
+        // once, that held the far end's node list back by 10 s per hop.
     }
 
     /// changedConnections -> syncLayout: ask every other synced link to re-sync now.

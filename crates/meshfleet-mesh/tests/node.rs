@@ -565,3 +565,21 @@ fn a_line_of_110_nodes_converges() {
         assert!(net.closed(n).is_empty());
     }
 }
+
+#[test]
+fn a_line_whose_links_all_come_up_at_once_converges_quickly() {
+    // Every link's first sync runs at once. A node that learns something new from one side
+    // must tell the other side even when that side's reply to our previous (older) sync
+    // arrives at the same moment; postponing the re-sync by the periodic interval held the
+    // far end's node list back 10 s per hop.
+    let mut net = Net::new(Duration::from_micros(2_500));
+    let ids: Vec<usize> = (1..=8).map(|i| net.add_id(i)).collect();
+    for w in ids.windows(2) {
+        net.connect(w[1], w[0]);
+    }
+    net.run_for(Duration::from_secs(2));
+    for (i, &n) in ids.iter().enumerate() {
+        let known = net.nodes[n].nodes();
+        assert_eq!(known.len(), 7, "node {} knows {known:?}", i + 1);
+    }
+}
