@@ -31,7 +31,7 @@
 /// (a TIME `msg`, lenient header fields, [`Package::parse`](crate::Package::parse)) keep
 /// its default recursion limit (128) and read nothing deeper than a level or two
 /// themselves. Re-encoding and dropping a [`NodeTree`](crate::NodeTree) recurse once per
-/// level. Measured on x86-64 (`tests/depth.rs`, `measure_stack_use`), for the deepest tree
+/// level. Measured on x86-64 (`cargo run -p meshfleet-wire --example stack_use`), for the deepest tree
 /// a frame can carry (128 nodes in a chain):
 ///
 /// | build | decode | encode | drop | trivial frame, for scale |
