@@ -31,12 +31,12 @@
 /// (a TIME `msg`, lenient header fields, [`Package::parse`](crate::Package::parse)) keep
 /// its default recursion limit (128) and read nothing deeper than a level or two
 /// themselves. Re-encoding and dropping a [`NodeTree`](crate::NodeTree) recurse once per
-/// level. Measured on x86-64 (`cargo run -p meshfleet-wire --example stack_use`), for the deepest tree
-/// a frame can carry (128 nodes in a chain):
+/// level. Measured on x86-64 (`cargo run -p meshfleet-wire [--release] --example
+/// stack_use`), for the deepest tree a frame can carry (128 nodes in a chain):
 ///
 /// | build | decode | encode | drop | trivial frame, for scale |
 /// | --- | --- | --- | --- | --- |
-/// | release | ~2 KiB | ~14 KiB | ~8 KiB | ~2 KiB |
+/// | release | ~2 KiB | ~14 KiB | ~6 KiB | ~2 KiB |
 /// | debug | ~8 KiB | ~160 KiB | ~21 KiB | ~8 KiB |
 ///
 /// (With serde_json's recursive descent, decoding that tree took ~84 KiB in release and
