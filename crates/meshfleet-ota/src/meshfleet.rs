@@ -60,6 +60,36 @@ fn staged_range(m: &Manifest, layout: &Layout, u: u32) -> Option<(u64, usize)> {
     }
 }
 
+/// True if `bytes` is unit `u` of the campaign: a page that hashes to its signed entry, or
+/// a chunk that hashes to the entry of its page, which must be held (`have`) and is read
+/// back from staging. Chunk hashes live in the staging area, not in RAM: a receiver's
+/// memory does not grow with the image.
+fn verify_unit(
+    store: &mut dyn SlotStore,
+    m: &Manifest,
+    layout: &Layout,
+    have: &Bitmap,
+    u: u32,
+    bytes: &[u8],
+) -> bool {
+    match layout.unit(u) {
+        Some(Unit::Page(k)) => m.verify_page(k, bytes),
+        Some(Unit::Chunk(i)) => {
+            have.get(layout.page_of_chunk(i))
+                && staged_chunk_hash(store, m, i)
+                    .is_some_and(|h| m.verify_chunk_against(i, bytes, &h))
+        }
+        None => false,
+    }
+}
+
+/// Chunk `i`'s hash from its staged (verified) hash page.
+fn staged_chunk_hash(store: &mut dyn SlotStore, m: &Manifest, i: u32) -> Option<ChunkHash> {
+    let off = m.compressed_size + u64::from(i) * CHUNK_HASH_BYTES as u64;
+    let b = store.read_staging(off, CHUNK_HASH_BYTES).ok()?;
+    Some(ChunkHash(b.try_into().ok()?))
+}
+
 /// Assumed ESP32 TCP throughput over the mesh, bytes per second.
 pub const ASSUMED_LINK_RATE: u64 = 123_000;
 
@@ -546,7 +576,9 @@ impl MeshfleetOta {
             if have.get(u) {
                 let ok = staged_range(&manifest, &layout, u)
                     .and_then(|(off, len)| self.store.read_staging(off, len).ok())
-                    .is_some_and(|b| self.verify_unit(&manifest, &layout, &have, u, &b));
+                    .is_some_and(|b| {
+                        verify_unit(self.store.as_mut(), &manifest, &layout, &have, u, &b)
+                    });
                 if !ok {
                     have.clear(u);
                 }
@@ -739,37 +771,6 @@ impl MeshfleetOta {
                 self.store.read_staging(off, len).ok()
             }
         }
-    }
-
-    /// True if `bytes` is unit `u` of the campaign: a page that hashes to its signed entry,
-    /// or a chunk that hashes to the entry of its page, which must be held (`have`) and is
-    /// read back from staging. Chunk hashes live in the staging area, not in RAM: a
-    /// receiver's memory does not grow with the image.
-    fn verify_unit(
-        &mut self,
-        m: &Manifest,
-        layout: &Layout,
-        have: &Bitmap,
-        u: u32,
-        bytes: &[u8],
-    ) -> bool {
-        match layout.unit(u) {
-            Some(Unit::Page(k)) => m.verify_page(k, bytes),
-            Some(Unit::Chunk(i)) => {
-                have.get(layout.page_of_chunk(i))
-                    && self
-                        .staged_chunk_hash(m, i)
-                        .is_some_and(|h| m.verify_chunk_against(i, bytes, &h))
-            }
-            None => false,
-        }
-    }
-
-    /// Chunk `i`'s hash from its staged (verified) hash page.
-    fn staged_chunk_hash(&mut self, m: &Manifest, i: u32) -> Option<ChunkHash> {
-        let off = m.compressed_size + u64::from(i) * CHUNK_HASH_BYTES as u64;
-        let b = self.store.read_staging(off, CHUNK_HASH_BYTES).ok()?;
-        Some(ChunkHash(b.try_into().ok()?))
     }
 
     /// Sends what the token buckets allow; arms each link's pacing timer.
@@ -1220,8 +1221,8 @@ impl MeshfleetOta {
         let Some(c) = self.campaign.as_ref() else {
             return;
         };
-        let (manifest, layout) = (c.manifest.clone(), c.layout);
-        let expected_len = staged_range(&manifest, &layout, index).map(|(_, len)| len);
+        let layout = c.layout;
+        let expected_len = staged_range(&c.manifest, &layout, index).map(|(_, len)| len);
         let reject = if c.id != campaign {
             Some("campaign")
         } else if expected_len.is_none() {
@@ -1239,8 +1240,15 @@ impl MeshfleetOta {
             self.stats.unverifiable += 1;
             return;
         } else {
-            let have = c.have.clone();
-            (!self.verify_unit(&manifest, &layout, &have, index, data)).then_some("hash")
+            let ok = verify_unit(
+                self.store.as_mut(),
+                &c.manifest,
+                &layout,
+                &c.have,
+                index,
+                data,
+            );
+            (!ok).then_some("hash")
         };
         if let Some(reason) = reject {
             self.stats.chunks_rejected += 1;
@@ -1320,7 +1328,7 @@ impl MeshfleetOta {
                 break;
             };
             let bytes = self.store.read_staging(r.start as u64, r.len())?;
-            let Some(hash) = self.staged_chunk_hash(&c.manifest, i) else {
+            let Some(hash) = staged_chunk_hash(self.store.as_mut(), &c.manifest, i) else {
                 break;
             };
             let mut err = None;
