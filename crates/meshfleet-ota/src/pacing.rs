@@ -3,7 +3,7 @@
 //! A token bucket at a fixed rate keeps one link from hogging its radio, but on a shared
 //! medium the limit that matters is the neighbourhood's: thirty nodes within interference
 //! range of each other, each pacing its own links to 60% of a link, offer many times what the
-//! air can carry. Then every frame waits for the medium (measured in the simulator at 300
+//! air can carry. Then every frame waits for the medium (measured in the simulator at 500
 //! nodes on the geometric channel: 0.25 to 6 s per frame), painlessMesh's node-sync exchanges
 //! (15-30 KB each at these sizes) stop completing within its 10 s timeout, links close,
 //! subtrees rejoin, and the update never finishes. Queue-length back-pressure does not help:
