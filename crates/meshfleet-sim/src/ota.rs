@@ -458,7 +458,7 @@ impl OtaCampaign {
                         c,
                         Box::new(store),
                         p.artefact.clone(),
-                        false,
+                        None,
                     )));
                 } else {
                     match MeshfleetOta::new(c, Box::new(store)) {
@@ -488,7 +488,7 @@ impl OtaCampaign {
             OtaStrategy::Meshfleet => {
                 let artefact = self.payload.artefact.clone();
                 node.with_plugin::<MeshfleetOta, _>(now, |o, ctx| {
-                    o.start_source(ctx, artefact, false)
+                    o.start_source(ctx, artefact, None)
                 });
             }
         }
