@@ -317,8 +317,9 @@ struct Neighbour {
     offer_backoff: Duration,
     /// When a chunk was last sent to it (a neighbour fed chunks needs no new OFFER).
     last_sent: Option<Instant>,
-    /// CAPS sent on this link so far.
+    /// CAPS sent on this link so far, and when the last one went.
     caps_tries: u8,
+    caps_sent: Instant,
     /// Chunks sent to it on this link (retransmissions included).
     chunks_sent: u32,
     /// Chunk payload bytes sent to it on this link.
@@ -1168,8 +1169,15 @@ impl MeshfleetOta {
         };
         n.caps_deadline = None;
         let (peer, had_caps) = (n.peer, n.caps.is_some());
-        if !caps.ack {
-            // It has not got ours (lost, or it came up after we sent it): send it again.
+        // It had not got ours when it sent this. If ours left well before (more than half
+        // the CAPS timeout), it was lost: send it again. Two CAPS that cross on a new link
+        // are both `ack:false` and need no answer.
+        let now = ctx.now();
+        if !caps.ack
+            && now.saturating_since(n.caps_sent).as_micros() * 2
+                >= self.config.caps_timeout.as_micros()
+        {
+            n.caps_sent = now;
             let ours = self.caps(ctx.node_id().0, peer.0, true);
             Self::send_json(ctx, link, &ours);
         }
@@ -2040,6 +2048,7 @@ impl Plugin for MeshfleetOta {
                         offer_backoff: OFFER_RETRY_MIN,
                         last_sent: None,
                         caps_tries: 1,
+                        caps_sent: now,
                         chunks_sent: 0,
                         bytes_sent: 0,
                         sent: [Bitmap::new(0), Bitmap::new(0)],
@@ -2103,6 +2112,7 @@ impl Plugin for MeshfleetOta {
                         timeout.as_micros().saturating_mul(1 << n.caps_tries),
                     );
                     n.caps_deadline = Some(now + wait);
+                    n.caps_sent = now;
                     resend.push((*link, n.peer));
                 }
             }

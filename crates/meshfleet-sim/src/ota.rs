@@ -908,6 +908,15 @@ impl OtaRun {
         lock(&self.shared).updated_at.len() as u32
     }
 
+    /// Receivers updated so far (node numbers) and when, global virtual time.
+    pub fn updated_at(&self) -> Vec<(u32, Instant)> {
+        lock(&self.shared)
+            .updated_at
+            .iter()
+            .map(|(n, t)| (*n, *t))
+            .collect()
+    }
+
     /// Whether every receiver is updated.
     pub fn all_updated(&self) -> bool {
         self.updated() >= self.receivers()
