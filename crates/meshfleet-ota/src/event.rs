@@ -26,6 +26,28 @@ impl AnnounceReason {
     }
 }
 
+/// Why an unfinished campaign was abandoned ([`OtaEvent::CampaignAbandoned`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AbandonReason {
+    /// No unit arrived for [`crate::MeshfleetConfig::campaign_timeout`].
+    NoProgress,
+    /// A newer signed version (or one the operator's intent names) was offered.
+    Superseded {
+        /// The campaign that replaces it.
+        by: u32,
+    },
+}
+
+impl AbandonReason {
+    fn label(self) -> &'static str {
+        match self {
+            Self::NoProgress => "no_progress",
+            Self::Superseded { .. } => "superseded",
+        }
+    }
+}
+
 /// One OTA happening. Downcast a [`PluginEvent`] with `event.as_any().downcast_ref::<OtaEvent>()`.
 ///
 /// Every variant has a stable JSON form (`{"event": "<snake_case name>", ...}`) for `--json`
@@ -199,6 +221,32 @@ pub enum OtaEvent {
         /// Why, for a human.
         reason: String,
     },
+    /// A neighbour refused the offer we made it (its STATUS `reject`). Distinct from
+    /// [`OtaEvent::OfferRejected`], which is *this* node refusing an offer it received, so a
+    /// source never reports its own refusals as a receiver's failure.
+    PeerRefused {
+        /// The neighbour.
+        peer: NodeId,
+        /// Campaign id.
+        campaign: u32,
+        /// Its reason, for a human (truncated to 200 characters).
+        reason: String,
+    },
+    /// An unfinished transfer was given up; its staged data is discarded.
+    CampaignAbandoned {
+        /// Campaign id.
+        campaign: u32,
+        /// Why.
+        reason: AbandonReason,
+    },
+    /// The neighbour this node fetches the campaign from changed (the old one left, stopped
+    /// delivering, or a neighbour on the route to the campaign's origin offered it).
+    UpstreamChanged {
+        /// Campaign id.
+        campaign: u32,
+        /// The new upstream.
+        peer: NodeId,
+    },
     /// A downstream neighbour reported it has the whole image.
     PeerDone {
         /// The neighbour.
@@ -290,6 +338,23 @@ impl PluginEvent for OtaEvent {
                 reason,
             } => json!({"event": "peer_cannot_decode", "peer": peer.0, "campaign": campaign,
                         "reason": reason}),
+            Self::PeerRefused {
+                peer,
+                campaign,
+                reason,
+            } => json!({"event": "peer_refused", "peer": peer.0, "campaign": campaign,
+                        "reason": reason}),
+            Self::CampaignAbandoned { campaign, reason } => {
+                let by = match reason {
+                    AbandonReason::Superseded { by } => Some(*by),
+                    AbandonReason::NoProgress => None,
+                };
+                json!({"event": "campaign_abandoned", "campaign": campaign,
+                       "reason": reason.label(), "superseded_by": by})
+            }
+            Self::UpstreamChanged { campaign, peer } => {
+                json!({"event": "upstream_changed", "campaign": campaign, "peer": peer.0})
+            }
             Self::PeerDone { peer, campaign } => {
                 json!({"event": "peer_done", "peer": peer.0, "campaign": campaign})
             }

@@ -50,7 +50,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! A meshfleet source is `MeshfleetOta::source(config, store, artefact, forced)`; it offers
+//! A meshfleet source is `MeshfleetOta::source(config, store, artefact, intent)`; it offers
 //! to every meshfleet neighbour after the CAPS exchange. Put a [`StockSender`] for the same
 //! image on the same node to serve stock nodes.
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
@@ -64,7 +64,7 @@ pub mod stock;
 pub mod store;
 
 pub use boot::{BootDecision, BootManager, DEFAULT_MAX_BOOT_ATTEMPTS};
-pub use event::{AnnounceReason, OtaEvent};
+pub use event::{AbandonReason, AnnounceReason, OtaEvent};
 pub use meshfleet::{MeshfleetConfig, MeshfleetOta, MeshfleetStats, OpenError, PeerProgress};
 pub use stock::{
     md5_hex, NodeProgress, OfferError, StockOffer, StockReceiver, StockReceiverConfig, StockSender,

@@ -27,14 +27,15 @@ use std::sync::Arc;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use meshfleet_firmware::{
-    Artefact, ChunkHash, Codec, Manifest, StreamVerifier, VerifyingKey, Version,
+    Artefact, ChunkHash, Codec, Intent, IntentError, Manifest, StreamVerifier, VerifyingKey,
+    Version,
 };
 use meshfleet_mesh::{Ctx, Duration, Instant, LinkId, MeshChange, NodeId, Plugin};
 use meshfleet_wire::{Package, Routing};
 use serde::{Deserialize, Serialize};
 
 use crate::boot;
-use crate::event::OtaEvent;
+use crate::event::{AbandonReason, OtaEvent};
 use crate::pacing::DelayPacer;
 use crate::proto::{
     campaign_id, decode_binary_chunk, encode_binary_chunk, Bitmap, Caps, ChunkJson, Layout, Nak,
@@ -93,6 +94,19 @@ fn staged_chunk_hash(store: &mut dyn SlotStore, m: &Manifest, i: u32) -> Option<
 /// Assumed ESP32 TCP throughput over the mesh, bytes per second.
 pub const ASSUMED_LINK_RATE: u64 = 123_000;
 
+/// First wait for an answer (a NAK or a STATUS) to an OFFER before it is sent again.
+pub const OFFER_RETRY_MIN: Duration = Duration::from_secs(2);
+/// Longest wait between OFFERs to a neighbour that has not answered, or that accepted and
+/// then fell silent while nothing was sent to it (the wait doubles from
+/// [`OFFER_RETRY_MIN`]). A neighbour that refused is offered again after four times this.
+pub const OFFER_RETRY_MAX: Duration = Duration::from_secs(32);
+/// NAKs in a row without a new unit after which the upstream counts as stale: another
+/// neighbour that offered the campaign is asked instead (~3.5-7 s with the default NAK
+/// interval).
+pub const STALE_NAKS: u32 = 3;
+/// CAPS sent on a link before giving up on a neighbour that never answers (a stock node).
+const CAPS_TRIES: u8 = 3;
+
 /// Configuration of a [`MeshfleetOta`] node.
 #[derive(Clone, Debug)]
 pub struct MeshfleetConfig {
@@ -118,8 +132,18 @@ pub struct MeshfleetConfig {
     pub max_window: u32,
     /// Bytes we can stage (advertised in CAPS; larger payloads are refused).
     pub max_staging: u64,
-    /// Accept offers that are not newer than the running version.
+    /// Accept offers that are not newer than the running version (a local setting of the
+    /// node's operator; remote peers can only do this with a signed [`Intent`]).
     pub allow_downgrade: bool,
+    /// An unfinished transfer that receives no new unit for this long is abandoned and its
+    /// staged data discarded (10 min), so a campaign whose sources are gone cannot block the
+    /// node for ever; after a restart the clock starts again. A newer signed version
+    /// supersedes an unfinished one at once.
+    pub campaign_timeout: Duration,
+    /// The wall clock, if the driver knows it: the Unix time in seconds at an instant of the
+    /// node's clock. Used only to check an [`Intent`]'s expiry (without it, expiry cannot be
+    /// checked; see `docs/security.md`). Update with [`MeshfleetOta::set_unix_time`].
+    pub unix_time: Option<(Instant, u64)>,
     /// How long to wait for a neighbour's CAPS before treating it as a stock node (3 s).
     pub caps_timeout: Duration,
     /// Pacing: bytes per second per link (default 60% of [`ASSUMED_LINK_RATE`]): the most a
@@ -157,6 +181,8 @@ impl MeshfleetConfig {
             max_window: meshfleet_firmware::MAX_WINDOW,
             max_staging: 4 * 1024 * 1024,
             allow_downgrade: false,
+            campaign_timeout: Duration::from_secs(600),
+            unix_time: None,
             caps_timeout: Duration::from_secs(3),
             link_rate: ASSUMED_LINK_RATE * 6 / 10,
             delay_target: Some(Duration::from_millis(150)),
@@ -191,17 +217,31 @@ pub struct MeshfleetStats {
     pub offers_sent: u64,
     /// Malformed meshfleet packages dropped.
     pub malformed: u64,
+    /// OFFERs sent again because the neighbour had not answered.
+    pub offers_retried: u64,
+    /// NAKs from a neighbour we had not offered the campaign to (ignored: a NAK is not an
+    /// acceptance without our OFFER).
+    pub naks_unsolicited: u64,
+    /// Times the upstream was replaced (it left, went stale, or a better-routed neighbour
+    /// offered).
+    pub upstream_changes: u64,
 }
 
 /// The persisted transfer state (`SlotStore::save_state`).
 #[derive(Serialize, Deserialize)]
 struct SavedState {
     campaign: u32,
-    forced: bool,
+    /// The operator's intent the campaign was accepted under (re-offered downstream).
+    #[serde(default)]
+    intent: Option<Intent>,
     #[serde(default)]
     origin: u32,
     manifest: serde_json::Value,
     have: String,
+    /// Every unit is staged and the image committed: the node keeps serving the campaign
+    /// after its reboot (a relay must still update its subtree).
+    #[serde(default)]
+    complete: bool,
 }
 
 /// Where chunk bytes come from.
@@ -218,7 +258,8 @@ struct Campaign {
     manifest: Arc<Manifest>,
     /// The unit index space (hash pages and chunks) every bitmap below counts in.
     layout: Layout,
-    forced: bool,
+    /// The operator's signed intent, passed on with every OFFER of the campaign.
+    intent: Option<Intent>,
     /// The node the campaign started from (0: unknown, e.g. an offer from an older
     /// build): the upstream is the neighbour on the route toward it.
     origin: u32,
@@ -237,6 +278,12 @@ struct Campaign {
     /// A chunk arrived since the NAK interval started (Trickle: consistent, suppress).
     progressed: bool,
     last_progress_tenth: u32,
+    /// When the last new unit arrived (or the transfer began or was restored): the
+    /// campaign is abandoned `campaign_timeout` after it. `None` until a handler ran after
+    /// a restore (no clock in `new`).
+    last_progress: Option<Instant>,
+    /// NAKs sent in a row without a new unit ([`STALE_NAKS`]).
+    stale_naks: u32,
 }
 
 struct Neighbour {
@@ -262,6 +309,17 @@ struct Neighbour {
     pacer: DelayPacer,
     /// The campaign it offered us: it holds (part of) it and can be our upstream.
     offers_campaign: Option<u32>,
+    /// The origin its OFFER claimed (unsigned: used only to prefer among offerers).
+    origin: u32,
+    /// When to send our OFFER again if it stays unanswered (or the accepted neighbour falls
+    /// silent); the wait doubles up to [`OFFER_RETRY_MAX`].
+    offer_at: Option<Instant>,
+    offer_backoff: Duration,
+    /// When a chunk was last sent to it (a neighbour fed chunks needs no new OFFER).
+    last_sent: Option<Instant>,
+    /// CAPS sent on this link so far, and when the last one went.
+    caps_tries: u8,
+    caps_sent: Instant,
     /// Chunks sent to it on this link (retransmissions included).
     chunks_sent: u32,
     /// Chunk payload bytes sent to it on this link.
@@ -382,32 +440,34 @@ impl MeshfleetOta {
         Ok(me)
     }
 
-    /// A source offering `artefact` (verify it before: [`Artefact::verify`]). `forced`
-    /// lets receivers install it even if not newer.
+    /// A source offering `artefact` (verify it before: [`Artefact::verify`]). `intent`, the
+    /// operator's signed [`Intent`] naming the artefact's image, lets receivers install it
+    /// even if it is not newer than what they run or they rolled it back; without one they
+    /// take it only as an upgrade.
     pub fn source(
         config: MeshfleetConfig,
         store: Box<dyn SlotStore>,
         artefact: Artefact,
-        forced: bool,
+        intent: Option<Intent>,
     ) -> Self {
         Self {
             config,
             store,
-            campaign: Some(Self::source_campaign(artefact, forced)),
+            campaign: Some(Self::source_campaign(artefact, intent)),
             neighbours: BTreeMap::new(),
             stats: MeshfleetStats::default(),
             failed: None,
         }
     }
 
-    fn source_campaign(artefact: Artefact, forced: bool) -> Campaign {
+    fn source_campaign(artefact: Artefact, intent: Option<Intent>) -> Campaign {
         let manifest = Arc::new(artefact.manifest().clone());
         let layout = Layout::of(&manifest);
         Campaign {
             id: campaign_id(&manifest),
             manifest,
             layout,
-            forced,
+            intent,
             // Set to our id at the first offer (the node id is not known here).
             origin: 0,
             source: ChunkSource::Payload(Arc::new(artefact)),
@@ -422,6 +482,8 @@ impl MeshfleetOta {
             nak_at: None,
             progressed: false,
             last_progress_tenth: 10,
+            last_progress: None,
+            stale_naks: 0,
         }
     }
 
@@ -434,7 +496,12 @@ impl MeshfleetOta {
     /// Returns `false`, and changes nothing, while a transfer of *another* campaign is in
     /// progress here (one campaign per node, as for offers). A transfer of the same
     /// campaign is superseded: the node now holds the whole payload.
-    pub fn start_source(&mut self, ctx: &mut Ctx<'_>, artefact: Artefact, forced: bool) -> bool {
+    pub fn start_source(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        artefact: Artefact,
+        intent: Option<Intent>,
+    ) -> bool {
         let id = campaign_id(artefact.manifest());
         if self
             .campaign
@@ -448,7 +515,7 @@ impl MeshfleetOta {
             // failure to delete its record only costs a pointless resume after a reboot.
             let _ = self.store.clear_state();
         }
-        self.campaign = Some(Self::source_campaign(artefact, forced));
+        self.campaign = Some(Self::source_campaign(artefact, intent));
         for n in self.neighbours.values_mut() {
             // Offers of an earlier campaign do not count for this one.
             if n.offered != Some(id) {
@@ -537,6 +604,23 @@ impl MeshfleetOta {
         self.config.on_trial = on_trial;
     }
 
+    /// Tells the node the wall-clock time: `unix_s` seconds at instant `at` of its clock
+    /// (for the expiry of operator intents).
+    pub fn set_unix_time(&mut self, at: Instant, unix_s: u64) {
+        self.config.unix_time = Some((at, unix_s));
+    }
+
+    /// Unix seconds at `now`, if the driver told us the time.
+    fn unix_now(&self, now: Instant) -> Option<u64> {
+        self.config.unix_time.map(|(at, s)| {
+            if now >= at {
+                s.saturating_add(now.saturating_since(at).as_micros() / 1_000_000)
+            } else {
+                s.saturating_sub(at.saturating_since(now).as_micros() / 1_000_000)
+            }
+        })
+    }
+
     /// Why the node stopped (a store failure), if it did.
     pub fn failure(&self) -> Option<&str> {
         self.failed.as_deref()
@@ -568,6 +652,13 @@ impl MeshfleetOta {
         let Some(mut have) = Bitmap::from_hex(&saved.have, layout.units()) else {
             return self.store.clear_state();
         };
+        if let Some(key) = &self.config.trusted_key {
+            // Saved only after the offer's signature was checked; a key changed since (or
+            // a tampered record) makes the staged data untrusted.
+            if manifest.verify_signature(key).is_err() {
+                return self.store.clear_state();
+            }
+        }
         let manifest = Arc::new(manifest);
         // The bitmap is written after the units it lists, but check anyway: a unit that
         // does not verify is simply fetched again. Pages come before the chunks they cover
@@ -584,13 +675,46 @@ impl MeshfleetOta {
                 }
             }
         }
+        if saved.complete {
+            // A committed campaign kept to serve the neighbours (a relay that rebooted into
+            // its new image). Served only whole, and not if this node rolled the image back.
+            let rolled_back = self
+                .store
+                .load_boot()?
+                .is_some_and(|r| r.refused.contains(&manifest.sha256.to_hex()));
+            if !have.is_full() || rolled_back {
+                return self.store.clear_state();
+            }
+            self.campaign = Some(Campaign {
+                id: saved.campaign,
+                verifier: None,
+                manifest,
+                layout,
+                intent: saved.intent,
+                origin: saved.origin,
+                source: ChunkSource::Staged,
+                have,
+                upstream: None,
+                complete: true,
+                slot: Slot::A,
+                slot_offset: 0,
+                unsaved: 0,
+                nak_interval: self.config.nak_min,
+                nak_at: None,
+                progressed: false,
+                last_progress_tenth: 10,
+                last_progress: None,
+                stale_naks: 0,
+            });
+            return Ok(());
+        }
         let slot = self.inactive_slot()?;
         let mut c = Campaign {
             id: saved.campaign,
             verifier: StreamVerifier::new(manifest.clone()).ok(),
             manifest,
             layout,
-            forced: saved.forced,
+            intent: saved.intent,
             origin: saved.origin,
             source: ChunkSource::Staged,
             have,
@@ -603,6 +727,8 @@ impl MeshfleetOta {
             nak_at: None,
             progressed: false,
             last_progress_tenth: 0,
+            last_progress: None,
+            stale_naks: 0,
         };
         // The decoder's state is not persisted: decode the staged prefix again.
         self.store.erase_slot(slot)?;
@@ -615,17 +741,18 @@ impl MeshfleetOta {
         let Some(c) = self.campaign.as_mut() else {
             return Ok(());
         };
-        if matches!(c.source, ChunkSource::Payload(_)) || c.complete {
+        if matches!(c.source, ChunkSource::Payload(_)) {
             return Ok(());
         }
         let manifest: serde_json::Value =
             serde_json::from_slice(&c.manifest.to_json()).unwrap_or_default();
         let saved = SavedState {
             campaign: c.id,
-            forced: c.forced,
+            intent: c.intent.clone(),
             origin: c.origin,
             manifest,
             have: c.have.to_hex(),
+            complete: c.complete,
         };
         c.unsaved = 0;
         let bytes = serde_json::to_vec(&saved).map_err(|e| StoreError::Corrupt {
@@ -655,7 +782,7 @@ impl MeshfleetOta {
         }
     }
 
-    fn caps(&self, me: u32, dest: u32) -> Caps {
+    fn caps(&self, me: u32, dest: u32, ack: bool) -> Caps {
         let running = self.config.running.as_ref();
         Caps {
             from: me,
@@ -676,6 +803,7 @@ impl MeshfleetOta {
             hardware: self.config.hardware.clone(),
             fw: running.map(|r| r.version.clone()).unwrap_or_default(),
             sha256: running.map(|r| r.sha256.clone()).unwrap_or_default(),
+            ack,
         }
     }
 
@@ -705,11 +833,17 @@ impl MeshfleetOta {
             return;
         };
         let m = &c.manifest;
+        // Without the operator's intent a receiver takes only an upgrade: offering anything
+        // else would only earn a refusal (and, from a relay holding an older campaign, an
+        // offer the source itself would have to refuse).
+        let not_newer = Version::parse(&caps.fw)
+            .is_ok_and(|fw| m.version.cmp_precedence(&fw) != std::cmp::Ordering::Greater);
         if Some(link) == c.upstream
             || n.offered == Some(c.id)
             || caps.sha256.eq_ignore_ascii_case(&m.sha256.to_hex())
             || caps.role != m.role
             || caps.hardware != m.hardware
+            || (not_newer && c.intent.is_none())
         {
             return;
         }
@@ -735,6 +869,20 @@ impl MeshfleetOta {
         n.subtree_done = false;
         n.want = Bitmap::new(c.layout.units());
         n.reset_sent(c.layout.units(), ctx.now());
+        n.offer_backoff = OFFER_RETRY_MIN;
+        n.offer_at = Some(ctx.now() + OFFER_RETRY_MIN);
+        self.send_offer(ctx, link);
+    }
+
+    /// Sends the campaign's OFFER on `link` (first time or retry).
+    fn send_offer(&mut self, ctx: &mut Ctx<'_>, link: LinkId) {
+        let Some(c) = self.campaign.as_ref() else {
+            return;
+        };
+        let Some(n) = self.neighbours.get(&link) else {
+            return;
+        };
+        let m = &c.manifest;
         // The lean manifest: the chunk table follows page by page with the chunks.
         let lean = if m.has_chunk_table() {
             m.lean().to_json()
@@ -747,12 +895,69 @@ impl MeshfleetOta {
             ty: OFFER,
             dest: n.peer.0,
             campaign: c.id,
-            forced: c.forced,
+            intent: c
+                .intent
+                .as_ref()
+                .and_then(|i| serde_json::from_slice(&i.to_json()).ok()),
             origin: c.origin,
             manifest: serde_json::from_slice(&lean).unwrap_or_default(),
         };
         self.stats.offers_sent += 1;
         Self::send_json(ctx, link, &offer);
+    }
+
+    /// OFFERs are control messages a full send queue may drop: one that got no answer (NAK,
+    /// STATUS) is sent again, the wait doubling up to [`OFFER_RETRY_MAX`], until the
+    /// neighbour answers or the link dies. A neighbour that accepted and then fell silent
+    /// while we sent it nothing (its NAK lost, or it took another upstream and never told
+    /// us) is offered again too: it answers with a NAK or a STATUS. A refusal is asked
+    /// again after four times the longest wait (refusals such as "busy" or "on trial" end).
+    fn retry_offers(&mut self, ctx: &mut Ctx<'_>) {
+        let now = ctx.now();
+        let Some(id) = self.campaign.as_ref().map(|c| c.id) else {
+            return;
+        };
+        let links: Vec<LinkId> = self
+            .neighbours
+            .iter()
+            .filter(|(_, n)| n.offer_at.is_some_and(|t| t <= now))
+            .map(|(l, _)| *l)
+            .collect();
+        for link in links {
+            let Some(n) = self.neighbours.get_mut(&link) else {
+                continue;
+            };
+            if n.offered != Some(id) || n.done {
+                n.offer_at = None;
+                continue;
+            }
+            let fed = n
+                .last_sent
+                .is_some_and(|t| now.saturating_since(t) < OFFER_RETRY_MAX);
+            if n.accepted && fed {
+                n.offer_at = Some(now + OFFER_RETRY_MAX);
+                continue;
+            }
+            n.offer_backoff = (n.offer_backoff + n.offer_backoff).min(OFFER_RETRY_MAX);
+            let wait = if n.rejected {
+                OFFER_RETRY_MAX + OFFER_RETRY_MAX + OFFER_RETRY_MAX + OFFER_RETRY_MAX
+            } else {
+                n.offer_backoff
+            };
+            n.offer_at = Some(now + wait);
+            self.stats.offers_retried += 1;
+            self.send_offer(ctx, link);
+        }
+    }
+
+    /// A NAK or STATUS of the campaign arrived from `link`: our OFFER was answered.
+    fn answered(&mut self, now: Instant, link: LinkId) {
+        if let Some(n) = self.neighbours.get_mut(&link) {
+            n.offer_backoff = OFFER_RETRY_MIN;
+            if n.offer_at.is_some() {
+                n.offer_at = Some(now + OFFER_RETRY_MAX);
+            }
+        }
     }
 
     /// The bytes of unit `index`, if we hold it.
@@ -854,6 +1059,7 @@ impl MeshfleetOta {
                     n.tokens -= cost as f64;
                     n.want.clear(index);
                     n.sent[0].set(index);
+                    n.last_sent = Some(now);
                     n.chunks_sent = n.chunks_sent.saturating_add(1);
                     n.bytes_sent += data.len() as u64;
                 }
@@ -962,6 +1168,22 @@ impl MeshfleetOta {
             return;
         };
         n.caps_deadline = None;
+        let (peer, had_caps) = (n.peer, n.caps.is_some());
+        // It had not got ours when it sent this. If ours left well before (more than half
+        // the CAPS timeout), it was lost: send it again. Two CAPS that cross on a new link
+        // are both `ack:false` and need no answer.
+        let now = ctx.now();
+        if !caps.ack
+            && now.saturating_since(n.caps_sent).as_micros() * 2
+                >= self.config.caps_timeout.as_micros()
+        {
+            n.caps_sent = now;
+            let ours = self.caps(ctx.node_id().0, peer.0, true);
+            Self::send_json(ctx, link, &ours);
+        }
+        let Some(n) = self.neighbours.get_mut(&link) else {
+            return;
+        };
         if caps.v != PROTOCOL_VERSION {
             // Chunk indices and the manifest form differ between versions: speaking ours
             // to it would only get every chunk rejected. Stock OTA still reaches it.
@@ -972,15 +1194,25 @@ impl MeshfleetOta {
         n.stock = false;
         let binary = caps.bin;
         n.caps = Some(caps);
-        ctx.emit(Box::new(OtaEvent::CapsReceived {
-            peer: n.peer,
-            binary,
-        }));
+        if !had_caps {
+            ctx.emit(Box::new(OtaEvent::CapsReceived {
+                peer: n.peer,
+                binary,
+            }));
+        }
         self.maybe_offer(ctx, link);
     }
 
-    /// Why an offer is refused, if it is.
-    fn refuse_reason(&mut self, m: &Manifest, forced: bool) -> Option<String> {
+    /// Why an offer is refused, if it is. The signature was checked before (`handle_offer`).
+    /// `intent` is the offer's operator intent, if any (parsed or not): it is consulted only
+    /// where a rule would refuse without it.
+    fn refuse_reason(
+        &mut self,
+        m: &Manifest,
+        intent: Option<&Result<Intent, IntentError>>,
+        me: u32,
+        now: Instant,
+    ) -> Option<String> {
         if m.role != self.config.role {
             return Some(format!(
                 "role {} is not ours ({})",
@@ -992,11 +1224,6 @@ impl MeshfleetOta {
                 "hardware {} is not ours ({})",
                 m.hardware, self.config.hardware
             ));
-        }
-        if let Some(key) = &self.config.trusted_key {
-            if let Err(e) = m.verify_signature(key) {
-                return Some(format!("signature: {e}"));
-            }
         }
         if !self.config.codecs.contains(&m.codec) {
             return Some(format!("codec {} not supported", m.codec.name()));
@@ -1019,25 +1246,39 @@ impl MeshfleetOta {
         if self.config.on_trial {
             return Some("running image is not confirmed yet".into());
         }
-        if !forced {
-            let sha = m.sha256.to_string();
-            // Read fresh: a rollback may have happened since this plugin started.
-            if let Ok(Some(rec)) = self.store.load_boot() {
-                if rec.refused.contains(&sha) {
-                    return Some(format!(
-                        "image {} was rolled back on this node; it is refused unless forced",
-                        &sha[..sha.len().min(16)]
-                    ));
-                }
-            }
+        // Read fresh: a rollback may have happened since this plugin started.
+        let rec = self.store.load_boot().ok().flatten();
+        let intent_check = intent.map(|i| match i {
+            Ok(i) => i.allows(
+                m,
+                me,
+                self.config.trusted_key.as_ref(),
+                self.unix_now(now),
+                rec.as_ref().map_or(0, |r| r.intent_issued),
+            ),
+            Err(e) => Err(e.clone()),
+        });
+        let lifted = matches!(intent_check, Some(Ok(())));
+        let why_not = match &intent_check {
+            Some(Err(e)) => format!(" ({e})"),
+            _ => String::new(),
+        };
+        let sha = m.sha256.to_string();
+        if rec.as_ref().is_some_and(|r| r.refused.contains(&sha)) && !lifted {
+            return Some(format!(
+                "image {} was rolled back on this node; it is refused without the operator's \
+                 signed intent for it{why_not}",
+                &sha[..sha.len().min(16)]
+            ));
         }
         if let Some(r) = &self.config.running {
             if let Ok(running) = Version::parse(&r.version) {
                 let newer = m.version.cmp_precedence(&running) == std::cmp::Ordering::Greater;
-                if !newer && !forced && !self.config.allow_downgrade {
+                if !newer && !lifted && !self.config.allow_downgrade {
                     return Some(format!(
-                        "downgrade refused: offered {} is not newer than running {}",
-                        m.version, running
+                        "downgrade refused: offered {} is not newer than running {running} \
+                         and carries no valid operator intent{why_not}",
+                        m.version
                     ));
                 }
             }
@@ -1045,21 +1286,33 @@ impl MeshfleetOta {
         None
     }
 
+    /// Refuses an offer from `link`: an event here, a STATUS `reject` to the offerer.
+    fn refuse(&mut self, ctx: &mut Ctx<'_>, link: LinkId, peer: NodeId, id: u32, reason: String) {
+        ctx.emit(Box::new(OtaEvent::OfferRejected {
+            peer,
+            reason: reason.clone(),
+        }));
+        self.send_status(ctx, Some((link, id, reason)));
+    }
+
     fn handle_offer(&mut self, ctx: &mut Ctx<'_>, link: LinkId, pkg: &Package) {
         let Ok(offer) = pkg.parse::<Offer>() else {
             self.stats.malformed += 1;
             return;
         };
+        let now = ctx.now();
+        let me = ctx.node_id().0;
         let peer = self.neighbours.get(&link).map_or(pkg.from(), |n| n.peer);
         let manifest = match Manifest::from_json(offer.manifest.to_string().as_bytes()) {
             Ok(m) => m,
             Err(e) => {
-                let reason = format!("invalid manifest: {e}");
-                ctx.emit(Box::new(OtaEvent::OfferRejected {
+                self.refuse(
+                    ctx,
+                    link,
                     peer,
-                    reason: reason.clone(),
-                }));
-                self.send_status(ctx, Some((link, offer.campaign, reason)));
+                    offer.campaign,
+                    format!("invalid manifest: {e}"),
+                );
                 return;
             }
         };
@@ -1067,6 +1320,14 @@ impl MeshfleetOta {
         if id != offer.campaign {
             self.stats.malformed += 1;
             return;
+        }
+        // The signature first: nothing below (resume, the choice of upstream, a state
+        // record) acts on an offer the fleet key did not sign.
+        if let Some(key) = &self.config.trusted_key {
+            if let Err(e) = manifest.verify_signature(key) {
+                self.refuse(ctx, link, peer, id, format!("signature: {e}"));
+                return;
+            }
         }
         // Already running it: tell the offerer we are done.
         if self
@@ -1076,7 +1337,7 @@ impl MeshfleetOta {
             .is_some_and(|r| r.sha256.eq_ignore_ascii_case(&manifest.sha256.to_hex()))
         {
             let st = Status {
-                from: ctx.node_id().0,
+                from: me,
                 routing: 0,
                 ty: STATUS,
                 dest: peer.0,
@@ -1090,59 +1351,88 @@ impl MeshfleetOta {
             Self::send_json(ctx, link, &st);
             return;
         }
-        if let Some(c) = self.campaign.as_mut() {
+        let intent = offer
+            .intent
+            .as_ref()
+            .map(|v| Intent::from_json(v.to_string().as_bytes()));
+        if let Some(c) = self.campaign.as_ref() {
             if c.id == id {
+                if c.manifest.signed_bytes() != manifest.signed_bytes() {
+                    // Same payload, another manifest: not the campaign we hold.
+                    self.stats.malformed += 1;
+                    return;
+                }
                 if c.complete {
                     // We hold it already (source, or done and not yet rebooted).
                     self.send_status_on(ctx, link);
                     return;
                 }
-                // Resume (after a reboot, a lost upstream, or a second offerer).
-                if let Some(n) = self.neighbours.get_mut(&link) {
-                    n.offers_campaign = Some(id);
-                }
-                if c.origin == 0 {
-                    c.origin = offer.origin;
-                }
-                let alive = matches!(c.upstream, Some(u) if self.neighbours.contains_key(&u));
-                // The neighbour toward the origin is the right upstream whatever we had:
-                // two part-way nodes that took each other as upstream after their links
-                // were re-made would otherwise wait on each other for ever.
-                let toward_origin = c.origin != 0 && ctx.route(NodeId(c.origin)) == Some(link);
-                if !alive || (toward_origin && c.upstream != Some(link)) {
-                    c.upstream = Some(link);
-                    c.nak_interval = self.config.nak_min;
-                }
-                if c.upstream == Some(link) {
-                    c.nak_interval = self.config.nak_min;
-                    self.send_nak(ctx);
-                    self.arm_nak(ctx);
-                }
+                self.resume_from(ctx, link, offer.origin);
                 return;
             }
-            if !c.complete || self.failed.is_some() {
-                let reason = format!("busy with campaign {}", c.id);
-                ctx.emit(Box::new(OtaEvent::OfferRejected {
-                    peer,
-                    reason: reason.clone(),
-                }));
-                self.send_status(ctx, Some((link, id, reason)));
+            if matches!(c.source, ChunkSource::Payload(_)) {
+                // A source distributes its campaign; it never drops it for a neighbour's.
+                let reason = format!("this node is the source of campaign {}", c.id);
+                self.refuse(ctx, link, peer, id, reason);
+                return;
+            }
+            if self.failed.is_some() {
+                self.refuse(ctx, link, peer, id, "store failed".into());
                 return;
             }
         }
-        if let Some(reason) = self.refuse_reason(&manifest, offer.forced) {
-            ctx.emit(Box::new(OtaEvent::OfferRejected {
-                peer,
-                reason: reason.clone(),
-            }));
-            self.send_status(ctx, Some((link, id, reason)));
+        if let Some(reason) = self.refuse_reason(&manifest, intent.as_ref(), me, now) {
+            self.refuse(ctx, link, peer, id, reason);
             return;
+        }
+        if let Some(c) = self.campaign.as_ref().filter(|c| !c.complete) {
+            // Another campaign half-received: a newer signed version, or the image the
+            // operator's intent names, supersedes it; anything else waits for it to finish
+            // or to be abandoned (`campaign_timeout`).
+            let newer =
+                manifest.version.cmp_precedence(&c.manifest.version) == std::cmp::Ordering::Greater;
+            let by_intent = matches!(intent, Some(Ok(_)));
+            if !newer && !by_intent {
+                let reason = format!(
+                    "busy with campaign {} (version {}, not older than {})",
+                    c.id, c.manifest.version, manifest.version
+                );
+                self.refuse(ctx, link, peer, id, reason);
+                return;
+            }
+            self.abandon(ctx, AbandonReason::Superseded { by: id });
         }
         if let Some(n) = self.neighbours.get_mut(&link) {
             n.offers_campaign = Some(id);
+            n.origin = offer.origin;
         }
-        if let Err(e) = self.begin(ctx, link, id, manifest, offer.forced, offer.origin) {
+        let intent = intent.and_then(Result::ok);
+        if let Err(e) = self.begin(ctx, link, id, manifest, intent, offer.origin) {
             self.fail(ctx, &e);
+        }
+    }
+
+    /// An OFFER of the campaign we are receiving (after a reboot, a lost upstream, or from a
+    /// second holder). Its sender becomes the upstream if we have none, or if ours is not
+    /// delivering and the sender is on the route toward the origin it claims (or ours has
+    /// been stale for [`STALE_NAKS`] NAKs). Otherwise it is told our progress (a STATUS),
+    /// which answers its OFFER.
+    fn resume_from(&mut self, ctx: &mut Ctx<'_>, link: LinkId, origin: u32) {
+        let Some(c) = self.campaign.as_ref() else {
+            return;
+        };
+        let id = c.id;
+        if let Some(n) = self.neighbours.get_mut(&link) {
+            n.offers_campaign = Some(id);
+            n.origin = origin;
+        }
+        let alive = matches!(c.upstream, Some(u) if self.neighbours.contains_key(&u));
+        let toward_origin = origin != 0 && ctx.route(NodeId(origin)) == Some(link);
+        let switch = !alive || (c.stale_naks >= 1 && toward_origin) || c.stale_naks >= STALE_NAKS;
+        if c.upstream == Some(link) || switch {
+            self.set_upstream(ctx, link);
+        } else {
+            self.send_status_on(ctx, link);
         }
     }
 
@@ -1152,7 +1442,7 @@ impl MeshfleetOta {
         link: LinkId,
         id: u32,
         manifest: Manifest,
-        forced: bool,
+        intent: Option<Intent>,
         origin: u32,
     ) -> Result<(), StoreError> {
         // A committed but not yet booted image sits in the inactive slot: it is superseded.
@@ -1177,7 +1467,7 @@ impl MeshfleetOta {
             verifier: StreamVerifier::new(manifest.clone()).ok(),
             manifest: manifest.clone(),
             layout,
-            forced,
+            intent,
             origin,
             source: ChunkSource::Staged,
             have: Bitmap::new(chunks),
@@ -1190,6 +1480,8 @@ impl MeshfleetOta {
             nak_at: None,
             progressed: false,
             last_progress_tenth: 0,
+            last_progress: Some(ctx.now()),
+            stale_naks: 0,
         });
         self.save_state()?;
         ctx.emit(Box::new(OtaEvent::OfferAccepted {
@@ -1290,6 +1582,8 @@ impl MeshfleetOta {
         c.have.set(index);
         c.unsaved += 1;
         c.progressed = true;
+        c.stale_naks = 0;
+        c.last_progress = Some(ctx.now());
         self.stats.chunks_received += 1;
         let r = self.advance_decoder(&mut c);
         let tenth = c.have.count() * 10 / c.layout.units().max(1);
@@ -1374,11 +1668,20 @@ impl MeshfleetOta {
                     size: m.size,
                 };
                 boot::commit(self.store.as_mut(), c.slot, info)?;
-                self.store.clear_state()?;
+                if let Some(i) = &c.intent {
+                    // A used intent cannot install its image again later (replay).
+                    if let Some(mut rec) = self.store.load_boot()? {
+                        rec.intent_issued = rec.intent_issued.max(i.issued);
+                        self.store.save_boot(&rec)?;
+                    }
+                }
                 c.complete = true;
                 c.nak_at = None;
                 let id = c.id;
                 self.campaign = Some(c);
+                // The staged units stay, recorded as complete: after its reboot into the new
+                // image the node still serves the campaign to neighbours that lack it.
+                self.save_state()?;
                 ctx.emit(Box::new(OtaEvent::Applied {
                     campaign: id,
                     version: m.version.to_string(),
@@ -1415,14 +1718,21 @@ impl MeshfleetOta {
         };
         let now = ctx.now();
         if n.offered != Some(c.id) {
-            // A NAK without our offer (e.g. after our restart): treat it as acceptance.
-            n.offered = Some(c.id);
-            n.want = Bitmap::new(c.layout.units());
-            n.reset_sent(c.layout.units(), now);
+            // A NAK is an acceptance only of an OFFER we made on this link. Anything else
+            // (a neighbour that never was offered, or one from before our restart) would
+            // let any neighbour pull the whole artefact: ignored. A neighbour that really
+            // needs the campaign gets our OFFER after the CAPS exchange and NAKs again.
+            self.stats.naks_unsolicited += 1;
+            return;
         }
         n.accepted = true;
+        n.rejected = false;
         n.done = false;
         n.subtree_done = false;
+        n.offer_backoff = OFFER_RETRY_MIN;
+        if n.offer_at.is_some() {
+            n.offer_at = Some(now + OFFER_RETRY_MAX);
+        }
         // The link is TCP: a chunk sent on it is delivered unless the link dies, and then
         // the neighbour comes back on a new link with fresh state. A NAK that lists a chunk
         // sent here lately was written while that chunk was still queued or in flight (a
@@ -1453,7 +1763,11 @@ impl MeshfleetOta {
         let Some(c) = self.campaign.as_mut() else {
             return;
         };
-        if c.complete || c.origin == 0 {
+        // Only while the current upstream is not delivering: `origin` is not signed, and a
+        // neighbour that claims to be the origin must not draw the transfer away from an
+        // upstream that works. Two part-way nodes waiting on each other make no progress,
+        // so this still breaks such cycles.
+        if c.complete || c.origin == 0 || c.stale_naks == 0 {
             return;
         }
         let Some(link) = ctx.route(NodeId(c.origin)) else {
@@ -1464,10 +1778,107 @@ impl MeshfleetOta {
         {
             return;
         }
-        c.upstream = Some(link);
+        self.set_upstream(ctx, link);
+    }
+
+    /// Makes `link` the upstream: NAKs it at once.
+    fn set_upstream(&mut self, ctx: &mut Ctx<'_>, link: LinkId) {
+        let Some(c) = self.campaign.as_mut() else {
+            return;
+        };
+        let (id, peer, origin) = match self.neighbours.get(&link) {
+            Some(n) => (c.id, n.peer, n.origin),
+            None => return,
+        };
+        if c.upstream != Some(link) {
+            c.upstream = Some(link);
+            if origin != 0 {
+                c.origin = origin;
+            }
+            self.stats.upstream_changes += 1;
+            ctx.emit(Box::new(OtaEvent::UpstreamChanged { campaign: id, peer }));
+        }
         c.nak_interval = self.config.nak_min;
+        c.stale_naks = 0;
         self.send_nak(ctx);
         self.arm_nak(ctx);
+    }
+
+    /// Picks another upstream among the neighbours that offered the campaign, other than
+    /// `avoid`: the one on the route toward the origin it claimed if there is one, else the
+    /// next one after `avoid` (so stale offerers are tried in turn). Returns whether it
+    /// switched.
+    fn switch_upstream(&mut self, ctx: &mut Ctx<'_>, avoid: Option<LinkId>) -> bool {
+        let Some(c) = self.campaign.as_ref() else {
+            return false;
+        };
+        if c.complete {
+            return false;
+        }
+        let id = c.id;
+        let candidates: Vec<(LinkId, u32)> = self
+            .neighbours
+            .iter()
+            .filter(|(l, n)| Some(**l) != avoid && n.offers_campaign == Some(id))
+            .map(|(l, n)| (*l, n.origin))
+            .collect();
+        let toward = candidates
+            .iter()
+            .find(|(l, o)| *o != 0 && ctx.route(NodeId(*o)) == Some(*l))
+            .map(|(l, _)| *l);
+        let next = avoid.and_then(|a| candidates.iter().map(|(l, _)| *l).find(|l| *l > a));
+        let pick = toward
+            .or(next)
+            .or_else(|| candidates.first().map(|(l, _)| *l));
+        match pick {
+            Some(l) => {
+                self.set_upstream(ctx, l);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// When an unfinished campaign is abandoned for lack of progress.
+    fn abandon_at(&self) -> Option<Instant> {
+        let c = self.campaign.as_ref()?;
+        if c.complete {
+            return None;
+        }
+        Some(c.last_progress? + self.config.campaign_timeout)
+    }
+
+    /// Starts the no-progress clock of a campaign restored without one.
+    fn touch(&mut self, now: Instant) {
+        if let Some(c) = self.campaign.as_mut() {
+            if !c.complete && c.last_progress.is_none() {
+                c.last_progress = Some(now);
+            }
+        }
+    }
+
+    /// Gives up the unfinished campaign: its state record and staged data are discarded.
+    fn abandon(&mut self, ctx: &mut Ctx<'_>, reason: AbandonReason) {
+        let Some(c) = self.campaign.take() else {
+            return;
+        };
+        ctx.emit(Box::new(OtaEvent::CampaignAbandoned {
+            campaign: c.id,
+            reason,
+        }));
+        for n in self.neighbours.values_mut() {
+            if n.offers_campaign == Some(c.id) {
+                n.offers_campaign = None;
+            }
+            if n.offered == Some(c.id) {
+                n.offered = None;
+                n.offer_at = None;
+                n.want = Bitmap::new(0);
+            }
+        }
+        if let Err(e) = self.store.clear_state() {
+            self.fail(ctx, &e);
+        }
     }
 
     fn handle_status(&mut self, ctx: &mut Ctx<'_>, link: LinkId, pkg: &Package) {
@@ -1482,18 +1893,36 @@ impl MeshfleetOta {
             return;
         }
         let id = c.id;
+        let now = ctx.now();
+        if self
+            .neighbours
+            .get(&link)
+            .is_some_and(|n| n.offered == Some(id))
+        {
+            self.answered(now, link);
+        }
         let Some(n) = self.neighbours.get_mut(&link) else {
             return;
         };
         if let Some(reason) = st.reject {
+            if n.offered != Some(id) {
+                // Only a refusal of our own offer counts.
+                return;
+            }
+            let first = !n.rejected;
             n.rejected = true;
             n.accepted = false;
             n.want.clear_all();
-            let reason: String = reason.chars().take(200).collect();
-            ctx.emit(Box::new(OtaEvent::OfferRejected {
-                peer: n.peer,
-                reason,
-            }));
+            n.offer_at =
+                Some(now + OFFER_RETRY_MAX + OFFER_RETRY_MAX + OFFER_RETRY_MAX + OFFER_RETRY_MAX);
+            if first {
+                let reason: String = reason.chars().take(200).collect();
+                ctx.emit(Box::new(OtaEvent::PeerRefused {
+                    peer: n.peer,
+                    campaign: id,
+                    reason,
+                }));
+            }
             return;
         }
         let was = n.subtree_done;
@@ -1503,6 +1932,8 @@ impl MeshfleetOta {
             let was_done = n.done;
             n.done = true;
             n.accepted = true;
+            n.rejected = false;
+            n.offer_at = None;
             n.want.clear_all();
             if !was_done {
                 ctx.emit(Box::new(OtaEvent::PeerDone {
@@ -1612,22 +2043,31 @@ impl Plugin for MeshfleetOta {
                             now,
                         ),
                         offers_campaign: None,
+                        origin: 0,
+                        offer_at: None,
+                        offer_backoff: OFFER_RETRY_MIN,
+                        last_sent: None,
+                        caps_tries: 1,
+                        caps_sent: now,
                         chunks_sent: 0,
                         bytes_sent: 0,
                         sent: [Bitmap::new(0), Bitmap::new(0)],
                         sent_since: now,
                     },
                 );
-                let caps = self.caps(ctx.node_id().0, peer.0);
+                let caps = self.caps(ctx.node_id().0, peer.0, false);
                 Self::send_json(ctx, *link, &caps);
+                self.touch(now);
             }
             MeshChange::NeighbourDown { link, .. } => {
                 self.neighbours.remove(link);
                 if let Some(c) = self.campaign.as_mut() {
                     if c.upstream == Some(*link) {
-                        // Wait for an offer from whoever still has it.
                         c.upstream = None;
                         c.nak_at = None;
+                        // Another neighbour that offered the campaign takes over at once;
+                        // if none did, wait for an offer (senders retry theirs).
+                        self.switch_upstream(ctx, None);
                     }
                 }
             }
@@ -1639,40 +2079,79 @@ impl Plugin for MeshfleetOta {
         let n = self
             .neighbours
             .values()
-            .flat_map(|n| [n.caps_deadline, n.pump_at])
+            .flat_map(|n| [n.caps_deadline, n.pump_at, n.offer_at])
             .flatten();
         let c = self.campaign.as_ref().and_then(|c| c.nak_at);
-        n.chain(c).min()
+        let abandon = self.abandon_at();
+        n.chain(c).chain(abandon).min()
     }
 
     fn handle_timeout(&mut self, ctx: &mut Ctx<'_>) {
         let now = ctx.now();
+        self.touch(now);
+        let me = ctx.node_id().0;
         let mut stock = Vec::new();
-        for n in self.neighbours.values_mut() {
+        let mut resend = Vec::new();
+        let timeout = self.config.caps_timeout;
+        for (link, n) in &mut self.neighbours {
             if n.caps_deadline.is_some_and(|t| t <= now) {
                 n.caps_deadline = None;
-                n.stock = true;
-                stock.push(n.peer);
+                if n.caps.is_some() {
+                    continue;
+                }
+                if !n.stock {
+                    n.stock = true;
+                    stock.push(n.peer);
+                }
+                // A lost CAPS must not turn a meshfleet neighbour into a stock one for the
+                // life of the link: a few more tries, further apart (a stock node ignores
+                // them).
+                if n.caps_tries < CAPS_TRIES {
+                    n.caps_tries += 1;
+                    let wait = Duration::from_micros(
+                        timeout.as_micros().saturating_mul(1 << n.caps_tries),
+                    );
+                    n.caps_deadline = Some(now + wait);
+                    n.caps_sent = now;
+                    resend.push((*link, n.peer));
+                }
             }
+        }
+        for (link, peer) in resend {
+            let caps = self.caps(me, peer.0, false);
+            Self::send_json(ctx, link, &caps);
         }
         for peer in stock {
             ctx.emit(Box::new(OtaEvent::NeighbourIsStock { peer }));
+        }
+        if self.abandon_at().is_some_and(|t| t <= now) {
+            self.abandon(ctx, AbandonReason::NoProgress);
         }
         if let Some(c) = self.campaign.as_mut() {
             if c.nak_at.is_some_and(|t| t <= now) {
                 if c.progressed {
                     // Progress heard: suppress, stay at Imin.
                     c.nak_interval = self.config.nak_min;
+                    c.stale_naks = 0;
                     self.arm_nak(ctx);
                 } else {
                     c.nak_interval = (c.nak_interval + c.nak_interval)
                         .min(self.config.nak_max)
                         .max(self.config.nak_min);
-                    self.send_nak(ctx);
-                    self.arm_nak(ctx);
+                    c.stale_naks += 1;
+                    let stale = c.stale_naks >= STALE_NAKS;
+                    let current = c.upstream;
+                    // An upstream that does not deliver (it left the campaign, it is a
+                    // replaying neighbour that never sends, it lacks the units itself)
+                    // is replaced by another neighbour that offered the campaign.
+                    if !(stale && self.switch_upstream(ctx, current)) {
+                        self.send_nak(ctx);
+                        self.arm_nak(ctx);
+                    }
                 }
             }
         }
+        self.retry_offers(ctx);
         self.pump(ctx);
     }
 

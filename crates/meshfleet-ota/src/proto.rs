@@ -66,6 +66,11 @@ pub struct Caps {
     pub fw: String,
     /// SHA-256 of the running image, hex ("" if unknown).
     pub sha256: String,
+    /// The sender already holds our CAPS. A CAPS with `ack: false` is answered with ours
+    /// (`ack: true`), so a CAPS lost on the way (a full send queue) is sent again instead of
+    /// leaving the link looking like one to a stock node.
+    #[serde(default)]
+    pub ack: bool,
 }
 
 /// OFFER (701).
@@ -82,9 +87,12 @@ pub struct Offer {
     pub dest: u32,
     /// Campaign id (see [`campaign_id`]).
     pub campaign: u32,
-    /// Install even if not newer.
-    #[serde(default)]
-    pub forced: bool,
+    /// The operator's signed intent ([`meshfleet_firmware::Intent`]) for this image, if the
+    /// campaign has one: the only thing that lets a receiver install an image that is not
+    /// newer than what it runs, or that it rolled back. There is no unsigned "forced" flag:
+    /// a `forced` key from an older sender is ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent: Option<serde_json::Value>,
     /// The node the campaign started from (its source). A receiver takes as its upstream
     /// the neighbour on its mesh route to this node, so upstream links follow the tree
     /// toward the source and never form a cycle. 0: not given.

@@ -73,10 +73,15 @@ pub struct BootRecord {
     /// Boots of `pending` so far without a confirmation.
     pub attempts: u32,
     /// SHA-256 (hex) of images that were rolled back here, newest last, at most
-    /// [`MAX_REFUSED`]: offers of them are refused unless forced, so a bad image is not
+    /// [`MAX_REFUSED`]: offers of them are refused unless the operator's signed intent names them, so a bad image is not
     /// fetched, tried and rolled back over and over.
     #[serde(default)]
     pub refused: Vec<String>,
+    /// `issued` of the last operator intent ([`meshfleet_firmware::Intent`]) an image was
+    /// installed under here (0: none). Intents issued at or before it are refused, so a
+    /// used intent cannot be replayed to install its image again later.
+    #[serde(default)]
+    pub intent_issued: u64,
 }
 
 /// How many rolled-back images a node remembers.
@@ -91,6 +96,7 @@ impl BootRecord {
             pending: None,
             attempts: 0,
             refused: Vec::new(),
+            intent_issued: 0,
         }
     }
 

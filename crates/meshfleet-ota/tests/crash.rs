@@ -149,7 +149,7 @@ fn transfer(art: &Artefact, store: Box<dyn SlotStore>, running: Option<meshfleet
         config(None),
         Box::new(MemStore::new()),
         art.clone(),
-        false,
+        None,
     )));
     net.add(s);
     let mut r = Node::new(Config::new(NodeId(2)));

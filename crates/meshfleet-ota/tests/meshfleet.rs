@@ -83,7 +83,7 @@ fn small_receiver_node(id: u32, store: &MemStore, max_window: u32) -> Node {
 fn source_node(id: u32, a: &Artefact) -> Node {
     let mut n = Node::new(Config::new(NodeId(id)));
     let store = MemStore::new();
-    let ota = MeshfleetOta::source(config(&store), Box::new(store), a.clone(), false);
+    let ota = MeshfleetOta::source(config(&store), Box::new(store), a.clone(), None);
     n.add_plugin(Box::new(ota));
     n
 }
@@ -339,8 +339,12 @@ fn rejects_a_forged_signature() {
     art = Artefact::from_parts(m, p).unwrap();
     let (net, store) = offer_to_one(&art, true, "1.0.0");
     assert!(rejected(&net, "signature"));
-    // The source learnt it too, and sent no chunk.
+    // The source learnt it too (as the peer's refusal, not its own), and sent no chunk.
     assert!(net
+        .ota_events(0)
+        .iter()
+        .any(|e| matches!(e, OtaEvent::PeerRefused { peer, .. } if *peer == NodeId(2))));
+    assert!(!net
         .ota_events(0)
         .iter()
         .any(|e| matches!(e, OtaEvent::OfferRejected { .. })));
@@ -351,7 +355,18 @@ fn rejects_a_forged_signature() {
 #[test]
 fn rejects_a_downgrade() {
     let art = artefact(&image(4_000, 2), "0.9.0", 256);
-    let (net, store) = offer_to_one(&art, true, "1.0.0");
+    let (mut net, store) = offer_to_one(&art, true, "1.0.0");
+    // The sender sees from the CAPS that it would be a downgrade and does not offer it.
+    let offers = |net: &Net| {
+        net.trace
+            .iter()
+            .filter(|s| s.from == 0 && s.ty() == Some(701))
+            .count()
+    };
+    assert_eq!(offers(&net), 0);
+    // A sender that ignores the CAPS gets a refusal.
+    net.inject(0, 1, &offer_frame(&art, 1, 2));
+    net.run_for(Duration::from_secs(1));
     assert!(rejected(&net, "downgrade"));
     still_old(&store);
 }
@@ -602,7 +617,7 @@ fn a_running_node_becomes_the_source_without_losing_its_neighbours_caps() {
     assert!(!complete(&net, 1));
     let now = net.now;
     let started = net.nodes[0]
-        .with_plugin::<MeshfleetOta, _>(now, |o, ctx| o.start_source(ctx, art.clone(), false))
+        .with_plugin::<MeshfleetOta, _>(now, |o, ctx| o.start_source(ctx, art.clone(), None))
         .unwrap();
     assert!(started);
     net.drain(0);
@@ -632,7 +647,7 @@ fn start_source_refuses_while_another_campaign_is_half_received() {
     let other = artefact(&image(10_000, 9), "2.0.0", 1024);
     let now = s.net.now;
     let started = s.net.nodes[1]
-        .with_plugin::<MeshfleetOta, _>(now, |o, ctx| o.start_source(ctx, other, false))
+        .with_plugin::<MeshfleetOta, _>(now, |o, ctx| o.start_source(ctx, other, None))
         .unwrap();
     assert!(!started);
     // The transfer in progress goes on.
@@ -765,7 +780,7 @@ fn offer_frame(art: &Artefact, from: u32, dest: u32) -> Vec<u8> {
         ty: meshfleet_ota::proto::OFFER,
         dest,
         campaign: meshfleet_ota::proto::campaign_id(art.manifest()),
-        forced: false,
+        intent: None,
         origin: from,
         manifest: serde_json::from_slice(&art.manifest().lean().to_json()).unwrap(),
     };

@@ -69,6 +69,7 @@ mod clock;
 mod file;
 mod metrics;
 pub mod ota;
+pub mod ota_faults;
 mod output;
 mod queue;
 mod scenario;

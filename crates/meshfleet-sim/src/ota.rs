@@ -458,7 +458,7 @@ impl OtaCampaign {
                         c,
                         Box::new(store),
                         p.artefact.clone(),
-                        false,
+                        None,
                     )));
                 } else {
                     match MeshfleetOta::new(c, Box::new(store)) {
@@ -488,7 +488,7 @@ impl OtaCampaign {
             OtaStrategy::Meshfleet => {
                 let artefact = self.payload.artefact.clone();
                 node.with_plugin::<MeshfleetOta, _>(now, |o, ctx| {
-                    o.start_source(ctx, artefact, false)
+                    o.start_source(ctx, artefact, None)
                 });
             }
         }
@@ -906,6 +906,15 @@ impl OtaRun {
     /// Receivers updated so far.
     pub fn updated(&self) -> u32 {
         lock(&self.shared).updated_at.len() as u32
+    }
+
+    /// Receivers updated so far (node numbers) and when, global virtual time.
+    pub fn updated_at(&self) -> Vec<(u32, Instant)> {
+        lock(&self.shared)
+            .updated_at
+            .iter()
+            .map(|(n, t)| (*n, *t))
+            .collect()
     }
 
     /// Whether every receiver is updated.

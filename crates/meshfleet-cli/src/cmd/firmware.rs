@@ -56,7 +56,8 @@ enum FirmwareCommand {
         /// `ESP8266` or `ESP32` (the OTA `hardware`).
         #[arg(long)]
         hardware: String,
-        /// Firmware version, e.g. `1.4.2` (nodes refuse downgrades unless forced).
+        /// Firmware version, e.g. `1.4.2` (nodes refuse downgrades without a signed intent,
+        /// see `firmware intent`).
         #[arg(long)]
         version: String,
         /// Sign with this secret key (from `keygen`). Unsigned artefacts are refused by nodes
@@ -79,6 +80,28 @@ enum FirmwareCommand {
         chunk_size: u32,
         /// Where to write the artefact.
         #[arg(long, value_name = "FILE.mfw")]
+        out: PathBuf,
+    },
+    /// Sign the operator's intent to install this artefact's image where nodes would refuse
+    /// it on their own: a downgrade, a re-install, an image a node rolled back. Offer it
+    /// with `meshfleet ota offer FILE.mfw --intent FILE.intent`. Nodes check the signature
+    /// with their fleet key, the scope (--node) and the expiry; a node that installed an
+    /// image under an intent refuses older intents afterwards.
+    Intent {
+        /// The artefact whose image the intent names.
+        file: PathBuf,
+        /// Sign with this secret key (the fleet key the nodes trust).
+        #[arg(long, value_name = "KEY")]
+        sign: PathBuf,
+        /// A node the intent applies to (repeat); without any, every node of the
+        /// artefact's role and hardware.
+        #[arg(long = "node", value_name = "ID")]
+        nodes: Vec<u32>,
+        /// How long the intent stays valid, in hours (nodes that know the time check it).
+        #[arg(long, value_name = "HOURS", default_value_t = 24)]
+        valid_hours: u64,
+        /// Where to write the intent (JSON). Refuses to overwrite an existing file.
+        #[arg(long, value_name = "FILE.intent")]
         out: PathBuf,
     },
     /// Print an artefact's manifest (role, hardware, version, sizes, hashes, signer).
@@ -143,6 +166,9 @@ pub(crate) fn run(args: Args, _ctx: &Context) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        FirmwareCommand::Intent { file, sign, nodes, valid_hours, out } => {
+            intent(&file, &sign, nodes, valid_hours, &out)
+        }
         FirmwareCommand::Inspect { file, json } => inspect(&file, json),
         FirmwareCommand::Verify { file, key, json } => verify(&file, key.as_deref(), json),
     }
@@ -190,6 +216,35 @@ fn keygen(out: &Path, public: Option<PathBuf>) -> anyhow::Result<()> {
         out.display(),
         public.display(),
         keys::key_id(&key.verifying_key())
+    );
+    Ok(())
+}
+
+fn intent(file: &Path, sign: &Path, nodes: Vec<u32>, valid_hours: u64, out: &Path) -> anyhow::Result<()> {
+    let artefact = read_artefact(file)?;
+    let key = keys::read_secret_key(sign)?;
+    let m = artefact.manifest();
+    // An intent for an image its signer did not sign would be refused by every node.
+    m.verify_signature(&key.verifying_key())
+        .map_err(|e| usage(format!("{}: {e}", file.display())))?;
+    if nodes.len() > meshfleet_firmware::MAX_INTENT_NODES {
+        return Err(usage(format!("at most {} --node", meshfleet_firmware::MAX_INTENT_NODES)));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| anyhow!("system clock before 1970: {e}"))?
+        .as_secs();
+    let mut i = meshfleet_firmware::Intent::for_manifest(m, nodes, now, valid_hours.saturating_mul(3600));
+    i.sign(&key);
+    write_new(out, &i.to_json())?;
+    println!(
+        "wrote {}: install {} {} {} on {} until Unix time {}",
+        out.display(),
+        m.role,
+        m.hardware,
+        m.version,
+        if i.nodes.is_empty() { "every node".to_string() } else { format!("{} node(s)", i.nodes.len()) },
+        i.expires
     );
     Ok(())
 }

@@ -159,10 +159,16 @@ pub(crate) struct OfferArgs {
     #[arg(long, value_name = "PUB")]
     key: Option<PathBuf>,
 
-    /// Nodes install the image even if it is not newer (meshfleet) or is the MD5 they run
-    /// (stock).
+    /// Stock flow only: stock nodes install the image even if it is the MD5 they run (the
+    /// library's unsigned flag). meshfleet nodes ignore it: they need --intent.
     #[arg(long)]
     forced: bool,
+
+    /// The operator's signed intent for this artefact's image (`meshfleet firmware
+    /// intent`): lets meshfleet nodes in its scope install it although it is not newer
+    /// than what they run, or they rolled it back.
+    #[arg(long, value_name = "FILE.intent")]
+    intent: Option<PathBuf>,
 
     /// Stock packaging: `alteriom` (default; 1024 raw bytes per part) or `v1.4`.
     #[arg(long, value_enum, value_name = "STYLE")]
@@ -200,6 +206,7 @@ struct Plan {
     exit_when_idle: Option<Duration>,
     json: bool,
     forced: bool,
+    intent: Option<PathBuf>,
     style: StockStyle,
     ota_rate: Option<u64>,
     file: PathBuf,
@@ -249,6 +256,7 @@ impl Plan {
             exit_when_idle: a.exit_when_idle.map(Duration::from_secs),
             json: a.json,
             forced: a.forced,
+            intent: a.intent,
             style,
             ota_rate: a.ota_rate,
             file: a.file,
@@ -312,8 +320,25 @@ fn build_node(plan: &Plan) -> anyhow::Result<(Node, Offered, Value)> {
         if let Some(rate) = plan.ota_rate {
             cfg.link_rate = rate;
         }
+        let intent = match &plan.intent {
+            None => None,
+            Some(path) => {
+                let bytes = std::fs::read(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                let i = meshfleet_firmware::Intent::from_json(&bytes)
+                    .map_err(|e| usage(format!("--intent {}: {e}", path.display())))?;
+                if i.sha256 != m.sha256 || i.version != m.version {
+                    return Err(usage(format!(
+                        "--intent {} names version {}, not this artefact's image",
+                        path.display(),
+                        i.version
+                    )));
+                }
+                Some(i)
+            }
+        };
         // The source never stores anything: its chunks come from the artefact.
-        let ota = MeshfleetOta::source(cfg, Box::new(MemStore::new()), artefact, plan.forced);
+        let ota = MeshfleetOta::source(cfg, Box::new(MemStore::new()), artefact, intent);
         node.add_plugin(Box::new(ota));
     }
     let image_len = image.len() as u64;
@@ -343,6 +368,7 @@ fn build_node(plan: &Plan) -> anyhow::Result<(Node, Offered, Value)> {
         "parts": parts,
         "signature": signature,
         "forced": plan.forced,
+        "intent": plan.intent.is_some(),
     });
     let offered = Offered {
         stock_flow: plan.strategy.stock(),
@@ -684,7 +710,7 @@ impl Tracker {
                 r.set_status(Status::Updated);
                 display.update((n, Via::Stock), r);
             }
-            "offer_rejected" => {
+            "peer_refused" => {
                 let Some(n) = node("peer") else { return };
                 let r = self.record((n, Via::Meshfleet));
                 r.reason = data["reason"].as_str().map(str::to_owned);
@@ -1041,7 +1067,7 @@ mod tests {
         };
         t.on_event(
             "ota-meshfleet",
-            &json!({"event": "offer_rejected", "peer": 3, "reason": "downgrade refused"}),
+            &json!({"event": "peer_refused", "peer": 3, "reason": "downgrade refused"}),
             &mut d,
         );
         t.on_event(
@@ -1051,7 +1077,7 @@ mod tests {
         );
         t.on_event(
             "ota-meshfleet",
-            &json!({"event": "offer_rejected", "peer": 4, "reason": "late"}),
+            &json!({"event": "peer_refused", "peer": 4, "reason": "late"}),
             &mut d,
         );
         let v = serde_json::to_value(t.summary("signal")).unwrap();

@@ -178,6 +178,12 @@ impl OtaReceiver {
             config.on_trial = decision.trial;
             config.trusted_key = opts.key;
             config.max_window = opts.max_window;
+            // Node time starts with the runtime, just after this: the wall clock at time
+            // zero, for the expiry of operator intents.
+            config.unix_time = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .map(|d| (meshfleet_mesh::Instant::ZERO, d.as_secs()));
             if let Some(rate) = opts.link_rate {
                 config.link_rate = rate;
             }
