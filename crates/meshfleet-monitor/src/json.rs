@@ -25,9 +25,9 @@ pub(crate) enum Scalar<'a> {
     Bool(bool),
     /// `null`.
     Null,
-    /// An array of integers (telemetry values), at most [`MAX_INTS`] long; longer arrays
-    /// and arrays holding anything else read as [`Scalar::Compound`].
-    Ints(Vec<i64>),
+    /// An array of integers or `null`s (telemetry values), at most [`MAX_INTS`] long; longer
+    /// arrays and arrays holding anything else read as [`Scalar::Compound`].
+    Ints(Vec<Option<i64>>),
     /// An object, or an array that is not a short list of integers.
     Compound,
 }
@@ -128,7 +128,8 @@ impl<'de> Visitor<'de> for ScalarVisitor {
         let mut ok = true;
         while let Some(v) = seq.next_element::<Elem>()? {
             match v {
-                Elem::Int(i) if ok && out.len() < MAX_INTS => out.push(i),
+                Elem::Int(i) if ok && out.len() < MAX_INTS => out.push(Some(i)),
+                Elem::Null if ok && out.len() < MAX_INTS => out.push(None),
                 _ => ok = false,
             }
         }
@@ -149,6 +150,7 @@ impl<'de> de::Deserialize<'de> for Scalar<'de> {
 /// An array element: an integer, or anything else (skipped without allocating).
 enum Elem {
     Int(i64),
+    Null,
     Other,
 }
 
@@ -179,7 +181,7 @@ impl<'de> Visitor<'de> for ElemVisitor {
         Ok(Elem::Other)
     }
     fn visit_unit<E: de::Error>(self) -> Result<Elem, E> {
-        Ok(Elem::Other)
+        Ok(Elem::Null)
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Elem, A::Error> {
         while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}

@@ -14,6 +14,7 @@ extern crate alloc;
 
 mod json;
 pub mod status;
+pub mod telemetry;
 
 pub use json::FieldFault;
 pub use meshfleet_mesh::{Duration, Instant};
