@@ -160,7 +160,9 @@ struct Det {
     stream: StreamState,
     /// Uptime anchor from status packages: (uptime, when).
     uptime: Option<(u32, Instant)>,
-    implausible_run: u8,
+    /// Implausible uptimes that agree with each other: (first seen, count, last uptime,
+    /// last seen).
+    candidate: Option<(Instant, u8, u32, Instant)>,
     tx_counter: Option<(u32, Instant)>,
     reboots: VecDeque<Instant>,
     heap: VecDeque<(Instant, i64)>,
@@ -453,16 +455,33 @@ impl Monitor {
                 u <= expected + slack
             };
             if !ok {
-                e.det.implausible_run += 1;
-                // Three in a row that agree with each other: the node's clock, not a
-                // spoofer's; start again from the new value.
-                if e.det.implausible_run < 3 {
+                // A node whose clock really jumped keeps reporting from its new value, and
+                // its reports agree with each other: after three such reports spanning two
+                // report periods with nothing plausible in between, start again from the
+                // new value. A spoofer cannot do this while the real node is reporting:
+                // every plausible report resets the run.
+                let period = e
+                    .rec
+                    .report_period_s
+                    .unwrap_or(self.cfg.report_interval_s)
+                    .max(1);
+                let agrees = e.det.candidate.is_some_and(|(_, _, lu, lat)| {
+                    let el = secs(now.saturating_since(lat));
+                    abs(f64::from(lu) + el - u) <= 30.0 + el * 0.02
+                });
+                let (first_at, run) = match e.det.candidate {
+                    Some((first_at, run, _, _)) if agrees => (first_at, run + 1),
+                    _ => (now, 1),
+                };
+                e.det.candidate = Some((first_at, run, u as u32, now));
+                let span = now.saturating_since(first_at);
+                if run < 3 || span < dur_s(period.saturating_mul(2)) {
                     self.stats.implausible += 1;
                     return Ingest::Dropped(DropReason::Implausible);
                 }
             }
         }
-        e.det.implausible_run = 0;
+        e.det.candidate = None;
         let rec = &mut e.rec;
         rec.sources.0 |= Sources::STATUS;
         if let Some(fw) = &r.firmware {
@@ -784,6 +803,10 @@ impl Monitor {
         self.rooted = rooted;
         // Churn.
         let window = dur_s(self.cfg.churn_window_s);
+        if self.topo.is_empty() {
+            // The first view (gateway start, or the mesh forming): discovery, not churn.
+            changes = 0;
+        }
         let cap = (self.cfg.churn_changes as usize).saturating_mul(2).max(16);
         for _ in 0..changes.min(cap as u32) {
             self.churn.push_back(now);
