@@ -1,0 +1,2 @@
+//! Placeholder until the ingest bench lands.
+fn main() {}
