@@ -331,6 +331,10 @@ pub struct PeerProgress {
     pub chunks_sent: u32,
     /// Chunk payload bytes sent to it on this link.
     pub bytes_sent: u64,
+    /// Units (chunks and hash pages) it asked for in its NAKs and has not been sent since:
+    /// `units - wanted` is what it holds or has on the way (a resumed transfer starts at
+    /// what the node already held).
+    pub wanted: u32,
 }
 
 /// The meshfleet OTA plugin (package types 700-709, binary tag 703). See the module docs.
@@ -524,6 +528,7 @@ impl MeshfleetOta {
                 subtree_done: n.subtree_done,
                 chunks_sent: n.chunks_sent,
                 bytes_sent: n.bytes_sent,
+                wanted: n.want.count(),
             })
             .collect()
     }
