@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use crate::context::{Context, UsageError};
+use crate::context::{Context, Exit, UsageError};
 
 /// Declares the subcommands, one line each: `Variant => module`. The module is
 /// `src/cmd/<module>.rs`; it provides `Args` and `run`.
@@ -78,6 +78,9 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(Exit(code)) = e.downcast_ref::<Exit>() {
+                return ExitCode::from(*code);
+            }
             eprintln!("error: {e:#}");
             if e.downcast_ref::<UsageError>().is_some() {
                 ExitCode::from(2)
