@@ -46,8 +46,8 @@ pub use receiver::{
     OtaReceiver, ReceiverConfig, ReceiverError, ReceiverEvent, SkipReason, Via,
 };
 pub use report::{
-    Attempt, ExitStatus, Note, OfferReport, OfferTracker, Outcome, ProgressSink, Snapshot,
-    StopCause, Targets,
+    Attempt, ExitStatus, Incompatibility, Note, OfferReport, OfferTracker, Outcome, ProgressSink,
+    Snapshot, StopCause, Targets,
 };
 pub use source::{Offering, Source, SourceConfig, Strategy};
 

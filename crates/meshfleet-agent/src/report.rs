@@ -39,8 +39,10 @@ pub enum Outcome {
         /// Its reason, for a human.
         reason: String,
     },
-    /// It cannot take this artefact (decoder window, codec, role, hardware).
+    /// It cannot take this artefact.
     Incompatible {
+        /// What does not fit.
+        kind: Incompatibility,
         /// Why, with the values.
         reason: String,
     },
@@ -77,9 +79,9 @@ impl Outcome {
     /// The reason, for the outcomes that have one.
     pub fn reason(&self) -> Option<&str> {
         match self {
-            Self::Refused { reason } | Self::Incompatible { reason } | Self::Failed { reason } => {
-                Some(reason)
-            }
+            Self::Refused { reason }
+            | Self::Incompatible { reason, .. }
+            | Self::Failed { reason } => Some(reason),
             _ => None,
         }
     }
@@ -112,6 +114,26 @@ impl Outcome {
             Self::Unreachable => 5,
             Self::Unknown => 6,
         }
+    }
+}
+
+/// What makes a node unable to take an artefact.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Incompatibility {
+    /// Another role: the artefact is not for it (not a target unless every node is).
+    Role,
+    /// Other hardware: likewise.
+    Hardware,
+    /// Its decoder (window, codec, staging memory) cannot take the payload: a target that
+    /// fails.
+    Decoder,
+}
+
+impl Incompatibility {
+    /// Whether a node with this incompatibility is a target of the offer by default: one
+    /// of the artefact's role and hardware is, whatever else keeps it from updating.
+    pub fn is_target(self) -> bool {
+        self == Self::Decoder
     }
 }
 
@@ -448,6 +470,7 @@ impl OfferTracker {
                 let a = self.attempt(*peer, Via::Meshfleet, now);
                 a.set(
                     Outcome::Incompatible {
+                        kind: Incompatibility::Decoder,
                         reason: format!("cannot decode this artefact: {reason}"),
                     },
                     now,
@@ -499,10 +522,45 @@ impl OfferTracker {
             counters.0 = stats.chunks_sent;
             counters.1 = stats.naks_received;
             bytes += stats.chunk_bytes_sent;
+            let m = &self.offering.manifest;
+            let (role, hardware, sha) = (m.role.clone(), m.hardware.clone(), m.sha256.to_hex());
             for p in peers {
+                if p.stock {
+                    continue;
+                }
+                // What the source does not offer, it says nothing about: its CAPS tell.
+                let misfit = match (&p.role, &p.hardware) {
+                    (Some(r), _) if *r != role => Some((
+                        Incompatibility::Role,
+                        format!("role {r}, the artefact is for role {role}"),
+                    )),
+                    (_, Some(h)) if *h != hardware => Some((
+                        Incompatibility::Hardware,
+                        format!("hardware {h}, the artefact is for {hardware}"),
+                    )),
+                    _ => None,
+                };
+                let current = p
+                    .running_sha256
+                    .as_ref()
+                    .is_some_and(|s| s.eq_ignore_ascii_case(&sha));
+                if let Some((kind, reason)) = misfit {
+                    let a = self.attempt(p.peer, Via::Meshfleet, now);
+                    a.set(Outcome::Incompatible { kind, reason }, now);
+                    let a = a.clone();
+                    sink.update(p.peer, Via::Meshfleet, &a, now);
+                    continue;
+                }
+                if current && !p.accepted && p.chunks_sent == 0 {
+                    let a = self.attempt(p.peer, Via::Meshfleet, now);
+                    a.set(Outcome::AlreadyCurrent, now);
+                    let a = a.clone();
+                    sink.update(p.peer, Via::Meshfleet, &a, now);
+                    continue;
+                }
                 let engaged =
                     p.accepted || p.rejected || p.done || p.cannot_decode || p.chunks_sent > 0;
-                if p.stock || !engaged {
+                if !engaged {
                     continue;
                 }
                 let a = self.attempt(p.peer, Via::Meshfleet, now);
@@ -538,6 +596,7 @@ impl OfferTracker {
                 } else if p.cannot_decode && !a.outcome.is_failure() {
                     a.set(
                         Outcome::Incompatible {
+                            kind: Incompatibility::Decoder,
                             reason: "cannot decode this artefact".to_owned(),
                         },
                         now,
@@ -574,6 +633,10 @@ impl OfferTracker {
         for ((id, via), a) in &self.attempts {
             let row = NodeReport {
                 node_id: id.0,
+                targeted: match &a.outcome {
+                    Outcome::Incompatible { kind, .. } => kind.is_target(),
+                    _ => true,
+                },
                 via: Some(via.label()),
                 neighbour: self.neighbours.contains(id),
                 status: a.outcome.label(),
@@ -608,6 +671,7 @@ impl OfferTracker {
                 };
                 NodeReport {
                     node_id: id.0,
+                    targeted: false,
                     via: None,
                     neighbour: self.neighbours.contains(id),
                     status: outcome.label(),
@@ -624,7 +688,7 @@ impl OfferTracker {
         let nodes: Vec<NodeReport> = nodes.into_values().collect();
         let targeted: Vec<&NodeReport> = nodes
             .iter()
-            .filter(|n| targets.require_all || n.via.is_some())
+            .filter(|n| targets.require_all || n.targeted)
             .collect();
         let succeeded = targeted.iter().filter(|n| n.outcome.is_success()).count();
         let all_ok = !targeted.is_empty()
@@ -661,6 +725,9 @@ impl OfferTracker {
 pub struct NodeReport {
     /// The node.
     pub node_id: u32,
+    /// It counts for the exit status without `--require-all`: it answered, and the
+    /// artefact is for its role and hardware.
+    pub targeted: bool,
     /// The protocol its outcome comes from (`None`: no outcome from the engine).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub via: Option<&'static str>,

@@ -99,7 +99,7 @@ Examples:
 
   # A Linux node that takes signed updates for role `gateway` and restarts its service:
   meshfleet node --connect 192.168.1.10:5555 --ota-dir /var/lib/meshfleet/ota \\
-      --ota-role gateway --ota-hardware linux-x86_64 --ota-key fleet.pub \\
+      --ota-role gateway --ota-hardware linux-x86_64 --ota-key fleet.key.pub \\
       --ota-hook 'install -m755 \"$MESHFLEET_OTA_IMAGE\" /usr/local/bin/app && systemctl restart app'";
 
 /// Run a mesh node: send and receive messages, watch the mesh.
@@ -132,7 +132,7 @@ pub(crate) struct Args {
 
     /// Largest frame accepted from a peer, in bytes (default 1 MiB); longer frames are
     /// dropped without being buffered.
-    #[arg(long, hide = true, value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES")]
     max_frame_len: Option<usize>,
 
     /// Send queue cap per link, in bytes (default 256 KiB).
@@ -354,6 +354,8 @@ impl OtaFlags {
         let (Some(role), Some(hardware)) = (self.role, self.hardware) else {
             return Err(usage("--ota-dir needs --ota-role and --ota-hardware"));
         };
+        // `esp32` is ESP32, as `firmware pack` writes it; other names are kept as given.
+        let hardware = crate::cmd::firmware::parse_hardware(&hardware).unwrap_or(hardware);
         // The manifest's limit: a longer role could never match an artefact.
         let max = meshfleet_firmware::MAX_TEXT_LEN;
         for (flag, v) in [("--ota-role", &role), ("--ota-hardware", &hardware)] {
@@ -384,8 +386,8 @@ impl OtaFlags {
             .key
             .as_deref()
             .map(|p| {
-                meshfleet_firmware::keys::read_public_key(p)
-                    .with_context(|| format!("--ota-key {}", p.display()))
+                // The key reader's error names the file.
+                meshfleet_firmware::keys::read_public_key(p).context("--ota-key")
             })
             .transpose()?;
         Ok(Some(ReceiverOptions {
@@ -602,8 +604,15 @@ fn one_line(s: &str) -> String {
 }
 
 async fn print_events(mut events: broadcast::Receiver<RuntimeEvent>, out: Output) {
+    // Text mode: a stock update's parts are summarised (JSON keeps every event).
+    let mut parts = receiver::PartProgress::default();
     loop {
         match events.recv().await {
+            Ok(e) if !out.json => match parts.text(&e) {
+                receiver::TextLine::Event => out.event(&e),
+                receiver::TextLine::Skip => {}
+                receiver::TextLine::Text(t) => out.reply((), || t),
+            },
             Ok(e) => out.event(&e),
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 warn!(missed = n, "output too slow: events skipped");

@@ -549,6 +549,51 @@ impl Controller {
     }
 }
 
+/// What text mode prints for an event.
+pub(crate) enum TextLine {
+    /// The event's own line.
+    Event,
+    /// Nothing.
+    Skip,
+    /// This instead.
+    Text(String),
+}
+
+/// Summarises a stock update's `part_received` events in text mode: a line at every tenth
+/// of the image (and the last part) instead of one per part (582 for a 582 KiB image).
+#[derive(Debug, Default)]
+pub(crate) struct PartProgress {
+    /// The tenth last printed.
+    tenth: Option<u32>,
+}
+
+impl PartProgress {
+    pub(crate) fn text(&mut self, e: &RuntimeEvent) -> TextLine {
+        let RuntimeEvent::Plugin { data, .. } = e else {
+            return TextLine::Event;
+        };
+        match data.downcast_ref::<meshfleet_ota::OtaEvent>() {
+            Some(meshfleet_ota::OtaEvent::PartReceived { part, no_part }) => {
+                let done = part.saturating_add(1);
+                let tenth = done.saturating_mul(10).checked_div(*no_part).unwrap_or(10);
+                if self.tenth == Some(tenth) && done < *no_part {
+                    return TextLine::Skip;
+                }
+                self.tenth = Some(tenth);
+                TextLine::Text(format!(
+                    "ota: stock update, {done}/{no_part} parts ({}%)",
+                    tenth * 10
+                ))
+            }
+            Some(meshfleet_ota::OtaEvent::UpdateStarted { .. }) => {
+                self.tenth = None;
+                TextLine::Event
+            }
+            _ => TextLine::Event,
+        }
+    }
+}
+
 /// A handle on our stderr for a child's stdout (null if it cannot be duplicated).
 fn stderr_stdio() -> std::process::Stdio {
     #[cfg(unix)]
