@@ -277,6 +277,14 @@ pub enum Note {
         /// The stock flow runs: it serves the node if it accepts stock updates.
         stock_flow: bool,
     },
+    /// The mesh as the source sees it changed size: nodes beyond the neighbours get the
+    /// image from their relays, and are listed in the report.
+    Mesh {
+        /// Nodes in the mesh (us excluded).
+        nodes: usize,
+        /// Our direct neighbours.
+        neighbours: usize,
+    },
     /// Requests from a node were ignored (once per node and reason).
     RequestsIgnored {
         /// The node.
@@ -301,6 +309,11 @@ impl std::fmt::Display for Note {
                 } else {
                     "not offered (--strategy auto would serve it the stock flow)"
                 }
+            ),
+            Self::Mesh { nodes, neighbours } => write!(
+                f,
+                "mesh: {nodes} node(s), {neighbours} of them neighbours (the others get the \
+                 image from their relays)"
             ),
             Self::RequestsIgnored { node, reason } => {
                 write!(
@@ -376,6 +389,8 @@ pub struct OfferTracker {
     neighbours: BTreeSet<NodeId>,
     /// Some neighbour ever synced.
     connected: bool,
+    /// (nodes, neighbours) last noted.
+    mesh_size: (usize, usize),
     /// (meshfleet chunks sent, NAKs received, stock parts sent): a change is activity.
     counters: (u64, u64, u64),
     bytes_sent: u64,
@@ -393,6 +408,7 @@ impl OfferTracker {
             listed: BTreeMap::new(),
             neighbours: BTreeSet::new(),
             connected: false,
+            mesh_size: (0, 0),
             counters: (0, 0, 0),
             bytes_sent: 0,
             ignored: BTreeSet::new(),
@@ -509,6 +525,14 @@ impl OfferTracker {
         let mut counters = self.counters;
         let mut bytes = 0;
         self.connected |= !snap.neighbours.is_empty();
+        let mesh = (snap.nodes.len(), snap.neighbours.len());
+        if mesh != self.mesh_size && mesh.0 > 0 {
+            self.mesh_size = mesh;
+            sink.note(&Note::Mesh {
+                nodes: mesh.0,
+                neighbours: mesh.1,
+            });
+        }
         self.neighbours.extend(snap.neighbours.iter().copied());
         for present in self.listed.values_mut() {
             *present = false;
