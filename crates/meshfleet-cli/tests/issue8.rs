@@ -293,9 +293,16 @@ fn a_closed_pipe_is_not_a_panic() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     pack(d, "1.0.0", "ESP32", "a.mfw");
+    std::fs::write(
+        d.join("s.toml"),
+        "name = \"tiny\"\nseed = 1\nduration_s = 5\n[topology]\nkind = \"line\"\nnodes = 3\n",
+    )
+    .unwrap();
     for a in [
         vec!["firmware", "inspect", "a.mfw", "--json"],
         vec!["firmware", "inspect", "a.mfw"],
+        vec!["sim", "s.toml", "--json"],
+        vec!["sim", "s.toml"],
     ] {
         let (reader, writer) = std::io::pipe().unwrap();
         drop(reader);

@@ -585,7 +585,8 @@ impl ProgressSink for Display {
                 let bar = bars.entry(key).or_insert_with(|| {
                     let b = multi.add(ProgressBar::new(u64::from(a.total)));
                     b.set_style(style.clone());
-                    b.set_prefix(format!("node {id} ({})", via.label()));
+                    // The unit, so the counts read like `inspect`'s chunks plus hash pages.
+                    b.set_prefix(format!("node {id} ({}, {})", via.label(), unit(via)));
                     b
                 });
                 if bar.is_finished() {
