@@ -439,3 +439,54 @@ fn a_signed_receiver_ignores_stock_announces_quietly() {
         .collect();
     assert!(dropped.is_empty(), "{dropped:?}");
 }
+
+// ---------------------------------------------------------------------- item 5
+
+/// A transfer resumed by a second offer starts its progress at what the node already held,
+/// not at 0.
+#[test]
+fn a_resumed_transfer_starts_at_what_the_node_holds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let image: Vec<u8> = {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        (0..150_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    };
+    std::fs::write(d.join("app.bin"), image).unwrap();
+    pack(d, "1.0.0", "ESP32", "a.mfw");
+    let mut r = receiver(d, 801, "sensor", &[]);
+    let port = r.listening_port();
+    let mut first = offer(d, "a.mfw", port, "--strategy broadcast --ota-rate 20000");
+    let p = r.wait_for("a third of the image", |v| {
+        v["event"] == "plugin"
+            && v["data"]["event"] == "progress"
+            && v["data"]["have"].as_u64().unwrap_or(0) * 3
+                >= v["data"]["chunks"].as_u64().unwrap_or(u64::MAX)
+    });
+    first.kill();
+    let held = p["data"]["have"].as_u64().unwrap();
+    let mut second = offer(d, "a.mfw", port, "--strategy broadcast");
+    let s = summary(&mut second);
+    assert_eq!(second.wait_exit().code(), Some(0), "{s}");
+    let start = second
+        .stderr_lines()
+        .into_iter()
+        .find(|l| l.contains("node 801 (meshfleet): fetching"))
+        .unwrap_or_else(|| panic!("no progress line: {:?}", second.stderr_lines()));
+    let holds: u64 = start
+        .rsplit("holds ")
+        .next()
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{start}"));
+    assert!(
+        holds >= held,
+        "bar starts at {holds}, the node held {held}: {start}"
+    );
+}
