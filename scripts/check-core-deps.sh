@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 core=(meshfleet-wire meshfleet-mesh)
 [ -d crates/meshfleet-ota ] && core+=(meshfleet-ota)
 [ -d crates/meshfleet-monitor ] && core+=(meshfleet-monitor)
+[ -d crates/meshfleet-agent ] && core+=(meshfleet-agent)
 forbidden='^(tokio|mio|socket2|axum|hyper|rumqttc|async-std|smol|reqwest)$'
 status=0
 for c in "${core[@]}"; do

@@ -18,10 +18,50 @@ impl fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
+/// The command ran and already said what happened; the process exits with this code
+/// without an `error:` line.
+#[derive(Debug)]
+pub(crate) struct Exit(pub(crate) u8);
+
+impl fmt::Display for Exit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "exit status {}", self.0)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+/// `println!` for a command's output: a closed stdout (`| head`) ends the command quietly
+/// (exit status 0: the reader has what it wanted) instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::context::write_stdout(::std::format_args!($($arg)*))?
+    };
+}
+pub(crate) use outln;
+
+/// One line on stdout; see [`outln`].
+pub(crate) fn write_stdout(args: fmt::Arguments<'_>) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out
+        .write_fmt(args)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush())
+    {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(Exit(0).into()),
+        Err(e) => Err(anyhow::Error::new(e).context("cannot write to stdout")),
+    }
+}
+
 /// Shorthand for returning a [`UsageError`].
 pub(crate) fn usage(msg: impl Into<String>) -> anyhow::Error {
     UsageError(msg.into()).into()
 }
+
+/// The config file's tables that a subcommand reads.
+const READ_TABLES: &[&str] = &["node"];
 
 /// The global options, resolved.
 #[derive(Debug, Default)]
@@ -41,6 +81,15 @@ impl Context {
         let table: toml::Table = text
             .parse()
             .map_err(|e| usage(format!("config file {}: {e}", path.display())))?;
+        // Only `meshfleet node` takes defaults from the file: a table for another command
+        // would be silently ignored, so it is refused.
+        if let Some(other) = table.keys().find(|k| !READ_TABLES.contains(&k.as_str())) {
+            return Err(usage(format!(
+                "config file {}: table [{other}] is not read (only [node] is: `meshfleet node` \
+                 takes its defaults from the file; other commands take flags)",
+                path.display()
+            )));
+        }
         Ok(Self {
             config: Some((path.to_owned(), table)),
         })

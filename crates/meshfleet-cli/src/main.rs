@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use crate::context::{Context, UsageError};
+use crate::context::{Context, Exit, UsageError};
 
 /// Declares the subcommands, one line each: `Variant => module`. The module is
 /// `src/cmd/<module>.rs`; it provides `Args` and `run`.
@@ -53,7 +53,8 @@ subcommands! {
 #[command(long_about = "Run and manage painlessMesh-compatible meshes.\n\n\
     Logs go to stderr; set RUST_LOG to choose what (default: info), \
     e.g. RUST_LOG=meshfleet_runtime=debug.\n\n\
-    Exit status: 0 success, 1 runtime error, 2 usage error.")]
+    Exit status: 0 success, 1 runtime error, 2 usage error \
+    (`ota offer` has more: see its --help).")]
 #[command(after_long_help = "Examples:\n  \
     meshfleet node --listen 0.0.0.0:5555 --node-id 1001     # start an access point\n  \
     meshfleet node --connect 192.168.1.10:5555              # join it, then type commands\n  \
@@ -61,8 +62,9 @@ subcommands! {
     A config file gives defaults, flags override them:\n  \
     [node]\n  listen = \"0.0.0.0:5555\"\n  connect = [\"192.168.1.10:5555\"]\n  node-id = 1001")]
 struct Cli {
-    /// TOML file with defaults, one table per subcommand (e.g. `[node]` with
-    /// `listen = "0.0.0.0:5555"`, `node-id = 1001`). Flags override it.
+    /// TOML file with defaults for `meshfleet node`: its `[node]` table (e.g.
+    /// `listen = "0.0.0.0:5555"`, `node-id = 1001`, `ota-dir = ...`). Flags override it.
+    /// Other tables are refused: no other command reads the file.
     #[arg(long, global = true, value_name = "FILE", env = "MESHFLEET_CONFIG")]
     config: Option<PathBuf>,
 
@@ -78,7 +80,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            if let Some(Exit(code)) = e.downcast_ref::<Exit>() {
+                return ExitCode::from(*code);
+            }
+            eprintln!("error: {}", error_text(&e));
             if e.downcast_ref::<UsageError>().is_some() {
                 ExitCode::from(2)
             } else {
@@ -88,11 +93,33 @@ fn main() -> ExitCode {
     }
 }
 
-/// `RUST_LOG` filter (default `info`), to stderr: stdout carries the program's output.
+/// An error and its causes on one line, each cause once: a context that already quotes
+/// its cause (`cannot read x: x: No such file`) does not repeat it.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let c = cause.to_string();
+        if text.contains(&c) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&c);
+    }
+    text
+}
+
+/// `RUST_LOG` filter, to stderr: stdout carries the program's output. The default, `info`
+/// without the runtime's link lines (a node prints those as events already); colours only
+/// on a terminal.
 fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal as _;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,meshfleet_runtime=warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }

@@ -228,7 +228,10 @@ impl fmt::Display for DropReason {
 }
 
 /// An event a plugin reports to the application.
-pub trait PluginEvent: fmt::Debug + Send {
+///
+/// `Sync` so that a driver can hand one event to several subscribers without copying it
+/// into another form (the runtime shares it behind an `Arc`).
+pub trait PluginEvent: fmt::Debug + Send + Sync {
     /// For downcasting to the plugin's own type.
     fn as_any(&self) -> &dyn Any;
     /// A JSON form for `--json` output and logs.

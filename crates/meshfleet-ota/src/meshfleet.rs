@@ -389,6 +389,17 @@ pub struct PeerProgress {
     pub chunks_sent: u32,
     /// Chunk payload bytes sent to it on this link.
     pub bytes_sent: u64,
+    /// Units (chunks and hash pages) it asked for in its NAKs and has not been sent since:
+    /// `units - wanted` is what it holds or has on the way (a resumed transfer starts at
+    /// what the node already held).
+    pub wanted: u32,
+    /// Its role, from its CAPS (`None` before they arrived). A source does not offer a
+    /// campaign to a node of another role or hardware, or that runs the image already.
+    pub role: Option<String>,
+    /// Its hardware, from its CAPS.
+    pub hardware: Option<String>,
+    /// SHA-256 of the image it runs, from its CAPS (`None` if unknown).
+    pub running_sha256: Option<String>,
 }
 
 /// The meshfleet OTA plugin (package types 700-709, binary tag 703). See the module docs.
@@ -591,6 +602,14 @@ impl MeshfleetOta {
                 subtree_done: n.subtree_done,
                 chunks_sent: n.chunks_sent,
                 bytes_sent: n.bytes_sent,
+                wanted: n.want.count(),
+                role: n.caps.as_ref().map(|c| c.role.clone()),
+                hardware: n.caps.as_ref().map(|c| c.hardware.clone()),
+                running_sha256: n
+                    .caps
+                    .as_ref()
+                    .map(|c| c.sha256.clone())
+                    .filter(|s| !s.is_empty()),
             })
             .collect()
     }

@@ -4,7 +4,9 @@
 use std::fmt;
 use std::net::SocketAddr;
 
-use meshfleet_mesh::{CloseReason, LinkId, LinkRole, NodeId};
+use std::sync::Arc;
+
+use meshfleet_mesh::{CloseReason, LinkId, LinkRole, NodeId, PluginEvent};
 use serde::{Deserialize, Serialize};
 
 /// Whether a received application message was unicast or broadcast.
@@ -155,12 +157,13 @@ pub enum RuntimeEvent {
         /// Human-readable detail.
         detail: String,
     },
-    /// A plugin's event, in the plugin's JSON form ([`meshfleet_mesh::PluginEvent::to_json`]).
+    /// A plugin's event, typed ([`PluginData::downcast_ref`]); its JSON form
+    /// ([`meshfleet_mesh::PluginEvent::to_json`]) is made only when it is serialized.
     Plugin {
         /// The plugin's name.
         plugin: String,
         /// Its payload.
-        data: serde_json::Value,
+        data: PluginData,
     },
 }
 
@@ -201,8 +204,70 @@ impl fmt::Display for RuntimeEvent {
             Self::FrameDropped { link, detail, .. } => {
                 write!(f, "frame dropped on link {}: {detail}", link.0)
             }
-            Self::Plugin { plugin, data } => write!(f, "{plugin}: {data}"),
+            Self::Plugin { plugin, data } => write!(f, "{plugin}: {}", data.to_json()),
         }
+    }
+}
+
+/// A plugin's event as the runtime hands it to its subscribers: the node's typed event,
+/// shared (every subscriber gets the same one). Consumers downcast it to the plugin's event
+/// type; its JSON form is made at the output edge ([`PluginData::to_json`], or serializing
+/// the [`RuntimeEvent`]). Deserializing gives the JSON form back as a [`JsonEvent`].
+#[derive(Clone, Debug)]
+pub struct PluginData(Arc<dyn PluginEvent>);
+
+impl PluginData {
+    /// Wraps a node's plugin event.
+    pub fn new(event: Box<dyn PluginEvent>) -> Self {
+        Self(Arc::from(event))
+    }
+
+    /// The event as the plugin's own type, if it is one.
+    pub fn downcast_ref<T: 'static>(&self) -> Option<&T> {
+        self.0.as_any().downcast_ref::<T>()
+    }
+
+    /// The typed event.
+    pub fn event(&self) -> &dyn PluginEvent {
+        &*self.0
+    }
+
+    /// The plugin's JSON form.
+    pub fn to_json(&self) -> serde_json::Value {
+        self.0.to_json()
+    }
+}
+
+impl PartialEq for PluginData {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.to_json() == other.to_json()
+    }
+}
+
+impl Serialize for PluginData {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.to_json().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for PluginData {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        Ok(Self(Arc::new(JsonEvent(v))))
+    }
+}
+
+/// A plugin event known only by its JSON form (read back from a JSON line).
+#[derive(Clone, Debug, PartialEq)]
+pub struct JsonEvent(pub serde_json::Value);
+
+impl PluginEvent for JsonEvent {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        self.0.clone()
     }
 }
 

@@ -13,7 +13,7 @@ use tokio::task::AbortHandle;
 use tracing::{debug, info, warn};
 
 use crate::config::RuntimeConfig;
-use crate::event::{DisconnectReason, MessageKind, RuntimeEvent};
+use crate::event::{DisconnectReason, MessageKind, PluginData, RuntimeEvent};
 use crate::handle::RuntimeStats;
 use crate::io::{read_loop, write_loop, Input};
 use crate::queue::{Push, SendQueue};
@@ -638,7 +638,7 @@ impl Owner {
             Event::Plugin { plugin, event } => {
                 self.emit(RuntimeEvent::Plugin {
                     plugin: plugin.to_owned(),
-                    data: event.to_json(),
+                    data: PluginData::new(event),
                 });
             }
             other => debug!(event = ?other, "node event not forwarded"),

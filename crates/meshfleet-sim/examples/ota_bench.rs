@@ -407,7 +407,10 @@ fn run_cell(a: &Args, base: &OtaCampaign, n: u32, loss: f64, ch: &str, s: OtaStr
         let (mut no_campaign, mut partial, mut isolated, mut nodes_seen) = (0, 0, 0, 0);
         for id in sim.node_ids() {
             let Some(node) = sim.node(id) else { continue };
-            let Some(ota) = node.plugin::<meshfleet_ota::MeshfleetOta>() else {
+            let Some(ota) = node
+                .plugin::<meshfleet_agent::OtaReceiver<meshfleet_ota::MemStore>>()
+                .and_then(|r| r.meshfleet())
+            else {
                 continue;
             };
             if ota.is_complete() {

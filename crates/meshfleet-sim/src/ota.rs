@@ -14,10 +14,15 @@
 //!   library's bug of asking in the root's name (`gap_request_from_self = false`): such a
 //!   node never gets its part. The root is a *receiver* (the library's broadcast mode needs
 //!   one that requests), see [`OtaCampaign::broadcast_root`].
-//! * [`OtaStrategy::Meshfleet`]: the meshfleet protocol ([`MeshfleetOta`]): the signed,
-//!   deflated artefact, hop by hop, pipelined, NAK repair. Each receiver has a [`MemStore`]
-//!   (A/B slots, staging, boot record) that the campaign keeps per node number, so a
-//!   simulated reboot rebuilds the node over the same "flash" and the transfer resumes.
+//! * [`OtaStrategy::Meshfleet`]: the meshfleet protocol ([`meshfleet_ota::MeshfleetOta`]):
+//!   the signed, deflated artefact, hop by hop, pipelined, NAK repair. Every node runs the
+//!   node as shipped ([`meshfleet_agent::Agent`], as `meshfleet node` does), with the
+//!   boot policy of an ESP ([`BootPolicy::on_restart`]). Each has a [`MemStore`] (A/B
+//!   slots, staging, boot record) that the campaign keeps per node number, so a simulated
+//!   reboot rebuilds the node over the same "flash" and the transfer resumes.
+//!
+//! The stock strategies model nodes running the C++ library (its sender and receiver
+//! flows), not meshfleet nodes, so they run the engine's stock plugins directly.
 //!
 //! The campaign is attached to a [`Scenario`] through its node factory
 //! ([`OtaCampaign::attach`]), which also schedules the start. [`OtaRun`] observes the run
@@ -52,6 +57,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use meshfleet_agent::{Agent, AgentConfig, BootAction, BootPolicy, OtaReceiver, ReceiverConfig};
 use meshfleet_firmware::{
     pack, Artefact, Codec, PackError, PackOptions, SigningKey, Version, VersionError,
 };
@@ -61,9 +67,8 @@ use meshfleet_mesh::{
 use meshfleet_ota::proto::BINARY_CHUNK_HEADER;
 use meshfleet_ota::store::image_info;
 use meshfleet_ota::{
-    boot, BootManager, ImageInfo, MemStore, MeshfleetConfig, MeshfleetOta, OfferError, OtaEvent,
-    SlotStore, StockOffer, StockReceiver, StockReceiverConfig, StockSender, StockSenderConfig,
-    StockStyle,
+    boot, ImageInfo, MemStore, MeshfleetConfig, OfferError, OtaEvent, SlotStore, StockOffer,
+    StockReceiver, StockReceiverConfig, StockSender, StockSenderConfig, StockStyle,
 };
 use meshfleet_wire::{Package, Routing, BINARY_FRAME_MARK};
 use serde::Serialize;
@@ -432,39 +437,34 @@ impl OtaCampaign {
                     .entry(number)
                     .or_insert_with(|| MemStore::with_image(&p.old_image, OLD_VERSION))
                     .clone();
-                // The bootloader's decision; the simulated firmware is healthy by
-                // construction, so a new image on trial confirms itself at once.
-                let mut bm = BootManager::new(store.clone(), BOOT_ATTEMPTS);
-                let running = match bm.on_boot() {
-                    Ok(d) => {
-                        if d.trial && bm.confirm().is_err() {
-                            sh.counters.store_errors += 1;
-                        }
-                        d.image
-                    }
-                    Err(_) => {
-                        sh.counters.store_errors += 1;
-                        None
-                    }
-                };
-                let mut c = self.meshfleet.clone();
-                c.role.clone_from(&self.role);
-                c.hardware.clone_from(&self.hardware);
-                c.trusted_key = Some(test_signing_key().verifying_key());
-                c.running = running;
-                c.on_trial = false;
+                // The node as shipped (`meshfleet-agent`), on an ESP: a committed image
+                // boots at the next start, and the simulated firmware is healthy by
+                // construction, so an image on trial confirms itself at once.
+                let mut policy = BootPolicy::on_restart();
+                policy.max_boot_attempts = BOOT_ATTEMPTS;
+                let mut rc = ReceiverConfig::new(&self.role, &self.hardware, policy);
+                rc.meshfleet = Some(self.meshfleet.clone());
+                rc.stock = None;
+                rc.trusted_key = Some(test_signing_key().verifying_key());
                 if number == self.source && sh.started {
-                    node.add_plugin(Box::new(MeshfleetOta::source(
-                        c,
-                        Box::new(store),
-                        p.artefact.clone(),
-                        None,
-                    )));
-                } else {
-                    match MeshfleetOta::new(c, Box::new(store)) {
-                        Ok(o) => node.add_plugin(Box::new(o)),
-                        Err(_) => sh.counters.store_errors += 1,
+                    rc.source = Some((p.artefact.clone(), None));
+                }
+                match OtaReceiver::open(rc, store.clone(), Box::new(store)) {
+                    Ok(mut receiver) => {
+                        while let Some(action) = receiver.poll_action() {
+                            if matches!(action, BootAction::Failed { .. }) {
+                                sh.counters.store_errors += 1;
+                            }
+                        }
+                        Agent::equip(
+                            node,
+                            AgentConfig {
+                                receiver: Some(receiver),
+                                extra: Vec::new(),
+                            },
+                        );
                     }
+                    Err(_) => sh.counters.store_errors += 1,
                 }
             }
         }
@@ -487,7 +487,7 @@ impl OtaCampaign {
             }
             OtaStrategy::Meshfleet => {
                 let artefact = self.payload.artefact.clone();
-                node.with_plugin::<MeshfleetOta, _>(now, |o, ctx| {
+                node.with_plugin::<OtaReceiver<MemStore>, _>(now, |o, ctx| {
                     o.start_source(ctx, artefact, None)
                 });
             }

@@ -7,11 +7,11 @@ use anyhow::{anyhow, Context as _};
 use meshfleet_firmware::{codec::Codec, keys, pack, Artefact, PackOptions, SignatureCheck, Version};
 use serde_json::json;
 
-use crate::context::{usage, Context};
+use crate::context::{outln, usage, Context};
 
 const AFTER_LONG_HELP: &str = "\
 Examples:
-  # Once: a signing key (keep fleet.key secret; give fleet.pub to the nodes)
+  # Once: a signing key (keep fleet.key secret; give fleet.key.pub to the nodes)
   meshfleet firmware keygen --out fleet.key
 
   # Pack and sign an ESP8266 image for the nodes with role `sensor`; an 8 KiB window
@@ -23,7 +23,7 @@ Examples:
   meshfleet firmware inspect sensor-1.4.2.mfw
 
   # Check sizes, hashes and the signature; exit status 0 only if all are good
-  meshfleet firmware verify sensor-1.4.2.mfw --key fleet.pub";
+  meshfleet firmware verify sensor-1.4.2.mfw --key fleet.key.pub";
 
 /// Create keys, pack, inspect and verify firmware artefacts (.mfw).
 #[derive(clap::Args, Debug)]
@@ -53,8 +53,9 @@ enum FirmwareCommand {
         /// The painlessMesh role of the nodes it is for (the OTA `role`), e.g. `sensor`.
         #[arg(long)]
         role: String,
-        /// `ESP8266` or `ESP32` (the OTA `hardware`).
-        #[arg(long)]
+        /// `ESP8266` or `ESP32` (any case; written as painlessMesh spells them), or
+        /// `linux-<arch>` for Linux meshfleet nodes (the OTA `hardware`).
+        #[arg(long, value_parser = parse_hardware)]
         hardware: String,
         /// Firmware version, e.g. `1.4.2` (nodes refuse downgrades without a signed intent,
         /// see `firmware intent`).
@@ -78,9 +79,13 @@ enum FirmwareCommand {
         /// Bytes of payload per transmitted chunk (64..=32768).
         #[arg(long, default_value_t = meshfleet_firmware::DEFAULT_CHUNK_SIZE)]
         chunk_size: u32,
-        /// Where to write the artefact.
+        /// Where to write the artefact. Refuses to overwrite an existing file unless
+        /// --force.
         #[arg(long, value_name = "FILE.mfw")]
         out: PathBuf,
+        /// Replace --out if it exists.
+        #[arg(long)]
+        force: bool,
     },
     /// Sign the operator's intent to install this artefact's image where nodes would refuse
     /// it on their own: a downgrade, a re-install, an image a node rolled back. Offer it
@@ -130,7 +135,7 @@ enum FirmwareCommand {
 pub(crate) fn run(args: Args, _ctx: &Context) -> anyhow::Result<()> {
     match args.command {
         FirmwareCommand::Keygen { out, public } => keygen(&out, public),
-        FirmwareCommand::Pack { image, role, hardware, version, sign, codec, level, window, chunk_size, out } => {
+        FirmwareCommand::Pack { image, role, hardware, version, sign, codec, level, window, chunk_size, out, force } => {
             let version = Version::parse(&version).map_err(|e| usage(format!("--version: {e}")))?;
             let codec = Codec::from_name(&codec)
                 .ok_or_else(|| usage(format!("--codec: unknown codec {codec:?} (use deflate or none)")))?;
@@ -148,9 +153,9 @@ pub(crate) fn run(args: Args, _ctx: &Context) -> anyhow::Result<()> {
                 .map(|d| d.as_secs());
             let artefact = pack(&raw, opts).map_err(|e| usage(e.to_string()))?;
             let bytes = artefact.to_bytes();
-            write_new(&out, &bytes)?;
+            write_new(&out, &bytes, force)?;
             let m = artefact.manifest();
-            println!(
+            outln!(
                 "wrote {}: {} {} {} — {} bytes raw, {} bytes {} ({:.1}%{}), {} chunks, {}",
                 out.display(),
                 m.role,
@@ -211,7 +216,7 @@ fn keygen(out: &Path, public: Option<PathBuf>) -> anyhow::Result<()> {
     let key = keys::keygen(&mut rand_core::OsRng);
     keys::write_secret_key(out, &key)?;
     keys::write_public_key(&public, &key.verifying_key())?;
-    println!(
+    outln!(
         "wrote secret key {} and public key {} (key id {})",
         out.display(),
         public.display(),
@@ -236,7 +241,7 @@ fn intent(file: &Path, sign: &Path, nodes: Vec<u32>, valid_hours: u64, out: &Pat
         .as_secs();
     let mut i = meshfleet_firmware::Intent::for_manifest(m, nodes, now, valid_hours.saturating_mul(3600));
     i.sign(&key);
-    write_new(out, &i.to_json())?;
+    write_new(out, &i.to_json(), false)?;
     println!(
         "wrote {}: install {} {} {} on {} until Unix time {}",
         out.display(),
@@ -265,37 +270,37 @@ fn inspect(file: &Path, as_json: bool) -> anyhow::Result<()> {
             // What a receiver must be able to give its decompressor (this host's figure).
             o.insert("decoder_bytes".into(), json!(m.decoder_footprint()));
         }
-        println!("{v}");
+        outln!("{v}");
         return Ok(());
     }
-    println!("file:        {}", file.display());
-    println!("role:        {}", m.role);
-    println!("hardware:    {}", m.hardware);
-    println!("version:     {}", m.version);
-    println!("size:        {} bytes", m.size);
-    println!("md5:         {}", m.md5);
-    println!("sha256:      {}", m.sha256);
-    println!(
+    outln!("file:        {}", file.display());
+    outln!("role:        {}", m.role);
+    outln!("hardware:    {}", m.hardware);
+    outln!("version:     {}", m.version);
+    outln!("size:        {} bytes", m.size);
+    outln!("md5:         {}", m.md5);
+    outln!("sha256:      {}", m.sha256);
+    outln!(
         "payload:     {} bytes {} ({:.1}% of the image)",
         m.compressed_size,
         m.codec.name(),
         100.0 * m.compressed_size as f64 / m.size.max(1) as f64
     );
     match m.codec {
-        Codec::Deflate => println!(
+        Codec::Deflate => outln!(
             "window:      {} bytes (the receiver's decompressor needs {} bytes of RAM)",
             m.window,
             m.decoder_footprint()
         ),
-        Codec::None => println!("window:      0 (nothing to decompress)"),
+        Codec::None => outln!("window:      0 (nothing to decompress)"),
     }
-    println!("chunks:      {} x {} bytes", m.chunk_count, m.chunk_size);
+    outln!("chunks:      {} x {} bytes", m.chunk_count, m.chunk_size);
     if let Some(created) = m.created {
-        println!("created:     {created} (Unix seconds)");
+        outln!("created:     {created} (Unix seconds)");
     }
     match (&m.key_id, &m.signature) {
-        (Some(k), Some(_)) => println!("signed by:   key {k} (not checked here: use `verify --key`)"),
-        _ => println!("signed by:   nobody (unsigned)"),
+        (Some(k), Some(_)) => outln!("signed by:   key {k} (not checked here: use `verify --key`)"),
+        _ => outln!("signed by:   nobody (unsigned)"),
     }
     Ok(())
 }
@@ -315,14 +320,14 @@ fn verify(file: &Path, key: Option<&Path>, as_json: bool) -> anyhow::Result<()> 
         _ => ("unknown", "unknown signature state".to_owned()),
     };
     if as_json {
-        println!(
+        outln!(
             "{}",
             json!({"ok": true, "file": file.display().to_string(), "role": m.role, "hardware": m.hardware,
                    "version": m.version.to_string(), "size": m.size, "sha256": m.sha256.to_string(),
                    "signature": signature})
         );
     } else {
-        println!(
+        outln!(
             "ok: {} — {} {} {}, {} bytes, sha256 and md5 match, {} chunks intact, {detail}",
             file.display(),
             m.role,
@@ -335,16 +340,52 @@ fn verify(file: &Path, key: Option<&Path>, as_json: bool) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Writes a new file, refusing to overwrite (an artefact is an input to a fleet update:
-/// silently replacing one is how the wrong image ships).
-fn write_new(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+/// Writes a new file, refusing to overwrite unless `force` (an artefact is an input to a
+/// fleet update: silently replacing one is how the wrong image ships). With `force` the
+/// new file is written beside it and renamed over it, so a failed write leaves the old one.
+fn write_new(path: &Path, bytes: &[u8], force: bool) -> anyhow::Result<()> {
     use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))?;
-    f.write_all(bytes).with_context(|| format!("cannot write {}", path.display()))?;
-    f.sync_all().with_context(|| format!("cannot sync {}", path.display()))?;
+    let target = if force {
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        PathBuf::from(tmp)
+    } else {
+        path.to_owned()
+    };
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true);
+    if force {
+        opts.create(true).truncate(true);
+    } else {
+        opts.create_new(true);
+    }
+    let mut f = opts.open(&target).with_context(|| {
+        if force {
+            format!("cannot create {}", target.display())
+        } else {
+            format!("cannot create {} (it must not exist yet; --force replaces it)", path.display())
+        }
+    })?;
+    f.write_all(bytes).with_context(|| format!("cannot write {}", target.display()))?;
+    f.sync_all().with_context(|| format!("cannot sync {}", target.display()))?;
+    if force {
+        std::fs::rename(&target, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    }
     Ok(())
+}
+
+/// `--hardware`: `ESP8266` and `ESP32` in any case, normalised to the spelling painlessMesh
+/// nodes compare with (a lowercase artefact would match no node), or `linux-<arch>`.
+pub(crate) fn parse_hardware(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    for canonical in ["ESP8266", "ESP32"] {
+        if t.eq_ignore_ascii_case(canonical) {
+            return Ok(canonical.to_owned());
+        }
+    }
+    let arch = t.strip_prefix("linux-").unwrap_or_default();
+    if !arch.is_empty() && arch.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        return Ok(t.to_owned());
+    }
+    Err(format!("{s:?} is not a hardware name: ESP8266, ESP32 or linux-<arch> (e.g. linux-x86_64)"))
 }

@@ -25,7 +25,8 @@ use tokio::sync::{broadcast, mpsc};
 use tracing::{info, warn};
 
 use crate::cmd::firmware::parse_window;
-use crate::cmd::ota::receiver::{Controller, OtaLine, OtaReceiver, ReceiverOptions};
+use crate::cmd::ota::receiver::{self, Controller, ReceiverOptions};
+use meshfleet_agent::{Agent, AgentConfig};
 use crate::context::{tokio_runtime, usage, Context};
 
 const LONG_ABOUT: &str = "\
@@ -98,7 +99,7 @@ Examples:
 
   # A Linux node that takes signed updates for role `gateway` and restarts its service:
   meshfleet node --connect 192.168.1.10:5555 --ota-dir /var/lib/meshfleet/ota \\
-      --ota-role gateway --ota-hardware linux-x86_64 --ota-key fleet.pub \\
+      --ota-role gateway --ota-hardware linux-x86_64 --ota-key fleet.key.pub \\
       --ota-hook 'install -m755 \"$MESHFLEET_OTA_IMAGE\" /usr/local/bin/app && systemctl restart app'";
 
 /// Run a mesh node: send and receive messages, watch the mesh.
@@ -131,7 +132,7 @@ pub(crate) struct Args {
 
     /// Largest frame accepted from a peer, in bytes (default 1 MiB); longer frames are
     /// dropped without being buffered.
-    #[arg(long, hide = true, value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES")]
     max_frame_len: Option<usize>,
 
     /// Send queue cap per link, in bytes (default 256 KiB).
@@ -353,6 +354,8 @@ impl OtaFlags {
         let (Some(role), Some(hardware)) = (self.role, self.hardware) else {
             return Err(usage("--ota-dir needs --ota-role and --ota-hardware"));
         };
+        // `esp32` is ESP32, as `firmware pack` writes it; other names are kept as given.
+        let hardware = crate::cmd::firmware::parse_hardware(&hardware).unwrap_or(hardware);
         // The manifest's limit: a longer role could never match an artefact.
         let max = meshfleet_firmware::MAX_TEXT_LEN;
         for (flag, v) in [("--ota-role", &role), ("--ota-hardware", &hardware)] {
@@ -383,8 +386,8 @@ impl OtaFlags {
             .key
             .as_deref()
             .map(|p| {
-                meshfleet_firmware::keys::read_public_key(p)
-                    .with_context(|| format!("--ota-key {}", p.display()))
+                // The key reader's error names the file.
+                meshfleet_firmware::keys::read_public_key(p).context("--ota-key")
             })
             .transpose()?;
         Ok(Some(ReceiverOptions {
@@ -450,25 +453,22 @@ async fn run_node(opts: Options) -> anyhow::Result<()> {
     let root = opts.node.root;
     let mut node = Node::new(opts.node);
     // The boot decision is made before the node joins the mesh, like a bootloader's.
-    let ota = match opts.ota {
-        Some(o) => {
-            let (receiver, decision) = OtaReceiver::open(o.clone())
-                .with_context(|| format!("cannot open the OTA store in {}", o.dir.display()))?;
-            let path = receiver.slot_path(decision.slot);
-            let boot = OtaLine::boot("start", &decision, &path);
-            let resume = receiver
-                .resumed()
-                .map(|(campaign, have, chunks)| OtaLine::Resume {
-                    campaign,
-                    have,
-                    chunks,
-                });
-            node.add_plugin(Box::new(receiver));
-            Some((o, (decision, path), boot, resume))
-        }
+    let receiver = match &opts.ota {
+        Some(o) => Some(
+            receiver::open(o)
+                .with_context(|| format!("cannot open the OTA store in {}", o.dir.display()))?,
+        ),
         None => None,
     };
-    let ota_enabled = ota.is_some();
+    // The node as shipped: the same composition as the simulator's nodes.
+    Agent::equip(
+        &mut node,
+        AgentConfig {
+            receiver,
+            extra: Vec::new(),
+        },
+    );
+    let ota_dir = opts.ota.as_ref().map(|o| o.dir.clone());
     let (mesh, mut task) = Runtime::start(node, opts.runtime)
         .await
         .context("cannot start the node")?;
@@ -476,7 +476,7 @@ async fn run_node(opts: Options) -> anyhow::Result<()> {
     let events = mesh.subscribe();
     // The OTA controller's own subscription, taken before any update can arrive (an
     // offer needs a link, a node sync and a CAPS exchange first).
-    let ota_events = ota.as_ref().map(|_| mesh.subscribe());
+    let ota_events = opts.ota.as_ref().map(|_| mesh.subscribe());
     out.reply(
         Start {
             event: "start",
@@ -485,21 +485,15 @@ async fn run_node(opts: Options) -> anyhow::Result<()> {
         },
         || format!("node {node_id} started{}", if root { " (root)" } else { "" }),
     );
-    let controller = ota
-        .zip(ota_events)
-        .map(|((o, startup, boot, resume), ota_events)| {
-            boot.print(out);
-            if let Some(r) = resume {
-                r.print(out);
-            }
-            let c = Controller {
-                mesh: mesh.clone(),
-                out,
-                hook: o.hook,
-                confirm_after: o.confirm_after,
-            };
-            tokio::spawn(c.run(ota_events, startup))
-        });
+    let controller = opts.ota.zip(ota_events).map(|(o, ota_events)| {
+        let c = Controller {
+            mesh: mesh.clone(),
+            out,
+            hook: o.hook,
+            dir: o.dir,
+        };
+        tokio::spawn(c.run(ota_events))
+    });
     let printer = tokio::spawn(print_events(events, out));
 
     let mut lines = spawn_stdin_reader()?;
@@ -509,7 +503,7 @@ async fn run_node(opts: Options) -> anyhow::Result<()> {
     let result = loop {
         tokio::select! {
             line = lines.recv(), if stdin_open => match line {
-                Some(line) => match execute(&mesh, out, line, ota_enabled).await {
+                Some(line) => match execute(&mesh, out, line, ota_dir.as_deref()).await {
                     Ok(Flow::Continue) => {}
                     Ok(Flow::Quit) => break Ok(()),
                     Err(Stopped) => break Err(anyhow!("the mesh runtime stopped unexpectedly")),
@@ -610,8 +604,15 @@ fn one_line(s: &str) -> String {
 }
 
 async fn print_events(mut events: broadcast::Receiver<RuntimeEvent>, out: Output) {
+    // Text mode: a stock update's parts are summarised (JSON keeps every event).
+    let mut parts = receiver::PartProgress::default();
     loop {
         match events.recv().await {
+            Ok(e) if !out.json => match parts.text(&e) {
+                receiver::TextLine::Event => out.event(&e),
+                receiver::TextLine::Skip => {}
+                receiver::TextLine::Text(t) => out.reply((), || t),
+            },
             Ok(e) => out.event(&e),
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 warn!(missed = n, "output too slow: events skipped");
@@ -721,11 +722,7 @@ enum Cmd<'a> {
 }
 
 const HELP: &str = "commands: single <dest> <text> | broadcast <text> | nodes | topology | \
-                    time | delay <dest> | stats | help | quit";
-
-/// [`HELP`] of a node with an OTA receiver.
-const HELP_OTA: &str = "commands: single <dest> <text> | broadcast <text> | nodes | topology | \
-                        time | delay <dest> | stats | ota | help | quit";
+                    time | delay <dest> | stats | ota (with --ota-dir) | help | quit";
 
 /// Splits off the first blank-separated word; the rest has its leading blanks removed.
 fn word(s: &str) -> (&str, &str) {
@@ -919,7 +916,12 @@ impl std::fmt::Display for StatsReply {
     }
 }
 
-async fn execute(mesh: &MeshHandle, out: Output, line: Line, ota: bool) -> Result<Flow, Stopped> {
+async fn execute(
+    mesh: &MeshHandle,
+    out: Output,
+    line: Line,
+    ota: Option<&std::path::Path>,
+) -> Result<Flow, Stopped> {
     let text = match line {
         Line::Text(t) => t,
         Line::TooLong => {
@@ -984,10 +986,16 @@ async fn execute(mesh: &MeshHandle, out: Output, line: Line, ota: bool) -> Resul
             let text = stats.to_string();
             out.reply(json!({ "stats": stats }), || text);
         }
-        Cmd::Ota if !ota => out.error("no OTA receiver: start the node with --ota-dir"),
         Cmd::Ota => {
+            let Some(dir) = ota.map(std::path::Path::to_path_buf) else {
+                out.error("no OTA receiver: start the node with --ota-dir");
+                return Ok(Flow::Continue);
+            };
             let state = mesh
-                .with_node(|node, _| node.plugin_mut::<OtaReceiver>().map(|r| r.state()))
+                .with_node(move |node, _| {
+                    node.plugin_mut::<receiver::Receiver>()
+                        .map(|r| receiver::state(r, &dir))
+                })
                 .await?;
             match state {
                 Some(s) => {
@@ -998,8 +1006,7 @@ async fn execute(mesh: &MeshHandle, out: Output, line: Line, ota: bool) -> Resul
             }
         }
         Cmd::Help => {
-            let help = if ota { HELP_OTA } else { HELP };
-            out.reply(json!({ "help": help }), || help.to_owned());
+            out.reply(json!({ "help": HELP }), || HELP.to_owned());
         }
         Cmd::Quit => return Ok(Flow::Quit),
     }

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use meshfleet_sim::{demo_scenario, run_scenario, run_scenario_file, RunError, SimReport};
 
-use crate::context::{usage, Context};
+use crate::context::{outln, usage, Context};
 
 const LONG_ABOUT: &str = "\
 Run a mesh scenario in the deterministic simulator.
@@ -91,11 +91,11 @@ pub(crate) fn run(args: Args, _ctx: &Context) -> anyhow::Result<()> {
         other => anyhow::Error::new(other),
     })?;
     if args.json {
-        println!("{}", serde_json::to_string(&report).context("cannot serialize the report")?);
+        outln!("{}", serde_json::to_string(&report).context("cannot serialize the report")?);
     } else {
-        print_report(&report, started.elapsed().as_secs_f64());
+        print_report(&report, started.elapsed().as_secs_f64())?;
         if let Some(dir) = &args.out {
-            println!("outputs: {}", dir.display());
+            outln!("outputs: {}", dir.display());
         }
     }
     Ok(())
@@ -105,35 +105,35 @@ fn opt_s(v: Option<f64>) -> String {
     v.map_or_else(|| "never".to_owned(), |s| format!("{s:.1} s"))
 }
 
-fn print_report(r: &SimReport, wall_s: f64) {
-    println!(
+fn print_report(r: &SimReport, wall_s: f64) -> anyhow::Result<()> {
+    outln!(
         "{}: {} nodes, {} topology, {} channel, seed {}",
         r.scenario, r.nodes, r.topology, r.channel, r.seed
     );
-    println!(
+    outln!(
         "simulated {:.0} virtual s in {wall_s:.1} s wall ({:.0}x), {} events",
         r.virtual_time_s,
         r.virtual_time_s / wall_s.max(1e-9),
         r.events_processed
     );
-    println!(
+    outln!(
         "mesh formed: joins done {}, node lists converged {}; converged at end: {} ({} component(s))",
         opt_s(r.convergence.formation_done_s),
         opt_s(r.convergence.formation_converged_s),
         r.convergence.converged_at_end,
         r.convergence.components_at_end
     );
-    println!(
+    outln!(
         "time sync: spread at end {}, below 1 ms from {}",
         r.time_sync.final_spread_us.map_or_else(|| "n/a".to_owned(), |us| format!("{us} us")),
         opt_s(r.time_sync.below_1ms_from_s)
     );
-    println!(
+    outln!(
         "air: {} frames, {:.1} MB",
         r.frames_on_air,
         r.bytes_on_air as f64 / 1e6
     );
-    println!(
+    outln!(
         "app messages: {} sent, {}/{} deliveries ({:.1}%), {} duplicates",
         r.app.sent,
         r.app.delivered,
@@ -142,7 +142,7 @@ fn print_report(r: &SimReport, wall_s: f64) {
         r.app.duplicates
     );
     if let Some(o) = &r.ota {
-        println!(
+        outln!(
             "ota ({}): {}/{} nodes updated, makespan {}, {:.1} MB of OTA frames on air ({:.2}x (N-1) x payload), source sent {:.1} KB",
             o.strategy,
             o.updated,
@@ -152,7 +152,7 @@ fn print_report(r: &SimReport, wall_s: f64) {
             o.ota_bytes_on_air as f64 / (f64::from(o.receivers.max(1)) * o.payload_bytes.max(1) as f64),
             o.source_ota_bytes as f64 / 1e3,
         );
-        println!(
+        outln!(
             "     image {} KB -> payload {} KB; ends: {} new, {} old, {} broken; makespan / lower bound: {} (mean-value), {} (with stall propagation)",
             o.image_bytes / 1024,
             o.payload_bytes / 1024,
@@ -166,6 +166,7 @@ fn print_report(r: &SimReport, wall_s: f64) {
     }
     if !r.drops.is_empty() {
         let drops: Vec<String> = r.drops.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        println!("drops: {}", drops.join(", "));
+        outln!("drops: {}", drops.join(", "));
     }
+    Ok(())
 }

@@ -195,6 +195,21 @@ impl Proc {
         self.seen.iter().map(|(v, _)| v.clone()).collect()
     }
 
+    /// The last lines of stderr so far (at most 60).
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().iter().cloned().collect()
+    }
+
+    /// Sends SIGINT (Ctrl-C).
+    pub fn interrupt(&mut self) {
+        let pid = self.child.id().to_string();
+        let ok = Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "{}: cannot send SIGINT", self.name);
+    }
+
     /// Waits for the process to exit.
     pub fn wait_exit(&mut self) -> ExitStatus {
         let deadline = Instant::now() + self.timeout;

@@ -1,26 +1,30 @@
 //! `meshfleet ota offer`: a node that offers one firmware artefact to the mesh.
+//!
+//! The sending node is the agent's ([`meshfleet_agent::Source`]), and so is the accounting
+//! ([`meshfleet_agent::OfferTracker`]: one outcome per node, the exit status). This module
+//! is the edge: the artefact file, the runtime, the progress display and the output.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use meshfleet_firmware::{keys, Artefact, SignatureCheck};
-use meshfleet_mesh::{Config, LinkId, Node, NodeId};
-use meshfleet_ota::{
-    ImageInfo, MemStore, MeshfleetConfig, MeshfleetOta, MeshfleetStats, NodeProgress,
-    PeerProgress, StockOffer, StockSender, StockSenderConfig, StockSenderStats, StockStyle,
+use meshfleet_agent::{
+    Attempt, Note, OfferReport, OfferTracker, Offering, Outcome, ProgressSink, Snapshot, Source,
+    SourceConfig, StopCause, Strategy, Targets, Via,
 };
+use meshfleet_firmware::{keys, Artefact, SignatureCheck};
+use meshfleet_mesh::{Config, Instant, Node, NodeId};
+use meshfleet_ota::{OtaEvent, StockStyle};
 use meshfleet_runtime::{Runtime, RuntimeConfig, RuntimeEvent};
-use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 use tracing::{info, warn};
 
 use crate::cmd::node::{check_host_port, random_node_id, resolve_listen, Signals};
-use crate::context::{tokio_runtime, usage, Context};
+use crate::context::{tokio_runtime, usage, Context, Exit};
 
 const LONG_ABOUT: &str = "\
 Offer a firmware artefact (.mfw) to the mesh.
@@ -50,25 +54,42 @@ transfer.
 The meshfleet protocol picks per node: a meshfleet node whose capabilities show it cannot \
 decode the artefact (a smaller decompression window than the artefact was packed with, see \
 `firmware pack --window`, or a codec it lacks) is not offered it, neither by this node nor \
-by a relay; a direct neighbour in that case is reported as skipped, with the reason. With \
-auto such a node gets the stock flow like a stock node, if it accepts stock updates (a node \
-that trusts a signing key does not); with broadcast it is not updated.
+by a relay; a direct neighbour in that case is reported as incompatible, with the reason. \
+With auto such a node gets the stock flow like a stock node, if it accepts stock updates (a \
+node that trusts a signing key does not); with broadcast it is not updated.
 
-Progress: one bar per node that started fetching (parts or chunks sent / total) on stderr \
-when it is a terminal, plain lines otherwise. In the broadcast strategy the bars are the \
-direct neighbours only: they relay to the rest of the mesh. At the end a summary (a table \
-on stdout, or with --json a {\"event\":\"summary\",...} line).
+Progress: one bar per node being served, on stderr when it is a terminal, plain lines \
+otherwise. meshfleet bars count transfer units (the artefact's chunks plus the pages of its \
+chunk table sent with them) and start at what the node already holds (a resumed transfer); \
+stock bars count parts. Nodes further away get the image from their relays.
+
+The final report lists every node of the mesh with one outcome: updated, already_current, \
+in_progress, refused (with the node's reason), incompatible (with the values), failed, \
+rolled_back, unreachable (it left the mesh) or unknown (in the mesh, behind a relay that \
+reports no per-node outcome). As a table on stdout, or with --json one \
+{\"event\":\"summary\",\"nodes\":[{\"nodeId\":..,\"via\":..,\"neighbour\":..,\"status\":..,\
+\"reason\":..,\"have\":..,\"total\":..,\"bytes\":..,\"seconds\":..}],\"bytes_sent\":..,\
+\"duration_s\":..,\"stopped\":\"idle|signal\",\"exit\":..,\"exit_code\":..} line. A stock node \
+counts as updated once it got the last part (it checks the MD5 itself).
 
 With --json stdout carries one JSON object per line: {\"event\":\"offer_started\",...}, \
 {\"event\":\"listening\",...} (with --listen), every OTA event of the sending plugins \
 (e.g. {\"event\":\"part_served\",\"plugin\":\"ota-stock-sender\",\"node\":2001,\"part\":7,...}, \
-{\"event\":\"peer_done\",\"plugin\":\"ota-meshfleet\",...}) and the summary \
-{\"event\":\"summary\",\"nodes\":[{\"nodeId\":..,\"status\":\"updated|in_progress|failed|skipped\",\
-\"bytes\":..,\"seconds\":..}],\"bytes_sent\":..,\"duration_s\":..}. A stock node counts as \
-updated once it got the last part (it checks the MD5 itself).
+{\"event\":\"peer_done\",\"plugin\":\"ota-meshfleet\",...}) and the summary.
 
-Exit status: 0 when stopped by a signal or by --exit-when-idle, 1 on an error (unreadable \
-or broken artefact, the node cannot start), 2 on a usage error.";
+Targets: the nodes that answered the offer (neighbours that accepted, refused or fetched); \
+with --require-all every node in the mesh; --expect N also needs at least N nodes updated \
+or already current.
+
+Exit status:
+  0  every target ended updated or already current
+  1  error (unreadable or broken artefact, the node cannot start)
+  2  usage error
+  3  interrupted (SIGINT/SIGTERM) before that
+  4  never connected to any node
+  5  some target refused, could not take the artefact, failed or rolled back
+  6  incomplete: some target unfinished or without an outcome, fewer than --expect updated, \
+or nothing updated at all";
 
 const AFTER_LONG_HELP: &str = "\
 Examples:
@@ -76,8 +97,8 @@ Examples:
   meshfleet ota offer sensor-1.4.2.mfw --strategy stock --connect 10.0.0.1:5555
 
   # A mixed mesh; check the signature first; stop once everybody is served:
-  meshfleet ota offer sensor-1.4.2.mfw --key fleet.pub --connect 10.0.0.1:5555 \\
-      --exit-when-idle 120
+  meshfleet ota offer sensor-1.4.2.mfw --key fleet.key.pub --connect 10.0.0.1:5555 \\
+      --exit-when-idle 120 --expect 12
 
   # Scripted: JSON events on stdout, then the summary
   meshfleet ota offer sensor-1.4.2.mfw --strategy broadcast --connect 10.0.0.1:5555 \\
@@ -85,7 +106,7 @@ Examples:
 
 /// How the artefact is distributed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum Strategy {
+enum StrategyArg {
     /// The library's stock OTA sender only.
     Stock,
     /// The meshfleet protocol only.
@@ -94,21 +115,13 @@ enum Strategy {
     Auto,
 }
 
-impl Strategy {
-    fn name(self) -> &'static str {
+impl StrategyArg {
+    fn strategy(self) -> Strategy {
         match self {
-            Self::Stock => "stock",
-            Self::Broadcast => "broadcast",
-            Self::Auto => "auto",
+            Self::Stock => Strategy::Stock,
+            Self::Broadcast => Strategy::Broadcast,
+            Self::Auto => Strategy::Auto,
         }
-    }
-
-    fn stock(self) -> bool {
-        matches!(self, Self::Stock | Self::Auto)
-    }
-
-    fn meshfleet(self) -> bool {
-        matches!(self, Self::Broadcast | Self::Auto)
     }
 }
 
@@ -131,8 +144,8 @@ pub(crate) struct OfferArgs {
     file: PathBuf,
 
     /// `stock`, `broadcast` (meshfleet protocol) or `auto` (both); see above.
-    #[arg(long, value_enum, default_value_t = Strategy::Auto)]
-    strategy: Strategy,
+    #[arg(long, value_enum, default_value_t = StrategyArg::Auto)]
+    strategy: StrategyArg,
 
     /// Join the mesh through the node at HOST:PORT (reconnects with backoff). Repeatable.
     #[arg(long, value_name = "HOST:PORT")]
@@ -154,6 +167,15 @@ pub(crate) struct OfferArgs {
     /// JSON lines on stdout: the OTA events and a final summary.
     #[arg(long)]
     json: bool,
+
+    /// Succeed (exit 0) only if at least N nodes end updated or already current.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    expect: Option<u32>,
+
+    /// Every node in the mesh is a target, not only those that answered the offer: a node
+    /// with no outcome (behind a relay that reports none, or gone) makes the exit non-zero.
+    #[arg(long)]
+    require_all: bool,
 
     /// Public key the artefact must be signed with (checked before anything is offered).
     #[arg(long, value_name = "PUB")]
@@ -195,7 +217,13 @@ pub(crate) fn run(args: OfferArgs, _ctx: &Context) -> anyhow::Result<()> {
     let rt = tokio_runtime()?;
     let result = rt.block_on(offer(plan));
     rt.shutdown_timeout(Duration::from_millis(100));
-    result
+    let code = result?;
+    if code == 0 {
+        Ok(())
+    } else {
+        // The report said why.
+        Err(Exit(code).into())
+    }
 }
 
 /// Everything decided before the node starts.
@@ -211,6 +239,7 @@ struct Plan {
     ota_rate: Option<u64>,
     file: PathBuf,
     key: Option<PathBuf>,
+    targets: Targets,
 }
 
 impl Plan {
@@ -223,7 +252,8 @@ impl Plan {
         for target in &a.connect {
             check_host_port(target)?;
         }
-        if !a.strategy.stock() && (a.stock_style.is_some() || a.broadcasted) {
+        let strategy = a.strategy.strategy();
+        if !strategy.stock() && (a.stock_style.is_some() || a.broadcasted) {
             return Err(usage(
                 "--stock-style and --broadcasted apply to the stock flow (--strategy stock or auto)",
             ));
@@ -250,7 +280,7 @@ impl Plan {
         runtime.connect = a.connect;
         runtime.event_capacity = EVENT_CAPACITY;
         Ok(Self {
-            strategy: a.strategy,
+            strategy,
             node_id: a.node_id.map_or_else(random_node_id, NodeId),
             runtime,
             exit_when_idle: a.exit_when_idle.map(Duration::from_secs),
@@ -261,22 +291,16 @@ impl Plan {
             ota_rate: a.ota_rate,
             file: a.file,
             key: a.key,
+            targets: Targets {
+                require_all: a.require_all,
+                expect: a.expect,
+            },
         })
     }
 }
 
-/// What is offered, as the summary and the bars need it.
-struct Offered {
-    /// The stock flow runs too (`auto`): it serves nodes that cannot decode the artefact.
-    stock_flow: bool,
-    chunks: u32,
-    parts: u32,
-    part_size: u32,
-    image_len: u64,
-}
-
-/// Reads and verifies the artefact, and builds the node with the sending plugins.
-fn build_node(plan: &Plan) -> anyhow::Result<(Node, Offered, Value)> {
+/// Reads and verifies the artefact, and builds the node with the agent's sending plugins.
+fn build_node(plan: &Plan) -> anyhow::Result<(Node, Offering, Value)> {
     let file = &plan.file;
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let artefact = Artefact::from_bytes(&bytes)
@@ -302,60 +326,38 @@ fn build_node(plan: &Plan) -> anyhow::Result<(Node, Offered, Value)> {
         }
         SignatureCheck::NotChecked { claimed_key: None } => "unsigned",
     };
-    let image = verified.into_image();
-    let m = artefact.manifest().clone();
-
-    let mut node = Node::new(Config::new(plan.node_id));
-    let mut parts = 0;
-    if plan.strategy.meshfleet() {
-        let mut cfg = MeshfleetConfig::new(m.role.clone(), m.hardware.clone());
-        // Advertised in our CAPS: receivers that hold the campaign then never offer it
-        // back to us.
-        cfg.running = Some(ImageInfo {
-            version: m.version.to_string(),
-            sha256: m.sha256.to_hex(),
-            md5: m.md5.to_hex(),
-            size: m.size,
-        });
-        if let Some(rate) = plan.ota_rate {
-            cfg.link_rate = rate;
-        }
-        let intent = match &plan.intent {
-            None => None,
-            Some(path) => {
-                let bytes = std::fs::read(path)
-                    .with_context(|| format!("cannot read {}", path.display()))?;
-                let i = meshfleet_firmware::Intent::from_json(&bytes)
-                    .map_err(|e| usage(format!("--intent {}: {e}", path.display())))?;
-                if i.sha256 != m.sha256 || i.version != m.version {
-                    return Err(usage(format!(
-                        "--intent {} names version {}, not this artefact's image",
-                        path.display(),
-                        i.version
-                    )));
-                }
-                Some(i)
+    let intent = match &plan.intent {
+        None => None,
+        Some(path) => {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let i = meshfleet_firmware::Intent::from_json(&bytes)
+                .map_err(|e| usage(format!("--intent {}: {e}", path.display())))?;
+            let m = artefact.manifest();
+            if i.sha256 != m.sha256 || i.version != m.version {
+                return Err(usage(format!(
+                    "--intent {} names version {}, not this artefact's image",
+                    path.display(),
+                    i.version
+                )));
             }
-        };
-        // The source never stores anything: its chunks come from the artefact.
-        let ota = MeshfleetOta::source(cfg, Box::new(MemStore::new()), artefact, intent);
-        node.add_plugin(Box::new(ota));
-    }
-    let image_len = image.len() as u64;
-    if plan.strategy.stock() {
-        let offer = StockOffer::new(image, m.role.clone(), m.hardware.clone(), plan.style)
-            .context("cannot offer this image to stock nodes")?
-            .forced(plan.forced);
-        parts = offer.no_part();
-        node.add_plugin(Box::new(StockSender::new(
-            offer,
-            StockSenderConfig::default(),
-        )));
-    }
+            Some(i)
+        }
+    };
+    let image = verified.into_image();
+    let mut node = Node::new(Config::new(plan.node_id));
+    let mut config = SourceConfig::new(plan.strategy);
+    config.forced = plan.forced;
+    config.intent = intent;
+    config.style = plan.style;
+    config.link_rate = plan.ota_rate;
+    let offering = Source::equip(&mut node, artefact, image, &config)
+        .context("cannot offer this image to stock nodes")?;
+    let m = &offering.manifest;
     let started = json!({
         "event": "offer_started",
         "nodeId": plan.node_id.0,
-        "strategy": plan.strategy.name(),
+        "strategy": plan.strategy.label(),
         "file": file.display().to_string(),
         "role": m.role,
         "hardware": m.hardware,
@@ -363,34 +365,42 @@ fn build_node(plan: &Plan) -> anyhow::Result<(Node, Offered, Value)> {
         "size": m.size,
         "md5": m.md5.to_hex(),
         "sha256": m.sha256.to_hex(),
-        "chunks": m.chunk_count,
-        "units": meshfleet_ota::proto::Layout::of(&m).units(),
-        "parts": parts,
+        // The same count as `firmware inspect`; meshfleet progress counts `units`: these
+        // chunks plus the chunk table's hash pages.
+        "chunks": offering.chunks,
+        "hash_pages": offering.hash_pages(),
+        "units": offering.units,
+        "parts": offering.parts,
         "signature": signature,
         "forced": plan.forced,
         "intent": plan.intent.is_some(),
     });
-    let offered = Offered {
-        stock_flow: plan.strategy.stock(),
-        // Bars count transfer units: the chunks and the hash pages sent with them.
-        chunks: meshfleet_ota::proto::Layout::of(&m).units(),
-        parts,
-        part_size: plan.style.raw_part_size(),
-        image_len,
-    };
-    Ok((node, offered, started))
+    Ok((node, offering, started))
 }
 
-async fn offer(plan: Plan) -> anyhow::Result<()> {
-    let (node, offered, started) = build_node(&plan)?;
+/// The offer's clock: the agent's tracker takes mesh `Instant`s from the start.
+struct Clock(std::time::Instant);
+
+impl Clock {
+    fn now(&self) -> Instant {
+        let us = u64::try_from(self.0.elapsed().as_micros()).unwrap_or(u64::MAX);
+        Instant::ZERO + meshfleet_mesh::Duration::from_micros(us)
+    }
+}
+
+/// Runs the offer; returns the exit code of its report.
+async fn offer(plan: Plan) -> anyhow::Result<u8> {
+    let (node, offering, started) = build_node(&plan)?;
+    let m = &offering.manifest;
     eprintln!(
-        "offering {} {} {} ({} bytes) as node {}, strategy {}",
-        started["role"].as_str().unwrap_or_default(),
-        started["hardware"].as_str().unwrap_or_default(),
-        started["version"].as_str().unwrap_or_default(),
-        offered.image_len,
+        "offering {} {} {} ({} bytes, {} chunks) as node {}, strategy {}",
+        m.role,
+        m.hardware,
+        m.version,
+        offering.image_len,
+        offering.chunks,
         plan.node_id,
-        plan.strategy.name()
+        plan.strategy.label()
     );
     if plan.json {
         json_line(&started);
@@ -399,14 +409,12 @@ async fn offer(plan: Plan) -> anyhow::Result<()> {
         .await
         .context("cannot start the node")?;
     let mut events = mesh.subscribe();
-    mesh.with_node(|node, now| {
-        node.with_plugin::<MeshfleetOta, _>(now, |m, ctx| m.start(ctx));
-        node.with_plugin::<StockSender, _>(now, |s, ctx| s.start(ctx));
-    })
-    .await
-    .context("the mesh runtime stopped")?;
+    mesh.with_node(Source::start)
+        .await
+        .context("the mesh runtime stopped")?;
 
-    let mut tracker = Tracker::new(&offered);
+    let clock = Clock(std::time::Instant::now());
+    let mut tracker = OfferTracker::new(offering, clock.now());
     let mut display = Display::new();
     let mut signals = Signals::new()?;
     let mut tick = tokio::time::interval(TICK);
@@ -416,9 +424,11 @@ async fn offer(plan: Plan) -> anyhow::Result<()> {
         tokio::select! {
             ev = events.recv() => match ev {
                 Ok(RuntimeEvent::Plugin { plugin, data }) => {
-                    tracker.on_event(&plugin, &data, &mut display);
+                    if let Some(ev) = data.downcast_ref::<OtaEvent>() {
+                        tracker.on_event(clock.now(), ev, &mut display);
+                    }
                     if plan.json {
-                        json_line(&flatten(&plugin, data));
+                        json_line(&flatten(&plugin, data.to_json()));
                     }
                 }
                 Ok(e @ RuntimeEvent::Listening { .. }) => {
@@ -427,7 +437,7 @@ async fn offer(plan: Plan) -> anyhow::Result<()> {
                             json_line(&v);
                         }
                     }
-                    display.note(&e.to_string());
+                    display.note_text(&e.to_string());
                 }
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -438,20 +448,22 @@ async fn offer(plan: Plan) -> anyhow::Result<()> {
                 }
             },
             _ = tick.tick() => {
-                let Ok(snap) = mesh.with_node(snapshot).await else {
+                let Ok(snap) = mesh.with_node(|node, _| Snapshot::of(node)).await else {
                     break Err(anyhow!("the mesh runtime stopped unexpectedly"));
                 };
-                tracker.on_snapshot(snap, &mut display);
+                let now = clock.now();
+                tracker.on_snapshot(now, snap, &mut display);
                 if let Some(idle) = plan.exit_when_idle {
-                    if tracker.last_activity.elapsed() >= idle {
+                    let quiet = now.saturating_since(tracker.last_activity());
+                    if quiet.as_micros() >= idle.as_micros() as u64 {
                         info!(idle_s = idle.as_secs(), "no OTA activity: stopping");
-                        break Ok("idle");
+                        break Ok(StopCause::Idle);
                     }
                 }
             }
             signal = signals.recv() => {
                 info!(signal, "stopping");
-                break Ok("signal");
+                break Ok(StopCause::Signal);
             }
             joined = &mut task => {
                 task_done = true;
@@ -462,26 +474,26 @@ async fn offer(plan: Plan) -> anyhow::Result<()> {
             }
         }
     };
-    // A last look at the counters, so the summary includes what was sent meanwhile.
-    if let Ok(snap) = mesh.with_node(snapshot).await {
-        tracker.on_snapshot(snap, &mut display);
+    // A last look at the counters, so the report includes what was sent meanwhile.
+    if let Ok(snap) = mesh.with_node(|node, _| Snapshot::of(node)).await {
+        tracker.on_snapshot(clock.now(), snap, &mut display);
     }
     mesh.shutdown().await;
     if !task_done {
         let _ = task.await;
     }
     display.finish();
-    let stopped = result?;
-    let summary = tracker.summary(stopped);
+    let stop = result?;
+    let report = tracker.report(clock.now(), stop, plan.targets);
     if plan.json {
-        match serde_json::to_value(&summary) {
+        match serde_json::to_value(&report) {
             Ok(v) => json_line(&v),
             Err(e) => warn!(error = %e, "cannot serialize the summary"),
         }
     } else {
-        print_table(&summary);
+        print_report(&report);
     }
-    Ok(())
+    Ok(report.exit_status.code())
 }
 
 /// Prints one JSON line on stdout. A closed stdout must not stop the offer.
@@ -501,399 +513,9 @@ fn flatten(plugin: &str, data: Value) -> Value {
     }
 }
 
-/// The sending plugins' counters, read in the owner task.
-struct Snapshot {
-    meshfleet: Option<(MeshfleetStats, Vec<PeerProgress>)>,
-    stock: Option<(StockSenderStats, Vec<(NodeId, NodeProgress)>)>,
-}
-
-fn snapshot(node: &mut Node, _now: meshfleet_mesh::Instant) -> Snapshot {
-    Snapshot {
-        meshfleet: node
-            .plugin::<MeshfleetOta>()
-            .map(|m| (m.stats().clone(), m.peers())),
-        stock: node.plugin::<StockSender>().map(|s| {
-            let progress = s.progress().iter().map(|(n, p)| (*n, p.clone())).collect();
-            (s.stats().clone(), progress)
-        }),
-    }
-}
-
-// ---------------------------------------------------------------------- tracking
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Via {
-    Meshfleet,
-    Stock,
-}
-
-impl Via {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Meshfleet => "meshfleet",
-            Self::Stock => "stock",
-        }
-    }
-
-    fn unit(self) -> &'static str {
-        match self {
-            Self::Meshfleet => "chunks",
-            Self::Stock => "parts",
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Status {
-    InProgress,
-    Updated,
-    Failed,
-    /// Not offered: it cannot decode the artefact (meshfleet only).
-    Skipped,
-}
-
-impl Status {
-    fn name(self) -> &'static str {
-        match self {
-            Self::InProgress => "in_progress",
-            Self::Updated => "updated",
-            Self::Failed => "failed",
-            Self::Skipped => "skipped",
-        }
-    }
-}
-
-type Key = (u32, Via);
-
-/// One node being served.
-#[derive(Debug)]
-struct NodeRecord {
-    total: u32,
-    /// Parts (highest requested + 1) or chunks sent, at most `total`.
-    position: u32,
-    bytes: u64,
-    started: Instant,
-    finished: Option<Instant>,
-    /// Exact duration when the sender measured it (stock `node_completed`).
-    seconds: Option<f64>,
-    status: Status,
-    reason: Option<String>,
-    subtree_done: bool,
-    /// meshfleet: (chunks, bytes) sent per link; a reconnected neighbour has a new link.
-    links: BTreeMap<LinkId, (u32, u64)>,
-}
-
-impl NodeRecord {
-    fn new(total: u32) -> Self {
-        Self {
-            total,
-            position: 0,
-            bytes: 0,
-            started: Instant::now(),
-            finished: None,
-            seconds: None,
-            status: Status::InProgress,
-            reason: None,
-            subtree_done: false,
-            links: BTreeMap::new(),
-        }
-    }
-
-    fn seconds(&self) -> f64 {
-        let s = self.seconds.unwrap_or_else(|| {
-            self.finished
-                .unwrap_or_else(Instant::now)
-                .duration_since(self.started)
-                .as_secs_f64()
-        });
-        (s * 1000.0).round() / 1000.0
-    }
-
-    /// Moves to `status`; a node once updated stays updated.
-    fn set_status(&mut self, status: Status) {
-        if self.status == Status::Updated || self.status == status {
-            return;
-        }
-        self.status = status;
-        if status == Status::Updated {
-            self.position = self.total;
-        }
-        if status != Status::InProgress {
-            self.finished.get_or_insert_with(Instant::now);
-        }
-    }
-}
-
-struct Tracker {
-    stock_flow: bool,
-    started: Instant,
-    last_activity: Instant,
-    nodes: BTreeMap<Key, NodeRecord>,
-    chunks: u32,
-    parts: u32,
-    part_size: u32,
-    image_len: u64,
-    /// (meshfleet chunks sent, NAKs received, stock parts sent): a change is activity.
-    counters: (u64, u64, u64),
-    bytes_sent: u64,
-    /// (node, reason) of ignored requests already reported.
-    ignored: BTreeSet<(u32, String)>,
-}
-
-/// Most distinct ignored-request notes printed.
-const MAX_IGNORED_NOTES: usize = 256;
-
-impl Tracker {
-    fn new(o: &Offered) -> Self {
-        let now = Instant::now();
-        Self {
-            stock_flow: o.stock_flow,
-            started: now,
-            last_activity: now,
-            nodes: BTreeMap::new(),
-            chunks: o.chunks,
-            parts: o.parts,
-            part_size: o.part_size,
-            image_len: o.image_len,
-            counters: (0, 0, 0),
-            bytes_sent: 0,
-            ignored: BTreeSet::new(),
-        }
-    }
-
-    fn record(&mut self, key: Key) -> &mut NodeRecord {
-        let total = match key.1 {
-            Via::Meshfleet => self.chunks,
-            Via::Stock => self.parts,
-        };
-        self.nodes
-            .entry(key)
-            .or_insert_with(|| NodeRecord::new(total))
-    }
-
-    /// Raw bytes of stock part `part`.
-    fn part_len(&self, part: u64) -> u64 {
-        let size = u64::from(self.part_size);
-        self.image_len
-            .saturating_sub(part.saturating_mul(size))
-            .min(size)
-    }
-
-    fn on_event(&mut self, plugin: &str, data: &Value, display: &mut Display) {
-        let event = data["event"].as_str().unwrap_or_default();
-        // Announces and capability exchanges happen whether or not anybody fetches.
-        if !matches!(
-            event,
-            "announce_sent" | "caps_received" | "neighbour_is_stock" | "peer_cannot_decode"
-        ) {
-            self.last_activity = Instant::now();
-        }
-        let node = |k: &str| data[k].as_u64().and_then(|n| u32::try_from(n).ok());
-        match event {
-            "part_served" => {
-                let (Some(n), Some(part)) = (node("node"), data["part"].as_u64()) else {
-                    return;
-                };
-                let len = self.part_len(part);
-                let r = self.record((n, Via::Stock));
-                r.bytes += len;
-                r.position = r.position.max(u32::try_from(part + 1).unwrap_or(u32::MAX));
-                r.position = r.position.min(r.total);
-                display.update((n, Via::Stock), r);
-            }
-            "node_completed" => {
-                let Some(n) = node("node") else { return };
-                let r = self.record((n, Via::Stock));
-                if let Some(ms) = data["took_ms"].as_u64() {
-                    r.seconds = Some(ms as f64 / 1000.0);
-                }
-                r.set_status(Status::Updated);
-                display.update((n, Via::Stock), r);
-            }
-            "peer_refused" => {
-                let Some(n) = node("peer") else { return };
-                let r = self.record((n, Via::Meshfleet));
-                r.reason = data["reason"].as_str().map(str::to_owned);
-                r.set_status(Status::Failed);
-                display.update((n, Via::Meshfleet), r);
-            }
-            "peer_cannot_decode" => {
-                let Some(n) = node("peer") else { return };
-                let why = data["reason"].as_str().unwrap_or("unknown reason");
-                let r = self.record((n, Via::Meshfleet));
-                r.reason = Some(format!("cannot decode this artefact: {why}"));
-                r.set_status(Status::Skipped);
-                display.update((n, Via::Meshfleet), r);
-                display.note(&format!(
-                    "node {n} cannot decode this artefact ({why}): {}",
-                    if self.stock_flow {
-                        "the stock flow serves it if it accepts stock updates"
-                    } else {
-                        "not offered (--strategy auto would serve it the stock flow)"
-                    }
-                ));
-            }
-            "peer_done" => {
-                let Some(n) = node("peer") else { return };
-                let r = self.record((n, Via::Meshfleet));
-                r.set_status(Status::Updated);
-                display.update((n, Via::Meshfleet), r);
-            }
-            "request_ignored" => {
-                let reason = data["reason"].as_str().unwrap_or("?").to_owned();
-                let key = (node("node").unwrap_or(0), reason);
-                // Once per node and reason, and for a bounded number of them: requests
-                // come from the network, at whatever rate a peer likes.
-                if self.ignored.len() < MAX_IGNORED_NOTES && self.ignored.insert(key.clone()) {
-                    display.note(&format!(
-                        "{plugin}: requests from node {} ignored ({})",
-                        key.0, key.1
-                    ));
-                }
-            }
-            _ => {}
-        }
-    }
-
-    fn on_snapshot(&mut self, snap: Snapshot, display: &mut Display) {
-        let mut counters = self.counters;
-        let mut bytes = 0;
-        if let Some((stats, peers)) = snap.meshfleet {
-            counters.0 = stats.chunks_sent;
-            counters.1 = stats.naks_received;
-            bytes += stats.chunk_bytes_sent;
-            for p in peers {
-                let engaged =
-                    p.accepted || p.rejected || p.done || p.cannot_decode || p.chunks_sent > 0;
-                if p.stock || !engaged {
-                    continue;
-                }
-                let key = (p.peer.0, Via::Meshfleet);
-                let r = self.record(key);
-                r.links.insert(p.link, (p.chunks_sent, p.bytes_sent));
-                let (chunks, b) = r
-                    .links
-                    .values()
-                    .fold((0u32, 0u64), |(c, b), (c2, b2)| (c.saturating_add(*c2), b + b2));
-                r.bytes = b;
-                r.position = r.position.max(chunks.min(r.total));
-                r.subtree_done = p.subtree_done;
-                if p.done {
-                    r.set_status(Status::Updated);
-                } else if p.rejected {
-                    r.set_status(Status::Failed);
-                } else if p.cannot_decode {
-                    r.reason
-                        .get_or_insert_with(|| "cannot decode this artefact".to_owned());
-                    r.set_status(Status::Skipped);
-                }
-                display.update(key, r);
-            }
-        }
-        if let Some((stats, progress)) = snap.stock {
-            counters.2 = stats.data_sent;
-            bytes += stats.raw_bytes_sent;
-            for (n, p) in progress {
-                let key = (n.0, Via::Stock);
-                let r = self.record(key);
-                let pos = p.highest_part.saturating_add(1).min(r.total);
-                r.position = r.position.max(pos);
-                if p.completed {
-                    r.set_status(Status::Updated);
-                }
-                display.update(key, r);
-            }
-        }
-        if counters != self.counters {
-            self.counters = counters;
-            self.last_activity = Instant::now();
-        }
-        self.bytes_sent = bytes;
-    }
-
-    fn summary(&self, stopped: &'static str) -> Summary {
-        let nodes = self
-            .nodes
-            .iter()
-            .map(|((id, via), r)| SummaryNode {
-                node_id: *id,
-                via: via.name(),
-                status: r.status.name(),
-                bytes: r.bytes,
-                seconds: r.seconds(),
-                reason: r.reason.clone(),
-                subtree_done: (*via == Via::Meshfleet).then_some(r.subtree_done),
-            })
-            .collect();
-        let duration = self.started.elapsed().as_secs_f64();
-        Summary {
-            event: "summary",
-            nodes,
-            bytes_sent: self.bytes_sent,
-            duration_s: (duration * 1000.0).round() / 1000.0,
-            stopped,
-        }
-    }
-}
-
-/// `{"event":"summary",...}`.
-#[derive(Debug, Serialize)]
-struct Summary {
-    event: &'static str,
-    nodes: Vec<SummaryNode>,
-    /// Image bytes in stock parts plus payload bytes in meshfleet chunks, retries included.
-    bytes_sent: u64,
-    duration_s: f64,
-    /// `idle` (--exit-when-idle) or `signal`.
-    stopped: &'static str,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct SummaryNode {
-    node_id: u32,
-    via: &'static str,
-    status: &'static str,
-    bytes: u64,
-    seconds: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<String>,
-    /// meshfleet: the node and every node behind it reported done.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    subtree_done: Option<bool>,
-}
-
-fn print_table(s: &Summary) {
+fn print_report(r: &OfferReport) {
     let mut out = std::io::stdout().lock();
-    let mut lines = vec![format!(
-        "{:<12} {:<10} {:<12} {:>12} {:>9}",
-        "NODE", "VIA", "STATUS", "BYTES", "SECONDS"
-    )];
-    for n in &s.nodes {
-        lines.push(format!(
-            "{:<12} {:<10} {:<12} {:>12} {:>9.1}",
-            n.node_id, n.via, n.status, n.bytes, n.seconds
-        ));
-    }
-    let count = |st: &str| s.nodes.iter().filter(|n| n.status == st).count();
-    lines.push(format!(
-        "{} node(s): {} updated, {} in progress, {} failed, {} skipped; {} bytes sent in {:.1} s",
-        s.nodes.len(),
-        count("updated"),
-        count("in_progress"),
-        count("failed"),
-        count("skipped"),
-        s.bytes_sent,
-        s.duration_s
-    ));
-    for n in s.nodes.iter().filter(|n| n.reason.is_some()) {
-        lines.push(format!(
-            "  node {}: {}",
-            n.node_id,
-            n.reason.as_deref().unwrap_or_default()
-        ));
-    }
-    for l in lines {
+    for l in r.text() {
         // A closed stdout must not turn a finished offer into an error.
         if writeln!(out, "{l}").is_err() {
             return;
@@ -902,7 +524,16 @@ fn print_table(s: &Summary) {
     let _ = out.flush();
 }
 
+fn unit(via: Via) -> &'static str {
+    match via {
+        Via::Meshfleet => "units",
+        Via::Stock => "parts",
+    }
+}
+
 // ---------------------------------------------------------------------- display
+
+type Key = (NodeId, Via);
 
 /// Progress on stderr: bars on a terminal, plain lines otherwise.
 enum Display {
@@ -912,8 +543,8 @@ enum Display {
         style: ProgressStyle,
     },
     Lines {
-        /// Last reported (quarter of progress, status) per node.
-        reported: BTreeMap<Key, (u32, Status)>,
+        /// Last reported (quarter of progress, outcome) per node.
+        reported: BTreeMap<Key, (u32, &'static str)>,
     },
 }
 
@@ -938,75 +569,14 @@ impl Display {
     }
 
     /// A one-off message.
-    fn note(&self, msg: &str) {
+    fn note_text(&self, msg: &str) {
         match self {
             // Above the bars, so they are not torn.
             Self::Bars { multi, .. } => {
                 let _ = multi.println(msg);
             }
-            Self::Lines { .. } => eprintln!("{msg}"),
-        }
-    }
-
-    fn update(&mut self, key: Key, r: &NodeRecord) {
-        let (id, via) = key;
-        match self {
-            Self::Bars { multi, bars, style } => {
-                let bar = bars.entry(key).or_insert_with(|| {
-                    let b = multi.add(ProgressBar::new(u64::from(r.total)));
-                    b.set_style(style.clone());
-                    b.set_prefix(format!("node {id} ({})", via.name()));
-                    b
-                });
-                if bar.is_finished() {
-                    return;
-                }
-                bar.set_position(u64::from(r.position));
-                match r.status {
-                    Status::InProgress => bar.set_message(format!("{} bytes", r.bytes)),
-                    Status::Updated => {
-                        bar.finish_with_message(format!("updated in {:.1} s", r.seconds()));
-                    }
-                    Status::Failed => bar.abandon_with_message(format!(
-                        "failed: {}",
-                        r.reason.as_deref().unwrap_or("refused")
-                    )),
-                    Status::Skipped => bar.abandon_with_message(format!(
-                        "skipped: {}",
-                        r.reason.as_deref().unwrap_or("cannot decode this artefact")
-                    )),
-                }
-            }
-            Self::Lines { reported } => {
-                let quarter = r.position.saturating_mul(4).checked_div(r.total).unwrap_or(0);
-                let now = (quarter, r.status);
-                let before = reported.insert(key, now);
-                if before == Some(now) {
-                    return;
-                }
-                let who = format!("node {id} ({})", via.name());
-                let msg = match r.status {
-                    Status::Updated => format!("{who}: updated in {:.1} s", r.seconds()),
-                    Status::Failed => format!(
-                        "{who}: failed: {}",
-                        r.reason.as_deref().unwrap_or("refused")
-                    ),
-                    Status::Skipped => format!(
-                        "{who}: skipped: {}",
-                        r.reason.as_deref().unwrap_or("cannot decode this artefact")
-                    ),
-                    Status::InProgress if before.is_none() => {
-                        format!("{who}: fetching {} {}", r.total, via.unit())
-                    }
-                    Status::InProgress => format!(
-                        "{who}: {}/{} {} ({}%)",
-                        r.position,
-                        r.total,
-                        via.unit(),
-                        quarter * 25
-                    ),
-                };
-                eprintln!("{msg}");
+            Self::Lines { .. } => {
+                let _ = writeln!(std::io::stderr(), "{msg}");
             }
         }
     }
@@ -1020,114 +590,78 @@ impl Display {
     }
 }
 
+/// What a finished attempt says.
+fn outcome_text(a: &Attempt, now: Instant) -> String {
+    match &a.outcome {
+        Outcome::Updated => format!("updated in {:.1} s", a.seconds(now)),
+        o => match o.reason() {
+            Some(r) => format!("{}: {r}", o.label().replace('_', " ")),
+            None => o.label().replace('_', " "),
+        },
+    }
+}
+
+impl ProgressSink for Display {
+    fn note(&mut self, note: &Note) {
+        self.note_text(&note.to_string());
+    }
+
+    fn update(&mut self, id: NodeId, via: Via, a: &Attempt, now: Instant) {
+        let key = (id, via);
+        match self {
+            Self::Bars { multi, bars, style } => {
+                let bar = bars.entry(key).or_insert_with(|| {
+                    let b = multi.add(ProgressBar::new(u64::from(a.total)));
+                    b.set_style(style.clone());
+                    // The unit, so the counts read like `inspect`'s chunks plus hash pages.
+                    b.set_prefix(format!("node {id} ({}, {})", via.label(), unit(via)));
+                    b
+                });
+                if bar.is_finished() {
+                    return;
+                }
+                bar.set_position(u64::from(a.position));
+                match &a.outcome {
+                    Outcome::InProgress => bar.set_message(format!("{} bytes", a.bytes)),
+                    Outcome::Updated | Outcome::AlreadyCurrent => {
+                        bar.finish_with_message(outcome_text(a, now));
+                    }
+                    _ => bar.abandon_with_message(outcome_text(a, now)),
+                }
+            }
+            Self::Lines { reported } => {
+                let quarter = a.position.saturating_mul(4).checked_div(a.total).unwrap_or(0);
+                let state = (quarter, a.outcome.label());
+                let before = reported.insert(key, state);
+                if before == Some(state) {
+                    return;
+                }
+                let who = format!("node {id} ({})", via.label());
+                let msg = match &a.outcome {
+                    Outcome::InProgress if before.is_none() => format!(
+                        "{who}: fetching {} {}, holds {}",
+                        a.total,
+                        unit(via),
+                        a.position
+                    ),
+                    Outcome::InProgress => format!(
+                        "{who}: {}/{} {} ({}%)",
+                        a.position,
+                        a.total,
+                        unit(via),
+                        quarter * 25
+                    ),
+                    _ => format!("{who}: {}", outcome_text(a, now)),
+                };
+                let _ = writeln!(std::io::stderr(), "{msg}");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
-
-    fn tracker() -> Tracker {
-        Tracker::new(&Offered {
-            stock_flow: true,
-            chunks: 10,
-            parts: 3,
-            part_size: 1024,
-            image_len: 2500,
-        })
-    }
-
-    #[test]
-    fn stock_bytes_follow_the_parts_served() {
-        let mut t = tracker();
-        let mut d = Display::Lines {
-            reported: BTreeMap::new(),
-        };
-        for part in 0..3 {
-            let ev = json!({"event": "part_served", "node": 7, "part": part, "no_part": 3,
-                            "served": part + 1});
-            t.on_event("ota-stock-sender", &ev, &mut d);
-        }
-        t.on_event(
-            "ota-stock-sender",
-            &json!({"event": "node_completed", "node": 7, "took_ms": 1500}),
-            &mut d,
-        );
-        let s = t.summary("idle");
-        assert_eq!(s.nodes.len(), 1);
-        let n = &s.nodes[0];
-        assert_eq!((n.node_id, n.via, n.status), (7, "stock", "updated"));
-        assert_eq!(n.bytes, 2500);
-        assert!((n.seconds - 1.5).abs() < 1e-9);
-    }
-
-    #[test]
-    fn rejections_fail_and_updates_stick() {
-        let mut t = tracker();
-        let mut d = Display::Lines {
-            reported: BTreeMap::new(),
-        };
-        t.on_event(
-            "ota-meshfleet",
-            &json!({"event": "peer_refused", "peer": 3, "reason": "downgrade refused"}),
-            &mut d,
-        );
-        t.on_event(
-            "ota-meshfleet",
-            &json!({"event": "peer_done", "peer": 4, "campaign": 1}),
-            &mut d,
-        );
-        t.on_event(
-            "ota-meshfleet",
-            &json!({"event": "peer_refused", "peer": 4, "reason": "late"}),
-            &mut d,
-        );
-        let v = serde_json::to_value(t.summary("signal")).unwrap();
-        assert_eq!(v["event"], "summary");
-        assert_eq!(v["nodes"][0]["nodeId"], 3);
-        assert_eq!(v["nodes"][0]["status"], "failed");
-        assert_eq!(v["nodes"][0]["reason"], "downgrade refused");
-        assert_eq!(v["nodes"][1]["status"], "updated");
-        assert!(v["bytes_sent"].is_u64() && v["duration_s"].is_f64());
-    }
-
-    #[test]
-    fn a_neighbour_that_cannot_decode_is_skipped_with_the_reason() {
-        let mut t = tracker();
-        let mut d = Display::Lines {
-            reported: BTreeMap::new(),
-        };
-        t.on_event(
-            "ota-meshfleet",
-            &json!({"event": "peer_cannot_decode", "peer": 5, "campaign": 1,
-                    "reason": "the payload needs a 32768-byte decompression window, it can give 8192"}),
-            &mut d,
-        );
-        // The stock flow then serves it like a stock node.
-        for part in 0..3 {
-            let ev = json!({"event": "part_served", "node": 5, "part": part, "no_part": 3,
-                            "served": part + 1});
-            t.on_event("ota-stock-sender", &ev, &mut d);
-        }
-        t.on_event(
-            "ota-stock-sender",
-            &json!({"event": "node_completed", "node": 5, "took_ms": 900}),
-            &mut d,
-        );
-        let v = serde_json::to_value(t.summary("idle")).unwrap();
-        let nodes = v["nodes"].as_array().unwrap();
-        assert_eq!(nodes.len(), 2, "{v}");
-        assert_eq!(
-            (&nodes[0]["via"], &nodes[0]["status"]),
-            (&json!("meshfleet"), &json!("skipped"))
-        );
-        assert!(nodes[0]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("32768-byte decompression window, it can give 8192"));
-        assert_eq!(
-            (&nodes[1]["via"], &nodes[1]["status"]),
-            (&json!("stock"), &json!("updated"))
-        );
-    }
 
     #[test]
     fn plugin_events_are_flattened() {

@@ -1,0 +1,182 @@
+//! The sending side of the node as shipped: a node that offers one verified artefact to
+//! the mesh (`meshfleet ota offer`, a gateway handed a new build).
+//!
+//! [`Source::equip`] puts the sending plugins on a node: [`MeshfleetOta::source`] for the
+//! meshfleet protocol and a [`StockSender`] for stock nodes, as the [`Strategy`] says.
+//! [`Source::start`] starts them once the node runs.
+
+use meshfleet_firmware::{Artefact, Intent, Manifest};
+use meshfleet_mesh::{Instant, Node};
+use meshfleet_ota::proto::Layout;
+use meshfleet_ota::{
+    ImageInfo, MemStore, MeshfleetConfig, MeshfleetOta, OfferError, StockOffer, StockSender,
+    StockSenderConfig, StockStyle,
+};
+
+/// How the artefact is distributed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    /// The library's stock OTA sender only.
+    Stock,
+    /// The meshfleet protocol only.
+    Broadcast,
+    /// Both on the same node.
+    Auto,
+}
+
+impl Strategy {
+    /// `stock`, `broadcast` or `auto`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Stock => "stock",
+            Self::Broadcast => "broadcast",
+            Self::Auto => "auto",
+        }
+    }
+
+    /// Whether the stock flow runs.
+    pub fn stock(self) -> bool {
+        matches!(self, Self::Stock | Self::Auto)
+    }
+
+    /// Whether the meshfleet protocol runs.
+    pub fn meshfleet(self) -> bool {
+        matches!(self, Self::Broadcast | Self::Auto)
+    }
+}
+
+/// How a source is configured.
+#[derive(Clone, Debug)]
+pub struct SourceConfig {
+    /// Which protocols.
+    pub strategy: Strategy,
+    /// Stock flow only: stock nodes install the image even if it is the MD5 they run (the
+    /// library's unsigned flag). meshfleet nodes ignore it.
+    pub forced: bool,
+    /// The operator's signed intent for the image (meshfleet nodes): lets nodes in its
+    /// scope install it although it is not newer, or they rolled it back.
+    pub intent: Option<Intent>,
+    /// The stock sender's packaging.
+    pub style: StockStyle,
+    /// The stock sender's timers.
+    pub stock_sender: StockSenderConfig,
+    /// Pacing of the meshfleet source, bytes per second per link (default: the engine's).
+    pub link_rate: Option<u64>,
+}
+
+impl SourceConfig {
+    /// Defaults for `strategy`: not forced, Alteriom stock style, the library's timers.
+    pub fn new(strategy: Strategy) -> Self {
+        Self {
+            strategy,
+            forced: false,
+            intent: None,
+            style: StockStyle::ALTERIOM,
+            stock_sender: StockSenderConfig::default(),
+            link_rate: None,
+        }
+    }
+}
+
+/// What is offered, in the units every report uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Offering {
+    /// The artefact's manifest.
+    pub manifest: Manifest,
+    /// Chunks of the payload (the manifest's `chunk_count`, as `firmware inspect` shows).
+    pub chunks: u32,
+    /// Transfer units of the meshfleet protocol: the chunks plus the hash pages of the
+    /// chunk table sent with them. Meshfleet progress counts these.
+    pub units: u32,
+    /// Parts of the stock flow (0 without it).
+    pub parts: u32,
+    /// Raw bytes per stock part.
+    pub part_size: u32,
+    /// Raw image bytes.
+    pub image_len: u64,
+    /// The stock flow runs too: it serves nodes that cannot decode the artefact.
+    pub stock_flow: bool,
+    /// The meshfleet protocol runs.
+    pub meshfleet: bool,
+}
+
+impl Offering {
+    /// Hash pages sent with the chunks.
+    pub fn hash_pages(&self) -> u32 {
+        self.units.saturating_sub(self.chunks)
+    }
+}
+
+/// The sending plugins of a node.
+#[derive(Debug)]
+pub struct Source;
+
+impl Source {
+    /// Adds the sending plugins for `artefact` (verified by the caller; `image` is its
+    /// decoded image, for the stock flow) to `node`.
+    pub fn equip(
+        node: &mut Node,
+        artefact: Artefact,
+        image: Vec<u8>,
+        config: &SourceConfig,
+    ) -> Result<Offering, OfferError> {
+        let m = artefact.manifest().clone();
+        let layout = Layout::of(&m);
+        let image_len = image.len() as u64;
+        let mut parts = 0;
+        // The stock offer first: it is the one that can refuse the image.
+        let stock = if config.strategy.stock() {
+            let offer = StockOffer::new(image, m.role.clone(), m.hardware.clone(), config.style)?
+                .forced(config.forced);
+            parts = offer.no_part();
+            Some(StockSender::new(offer, config.stock_sender.clone()))
+        } else {
+            None
+        };
+        if config.strategy.meshfleet() {
+            let mut cfg = MeshfleetConfig::new(m.role.clone(), m.hardware.clone());
+            // Advertised in our CAPS: receivers that hold the campaign then never offer it
+            // back to us.
+            cfg.running = Some(ImageInfo {
+                version: m.version.to_string(),
+                sha256: m.sha256.to_hex(),
+                md5: m.md5.to_hex(),
+                size: m.size,
+            });
+            // A source takes no update while it offers: a neighbour that holds a newer
+            // campaign offers it to us, and accepting would replace the campaign we serve
+            // (the engine then ignores every answer to our offer). "On trial" is the
+            // engine's way to refuse every offer.
+            cfg.on_trial = true;
+            if let Some(rate) = config.link_rate {
+                cfg.link_rate = rate;
+            }
+            // The source never stores anything: its chunks come from the artefact.
+            node.add_plugin(Box::new(MeshfleetOta::source(
+                cfg,
+                Box::new(MemStore::new()),
+                artefact,
+                config.intent.clone(),
+            )));
+        }
+        if let Some(s) = stock {
+            node.add_plugin(Box::new(s));
+        }
+        Ok(Offering {
+            chunks: m.chunk_count,
+            units: layout.units(),
+            parts,
+            part_size: config.style.raw_part_size(),
+            image_len,
+            stock_flow: config.strategy.stock(),
+            meshfleet: config.strategy.meshfleet(),
+            manifest: m,
+        })
+    }
+
+    /// Starts offering (announces, offers to the neighbours already there).
+    pub fn start(node: &mut Node, now: Instant) {
+        node.with_plugin::<MeshfleetOta, _>(now, |m, ctx| m.start(ctx));
+        node.with_plugin::<StockSender, _>(now, |s, ctx| s.start(ctx));
+    }
+}
