@@ -154,6 +154,12 @@ pub(crate) struct Args {
     #[arg(long, hide = true, value_name = "BYTES")]
     output_cap: Option<usize>,
 
+    /// Most accepted links from one IP address that have not completed node sync (default
+    /// 8); a connection over it takes the slot of that address's idlest unsynced link, or
+    /// is closed.
+    #[arg(long, hide = true, value_name = "N")]
+    max_unsynced_per_addr: Option<usize>,
+
     /// Receive OTA updates, kept in DIR (created if needed). Needs --ota-role and
     /// --ota-hardware.
     #[arg(long, value_name = "DIR", help_heading = "OTA receiving")]
@@ -250,6 +256,7 @@ struct NodeDefaults {
     max_frame_len: Option<usize>,
     queue_cap: Option<usize>,
     output_cap: Option<usize>,
+    max_unsynced_per_addr: Option<usize>,
     ota_dir: Option<PathBuf>,
     ota_role: Option<String>,
     ota_hardware: Option<String>,
@@ -306,6 +313,12 @@ impl Options {
                 return Err(usage("--queue-cap must be positive"));
             }
             runtime.queue_cap = cap;
+        }
+        if let Some(n) = args.max_unsynced_per_addr.or(defaults.max_unsynced_per_addr) {
+            if n == 0 {
+                return Err(usage("--max-unsynced-per-addr must be positive"));
+            }
+            runtime.max_unsynced_per_addr = n;
         }
         let output_cap = match args.output_cap.or(defaults.output_cap) {
             Some(0) => return Err(usage("--output-cap must be positive")),
@@ -1227,6 +1240,7 @@ mod tests {
             max_frame_len: None,
             queue_cap: None,
             output_cap: None,
+            max_unsynced_per_addr: None,
             ota_dir: None,
             ota_role: Some("sensor".into()),
             ota_hardware: None,
@@ -1272,6 +1286,7 @@ mod tests {
             max_frame_len: None,
             queue_cap: Some(1000),
             output_cap: None,
+            max_unsynced_per_addr: None,
             ota_dir: None,
             ota_role: None,
             ota_hardware: None,
@@ -1283,7 +1298,8 @@ mod tests {
             ota_rate: None,
         };
         let file: NodeDefaults = toml::from_str(
-            "listen = \"127.0.0.1:0\"\nconnect = [\"a:1\"]\nnode-id = 9\nroot = true\njson = true",
+            "listen = \"127.0.0.1:0\"\nconnect = [\"a:1\"]\nnode-id = 9\nroot = true\njson = true\n\
+             max-unsynced-per-addr = 3\noutput-cap = 4096",
         )
         .unwrap();
         let o = Options::resolve(args, file).unwrap();
@@ -1292,6 +1308,8 @@ mod tests {
         assert_eq!(o.runtime.connect, ["10.0.0.1:5555"]);
         assert_eq!(o.runtime.listen, Some("127.0.0.1:0".parse().unwrap()));
         assert_eq!(o.runtime.queue_cap, 1000);
+        assert_eq!(o.runtime.max_unsynced_per_addr, 3);
+        assert_eq!(o.output_cap, 4096);
         assert!(toml::from_str::<NodeDefaults>("nodeid = 3").is_err());
     }
 
