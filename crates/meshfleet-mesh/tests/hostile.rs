@@ -6,7 +6,10 @@
 mod common;
 
 use common::Net;
-use meshfleet_mesh::{Config, DropReason, Duration, Event, Node, NodeId, TimeRefusal, TreeRefusal};
+use meshfleet_mesh::{
+    Config, DropReason, Duration, Event, Instant, LinkId, LinkRole, Node, NodeId, TimeRefusal,
+    TreeRefusal,
+};
 
 const V: u32 = 1; // the victim
 const H: u32 = 2; // its honest neighbour
@@ -317,4 +320,69 @@ fn a_synced_neighbour_moves_mesh_time_only_when_asked_and_in_bounded_steps() {
     let n = time_refusals(&net, v).len();
     inject(&mut net, wire, v, &reply(t0, 1 << 30));
     assert_eq!(time_refusals(&net, v)[n..], [TimeRefusal::Unsolicited]);
+}
+
+/// The library's frames of transcript 01 from B (3000000002), whose time A (1001) adopts.
+fn transcript_01_from_b() -> Vec<(f64, serde_json::Value)> {
+    let path = format!(
+        "{}/../../../shared/painlessmesh/transcripts/01_two_node.jsonl",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!("cannot read {path} ({e}): the shared/ folder must sit next to the project root")
+    });
+    text.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|l| l["kind"] == "frame" && l["src"] == "B")
+        .map(|l| (l["t"].as_f64().unwrap(), l["json"].clone()))
+        .collect()
+}
+
+#[test]
+fn our_node_still_takes_time_from_the_library() {
+    // Our node plays A; B's node sync, "ask me for my time" and TIME_REPLY are the
+    // library's frames. The library echoes the t0 it was sent: B's reply carries our t0,
+    // with B's t1 and t2 as far from it as in the capture.
+    let frames = transcript_01_from_b();
+    let start = frames[0].0;
+    let mut node = Node::new(Config::new(NodeId(1001)));
+    let link = LinkId(1);
+    node.handle_link_up(Instant::ZERO, link, LinkRole::AccessPoint);
+    let mut our_t0 = None;
+    let mut adjusted = Vec::new();
+    for (t, mut json) in frames.into_iter().take(3) {
+        let now = Instant::from_micros(((t - start) * 1e6) as u64);
+        if json["type"] == 4 && json["msg"]["type"] == 2 {
+            let msg = &mut json["msg"];
+            let (t0, t1, t2) = (
+                msg["t0"].as_u64().unwrap(),
+                msg["t1"].as_u64().unwrap(),
+                msg["t2"].as_u64().unwrap(),
+            );
+            let ours: u32 = our_t0.expect("our node asked for B's time");
+            let shift = |t: u64| u64::from(ours.wrapping_add(t.wrapping_sub(t0) as u32));
+            msg["t0"] = ours.into();
+            msg["t1"] = shift(t1).into();
+            msg["t2"] = shift(t2).into();
+        }
+        let mut bytes = json.to_string().into_bytes();
+        bytes.push(0);
+        node.handle_bytes(now, link, &bytes);
+        while let Some(tx) = node.poll_transmit() {
+            let sent: serde_json::Value =
+                serde_json::from_slice(&tx.frame[..tx.frame.len() - 1]).unwrap();
+            if sent["type"] == 4 && sent["msg"]["type"] == 1 {
+                our_t0 = sent["msg"]["t0"].as_u64().map(|t| t as u32);
+            }
+        }
+        while let Some(e) = node.poll_event() {
+            if let Event::TimeAdjusted { offset, .. } = e {
+                adjusted.push(offset);
+            }
+            assert!(!matches!(e, Event::FrameDropped { .. }), "{e:?}");
+        }
+    }
+    // The library's A took +2,099,999,968 µs from the same exchange.
+    assert_eq!(adjusted.len(), 1, "{adjusted:?}");
+    assert!((adjusted[0] - 2_099_999_968).abs() < 1_000, "{adjusted:?}");
 }
