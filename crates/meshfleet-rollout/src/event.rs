@@ -64,7 +64,8 @@ pub enum Command {
         /// The wave to start.
         to: WaveNo,
     },
-    /// Abort: cancel transfers, roll back the current wave's updated nodes.
+    /// Abort: cancel transfers and undecided updates, roll back the current wave's updated
+    /// nodes (unless that wave already passed: use `EmergencyRollback` to undo it).
     Abort,
     /// Roll back every node that took the update, in every wave, from any state.
     EmergencyRollback,

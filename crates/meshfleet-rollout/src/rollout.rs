@@ -496,8 +496,9 @@ impl Rollout {
     }
 
     /// An operator command.
+    /// A refused command changes nothing, not even the controller's clock.
     pub fn handle_command(&mut self, now: Instant, command: Command) -> Result<(), CommandError> {
-        let now = self.clock(now);
+        let now = now.max(self.last_now);
         let refuse = |phase: &Phase| CommandError::NotApplicable {
             command,
             phase: phase.kind(),
@@ -516,6 +517,10 @@ impl Rollout {
                 self.log(now, EventKind::Command { command });
                 self.phase = Phase::Running;
                 self.pass(now, true);
+                // The approval covers the next wave too: no second approval needed.
+                if let Phase::AwaitingApproval { next } = self.phase {
+                    self.start_wave(now, next);
+                }
             }
             (Command::Pause, Phase::Running) => {
                 self.log(now, EventKind::Command { command });
@@ -563,6 +568,7 @@ impl Rollout {
             }
             (_, phase) => return Err(refuse(&phase)),
         }
+        self.last_now = now;
         self.evaluate(now);
         Ok(())
     }
@@ -869,6 +875,9 @@ impl Rollout {
         }
         let newly = !rec.exposed;
         rec.exposed = true;
+        // It reboots into the new image: what it ran before says nothing any more (a
+        // rollback ordered now must not count it as already restored).
+        rec.running = None;
         let cancelled = matches!(rec.state, NodeState::Cancelled { .. });
         if !aborted
             && matches!(
@@ -1301,6 +1310,12 @@ impl Rollout {
         self.aborted_at.get_or_insert(now);
         self.log(now, EventKind::Aborted { reason });
         let current = self.current;
+        // A wave that already passed keeps its nodes on an operator's abort (the operator
+        // stops the rollout; an emergency rollback is the way to undo passed waves).
+        let current_passed = self
+            .waves
+            .get(usize::from(current))
+            .is_some_and(|w| w.state == WaveState::Passed);
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         for id in ids {
             let Some(rec) = self.nodes.get_mut(&id) else {
@@ -1326,7 +1341,7 @@ impl Rollout {
             let Some(rec) = self.nodes.get(&id) else {
                 continue;
             };
-            if rec.exposed && (emergency || rec.wave == current || undecided) {
+            if rec.exposed && (emergency || undecided || (rec.wave == current && !current_passed)) {
                 self.order_rollback(now, id);
             }
         }
@@ -1525,4 +1540,532 @@ impl NodeRecord {
 
 fn last_wave(waves: &[WaveRecord]) -> WaveNo {
     waves.len().saturating_sub(1) as WaveNo
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::{Target, Threshold, WaveSpec};
+    use alloc::string::ToString;
+    use alloc::vec;
+
+    fn t(s: u64) -> Instant {
+        Instant::from_secs(s)
+    }
+
+    fn ver(s: &str) -> ImageVersion {
+        ImageVersion::new(s).unwrap()
+    }
+
+    /// Leaves 1..=n, each on its own branch.
+    fn fleet(n: u32) -> Vec<NodeInfo> {
+        (1..=n).map(|i| NodeInfo::leaf(NodeId(i))).collect()
+    }
+
+    /// One wave of everything unless told otherwise, cap 3, 1 report needed, 60 s window.
+    fn cfg(waves: Vec<WaveSpec>) -> RolloutConfig {
+        let mut c = RolloutConfig::new(ver("2"), ver("1"));
+        c.waves = waves;
+        c.max_in_flight = 3;
+        c.health.min_samples = 1;
+        c.health.window = Duration::from_secs(60);
+        c
+    }
+
+    fn all() -> Vec<WaveSpec> {
+        vec![WaveSpec::default()]
+    }
+
+    fn counts(n: u32) -> Vec<WaveSpec> {
+        vec![
+            WaveSpec {
+                until: Target::Count(n),
+                ..WaveSpec::default()
+            },
+            WaveSpec::default(),
+        ]
+    }
+
+    fn orders(r: &mut Rollout) -> Vec<Order> {
+        core::iter::from_fn(|| r.poll_order()).collect()
+    }
+
+    fn events(r: &mut Rollout) -> Vec<EventKind> {
+        core::iter::from_fn(|| r.poll_event())
+            .map(|e| e.kind)
+            .collect()
+    }
+
+    fn offered(os: &[Order]) -> Vec<NodeId> {
+        os.iter()
+            .filter_map(|o| match o {
+                Order::Offer { node, .. } => Some(*node),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn booted(v: &str) -> NodeReport {
+        NodeReport::Booted {
+            version: ver(v),
+            confirmed: true,
+        }
+    }
+
+    fn sample() -> HealthSample {
+        HealthSample {
+            uptime: Duration::from_secs(30),
+            reboots: 1,
+            free_heap: 100_000,
+            alerts: 0,
+            app_ok: Some(true),
+        }
+    }
+
+    /// Takes `id` from offered to healthy starting at `s` seconds; returns the end time.
+    fn succeed(r: &mut Rollout, id: NodeId, s: u64) -> u64 {
+        r.handle_report(t(s), id, NodeReport::OfferAccepted);
+        r.handle_report(t(s + 10), id, NodeReport::Installed);
+        r.handle_report(t(s + 20), id, booted("2"));
+        r.handle_health(t(s + 50), id, sample());
+        r.handle_timeout(t(s + 80));
+        s + 80
+    }
+
+    #[test]
+    fn installed_and_booted_are_not_success_only_the_window_is() {
+        let mut r = Rollout::new(t(0), cfg(all()), fleet(1)).unwrap();
+        let id = NodeId(1);
+        assert_eq!(offered(&orders(&mut r)), [id]);
+        r.handle_report(t(1), id, NodeReport::OfferAccepted);
+        r.handle_report(t(60), id, NodeReport::Installed);
+        assert!(matches!(
+            r.node(id).unwrap().state(),
+            NodeState::Installed { .. }
+        ));
+        assert_eq!(r.phase(), Phase::Running);
+        assert_eq!(r.poll_timeout(), Some((t(60 + 600), Wake::BootTimeout(id))));
+        r.handle_report(t(80), id, booted("2"));
+        assert_eq!(
+            r.node(id).unwrap().state(),
+            NodeState::Booted {
+                at: t(80),
+                window_end: t(140)
+            }
+        );
+        // The window ends without a health report: not healthy; the report grace starts.
+        r.handle_timeout(t(140));
+        assert!(matches!(
+            r.node(id).unwrap().state(),
+            NodeState::Booted { .. }
+        ));
+        assert_eq!(
+            r.poll_timeout(),
+            Some((t(140 + 300), Wake::HealthReportsDue(id)))
+        );
+        r.handle_health(t(150), id, sample());
+        r.handle_timeout(t(150));
+        assert_eq!(
+            r.node(id).unwrap().state(),
+            NodeState::Healthy {
+                booted: t(80),
+                at: t(150)
+            }
+        );
+        assert_eq!(r.phase(), Phase::Completed);
+        let ev = events(&mut r);
+        assert!(ev.contains(&EventKind::BootConfirmed {
+            node: id,
+            rejoin: Duration::from_secs(20)
+        }));
+        assert!(ev.contains(&EventKind::Completed));
+    }
+
+    #[test]
+    fn an_unconfirmed_boot_never_succeeds_and_the_boot_deadline_fails_it() {
+        let mut c = cfg(all());
+        c.rollback_failed_nodes = true;
+        let mut r = Rollout::new(t(0), c, fleet(1)).unwrap();
+        let id = NodeId(1);
+        let _ = orders(&mut r);
+        r.handle_report(t(1), id, NodeReport::OfferAccepted);
+        r.handle_report(t(10), id, NodeReport::Installed);
+        r.handle_report(
+            t(30),
+            id,
+            NodeReport::Booted {
+                version: ver("2"),
+                confirmed: false,
+            },
+        );
+        r.handle_health(t(40), id, sample());
+        r.handle_timeout(t(609));
+        assert!(matches!(
+            r.node(id).unwrap().state(),
+            NodeState::Installed { .. }
+        ));
+        r.handle_timeout(t(610));
+        assert!(matches!(
+            r.node(id).unwrap().state(),
+            NodeState::Failed {
+                reason: FailureReason::NoConfirmedBoot,
+                ..
+            }
+        ));
+        // One failure of one member aborts; the exposed node is ordered back.
+        assert_eq!(r.phase().kind(), PhaseKind::Aborted);
+        assert!(orders(&mut r).contains(&Order::Rollback {
+            node: id,
+            via: RollbackVia::PreviousSlot
+        }));
+    }
+
+    #[test]
+    fn the_concurrency_cap_holds_and_a_finished_node_frees_its_slot() {
+        let mut r = Rollout::new(t(0), cfg(all()), fleet(10)).unwrap();
+        let first = offered(&orders(&mut r));
+        assert_eq!(first.len(), 3);
+        assert_eq!(r.in_flight(), 3);
+        // Booted (in its window) no longer uses airtime: the slot is free.
+        r.handle_report(t(1), first[0], NodeReport::OfferAccepted);
+        r.handle_report(t(5), first[0], NodeReport::Installed);
+        assert!(orders(&mut r).is_empty());
+        r.handle_report(t(9), first[0], booted("2"));
+        let next = offered(&orders(&mut r));
+        assert_eq!(next.len(), 1);
+        assert!(!first.contains(&next[0]));
+        assert_eq!(r.in_flight(), 3);
+    }
+
+    #[test]
+    fn timeouts_retry_with_a_cancel_then_fail() {
+        let mut c = cfg(counts(1));
+        c.max_retries = 1;
+        let mut r = Rollout::new(t(0), c, fleet(3)).unwrap();
+        let id = offered(&orders(&mut r))[0];
+        assert_eq!(r.poll_timeout(), Some((t(120), Wake::OfferTimeout(id))));
+        r.handle_timeout(t(120));
+        // Cancelled and offered again at once (a free slot, still online).
+        assert_eq!(
+            orders(&mut r),
+            [
+                Order::Cancel { node: id },
+                Order::Offer {
+                    node: id,
+                    version: ver("2")
+                }
+            ]
+        );
+        r.handle_report(t(121), id, NodeReport::OfferAccepted);
+        assert_eq!(
+            r.poll_timeout(),
+            Some((t(121 + 1800), Wake::DownloadTimeout(id)))
+        );
+        r.handle_timeout(t(121 + 1800));
+        assert_eq!(
+            r.node(id).unwrap().state(),
+            NodeState::Failed {
+                at: t(1921),
+                reason: FailureReason::DownloadTimeout
+            }
+        );
+        assert!(!r.node(id).unwrap().exposed());
+        // One failure in a wave of one: the gate aborts; nothing was exposed.
+        assert_eq!(r.phase().kind(), PhaseKind::Aborted);
+        assert_eq!(r.summary().restored_s, Some(0.0));
+    }
+
+    #[test]
+    fn pause_resume_and_refused_commands() {
+        let mut r = Rollout::new(t(0), cfg(all()), fleet(6)).unwrap();
+        let first = offered(&orders(&mut r));
+        r.handle_command(t(1), Command::Pause).unwrap();
+        assert_eq!(
+            r.handle_command(t(1), Command::Pause),
+            Err(CommandError::NotApplicable {
+                command: Command::Pause,
+                phase: PhaseKind::Paused
+            })
+        );
+        assert_eq!(
+            r.handle_command(t(1), Command::Approve),
+            Err(CommandError::NotApplicable {
+                command: Command::Approve,
+                phase: PhaseKind::Paused
+            })
+        );
+        // A node finishing while paused does not free a slot for a new offer...
+        let end = succeed(&mut r, first[0], 2);
+        assert!(matches!(
+            r.node(first[0]).unwrap().state(),
+            NodeState::Healthy { .. }
+        ));
+        assert!(offered(&orders(&mut r)).is_empty());
+        // ...until resumed.
+        r.handle_command(t(end), Command::Resume).unwrap();
+        assert_eq!(offered(&orders(&mut r)).len(), 1);
+    }
+
+    #[test]
+    fn the_failure_gate_aborts_even_while_paused() {
+        let mut r = Rollout::new(t(0), cfg(counts(2)), fleet(6)).unwrap();
+        let first = offered(&orders(&mut r));
+        r.handle_command(t(1), Command::Pause).unwrap();
+        r.handle_report(
+            t(2),
+            first[0],
+            NodeReport::OfferRejected {
+                reason: RejectReason::Incompatible,
+            },
+        );
+        assert!(matches!(
+            r.phase(),
+            Phase::Aborted {
+                reason: AbortReason::FailureThreshold {
+                    wave: 0,
+                    failed: 1,
+                    limit: 1
+                }
+            }
+        ));
+        // The other canary node's transfer is cancelled.
+        assert!(orders(&mut r).contains(&Order::Cancel { node: first[1] }));
+    }
+
+    #[test]
+    fn await_approval_then_gate_pause_then_override() {
+        let mut c = cfg(vec![
+            WaveSpec {
+                until: Target::Count(2),
+                success: Threshold::Percent(100),
+                failure: Threshold::Count(2),
+                then: AfterWave::PauseForApproval,
+                ..WaveSpec::default()
+            },
+            WaveSpec::default(),
+        ]);
+        c.start = StartMode::AwaitApproval;
+        let mut r = Rollout::new(t(0), c, fleet(4)).unwrap();
+        assert_eq!(r.phase(), Phase::AwaitingApproval { next: 0 });
+        assert!(orders(&mut r).is_empty());
+        r.handle_command(t(1), Command::Approve).unwrap();
+        let first = offered(&orders(&mut r));
+        assert_eq!(first.len(), 2);
+        let end = succeed(&mut r, first[0], 2);
+        r.handle_report(
+            t(end),
+            first[1],
+            NodeReport::OfferRejected {
+                reason: RejectReason::Incompatible,
+            },
+        );
+        // 1 healthy of 2 reached is under 100 %, 1 failure under the limit of 2: pause.
+        assert_eq!(
+            r.phase(),
+            Phase::Paused {
+                reason: PauseReason::InsufficientSuccess {
+                    healthy: 1,
+                    needed: 2
+                }
+            }
+        );
+        assert_eq!(
+            r.handle_command(t(end), Command::Resume),
+            Err(CommandError::NotApplicable {
+                command: Command::Resume,
+                phase: PhaseKind::Paused
+            })
+        );
+        r.handle_command(t(end + 1), Command::Approve).unwrap();
+        assert_eq!(r.current_wave(), 1);
+        assert_eq!(offered(&orders(&mut r)).len(), 2);
+        assert!(events(&mut r).iter().any(|e| matches!(
+            e,
+            EventKind::WavePassed {
+                wave: 0,
+                overridden: true,
+                ..
+            }
+        )));
+    }
+
+    #[test]
+    fn skip_to_a_later_wave_moves_undecided_nodes_with_it() {
+        let waves = vec![
+            WaveSpec {
+                until: Target::Count(1),
+                ..WaveSpec::default()
+            },
+            WaveSpec {
+                until: Target::Count(2),
+                ..WaveSpec::default()
+            },
+            WaveSpec::default(),
+        ];
+        let mut r = Rollout::new(t(0), cfg(waves), fleet(5)).unwrap();
+        let canary = offered(&orders(&mut r));
+        assert_eq!(canary.len(), 1);
+        assert_eq!(
+            r.handle_command(t(1), Command::SkipTo { to: 0 }),
+            Err(CommandError::BadWave {
+                to: 0,
+                current: 0,
+                waves: 3
+            })
+        );
+        assert!(r.handle_command(t(1), Command::SkipTo { to: 3 }).is_err());
+        r.handle_command(t(1), Command::SkipTo { to: 2 }).unwrap();
+        assert_eq!(r.current_wave(), 2);
+        assert_eq!(r.node(canary[0]).unwrap().wave(), 2);
+        // The wave-1 node joins wave 2; two more slots fill with wave-2 nodes.
+        assert_eq!(offered(&orders(&mut r)).len(), 2);
+        assert_eq!(r.wave(1).unwrap().0, WaveState::Skipped);
+        assert_eq!(r.exposure_cap(), 5);
+    }
+
+    #[test]
+    fn operator_abort_rolls_back_the_current_wave_stock_by_reoffer() {
+        let mut nodes = fleet(4);
+        for n in &mut nodes {
+            n.kind = NodeKind::Stock;
+        }
+        let mut r = Rollout::new(t(0), cfg(counts(3)), nodes).unwrap();
+        let first = offered(&orders(&mut r));
+        r.handle_report(t(1), first[0], NodeReport::OfferAccepted);
+        r.handle_report(t(5), first[0], NodeReport::Installed);
+        r.handle_report(t(9), first[0], booted("2"));
+        r.handle_report(t(9), first[1], NodeReport::OfferAccepted);
+        r.handle_command(t(10), Command::Abort).unwrap();
+        let os = orders(&mut r);
+        assert!(os.contains(&Order::Rollback {
+            node: first[0],
+            via: RollbackVia::Reoffer { version: ver("1") }
+        }));
+        assert!(os.contains(&Order::Cancel { node: first[1] }));
+        assert!(os.contains(&Order::Cancel { node: first[2] }));
+        assert_eq!(r.summary().restored_s, None);
+        // Not back yet: the order is repeated each minute.
+        assert_eq!(
+            r.poll_timeout(),
+            Some((t(70), Wake::RollbackRetry(first[0])))
+        );
+        r.handle_timeout(t(70));
+        assert_eq!(orders(&mut r).len(), 1);
+        r.handle_report(t(100), first[0], booted("1"));
+        assert_eq!(r.summary().restored_s, Some(90.0));
+        assert_eq!(r.summary().rolled_back, 1);
+        assert_eq!(r.poll_timeout(), None);
+        // A late "installed" from a cancelled transfer is exposure too: ordered back.
+        r.handle_report(t(120), first[1], NodeReport::Installed);
+        assert!(matches!(
+            orders(&mut r).as_slice(),
+            [Order::Rollback { node, .. }] if *node == first[1]
+        ));
+        assert_eq!(r.summary().restored_s, None);
+        assert_eq!(
+            r.handle_command(t(130), Command::Resume),
+            Err(CommandError::NotApplicable {
+                command: Command::Resume,
+                phase: PhaseKind::Aborted
+            })
+        );
+    }
+
+    #[test]
+    fn a_new_node_joins_the_last_wave_and_strangers_are_ignored() {
+        let mut c = cfg(counts(1));
+        c.selector.hardware = vec!["ESP32".to_string()];
+        let mut nodes = fleet(3);
+        for n in &mut nodes {
+            n.hardware = "ESP32".to_string();
+        }
+        nodes[2].hardware = "ESP8266".to_string();
+        let mut r = Rollout::new(t(0), c, nodes).unwrap();
+        assert!(matches!(
+            events(&mut r)[0],
+            EventKind::Planned {
+                targeted: 2,
+                excluded: 1,
+                ..
+            }
+        ));
+        assert!(r.node(NodeId(3)).is_none());
+        r.handle_report(t(1), NodeId(3), NodeReport::Installed);
+        r.handle_health(t(1), NodeId(99), sample());
+        assert_eq!(r.ignored_reports(), 2);
+        let mut newcomer = NodeInfo::leaf(NodeId(50));
+        newcomer.hardware = "ESP32".to_string();
+        r.handle_node_joined(t(2), newcomer);
+        assert_eq!(r.node(NodeId(50)).unwrap().planned_wave(), 1);
+        assert_eq!(r.wave(1).unwrap().1.planned, 2);
+        let mut stranger = NodeInfo::leaf(NodeId(51));
+        stranger.hardware = "ESP8266".to_string();
+        r.handle_node_joined(t(2), stranger);
+        assert!(r.node(NodeId(51)).is_none());
+    }
+
+    #[test]
+    fn a_restart_moves_deadlines_by_the_downtime() {
+        let mut r = Rollout::new(t(0), cfg(all()), fleet(1)).unwrap();
+        let id = offered(&orders(&mut r))[0];
+        let json = serde_json::to_string(&r).unwrap();
+        let mut back: Rollout = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, r);
+        back.handle_restarted(t(3600));
+        assert_eq!(back.poll_timeout(), Some((t(3720), Wake::OfferTimeout(id))));
+        back.handle_timeout(t(3700));
+        assert!(matches!(
+            back.node(id).unwrap().state(),
+            NodeState::Offered { .. }
+        ));
+    }
+
+    #[test]
+    fn health_failure_in_the_window_fails_and_orders_the_node_back_at_once() {
+        // A big wave: one failure is under its limit, but the failed node still goes back.
+        let mut r = Rollout::new(t(0), cfg(all()), fleet(20)).unwrap();
+        let id = offered(&orders(&mut r))[0];
+        r.handle_health(t(0), id, sample());
+        r.handle_report(t(1), id, NodeReport::OfferAccepted);
+        r.handle_report(t(5), id, NodeReport::Installed);
+        r.handle_report(t(9), id, booted("2"));
+        let mut low = sample();
+        low.free_heap = 50_000;
+        r.handle_health(t(20), id, low);
+        assert!(matches!(
+            r.node(id).unwrap().state(),
+            NodeState::Failed {
+                reason: FailureReason::Health(HealthFailure::MemoryRegression {
+                    baseline: 100_000,
+                    free: 50_000
+                }),
+                ..
+            }
+        ));
+        assert_eq!(r.phase(), Phase::Running);
+        assert!(orders(&mut r).contains(&Order::Rollback {
+            node: id,
+            via: RollbackVia::PreviousSlot
+        }));
+    }
+
+    #[test]
+    fn leaving_in_the_window_for_too_long_is_a_failure() {
+        let mut r = Rollout::new(t(0), cfg(all()), fleet(1)).unwrap();
+        let id = offered(&orders(&mut r))[0];
+        r.handle_report(t(1), id, NodeReport::OfferAccepted);
+        r.handle_report(t(5), id, NodeReport::Installed);
+        r.handle_report(t(9), id, booted("2"));
+        r.handle_node_offline(t(10), id);
+        assert_eq!(r.poll_timeout(), Some((t(190), Wake::AwayTooLong(id))));
+        r.handle_timeout(t(190));
+        assert!(matches!(
+            r.node(id).unwrap().state(),
+            NodeState::Failed {
+                reason: FailureReason::Health(HealthFailure::LostAfterUpdate { .. }),
+                ..
+            }
+        ));
+    }
 }
