@@ -423,11 +423,13 @@ impl Rollout {
             NodeState::Booted { at, .. } if !aborted => {
                 if let Some(f) = rec.health.observe(now, at, sample, rec.baseline, &th) {
                     self.fail(now, node, FailureReason::Health(f));
+                    self.evaluate(now);
                 }
             }
+            // Nothing else a report changes can move a gate: the common case (every node
+            // reporting every 30 s) costs no pass over the fleet.
             _ => {}
         }
-        self.evaluate(now);
     }
 
     /// A node (re)joined the mesh.
@@ -700,7 +702,9 @@ impl Rollout {
                         && !r.online
                         && !r.deferred
                 });
-                if waiting && grace_end > self.last_now {
+                // Even if already past: a due deadline must still wake the controller
+                // (another input at the same instant may have come first).
+                if waiting {
                     consider(grace_end, Wake::OfflineGrace(self.current));
                 }
             }
