@@ -17,6 +17,20 @@ fn start(fleet: &Fleet, seed: u64) -> Rollout {
     Rollout::new(Instant::ZERO, config(seed), fleet.infos.clone()).unwrap()
 }
 
+/// Prints the outcome (`cargo test -p meshfleet-rollout --test scenarios -- --nocapture`):
+/// the figures `docs/rollouts.md` quotes for the fake fleet.
+fn report(name: &str, r: &Rollout, log: &[meshfleet_rollout::RolloutEvent]) {
+    let end = log.last().map_or(0, |e| e.at.as_micros() / 1_000_000);
+    let abort = log.iter().find_map(|e| match e.kind {
+        EventKind::Aborted { .. } => Some(e.at.as_micros() / 1_000_000),
+        _ => None,
+    });
+    eprintln!(
+        "{name}: last decision at {end} s, abort at {abort:?} s, summary {}",
+        serde_json::to_string(&r.summary()).unwrap()
+    );
+}
+
 fn invariants(r: &Rollout, _f: &Fleet, log: &[meshfleet_rollout::RolloutEvent]) {
     assert!(r.in_flight() <= r.config().max_in_flight, "cap exceeded");
     assert!(
@@ -31,6 +45,7 @@ fn healthy_build_completes_every_wave() {
     let mut fleet = Fleet::new(tree(4, 9), Build::Good, &BTreeMap::new());
     let mut r = start(&fleet, 1);
     let log = run(&mut r, &mut fleet, DAY, invariants);
+    report("healthy_build_completes_every_wave", &r, &log);
     assert_eq!(r.phase(), Phase::Completed);
     let s = r.summary();
     assert_eq!(s.state, PhaseKind::Completed);
@@ -109,6 +124,11 @@ fn crash_looping_build_is_contained_to_the_canary_and_rolled_back() {
     let mut fleet = Fleet::new(infos, Build::CrashLoop, &BTreeMap::new());
     let mut r = start(&fleet, 2);
     let log = run(&mut r, &mut fleet, DAY, invariants);
+    report(
+        "crash_looping_build_is_contained_to_the_canary_and_rolled_back",
+        &r,
+        &log,
+    );
     assert!(matches!(
         r.phase(),
         Phase::Aborted {
@@ -133,6 +153,11 @@ fn a_build_that_never_confirms_falls_back_and_aborts_the_canary() {
     let mut fleet = Fleet::new(tree(4, 9), Build::NoConfirm, &BTreeMap::new());
     let mut r = start(&fleet, 3);
     let log = run(&mut r, &mut fleet, DAY, invariants);
+    report(
+        "a_build_that_never_confirms_falls_back_and_aborts_the_canary",
+        &r,
+        &log,
+    );
     assert_eq!(r.phase().kind(), PhaseKind::Aborted);
     assert!(log.iter().any(|e| matches!(
         e.kind,
@@ -153,6 +178,11 @@ fn a_bricked_node_fails_on_its_boot_deadline_instead_of_staying_in_progress() {
     let mut fleet = Fleet::new(tree(4, 9), Build::Brick, &BTreeMap::new());
     let mut r = start(&fleet, 4);
     let log = run(&mut r, &mut fleet, DAY, invariants);
+    report(
+        "a_bricked_node_fails_on_its_boot_deadline_instead_of_staying_in_progress",
+        &r,
+        &log,
+    );
     assert_eq!(r.phase().kind(), PhaseKind::Aborted);
     let failed_at = log
         .iter()
@@ -191,6 +221,11 @@ fn memory_leak_is_caught_in_wave_1_or_2_and_rolled_back() {
     );
     let mut r = start(&fleet, 5);
     let log = run(&mut r, &mut fleet, DAY, invariants);
+    report(
+        "memory_leak_is_caught_in_wave_1_or_2_and_rolled_back",
+        &r,
+        &log,
+    );
     let Phase::Aborted {
         reason: AbortReason::FailureThreshold { wave, .. },
     } = r.phase()
@@ -231,6 +266,11 @@ fn a_node_offline_during_its_wave_joins_later_and_is_updated() {
     let mut fleet = Fleet::new(infos, Build::Good, &quirks);
     let mut r = Rollout::new(Instant::ZERO, config(6), fleet.infos.clone()).unwrap();
     let log = run(&mut r, &mut fleet, DAY, invariants);
+    report(
+        "a_node_offline_during_its_wave_joins_later_and_is_updated",
+        &r,
+        &log,
+    );
     assert_eq!(r.phase(), Phase::Completed);
     assert!(log.iter().any(|e| e.kind
         == EventKind::Deferred {
