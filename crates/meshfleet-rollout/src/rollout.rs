@@ -258,6 +258,10 @@ pub struct Rollout {
     ignored_reports: u64,
     orders: VecDeque<Order>,
     events: VecDeque<RolloutEvent>,
+    /// `poll_timeout`'s answer, kept current by every input that can change it, so the
+    /// common input (a health report outside a window) and the poll cost no pass over the
+    /// fleet.
+    next_wake: Option<(Instant, Wake)>,
 }
 
 impl Rollout {
@@ -330,6 +334,7 @@ impl Rollout {
             ignored_reports: 0,
             orders: VecDeque::new(),
             events: VecDeque::new(),
+            next_wake: None,
         };
         r.log(
             now,
@@ -424,6 +429,9 @@ impl Rollout {
                 if let Some(f) = rec.health.observe(now, at, sample, rec.baseline, &th) {
                     self.fail(now, node, FailureReason::Health(f));
                     self.evaluate(now);
+                } else {
+                    // Its report count may now allow success at the window's end.
+                    self.next_wake = self.compute_wake();
                 }
             }
             // Nothing else a report changes can move a gate: the common case (every node
@@ -654,9 +662,18 @@ impl Rollout {
         self.events.pop_front()
     }
 
-    /// When the controller next needs [`Rollout::handle_timeout`], and why.
+    /// When the controller next needs [`Rollout::handle_timeout`], and why. O(1).
     #[must_use]
     pub fn poll_timeout(&self) -> Option<(Instant, Wake)> {
+        debug_assert_eq!(
+            self.next_wake,
+            self.compute_wake(),
+            "cached wake-up out of date"
+        );
+        self.next_wake
+    }
+
+    fn compute_wake(&self) -> Option<(Instant, Wake)> {
         let th = &self.config.health;
         let aborted = matches!(self.phase, Phase::Aborted { .. });
         let mut best: Option<(Instant, Wake)> = None;
@@ -675,9 +692,11 @@ impl Rollout {
                 NodeState::Booted { window_end, .. } if !aborted => {
                     if let Some(away) = rec.away_since.filter(|_| !rec.online) {
                         consider(away + th.max_rejoin, Wake::AwayTooLong(id));
-                    } else if self.last_now < window_end || rec.health.samples >= th.min_samples {
+                    } else if rec.health.samples >= th.min_samples {
                         consider(window_end, Wake::HealthWindowEnd(id));
                     } else {
+                        // Too few reports for success yet: a report that changes that
+                        // refreshes this; until then only the failure deadline matters.
                         consider(
                             window_end + self.config.timeouts.health_reports,
                             Wake::HealthReportsDue(id),
@@ -1355,6 +1374,11 @@ impl Rollout {
     /// Applies the gates and fills free slots. Called after every input; bounded by the
     /// number of waves (each pass either stops or moves to a later wave).
     fn evaluate(&mut self, now: Instant) {
+        self.apply_gates(now);
+        self.next_wake = self.compute_wake();
+    }
+
+    fn apply_gates(&mut self, now: Instant) {
         for _ in 0..=self.waves.len() {
             match self.phase {
                 Phase::Running | Phase::Paused { .. } => {
