@@ -106,6 +106,8 @@ pub struct RollbackTrack {
     pub restored_at: Option<Instant>,
     /// `max_rollback_orders` went unanswered.
     pub stuck: bool,
+    /// When the latest order went out.
+    pub last_sent: Option<Instant>,
 }
 
 /// What the controller tracks about one node.
@@ -449,7 +451,12 @@ impl Rollout {
         };
         rec.online = true;
         rec.away_since = None;
-        let resend = rec.rollback.is_some_and(|rb| rb.restored_at.is_none());
+        // A node on its way back gets its order again when it rejoins, but at most once per
+        // `rollback_retry`, however often it flaps.
+        let retry = self.config.timeouts.rollback_retry;
+        let resend = rec.rollback.is_some_and(|rb| {
+            rb.restored_at.is_none() && rb.last_sent.map_or(true, |t| t + retry <= now)
+        });
         if resend {
             self.send_rollback(now, node);
         }
@@ -913,7 +920,11 @@ impl Rollout {
                 deadline: now + reboot,
             };
         }
-        let needs_rollback = (aborted || cancelled) && rec.rollback.is_none();
+        // Stopped, cancelled, or already failed (a transfer it was given up on completed
+        // after all): it must not keep the new build.
+        let failed =
+            matches!(rec.state, NodeState::Failed { .. }) && self.config.rollback_failed_nodes;
+        let needs_rollback = (aborted || cancelled || failed) && rec.rollback.is_none();
         if newly {
             self.log(now, EventKind::Installed { node: id });
         }
@@ -1161,6 +1172,7 @@ impl Rollout {
                 next_retry: None,
                 restored_at: Some(now),
                 stuck: false,
+                last_sent: None,
             });
             self.log(
                 now,
@@ -1178,6 +1190,7 @@ impl Rollout {
             next_retry: None,
             restored_at: None,
             stuck: false,
+            last_sent: None,
         });
         // The all-restored time is measured again from here.
         self.all_restored_at = None;
@@ -1195,6 +1208,7 @@ impl Rollout {
         };
         let Some(rb) = &mut rec.rollback else { return };
         rb.orders = rb.orders.saturating_add(1);
+        rb.last_sent = Some(now);
         let order = rb.orders;
         let became_stuck = order >= max && !rb.stuck;
         if became_stuck {
@@ -2095,5 +2109,47 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_flapping_node_gets_at_most_one_rollback_order_per_interval() {
+        let mut r = Rollout::new(t(0), cfg(counts(1)), fleet(3)).unwrap();
+        let id = offered(&orders(&mut r))[0];
+        r.handle_report(t(1), id, NodeReport::OfferAccepted);
+        r.handle_report(t(5), id, NodeReport::Installed);
+        r.handle_report(t(9), id, booted("2"));
+        r.handle_command(t(10), Command::Abort).unwrap();
+        assert_eq!(orders(&mut r).len(), 1);
+        for s in 11..50 {
+            r.handle_node_offline(t(s), id);
+            r.handle_node_online(t(s), id);
+        }
+        assert!(orders(&mut r).is_empty());
+        r.handle_node_offline(t(69), id);
+        r.handle_node_online(t(70), id);
+        assert_eq!(orders(&mut r).len(), 1);
+    }
+
+    #[test]
+    fn a_late_install_after_the_node_failed_is_ordered_back() {
+        let mut c = cfg(all());
+        c.max_retries = 0;
+        let mut r = Rollout::new(t(0), c, fleet(20)).unwrap();
+        let id = offered(&orders(&mut r))[0];
+        r.handle_timeout(t(120));
+        assert!(matches!(
+            r.node(id).unwrap().state(),
+            NodeState::Failed {
+                reason: FailureReason::OfferTimeout,
+                ..
+            }
+        ));
+        let _ = orders(&mut r);
+        r.handle_report(t(130), id, NodeReport::Installed);
+        assert!(r.node(id).unwrap().exposed());
+        assert!(orders(&mut r).contains(&Order::Rollback {
+            node: id,
+            via: RollbackVia::PreviousSlot
+        }));
     }
 }
