@@ -5,7 +5,7 @@ use alloc::vec::Vec;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{AfterWave, ConfigError, RolloutConfig, StartMode};
+use crate::config::{AfterWave, ConfigError, RolloutConfig, StartMode, Target};
 use crate::event::{
     AbortReason, Command, CommandError, EventKind, FailureReason, NodeReport, NodeState, Order,
     PauseReason, PhaseKind, RejectReason, RollbackVia, RolloutEvent, Wake, WaveCounts, WaveNo,
@@ -442,7 +442,8 @@ impl Rollout {
         }
     }
 
-    /// A node (re)joined the mesh.
+    /// A node (re)joined the mesh. Nodes the plan left out (a plan short of 100 %) stay
+    /// out.
     pub fn handle_node_online(&mut self, now: Instant, node: NodeId) {
         let now = self.clock(now);
         let Some(rec) = self.nodes.get_mut(&node) else {
@@ -478,8 +479,8 @@ impl Rollout {
     }
 
     /// A node appeared (or its description changed). A node the plan did not know joins the
-    /// last wave if the selector targets it (up to [`MAX_NODES`]); a known node updates its
-    /// topology and presence.
+    /// last wave if the selector targets it and the last wave reaches `Percent(100)` (up to
+    /// [`MAX_NODES`]); a known node updates its topology and presence.
     pub fn handle_node_joined(&mut self, now: Instant, info: NodeInfo) {
         let now = self.clock(now);
         if let Some(rec) = self.nodes.get_mut(&info.id) {
@@ -492,7 +493,14 @@ impl Rollout {
             }
             return;
         }
-        if !self.config.selector.matches(&info) || self.nodes.len() >= MAX_NODES {
+        // A plan that stops short of 100 % takes no newcomers: they are part of the rest
+        // the operator chose not to update.
+        let open_ended = self
+            .config
+            .waves
+            .last()
+            .is_some_and(|w| w.until == Target::Percent(100));
+        if !open_ended || !self.config.selector.matches(&info) || self.nodes.len() >= MAX_NODES {
             self.ignored_reports += 1;
             return;
         }
@@ -2151,5 +2159,28 @@ mod tests {
             node: id,
             via: RollbackVia::PreviousSlot
         }));
+    }
+
+    #[test]
+    fn an_empty_fleet_completes_at_once_and_a_partial_plan_leaves_the_rest_alone() {
+        let r = Rollout::new(t(0), cfg(all()), fleet(0)).unwrap();
+        assert_eq!(r.phase(), Phase::Completed);
+        assert_eq!(r.poll_timeout(), None);
+
+        let half = vec![WaveSpec {
+            until: Target::Percent(50),
+            ..WaveSpec::default()
+        }];
+        let mut r = Rollout::new(t(0), cfg(half), fleet(10)).unwrap();
+        assert_eq!(r.nodes().count(), 5);
+        let left_out = (1..=10)
+            .map(NodeId)
+            .find(|id| r.node(*id).is_none())
+            .unwrap();
+        r.handle_node_joined(t(1), NodeInfo::leaf(left_out));
+        r.handle_node_joined(t(1), NodeInfo::leaf(NodeId(77)));
+        assert!(r.node(left_out).is_none());
+        assert!(r.node(NodeId(77)).is_none());
+        assert_eq!(r.exposure_cap(), 5);
     }
 }
