@@ -188,15 +188,6 @@ impl HealthTrack {
         None
     }
 
-    /// A boot report inside the window (the node rebooted): counts like an uptime reset.
-    /// Returns the reboots seen so far.
-    pub(crate) fn note_reboot(&mut self) -> u32 {
-        self.uptime_resets = self.uptime_resets.saturating_add(1);
-        // The next report's uptime is the new boot's: not another reset.
-        self.last = None;
-        self.uptime_resets
-    }
-
     /// The heap-trend check: a least-squares line through the window's reports, projected
     /// `leak_horizon` past the latest one, against the allowed drop from the baseline (or
     /// from the first report if the node had no baseline).

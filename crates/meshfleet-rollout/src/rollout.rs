@@ -944,10 +944,9 @@ impl Rollout {
     fn on_booted(&mut self, now: Instant, id: NodeId, version: &ImageVersion, confirmed: bool) {
         let running = self.classify(version);
         let aborted = matches!(self.phase, Phase::Aborted { .. });
-        let (window, max_rejoin, max_reboots, reboot) = (
+        let (window, max_rejoin, reboot) = (
             self.config.health.window,
             self.config.health.max_rejoin,
-            self.config.health.max_reboots,
             self.config.timeouts.reboot,
         );
         let Some(rec) = self.nodes.get_mut(&id) else {
@@ -1029,17 +1028,9 @@ impl Rollout {
                             );
                         }
                     }
-                    NodeState::Booted { .. } => {
-                        // Booting again inside the window is a reboot.
-                        let reboots = rec.health.note_reboot();
-                        if reboots > max_reboots {
-                            self.fail(
-                                now,
-                                id,
-                                FailureReason::Health(HealthFailure::RebootLoop { reboots }),
-                            );
-                        }
-                    }
+                    // A repeated boot report (a driver mapping every status package to one)
+                    // changes nothing: reboots are judged from the health reports' uptime
+                    // and boot counter, which a repeat cannot fake.
                     _ => {}
                 }
             }
@@ -2182,5 +2173,30 @@ mod tests {
         assert!(r.node(left_out).is_none());
         assert!(r.node(NodeId(77)).is_none());
         assert_eq!(r.exposure_cap(), 5);
+    }
+
+    #[test]
+    fn repeated_boot_reports_are_not_reboots_but_an_uptime_reset_is() {
+        let mut r = Rollout::new(t(0), cfg(all()), fleet(20)).unwrap();
+        let id = offered(&orders(&mut r))[0];
+        r.handle_report(t(1), id, NodeReport::OfferAccepted);
+        r.handle_report(t(5), id, NodeReport::Installed);
+        for s in [9, 20, 30, 40] {
+            r.handle_report(t(s), id, booted("2"));
+        }
+        assert!(matches!(r.node(id).unwrap().state(), NodeState::Booted { at, .. } if at == t(9)));
+        let mut s1 = sample();
+        s1.uptime = Duration::from_secs(30);
+        r.handle_health(t(39), id, s1);
+        let mut s2 = sample();
+        s2.uptime = Duration::from_secs(3);
+        r.handle_health(t(45), id, s2);
+        assert!(matches!(
+            r.node(id).unwrap().state(),
+            NodeState::Failed {
+                reason: FailureReason::Health(HealthFailure::RebootLoop { reboots: 1 }),
+                ..
+            }
+        ));
     }
 }
