@@ -451,3 +451,33 @@ fn emergency_rollback_after_completion_takes_every_node_back() {
     assert_rolled_back(&r, &fleet, Duration::from_mins(10));
     assert_eq!(r.summary().rolled_back, 20);
 }
+
+#[test]
+fn stock_nodes_are_rolled_back_by_a_reoffer_of_the_previous_image() {
+    let mut infos = tree(4, 9);
+    for i in &mut infos {
+        i.kind = meshfleet_rollout::NodeKind::Stock;
+    }
+    let mut fleet = Fleet::new(
+        infos,
+        Build::Leak {
+            bytes_per_min: 2_000,
+        },
+        &BTreeMap::new(),
+    );
+    let mut r = start(&fleet, 10);
+    let log = run(&mut r, &mut fleet, DAY, invariants);
+    report(
+        "stock_nodes_are_rolled_back_by_a_reoffer_of_the_previous_image",
+        &r,
+        &log,
+    );
+    assert!(log.iter().any(|e| matches!(
+        &e.kind,
+        EventKind::RollbackOrdered {
+            via: meshfleet_rollout::RollbackVia::Reoffer { .. },
+            ..
+        }
+    )));
+    assert_rolled_back(&r, &fleet, Duration::from_mins(10));
+}

@@ -69,6 +69,9 @@ struct FakeNode {
     transfers: u32,
     noise: u64,
     trial_boots: u32,
+    /// The generation of a re-offer of the old image in progress: a repeated order for it is
+    /// the same campaign, not a new transfer (as the OTA layer treats a repeated offer).
+    reoffer_gen: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -141,6 +144,7 @@ impl Fleet {
                     transfers: 0,
                     noise: i as u64 * 7919,
                     trial_boots: 0,
+                    reoffer_gen: None,
                 },
             );
             // Spread the health reports over the 30 s period.
@@ -228,7 +232,7 @@ impl Fleet {
                 let Some(n) = self.nodes.get_mut(&node.0) else {
                     return;
                 };
-                if !n.online {
+                if !n.online || n.reoffer_gen == Some(n.gen) {
                     return;
                 }
                 n.gen += 1;
@@ -241,6 +245,7 @@ impl Fleet {
                     }
                     meshfleet_rollout::RollbackVia::Reoffer { version } => {
                         assert_eq!(version.as_str(), OLD);
+                        n.reoffer_gen = Some(gen);
                         self.push(
                             now + Duration::from_secs(90),
                             Ev::Installed(node.0, gen, Image::Old),
