@@ -4,10 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 core=(meshfleet-wire meshfleet-mesh)
-[ -d crates/meshfleet-ota ] && core+=(meshfleet-ota)
-[ -d crates/meshfleet-monitor ] && core+=(meshfleet-monitor)
-[ -d crates/meshfleet-agent ] && core+=(meshfleet-agent)
-forbidden='^(tokio|mio|socket2|axum|hyper|rumqttc|async-std|smol|reqwest)$'
+for c in meshfleet-ota meshfleet-monitor meshfleet-agent meshfleet-rollout; do
+  [ -d "crates/$c" ] && core+=("$c")
+done
+forbidden='^(tokio|mio|socket2|axum|hyper|rumqttc|async-std|smol|reqwest|rusqlite)$'
 status=0
 for c in "${core[@]}"; do
   deps=$(cargo tree -p "$c" -e normal --prefix none --format '{p}' | awk '{print $1}' | sort -u)
@@ -21,9 +21,13 @@ for c in "${core[@]}"; do
 done
 # no_std crates: they must say so, and build on their own, where cargo does not unify
 # in the `std` features that other workspace members enable on serde/serde_json.
-for c in meshfleet-wire meshfleet-mesh meshfleet-monitor; do
+nostd=(meshfleet-wire meshfleet-mesh)
+for c in meshfleet-monitor meshfleet-rollout; do
+  [ -d "crates/$c" ] && nostd+=("$c")
+done
+for c in "${nostd[@]}"; do
   grep -q '^#!\[no_std\]' "crates/$c/src/lib.rs" || { echo "$c lost #![no_std]" >&2; status=1; }
 done
-cargo build --quiet --locked -p meshfleet-wire -p meshfleet-mesh -p meshfleet-monitor || { echo "no_std + alloc build failed" >&2; status=1; }
-echo "ok: meshfleet-wire, meshfleet-mesh and meshfleet-monitor build as no_std + alloc (serde_json without std)"
+cargo build --quiet --locked "${nostd[@]/#/-p}" || { echo "no_std + alloc build failed" >&2; status=1; }
+echo "ok: ${nostd[*]} build as no_std + alloc (serde/serde_json without std)"
 exit $status
