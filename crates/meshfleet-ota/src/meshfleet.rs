@@ -107,6 +107,28 @@ pub const STALE_NAKS: u32 = 3;
 /// CAPS sent on a link before giving up on a neighbour that never answers (a stock node).
 const CAPS_TRIES: u8 = 3;
 
+/// Remote meshfleet peers (beyond a neighbour without meshfleet OTA, reached by SINGLE
+/// routing) are kept under link ids with this bit set: `REMOTE | node id`. Real link ids
+/// count up from 1 and never reach it.
+const REMOTE: u64 = 1 << 63;
+/// Most remote peers a node keeps (each one costs a [`Neighbour`]).
+pub const MAX_REMOTE_PEERS: usize = 32;
+/// Most nodes probed (a SINGLE CAPS) per layout change, and most remembered as probed.
+const MAX_PROBES: usize = 64;
+const MAX_PROBED: usize = 256;
+/// A node probed once is probed again after this long (it may have gained meshfleet OTA).
+const PROBE_AGAIN: Duration = Duration::from_secs(600);
+
+/// The pseudo link of remote peer `id`.
+fn remote_link(id: NodeId) -> LinkId {
+    LinkId(REMOTE | u64::from(id.0))
+}
+
+/// The remote peer behind a pseudo link, if it is one.
+fn remote_peer(link: LinkId) -> Option<NodeId> {
+    (link.0 & REMOTE != 0).then(|| NodeId((link.0 & u64::from(u32::MAX)) as u32))
+}
+
 /// Configuration of a [`MeshfleetOta`] node.
 #[derive(Clone, Debug)]
 pub struct MeshfleetConfig {
@@ -401,6 +423,8 @@ pub struct MeshfleetOta {
     /// Set when a store operation failed: the node stops receiving (a real device would be
     /// rebooting) until it is rebuilt from its store.
     failed: Option<String>,
+    /// Nodes sent a remote CAPS probe, and when (at most `MAX_PROBED`).
+    probed: BTreeMap<u32, Instant>,
 }
 
 impl std::fmt::Debug for MeshfleetOta {
@@ -435,6 +459,7 @@ impl MeshfleetOta {
             neighbours: BTreeMap::new(),
             stats: MeshfleetStats::default(),
             failed: None,
+            probed: BTreeMap::new(),
         };
         me.restore()?;
         Ok(me)
@@ -457,6 +482,7 @@ impl MeshfleetOta {
             neighbours: BTreeMap::new(),
             stats: MeshfleetStats::default(),
             failed: None,
+            probed: BTreeMap::new(),
         }
     }
 
@@ -776,9 +802,152 @@ impl MeshfleetOta {
     // ------------------------------------------------------------------ sending
 
     fn send_json<T: Serialize>(ctx: &mut Ctx<'_>, link: LinkId, msg: &T) {
+        if remote_peer(link).is_some() {
+            // A remote peer: the same message, SINGLE-routed (routing 1) through the nodes
+            // between, which forward it like any painlessMesh package.
+            let Ok(mut v) = serde_json::to_value(msg) else {
+                return;
+            };
+            v["routing"] = serde_json::json!(1);
+            if let Ok(pkg) = Package::from_serialize(&v) {
+                // No route any more: the layout change that follows drops the peer.
+                let _ = ctx.send(&pkg);
+            }
+            return;
+        }
         if let Ok(pkg) = Package::from_serialize(msg) {
             // The link may have just closed; the NeighbourDown that follows cleans up.
             let _ = ctx.send_on_link(link, &pkg);
+        }
+    }
+
+    /// Bytes waiting on `link`, or for a remote peer on the first link of its route.
+    fn backlog(ctx: &Ctx<'_>, link: LinkId) -> Option<usize> {
+        match remote_peer(link) {
+            Some(peer) => ctx.route(peer).and_then(|l| ctx.link_backlog(l)),
+            None => ctx.link_backlog(link),
+        }
+    }
+
+    /// A fresh neighbour record.
+    fn neighbour(&self, peer: NodeId, now: Instant, caps_deadline: Option<Instant>) -> Neighbour {
+        Neighbour {
+            peer,
+            caps: None,
+            caps_deadline,
+            stock: false,
+            offered: None,
+            want: Bitmap::new(0),
+            accepted: false,
+            rejected: false,
+            cannot_decode: None,
+            done: false,
+            subtree_done: false,
+            tokens: 0.0,
+            refilled: now,
+            pump_at: None,
+            pacer: DelayPacer::new(
+                self.config.link_rate.max(1) as f64,
+                self.config.delay_target.unwrap_or(Duration::ZERO),
+                now,
+            ),
+            offers_campaign: None,
+            origin: 0,
+            offer_at: None,
+            offer_backoff: OFFER_RETRY_MIN,
+            last_sent: None,
+            caps_tries: 1,
+            caps_sent: now,
+            chunks_sent: 0,
+            bytes_sent: 0,
+            sent: [Bitmap::new(0), Bitmap::new(0)],
+            sent_since: now,
+        }
+    }
+
+    /// Signed OTA across nodes without meshfleet OTA (a stock painlessMesh relay, or a
+    /// meshfleet node without an OTA store): while we hold a campaign, every node behind a
+    /// neighbour that sent no CAPS gets a SINGLE-routed CAPS (at most [`MAX_PROBES`] per
+    /// layout change, each node again after 10 min). A meshfleet node answers with its own;
+    /// from then on the two are *remote peers*: OFFER, NAK, STATUS and (JSON) CHUNKs travel
+    /// between them SINGLE-routed, and the nodes between forward them as any package.
+    fn probe_remote(&mut self, ctx: &mut Ctx<'_>) {
+        if self.campaign.is_none() {
+            return;
+        }
+        let now = ctx.now();
+        let me = ctx.node_id();
+        let stock_links: Vec<(LinkId, NodeId)> = self
+            .neighbours
+            .iter()
+            .filter(|(l, n)| n.stock && remote_peer(**l).is_none())
+            .map(|(l, n)| (*l, n.peer))
+            .collect();
+        let mut targets = Vec::new();
+        for (link, peer) in stock_links {
+            let Some(tree) = ctx.link_tree(link) else {
+                continue;
+            };
+            let mut ids = Vec::new();
+            tree.collect_ids(&mut ids);
+            for id in ids {
+                if targets.len() >= MAX_PROBES {
+                    break;
+                }
+                if id == peer
+                    || id == me
+                    || self.neighbours.contains_key(&remote_link(id))
+                    || self.neighbours.values().any(|n| n.peer == id)
+                    || self
+                        .probed
+                        .get(&id.0)
+                        .is_some_and(|t| now.saturating_since(*t) < PROBE_AGAIN)
+                {
+                    continue;
+                }
+                targets.push(id);
+            }
+        }
+        for id in targets {
+            if self.probed.len() >= MAX_PROBED {
+                // Forget the oldest probe.
+                if let Some(k) = self.probed.iter().min_by_key(|(_, t)| **t).map(|(k, _)| *k) {
+                    self.probed.remove(&k);
+                }
+            }
+            self.probed.insert(id.0, now);
+            let caps = self.caps(me.0, id.0, false);
+            Self::send_json(ctx, remote_link(id), &caps);
+        }
+    }
+
+    /// Drops remote peers that are gone from the mesh, or are now direct neighbours.
+    fn prune_remote(&mut self, ctx: &mut Ctx<'_>) {
+        let gone: Vec<LinkId> = self
+            .neighbours
+            .iter()
+            .filter_map(|(l, n)| {
+                let peer = remote_peer(*l)?;
+                let direct = self
+                    .neighbours
+                    .iter()
+                    .any(|(l2, n2)| remote_peer(*l2).is_none() && n2.peer == n.peer);
+                (direct || ctx.route(peer).is_none()).then_some(*l)
+            })
+            .collect();
+        for link in gone {
+            self.neighbours.remove(&link);
+            if self
+                .campaign
+                .as_ref()
+                .is_some_and(|c| c.upstream == Some(link))
+            {
+                if let Some(c) = self.campaign.as_mut() {
+                    c.upstream = None;
+                    c.nak_at = None;
+                }
+                self.switch_upstream(ctx, None);
+            }
         }
     }
 
@@ -840,6 +1009,8 @@ impl MeshfleetOta {
             .is_ok_and(|fw| m.version.cmp_precedence(&fw) != std::cmp::Ordering::Greater);
         if Some(link) == c.upstream
             || n.offered == Some(c.id)
+            // It offered the campaign to us: it holds it already.
+            || n.offers_campaign == Some(c.id)
             || caps.sha256.eq_ignore_ascii_case(&m.sha256.to_hex())
             || caps.role != m.role
             || caps.hardware != m.hardware
@@ -1002,7 +1173,7 @@ impl MeshfleetOta {
                     break;
                 };
                 if delay_control {
-                    n.pacer.observe(now, ctx.link_backlog(link));
+                    n.pacer.observe(now, Self::backlog(ctx, link));
                 }
                 let rate = n.pacer.rate();
                 let elapsed = now.saturating_since(n.refilled).as_micros() as f64 / 1e6;
@@ -1015,7 +1186,7 @@ impl MeshfleetOta {
                 // node-sync timeout closes the link or the queue drops frames. So no chunk
                 // is queued while a burst's worth of bytes already waits there; look again
                 // when that much should have drained at the pacing rate.
-                let backlog = ctx.link_backlog(link).unwrap_or(0) as f64;
+                let backlog = Self::backlog(ctx, link).unwrap_or(0) as f64;
                 if backlog >= burst {
                     let wait = ((backlog - burst + frame_cost) / rate * 1e6).ceil() as u64;
                     n.pump_at = Some(now + Duration::from_micros(wait.max(1)));
@@ -1026,7 +1197,9 @@ impl MeshfleetOta {
                     n.pump_at = Some(now + Duration::from_micros(wait.max(1)));
                     break;
                 }
-                let binary = self.config.binary && n.caps.as_ref().is_some_and(|c| c.bin);
+                let binary = self.config.binary
+                    && remote_peer(link).is_none()
+                    && n.caps.as_ref().is_some_and(|c| c.bin);
                 let peer = n.peer.0;
                 let Some(data) = self.chunk_bytes(index) else {
                     // Cannot read it back: forget the want; the neighbour NAKs again.
@@ -1174,10 +1347,12 @@ impl MeshfleetOta {
         // are both `ack:false` and need no answer.
         let now = ctx.now();
         if !caps.ack
-            && now.saturating_since(n.caps_sent).as_micros() * 2
-                >= self.config.caps_timeout.as_micros()
+            && (n.caps_tries == 0
+                || now.saturating_since(n.caps_sent).as_micros() * 2
+                    >= self.config.caps_timeout.as_micros())
         {
             n.caps_sent = now;
+            n.caps_tries = n.caps_tries.max(1);
             let ours = self.caps(ctx.node_id().0, peer.0, true);
             Self::send_json(ctx, link, &ours);
         }
@@ -1985,11 +2160,45 @@ impl Plugin for MeshfleetOta {
     }
 
     fn handle_package(&mut self, ctx: &mut Ctx<'_>, link: LinkId, routing: Routing, pkg: &Package) {
-        // Hop-by-hop only: a meshfleet package that was flooded or routed is not for us.
-        if routing != Routing::Neighbour {
-            self.stats.malformed += 1;
-            return;
-        }
+        let link = match routing {
+            Routing::Neighbour => link,
+            // From a remote peer (beyond nodes without meshfleet OTA); the mesh delivers a
+            // SINGLE package here only if it is addressed to us.
+            Routing::Single => {
+                let from = pkg.from();
+                let direct = self
+                    .neighbours
+                    .get(&link)
+                    .is_some_and(|n| n.peer == from && remote_peer(link).is_none());
+                if direct {
+                    link
+                } else {
+                    let remote = remote_link(from);
+                    if !self.neighbours.contains_key(&remote) {
+                        // Only a CAPS makes a remote peer, and only so many.
+                        let remotes = self
+                            .neighbours
+                            .keys()
+                            .filter(|l| remote_peer(**l).is_some())
+                            .count();
+                        if pkg.ty() != CAPS || remotes >= MAX_REMOTE_PEERS || from.0 == 0 {
+                            self.stats.malformed += 1;
+                            return;
+                        }
+                        let mut n = self.neighbour(from, ctx.now(), None);
+                        // We never sent it ours: its CAPS gets an answer.
+                        n.caps_tries = 0;
+                        self.neighbours.insert(remote, n);
+                    }
+                    remote
+                }
+            }
+            // Flooded: never ours.
+            _ => {
+                self.stats.malformed += 1;
+                return;
+            }
+        };
         match pkg.ty() {
             CAPS => self.handle_caps(ctx, link, pkg),
             OFFER => self.handle_offer(ctx, link, pkg),
@@ -2020,41 +2229,8 @@ impl Plugin for MeshfleetOta {
         let now = ctx.now();
         match change {
             MeshChange::NeighbourUp { link, peer } => {
-                self.neighbours.insert(
-                    *link,
-                    Neighbour {
-                        peer: *peer,
-                        caps: None,
-                        caps_deadline: Some(now + self.config.caps_timeout),
-                        stock: false,
-                        offered: None,
-                        want: Bitmap::new(0),
-                        accepted: false,
-                        rejected: false,
-                        cannot_decode: None,
-                        done: false,
-                        subtree_done: false,
-                        tokens: 0.0,
-                        refilled: now,
-                        pump_at: None,
-                        pacer: DelayPacer::new(
-                            self.config.link_rate.max(1) as f64,
-                            self.config.delay_target.unwrap_or(Duration::ZERO),
-                            now,
-                        ),
-                        offers_campaign: None,
-                        origin: 0,
-                        offer_at: None,
-                        offer_backoff: OFFER_RETRY_MIN,
-                        last_sent: None,
-                        caps_tries: 1,
-                        caps_sent: now,
-                        chunks_sent: 0,
-                        bytes_sent: 0,
-                        sent: [Bitmap::new(0), Bitmap::new(0)],
-                        sent_since: now,
-                    },
-                );
+                let n = self.neighbour(*peer, now, Some(now + self.config.caps_timeout));
+                self.neighbours.insert(*link, n);
                 let caps = self.caps(ctx.node_id().0, peer.0, false);
                 Self::send_json(ctx, *link, &caps);
                 self.touch(now);
@@ -2071,7 +2247,11 @@ impl Plugin for MeshfleetOta {
                     }
                 }
             }
-            MeshChange::LayoutChanged => self.follow_origin(ctx),
+            MeshChange::LayoutChanged => {
+                self.prune_remote(ctx);
+                self.follow_origin(ctx);
+                self.probe_remote(ctx);
+            }
         }
     }
 
@@ -2121,8 +2301,12 @@ impl Plugin for MeshfleetOta {
             let caps = self.caps(me, peer.0, false);
             Self::send_json(ctx, link, &caps);
         }
+        let any_stock = !stock.is_empty();
         for peer in stock {
             ctx.emit(Box::new(OtaEvent::NeighbourIsStock { peer }));
+        }
+        if any_stock {
+            self.probe_remote(ctx);
         }
         if self.abandon_at().is_some_and(|t| t <= now) {
             self.abandon(ctx, AbandonReason::NoProgress);
