@@ -35,12 +35,12 @@ use meshfleet_wire::{Package, Routing};
 use serde::{Deserialize, Serialize};
 
 use crate::boot;
-use crate::event::{AbandonReason, OtaEvent};
+use crate::event::{AbandonReason, NodeOutcome, OtaEvent, Refusal};
 use crate::pacing::DelayPacer;
 use crate::proto::{
     campaign_id, decode_binary_chunk, encode_binary_chunk, Bitmap, Caps, ChunkJson, Layout, Nak,
-    Offer, Status, Unit, BINARY_CHUNK_HEADER, CAPS, CHUNK, MAX_CAPS_TEXT, MAX_CODECS,
-    MAX_NAK_RANGES, NAK, OFFER, PROTOCOL_VERSION, STATUS, TYPE_FIRST, TYPE_LAST,
+    Offer, Report, Status, Unit, BINARY_CHUNK_HEADER, CAPS, CHUNK, MAX_CAPS_TEXT, MAX_CODECS,
+    MAX_NAK_RANGES, NAK, OFFER, PROTOCOL_VERSION, REPORT, STATUS, TYPE_FIRST, TYPE_LAST,
 };
 use crate::store::{ImageInfo, Slot, SlotStore, StoreError};
 
@@ -118,6 +118,9 @@ const MAX_PROBES: usize = 64;
 const MAX_PROBED: usize = 256;
 /// A node probed once is probed again after this long (it may have gained meshfleet OTA).
 const PROBE_AGAIN: Duration = Duration::from_secs(600);
+
+/// Most node outcomes a campaign's origin keeps.
+pub const MAX_OUTCOMES: usize = 4096;
 
 /// The pseudo link of remote peer `id`.
 fn remote_link(id: NodeId) -> LinkId {
@@ -339,6 +342,8 @@ struct Neighbour {
     offer_backoff: Duration,
     /// When a chunk was last sent to it (a neighbour fed chunks needs no new OFFER).
     last_sent: Option<Instant>,
+    /// The campaign it was accounted for to the origin without an offer (skipped).
+    reported: Option<u32>,
     /// CAPS sent on this link so far, and when the last one went.
     caps_tries: u8,
     caps_sent: Instant,
@@ -425,6 +430,10 @@ pub struct MeshfleetOta {
     failed: Option<String>,
     /// Nodes sent a remote CAPS probe, and when (at most `MAX_PROBED`).
     probed: BTreeMap<u32, Instant>,
+    /// Outcomes reported by the nodes of the campaign we are the origin of.
+    outcomes: BTreeMap<NodeId, NodeOutcome>,
+    /// A report to send once the origin is reachable: (origin, campaign, outcome).
+    pending_report: Option<(u32, u32, NodeOutcome)>,
 }
 
 impl std::fmt::Debug for MeshfleetOta {
@@ -460,6 +469,8 @@ impl MeshfleetOta {
             stats: MeshfleetStats::default(),
             failed: None,
             probed: BTreeMap::new(),
+            outcomes: BTreeMap::new(),
+            pending_report: None,
         };
         me.restore()?;
         Ok(me)
@@ -483,6 +494,8 @@ impl MeshfleetOta {
             stats: MeshfleetStats::default(),
             failed: None,
             probed: BTreeMap::new(),
+            outcomes: BTreeMap::new(),
+            pending_report: None,
         }
     }
 
@@ -708,6 +721,10 @@ impl MeshfleetOta {
                 .store
                 .load_boot()?
                 .is_some_and(|r| r.refused.contains(&manifest.sha256.to_hex()));
+            if rolled_back {
+                // Told to the origin once the mesh is up (`flush_pending_report`).
+                self.pending_report = Some((saved.origin, saved.campaign, NodeOutcome::RolledBack));
+            }
             if !have.is_full() || rolled_back {
                 return self.store.clear_state();
             }
@@ -856,6 +873,7 @@ impl MeshfleetOta {
             offer_at: None,
             offer_backoff: OFFER_RETRY_MIN,
             last_sent: None,
+            reported: None,
             caps_tries: 1,
             caps_sent: now,
             chunks_sent: 0,
@@ -919,6 +937,23 @@ impl MeshfleetOta {
             let caps = self.caps(me.0, id.0, false);
             Self::send_json(ctx, remote_link(id), &caps);
         }
+    }
+
+    /// Sends the report kept from the restore (a rollback) once its origin is reachable.
+    fn flush_pending_report(&mut self, ctx: &mut Ctx<'_>) {
+        if let Some((origin, campaign, outcome)) = self.pending_report {
+            if origin == 0 || ctx.route(NodeId(origin)).is_some() {
+                self.pending_report = None;
+                self.send_report(ctx, origin, campaign, outcome);
+            }
+        }
+    }
+
+    /// Outcomes the nodes of the campaign this node is the origin of reported, by node
+    /// (`OtaEvent::NodeReport` as they change). Direct neighbours and nodes anywhere in
+    /// the mesh alike; a node that never reported is absent.
+    pub fn outcomes(&self) -> &BTreeMap<NodeId, NodeOutcome> {
+        &self.outcomes
     }
 
     /// Drops remote peers that are gone from the mesh, or are now direct neighbours.
@@ -1011,13 +1046,53 @@ impl MeshfleetOta {
             || n.offered == Some(c.id)
             // It offered the campaign to us: it holds it already.
             || n.offers_campaign == Some(c.id)
-            || caps.sha256.eq_ignore_ascii_case(&m.sha256.to_hex())
-            || caps.role != m.role
-            || caps.hardware != m.hardware
-            || (not_newer && c.intent.is_none())
         {
             return;
         }
+        // Neighbours not offered the campaign are accounted for to its origin on their
+        // behalf (they never see an OFFER, so they cannot report it themselves).
+        let skipped = if caps.sha256.eq_ignore_ascii_case(&m.sha256.to_hex()) {
+            Some(NodeOutcome::AlreadyCurrent)
+        } else if caps.role != m.role {
+            Some(NodeOutcome::Incompatible(Refusal::Role))
+        } else if caps.hardware != m.hardware {
+            Some(NodeOutcome::Incompatible(Refusal::Hardware))
+        } else if not_newer && c.intent.is_none() {
+            Some(NodeOutcome::Refused(Refusal::Downgrade))
+        } else if cannot_decode_reason(caps, m).is_some() {
+            let kind = if caps.codecs.iter().any(|x| x == m.codec.name()) {
+                Refusal::Window
+            } else {
+                Refusal::Codec
+            };
+            Some(NodeOutcome::Incompatible(kind))
+        } else {
+            None
+        };
+        if let Some(outcome) = skipped {
+            if n.reported != Some(c.id) {
+                n.reported = Some(c.id);
+                let (origin, id, peer, version) = (c.origin, c.id, n.peer, caps.fw.clone());
+                self.report_for(ctx, origin, id, peer, outcome, version);
+            }
+            // A neighbour that cannot decode the payload is also told to the driver below.
+            if !matches!(
+                outcome,
+                NodeOutcome::Incompatible(Refusal::Codec | Refusal::Window)
+            ) {
+                return;
+            }
+        }
+        let Some(c) = self.campaign.as_ref() else {
+            return;
+        };
+        let Some(n) = self.neighbours.get_mut(&link) else {
+            return;
+        };
+        let Some(caps) = n.caps.as_ref() else {
+            return;
+        };
+        let m = &c.manifest;
         // The sender's half of the per-node choice: an offer the neighbour would have to
         // refuse for lack of a codec or memory is not made. Saying so once lets the driver
         // reach it another way (`ota offer --strategy auto`: the stock flow's announce).
@@ -1240,8 +1315,8 @@ impl MeshfleetOta {
         }
     }
 
-    fn send_status(&mut self, ctx: &mut Ctx<'_>, reject: Option<(LinkId, u32, String)>) {
-        if let Some((link, campaign, reason)) = reject {
+    fn send_status(&mut self, ctx: &mut Ctx<'_>, reject: Option<(LinkId, u32, Refusal, String)>) {
+        if let Some((link, campaign, kind, reason)) = reject {
             let peer = self.neighbours.get(&link).map_or(0, |n| n.peer.0);
             let st = Status {
                 from: ctx.node_id().0,
@@ -1254,6 +1329,7 @@ impl MeshfleetOta {
                 done: false,
                 subtree_done: false,
                 reject: Some(reason),
+                refusal: Some(kind.label().to_string()),
             };
             Self::send_json(ctx, link, &st);
             return;
@@ -1280,6 +1356,7 @@ impl MeshfleetOta {
             done: c.complete,
             subtree_done: c.complete && self.subtree_done(),
             reject: None,
+            refusal: None,
         };
         Self::send_json(ctx, link, &st);
     }
@@ -1387,39 +1464,54 @@ impl MeshfleetOta {
         intent: Option<&Result<Intent, IntentError>>,
         me: u32,
         now: Instant,
-    ) -> Option<String> {
+    ) -> Option<(Refusal, String)> {
         if m.role != self.config.role {
-            return Some(format!(
-                "role {} is not ours ({})",
-                m.role, self.config.role
+            return Some((
+                Refusal::Role,
+                format!("role {} is not ours ({})", m.role, self.config.role),
             ));
         }
         if m.hardware != self.config.hardware {
-            return Some(format!(
-                "hardware {} is not ours ({})",
-                m.hardware, self.config.hardware
+            return Some((
+                Refusal::Hardware,
+                format!(
+                    "hardware {} is not ours ({})",
+                    m.hardware, self.config.hardware
+                ),
             ));
         }
         if !self.config.codecs.contains(&m.codec) {
-            return Some(format!("codec {} not supported", m.codec.name()));
+            return Some((
+                Refusal::Codec,
+                format!("codec {} not supported", m.codec.name()),
+            ));
         }
         if m.codec == Codec::Deflate && m.window > self.config.max_window {
-            return Some(format!(
-                "needs a {}-byte decompression window, this node can give {}",
-                m.window, self.config.max_window
+            return Some((
+                Refusal::Window,
+                format!(
+                    "needs a {}-byte decompression window, this node can give {}",
+                    m.window, self.config.max_window
+                ),
             ));
         }
         let staging = m
             .compressed_size
             .saturating_add(u64::from(m.chunk_count) * CHUNK_HASH_BYTES as u64);
         if staging > self.config.max_staging {
-            return Some(format!(
-                "payload and chunk table of {staging} bytes exceed our {} bytes of staging",
-                self.config.max_staging
+            return Some((
+                Refusal::Staging,
+                format!(
+                    "payload and chunk table of {staging} bytes exceed our {} bytes of staging",
+                    self.config.max_staging
+                ),
             ));
         }
         if self.config.on_trial {
-            return Some("running image is not confirmed yet".into());
+            return Some((
+                Refusal::OnTrial,
+                "running image is not confirmed yet".into(),
+            ));
         }
         // Read fresh: a rollback may have happened since this plugin started.
         let rec = self.store.load_boot().ok().flatten();
@@ -1440,20 +1532,26 @@ impl MeshfleetOta {
         };
         let sha = m.sha256.to_string();
         if rec.as_ref().is_some_and(|r| r.refused.contains(&sha)) && !lifted {
-            return Some(format!(
-                "image {} was rolled back on this node; it is refused without the operator's \
+            return Some((
+                Refusal::RolledBack,
+                format!(
+                    "image {} was rolled back on this node; it is refused without the operator's \
                  signed intent for it{why_not}",
-                &sha[..sha.len().min(16)]
+                    &sha[..sha.len().min(16)]
+                ),
             ));
         }
         if let Some(r) = &self.config.running {
             if let Ok(running) = Version::parse(&r.version) {
                 let newer = m.version.cmp_precedence(&running) == std::cmp::Ordering::Greater;
                 if !newer && !lifted && !self.config.allow_downgrade {
-                    return Some(format!(
-                        "downgrade refused: offered {} is not newer than running {running} \
+                    return Some((
+                        Refusal::Downgrade,
+                        format!(
+                            "downgrade refused: offered {} is not newer than running {running} \
                          and carries no valid operator intent{why_not}",
-                        m.version
+                            m.version
+                        ),
                     ));
                 }
             }
@@ -1461,13 +1559,141 @@ impl MeshfleetOta {
         None
     }
 
-    /// Refuses an offer from `link`: an event here, a STATUS `reject` to the offerer.
-    fn refuse(&mut self, ctx: &mut Ctx<'_>, link: LinkId, peer: NodeId, id: u32, reason: String) {
+    /// Refuses an offer from `link`: an event here, a STATUS `reject` to the offerer, and
+    /// (for a genuine campaign) a REPORT to the origin the offer named.
+    #[allow(clippy::too_many_arguments)]
+    fn refuse(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        link: LinkId,
+        peer: NodeId,
+        id: u32,
+        kind: Refusal,
+        reason: String,
+        origin: u32,
+    ) {
         ctx.emit(Box::new(OtaEvent::OfferRejected {
             peer,
+            kind,
             reason: reason.clone(),
         }));
-        self.send_status(ctx, Some((link, id, reason)));
+        self.send_status(ctx, Some((link, id, kind, reason)));
+        if !matches!(kind, Refusal::Signature | Refusal::InvalidManifest) {
+            self.send_report(ctx, origin, id, NodeOutcome::of_refusal(kind));
+        }
+    }
+
+    /// Accounts for neighbour `node` to the campaign's origin: recorded here if we are the
+    /// origin, else sent as a REPORT naming it.
+    fn report_for(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        origin: u32,
+        campaign: u32,
+        node: NodeId,
+        outcome: NodeOutcome,
+        version: String,
+    ) {
+        let me = ctx.node_id().0;
+        if origin == me {
+            self.record_outcome(ctx, campaign, node, outcome, version);
+            return;
+        }
+        if origin == 0 {
+            return;
+        }
+        let (o, r) = outcome.labels();
+        let report = Report {
+            from: me,
+            routing: 1,
+            ty: REPORT,
+            dest: origin,
+            campaign,
+            outcome: o.to_string(),
+            refusal: r.map(str::to_string),
+            version,
+            node: node.0,
+        };
+        if let Ok(pkg) = Package::from_serialize(&report) {
+            let _ = ctx.send(&pkg);
+        }
+    }
+
+    fn record_outcome(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        campaign: u32,
+        node: NodeId,
+        outcome: NodeOutcome,
+        version: String,
+    ) {
+        if self.outcomes.get(&node) == Some(&outcome) {
+            return;
+        }
+        if !self.outcomes.contains_key(&node) && self.outcomes.len() >= MAX_OUTCOMES {
+            return;
+        }
+        self.outcomes.insert(node, outcome);
+        let version: String = version.chars().take(MAX_CAPS_TEXT).collect();
+        ctx.emit(Box::new(OtaEvent::NodeReport {
+            node,
+            campaign,
+            outcome,
+            version,
+        }));
+    }
+
+    /// Tells the campaign's origin how this node ended it (SINGLE-routed, best effort: it is
+    /// sent again with every answer to a re-sent OFFER).
+    fn send_report(&mut self, ctx: &mut Ctx<'_>, origin: u32, campaign: u32, outcome: NodeOutcome) {
+        let me = ctx.node_id().0;
+        if origin == 0 || origin == me {
+            return;
+        }
+        let (o, r) = outcome.labels();
+        let report = Report {
+            from: me,
+            routing: 1,
+            ty: REPORT,
+            dest: origin,
+            campaign,
+            outcome: o.to_string(),
+            refusal: r.map(str::to_string),
+            version: self
+                .config
+                .running
+                .as_ref()
+                .map(|i| i.version.clone())
+                .unwrap_or_default(),
+            node: 0,
+        };
+        if let Ok(pkg) = Package::from_serialize(&report) {
+            // No route to the origin: nobody to tell.
+            let _ = ctx.send(&pkg);
+        }
+    }
+
+    /// A node's REPORT of a campaign we are the origin of.
+    fn handle_report(&mut self, ctx: &mut Ctx<'_>, pkg: &Package) {
+        let Ok(r) = pkg.parse::<Report>() else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let me = ctx.node_id().0;
+        let Some(c) = self.campaign.as_ref() else {
+            return;
+        };
+        if c.id != r.campaign || c.origin != me {
+            return;
+        }
+        let Some(outcome) = NodeOutcome::from_labels(&r.outcome, r.refusal.as_deref()) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        // A relay reports the neighbours it did not offer the campaign to (`node`); a node
+        // reports itself (`node` 0).
+        let node = NodeId(if r.node == 0 { r.from } else { r.node });
+        self.record_outcome(ctx, r.campaign, node, outcome, r.version);
     }
 
     fn handle_offer(&mut self, ctx: &mut Ctx<'_>, link: LinkId, pkg: &Package) {
@@ -1481,13 +1707,9 @@ impl MeshfleetOta {
         let manifest = match Manifest::from_json(offer.manifest.to_string().as_bytes()) {
             Ok(m) => m,
             Err(e) => {
-                self.refuse(
-                    ctx,
-                    link,
-                    peer,
-                    offer.campaign,
-                    format!("invalid manifest: {e}"),
-                );
+                let reason = format!("invalid manifest: {e}");
+                let kind = Refusal::InvalidManifest;
+                self.refuse(ctx, link, peer, offer.campaign, kind, reason, 0);
                 return;
             }
         };
@@ -1500,7 +1722,8 @@ impl MeshfleetOta {
         // record) acts on an offer the fleet key did not sign.
         if let Some(key) = &self.config.trusted_key {
             if let Err(e) = manifest.verify_signature(key) {
-                self.refuse(ctx, link, peer, id, format!("signature: {e}"));
+                let reason = format!("signature: {e}");
+                self.refuse(ctx, link, peer, id, Refusal::Signature, reason, 0);
                 return;
             }
         }
@@ -1522,8 +1745,10 @@ impl MeshfleetOta {
                 done: true,
                 subtree_done: true,
                 reject: None,
+                refusal: None,
             };
             Self::send_json(ctx, link, &st);
+            self.send_report(ctx, offer.origin, id, NodeOutcome::AlreadyCurrent);
             return;
         }
         let intent = offer
@@ -1548,16 +1773,18 @@ impl MeshfleetOta {
             if matches!(c.source, ChunkSource::Payload(_)) {
                 // A source distributes its campaign; it never drops it for a neighbour's.
                 let reason = format!("this node is the source of campaign {}", c.id);
-                self.refuse(ctx, link, peer, id, reason);
+                let origin = offer.origin;
+                self.refuse(ctx, link, peer, id, Refusal::Source, reason, origin);
                 return;
             }
             if self.failed.is_some() {
-                self.refuse(ctx, link, peer, id, "store failed".into());
+                let (kind, origin) = (Refusal::StoreFailed, offer.origin);
+                self.refuse(ctx, link, peer, id, kind, "store failed".into(), origin);
                 return;
             }
         }
-        if let Some(reason) = self.refuse_reason(&manifest, intent.as_ref(), me, now) {
-            self.refuse(ctx, link, peer, id, reason);
+        if let Some((kind, reason)) = self.refuse_reason(&manifest, intent.as_ref(), me, now) {
+            self.refuse(ctx, link, peer, id, kind, reason, offer.origin);
             return;
         }
         if let Some(c) = self.campaign.as_ref().filter(|c| !c.complete) {
@@ -1572,7 +1799,8 @@ impl MeshfleetOta {
                     "busy with campaign {} (version {}, not older than {})",
                     c.id, c.manifest.version, manifest.version
                 );
-                self.refuse(ctx, link, peer, id, reason);
+                let origin = offer.origin;
+                self.refuse(ctx, link, peer, id, Refusal::Busy, reason, origin);
                 return;
             }
             self.abandon(ctx, AbandonReason::Superseded { by: id });
@@ -1861,6 +2089,8 @@ impl MeshfleetOta {
                     campaign: id,
                     version: m.version.to_string(),
                 }));
+                let origin = self.campaign.as_ref().map_or(0, |c| c.origin);
+                self.send_report(ctx, origin, id, NodeOutcome::Updated);
                 self.send_status(ctx, None);
             }
             Err(reason) => {
@@ -1868,6 +2098,7 @@ impl MeshfleetOta {
                     campaign: c.id,
                     reason,
                 }));
+                self.send_report(ctx, c.origin, c.id, NodeOutcome::Failed);
                 self.store.clear_state()?;
                 // Nothing was committed; the campaign is dropped.
             }
@@ -2095,6 +2326,7 @@ impl MeshfleetOta {
                 ctx.emit(Box::new(OtaEvent::PeerRefused {
                     peer: n.peer,
                     campaign: id,
+                    kind: st.refusal.as_deref().map(Refusal::from_label),
                     reason,
                 }));
             }
@@ -2160,6 +2392,15 @@ impl Plugin for MeshfleetOta {
     }
 
     fn handle_package(&mut self, ctx: &mut Ctx<'_>, link: LinkId, routing: Routing, pkg: &Package) {
+        if pkg.ty() == REPORT {
+            // Addressed to the origin, from anywhere in the mesh.
+            if routing == Routing::Single {
+                self.handle_report(ctx, pkg);
+            } else {
+                self.stats.malformed += 1;
+            }
+            return;
+        }
         let link = match routing {
             Routing::Neighbour => link,
             // From a remote peer (beyond nodes without meshfleet OTA); the mesh delivers a
@@ -2248,6 +2489,7 @@ impl Plugin for MeshfleetOta {
                 }
             }
             MeshChange::LayoutChanged => {
+                self.flush_pending_report(ctx);
                 self.prune_remote(ctx);
                 self.follow_origin(ctx);
                 self.probe_remote(ctx);

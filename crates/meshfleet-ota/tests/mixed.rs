@@ -142,3 +142,70 @@ fn a_remote_peer_is_bounded_and_made_only_by_a_caps() {
     assert_eq!(ota(&net, 0).stats().chunks_sent, 0);
     assert_eq!(ota(&net, 0).peers().len(), 1, "no remote peer was made");
 }
+
+#[test]
+fn the_origin_accounts_for_every_node_of_the_mesh() {
+    // source(0) - R1(1) - {pump(2), current(3), newer(4)}; R1 - plain(5) - far(6).
+    use meshfleet_ota::{NodeOutcome, Refusal};
+    let art = artefact();
+    let mut net = Net::new(Duration::from_millis(2));
+    let mut src = Node::new(Config::new(NodeId(1)));
+    src.add_plugin(Box::new(MeshfleetOta::source(
+        MeshfleetConfig::new("sensor", "ESP32"),
+        Box::new(MemStore::new()),
+        art.clone(),
+        None,
+    )));
+    net.add(src);
+    let s1 = MemStore::with_image(&image(1), "1.0.0");
+    net.add(receiver(2, &s1));
+    let pump = MemStore::with_image(&image(1), "1.0.0");
+    let mut c = config(&pump);
+    c.role = "pump".into();
+    let mut n = Node::new(Config::new(NodeId(3)));
+    n.add_plugin(Box::new(
+        MeshfleetOta::new(c, Box::new(pump.clone())).unwrap(),
+    ));
+    net.add(n);
+    let current = MemStore::with_image(&image(2), "1.1.0");
+    net.add(receiver(4, &current));
+    let newer = MemStore::with_image(&image(3), "2.0.0");
+    net.add(receiver(5, &newer));
+    net.add_id(6);
+    let far = MemStore::with_image(&image(1), "1.0.0");
+    net.add(receiver(7, &far));
+    net.connect(1, 0);
+    for i in [2, 3, 4, 5] {
+        net.connect(i, 1);
+    }
+    net.connect(6, 5);
+    assert!(net.run_until_cond(
+        Duration::from_millis(100),
+        Duration::from_secs(60),
+        |n| ota(n, 0).outcomes().len() >= 5
+    ));
+    let o = ota(&net, 0).outcomes().clone();
+    assert_eq!(o.get(&NodeId(2)), Some(&NodeOutcome::Updated), "{o:?}");
+    assert_eq!(
+        o.get(&NodeId(3)),
+        Some(&NodeOutcome::Incompatible(Refusal::Role)),
+        "{o:?}"
+    );
+    assert_eq!(
+        o.get(&NodeId(4)),
+        Some(&NodeOutcome::AlreadyCurrent),
+        "{o:?}"
+    );
+    assert_eq!(
+        o.get(&NodeId(5)),
+        Some(&NodeOutcome::Refused(Refusal::Downgrade)),
+        "{o:?}"
+    );
+    assert_eq!(o.get(&NodeId(7)), Some(&NodeOutcome::Updated), "{o:?}");
+    // The plain node (6) has no meshfleet OTA: it reports nothing, and is absent.
+    assert!(!o.contains_key(&NodeId(6)));
+    assert!(net.ota_events(0).iter().any(|e| matches!(
+        e,
+        OtaEvent::NodeReport { node, outcome: NodeOutcome::Updated, .. } if *node == NodeId(7)
+    )));
+}
