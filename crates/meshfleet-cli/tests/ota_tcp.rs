@@ -652,3 +652,71 @@ fn failed_hooks_roll_back_and_unconfirmed_images_retry() {
     let summary = offer.wait_for("the summary", |v| v["event"] == "summary");
     assert!(offer.wait_exit().success(), "{summary}");
 }
+
+/// A downgrade through the binary (issue 15, item 1): `--forced` alone does not move a
+/// meshfleet node back to an older image; the operator's signed intent
+/// (`firmware intent`, `ota offer --intent`) does.
+#[test]
+fn a_downgrade_needs_the_operators_signed_intent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let old = incompressible_image(4096);
+    let mut new = old.clone();
+    new[0] ^= 0xff;
+    std::fs::write(d.join("old.bin"), &old).unwrap();
+    std::fs::write(d.join("new.bin"), &new).unwrap();
+    run_ok(d, &["firmware", "keygen", "--out", "fleet.key"]);
+    pack(d, "old.bin", "1.0.0", Some("fleet.key"), "old.mfw");
+    pack(d, "new.bin", "2.0.0", Some("fleet.key"), "new.mfw");
+    let r = Spec {
+        id: 401,
+        listen: Some("127.0.0.1:0".into()),
+        connect: None,
+    };
+    let mut node = spawn(
+        "receiver",
+        d,
+        &receiver_args(d, &r, &["--ota-key", "fleet.key.pub"]),
+    );
+    let port = node.listening_port();
+    let offer = |file: &str, extra: &str| {
+        words(&format!(
+            "ota offer {file} --strategy meshfleet --connect 127.0.0.1:{port} --json \
+             --exit-when-idle 3 {extra}"
+        ))
+    };
+    // 2.0.0 first.
+    let mut o = spawn("offer 2.0.0", d, &offer("new.mfw", ""));
+    check_updated(d, &mut node, 401, "2.0.0", &sha256_hex(&new));
+    o.wait_for("the summary", |v| v["event"] == "summary");
+    o.wait_exit();
+    // 1.0.0 with the stock flag only: not offered to (or refused by) the meshfleet node.
+    let mut o = spawn("offer 1.0.0 --forced", d, &offer("old.mfw", "--forced"));
+    o.wait_for("the summary", |v| v["event"] == "summary");
+    o.wait_exit();
+    let state = node.request("ota", "ota");
+    assert_eq!(state["running"]["version"], "2.0.0", "{state}");
+    // With the intent for this node: installed.
+    run_ok(
+        d,
+        &[
+            "firmware",
+            "intent",
+            "old.mfw",
+            "--sign",
+            "fleet.key",
+            "--node",
+            "401",
+            "--out",
+            "old.intent",
+        ],
+    );
+    let mut o = spawn(
+        "offer 1.0.0 --intent",
+        d,
+        &offer("old.mfw", "--intent old.intent"),
+    );
+    check_updated(d, &mut node, 401, "1.0.0", &sha256_hex(&old));
+    o.wait_for("the summary", |v| v["event"] == "summary");
+    o.wait_exit();
+}

@@ -26,6 +26,154 @@ impl AnnounceReason {
     }
 }
 
+/// Why a node refused an offer: the typed form of the refusal's text, sent along in the
+/// STATUS `refusal` key and in outcome reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The manifest does not parse or validate.
+    InvalidManifest,
+    /// The manifest's signature does not verify under the node's key.
+    Signature,
+    /// Another role.
+    Role,
+    /// Other hardware.
+    Hardware,
+    /// A codec the node does not decode.
+    Codec,
+    /// A larger DEFLATE window than the node can give.
+    Window,
+    /// Payload and chunk table exceed the node's staging.
+    Staging,
+    /// The running image is on trial.
+    OnTrial,
+    /// The node rolled this image back, and no valid intent names it.
+    RolledBack,
+    /// Not newer than the running version, and no valid intent names it.
+    Downgrade,
+    /// Another campaign in progress, not older.
+    Busy,
+    /// The node is the source of another campaign.
+    Source,
+    /// The node's store failed.
+    StoreFailed,
+    /// A refusal this build does not know (from a newer peer).
+    Other,
+}
+
+impl Refusal {
+    /// Every refusal, for parsing.
+    const ALL: [Self; 14] = [
+        Self::InvalidManifest,
+        Self::Signature,
+        Self::Role,
+        Self::Hardware,
+        Self::Codec,
+        Self::Window,
+        Self::Staging,
+        Self::OnTrial,
+        Self::RolledBack,
+        Self::Downgrade,
+        Self::Busy,
+        Self::Source,
+        Self::StoreFailed,
+        Self::Other,
+    ];
+
+    /// Its snake_case name (the wire form).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::InvalidManifest => "invalid_manifest",
+            Self::Signature => "signature",
+            Self::Role => "role",
+            Self::Hardware => "hardware",
+            Self::Codec => "codec",
+            Self::Window => "window",
+            Self::Staging => "staging",
+            Self::OnTrial => "on_trial",
+            Self::RolledBack => "rolled_back",
+            Self::Downgrade => "downgrade",
+            Self::Busy => "busy",
+            Self::Source => "source",
+            Self::StoreFailed => "store_failed",
+            Self::Other => "other",
+        }
+    }
+
+    /// Parses [`Refusal::label`]; unknown names are [`Refusal::Other`].
+    pub fn from_label(s: &str) -> Self {
+        Self::ALL
+            .into_iter()
+            .find(|r| r.label() == s)
+            .unwrap_or(Self::Other)
+    }
+
+    /// The node cannot take this image at all (role, hardware, codec, window, staging):
+    /// an *incompatible* node rather than one that refused.
+    pub fn is_incompatible(self) -> bool {
+        matches!(
+            self,
+            Self::Role | Self::Hardware | Self::Codec | Self::Window | Self::Staging
+        )
+    }
+}
+
+/// How one node ended a campaign, as it reported to the campaign's origin
+/// ([`OtaEvent::NodeReport`], [`crate::MeshfleetOta::outcomes`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NodeOutcome {
+    /// It verified and committed the image.
+    Updated,
+    /// It already runs the image.
+    AlreadyCurrent,
+    /// It refused the offer.
+    Refused(Refusal),
+    /// It cannot take the image (role, hardware, codec, window or staging).
+    Incompatible(Refusal),
+    /// The complete image failed verification, or its store failed.
+    Failed,
+    /// It committed the image, booted it on trial and rolled it back.
+    RolledBack,
+}
+
+impl NodeOutcome {
+    /// The wire form: (`outcome`, `refusal`).
+    pub fn labels(self) -> (&'static str, Option<&'static str>) {
+        match self {
+            Self::Updated => ("updated", None),
+            Self::AlreadyCurrent => ("already_current", None),
+            Self::Refused(r) => ("refused", Some(r.label())),
+            Self::Incompatible(r) => ("incompatible", Some(r.label())),
+            Self::Failed => ("failed", None),
+            Self::RolledBack => ("rolled_back", None),
+        }
+    }
+
+    /// Parses [`NodeOutcome::labels`].
+    pub fn from_labels(outcome: &str, refusal: Option<&str>) -> Option<Self> {
+        let r = Refusal::from_label(refusal.unwrap_or(""));
+        Some(match outcome {
+            "updated" => Self::Updated,
+            "already_current" => Self::AlreadyCurrent,
+            "refused" => Self::Refused(r),
+            "incompatible" => Self::Incompatible(r),
+            "failed" => Self::Failed,
+            "rolled_back" => Self::RolledBack,
+            _ => return None,
+        })
+    }
+
+    /// The outcome of a refusal `r`.
+    pub fn of_refusal(r: Refusal) -> Self {
+        if r.is_incompatible() {
+            Self::Incompatible(r)
+        } else {
+            Self::Refused(r)
+        }
+    }
+}
+
 /// Why an unfinished campaign was abandoned ([`OtaEvent::CampaignAbandoned`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -164,10 +312,12 @@ pub enum OtaEvent {
         /// Chunks in the payload.
         chunks: u32,
     },
-    /// An offer was refused.
+    /// An offer was refused (by this node).
     OfferRejected {
         /// The neighbour that offered.
         peer: NodeId,
+        /// Why.
+        kind: Refusal,
         /// Why, for a human.
         reason: String,
     },
@@ -229,8 +379,22 @@ pub enum OtaEvent {
         peer: NodeId,
         /// Campaign id.
         campaign: u32,
+        /// Its reason, typed (`None` from a peer that did not say).
+        kind: Option<Refusal>,
         /// Its reason, for a human (truncated to 200 characters).
         reason: String,
+    },
+    /// A node reported its outcome of a campaign this node is the origin of (it may be
+    /// anywhere in the mesh). Emitted when a node's outcome changes.
+    NodeReport {
+        /// The reporting node.
+        node: NodeId,
+        /// Campaign id.
+        campaign: u32,
+        /// Its outcome.
+        outcome: NodeOutcome,
+        /// Its running version, as it said.
+        version: String,
     },
     /// An unfinished transfer was given up; its staged data is discarded.
     CampaignAbandoned {
@@ -310,8 +474,9 @@ impl PluginEvent for OtaEvent {
                 chunks,
             } => json!({"event": "offer_accepted", "campaign": campaign, "version": version,
                         "have": have, "chunks": chunks}),
-            Self::OfferRejected { peer, reason } => {
-                json!({"event": "offer_rejected", "peer": peer.0, "reason": reason})
+            Self::OfferRejected { peer, kind, reason } => {
+                json!({"event": "offer_rejected", "peer": peer.0, "kind": kind.label(),
+                       "reason": reason})
             }
             Self::ChunkRejected {
                 peer,
@@ -341,9 +506,20 @@ impl PluginEvent for OtaEvent {
             Self::PeerRefused {
                 peer,
                 campaign,
+                kind,
                 reason,
             } => json!({"event": "peer_refused", "peer": peer.0, "campaign": campaign,
-                        "reason": reason}),
+                        "kind": kind.map(Refusal::label), "reason": reason}),
+            Self::NodeReport {
+                node,
+                campaign,
+                outcome,
+                version,
+            } => {
+                let (o, r) = outcome.labels();
+                json!({"event": "node_report", "node": node.0, "campaign": campaign,
+                       "outcome": o, "refusal": r, "version": version})
+            }
             Self::CampaignAbandoned { campaign, reason } => {
                 let by = match reason {
                     AbandonReason::Superseded { by } => Some(*by),

@@ -64,7 +64,7 @@ pub mod stock;
 pub mod store;
 
 pub use boot::{BootDecision, BootManager, DEFAULT_MAX_BOOT_ATTEMPTS};
-pub use event::{AbandonReason, AnnounceReason, OtaEvent};
+pub use event::{AbandonReason, AnnounceReason, NodeOutcome, OtaEvent, Refusal};
 pub use meshfleet::{MeshfleetConfig, MeshfleetOta, MeshfleetStats, OpenError, PeerProgress};
 pub use stock::{
     md5_hex, NodeProgress, OfferError, StockOffer, StockReceiver, StockReceiverConfig, StockSender,

@@ -35,12 +35,12 @@ use meshfleet_wire::{Package, Routing};
 use serde::{Deserialize, Serialize};
 
 use crate::boot;
-use crate::event::{AbandonReason, OtaEvent};
+use crate::event::{AbandonReason, NodeOutcome, OtaEvent, Refusal};
 use crate::pacing::DelayPacer;
 use crate::proto::{
     campaign_id, decode_binary_chunk, encode_binary_chunk, Bitmap, Caps, ChunkJson, Layout, Nak,
-    Offer, Status, Unit, BINARY_CHUNK_HEADER, CAPS, CHUNK, MAX_CAPS_TEXT, MAX_CODECS,
-    MAX_NAK_RANGES, NAK, OFFER, PROTOCOL_VERSION, STATUS, TYPE_FIRST, TYPE_LAST,
+    Offer, Report, Status, Unit, BINARY_CHUNK_HEADER, CAPS, CHUNK, MAX_CAPS_TEXT, MAX_CODECS,
+    MAX_NAK_RANGES, NAK, OFFER, PROTOCOL_VERSION, REPORT, STATUS, TYPE_FIRST, TYPE_LAST,
 };
 use crate::store::{ImageInfo, Slot, SlotStore, StoreError};
 
@@ -106,6 +106,31 @@ pub const OFFER_RETRY_MAX: Duration = Duration::from_secs(32);
 pub const STALE_NAKS: u32 = 3;
 /// CAPS sent on a link before giving up on a neighbour that never answers (a stock node).
 const CAPS_TRIES: u8 = 3;
+
+/// Remote meshfleet peers (beyond a neighbour without meshfleet OTA, reached by SINGLE
+/// routing) are kept under link ids with this bit set: `REMOTE | node id`. Real link ids
+/// count up from 1 and never reach it.
+const REMOTE: u64 = 1 << 63;
+/// Most remote peers a node keeps (each one costs a [`Neighbour`]).
+pub const MAX_REMOTE_PEERS: usize = 32;
+/// Most nodes probed (a SINGLE CAPS) per layout change, and most remembered as probed.
+const MAX_PROBES: usize = 64;
+const MAX_PROBED: usize = 256;
+/// A node probed once is probed again after this long (it may have gained meshfleet OTA).
+const PROBE_AGAIN: Duration = Duration::from_secs(600);
+
+/// Most node outcomes a campaign's origin keeps.
+pub const MAX_OUTCOMES: usize = 4096;
+
+/// The pseudo link of remote peer `id`.
+fn remote_link(id: NodeId) -> LinkId {
+    LinkId(REMOTE | u64::from(id.0))
+}
+
+/// The remote peer behind a pseudo link, if it is one.
+fn remote_peer(link: LinkId) -> Option<NodeId> {
+    (link.0 & REMOTE != 0).then(|| NodeId((link.0 & u64::from(u32::MAX)) as u32))
+}
 
 /// Configuration of a [`MeshfleetOta`] node.
 #[derive(Clone, Debug)]
@@ -317,6 +342,8 @@ struct Neighbour {
     offer_backoff: Duration,
     /// When a chunk was last sent to it (a neighbour fed chunks needs no new OFFER).
     last_sent: Option<Instant>,
+    /// The campaign it was accounted for to the origin without an offer (skipped).
+    reported: Option<u32>,
     /// CAPS sent on this link so far, and when the last one went.
     caps_tries: u8,
     caps_sent: Instant,
@@ -412,6 +439,12 @@ pub struct MeshfleetOta {
     /// Set when a store operation failed: the node stops receiving (a real device would be
     /// rebooting) until it is rebuilt from its store.
     failed: Option<String>,
+    /// Nodes sent a remote CAPS probe, and when (at most `MAX_PROBED`).
+    probed: BTreeMap<u32, Instant>,
+    /// Outcomes reported by the nodes of the campaign we are the origin of.
+    outcomes: BTreeMap<NodeId, NodeOutcome>,
+    /// A report to send once the origin is reachable: (origin, campaign, outcome).
+    pending_report: Option<(u32, u32, NodeOutcome)>,
 }
 
 impl std::fmt::Debug for MeshfleetOta {
@@ -446,6 +479,9 @@ impl MeshfleetOta {
             neighbours: BTreeMap::new(),
             stats: MeshfleetStats::default(),
             failed: None,
+            probed: BTreeMap::new(),
+            outcomes: BTreeMap::new(),
+            pending_report: None,
         };
         me.restore()?;
         Ok(me)
@@ -468,6 +504,9 @@ impl MeshfleetOta {
             neighbours: BTreeMap::new(),
             stats: MeshfleetStats::default(),
             failed: None,
+            probed: BTreeMap::new(),
+            outcomes: BTreeMap::new(),
+            pending_report: None,
         }
     }
 
@@ -701,6 +740,10 @@ impl MeshfleetOta {
                 .store
                 .load_boot()?
                 .is_some_and(|r| r.refused.contains(&manifest.sha256.to_hex()));
+            if rolled_back {
+                // Told to the origin once the mesh is up (`flush_pending_report`).
+                self.pending_report = Some((saved.origin, saved.campaign, NodeOutcome::RolledBack));
+            }
             if !have.is_full() || rolled_back {
                 return self.store.clear_state();
             }
@@ -795,9 +838,170 @@ impl MeshfleetOta {
     // ------------------------------------------------------------------ sending
 
     fn send_json<T: Serialize>(ctx: &mut Ctx<'_>, link: LinkId, msg: &T) {
+        if remote_peer(link).is_some() {
+            // A remote peer: the same message, SINGLE-routed (routing 1) through the nodes
+            // between, which forward it like any painlessMesh package.
+            let Ok(mut v) = serde_json::to_value(msg) else {
+                return;
+            };
+            v["routing"] = serde_json::json!(1);
+            if let Ok(pkg) = Package::from_serialize(&v) {
+                // No route any more: the layout change that follows drops the peer.
+                let _ = ctx.send(&pkg);
+            }
+            return;
+        }
         if let Ok(pkg) = Package::from_serialize(msg) {
             // The link may have just closed; the NeighbourDown that follows cleans up.
             let _ = ctx.send_on_link(link, &pkg);
+        }
+    }
+
+    /// Bytes waiting on `link`, or for a remote peer on the first link of its route.
+    fn backlog(ctx: &Ctx<'_>, link: LinkId) -> Option<usize> {
+        match remote_peer(link) {
+            Some(peer) => ctx.route(peer).and_then(|l| ctx.link_backlog(l)),
+            None => ctx.link_backlog(link),
+        }
+    }
+
+    /// A fresh neighbour record.
+    fn neighbour(&self, peer: NodeId, now: Instant, caps_deadline: Option<Instant>) -> Neighbour {
+        Neighbour {
+            peer,
+            caps: None,
+            caps_deadline,
+            stock: false,
+            offered: None,
+            want: Bitmap::new(0),
+            accepted: false,
+            rejected: false,
+            cannot_decode: None,
+            done: false,
+            subtree_done: false,
+            tokens: 0.0,
+            refilled: now,
+            pump_at: None,
+            pacer: DelayPacer::new(
+                self.config.link_rate.max(1) as f64,
+                self.config.delay_target.unwrap_or(Duration::ZERO),
+                now,
+            ),
+            offers_campaign: None,
+            origin: 0,
+            offer_at: None,
+            offer_backoff: OFFER_RETRY_MIN,
+            last_sent: None,
+            reported: None,
+            caps_tries: 1,
+            caps_sent: now,
+            chunks_sent: 0,
+            bytes_sent: 0,
+            sent: [Bitmap::new(0), Bitmap::new(0)],
+            sent_since: now,
+        }
+    }
+
+    /// Signed OTA across nodes without meshfleet OTA (a stock painlessMesh relay, or a
+    /// meshfleet node without an OTA store): while we hold a campaign, every node behind a
+    /// neighbour that sent no CAPS gets a SINGLE-routed CAPS (at most [`MAX_PROBES`] per
+    /// layout change, each node again after 10 min). A meshfleet node answers with its own;
+    /// from then on the two are *remote peers*: OFFER, NAK, STATUS and (JSON) CHUNKs travel
+    /// between them SINGLE-routed, and the nodes between forward them as any package.
+    fn probe_remote(&mut self, ctx: &mut Ctx<'_>) {
+        if self.campaign.is_none() {
+            return;
+        }
+        let now = ctx.now();
+        let me = ctx.node_id();
+        let stock_links: Vec<(LinkId, NodeId)> = self
+            .neighbours
+            .iter()
+            .filter(|(l, n)| n.stock && remote_peer(**l).is_none())
+            .map(|(l, n)| (*l, n.peer))
+            .collect();
+        let mut targets = Vec::new();
+        for (link, peer) in stock_links {
+            let Some(tree) = ctx.link_tree(link) else {
+                continue;
+            };
+            let mut ids = Vec::new();
+            tree.collect_ids(&mut ids);
+            for id in ids {
+                if targets.len() >= MAX_PROBES {
+                    break;
+                }
+                if id == peer
+                    || id == me
+                    || self.neighbours.contains_key(&remote_link(id))
+                    || self.neighbours.values().any(|n| n.peer == id)
+                    || self
+                        .probed
+                        .get(&id.0)
+                        .is_some_and(|t| now.saturating_since(*t) < PROBE_AGAIN)
+                {
+                    continue;
+                }
+                targets.push(id);
+            }
+        }
+        for id in targets {
+            if self.probed.len() >= MAX_PROBED {
+                // Forget the oldest probe.
+                if let Some(k) = self.probed.iter().min_by_key(|(_, t)| **t).map(|(k, _)| *k) {
+                    self.probed.remove(&k);
+                }
+            }
+            self.probed.insert(id.0, now);
+            let caps = self.caps(me.0, id.0, false);
+            Self::send_json(ctx, remote_link(id), &caps);
+        }
+    }
+
+    /// Sends the report kept from the restore (a rollback) once its origin is reachable.
+    fn flush_pending_report(&mut self, ctx: &mut Ctx<'_>) {
+        if let Some((origin, campaign, outcome)) = self.pending_report {
+            if origin == 0 || ctx.route(NodeId(origin)).is_some() {
+                self.pending_report = None;
+                self.send_report(ctx, origin, campaign, outcome);
+            }
+        }
+    }
+
+    /// Outcomes the nodes of the campaign this node is the origin of reported, by node
+    /// (`OtaEvent::NodeReport` as they change). Direct neighbours and nodes anywhere in
+    /// the mesh alike; a node that never reported is absent.
+    pub fn outcomes(&self) -> &BTreeMap<NodeId, NodeOutcome> {
+        &self.outcomes
+    }
+
+    /// Drops remote peers that are gone from the mesh, or are now direct neighbours.
+    fn prune_remote(&mut self, ctx: &mut Ctx<'_>) {
+        let gone: Vec<LinkId> = self
+            .neighbours
+            .iter()
+            .filter_map(|(l, n)| {
+                let peer = remote_peer(*l)?;
+                let direct = self
+                    .neighbours
+                    .iter()
+                    .any(|(l2, n2)| remote_peer(*l2).is_none() && n2.peer == n.peer);
+                (direct || ctx.route(peer).is_none()).then_some(*l)
+            })
+            .collect();
+        for link in gone {
+            self.neighbours.remove(&link);
+            if self
+                .campaign
+                .as_ref()
+                .is_some_and(|c| c.upstream == Some(link))
+            {
+                if let Some(c) = self.campaign.as_mut() {
+                    c.upstream = None;
+                    c.nak_at = None;
+                }
+                self.switch_upstream(ctx, None);
+            }
         }
     }
 
@@ -859,13 +1063,55 @@ impl MeshfleetOta {
             .is_ok_and(|fw| m.version.cmp_precedence(&fw) != std::cmp::Ordering::Greater);
         if Some(link) == c.upstream
             || n.offered == Some(c.id)
-            || caps.sha256.eq_ignore_ascii_case(&m.sha256.to_hex())
-            || caps.role != m.role
-            || caps.hardware != m.hardware
-            || (not_newer && c.intent.is_none())
+            // It offered the campaign to us: it holds it already.
+            || n.offers_campaign == Some(c.id)
         {
             return;
         }
+        // Neighbours not offered the campaign are accounted for to its origin on their
+        // behalf (they never see an OFFER, so they cannot report it themselves).
+        let skipped = if caps.sha256.eq_ignore_ascii_case(&m.sha256.to_hex()) {
+            Some(NodeOutcome::AlreadyCurrent)
+        } else if caps.role != m.role {
+            Some(NodeOutcome::Incompatible(Refusal::Role))
+        } else if caps.hardware != m.hardware {
+            Some(NodeOutcome::Incompatible(Refusal::Hardware))
+        } else if not_newer && c.intent.is_none() {
+            Some(NodeOutcome::Refused(Refusal::Downgrade))
+        } else if cannot_decode_reason(caps, m).is_some() {
+            let kind = if caps.codecs.iter().any(|x| x == m.codec.name()) {
+                Refusal::Window
+            } else {
+                Refusal::Codec
+            };
+            Some(NodeOutcome::Incompatible(kind))
+        } else {
+            None
+        };
+        if let Some(outcome) = skipped {
+            if n.reported != Some(c.id) {
+                n.reported = Some(c.id);
+                let (origin, id, peer, version) = (c.origin, c.id, n.peer, caps.fw.clone());
+                self.report_for(ctx, origin, id, peer, outcome, version);
+            }
+            // A neighbour that cannot decode the payload is also told to the driver below.
+            if !matches!(
+                outcome,
+                NodeOutcome::Incompatible(Refusal::Codec | Refusal::Window)
+            ) {
+                return;
+            }
+        }
+        let Some(c) = self.campaign.as_ref() else {
+            return;
+        };
+        let Some(n) = self.neighbours.get_mut(&link) else {
+            return;
+        };
+        let Some(caps) = n.caps.as_ref() else {
+            return;
+        };
+        let m = &c.manifest;
         // The sender's half of the per-node choice: an offer the neighbour would have to
         // refuse for lack of a codec or memory is not made. Saying so once lets the driver
         // reach it another way (`ota offer --strategy auto`: the stock flow's announce).
@@ -1021,7 +1267,7 @@ impl MeshfleetOta {
                     break;
                 };
                 if delay_control {
-                    n.pacer.observe(now, ctx.link_backlog(link));
+                    n.pacer.observe(now, Self::backlog(ctx, link));
                 }
                 let rate = n.pacer.rate();
                 let elapsed = now.saturating_since(n.refilled).as_micros() as f64 / 1e6;
@@ -1034,7 +1280,7 @@ impl MeshfleetOta {
                 // node-sync timeout closes the link or the queue drops frames. So no chunk
                 // is queued while a burst's worth of bytes already waits there; look again
                 // when that much should have drained at the pacing rate.
-                let backlog = ctx.link_backlog(link).unwrap_or(0) as f64;
+                let backlog = Self::backlog(ctx, link).unwrap_or(0) as f64;
                 if backlog >= burst {
                     let wait = ((backlog - burst + frame_cost) / rate * 1e6).ceil() as u64;
                     n.pump_at = Some(now + Duration::from_micros(wait.max(1)));
@@ -1045,7 +1291,9 @@ impl MeshfleetOta {
                     n.pump_at = Some(now + Duration::from_micros(wait.max(1)));
                     break;
                 }
-                let binary = self.config.binary && n.caps.as_ref().is_some_and(|c| c.bin);
+                let binary = self.config.binary
+                    && remote_peer(link).is_none()
+                    && n.caps.as_ref().is_some_and(|c| c.bin);
                 let peer = n.peer.0;
                 let Some(data) = self.chunk_bytes(index) else {
                     // Cannot read it back: forget the want; the neighbour NAKs again.
@@ -1086,8 +1334,8 @@ impl MeshfleetOta {
         }
     }
 
-    fn send_status(&mut self, ctx: &mut Ctx<'_>, reject: Option<(LinkId, u32, String)>) {
-        if let Some((link, campaign, reason)) = reject {
+    fn send_status(&mut self, ctx: &mut Ctx<'_>, reject: Option<(LinkId, u32, Refusal, String)>) {
+        if let Some((link, campaign, kind, reason)) = reject {
             let peer = self.neighbours.get(&link).map_or(0, |n| n.peer.0);
             let st = Status {
                 from: ctx.node_id().0,
@@ -1100,6 +1348,7 @@ impl MeshfleetOta {
                 done: false,
                 subtree_done: false,
                 reject: Some(reason),
+                refusal: Some(kind.label().to_string()),
             };
             Self::send_json(ctx, link, &st);
             return;
@@ -1126,6 +1375,7 @@ impl MeshfleetOta {
             done: c.complete,
             subtree_done: c.complete && self.subtree_done(),
             reject: None,
+            refusal: None,
         };
         Self::send_json(ctx, link, &st);
     }
@@ -1193,10 +1443,12 @@ impl MeshfleetOta {
         // are both `ack:false` and need no answer.
         let now = ctx.now();
         if !caps.ack
-            && now.saturating_since(n.caps_sent).as_micros() * 2
-                >= self.config.caps_timeout.as_micros()
+            && (n.caps_tries == 0
+                || now.saturating_since(n.caps_sent).as_micros() * 2
+                    >= self.config.caps_timeout.as_micros())
         {
             n.caps_sent = now;
+            n.caps_tries = n.caps_tries.max(1);
             let ours = self.caps(ctx.node_id().0, peer.0, true);
             Self::send_json(ctx, link, &ours);
         }
@@ -1231,39 +1483,54 @@ impl MeshfleetOta {
         intent: Option<&Result<Intent, IntentError>>,
         me: u32,
         now: Instant,
-    ) -> Option<String> {
+    ) -> Option<(Refusal, String)> {
         if m.role != self.config.role {
-            return Some(format!(
-                "role {} is not ours ({})",
-                m.role, self.config.role
+            return Some((
+                Refusal::Role,
+                format!("role {} is not ours ({})", m.role, self.config.role),
             ));
         }
         if m.hardware != self.config.hardware {
-            return Some(format!(
-                "hardware {} is not ours ({})",
-                m.hardware, self.config.hardware
+            return Some((
+                Refusal::Hardware,
+                format!(
+                    "hardware {} is not ours ({})",
+                    m.hardware, self.config.hardware
+                ),
             ));
         }
         if !self.config.codecs.contains(&m.codec) {
-            return Some(format!("codec {} not supported", m.codec.name()));
+            return Some((
+                Refusal::Codec,
+                format!("codec {} not supported", m.codec.name()),
+            ));
         }
         if m.codec == Codec::Deflate && m.window > self.config.max_window {
-            return Some(format!(
-                "needs a {}-byte decompression window, this node can give {}",
-                m.window, self.config.max_window
+            return Some((
+                Refusal::Window,
+                format!(
+                    "needs a {}-byte decompression window, this node can give {}",
+                    m.window, self.config.max_window
+                ),
             ));
         }
         let staging = m
             .compressed_size
             .saturating_add(u64::from(m.chunk_count) * CHUNK_HASH_BYTES as u64);
         if staging > self.config.max_staging {
-            return Some(format!(
-                "payload and chunk table of {staging} bytes exceed our {} bytes of staging",
-                self.config.max_staging
+            return Some((
+                Refusal::Staging,
+                format!(
+                    "payload and chunk table of {staging} bytes exceed our {} bytes of staging",
+                    self.config.max_staging
+                ),
             ));
         }
         if self.config.on_trial {
-            return Some("running image is not confirmed yet".into());
+            return Some((
+                Refusal::OnTrial,
+                "running image is not confirmed yet".into(),
+            ));
         }
         // Read fresh: a rollback may have happened since this plugin started.
         let rec = self.store.load_boot().ok().flatten();
@@ -1284,20 +1551,26 @@ impl MeshfleetOta {
         };
         let sha = m.sha256.to_string();
         if rec.as_ref().is_some_and(|r| r.refused.contains(&sha)) && !lifted {
-            return Some(format!(
-                "image {} was rolled back on this node; it is refused without the operator's \
+            return Some((
+                Refusal::RolledBack,
+                format!(
+                    "image {} was rolled back on this node; it is refused without the operator's \
                  signed intent for it{why_not}",
-                &sha[..sha.len().min(16)]
+                    &sha[..sha.len().min(16)]
+                ),
             ));
         }
         if let Some(r) = &self.config.running {
             if let Ok(running) = Version::parse(&r.version) {
                 let newer = m.version.cmp_precedence(&running) == std::cmp::Ordering::Greater;
                 if !newer && !lifted && !self.config.allow_downgrade {
-                    return Some(format!(
-                        "downgrade refused: offered {} is not newer than running {running} \
+                    return Some((
+                        Refusal::Downgrade,
+                        format!(
+                            "downgrade refused: offered {} is not newer than running {running} \
                          and carries no valid operator intent{why_not}",
-                        m.version
+                            m.version
+                        ),
                     ));
                 }
             }
@@ -1305,13 +1578,141 @@ impl MeshfleetOta {
         None
     }
 
-    /// Refuses an offer from `link`: an event here, a STATUS `reject` to the offerer.
-    fn refuse(&mut self, ctx: &mut Ctx<'_>, link: LinkId, peer: NodeId, id: u32, reason: String) {
+    /// Refuses an offer from `link`: an event here, a STATUS `reject` to the offerer, and
+    /// (for a genuine campaign) a REPORT to the origin the offer named.
+    #[allow(clippy::too_many_arguments)]
+    fn refuse(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        link: LinkId,
+        peer: NodeId,
+        id: u32,
+        kind: Refusal,
+        reason: String,
+        origin: u32,
+    ) {
         ctx.emit(Box::new(OtaEvent::OfferRejected {
             peer,
+            kind,
             reason: reason.clone(),
         }));
-        self.send_status(ctx, Some((link, id, reason)));
+        self.send_status(ctx, Some((link, id, kind, reason)));
+        if !matches!(kind, Refusal::Signature | Refusal::InvalidManifest) {
+            self.send_report(ctx, origin, id, NodeOutcome::of_refusal(kind));
+        }
+    }
+
+    /// Accounts for neighbour `node` to the campaign's origin: recorded here if we are the
+    /// origin, else sent as a REPORT naming it.
+    fn report_for(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        origin: u32,
+        campaign: u32,
+        node: NodeId,
+        outcome: NodeOutcome,
+        version: String,
+    ) {
+        let me = ctx.node_id().0;
+        if origin == me {
+            self.record_outcome(ctx, campaign, node, outcome, version);
+            return;
+        }
+        if origin == 0 {
+            return;
+        }
+        let (o, r) = outcome.labels();
+        let report = Report {
+            from: me,
+            routing: 1,
+            ty: REPORT,
+            dest: origin,
+            campaign,
+            outcome: o.to_string(),
+            refusal: r.map(str::to_string),
+            version,
+            node: node.0,
+        };
+        if let Ok(pkg) = Package::from_serialize(&report) {
+            let _ = ctx.send(&pkg);
+        }
+    }
+
+    fn record_outcome(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        campaign: u32,
+        node: NodeId,
+        outcome: NodeOutcome,
+        version: String,
+    ) {
+        if self.outcomes.get(&node) == Some(&outcome) {
+            return;
+        }
+        if !self.outcomes.contains_key(&node) && self.outcomes.len() >= MAX_OUTCOMES {
+            return;
+        }
+        self.outcomes.insert(node, outcome);
+        let version: String = version.chars().take(MAX_CAPS_TEXT).collect();
+        ctx.emit(Box::new(OtaEvent::NodeReport {
+            node,
+            campaign,
+            outcome,
+            version,
+        }));
+    }
+
+    /// Tells the campaign's origin how this node ended it (SINGLE-routed, best effort: it is
+    /// sent again with every answer to a re-sent OFFER).
+    fn send_report(&mut self, ctx: &mut Ctx<'_>, origin: u32, campaign: u32, outcome: NodeOutcome) {
+        let me = ctx.node_id().0;
+        if origin == 0 || origin == me {
+            return;
+        }
+        let (o, r) = outcome.labels();
+        let report = Report {
+            from: me,
+            routing: 1,
+            ty: REPORT,
+            dest: origin,
+            campaign,
+            outcome: o.to_string(),
+            refusal: r.map(str::to_string),
+            version: self
+                .config
+                .running
+                .as_ref()
+                .map(|i| i.version.clone())
+                .unwrap_or_default(),
+            node: 0,
+        };
+        if let Ok(pkg) = Package::from_serialize(&report) {
+            // No route to the origin: nobody to tell.
+            let _ = ctx.send(&pkg);
+        }
+    }
+
+    /// A node's REPORT of a campaign we are the origin of.
+    fn handle_report(&mut self, ctx: &mut Ctx<'_>, pkg: &Package) {
+        let Ok(r) = pkg.parse::<Report>() else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let me = ctx.node_id().0;
+        let Some(c) = self.campaign.as_ref() else {
+            return;
+        };
+        if c.id != r.campaign || c.origin != me {
+            return;
+        }
+        let Some(outcome) = NodeOutcome::from_labels(&r.outcome, r.refusal.as_deref()) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        // A relay reports the neighbours it did not offer the campaign to (`node`); a node
+        // reports itself (`node` 0).
+        let node = NodeId(if r.node == 0 { r.from } else { r.node });
+        self.record_outcome(ctx, r.campaign, node, outcome, r.version);
     }
 
     fn handle_offer(&mut self, ctx: &mut Ctx<'_>, link: LinkId, pkg: &Package) {
@@ -1325,13 +1726,9 @@ impl MeshfleetOta {
         let manifest = match Manifest::from_json(offer.manifest.to_string().as_bytes()) {
             Ok(m) => m,
             Err(e) => {
-                self.refuse(
-                    ctx,
-                    link,
-                    peer,
-                    offer.campaign,
-                    format!("invalid manifest: {e}"),
-                );
+                let reason = format!("invalid manifest: {e}");
+                let kind = Refusal::InvalidManifest;
+                self.refuse(ctx, link, peer, offer.campaign, kind, reason, 0);
                 return;
             }
         };
@@ -1344,7 +1741,8 @@ impl MeshfleetOta {
         // record) acts on an offer the fleet key did not sign.
         if let Some(key) = &self.config.trusted_key {
             if let Err(e) = manifest.verify_signature(key) {
-                self.refuse(ctx, link, peer, id, format!("signature: {e}"));
+                let reason = format!("signature: {e}");
+                self.refuse(ctx, link, peer, id, Refusal::Signature, reason, 0);
                 return;
             }
         }
@@ -1366,8 +1764,10 @@ impl MeshfleetOta {
                 done: true,
                 subtree_done: true,
                 reject: None,
+                refusal: None,
             };
             Self::send_json(ctx, link, &st);
+            self.send_report(ctx, offer.origin, id, NodeOutcome::AlreadyCurrent);
             return;
         }
         let intent = offer
@@ -1392,16 +1792,18 @@ impl MeshfleetOta {
             if matches!(c.source, ChunkSource::Payload(_)) {
                 // A source distributes its campaign; it never drops it for a neighbour's.
                 let reason = format!("this node is the source of campaign {}", c.id);
-                self.refuse(ctx, link, peer, id, reason);
+                let origin = offer.origin;
+                self.refuse(ctx, link, peer, id, Refusal::Source, reason, origin);
                 return;
             }
             if self.failed.is_some() {
-                self.refuse(ctx, link, peer, id, "store failed".into());
+                let (kind, origin) = (Refusal::StoreFailed, offer.origin);
+                self.refuse(ctx, link, peer, id, kind, "store failed".into(), origin);
                 return;
             }
         }
-        if let Some(reason) = self.refuse_reason(&manifest, intent.as_ref(), me, now) {
-            self.refuse(ctx, link, peer, id, reason);
+        if let Some((kind, reason)) = self.refuse_reason(&manifest, intent.as_ref(), me, now) {
+            self.refuse(ctx, link, peer, id, kind, reason, offer.origin);
             return;
         }
         if let Some(c) = self.campaign.as_ref().filter(|c| !c.complete) {
@@ -1416,7 +1818,8 @@ impl MeshfleetOta {
                     "busy with campaign {} (version {}, not older than {})",
                     c.id, c.manifest.version, manifest.version
                 );
-                self.refuse(ctx, link, peer, id, reason);
+                let origin = offer.origin;
+                self.refuse(ctx, link, peer, id, Refusal::Busy, reason, origin);
                 return;
             }
             self.abandon(ctx, AbandonReason::Superseded { by: id });
@@ -1705,6 +2108,8 @@ impl MeshfleetOta {
                     campaign: id,
                     version: m.version.to_string(),
                 }));
+                let origin = self.campaign.as_ref().map_or(0, |c| c.origin);
+                self.send_report(ctx, origin, id, NodeOutcome::Updated);
                 self.send_status(ctx, None);
             }
             Err(reason) => {
@@ -1712,6 +2117,7 @@ impl MeshfleetOta {
                     campaign: c.id,
                     reason,
                 }));
+                self.send_report(ctx, c.origin, c.id, NodeOutcome::Failed);
                 self.store.clear_state()?;
                 // Nothing was committed; the campaign is dropped.
             }
@@ -1939,6 +2345,7 @@ impl MeshfleetOta {
                 ctx.emit(Box::new(OtaEvent::PeerRefused {
                     peer: n.peer,
                     campaign: id,
+                    kind: st.refusal.as_deref().map(Refusal::from_label),
                     reason,
                 }));
             }
@@ -2004,11 +2411,54 @@ impl Plugin for MeshfleetOta {
     }
 
     fn handle_package(&mut self, ctx: &mut Ctx<'_>, link: LinkId, routing: Routing, pkg: &Package) {
-        // Hop-by-hop only: a meshfleet package that was flooded or routed is not for us.
-        if routing != Routing::Neighbour {
-            self.stats.malformed += 1;
+        if pkg.ty() == REPORT {
+            // Addressed to the origin, from anywhere in the mesh.
+            if routing == Routing::Single {
+                self.handle_report(ctx, pkg);
+            } else {
+                self.stats.malformed += 1;
+            }
             return;
         }
+        let link = match routing {
+            Routing::Neighbour => link,
+            // From a remote peer (beyond nodes without meshfleet OTA); the mesh delivers a
+            // SINGLE package here only if it is addressed to us.
+            Routing::Single => {
+                let from = pkg.from();
+                let direct = self
+                    .neighbours
+                    .get(&link)
+                    .is_some_and(|n| n.peer == from && remote_peer(link).is_none());
+                if direct {
+                    link
+                } else {
+                    let remote = remote_link(from);
+                    if !self.neighbours.contains_key(&remote) {
+                        // Only a CAPS makes a remote peer, and only so many.
+                        let remotes = self
+                            .neighbours
+                            .keys()
+                            .filter(|l| remote_peer(**l).is_some())
+                            .count();
+                        if pkg.ty() != CAPS || remotes >= MAX_REMOTE_PEERS || from.0 == 0 {
+                            self.stats.malformed += 1;
+                            return;
+                        }
+                        let mut n = self.neighbour(from, ctx.now(), None);
+                        // We never sent it ours: its CAPS gets an answer.
+                        n.caps_tries = 0;
+                        self.neighbours.insert(remote, n);
+                    }
+                    remote
+                }
+            }
+            // Flooded: never ours.
+            _ => {
+                self.stats.malformed += 1;
+                return;
+            }
+        };
         match pkg.ty() {
             CAPS => self.handle_caps(ctx, link, pkg),
             OFFER => self.handle_offer(ctx, link, pkg),
@@ -2039,41 +2489,8 @@ impl Plugin for MeshfleetOta {
         let now = ctx.now();
         match change {
             MeshChange::NeighbourUp { link, peer } => {
-                self.neighbours.insert(
-                    *link,
-                    Neighbour {
-                        peer: *peer,
-                        caps: None,
-                        caps_deadline: Some(now + self.config.caps_timeout),
-                        stock: false,
-                        offered: None,
-                        want: Bitmap::new(0),
-                        accepted: false,
-                        rejected: false,
-                        cannot_decode: None,
-                        done: false,
-                        subtree_done: false,
-                        tokens: 0.0,
-                        refilled: now,
-                        pump_at: None,
-                        pacer: DelayPacer::new(
-                            self.config.link_rate.max(1) as f64,
-                            self.config.delay_target.unwrap_or(Duration::ZERO),
-                            now,
-                        ),
-                        offers_campaign: None,
-                        origin: 0,
-                        offer_at: None,
-                        offer_backoff: OFFER_RETRY_MIN,
-                        last_sent: None,
-                        caps_tries: 1,
-                        caps_sent: now,
-                        chunks_sent: 0,
-                        bytes_sent: 0,
-                        sent: [Bitmap::new(0), Bitmap::new(0)],
-                        sent_since: now,
-                    },
-                );
+                let n = self.neighbour(*peer, now, Some(now + self.config.caps_timeout));
+                self.neighbours.insert(*link, n);
                 let caps = self.caps(ctx.node_id().0, peer.0, false);
                 Self::send_json(ctx, *link, &caps);
                 self.touch(now);
@@ -2090,7 +2507,12 @@ impl Plugin for MeshfleetOta {
                     }
                 }
             }
-            MeshChange::LayoutChanged => self.follow_origin(ctx),
+            MeshChange::LayoutChanged => {
+                self.flush_pending_report(ctx);
+                self.prune_remote(ctx);
+                self.follow_origin(ctx);
+                self.probe_remote(ctx);
+            }
         }
     }
 
@@ -2140,8 +2562,12 @@ impl Plugin for MeshfleetOta {
             let caps = self.caps(me, peer.0, false);
             Self::send_json(ctx, link, &caps);
         }
+        let any_stock = !stock.is_empty();
         for peer in stock {
             ctx.emit(Box::new(OtaEvent::NeighbourIsStock { peer }));
+        }
+        if any_stock {
+            self.probe_remote(ctx);
         }
         if self.abandon_at().is_some_and(|t| t <= now) {
             self.abandon(ctx, AbandonReason::NoProgress);

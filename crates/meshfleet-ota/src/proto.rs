@@ -19,6 +19,8 @@ pub const CHUNK: i64 = 703;
 pub const NAK: i64 = 704;
 /// STATUS: progress / done / refusal (NEIGHBOUR, one hop upstream).
 pub const STATUS: i64 = 705;
+/// REPORT: a node's outcome, SINGLE-routed to the campaign's origin.
+pub const REPORT: i64 = 706;
 /// The protocol version this build speaks. 2: CHUNK, NAK and STATUS count transfer units
 /// (hash pages interleaved with chunks, [`Layout`]) and OFFER carries the lean manifest
 /// (format 2). A neighbour advertising another version is served as a stock node.
@@ -167,6 +169,37 @@ pub struct Status {
     /// The offer was refused, and why (no chunks will be wanted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reject: Option<String>,
+    /// With `reject`: the refusal's kind ([`crate::Refusal::label`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<String>,
+}
+
+/// REPORT (706): a node's outcome of a campaign, SINGLE-routed to the campaign's origin.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    /// The reporting node.
+    pub from: u32,
+    /// 1 (SINGLE).
+    pub routing: i64,
+    /// 706.
+    #[serde(rename = "type")]
+    pub ty: i64,
+    /// The campaign's origin.
+    pub dest: u32,
+    /// Campaign id.
+    pub campaign: u32,
+    /// `updated`, `already_current`, `refused`, `incompatible`, `failed`, `rolled_back`.
+    pub outcome: String,
+    /// With `refused` / `incompatible`: the refusal's kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<String>,
+    /// The running version of the node reported on.
+    #[serde(default)]
+    pub version: String,
+    /// The node reported on, if not the sender: a relay accounts for a neighbour it did not
+    /// offer the campaign to (already current, incompatible, not older). 0: the sender.
+    #[serde(default)]
+    pub node: u32,
 }
 
 /// One transfer unit of a campaign.

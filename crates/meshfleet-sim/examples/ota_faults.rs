@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run -p meshfleet-sim --release --example ota_faults -- [--seeds 20] [--nodes 20] \
-//!     [--fault reboot_storm,reboot_after_commit,queue_full,loss_25,source_crash_return]
+//!     [--fault none,reboot_storm,reboot_after_commit,queue_full,loss_25,source_crash_return]
 //! ```
 //!
 //! Exits non-zero if any run left a node not updated.
@@ -14,7 +14,7 @@ use meshfleet_sim::ota_faults::{run_fault, OtaFault};
 fn main() {
     let mut seeds = 20u64;
     let mut nodes = 20u32;
-    let mut faults: Vec<OtaFault> = OtaFault::ALL.to_vec();
+    let mut faults: Vec<OtaFault> = [OtaFault::None].into_iter().chain(OtaFault::ALL).collect();
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let v = it.next().unwrap_or_default();
@@ -24,7 +24,12 @@ fn main() {
             "--fault" => {
                 faults = v
                     .split(',')
-                    .filter_map(|s| OtaFault::ALL.into_iter().find(|f| f.label() == s))
+                    .filter_map(|s| {
+                        [OtaFault::None]
+                            .into_iter()
+                            .chain(OtaFault::ALL)
+                            .find(|f| f.label() == s)
+                    })
                     .collect();
             }
             _ => {
@@ -41,6 +46,9 @@ fn main() {
         let (mut ok, mut reboots, mut drops) = (0, 0u64, 0u64);
         for seed in 1..=seeds {
             let r = run_fault(fault, seed, nodes);
+            if std::env::var_os("OTA_FAULTS_VERBOSE").is_some() {
+                eprintln!("{}: seed {seed}: {:?} s", fault.label(), r.completion_s);
+            }
             if r.all_updated() {
                 ok += 1;
             } else {

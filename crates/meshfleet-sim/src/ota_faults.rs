@@ -9,8 +9,8 @@
 //! the spread of completion times (`docs/benchmarks.md`).
 //!
 //! The campaigns are small (64 KiB image, 20 nodes in a random tree of at most 3 children per
-//! node) and paced at 8 KB/s per link, so that an undisturbed run takes ~15-25 s and the
-//! faults land mid-transfer.
+//! node) and paced at 8 KB/s per link, so that an undisturbed run ([`OtaFault::None`]) takes
+//! ~6 s and the faults land mid-transfer.
 
 use meshfleet_mesh::{Duration, Instant};
 
@@ -36,17 +36,21 @@ pub enum OtaFault {
     /// mid-transfer then), and two nodes join 45-90 s into the campaign, when the nodes they
     /// join have committed and rebooted.
     RebootAfterCommit,
-    /// Send queues of 3 KB per link direction (the default is 256 KiB): chunk bursts fill
-    /// them and CAPS, OFFERs, NAKs and STATUS behind them are dropped.
+    /// Send queues of 2,000 bytes per link direction (the default is 256 KiB): one chunk
+    /// frame fills them, and any CAPS, OFFER, NAK, STATUS or chunk queued behind it is dropped
+    /// (node-sync frames are high priority and never dropped).
     QueueFull,
     /// 25% segment loss on every link from the start of the campaign.
     Loss25,
-    /// The source loses power 4 s into the campaign and comes back 30 s later.
+    /// The source loses power 1-5 s into the campaign (before anyone holds the whole image)
+    /// and comes back 10-40 s later.
     SourceCrashReturn,
+    /// No fault: the baseline.
+    None,
 }
 
 impl OtaFault {
-    /// Every fault.
+    /// Every fault (not the baseline).
     pub const ALL: [Self; 5] = [
         Self::RebootStorm,
         Self::RebootAfterCommit,
@@ -63,6 +67,7 @@ impl OtaFault {
             Self::QueueFull => "queue_full",
             Self::Loss25 => "loss_25",
             Self::SourceCrashReturn => "source_crash_return",
+            Self::None => "none",
         }
     }
 }
@@ -107,7 +112,13 @@ struct Dice(u64);
 
 impl Dice {
     fn new(seed: u64, fault: OtaFault) -> Self {
-        Self((seed ^ (fault as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1)
+        // splitmix64 of the pair, so that neighbouring seeds give unrelated fault times.
+        let mut z = seed
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .wrapping_add(fault as u64 + 1);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        Self((z ^ (z >> 31)) | 1)
     }
 
     fn next(&mut self) -> u64 {
@@ -158,7 +169,7 @@ pub fn run_fault(fault: OtaFault, seed: u64, nodes: u32) -> FaultRun {
         }
         OtaFault::QueueFull => {
             scenario = scenario.link(LinkParams {
-                queue_cap_bytes: 3_000,
+                queue_cap_bytes: 2_000,
                 ..LinkParams::default()
             });
         }
@@ -172,12 +183,14 @@ pub fn run_fault(fault: OtaFault, seed: u64, nodes: u32) -> FaultRun {
             );
         }
         OtaFault::SourceCrashReturn => {
+            let crash = dice.secs(1.0, 5.0);
+            let back = crash + dice.secs(10.0, 40.0);
             scenario = scenario
-                .event(at(Duration::from_secs(4)), SimEvent::Crash { node: 1 })
-                .event(at(Duration::from_secs(34)), SimEvent::Reboot { node: 1 });
+                .event(at(crash), SimEvent::Crash { node: 1 })
+                .event(at(back), SimEvent::Reboot { node: 1 });
             reboots += 1;
         }
-        OtaFault::RebootAfterCommit => {}
+        OtaFault::RebootAfterCommit | OtaFault::None => {}
     }
     let reboot_after_commit = matches!(fault, OtaFault::RebootStorm | OtaFault::RebootAfterCommit);
     if reboot_after_commit {
