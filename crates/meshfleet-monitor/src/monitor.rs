@@ -108,6 +108,8 @@ pub struct MonitorStats {
     pub probes_sent: u64,
     /// Delay probes without an answer.
     pub probes_lost: u64,
+    /// Liveness checks sent because a report was overdue (711 or delay probe).
+    pub verifications: u64,
     /// Events dropped because the caller did not drain them (`max_events`).
     pub events_dropped: u64,
     /// Topology updates handled.
@@ -171,6 +173,11 @@ struct Det {
     rssi_n: u32,
     flood_drops: VecDeque<Instant>,
     probe_out: Option<Instant>,
+    /// Last liveness check sent because the node's report was overdue, and how many in a row.
+    verify_at: Option<Instant>,
+    verify_count: u8,
+    /// Last answer to a delay probe.
+    alive_at: Option<Instant>,
     last_probe: Option<Instant>,
     probe_losses: u32,
     partition: Option<NodeId>,
@@ -537,7 +544,7 @@ impl Monitor {
         }
         e.det.reported = reported;
         self.stats.status_accepted += 1;
-        self.after_report(now, from, reboot);
+        self.after_report(now, from, reboot, true);
         Ingest::Accepted
     }
 
@@ -612,7 +619,9 @@ impl Monitor {
             self.queries.answered(from, Some(QueryId(q)));
             self.finish_queries(now);
         }
-        self.after_report(now, from, applied.reboot);
+        // Answers to queries and buffered reports are not the node's rhythm.
+        let rhythm = r.reply_to.is_none() && r.age_s == 0;
+        self.after_report(now, from, applied.reboot, rhythm);
         Ingest::Accepted
     }
 
@@ -623,6 +632,7 @@ impl Monitor {
         };
         e.det.probe_out = None;
         e.det.probe_losses = 0;
+        e.det.alive_at = Some(now);
         e.rec.sources.0 |= Sources::PROBE;
         e.rec.last_seen = now;
         // A node's own latency report wins; a probe fills in for nodes that send nothing.
@@ -1023,14 +1033,14 @@ impl Monitor {
     }
 
     /// Book-keeping common to every accepted report, then the detectors.
-    fn after_report(&mut self, now: Instant, id: NodeId, reboot: bool) {
+    fn after_report(&mut self, now: Instant, id: NodeId, reboot: bool, rhythm: bool) {
         let cfg = &self.cfg;
         let Some(e) = self.nodes.get_mut(&id) else {
             return;
         };
         // Learn the report period (EWMA of gaps; clamped so one odd gap cannot make the
         // silence verdict absurdly slow or fast).
-        if let Some(prev) = e.rec.last_report {
+        if let (Some(prev), true) = (e.rec.last_report, rhythm) {
             let gap = secs(now.saturating_since(prev)).clamp(1.0, 86_400.0);
             // A gap far beyond the period is an outage, not the node's rhythm.
             let p = match e.rec.report_period_s {
@@ -1050,6 +1060,7 @@ impl Monitor {
         e.rec.last_report = Some(now);
         e.rec.last_seen = now;
         e.det.probe_losses = 0;
+        e.det.verify_count = 0;
         if reboot {
             e.rec.reboots += 1;
             self.stats.reboots += 1;
@@ -1059,9 +1070,9 @@ impl Monitor {
             }
             e.det.heap.clear();
         }
-        // Heap samples spaced so that the window spans at least `leak_min_span_s`.
+        // Heap samples spaced so that `leak_samples` of them cover the window.
         let spacing = Duration::from_micros(
-            u64::from(cfg.leak_min_span_s) * 1_000_000 / (cfg.leak_samples.max(2) as u64 - 1),
+            u64::from(cfg.leak_window_s) * 1_000_000 / (cfg.leak_samples.max(2) as u64 - 1),
         );
         let due = e
             .det
@@ -1215,8 +1226,9 @@ impl Monitor {
             subject: subj,
             kind: AlertKind::MemoryLeak,
         };
-        if let Some((slope_per_h, r2, span)) = trend(&e.det.heap) {
-            let leaking = span >= f64::from(cfg.leak_min_span_s)
+        let window = dur_s(cfg.leak_window_s);
+        if let Some((slope_per_h, r2, span)) = trend(&e.det.heap, now, window) {
+            let leaking = span >= 0.75 * f64::from(cfg.leak_window_s)
                 && slope_per_h <= -(cfg.leak_bytes_per_hour as f64)
                 && r2 >= cfg.leak_min_r2;
             let holding = slope_per_h <= -(cfg.leak_bytes_per_hour as f64) / 2.0;
@@ -1299,10 +1311,41 @@ impl Monitor {
             .max(1);
         let silent_after = dur_s(period.saturating_mul(cfg.silent_after_periods.max(1)));
         let reporter = e.rec.sources.any(Sources::STATUS | Sources::TELEMETRY);
-        let quiet = e
-            .rec
-            .last_report
-            .is_some_and(|t| now.saturating_since(t) >= silent_after);
+        let telemetry = e.rec.sources.any(Sources::TELEMETRY);
+        // A 604-only node cannot be asked for a report; a probe answer shows it is alive.
+        let heard = if telemetry {
+            e.rec.last_report
+        } else {
+            e.rec.last_report.max(e.det.alive_at.filter(|_| reporter))
+        };
+        let since = heard.map(|t| now.saturating_since(t));
+        let quiet = since.is_some_and(|d| d >= silent_after);
+        // An overdue report is checked before anyone is told: one lost report (or two) must
+        // not make a node silent. From 1.25 periods on, ask the node (a 711 for telemetry
+        // nodes, a delay probe otherwise), at most 3 times, one probe timeout apart.
+        let suspect_after = dur_s(period.saturating_add(period / 4));
+        let away = !e.rec.in_topology && e.rec.left_at.is_some();
+        if reporter
+            && !away
+            && !quiet
+            && since.is_some_and(|d| d >= suspect_after)
+            && e.det.verify_count < 3
+            && e.det.verify_at.map_or(true, |t| {
+                now.saturating_since(t) >= dur_s(cfg.probe_timeout_s.max(1))
+            })
+        {
+            e.det.verify_at = Some(now);
+            e.det.verify_count += 1;
+            self.stats.verifications += 1;
+            self.transmits.push_back(if telemetry {
+                Transmit::Query {
+                    to: id,
+                    text: telemetry::query_json(self.gateway, Some(id), 0),
+                }
+            } else {
+                Transmit::DelayProbe { to: id }
+            });
+        }
         let silent_key = AlertKey {
             subject: subj,
             kind: AlertKind::NodeSilent,
@@ -1467,14 +1510,25 @@ fn link_sample(
 }
 
 /// Least-squares slope of the heap (bytes per hour), R² of the fit, and the time spanned (s).
-fn trend(samples: &VecDeque<(Instant, i64)>) -> Option<(f64, f64, f64)> {
-    if samples.len() < 6 {
+fn trend(
+    samples: &VecDeque<(Instant, i64)>,
+    now: Instant,
+    window: Duration,
+) -> Option<(f64, f64, f64)> {
+    let recent = || {
+        samples
+            .iter()
+            .filter(|(t, _)| now.saturating_since(*t) <= window)
+    };
+    let count = recent().count();
+    if count < 5 {
         return None;
     }
-    let t0 = samples.front()?.0;
-    let n = samples.len() as f64;
+    let t0 = recent().next()?.0;
+    let last = recent().next_back()?.0;
+    let n = count as f64;
     let (mut sx, mut sy, mut sxx, mut sxy, mut syy) = (0.0, 0.0, 0.0, 0.0, 0.0);
-    for (t, y) in samples {
+    for (t, y) in recent() {
         let x = secs(t.saturating_since(t0)) / 3600.0;
         let y = *y as f64;
         sx += x;
@@ -1495,7 +1549,7 @@ fn trend(samples: &VecDeque<(Instant, i64)>) -> Option<(f64, f64, f64)> {
     } else {
         cov * cov / (vx * vy)
     };
-    let span = secs(samples.back()?.0.saturating_since(t0));
+    let span = secs(last.saturating_since(t0));
     Some((slope, r2, span))
 }
 
