@@ -176,6 +176,8 @@ struct Det {
     /// Last liveness check sent because the node's report was overdue, and how many in a row.
     verify_at: Option<Instant>,
     verify_count: u8,
+    /// The sweep found the node quiet and the checks unanswered.
+    confirmed_quiet: bool,
     /// Last answer to a delay probe.
     alive_at: Option<Instant>,
     last_probe: Option<Instant>,
@@ -655,7 +657,7 @@ impl Monitor {
         self.queries.answered(node, None);
         self.finish_queries(now);
         self.evaluate_thresholds(now, node);
-        self.update_health(now, node);
+        self.update_health(node);
         self.flush_alert_events();
     }
 
@@ -676,7 +678,7 @@ impl Monitor {
         } else {
             self.alerts.raise(now, key, Severity::Warning, 1);
         }
-        self.update_health(now, node);
+        self.update_health(node);
         self.flush_alert_events();
     }
 
@@ -828,7 +830,7 @@ impl Monitor {
         self.topo = new.into_iter().map(|(k, (p, _))| (k, p)).collect();
         let ids: Vec<NodeId> = self.topo.keys().copied().chain(left).collect();
         for id in ids {
-            self.update_health(now, id);
+            self.update_health(id);
         }
         self.flush_alert_events();
     }
@@ -964,7 +966,7 @@ impl Monitor {
                         e.det.flood_drops.pop_front();
                     }
                     self.evaluate_thresholds(now, id);
-                    self.update_health(now, id);
+                    self.update_health(id);
                     self.flush_alert_events();
                     return Err(DropReason::Flood);
                 }
@@ -1061,6 +1063,7 @@ impl Monitor {
         e.rec.last_seen = now;
         e.det.probe_losses = 0;
         e.det.verify_count = 0;
+        e.det.confirmed_quiet = false;
         if reboot {
             e.rec.reboots += 1;
             self.stats.reboots += 1;
@@ -1106,7 +1109,7 @@ impl Monitor {
             );
         }
         self.evaluate_thresholds(now, id);
-        self.update_health(now, id);
+        self.update_health(id);
         self.flush_alert_events();
     }
 
@@ -1322,17 +1325,19 @@ impl Monitor {
         let quiet = since.is_some_and(|d| d >= silent_after);
         // An overdue report is checked before anyone is told: one lost report (or two) must
         // not make a node silent. From 1.25 periods on, ask the node (a 711 for telemetry
-        // nodes, a delay probe otherwise), at most 3 times, one probe timeout apart.
+        // nodes, a delay probe otherwise), at most 3 times, one probe timeout apart; the
+        // verdict needs two unanswered checks (so a node that rejoins the mesh after a long
+        // absence and whose first report is lost is asked before it is judged).
         let suspect_after = dur_s(period.saturating_add(period / 4));
         let away = !e.rec.in_topology && e.rec.left_at.is_some();
+        let timeout = dur_s(cfg.probe_timeout_s.max(1));
         if reporter
             && !away
-            && !quiet
             && since.is_some_and(|d| d >= suspect_after)
             && e.det.verify_count < 3
-            && e.det.verify_at.map_or(true, |t| {
-                now.saturating_since(t) >= dur_s(cfg.probe_timeout_s.max(1))
-            })
+            && e.det
+                .verify_at
+                .map_or(true, |t| now.saturating_since(t) >= timeout)
         {
             e.det.verify_at = Some(now);
             e.det.verify_count += 1;
@@ -1346,6 +1351,13 @@ impl Monitor {
                 Transmit::DelayProbe { to: id }
             });
         }
+        let checked = e.det.verify_count >= 3
+            || (e.det.verify_count >= 2
+                && e.det
+                    .verify_at
+                    .is_some_and(|t| now.saturating_since(t) >= timeout));
+        let quiet = quiet && checked;
+        e.det.confirmed_quiet = quiet;
         let silent_key = AlertKey {
             subject: subj,
             kind: AlertKind::NodeSilent,
@@ -1387,7 +1399,7 @@ impl Monitor {
         {
             probes.push(id);
         }
-        self.update_health(now, id);
+        self.update_health(id);
     }
 
     fn schedule_probes(&mut self, now: Instant, candidates: Vec<NodeId>) {
@@ -1418,8 +1430,7 @@ impl Monitor {
         }
     }
 
-    fn update_health(&mut self, now: Instant, id: NodeId) {
-        let cfg = &self.cfg;
+    fn update_health(&mut self, id: NodeId) {
         let worst = self.alerts.worst_for(id);
         let Some(e) = self.nodes.get_mut(&id) else {
             return;
@@ -1430,15 +1441,8 @@ impl Monitor {
             // Away: offline at once for health (unreachable); the alert waits for the grace.
             true
         } else {
-            let period = e
-                .rec
-                .report_period_s
-                .unwrap_or(cfg.report_interval_s)
-                .max(1);
-            let silent_after = dur_s(period.saturating_mul(cfg.silent_after_periods.max(1)));
-            e.rec
-                .last_report
-                .is_some_and(|t| now.saturating_since(t) >= silent_after)
+            // Known from reports only: offline once the sweep found it quiet and unanswering.
+            e.det.confirmed_quiet
         };
         let h = if offline {
             Health::Offline

@@ -241,9 +241,16 @@ fn a_reporter_that_goes_quiet_is_silent_then_offline_when_known_only_by_reports(
         send(&mut m, i * 30, 7, &status(100 + i as u32 * 30, 40));
     }
     assert_eq!(m.node(NodeId(7)).unwrap().report_period_s, Some(30));
-    m.handle_timeout(t(270 + 59));
+    // the driver calls handle_timeout every second; from 1.25 periods on the monitor checks
+    // the overdue node (delay probes: it never sent telemetry), here unanswered
+    let mut probes = 0;
+    for s in 271..=329 {
+        m.handle_timeout(t(s));
+        probes += std::iter::from_fn(|| m.poll_transmit()).count();
+    }
+    assert_eq!(probes, 3);
     assert_eq!(m.node(NodeId(7)).unwrap().health, Health::Healthy);
-    m.handle_timeout(t(270 + 61));
+    m.handle_timeout(t(270 + 60));
     assert_eq!(
         m.node(NodeId(7)).unwrap().health,
         Health::Offline,
@@ -258,7 +265,11 @@ fn a_reporter_that_goes_quiet_is_silent_then_offline_when_known_only_by_reports(
         g.subs.push(NodeTree::leaf(NodeId(7)));
         g
     });
-    m.handle_timeout(t(400 + 70));
+    for s in 401..=459 {
+        m.handle_timeout(t(s));
+    }
+    assert!(m.alert(&key(7, AlertKind::NodeSilent)).is_none());
+    m.handle_timeout(t(460));
     assert!(m.alert(&key(7, AlertKind::NodeSilent)).is_some());
     assert_eq!(m.node(NodeId(7)).unwrap().health, Health::Critical);
 }
