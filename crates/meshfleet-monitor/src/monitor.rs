@@ -350,6 +350,18 @@ impl Monitor {
         m
     }
 
+    /// Removes a node from the registry at an operator's request (decommissioned hardware);
+    /// its alerts clear. It comes back if it is heard of again. `false` if it was not known.
+    pub fn forget(&mut self, now: Instant, id: NodeId) -> bool {
+        let Some(e) = self.nodes.remove(&id) else {
+            return false;
+        };
+        self.unconfirmed.remove(&(e.det.lru, id));
+        self.alerts.forget(now, Subject::Node(id));
+        self.flush_alert_events();
+        true
+    }
+
     /// Acknowledges an active alert; `false` if no active alert has this id.
     pub fn acknowledge(&mut self, id: u64) -> bool {
         let ok = self.alerts.acknowledge(id);
@@ -405,9 +417,15 @@ impl Monitor {
     }
 
     /// The text of an application message (what the library's receive callback gets) from
-    /// `from`: a status package sent with `sendBroadcast(pkg.toJsonString())` is found here.
+    /// `from`: a status package sent with `sendBroadcast(pkg.toJsonString())` is found here,
+    /// and so is a telemetry report sent with `sendSingle(gateway, text)` by a firmware that
+    /// cannot send plugin packages.
     pub fn handle_app_message(&mut self, now: Instant, from: NodeId, msg: &str) -> Ingest {
-        self.handle_status(now, from, msg)
+        match self.handle_status(now, from, msg) {
+            // cheap pre-filter: most application messages are neither
+            Ingest::NotMonitoring if msg.contains("710") => self.handle_telemetry(now, from, msg),
+            other => other,
+        }
     }
 
     /// A top-level plugin package of type `ty` from `from` (the frame's `from`).
@@ -1027,7 +1045,8 @@ impl Monitor {
     }
 
     fn remove(&mut self, now: Instant, id: NodeId) {
-        if self.nodes.remove(&id).is_some() {
+        if let Some(e) = self.nodes.remove(&id) {
+            self.unconfirmed.remove(&(e.det.lru, id));
             self.stats.evicted += 1;
             self.alerts.forget(now, Subject::Node(id));
             self.push_event(MonitorEvent::NodeEvicted(id));

@@ -291,6 +291,15 @@ fn telemetry_stream_feeds_the_registry_and_queries_complete_partial() {
         m.handle_package(t(0), telemetry::TELEMETRY_TYPE, NodeId(20), &text),
         Ingest::Accepted
     );
+    // the same text as the msg of a SINGLE (firmware without plugin packages) is accepted too
+    let single = meshfleet_wire::Message::Single(meshfleet_wire::Text {
+        dest: GW,
+        from: NodeId(22),
+        msg: meshfleet_wire::MsgText::Text(text.clone()),
+        extra: Vec::new(),
+    });
+    assert_eq!(m.handle_frame(t(0), &single), Ingest::Accepted);
+    assert_eq!(m.node(NodeId(22)).unwrap().role.as_deref(), Some("sensor"));
     let n = m.node(NodeId(20)).unwrap();
     assert_eq!(n.role.as_deref(), Some("sensor"));
     assert_eq!(n.hardware.as_deref(), Some("ESP32"));
@@ -324,7 +333,8 @@ fn telemetry_stream_feeds_the_registry_and_queries_complete_partial() {
         .unwrap();
     assert_eq!(done.id, q);
     assert_eq!(done.answered, vec![NodeId(20)]);
-    assert_eq!(done.missing, vec![NodeId(21)]);
+    // 21 (probe) and 22 (a 711: it sent telemetry) never answer
+    assert_eq!(done.missing, vec![NodeId(21), NodeId(22)]);
     assert!(done.partial);
     // asked again right away: 20 is served from the cache
     m.start_query(t(110), QueryTarget::Node(NodeId(20)))
