@@ -995,6 +995,11 @@ impl Monitor {
         let is_unconfirmed = how != Admit::Topology;
         if is_unconfirmed && self.unconfirmed.len() >= self.cfg.max_unconfirmed {
             self.evict_oldest_unconfirmed(now);
+            if self.unconfirmed.len() >= self.cfg.max_unconfirmed {
+                // `max_unconfirmed` 0: only nodes of the topology are monitored
+                self.stats.refused += 1;
+                return Err(DropReason::RegistryFull);
+            }
         }
         if self.nodes.len() >= self.cfg.max_nodes && !self.evict_one(now) {
             self.stats.refused += 1;

@@ -317,4 +317,17 @@ fn registry_full_of_real_nodes_refuses_newcomers_rather_than_evict_them() {
     );
     assert_eq!(m.stats().refused, 1);
     assert_eq!(m.len(), 10);
+    // max_unconfirmed 0: only topology nodes are monitored
+    let mut m = Monitor::new(
+        MonitorConfig {
+            max_unconfirmed: 0,
+            ..MonitorConfig::default()
+        },
+        GW,
+    );
+    assert_eq!(
+        m.handle_frame(t(1), &report(5, 40).to_broadcast(NodeId(7))),
+        Ingest::Dropped(DropReason::RegistryFull)
+    );
+    assert!(m.is_empty());
 }
