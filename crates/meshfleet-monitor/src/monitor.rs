@@ -1605,3 +1605,25 @@ fn sqrt(x: f64) -> f64 {
     }
     g
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The per-node memory bound quoted in docs/monitoring.md: the entry itself plus its
+    /// bounded windows and strings at their caps.
+    #[test]
+    fn per_node_memory_is_bounded() {
+        let cfg = MonitorConfig::default();
+        let inline = core::mem::size_of::<Entry>();
+        let windows = cfg.reboot_loop_count as usize * core::mem::size_of::<Instant>()
+            + cfg.leak_samples * core::mem::size_of::<(Instant, i64)>()
+            + (cfg.flood_reports_per_min as usize + 1) * core::mem::size_of::<Instant>();
+        let strings = crate::status::MAX_FIRMWARE_LEN
+            + 2 * crate::telemetry::MAX_IDENTITY_LEN
+            + crate::status::MAX_LAST_ERROR_LEN;
+        let total = inline + windows + strings;
+        std::println!("entry {inline} B inline + windows {windows} B + strings {strings} B = {total} B per node (BTreeMap node overhead not included)");
+        assert!(total < 2_048, "{total}");
+    }
+}
