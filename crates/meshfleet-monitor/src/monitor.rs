@@ -36,6 +36,11 @@ use crate::registry::{Health, HealthSummary, NodeQuery, NodeRecord, Page, Source
 use crate::status::{self, AlertFlags, StatusDecodeError};
 use crate::telemetry::{self, flags, Metric, StreamState, TelemetryDecodeError};
 
+/// Telemetry reports per node and minute that may skip the flood check because they say they
+/// were buffered (`a`) or answer a query (`r`): a producer's whole buffer (32 by default) and
+/// then some.
+const EXEMPT_PER_MIN: u16 = 48;
+
 /// Seconds in a `Duration`.
 fn secs(d: Duration) -> f64 {
     d.as_micros() as f64 / 1e6
@@ -178,6 +183,8 @@ struct Det {
     verify_count: u8,
     /// The sweep found the node quiet and the checks unanswered.
     confirmed_quiet: bool,
+    /// Reports exempt from the flood check in the current minute: (minute start, count).
+    exempt: (Instant, u16),
     /// Last answer to a delay probe.
     alive_at: Option<Instant>,
     last_probe: Option<Instant>,
@@ -585,8 +592,21 @@ impl Monitor {
         self.stats.field_faults += u64::from(d.faults);
         let r = d.report;
         // Buffered reports drain in a burst and query answers follow a request: neither is
-        // a flood.
-        let exempt = r.age_s > 0 || r.reply_to.is_some();
+        // a flood. But `a` and `r` are the sender's word: at most `EXEMPT_PER_MIN` such reports
+        // a minute skip the flood check (a producer's whole buffer and a few answers).
+        let mut exempt = r.age_s > 0 || r.reply_to.is_some();
+        if exempt {
+            if let Some(e) = self.nodes.get_mut(&from) {
+                let (start, n) = e.det.exempt;
+                let (start, n) = if now.saturating_since(start) >= Duration::from_secs(60) {
+                    (now, 1)
+                } else {
+                    (start, n.saturating_add(1))
+                };
+                e.det.exempt = (start, n);
+                exempt = n <= EXEMPT_PER_MIN;
+            }
+        }
         if let Err(reason) = self.admit(now, from, Admit::Report { exempt }) {
             return Ingest::Dropped(reason);
         }

@@ -259,6 +259,26 @@ fn a_node_flooding_status_costs_only_itself() {
 }
 
 #[test]
+fn telemetry_claiming_to_be_buffered_cannot_flood() {
+    let (mut m, before) = setup();
+    let mut accepted = 0;
+    for i in 0..1_000u64 {
+        let text = format!(
+            r#"{{"type":710,"q":{},"d":[1,{}],"a":5}}"#,
+            i + 1,
+            40_000 + i
+        );
+        if m.handle_package(t(10_000 + i * 10), 710, NodeId(600), &text) == Ingest::Accepted {
+            accepted += 1;
+        }
+    }
+    // 10 s of reports every 10 ms: 48 pass as "buffered", then one a second
+    assert!(accepted <= 48 + 11, "{accepted}");
+    assert!(m.stats().flooded >= 900);
+    unaffected(&m, &before);
+}
+
+#[test]
 fn a_hundred_thousand_fake_ids_stay_bounded() {
     let cfg = MonitorConfig {
         max_nodes: 2_000,
