@@ -676,8 +676,13 @@ impl Monitor {
         e.rec.sources.0 |= Sources::PROBE;
         e.rec.last_seen = now;
         // A node's own latency report wins; a probe fills in for nodes that send nothing.
-        if !e.rec.sources.any(Sources::STATUS | Sources::TELEMETRY) {
-            e.rec.metrics.latency_ms = Some(i64::from(delay_us.max(0)) / 1000);
+        // The trip delay comes from mesh times, which jump while time sync converges (the
+        // simulator showed 60 s "delays" for 3 s round trips): a value beyond the probe
+        // timeout, or negative, proves the node alive but says nothing about latency.
+        let plausible =
+            delay_us >= 0 && i64::from(delay_us) <= i64::from(self.cfg.probe_timeout_s) * 1_000_000;
+        if plausible && !e.rec.sources.any(Sources::STATUS | Sources::TELEMETRY) {
+            e.rec.metrics.latency_ms = Some(i64::from(delay_us) / 1000);
         }
         if self.alerts.is_active(&AlertKey {
             subject: Subject::Node(node),

@@ -508,3 +508,22 @@ fn config_deserialises_partially_and_refuses_typos() {
     assert_eq!(c.high_latency_ms, 500);
     assert!(serde_json::from_str::<MonitorConfig>(r#"{"low_memroy_bytes":1}"#).is_err());
 }
+
+#[test]
+fn an_answered_probe_is_not_counted_lost() {
+    let mut m = Monitor::new(MonitorConfig::default(), GW);
+    let mut g = NodeTree::leaf(GW);
+    g.subs = vec![NodeTree::leaf(NodeId(5))];
+    m.handle_topology(t(0), &g);
+    for s in 1..=60u64 {
+        m.handle_timeout(t(s));
+        while let Some(tx) = m.poll_transmit() {
+            let Transmit::DelayProbe { to } = tx else {
+                panic!()
+            };
+            m.handle_delay(t(s), to, 3_000);
+        }
+    }
+    assert!(m.stats().probes_sent >= 1);
+    assert_eq!(m.stats().probes_lost, 0);
+}
