@@ -47,10 +47,12 @@ pub struct MonitorConfig {
     pub reboot_loop_count: u32,
     /// The reboot-loop window, seconds.
     pub reboot_window_s: u32,
-    /// Heap samples kept per node for the leak trend.
+    /// Most heap samples kept per node for the leak trend (spaced at least
+    /// `leak_window_s / (leak_samples - 1)` apart).
     pub leak_samples: usize,
-    /// Least time the samples must span before a leak is called, seconds.
-    pub leak_min_span_s: u32,
+    /// The trend is fitted over the samples of the last `leak_window_s` seconds (at least 5
+    /// samples spanning three quarters of it).
+    pub leak_window_s: u32,
     /// Heap loss rate that is a leak, bytes per hour.
     pub leak_bytes_per_hour: i64,
     /// Least R² of the linear fit (how steady the fall must be), 0-1.
@@ -116,7 +118,7 @@ impl Default for MonitorConfig {
             reboot_loop_count: 3,
             reboot_window_s: 1_800,
             leak_samples: 16,
-            leak_min_span_s: 1_800,
+            leak_window_s: 1_800,
             leak_bytes_per_hour: 4_096,
             leak_min_r2: 0.8,
             link_ewma_alpha: 0.05,

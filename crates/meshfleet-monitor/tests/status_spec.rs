@@ -14,10 +14,38 @@ const CAPTURED: &str = r#"{"from":1001,"routing":2,"type":604,"status":1,"uptime
 /// The spec's table, as a receiver written from it would check it: the 19 keys in order,
 /// `from, routing, type` first, no `dest`, every number a JSON integer in its C++ type's
 /// range, the strings strings. Returns the reason for refusal.
+/// The top-level keys of a JSON object in the order they appear.
+struct KeyOrder(Vec<String>);
+
+impl<'de> serde::Deserialize<'de> for KeyOrder {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = KeyOrder;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<KeyOrder, A::Error> {
+                let mut keys = Vec::new();
+                while let Some(k) = m.next_key::<String>()? {
+                    m.next_value::<serde::de::IgnoredAny>()?;
+                    keys.push(k);
+                }
+                Ok(KeyOrder(keys))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
 fn spec_accepts(text: &str) -> Result<(), String> {
     let v: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
     let o = v.as_object().ok_or("not an object")?;
-    let keys: Vec<&str> = o.keys().map(String::as_str).collect();
+    // Key order as sent (the `Value` map sorts its keys: no `preserve_order`, see Cargo.toml).
+    let KeyOrder(keys) = serde_json::from_str(text).map_err(|e| e.to_string())?;
     const ORDER: [&str; 19] = [
         "from",
         "routing",
