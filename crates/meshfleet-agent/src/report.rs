@@ -16,8 +16,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use meshfleet_mesh::{Duration, Instant, LinkId, Node, NodeId};
 use meshfleet_ota::{
-    MeshfleetOta, MeshfleetStats, NodeProgress, OtaEvent, PeerProgress, StockSender,
-    StockSenderStats,
+    MeshfleetOta, MeshfleetStats, NodeOutcome, NodeProgress, OtaEvent, PeerProgress, Refusal,
+    StockSender, StockSenderStats,
 };
 use serde::Serialize;
 
@@ -57,6 +57,32 @@ pub enum Outcome {
     Unreachable,
     /// It is in the mesh, but no outcome reached us (a node behind a relay).
     Unknown,
+}
+
+/// The report's outcome for a node's own report of it (`None`: an outcome this build
+/// does not know).
+fn outcome_of(o: NodeOutcome, version: &str) -> Option<Outcome> {
+    let refusal = |r: Refusal| format!("{} (running {version})", r.label().replace('_', " "));
+    Some(match o {
+        NodeOutcome::Updated => Outcome::Updated,
+        NodeOutcome::AlreadyCurrent => Outcome::AlreadyCurrent,
+        NodeOutcome::Refused(r) => Outcome::Refused { reason: refusal(r) },
+        NodeOutcome::Incompatible(r) => Outcome::Incompatible {
+            kind: match r {
+                Refusal::Role => Incompatibility::Role,
+                Refusal::Hardware => Incompatibility::Hardware,
+                _ => Incompatibility::Decoder,
+            },
+            reason: refusal(r),
+        },
+        NodeOutcome::Failed => Outcome::Failed {
+            reason: format!(
+                "the image failed verification or the store failed (running {version})"
+            ),
+        },
+        NodeOutcome::RolledBack => Outcome::RolledBack,
+        _ => return None,
+    })
 }
 
 impl Outcome {
@@ -473,14 +499,28 @@ impl OfferTracker {
             }
             // A neighbour refused our offer. (`OfferRejected` is this node refusing an
             // offer it received: never a receiver's outcome.)
-            OtaEvent::PeerRefused { peer, reason, .. } => {
-                let a = self.attempt(*peer, Via::Meshfleet, now);
-                a.set(
-                    Outcome::Refused {
+            OtaEvent::PeerRefused {
+                peer, kind, reason, ..
+            } => {
+                let kind = match kind {
+                    Some(Refusal::Role) => Some(Incompatibility::Role),
+                    Some(Refusal::Hardware) => Some(Incompatibility::Hardware),
+                    Some(Refusal::Codec | Refusal::Window | Refusal::Staging) => {
+                        Some(Incompatibility::Decoder)
+                    }
+                    _ => None,
+                };
+                let outcome = match kind {
+                    Some(kind) => Outcome::Incompatible {
+                        kind,
                         reason: reason.clone(),
                     },
-                    now,
-                );
+                    None => Outcome::Refused {
+                        reason: reason.clone(),
+                    },
+                };
+                let a = self.attempt(*peer, Via::Meshfleet, now);
+                a.set(outcome, now);
                 let a = a.clone();
                 sink.update(*peer, Via::Meshfleet, &a, now);
             }
@@ -500,6 +540,21 @@ impl OfferTracker {
                     reason: reason.clone(),
                     stock_flow: self.offering.stock_flow,
                 });
+            }
+            // A node anywhere in the mesh reported its outcome to us, the origin.
+            OtaEvent::NodeReport {
+                node,
+                outcome,
+                version,
+                ..
+            } => {
+                let Some(o) = outcome_of(*outcome, version) else {
+                    return;
+                };
+                let a = self.attempt(*node, Via::Meshfleet, now);
+                a.set(o, now);
+                let a = a.clone();
+                sink.update(*node, Via::Meshfleet, &a, now);
             }
             OtaEvent::PeerDone { peer, .. } => {
                 let a = self.attempt(*peer, Via::Meshfleet, now);
@@ -943,6 +998,7 @@ mod tests {
         let rej = |p| OtaEvent::PeerRefused {
             peer: NodeId(p),
             campaign: 1,
+            kind: Some(Refusal::Downgrade),
             reason: "downgrade refused".into(),
         };
         t.on_event(at(2), &rej(3), &mut ());
@@ -966,6 +1022,45 @@ mod tests {
         assert_eq!(v["nodes"][2]["status"], "unknown");
         assert_eq!(r.exit_status, ExitStatus::Refused);
         assert_eq!(v["exit_code"], 5);
+    }
+
+    #[test]
+    fn outcomes_reported_from_beyond_the_neighbours_are_listed() {
+        let mut t = OfferTracker::new(offering(), at(0));
+        let snap = Snapshot {
+            neighbours: vec![NodeId(3)],
+            nodes: vec![NodeId(3), NodeId(9), NodeId(10)],
+            ..Snapshot::default()
+        };
+        t.on_snapshot(at(1), snap, &mut ());
+        let report = |node, outcome| OtaEvent::NodeReport {
+            node: NodeId(node),
+            campaign: 1,
+            outcome,
+            version: "2.0.0".into(),
+        };
+        t.on_event(
+            at(2),
+            &OtaEvent::PeerDone {
+                peer: NodeId(3),
+                campaign: 1,
+            },
+            &mut (),
+        );
+        t.on_event(at(3), &report(9, NodeOutcome::Updated), &mut ());
+        t.on_event(
+            at(3),
+            &report(10, NodeOutcome::Refused(Refusal::Downgrade)),
+            &mut (),
+        );
+        let r = t.report(at(5), StopCause::Idle, Targets::default());
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["nodes"][1]["nodeId"], 9);
+        assert_eq!(v["nodes"][1]["status"], "updated");
+        assert_eq!(v["nodes"][2]["nodeId"], 10);
+        assert_eq!(v["nodes"][2]["status"], "refused");
+        assert_eq!(v["nodes"][2]["reason"], "downgrade (running 2.0.0)");
+        assert_eq!(r.exit_status, ExitStatus::Refused);
     }
 
     #[test]

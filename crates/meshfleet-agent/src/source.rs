@@ -143,11 +143,8 @@ impl Source {
                 md5: m.md5.to_hex(),
                 size: m.size,
             });
-            // A source takes no update while it offers: a neighbour that holds a newer
-            // campaign offers it to us, and accepting would replace the campaign we serve
-            // (the engine then ignores every answer to our offer). "On trial" is the
-            // engine's way to refuse every offer.
-            cfg.on_trial = true;
+            // A source takes no update while it offers: the engine refuses a neighbour's
+            // campaign with `Refusal::Source` and keeps serving its own.
             if let Some(rate) = config.link_rate {
                 cfg.link_rate = rate;
             }
