@@ -275,9 +275,8 @@ fn broadcast_tree_survives_a_killed_relay() {
         "R4 fetched everything again: {state}"
     );
 
-    // The source stops by itself and reports R1 (its only neighbour) updated; the nodes
-    // behind it are listed from the mesh's node list, without a per-node outcome (the
-    // relays report none), so they are not targets by default.
+    // The source stops by itself and reports R1 (its only neighbour) updated, and every
+    // node behind it with the outcome it reported.
     let summary = offer.wait_for("the summary", |v| v["event"] == "summary");
     assert!(offer.wait_exit().success(), "offer: {summary}");
     let nodes = summary["nodes"].as_array().unwrap();
@@ -289,10 +288,12 @@ fn broadcast_tree_survives_a_killed_relay() {
     assert_eq!(nodes[0]["nodeId"], 101);
     assert_eq!(nodes[0]["status"], "updated");
     assert_eq!(nodes[0]["neighbour"], true);
+    // The nodes behind R1 report their outcome to the origin (REPORT, 706), so the
+    // offer accounts for them too.
     for n in &nodes[1..] {
         assert_eq!(
             (&n["status"], &n["neighbour"]),
-            (&serde_json::json!("unknown"), &serde_json::json!(false)),
+            (&serde_json::json!("updated"), &serde_json::json!(false)),
             "{summary}"
         );
     }
@@ -681,7 +682,7 @@ fn a_downgrade_needs_the_operators_signed_intent() {
     let port = node.listening_port();
     let offer = |file: &str, extra: &str| {
         words(&format!(
-            "ota offer {file} --strategy meshfleet --connect 127.0.0.1:{port} --json \
+            "ota offer {file} --strategy broadcast --connect 127.0.0.1:{port} --json \
              --exit-when-idle 3 {extra}"
         ))
     };
