@@ -656,7 +656,7 @@ fn a_downgrade_needs_the_operators_signed_intent() {
     let port = node.listening_port();
     let offer = |file: &str, extra: &str| {
         words(&format!(
-            "ota offer {file} --strategy meshfleet --connect 127.0.0.1:{port} --json \
+            "ota offer {file} --strategy broadcast --connect 127.0.0.1:{port} --json \
              --exit-when-idle 3 {extra}"
         ))
     };
