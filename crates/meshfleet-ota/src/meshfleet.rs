@@ -1063,8 +1063,10 @@ impl MeshfleetOta {
             .is_ok_and(|fw| m.version.cmp_precedence(&fw) != std::cmp::Ordering::Greater);
         if Some(link) == c.upstream
             || n.offered == Some(c.id)
-            // It offered the campaign to us: it holds it already.
-            || n.offers_campaign == Some(c.id)
+            // A remote peer that offered the campaign to us holds it already. (Direct
+            // neighbours are still offered: a part-way child whose link was re-made takes
+            // its parent's OFFER as the way back to its upstream.)
+            || (remote_peer(link).is_some() && n.offers_campaign == Some(c.id))
         {
             return;
         }
