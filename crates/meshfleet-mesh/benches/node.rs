@@ -106,6 +106,52 @@ fn bench(c: &mut Criterion) {
     }
     g.finish();
 
+    // The node as it sits in a real mesh: four synced links, and a changed tree arriving on
+    // one of them. Handling it in full means parsing and storing the tree, recomputing the
+    // node list, and then (the timer fires at once) sending our new tree on the three other
+    // links. Ids are 10 digits, as on ESPs, so the frames have their real size.
+    let mut g = c.benchmark_group("node_sync_4_links");
+    for n in [100u32, 1000] {
+        let a = tree(3_000_000_000, n);
+        let mut b = a.clone();
+        b.subs.push(NodeTree::leaf(NodeId(3_999_999_999)));
+        let frames = [reply_frame(&a, 1), reply_frame(&b, 1)];
+        let mut node = Node::new(Config::new(NodeId(1)));
+        for l in 1..4u32 {
+            let t = tree(3_100_000_000 + 100_000 * l, 20);
+            node.handle_link_up(Instant::ZERO, LinkId(u64::from(l)), LinkRole::AccessPoint);
+            node.handle_bytes(Instant::ZERO, LinkId(u64::from(l)), &reply_frame(&t, 1));
+        }
+        node.handle_link_up(Instant::ZERO, LinkId(0), LinkRole::AccessPoint);
+        let now = Instant::ZERO + meshfleet_mesh::Duration::from_secs(1);
+        node.handle_bytes(now, LinkId(0), &frames[1]);
+        node.handle_timeout(now);
+        while node.poll_transmit().is_some() {}
+        while node.poll_event().is_some() {}
+        // What one iteration does: the change goes out on the three other links.
+        node.handle_bytes(now, LinkId(0), &frames[0]);
+        node.handle_timeout(now);
+        let out: Vec<_> = std::iter::from_fn(|| node.poll_transmit()).collect();
+        assert_eq!(out.len(), 3);
+        assert!(out.iter().all(|t| t.frame.len() > frames[0].len()));
+        while node.poll_event().is_some() {}
+        let mut i = 1;
+        g.bench_function(BenchmarkId::new("meshfleet", n), |bch| {
+            bch.iter(|| {
+                node.handle_bytes(now, LinkId(0), black_box(&frames[i % 2]));
+                i += 1;
+                node.handle_timeout(now);
+                let mut sent = 0;
+                while let Some(t) = node.poll_transmit() {
+                    sent += t.frame.len();
+                }
+                while node.poll_event().is_some() {}
+                black_box(sent)
+            })
+        });
+    }
+    g.finish();
+
     let mut g = c.benchmark_group("route_lookup_1000");
     let (node, trees) = mesh(250);
     let values: Vec<Value> = trees
