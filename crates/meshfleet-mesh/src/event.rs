@@ -91,6 +91,67 @@ pub enum DropReason {
     NoRoute(NodeId),
     /// A package type nobody handles.
     Unhandled(i64),
+    /// A node sync whose tree we refuse to take on (the link stays up and keeps the tree
+    /// it had): accepting it would break our own node syncs to the rest of the mesh.
+    TreeRefused(TreeRefusal),
+}
+
+/// Why a neighbour's node tree was refused ([`DropReason::TreeRefused`]).
+///
+/// Every tree we accept is relayed, one level deeper, in the node syncs we send to our
+/// other neighbours. A tree that lists us, or that would make those syncs deeper than
+/// [`meshfleet_wire::MAX_TREE_DEPTH`] or longer than the frame cap, would make honest
+/// neighbours close or time out their links to us; so it is refused at the door.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TreeRefusal {
+    /// The tree lists our own node id below the sender: a loop, or a forgery. Relayed,
+    /// it would make every other neighbour see itself inside our subtree and close its
+    /// link (`sender_in_own_subtree`).
+    ContainsUs,
+    /// Relayed by us, the tree's deepest node would sit `depth` levels below us, more than
+    /// [`meshfleet_wire::MAX_TREE_DEPTH`]: our node syncs would exceed the JSON nesting
+    /// limit and be dropped by every neighbour (the library's too).
+    TooDeep {
+        /// Levels below us the tree would reach.
+        depth: usize,
+    },
+    /// With this tree, the node sync we would send a new neighbour (every tree we hold)
+    /// would be `sync_len` bytes, more than the frame cap `max`.
+    TooLarge {
+        /// Length of that node sync, NUL excluded.
+        sync_len: usize,
+        /// The frame cap ([`crate::Config::max_frame_len`]).
+        max: usize,
+    },
+}
+
+impl TreeRefusal {
+    /// A short stable label for counters and JSON.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::ContainsUs => "tree_contains_us",
+            Self::TooDeep { .. } => "tree_too_deep",
+            Self::TooLarge { .. } => "tree_too_large",
+        }
+    }
+}
+
+impl fmt::Display for TreeRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ContainsUs => f.write_str("node sync tree lists our own node id"),
+            Self::TooDeep { depth } => write!(
+                f,
+                "node sync tree would reach {depth} levels below us (at most {})",
+                meshfleet_wire::MAX_TREE_DEPTH
+            ),
+            Self::TooLarge { sync_len, max } => write!(
+                f,
+                "node sync tree would make our node syncs {sync_len} bytes (cap {max})"
+            ),
+        }
+    }
 }
 
 impl DropReason {
@@ -101,6 +162,7 @@ impl DropReason {
             Self::Decode(_) => "decode",
             Self::NoRoute(_) => "no_route",
             Self::Unhandled(_) => "unhandled",
+            Self::TreeRefused(r) => r.label(),
         }
     }
 }
@@ -112,6 +174,7 @@ impl fmt::Display for DropReason {
             Self::Decode(e) => f.write_str(e),
             Self::NoRoute(id) => write!(f, "no route to node {id}"),
             Self::Unhandled(ty) => write!(f, "no handler for package type {ty}"),
+            Self::TreeRefused(r) => fmt::Display::fmt(r, f),
         }
     }
 }

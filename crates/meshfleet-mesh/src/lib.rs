@@ -24,7 +24,7 @@ pub mod time;
 pub mod timesync;
 
 pub use config::Config;
-pub use event::{CloseReason, Delivery, DropReason, Event, LinkRole, PluginEvent};
+pub use event::{CloseReason, Delivery, DropReason, Event, LinkRole, PluginEvent, TreeRefusal};
 pub use meshfleet_wire as wire;
 pub use meshfleet_wire::{NodeId, NodeTree};
 pub use node::{binary_tag, Node, Transmit};

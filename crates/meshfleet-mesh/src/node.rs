@@ -6,11 +6,11 @@ use alloc::vec::Vec;
 
 use meshfleet_wire::{
     binary_frame, parse, FrameRef, Framer, Message, MsgText, NodeId, NodeSync, NodeTree, Package,
-    Routing, Text, TimeMsg, TimePacket,
+    Routing, Text, TimeMsg, TimePacket, MAX_TREE_DEPTH,
 };
 
 use crate::config::Config;
-use crate::event::{CloseReason, Delivery, DropReason, Event, LinkRole};
+use crate::event::{CloseReason, Delivery, DropReason, Event, LinkRole, TreeRefusal};
 use crate::plugin::{Ctx, MeshChange, Plugin, SendError};
 use crate::rng::Rng;
 use crate::stats::Stats;
@@ -794,7 +794,12 @@ impl Core {
             Message::NodeSyncReply(n) => {
                 self.handle_node_sync(now, link, n);
                 if let Some(idx) = self.link_index(link) {
-                    self.links[idx].set(LinkTimer::NodeTimeout, None);
+                    // A link whose first tree was refused is not synced: its timeout
+                    // stays, so a peer that only ever sends refused trees does not keep
+                    // the link (and its slot) for ever.
+                    if self.links[idx].peer != NodeId::UNKNOWN {
+                        self.links[idx].set(LinkTimer::NodeTimeout, None);
+                    }
                 }
             }
             Message::TimeSync(t) => self.handle_time_sync(now, link, t),
@@ -915,6 +920,19 @@ impl Core {
             );
             return;
         }
+        let digest = tree.digest();
+        let l = &self.links[idx];
+        // A tree we hold already passed the checks below; only a new one is serialized.
+        let fresh = if l.tree.is_none() || l.tree_digest != digest {
+            let (json, range) = link_tree_json(&tree);
+            if let Some(refusal) = self.refusal(idx, &tree, json.len()) {
+                self.drop_frame(link, DropReason::TreeRefused(refusal));
+                return;
+            }
+            Some((json, range))
+        } else {
+            None
+        };
         if peer == NodeId::UNKNOWN {
             // First sync on this link: refuse a node we already reach another way.
             if self.route(tree.node_id).is_some() {
@@ -945,12 +963,10 @@ impl Core {
                 peer: tree.node_id,
             });
         }
-        let digest = tree.digest();
         // What this peer last heard from us, against what we would tell it now.
         let told_current = self.links[idx].sent_digest == Some(self.digest_for(tree.node_id));
         let l = &mut self.links[idx];
-        if l.tree.is_none() || l.tree_digest != digest {
-            let (json, range) = link_tree_json(&tree);
+        if let Some((json, range)) = fresh {
             l.tree_json = json;
             l.subs_range = range;
             l.tree_digest = digest;
@@ -970,6 +986,56 @@ impl Core {
         // this peer, and `layout_changed` set it to now): postponing it would keep the
         // peer on a stale tree for a whole interval. In a line whose links all came up at
         // once, that held the far end's node list back by 10 s per hop.
+    }
+
+    /// Whether to refuse `tree` (serialized: `json_len` bytes) from the link at `idx`: not
+    /// in the library, which relays whatever it accepts and so lets one forged tree break
+    /// its links to honest neighbours (see [`TreeRefusal`]). The bounds hold for every
+    /// node sync we may send, including to a neighbour that connects later, so they do
+    /// not depend on which links are up now.
+    fn refusal(&self, idx: usize, tree: &NodeTree, json_len: usize) -> Option<TreeRefusal> {
+        let me = self.config.node_id;
+        if tree.subs.iter().any(|s| s.contains(me)) {
+            return Some(TreeRefusal::ContainsUs);
+        }
+        // The sender sits one level below us in what we relay: its depth (a leaf is 1)
+        // is the number of levels below us the tree reaches.
+        let depth = tree.depth();
+        if depth > MAX_TREE_DEPTH {
+            return Some(TreeRefusal::TooDeep { depth });
+        }
+        // The longest node sync we could send: every tree we hold, this one instead of
+        // the link's current one, as to a neighbour that holds none of them.
+        let others: usize = self
+            .links
+            .iter()
+            .enumerate()
+            .filter(|(i, l)| *i != idx && l.peer != NodeId::UNKNOWN && l.tree.is_some())
+            .map(|(_, l)| l.tree_json.len() + 1)
+            .sum();
+        let sync_len = self.node_sync_overhead() + others + json_len + 1;
+        let max = self.config.max_frame_len;
+        if sync_len > max {
+            return Some(TreeRefusal::TooLarge { sync_len, max });
+        }
+        None
+    }
+
+    /// Bytes of a node sync we send besides the trees and their separators: our own
+    /// keys, `,"subs":[`, `]` and the longest `type`/`dest`/`from` tail (NUL excluded).
+    fn node_sync_overhead(&self) -> usize {
+        let c = &self.config;
+        let digits = |n: u32| n.checked_ilog10().unwrap_or(0) as usize + 1;
+        let mut n = r#"{"nodeId":"#.len() + digits(c.node_id.0);
+        if c.root {
+            n += r#","root":true"#.len();
+        }
+        if c.has_time_authority {
+            n += r#","hasTimeAuthority":true"#.len();
+        }
+        n += r#","subs":[]"#.len();
+        n += r#","type":6,"dest":,"from":}"#.len() + digits(u32::MAX) + digits(c.node_id.0);
+        n
     }
 
     /// changedConnections -> syncLayout: ask every other synced link to re-sync now.

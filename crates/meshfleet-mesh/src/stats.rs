@@ -28,6 +28,9 @@ pub struct Stats {
     pub dropped_no_route: u64,
     /// Packages of types no plugin handles.
     pub unhandled_packages: u64,
+    /// Node syncs whose tree was refused (it listed us, or was too deep or too large to
+    /// relay; see [`crate::TreeRefusal`]).
+    pub refused_trees: u64,
     /// Links opened.
     pub links_opened: u64,
     /// Links closed because the peer left.
@@ -51,6 +54,7 @@ impl Stats {
             DropReason::Decode(_) => self.dropped_decode += 1,
             DropReason::NoRoute(_) => self.dropped_no_route += 1,
             DropReason::Unhandled(_) => self.unhandled_packages += 1,
+            DropReason::TreeRefused(_) => self.refused_trees += 1,
         }
     }
 

@@ -511,15 +511,17 @@ fn chain_node_sync(from: u32, dest: u32, levels: u32) -> String {
 }
 
 #[test]
-fn a_node_accepts_node_syncs_as_deep_as_the_library_does() {
+fn a_node_accepts_node_syncs_as_deep_as_it_can_relay() {
     // A geometric 1,000-node mesh is 73-93 hops across; the library accepts trees up to
-    // 127 levels below the sender (JSON nesting 255). On a small stack: parsing the tree
-    // takes none; serializing it again (the node caches each link tree's JSON) recurses,
-    // between 128 and 192 KiB for 127 levels in a debug build.
+    // 127 levels below the sender (JSON nesting 255). We take them up to 126 levels below
+    // the sender: relayed one level deeper, that is the most our neighbours can parse.
+    // On a small stack: parsing the tree takes none; serializing it again (the node
+    // caches each link tree's JSON) recurses, between 128 and 192 KiB for 127 levels in
+    // a debug build.
     let handle = std::thread::Builder::new()
         .stack_size(256 << 10)
         .spawn(|| {
-            for levels in [100, meshfleet_wire::MAX_TREE_DEPTH as u32] {
+            for levels in [100, meshfleet_wire::MAX_TREE_DEPTH as u32 - 1] {
                 let (mut n, l) = scripted(21);
                 let ev = feed(&mut n, l, &chain_node_sync(7, 21, levels));
                 assert_eq!(n.stats().dropped_decode, 0, "{levels}: {ev:?}");
@@ -534,6 +536,13 @@ fn a_node_accepts_node_syncs_as_deep_as_the_library_does() {
                     .expect("a NODE_SYNC_REPLY");
                 assert_eq!(reply.link, l);
             }
+            // 127 levels below the sender parse, but we could not relay them: refused,
+            // the link stays.
+            let (mut n, l) = scripted(21);
+            let ev = feed(&mut n, l, &chain_node_sync(7, 21, 127));
+            assert_eq!(n.stats().refused_trees, 1);
+            assert_eq!(closed_with(&ev), None);
+            assert!(n.nodes().is_empty());
             // One level deeper than the library's limit is refused like any frame the
             // library cannot parse: dropped, the link stays.
             let (mut n, l) = scripted(21);
