@@ -26,7 +26,7 @@ pub mod timesync;
 pub use config::Config;
 pub use event::{CloseReason, Delivery, DropReason, Event, LinkRole, PluginEvent, TreeRefusal};
 pub use meshfleet_wire as wire;
-pub use meshfleet_wire::{NodeId, NodeTree};
+pub use meshfleet_wire::{FlatTree, NodeId, NodeTree};
 pub use node::{binary_tag, Node, Transmit};
 pub use plugin::{Ctx, MeshChange, Plugin, SendError};
 pub use rng::Rng;

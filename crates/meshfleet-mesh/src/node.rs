@@ -5,7 +5,7 @@ use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
 use meshfleet_wire::{
-    binary_frame, parse, FrameRef, Framer, Message, MsgText, NodeId, NodeSync, NodeTree, Package,
+    binary_frame, parse, FlatTree, FrameRef, Framer, Message, MsgText, NodeId, NodeTree, Package,
     Routing, Text, TimeMsg, TimePacket, MAX_TREE_DEPTH,
 };
 
@@ -53,8 +53,9 @@ pub(crate) struct Link {
     framer: Framer,
     /// 0 until the first node sync.
     pub(crate) peer: NodeId,
-    /// What the neighbour last told us: itself and everything behind it (minus us).
-    pub(crate) tree: Option<NodeTree>,
+    /// What the neighbour last told us: itself and everything behind it (minus us), flat
+    /// (two allocations, not one per node: big meshes resend these trees constantly).
+    pub(crate) tree: Option<FlatTree>,
     timers: [Option<Instant>; 3],
     /// The time sync task exists once the first node sync is done.
     time_sync_interval: Option<Duration>,
@@ -65,13 +66,11 @@ pub(crate) struct Link {
     /// `tree` serialized once on receipt: node syncs to our other links embed it as is,
     /// so a layout change costs a copy per link, not a clone and a re-serialization.
     tree_json: Vec<u8>,
-    /// `tree.digest()`, to detect an unchanged tree without comparing trees.
+    /// `tree.digest()`, for [`Core::digest_for`].
     tree_digest: u64,
     /// Where the `subs` array sits in `tree_json`, if the tree has subs: a node sync
     /// whose raw `subs` text equals it carries the tree we hold (see `unchanged_node_sync`).
     subs_range: Option<(usize, usize)>,
-    /// `tree.size()`, for the time-sync adoption rule.
-    tree_size: usize,
 }
 
 impl Link {
@@ -284,7 +283,6 @@ impl Node {
             tree_json: Vec::new(),
             tree_digest: 0,
             subs_range: None,
-            tree_size: 0,
         };
         l.set(LinkTimer::NodeSync, Some(first_sync));
         c.links.push(l);
@@ -516,26 +514,9 @@ impl Node {
 
 /// A link tree's compact JSON (`{"nodeId":..[,"root":true][,"hasTimeAuthority":true][,"subs":[..]]}`,
 /// the library's key order) and the byte range of its `subs` array.
-fn link_tree_json(tree: &NodeTree) -> (Vec<u8>, Option<(usize, usize)>) {
-    use core::fmt::Write as _;
-    let mut head = alloc::string::String::with_capacity(48);
-    let _ = write!(head, "{{\"nodeId\":{}", tree.node_id.0);
-    if tree.root {
-        head.push_str(",\"root\":true");
-    }
-    if tree.has_time_authority {
-        head.push_str(",\"hasTimeAuthority\":true");
-    }
-    let mut out = head.into_bytes();
-    let mut range = None;
-    if !tree.subs.is_empty() {
-        out.extend_from_slice(b",\"subs\":");
-        let start = out.len();
-        // Serializing our own tree into a Vec cannot fail.
-        out.extend_from_slice(&serde_json::to_vec(&tree.subs).unwrap_or_default());
-        range = Some((start, out.len()));
-    }
-    out.push(b'}');
+fn link_tree_json(tree: &FlatTree) -> (Vec<u8>, Option<(usize, usize)>) {
+    let mut out = Vec::new();
+    let range = tree.write_json(&mut out);
     (out, range)
 }
 
@@ -573,7 +554,7 @@ impl Core {
                 .links
                 .iter()
                 .filter(|l| l.peer != NodeId::UNKNOWN)
-                .filter_map(|l| l.tree.clone())
+                .filter_map(|l| l.tree.as_ref().map(FlatTree::to_tree))
                 .collect(),
         }
     }
@@ -605,7 +586,10 @@ impl Core {
 
     /// Nodes on our side of the link to `peer`, us included (the adoption rule's count).
     fn size_for(&self, peer: NodeId) -> usize {
-        1 + self.subs_for(peer).map(|l| l.tree_size).sum::<usize>()
+        1 + self
+            .subs_for(peer)
+            .map(|l| l.tree.as_ref().map_or(0, FlatTree::size))
+            .sum::<usize>()
     }
 
     /// A NODE_SYNC_REQUEST/REPLY frame for `peer`: our tree minus its branch, keys in the
@@ -649,8 +633,7 @@ impl Core {
         let mut out = Vec::new();
         for l in &self.links {
             if let (Some(t), true) = (&l.tree, l.peer != NodeId::UNKNOWN) {
-                out.push(t.node_id);
-                t.collect_ids(&mut out);
+                out.extend_from_slice(t.ids());
             }
         }
         out.retain(|id| *id != NodeId::UNKNOWN && *id != self.config.node_id);
@@ -742,6 +725,7 @@ impl Core {
     }
 
     fn handle_frame(&mut self, now: Instant, link: LinkId, frame: &[u8]) {
+        use meshfleet_wire::types::{NODE_SYNC_REPLY, NODE_SYNC_REQUEST};
         self.stats.frames_in += 1;
         let parsed = match parse(frame) {
             Ok(p) => p,
@@ -769,6 +753,38 @@ impl Core {
         if self.unchanged_node_sync(now, link, &parsed) {
             return;
         }
+        let ty = parsed.ty();
+        if ty == NODE_SYNC_REQUEST || ty == NODE_SYNC_REPLY {
+            // Node syncs are read straight into a flat tree: what `message()` would decode,
+            // minus a `NodeTree` allocation per node and the keys we do not use.
+            let tree = match parsed.node_sync_tree() {
+                Ok(t) => t,
+                Err(e) => {
+                    self.drop_frame(link, DropReason::Decode(alloc::format!("{e}")));
+                    return;
+                }
+            };
+            if routing == Routing::Broadcast {
+                let bytes = with_nul(parsed.text());
+                self.stats.forwarded += self.flood_frame(&bytes, Some(link)) as u64;
+            }
+            self.handle_node_sync(now, link, tree);
+            let Some(idx) = self.link_index(link) else {
+                return;
+            };
+            if ty == NODE_SYNC_REQUEST {
+                let peer = self.links[idx].peer;
+                let frame = self.node_sync_frame(NODE_SYNC_REPLY, peer, false);
+                self.links[idx].sent_digest = Some(self.digest_for(peer));
+                self.push_transmit(link, frame, true);
+            } else if self.links[idx].peer != NodeId::UNKNOWN {
+                // A link whose first tree was refused is not synced: its timeout stays, so
+                // a peer that only ever sends refused trees does not keep the link (and
+                // its slot) for ever.
+                self.links[idx].set(LinkTimer::NodeTimeout, None);
+            }
+            return;
+        }
         let msg = match parsed.message() {
             Ok(m) => m,
             Err(e) => {
@@ -781,27 +797,8 @@ impl Core {
             self.stats.forwarded += self.flood_frame(&bytes, Some(link)) as u64;
         }
         match msg {
-            Message::NodeSyncRequest(n) => {
-                self.handle_node_sync(now, link, n);
-                if let Some(idx) = self.link_index(link) {
-                    let peer = self.links[idx].peer;
-                    let frame =
-                        self.node_sync_frame(meshfleet_wire::types::NODE_SYNC_REPLY, peer, false);
-                    self.links[idx].sent_digest = Some(self.digest_for(peer));
-                    self.push_transmit(link, frame, true);
-                }
-            }
-            Message::NodeSyncReply(n) => {
-                self.handle_node_sync(now, link, n);
-                if let Some(idx) = self.link_index(link) {
-                    // A link whose first tree was refused is not synced: its timeout
-                    // stays, so a peer that only ever sends refused trees does not keep
-                    // the link (and its slot) for ever.
-                    if self.links[idx].peer != NodeId::UNKNOWN {
-                        self.links[idx].set(LinkTimer::NodeTimeout, None);
-                    }
-                }
-            }
+            // Handled above, from the flat tree.
+            Message::NodeSyncRequest(_) | Message::NodeSyncReply(_) => {}
             Message::TimeSync(t) => self.handle_time_sync(now, link, t),
             Message::TimeDelay(t) => self.handle_time_delay(now, t),
             Message::Single(t) => {
@@ -850,8 +847,8 @@ impl Core {
             .raw_field("nodeId")
             .and_then(|v| v.parse::<u32>().ok())
             == Some(l.peer.0)
-            && flag("root") == tree.root
-            && flag("hasTimeAuthority") == tree.has_time_authority;
+            && flag("root") == tree.root()
+            && flag("hasTimeAuthority") == tree.has_time_authority();
         let same_subs = match (parsed.raw_field("subs"), l.subs_range) {
             (Some(raw), Some((a, b))) => raw.as_bytes() == &l.tree_json[a..b],
             (None, None) => true,
@@ -882,48 +879,47 @@ impl Core {
     }
 
     /// router.hpp `handleNodeSync`.
-    fn handle_node_sync(&mut self, now: Instant, link: LinkId, n: NodeSync) {
+    fn handle_node_sync(&mut self, now: Instant, link: LinkId, tree: FlatTree) {
         let Some(idx) = self.link_index(link) else {
             return;
         };
         let me = self.config.node_id;
-        let tree = n.tree;
+        let tree_id = tree.node_id();
         let peer = self.links[idx].peer;
         // validSubs: a known link must keep its id and must not appear below itself.
         if peer != NodeId::UNKNOWN {
-            if tree.node_id != peer {
+            if tree_id != peer {
                 self.close_link(
                     now,
                     link,
                     CloseReason::ChangedNodeId {
                         was: peer,
-                        now: tree.node_id,
+                        now: tree_id,
                     },
                 );
                 return;
             }
-            if tree.subs.iter().any(|s| s.contains(peer)) {
+            if tree.subs_contain(peer) {
                 self.close_link(now, link, CloseReason::SenderInOwnSubtree(peer));
                 return;
             }
         }
         // Stricter than the library, which accepts a neighbour with our id: two nodes with
         // one id break routing for both, so refuse at once.
-        if tree.node_id == me {
+        if tree_id == me {
             self.close_link(now, link, CloseReason::ClaimsOurId);
             return;
         }
-        if tree.node_id == NodeId::UNKNOWN {
+        if tree_id == NodeId::UNKNOWN {
             self.drop_frame(
                 link,
                 DropReason::Decode("node sync without a node id".into()),
             );
             return;
         }
-        let digest = tree.digest();
         let l = &self.links[idx];
         // A tree we hold already passed the checks below; only a new one is serialized.
-        let fresh = if l.tree.is_none() || l.tree_digest != digest {
+        let fresh = if l.tree.as_ref() != Some(&tree) {
             let (json, range) = link_tree_json(&tree);
             if let Some(refusal) = self.refusal(idx, &tree, json.len()) {
                 self.drop_frame(link, DropReason::TreeRefused(refusal));
@@ -935,12 +931,12 @@ impl Core {
         };
         if peer == NodeId::UNKNOWN {
             // First sync on this link: refuse a node we already reach another way.
-            if self.route(tree.node_id).is_some() {
-                self.close_link(now, link, CloseReason::DuplicateNode(tree.node_id));
+            if self.route(tree_id).is_some() {
+                self.close_link(now, link, CloseReason::DuplicateNode(tree_id));
                 return;
             }
             let l = &mut self.links[idx];
-            l.peer = tree.node_id;
+            l.peer = tree_id;
             l.time_sync_interval = Some(self.config.time_sync_unsynced_interval);
             let first = match l.role {
                 LinkRole::Station => now,
@@ -951,26 +947,25 @@ impl Core {
             // link synced meanwhile): the library waits up to a full interval to tell this
             // peer; we re-sync at once if what we said is stale.
             let sent = self.links[idx].sent_digest;
-            if sent.is_some() && sent != Some(self.digest_for(tree.node_id)) {
+            if sent.is_some() && sent != Some(self.digest_for(tree_id)) {
                 self.links[idx].set(LinkTimer::NodeSync, Some(now));
             }
             self.events.push_back(Event::NewConnection {
                 link,
-                peer: tree.node_id,
+                peer: tree_id,
             });
             self.changes.push_back(MeshChange::NeighbourUp {
                 link,
-                peer: tree.node_id,
+                peer: tree_id,
             });
         }
         // What this peer last heard from us, against what we would tell it now.
-        let told_current = self.links[idx].sent_digest == Some(self.digest_for(tree.node_id));
+        let told_current = self.links[idx].sent_digest == Some(self.digest_for(tree_id));
         let l = &mut self.links[idx];
         if let Some((json, range)) = fresh {
             l.tree_json = json;
             l.subs_range = range;
-            l.tree_digest = digest;
-            l.tree_size = tree.size();
+            l.tree_digest = tree.digest();
             l.tree = Some(tree);
             let changed = l.peer;
             self.layout_changed(now, Some(changed));
@@ -993,9 +988,9 @@ impl Core {
     /// its links to honest neighbours (see [`TreeRefusal`]). The bounds hold for every
     /// node sync we may send, including to a neighbour that connects later, so they do
     /// not depend on which links are up now.
-    fn refusal(&self, idx: usize, tree: &NodeTree, json_len: usize) -> Option<TreeRefusal> {
+    fn refusal(&self, idx: usize, tree: &FlatTree, json_len: usize) -> Option<TreeRefusal> {
         let me = self.config.node_id;
-        if tree.subs.iter().any(|s| s.contains(me)) {
+        if tree.subs_contain(me) {
             return Some(TreeRefusal::ContainsUs);
         }
         // The sender sits one level below us in what we relay: its depth (a leaf is 1)
@@ -1148,7 +1143,7 @@ impl Core {
             return;
         };
         let (remote_id, remote_authority, remote_size) =
-            (remote.node_id, remote.has_time_authority, l.tree_size);
+            (remote.node_id(), remote.has_time_authority(), remote.size());
         let c = &self.config;
         let adopt_from_peer = adopt_by_size(
             (c.node_id, c.has_time_authority, self.size_for(peer)),

@@ -66,7 +66,7 @@ pub use message::{
 };
 pub use nesting::MAX_JSON_NESTING;
 pub use package::Package;
-pub use tree::{NodeTree, MAX_TREE_DEPTH};
+pub use tree::{FlatTree, NodeTree, MAX_TREE_DEPTH};
 
 /// Default cap on one frame, NUL excluded: 1 MiB.
 ///

@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 use crate::lenient::{LenientBool, LenientInt, LenientU32};
 use crate::nesting::{nesting_within, MAX_JSON_NESTING};
 use crate::package::Package;
-use crate::tree::{parse_subs, NodeTree, MAX_TREE_DEPTH};
+use crate::tree::{parse_subs, FlatTree, NodeTree, MAX_TREE_DEPTH, TOO_DEEP};
 use crate::{types, NodeId, Routing};
 
 /// Longest `msg` string accepted, in characters: ArduinoJson's limit in the library
@@ -444,26 +444,86 @@ impl<'de> Deserialize<'de> for MaybeEnvelope<'de> {
 /// Like ArduinoJson, anything after the first complete value is ignored (trailing
 /// garbage, a second object in the same frame).
 ///
-/// A first value nested deeper than [`MAX_JSON_NESTING`] is refused before serde_json
-/// sees it, as the library refuses it (`TooDeep`). That bound is what makes it safe to
-/// parse here without serde_json's recursion limit, which would refuse nesting beyond 128
-/// that the library accepts (serde_json skips the raw values below the top level without
-/// recursion today, but that is how it is written, not a promise).
+/// A first value nested deeper than [`MAX_JSON_NESTING`] is refused, as the library
+/// refuses it (`TooDeep`). That bound is what makes it safe to deserialize parts of a
+/// frame later with serde's help; serde_json's own recursion limit (128) would refuse
+/// nesting the library accepts.
 pub(crate) fn parse_envelope(text: &str) -> Result<(Envelope<'_>, &str), DecodeError> {
-    if !nesting_within(text.as_bytes(), MAX_JSON_NESTING) {
-        return Err(DecodeError::Json(alloc::format!(
-            "nested deeper than {MAX_JSON_NESTING} levels (the library's limit)"
-        )));
+    let (env, object_text, checked) = parse_envelope_unchecked(text)?;
+    if !checked {
+        env.check_nesting(None)?;
     }
+    Ok((env, object_text))
+}
+
+fn too_deep() -> DecodeError {
+    DecodeError::Json(alloc::format!(
+        "nested deeper than {MAX_JSON_NESTING} levels (the library's limit)"
+    ))
+}
+
+/// [`parse_envelope`] without the nesting check of the values: returns whether it was
+/// done (true when the text has too few brackets to nest too deep); if not, the caller
+/// must [`Envelope::check_nesting`]. Errors are those `parse_envelope` gives.
+///
+/// The envelope parse itself cannot recurse with the input: the visitor takes the
+/// top-level keys and keeps every value as raw text, which serde_json skips without
+/// recursion (`ignore_value` keeps its own stack; `tests/depth.rs` parses junk nested a
+/// million levels deep on a small stack to hold it to that). Checking nesting per value
+/// afterwards lets a node sync's tree, most of a big frame, be checked by the tree parser
+/// as it reads it, instead of by a separate pass over the whole frame.
+fn parse_envelope_unchecked(text: &str) -> Result<(Envelope<'_>, &str, bool), DecodeError> {
+    let checked = within_by_count(text.as_bytes());
     let start = text.len() - text.trim_start().len();
     let mut de = serde_json::Deserializer::from_str(text);
-    de.disable_recursion_limit(); // bounded by the scan above
+    de.disable_recursion_limit(); // see above: values are skipped iteratively
     let mut stream = de.into_iter::<MaybeEnvelope<'_>>();
-    match stream.next() {
-        Some(Ok(MaybeEnvelope(Some(env)))) => Ok((env, &text[start..stream.byte_offset()])),
-        Some(Ok(MaybeEnvelope(None))) => Err(DecodeError::NotObject),
-        Some(Err(e)) => Err(DecodeError::Json(e.to_string())),
-        None => Err(DecodeError::Json("empty frame".into())),
+    let err = match stream.next() {
+        Some(Ok(MaybeEnvelope(Some(env)))) => {
+            return Ok((env, &text[start..stream.byte_offset()], checked))
+        }
+        Some(Ok(MaybeEnvelope(None))) => DecodeError::NotObject,
+        Some(Err(e)) => DecodeError::Json(e.to_string()),
+        None => DecodeError::Json("empty frame".into()),
+    };
+    // Too deep wins over any other fault, as when the nesting was checked first.
+    if !checked && !nesting_within(text.as_bytes(), MAX_JSON_NESTING) {
+        return Err(too_deep());
+    }
+    Err(err)
+}
+
+/// Whether `text` has too few brackets to nest deeper than [`MAX_JSON_NESTING`].
+fn within_by_count(text: &[u8]) -> bool {
+    text.len() <= MAX_JSON_NESTING
+        || text.iter().filter(|b| matches!(b, b'[' | b'{')).count() <= MAX_JSON_NESTING
+}
+
+impl Envelope<'_> {
+    /// Refuses the frame if a value nests deeper than the library allows inside the
+    /// frame's object (which is nesting level 1). The entry at index `deferred`, if any,
+    /// is skipped: its reader checks it (a node sync's tree, [`parse_subs`]).
+    fn check_nesting(&self, deferred: Option<usize>) -> Result<(), DecodeError> {
+        for (i, (_, v)) in self.0.iter().enumerate() {
+            if Some(i) != deferred && !nesting_within(v.get().as_bytes(), MAX_JSON_NESTING - 1) {
+                return Err(too_deep());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The error for a node sync's `subs` that the tree parser refused: nesting beyond the
+/// library's limit is the frame's fault ([`DecodeError::Json`], as any too-deep frame).
+fn subs_error(ty: i64, e: &'static str) -> DecodeError {
+    if e == TOO_DEEP {
+        too_deep()
+    } else {
+        DecodeError::Field {
+            ty,
+            field: "subs",
+            reason: e.into(),
+        }
     }
 }
 
@@ -487,12 +547,26 @@ pub struct Frame<'a> {
 /// Parses a frame's envelope (see [`Frame`]).
 pub fn parse(frame: &[u8]) -> Result<Frame<'_>, DecodeError> {
     let text = core::str::from_utf8(frame).map_err(|_| DecodeError::Utf8)?;
-    let (env, object_text) = parse_envelope(text)?;
-    let ty = env.int("type").ok_or(DecodeError::NoType)?;
-    let routing = match env.int("routing") {
-        Some(code) => Routing::from_code(code),
-        None => Routing::for_type(ty),
+    let (env, object_text, checked) = parse_envelope_unchecked(text)?;
+    let ty = env.int("type");
+    let routing = match (env.int("routing"), ty) {
+        (Some(code), _) => Routing::from_code(code),
+        (None, Some(ty)) => Routing::for_type(ty),
+        (None, None) => Routing::Error,
     };
+    if !checked {
+        // A node sync's tree (the last `subs`, the one that is read) is checked by the
+        // tree parser as it reads it, unless the frame travels on: then it is forwarded
+        // as text and must be checked here.
+        let node_sync = matches!(ty, Some(types::NODE_SYNC_REQUEST | types::NODE_SYNC_REPLY));
+        let deferred = if node_sync && routing == Routing::Neighbour {
+            env.0.iter().rposition(|(k, _)| k == "subs")
+        } else {
+            None
+        };
+        env.check_nesting(deferred)?;
+    }
+    let ty = ty.ok_or(DecodeError::NoType)?;
     let dest = NodeId(env.u32("dest").unwrap_or(0));
     let from = NodeId(env.u32("from").unwrap_or(0));
     Ok(Frame {
@@ -536,6 +610,27 @@ impl Frame<'_> {
     /// the library), for cheap comparisons without decoding.
     pub fn raw_field(&self, key: &str) -> Option<&str> {
         self.env.get(key).map(RawValue::get)
+    }
+
+    /// The tree of a node sync (NODE_SYNC_REQUEST / NODE_SYNC_REPLY), flat: what
+    /// [`Frame::message`] would put in [`NodeSync::tree`], read the same way and refused
+    /// for the same reasons, without an allocation per node. For other types it reads
+    /// the same keys (a frame with no `subs` is a lone node).
+    pub fn node_sync_tree(&self) -> Result<FlatTree, DecodeError> {
+        let env = &self.env;
+        let mut tree = FlatTree::single(
+            // The library falls back to `from` when `nodeId` is not a uint32.
+            env.u32("nodeId").map(NodeId).unwrap_or(self.from),
+            env.bool("root"),
+            env.bool("hasTimeAuthority"),
+        );
+        if let Some(raw) = env.get("subs") {
+            // Iterative, so however deep the tree (up to what the nesting pre-scan lets
+            // through), it takes no stack.
+            tree.parse_subs_into(raw.get(), MAX_TREE_DEPTH)
+                .map_err(|e| subs_error(self.ty, e))?;
+        }
+        Ok(tree)
     }
 
     /// Decodes the typed message.
@@ -583,11 +678,7 @@ impl Frame<'_> {
                     // Iterative, so however deep the tree (up to what the nesting
                     // pre-scan lets through), it takes no stack.
                     Some(raw) => {
-                        parse_subs(raw.get(), MAX_TREE_DEPTH).map_err(|e| DecodeError::Field {
-                            ty,
-                            field: "subs",
-                            reason: e.into(),
-                        })?
+                        parse_subs(raw.get(), MAX_TREE_DEPTH).map_err(|e| subs_error(ty, e))?
                     }
                 };
                 let tree = NodeTree {

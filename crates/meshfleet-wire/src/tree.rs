@@ -127,6 +127,225 @@ impl Serialize for NodeTree {
     }
 }
 
+/// Bits of [`FlatTree`]'s per-node word: the level below the top, and the two flags.
+const LEVEL_MASK: u16 = 0x3fff;
+const ROOT_BIT: u16 = 1 << 14;
+const AUTHORITY_BIT: u16 = 1 << 15;
+
+/// A node tree stored flat: every node in pre-order (as a node sync's text lists them),
+/// each with its level below the top node. Two allocations whatever the tree's size,
+/// where a [`NodeTree`] takes one per node; parsed straight from a node sync's text
+/// ([`Frame::node_sync_tree`](crate::Frame::node_sync_tree)) and written back as JSON
+/// without serde ([`FlatTree::write_json`]).
+///
+/// Invariant: empty, or the top node at level 0 and every later node at a level from 1 to
+/// one more than the node before it. Levels are stored in 14 bits: a tree deeper than
+/// 16,383 levels (no frame can carry one: [`MAX_TREE_DEPTH`]) does not convert from a
+/// [`NodeTree`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlatTree {
+    ids: Vec<NodeId>,
+    /// Per node: level below the top (bits 0-13), `root` (bit 14), `hasTimeAuthority` (bit 15).
+    meta: Vec<u16>,
+}
+
+impl FlatTree {
+    /// A tree of one node.
+    pub fn single(node_id: NodeId, root: bool, has_time_authority: bool) -> Self {
+        let mut t = Self::default();
+        t.push(node_id, 0, root, has_time_authority);
+        t
+    }
+
+    fn push(&mut self, id: NodeId, level: u16, root: bool, authority: bool) {
+        self.ids.push(id);
+        let mut m = level & LEVEL_MASK;
+        if root {
+            m |= ROOT_BIT;
+        }
+        if authority {
+            m |= AUTHORITY_BIT;
+        }
+        self.meta.push(m);
+    }
+
+    /// The same tree, flat; `None` if it is deeper than 16,383 levels.
+    pub fn from_tree(tree: &NodeTree) -> Option<Self> {
+        let mut out = Self::default();
+        // Iterative pre-order walk: (node, level), children pushed in reverse.
+        let mut stack = alloc::vec![(tree, 0usize)];
+        while let Some((t, level)) = stack.pop() {
+            let level16 = u16::try_from(level).ok().filter(|l| *l <= LEVEL_MASK)?;
+            out.push(t.node_id, level16, t.root, t.has_time_authority);
+            stack.extend(t.subs.iter().rev().map(|s| (s, level + 1)));
+        }
+        Some(out)
+    }
+
+    /// The same tree as nested [`NodeTree`]s (one allocation per node with subs).
+    pub fn to_tree(&self) -> NodeTree {
+        // The open nodes of the current path, top first.
+        let mut path: Vec<NodeTree> = Vec::new();
+        for (i, (&id, &m)) in self.ids.iter().zip(&self.meta).enumerate() {
+            let level = if i == 0 { 0 } else { usize::from(m & LEVEL_MASK).max(1) };
+            while path.len() > level {
+                close_last(&mut path);
+            }
+            path.push(NodeTree {
+                node_id: id,
+                root: m & ROOT_BIT != 0,
+                has_time_authority: m & AUTHORITY_BIT != 0,
+                subs: Vec::new(),
+            });
+        }
+        while path.len() > 1 {
+            close_last(&mut path);
+        }
+        path.pop().unwrap_or_default()
+    }
+
+    /// The top node's id (0 for an empty tree).
+    pub fn node_id(&self) -> NodeId {
+        self.ids.first().copied().unwrap_or_default()
+    }
+
+    /// Whether the top node is the mesh root.
+    pub fn root(&self) -> bool {
+        self.meta.first().is_some_and(|m| m & ROOT_BIT != 0)
+    }
+
+    /// Whether the top node has an authoritative clock.
+    pub fn has_time_authority(&self) -> bool {
+        self.meta.first().is_some_and(|m| m & AUTHORITY_BIT != 0)
+    }
+
+    /// Number of nodes, the top one included ([`NodeTree::size`]).
+    pub fn size(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Every node id in pre-order, the top one first.
+    pub fn ids(&self) -> &[NodeId] {
+        &self.ids
+    }
+
+    /// Whether `id` is the top node or anywhere below it ([`NodeTree::contains`]).
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.ids.contains(&id)
+    }
+
+    /// Whether `id` is anywhere below the top node.
+    pub fn subs_contain(&self, id: NodeId) -> bool {
+        self.ids.get(1..).is_some_and(|s| s.contains(&id))
+    }
+
+    /// Whether any node is the mesh root ([`NodeTree::is_rooted`]).
+    pub fn is_rooted(&self) -> bool {
+        self.meta.iter().any(|m| m & ROOT_BIT != 0)
+    }
+
+    /// Depth in tree levels, a lone node being 1 ([`NodeTree::depth`]; 0 when empty).
+    pub fn depth(&self) -> usize {
+        self.meta
+            .iter()
+            .map(|m| usize::from(m & LEVEL_MASK) + 1)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// A 64-bit digest of the whole tree (ids, flags and shape), to tell cheaply whether
+    /// what we told a neighbour is still current. One multiply per node.
+    pub fn digest(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for (&id, &m) in self.ids.iter().zip(&self.meta) {
+            h = (h ^ (u64::from(id.0) | u64::from(m) << 32)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            h ^= h >> 29;
+        }
+        h ^ self.ids.len() as u64
+    }
+
+    /// Appends the tree's compact JSON as the library writes it
+    /// (`{"nodeId":..[,"root":true][,"hasTimeAuthority":true][,"subs":[..]]}` for every
+    /// node, empty `subs` omitted) and returns the byte range of the top node's `subs`
+    /// array in `out`, if it has subs. Byte-identical to serializing [`Self::to_tree`]
+    /// with serde_json (tested).
+    pub fn write_json(&self, out: &mut Vec<u8>) -> Option<(usize, usize)> {
+        if self.ids.is_empty() {
+            return None;
+        }
+        out.reserve(self.ids.len() * 26 + 16);
+        let mut subs_start = None;
+        let mut prev = 0usize;
+        for (i, (&id, &m)) in self.ids.iter().zip(&self.meta).enumerate() {
+            let level = usize::from(m & LEVEL_MASK);
+            if i > 0 {
+                if level > prev {
+                    if i == 1 {
+                        subs_start = Some(out.len() + br#","subs":"#.len());
+                    }
+                    out.extend_from_slice(br#","subs":["#);
+                } else {
+                    out.push(b'}');
+                    for _ in level..prev {
+                        out.extend_from_slice(b"]}");
+                    }
+                    out.push(b',');
+                }
+            }
+            prev = level;
+            out.extend_from_slice(br#"{"nodeId":"#);
+            write_u32(out, id.0);
+            if m & ROOT_BIT != 0 {
+                out.extend_from_slice(br#","root":true"#);
+            }
+            if m & AUTHORITY_BIT != 0 {
+                out.extend_from_slice(br#","hasTimeAuthority":true"#);
+            }
+        }
+        out.push(b'}');
+        for _ in 0..prev {
+            out.extend_from_slice(b"]}");
+        }
+        // The top node's `subs` array ends just before its closing brace.
+        subs_start.map(|s| (s, out.len() - 1))
+    }
+
+    /// Parses a node sync's `subs` text into this tree, below its top node (see
+    /// [`parse_subs`] for what is read and refused). On error the tree is left with
+    /// whatever was read; callers drop it.
+    pub(crate) fn parse_subs_into(
+        &mut self,
+        text: &str,
+        max_depth: usize,
+    ) -> Result<(), &'static str> {
+        parse_flat(text, max_depth, self)
+    }
+}
+
+/// Pops the last node of `path` into its parent's subs.
+fn close_last(path: &mut Vec<NodeTree>) {
+    if let Some(done) = path.pop() {
+        if let Some(parent) = path.last_mut() {
+            parent.subs.push(done);
+        }
+    }
+}
+
+/// Appends `n` in decimal.
+fn write_u32(out: &mut Vec<u8>, mut n: u32) {
+    let mut buf = [0u8; 10];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
 /// Parses a node sync's `subs` value into trees, iteratively: stack use does not grow with
 /// the tree's depth (a recursive descent needs ~0.65 KiB of stack per tree level in a
 /// release build, ~3.3 KiB in a debug build; 127 levels would be 84 / 426 KiB).
@@ -142,20 +361,30 @@ impl Serialize for NodeTree {
 ///   ([`MAX_TREE_DEPTH`]; unreachable through [`decode`](crate::decode), whose nesting
 ///   pre-scan refuses such frames first).
 pub(crate) fn parse_subs(text: &str, max_depth: usize) -> Result<Vec<NodeTree>, &'static str> {
+    let mut flat = FlatTree::single(NodeId(0), false, false);
+    parse_flat(text, max_depth, &mut flat)?;
+    Ok(flat.to_tree().subs)
+}
+
+/// [`parse_subs`] into a flat tree: the nodes are appended to `out` (which holds the
+/// sender at level 0) in pre-order, no allocation per node.
+fn parse_flat(text: &str, max_depth: usize, out: &mut FlatTree) -> Result<(), &'static str> {
     const MALFORMED: &str = "malformed JSON";
     let mut c = Cursor { text, i: 0 };
     c.ws();
     if c.peek() != Some(b'[') {
-        c.value()?;
-        return Ok(Vec::new());
+        c.value(MAX_JSON_NESTING - 1)?; // in the frame's object (level 1)
+        return Ok(());
     }
     if max_depth == 0 {
         return Err(TOO_DEEP);
     }
     c.i += 1;
-    // The sender (whose subs we collect) and every open node below it, innermost last;
-    // its length - 1 is the innermost node's level below the sender.
-    let mut open = alloc::vec![NodeTree::default()];
+    // Index in `out` of the sender (whose subs we collect) and of every open node below
+    // it, innermost last; its length - 1 is the innermost node's level below the sender.
+    let top = out.ids.len().checked_sub(1).ok_or(MALFORMED)?;
+    let mut open: Vec<usize> = alloc::vec![top];
+    let base_level = out.meta[top] & LEVEL_MASK;
     // Whether we are in the innermost node's `subs` array (else in its object), and whether
     // the next item is the first of its array/object (else a comma comes first).
     let (mut in_array, mut first) = (true, true);
@@ -169,8 +398,7 @@ pub(crate) fn parse_subs(text: &str, max_depth: usize) -> Result<Vec<NodeTree>, 
                     break; // the sender's `subs` is complete
                 }
             } else {
-                let done = open.pop().ok_or(MALFORMED)?;
-                open.last_mut().ok_or(MALFORMED)?.subs.push(done);
+                open.pop().ok_or(MALFORMED)?;
             }
             in_array = !in_array;
             first = false;
@@ -184,26 +412,34 @@ pub(crate) fn parse_subs(text: &str, max_depth: usize) -> Result<Vec<NodeTree>, 
         if in_array {
             if c.peek() == Some(b'{') {
                 c.i += 1;
-                open.push(NodeTree::default());
+                // Levels are below MAX_TREE_DEPTH + 1 here (checked when the array opened).
+                let level = base_level.saturating_add(open.len() as u16);
+                open.push(out.ids.len());
+                out.push(NodeId(0), level, false, false);
                 (in_array, first) = (false, true);
             } else {
-                c.value()?; // not an object: skipped
+                // Not an object: skipped (the array is at nesting 2L + 2).
+                c.value(MAX_JSON_NESTING.saturating_sub(2 * open.len()))?;
             }
             continue;
         }
-        let key = c.string()?;
+        let (key, escaped) = c.string()?;
         c.expect(b':')?;
         c.ws();
-        let key: Cow<'_, str> = if key.contains('\\') {
+        let level = open.len() - 1;
+        // A value in the object of a node L levels below the sender (nesting 2L + 1).
+        let budget = MAX_JSON_NESTING.saturating_sub(2 * level + 1);
+        let key: Cow<'_, str> = if escaped {
             Cow::Owned(serde_json::from_str::<String>(key).map_err(|_| MALFORMED)?)
         } else {
             Cow::Borrowed(&key[1..key.len() - 1])
         };
-        let level = open.len() - 1;
-        let node = open.last_mut().ok_or(MALFORMED)?;
+        let node = *open.last().ok_or(MALFORMED)?;
         match key.as_ref() {
             "subs" => {
-                node.subs.clear(); // a later `subs` replaces an earlier one
+                // A later `subs` replaces an earlier one: drop what the earlier one added.
+                out.ids.truncate(node + 1);
+                out.meta.truncate(node + 1);
                 if c.peek() == Some(b'[') {
                     if level >= max_depth {
                         return Err(TOO_DEEP);
@@ -211,27 +447,45 @@ pub(crate) fn parse_subs(text: &str, max_depth: usize) -> Result<Vec<NodeTree>, 
                     c.i += 1;
                     (in_array, first) = (true, true);
                 } else {
-                    c.value()?;
+                    c.value(budget)?;
                 }
             }
-            "nodeId" => node.node_id = NodeId(lenient_u32(c.value()?).unwrap_or(0)),
-            "root" => node.root = c.value()? == "true",
-            "hasTimeAuthority" => node.has_time_authority = c.value()? == "true",
+            "nodeId" => out.ids[node] = NodeId(lenient_u32(c.value(budget)?).unwrap_or(0)),
+            "root" => set_bit(&mut out.meta[node], ROOT_BIT, c.value(budget)? == "true"),
+            "hasTimeAuthority" => {
+                set_bit(&mut out.meta[node], AUTHORITY_BIT, c.value(budget)? == "true")
+            }
             _ => {
-                c.value()?;
+                c.value(budget)?;
             }
         }
     }
-    let sender = open.pop().ok_or(MALFORMED)?;
-    Ok(sender.subs)
+    Ok(())
 }
 
-const TOO_DEEP: &str = "node tree nested too deep";
+fn set_bit(m: &mut u16, bit: u16, on: bool) {
+    if on {
+        *m |= bit;
+    } else {
+        *m &= !bit;
+    }
+}
+
+/// The tree parser's error for nesting beyond the library's limits.
+pub(crate) const TOO_DEEP: &str = "node tree nested too deep";
 
 /// `LenientU32` of a scalar's text, with a fast path for plain decimal digits.
 fn lenient_u32(v: &str) -> Option<u32> {
-    if !v.is_empty() && v.len() <= 10 && v.bytes().all(|b| b.is_ascii_digit()) {
-        return v.parse::<u64>().ok().and_then(|n| u32::try_from(n).ok());
+    if !v.is_empty() && v.len() <= 10 {
+        let mut n: u64 = 0;
+        let mut digits = true;
+        for b in v.bytes() {
+            digits &= b.is_ascii_digit();
+            n = n * 10 + u64::from(b.wrapping_sub(b'0'));
+        }
+        if digits {
+            return u32::try_from(n).ok();
+        }
     }
     match v.as_bytes().first() {
         Some(b'-' | b'0'..=b'9') => serde_json::from_str::<LenientU32>(v).ok().and_then(|x| x.0),
@@ -265,17 +519,22 @@ impl<'a> Cursor<'a> {
         Ok(())
     }
 
-    /// The text of the string starting here, quotes included.
-    fn string(&mut self) -> Result<&'a str, &'static str> {
+    /// The text of the string starting here, quotes included, and whether it holds an
+    /// escape.
+    fn string(&mut self) -> Result<(&'a str, bool), &'static str> {
         let bytes = self.text.as_bytes();
         let start = self.i;
         if bytes.get(start) != Some(&b'"') {
             return Err("malformed JSON");
         }
         let mut i = start + 1;
+        let mut escaped = false;
         loop {
             match bytes.get(i) {
-                Some(b'\\') => i += 2,
+                Some(b'\\') => {
+                    escaped = true;
+                    i += 2;
+                }
                 Some(b'"') => break,
                 Some(_) => i += 1,
                 None => return Err("malformed JSON"),
@@ -283,11 +542,13 @@ impl<'a> Cursor<'a> {
         }
         self.i = i + 1;
         // Both ends are ASCII quotes, so this slice is on char boundaries.
-        self.text.get(start..self.i).ok_or("malformed JSON")
+        let text = self.text.get(start..self.i).ok_or("malformed JSON")?;
+        Ok((text, escaped))
     }
 
-    /// Skips one value (iteratively, however deep) and returns its text.
-    fn value(&mut self) -> Result<&'a str, &'static str> {
+    /// Skips one value (iteratively, however deep) and returns its text; refuses
+    /// ([`TOO_DEEP`]) a value nesting more than `budget` arrays/objects.
+    fn value(&mut self, budget: usize) -> Result<&'a str, &'static str> {
         self.ws();
         let bytes = self.text.as_bytes();
         let start = self.i;
@@ -303,7 +564,12 @@ impl<'a> Cursor<'a> {
                             self.string()?;
                             continue;
                         }
-                        Some(b'[' | b'{') => depth += 1,
+                        Some(b'[' | b'{') => {
+                            depth += 1;
+                            if depth > budget {
+                                return Err(TOO_DEEP);
+                            }
+                        }
                         Some(b']' | b'}') => {
                             depth -= 1;
                             if depth == 0 {
@@ -475,13 +741,28 @@ mod tests {
         // Far deeper than any budget: refused at the budget, no stack used for it.
         let text = chain_json(100_000, "[]");
         assert_eq!(parse_subs(&text, MAX_TREE_DEPTH), Err(TOO_DEEP));
-        // Junk values are skipped iteratively however deep they are.
-        let junk = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-        let text = format!(r#"[{{"nodeId":5,"x":{junk}}},{junk}]"#);
+        // Junk values are skipped iteratively up to the library's nesting limit: a value
+        // in the object of a node one level down (nesting 3) may nest 252 more, an
+        // element of the sender's `subs` (nesting 2) 253 more.
+        let junk = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let text = format!(r#"[{{"nodeId":5,"x":{}}},{}]"#, junk(252), junk(253));
         assert_eq!(
             parse_subs(&text, MAX_TREE_DEPTH),
             Ok(alloc::vec![NodeTree::leaf(NodeId(5))])
         );
+        for text in [
+            format!(r#"[{{"nodeId":5,"x":{}}}]"#, junk(253)),
+            format!(r#"[{{"nodeId":{}}}]"#, junk(253)),
+            format!(r#"[{{"subs":{}}}]"#, junk(253)),
+            format!("[{}]", junk(254)),
+            junk(255),
+            format!(r#"{{"a":{}}}"#, junk(254)),
+            // however deep, refused without recursion
+            format!(r#"[{{"nodeId":5,"x":{}}}]"#, junk(100_000)),
+        ] {
+            assert_eq!(parse_subs(&text, MAX_TREE_DEPTH), Err(TOO_DEEP), "{}", &text[..20]);
+        }
+        assert!(parse_subs(&junk(254), MAX_TREE_DEPTH).is_ok());
     }
 
     #[test]
@@ -591,6 +872,80 @@ mod tests {
                 })
         })
         .prop_map(|o| format!("[{o}]"))
+    }
+
+    fn arb_tree() -> impl Strategy<Value = NodeTree> {
+        let node = (any::<u32>(), any::<bool>(), any::<bool>()).prop_map(|(id, r, a)| NodeTree {
+            node_id: NodeId(id % 5 * 1_000_000_000 + id % 1000),
+            root: r && id % 5 == 0,
+            has_time_authority: a && id % 3 == 0,
+            subs: Vec::new(),
+        });
+        node.clone().prop_recursive(12, 200, 5, move |inner| {
+            (node.clone(), prop::collection::vec(inner, 0..5)).prop_map(|(mut n, subs)| {
+                n.subs = subs;
+                n
+            })
+        })
+    }
+
+    #[test]
+    fn flat_tree_of_a_deep_chain_and_of_nothing() {
+        let text = chain_json(MAX_TREE_DEPTH, "7");
+        let mut flat = FlatTree::single(NodeId(9), true, false);
+        flat.parse_subs_into(&text, MAX_TREE_DEPTH).expect("parses");
+        assert_eq!(flat.depth(), MAX_TREE_DEPTH + 1);
+        assert_eq!(flat.size(), MAX_TREE_DEPTH + 1);
+        assert!(flat.is_rooted() && flat.root() && !flat.has_time_authority());
+        let empty = FlatTree::default();
+        assert_eq!((empty.size(), empty.depth(), empty.node_id()), (0, 0, NodeId(0)));
+        assert_eq!(empty.write_json(&mut Vec::new()), None);
+        assert_eq!(empty.to_tree(), NodeTree::default());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+        #[test]
+        fn flat_tree_is_the_same_tree(tree in arb_tree(), probe in any::<u32>()) {
+            let flat = FlatTree::from_tree(&tree).expect("shallow");
+            prop_assert_eq!(&flat.to_tree(), &tree);
+            prop_assert_eq!(flat.size(), tree.size());
+            prop_assert_eq!(flat.depth(), tree.depth());
+            prop_assert_eq!(flat.is_rooted(), tree.is_rooted());
+            prop_assert_eq!(flat.node_id(), tree.node_id);
+            for id in [tree.node_id, NodeId(probe), NodeId(probe % 1000)] {
+                prop_assert_eq!(flat.contains(id), tree.contains(id));
+                prop_assert_eq!(
+                    flat.subs_contain(id),
+                    tree.subs.iter().any(|s| s.contains(id))
+                );
+            }
+            // The JSON is serde's, byte for byte, and the range is the `subs` array's.
+            let mut json = b"x".to_vec();
+            let range = flat.write_json(&mut json);
+            prop_assert_eq!(&json[1..], &serde_json::to_vec(&tree).expect("serializes")[..]);
+            match range {
+                Some((a, b)) => prop_assert_eq!(
+                    &json[a..b],
+                    &serde_json::to_vec(&tree.subs).expect("serializes")[..]
+                ),
+                None => prop_assert!(tree.subs.is_empty()),
+            }
+            // Parsing that JSON's subs gives the tree back.
+            let mut again = FlatTree::single(tree.node_id, tree.root, tree.has_time_authority);
+            if let Some((a, b)) = range {
+                let subs = core::str::from_utf8(&json[a..b]).expect("utf-8");
+                again.parse_subs_into(subs, MAX_TREE_DEPTH).expect("parses");
+            }
+            prop_assert_eq!(&again, &flat);
+            prop_assert_eq!(again.digest(), flat.digest());
+            // Any change of one node changes the digest.
+            if flat.size() > 1 {
+                let mut other = flat.clone();
+                other.ids[flat.size() - 1].0 ^= 1;
+                prop_assert_ne!(other.digest(), flat.digest());
+            }
+        }
     }
 
     proptest! {
