@@ -77,6 +77,10 @@ fn main() {
         }
         while node.poll_event().is_some() {}
     }
-    assert_eq!(frames_out, 3 * iterations as usize, "every change re-syncs 3 links");
+    assert_eq!(
+        frames_out,
+        3 * iterations as usize,
+        "every change re-syncs 3 links"
+    );
     println!("{iterations} changes of a {n}-node tree: {frames_out} frames, {bytes_out} bytes out");
 }

@@ -513,11 +513,29 @@ impl Node {
 }
 
 /// A link tree's compact JSON (`{"nodeId":..[,"root":true][,"hasTimeAuthority":true][,"subs":[..]]}`,
-/// the library's key order) and the byte range of its `subs` array.
-fn link_tree_json(tree: &FlatTree) -> (Vec<u8>, Option<(usize, usize)>) {
+/// the library's key order) and the byte range of its `subs` array. `subs_text`, if
+/// given, is the received `subs` text, known to be exactly what `write_json` would write
+/// (`Frame::node_sync_tree`): it is copied instead.
+fn link_tree_json(tree: &FlatTree, subs_text: Option<&str>) -> (Vec<u8>, Option<(usize, usize)>) {
     let mut out = Vec::new();
-    let range = tree.write_json(&mut out);
-    (out, range)
+    match subs_text {
+        Some(subs) if tree.size() > 1 => {
+            out.reserve(subs.len() + 64);
+            let top = FlatTree::single(tree.node_id(), tree.root(), tree.has_time_authority());
+            top.write_json(&mut out);
+            out.pop(); // its closing brace
+            out.extend_from_slice(br#","subs":"#);
+            let start = out.len();
+            out.extend_from_slice(subs.as_bytes());
+            let end = out.len();
+            out.push(b'}');
+            (out, Some((start, end)))
+        }
+        _ => {
+            let range = tree.write_json(&mut out);
+            (out, range)
+        }
+    }
 }
 
 fn with_nul(text: &str) -> Vec<u8> {
@@ -757,7 +775,7 @@ impl Core {
         if ty == NODE_SYNC_REQUEST || ty == NODE_SYNC_REPLY {
             // Node syncs are read straight into a flat tree: what `message()` would decode,
             // minus a `NodeTree` allocation per node and the keys we do not use.
-            let tree = match parsed.node_sync_tree() {
+            let (tree, canonical) = match parsed.node_sync_tree() {
                 Ok(t) => t,
                 Err(e) => {
                     self.drop_frame(link, DropReason::Decode(alloc::format!("{e}")));
@@ -768,7 +786,12 @@ impl Core {
                 let bytes = with_nul(parsed.text());
                 self.stats.forwarded += self.flood_frame(&bytes, Some(link)) as u64;
             }
-            self.handle_node_sync(now, link, tree);
+            let subs_text = if canonical {
+                parsed.raw_field("subs")
+            } else {
+                None
+            };
+            self.handle_node_sync(now, link, tree, subs_text);
             let Some(idx) = self.link_index(link) else {
                 return;
             };
@@ -879,7 +902,15 @@ impl Core {
     }
 
     /// router.hpp `handleNodeSync`.
-    fn handle_node_sync(&mut self, now: Instant, link: LinkId, tree: FlatTree) {
+    /// `subs_text`: the frame's `subs` text if it is exactly what we would write for the
+    /// tree (kept as our JSON of the tree instead of writing it again).
+    fn handle_node_sync(
+        &mut self,
+        now: Instant,
+        link: LinkId,
+        tree: FlatTree,
+        subs_text: Option<&str>,
+    ) {
         let Some(idx) = self.link_index(link) else {
             return;
         };
@@ -920,7 +951,7 @@ impl Core {
         let l = &self.links[idx];
         // A tree we hold already passed the checks below; only a new one is serialized.
         let fresh = if l.tree.as_ref() != Some(&tree) {
-            let (json, range) = link_tree_json(&tree);
+            let (json, range) = link_tree_json(&tree, subs_text);
             if let Some(refusal) = self.refusal(idx, &tree, json.len()) {
                 self.drop_frame(link, DropReason::TreeRefused(refusal));
                 return;

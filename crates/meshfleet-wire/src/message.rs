@@ -495,8 +495,15 @@ fn parse_envelope_unchecked(text: &str) -> Result<(Envelope<'_>, &str, bool), De
 
 /// Whether `text` has too few brackets to nest deeper than [`MAX_JSON_NESTING`].
 fn within_by_count(text: &[u8]) -> bool {
-    text.len() <= MAX_JSON_NESTING
-        || text.iter().filter(|b| matches!(b, b'[' | b'{')).count() <= MAX_JSON_NESTING
+    // Counted a block at a time, so a big frame (a node sync) stops after a few blocks.
+    let mut count = 0;
+    for block in text.chunks(512) {
+        count += block.iter().filter(|b| matches!(b, b'[' | b'{')).count();
+        if count > MAX_JSON_NESTING {
+            return false;
+        }
+    }
+    true
 }
 
 impl Envelope<'_> {
@@ -616,7 +623,12 @@ impl Frame<'_> {
     /// [`Frame::message`] would put in [`NodeSync::tree`], read the same way and refused
     /// for the same reasons, without an allocation per node. For other types it reads
     /// the same keys (a frame with no `subs` is a lone node).
-    pub fn node_sync_tree(&self) -> Result<FlatTree, DecodeError> {
+    ///
+    /// The flag says whether the frame's `subs` text ([`Frame::raw_field`]) is byte for
+    /// byte what [`FlatTree::write_json`] writes for the tree's subs, as it is when the
+    /// library or this crate wrote the frame: a node keeping the tree's JSON can then copy
+    /// that text instead of writing it.
+    pub fn node_sync_tree(&self) -> Result<(FlatTree, bool), DecodeError> {
         let env = &self.env;
         let mut tree = FlatTree::single(
             // The library falls back to `from` when `nodeId` is not a uint32.
@@ -624,13 +636,15 @@ impl Frame<'_> {
             env.bool("root"),
             env.bool("hasTimeAuthority"),
         );
-        if let Some(raw) = env.get("subs") {
-            // Iterative, so however deep the tree (up to what the nesting pre-scan lets
-            // through), it takes no stack.
-            tree.parse_subs_into(raw.get(), MAX_TREE_DEPTH)
-                .map_err(|e| subs_error(self.ty, e))?;
-        }
-        Ok(tree)
+        let canonical = match env.get("subs") {
+            // Iterative, so however deep the tree it takes no stack; nesting is checked
+            // as it reads (`parse` left this value to it).
+            Some(raw) => tree
+                .parse_subs_into(raw.get(), MAX_TREE_DEPTH)
+                .map_err(|e| subs_error(self.ty, e))?,
+            None => true,
+        };
+        Ok((tree, canonical))
     }
 
     /// Decodes the typed message.

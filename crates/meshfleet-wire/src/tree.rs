@@ -187,7 +187,11 @@ impl FlatTree {
         // The open nodes of the current path, top first.
         let mut path: Vec<NodeTree> = Vec::new();
         for (i, (&id, &m)) in self.ids.iter().zip(&self.meta).enumerate() {
-            let level = if i == 0 { 0 } else { usize::from(m & LEVEL_MASK).max(1) };
+            let level = if i == 0 {
+                0
+            } else {
+                usize::from(m & LEVEL_MASK).max(1)
+            };
             while path.len() > level {
                 close_last(&mut path);
             }
@@ -311,13 +315,14 @@ impl FlatTree {
     }
 
     /// Parses a node sync's `subs` text into this tree, below its top node (see
-    /// [`parse_subs`] for what is read and refused). On error the tree is left with
-    /// whatever was read; callers drop it.
+    /// [`parse_subs`] for what is read and refused). Returns whether `text` is byte for
+    /// byte what [`Self::write_json`] writes for the top node's subs. On error the tree
+    /// is left with whatever was read; callers drop it.
     pub(crate) fn parse_subs_into(
         &mut self,
         text: &str,
         max_depth: usize,
-    ) -> Result<(), &'static str> {
+    ) -> Result<bool, &'static str> {
         parse_flat(text, max_depth, self)
     }
 }
@@ -368,13 +373,21 @@ pub(crate) fn parse_subs(text: &str, max_depth: usize) -> Result<Vec<NodeTree>, 
 
 /// [`parse_subs`] into a flat tree: the nodes are appended to `out` (which holds the
 /// sender at level 0) in pre-order, no allocation per node.
-fn parse_flat(text: &str, max_depth: usize, out: &mut FlatTree) -> Result<(), &'static str> {
+///
+/// Returns whether `text` is exactly what [`FlatTree::write_json`] writes for the sender's
+/// subs (compact, keys in the library's order, nothing else): then it can be kept as the
+/// tree's JSON instead of writing it again.
+fn parse_flat(text: &str, max_depth: usize, out: &mut FlatTree) -> Result<bool, &'static str> {
     const MALFORMED: &str = "malformed JSON";
-    let mut c = Cursor { text, i: 0 };
+    let mut c = Cursor {
+        text,
+        i: 0,
+        spaced: false,
+    };
     c.ws();
     if c.peek() != Some(b'[') {
         c.value(MAX_JSON_NESTING - 1)?; // in the frame's object (level 1)
-        return Ok(());
+        return Ok(false);
     }
     if max_depth == 0 {
         return Err(TOO_DEEP);
@@ -388,21 +401,61 @@ fn parse_flat(text: &str, max_depth: usize, out: &mut FlatTree) -> Result<(), &'
     // Whether we are in the innermost node's `subs` array (else in its object), and whether
     // the next item is the first of its array/object (else a comma comes first).
     let (mut in_array, mut first) = (true, true);
+    // Whether the text so far is as `write_json` writes it, and how far the innermost
+    // object has come in the library's key order: 0 opened, 1 nodeId, 2 root,
+    // 3 hasTimeAuthority, 4 subs (only its closing brace may follow).
+    let mut canonical = true;
+    let mut stage = 0u8;
     loop {
         c.ws();
         let close = if in_array { b']' } else { b'}' };
         if c.peek() == Some(close) {
             c.i += 1;
             if in_array {
+                canonical &= !first; // `write_json` omits an empty `subs`
+                stage = 4;
                 if open.len() == 1 {
                     break; // the sender's `subs` is complete
                 }
             } else {
+                canonical &= stage >= 1;
                 open.pop().ok_or(MALFORMED)?;
             }
             in_array = !in_array;
             first = false;
             continue;
+        }
+        // Fast paths for the text the library (and we) write: each does what the general
+        // path below does with the same text.
+        if !in_array && !first {
+            let rest = c.rest();
+            if rest.starts_with(br#","subs":["#) {
+                canonical &= (1..4).contains(&stage);
+                let node = *open.last().ok_or(MALFORMED)?;
+                out.ids.truncate(node + 1);
+                out.meta.truncate(node + 1);
+                if open.len() - 1 >= max_depth {
+                    return Err(TOO_DEEP);
+                }
+                c.i += br#","subs":["#.len();
+                (in_array, first) = (true, true);
+                continue;
+            }
+            let flag = if rest.starts_with(br#","root":true"#) && stage == 1 {
+                Some((ROOT_BIT, br#","root":true"#.len(), 2))
+            } else if rest.starts_with(br#","hasTimeAuthority":true"#) && (1..3).contains(&stage) {
+                Some((AUTHORITY_BIT, br#","hasTimeAuthority":true"#.len(), 3))
+            } else {
+                None
+            };
+            if let Some((bit, len, next)) = flag {
+                if let Some(m) = out.meta.last_mut() {
+                    *m |= bit;
+                }
+                c.i += len;
+                stage = next;
+                continue;
+            }
         }
         if !first {
             c.expect(b',')?;
@@ -417,12 +470,26 @@ fn parse_flat(text: &str, max_depth: usize, out: &mut FlatTree) -> Result<(), &'
                 open.push(out.ids.len());
                 out.push(NodeId(0), level, false, false);
                 (in_array, first) = (false, true);
+                stage = 0;
+                // Fast path: `"nodeId":` and plain digits, as the library writes them,
+                // read as the general path reads them.
+                if let Some((id, len, exact)) = plain_node_id(c.rest()) {
+                    if let Some(slot) = out.ids.last_mut() {
+                        *slot = id;
+                    }
+                    c.i += len;
+                    first = false;
+                    stage = 1;
+                    canonical &= exact;
+                }
             } else {
+                canonical = false;
                 // Not an object: skipped (the array is at nesting 2L + 2).
                 c.value(MAX_JSON_NESTING.saturating_sub(2 * open.len()))?;
             }
             continue;
         }
+        canonical = false;
         let (key, escaped) = c.string()?;
         c.expect(b':')?;
         c.ws();
@@ -452,15 +519,17 @@ fn parse_flat(text: &str, max_depth: usize, out: &mut FlatTree) -> Result<(), &'
             }
             "nodeId" => out.ids[node] = NodeId(lenient_u32(c.value(budget)?).unwrap_or(0)),
             "root" => set_bit(&mut out.meta[node], ROOT_BIT, c.value(budget)? == "true"),
-            "hasTimeAuthority" => {
-                set_bit(&mut out.meta[node], AUTHORITY_BIT, c.value(budget)? == "true")
-            }
+            "hasTimeAuthority" => set_bit(
+                &mut out.meta[node],
+                AUTHORITY_BIT,
+                c.value(budget)? == "true",
+            ),
             _ => {
                 c.value(budget)?;
             }
         }
     }
-    Ok(())
+    Ok(canonical && !c.spaced)
 }
 
 fn set_bit(m: &mut u16, bit: u16, on: bool) {
@@ -473,6 +542,30 @@ fn set_bit(m: &mut u16, bit: u16, on: bool) {
 
 /// The tree parser's error for nesting beyond the library's limits.
 pub(crate) const TOO_DEEP: &str = "node tree nested too deep";
+
+/// `"nodeId":` followed by 1-10 digits and `,` or `}`: the id as [`lenient_u32`] reads it
+/// (0 when out of range), the length read (up to the delimiter) and whether the digits
+/// are what `write_json` writes for that id (not out of range).
+fn plain_node_id(rest: &[u8]) -> Option<(NodeId, usize, bool)> {
+    const KEY: &[u8] = br#""nodeId":"#;
+    let digits = rest.get(KEY.len()..)?;
+    if !rest.starts_with(KEY) {
+        return None;
+    }
+    let n = digits
+        .iter()
+        .take(11)
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    if n == 0 || n > 10 || !matches!(digits.get(n), Some(b',' | b'}')) {
+        return None;
+    }
+    let v = digits[..n]
+        .iter()
+        .fold(0u64, |v, b| v * 10 + u64::from(b - b'0'));
+    let id = u32::try_from(v).ok();
+    Some((NodeId(id.unwrap_or(0)), KEY.len() + n, id.is_some()))
+}
 
 /// `LenientU32` of a scalar's text, with a fast path for plain decimal digits.
 fn lenient_u32(v: &str) -> Option<u32> {
@@ -497,9 +590,15 @@ fn lenient_u32(v: &str) -> Option<u32> {
 struct Cursor<'a> {
     text: &'a str,
     i: usize,
+    /// Whether any whitespace was skipped.
+    spaced: bool,
 }
 
 impl<'a> Cursor<'a> {
+    fn rest(&self) -> &'a [u8] {
+        self.text.as_bytes().get(self.i..).unwrap_or_default()
+    }
+
     fn peek(&self) -> Option<u8> {
         self.text.as_bytes().get(self.i).copied()
     }
@@ -507,6 +606,7 @@ impl<'a> Cursor<'a> {
     fn ws(&mut self) {
         while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
             self.i += 1;
+            self.spaced = true;
         }
     }
 
@@ -760,7 +860,12 @@ mod tests {
             // however deep, refused without recursion
             format!(r#"[{{"nodeId":5,"x":{}}}]"#, junk(100_000)),
         ] {
-            assert_eq!(parse_subs(&text, MAX_TREE_DEPTH), Err(TOO_DEEP), "{}", &text[..20]);
+            assert_eq!(
+                parse_subs(&text, MAX_TREE_DEPTH),
+                Err(TOO_DEEP),
+                "{}",
+                &text[..20]
+            );
         }
         assert!(parse_subs(&junk(254), MAX_TREE_DEPTH).is_ok());
     }
@@ -898,7 +1003,10 @@ mod tests {
         assert_eq!(flat.size(), MAX_TREE_DEPTH + 1);
         assert!(flat.is_rooted() && flat.root() && !flat.has_time_authority());
         let empty = FlatTree::default();
-        assert_eq!((empty.size(), empty.depth(), empty.node_id()), (0, 0, NodeId(0)));
+        assert_eq!(
+            (empty.size(), empty.depth(), empty.node_id()),
+            (0, 0, NodeId(0))
+        );
         assert_eq!(empty.write_json(&mut Vec::new()), None);
         assert_eq!(empty.to_tree(), NodeTree::default());
     }
@@ -935,7 +1043,8 @@ mod tests {
             let mut again = FlatTree::single(tree.node_id, tree.root, tree.has_time_authority);
             if let Some((a, b)) = range {
                 let subs = core::str::from_utf8(&json[a..b]).expect("utf-8");
-                again.parse_subs_into(subs, MAX_TREE_DEPTH).expect("parses");
+                let canonical = again.parse_subs_into(subs, MAX_TREE_DEPTH).expect("parses");
+                prop_assert!(canonical, "our own JSON reads as canonical");
             }
             prop_assert_eq!(&again, &flat);
             prop_assert_eq!(again.digest(), flat.digest());
@@ -958,6 +1067,14 @@ mod tests {
             prop_assert!(serde_json::from_str::<serde::de::IgnoredAny>(&text).is_ok(), "{}", text);
             let ours = parse_subs(&text, budget).map_err(|_| ());
             prop_assert_eq!(ours, by_reference(&text, budget), "{}", text);
+            // Text read as canonical is exactly what `write_json` writes for what was read.
+            let mut flat = FlatTree::single(NodeId(1), false, false);
+            if parse_flat(&text, budget, &mut flat) == Ok(true) {
+                let mut json = Vec::new();
+                let range = flat.write_json(&mut json);
+                let written = range.map(|(a, b)| &json[a..b]).unwrap_or_default();
+                prop_assert_eq!(written, text.as_bytes(), "{}", text);
+            }
         }
     }
 }

@@ -240,7 +240,7 @@ fn node_sync_nesting_is_decided_exactly_as_for_the_whole_frame() {
             let decoded = decode(frame.as_bytes());
             assert_eq!(is_too_deep(&decoded), too_deep, "{frame}");
             let flat = meshfleet_wire::parse(frame.as_bytes())
-                .and_then(|f| f.node_sync_tree().map(|t| t.to_tree()));
+                .and_then(|f| f.node_sync_tree().map(|(t, _)| t.to_tree()));
             match (&decoded, &flat) {
                 (Ok(Message::NodeSyncReply(n) | Message::NodeSyncRequest(n)), Ok(t)) => {
                     assert_eq!(&n.tree, t);
@@ -253,6 +253,9 @@ fn node_sync_nesting_is_decided_exactly_as_for_the_whole_frame() {
                 other => panic!("decode and the flat tree disagree: {other:?}"),
             }
         }
-        assert!(refused > 50 && accepted > 50, "{refused} refused, {accepted} accepted");
+        assert!(
+            refused > 50 && accepted > 50,
+            "{refused} refused, {accepted} accepted"
+        );
     });
 }
