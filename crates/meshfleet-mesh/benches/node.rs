@@ -5,6 +5,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
 use meshfleet_mesh::{Config, Instant, LinkId, LinkRole, Node, NodeId, NodeTree};
+use meshfleet_wire::{Message, NodeSync};
 use serde_json::Value;
 
 /// A tree of `n` nodes, up to 4 children each, ids from `base`.
@@ -25,15 +26,15 @@ fn tree(base: u32, n: u32) -> NodeTree {
     build(&mut next, &mut left, 0)
 }
 
+/// A NODE_SYNC_REPLY as the library writes it (keys in its order, compact).
 fn reply_frame(t: &NodeTree, dest: u32) -> Vec<u8> {
-    let mut v = serde_json::to_value(t).unwrap();
-    let o = v.as_object_mut().unwrap();
-    o.insert("type".into(), 6.into());
-    o.insert("dest".into(), dest.into());
-    o.insert("from".into(), t.node_id.0.into());
-    let mut f = serde_json::to_vec(&v).unwrap();
-    f.push(0);
-    f
+    Message::NodeSyncReply(NodeSync {
+        tree: t.clone(),
+        dest: NodeId(dest),
+        from: t.node_id,
+        extra: Vec::new(),
+    })
+    .encode_frame()
 }
 
 /// A node (id 1) with 4 links whose trees hold `per_link` nodes each.

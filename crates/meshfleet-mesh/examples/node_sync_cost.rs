@@ -13,6 +13,7 @@
 #![allow(clippy::unwrap_used)]
 
 use meshfleet_mesh::{Config, Duration, Instant, LinkId, LinkRole, Node, NodeId, NodeTree};
+use meshfleet_wire::{Message, NodeSync};
 
 /// A tree of `n` nodes, up to 4 children each, ids from `base` (as in the benchmark).
 fn tree(base: u32, n: u32) -> NodeTree {
@@ -32,15 +33,15 @@ fn tree(base: u32, n: u32) -> NodeTree {
     build(&mut next, &mut left, 0)
 }
 
+/// A NODE_SYNC_REPLY as the library writes it (keys in its order, compact).
 fn reply_frame(t: &NodeTree, dest: u32) -> Vec<u8> {
-    let mut v = serde_json::to_value(t).unwrap();
-    let o = v.as_object_mut().unwrap();
-    o.insert("type".into(), 6.into());
-    o.insert("dest".into(), dest.into());
-    o.insert("from".into(), t.node_id.0.into());
-    let mut f = serde_json::to_vec(&v).unwrap();
-    f.push(0);
-    f
+    Message::NodeSyncReply(NodeSync {
+        tree: t.clone(),
+        dest: NodeId(dest),
+        from: t.node_id,
+        extra: Vec::new(),
+    })
+    .encode_frame()
 }
 
 fn main() {

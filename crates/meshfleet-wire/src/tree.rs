@@ -318,6 +318,16 @@ impl FlatTree {
     /// [`parse_subs`] for what is read and refused). Returns whether `text` is byte for
     /// byte what [`Self::write_json`] writes for the top node's subs. On error the tree
     /// is left with whatever was read; callers drop it.
+    /// [`Self::parse_subs_into`] on a text that may go on after the `subs` value;
+    /// also returns the value's length.
+    pub(crate) fn parse_subs_prefix(
+        &mut self,
+        text: &str,
+        max_depth: usize,
+    ) -> Result<(bool, usize), &'static str> {
+        parse_flat_prefix(text, max_depth, self)
+    }
+
     pub(crate) fn parse_subs_into(
         &mut self,
         text: &str,
@@ -378,6 +388,16 @@ pub(crate) fn parse_subs(text: &str, max_depth: usize) -> Result<Vec<NodeTree>, 
 /// subs (compact, keys in the library's order, nothing else): then it can be kept as the
 /// tree's JSON instead of writing it again.
 fn parse_flat(text: &str, max_depth: usize, out: &mut FlatTree) -> Result<bool, &'static str> {
+    parse_flat_prefix(text, max_depth, out).map(|(canonical, _)| canonical)
+}
+
+/// [`parse_flat`], also returning how many bytes of `text` the value took (what follows
+/// is not read).
+pub(crate) fn parse_flat_prefix(
+    text: &str,
+    max_depth: usize,
+    out: &mut FlatTree,
+) -> Result<(bool, usize), &'static str> {
     const MALFORMED: &str = "malformed JSON";
     let mut c = Cursor {
         text,
@@ -387,7 +407,7 @@ fn parse_flat(text: &str, max_depth: usize, out: &mut FlatTree) -> Result<bool, 
     c.ws();
     if c.peek() != Some(b'[') {
         c.value(MAX_JSON_NESTING - 1)?; // in the frame's object (level 1)
-        return Ok(false);
+        return Ok((false, c.i));
     }
     if max_depth == 0 {
         return Err(TOO_DEEP);
@@ -529,7 +549,7 @@ fn parse_flat(text: &str, max_depth: usize, out: &mut FlatTree) -> Result<bool, 
             }
         }
     }
-    Ok(canonical && !c.spaced)
+    Ok((canonical && !c.spaced, c.i))
 }
 
 fn set_bit(m: &mut u16, bit: u16, on: bool) {
@@ -564,7 +584,9 @@ fn plain_node_id(rest: &[u8]) -> Option<(NodeId, usize, bool)> {
         .iter()
         .fold(0u64, |v, b| v * 10 + u64::from(b - b'0'));
     let id = u32::try_from(v).ok();
-    Some((NodeId(id.unwrap_or(0)), KEY.len() + n, id.is_some()))
+    // A leading zero is not JSON (serde_json refuses it), so never canonical.
+    let exact = id.is_some() && (n == 1 || digits[0] != b'0');
+    Some((NodeId(id.unwrap_or(0)), KEY.len() + n, exact))
 }
 
 /// `LenientU32` of a scalar's text, with a fast path for plain decimal digits.
