@@ -538,6 +538,23 @@ fn link_tree_json(tree: &FlatTree, subs_text: Option<&str>) -> (Vec<u8>, Option<
     }
 }
 
+/// `text` after a JSON number that is plain (1-10 digits, no leading zero) and a u32.
+fn plain_u32(text: &[u8]) -> Option<&[u8]> {
+    let n = text
+        .iter()
+        .take(11)
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    if n == 0 || n > 10 || (n > 1 && text[0] == b'0') {
+        return None;
+    }
+    let v = text[..n]
+        .iter()
+        .fold(0u64, |v, b| v * 10 + u64::from(b - b'0'));
+    u32::try_from(v).ok()?;
+    Some(&text[n..])
+}
+
 fn with_nul(text: &str) -> Vec<u8> {
     let mut v = Vec::with_capacity(text.len() + 1);
     v.extend_from_slice(text.as_bytes());
@@ -745,6 +762,10 @@ impl Core {
     fn handle_frame(&mut self, now: Instant, link: LinkId, frame: &[u8]) {
         use meshfleet_wire::types::{NODE_SYNC_REPLY, NODE_SYNC_REQUEST};
         self.stats.frames_in += 1;
+        if let Some((idx, ty)) = self.unchanged_node_sync_bytes(link, frame) {
+            self.unchanged_sync(now, idx, ty);
+            return;
+        }
         let parsed = match parse(frame) {
             Ok(p) => p,
             Err(e) => {
@@ -880,7 +901,38 @@ impl Core {
         if !(same_top && same_subs) {
             return false;
         }
-        let peer = l.peer;
+        self.unchanged_sync(now, idx, ty);
+        true
+    }
+
+    /// A node sync that is, byte for byte, the tree we hold from this link as we cached
+    /// it (which is how the library writes it) followed by the library's
+    /// `,"type":5|6,"dest":D,"from":F}`: recognised before any parsing, so the steady
+    /// state's periodic syncs cost a memcmp. Returns the link's index and the type. Such
+    /// a frame is valid JSON and `unchanged_node_sync` would accept it; anything else
+    /// takes the general path.
+    fn unchanged_node_sync_bytes(&self, link: LinkId, frame: &[u8]) -> Option<(usize, i64)> {
+        use meshfleet_wire::types::{NODE_SYNC_REPLY, NODE_SYNC_REQUEST};
+        let idx = self.link_index(link)?;
+        let l = &self.links[idx];
+        l.tree.as_ref()?;
+        // Our JSON of the tree without its closing brace.
+        let head = l.tree_json.get(..l.tree_json.len().checked_sub(1)?)?;
+        let tail = frame.strip_prefix(head)?;
+        let (ty, rest) = match tail.strip_prefix(br#","type":"#)? {
+            [b'5', rest @ ..] => (NODE_SYNC_REQUEST, rest),
+            [b'6', rest @ ..] => (NODE_SYNC_REPLY, rest),
+            _ => return None,
+        };
+        let rest = plain_u32(rest.strip_prefix(br#","dest":"#)?)?;
+        let rest = plain_u32(rest.strip_prefix(br#","from":"#)?)?;
+        (rest == b"}").then_some((idx, ty))
+    }
+
+    /// What an unchanged node sync of type `ty` on the link at `idx` does.
+    fn unchanged_sync(&mut self, now: Instant, idx: usize, ty: i64) {
+        use meshfleet_wire::types::{NODE_SYNC_REPLY, NODE_SYNC_REQUEST};
+        let (link, peer) = (self.links[idx].id, self.links[idx].peer);
         // Unchanged tree: postpone this link's own periodic sync by a full interval, unless
         // the peer has not heard our current tree yet and this is a reply (a request is
         // answered below with the current tree). See `handle_node_sync`.
@@ -898,7 +950,6 @@ impl Core {
         } else {
             self.links[idx].set(LinkTimer::NodeTimeout, None);
         }
-        true
     }
 
     /// router.hpp `handleNodeSync`.
