@@ -454,7 +454,7 @@ pub(crate) fn parse_flat_prefix(
                 let node = *open.last().ok_or(MALFORMED)?;
                 out.ids.truncate(node + 1);
                 out.meta.truncate(node + 1);
-                if open.len() - 1 >= max_depth {
+                if open.len() > max_depth {
                     return Err(TOO_DEEP);
                 }
                 c.i += br#","subs":["#.len();
