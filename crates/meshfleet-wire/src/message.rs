@@ -805,8 +805,8 @@ impl Frame<'_> {
             types::NODE_SYNC_REQUEST | types::NODE_SYNC_REPLY => {
                 let subs = match env.get("subs") {
                     None => Vec::new(),
-                    // Iterative, so however deep the tree (up to what the nesting
-                    // pre-scan lets through), it takes no stack.
+                    // Iterative, so however deep the tree it takes no stack; it checks
+                    // the nesting as it reads.
                     Some(raw) => parse_subs(raw, MAX_TREE_DEPTH).map_err(|e| subs_error(ty, e))?,
                 };
                 let tree = NodeTree {

@@ -24,7 +24,7 @@ use crate::NodeId;
 ///
 /// Each level is a radio hop: a mesh whose tree is more than 128 nodes across cannot sync
 /// under the library either. The `subs` parser does not recurse at all; it also counts
-/// levels against this budget, so trees stay bounded even without the frame's pre-scan.
+/// levels against this budget, and checks the JSON nesting of everything it skips.
 pub const MAX_TREE_DEPTH: usize = (MAX_JSON_NESTING - 1) / 2;
 
 /// One node and everything behind it: `{nodeId[,root][,hasTimeAuthority][,subs]}`.
@@ -373,8 +373,9 @@ fn write_u32(out: &mut Vec<u8>, mut n: u32) {
 /// * `nodeId` that is not a uint32 is 0; `root` / `hasTimeAuthority` are set only by
 ///   `true`; other keys are ignored; with duplicate keys the last one wins;
 /// * a `subs` array (even empty) on a node `max_depth` levels below the sender is refused
-///   ([`MAX_TREE_DEPTH`]; unreachable through [`decode`](crate::decode), whose nesting
-///   pre-scan refuses such frames first).
+///   ([`MAX_TREE_DEPTH`]), and so is any value nesting deeper than the library's limit
+///   ([`MAX_JSON_NESTING`], counting the frame's object as level 1): [`TOO_DEEP`], which
+///   [`decode`](crate::decode) reports as a too-deep frame.
 pub(crate) fn parse_subs(text: &str, max_depth: usize) -> Result<Vec<NodeTree>, &'static str> {
     let mut flat = FlatTree::single(NodeId(0), false, false);
     parse_flat(text, max_depth, &mut flat)?;
