@@ -94,6 +94,52 @@ pub enum DropReason {
     /// A node sync whose tree we refuse to take on (the link stays up and keeps the tree
     /// it had): accepting it would break our own node syncs to the rest of the mesh.
     TreeRefused(TreeRefusal),
+    /// A time sync message we do not act on (see [`TimeRefusal`]).
+    TimeRefused(TimeRefusal),
+}
+
+/// Why a time sync message was not acted on ([`DropReason::TimeRefused`]). The library
+/// takes a TIME_REPLY from anyone, at any time, for any offset; we take time only as
+/// answers to our own requests, from neighbours that completed node sync, in bounded
+/// steps ([`crate::Config::max_time_step`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TimeRefusal {
+    /// The link has not completed node sync: we do not know who the peer is, nor whether
+    /// its time is ours to take.
+    Unsynced,
+    /// A TIME_REPLY that answers no request of ours on this link (its `t0` is not the one
+    /// we sent, or it was answered already).
+    Unsolicited,
+    /// "Ask me for my time" from a neighbour whose time our adoption rule does not take
+    /// (we are the larger side, or have time authority and it has not).
+    NotOurSource,
+    /// A time step came less than `time_sync_retry` (200 ms) after the last one; the
+    /// sync is retried then.
+    TooSoon,
+}
+
+impl TimeRefusal {
+    /// A short stable label for counters and JSON.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Unsynced => "time_from_unsynced_link",
+            Self::Unsolicited => "time_reply_unsolicited",
+            Self::NotOurSource => "time_not_our_source",
+            Self::TooSoon => "time_step_too_soon",
+        }
+    }
+}
+
+impl fmt::Display for TimeRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Unsynced => "time sync from a link that has not completed node sync",
+            Self::Unsolicited => "time reply that answers no request of ours",
+            Self::NotOurSource => "time sync request from a neighbour we do not take time from",
+            Self::TooSoon => "time step too soon after the previous one",
+        })
+    }
 }
 
 /// Why a neighbour's node tree was refused ([`DropReason::TreeRefused`]).
@@ -163,6 +209,7 @@ impl DropReason {
             Self::NoRoute(_) => "no_route",
             Self::Unhandled(_) => "unhandled",
             Self::TreeRefused(r) => r.label(),
+            Self::TimeRefused(r) => r.label(),
         }
     }
 }
@@ -175,6 +222,7 @@ impl fmt::Display for DropReason {
             Self::NoRoute(id) => write!(f, "no route to node {id}"),
             Self::Unhandled(ty) => write!(f, "no handler for package type {ty}"),
             Self::TreeRefused(r) => fmt::Display::fmt(r, f),
+            Self::TimeRefused(r) => fmt::Display::fmt(r, f),
         }
     }
 }

@@ -24,7 +24,9 @@ pub mod time;
 pub mod timesync;
 
 pub use config::Config;
-pub use event::{CloseReason, Delivery, DropReason, Event, LinkRole, PluginEvent, TreeRefusal};
+pub use event::{
+    CloseReason, Delivery, DropReason, Event, LinkRole, PluginEvent, TimeRefusal, TreeRefusal,
+};
 pub use meshfleet_wire as wire;
 pub use meshfleet_wire::{FlatTree, NodeId, NodeTree};
 pub use node::{binary_tag, Node, Transmit};

@@ -10,7 +10,7 @@ use meshfleet_wire::{
 };
 
 use crate::config::Config;
-use crate::event::{CloseReason, Delivery, DropReason, Event, LinkRole, TreeRefusal};
+use crate::event::{CloseReason, Delivery, DropReason, Event, LinkRole, TimeRefusal, TreeRefusal};
 use crate::plugin::{Ctx, MeshChange, Plugin, SendError};
 use crate::rng::Rng;
 use crate::stats::Stats;
@@ -59,6 +59,9 @@ pub(crate) struct Link {
     timers: [Option<Instant>; 3],
     /// The time sync task exists once the first node sync is done.
     time_sync_interval: Option<Duration>,
+    /// `t0` of our TIME_REQUEST awaiting its reply: only the reply that echoes it is
+    /// taken (not in the library, which takes any reply from anyone).
+    time_request: Option<u32>,
     /// Bytes the driver says are queued for this link and not yet written.
     pub(crate) backlog: usize,
     /// Digest of the tree we last told this link (request or reply).
@@ -97,6 +100,12 @@ pub(crate) struct Core {
     pub(crate) config: Config,
     pub(crate) links: Vec<Link>,
     time_offset: u32,
+    /// Whether a time step has ever been applied. Until then our clock is local micros
+    /// since boot, not mesh time, and the first step may be of any size; after it every
+    /// step is bounded by [`Config::max_time_step`].
+    clock_set: bool,
+    /// When the last time step was applied: steps are at least `time_sync_retry` apart.
+    last_time_step: Option<Instant>,
     transmits: VecDeque<Transmit>,
     pub(crate) events: VecDeque<Event>,
     changes: VecDeque<MeshChange>,
@@ -146,6 +155,8 @@ impl Node {
         Self {
             core: Core {
                 time_offset: config.initial_time_offset,
+                clock_set: false,
+                last_time_step: None,
                 config,
                 links: Vec::new(),
                 transmits: VecDeque::new(),
@@ -278,6 +289,7 @@ impl Node {
             tree: None,
             timers: [None; 3],
             time_sync_interval: None,
+            time_request: None,
             backlog: 0,
             sent_digest: None,
             tree_json: Vec::new(),
@@ -1215,7 +1227,7 @@ impl Core {
         let interval = l
             .time_sync_interval
             .unwrap_or(self.config.time_sync_unsynced_interval);
-        let Some(remote) = l.tree.as_ref() else {
+        let Some(adopt_from_peer) = self.adopts_from(idx) else {
             // Not synced yet (a TIME_SYNC moved the timer before the first node sync was
             // accepted): nobody knows who adopts whose time. Stop the timer rather than
             // leave it due (the driver would call us at this instant for ever); the first
@@ -1224,18 +1236,13 @@ impl Core {
             self.links[idx].set(LinkTimer::TimeSync, None);
             return;
         };
-        let (remote_id, remote_authority, remote_size) =
-            (remote.node_id(), remote.has_time_authority(), remote.size());
-        let c = &self.config;
-        let adopt_from_peer = adopt_by_size(
-            (c.node_id, c.has_time_authority, self.size_for(peer)),
-            (remote_id, remote_authority, remote_size),
-        );
         self.links[idx].set(LinkTimer::TimeSync, Some(now + interval));
         let msg = if adopt_from_peer {
+            let t0 = self.mesh_time(now);
+            self.links[idx].time_request = Some(t0);
             TimeMsg {
                 kind: TimeMsg::REQUEST,
-                t0: Some(self.mesh_time(now)),
+                t0: Some(t0),
                 t1: None,
                 t2: None,
             }
@@ -1254,6 +1261,22 @@ impl Core {
         self.send_msg(link, &Message::TimeSync(p), true);
     }
 
+    /// Whether we take our time from the neighbour on the link at `idx` (the library's
+    /// `adopt` rule), or `None` if it has not completed node sync.
+    fn adopts_from(&self, idx: usize) -> Option<bool> {
+        let l = &self.links[idx];
+        let remote = l.tree.as_ref().filter(|_| l.peer != NodeId::UNKNOWN)?;
+        let c = &self.config;
+        Some(adopt_by_size(
+            (c.node_id, c.has_time_authority, self.size_for(l.peer)),
+            (remote.node_id(), remote.has_time_authority(), remote.size()),
+        ))
+    }
+
+    fn refuse_time(&mut self, link: LinkId, why: TimeRefusal) {
+        self.drop_frame(link, DropReason::TimeRefused(why));
+    }
+
     fn delay_time_sync(&mut self, link: LinkId, until: Instant) {
         if let Some(idx) = self.link_index(link) {
             self.links[idx].set(LinkTimer::TimeSync, Some(until));
@@ -1267,6 +1290,18 @@ impl Core {
         match t.msg.kind {
             TimeMsg::ERROR => self.delay_time_sync(link, now),
             TimeMsg::SYNC_REQUEST => {
+                // "Ask me for my time": the library always does. We ask only a synced
+                // neighbour whose time our adoption rule would take anyway, so a peer
+                // cannot talk its way past the rule (or past our time authority).
+                let Some(idx) = self.link_index(link) else {
+                    return;
+                };
+                match self.adopts_from(idx) {
+                    None => return self.refuse_time(link, TimeRefusal::Unsynced),
+                    Some(false) => return self.refuse_time(link, TimeRefusal::NotOurSource),
+                    Some(true) => {}
+                }
+                self.links[idx].time_request = Some(received_at);
                 let reply = TimePacket {
                     dest: t.from,
                     from: me,
@@ -1308,17 +1343,54 @@ impl Core {
                     );
                     return;
                 };
+                let Some(idx) = self.link_index(link) else {
+                    return;
+                };
+                if self.adopts_from(idx).is_none() {
+                    return self.refuse_time(link, TimeRefusal::Unsynced);
+                }
+                // Only the answer to our own outstanding request, once.
+                if self.links[idx].time_request != Some(t0) {
+                    return self.refuse_time(link, TimeRefusal::Unsolicited);
+                }
+                self.links[idx].time_request = None;
+                if self
+                    .last_time_step
+                    .is_some_and(|at| now < at + self.config.time_sync_retry)
+                {
+                    self.delay_time_sync(link, now + self.config.time_sync_retry);
+                    return self.refuse_time(link, TimeRefusal::TooSoon);
+                }
+                // The library's rules (ratio check, softening) decide the sample ...
                 let offset = clock_offset(t0, t1, t2, received_at);
-                self.time_offset = self.time_offset.wrapping_add(offset as u32);
+                // ... and ours bound the step, once our clock holds mesh time. The bound is
+                // never below the library's accuracy, so an accepted sample is never cut.
+                let step = if self.clock_set {
+                    let max = self
+                        .config
+                        .max_time_step
+                        .as_micros()
+                        .clamp(u64::from(TIME_SYNC_ACCURACY), i32::MAX as u64)
+                        as i32;
+                    if offset.unsigned_abs() > max.unsigned_abs() {
+                        self.stats.time_steps_bounded += 1;
+                    }
+                    offset.clamp(-max, max)
+                } else {
+                    offset
+                };
+                self.time_offset = self.time_offset.wrapping_add(step as u32);
                 // A held TIME_REPLY took t1 in the old time base and takes t2 when sent:
                 // move t1 with the clock so both stay in one base.
                 for h in &mut self.held_replies {
-                    h.packet.msg.t1 = h.packet.msg.t1.map(|t1| t1.wrapping_add(offset as u32));
+                    h.packet.msg.t1 = h.packet.msg.t1.map(|t1| t1.wrapping_add(step as u32));
                 }
-                if offset != 0 {
+                if step != 0 {
+                    self.clock_set = true;
+                    self.last_time_step = Some(now);
                     self.stats.time_adjustments += 1;
                     self.events.push_back(Event::TimeAdjusted {
-                        offset,
+                        offset: step,
                         mesh_time: self.mesh_time(now),
                     });
                 }

@@ -31,6 +31,11 @@ pub struct Stats {
     /// Node syncs whose tree was refused (it listed us, or was too deep or too large to
     /// relay; see [`crate::TreeRefusal`]).
     pub refused_trees: u64,
+    /// Time sync messages not acted on (from unsynced links, unsolicited replies, ...;
+    /// see [`crate::TimeRefusal`]).
+    pub refused_time: u64,
+    /// Time steps cut to [`crate::Config::max_time_step`].
+    pub time_steps_bounded: u64,
     /// Links opened.
     pub links_opened: u64,
     /// Links closed because the peer left.
@@ -55,6 +60,7 @@ impl Stats {
             DropReason::NoRoute(_) => self.dropped_no_route += 1,
             DropReason::Unhandled(_) => self.unhandled_packages += 1,
             DropReason::TreeRefused(_) => self.refused_trees += 1,
+            DropReason::TimeRefused(_) => self.refused_time += 1,
         }
     }
 

@@ -6,7 +6,10 @@
 mod common;
 
 use common::Net;
-use meshfleet_mesh::{Config, DropReason, Duration, Event, Node, NodeId, TreeRefusal};
+use meshfleet_mesh::{
+    Config, DropReason, Duration, Event, Instant, LinkId, LinkRole, Node, NodeId, TimeRefusal,
+    TreeRefusal,
+};
 
 const V: u32 = 1; // the victim
 const H: u32 = 2; // its honest neighbour
@@ -177,4 +180,209 @@ fn a_forged_tree_at_the_frame_cap_is_refused() {
     let out = attack(&mut net, v, h, wire, &frame_with(&ids[..ids.len() - 3]));
     assert!(out.refused.is_empty(), "{:?}", out.refused);
     assert!(out.h_knew.contains(&NodeId(ids[0])));
+}
+
+/// H and V synced in time (V, the lower id, took H's), and M connected to V as a station.
+/// With `m_synced`, M's first node sync reaches V; otherwise everything M sends V is lost
+/// and the link stays unsynced. Either way, from then on V hears from M only what the test
+/// injects. Returns the net, V, M and the wire M-V.
+fn timed(m_synced: bool) -> (Net, usize, usize, usize) {
+    let mut net = Net::new(Duration::from_millis(2));
+    let h = net.add_with_offset(H, 2_000_000_000);
+    let v = net.add_with_offset(V, 0);
+    let m = net.add_with_offset(M, 0);
+    net.connect(v, h);
+    net.run_for(Duration::from_secs(5));
+    assert!(net.nodes[v].stats().time_adjustments > 0, "V took H's time");
+    if !m_synced {
+        net.drop_if = Some(Box::new(move |s| s.from == m && s.to == v));
+    }
+    let wire = net.connect(m, v);
+    net.run_for(Duration::from_millis(100));
+    net.mute(wire, v);
+    net.drop_if = None;
+    assert_eq!(net.nodes[v].nodes().contains(&NodeId(M)), m_synced);
+    (net, v, m, wire)
+}
+
+fn inject(net: &mut Net, wire: usize, v: usize, text: &str) {
+    let mut bytes = text.as_bytes().to_vec();
+    bytes.push(0);
+    net.inject(wire, v, &bytes);
+}
+
+/// A TIME_REPLY from M to V answering `t0`, claiming M's clock is `ahead` µs ahead.
+fn reply(t0: u32, ahead: u32) -> String {
+    let t1 = t0.wrapping_add(ahead);
+    let t2 = t1.wrapping_add(1_000);
+    format!(
+        r#"{{"type":4,"dest":{V},"from":{M},"msg":{{"type":2,"t0":{t0},"t1":{t1},"t2":{t2}}}}}"#
+    )
+}
+
+fn time_refusals(net: &Net, v: usize) -> Vec<TimeRefusal> {
+    net.events[v]
+        .iter()
+        .filter_map(|e| match e {
+            Event::FrameDropped {
+                reason: DropReason::TimeRefused(r),
+                ..
+            } => Some(r.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `t0` of the TIME_REQUESTs V sent M, in order.
+fn requests(net: &Net, v: usize, m: usize) -> Vec<u32> {
+    net.trace
+        .iter()
+        .filter(|s| s.from == v && s.to == m && s.ty() == Some(4))
+        .filter_map(|s| {
+            let msg = &s.json.as_ref()?["msg"];
+            (msg["type"] == 1).then(|| msg["t0"].as_u64().map(|t| t as u32))?
+        })
+        .collect()
+}
+
+#[test]
+fn an_unsynced_link_cannot_move_mesh_time() {
+    let (mut net, v, m, wire) = timed(false);
+    let before = net.nodes[v].time_offset();
+    let t0 = net.nodes[v].mesh_time(net.now);
+    inject(&mut net, wire, v, &reply(t0, 1 << 30));
+    // "Ask me for my time" is not answered either.
+    inject(
+        &mut net,
+        wire,
+        v,
+        &format!(r#"{{"type":4,"dest":{V},"from":{M},"msg":{{"type":0}}}}"#),
+    );
+    net.run_for(Duration::from_millis(500));
+    assert_eq!(net.nodes[v].time_offset(), before);
+    assert_eq!(
+        time_refusals(&net, v),
+        vec![TimeRefusal::Unsynced, TimeRefusal::Unsynced]
+    );
+    assert!(requests(&net, v, m).is_empty());
+}
+
+#[test]
+fn a_synced_neighbour_moves_mesh_time_only_when_asked_and_in_bounded_steps() {
+    let (mut net, v, m, wire) = timed(true);
+    let before = net.nodes[v].time_offset();
+    // An unsolicited reply, and a request to be asked from a neighbour whose time V does
+    // not take (V's side is the larger): both refused.
+    let t0 = net.nodes[v].mesh_time(net.now);
+    inject(&mut net, wire, v, &reply(t0, 1 << 30));
+    let ask = format!(r#"{{"type":4,"dest":{V},"from":{M},"msg":{{"type":0}}}}"#);
+    inject(&mut net, wire, v, &ask);
+    net.run_for(Duration::from_millis(10));
+    assert_eq!(
+        time_refusals(&net, v),
+        vec![TimeRefusal::Unsolicited, TimeRefusal::NotOurSource]
+    );
+    assert_eq!(net.nodes[v].time_offset(), before);
+
+    // M claims time authority: V now takes M's time, and asks for it. M answers every
+    // request 2^30 µs (18 minutes) ahead, and asks to be asked again at once, for 2 s.
+    inject(
+        &mut net,
+        wire,
+        v,
+        &format!(r#"{{"nodeId":{M},"hasTimeAuthority":true,"type":5,"dest":{V},"from":{M}}}"#),
+    );
+    let start = net.now;
+    let mut answered = 0;
+    while net.now < start + Duration::from_secs(2) {
+        inject(&mut net, wire, v, &ask);
+        net.run_for(Duration::from_millis(5));
+        let asked = requests(&net, v, m);
+        if asked.len() > answered {
+            let t0 = asked[asked.len() - 1];
+            answered = asked.len();
+            inject(&mut net, wire, v, &reply(t0, 1 << 30));
+        }
+        net.run_for(Duration::from_millis(5));
+    }
+    assert!(answered > 50, "V asked {answered} times");
+    let moved = net.nodes[v].time_offset().wrapping_sub(before) as i32;
+    let steps = net.nodes[v].stats().time_steps_bounded;
+    // One step of at most 1 s per 200 ms: at most 11 steps in 2 s.
+    assert!((1..=11).contains(&steps), "{steps} steps");
+    assert!(
+        i64::from(moved) <= steps as i64 * 1_000_000 && moved > 0,
+        "moved {moved} us in {steps} steps"
+    );
+    assert!(time_refusals(&net, v).contains(&TimeRefusal::TooSoon));
+    // A reply to a request already answered is refused.
+    let t0 = *requests(&net, v, m).last().unwrap();
+    let n = time_refusals(&net, v).len();
+    inject(&mut net, wire, v, &reply(t0, 1 << 30));
+    assert_eq!(time_refusals(&net, v)[n..], [TimeRefusal::Unsolicited]);
+}
+
+/// The library's frames of transcript 01 from B (3000000002), whose time A (1001) adopts.
+fn transcript_01_from_b() -> Vec<(f64, serde_json::Value)> {
+    let path = format!(
+        "{}/../../../shared/painlessmesh/transcripts/01_two_node.jsonl",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!("cannot read {path} ({e}): the shared/ folder must sit next to the project root")
+    });
+    text.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|l| l["kind"] == "frame" && l["src"] == "B")
+        .map(|l| (l["t"].as_f64().unwrap(), l["json"].clone()))
+        .collect()
+}
+
+#[test]
+fn our_node_still_takes_time_from_the_library() {
+    // Our node plays A; B's node sync, "ask me for my time" and TIME_REPLY are the
+    // library's frames. The library echoes the t0 it was sent: B's reply carries our t0,
+    // with B's t1 and t2 as far from it as in the capture.
+    let frames = transcript_01_from_b();
+    let start = frames[0].0;
+    let mut node = Node::new(Config::new(NodeId(1001)));
+    let link = LinkId(1);
+    node.handle_link_up(Instant::ZERO, link, LinkRole::AccessPoint);
+    let mut our_t0 = None;
+    let mut adjusted = Vec::new();
+    for (t, mut json) in frames.into_iter().take(3) {
+        let now = Instant::from_micros(((t - start) * 1e6) as u64);
+        if json["type"] == 4 && json["msg"]["type"] == 2 {
+            let msg = &mut json["msg"];
+            let (t0, t1, t2) = (
+                msg["t0"].as_u64().unwrap(),
+                msg["t1"].as_u64().unwrap(),
+                msg["t2"].as_u64().unwrap(),
+            );
+            let ours: u32 = our_t0.expect("our node asked for B's time");
+            let shift = |t: u64| u64::from(ours.wrapping_add(t.wrapping_sub(t0) as u32));
+            msg["t0"] = ours.into();
+            msg["t1"] = shift(t1).into();
+            msg["t2"] = shift(t2).into();
+        }
+        let mut bytes = json.to_string().into_bytes();
+        bytes.push(0);
+        node.handle_bytes(now, link, &bytes);
+        while let Some(tx) = node.poll_transmit() {
+            let sent: serde_json::Value =
+                serde_json::from_slice(&tx.frame[..tx.frame.len() - 1]).unwrap();
+            if sent["type"] == 4 && sent["msg"]["type"] == 1 {
+                our_t0 = sent["msg"]["t0"].as_u64().map(|t| t as u32);
+            }
+        }
+        while let Some(e) = node.poll_event() {
+            if let Event::TimeAdjusted { offset, .. } = e {
+                adjusted.push(offset);
+            }
+            assert!(!matches!(e, Event::FrameDropped { .. }), "{e:?}");
+        }
+    }
+    // The library's A took +2,099,999,968 µs from the same exchange.
+    assert_eq!(adjusted.len(), 1, "{adjusted:?}");
+    assert!((adjusted[0] - 2_099_999_968).abs() < 1_000, "{adjusted:?}");
 }

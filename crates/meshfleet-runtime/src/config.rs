@@ -51,8 +51,19 @@ pub struct RuntimeConfig {
     /// Give up on one connection attempt after this long (a black-holed address would
     /// otherwise take the OS's SYN timeout, minutes).
     pub connect_timeout: Duration,
-    /// Most links open at once; further accepted connections are closed at once.
+    /// Most links open at once. When they are all taken, an accepted connection takes the
+    /// slot of an unsynced link that is evicted (see the crate docs, "Link slots"), or is
+    /// closed at once if there is none.
     pub max_links: usize,
+    /// Most links from one remote IP address that have not completed node sync, among
+    /// the connections we accept (default 8). A new connection over the limit evicts the
+    /// address's most evictable unsynced link, or is closed at once. Synced links do not
+    /// count: they are identified nodes, and many honest nodes may share one host.
+    pub max_unsynced_per_addr: usize,
+    /// How long an accepted link that has sent bytes but not completed node sync is
+    /// protected from eviction (default 2 s): an honest station sends its node sync as
+    /// it connects and is synced within a round trip.
+    pub unsynced_grace: Duration,
     /// Events buffered per subscriber before a slow one starts missing them
     /// ([`tokio::sync::broadcast`] semantics).
     pub event_capacity: usize,
@@ -71,6 +82,8 @@ impl Default for RuntimeConfig {
             backoff: BackoffConfig::default(),
             connect_timeout: Duration::from_secs(10),
             max_links: 64,
+            max_unsynced_per_addr: 8,
+            unsynced_grace: Duration::from_secs(2),
             event_capacity: 1024,
             jitter_seed: None,
         }

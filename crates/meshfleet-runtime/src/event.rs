@@ -229,6 +229,8 @@ pub(crate) enum DisconnectReason {
     Node(CloseReason),
     /// The send queue stayed full for the stall timeout.
     Stalled,
+    /// The link had not completed node sync and its slot went to a new connection.
+    Evicted,
     /// The runtime is shutting down.
     Shutdown,
 }
@@ -240,6 +242,7 @@ impl DisconnectReason {
             Self::Io(_) => "io_error",
             Self::Node(r) => r.label(),
             Self::Stalled => "send_queue_stalled",
+            Self::Evicted => "evicted_unsynced",
             Self::Shutdown => "shutdown",
         }
     }
@@ -252,6 +255,9 @@ impl fmt::Display for DisconnectReason {
             Self::Io(e) => write!(f, "i/o error: {e}"),
             Self::Node(r) => fmt::Display::fmt(r, f),
             Self::Stalled => f.write_str("peer stopped reading: send queue full for too long"),
+            Self::Evicted => {
+                f.write_str("not synced: slot given to a new connection (too many links)")
+            }
             Self::Shutdown => f.write_str("runtime shutting down"),
         }
     }

@@ -58,8 +58,14 @@ pub struct RuntimeStats {
     pub queue_dropped_high: u64,
     /// Links closed because their send queue stayed full for the stall timeout.
     pub closed_stalled: u64,
-    /// Accepted connections refused because `max_links` links were open.
+    /// Accepted connections refused because `max_links` links were open and none could
+    /// be evicted.
     pub accepts_refused: u64,
+    /// Accepted connections refused because their address had `max_unsynced_per_addr`
+    /// unsynced links and none could be evicted.
+    pub accepts_refused_per_addr: u64,
+    /// Unsynced links closed to make room for a new connection.
+    pub links_evicted: u64,
     /// Transmits for a link that had already closed (normal during teardown).
     pub transmits_after_close: u64,
 }

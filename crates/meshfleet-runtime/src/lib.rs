@@ -77,6 +77,26 @@
 //!   `send_queue_stalled`: its peer has stopped reading. (A peer that hangs without
 //!   filling the queue is caught by the node's node-sync timeout.)
 //!
+//! # Link slots
+//!
+//! At most [`RuntimeConfig::max_links`] links (64) are open. A peer that connects and
+//! never completes node sync holds a slot until the node's own timeouts close it (20 s
+//! on the accepting side, as in the library), so 63 idle peers, or a connection flood,
+//! could keep an honest node out. Slots therefore go to nodes before connections:
+//!
+//! * **Eviction.** When an accepted connection finds every slot taken, the runtime closes
+//!   an *evictable* link to make room (reason `evicted_unsynced`): one we accepted that
+//!   has not completed node sync, and either has sent nothing at all (an honest station
+//!   sends its node sync as it connects) or has been unsynced for longer than
+//!   [`RuntimeConfig::unsynced_grace`] (2 s). Silent links go first, then the oldest.
+//!   Synced links and links we opened are never evicted. With no evictable link, the
+//!   new connection is closed ([`RuntimeStats::accepts_refused`]).
+//! * **Per address.** At most [`RuntimeConfig::max_unsynced_per_addr`] (8) unsynced links
+//!   accepted from one IP address; a connection over the limit evicts that address's
+//!   most evictable one, or is closed ([`RuntimeStats::accepts_refused_per_addr`]). A
+//!   flood from one host therefore churns through its own few slots and leaves the rest
+//!   alone. Synced links do not count: many honest nodes may share one host.
+//!
 //! # Bounded memory
 //!
 //! Nothing grows with a peer's behaviour: send queues as above; the channel from socket

@@ -3,6 +3,7 @@
 //! the per-link send queues.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use meshfleet_mesh::{Event, Instant, LinkId, LinkRole, Node, NodeId, Transmit};
@@ -53,6 +54,12 @@ struct Link {
     peer: String,
     /// Set by the node's `NewConnection`.
     node_id: Option<NodeId>,
+    /// The remote address of a connection we accepted (the per-address limit's key).
+    accepted_from: Option<IpAddr>,
+    /// When the connection was opened.
+    opened: tokio::time::Instant,
+    /// Whether any bytes have arrived on it.
+    heard: bool,
     queue: SendQueue,
     /// To the writer task; capacity 1, and only used when `writing` is false, so a send
     /// never fails for lack of room.
@@ -76,6 +83,23 @@ struct Link {
 impl Link {
     fn mark_full(&mut self, now: tokio::time::Instant) {
         self.full_since.get_or_insert(now);
+    }
+
+    /// How readily this link gives its slot to a new connection: `None` if never (synced,
+    /// or one we opened, or talking and within `grace`); otherwise lower is sooner.
+    /// Silent links go first (an honest station speaks as it connects), oldest first.
+    fn eviction_rank(
+        &self,
+        now: tokio::time::Instant,
+        grace: Duration,
+    ) -> Option<(bool, tokio::time::Instant)> {
+        if self.node_id.is_some() || self.accepted_from.is_none() {
+            return None;
+        }
+        if self.heard && now.duration_since(self.opened) < grace {
+            return None;
+        }
+        Some((self.heard, self.opened))
     }
 
     fn abort_tasks(&self) {
@@ -252,16 +276,14 @@ impl Owner {
     fn on_input(&mut self, input: Input) {
         match input {
             Input::Accepted { stream, addr } => {
-                if self.links.len() >= self.cfg.max_links {
-                    self.counters.accepts_refused += 1;
-                    if let Some(suppressed) = self.refused_log.check(tokio::time::Instant::now()) {
-                        warn!(peer = %addr, max_links = self.cfg.max_links, suppressed,
-                            "refusing connection: too many links");
-                    }
+                if !self.make_room(addr) {
                     return; // dropping the stream closes it
                 }
                 let (r, w) = stream.into_split();
-                self.add_link(r, w, LinkRole::AccessPoint, addr.to_string(), None);
+                let id = self.add_link(r, w, LinkRole::AccessPoint, addr.to_string(), None);
+                if let Some(l) = self.links.get_mut(&id) {
+                    l.accepted_from = Some(addr.ip());
+                }
             }
             Input::Connected { stream, addr, done } => {
                 let (r, w) = stream.into_split();
@@ -269,7 +291,8 @@ impl Owner {
             }
             Input::Bytes { link, data } => {
                 // Bytes from a link we already closed are stale: the node must not see them.
-                if self.links.contains_key(&link) {
+                if let Some(l) = self.links.get_mut(&link) {
+                    l.heard = true;
                     let now = self.now();
                     self.node.handle_bytes(now, link, &data);
                 }
@@ -289,6 +312,57 @@ impl Owner {
                 }
             }
         }
+    }
+
+    /// Finds a slot for a connection accepted from `addr` under the per-address and total
+    /// limits, evicting unsynced links if need be. Returns false (and counts and logs it)
+    /// if the connection must be refused.
+    fn make_room(&mut self, addr: std::net::SocketAddr) -> bool {
+        let ip = addr.ip();
+        let pending = self
+            .links
+            .values()
+            .filter(|l| l.accepted_from == Some(ip) && l.node_id.is_none())
+            .count();
+        if pending >= self.cfg.max_unsynced_per_addr && !self.evict(Some(ip)) {
+            self.counters.accepts_refused_per_addr += 1;
+            if let Some(suppressed) = self.refused_log.check(tokio::time::Instant::now()) {
+                warn!(peer = %addr, max = self.cfg.max_unsynced_per_addr, suppressed,
+                    "refusing connection: too many unsynced links from this address");
+            }
+            return false;
+        }
+        if self.links.len() >= self.cfg.max_links && !self.evict(None) {
+            self.counters.accepts_refused += 1;
+            if let Some(suppressed) = self.refused_log.check(tokio::time::Instant::now()) {
+                warn!(peer = %addr, max_links = self.cfg.max_links, suppressed,
+                    "refusing connection: too many links");
+            }
+            return false;
+        }
+        true
+    }
+
+    /// Closes the most evictable unsynced link (from `ip`, if given); false if none is.
+    fn evict(&mut self, ip: Option<IpAddr>) -> bool {
+        let now = tokio::time::Instant::now();
+        let grace = self.cfg.unsynced_grace;
+        let victim = self
+            .links
+            .iter()
+            .filter(|(_, l)| ip.is_none() || l.accepted_from == ip)
+            .filter_map(|(id, l)| l.eviction_rank(now, grace).map(|r| (r, *id)))
+            .min()
+            .map(|(_, id)| id);
+        let Some(id) = victim else {
+            return false;
+        };
+        if let Some(l) = self.links.get(&id) {
+            debug!(link = id.0, peer = %l.peer, heard = l.heard, "evicting unsynced link");
+        }
+        self.counters.links_evicted += 1;
+        self.close(id, DisconnectReason::Evicted);
+        true
     }
 
     fn add_link<R, W>(
@@ -320,6 +394,9 @@ impl Owner {
                 role,
                 peer,
                 node_id: None,
+                accepted_from: None,
+                opened: tokio::time::Instant::now(),
+                heard: false,
                 queue: SendQueue::new(self.cfg.queue_cap),
                 writer: writer_tx,
                 writing: false,

@@ -9,7 +9,7 @@
 //! without it the node behaves exactly as before.
 
 use std::hash::{BuildHasher, RandomState};
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -27,6 +27,10 @@ use tracing::{info, warn};
 use crate::cmd::firmware::parse_window;
 use crate::cmd::ota::receiver::{Controller, OtaLine, OtaReceiver, ReceiverOptions};
 use crate::context::{tokio_runtime, usage, Context};
+
+mod output;
+
+pub(crate) use output::Output;
 
 const LONG_ABOUT: &str = "\
 Run a painlessMesh-compatible mesh node over TCP.
@@ -52,6 +56,13 @@ Events (links up and down, node list changes, messages received, time adjustment
 printed on stdout as they happen, one per line: readable text, or with --json one JSON \
 object per line, e.g. {\"event\":\"received\",\"from\":1001,\"msg\":\"hi\",\"kind\":\"single\"}. \
 Command replies follow the same format ({\"nodes\":[...]}, {\"topology\":{...}}, {\"time\":...}).
+
+Output never holds up the node: lines are queued (up to 1 MiB) and written by a thread of \
+their own. If stdout's reader falls behind, lines that do not fit are dropped and counted \
+(`stats`: outputShed), and the next line written is preceded by \
+{\"event\":\"output_shed\",\"lines\":N,\"total\":T}; a newer node list replaces one still \
+queued. If stdout is closed (`meshfleet node ... | head`), output stops and the node keeps \
+running.
 
 At end of input on stdin the node keeps running until SIGINT or SIGTERM, so it can run \
 detached (`meshfleet node --listen 0.0.0.0:5555 </dev/null &`). SIGINT and SIGTERM stop it \
@@ -137,6 +148,17 @@ pub(crate) struct Args {
     /// Send queue cap per link, in bytes (default 256 KiB).
     #[arg(long, hide = true, value_name = "BYTES")]
     queue_cap: Option<usize>,
+
+    /// Output queue cap, in bytes (default 1 MiB): lines that do not fit while stdout's
+    /// reader is slow are dropped and counted, never waited for.
+    #[arg(long, hide = true, value_name = "BYTES")]
+    output_cap: Option<usize>,
+
+    /// Most accepted links from one IP address that have not completed node sync (default
+    /// 8); a connection over it takes the slot of that address's idlest unsynced link, or
+    /// is closed.
+    #[arg(long, hide = true, value_name = "N")]
+    max_unsynced_per_addr: Option<usize>,
 
     /// Receive OTA updates, kept in DIR (created if needed). Needs --ota-role and
     /// --ota-hardware.
@@ -233,6 +255,8 @@ struct NodeDefaults {
     json: bool,
     max_frame_len: Option<usize>,
     queue_cap: Option<usize>,
+    output_cap: Option<usize>,
+    max_unsynced_per_addr: Option<usize>,
     ota_dir: Option<PathBuf>,
     ota_role: Option<String>,
     ota_hardware: Option<String>,
@@ -251,6 +275,7 @@ struct Options {
     node: Config,
     runtime: RuntimeConfig,
     json: bool,
+    output_cap: usize,
     ota: Option<ReceiverOptions>,
 }
 
@@ -289,6 +314,17 @@ impl Options {
             }
             runtime.queue_cap = cap;
         }
+        if let Some(n) = args.max_unsynced_per_addr.or(defaults.max_unsynced_per_addr) {
+            if n == 0 {
+                return Err(usage("--max-unsynced-per-addr must be positive"));
+            }
+            runtime.max_unsynced_per_addr = n;
+        }
+        let output_cap = match args.output_cap.or(defaults.output_cap) {
+            Some(0) => return Err(usage("--output-cap must be positive")),
+            Some(cap) => cap,
+            None => output::DEFAULT_OUTPUT_CAP,
+        };
         let window = match args.ota_window {
             Some(w) => Some(w),
             None => defaults.ota_window.map(WindowSetting::resolve).transpose()?,
@@ -313,6 +349,7 @@ impl Options {
             node,
             runtime,
             json: args.json || defaults.json,
+            output_cap,
             ota,
         })
     }
@@ -445,7 +482,7 @@ pub(crate) fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
 }
 
 async fn run_node(opts: Options) -> anyhow::Result<()> {
-    let out = Output { json: opts.json };
+    let out = Output::stdout(opts.json, opts.output_cap)?;
     let node_id = opts.node.node_id;
     let root = opts.node.root;
     let mut node = Node::new(opts.node);
@@ -544,26 +581,14 @@ async fn run_node(opts: Options) -> anyhow::Result<()> {
     }
     drop(mesh);
     // The printer ends once the runtime's event channel closes; give it a moment to
-    // print the last disconnects, but do not hang on it.
+    // queue the last disconnects, and the writer to write them, but do not hang on a
+    // reader that has stopped.
     let _ = tokio::time::timeout(Duration::from_secs(1), printer).await;
+    let _ = tokio::task::spawn_blocking(move || out.finish(Duration::from_secs(1))).await;
     result
 }
 
-/// Where output goes: stdout, one line at a time, flushed per line (a harness reads it
-/// through a pipe).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Output {
-    /// JSON objects instead of text.
-    pub(crate) json: bool,
-}
-
 impl Output {
-    fn line(self, text: &str) {
-        let mut stdout = std::io::stdout().lock();
-        // A closed stdout (the reader went away) must not stop the node: ignore it.
-        let _ = writeln!(stdout, "{text}").and_then(|()| stdout.flush());
-    }
-
     /// Prints `value` in JSON mode, `text()` otherwise.
     pub(crate) fn reply(self, value: impl Serialize, text: impl FnOnce() -> String) {
         if !self.json {
@@ -577,13 +602,18 @@ impl Output {
     }
 
     fn event(self, e: &RuntimeEvent) {
+        // Only the latest node list matters: a newer one replaces one still queued.
+        let kind = match e {
+            RuntimeEvent::Nodes { .. } => output::Kind::NodeList,
+            _ => output::Kind::Plain,
+        };
         if self.json {
             match serde_json::to_string(e) {
-                Ok(s) => self.line(&s),
+                Ok(s) => self.line_of(&s, kind),
                 Err(err) => warn!(error = %err, "cannot serialize event"),
             }
         } else {
-            self.line(&one_line(&e.to_string()));
+            self.line_of(&one_line(&e.to_string()), kind);
         }
     }
 
@@ -615,6 +645,7 @@ async fn print_events(mut events: broadcast::Receiver<RuntimeEvent>, out: Output
             Ok(e) => out.event(&e),
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 warn!(missed = n, "output too slow: events skipped");
+                out.lost(n);
             }
             Err(broadcast::error::RecvError::Closed) => return,
         }
@@ -862,6 +893,8 @@ struct StatsReply {
     queue_dropped: u64,
     queue_evicted: u64,
     closed_stalled: u64,
+    links_evicted: u64,
+    accepts_refused: u64,
     bytes_in: u64,
     bytes_out: u64,
     frames_in: u64,
@@ -872,11 +905,18 @@ struct StatsReply {
     dropped_too_long: u64,
     dropped_decode: u64,
     dropped_no_route: u64,
+    refused_trees: u64,
+    refused_time: u64,
     time_adjustments: u64,
+    time_steps_bounded: u64,
+    /// Output lines dropped because stdout's reader was too slow.
+    output_shed: u64,
+    output_coalesced: u64,
+    output_queued_bytes: usize,
 }
 
 impl StatsReply {
-    fn new(s: &RuntimeStats) -> Self {
+    fn new(s: &RuntimeStats, out: output::OutputStats) -> Self {
         let n = &s.node;
         Self {
             links: s.links,
@@ -884,6 +924,8 @@ impl StatsReply {
             queue_dropped: s.queue_dropped,
             queue_evicted: s.queue_evicted,
             closed_stalled: s.closed_stalled,
+            links_evicted: s.links_evicted,
+            accepts_refused: s.accepts_refused + s.accepts_refused_per_addr,
             bytes_in: n.bytes_in,
             bytes_out: n.bytes_out,
             frames_in: n.frames_in,
@@ -894,7 +936,13 @@ impl StatsReply {
             dropped_too_long: n.dropped_too_long,
             dropped_decode: n.dropped_decode,
             dropped_no_route: n.dropped_no_route,
+            refused_trees: n.refused_trees,
+            refused_time: n.refused_time,
             time_adjustments: n.time_adjustments,
+            time_steps_bounded: n.time_steps_bounded,
+            output_shed: out.shed_lines,
+            output_coalesced: out.coalesced,
+            output_queued_bytes: out.queued_bytes,
         }
     }
 }
@@ -904,7 +952,8 @@ impl std::fmt::Display for StatsReply {
         write!(
             f,
             "links {}, frames in {} out {}, forwarded {}, messages sent {} received {}, \
-             dropped: queue full {}, too long {}, undecodable {}, no route {}",
+             dropped: queue full {}, too long {}, undecodable {}, no route {}, \
+             node syncs refused {}, output lines shed {}",
             self.links,
             self.frames_in,
             self.frames_out,
@@ -914,7 +963,9 @@ impl std::fmt::Display for StatsReply {
             self.queue_dropped,
             self.dropped_too_long,
             self.dropped_decode,
-            self.dropped_no_route
+            self.dropped_no_route,
+            self.refused_trees,
+            self.output_shed
         )
     }
 }
@@ -980,7 +1031,7 @@ async fn execute(mesh: &MeshHandle, out: Output, line: Line, ota: bool) -> Resul
             out.reply(json!({ "time": t }), || format!("time: {t}"));
         }
         Cmd::Stats => {
-            let stats = StatsReply::new(&mesh.stats().await?);
+            let stats = StatsReply::new(&mesh.stats().await?, out.stats());
             let text = stats.to_string();
             out.reply(json!({ "stats": stats }), || text);
         }
@@ -1188,6 +1239,8 @@ mod tests {
             json: false,
             max_frame_len: None,
             queue_cap: None,
+            output_cap: None,
+            max_unsynced_per_addr: None,
             ota_dir: None,
             ota_role: Some("sensor".into()),
             ota_hardware: None,
@@ -1232,6 +1285,8 @@ mod tests {
             json: false,
             max_frame_len: None,
             queue_cap: Some(1000),
+            output_cap: None,
+            max_unsynced_per_addr: None,
             ota_dir: None,
             ota_role: None,
             ota_hardware: None,
@@ -1243,7 +1298,8 @@ mod tests {
             ota_rate: None,
         };
         let file: NodeDefaults = toml::from_str(
-            "listen = \"127.0.0.1:0\"\nconnect = [\"a:1\"]\nnode-id = 9\nroot = true\njson = true",
+            "listen = \"127.0.0.1:0\"\nconnect = [\"a:1\"]\nnode-id = 9\nroot = true\njson = true\n\
+             max-unsynced-per-addr = 3\noutput-cap = 4096",
         )
         .unwrap();
         let o = Options::resolve(args, file).unwrap();
@@ -1252,6 +1308,8 @@ mod tests {
         assert_eq!(o.runtime.connect, ["10.0.0.1:5555"]);
         assert_eq!(o.runtime.listen, Some("127.0.0.1:0".parse().unwrap()));
         assert_eq!(o.runtime.queue_cap, 1000);
+        assert_eq!(o.runtime.max_unsynced_per_addr, 3);
+        assert_eq!(o.output_cap, 4096);
         assert!(toml::from_str::<NodeDefaults>("nodeid = 3").is_err());
     }
 
