@@ -5,6 +5,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
 use meshfleet_mesh::{Config, Instant, LinkId, LinkRole, Node, NodeId, NodeTree};
+use meshfleet_wire::{Message, NodeSync};
 use serde_json::Value;
 
 /// A tree of `n` nodes, up to 4 children each, ids from `base`.
@@ -25,15 +26,15 @@ fn tree(base: u32, n: u32) -> NodeTree {
     build(&mut next, &mut left, 0)
 }
 
+/// A NODE_SYNC_REPLY as the library writes it (keys in its order, compact).
 fn reply_frame(t: &NodeTree, dest: u32) -> Vec<u8> {
-    let mut v = serde_json::to_value(t).unwrap();
-    let o = v.as_object_mut().unwrap();
-    o.insert("type".into(), 6.into());
-    o.insert("dest".into(), dest.into());
-    o.insert("from".into(), t.node_id.0.into());
-    let mut f = serde_json::to_vec(&v).unwrap();
-    f.push(0);
-    f
+    Message::NodeSyncReply(NodeSync {
+        tree: t.clone(),
+        dest: NodeId(dest),
+        from: t.node_id,
+        extra: Vec::new(),
+    })
+    .encode_frame()
 }
 
 /// A node (id 1) with 4 links whose trees hold `per_link` nodes each.
@@ -101,6 +102,52 @@ fn bench(c: &mut Criterion) {
                 walk(&v, &mut ids);
                 ids.sort_unstable();
                 black_box(ids.len())
+            })
+        });
+    }
+    g.finish();
+
+    // The node as it sits in a real mesh: four synced links, and a changed tree arriving on
+    // one of them. Handling it in full means parsing and storing the tree, recomputing the
+    // node list, and then (the timer fires at once) sending our new tree on the three other
+    // links. Ids are 10 digits, as on ESPs, so the frames have their real size.
+    let mut g = c.benchmark_group("node_sync_4_links");
+    for n in [100u32, 1000] {
+        let a = tree(3_000_000_000, n);
+        let mut b = a.clone();
+        b.subs.push(NodeTree::leaf(NodeId(3_999_999_999)));
+        let frames = [reply_frame(&a, 1), reply_frame(&b, 1)];
+        let mut node = Node::new(Config::new(NodeId(1)));
+        for l in 1..4u32 {
+            let t = tree(3_100_000_000 + 100_000 * l, 20);
+            node.handle_link_up(Instant::ZERO, LinkId(u64::from(l)), LinkRole::AccessPoint);
+            node.handle_bytes(Instant::ZERO, LinkId(u64::from(l)), &reply_frame(&t, 1));
+        }
+        node.handle_link_up(Instant::ZERO, LinkId(0), LinkRole::AccessPoint);
+        let now = Instant::ZERO + meshfleet_mesh::Duration::from_secs(1);
+        node.handle_bytes(now, LinkId(0), &frames[1]);
+        node.handle_timeout(now);
+        while node.poll_transmit().is_some() {}
+        while node.poll_event().is_some() {}
+        // What one iteration does: the change goes out on the three other links.
+        node.handle_bytes(now, LinkId(0), &frames[0]);
+        node.handle_timeout(now);
+        let out: Vec<_> = std::iter::from_fn(|| node.poll_transmit()).collect();
+        assert_eq!(out.len(), 3);
+        assert!(out.iter().all(|t| t.frame.len() > frames[0].len()));
+        while node.poll_event().is_some() {}
+        let mut i = 1;
+        g.bench_function(BenchmarkId::new("meshfleet", n), |bch| {
+            bch.iter(|| {
+                node.handle_bytes(now, LinkId(0), black_box(&frames[i % 2]));
+                i += 1;
+                node.handle_timeout(now);
+                let mut sent = 0;
+                while let Some(t) = node.poll_transmit() {
+                    sent += t.frame.len();
+                }
+                while node.poll_event().is_some() {}
+                black_box(sent)
             })
         });
     }

@@ -28,7 +28,7 @@ pub use event::{
     CloseReason, Delivery, DropReason, Event, LinkRole, PluginEvent, TimeRefusal, TreeRefusal,
 };
 pub use meshfleet_wire as wire;
-pub use meshfleet_wire::{NodeId, NodeTree};
+pub use meshfleet_wire::{FlatTree, NodeId, NodeTree};
 pub use node::{binary_tag, Node, Transmit};
 pub use plugin::{Ctx, MeshChange, Plugin, SendError};
 pub use rng::Rng;

@@ -5,7 +5,7 @@ use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
 use meshfleet_wire::{
-    binary_frame, parse, FrameRef, Framer, Message, MsgText, NodeId, NodeSync, NodeTree, Package,
+    binary_frame, parse, FlatTree, FrameRef, Framer, Message, MsgText, NodeId, NodeTree, Package,
     Routing, Text, TimeMsg, TimePacket, MAX_TREE_DEPTH,
 };
 
@@ -53,8 +53,9 @@ pub(crate) struct Link {
     framer: Framer,
     /// 0 until the first node sync.
     pub(crate) peer: NodeId,
-    /// What the neighbour last told us: itself and everything behind it (minus us).
-    pub(crate) tree: Option<NodeTree>,
+    /// What the neighbour last told us: itself and everything behind it (minus us), flat
+    /// (two allocations, not one per node: big meshes resend these trees constantly).
+    pub(crate) tree: Option<FlatTree>,
     timers: [Option<Instant>; 3],
     /// The time sync task exists once the first node sync is done.
     time_sync_interval: Option<Duration>,
@@ -68,13 +69,11 @@ pub(crate) struct Link {
     /// `tree` serialized once on receipt: node syncs to our other links embed it as is,
     /// so a layout change costs a copy per link, not a clone and a re-serialization.
     tree_json: Vec<u8>,
-    /// `tree.digest()`, to detect an unchanged tree without comparing trees.
+    /// `tree.digest()`, for [`Core::digest_for`].
     tree_digest: u64,
     /// Where the `subs` array sits in `tree_json`, if the tree has subs: a node sync
     /// whose raw `subs` text equals it carries the tree we hold (see `unchanged_node_sync`).
     subs_range: Option<(usize, usize)>,
-    /// `tree.size()`, for the time-sync adoption rule.
-    tree_size: usize,
 }
 
 impl Link {
@@ -296,7 +295,6 @@ impl Node {
             tree_json: Vec::new(),
             tree_digest: 0,
             subs_range: None,
-            tree_size: 0,
         };
         l.set(LinkTimer::NodeSync, Some(first_sync));
         c.links.push(l);
@@ -527,28 +525,46 @@ impl Node {
 }
 
 /// A link tree's compact JSON (`{"nodeId":..[,"root":true][,"hasTimeAuthority":true][,"subs":[..]]}`,
-/// the library's key order) and the byte range of its `subs` array.
-fn link_tree_json(tree: &NodeTree) -> (Vec<u8>, Option<(usize, usize)>) {
-    use core::fmt::Write as _;
-    let mut head = alloc::string::String::with_capacity(48);
-    let _ = write!(head, "{{\"nodeId\":{}", tree.node_id.0);
-    if tree.root {
-        head.push_str(",\"root\":true");
+/// the library's key order) and the byte range of its `subs` array. `subs_text`, if
+/// given, is the received `subs` text, known to be exactly what `write_json` would write
+/// (`Frame::node_sync_tree`): it is copied instead.
+fn link_tree_json(tree: &FlatTree, subs_text: Option<&str>) -> (Vec<u8>, Option<(usize, usize)>) {
+    let mut out = Vec::new();
+    match subs_text {
+        Some(subs) if tree.size() > 1 => {
+            out.reserve(subs.len() + 64);
+            let top = FlatTree::single(tree.node_id(), tree.root(), tree.has_time_authority());
+            top.write_json(&mut out);
+            out.pop(); // its closing brace
+            out.extend_from_slice(br#","subs":"#);
+            let start = out.len();
+            out.extend_from_slice(subs.as_bytes());
+            let end = out.len();
+            out.push(b'}');
+            (out, Some((start, end)))
+        }
+        _ => {
+            let range = tree.write_json(&mut out);
+            (out, range)
+        }
     }
-    if tree.has_time_authority {
-        head.push_str(",\"hasTimeAuthority\":true");
+}
+
+/// `text` after a JSON number that is plain (1-10 digits, no leading zero) and a u32.
+fn plain_u32(text: &[u8]) -> Option<&[u8]> {
+    let n = text
+        .iter()
+        .take(11)
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    if n == 0 || n > 10 || (n > 1 && text[0] == b'0') {
+        return None;
     }
-    let mut out = head.into_bytes();
-    let mut range = None;
-    if !tree.subs.is_empty() {
-        out.extend_from_slice(b",\"subs\":");
-        let start = out.len();
-        // Serializing our own tree into a Vec cannot fail.
-        out.extend_from_slice(&serde_json::to_vec(&tree.subs).unwrap_or_default());
-        range = Some((start, out.len()));
-    }
-    out.push(b'}');
-    (out, range)
+    let v = text[..n]
+        .iter()
+        .fold(0u64, |v, b| v * 10 + u64::from(b - b'0'));
+    u32::try_from(v).ok()?;
+    Some(&text[n..])
 }
 
 fn with_nul(text: &str) -> Vec<u8> {
@@ -585,7 +601,7 @@ impl Core {
                 .links
                 .iter()
                 .filter(|l| l.peer != NodeId::UNKNOWN)
-                .filter_map(|l| l.tree.clone())
+                .filter_map(|l| l.tree.as_ref().map(FlatTree::to_tree))
                 .collect(),
         }
     }
@@ -617,7 +633,10 @@ impl Core {
 
     /// Nodes on our side of the link to `peer`, us included (the adoption rule's count).
     fn size_for(&self, peer: NodeId) -> usize {
-        1 + self.subs_for(peer).map(|l| l.tree_size).sum::<usize>()
+        1 + self
+            .subs_for(peer)
+            .map(|l| l.tree.as_ref().map_or(0, FlatTree::size))
+            .sum::<usize>()
     }
 
     /// A NODE_SYNC_REQUEST/REPLY frame for `peer`: our tree minus its branch, keys in the
@@ -661,8 +680,7 @@ impl Core {
         let mut out = Vec::new();
         for l in &self.links {
             if let (Some(t), true) = (&l.tree, l.peer != NodeId::UNKNOWN) {
-                out.push(t.node_id);
-                t.collect_ids(&mut out);
+                out.extend_from_slice(t.ids());
             }
         }
         out.retain(|id| *id != NodeId::UNKNOWN && *id != self.config.node_id);
@@ -754,7 +772,12 @@ impl Core {
     }
 
     fn handle_frame(&mut self, now: Instant, link: LinkId, frame: &[u8]) {
+        use meshfleet_wire::types::{NODE_SYNC_REPLY, NODE_SYNC_REQUEST};
         self.stats.frames_in += 1;
+        if let Some((idx, ty)) = self.unchanged_node_sync_bytes(link, frame) {
+            self.unchanged_sync(now, idx, ty);
+            return;
+        }
         let parsed = match parse(frame) {
             Ok(p) => p,
             Err(e) => {
@@ -781,6 +804,43 @@ impl Core {
         if self.unchanged_node_sync(now, link, &parsed) {
             return;
         }
+        let ty = parsed.ty();
+        if ty == NODE_SYNC_REQUEST || ty == NODE_SYNC_REPLY {
+            // Node syncs are read straight into a flat tree: what `message()` would decode,
+            // minus a `NodeTree` allocation per node and the keys we do not use.
+            let (tree, canonical) = match parsed.node_sync_tree() {
+                Ok(t) => t,
+                Err(e) => {
+                    self.drop_frame(link, DropReason::Decode(alloc::format!("{e}")));
+                    return;
+                }
+            };
+            if routing == Routing::Broadcast {
+                let bytes = with_nul(parsed.text());
+                self.stats.forwarded += self.flood_frame(&bytes, Some(link)) as u64;
+            }
+            let subs_text = if canonical {
+                parsed.raw_field("subs")
+            } else {
+                None
+            };
+            self.handle_node_sync(now, link, tree, subs_text);
+            let Some(idx) = self.link_index(link) else {
+                return;
+            };
+            if ty == NODE_SYNC_REQUEST {
+                let peer = self.links[idx].peer;
+                let frame = self.node_sync_frame(NODE_SYNC_REPLY, peer, false);
+                self.links[idx].sent_digest = Some(self.digest_for(peer));
+                self.push_transmit(link, frame, true);
+            } else if self.links[idx].peer != NodeId::UNKNOWN {
+                // A link whose first tree was refused is not synced: its timeout stays, so
+                // a peer that only ever sends refused trees does not keep the link (and
+                // its slot) for ever.
+                self.links[idx].set(LinkTimer::NodeTimeout, None);
+            }
+            return;
+        }
         let msg = match parsed.message() {
             Ok(m) => m,
             Err(e) => {
@@ -793,27 +853,8 @@ impl Core {
             self.stats.forwarded += self.flood_frame(&bytes, Some(link)) as u64;
         }
         match msg {
-            Message::NodeSyncRequest(n) => {
-                self.handle_node_sync(now, link, n);
-                if let Some(idx) = self.link_index(link) {
-                    let peer = self.links[idx].peer;
-                    let frame =
-                        self.node_sync_frame(meshfleet_wire::types::NODE_SYNC_REPLY, peer, false);
-                    self.links[idx].sent_digest = Some(self.digest_for(peer));
-                    self.push_transmit(link, frame, true);
-                }
-            }
-            Message::NodeSyncReply(n) => {
-                self.handle_node_sync(now, link, n);
-                if let Some(idx) = self.link_index(link) {
-                    // A link whose first tree was refused is not synced: its timeout
-                    // stays, so a peer that only ever sends refused trees does not keep
-                    // the link (and its slot) for ever.
-                    if self.links[idx].peer != NodeId::UNKNOWN {
-                        self.links[idx].set(LinkTimer::NodeTimeout, None);
-                    }
-                }
-            }
+            // Handled above, from the flat tree.
+            Message::NodeSyncRequest(_) | Message::NodeSyncReply(_) => {}
             Message::TimeSync(t) => self.handle_time_sync(now, link, t),
             Message::TimeDelay(t) => self.handle_time_delay(now, t),
             Message::Single(t) => {
@@ -862,8 +903,8 @@ impl Core {
             .raw_field("nodeId")
             .and_then(|v| v.parse::<u32>().ok())
             == Some(l.peer.0)
-            && flag("root") == tree.root
-            && flag("hasTimeAuthority") == tree.has_time_authority;
+            && flag("root") == tree.root()
+            && flag("hasTimeAuthority") == tree.has_time_authority();
         let same_subs = match (parsed.raw_field("subs"), l.subs_range) {
             (Some(raw), Some((a, b))) => raw.as_bytes() == &l.tree_json[a..b],
             (None, None) => true,
@@ -872,7 +913,38 @@ impl Core {
         if !(same_top && same_subs) {
             return false;
         }
-        let peer = l.peer;
+        self.unchanged_sync(now, idx, ty);
+        true
+    }
+
+    /// A node sync that is, byte for byte, the tree we hold from this link as we cached
+    /// it (which is how the library writes it) followed by the library's
+    /// `,"type":5|6,"dest":D,"from":F}`: recognised before any parsing, so the steady
+    /// state's periodic syncs cost a memcmp. Returns the link's index and the type. Such
+    /// a frame is valid JSON and `unchanged_node_sync` would accept it; anything else
+    /// takes the general path.
+    fn unchanged_node_sync_bytes(&self, link: LinkId, frame: &[u8]) -> Option<(usize, i64)> {
+        use meshfleet_wire::types::{NODE_SYNC_REPLY, NODE_SYNC_REQUEST};
+        let idx = self.link_index(link)?;
+        let l = &self.links[idx];
+        l.tree.as_ref()?;
+        // Our JSON of the tree without its closing brace.
+        let head = l.tree_json.get(..l.tree_json.len().checked_sub(1)?)?;
+        let tail = frame.strip_prefix(head)?;
+        let (ty, rest) = match tail.strip_prefix(br#","type":"#)? {
+            [b'5', rest @ ..] => (NODE_SYNC_REQUEST, rest),
+            [b'6', rest @ ..] => (NODE_SYNC_REPLY, rest),
+            _ => return None,
+        };
+        let rest = plain_u32(rest.strip_prefix(br#","dest":"#)?)?;
+        let rest = plain_u32(rest.strip_prefix(br#","from":"#)?)?;
+        (rest == b"}").then_some((idx, ty))
+    }
+
+    /// What an unchanged node sync of type `ty` on the link at `idx` does.
+    fn unchanged_sync(&mut self, now: Instant, idx: usize, ty: i64) {
+        use meshfleet_wire::types::{NODE_SYNC_REPLY, NODE_SYNC_REQUEST};
+        let (link, peer) = (self.links[idx].id, self.links[idx].peer);
         // Unchanged tree: postpone this link's own periodic sync by a full interval, unless
         // the peer has not heard our current tree yet and this is a reply (a request is
         // answered below with the current tree). See `handle_node_sync`.
@@ -890,53 +962,59 @@ impl Core {
         } else {
             self.links[idx].set(LinkTimer::NodeTimeout, None);
         }
-        true
     }
 
     /// router.hpp `handleNodeSync`.
-    fn handle_node_sync(&mut self, now: Instant, link: LinkId, n: NodeSync) {
+    /// `subs_text`: the frame's `subs` text if it is exactly what we would write for the
+    /// tree (kept as our JSON of the tree instead of writing it again).
+    fn handle_node_sync(
+        &mut self,
+        now: Instant,
+        link: LinkId,
+        tree: FlatTree,
+        subs_text: Option<&str>,
+    ) {
         let Some(idx) = self.link_index(link) else {
             return;
         };
         let me = self.config.node_id;
-        let tree = n.tree;
+        let tree_id = tree.node_id();
         let peer = self.links[idx].peer;
         // validSubs: a known link must keep its id and must not appear below itself.
         if peer != NodeId::UNKNOWN {
-            if tree.node_id != peer {
+            if tree_id != peer {
                 self.close_link(
                     now,
                     link,
                     CloseReason::ChangedNodeId {
                         was: peer,
-                        now: tree.node_id,
+                        now: tree_id,
                     },
                 );
                 return;
             }
-            if tree.subs.iter().any(|s| s.contains(peer)) {
+            if tree.subs_contain(peer) {
                 self.close_link(now, link, CloseReason::SenderInOwnSubtree(peer));
                 return;
             }
         }
         // Stricter than the library, which accepts a neighbour with our id: two nodes with
         // one id break routing for both, so refuse at once.
-        if tree.node_id == me {
+        if tree_id == me {
             self.close_link(now, link, CloseReason::ClaimsOurId);
             return;
         }
-        if tree.node_id == NodeId::UNKNOWN {
+        if tree_id == NodeId::UNKNOWN {
             self.drop_frame(
                 link,
                 DropReason::Decode("node sync without a node id".into()),
             );
             return;
         }
-        let digest = tree.digest();
         let l = &self.links[idx];
         // A tree we hold already passed the checks below; only a new one is serialized.
-        let fresh = if l.tree.is_none() || l.tree_digest != digest {
-            let (json, range) = link_tree_json(&tree);
+        let fresh = if l.tree.as_ref() != Some(&tree) {
+            let (json, range) = link_tree_json(&tree, subs_text);
             if let Some(refusal) = self.refusal(idx, &tree, json.len()) {
                 self.drop_frame(link, DropReason::TreeRefused(refusal));
                 return;
@@ -947,12 +1025,12 @@ impl Core {
         };
         if peer == NodeId::UNKNOWN {
             // First sync on this link: refuse a node we already reach another way.
-            if self.route(tree.node_id).is_some() {
-                self.close_link(now, link, CloseReason::DuplicateNode(tree.node_id));
+            if self.route(tree_id).is_some() {
+                self.close_link(now, link, CloseReason::DuplicateNode(tree_id));
                 return;
             }
             let l = &mut self.links[idx];
-            l.peer = tree.node_id;
+            l.peer = tree_id;
             l.time_sync_interval = Some(self.config.time_sync_unsynced_interval);
             let first = match l.role {
                 LinkRole::Station => now,
@@ -963,26 +1041,25 @@ impl Core {
             // link synced meanwhile): the library waits up to a full interval to tell this
             // peer; we re-sync at once if what we said is stale.
             let sent = self.links[idx].sent_digest;
-            if sent.is_some() && sent != Some(self.digest_for(tree.node_id)) {
+            if sent.is_some() && sent != Some(self.digest_for(tree_id)) {
                 self.links[idx].set(LinkTimer::NodeSync, Some(now));
             }
             self.events.push_back(Event::NewConnection {
                 link,
-                peer: tree.node_id,
+                peer: tree_id,
             });
             self.changes.push_back(MeshChange::NeighbourUp {
                 link,
-                peer: tree.node_id,
+                peer: tree_id,
             });
         }
         // What this peer last heard from us, against what we would tell it now.
-        let told_current = self.links[idx].sent_digest == Some(self.digest_for(tree.node_id));
+        let told_current = self.links[idx].sent_digest == Some(self.digest_for(tree_id));
         let l = &mut self.links[idx];
         if let Some((json, range)) = fresh {
             l.tree_json = json;
             l.subs_range = range;
-            l.tree_digest = digest;
-            l.tree_size = tree.size();
+            l.tree_digest = tree.digest();
             l.tree = Some(tree);
             let changed = l.peer;
             self.layout_changed(now, Some(changed));
@@ -1005,9 +1082,9 @@ impl Core {
     /// its links to honest neighbours (see [`TreeRefusal`]). The bounds hold for every
     /// node sync we may send, including to a neighbour that connects later, so they do
     /// not depend on which links are up now.
-    fn refusal(&self, idx: usize, tree: &NodeTree, json_len: usize) -> Option<TreeRefusal> {
+    fn refusal(&self, idx: usize, tree: &FlatTree, json_len: usize) -> Option<TreeRefusal> {
         let me = self.config.node_id;
-        if tree.subs.iter().any(|s| s.contains(me)) {
+        if tree.subs_contain(me) {
             return Some(TreeRefusal::ContainsUs);
         }
         // The sender sits one level below us in what we relay: its depth (a leaf is 1)
@@ -1192,7 +1269,7 @@ impl Core {
         let c = &self.config;
         Some(adopt_by_size(
             (c.node_id, c.has_time_authority, self.size_for(l.peer)),
-            (remote.node_id, remote.has_time_authority, l.tree_size),
+            (remote.node_id(), remote.has_time_authority(), remote.size()),
         ))
     }
 

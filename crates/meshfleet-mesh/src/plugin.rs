@@ -10,7 +10,7 @@ use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::any::Any;
 
-use meshfleet_wire::{NodeId, NodeTree, Package, Routing};
+use meshfleet_wire::{FlatTree, NodeId, NodeTree, Package, Routing};
 
 use crate::event::{Event, LinkRole, PluginEvent};
 use crate::node::Core;
@@ -145,8 +145,9 @@ impl Ctx<'_> {
         self.core.route(dest)
     }
 
-    /// The neighbour's tree on `link` (everything reachable through it).
-    pub fn link_tree(&self, link: LinkId) -> Option<&NodeTree> {
+    /// The neighbour's tree on `link` (everything reachable through it), flat
+    /// ([`FlatTree::to_tree`] gives the nested form).
+    pub fn link_tree(&self, link: LinkId) -> Option<&FlatTree> {
         self.core
             .links
             .iter()

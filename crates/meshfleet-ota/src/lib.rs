@@ -70,4 +70,6 @@ pub use stock::{
     md5_hex, NodeProgress, OfferError, StockOffer, StockReceiver, StockReceiverConfig, StockSender,
     StockSenderConfig, StockSenderStats, StockStyle,
 };
-pub use store::{BootRecord, FileStore, ImageInfo, MemStore, Slot, SlotStore, StoreError};
+pub use store::{
+    BootRecord, FileStore, ImageInfo, MemStore, SharedPages, Slot, SlotStore, StoreError,
+};

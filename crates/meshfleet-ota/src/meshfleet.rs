@@ -925,8 +925,8 @@ impl MeshfleetOta {
             let Some(tree) = ctx.link_tree(link) else {
                 continue;
             };
-            let mut ids = Vec::new();
-            tree.collect_ids(&mut ids);
+            // Every node below that neighbour (the top one is `peer` itself).
+            let ids: Vec<NodeId> = tree.ids().get(1..).unwrap_or_default().to_vec();
             for id in ids {
                 if targets.len() >= MAX_PROBES {
                     break;

@@ -67,8 +67,8 @@ use meshfleet_mesh::{
 use meshfleet_ota::proto::BINARY_CHUNK_HEADER;
 use meshfleet_ota::store::image_info;
 use meshfleet_ota::{
-    boot, ImageInfo, MemStore, MeshfleetConfig, OfferError, OtaEvent, SlotStore, StockOffer,
-    StockReceiver, StockReceiverConfig, StockSender, StockSenderConfig, StockStyle,
+    boot, ImageInfo, MemStore, MeshfleetConfig, OfferError, OtaEvent, SharedPages, SlotStore,
+    StockOffer, StockReceiver, StockReceiverConfig, StockSender, StockSenderConfig, StockStyle,
 };
 use meshfleet_wire::{Package, Routing, BINARY_FRAME_MARK};
 use serde::Serialize;
@@ -151,6 +151,10 @@ struct Payload {
     new_info: ImageInfo,
     old_image: Vec<u8>,
     old_info: ImageInfo,
+    /// The images and the artefact's payload as pages every receiver's store shares,
+    /// instead of each holding a copy (host memory per node; the simulated nodes still
+    /// each stage, flash and verify their own bytes).
+    pages: SharedPages,
 }
 
 /// An OTA campaign: one image, one source, one strategy. Build with [`OtaCampaign::new`],
@@ -227,6 +231,7 @@ impl OtaCampaign {
         let payload = Payload {
             new_info: image_info(&image, NEW_VERSION),
             old_info: image_info(&old_image, OLD_VERSION),
+            pages: SharedPages::new(&[&image, artefact.payload(), &old_image]),
             image,
             artefact,
             offer,
@@ -255,6 +260,7 @@ impl OtaCampaign {
         let p = &self.payload;
         let artefact = pack_campaign(&p.image, &self.role, &self.hardware, window)?;
         self.payload = Arc::new(Payload {
+            pages: SharedPages::new(&[&p.image, artefact.payload(), &p.old_image]),
             image: p.image.clone(),
             artefact,
             offer: p.offer.clone(),
@@ -435,7 +441,9 @@ impl OtaCampaign {
                 let store = sh
                     .stores
                     .entry(number)
-                    .or_insert_with(|| MemStore::with_image(&p.old_image, OLD_VERSION))
+                    .or_insert_with(|| {
+                        MemStore::with_shared(&p.old_image, OLD_VERSION, p.pages.clone())
+                    })
                     .clone();
                 // The node as shipped (`meshfleet-agent`), on an ESP: a committed image
                 // boots at the next start, and the simulated firmware is healthy by

@@ -105,7 +105,7 @@ impl Framer {
                         self.state = State::BinaryLen;
                         continue;
                     }
-                    match data.iter().position(|&b| b == 0) {
+                    match find_nul(data) {
                         Some(nul) => {
                             let head = &data[..nul];
                             data = &data[nul + 1..];
@@ -134,7 +134,7 @@ impl Framer {
                         }
                     }
                 }
-                State::DiscardText => match data.iter().position(|&b| b == 0) {
+                State::DiscardText => match find_nul(data) {
                     Some(nul) => {
                         data = &data[nul + 1..];
                         self.state = State::Text;
@@ -211,8 +211,49 @@ pub fn binary_frame(payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Index of the first NUL in `data`, eight bytes at a time (frames are mostly long
+/// runs without one: a big node sync is tens of KB).
+fn find_nul(data: &[u8]) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let mut chunks = data.chunks_exact(8);
+    let mut at = 0;
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word);
+        // Nonzero iff some byte of x is zero.
+        if x.wrapping_sub(LO) & !x & HI != 0 {
+            break;
+        }
+        at += 8;
+    }
+    data[at..].iter().position(|&b| b == 0).map(|i| at + i)
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn find_nul_is_the_first_nul() {
+        for len in 0..40 {
+            for nul in (0..len).map(Some).chain([None]) {
+                // Bytes that trip naive word tricks: 0x80, 0x01, 0xff around the NUL.
+                let mut data: Vec<u8> = (0..len).map(|i| [0x80, 0x01, 0xff, b'{'][i % 4]).collect();
+                if let Some(n) = nul {
+                    data[n] = 0;
+                    if n + 3 < len {
+                        data[n + 3] = 0;
+                    }
+                }
+                assert_eq!(
+                    find_nul(&data),
+                    data.iter().position(|&b| b == 0),
+                    "{data:?}"
+                );
+            }
+        }
+    }
     use super::*;
     use alloc::vec;
 

@@ -13,9 +13,9 @@
 //!   UTF-8, numbers out of the unsigned 32-bit range read as 0 exactly like the library's
 //!   `is<uint32_t>()`). Nesting is limited exactly as in the library: a frame nested deeper
 //!   than [`MAX_JSON_NESTING`] (255) is refused, so node trees go [`MAX_TREE_DEPTH`] (127)
-//!   levels deep. A non-recursive pre-scan enforces it before serde_json parses anything,
-//!   so no input can make a parse recurse deeper than that (stack use: see
-//!   [`MAX_JSON_NESTING`]).
+//!   levels deep. Non-recursive scans (and the node-tree parser) enforce it before any
+//!   value is deserialized, so no input can make a parse recurse deeper than that (stack
+//!   use: see [`MAX_JSON_NESTING`]).
 //! * [`Message::encode`] writes the exact key order the library writes, so frames are
 //!   byte-identical to the library's for everything it would send (`package_samples.jsonl`).
 //!   Keys we do not know are kept and written back, so forwarding preserves them (Q7).
@@ -66,7 +66,7 @@ pub use message::{
 };
 pub use nesting::MAX_JSON_NESTING;
 pub use package::Package;
-pub use tree::{NodeTree, MAX_TREE_DEPTH};
+pub use tree::{FlatTree, NodeTree, MAX_TREE_DEPTH};
 
 /// Default cap on one frame, NUL excluded: 1 MiB.
 ///

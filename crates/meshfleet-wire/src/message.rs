@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 use crate::lenient::{LenientBool, LenientInt, LenientU32};
 use crate::nesting::{nesting_within, MAX_JSON_NESTING};
 use crate::package::Package;
-use crate::tree::{parse_subs, NodeTree, MAX_TREE_DEPTH};
+use crate::tree::{parse_subs, FlatTree, NodeTree, MAX_TREE_DEPTH, TOO_DEEP};
 use crate::{types, NodeId, Routing};
 
 /// Longest `msg` string accepted, in characters: ArduinoJson's limit in the library
@@ -365,30 +365,31 @@ impl Serialize for Encoded<'_> {
     }
 }
 
-/// Every key of the top-level object, borrowed from the input, in order.
-pub(crate) struct Envelope<'a>(pub(crate) Vec<(Cow<'a, str>, &'a RawValue)>);
+/// Every key of the top-level object, borrowed from the input, in order, each with its
+/// value's JSON text (validated: by serde_json, or by the node-sync fast path).
+pub(crate) struct Envelope<'a>(pub(crate) Vec<(Cow<'a, str>, &'a str)>);
 
 impl<'a> Envelope<'a> {
     /// The value of `key`; with duplicate keys the last one wins, as in ArduinoJson.
-    pub(crate) fn get(&self, key: &str) -> Option<&'a RawValue> {
+    pub(crate) fn get(&self, key: &str) -> Option<&'a str> {
         self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| *v)
     }
 
     fn u32(&self, key: &str) -> Option<u32> {
         self.get(key)
-            .and_then(|v| serde_json::from_str::<LenientU32>(v.get()).ok())
+            .and_then(|v| serde_json::from_str::<LenientU32>(v).ok())
             .and_then(|v| v.0)
     }
 
     pub(crate) fn int(&self, key: &str) -> Option<i64> {
         self.get(key)
-            .and_then(|v| serde_json::from_str::<LenientInt>(v.get()).ok())
+            .and_then(|v| serde_json::from_str::<LenientInt>(v).ok())
             .and_then(|v| v.0)
     }
 
     fn bool(&self, key: &str) -> bool {
         self.get(key)
-            .and_then(|v| serde_json::from_str::<LenientBool>(v.get()).ok())
+            .and_then(|v| serde_json::from_str::<LenientBool>(v).ok())
             .and_then(|v| v.0)
             .unwrap_or(false)
     }
@@ -403,7 +404,10 @@ impl<'a> Envelope<'a> {
             if self.0[i + 1..].iter().any(|(k2, _)| k2 == k) {
                 continue; // a later duplicate wins
             }
-            out.push((k.to_string(), alloc::borrow::ToOwned::to_owned(*v)));
+            // The text is validated JSON, so this cannot fail.
+            if let Ok(raw) = RawValue::from_string((*v).to_string()) {
+                out.push((k.to_string(), raw));
+            }
         }
         out
     }
@@ -420,7 +424,7 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
         let mut entries = Vec::with_capacity(8);
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
             let value: &'de RawValue = map.next_value()?;
-            entries.push((key, value));
+            entries.push((key, value.get()));
         }
         Ok(Some(Envelope(entries)))
     }
@@ -444,26 +448,191 @@ impl<'de> Deserialize<'de> for MaybeEnvelope<'de> {
 /// Like ArduinoJson, anything after the first complete value is ignored (trailing
 /// garbage, a second object in the same frame).
 ///
-/// A first value nested deeper than [`MAX_JSON_NESTING`] is refused before serde_json
-/// sees it, as the library refuses it (`TooDeep`). That bound is what makes it safe to
-/// parse here without serde_json's recursion limit, which would refuse nesting beyond 128
-/// that the library accepts (serde_json skips the raw values below the top level without
-/// recursion today, but that is how it is written, not a promise).
+/// A first value nested deeper than [`MAX_JSON_NESTING`] is refused, as the library
+/// refuses it (`TooDeep`). That bound is what makes it safe to deserialize parts of a
+/// frame later with serde's help; serde_json's own recursion limit (128) would refuse
+/// nesting the library accepts.
 pub(crate) fn parse_envelope(text: &str) -> Result<(Envelope<'_>, &str), DecodeError> {
-    if !nesting_within(text.as_bytes(), MAX_JSON_NESTING) {
-        return Err(DecodeError::Json(alloc::format!(
-            "nested deeper than {MAX_JSON_NESTING} levels (the library's limit)"
-        )));
+    let (env, object_text, checked) = parse_envelope_unchecked(text)?;
+    if !checked {
+        env.check_nesting(None)?;
     }
+    Ok((env, object_text))
+}
+
+fn too_deep() -> DecodeError {
+    DecodeError::Json(alloc::format!(
+        "nested deeper than {MAX_JSON_NESTING} levels (the library's limit)"
+    ))
+}
+
+/// [`parse_envelope`] without the nesting check of the values: returns whether it was
+/// done (true when the text has too few brackets to nest too deep); if not, the caller
+/// must [`Envelope::check_nesting`]. Errors are those `parse_envelope` gives.
+///
+/// The envelope parse itself cannot recurse with the input: the visitor takes the
+/// top-level keys and keeps every value as raw text, which serde_json skips without
+/// recursion (`ignore_value` keeps its own stack; `tests/depth.rs` parses junk nested a
+/// million levels deep on a small stack to hold it to that). Checking nesting per value
+/// afterwards lets a node sync's tree, most of a big frame, be checked by the tree parser
+/// as it reads it, instead of by a separate pass over the whole frame.
+fn parse_envelope_unchecked(text: &str) -> Result<(Envelope<'_>, &str, bool), DecodeError> {
+    let checked = within_by_count(text.as_bytes());
     let start = text.len() - text.trim_start().len();
     let mut de = serde_json::Deserializer::from_str(text);
-    de.disable_recursion_limit(); // bounded by the scan above
+    de.disable_recursion_limit(); // see above: values are skipped iteratively
     let mut stream = de.into_iter::<MaybeEnvelope<'_>>();
-    match stream.next() {
-        Some(Ok(MaybeEnvelope(Some(env)))) => Ok((env, &text[start..stream.byte_offset()])),
-        Some(Ok(MaybeEnvelope(None))) => Err(DecodeError::NotObject),
-        Some(Err(e)) => Err(DecodeError::Json(e.to_string())),
-        None => Err(DecodeError::Json("empty frame".into())),
+    let err = match stream.next() {
+        Some(Ok(MaybeEnvelope(Some(env)))) => {
+            return Ok((env, &text[start..stream.byte_offset()], checked))
+        }
+        Some(Ok(MaybeEnvelope(None))) => DecodeError::NotObject,
+        Some(Err(e)) => DecodeError::Json(e.to_string()),
+        None => DecodeError::Json("empty frame".into()),
+    };
+    // Too deep wins over any other fault, as when the nesting was checked first.
+    if !checked && !nesting_within(text.as_bytes(), MAX_JSON_NESTING) {
+        return Err(too_deep());
+    }
+    Err(err)
+}
+
+/// Whether `text` has too few brackets to nest deeper than [`MAX_JSON_NESTING`].
+fn within_by_count(text: &[u8]) -> bool {
+    // Counted a block at a time, so a big frame (a node sync) stops after a few blocks.
+    let mut count = 0;
+    for block in text.chunks(512) {
+        count += block.iter().filter(|b| matches!(b, b'[' | b'{')).count();
+        if count > MAX_JSON_NESTING {
+            return false;
+        }
+    }
+    true
+}
+
+impl Envelope<'_> {
+    /// Refuses the frame if a value nests deeper than the library allows inside the
+    /// frame's object (which is nesting level 1). The entry at index `deferred`, if any,
+    /// is skipped: its reader checks it (a node sync's tree, [`parse_subs`]).
+    fn check_nesting(&self, deferred: Option<usize>) -> Result<(), DecodeError> {
+        for (i, (_, v)) in self.0.iter().enumerate() {
+            if Some(i) != deferred && !nesting_within(v.as_bytes(), MAX_JSON_NESTING - 1) {
+                return Err(too_deep());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A node sync exactly as the library (and this crate) writes it, read in one pass:
+/// `{"nodeId":N[,"root":true][,"hasTimeAuthority":true][,"subs":[..]],"type":5|6,"dest":D,"from":F}`,
+/// compact, plain numbers, the tree in the canonical form [`FlatTree::write_json`]
+/// writes. That text is valid JSON and within the nesting limit (the tree parser checks
+/// as it reads), so the result is what [`parse`] gives through serde_json, the tree
+/// included; anything else (another key, a space, an escape, a tree too deep) returns
+/// `None` and takes that general path. Most of a big node sync is its tree, which
+/// is otherwise scanned twice: once by serde_json to find its end, once to read it.
+fn fast_node_sync(text: &str) -> Option<Frame<'_>> {
+    let b = text.as_bytes();
+    let mut i = 0;
+    let mut entries: Vec<(Cow<'_, str>, &str)> = Vec::with_capacity(7);
+    entries.push((
+        Cow::Borrowed("nodeId"),
+        plain_number(text, &mut i, "nodeId", b'{')?,
+    ));
+    for (lit, key) in [
+        (&br#","root":true"#[..], "root"),
+        (&br#","hasTimeAuthority":true"#[..], "hasTimeAuthority"),
+    ] {
+        if b.get(i..)?.starts_with(lit) {
+            i += lit.len();
+            entries.push((Cow::Borrowed(key), "true"));
+        }
+    }
+    let node_id = NodeId(entries.first()?.1.parse().ok()?);
+    let root = entries.iter().any(|(k, _)| k == "root");
+    let authority = entries.iter().any(|(k, _)| k == "hasTimeAuthority");
+    let mut tree = FlatTree::single(node_id, root, authority);
+    const SUBS: &[u8] = br#","subs":["#;
+    if b.get(i..)?.starts_with(SUBS) {
+        let start = i + SUBS.len() - 1;
+        let rest = text.get(start..)?;
+        let (canonical, len) = tree.parse_subs_prefix(rest, MAX_TREE_DEPTH).ok()?;
+        if !canonical {
+            return None;
+        }
+        entries.push((Cow::Borrowed("subs"), rest.get(..len)?));
+        i = start + len;
+    }
+    for key in ["type", "dest", "from"] {
+        entries.push((Cow::Borrowed(key), plain_number(text, &mut i, key, b',')?));
+    }
+    if b.get(i) != Some(&b'}') {
+        return None;
+    }
+    let ty: i64 = entries.iter().find(|(k, _)| k == "type")?.1.parse().ok()?;
+    if ty != types::NODE_SYNC_REQUEST && ty != types::NODE_SYNC_REPLY {
+        return None;
+    }
+    let u32_of = |key: &str| {
+        entries
+            .iter()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, v)| v.parse().ok())
+            .map(NodeId)
+    };
+    let (dest, from) = (u32_of("dest")?, u32_of("from")?);
+    Some(Frame {
+        env: Envelope(entries),
+        tree: Some(tree),
+        text: text.get(..=i)?,
+        ty,
+        routing: Routing::Neighbour,
+        dest,
+        from,
+    })
+}
+
+/// At `i`: `lead` (`{` or `,`), `"key":` and a plain number, which is returned; `i` moves
+/// past it. A plain number has 1-10 digits, no leading zero (not JSON) and fits a u32,
+/// so every path reads it alike.
+fn plain_number<'t>(text: &'t str, i: &mut usize, key: &str, lead: u8) -> Option<&'t str> {
+    let b = text.as_bytes();
+    let k = key.as_bytes();
+    if b.get(*i) != Some(&lead)
+        || b.get(*i + 1) != Some(&b'"')
+        || b.get(*i + 2..*i + 2 + k.len()) != Some(k)
+        || b.get(*i + 2 + k.len()..*i + 4 + k.len()) != Some(b"\":")
+    {
+        return None;
+    }
+    let start = *i + 4 + k.len();
+    let n = b
+        .get(start..)?
+        .iter()
+        .take(11)
+        .take_while(|c| c.is_ascii_digit())
+        .count();
+    if n == 0 || n > 10 || (n > 1 && b[start] == b'0') {
+        return None;
+    }
+    let v = text.get(start..start + n)?;
+    v.parse::<u32>().ok()?;
+    *i = start + n;
+    Some(v)
+}
+
+/// The error for a node sync's `subs` that the tree parser refused: nesting beyond the
+/// library's limit is the frame's fault ([`DecodeError::Json`], as any too-deep frame).
+fn subs_error(ty: i64, e: &'static str) -> DecodeError {
+    if e == TOO_DEEP {
+        too_deep()
+    } else {
+        DecodeError::Field {
+            ty,
+            field: "subs",
+            reason: e.into(),
+        }
     }
 }
 
@@ -477,6 +646,8 @@ pub fn decode(frame: &[u8]) -> Result<Message, DecodeError> {
 /// a relay forwards [`Frame::text`] verbatim (every key preserved) without it.
 pub struct Frame<'a> {
     env: Envelope<'a>,
+    /// A node sync's tree, when the fast path read it with the envelope.
+    tree: Option<FlatTree>,
     text: &'a str,
     ty: i64,
     routing: Routing,
@@ -487,16 +658,39 @@ pub struct Frame<'a> {
 /// Parses a frame's envelope (see [`Frame`]).
 pub fn parse(frame: &[u8]) -> Result<Frame<'_>, DecodeError> {
     let text = core::str::from_utf8(frame).map_err(|_| DecodeError::Utf8)?;
-    let (env, object_text) = parse_envelope(text)?;
-    let ty = env.int("type").ok_or(DecodeError::NoType)?;
-    let routing = match env.int("routing") {
-        Some(code) => Routing::from_code(code),
-        None => Routing::for_type(ty),
+    if let Some(f) = fast_node_sync(text) {
+        return Ok(f);
+    }
+    parse_general(text)
+}
+
+/// [`parse`] through serde_json, for any frame.
+fn parse_general(text: &str) -> Result<Frame<'_>, DecodeError> {
+    let (env, object_text, checked) = parse_envelope_unchecked(text)?;
+    let ty = env.int("type");
+    let routing = match (env.int("routing"), ty) {
+        (Some(code), _) => Routing::from_code(code),
+        (None, Some(ty)) => Routing::for_type(ty),
+        (None, None) => Routing::Error,
     };
+    if !checked {
+        // A node sync's tree (the last `subs`, the one that is read) is checked by the
+        // tree parser as it reads it, unless the frame travels on: then it is forwarded
+        // as text and must be checked here.
+        let node_sync = matches!(ty, Some(types::NODE_SYNC_REQUEST | types::NODE_SYNC_REPLY));
+        let deferred = if node_sync && routing == Routing::Neighbour {
+            env.0.iter().rposition(|(k, _)| k == "subs")
+        } else {
+            None
+        };
+        env.check_nesting(deferred)?;
+    }
+    let ty = ty.ok_or(DecodeError::NoType)?;
     let dest = NodeId(env.u32("dest").unwrap_or(0));
     let from = NodeId(env.u32("from").unwrap_or(0));
     Ok(Frame {
         env,
+        tree: None,
         text: object_text,
         ty,
         routing,
@@ -535,7 +729,38 @@ impl Frame<'_> {
     /// The raw JSON text of top-level key `key` as received (last occurrence wins, as in
     /// the library), for cheap comparisons without decoding.
     pub fn raw_field(&self, key: &str) -> Option<&str> {
-        self.env.get(key).map(RawValue::get)
+        self.env.get(key)
+    }
+
+    /// The tree of a node sync (NODE_SYNC_REQUEST / NODE_SYNC_REPLY), flat: what
+    /// [`Frame::message`] would put in [`NodeSync::tree`], read the same way and refused
+    /// for the same reasons, without an allocation per node. For other types it reads
+    /// the same keys (a frame with no `subs` is a lone node).
+    ///
+    /// The flag says whether the frame's `subs` text ([`Frame::raw_field`]) is byte for
+    /// byte what [`FlatTree::write_json`] writes for the tree's subs, as it is when the
+    /// library or this crate wrote the frame: a node keeping the tree's JSON can then copy
+    /// that text instead of writing it.
+    pub fn node_sync_tree(&self) -> Result<(FlatTree, bool), DecodeError> {
+        if let Some(tree) = &self.tree {
+            return Ok((tree.clone(), true));
+        }
+        let env = &self.env;
+        let mut tree = FlatTree::single(
+            // The library falls back to `from` when `nodeId` is not a uint32.
+            env.u32("nodeId").map(NodeId).unwrap_or(self.from),
+            env.bool("root"),
+            env.bool("hasTimeAuthority"),
+        );
+        let canonical = match env.get("subs") {
+            // Iterative, so however deep the tree it takes no stack; nesting is checked
+            // as it reads (`parse` left this value to it).
+            Some(raw) => tree
+                .parse_subs_into(raw, MAX_TREE_DEPTH)
+                .map_err(|e| subs_error(self.ty, e))?,
+            None => true,
+        };
+        Ok((tree, canonical))
     }
 
     /// Decodes the typed message.
@@ -550,7 +775,7 @@ impl Frame<'_> {
                     reason: "missing".into(),
                 })?;
                 let wire: TimeMsgWire =
-                    serde_json::from_str(raw.get()).map_err(|e| DecodeError::Field {
+                    serde_json::from_str(raw).map_err(|e| DecodeError::Field {
                         ty,
                         field: "msg",
                         reason: e.to_string(),
@@ -580,15 +805,9 @@ impl Frame<'_> {
             types::NODE_SYNC_REQUEST | types::NODE_SYNC_REPLY => {
                 let subs = match env.get("subs") {
                     None => Vec::new(),
-                    // Iterative, so however deep the tree (up to what the nesting
-                    // pre-scan lets through), it takes no stack.
-                    Some(raw) => {
-                        parse_subs(raw.get(), MAX_TREE_DEPTH).map_err(|e| DecodeError::Field {
-                            ty,
-                            field: "subs",
-                            reason: e.into(),
-                        })?
-                    }
+                    // Iterative, so however deep the tree it takes no stack; it checks
+                    // the nesting as it reads.
+                    Some(raw) => parse_subs(raw, MAX_TREE_DEPTH).map_err(|e| subs_error(ty, e))?,
                 };
                 let tree = NodeTree {
                     // The library falls back to `from` when `nodeId` is not a uint32.
@@ -620,7 +839,7 @@ impl Frame<'_> {
             types::BROADCAST | types::SINGLE => {
                 let msg = match env.get("msg") {
                 None => MsgText::Missing,
-                Some(raw) => match serde_json::from_str::<String>(raw.get()) {
+                Some(raw) => match serde_json::from_str::<String>(raw) {
                     Ok(s) if s.chars().count() > MAX_STRING_CHARS => {
                         return Err(DecodeError::Field {
                             ty,
@@ -631,7 +850,14 @@ impl Frame<'_> {
                         })
                     }
                     Ok(s) => MsgText::Text(s),
-                    Err(_) => MsgText::Json(alloc::borrow::ToOwned::to_owned(raw)),
+                    // Validated JSON text, so the conversion cannot fail.
+                    Err(_) => MsgText::Json(RawValue::from_string(raw.to_string()).map_err(
+                        |e| DecodeError::Field {
+                            ty,
+                            field: "msg",
+                            reason: e.to_string(),
+                        },
+                    )?),
                 },
             };
                 let t = Text {
@@ -654,5 +880,144 @@ impl Frame<'_> {
                 object_text.into(),
             )),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::format;
+    use alloc::vec;
+    use proptest::prelude::*;
+
+    /// A node sync the library would write, from a random tree, optionally mutated.
+    fn frame_text() -> impl Strategy<Value = String> {
+        let tree = prop::collection::vec((0u32..40, 0u8..8), 1..60).prop_map(|nodes| {
+            // Pre-order levels: each node at most one below the previous one.
+            let mut t = NodeTree::leaf(NodeId(3_000_000_000));
+            let mut path: Vec<Vec<usize>> = vec![vec![]];
+            for (i, (id, step)) in nodes.into_iter().enumerate() {
+                let depth = (path.len() - 1).min(usize::from(step % 4));
+                path.truncate(depth + 1);
+                let mut node = &mut t;
+                for &k in path.last().into_iter().flatten() {
+                    node = &mut node.subs[k];
+                }
+                node.subs.push(NodeTree {
+                    node_id: NodeId(id * 97 + i as u32),
+                    root: step == 7,
+                    has_time_authority: step == 6,
+                    subs: Vec::new(),
+                });
+                let mut p = path.last().cloned().unwrap_or_default();
+                p.push(node.subs.len() - 1);
+                path.push(p);
+            }
+            t
+        });
+        let mutation = prop_oneof![
+            3 => Just(None),
+            1 => (any::<prop::sample::Index>(), prop::sample::select(vec![
+                "", " ", "0", "00", "\"", ",", "}", "]", "[", "{", "x", "true", "-1", "4294967296",
+                "\\u0030", ",\"subs\":[]", ",\"routing\":1",
+            ]), 0usize..3).prop_map(Some),
+        ];
+        (tree, any::<bool>(), any::<bool>(), 5i64..7, mutation).prop_map(
+            |(t, root, authority, ty, m)| {
+                let n = NodeSync {
+                    tree: NodeTree {
+                        root,
+                        has_time_authority: authority,
+                        ..t
+                    },
+                    dest: NodeId(7),
+                    from: NodeId(3_000_000_000),
+                    extra: Vec::new(),
+                };
+                let msg = if ty == 5 {
+                    Message::NodeSyncRequest(n)
+                } else {
+                    Message::NodeSyncReply(n)
+                };
+                let mut text = String::from_utf8(msg.encode()).unwrap_or_default();
+                if let Some((at, insert, remove)) = m {
+                    let mut at = at.index(text.len() + 1);
+                    while !text.is_char_boundary(at) {
+                        at -= 1;
+                    }
+                    let end = (at + remove).min(text.len());
+                    text.replace_range(at..end, insert);
+                }
+                text
+            },
+        )
+    }
+
+    fn summary(r: &Result<Frame<'_>, DecodeError>) -> String {
+        match r {
+            Ok(f) => format!(
+                "{} {:?} {} {} {:?} {:?} {:?} {:?}",
+                f.ty(),
+                f.routing(),
+                f.dest(),
+                f.from(),
+                f.text(),
+                f.env.0,
+                f.node_sync_tree().map(|(t, _)| t),
+                f.message(),
+            ),
+            Err(e) => format!("{e:?}"),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        /// The one-pass reading of the library's node syncs gives exactly what the general
+        /// path gives, on its own text and on text one edit away from it.
+        #[test]
+        fn the_node_sync_fast_path_reads_as_the_general_path(text in frame_text()) {
+            let fast = fast_node_sync(&text);
+            if let Some(f) = &fast {
+                // Only valid JSON takes the fast path.
+                prop_assert!(serde_json::from_str::<serde::de::IgnoredAny>(f.text()).is_ok(), "{}", text);
+            }
+            let general = parse_general(&text);
+            let chosen = parse(text.as_bytes());
+            prop_assert_eq!(summary(&chosen), summary(&general), "{}", text);
+            if let Some(f) = fast {
+                prop_assert_eq!(summary(&Ok(f)), summary(&general), "{}", text);
+            }
+        }
+    }
+
+    #[test]
+    fn the_fast_path_takes_what_we_write() {
+        let n = NodeSync {
+            tree: NodeTree {
+                node_id: NodeId(5),
+                root: true,
+                has_time_authority: false,
+                subs: vec![NodeTree::leaf(NodeId(6))],
+            },
+            dest: NodeId(7),
+            from: NodeId(5),
+            extra: Vec::new(),
+        };
+        let text = String::from_utf8(Message::NodeSyncReply(n).encode()).unwrap_or_default();
+        assert!(fast_node_sync(&text).is_some(), "{text}");
+        assert!(fast_node_sync(&text.replace("6", "06")).is_none());
+        assert!(fast_node_sync(&text.replace(":", ": ")).is_none());
+        // Leading zeros (not JSON), out-of-range numbers, a different type: general path.
+        for key in ["nodeId", "type", "dest", "from"] {
+            for (with, ok) in [("0", false), ("999999999", false), ("", true)] {
+                let edited = text.replace(&format!("\"{key}\":"), &format!("\"{key}\":{with}"));
+                assert_eq!(fast_node_sync(&edited).is_some(), ok, "{edited}");
+                assert_eq!(
+                    summary(&parse(edited.as_bytes())),
+                    summary(&parse_general(&edited))
+                );
+            }
+        }
+        assert!(fast_node_sync(&text.replace(":6,", ":8,")).is_none());
     }
 }

@@ -1,17 +1,19 @@
-//! The library's JSON nesting limit, enforced by a pre-scan before serde_json sees a frame.
+//! The library's JSON nesting limit, enforced before anything parses a frame recursively.
 //!
 //! serde_json recurses once per nested array or object it deserializes into a value, and
 //! its own guard (a recursion limit of 128) is both too low for the library's 255 and, once
-//! disabled, no guard at all. So every frame is scanned first, iteratively, for the depth of
-//! its first JSON value; a frame nested deeper than [`MAX_JSON_NESTING`] is refused before
-//! any parse starts. The envelope parse that follows runs with serde_json's recursion limit
-//! disabled (feature `unbounded_depth`), bounded by the scan; node trees are parsed without
-//! recursion; anything else deserialized from a frame keeps serde_json's default limit.
+//! disabled, no guard at all. The envelope parse takes only the frame's top-level keys and
+//! keeps each value as raw text, which serde_json skips without recursion (its
+//! `ignore_value` keeps its own stack; `tests/depth.rs` holds it to that on a small stack),
+//! so it runs with the recursion limit disabled (feature `unbounded_depth`). Then each value
+//! is scanned, iteratively, for its depth ([`nesting_within`]); a frame nested deeper than
+//! [`MAX_JSON_NESTING`] is refused before any value is deserialized. A node sync's tree is
+//! the exception: the iterative tree parser counts levels as it reads (so a big node sync is
+//! not scanned twice), with the same verdict. Anything else deserialized from a frame keeps
+//! serde_json's default limit.
 //!
 //! Cost: a frame with no more brackets than the limit (all but big node syncs and JSON
-//! payloads) is cleared by counting them, a branch-free pass; others are scanned at ~1.4 ns
-//! per byte: ~28 µs for the 21 KB node sync of a 1,000-node tree (decoded in ~105 µs),
-//! about what the iterative tree parse saves over the recursive one it replaced (~25 µs).
+//! payloads) is cleared by counting them; other values are scanned at ~1.4 ns per byte.
 
 /// Deepest JSON nesting a frame may have: 255 arrays/objects inside each other, the
 /// frame's own object included.

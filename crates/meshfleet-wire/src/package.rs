@@ -55,7 +55,7 @@ impl Package {
                 .unwrap_or(Routing::for_type(ty));
             let u32_of = |k: &str| {
                 env.get(k)
-                    .and_then(|v| v.get().parse::<u32>().ok())
+                    .and_then(|v| v.parse::<u32>().ok())
                     .map(NodeId)
                     .unwrap_or_default()
             };

@@ -175,3 +175,87 @@ fn deep_junk_anywhere_is_refused_without_exhausting_the_stack() {
         assert!(n.tree.subs.is_empty(), "non-object subs are skipped");
     });
 }
+
+/// The nesting of a node sync's tree is checked by the tree parser as it reads it, not by
+/// a pass over the whole frame; the verdict must be exactly the whole frame's: refused
+/// iff nested deeper than 255 anywhere, wherever the junk sits (in a node, among the
+/// subs, in another key, in an earlier duplicate `subs`), and whatever the routing (a
+/// node sync that travels on is checked before it could be forwarded). The flat tree the
+/// node reads must agree with the decoded one.
+#[test]
+fn node_sync_nesting_is_decided_exactly_as_for_the_whole_frame() {
+    on_small_stack(|| {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let (mut refused, mut accepted) = (0, 0);
+        for _ in 0..400 {
+            let levels = 100 + next(28); // a chain tree 100..=127 levels below the sender
+            let at = 1 + next(levels); // the node that gets junk
+            let junk_depth = 250usize.saturating_sub(2 * at) + next(12);
+            let junk = nested_array(junk_depth);
+            let mut subs = String::new();
+            for id in 1..=levels {
+                subs.push_str(&format!(r#"[{{"nodeId":{}"#, id + 1));
+                if id == at {
+                    match next(3) {
+                        0 => subs.push_str(&format!(r#","x":{junk}"#)),
+                        1 => subs.push_str(&format!(r#","root":{junk}"#)),
+                        _ => {}
+                    }
+                }
+                subs.push_str(r#","subs":"#);
+            }
+            subs.push_str("[]");
+            subs.truncate(subs.len() - r#","subs":[]"#.len());
+            for id in (1..=levels).rev() {
+                subs.push('}');
+                if id == at && next(2) == 0 {
+                    subs.push_str(&format!(",{junk}")); // a non-object element
+                }
+                subs.push(']');
+            }
+            let other = if next(4) == 0 {
+                format!(r#","subs":{junk}"#) // an earlier duplicate, not read
+            } else if next(3) == 0 {
+                format!(r#","extra":{junk}"#)
+            } else {
+                String::new()
+            };
+            let routing = [
+                "",
+                r#","routing":0"#,
+                r#","routing":1,"dest":77"#,
+                r#","routing":2"#,
+            ][next(4)];
+            let frame = format!(
+                r#"{{"nodeId":1{other},"subs":{subs},"type":{},"dest":9,"from":1{routing}}}"#,
+                5 + next(2)
+            );
+            let too_deep = nesting(frame.as_bytes()) > MAX_JSON_NESTING;
+            let decoded = decode(frame.as_bytes());
+            assert_eq!(is_too_deep(&decoded), too_deep, "{frame}");
+            let flat = meshfleet_wire::parse(frame.as_bytes())
+                .and_then(|f| f.node_sync_tree().map(|(t, _)| t.to_tree()));
+            match (&decoded, &flat) {
+                (Ok(Message::NodeSyncReply(n) | Message::NodeSyncRequest(n)), Ok(t)) => {
+                    assert_eq!(&n.tree, t);
+                    accepted += 1;
+                }
+                (Err(a), Err(b)) => {
+                    assert_eq!(a, b);
+                    refused += 1;
+                }
+                other => panic!("decode and the flat tree disagree: {other:?}"),
+            }
+        }
+        assert!(
+            refused > 50 && accepted > 50,
+            "{refused} refused, {accepted} accepted"
+        );
+    });
+}
