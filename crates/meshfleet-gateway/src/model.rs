@@ -21,7 +21,7 @@ pub enum Health {
     Warning,
     /// Free memory below 10 KiB.
     Critical,
-    /// Not in the mesh, and no status report within the report timeout.
+    /// Not in the mesh now.
     Offline,
 }
 

@@ -2,8 +2,7 @@
 //! health, in memory (persisted through [`crate::store::NodeStore`]).
 //!
 //! Health rules (until the fleet monitoring crate's classification is merged):
-//! * **offline**: not in the mesh now (presence from node sync) and no status report within
-//!   the report timeout;
+//! * **offline**: not in the mesh now (presence from node sync);
 //! * **critical**: last report says free memory < 10 KiB;
 //! * **warning**: last report has alert flags set, or the node has reported before and its
 //!   last report is older than the report timeout (stale: in the mesh but not reporting);
@@ -232,9 +231,9 @@ fn new_node(id: u32, now: UnixMillis) -> NodeStatus {
 
 /// The health rules (see the module docs).
 pub fn classify(n: &NodeStatus, now: UnixMillis, timeout_ms: i64) -> Health {
-    // Out of the mesh. A node heard by its reports only (not in our node list) stays
-    // classified by its reports until they stop for the report timeout.
-    if !n.online && (n.reports == 0 || now - n.last_seen > timeout_ms) {
+    // Presence decides: the mesh's own node sync notices a dead link (and the node list
+    // changes) well before a report period would.
+    if !n.online {
         return Health::Offline;
     }
     let Some(report) = &n.status else {
