@@ -107,6 +107,12 @@ impl Fixture {
             .unwrap();
     }
 
+    /// The audit log, newest first.
+    pub async fn db_audit(&self) -> Vec<meshfleet_gateway::model::AuditEntry> {
+        use meshfleet_gateway::store::AuditLog;
+        self.db.recent(100).await.unwrap()
+    }
+
     pub async fn get(&self, path: &str) -> Resp {
         request(self.http, "GET", path, &[], &[]).await
     }
