@@ -36,9 +36,7 @@ use tokio::sync::broadcast::error::RecvError;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::events::GatewayEvent;
-use crate::model::{
-    Alert, ArtefactInfo, AuditEntry, Health, History, NodeStatus, Resolution, UnixMillis,
-};
+use crate::model::{Alert, ArtefactInfo, AuditEntry, Health, History, NodeStatus, Resolution};
 use crate::store::StoreError;
 use crate::{metrics, now_millis, openapi, Shared};
 
@@ -375,7 +373,7 @@ pub struct StatusList {
     /// This page of nodes.
     pub nodes: Vec<NodeStatus>,
     /// When this was answered (ms since the epoch).
-    pub timestamp: UnixMillis,
+    pub timestamp: i64,
     /// Nodes matching the filters (all pages).
     pub total_nodes: usize,
     /// The page's offset.
@@ -470,7 +468,7 @@ async fn status_one(
 #[serde(rename_all = "camelCase")]
 pub struct FleetHealth {
     /// When (ms since the epoch).
-    pub timestamp: UnixMillis,
+    pub timestamp: i64,
     /// The gateway's own node id.
     pub gateway_node_id: u32,
     /// Whether the gateway's mesh node runs.
@@ -556,7 +554,7 @@ impl TopologyNode {
 #[serde(rename_all = "camelCase")]
 pub struct Topology {
     /// When (ms since the epoch).
-    pub timestamp: UnixMillis,
+    pub timestamp: i64,
     /// Nodes in the tree, the gateway included.
     pub node_count: usize,
     /// The tree, rooted at the gateway.

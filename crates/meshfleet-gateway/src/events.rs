@@ -6,7 +6,7 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 use utoipa::ToSchema;
 
-use crate::model::{Alert, ArtefactInfo, Health, UnixMillis};
+use crate::model::{Alert, ArtefactInfo, Health};
 
 /// Events buffered per subscriber.
 pub const EVENT_CAPACITY: usize = 1024;
@@ -21,29 +21,33 @@ pub const EVENT_CAPACITY: usize = 1024;
 )]
 pub enum GatewayEvent {
     /// A node joined the mesh.
+    #[serde(rename_all = "camelCase")]
     NodeUp {
         /// The node.
         node_id: u32,
         /// When.
-        ts: UnixMillis,
+        ts: i64,
     },
     /// A node left the mesh.
+    #[serde(rename_all = "camelCase")]
     NodeDown {
         /// The node.
         node_id: u32,
         /// When.
-        ts: UnixMillis,
+        ts: i64,
     },
     /// A status report was stored.
+    #[serde(rename_all = "camelCase")]
     Status {
         /// The node.
         node_id: u32,
         /// When.
-        ts: UnixMillis,
+        ts: i64,
         /// Its health after the report.
         health: Health,
     },
     /// A node's health changed.
+    #[serde(rename_all = "camelCase")]
     Health {
         /// The node.
         node_id: u32,
@@ -53,28 +57,33 @@ pub enum GatewayEvent {
         to: Health,
     },
     /// An alert was raised.
+    #[serde(rename_all = "camelCase")]
     AlertRaised {
         /// The alert.
         alert: Alert,
     },
     /// An alert's condition ended.
+    #[serde(rename_all = "camelCase")]
     AlertCleared {
         /// The alert's id.
         id: i64,
         /// When.
-        ts: UnixMillis,
+        ts: i64,
     },
     /// Someone acknowledged an alert.
+    #[serde(rename_all = "camelCase")]
     AlertAcked {
         /// The alert.
         alert: Alert,
     },
     /// A firmware artefact was stored.
+    #[serde(rename_all = "camelCase")]
     FirmwareAdded {
         /// Its metadata.
         artefact: ArtefactInfo,
     },
     /// A firmware artefact was deleted.
+    #[serde(rename_all = "camelCase")]
     FirmwareDeleted {
         /// Its id.
         id: String,

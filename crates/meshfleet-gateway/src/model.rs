@@ -56,11 +56,11 @@ pub struct NodeStatus {
     /// Whether the node is in the mesh now (presence from node sync).
     pub online: bool,
     /// First time the gateway saw it (ms since the epoch).
-    pub first_seen: UnixMillis,
+    pub first_seen: i64,
     /// Last sign of life: presence or a report (ms since the epoch).
-    pub last_seen: UnixMillis,
+    pub last_seen: i64,
     /// When its last status report arrived (ms since the epoch), if ever.
-    pub last_report: Option<UnixMillis>,
+    pub last_report: Option<i64>,
     /// Its parent in the gateway's view of the tree (`None` for our neighbours' root side).
     pub parent: Option<u32>,
     /// OTA role, if known.
@@ -84,7 +84,7 @@ pub struct NodeStatus {
 #[serde(rename_all = "camelCase")]
 pub struct HistoryPoint {
     /// Sample time, or the start of the hour (ms since the epoch).
-    pub ts: UnixMillis,
+    pub ts: i64,
     /// Samples in this point (1 at full resolution).
     pub samples: u32,
     /// Seconds since boot (the maximum within a rollup).
@@ -109,7 +109,7 @@ pub struct Sample {
     /// The node.
     pub node_id: u32,
     /// When it arrived.
-    pub ts: UnixMillis,
+    pub ts: i64,
     /// What it said.
     pub report: StatusReport,
 }
@@ -133,9 +133,9 @@ pub struct History {
     /// Resolution of `points`.
     pub resolution: Resolution,
     /// Range start (ms since the epoch, inclusive).
-    pub from: UnixMillis,
+    pub from: i64,
     /// Range end (ms since the epoch, exclusive).
-    pub to: UnixMillis,
+    pub to: i64,
     /// Points, oldest first.
     pub points: Vec<HistoryPoint>,
     /// Whether the range held more than the point limit (the newest were left out).
@@ -216,11 +216,11 @@ pub struct Alert {
     /// A readable description.
     pub message: String,
     /// When it was raised (ms since the epoch).
-    pub raised_at: UnixMillis,
+    pub raised_at: i64,
     /// When the condition ended, if it has.
-    pub cleared_at: Option<UnixMillis>,
+    pub cleared_at: Option<i64>,
     /// When someone acknowledged it, if anyone has.
-    pub acked_at: Option<UnixMillis>,
+    pub acked_at: Option<i64>,
     /// Who acknowledged it.
     pub acked_by: Option<String>,
     /// Their note.
@@ -239,7 +239,7 @@ pub struct NewAlert {
     /// Description.
     pub message: String,
     /// When.
-    pub raised_at: UnixMillis,
+    pub raised_at: i64,
 }
 
 /// A stored firmware artefact's metadata (`GET /firmware`).
@@ -263,7 +263,7 @@ pub struct ArtefactInfo {
     /// Id of the key that signed it, hex.
     pub key_id: String,
     /// When it was uploaded (ms since the epoch).
-    pub uploaded_at: UnixMillis,
+    pub uploaded_at: i64,
     /// Who uploaded it.
     pub uploaded_by: String,
 }
@@ -273,7 +273,7 @@ pub struct ArtefactInfo {
 #[serde(rename_all = "camelCase")]
 pub struct AuditEntry {
     /// When (ms since the epoch).
-    pub ts: UnixMillis,
+    pub ts: i64,
     /// Who (the token's name and the client address).
     pub actor: String,
     /// What (`alert.ack`, `firmware.upload`, `firmware.delete`).
