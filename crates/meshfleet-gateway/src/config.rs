@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_HTTP: &str = "127.0.0.1:8080";
 
 /// Everything the gateway process needs. Field names are the TOML keys (kebab-case).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct GatewayConfig {
     /// Accept mesh connections here (like `meshfleet node --listen`).
@@ -48,9 +48,8 @@ pub struct GatewayConfig {
     pub rollup_retention_days: u32,
     /// Database size cap, MiB: above it the oldest raw history goes first, then rollups.
     pub db_size_cap_mb: u64,
-    /// A node whose last status report is older than this is `warning` (stale), seconds;
-    /// twice this without any sign of life and it is `offline`.
-    pub report_timeout: u64,
+    /// The fleet monitor's thresholds (`[gateway.monitor]`; `docs/monitoring.md`).
+    pub monitor: meshfleet_monitor::MonitorConfig,
 }
 
 impl Default for GatewayConfig {
@@ -72,7 +71,7 @@ impl Default for GatewayConfig {
             raw_retention_days: 7,
             rollup_retention_days: 90,
             db_size_cap_mb: 1024,
-            report_timeout: 90,
+            monitor: meshfleet_monitor::MonitorConfig::default(),
         }
     }
 }
@@ -88,11 +87,6 @@ impl GatewayConfig {
         Duration::from_secs(self.request_timeout.max(1))
     }
 
-    /// [`GatewayConfig::report_timeout`] as a duration.
-    pub fn report_timeout(&self) -> Duration {
-        Duration::from_secs(self.report_timeout.max(1))
-    }
-
     /// The effective configuration as TOML, secrets masked (`--print-config`).
     pub fn to_toml_masked(&self) -> String {
         let mut shown = self.clone();
@@ -102,15 +96,22 @@ impl GatewayConfig {
         let mut out = String::from("[gateway]\n");
         // serde_json keeps field order; render the flat table by hand so no TOML crate is
         // needed here.
+        let mut tables = String::new();
         if let Ok(serde_json::Value::Object(map)) = serde_json::to_value(&shown) {
             for (k, v) in map {
                 match v {
                     serde_json::Value::Null => out.push_str(&format!("# {k} = (unset)\n")),
+                    serde_json::Value::Object(sub) => {
+                        tables.push_str(&format!("\n[gateway.{k}]\n"));
+                        for (k, v) in sub {
+                            tables.push_str(&format!("{k} = {v}\n"));
+                        }
+                    }
                     other => out.push_str(&format!("{k} = {other}\n")),
                 }
             }
         }
-        out
+        out + &tables
     }
 }
 

@@ -9,7 +9,9 @@ use std::future::Future;
 use std::pin::Pin;
 
 use meshfleet_mesh::{Config, Node, NodeId, NodeTree};
-use meshfleet_runtime::{MeshHandle, Runtime, RuntimeConfig, RuntimeEvent, StartError, Stopped};
+use meshfleet_runtime::{
+    MeshHandle, Runtime, RuntimeConfig, RuntimeEvent, SendError, StartError, Stopped,
+};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
@@ -25,6 +27,17 @@ pub trait MeshPort: Send + Sync + 'static {
     fn topology(&self) -> Pin<Box<dyn Future<Output = Result<NodeTree, Stopped>> + Send + '_>>;
     /// Every other node reachable now.
     fn nodes(&self) -> Pin<Box<dyn Future<Output = Result<Vec<NodeId>, Stopped>> + Send + '_>>;
+    /// Sends `text` to `dest` (SINGLE): the monitor's on-demand queries.
+    fn send_single(
+        &self,
+        dest: NodeId,
+        text: String,
+    ) -> Pin<Box<dyn Future<Output = Result<(), SendError>> + Send + '_>>;
+    /// Starts a TIME_DELAY probe to `dest` (the answer arrives as an event).
+    fn probe_delay(
+        &self,
+        dest: NodeId,
+    ) -> Pin<Box<dyn Future<Output = Result<(), SendError>> + Send + '_>>;
     /// Whether the node still runs.
     fn is_running(&self) -> bool;
     /// Stops the node (closes every link).
@@ -46,6 +59,21 @@ impl MeshPort for MeshHandle {
 
     fn nodes(&self) -> Pin<Box<dyn Future<Output = Result<Vec<NodeId>, Stopped>> + Send + '_>> {
         Box::pin(Self::nodes(self))
+    }
+
+    fn send_single(
+        &self,
+        dest: NodeId,
+        text: String,
+    ) -> Pin<Box<dyn Future<Output = Result<(), SendError>> + Send + '_>> {
+        Box::pin(Self::send_single(self, dest, text))
+    }
+
+    fn probe_delay(
+        &self,
+        dest: NodeId,
+    ) -> Pin<Box<dyn Future<Output = Result<(), SendError>> + Send + '_>> {
+        Box::pin(Self::start_delay_measurement(self, dest))
     }
 
     fn is_running(&self) -> bool {

@@ -9,19 +9,19 @@ use crate::status::StatusReport;
 /// Milliseconds since the Unix epoch (the gateway's clock; all timestamps in the API).
 pub type UnixMillis = i64;
 
-/// A node's health, by the rules in `docs/gateway.md`.
+/// A node's health, by the fleet monitor's rules (`docs/monitoring.md`).
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Health {
-    /// Reporting, no alert flags, memory above the critical floor.
+    /// Reachable, no active alert above info.
     Healthy,
-    /// Alert flags set, or its status report is stale.
+    /// Reachable, a warning alert is active.
     Warning,
-    /// Free memory below 10 KiB.
+    /// Reachable, a critical alert is active.
     Critical,
-    /// Not in the mesh now.
+    /// Not reachable: out of the mesh for the departure grace, or silent and unanswering.
     Offline,
 }
 
@@ -142,33 +142,96 @@ pub struct History {
     pub truncated: bool,
 }
 
-/// What an alert is about.
+/// What an alert is about (the fleet monitor's alert kinds, `docs/monitoring.md`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AlertKind {
+    /// Free heap below the threshold (10 KiB).
+    LowMemory,
+    /// Latency above the threshold (500 ms).
+    HighLatency,
+    /// Packet loss above the threshold (10 %).
+    PacketLoss,
+    /// The node lost its connection to the root.
+    LostRoot,
+    /// An update failed on the node.
+    OtaFailed,
+    /// The node reports a sensor error.
+    SensorError,
+    /// WiFi signal below the threshold (-80 dBm).
+    WeakSignal,
+    /// The node keeps rebooting.
+    RebootLoop,
+    /// Free heap falls steadily.
+    MemoryLeak,
+    /// The node sends far more than it should.
+    MessageFlood,
+    /// Link quality dropped against the node's own baseline.
+    LinkDegraded,
+    /// The node stopped reporting (still in the mesh).
+    NodeSilent,
     /// The node left the mesh.
     NodeOffline,
-    /// The node's status report carries alert flags.
-    StatusFlags,
-    /// Free memory below 10 KiB.
-    LowMemory,
+    /// The tree keeps changing (the mesh as a whole).
+    TopologyChurn,
+    /// A subtree was cut off (one alert for the subtree, about its top node).
+    Partition,
+    /// A kind this gateway does not know by name yet.
+    Other,
 }
 
 impl AlertKind {
+    /// Every kind.
+    pub const ALL: [Self; 16] = [
+        Self::LowMemory,
+        Self::HighLatency,
+        Self::PacketLoss,
+        Self::LostRoot,
+        Self::OtaFailed,
+        Self::SensorError,
+        Self::WeakSignal,
+        Self::RebootLoop,
+        Self::MemoryLeak,
+        Self::MessageFlood,
+        Self::LinkDegraded,
+        Self::NodeSilent,
+        Self::NodeOffline,
+        Self::TopologyChurn,
+        Self::Partition,
+        Self::Other,
+    ];
+
     /// The snake_case label.
     pub fn label(self) -> &'static str {
         match self {
-            Self::NodeOffline => "node_offline",
-            Self::StatusFlags => "status_flags",
             Self::LowMemory => "low_memory",
+            Self::HighLatency => "high_latency",
+            Self::PacketLoss => "packet_loss",
+            Self::LostRoot => "lost_root",
+            Self::OtaFailed => "ota_failed",
+            Self::SensorError => "sensor_error",
+            Self::WeakSignal => "weak_signal",
+            Self::RebootLoop => "reboot_loop",
+            Self::MemoryLeak => "memory_leak",
+            Self::MessageFlood => "message_flood",
+            Self::LinkDegraded => "link_degraded",
+            Self::NodeSilent => "node_silent",
+            Self::NodeOffline => "node_offline",
+            Self::TopologyChurn => "topology_churn",
+            Self::Partition => "partition",
+            Self::Other => "other",
         }
     }
 
     /// Parses a label.
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::NodeOffline, Self::StatusFlags, Self::LowMemory]
-            .into_iter()
-            .find(|k| k.label() == s)
+        Self::ALL.into_iter().find(|k| k.label() == s)
+    }
+
+    /// The monitor's kind as the API's (by its stable name; a kind newer than this
+    /// gateway is [`AlertKind::Other`]).
+    pub fn from_monitor(k: meshfleet_monitor::AlertKind) -> Self {
+        Self::parse(k.name()).unwrap_or(Self::Other)
     }
 }
 
@@ -176,6 +239,8 @@ impl AlertKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
+    /// For the record.
+    Info,
     /// Needs a look.
     Warning,
     /// Needs action.
@@ -186,6 +251,7 @@ impl Severity {
     /// The lowercase label.
     pub fn label(self) -> &'static str {
         match self {
+            Self::Info => "info",
             Self::Warning => "warning",
             Self::Critical => "critical",
         }
@@ -194,9 +260,19 @@ impl Severity {
     /// Parses a label.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
+            "info" => Some(Self::Info),
             "warning" => Some(Self::Warning),
             "critical" => Some(Self::Critical),
             _ => None,
+        }
+    }
+
+    /// The monitor's severity as the API's.
+    pub fn from_monitor(s: meshfleet_monitor::Severity) -> Self {
+        match s {
+            meshfleet_monitor::Severity::Info => Self::Info,
+            meshfleet_monitor::Severity::Warning => Self::Warning,
+            meshfleet_monitor::Severity::Critical => Self::Critical,
         }
     }
 }
@@ -207,7 +283,7 @@ impl Severity {
 pub struct Alert {
     /// Its id.
     pub id: i64,
-    /// The node it is about.
+    /// The node it is about (0: the mesh as a whole; painlessMesh never uses id 0).
     pub node_id: u32,
     /// What it is about.
     pub kind: AlertKind,

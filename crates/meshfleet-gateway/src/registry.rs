@@ -1,24 +1,17 @@
-//! The fleet registry: every node ever seen, its presence, its last status report and its
-//! health, in memory (persisted through [`crate::store::NodeStore`]).
+//! The gateway's fleet registry: every node ever seen (persisted through
+//! [`crate::store::NodeStore`], restored at start), its presence, its last status report, and
+//! the health and values the fleet monitor ([`meshfleet_monitor::Monitor`]) computes.
 //!
-//! Health rules (until the fleet monitoring crate's classification is merged):
-//! * **offline**: not in the mesh now (presence from node sync);
-//! * **critical**: last report says free memory < 10 KiB;
-//! * **warning**: last report has alert flags set, or the node has reported before and its
-//!   last report is older than the report timeout (stale: in the mesh but not reporting);
-//! * **healthy**: otherwise (present, and either fresh reports without flags or a node that
-//!   sends no reports: presence is all we know).
-//!
-//! All methods take `now` from the caller, so the rules are tested without a clock.
+//! The monitor is the authority on health and alerts (its rules: `docs/monitoring.md`); this
+//! registry adds what the API needs on top: nodes from before a restart, wall-clock times,
+//! the last status report whole, report counts. Nodes restored from the store are offline
+//! until the mesh shows them again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{PoisonError, RwLock};
 
 use crate::model::{Health, NodeStatus, UnixMillis};
 use crate::status::StatusReport;
-
-/// Free heap below this (KiB) is critical (the seeds' low-memory flag: < 10 KB).
-pub const CRITICAL_MEMORY_KB: u16 = 10;
 
 /// A change worth telling subscribers about.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,15 +20,6 @@ pub enum Change {
     Up(u32),
     /// A node left the mesh.
     Down(u32),
-    /// A node's health changed.
-    Health {
-        /// The node.
-        node: u32,
-        /// Before.
-        from: Health,
-        /// After.
-        to: Health,
-    },
 }
 
 /// The registry (interior mutability: shared by the ingest task and the API).
@@ -71,7 +55,7 @@ impl Registry {
     }
 
     /// Sets who is present: `present` is the mesh's whole node list now.
-    pub fn set_present(&self, present: &[u32], now: UnixMillis, timeout_ms: i64) -> Vec<Change> {
+    pub fn set_present(&self, present: &[u32], now: UnixMillis) -> Vec<Change> {
         let mut inner = self.write();
         let mut changes = Vec::new();
         let present: BTreeSet<u32> = present.iter().copied().collect();
@@ -80,6 +64,10 @@ impl Registry {
             n.last_seen = now;
             if !n.online {
                 n.online = true;
+                if n.health == Health::Offline {
+                    // Until the monitor says more: present and nothing known against it.
+                    n.health = Health::Healthy;
+                }
                 changes.push(Change::Up(id));
             }
             inner.dirty.insert(id);
@@ -97,18 +85,11 @@ impl Registry {
             }
             inner.dirty.insert(id);
         }
-        changes.extend(inner.reclassify(now, timeout_ms));
         changes
     }
 
     /// Records a status report from `node`.
-    pub fn report(
-        &self,
-        node: u32,
-        report: StatusReport,
-        now: UnixMillis,
-        timeout_ms: i64,
-    ) -> Vec<Change> {
+    pub fn report(&self, node: u32, report: StatusReport, now: UnixMillis) {
         let mut inner = self.write();
         let n = inner
             .nodes
@@ -124,7 +105,50 @@ impl Registry {
         }
         n.status = Some(report);
         inner.dirty.insert(node);
-        inner.reclassify(now, timeout_ms)
+    }
+
+    /// Takes what the monitor knows of a node: health, parent, identity, latest values.
+    /// `last_seen` is the monitor's last evidence of life, in wall-clock ms.
+    pub fn apply(&self, r: &meshfleet_monitor::NodeRecord, last_seen: UnixMillis) {
+        let mut inner = self.write();
+        let id = r.id.0;
+        let n = inner
+            .nodes
+            .entry(id)
+            .or_insert_with(|| new_node(id, last_seen));
+        n.health = health_of(r.health);
+        n.last_seen = n.last_seen.max(last_seen);
+        if r.parent.is_some() {
+            n.parent = r.parent.map(|p| p.0);
+        }
+        for (mine, theirs) in [
+            (&mut n.role, &r.role),
+            (&mut n.hardware, &r.hardware),
+            (&mut n.firmware, &r.firmware),
+        ] {
+            if theirs.is_some() {
+                mine.clone_from(theirs);
+            }
+        }
+        if let Some(u) = r.metrics.uptime_s {
+            n.uptime = Some(u);
+        }
+        if let Some(b) = r.metrics.free_heap_bytes {
+            n.free_memory = u32::try_from(b).ok();
+        }
+        inner.dirty.insert(id);
+    }
+
+    /// Sets a node's health (the monitor's verdict).
+    pub fn set_health(&self, node: u32, health: Health) {
+        let mut inner = self.write();
+        let Inner { nodes, dirty } = &mut *inner;
+        if let Some(n) = nodes.get_mut(&node) {
+            if n.health != health {
+                n.health = health;
+                dirty.insert(node);
+            }
+        }
     }
 
     /// Sets each node's parent from the gateway's view of the tree (`child -> parent`).
@@ -138,11 +162,6 @@ impl Registry {
                 dirty.insert(n.node_id);
             }
         }
-    }
-
-    /// Re-applies the health rules (time passing makes reports stale).
-    pub fn tick(&self, now: UnixMillis, timeout_ms: i64) -> Vec<Change> {
-        self.write().reclassify(now, timeout_ms)
     }
 
     /// Records changed since the last call (to persist them).
@@ -191,25 +210,6 @@ impl Registry {
     }
 }
 
-impl Inner {
-    fn reclassify(&mut self, now: UnixMillis, timeout_ms: i64) -> Vec<Change> {
-        let mut changes = Vec::new();
-        for n in self.nodes.values_mut() {
-            let h = classify(n, now, timeout_ms);
-            if h != n.health {
-                changes.push(Change::Health {
-                    node: n.node_id,
-                    from: n.health,
-                    to: h,
-                });
-                n.health = h;
-                self.dirty.insert(n.node_id);
-            }
-        }
-        changes
-    }
-}
-
 fn new_node(id: u32, now: UnixMillis) -> NodeStatus {
     NodeStatus {
         node_id: id,
@@ -229,82 +229,55 @@ fn new_node(id: u32, now: UnixMillis) -> NodeStatus {
     }
 }
 
-/// The health rules (see the module docs).
-pub fn classify(n: &NodeStatus, now: UnixMillis, timeout_ms: i64) -> Health {
-    // Presence decides: the mesh's own node sync notices a dead link (and the node list
-    // changes) well before a report period would.
-    if !n.online {
-        return Health::Offline;
+/// The monitor's health as the API's.
+pub fn health_of(h: meshfleet_monitor::Health) -> Health {
+    match h {
+        meshfleet_monitor::Health::Healthy => Health::Healthy,
+        meshfleet_monitor::Health::Warning => Health::Warning,
+        meshfleet_monitor::Health::Critical => Health::Critical,
+        meshfleet_monitor::Health::Offline => Health::Offline,
     }
-    let Some(report) = &n.status else {
-        return Health::Healthy;
-    };
-    if report.free_memory_kb < CRITICAL_MEMORY_KB {
-        return Health::Critical;
-    }
-    let stale = n.last_report.is_some_and(|t| now - t > timeout_ms);
-    if report.alert_flags != 0 || stale {
-        return Health::Warning;
-    }
-    Health::Healthy
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const T: i64 = 90_000;
-
-    fn report(mem: u16, alerts: u8) -> StatusReport {
-        StatusReport {
-            free_memory_kb: mem,
-            alert_flags: alerts,
-            firmware: "1.0".into(),
-            ..StatusReport::default()
-        }
-    }
-
     #[test]
     fn presence_up_and_down() {
         let r = Registry::default();
-        let c = r.set_present(&[1, 2], 0, T);
+        let c = r.set_present(&[1, 2], 0);
         assert!(c.contains(&Change::Up(1)) && c.contains(&Change::Up(2)));
         assert_eq!(r.get(1).map(|n| n.health), Some(Health::Healthy));
-        let c = r.set_present(&[2], 10, T);
-        assert!(c.contains(&Change::Down(1)));
+        let c = r.set_present(&[2], 10);
+        assert_eq!(c, vec![Change::Down(1)]);
+        assert_eq!(r.get(1).map(|n| n.online), Some(false));
+        r.set_health(1, Health::Offline);
         assert_eq!(r.get(1).map(|n| n.health), Some(Health::Offline));
-        assert_eq!(r.get(2).map(|n| n.health), Some(Health::Healthy));
     }
 
     #[test]
-    fn health_from_reports() {
+    fn reports_are_kept_whole() {
         let r = Registry::default();
-        r.set_present(&[1], 0, T);
-        r.report(1, report(5, 0), 1, T);
-        assert_eq!(r.get(1).map(|n| n.health), Some(Health::Critical));
-        r.report(1, report(100, 1), 2, T);
-        assert_eq!(r.get(1).map(|n| n.health), Some(Health::Warning));
-        r.report(1, report(100, 0), 3, T);
-        assert_eq!(r.get(1).map(|n| n.health), Some(Health::Healthy));
-        assert_eq!(r.get(1).and_then(|n| n.free_memory), Some(100 * 1024));
-        // Stale report: warning (the node is still in the mesh); out of the mesh: offline.
-        let c = r.tick(3 + T + 1, T);
-        assert_eq!(
-            c,
-            vec![Change::Health {
-                node: 1,
-                from: Health::Healthy,
-                to: Health::Warning
-            }]
-        );
-        r.set_present(&[], 3 + 2 * T, T);
-        assert_eq!(r.get(1).map(|n| n.health), Some(Health::Offline));
+        r.set_present(&[1], 0);
+        let report = StatusReport {
+            free_memory_kb: 100,
+            firmware: "1.0".into(),
+            ..StatusReport::default()
+        };
+        r.report(1, report.clone(), 5);
+        let n = r.get(1).expect("known");
+        assert_eq!(n.reports, 1);
+        assert_eq!(n.last_report, Some(5));
+        assert_eq!(n.free_memory, Some(100 * 1024));
+        assert_eq!(n.firmware.as_deref(), Some("1.0"));
+        assert_eq!(n.status, Some(report));
     }
 
     #[test]
     fn restored_nodes_start_offline_and_dirty_is_drained() {
         let r = Registry::default();
-        r.set_present(&[7], 0, T);
+        r.set_present(&[7], 0);
         assert_eq!(r.take_dirty().len(), 1);
         assert!(r.take_dirty().is_empty());
         let back = Registry::restore(r.all());

@@ -10,8 +10,10 @@
 //! whole package ([`StatusError`]): it is counted and dropped, never stored. The sender is
 //! the *frame's* `from`; the package's own `from` is uninitialised in the library's example.
 //!
-//! This decoder is the gateway's own until the fleet monitoring crate's decoder is merged;
-//! [`StatusReport`] is what the rest of the gateway consumes either way.
+//! The fleet monitor ([`meshfleet_monitor::Monitor`]) decides whether a package is accepted
+//! (decoding, plausibility, flood limits) and computes health and alerts; this decoder only
+//! turns an accepted package into the [`StatusReport`] the API shows whole and the history
+//! stores.
 
 use std::any::Any;
 
@@ -151,9 +153,15 @@ impl Fields<'_> {
     }
 }
 
-/// A status package that arrived as a top-level frame, as the plugin reports it.
+/// The meshfleet telemetry package type (`meshfleet_monitor::telemetry`).
+pub const TELEMETRY_TYPE: i64 = meshfleet_monitor::telemetry::TELEMETRY_TYPE;
+
+/// A monitoring package (status 604 or telemetry 710) that arrived as a top-level frame, as
+/// the plugin reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StatusFrame {
+    /// The package type.
+    pub ty: i64,
     /// The frame's sender.
     pub from: NodeId,
     /// The package's JSON text.
@@ -166,7 +174,7 @@ impl PluginEvent for StatusFrame {
     }
 
     fn to_json(&self) -> Value {
-        serde_json::json!({ "from": self.from.0, "text": self.text })
+        serde_json::json!({ "type": self.ty, "from": self.from.0, "text": self.text })
     }
 }
 
@@ -176,13 +184,14 @@ impl StatusFrame {
         let from = u32::try_from(data.get("from")?.as_u64()?).ok()?;
         let text = data.get("text")?.as_str()?.to_owned();
         Some(Self {
+            ty: data.get("type")?.as_i64()?,
             from: NodeId(from),
             text,
         })
     }
 }
 
-/// Claims top-level type-604 packages (the node has already flooded broadcasts on) and
+/// Claims top-level type-604 and 710 packages (the node has already flooded broadcasts on) and
 /// reports them as [`StatusFrame`] events; decoding happens in the gateway, off the node's
 /// task.
 #[derive(Debug, Default)]
@@ -194,7 +203,7 @@ impl Plugin for StatusPlugin {
     }
 
     fn handles(&self, ty: i64) -> bool {
-        ty == STATUS_TYPE
+        ty == STATUS_TYPE || ty == TELEMETRY_TYPE
     }
 
     fn handle_package(
@@ -206,6 +215,7 @@ impl Plugin for StatusPlugin {
     ) {
         if pkg.text().len() <= MAX_STATUS_LEN {
             ctx.emit(Box::new(StatusFrame {
+                ty: pkg.ty(),
                 from: pkg.from(),
                 text: pkg.text().to_owned(),
             }));

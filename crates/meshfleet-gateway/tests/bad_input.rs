@@ -57,9 +57,7 @@ async fn bad_input_table() {
         f.get("/status/2001").await.status == 200
     })
     .await;
-    n.broadcast(status_text(2001, 100, 4, "1.0.0"))
-        .await
-        .unwrap();
+    n.broadcast(status_text(2001, 5, 0, "1.0.0")).await.unwrap();
     wait_until("alert raised", || async {
         f.get("/alerts").await.json()["alerts"]
             .as_array()

@@ -42,6 +42,11 @@ pub fn config(dir: &std::path::Path) -> GatewayConfig {
         token_file: Some(token_file),
         firmware_key: Some(dir.join("fleet.pub")),
         max_upload: 1024 * 1024,
+        // Offline one second after leaving the mesh (default 60 s), so tests are quick.
+        monitor: meshfleet_monitor::MonitorConfig {
+            departure_grace_s: 1,
+            ..meshfleet_monitor::MonitorConfig::default()
+        },
         ..GatewayConfig::default()
     }
 }
