@@ -307,6 +307,17 @@ impl Ingest {
                     Err(e) => warn!(node_id, ?kind, error = %e, "cannot store an alert"),
                 }
             }
+            AlertEvent::SeverityChanged { id, severity, .. } => {
+                let Some(&stored) = self.alert_ids.get(&id) else {
+                    return;
+                };
+                if let Err(e) = alerts
+                    .set_severity(stored, Severity::from_monitor(severity))
+                    .await
+                {
+                    warn!(id = stored, error = %e, "cannot change an alert's severity");
+                }
+            }
             AlertEvent::Cleared { id, at, .. } => {
                 let Some(stored) = self.alert_ids.remove(&id) else {
                     return;

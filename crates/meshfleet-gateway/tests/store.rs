@@ -141,12 +141,14 @@ async fn acknowledged_writes_survive_reopen_and_newer_schemas_are_refused() {
     let again = db.ack(a.id, "you".into(), None, 3).await.unwrap().unwrap();
     assert_eq!(again.acked_by.as_deref(), Some("me"));
     assert!(db.ack(12345, "me".into(), None, 3).await.unwrap().is_none());
+    db.set_severity(a.id, Severity::Warning).await.unwrap();
     // No close(): the file is left as a killed process would leave it (WAL not checkpointed).
     std::mem::forget(db);
     let db = SqliteStore::open(&path).unwrap();
     let list = db.list(false, Some(9), 10).await.unwrap();
     assert_eq!(list.len(), 1);
     assert_eq!(list[0].acked_at, Some(2));
+    assert_eq!(list[0].severity, Severity::Warning);
     db.close();
     drop(db);
 

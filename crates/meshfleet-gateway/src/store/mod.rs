@@ -16,7 +16,8 @@ use std::future::Future;
 use std::pin::Pin;
 
 use crate::model::{
-    Alert, ArtefactInfo, AuditEntry, History, NewAlert, NodeStatus, Resolution, Sample, UnixMillis,
+    Alert, ArtefactInfo, AuditEntry, History, NewAlert, NodeStatus, Resolution, Sample, Severity,
+    UnixMillis,
 };
 
 pub use sqlite::SqliteStore;
@@ -90,6 +91,8 @@ pub trait AlertStore: Send + Sync {
     fn raise(&self, alert: NewAlert) -> StoreFuture<'_, Alert>;
     /// Marks an alert cleared (acknowledged).
     fn clear(&self, id: i64, at: UnixMillis) -> StoreFuture<'_, ()>;
+    /// Changes an active alert's severity (acknowledged).
+    fn set_severity(&self, id: i64, severity: Severity) -> StoreFuture<'_, ()>;
     /// Acknowledges an alert; `None` if there is no such alert (acknowledged).
     fn ack(
         &self,

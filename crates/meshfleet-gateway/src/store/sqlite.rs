@@ -172,6 +172,7 @@ enum Op {
     Samples(Vec<Sample>),
     Raise(NewAlert, Reply<Alert>),
     Clear(i64, UnixMillis, Reply<()>),
+    Severity(i64, Severity, Reply<()>),
     Ack {
         id: i64,
         actor: String,
@@ -416,6 +417,15 @@ fn apply(tx: &Transaction<'_>, op: Op) -> Pending {
             tx.execute(
                 "UPDATE alerts SET cleared_at = ?2 WHERE id = ?1 AND cleared_at IS NULL",
                 params![id, at],
+            )
+            .map(|_| ())
+            .map_err(StoreError::from),
+        ),
+        Op::Severity(id, severity, reply) => hold(
+            reply,
+            tx.execute(
+                "UPDATE alerts SET severity = ?2 WHERE id = ?1",
+                params![id, severity.label()],
             )
             .map(|_| ())
             .map_err(StoreError::from),
@@ -761,6 +771,10 @@ impl AlertStore for SqliteStore {
 
     fn clear(&self, id: i64, at: UnixMillis) -> StoreFuture<'_, ()> {
         self.acked(|r| Op::Clear(id, at, r))
+    }
+
+    fn set_severity(&self, id: i64, severity: Severity) -> StoreFuture<'_, ()> {
+        self.acked(|r| Op::Severity(id, severity, r))
     }
 
     fn ack(
