@@ -22,6 +22,8 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 extern crate alloc;
+#[cfg(test)]
+extern crate std;
 
 pub mod alert;
 pub mod config;

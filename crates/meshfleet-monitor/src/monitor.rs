@@ -36,6 +36,11 @@ use crate::registry::{Health, HealthSummary, NodeQuery, NodeRecord, Page, Source
 use crate::status::{self, AlertFlags, StatusDecodeError};
 use crate::telemetry::{self, flags, Metric, StreamState, TelemetryDecodeError};
 
+/// Telemetry reports per node and minute that may skip the flood check because they say they
+/// were buffered (`a`) or answer a query (`r`): a producer's whole buffer (32 by default) and
+/// then some.
+const EXEMPT_PER_MIN: u16 = 48;
+
 /// Seconds in a `Duration`.
 fn secs(d: Duration) -> f64 {
     d.as_micros() as f64 / 1e6
@@ -176,6 +181,10 @@ struct Det {
     /// Last liveness check sent because the node's report was overdue, and how many in a row.
     verify_at: Option<Instant>,
     verify_count: u8,
+    /// The sweep found the node quiet and the checks unanswered.
+    confirmed_quiet: bool,
+    /// Reports exempt from the flood check in the current minute: (minute start, count).
+    exempt: (Instant, u16),
     /// Last answer to a delay probe.
     alive_at: Option<Instant>,
     last_probe: Option<Instant>,
@@ -348,6 +357,18 @@ impl Monitor {
         m
     }
 
+    /// Removes a node from the registry at an operator's request (decommissioned hardware);
+    /// its alerts clear. It comes back if it is heard of again. `false` if it was not known.
+    pub fn forget(&mut self, now: Instant, id: NodeId) -> bool {
+        let Some(e) = self.nodes.remove(&id) else {
+            return false;
+        };
+        self.unconfirmed.remove(&(e.det.lru, id));
+        self.alerts.forget(now, Subject::Node(id));
+        self.flush_alert_events();
+        true
+    }
+
     /// Acknowledges an active alert; `false` if no active alert has this id.
     pub fn acknowledge(&mut self, id: u64) -> bool {
         let ok = self.alerts.acknowledge(id);
@@ -403,9 +424,15 @@ impl Monitor {
     }
 
     /// The text of an application message (what the library's receive callback gets) from
-    /// `from`: a status package sent with `sendBroadcast(pkg.toJsonString())` is found here.
+    /// `from`: a status package sent with `sendBroadcast(pkg.toJsonString())` is found here,
+    /// and so is a telemetry report sent with `sendSingle(gateway, text)` by a firmware that
+    /// cannot send plugin packages.
     pub fn handle_app_message(&mut self, now: Instant, from: NodeId, msg: &str) -> Ingest {
-        self.handle_status(now, from, msg)
+        match self.handle_status(now, from, msg) {
+            // cheap pre-filter: most application messages are neither
+            Ingest::NotMonitoring if msg.contains("710") => self.handle_telemetry(now, from, msg),
+            other => other,
+        }
     }
 
     /// A top-level plugin package of type `ty` from `from` (the frame's `from`).
@@ -565,8 +592,21 @@ impl Monitor {
         self.stats.field_faults += u64::from(d.faults);
         let r = d.report;
         // Buffered reports drain in a burst and query answers follow a request: neither is
-        // a flood.
-        let exempt = r.age_s > 0 || r.reply_to.is_some();
+        // a flood. But `a` and `r` are the sender's word: at most `EXEMPT_PER_MIN` such reports
+        // a minute skip the flood check (a producer's whole buffer and a few answers).
+        let mut exempt = r.age_s > 0 || r.reply_to.is_some();
+        if exempt {
+            if let Some(e) = self.nodes.get_mut(&from) {
+                let (start, n) = e.det.exempt;
+                let (start, n) = if now.saturating_since(start) >= Duration::from_secs(60) {
+                    (now, 1)
+                } else {
+                    (start, n.saturating_add(1))
+                };
+                e.det.exempt = (start, n);
+                exempt = n <= EXEMPT_PER_MIN;
+            }
+        }
         if let Err(reason) = self.admit(now, from, Admit::Report { exempt }) {
             return Ingest::Dropped(reason);
         }
@@ -636,8 +676,13 @@ impl Monitor {
         e.rec.sources.0 |= Sources::PROBE;
         e.rec.last_seen = now;
         // A node's own latency report wins; a probe fills in for nodes that send nothing.
-        if !e.rec.sources.any(Sources::STATUS | Sources::TELEMETRY) {
-            e.rec.metrics.latency_ms = Some(i64::from(delay_us.max(0)) / 1000);
+        // The trip delay comes from mesh times, which jump while time sync converges (the
+        // simulator showed 60 s "delays" for 3 s round trips): a value beyond the probe
+        // timeout, or negative, proves the node alive but says nothing about latency.
+        let plausible =
+            delay_us >= 0 && i64::from(delay_us) <= i64::from(self.cfg.probe_timeout_s) * 1_000_000;
+        if plausible && !e.rec.sources.any(Sources::STATUS | Sources::TELEMETRY) {
+            e.rec.metrics.latency_ms = Some(i64::from(delay_us) / 1000);
         }
         if self.alerts.is_active(&AlertKey {
             subject: Subject::Node(node),
@@ -655,7 +700,7 @@ impl Monitor {
         self.queries.answered(node, None);
         self.finish_queries(now);
         self.evaluate_thresholds(now, node);
-        self.update_health(now, node);
+        self.update_health(node);
         self.flush_alert_events();
     }
 
@@ -676,7 +721,7 @@ impl Monitor {
         } else {
             self.alerts.raise(now, key, Severity::Warning, 1);
         }
-        self.update_health(now, node);
+        self.update_health(node);
         self.flush_alert_events();
     }
 
@@ -828,7 +873,7 @@ impl Monitor {
         self.topo = new.into_iter().map(|(k, (p, _))| (k, p)).collect();
         let ids: Vec<NodeId> = self.topo.keys().copied().chain(left).collect();
         for id in ids {
-            self.update_health(now, id);
+            self.update_health(id);
         }
         self.flush_alert_events();
     }
@@ -964,7 +1009,7 @@ impl Monitor {
                         e.det.flood_drops.pop_front();
                     }
                     self.evaluate_thresholds(now, id);
-                    self.update_health(now, id);
+                    self.update_health(id);
                     self.flush_alert_events();
                     return Err(DropReason::Flood);
                 }
@@ -975,6 +1020,11 @@ impl Monitor {
         let is_unconfirmed = how != Admit::Topology;
         if is_unconfirmed && self.unconfirmed.len() >= self.cfg.max_unconfirmed {
             self.evict_oldest_unconfirmed(now);
+            if self.unconfirmed.len() >= self.cfg.max_unconfirmed {
+                // `max_unconfirmed` 0: only nodes of the topology are monitored
+                self.stats.refused += 1;
+                return Err(DropReason::RegistryFull);
+            }
         }
         if self.nodes.len() >= self.cfg.max_nodes && !self.evict_one(now) {
             self.stats.refused += 1;
@@ -1025,7 +1075,8 @@ impl Monitor {
     }
 
     fn remove(&mut self, now: Instant, id: NodeId) {
-        if self.nodes.remove(&id).is_some() {
+        if let Some(e) = self.nodes.remove(&id) {
+            self.unconfirmed.remove(&(e.det.lru, id));
             self.stats.evicted += 1;
             self.alerts.forget(now, Subject::Node(id));
             self.push_event(MonitorEvent::NodeEvicted(id));
@@ -1061,6 +1112,7 @@ impl Monitor {
         e.rec.last_seen = now;
         e.det.probe_losses = 0;
         e.det.verify_count = 0;
+        e.det.confirmed_quiet = false;
         if reboot {
             e.rec.reboots += 1;
             self.stats.reboots += 1;
@@ -1106,7 +1158,7 @@ impl Monitor {
             );
         }
         self.evaluate_thresholds(now, id);
-        self.update_health(now, id);
+        self.update_health(id);
         self.flush_alert_events();
     }
 
@@ -1322,17 +1374,19 @@ impl Monitor {
         let quiet = since.is_some_and(|d| d >= silent_after);
         // An overdue report is checked before anyone is told: one lost report (or two) must
         // not make a node silent. From 1.25 periods on, ask the node (a 711 for telemetry
-        // nodes, a delay probe otherwise), at most 3 times, one probe timeout apart.
+        // nodes, a delay probe otherwise), at most 3 times, one probe timeout apart; the
+        // verdict needs two unanswered checks (so a node that rejoins the mesh after a long
+        // absence and whose first report is lost is asked before it is judged).
         let suspect_after = dur_s(period.saturating_add(period / 4));
         let away = !e.rec.in_topology && e.rec.left_at.is_some();
+        let timeout = dur_s(cfg.probe_timeout_s.max(1));
         if reporter
             && !away
-            && !quiet
             && since.is_some_and(|d| d >= suspect_after)
             && e.det.verify_count < 3
-            && e.det.verify_at.map_or(true, |t| {
-                now.saturating_since(t) >= dur_s(cfg.probe_timeout_s.max(1))
-            })
+            && e.det
+                .verify_at
+                .map_or(true, |t| now.saturating_since(t) >= timeout)
         {
             e.det.verify_at = Some(now);
             e.det.verify_count += 1;
@@ -1346,6 +1400,13 @@ impl Monitor {
                 Transmit::DelayProbe { to: id }
             });
         }
+        let checked = e.det.verify_count >= 3
+            || (e.det.verify_count >= 2
+                && e.det
+                    .verify_at
+                    .is_some_and(|t| now.saturating_since(t) >= timeout));
+        let quiet = quiet && checked;
+        e.det.confirmed_quiet = quiet;
         let silent_key = AlertKey {
             subject: subj,
             kind: AlertKind::NodeSilent,
@@ -1387,7 +1448,7 @@ impl Monitor {
         {
             probes.push(id);
         }
-        self.update_health(now, id);
+        self.update_health(id);
     }
 
     fn schedule_probes(&mut self, now: Instant, candidates: Vec<NodeId>) {
@@ -1418,8 +1479,7 @@ impl Monitor {
         }
     }
 
-    fn update_health(&mut self, now: Instant, id: NodeId) {
-        let cfg = &self.cfg;
+    fn update_health(&mut self, id: NodeId) {
         let worst = self.alerts.worst_for(id);
         let Some(e) = self.nodes.get_mut(&id) else {
             return;
@@ -1430,15 +1490,8 @@ impl Monitor {
             // Away: offline at once for health (unreachable); the alert waits for the grace.
             true
         } else {
-            let period = e
-                .rec
-                .report_period_s
-                .unwrap_or(cfg.report_interval_s)
-                .max(1);
-            let silent_after = dur_s(period.saturating_mul(cfg.silent_after_periods.max(1)));
-            e.rec
-                .last_report
-                .is_some_and(|t| now.saturating_since(t) >= silent_after)
+            // Known from reports only: offline once the sweep found it quiet and unanswering.
+            e.det.confirmed_quiet
         };
         let h = if offline {
             Health::Offline
@@ -1576,4 +1629,26 @@ fn sqrt(x: f64) -> f64 {
         g = n;
     }
     g
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The per-node memory bound quoted in docs/monitoring.md: the entry itself plus its
+    /// bounded windows and strings at their caps.
+    #[test]
+    fn per_node_memory_is_bounded() {
+        let cfg = MonitorConfig::default();
+        let inline = core::mem::size_of::<Entry>();
+        let windows = cfg.reboot_loop_count as usize * core::mem::size_of::<Instant>()
+            + cfg.leak_samples * core::mem::size_of::<(Instant, i64)>()
+            + (cfg.flood_reports_per_min as usize + 1) * core::mem::size_of::<Instant>();
+        let strings = crate::status::MAX_FIRMWARE_LEN
+            + 2 * crate::telemetry::MAX_IDENTITY_LEN
+            + crate::status::MAX_LAST_ERROR_LEN;
+        let total = inline + windows + strings;
+        std::println!("entry {inline} B inline + windows {windows} B + strings {strings} B = {total} B per node (BTreeMap node overhead not included)");
+        assert!(total < 2_048, "{total}");
+    }
 }

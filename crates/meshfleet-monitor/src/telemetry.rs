@@ -868,8 +868,22 @@ impl StreamState {
         let boot_key = r.seq == 0 && matches!(r.body, Body::Keyframe(_));
         if let Some(last) = self.last_seq {
             let ahead = r.seq.wrapping_sub(last);
-            if boot_key && last != u16::MAX {
-                out.reboot = true;
+            if boot_key {
+                // Sequence 0 in a keyframe: a boot, unless the uptime shows the node kept
+                // running (the sequence wrapped and a report before it was lost).
+                let kept_running = match (&r.body, self.uptime_at(at)) {
+                    (Body::Keyframe(v), Some(exp)) => {
+                        v[0].is_some_and(|u| u + 10 >= i64::from(exp))
+                    }
+                    _ => false,
+                };
+                if kept_running {
+                    if ahead <= u16::MAX / 2 {
+                        out.lost = ahead.saturating_sub(1);
+                    }
+                } else {
+                    out.reboot = true;
+                }
             } else if ahead == 0 || ahead > u16::MAX / 2 {
                 // Behind or equal: a duplicate, a late buffered report, or a reboot whose
                 // boot keyframe was lost (then the uptime check below tells).
@@ -1083,6 +1097,12 @@ mod tests {
         assert_eq!(s.apply(t(1200), &hb(4)).lost, 2);
         assert!(s.apply(t(1200), &hb(4)).stale);
         assert!(s.apply(t(1300), &key(0, 5)).reboot);
+        // the sequence wrapping onto a keyframe, the report before it lost: not a reboot
+        let mut w = StreamState::default();
+        w.apply(t(0), &key(65_533, 50_000));
+        let a = w.apply(t(600), &key(0, 50_600));
+        assert!(!a.reboot);
+        assert_eq!(a.lost, 2);
         // boot keyframe lost: the next keyframe's uptime shows it
         s.apply(t(1600), &hb(1));
         assert!(s.apply(t(1900), &key(7, 20)).reboot);

@@ -259,6 +259,26 @@ fn a_node_flooding_status_costs_only_itself() {
 }
 
 #[test]
+fn telemetry_claiming_to_be_buffered_cannot_flood() {
+    let (mut m, before) = setup();
+    let mut accepted = 0;
+    for i in 0..1_000u64 {
+        let text = format!(
+            r#"{{"type":710,"q":{},"d":[1,{}],"a":5}}"#,
+            i + 1,
+            40_000 + i
+        );
+        if m.handle_package(t(10_000 + i * 10), 710, NodeId(600), &text) == Ingest::Accepted {
+            accepted += 1;
+        }
+    }
+    // 10 s of reports every 10 ms: 48 pass as "buffered", then one a second
+    assert!(accepted <= 48 + 11, "{accepted}");
+    assert!(m.stats().flooded >= 900);
+    unaffected(&m, &before);
+}
+
+#[test]
 fn a_hundred_thousand_fake_ids_stay_bounded() {
     let cfg = MonitorConfig {
         max_nodes: 2_000,
@@ -317,4 +337,17 @@ fn registry_full_of_real_nodes_refuses_newcomers_rather_than_evict_them() {
     );
     assert_eq!(m.stats().refused, 1);
     assert_eq!(m.len(), 10);
+    // max_unconfirmed 0: only topology nodes are monitored
+    let mut m = Monitor::new(
+        MonitorConfig {
+            max_unconfirmed: 0,
+            ..MonitorConfig::default()
+        },
+        GW,
+    );
+    assert_eq!(
+        m.handle_frame(t(1), &report(5, 40).to_broadcast(NodeId(7))),
+        Ingest::Dropped(DropReason::RegistryFull)
+    );
+    assert!(m.is_empty());
 }

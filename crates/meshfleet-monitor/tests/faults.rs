@@ -188,6 +188,8 @@ struct Row {
     injected: usize,
     detected: usize,
     latencies: Vec<u64>,
+    /// Unexplained alerts on the nodes of this class's faults while they were active.
+    false_alerts: usize,
 }
 
 struct Outcome {
@@ -280,6 +282,7 @@ fn run(n: usize, hours: u64, per_class: usize, seed: u64) -> Outcome {
     let mut last_tree = f.tree();
     m.handle_topology(Instant::ZERO, &last_tree);
     let mut false_alerts: BTreeMap<AlertKind, usize> = BTreeMap::new();
+    let mut false_on_class: BTreeMap<Class, usize> = BTreeMap::new();
     let mut bytes = 0u64;
     let mut active: Vec<Option<usize>> = vec![None; n];
     for s in (0..=horizon).step_by(STEP_S as usize) {
@@ -429,6 +432,29 @@ fn run(n: usize, hours: u64, per_class: usize, seed: u64) -> Outcome {
                 Subject::Mesh => false,
             };
             if !explained {
+                if let Subject::Node(id) = a.key.subject {
+                    let i = (id.0 - 3_000_000_000) as usize;
+                    if let Some(ft) = faults
+                        .iter()
+                        .find(|ft| ft.members.contains(&i) && s >= ft.start && s <= ft.end + 600)
+                    {
+                        *false_on_class.entry(ft.class).or_default() += 1;
+                    }
+                }
+                if std::env::var_os("FAULTS_TRACE").is_some() {
+                    if let Subject::Node(id) = a.key.subject {
+                        let i = (id.0 - 3_000_000_000) as usize;
+                        let near: Vec<_> = faults
+                            .iter()
+                            .filter(|ft| ft.members.contains(&i) || ft.node == i)
+                            .map(|ft| (ft.class, ft.node, ft.start, ft.end))
+                            .collect();
+                        println!(
+                            "{s}: FALSE {:?} on {i} (parent {:?}); faults there: {near:?}",
+                            a.key.kind, f.nodes[i].parent
+                        );
+                    }
+                }
                 *false_alerts.entry(a.key.kind).or_default() += 1;
             }
         }
@@ -437,6 +463,7 @@ fn run(n: usize, hours: u64, per_class: usize, seed: u64) -> Outcome {
     for ft in &faults {
         let r = rows.entry(ft.class).or_default();
         r.injected += 1;
+        r.false_alerts = false_on_class.get(&ft.class).copied().unwrap_or(0);
         if let Some(d) = ft.detected_at {
             r.detected += 1;
             r.latencies.push(d - ft.start);
@@ -452,8 +479,8 @@ fn run(n: usize, hours: u64, per_class: usize, seed: u64) -> Outcome {
 
 fn print(o: &Outcome, title: &str) {
     println!("{title}");
-    println!("| fault class | injected | detected | missed | latency p50 | latency p95 |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    println!("| fault class | injected | detected | missed | latency p50 | latency p95 | false alerts on its nodes |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (c, r) in &o.rows {
         let (p50, p95) = (pct(&r.latencies, 0.5), pct(&r.latencies, 0.95));
         let lat = |x: u64| {
@@ -463,13 +490,21 @@ fn print(o: &Outcome, title: &str) {
                 format!("{x} s ({:.1} periods)", x as f64 / 300.0)
             }
         };
+        if c.detected_by().is_empty() {
+            println!(
+                "| {c:?} | {} | no alert expected | – | – | – | {} |",
+                r.injected, r.false_alerts
+            );
+            continue;
+        }
         println!(
-            "| {c:?} | {} | {} | {} | {} | {} |",
+            "| {c:?} | {} | {} | {} | {} | {} | {} |",
             r.injected,
             r.detected,
             r.injected - r.detected,
             lat(p50),
-            lat(p95)
+            lat(p95),
+            r.false_alerts
         );
     }
     println!("false alerts: {:?}", o.false_alerts);

@@ -241,9 +241,16 @@ fn a_reporter_that_goes_quiet_is_silent_then_offline_when_known_only_by_reports(
         send(&mut m, i * 30, 7, &status(100 + i as u32 * 30, 40));
     }
     assert_eq!(m.node(NodeId(7)).unwrap().report_period_s, Some(30));
-    m.handle_timeout(t(270 + 59));
+    // the driver calls handle_timeout every second; from 1.25 periods on the monitor checks
+    // the overdue node (delay probes: it never sent telemetry), here unanswered
+    let mut probes = 0;
+    for s in 271..=329 {
+        m.handle_timeout(t(s));
+        probes += std::iter::from_fn(|| m.poll_transmit()).count();
+    }
+    assert_eq!(probes, 3);
     assert_eq!(m.node(NodeId(7)).unwrap().health, Health::Healthy);
-    m.handle_timeout(t(270 + 61));
+    m.handle_timeout(t(270 + 60));
     assert_eq!(
         m.node(NodeId(7)).unwrap().health,
         Health::Offline,
@@ -258,7 +265,11 @@ fn a_reporter_that_goes_quiet_is_silent_then_offline_when_known_only_by_reports(
         g.subs.push(NodeTree::leaf(NodeId(7)));
         g
     });
-    m.handle_timeout(t(400 + 70));
+    for s in 401..=459 {
+        m.handle_timeout(t(s));
+    }
+    assert!(m.alert(&key(7, AlertKind::NodeSilent)).is_none());
+    m.handle_timeout(t(460));
     assert!(m.alert(&key(7, AlertKind::NodeSilent)).is_some());
     assert_eq!(m.node(NodeId(7)).unwrap().health, Health::Critical);
 }
@@ -280,6 +291,15 @@ fn telemetry_stream_feeds_the_registry_and_queries_complete_partial() {
         m.handle_package(t(0), telemetry::TELEMETRY_TYPE, NodeId(20), &text),
         Ingest::Accepted
     );
+    // the same text as the msg of a SINGLE (firmware without plugin packages) is accepted too
+    let single = meshfleet_wire::Message::Single(meshfleet_wire::Text {
+        dest: GW,
+        from: NodeId(22),
+        msg: meshfleet_wire::MsgText::Text(text.clone()),
+        extra: Vec::new(),
+    });
+    assert_eq!(m.handle_frame(t(0), &single), Ingest::Accepted);
+    assert_eq!(m.node(NodeId(22)).unwrap().role.as_deref(), Some("sensor"));
     let n = m.node(NodeId(20)).unwrap();
     assert_eq!(n.role.as_deref(), Some("sensor"));
     assert_eq!(n.hardware.as_deref(), Some("ESP32"));
@@ -313,7 +333,8 @@ fn telemetry_stream_feeds_the_registry_and_queries_complete_partial() {
         .unwrap();
     assert_eq!(done.id, q);
     assert_eq!(done.answered, vec![NodeId(20)]);
-    assert_eq!(done.missing, vec![NodeId(21)]);
+    // 21 (probe) and 22 (a 711: it sent telemetry) never answer
+    assert_eq!(done.missing, vec![NodeId(21), NodeId(22)]);
     assert!(done.partial);
     // asked again right away: 20 is served from the cache
     m.start_query(t(110), QueryTarget::Node(NodeId(20)))
@@ -486,4 +507,23 @@ fn config_deserialises_partially_and_refuses_typos() {
     assert_eq!(c.max_nodes, 50);
     assert_eq!(c.high_latency_ms, 500);
     assert!(serde_json::from_str::<MonitorConfig>(r#"{"low_memroy_bytes":1}"#).is_err());
+}
+
+#[test]
+fn an_answered_probe_is_not_counted_lost() {
+    let mut m = Monitor::new(MonitorConfig::default(), GW);
+    let mut g = NodeTree::leaf(GW);
+    g.subs = vec![NodeTree::leaf(NodeId(5))];
+    m.handle_topology(t(0), &g);
+    for s in 1..=60u64 {
+        m.handle_timeout(t(s));
+        while let Some(tx) = m.poll_transmit() {
+            let Transmit::DelayProbe { to } = tx else {
+                panic!()
+            };
+            m.handle_delay(t(s), to, 3_000);
+        }
+    }
+    assert!(m.stats().probes_sent >= 1);
+    assert_eq!(m.stats().probes_lost, 0);
 }
