@@ -199,3 +199,61 @@ fn random_node_id() -> NodeId {
         .find(|id| *id != 0)
         .map_or(NodeId(1), NodeId)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn args(flags: &[&str]) -> Args {
+        Cli::try_parse_from(std::iter::once("gateway").chain(flags.iter().copied()))
+            .unwrap()
+            .args
+    }
+
+    fn file(text: &str) -> GatewayConfig {
+        let table: toml::Table = text.parse().unwrap();
+        table["gateway"].clone().try_into().unwrap()
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let from_file = file(
+            "[gateway]\nhttp = \"0.0.0.0:9000\"\nconnect = [\"a:1\"]\nnode-id = 5\n\
+             max-upload = 1000\n[gateway.monitor]\ndeparture_grace_s = 7\n",
+        );
+        assert_eq!(from_file.monitor.departure_grace_s, 7);
+        let (c, print) = resolve(args(&[]), from_file.clone()).unwrap();
+        assert_eq!(c, from_file, "no flags: the file's values");
+        assert!(!print);
+        let (c, print) = resolve(
+            args(&["--http", "127.0.0.1:7", "--connect", "b:2", "--node-id", "6", "--print-config"]),
+            from_file,
+        )
+        .unwrap();
+        assert!(print);
+        assert_eq!(c.http.port(), 7);
+        assert_eq!(c.connect, vec!["b:2".to_owned()]);
+        assert_eq!(c.node_id, Some(6));
+        assert_eq!(c.max_upload, 1000, "keys without a flag keep the file's value");
+        assert_eq!(c.monitor.departure_grace_s, 7);
+    }
+
+    #[test]
+    fn defaults_and_bad_values() {
+        let (c, _) = resolve(args(&[]), GatewayConfig::default()).unwrap();
+        assert_eq!(c.http.to_string(), "127.0.0.1:8080");
+        assert!(resolve(args(&["--connect", "nohostport"]), GatewayConfig::default()).is_err());
+        assert!(resolve(args(&["--http", "nonsense"]), GatewayConfig::default()).is_err());
+        let bad: Result<GatewayConfig, _> =
+            "[gateway]\nbogus = 1\n".parse::<toml::Table>().unwrap()["gateway"].clone().try_into();
+        assert!(bad.is_err(), "unknown keys are refused");
+    }
+}
