@@ -45,6 +45,7 @@ subcommands! {
     Firmware => firmware,
     Sim => sim,
     Ota => ota,
+    Gateway => gateway,
 }
 
 /// Run and manage painlessMesh-compatible meshes.

@@ -1,0 +1,1082 @@
+//! The HTTP API (axum): REST endpoints, the event stream, metrics and probes.
+//!
+//! Cross-cutting rules, applied to every route:
+//! * **Auth**: every mutating request (anything but GET/HEAD) needs
+//!   `Authorization: Bearer <token>`; with `read-auth`, reads too (`/healthz` and `/readyz`
+//!   stay open for supervisors). No token configured: mutations are refused (403).
+//! * **Limits**: JSON bodies ≤ `max-body`, uploads ≤ `max-upload` (413 beyond), every
+//!   request but the event stream ≤ `request-timeout` (408 beyond).
+//! * **Errors**: `application/problem+json` (RFC 9457) with a stable `code`, for every
+//!   error including unknown routes (404), wrong methods (405), malformed JSON and query
+//!   strings (400).
+//! * **No request reaches the filesystem**: artefacts are stored in the database by content
+//!   hash; ids in paths are parsed into numbers or 64-hex-digit hashes before use.
+//! * **CORS**: none (no `Access-Control-*` headers), so browsers on other origins cannot
+//!   call the API.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::Stream;
+use meshfleet_firmware::{Artefact, SignatureCheck};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::broadcast::error::RecvError;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::events::GatewayEvent;
+use crate::model::{Alert, ArtefactInfo, AuditEntry, Health, History, NodeStatus, Resolution};
+use crate::store::StoreError;
+use crate::{metrics, now_millis, openapi, Shared};
+
+type AppState = Arc<Shared>;
+
+/// Most nodes one `GET /status` page returns.
+pub const MAX_PAGE: usize = 1000;
+/// Most points one history query returns.
+pub const MAX_POINTS: usize = 10_000;
+/// Most alerts one `GET /alerts` returns.
+pub const MAX_ALERTS: usize = 1000;
+/// Longest acknowledgement note, bytes.
+pub const MAX_NOTE: usize = 500;
+
+/// The router, with every middleware.
+pub fn router(shared: AppState) -> Router {
+    let max_body = shared.config.max_body;
+    let max_upload = shared.config.max_upload;
+    let firmware = Router::new()
+        .route("/firmware", post(upload_firmware).get(list_firmware))
+        .route("/firmware/{id}", axum::routing::delete(delete_firmware))
+        .layer(DefaultBodyLimit::max(max_upload));
+    Router::new()
+        .route("/status", get(status_list))
+        .route("/status/{node_id}", get(status_one))
+        .route("/health", get(fleet_health))
+        .route("/topology", get(topology))
+        .route("/nodes/{node_id}/history", get(history))
+        .route("/alerts", get(alerts))
+        .route("/alerts/{id}/ack", post(ack_alert))
+        .route("/events", get(events))
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi_json))
+        .layer(DefaultBodyLimit::max(max_body))
+        .merge(firmware)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(shared.clone(), guard))
+        .with_state(shared)
+}
+
+// ---------------------------------------------------------------------------------------
+// Errors
+
+/// An RFC 9457 problem document (`application/problem+json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Problem {
+    /// `urn:meshfleet:problem:<code>`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// The HTTP status's reason phrase.
+    pub title: String,
+    /// The HTTP status code.
+    pub status: u16,
+    /// What went wrong, for a person.
+    pub detail: String,
+    /// What went wrong, for a program (stable, snake_case).
+    pub code: String,
+}
+
+/// An error response.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    detail: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            detail: detail.into(),
+        }
+    }
+
+    fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, detail)
+    }
+
+    fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", detail)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Busy => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "store_busy", e.to_string())
+            }
+            StoreError::Closed => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_closed",
+                e.to_string(),
+            ),
+            other => {
+                tracing::warn!(error = %other, "store error");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "store_error",
+                    "the database failed; see the gateway's log",
+                )
+            }
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> Self {
+        Self::bad_request("bad_query", e.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(e: PathRejection) -> Self {
+        Self::bad_request("bad_path", e.body_text())
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(e: BytesRejection) -> Self {
+        let status = e.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            Self::new(
+                status,
+                "body_too_large",
+                "the request body exceeds the limit",
+            )
+        } else {
+            Self::new(status, "bad_body", e.body_text())
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        problem_response(self.status, self.code, &self.detail)
+    }
+}
+
+fn problem_response(status: StatusCode, code: &str, detail: &str) -> Response {
+    let p = Problem {
+        type_: format!("urn:meshfleet:problem:{code}"),
+        title: status.canonical_reason().unwrap_or("Error").to_owned(),
+        status: status.as_u16(),
+        detail: detail.to_owned(),
+        code: code.to_owned(),
+    };
+    let body = serde_json::to_vec(&p).unwrap_or_default();
+    let mut r = (status, body).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"meshfleet\""),
+        );
+    }
+    r
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method",
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// Auth, time limit
+
+/// Who made a request (for the audit log).
+#[derive(Clone, Debug)]
+struct Actor(String);
+
+fn token_matches(given: &str, expected: &str) -> bool {
+    // Compare digests, so the time taken does not depend on where the strings differ.
+    let a = Sha256::digest(given.as_bytes());
+    let b = Sha256::digest(expected.as_bytes());
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+async fn guard(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    let probe = path == "/healthz" || path == "/readyz";
+    let read = matches!(*req.method(), Method::GET | Method::HEAD);
+    let needs_token = !probe && (!read || s.config.read_auth);
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    if needs_token {
+        let Some(expected) = s.token.as_deref() else {
+            return count_error(
+                &s,
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "no_token_configured",
+                    "this gateway has no API token configured, so it accepts no changes; \
+                     set `token-file` in the [gateway] config",
+                )
+                .into_response(),
+            );
+        };
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            None => {
+                return count_error(
+                    &s,
+                    ApiError::new(
+                        StatusCode::UNAUTHORIZED,
+                        "missing_token",
+                        "send `Authorization: Bearer <token>`",
+                    )
+                    .into_response(),
+                )
+            }
+            Some(t) if !token_matches(t.trim(), expected) => {
+                return count_error(
+                    &s,
+                    ApiError::new(
+                        StatusCode::UNAUTHORIZED,
+                        "bad_token",
+                        "the token is not valid",
+                    )
+                    .into_response(),
+                )
+            }
+            Some(_) => {}
+        }
+        req.extensions_mut().insert(Actor(format!("token@{peer}")));
+    } else {
+        req.extensions_mut()
+            .insert(Actor(format!("anonymous@{peer}")));
+    }
+    let response = if req.uri().path() == "/events" {
+        next.run(req).await
+    } else {
+        match tokio::time::timeout(s.config.request_timeout(), next.run(req)).await {
+            Ok(r) => r,
+            Err(_) => ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                "the request took longer than the gateway's time limit",
+            )
+            .into_response(),
+        }
+    };
+    count_error(&s, response)
+}
+
+fn count_error(s: &Shared, r: Response) -> Response {
+    if r.status().is_client_error() || r.status().is_server_error() {
+        s.counters.http_errors.fetch_add(1, Ordering::Relaxed);
+    }
+    r
+}
+
+// ---------------------------------------------------------------------------------------
+// Fleet status
+
+/// Sort key for `GET /status`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum SortKey {
+    /// By node id.
+    #[default]
+    NodeId,
+    /// By last sign of life.
+    LastSeen,
+    /// By uptime.
+    Uptime,
+    /// By free memory.
+    FreeMemory,
+    /// By health (healthy first).
+    Health,
+}
+
+/// Sort order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Order {
+    /// Ascending.
+    #[default]
+    Asc,
+    /// Descending.
+    Desc,
+}
+
+/// `GET /status` query.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(default, deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct StatusQuery {
+    /// Only nodes with this OTA role.
+    pub role: Option<String>,
+    /// Only nodes with this health.
+    pub health: Option<Health>,
+    /// Only nodes running this firmware version.
+    pub firmware: Option<String>,
+    /// Sort key (default `nodeId`).
+    pub sort: Option<SortKey>,
+    /// Sort order (default `asc`).
+    pub order: Option<Order>,
+    /// Page size, 1-1000 (default 100).
+    pub limit: Option<usize>,
+    /// Nodes to skip (default 0).
+    pub offset: Option<usize>,
+}
+
+/// `GET /status`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusList {
+    /// This page of nodes.
+    pub nodes: Vec<NodeStatus>,
+    /// When this was answered (ms since the epoch).
+    pub timestamp: i64,
+    /// Nodes matching the filters (all pages).
+    pub total_nodes: usize,
+    /// The page's offset.
+    pub offset: usize,
+    /// The page size.
+    pub limit: usize,
+}
+
+/// Every node, filtered, sorted and paginated.
+#[utoipa::path(get, path = "/status", tag = "fleet", params(StatusQuery),
+    responses((status = 200, body = StatusList),
+        (status = 400, body = Problem, content_type = "application/problem+json")))]
+async fn status_list(
+    State(s): State<AppState>,
+    q: Result<Query<StatusQuery>, QueryRejection>,
+) -> Result<Json<StatusList>, ApiError> {
+    let Query(q) = q?;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::bad_request(
+            "bad_query",
+            format!("limit must be 1 to {MAX_PAGE}"),
+        ));
+    }
+    let offset = q.offset.unwrap_or(0);
+    let mut nodes: Vec<NodeStatus> = s.registry.with_nodes(|it| {
+        it.filter(|n| q.health.map_or(true, |h| n.health == h))
+            .filter(|n| {
+                q.role
+                    .as_deref()
+                    .map_or(true, |r| n.role.as_deref() == Some(r))
+            })
+            .filter(|n| {
+                q.firmware
+                    .as_deref()
+                    .map_or(true, |f| n.firmware.as_deref() == Some(f))
+            })
+            .cloned()
+            .collect()
+    });
+    match q.sort.unwrap_or_default() {
+        SortKey::NodeId => nodes.sort_by_key(|n| n.node_id),
+        SortKey::LastSeen => nodes.sort_by_key(|n| (n.last_seen, n.node_id)),
+        SortKey::Uptime => nodes.sort_by_key(|n| (n.uptime, n.node_id)),
+        SortKey::FreeMemory => nodes.sort_by_key(|n| (n.free_memory, n.node_id)),
+        SortKey::Health => nodes.sort_by_key(|n| (n.health, n.node_id)),
+    }
+    if q.order == Some(Order::Desc) {
+        nodes.reverse();
+    }
+    let total_nodes = nodes.len();
+    let nodes = nodes.into_iter().skip(offset).take(limit).collect();
+    Ok(Json(StatusList {
+        nodes,
+        timestamp: now_millis(),
+        total_nodes,
+        offset,
+        limit,
+    }))
+}
+
+fn parse_node_id(raw: &str) -> Result<u32, ApiError> {
+    match raw.parse::<u32>() {
+        Ok(id) if id != 0 => Ok(id),
+        _ => Err(ApiError::bad_request(
+            "bad_node_id",
+            "a node id is a decimal number from 1 to 4294967295",
+        )),
+    }
+}
+
+/// One node.
+#[utoipa::path(get, path = "/status/{nodeId}", tag = "fleet",
+    params(("nodeId" = u32, Path, description = "The node's id")),
+    responses((status = 200, body = NodeStatus),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+async fn status_one(
+    State(s): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+) -> Result<Json<NodeStatus>, ApiError> {
+    let Path(raw) = p?;
+    let id = parse_node_id(&raw)?;
+    s.registry
+        .get(id)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("node {id} has never been seen")))
+}
+
+/// `GET /health`: the fleet summary.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FleetHealth {
+    /// When (ms since the epoch).
+    pub timestamp: i64,
+    /// The gateway's own node id.
+    pub gateway_node_id: u32,
+    /// Whether the gateway's mesh node runs.
+    pub mesh_running: bool,
+    /// Nodes ever seen.
+    pub total_nodes: usize,
+    /// Nodes in the mesh now.
+    pub online: usize,
+    /// Nodes per health.
+    pub healthy: usize,
+    /// Nodes per health.
+    pub warning: usize,
+    /// Nodes per health.
+    pub critical: usize,
+    /// Nodes per health.
+    pub offline: usize,
+    /// Alerts not cleared.
+    pub active_alerts: usize,
+}
+
+/// The fleet's health summary.
+#[utoipa::path(get, path = "/health", tag = "fleet",
+    responses((status = 200, body = FleetHealth)))]
+async fn fleet_health(State(s): State<AppState>) -> Result<Json<FleetHealth>, ApiError> {
+    let mut counts = [0usize; 4];
+    let (total, online) = s.registry.with_nodes(|it| {
+        let (mut total, mut online) = (0, 0);
+        for n in it {
+            total += 1;
+            online += usize::from(n.online);
+            if let Some(i) = Health::ALL.iter().position(|h| *h == n.health) {
+                counts[i] += 1;
+            }
+        }
+        (total, online)
+    });
+    let active = s
+        .stores
+        .alerts
+        .list(true, None, usize::MAX >> 1)
+        .await?
+        .len();
+    Ok(Json(FleetHealth {
+        timestamp: now_millis(),
+        gateway_node_id: s.mesh.node_id().0,
+        mesh_running: s.mesh.is_running(),
+        total_nodes: total,
+        online,
+        healthy: counts[0],
+        warning: counts[1],
+        critical: counts[2],
+        offline: counts[3],
+        active_alerts: active,
+    }))
+}
+
+/// A node in the tree (painlessMesh's `subConnectionJson` shape).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TopologyNode {
+    /// The node's id.
+    pub node_id: u32,
+    /// Whether it is the mesh root.
+    #[serde(default)]
+    pub root: bool,
+    /// The nodes reached through it.
+    #[schema(no_recursion)]
+    pub subs: Vec<Self>,
+}
+
+impl TopologyNode {
+    fn from_tree(t: &meshfleet_mesh::NodeTree) -> Self {
+        Self {
+            node_id: t.node_id.0,
+            root: t.root,
+            subs: t.subs.iter().map(Self::from_tree).collect(),
+        }
+    }
+}
+
+/// `GET /topology`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Topology {
+    /// When (ms since the epoch).
+    pub timestamp: i64,
+    /// Nodes in the tree, the gateway included.
+    pub node_count: usize,
+    /// The tree, rooted at the gateway.
+    pub tree: TopologyNode,
+}
+
+/// The mesh tree as the gateway sees it (live: from node sync, no extra airtime).
+#[utoipa::path(get, path = "/topology", tag = "fleet",
+    responses((status = 200, body = Topology),
+        (status = 503, body = Problem, content_type = "application/problem+json")))]
+async fn topology(State(s): State<AppState>) -> Result<Json<Topology>, ApiError> {
+    let tree = s.mesh.topology().await.map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "mesh_stopped",
+            "the mesh node has stopped",
+        )
+    })?;
+    Ok(Json(Topology {
+        timestamp: now_millis(),
+        node_count: tree.size(),
+        tree: TopologyNode::from_tree(&tree),
+    }))
+}
+
+// ---------------------------------------------------------------------------------------
+// History
+
+/// `GET /nodes/{nodeId}/history` query.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(default, deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryQuery {
+    /// Range start, ms since the epoch (default: `to` minus 24 h).
+    pub from: Option<i64>,
+    /// Range end, ms since the epoch, exclusive (default: now).
+    pub to: Option<i64>,
+    /// `raw` or `hour` (default: raw up to 2 days, hourly beyond).
+    pub resolution: Option<Resolution>,
+    /// Most points, 1-10000 (default 10000).
+    pub limit: Option<usize>,
+}
+
+/// A node's telemetry history.
+#[utoipa::path(get, path = "/nodes/{nodeId}/history", tag = "fleet",
+    params(("nodeId" = u32, Path, description = "The node's id"), HistoryQuery),
+    responses((status = 200, body = History),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+async fn history(
+    State(s): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+    q: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<Json<History>, ApiError> {
+    let Path(raw) = p?;
+    let Query(q) = q?;
+    let id = parse_node_id(&raw)?;
+    if s.registry.get(id).is_none() {
+        return Err(ApiError::not_found(format!(
+            "node {id} has never been seen"
+        )));
+    }
+    let to = q.to.unwrap_or_else(now_millis);
+    let from = q.from.unwrap_or(to.saturating_sub(24 * 3_600_000));
+    if from >= to {
+        return Err(ApiError::bad_request(
+            "bad_range",
+            "`from` must be before `to`",
+        ));
+    }
+    let limit = q.limit.unwrap_or(MAX_POINTS);
+    if limit == 0 || limit > MAX_POINTS {
+        return Err(ApiError::bad_request(
+            "bad_query",
+            format!("limit must be 1 to {MAX_POINTS}"),
+        ));
+    }
+    let resolution = q.resolution.unwrap_or(if to - from <= 2 * 24 * 3_600_000 {
+        Resolution::Raw
+    } else {
+        Resolution::Hour
+    });
+    let h = s
+        .stores
+        .history
+        .query(id, from, to, resolution, limit)
+        .await?;
+    Ok(Json(h))
+}
+
+// ---------------------------------------------------------------------------------------
+// Alerts
+
+/// Which alerts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertState {
+    /// Not cleared.
+    #[default]
+    Active,
+    /// Every alert kept.
+    All,
+}
+
+/// `GET /alerts` query.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(default, deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AlertQuery {
+    /// `active` (default) or `all`.
+    pub state: Option<AlertState>,
+    /// Only this node's.
+    pub node: Option<u32>,
+    /// Most alerts, 1-1000 (default 100).
+    pub limit: Option<usize>,
+}
+
+/// `GET /alerts`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AlertList {
+    /// Newest first.
+    pub alerts: Vec<Alert>,
+}
+
+/// Alerts, newest first.
+#[utoipa::path(get, path = "/alerts", tag = "alerts", params(AlertQuery),
+    responses((status = 200, body = AlertList),
+        (status = 400, body = Problem, content_type = "application/problem+json")))]
+async fn alerts(
+    State(s): State<AppState>,
+    q: Result<Query<AlertQuery>, QueryRejection>,
+) -> Result<Json<AlertList>, ApiError> {
+    let Query(q) = q?;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_ALERTS {
+        return Err(ApiError::bad_request(
+            "bad_query",
+            format!("limit must be 1 to {MAX_ALERTS}"),
+        ));
+    }
+    let active = q.state.unwrap_or_default() == AlertState::Active;
+    let alerts = s.stores.alerts.list(active, q.node, limit).await?;
+    Ok(Json(AlertList { alerts }))
+}
+
+/// `POST /alerts/{id}/ack` body (optional).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AckRequest {
+    /// Why, for the record (≤ 500 bytes).
+    pub note: Option<String>,
+}
+
+/// Acknowledges an alert (idempotent: a second acknowledgement keeps the first).
+#[utoipa::path(post, path = "/alerts/{id}/ack", tag = "alerts",
+    params(("id" = i64, Path, description = "The alert's id")),
+    request_body(content = Option<AckRequest>, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses((status = 200, body = Alert),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 413, body = Problem, content_type = "application/problem+json"),
+        (status = 415, body = Problem, content_type = "application/problem+json")))]
+async fn ack_alert(
+    State(s): State<AppState>,
+    actor: axum::Extension<Actor>,
+    headers: axum::http::HeaderMap,
+    p: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Alert>, ApiError> {
+    let Path(raw) = p?;
+    let body = body?;
+    let id: i64 =
+        raw.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+            ApiError::bad_request("bad_alert_id", "an alert id is a positive number")
+        })?;
+    let req: AckRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        AckRequest::default()
+    } else {
+        let json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(';')
+                    .next()
+                    .is_some_and(|t| t.trim() == "application/json")
+            });
+        if !json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "bad_content_type",
+                "the body must be application/json",
+            ));
+        }
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request("bad_json", format!("invalid JSON body: {e}")))?
+    };
+    if req.note.as_ref().is_some_and(|n| n.len() > MAX_NOTE) {
+        return Err(ApiError::bad_request(
+            "bad_json",
+            format!("note is longer than {MAX_NOTE} bytes"),
+        ));
+    }
+    let now = now_millis();
+    let alert = s
+        .stores
+        .alerts
+        .ack(id, actor.0 .0.clone(), req.note, now)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no alert {id}")))?;
+    audit(&s, &actor.0 .0, "alert.ack", &id.to_string(), now).await?;
+    s.bus.publish(GatewayEvent::AlertAcked {
+        alert: alert.clone(),
+    });
+    Ok(Json(alert))
+}
+
+async fn audit(
+    s: &Shared,
+    actor: &str,
+    action: &str,
+    target: &str,
+    ts: i64,
+) -> Result<(), ApiError> {
+    s.stores
+        .audit
+        .record(AuditEntry {
+            ts,
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            target: target.to_owned(),
+        })
+        .await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Firmware
+
+/// `GET /firmware`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ArtefactList {
+    /// Newest first.
+    pub artefacts: Vec<ArtefactInfo>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Uploads a `.mfw` artefact. It is parsed and fully verified (signature by the gateway's
+/// `firmware-key`, every chunk hash, payload and image hashes) before anything is stored;
+/// it is stored by the SHA-256 of the file, so uploading it again changes nothing.
+#[utoipa::path(post, path = "/firmware", tag = "firmware",
+    request_body(content = Vec<u8>, content_type = "application/octet-stream",
+        description = "The .mfw file"),
+    security(("bearer" = [])),
+    responses((status = 201, body = ArtefactInfo, description = "Stored"),
+        (status = 200, body = ArtefactInfo, description = "Already stored"),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 413, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json")))]
+async fn upload_firmware(
+    State(s): State<AppState>,
+    actor: axum::Extension<Actor>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body?;
+    let Some(key) = s.firmware_key else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_firmware_key",
+            "this gateway has no `firmware-key` configured, so it cannot verify uploads",
+        ));
+    };
+    if body.is_empty() {
+        return Err(ApiError::bad_request(
+            "empty_body",
+            "send the .mfw file as the body",
+        ));
+    }
+    // Parsing and verifying decode the whole image: CPU work, off the async workers.
+    let verified = tokio::task::spawn_blocking(move || {
+        let id = hex(&Sha256::digest(&body));
+        let artefact = Artefact::from_bytes(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "bad_artefact",
+                format!("not a valid .mfw file: {e}"),
+            )
+        })?;
+        let v = artefact.verify(Some(&key)).map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "verification_failed",
+                format!("verification failed: {e}"),
+            )
+        })?;
+        let SignatureCheck::Verified(key_id) = v.signature() else {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "verification_failed",
+                "the signature was not checked",
+            ));
+        };
+        let m = artefact.manifest();
+        let info = (
+            id,
+            m.role.clone(),
+            m.hardware.clone(),
+            m.version.to_string(),
+            m.size,
+            m.sha256.to_string(),
+            key_id.to_string(),
+        );
+        Ok::<_, ApiError>((info, body))
+    })
+    .await
+    .map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "verification task failed",
+        )
+    })??;
+    let ((id, role, hardware, version, image_size, image_sha256, key_id), body) = verified;
+    let now = now_millis();
+    let info = ArtefactInfo {
+        id: id.clone(),
+        role,
+        hardware,
+        version,
+        size: body.len() as u64,
+        image_size,
+        image_sha256,
+        key_id,
+        uploaded_at: now,
+        uploaded_by: actor.0 .0.clone(),
+    };
+    let created = s.stores.artefacts.put(info.clone(), body.to_vec()).await?;
+    if !created {
+        let existing = s
+            .stores
+            .artefacts
+            .list()
+            .await?
+            .into_iter()
+            .find(|a| a.id == id)
+            .unwrap_or(info);
+        return Ok((StatusCode::OK, Json(existing)).into_response());
+    }
+    audit(&s, &actor.0 .0, "firmware.upload", &id, now).await?;
+    s.bus.publish(GatewayEvent::FirmwareAdded {
+        artefact: info.clone(),
+    });
+    let mut r = (StatusCode::CREATED, Json(info)).into_response();
+    if let Ok(loc) = HeaderValue::from_str(&format!("/firmware/{id}")) {
+        r.headers_mut().insert(header::LOCATION, loc);
+    }
+    Ok(r)
+}
+
+/// Stored artefacts.
+#[utoipa::path(get, path = "/firmware", tag = "firmware",
+    responses((status = 200, body = ArtefactList)))]
+async fn list_firmware(State(s): State<AppState>) -> Result<Json<ArtefactList>, ApiError> {
+    Ok(Json(ArtefactList {
+        artefacts: s.stores.artefacts.list().await?,
+    }))
+}
+
+fn parse_artefact_id(raw: &str) -> Result<String, ApiError> {
+    if raw.len() == 64
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Ok(raw.to_owned())
+    } else {
+        Err(ApiError::bad_request(
+            "bad_artefact_id",
+            "an artefact id is the file's SHA-256 in 64 lowercase hex digits",
+        ))
+    }
+}
+
+/// Deletes a stored artefact.
+#[utoipa::path(delete, path = "/firmware/{id}", tag = "firmware",
+    params(("id" = String, Path, description = "The artefact's id (SHA-256, hex)")),
+    security(("bearer" = [])),
+    responses((status = 204, description = "Deleted"),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+async fn delete_firmware(
+    State(s): State<AppState>,
+    actor: axum::Extension<Actor>,
+    p: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Path(raw) = p?;
+    let id = parse_artefact_id(&raw)?;
+    if !s.stores.artefacts.delete(id.clone()).await? {
+        return Err(ApiError::not_found(format!("no artefact {id}")));
+    }
+    audit(&s, &actor.0 .0, "firmware.delete", &id, now_millis()).await?;
+    s.bus.publish(GatewayEvent::FirmwareDeleted { id });
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---------------------------------------------------------------------------------------
+// Events, metrics, probes, the document
+
+/// A stream of [`GatewayEvent`]s (server-sent events; the SSE `event` field is the event's
+/// name, `data` its JSON). A client that falls behind gets a `lagged` event with the count
+/// it missed.
+#[utoipa::path(get, path = "/events", tag = "events",
+    responses((status = 200, content_type = "text/event-stream", body = GatewayEvent,
+        description = "One SSE message per event")))]
+async fn events(State(s): State<AppState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let rx = s.bus.subscribe();
+    let stop = s.stopping.clone();
+    let stream = futures_util::stream::unfold((rx, stop), |(mut rx, mut stop)| async move {
+        {
+            let next = tokio::select! {
+                r = rx.recv() => r,
+                _ = stop.wait_for(|v| *v) => return None,
+            };
+            let ev = match next {
+                Ok(e) => Event::default()
+                    .event(e.name())
+                    .data(serde_json::to_string(&e).unwrap_or_default()),
+                Err(RecvError::Lagged(n)) => Event::default()
+                    .event("lagged")
+                    .data(format!("{{\"event\":\"lagged\",\"missed\":{n}}}")),
+                Err(RecvError::Closed) => return None,
+            };
+            Some((Ok(ev), (rx, stop)))
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// Prometheus text exposition (format 0.0.4).
+#[utoipa::path(get, path = "/metrics", tag = "ops",
+    responses((status = 200, content_type = "text/plain", body = String)))]
+async fn metrics_text(State(s): State<AppState>) -> Response {
+    let active = s
+        .stores
+        .alerts
+        .list(true, None, usize::MAX >> 1)
+        .await
+        .map(|a| a.len())
+        .ok();
+    let text = metrics::render(&s, active);
+    let mut r = Response::new(Body::from(text));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
+/// A probe's answer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Probe {
+    /// `ok` or `ready`.
+    pub status: String,
+}
+
+/// Liveness: the process serves HTTP.
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, body = Probe)))]
+async fn healthz() -> Json<Probe> {
+    Json(Probe {
+        status: "ok".into(),
+    })
+}
+
+/// Readiness: the database takes writes and the mesh node runs.
+#[utoipa::path(get, path = "/readyz", tag = "ops",
+    responses((status = 200, body = Probe),
+        (status = 503, body = Problem, content_type = "application/problem+json")))]
+async fn readyz(State(s): State<AppState>) -> Result<Json<Probe>, ApiError> {
+    if !s.stores.status.is_open() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_closed",
+            "the database is closed",
+        ));
+    }
+    if !s.mesh.is_running() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "mesh_stopped",
+            "the mesh node has stopped",
+        ));
+    }
+    Ok(Json(Probe {
+        status: "ready".into(),
+    }))
+}
+
+/// The OpenAPI 3 document.
+#[utoipa::path(get, path = "/openapi.json", tag = "ops",
+    responses((status = 200, content_type = "application/json", body = Object)))]
+async fn openapi_json() -> Response {
+    let mut r = Response::new(Body::from(openapi::document_json()));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// The handlers' path items, for [`openapi`].
+pub(crate) mod paths {
+    pub(crate) use super::{
+        __path_ack_alert, __path_alerts, __path_delete_firmware, __path_events,
+        __path_fleet_health, __path_healthz, __path_history, __path_list_firmware,
+        __path_metrics_text, __path_openapi_json, __path_readyz, __path_status_list,
+        __path_status_one, __path_topology, __path_upload_firmware,
+    };
+}

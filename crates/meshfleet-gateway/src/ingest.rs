@@ -1,0 +1,381 @@
+//! Mesh → fleet monitor → registry → store → events: the task that turns the node's events
+//! into fleet state.
+//!
+//! It owns the sans-IO [`Monitor`] (no lock: only this task touches it) and drives it as its
+//! run loop says: every input with `now`, then its transmits (on-demand queries, delay
+//! probes) and events (health changes, alerts) drained until empty, and
+//! [`Monitor::handle_timeout`] at [`Monitor::poll_timeout`].
+//!
+//! * Node list changes give presence (online/offline, `node_up`/`node_down`) and a topology
+//!   read: parents for the registry, the tree for the monitor.
+//! * Status packages (604, as broadcast text or top-level) and telemetry (710, top-level) go to
+//!   the monitor; what it accepts is recorded (the report whole, a history sample) and
+//!   published; what it drops is counted by reason.
+//! * The monitor's alerts are stored (raising waits for the store, so an alert the API shows
+//!   exists on disk) and published; the monitor's health goes to the registry.
+//! * Every second: dirty node records and queued samples are written, one batch each.
+//!
+//! At start, alerts left active by a previous run are cleared: the monitor starts with no
+//! alerts and raises again whatever still holds.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshfleet_mesh::{Instant, NodeId, NodeTree};
+use meshfleet_monitor::{
+    AlertEvent, DropReason, Ingest as Verdict, Monitor, MonitorEvent, Subject, Transmit,
+};
+use meshfleet_runtime::RuntimeEvent;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{broadcast, watch};
+use tracing::{debug, info, warn};
+
+use crate::events::GatewayEvent;
+use crate::model::{AlertKind, NewAlert, Sample, Severity, UnixMillis};
+use crate::registry::{health_of, Change};
+use crate::status::{self, StatusFrame, STATUS_PLUGIN, STATUS_TYPE};
+use crate::{now_millis, Shared};
+
+/// Most alerts read back at start (to clear those a previous run left active).
+const MAX_STALE_ALERTS: usize = 100_000;
+
+/// The monitor's clock: microseconds since the task started, with the wall-clock time of
+/// that start, so its instants convert to the API's milliseconds since the epoch.
+struct Clock {
+    start: tokio::time::Instant,
+    start_unix: UnixMillis,
+}
+
+impl Clock {
+    fn now(&self) -> Instant {
+        Instant::from_micros(u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX))
+    }
+
+    fn unix(&self, i: Instant) -> UnixMillis {
+        self.start_unix + i64::try_from(i.as_micros() / 1000).unwrap_or(i64::MAX / 2)
+    }
+
+    fn at(&self, i: Instant) -> tokio::time::Instant {
+        self.start + Duration::from_micros(i.as_micros())
+    }
+}
+
+struct Ingest {
+    shared: Arc<Shared>,
+    monitor: Monitor,
+    clock: Clock,
+    /// Stored alert ids by the monitor's alert ids.
+    alert_ids: HashMap<u64, i64>,
+    samples: Vec<Sample>,
+}
+
+/// Runs until `shutdown` turns true or the mesh stops.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    mut events: broadcast::Receiver<RuntimeEvent>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let monitor = Monitor::new(shared.config.monitor.clone(), shared.mesh.node_id());
+    let mut me = Ingest {
+        monitor,
+        clock: Clock {
+            start: tokio::time::Instant::now(),
+            start_unix: now_millis(),
+        },
+        alert_ids: HashMap::new(),
+        samples: Vec::new(),
+        shared,
+    };
+    me.clear_stale_alerts().await;
+    me.resync().await;
+    let mut flush = tokio::time::interval(Duration::from_secs(1));
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let wake = me
+            .monitor
+            .poll_timeout()
+            .map(|t| me.clock.at(t))
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            _ = flush.tick() => me.flush(),
+            _ = tokio::time::sleep_until(wake) => {
+                let now = me.clock.now();
+                me.monitor.handle_timeout(now);
+            }
+            e = events.recv() => match e {
+                Ok(e) => me.handle(e).await,
+                Err(RecvError::Lagged(n)) => {
+                    warn!(missed = n, "mesh events lagged; re-reading the node list");
+                    me.resync().await;
+                }
+                Err(RecvError::Closed) => {
+                    info!("the mesh node stopped");
+                    break;
+                }
+            },
+        }
+        me.drain().await;
+    }
+    me.flush();
+}
+
+impl Ingest {
+    async fn clear_stale_alerts(&mut self) {
+        let alerts = &self.shared.stores.alerts;
+        match alerts.list(true, None, MAX_STALE_ALERTS).await {
+            Ok(stale) => {
+                let now = now_millis();
+                for a in stale {
+                    if let Err(e) = alerts.clear(a.id, now).await {
+                        warn!(id = a.id, error = %e, "cannot clear an alert of a previous run");
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot read active alerts"),
+        }
+    }
+
+    async fn handle(&mut self, e: RuntimeEvent) {
+        match e {
+            RuntimeEvent::Nodes { nodes } => {
+                let ids: Vec<u32> = nodes.iter().map(|n| n.0).collect();
+                self.present(&ids).await;
+            }
+            RuntimeEvent::Received { from, msg, .. } => {
+                let now = self.clock.now();
+                let verdict = self.monitor.handle_app_message(now, from, &msg);
+                self.verdict(verdict, STATUS_TYPE, from, &msg);
+            }
+            RuntimeEvent::Plugin { plugin, data } if plugin == STATUS_PLUGIN => {
+                if let Some(f) = data.downcast_ref::<StatusFrame>() {
+                    let now = self.clock.now();
+                    let verdict = self.monitor.handle_package(now, f.ty, f.from, &f.text);
+                    self.verdict(verdict, f.ty, f.from, &f.text);
+                }
+            }
+            RuntimeEvent::Delay { node_id, us } => {
+                let now = self.clock.now();
+                self.monitor.handle_delay(now, node_id, us);
+            }
+            _ => {}
+        }
+    }
+
+    async fn resync(&mut self) {
+        match self.shared.mesh.nodes().await {
+            Ok(nodes) => {
+                let ids: Vec<u32> = nodes.iter().map(|n| n.0).collect();
+                self.present(&ids).await;
+            }
+            Err(e) => debug!(error = %e, "cannot read the node list"),
+        }
+    }
+
+    async fn present(&mut self, ids: &[u32]) {
+        let unix = now_millis();
+        for ch in self.shared.registry.set_present(ids, unix) {
+            self.shared.bus.publish(match ch {
+                Change::Up(id) => GatewayEvent::NodeUp {
+                    node_id: id,
+                    ts: unix,
+                },
+                Change::Down(id) => GatewayEvent::NodeDown {
+                    node_id: id,
+                    ts: unix,
+                },
+            });
+        }
+        if let Ok(tree) = self.shared.mesh.topology().await {
+            self.shared.registry.set_parents(&parents(&tree));
+            let now = self.clock.now();
+            self.monitor.handle_topology(now, &tree);
+        }
+    }
+
+    /// What the monitor said about a package.
+    fn verdict(&mut self, verdict: Verdict, ty: i64, from: NodeId, text: &str) {
+        let c = &self.shared.counters;
+        match verdict {
+            Verdict::NotMonitoring => return,
+            Verdict::Dropped(reason) => {
+                c.status_frames.fetch_add(1, Ordering::Relaxed);
+                let counter = match reason {
+                    DropReason::Flood => &c.status_rate_limited,
+                    _ => &c.status_rejected,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                debug!(from = %from, ?reason, "monitoring package dropped");
+                return;
+            }
+            Verdict::Accepted => {
+                c.status_frames.fetch_add(1, Ordering::Relaxed);
+                c.status_accepted.fetch_add(1, Ordering::Relaxed);
+            }
+            #[allow(unreachable_patterns)]
+            _ => return,
+        }
+        let unix = now_millis();
+        if ty == STATUS_TYPE {
+            // The monitor accepted it, so it decodes; a disagreement is only logged.
+            match status::decode(text) {
+                Ok(report) => {
+                    self.samples.push(Sample {
+                        node_id: from.0,
+                        ts: unix,
+                        report: report.clone(),
+                    });
+                    self.shared.registry.report(from.0, report, unix);
+                }
+                Err(e) => debug!(from = %from, error = %e, "accepted status package not decoded"),
+            }
+        }
+        if let Some(r) = self.monitor.node(from) {
+            self.shared.registry.apply(r, self.clock.unix(r.last_seen));
+        }
+        let health = self
+            .shared
+            .registry
+            .get(from.0)
+            .map_or(crate::model::Health::Offline, |n| n.health);
+        self.shared.bus.publish(GatewayEvent::Status {
+            node_id: from.0,
+            ts: unix,
+            health,
+        });
+    }
+
+    /// Carries out the monitor's transmits and events.
+    async fn drain(&mut self) {
+        while let Some(t) = self.monitor.poll_transmit() {
+            let result = match t {
+                Transmit::Query { to, text } => self.shared.mesh.send_single(to, text).await,
+                Transmit::DelayProbe { to } => self.shared.mesh.probe_delay(to).await,
+                #[allow(unreachable_patterns)]
+                _ => Ok(()),
+            };
+            if let Err(e) = result {
+                debug!(error = %e, "monitor transmit not sent");
+            }
+        }
+        while let Some(e) = self.monitor.poll_event() {
+            match e {
+                MonitorEvent::HealthChanged { node, from, to } => {
+                    self.shared.registry.set_health(node.0, health_of(to));
+                    self.shared.bus.publish(GatewayEvent::Health {
+                        node_id: node.0,
+                        from: health_of(from),
+                        to: health_of(to),
+                    });
+                }
+                MonitorEvent::NodeDiscovered(id) => {
+                    if let Some(r) = self.monitor.node(id) {
+                        self.shared.registry.apply(r, self.clock.unix(r.last_seen));
+                    }
+                }
+                MonitorEvent::Alert(a) => self.alert(a).await,
+                _ => {}
+            }
+        }
+    }
+
+    async fn alert(&mut self, event: AlertEvent) {
+        let alerts = &self.shared.stores.alerts;
+        match event {
+            AlertEvent::Raised(a) => {
+                let node_id = match a.key.subject {
+                    Subject::Node(n) => n.0,
+                    Subject::Mesh => 0,
+                };
+                let kind = AlertKind::from_monitor(a.key.kind);
+                let new = NewAlert {
+                    node_id,
+                    kind,
+                    severity: Severity::from_monitor(a.severity),
+                    message: describe(kind, node_id, a.value),
+                    raised_at: self.clock.unix(a.raised_at),
+                };
+                match alerts.raise(new).await {
+                    Ok(stored) => {
+                        self.alert_ids.insert(a.id, stored.id);
+                        self.shared
+                            .bus
+                            .publish(GatewayEvent::AlertRaised { alert: stored });
+                    }
+                    Err(e) => warn!(node_id, ?kind, error = %e, "cannot store an alert"),
+                }
+            }
+            AlertEvent::SeverityChanged { id, severity, .. } => {
+                let Some(&stored) = self.alert_ids.get(&id) else {
+                    return;
+                };
+                if let Err(e) = alerts
+                    .set_severity(stored, Severity::from_monitor(severity))
+                    .await
+                {
+                    warn!(id = stored, error = %e, "cannot change an alert's severity");
+                }
+            }
+            AlertEvent::Cleared { id, at, .. } => {
+                let Some(stored) = self.alert_ids.remove(&id) else {
+                    return;
+                };
+                let ts = self.clock.unix(at);
+                match alerts.clear(stored, ts).await {
+                    Ok(()) => self
+                        .shared
+                        .bus
+                        .publish(GatewayEvent::AlertCleared { id: stored, ts }),
+                    Err(e) => warn!(id = stored, error = %e, "cannot clear an alert"),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn flush(&mut self) {
+        self.shared
+            .stores
+            .nodes
+            .save(self.shared.registry.take_dirty());
+        self.shared
+            .stores
+            .history
+            .append(std::mem::take(&mut self.samples));
+    }
+}
+
+/// A readable description of an alert; `value` is the monitor's (see `AlertKind` in
+/// `docs/monitoring.md` for its unit per kind).
+fn describe(kind: AlertKind, node: u32, value: i64) -> String {
+    let who = if node == 0 {
+        "the mesh".to_owned()
+    } else {
+        format!("node {node}")
+    };
+    match kind {
+        AlertKind::LowMemory => format!("{who}: free memory {value} bytes"),
+        AlertKind::HighLatency => format!("{who}: latency {value} ms"),
+        AlertKind::PacketLoss => format!("{who}: packet loss {value} %"),
+        AlertKind::WeakSignal => format!("{who}: WiFi signal {value} dBm"),
+        AlertKind::Partition => format!("{who}: subtree of {value} nodes cut off"),
+        other => format!("{who}: {} ({value})", other.label()),
+    }
+}
+
+/// `child -> parent` for every node below the gateway in its view of the tree (the
+/// gateway's own neighbours have the gateway as parent).
+pub fn parents(tree: &NodeTree) -> std::collections::BTreeMap<u32, u32> {
+    let mut out = std::collections::BTreeMap::new();
+    // Iterative: trees may be 127 levels deep.
+    let mut stack: Vec<&NodeTree> = vec![tree];
+    while let Some(t) = stack.pop() {
+        for s in &t.subs {
+            out.insert(s.node_id.0, t.node_id.0);
+            stack.push(s);
+        }
+    }
+    out
+}

@@ -1,0 +1,162 @@
+//! The SQLite store on a real file: rollups, retention, the size cap, migrations, and
+//! acknowledged writes surviving a reopen.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use meshfleet_gateway::model::{AlertKind, NewAlert, Resolution, Sample, Severity};
+use meshfleet_gateway::status::StatusReport;
+use meshfleet_gateway::store::sqlite::Retention;
+use meshfleet_gateway::store::{AlertStore, HistoryStore, SqliteStore, StoreError};
+
+const HOUR: i64 = 3_600_000;
+const DAY: i64 = 24 * HOUR;
+
+fn sample(node: u32, ts: i64, mem: u16) -> Sample {
+    Sample {
+        node_id: node,
+        ts,
+        report: StatusReport {
+            free_memory_kb: mem,
+            uptime: 1,
+            wifi_quality: 50,
+            ..StatusReport::default()
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollups_retention_and_size_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = SqliteStore::open(&dir.path().join("g.db")).unwrap();
+    // Ten days of reports every 10 minutes from two nodes, ending now.
+    let now = 1_800_000_000_000i64 - 1_800_000_000_000i64 % HOUR + 30 * 60_000;
+    let start = now - 10 * DAY;
+    let mut batch = Vec::new();
+    let mut ts = start;
+    while ts < now {
+        batch.push(sample(1, ts, 100));
+        batch.push(sample(2, ts, 50));
+        ts += 10 * 60_000;
+    }
+    let total = batch.len();
+    for chunk in batch.chunks(500) {
+        db.append(chunk.to_vec());
+    }
+    let wide = Retention {
+        raw_days: 7,
+        rollup_days: 90,
+        cap_bytes: 1 << 40,
+    };
+    let m = db.maintain(now, wide).await.unwrap();
+    assert_eq!(
+        m.rolled_up,
+        2 * 240,
+        "10 days x 24 completed hours x 2 nodes"
+    );
+    assert_eq!(m.samples_deleted, 2 * 3 * 144, "older than 7 days");
+    assert_eq!(total, 2 * 10 * 144);
+    // Raw history is gone beyond 7 days; the hourly rollups are there.
+    let old = db
+        .query(1, start, start + DAY, Resolution::Raw, 10_000)
+        .await
+        .unwrap();
+    assert!(old.points.is_empty());
+    let old = db
+        .query(1, start, start + DAY, Resolution::Hour, 10_000)
+        .await
+        .unwrap();
+    assert_eq!(old.points.len(), 24);
+    assert!(old
+        .points
+        .iter()
+        .all(|p| p.samples == 6 && p.free_memory_kb == 100.0));
+    let recent = db
+        .query(2, now - HOUR, now, Resolution::Raw, 10_000)
+        .await
+        .unwrap();
+    assert_eq!(recent.points.len(), 6);
+    let limited = db
+        .query(2, now - DAY, now, Resolution::Raw, 10)
+        .await
+        .unwrap();
+    assert_eq!(limited.points.len(), 10);
+    assert!(limited.truncated);
+    // A second pass finds nothing new to do.
+    let again = db.maintain(now, wide).await.unwrap();
+    assert_eq!((again.rolled_up, again.samples_deleted), (0, 0));
+
+    // The size cap: the oldest raw history goes first (rollups only once it is all gone).
+    let cap = m.used_bytes * 3 / 4;
+    let capped = db
+        .maintain(
+            now,
+            Retention {
+                cap_bytes: cap,
+                ..wide
+            },
+        )
+        .await
+        .unwrap();
+    assert!(capped.samples_deleted > 0);
+    assert!(capped.used_bytes <= cap, "{} > {cap}", capped.used_bytes);
+    let newest = db
+        .query(1, now - HOUR, now, Resolution::Raw, 10)
+        .await
+        .unwrap();
+    assert!(!newest.points.is_empty(), "the newest history is kept");
+    let oldest_raw = db
+        .query(1, now - 7 * DAY, now - 6 * DAY, Resolution::Raw, 10)
+        .await
+        .unwrap();
+    assert!(
+        oldest_raw.points.is_empty(),
+        "the oldest raw history went first"
+    );
+    let hourly = db
+        .query(1, start - HOUR, now, Resolution::Hour, 10_000)
+        .await
+        .unwrap();
+    assert_eq!(hourly.points.len(), 240, "rollups untouched");
+    db.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_reopen_and_newer_schemas_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.db");
+    let db = SqliteStore::open(&path).unwrap();
+    let a = db
+        .raise(NewAlert {
+            node_id: 9,
+            kind: AlertKind::LowMemory,
+            severity: Severity::Critical,
+            message: "low".into(),
+            raised_at: 1,
+        })
+        .await
+        .unwrap();
+    let acked = db.ack(a.id, "me".into(), None, 2).await.unwrap().unwrap();
+    assert_eq!(acked.acked_by.as_deref(), Some("me"));
+    // A second acknowledgement keeps the first.
+    let again = db.ack(a.id, "you".into(), None, 3).await.unwrap().unwrap();
+    assert_eq!(again.acked_by.as_deref(), Some("me"));
+    assert!(db.ack(12345, "me".into(), None, 3).await.unwrap().is_none());
+    db.set_severity(a.id, Severity::Warning).await.unwrap();
+    // No close(): the file is left as a killed process would leave it (WAL not checkpointed).
+    std::mem::forget(db);
+    let db = SqliteStore::open(&path).unwrap();
+    let list = db.list(false, Some(9), 10).await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].acked_at, Some(2));
+    assert_eq!(list[0].severity, Severity::Warning);
+    db.close();
+    drop(db);
+
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.pragma_update(None, "user_version", 99).unwrap();
+    drop(conn);
+    assert!(matches!(
+        SqliteStore::open(&path),
+        Err(StoreError::SchemaTooNew { found: 99, .. })
+    ));
+}
