@@ -161,8 +161,8 @@ fn config() -> TelemetryConfig {
 }
 
 #[test]
-fn the_gateway_registry_shows_the_node_a_crossing_arrives_within_a_second_and_queries_are_answered(
-) {
+fn the_gateway_registry_shows_the_node_a_crossing_arrives_within_a_second_and_queries_are_answered()
+{
     // A short cache TTL, so that the monitor's own query at the end is sent, not cached.
     let mut b = Bench::new(
         config(),
@@ -180,7 +180,10 @@ fn the_gateway_registry_shows_the_node_a_crossing_arrives_within_a_second_and_qu
     // The boot keyframe reached the registry with the node's identity and its own counts.
     assert!(!b.telemetry.is_empty());
     assert!(b.telemetry.iter().all(|(_, _, r)| *r == Ingest::Accepted));
-    let rec = b.monitor.node(SENSOR).expect("the sensor is in the registry");
+    let rec = b
+        .monitor
+        .node(SENSOR)
+        .expect("the sensor is in the registry");
     assert_eq!(rec.firmware.as_deref(), Some("1.2.3"));
     assert_eq!(rec.role.as_deref(), Some("sensor"));
     assert_eq!(rec.hardware.as_deref(), Some("ESP32"));
@@ -245,7 +248,10 @@ fn the_gateway_registry_shows_the_node_a_crossing_arrives_within_a_second_and_qu
     // The monitor's own on-demand query to the node (data older than the TTL) is answered.
     b.run_for(Duration::from_secs(4));
     let now = b.net.now;
-    let id = b.monitor.start_query(now, QueryTarget::Node(SENSOR)).unwrap();
+    let id = b
+        .monitor
+        .start_query(now, QueryTarget::Node(SENSOR))
+        .unwrap();
     b.run_for(Duration::from_secs(10));
     let done = b
         .monitor_events
@@ -260,4 +266,86 @@ fn the_gateway_registry_shows_the_node_a_crossing_arrives_within_a_second_and_qu
     // ours and the direct one (the monitor may add liveness checks of its own)
     assert!(b.telemetry_plugin().stats().queries >= 2);
     assert_eq!(b.telemetry_plugin().stats().refused, 0);
+}
+
+#[test]
+fn the_status_package_is_broadcast_and_the_monitor_takes_its_values() {
+    let cfg = TelemetryConfig {
+        gateway: None,
+        status_interval: Some(Duration::from_secs(5)),
+        ..TelemetryConfig::default()
+    };
+    let mut b = Bench::new(cfg, MonitorConfig::default());
+    let now = b.net.now;
+    b.telemetry_plugin()
+        .record(now, Metric::FreeHeap, 100 * 1024);
+    b.telemetry_plugin().record(now, Metric::Rssi, -70);
+    b.run_for(Duration::from_secs(11));
+    // Two broadcasts (at 5 s and 10 s), nothing else: no gateway, nobody asked.
+    assert_eq!(b.status.len(), 2, "{:?}", b.status);
+    assert!(b.telemetry.is_empty());
+    assert!(b.status.iter().all(|(_, _, r)| *r == Ingest::Accepted));
+    let d = meshfleet_monitor::status::decode(&b.status[1].1).unwrap();
+    assert!(d.faults.is_empty() && d.unknown_keys == 0);
+    let r = d.report;
+    assert_eq!(r.uptime_s, Some(10));
+    assert_eq!(r.free_heap_kb, Some(100));
+    assert_eq!(r.wifi_quality, Some(60));
+    assert_eq!(r.firmware.as_deref(), Some("1.2.3"));
+    assert_eq!((r.nodes, r.conns), (Some(1), Some(1)));
+    assert!(r.msg_tx.unwrap() > 0 && r.msg_rx.unwrap() > 0);
+    let rec = b.monitor.node(SENSOR).unwrap();
+    assert_eq!(rec.firmware.as_deref(), Some("1.2.3"));
+    assert_eq!(rec.metrics.free_heap_bytes, Some(100 * 1024));
+    assert_eq!(rec.metrics.nodes_known, Some(1));
+    assert_eq!(b.telemetry_plugin().stats().status_sent, 2);
+
+    // A query makes the querier the destination of the telemetry stream.
+    let q = Package::from_text(telemetry::query_json(GW, Some(SENSOR), 5)).unwrap();
+    let now = b.net.now;
+    b.net.nodes[0].send_package(now, &q).unwrap();
+    b.net.drain(0);
+    b.run_for(Duration::from_millis(2_100));
+    assert_eq!(b.telemetry_plugin().destination(), Some(GW));
+    let answered = b
+        .telemetry
+        .iter()
+        .any(|(_, t, _)| telemetry::decode(t).unwrap().report.reply_to == Some(5));
+    assert!(answered);
+}
+
+#[test]
+fn a_backed_up_link_to_the_gateway_refuses_reports_and_the_producer_backs_off() {
+    let mut b = Bench::new(config(), MonitorConfig::default());
+    b.run_for(Duration::from_secs(3));
+    let sent = b.telemetry.len();
+    assert!(sent >= 1);
+    // The driver reports 64 KiB queued towards the gateway (the sensor's only link).
+    let link = LinkId(1);
+    let now = b.net.now;
+    b.net.nodes[1].set_link_backlog(link, 64 * 1024);
+    b.telemetry_plugin().record(now, Metric::Latency, 900);
+    b.run_for(Duration::from_millis(500));
+    assert_eq!(b.telemetry.len(), sent, "sent through a backed-up link");
+    let refused = b.telemetry_plugin().stats().refused;
+    assert!(refused >= 1);
+    assert!(b.telemetry_plugin().producer_stats().busy >= 1);
+    // Within the back-off (2 s, doubling) nothing is retried.
+    b.run_for(Duration::from_secs(1));
+    assert_eq!(b.telemetry_plugin().stats().refused, refused);
+    // The link drains: the refused report goes out after the back-off, nothing lost.
+    b.net.nodes[1].set_link_backlog(link, 0);
+    b.run_for(Duration::from_secs(5));
+    let got = b.telemetry[sent..]
+        .iter()
+        .map(|(_, t, _)| telemetry::decode(t).unwrap().report)
+        .any(|r| match r.body {
+            telemetry::Body::Delta(d) => d.contains(&(Metric::Latency, 900)),
+            telemetry::Body::Keyframe(k) => k[Metric::Latency.slot()] == Some(900),
+        });
+    assert!(got, "the refused report never arrived");
+    assert_eq!(
+        b.monitor.node(SENSOR).unwrap().metrics.latency_ms,
+        Some(900)
+    );
 }
