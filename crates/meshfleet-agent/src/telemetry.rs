@@ -26,9 +26,10 @@ use std::collections::VecDeque;
 use meshfleet_mesh::{Ctx, Duration, Instant, LinkId, MeshChange, NodeId, Plugin, PluginEvent};
 use meshfleet_monitor::status::{quality_from_rssi, AlertFlags, StatusReport};
 use meshfleet_monitor::telemetry::{
-    decode_query, flags, Identity, Metric, Producer, ProducerConfig, ProducerStats, Values,
-    QUERY_TYPE, SLOTS,
+    decode_query, flags, Producer, ProducerStats, Values, QUERY_TYPE, SLOTS,
 };
+/// The monitor's types a driver needs to configure and feed the plugin.
+pub use meshfleet_monitor::telemetry::{Identity, Metric, ProducerConfig};
 use meshfleet_ota::SlotStore;
 use meshfleet_wire::{Package, Routing};
 
