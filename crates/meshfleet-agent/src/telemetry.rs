@@ -39,7 +39,8 @@ use crate::OtaReceiver;
 const RATE_WINDOW: Duration = Duration::from_secs(60);
 /// Most samples kept for the rate window (bounds memory whatever the sample interval).
 const MAX_WINDOW_SAMPLES: usize = 256;
-/// Most reports sent in one call (the buffer drains over several calls if longer).
+/// Most reports polled in one call (refused ones included; at most one is sent per call,
+/// see [`TelemetryConfig::min_report_gap`]).
 const MAX_SENDS_PER_CALL: usize = 64;
 /// Shortest sample interval accepted.
 const MIN_SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
@@ -60,6 +61,11 @@ pub struct TelemetryConfig {
     /// A report is refused (back-off) when the link towards the gateway has more bytes than
     /// this queued in the driver ([`meshfleet_mesh::Node::set_link_backlog`]).
     pub busy_backlog: usize,
+    /// Least time between two reports of this node (710 or 604). The monitor drops a report
+    /// arriving less than its `min_report_gap_ms` (1 s) after the previous one as a flood,
+    /// urgent or not (only buffered reports and query answers are exempt), so a crossing
+    /// right after a scheduled report waits this long instead of being lost.
+    pub min_report_gap: Duration,
 }
 
 impl Default for TelemetryConfig {
@@ -70,6 +76,7 @@ impl Default for TelemetryConfig {
             producer: ProducerConfig::default(),
             sample_interval: Duration::from_secs(1),
             busy_backlog: 16 * 1024,
+            min_report_gap: Duration::from_millis(1_100),
         }
     }
 }
@@ -152,6 +159,8 @@ pub struct Telemetry {
     totals: Option<Counters>,
     had_root: bool,
     lost_root: bool,
+    /// When the last report (710 or 604) left.
+    last_report: Option<Instant>,
     stats: TelemetryStats,
 }
 
@@ -183,6 +192,7 @@ impl Telemetry {
             totals: None,
             had_root: false,
             lost_root: false,
+            last_report: None,
             stats: TelemetryStats::default(),
         }
     }
@@ -399,8 +409,15 @@ impl Telemetry {
         }
     }
 
+    /// Before this, no report may leave ([`TelemetryConfig::min_report_gap`]).
+    fn gap_until(&self) -> Instant {
+        self.last_report
+            .map_or(Instant::ZERO, |t| t + self.cfg.min_report_gap)
+    }
+
     fn send_status(&mut self, ctx: &mut Ctx<'_>) {
         let text = self.status_report(ctx).to_json(ctx.node_id());
+        self.last_report = Some(ctx.now());
         self.stats.status_sent += 1;
         self.stats.status_bytes += text.len() as u64;
         ctx.send_broadcast_text(&text);
@@ -420,6 +437,9 @@ impl Telemetry {
         let now = ctx.now();
         let me = ctx.node_id();
         for _ in 0..MAX_SENDS_PER_CALL {
+            if now < self.gap_until() {
+                return;
+            }
             let route = ctx.route(dest);
             let Some(p) = &mut self.producer else { return };
             p.set_gateway_reachable(now, route.is_some() || dest == me);
@@ -435,6 +455,7 @@ impl Telemetry {
                         .ok()
                         .is_some_and(|pkg| ctx.send(&pkg).is_ok());
                     if sent {
+                        self.last_report = Some(now);
                         self.stats.reports_sent += 1;
                         self.stats.report_bytes += len;
                     }
@@ -498,13 +519,14 @@ impl Plugin for Telemetry {
         if self.started.is_none() {
             return Some(Instant::ZERO);
         }
+        let gap = self.gap_until();
         let mut t = self.next_sample;
         if let Some(s) = self.next_status {
-            t = t.min(s);
+            t = t.min(s.max(gap));
         }
         if self.destination().is_some() {
             if let Some(p) = self.producer.as_ref().and_then(Producer::poll_timeout) {
-                t = t.min(p);
+                t = t.min(p.max(gap));
             }
         }
         Some(t)
@@ -519,13 +541,14 @@ impl Plugin for Telemetry {
             self.sample(ctx);
             self.next_sample = now + self.sample_interval();
         }
+        // Telemetry first: a crossing matters more than a periodic status.
+        self.drain(ctx);
         if let (Some(at), Some(every)) = (self.next_status, self.cfg.status_interval) {
-            if now >= at {
+            if now >= at && now >= self.gap_until() {
                 self.send_status(ctx);
                 self.next_status = Some(now + every.max(Duration::from_millis(100)));
             }
         }
-        self.drain(ctx);
     }
 
     fn as_any(&self) -> &dyn std::any::Any {

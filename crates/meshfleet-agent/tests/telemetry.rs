@@ -349,3 +349,39 @@ fn a_backed_up_link_to_the_gateway_refuses_reports_and_the_producer_backs_off() 
         Some(900)
     );
 }
+
+#[test]
+fn a_crossing_right_after_a_scheduled_report_is_held_not_dropped_as_a_flood() {
+    let mut b = Bench::new(config(), MonitorConfig::default());
+    let now = b.net.now;
+    b.telemetry_plugin().record(now, Metric::FreeHeap, 200_000);
+    // Up to the first scheduled report after the boot keyframe (30 s).
+    b.run_for(Duration::from_secs(29));
+    let n = b.telemetry.len();
+    let mut scheduled = None;
+    for _ in 0..300 {
+        b.run_for(Duration::from_millis(10));
+        if b.telemetry.len() > n {
+            scheduled = Some(b.net.now);
+            break;
+        }
+    }
+    let scheduled = scheduled.expect("a scheduled report at 30 s");
+    // The crossing, 10-20 ms after it left.
+    let at = b.net.now;
+    b.telemetry_plugin().record(at, Metric::FreeHeap, 3_000);
+    b.run_for(Duration::from_millis(1_500));
+    let (t, _, r) = b
+        .telemetry
+        .iter()
+        .find(|(t, _, _)| *t > scheduled)
+        .expect("the crossing was sent");
+    assert_eq!(*r, Ingest::Accepted, "dropped at the gateway");
+    assert!(t.saturating_since(scheduled) >= Duration::from_secs(1));
+    assert!(t.saturating_since(at) <= Duration::from_millis(1_200));
+    assert_eq!(b.monitor.stats().flooded, 0);
+    assert_eq!(
+        b.monitor.node(SENSOR).unwrap().metrics.free_heap_bytes,
+        Some(3_000)
+    );
+}

@@ -1328,6 +1328,9 @@ mod tests {
             ota_confirm_after: None,
             ota_window: None,
             ota_rate: None,
+            status_interval: None,
+            telemetry_to: None,
+            telemetry_interval: None,
         };
         let o = Options::resolve(args, file).unwrap().ota.unwrap();
         assert_eq!(o.dir, PathBuf::from("/var/lib/ota"));
@@ -1374,15 +1377,24 @@ mod tests {
             ota_confirm_after: None,
             ota_window: None,
             ota_rate: None,
+            status_interval: Some(7),
+            telemetry_to: None,
+            telemetry_interval: None,
         };
         let file: NodeDefaults = toml::from_str(
             "listen = \"127.0.0.1:0\"\nconnect = [\"a:1\"]\nnode-id = 9\nroot = true\njson = true\n\
-             max-unsynced-per-addr = 3\noutput-cap = 4096",
+             max-unsynced-per-addr = 3\noutput-cap = 4096\nstatus-interval = 60\ntelemetry-to = 1001",
         )
         .unwrap();
         let o = Options::resolve(args, file).unwrap();
         assert_eq!(o.node.node_id, NodeId(5));
         assert!(o.node.root && o.json);
+        assert_eq!(
+            o.telemetry.status_interval,
+            Some(meshfleet_mesh::Duration::from_secs(7))
+        );
+        assert_eq!(o.telemetry.gateway, Some(NodeId(1001)));
+        assert_eq!(o.telemetry.producer.report_interval_s, 300);
         assert_eq!(o.runtime.connect, ["10.0.0.1:5555"]);
         assert_eq!(o.runtime.listen, Some("127.0.0.1:0".parse().unwrap()));
         assert_eq!(o.runtime.queue_cap, 1000);
