@@ -159,6 +159,8 @@ pub struct Telemetry {
     totals: Option<Counters>,
     had_root: bool,
     lost_root: bool,
+    /// The layout changed since the last sample (the root may be gone).
+    layout_changed: bool,
     /// When the last report (710 or 604) left.
     last_report: Option<Instant>,
     stats: TelemetryStats,
@@ -192,6 +194,7 @@ impl Telemetry {
             totals: None,
             had_root: false,
             lost_root: false,
+            layout_changed: false,
             last_report: None,
             stats: TelemetryStats::default(),
         }
@@ -306,7 +309,11 @@ impl Telemetry {
             self.lost_root = false;
             return;
         }
-        let rooted = ctx.topology().is_rooted();
+        // Walk the neighbours' trees in place (no copy of the whole topology).
+        let rooted = ctx
+            .links()
+            .iter()
+            .any(|(link, _, _)| ctx.link_tree(*link).is_some_and(|t| t.is_rooted()));
         if rooted {
             self.had_root = true;
         }
@@ -316,6 +323,9 @@ impl Telemetry {
     /// Reads the node's counters into a sample and hands the whole snapshot to the producer.
     fn sample(&mut self, ctx: &Ctx<'_>) {
         let now = ctx.now();
+        if std::mem::take(&mut self.layout_changed) {
+            self.update_root(ctx);
+        }
         let s = ctx.stats();
         let cur = Counters {
             at: now,
@@ -504,15 +514,10 @@ impl Plugin for Telemetry {
         }));
     }
 
-    fn handle_change(&mut self, ctx: &mut Ctx<'_>, _change: &MeshChange) {
-        if self.started.is_some() {
-            let lost = self.lost_root;
-            self.update_root(ctx);
-            if lost != self.lost_root {
-                // the flag must not wait for the next sample
-                self.next_sample = ctx.now();
-            }
-        }
+    fn handle_change(&mut self, _ctx: &mut Ctx<'_>, _change: &MeshChange) {
+        // Looked at in the next sample (at most one walk of the tree per sample, however
+        // often a large mesh changes).
+        self.layout_changed = true;
     }
 
     fn poll_timeout(&self) -> Option<Instant> {

@@ -91,7 +91,14 @@ decision ({\"event\":\"ota_boot\",\"reason\":\"start\",...}) and any transfer it
 ({\"event\":\"plugin\",\"plugin\":\"ota-receiver\",\"data\":{\"event\":\"progress\",...}}). \
 --ota-window caps the DEFLATE window the node gives its decompressor (advertised to its \
 neighbours, which then do not offer artefacts packed with a larger one; such an offer is \
-refused): 8K is what an ESP8266 can afford; the default, 32K, takes any artefact.";
+refused): 8K is what an ESP8266 can afford; the default, 32K, takes any artefact.
+
+Status and telemetry: --status-interval SECS broadcasts the painlessMesh status package \
+(type 604) every SECS seconds, as the library's example does, so stock receivers and \
+gateways see the node's uptime, node and link counts and message counters; --telemetry-to N \
+streams the meshfleet telemetry (type 710) to gateway node N. Every node answers a gateway's \
+telemetry query (type 711), printed as {\"event\":\"plugin\",\"plugin\":\"telemetry\",\
+\"data\":{\"event\":\"telemetry_query\",...}}, and then reports to that gateway.";
 
 const AFTER_LONG_HELP: &str = "\
 Examples:
