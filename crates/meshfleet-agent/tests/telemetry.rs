@@ -385,3 +385,41 @@ fn a_crossing_right_after_a_scheduled_report_is_held_not_dropped_as_a_flood() {
         Some(3_000)
     );
 }
+
+#[test]
+fn losing_the_mesh_root_is_flagged_at_once() {
+    let mut b = Bench::new(config(), MonitorConfig::default());
+    // The mesh root joins through the gateway: root - gateway - sensor.
+    let mut c = Config::new(NodeId(3));
+    c.root = true;
+    let root = b.net.add(Node::new(c));
+    let wire = b.net.connect(root, 0);
+    b.run_for(Duration::from_secs(5));
+    assert!(b.net.nodes[1].topology().is_rooted());
+    let flags_of = |b: &Bench| {
+        b.telemetry
+            .iter()
+            .filter_map(
+                |(_, t, _)| match telemetry::decode(t).unwrap().report.body {
+                    telemetry::Body::Keyframe(k) => k[Metric::Flags.slot()],
+                    telemetry::Body::Delta(d) => {
+                        d.iter().find(|(m, _)| *m == Metric::Flags).map(|(_, v)| *v)
+                    }
+                },
+            )
+            .next_back()
+    };
+    assert_eq!(flags_of(&b), Some(0));
+    let cut = b.net.now;
+    b.net.cut(wire);
+    b.run_for(Duration::from_millis(1_500));
+    assert_eq!(flags_of(&b), Some(telemetry::flags::LOST_ROOT));
+    let (at, _) = b
+        .monitor_events
+        .iter()
+        .find(|(_, e)| {
+            matches!(e, MonitorEvent::Alert(AlertEvent::Raised(a)) if a.key.kind == AlertKind::LostRoot)
+        })
+        .expect("a lost-root alert");
+    assert!(at.saturating_since(cut) <= Duration::from_millis(1_500));
+}
