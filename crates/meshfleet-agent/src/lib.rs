@@ -7,7 +7,8 @@
 //!   stock/meshfleet arbitration and the boot/confirm policy, [`BootPolicy`]) when the node
 //!   receives updates, otherwise [`QuietOta`], which takes the OTA package types without a
 //!   word (a plain node is a neighbour of OTA nodes; it must not log every package);
-//!   hooks for the status/telemetry plugin to come go in [`AgentConfig::extra`].
+//!   the status/telemetry plugin ([`Telemetry`]: 604 status broadcasts, 710/711 telemetry)
+//!   and any other go in [`AgentConfig::extra`].
 //! * [`Source::equip`] makes a node offer an artefact ([`Strategy`]: stock, meshfleet, both)
 //!   and [`OfferTracker`] turns what it does into one outcome per node of the mesh and an
 //!   [`ExitStatus`].
@@ -36,6 +37,7 @@
 pub mod receiver;
 pub mod report;
 pub mod source;
+pub mod telemetry;
 
 use meshfleet_mesh::{Ctx, LinkId, Node, Plugin};
 use meshfleet_ota::SlotStore;
@@ -50,6 +52,7 @@ pub use report::{
     Snapshot, StopCause, Targets,
 };
 pub use source::{Offering, Source, SourceConfig, Strategy};
+pub use telemetry::{Telemetry, TelemetryConfig, TelemetryEvent, TelemetryStats};
 
 /// The meshfleet OTA package types (700-709) and the binary chunk tag.
 const MESHFLEET_TYPES: std::ops::RangeInclusive<i64> = 700..=709;
@@ -59,7 +62,7 @@ const CHUNK_TAG: u16 = 703;
 pub struct AgentConfig<S: SlotStore> {
     /// The OTA receiver, if the node receives updates.
     pub receiver: Option<OtaReceiver<S>>,
-    /// Further plugins (the status/telemetry plugin to come), added after the OTA ones.
+    /// Further plugins (the status/telemetry plugin, [`Telemetry`]), added after the OTA ones.
     pub extra: Vec<Box<dyn Plugin>>,
 }
 

@@ -115,6 +115,26 @@ impl Ctx<'_> {
         Ok(())
     }
 
+    /// Sends `msg` to every node as an ordinary BROADCAST (type 8), like the application's
+    /// `sendBroadcast`: what stock example receivers see in their receive callback (how the
+    /// library's examples send their status package). Counted as an application message.
+    pub fn send_broadcast_text(&mut self, msg: &str) {
+        let m = meshfleet_wire::Message::Broadcast(meshfleet_wire::Text {
+            dest: NodeId(0),
+            from: self.core.config.node_id,
+            msg: meshfleet_wire::MsgText::Text(msg.into()),
+            extra: Vec::new(),
+        });
+        self.core.stats.app_sent += 1;
+        // BROADCAST routing floods and cannot fail.
+        let _ = self.core.send_message_routed(&m, Routing::Broadcast, None);
+    }
+
+    /// The node's counters so far (what a status plugin reports about its node).
+    pub fn stats(&self) -> &crate::Stats {
+        &self.core.stats
+    }
+
     /// Synced links: `(link, neighbour id, role)`, in link order.
     pub fn links(&self) -> Vec<(LinkId, NodeId, LinkRole)> {
         self.core

@@ -26,7 +26,8 @@ use tracing::{info, warn};
 
 use crate::cmd::firmware::parse_window;
 use crate::cmd::ota::receiver::{self, Controller, ReceiverOptions};
-use meshfleet_agent::{Agent, AgentConfig};
+use meshfleet_agent::telemetry::Identity;
+use meshfleet_agent::{Agent, AgentConfig, Telemetry, TelemetryConfig};
 use crate::context::{tokio_runtime, usage, Context};
 
 mod output;
@@ -90,7 +91,14 @@ decision ({\"event\":\"ota_boot\",\"reason\":\"start\",...}) and any transfer it
 ({\"event\":\"plugin\",\"plugin\":\"ota-receiver\",\"data\":{\"event\":\"progress\",...}}). \
 --ota-window caps the DEFLATE window the node gives its decompressor (advertised to its \
 neighbours, which then do not offer artefacts packed with a larger one; such an offer is \
-refused): 8K is what an ESP8266 can afford; the default, 32K, takes any artefact.";
+refused): 8K is what an ESP8266 can afford; the default, 32K, takes any artefact.
+
+Status and telemetry: --status-interval SECS broadcasts the painlessMesh status package \
+(type 604) every SECS seconds, as the library's example does, so stock receivers and \
+gateways see the node's uptime, node and link counts and message counters; --telemetry-to N \
+streams the meshfleet telemetry (type 710) to gateway node N. Every node answers a gateway's \
+telemetry query (type 711), printed as {\"event\":\"plugin\",\"plugin\":\"telemetry\",\
+\"data\":{\"event\":\"telemetry_query\",...}}, and then reports to that gateway.";
 
 const AFTER_LONG_HELP: &str = "\
 Examples:
@@ -214,6 +222,37 @@ pub(crate) struct Args {
     /// Pacing of the OTA chunks this node relays, bytes per second per link (tests).
     #[arg(long, hide = true, value_name = "BYTES_PER_S")]
     ota_rate: Option<u64>,
+
+    /// Broadcast the painlessMesh status package (type 604, the Alteriom
+    /// EnhancedStatusPackage) every SECS seconds, as the library's example does: uptime, node
+    /// and link counts, message counters, firmware version.
+    #[arg(
+        long,
+        value_name = "SECS",
+        value_parser = clap::value_parser!(u64).range(1..=86_400),
+        help_heading = "Status and telemetry"
+    )]
+    status_interval: Option<u64>,
+
+    /// Send the meshfleet telemetry stream (type 710: keyframes, thresholded deltas, a
+    /// threshold crossing at once) to the gateway node N. Without it, telemetry goes to the
+    /// last node that asked for it with a query (711).
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..),
+        help_heading = "Status and telemetry"
+    )]
+    telemetry_to: Option<u32>,
+
+    /// Seconds between scheduled telemetry reports (default 300; every 12th is a keyframe).
+    #[arg(
+        long,
+        value_name = "SECS",
+        value_parser = clap::value_parser!(u32).range(1..=86_400),
+        help_heading = "Status and telemetry"
+    )]
+    telemetry_interval: Option<u32>,
 }
 
 /// A protocol OTA updates may arrive through (`--ota-accept`).
@@ -266,6 +305,9 @@ struct NodeDefaults {
     ota_hook: Option<String>,
     ota_confirm_after: Option<u64>,
     ota_window: Option<WindowSetting>,
+    status_interval: Option<u64>,
+    telemetry_to: Option<u32>,
+    telemetry_interval: Option<u32>,
 }
 
 /// Default `--ota-confirm-after`.
@@ -278,6 +320,7 @@ struct Options {
     json: bool,
     output_cap: usize,
     ota: Option<ReceiverOptions>,
+    telemetry: TelemetryConfig,
 }
 
 impl Options {
@@ -346,12 +389,32 @@ impl Options {
             rate: args.ota_rate,
         }
         .resolve()?;
+        let mut telemetry = TelemetryConfig {
+            gateway: args.telemetry_to.or(defaults.telemetry_to).map(NodeId),
+            status_interval: args
+                .status_interval
+                .or(defaults.status_interval)
+                .map(meshfleet_mesh::Duration::from_secs),
+            ..TelemetryConfig::default()
+        };
+        if let Some(s) = args.telemetry_interval.or(defaults.telemetry_interval) {
+            telemetry.producer.report_interval_s = s;
+        }
+        if telemetry.gateway == Some(NodeId(0))
+            || telemetry.status_interval == Some(meshfleet_mesh::Duration::ZERO)
+            || telemetry.producer.report_interval_s == 0
+        {
+            return Err(usage(
+                "telemetry-to, status-interval and telemetry-interval must be positive",
+            ));
+        }
         Ok(Self {
             node,
             runtime,
             json: args.json || defaults.json,
             output_cap,
             ota,
+            telemetry,
         })
     }
 }
@@ -497,12 +560,27 @@ async fn run_node(opts: Options) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    // Status and telemetry: every node answers a gateway's queries (711); it broadcasts
+    // 604 and streams 710 only when asked to by its flags. Without an OTA receiver it is
+    // this program, at this version, on this host.
+    let telemetry = match &receiver {
+        Some(r) => Telemetry::new(opts.telemetry).with_receiver(r),
+        None => {
+            let mut t = Telemetry::new(opts.telemetry);
+            t.set_identity(Identity {
+                firmware: env!("CARGO_PKG_VERSION").into(),
+                role: "node".into(),
+                hardware: format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH),
+            });
+            t
+        }
+    };
     // The node as shipped: the same composition as the simulator's nodes.
     Agent::equip(
         &mut node,
         AgentConfig {
             receiver,
-            extra: Vec::new(),
+            extra: vec![Box::new(telemetry)],
         },
     );
     let ota_dir = opts.ota.as_ref().map(|o| o.dir.clone());
@@ -1257,6 +1335,9 @@ mod tests {
             ota_confirm_after: None,
             ota_window: None,
             ota_rate: None,
+            status_interval: None,
+            telemetry_to: None,
+            telemetry_interval: None,
         };
         let o = Options::resolve(args, file).unwrap().ota.unwrap();
         assert_eq!(o.dir, PathBuf::from("/var/lib/ota"));
@@ -1303,15 +1384,24 @@ mod tests {
             ota_confirm_after: None,
             ota_window: None,
             ota_rate: None,
+            status_interval: Some(7),
+            telemetry_to: None,
+            telemetry_interval: None,
         };
         let file: NodeDefaults = toml::from_str(
             "listen = \"127.0.0.1:0\"\nconnect = [\"a:1\"]\nnode-id = 9\nroot = true\njson = true\n\
-             max-unsynced-per-addr = 3\noutput-cap = 4096",
+             max-unsynced-per-addr = 3\noutput-cap = 4096\nstatus-interval = 60\ntelemetry-to = 1001",
         )
         .unwrap();
         let o = Options::resolve(args, file).unwrap();
         assert_eq!(o.node.node_id, NodeId(5));
         assert!(o.node.root && o.json);
+        assert_eq!(
+            o.telemetry.status_interval,
+            Some(meshfleet_mesh::Duration::from_secs(7))
+        );
+        assert_eq!(o.telemetry.gateway, Some(NodeId(1001)));
+        assert_eq!(o.telemetry.producer.report_interval_s, 300);
         assert_eq!(o.runtime.connect, ["10.0.0.1:5555"]);
         assert_eq!(o.runtime.listen, Some("127.0.0.1:0".parse().unwrap()));
         assert_eq!(o.runtime.queue_cap, 1000);
