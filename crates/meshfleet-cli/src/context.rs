@@ -61,7 +61,7 @@ pub(crate) fn usage(msg: impl Into<String>) -> anyhow::Error {
 }
 
 /// The config file's tables that a subcommand reads.
-const READ_TABLES: &[&str] = &["node"];
+const READ_TABLES: &[&str] = &["node", "gateway"];
 
 /// The global options, resolved.
 #[derive(Debug, Default)]
@@ -81,12 +81,13 @@ impl Context {
         let table: toml::Table = text
             .parse()
             .map_err(|e| usage(format!("config file {}: {e}", path.display())))?;
-        // Only `meshfleet node` takes defaults from the file: a table for another command
-        // would be silently ignored, so it is refused.
+        // Only `meshfleet node` and `meshfleet gateway` take defaults from the file: a
+        // table for another command would be silently ignored, so it is refused.
         if let Some(other) = table.keys().find(|k| !READ_TABLES.contains(&k.as_str())) {
             return Err(usage(format!(
-                "config file {}: table [{other}] is not read (only [node] is: `meshfleet node` \
-                 takes its defaults from the file; other commands take flags)",
+                "config file {}: table [{other}] is not read (only [node] and [gateway] are: \
+                 `meshfleet node` and `meshfleet gateway` take their defaults from the file; \
+                 other commands take flags)",
                 path.display()
             )));
         }

@@ -63,9 +63,10 @@ subcommands! {
     A config file gives defaults, flags override them:\n  \
     [node]\n  listen = \"0.0.0.0:5555\"\n  connect = [\"192.168.1.10:5555\"]\n  node-id = 1001")]
 struct Cli {
-    /// TOML file with defaults for `meshfleet node`: its `[node]` table (e.g.
-    /// `listen = "0.0.0.0:5555"`, `node-id = 1001`, `ota-dir = ...`). Flags override it.
-    /// Other tables are refused: no other command reads the file.
+    /// TOML file with defaults for `meshfleet node` (its `[node]` table, e.g.
+    /// `listen = "0.0.0.0:5555"`, `node-id = 1001`, `ota-dir = ...`) and `meshfleet gateway`
+    /// (its `[gateway]` table, see `docs/gateway.md`). Flags override it. Other tables are
+    /// refused: no other command reads the file.
     #[arg(long, global = true, value_name = "FILE", env = "MESHFLEET_CONFIG")]
     config: Option<PathBuf>,
 

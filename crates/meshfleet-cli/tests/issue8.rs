@@ -358,6 +358,37 @@ fn config_tables_that_nothing_reads_are_refused() {
     assert!(text(&o).contains("[sim]"), "{}", text(&o));
 }
 
+/// `meshfleet gateway` reads its `[gateway]` table from `--config` (the file loader once
+/// refused every table but `[node]`), and flags override it.
+#[test]
+fn the_gateway_reads_its_config_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(
+        d.join("g.toml"),
+        "[gateway]\nhttp = \"127.0.0.1:9191\"\nnode-id = 77\n",
+    )
+    .unwrap();
+    let o = meshfleet(d, &["--config", "g.toml", "gateway", "--print-config"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = text(&o);
+    assert!(out.contains("127.0.0.1:9191"), "{out}");
+    assert!(out.contains("77"), "{out}");
+    let o = meshfleet(
+        d,
+        &[
+            "--config",
+            "g.toml",
+            "gateway",
+            "--http",
+            "127.0.0.1:9292",
+            "--print-config",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("127.0.0.1:9292"), "{}", text(&o));
+}
+
 /// `firmware pack` refuses to replace an artefact unless `--force`.
 #[test]
 fn pack_replaces_an_artefact_only_with_force() {
