@@ -367,21 +367,30 @@ pub fn rssi_from_quality(quality: u8) -> i32 {
 impl StatusReport {
     /// The package's JSON text, byte for byte as the library's `toJsonString()` writes it:
     /// `from, routing, type` then all 16 keys in its order. An absent number is written as
-    /// 0 and an absent string as `""` (the library's fields always have a value).
+    /// 0 and an absent string as `""` (the library's fields always have a value), except
+    /// `mem` and `wifi`: a node that does not measure them (a Linux node has no heap figure
+    /// of an ESP's kind and maybe no WiFi) leaves the key out. A monitor would read a 0 there
+    /// as "no free memory, no signal" and raise alerts for a healthy node; ArduinoJson reads
+    /// a missing key as 0, so a stock receiver sees what it saw before.
     pub fn to_json(&self, from: NodeId) -> String {
         let mut s = String::with_capacity(320);
         let n = |v: Option<u32>| v.unwrap_or(0);
         // Writing into a String cannot fail.
         let _ = write!(
             s,
-            "{{\"from\":{},\"routing\":2,\"type\":{},\"status\":{},\"uptime\":{},\"mem\":{},\"wifi\":{},\"fw\":",
+            "{{\"from\":{},\"routing\":2,\"type\":{},\"status\":{},\"uptime\":{}",
             from.0,
             STATUS_TYPE,
             n(self.device_status.map(u32::from)),
             n(self.uptime_s),
-            n(self.free_heap_kb.map(u32::from)),
-            n(self.wifi_quality.map(u32::from)),
         );
+        if let Some(mem) = self.free_heap_kb {
+            let _ = write!(s, ",\"mem\":{mem}");
+        }
+        if let Some(wifi) = self.wifi_quality {
+            let _ = write!(s, ",\"wifi\":{wifi}");
+        }
+        s.push_str(",\"fw\":");
         json_str(&mut s, self.firmware.as_deref().unwrap_or(""));
         s.push_str(",\"fwMD5\":");
         json_str(&mut s, self.firmware_md5.as_deref().unwrap_or(""));
@@ -483,6 +492,22 @@ mod tests {
     fn encoder_reproduces_the_captured_bytes() {
         let r = decode(CAPTURED).unwrap().report;
         assert_eq!(r.to_json(NodeId(1001)), CAPTURED);
+    }
+
+    #[test]
+    fn unmeasured_memory_and_signal_stay_unknown() {
+        let mut r = decode(CAPTURED).unwrap().report;
+        r.free_heap_kb = None;
+        r.wifi_quality = None;
+        let text = r.to_json(NodeId(1001));
+        assert!(
+            !text.contains("\"mem\"") && !text.contains("\"wifi\""),
+            "{text}"
+        );
+        let d = decode(&text).unwrap();
+        assert!(d.faults.is_empty());
+        assert_eq!((d.report.free_heap_kb, d.report.wifi_quality), (None, None));
+        assert_eq!(d.report.firmware.as_deref(), Some("1.0.0-phase1"));
     }
 
     #[test]
