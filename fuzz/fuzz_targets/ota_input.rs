@@ -8,14 +8,19 @@ use meshfleet_ota::{MemStore, MeshfleetConfig, MeshfleetOta};
 
 fuzz_target!(|data: &[u8]| {
     let flash = MemStore::with_image(b"old firmware", "1.0.0");
-    let Ok(plugin) = MeshfleetOta::new(MeshfleetConfig::new("sensor", "ESP32"), Box::new(flash)) else {
+    let Ok(plugin) = MeshfleetOta::new(MeshfleetConfig::new("sensor", "ESP32"), Box::new(flash))
+    else {
         return;
     };
     let mut node = Node::new(Config::new(NodeId(21)));
     node.add_plugin(Box::new(plugin));
     let mut now = Instant::ZERO;
     node.handle_link_up(now, LinkId(1), LinkRole::AccessPoint);
-    node.handle_bytes(now, LinkId(1), b"{\"nodeId\":8,\"type\":5,\"dest\":0,\"from\":8}\0");
+    node.handle_bytes(
+        now,
+        LinkId(1),
+        b"{\"nodeId\":8,\"type\":5,\"dest\":0,\"from\":8}\0",
+    );
     // Prefix the input with a plausible package head half of the time, so the fuzzer gets
     // past the JSON envelope quickly.
     let (seed, rest) = data.split_first().map_or((0, data), |(s, r)| (*s, r));
