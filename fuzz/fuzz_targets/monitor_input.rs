@@ -78,13 +78,14 @@ impl<'a> Input<'a> {
     }
 }
 
-/// A decoded status report with its absent fields as `to_json` writes them (0 or "").
+/// A decoded status report with its absent fields as `to_json` writes them (0 or "";
+/// `mem` and `wifi` are left out, so they stay absent).
 fn filled(r: &StatusReport) -> StatusReport {
     StatusReport {
         device_status: Some(r.device_status.unwrap_or(0)),
         uptime_s: Some(r.uptime_s.unwrap_or(0)),
-        free_heap_kb: Some(r.free_heap_kb.unwrap_or(0)),
-        wifi_quality: Some(r.wifi_quality.unwrap_or(0)),
+        free_heap_kb: r.free_heap_kb,
+        wifi_quality: r.wifi_quality,
         firmware: Some(r.firmware.clone().unwrap_or_default()),
         firmware_md5: Some(r.firmware_md5.clone().unwrap_or_default()),
         nodes: Some(r.nodes.unwrap_or(0)),
