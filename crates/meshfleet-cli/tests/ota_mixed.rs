@@ -10,7 +10,8 @@
 //! The middle node is either a plain `meshfleet node` (no `--ota-dir`) or a faithful stock
 //! relay: a bare mesh node run by `meshfleet-runtime` in this test with no plugin at all,
 //! which only routes painlessMesh frames (SINGLE packages by destination, BROADCAST
-//! flooded) and handles none of the types 700-709, like a C++ painlessMesh node.
+//! flooded) and handles none of the types 700-709, like a C++ painlessMesh node; one test
+//! puts two such relays in a row.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -315,4 +316,28 @@ fn a_signed_receiver_behind_a_stock_relay_is_updated() {
         forwarded >= (IMAGE_LEN / 1024) as u64 + 2,
         "the relay forwarded only {forwarded} frames"
     );
+}
+
+/// offer -> stock relay -> stock relay -> signed receiver: the remote-peer packages cross
+/// two hops of plain painlessMesh routing.
+#[test]
+fn a_signed_receiver_behind_two_stock_relays_is_updated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let sha = signed_artefact(d);
+    let mut receiver = signed_receiver(d, 832);
+    let rport = receiver.listening_port();
+    let inner = StockRelay::start(831, format!("127.0.0.1:{rport}"));
+    let outer = StockRelay::start(830, format!("127.0.0.1:{}", inner.port));
+    receiver.wait_nodes(&[830, 831]);
+    let mut o = offer(d, outer.port);
+    check_updated(d, &mut receiver, 832, &sha);
+    check_offer(&mut o, &mut receiver, 832, 830);
+    for (name, relay) in [("outer", outer), ("inner", inner)] {
+        let forwarded = relay.stop();
+        assert!(
+            forwarded >= (IMAGE_LEN / 1024) as u64 + 2,
+            "the {name} relay forwarded only {forwarded} frames"
+        );
+    }
 }
