@@ -31,15 +31,16 @@ pub struct Config {
     /// every C++ peer that adopts our time reject every sample. 1 ms accepts round trips
     /// up to 85 ms and costs nothing measurable.
     pub time_reply_hold: Duration,
-    /// Largest single time step once our clock holds mesh time (1 s; never less than the
+    /// Largest single time step once our clock holds mesh time (60 s; never less than the
     /// library's `TIME_SYNC_ACCURACY`, 5 ms). The library applies any offset a reply
-    /// implies, so one forged reply moved its mesh time by up to 2^31 µs; we take at most
-    /// this much per step and at most one step per `time_sync_retry` (200 ms), so a
-    /// neighbour we take time from moves our clock by at most 5 s per second. The first
-    /// step of a node that has never taken time is unbounded: until then its clock is
-    /// micros since boot, with nothing to protect, and joining a mesh means adopting its
-    /// time, up to 2^31 µs away. Two meshes that merge after each took time converge at
-    /// this rate (a worst-case 2^31 µs apart: about 7 minutes).
+    /// implies, so one forged reply moved its mesh time by up to 2^31 µs (36 minutes); we
+    /// take at most this much per step and at most one step per `time_sync_retry` (200 ms).
+    /// The first step of a node that has never taken time is unbounded: until then its clock
+    /// is micros since boot, with nothing to protect, and joining a mesh means adopting its
+    /// time, up to 2^31 µs away. Why not smaller: two meshes that merge after each took time
+    /// converge at this rate (a worst case 2^31 µs apart: 36 steps, about 7 s, close to the
+    /// library's own 1-6 rounds); at 1 s per step a 300-node mesh whose parts formed apart
+    /// was still 51 minutes apart after 2 minutes (`meshfleet sim --demo`).
     pub max_time_step: Duration,
     /// Largest frame accepted from a peer (see `meshfleet_wire::DEFAULT_MAX_FRAME_LEN`).
     pub max_frame_len: usize,
@@ -63,7 +64,7 @@ impl Config {
             time_sync_unsynced_interval: Duration::from_secs(10),
             time_sync_retry: Duration::from_millis(200),
             time_reply_hold: Duration::from_millis(1),
-            max_time_step: Duration::from_secs(1),
+            max_time_step: Duration::from_secs(60),
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             initial_time_offset: 0,
             seed: u64::from(node_id.0),

@@ -308,10 +308,15 @@ fn a_synced_neighbour_moves_mesh_time_only_when_asked_and_in_bounded_steps() {
     assert!(answered > 50, "V asked {answered} times");
     let moved = net.nodes[v].time_offset().wrapping_sub(before) as i32;
     let steps = net.nodes[v].stats().time_steps_bounded;
-    // One step of at most 1 s per 200 ms: at most 11 steps in 2 s.
+    // One step of at most `max_time_step` per 200 ms: at most 11 steps in 2 s, each cut
+    // below the 2^30 µs the reply claims.
+    let max_step = meshfleet_mesh::Config::new(NodeId(V))
+        .max_time_step
+        .as_micros() as i64;
+    assert!(max_step < 1 << 30);
     assert!((1..=11).contains(&steps), "{steps} steps");
     assert!(
-        i64::from(moved) <= steps as i64 * 1_000_000 && moved > 0,
+        i64::from(moved) <= steps as i64 * max_step && moved > 0,
         "moved {moved} us in {steps} steps"
     );
     assert!(time_refusals(&net, v).contains(&TimeRefusal::TooSoon));
