@@ -46,6 +46,7 @@ subcommands! {
     Sim => sim,
     Ota => ota,
     Gateway => gateway,
+    Demo => demo,
 }
 
 /// Run and manage painlessMesh-compatible meshes.

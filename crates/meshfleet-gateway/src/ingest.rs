@@ -33,6 +33,7 @@ use tokio::sync::{broadcast, watch};
 use tracing::{debug, info, warn};
 
 use crate::events::GatewayEvent;
+use crate::mesh::MeshClock;
 use crate::model::{AlertKind, NewAlert, Sample, Severity, UnixMillis};
 use crate::registry::{health_of, Change};
 use crate::status::{self, StatusFrame, STATUS_PLUGIN, STATUS_TYPE};
@@ -42,23 +43,46 @@ use crate::{now_millis, Shared};
 const MAX_STALE_ALERTS: usize = 100_000;
 
 /// The monitor's clock: microseconds since the task started, with the wall-clock time of
-/// that start, so its instants convert to the API's milliseconds since the epoch.
+/// that start, so its instants convert to the API's milliseconds since the epoch. A mesh
+/// with its own clock ([`MeshClock`]: a simulated mesh paced faster than real time) gives
+/// the monitor its time instead, converted to the wall clock at its speed.
 struct Clock {
     start: tokio::time::Instant,
     start_unix: UnixMillis,
+    mesh: Option<Arc<dyn MeshClock>>,
 }
 
 impl Clock {
     fn now(&self) -> Instant {
-        Instant::from_micros(u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX))
+        match &self.mesh {
+            Some(m) => m.now(),
+            None => Instant::from_micros(
+                u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX),
+            ),
+        }
+    }
+
+    /// Wall-clock microseconds from `i` to now at the mesh's speed (negative: `i` is ahead).
+    fn wall_ago(m: &dyn MeshClock, i: Instant) -> f64 {
+        let now = m.now().as_micros() as f64;
+        (now - i.as_micros() as f64) / m.speed().max(1.0)
     }
 
     fn unix(&self, i: Instant) -> UnixMillis {
-        self.start_unix + i64::try_from(i.as_micros() / 1000).unwrap_or(i64::MAX / 2)
+        match &self.mesh {
+            Some(m) => now_millis() - (Self::wall_ago(&**m, i) / 1000.0) as i64,
+            None => self.start_unix + i64::try_from(i.as_micros() / 1000).unwrap_or(i64::MAX / 2),
+        }
     }
 
     fn at(&self, i: Instant) -> tokio::time::Instant {
-        self.start + Duration::from_micros(i.as_micros())
+        match &self.mesh {
+            Some(m) => {
+                let ahead = (-Self::wall_ago(&**m, i)).clamp(0.0, 3.6e9);
+                tokio::time::Instant::now() + Duration::from_micros(ahead as u64)
+            }
+            None => self.start + Duration::from_micros(i.as_micros()),
+        }
     }
 }
 
@@ -83,6 +107,7 @@ pub(crate) async fn run(
         clock: Clock {
             start: tokio::time::Instant::now(),
             start_unix: now_millis(),
+            mesh: shared.mesh.clock(),
         },
         alert_ids: HashMap::new(),
         samples: Vec::new(),

@@ -7,8 +7,9 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
-use meshfleet_mesh::{Config, Node, NodeId, NodeTree};
+use meshfleet_mesh::{Config, Instant, Node, NodeId, NodeTree};
 use meshfleet_runtime::{
     MeshHandle, Runtime, RuntimeConfig, RuntimeEvent, SendError, StartError, Stopped,
 };
@@ -16,6 +17,19 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 use crate::status::StatusPlugin;
+
+/// A job run in the task that owns the node, with the current (mesh-runtime or virtual) time.
+pub type NodeJob = Box<dyn FnOnce(&mut Node, Instant) + Send>;
+
+/// The clock of a mesh whose time is not the wall clock's: a simulated mesh paced faster
+/// than real time (`meshfleet demo`). The gateway's monitor runs on it, so that uptimes,
+/// report periods and rates agree with what the nodes report.
+pub trait MeshClock: Send + Sync {
+    /// The mesh's time now (never goes back).
+    fn now(&self) -> Instant;
+    /// Mesh seconds per wall-clock second (at least 1).
+    fn speed(&self) -> f64;
+}
 
 /// What the gateway uses of the mesh node.
 pub trait MeshPort: Send + Sync + 'static {
@@ -42,6 +56,18 @@ pub trait MeshPort: Send + Sync + 'static {
     fn is_running(&self) -> bool;
     /// Stops the node (closes every link).
     fn shutdown(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+    /// Runs `job` on the gateway's own node between two inputs (MeshHandle::with_node for the
+    /// TCP runtime; the simulated gateway node for `meshfleet demo`). Frames and plugin events
+    /// it produces go out as usual; plugin events arrive through `subscribe()` as
+    /// `RuntimeEvent::Plugin { .. }`.
+    fn run_on_node(
+        &self,
+        job: NodeJob,
+    ) -> Pin<Box<dyn Future<Output = Result<(), Stopped>> + Send + '_>>;
+    /// The mesh's own clock, if it is not the wall clock (the default: `None`).
+    fn clock(&self) -> Option<Arc<dyn MeshClock>> {
+        None
+    }
 }
 
 impl MeshPort for MeshHandle {
@@ -82,6 +108,13 @@ impl MeshPort for MeshHandle {
 
     fn shutdown(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         Box::pin(Self::shutdown(self))
+    }
+
+    fn run_on_node(
+        &self,
+        job: NodeJob,
+    ) -> Pin<Box<dyn Future<Output = Result<(), Stopped>> + Send + '_>> {
+        Box::pin(self.with_node(job))
     }
 }
 

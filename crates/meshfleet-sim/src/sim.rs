@@ -3,7 +3,8 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use meshfleet_mesh::{
-    Config, Delivery, Duration, Event, Instant, LinkId, LinkRole, Node, NodeId, Rng, Transmit,
+    Config, Delivery, Duration, Event, Instant, LinkId, LinkRole, Node, NodeId, PluginEvent, Rng,
+    Transmit,
 };
 
 use crate::channel::{tx_cost, ChannelModel, LinkChange, LinkParams};
@@ -47,6 +48,7 @@ pub struct FrameTrace<'a> {
 type ProgressFn = Box<dyn FnMut(f64)>;
 type TraceFn = Box<dyn FnMut(&FrameTrace<'_>)>;
 type EventHookFn = Box<dyn FnMut(Instant, NodeId, &Event)>;
+type PluginSinkFn = Box<dyn FnMut(Instant, NodeId, &'static str, Box<dyn PluginEvent>)>;
 
 /// Internal events.
 enum Ev {
@@ -222,6 +224,7 @@ pub struct Simulation {
     next_progress: Instant,
     trace: Option<TraceFn>,
     event_hook: Option<EventHookFn>,
+    plugin_sink: Option<PluginSinkFn>,
     // Scratch buffers reused across inputs.
     scratch_tx: Vec<Transmit>,
     scratch_ev: Vec<Event>,
@@ -459,6 +462,7 @@ impl Simulation {
             next_progress: Instant::ZERO,
             trace: None,
             event_hook: None,
+            plugin_sink: None,
             scratch_tx: Vec::new(),
             scratch_ev: Vec::new(),
         };
@@ -497,6 +501,16 @@ impl Simulation {
     /// simulator acts on it. Plugin events arrive here.
     pub fn set_event_hook(&mut self, f: impl FnMut(Instant, NodeId, &Event) + 'static) {
         self.event_hook = Some(Box::new(f));
+    }
+
+    /// Takes every plugin event a node emits (global time, node id, plugin name, event),
+    /// after the event hook saw it: for a driver that hands typed events on (the demo's
+    /// gateway port forwards its node's plugin events to its subscribers).
+    pub fn set_plugin_sink(
+        &mut self,
+        f: impl FnMut(Instant, NodeId, &'static str, Box<dyn PluginEvent>) + 'static,
+    ) {
+        self.plugin_sink = Some(Box::new(f));
     }
 
     /// Current virtual time.
@@ -848,6 +862,11 @@ impl Simulation {
             }
             Event::Received { msg, delivery, .. } => self.app_received(v, &msg, delivery),
             Event::FrameDropped { reason, .. } => self.drop_frame(reason.label(), 1),
+            Event::Plugin { plugin, event } => {
+                if let Some(sink) = &mut self.plugin_sink {
+                    sink(self.now, self.slots[v].id, plugin, event);
+                }
+            }
             _ => {}
         }
     }
