@@ -90,7 +90,7 @@ impl MeshPort for FixedMesh {
         Box::pin(async {})
     }
     fn run_on_node(&self, _job: meshfleet_gateway::mesh::NodeJob) -> Fut<'_, Result<(), Stopped>> {
-        // A fixed tree has no node to run anything on.
+        // No node here: campaigns are not part of the benchmark.
         Box::pin(async { Err(Stopped) })
     }
 }

@@ -56,10 +56,10 @@ pub trait MeshPort: Send + Sync + 'static {
     fn is_running(&self) -> bool;
     /// Stops the node (closes every link).
     fn shutdown(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
-    /// Runs `job` on the gateway's own node between two inputs (MeshHandle::with_node for the
-    /// TCP runtime; the simulated gateway node for `meshfleet demo`). Frames and plugin events
-    /// it produces go out as usual; plugin events arrive through `subscribe()` as
-    /// `RuntimeEvent::Plugin { .. }`.
+    /// Runs `job` on the gateway's own node between two inputs ([`MeshHandle::with_node`]
+    /// for the TCP runtime; the simulated gateway node for `meshfleet demo`). Frames and
+    /// plugin events it produces go out as usual; plugin events arrive through
+    /// [`MeshPort::subscribe`] as `RuntimeEvent::Plugin { .. }`. Resolves once the job ran.
     fn run_on_node(
         &self,
         job: NodeJob,
