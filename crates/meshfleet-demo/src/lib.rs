@@ -280,6 +280,15 @@ impl Demo {
         &self.config
     }
 
+    /// The script's faults that name a node the mesh does not have (they do not happen).
+    pub fn skipped_faults(&self) -> Vec<&Fault> {
+        self.config
+            .faults
+            .iter()
+            .filter(|f| f.node > self.config.nodes)
+            .collect()
+    }
+
     /// The gateway (its shared state, for tests and embedding).
     pub fn gateway(&self) -> &Gateway {
         &self.gateway

@@ -172,6 +172,9 @@ fn announce(demo: &Demo, json: bool) -> anyhow::Result<()> {
                 "artefact": demo.artefact().id, "artefact_version": demo.artefact().version,
                 "signing_key": key.display().to_string()})
         );
+        for f in demo.skipped_faults() {
+            outln!("{}", json!({"event": "fault_skipped", "node": f.node, "kind": f.kind.label()}));
+        }
         return Ok(());
     }
     let a = demo.artefact();
@@ -189,7 +192,7 @@ fn announce(demo: &Demo, json: bool) -> anyhow::Result<()> {
          Demo firmware {} ({} bytes) is stored as artefact {}; campaigns (POST {url}campaigns)\n\
          need the token: Authorization: Bearer {}\n\
          Uploads signed with {} are accepted (meshfleet firmware pack ... --sign {}).\n\
-         Ctrl-C stops.",
+         Ctrl-C stops.{}",
         c.nodes,
         c.speed,
         a.version,
@@ -198,6 +201,15 @@ fn announce(demo: &Demo, json: bool) -> anyhow::Result<()> {
         demo.token(),
         key.display(),
         key.display(),
+        demo.skipped_faults()
+            .iter()
+            .map(|f| format!(
+                "\n(the fault script's {} on node {} is skipped: the mesh has {} nodes)",
+                f.kind.label(),
+                f.node,
+                c.nodes
+            ))
+            .collect::<String>(),
     );
     Ok(())
 }
