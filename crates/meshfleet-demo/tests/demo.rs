@@ -10,8 +10,26 @@ use tokio::net::TcpStream;
 
 /// GET `path`, as JSON.
 async fn get(addr: SocketAddr, path: &str) -> serde_json::Value {
+    let (status, v) = request(addr, "GET", path, None, "").await;
+    assert_eq!(status, 200, "{path}: {v}");
+    v
+}
+
+/// A request; the status and the JSON body.
+async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, serde_json::Value) {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    let head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
     s.write_all(head.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
     tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut raw))
@@ -20,7 +38,7 @@ async fn get(addr: SocketAddr, path: &str) -> serde_json::Value {
         .unwrap();
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
     let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
+    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
     let mut body = raw[split + 4..].to_vec();
     if head
         .to_ascii_lowercase()
@@ -38,7 +56,7 @@ async fn get(addr: SocketAddr, path: &str) -> serde_json::Value {
         }
         body = out;
     }
-    serde_json::from_slice(&body).unwrap()
+    (status, serde_json::from_slice(&body).unwrap())
 }
 
 /// Polls `f` until it gives `Some`, or fails after `secs` of wall time with the last state.
@@ -138,6 +156,27 @@ async fn a_small_fast_demo_shows_its_nodes_tree_firmware_and_scripted_faults() {
         "a meshfleet node's telemetry names its role: {s}"
     );
     assert!(s["freeMemory"].as_u64().unwrap() > 20_000, "{s}");
+
+    // A campaign of the demo artefact to the meshfleet nodes (they report role `sensor`;
+    // stock nodes report no role) can be created at once.
+    let spec = serde_json::json!({"artefact": demo.artefact().id, "targets": {"role": "sensor"},
+        "name": "demo test"});
+    let (status, c) = request(
+        addr,
+        "POST",
+        "/campaigns",
+        Some(demo.token()),
+        &spec.to_string(),
+    )
+    .await;
+    assert_eq!(status, 201, "{c}");
+    let meshfleet_nodes = (2..=NODES)
+        .filter(|n| kind_of(*n) == Kind::Meshfleet)
+        .count();
+    assert_eq!(c["total_nodes"], meshfleet_nodes, "{c}");
+    assert_eq!(c["version"], "1.1.0");
+    let (status, _) = request(addr, "POST", "/campaigns", None, &spec.to_string()).await;
+    assert_eq!(status, 401, "changes need the demo's token");
 
     // The gateway's jobs run on the simulated gateway node (the campaign engine's way in).
     let (tx, rx) = tokio::sync::oneshot::channel();
