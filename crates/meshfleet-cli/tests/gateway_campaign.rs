@@ -31,8 +31,14 @@ fn free_port() -> u16 {
 }
 
 fn gateway(dir: &Path, http: u16, mesh: u16, log: &str) -> Child {
+    gateway_with(dir, http, mesh, log, &[])
+}
+
+/// The gateway with global flags `pre` (`--config FILE`).
+fn gateway_with(dir: &Path, http: u16, mesh: u16, log: &str, pre: &[&str]) -> Child {
     let log = std::fs::File::create(dir.join(log)).unwrap();
     Command::new(env!("CARGO_BIN_EXE_meshfleet"))
+        .args(pre)
         .args(["gateway", "--node-id", "900"])
         .args(["--listen", &format!("127.0.0.1:{mesh}")])
         .args(["--http", &format!("127.0.0.1:{http}")])
@@ -103,6 +109,10 @@ fn incompressible_image(len: usize) -> Vec<u8> {
 }
 
 fn node(dir: &Path, id: u32, mesh: u16) -> Proc {
+    node_on(dir, id, mesh, "ESP32")
+}
+
+fn node_on(dir: &Path, id: u32, mesh: u16, hardware: &str) -> Proc {
     let ota = dir.join(format!("ota-{id}"));
     let hook = format!(
         "printf %s \"$MESHFLEET_OTA_VERSION\" > '{}'",
@@ -120,7 +130,7 @@ fn node(dir: &Path, id: u32, mesh: u16) -> Proc {
         "--ota-role",
         "sensor",
         "--ota-hardware",
-        "ESP32",
+        hardware,
         "--ota-hook",
         &hook,
         "--ota-confirm-after",
@@ -307,6 +317,92 @@ fn campaign_survives_a_sigkilled_gateway_and_completes() {
     for n in &mut nodes {
         n.kill();
     }
+    gw.kill().unwrap();
+    gw.wait().unwrap();
+}
+
+/// Outcomes that are not successes: a node on other hardware is `REJECTED` with the
+/// engine's reason label, a listed node that never shows up is `TIMED_OUT` after the
+/// per-node timeout, and the campaign ends `failed`.
+#[test]
+fn rejected_and_timed_out_nodes_fail_the_campaign() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(d.join("token"), format!("{TOKEN}\n")).unwrap();
+    std::fs::write(
+        d.join("meshfleet.toml"),
+        "[gateway]\ncampaign-node-timeout = 6\n",
+    )
+    .unwrap();
+    let o = meshfleet(d, &["firmware", "keygen", "--out", "fleet.key"]);
+    assert!(o.status.success(), "{}", text(&o));
+    std::fs::write(d.join("app.bin"), incompressible_image(20_000)).unwrap();
+    let o = meshfleet(
+        d,
+        &[
+            "firmware",
+            "pack",
+            "app.bin",
+            "--role",
+            "sensor",
+            "--hardware",
+            "ESP32",
+            "--version",
+            "2.0.0",
+            "--sign",
+            "fleet.key",
+            "--out",
+            "app.mfw",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let mfw = std::fs::read(d.join("app.mfw")).unwrap();
+    let (hp, mp) = (free_port(), free_port());
+    let config = d.join("meshfleet.toml");
+    let mut gw = gateway_with(
+        d,
+        hp,
+        mp,
+        "gw1.log",
+        &["--config", config.to_str().unwrap()],
+    );
+    wait_for(d, "gateway up", || {
+        http(hp, "GET", "/readyz", "", b"").is_some_and(|(s, _)| s == 200)
+    });
+    let mut other = node_on(d, 7101, mp, "ESP8266");
+    wait_for(d, "node online", || {
+        get(hp, "/status/7101")["online"] == true
+    });
+    let (s, art) = http(hp, "POST", "/firmware", "application/octet-stream", &mfw).unwrap();
+    assert_eq!(s, 201, "{art}");
+    let spec = json!({"artefact": art["id"], "targets": {"nodes": [7101, 7199]}, "start": true});
+    let (s, c) = http(
+        hp,
+        "POST",
+        "/campaigns",
+        "application/json",
+        spec.to_string().as_bytes(),
+    )
+    .unwrap();
+    assert_eq!((s, c["state"].clone()), (201, json!("running")), "{c}");
+    wait_for(d, "campaign finished", || campaign(hp)["state"] == "failed");
+    let c = campaign(hp);
+    let by_node = |id: u64| {
+        c["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node"] == id)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(by_node(7101)["state"], "REJECTED", "{c}");
+    assert_eq!(by_node(7101)["reason"], "hardware", "{c}");
+    assert_eq!(by_node(7199)["state"], "TIMED_OUT", "{c}");
+    assert_eq!(c["failed_nodes"], 2, "{c}");
+    assert_eq!(c["updated_nodes"], 0, "{c}");
+    assert!(std::fs::read_to_string(d.join("hook-7101.txt")).is_err());
+    other.kill();
     gw.kill().unwrap();
     gw.wait().unwrap();
 }

@@ -818,3 +818,69 @@ fn verdict(
         _ => keep,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued() -> CampaignNode {
+        CampaignNode {
+            node: 1,
+            state: NodeState::Queued,
+            progress: 0.0,
+            reason: None,
+            from_version: None,
+            updated_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn outcomes_map_to_node_states() {
+        let n = queued();
+        let v = verdict(&n, Some(&(Outcome::InProgress, 25, 100)), None);
+        assert_eq!((v.state, v.progress), (NodeState::InProgress, 0.25));
+        // Installed is not done: SUCCEEDED waits for the node's report of the version.
+        let v = verdict(&n, Some(&(Outcome::Updated, 100, 100)), None);
+        assert_eq!((v.state, v.progress), (NodeState::InProgress, 1.0));
+        let v = verdict(&n, Some(&(Outcome::AlreadyCurrent, 0, 100)), None);
+        assert_eq!(v.state, NodeState::Succeeded);
+        let v = verdict(&n, Some(&(Outcome::RolledBack, 100, 100)), None);
+        assert_eq!(
+            (v.state, v.reason.as_deref()),
+            (NodeState::Failed, Some("rolled_back"))
+        );
+        let refused = Outcome::Refused {
+            reason: "busy".into(),
+        };
+        let v = verdict(&n, Some(&(refused.clone(), 0, 100)), Some("busy"));
+        assert_eq!(
+            (v.state, v.reason.as_deref()),
+            (NodeState::InProgress, Some("busy")),
+            "a transient refusal is retried"
+        );
+        let v = verdict(&n, Some(&(refused, 0, 100)), None);
+        assert_eq!(v.state, NodeState::Rejected);
+        // No outcome (behind a relay, or gone): unchanged.
+        assert_eq!(verdict(&n, None, None).state, NodeState::Queued);
+        let v = verdict(&n, Some(&(Outcome::Unknown, 0, 0)), None);
+        assert_eq!(v.state, NodeState::Queued);
+    }
+
+    #[test]
+    fn refusals_keep_their_label() {
+        assert_eq!(
+            classify(Refusal::Downgrade),
+            Some((NodeState::Rejected, "downgrade"))
+        );
+        assert_eq!(
+            classify(Refusal::Signature),
+            Some((NodeState::Rejected, "signature"))
+        );
+        assert_eq!(
+            classify(Refusal::StoreFailed),
+            Some((NodeState::Failed, "store_failed"))
+        );
+        assert_eq!(classify(Refusal::Busy), None);
+        assert_eq!(classify(Refusal::OnTrial), None);
+    }
+}
