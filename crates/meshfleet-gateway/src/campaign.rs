@@ -824,7 +824,7 @@ impl CampaignService {
     ) -> Option<(bool, Vec<CampaignNode>, Campaign)> {
         let seq = id.seq()?;
         let _guard = self.inner.ops.lock().await;
-        let (before, after, others) = {
+        let (before, after) = {
             let mut map = self.map();
             let others: BTreeSet<u32> = map
                 .iter()
@@ -838,9 +838,8 @@ impl CampaignService {
             let before = c.clone();
             f(c, &others);
             c.recount();
-            (before, c.clone(), others)
+            (before, c.clone())
         };
-        let _ = others;
         let old: BTreeMap<u32, &CampaignNode> = before.nodes.iter().map(|n| (n.node, n)).collect();
         let mut changed = Vec::new();
         let mut write = Vec::new();
@@ -859,18 +858,18 @@ impl CampaignService {
         let header_changed = before.state != after.state
             || before.total_nodes != after.total_nodes
             || (before.progress - after.progress).abs() > 1e-9;
-        if !write.is_empty() || (header_changed && (save_progress || finished)) {
-            let mut c = after.summary();
-            c.nodes = write;
-            if let Err(e) = self.inner.store.update(c).await {
-                warn!(campaign = %id, error = %e, "cannot store the campaign's progress");
-            }
-        }
         let mut after = after;
         if !changed.is_empty() || finished {
             after.updated_at_ms = now_millis();
             if let Some(c) = self.map().get_mut(&seq) {
                 c.updated_at_ms = after.updated_at_ms;
+            }
+        }
+        if !write.is_empty() || (header_changed && (save_progress || finished)) {
+            let mut c = after.summary();
+            c.nodes = write;
+            if let Err(e) = self.inner.store.update(c).await {
+                warn!(campaign = %id, error = %e, "cannot store the campaign's progress");
             }
         }
         Some((finished, changed, after))
