@@ -352,7 +352,11 @@ impl Driver {
             let any = event.as_any();
             match kind_of(id.0.wrapping_sub(base)) {
                 Kind::Meshfleet => {
-                    if let Some(ReceiverEvent::Applied { .. }) = any.downcast_ref() {
+                    // The meshfleet engine's commit (`OtaEvent::Applied`: "the driver runs its
+                    // post-update hook (reboot)"), or the receiver's own for a stock image.
+                    let committed = matches!(any.downcast_ref(), Some(OtaEvent::Applied { .. }))
+                        || matches!(any.downcast_ref(), Some(ReceiverEvent::Applied { .. }));
+                    if committed {
                         seen.borrow_mut().push(Noticed::Committed(id));
                     }
                 }

@@ -117,7 +117,11 @@ impl Fleet {
         let n = init.number;
         let mut node = Node::new(init.config);
         match kind_of(n) {
-            Kind::Gateway => node.add_plugin(Box::new(StatusPlugin)),
+            Kind::Gateway => {
+                // As `meshfleet_gateway::mesh::join` equips the gateway's own node.
+                node.add_plugin(Box::new(StatusPlugin));
+                meshfleet_gateway::campaign_engine::equip(&mut node);
+            }
             Kind::Meshfleet => self.equip_meshfleet(&mut node, n),
             Kind::Stock => self.equip_stock(&mut node, n, &init.store),
         }

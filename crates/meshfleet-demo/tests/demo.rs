@@ -158,9 +158,12 @@ async fn a_small_fast_demo_shows_its_nodes_tree_firmware_and_scripted_faults() {
     assert!(s["freeMemory"].as_u64().unwrap() > 20_000, "{s}");
 
     // A campaign of the demo artefact to the meshfleet nodes (they report role `sensor`;
-    // stock nodes report no role) can be created at once.
+    // stock nodes report no role) is created and started at once, and completes: every
+    // targeted node reports the new version.
     let spec = serde_json::json!({"artefact": demo.artefact().id, "targets": {"role": "sensor"},
-        "name": "demo test"});
+        "name": "demo test", "start": true});
+    let (status, _) = request(addr, "POST", "/campaigns", None, &spec.to_string()).await;
+    assert_eq!(status, 401, "changes need the demo's token");
     let (status, c) = request(
         addr,
         "POST",
@@ -175,8 +178,24 @@ async fn a_small_fast_demo_shows_its_nodes_tree_firmware_and_scripted_faults() {
         .count();
     assert_eq!(c["total_nodes"], meshfleet_nodes, "{c}");
     assert_eq!(c["version"], "1.1.0");
-    let (status, _) = request(addr, "POST", "/campaigns", None, &spec.to_string()).await;
-    assert_eq!(status, 401, "changes need the demo's token");
+    let id = c["id"].as_str().unwrap().to_owned();
+    let done = wait_for("the campaign to complete", 120, || async {
+        let c = get(addr, &format!("/campaigns/{id}")).await;
+        if c["state"] == "completed" {
+            Ok(c)
+        } else {
+            Err(format!(
+                "virtual {:.0} s: {}",
+                demo.virtual_secs(),
+                serde_json::json!({"state": c["state"], "updated": c["updated_nodes"],
+                    "failed": c["failed_nodes"], "nodes": c["nodes"]})
+            ))
+        }
+    })
+    .await;
+    assert_eq!(done["updated_nodes"], meshfleet_nodes, "{done}");
+    let s = get(addr, "/status/3000000002").await;
+    assert_eq!(s["firmware"], "1.1.0", "{s}");
 
     // The gateway's jobs run on the simulated gateway node (the campaign engine's way in).
     let (tx, rx) = tokio::sync::oneshot::channel();
