@@ -86,6 +86,11 @@ pub(crate) struct Args {
     #[arg(long)]
     read_auth: bool,
 
+    /// Bridge to an MQTT broker: mqtt://[user:pass@]host:port (mqtts:// for TLS); the
+    /// [mqtt] table of the config file has the other settings (docs/mqtt.md).
+    #[arg(long, value_name = "URL")]
+    mqtt: Option<String>,
+
     /// Print the effective configuration (file + flags) as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -136,10 +141,22 @@ fn socket_addr(flag: &str, text: &str) -> anyhow::Result<SocketAddr> {
 }
 
 pub(crate) fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
+    let mut mqtt: meshfleet_mqtt::MqttConfig = ctx.section("mqtt")?;
+    if let Some(url) = &args.mqtt {
+        mqtt.url.clone_from(url);
+    }
     let (config, print) = resolve(args, ctx.section("gateway")?)?;
     if print {
         print!("{}", config.to_toml_masked());
+        if mqtt.enabled() {
+            println!("\n[mqtt]\n# url = {}", meshfleet_mqtt::config::mask(&mqtt.url));
+        }
         return Ok(());
+    }
+    let mut hooks = Vec::new();
+    if mqtt.enabled() {
+        let bridge = meshfleet_mqtt::Prepared::new(mqtt).map_err(|e| usage(format!("--mqtt: {e}")))?;
+        hooks.push(bridge.hook());
     }
     let node_id = config.node_id.map_or_else(random_node_id, NodeId);
     let mut node = Config::new(node_id);
@@ -155,7 +172,7 @@ pub(crate) fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
             let name = stop_signal().await;
             info!(signal = name, "stopping");
         };
-        meshfleet_gateway::run(config, node, runtime, stop)
+        meshfleet_gateway::run_with(config, node, runtime, stop, hooks)
             .await
             .context("gateway failed")
     })

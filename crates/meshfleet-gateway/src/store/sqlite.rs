@@ -138,6 +138,18 @@ pub const MIGRATIONS: &[&str] = &[
         action TEXT NOT NULL,
         target TEXT NOT NULL
      );",
+    // MQTT outbox (contract §4: schema version 3; the lead orders the entries when
+    // merging): alerts and command replies the MQTT bridge must deliver at QoS 1, kept
+    // until the broker's PUBACK, so a broker outage or a gateway restart loses none.
+    // `seq` orders delivery; `dedup` keeps a message from being queued twice.
+    "CREATE TABLE mqtt_outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        topic TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        retain INTEGER NOT NULL DEFAULT 0,
+        dedup TEXT UNIQUE,
+        created_at INTEGER NOT NULL
+     );",
 ];
 
 /// Retention and size settings for [`SqliteStore::maintain`].
