@@ -303,7 +303,8 @@ struct Bridge {
     conn_tx: mpsc::Sender<Conn>,
     // Queues.
     state: VecDeque<Pub>,
-    /// Discovery configs waiting, by topic (never dropped: at most one per node).
+    /// Discovery configs and campaign statuses waiting, by topic (latest wins, never
+    /// dropped: at most one per node and per campaign).
     discovery: BTreeMap<String, Pub>,
     // Outbox tracking for this connection.
     outbox_after: i64,
@@ -394,10 +395,6 @@ pub async fn run(shared: Arc<Shared>, p: Prepared, stop: watch::Receiver<bool>) 
             _ = status_tick.tick(), if status_on => {
                 b.publish_status();
                 b.publish_alerts().await;
-                if let Some(c) = &b.p.commands {
-                    c.refresh_campaigns().await;
-                    b.outbox_more = true;
-                }
             }
             _ = topo_tick.tick(), if topo_on => b.publish_topology().await,
             _ = metrics_tick.tick(), if metrics_on => b.publish_metrics().await,
@@ -533,6 +530,11 @@ impl Bridge {
                 if self.node_interval() > 0 {
                     self.publish_nodes(true).await;
                 }
+                if let Ok(list) = self.shared.campaigns.list().await {
+                    for c in list {
+                        self.campaign_status(&c.id).await;
+                    }
+                }
             }
             Event::Outgoing(Outgoing::Publish(pkid)) if pkid != 0 => {
                 if let Some(seq) = self.qos1_order.pop_front() {
@@ -639,6 +641,7 @@ impl Bridge {
                 };
                 self.push_outbox(vec![msg], None).await;
             }
+            Ok(GatewayEvent::Campaign(c)) => self.campaign_status(&c.id).await,
             Ok(GatewayEvent::NodeUp { node_id, .. }) => {
                 if self.cfg().homeassistant.enabled && !self.announced.contains(&node_id) {
                     if let Some(n) = self.shared.registry.get(node_id) {
@@ -654,6 +657,25 @@ impl Bridge {
             }
             Err(broadcast::error::RecvError::Closed) => {}
         }
+    }
+
+    /// Queues the retained `<prefix>/ota/campaign/<id>` (QoS 1, latest wins, never
+    /// dropped): the seeds' fields and the nodes' AWS IoT Jobs states.
+    async fn campaign_status(&mut self, id: &meshfleet_gateway::campaign::CampaignId) {
+        let Ok(c) = self.shared.campaigns.get(id).await else {
+            return;
+        };
+        let topic = self.cfg().topic(&format!("ota/campaign/{}", c.id));
+        let payload = crate::commands::status_json(&c).to_string().into_bytes();
+        self.discovery.insert(
+            topic.clone(),
+            Pub {
+                topic,
+                payload,
+                retain: true,
+                qos: QoS::AtLeastOnce,
+            },
+        );
     }
 
     async fn queue_alert(&mut self, event: &str, alert: &Alert, id: i64, watermark: Option<i64>) {
@@ -1029,7 +1051,9 @@ impl Bridge {
             let Some(p) = self.discovery.remove(&topic) else {
                 break;
             };
-            let discovery = !p.payload.is_empty();
+            let discovery = !p.payload.is_empty()
+                && p.topic
+                    .starts_with(&self.cfg().homeassistant.discovery_prefix);
             if !self.send_now(p.clone()) {
                 self.discovery.insert(topic, p);
                 return;

@@ -19,11 +19,15 @@
 //! start/pause/resume/cancel on a campaign already in that state succeed without change.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use base64::Engine as _;
 use ed25519_dalek::{Signature, VerifyingKey};
 use meshfleet_firmware::{Artefact, SignatureCheck};
+use meshfleet_gateway::campaign::{
+    Campaign, CampaignAction, CampaignError, CampaignId, CampaignService, CampaignSpec,
+    CampaignState, CampaignStrategy, NodeState, Targets,
+};
 use meshfleet_gateway::model::{ArtefactInfo, AuditEntry};
 use meshfleet_gateway::{now_millis, Shared};
 use serde::Deserialize;
@@ -32,7 +36,6 @@ use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use crate::bridge::{BridgeError, BridgeMetrics};
-use crate::campaign::{Action, Campaign, CampaignError, CampaignSpec, Campaigns, Targets};
 use crate::config::MqttConfig;
 use crate::outbox::{NewMessage, Outbox};
 
@@ -74,7 +77,17 @@ fn refuse(code: &'static str, message: impl Into<String>) -> Refusal {
 
 impl From<CampaignError> for Refusal {
     fn from(e: CampaignError) -> Self {
-        refuse(e.code(), e.to_string())
+        let code = match &e {
+            CampaignError::NotFound(_) => "not_found",
+            CampaignError::Conflict { .. } => "conflict",
+            CampaignError::InvalidTransition { .. } => "invalid_transition",
+            CampaignError::UnknownArtefact(_) => "unknown_artefact",
+            CampaignError::NoTargets => "no_targets",
+            CampaignError::InvalidSpec(_) => "invalid_spec",
+            CampaignError::MeshStopped => "mesh_stopped",
+            _ => "store_error",
+        };
+        refuse(code, e.to_string())
     }
 }
 
@@ -98,7 +111,7 @@ struct CreateArgs {
     url: Option<String>,
     targets: Targets,
     #[serde(default)]
-    strategy: Option<String>,
+    strategy: CampaignStrategy,
     #[serde(default)]
     name: Option<String>,
     #[serde(default)]
@@ -128,13 +141,10 @@ struct Inner {
     keys: Vec<(String, VerifyingKey)>,
     nonces: Mutex<HashMap<String, i64>>,
     remembered: Mutex<(HashMap<String, Value>, VecDeque<String>)>,
-    campaigns: RwLock<Option<Arc<dyn Campaigns>>>,
     shared: OnceLock<Arc<Shared>>,
     outbox: OnceLock<Outbox>,
     tls: OnceLock<Arc<rustls::ClientConfig>>,
     metrics: Arc<BridgeMetrics>,
-    /// Last published status per campaign (`updated_at_ms`), to publish changes only.
-    published: Mutex<HashMap<String, i64>>,
 }
 
 /// The command handler. Cheap to clone.
@@ -202,23 +212,12 @@ impl Commands {
                 keys,
                 nonces: Mutex::new(HashMap::new()),
                 remembered: Mutex::new((HashMap::new(), VecDeque::new())),
-                campaigns: RwLock::new(None),
                 shared: OnceLock::new(),
                 outbox: OnceLock::new(),
                 tls: OnceLock::new(),
                 metrics,
-                published: Mutex::new(HashMap::new()),
             }),
         })
-    }
-
-    /// Plugs in the campaign service.
-    pub fn set_campaigns(&self, c: Arc<dyn Campaigns>) {
-        *self
-            .inner
-            .campaigns
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = Some(c);
     }
 
     /// TLS settings for `https://` downloads.
@@ -231,18 +230,12 @@ impl Commands {
         let _ = self.inner.outbox.set(outbox);
     }
 
-    fn campaigns(&self) -> Result<Arc<dyn Campaigns>, Refusal> {
+    fn campaigns(&self) -> Result<CampaignService, Refusal> {
         self.inner
-            .campaigns
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-            .ok_or_else(|| {
-                refuse(
-                    "no_campaign_service",
-                    "this gateway has no campaign engine yet",
-                )
-            })
+            .shared
+            .get()
+            .map(|s| s.campaigns.clone())
+            .ok_or_else(|| refuse("not_ready", "the bridge is starting"))
     }
 
     fn topic(&self, rest: &str) -> String {
@@ -510,9 +503,9 @@ impl Commands {
     async fn execute(&self, cmd: &Command, actor: &str) -> Result<Value, Refusal> {
         let campaign_id = || {
             cmd.campaign
-                .clone()
-                .filter(|c| !c.is_empty() && c.len() <= 64)
-                .ok_or_else(|| refuse("bad_command", "`campaign` is required"))
+                .as_deref()
+                .and_then(CampaignId::parse)
+                .ok_or_else(|| refuse("bad_command", "`campaign` (c-NNNNNN) is required"))
         };
         match cmd.op.as_str() {
             "create" => {
@@ -539,31 +532,33 @@ impl Commands {
                 let spec = CampaignSpec {
                     artefact,
                     targets: args.targets.clone(),
-                    strategy: args.strategy.clone(),
+                    strategy: args.strategy,
                     name: args.name.clone(),
                     start: args.start,
                 };
                 let c = svc.create(spec, actor).await?;
-                self.publish_campaign(&c).await;
-                Ok(json!({"campaign": summary(&c)}))
+                Ok(json!({"campaign": c.summary()}))
             }
             "start" | "pause" | "resume" | "cancel" => {
-                let action = match cmd.op.as_str() {
-                    "start" => Action::Start,
-                    "pause" => Action::Pause,
-                    "resume" => Action::Resume,
-                    _ => Action::Cancel,
-                };
+                let action = CampaignAction::parse(&cmd.op)
+                    .ok_or_else(|| refuse("unknown_op", "unknown operation"))?;
                 let svc = self.campaigns()?;
                 let id = campaign_id()?;
                 let current = svc.get(&id).await?;
-                let c = if current.state == action.target_state() {
+                // Idempotent: asking for the state it is in already changes nothing.
+                let already = match action {
+                    CampaignAction::Start | CampaignAction::Resume => {
+                        current.state == CampaignState::Running
+                    }
+                    CampaignAction::Pause => current.state == CampaignState::Paused,
+                    CampaignAction::Cancel => current.state == CampaignState::Cancelled,
+                };
+                let c = if already {
                     current
                 } else {
                     svc.act(&id, action, actor).await?
                 };
-                self.publish_campaign(&c).await;
-                Ok(json!({"campaign": summary(&c)}))
+                Ok(json!({"campaign": c.summary()}))
             }
             "status" => {
                 let svc = self.campaigns()?;
@@ -573,7 +568,7 @@ impl Commands {
             "list" => {
                 let svc = self.campaigns()?;
                 let list = svc.list().await?;
-                Ok(json!({"campaigns": list.iter().map(summary).collect::<Vec<_>>()}))
+                Ok(json!({"campaigns": list}))
             }
             // The signed rollback command is another helper's (issue 14); until it lands
             // the answer is an honest "unsupported".
@@ -659,44 +654,6 @@ impl Commands {
         Ok(id)
     }
 
-    /// Queues the retained `<prefix>/ota/campaign/<id>` status (QoS 1).
-    async fn publish_campaign(&self, c: &Campaign) {
-        self.inner
-            .published
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(c.id.clone(), c.updated_at_ms);
-        let topic = self.topic(&format!("ota/campaign/{}", c.id));
-        self.queue(vec![NewMessage {
-            topic,
-            payload: status_json(c).to_string().into_bytes(),
-            retain: true,
-            dedup: Some(format!("campaign:{}:{}:{}", c.id, c.updated_at_ms, c.state)),
-        }])
-        .await;
-    }
-
-    /// Publishes the status of every campaign that changed since it was last published
-    /// (the bridge calls this on its status interval).
-    pub async fn refresh_campaigns(&self) {
-        let Ok(svc) = self.campaigns() else { return };
-        let Ok(list) = svc.list().await else { return };
-        for c in list {
-            let seen = self
-                .inner
-                .published
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(&c.id)
-                .copied();
-            if seen != Some(c.updated_at_ms) {
-                if let Ok(full) = svc.get(&c.id).await {
-                    self.publish_campaign(&full).await;
-                }
-            }
-        }
-    }
-
     /// Progress (0..1) of nodes a running campaign is updating now (for Home Assistant's
     /// update entity).
     pub async fn node_progress(&self) -> HashMap<u32, f64> {
@@ -707,12 +664,12 @@ impl Commands {
         let Ok(list) = svc.list().await else {
             return out;
         };
-        for c in list.iter().filter(|c| c.state == "running") {
+        for c in list.iter().filter(|c| c.state == CampaignState::Running) {
             if let Ok(full) = svc.get(&c.id).await {
                 for n in full
                     .nodes
                     .iter()
-                    .filter(|n| n.state == "IN_PROGRESS" || n.state == "QUEUED")
+                    .filter(|n| matches!(n.state, NodeState::InProgress | NodeState::Queued))
                 {
                     out.insert(n.node, n.progress);
                 }
@@ -806,25 +763,15 @@ impl Commands {
                 CampaignSpec {
                     artefact: best,
                     targets: Targets::Nodes(vec![id]),
-                    strategy: None,
+                    strategy: CampaignStrategy::Auto,
                     name: Some(format!("Home Assistant install on {id}")),
                     start: true,
                 },
                 actor,
             )
             .await?;
-        self.publish_campaign(&c).await;
-        Ok(c.id)
+        Ok(c.id.to_string())
     }
-}
-
-/// A campaign without its nodes.
-fn summary(c: &Campaign) -> Value {
-    let mut v = serde_json::to_value(c).unwrap_or(Value::Null);
-    if let Some(m) = v.as_object_mut() {
-        m.remove("nodes");
-    }
-    v
 }
 
 /// The retained campaign status: the seeds' fields plus per-node AWS IoT Jobs states.
@@ -834,7 +781,7 @@ pub fn status_json(c: &Campaign) -> Value {
         "name": c.name,
         "artefact": c.artefact,
         "version": c.version,
-        "status": c.state,
+        "status": c.state.label(),
         "progress": c.progress,
         "updated_nodes": c.updated_nodes,
         "failed_nodes": c.failed_nodes,
@@ -843,7 +790,7 @@ pub fn status_json(c: &Campaign) -> Value {
         "updated_at": c.updated_at_ms,
         "nodes": c.nodes.iter().map(|n| json!({
             "node": n.node,
-            "status": n.state,
+            "status": n.state.label(),
             "progress": n.progress,
             "reason": n.reason,
         })).collect::<Vec<_>>(),

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  gateway Shared (registry, stores, event bus, mesh)
-//!     │                                 ▲ commands → CampaignService (contract §2)
+//!     │                                 ▲ commands → the gateway's CampaignService
 //!     ▼                                 │
 //!  bridge task ── state topics (retained, QoS 0, bounded queue) ──▶ broker
 //!     │        ── HA discovery (retained, QoS 1)                  ──▶
@@ -14,7 +14,6 @@
 //! Topics, payloads, Home Assistant, security and a broker ACL: `docs/mqtt.md`.
 
 pub mod bridge;
-pub mod campaign;
 pub mod commands;
 pub mod config;
 pub mod fetch;
@@ -23,6 +22,5 @@ pub mod outbox;
 pub mod testbroker;
 
 pub use bridge::{run, BridgeError, BridgeMetrics, Prepared};
-pub use campaign::{Campaign, CampaignError, CampaignSpec, Campaigns};
 pub use commands::{sign_command, Commands};
 pub use config::MqttConfig;
