@@ -306,6 +306,9 @@ struct Bridge {
     /// Discovery configs and campaign statuses waiting, by topic (latest wins, never
     /// dropped: at most one per node and per campaign).
     discovery: BTreeMap<String, Pub>,
+    /// Per-node state topics waiting (latest wins; at most two per node, and the
+    /// registry is bounded).
+    node_states: BTreeMap<String, Pub>,
     // Outbox tracking for this connection.
     outbox_after: i64,
     outbox_more: bool,
@@ -355,6 +358,7 @@ pub async fn run(shared: Arc<Shared>, p: Prepared, stop: watch::Receiver<bool>) 
         conn_tx,
         state: VecDeque::new(),
         discovery: BTreeMap::new(),
+        node_states: BTreeMap::new(),
         outbox_after: 0,
         outbox_more: true,
         qos1_order: VecDeque::new(),
@@ -518,6 +522,7 @@ impl Bridge {
                 self.subscribe();
                 // Everything afresh: whatever was queued is older than this.
                 self.state.clear();
+                self.node_states.clear();
                 self.node_last.clear();
                 self.update_last.clear();
                 if self.cfg().homeassistant.enabled {
@@ -743,6 +748,10 @@ impl Bridge {
         self.push_outbox(msgs, top).await;
     }
 
+    fn queue_node(&mut self, p: Pub) {
+        self.node_states.insert(p.topic.clone(), p);
+    }
+
     fn queue_state(&mut self, p: Pub) {
         if self.state.len() >= self.cfg().state_queue.max(1) {
             self.state.pop_front();
@@ -889,7 +898,7 @@ impl Bridge {
             if all || self.node_last.get(&id) != Some(&payload) {
                 self.node_last.insert(id, payload.clone());
                 let topic = ha::node_topic(self.cfg(), id);
-                self.queue_state(Pub {
+                self.queue_node(Pub {
                     topic,
                     payload,
                     retain: true,
@@ -910,7 +919,7 @@ impl Bridge {
                 if all || self.update_last.get(&id) != Some(&payload) {
                     self.update_last.insert(id, payload.clone());
                     let topic = ha::update_topic(self.cfg(), id);
-                    self.queue_state(Pub {
+                    self.queue_node(Pub {
                         topic,
                         payload,
                         retain: true,
@@ -1004,7 +1013,7 @@ impl Bridge {
             ha::node_topic(self.cfg(), id),
             ha::update_topic(self.cfg(), id),
         ] {
-            self.queue_state(Pub {
+            self.queue_node(Pub {
                 topic,
                 payload: Vec::new(),
                 retain: true,
@@ -1063,6 +1072,12 @@ impl Bridge {
                     .metrics
                     .discovery_published
                     .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        while let Some((topic, p)) = self.node_states.pop_first() {
+            if !self.send_now(p.clone()) {
+                self.node_states.insert(topic, p);
+                return;
             }
         }
         while let Some(p) = self.state.pop_front() {

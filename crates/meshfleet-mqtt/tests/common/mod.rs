@@ -213,6 +213,11 @@ impl Observer {
                         for t in &topics {
                             c.subscribe(t.clone(), QoS::AtLeastOnce).await.unwrap();
                         }
+                        if topics.is_empty() {
+                            if let Some(r) = ready.take() {
+                                let _ = r.send(());
+                            }
+                        }
                     }
                     Ok(Event::Incoming(Incoming::SubAck(_))) => {
                         if let Some(r) = ready.take() {
