@@ -315,6 +315,11 @@ struct Bridge {
     /// Every QoS 1 publish handed over, in order: `Some(seq)` for outbox messages.
     qos1_order: VecDeque<Option<i64>>,
     inflight: HashMap<u16, Option<i64>>,
+    /// Outbox messages acknowledged, to delete.
+    acked: Vec<i64>,
+    /// Outbox messages from the current batch of events, and their alert watermark.
+    pending_out: Vec<NewMessage>,
+    pending_watermark: Option<i64>,
     // Home Assistant.
     announced: BTreeSet<u32>,
     removed: BTreeSet<u32>,
@@ -363,6 +368,9 @@ pub async fn run(shared: Arc<Shared>, p: Prepared, stop: watch::Receiver<bool>) 
         outbox_more: true,
         qos1_order: VecDeque::new(),
         inflight: HashMap::new(),
+        acked: Vec::new(),
+        pending_out: Vec::new(),
+        pending_watermark: None,
         announced: BTreeSet::new(),
         removed: BTreeSet::new(),
         node_last: HashMap::new(),
@@ -394,7 +402,20 @@ pub async fn run(shared: Arc<Shared>, p: Prepared, stop: watch::Receiver<bool>) 
         tokio::select! {
             () = &mut stopping => break,
             Some(c) = conn_rx.recv() => b.on_conn(c).await,
-            e = events.recv() => b.on_event(e).await,
+            e = events.recv() => {
+                b.on_event(e).await;
+                // Whatever else is already there joins it: one outbox transaction for all.
+                for _ in 0..511 {
+                    match events.try_recv() {
+                        Ok(e) => b.on_event(Ok(e)).await,
+                        Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                            b.on_event(Err(broadcast::error::RecvError::Lagged(n))).await;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                b.commit_pending().await;
+            }
             Some(r) = b.replies_rx.recv() => b.on_reply(r).await,
             _ = status_tick.tick(), if status_on => {
                 b.publish_status();
@@ -548,13 +569,8 @@ impl Bridge {
             }
             Event::Incoming(Incoming::PubAck(ack)) => {
                 if let Some(Some(seq)) = self.inflight.remove(&ack.pkid) {
-                    let r = self.outbox.run(move |o| o.delete(&[seq])).await;
-                    match r {
-                        Ok(()) => {
-                            self.p.metrics.outbox_acked.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(e) => warn!(error = %e, "cannot delete a delivered outbox message"),
-                    }
+                    // Deleted in one transaction with the others acknowledged meanwhile.
+                    self.acked.push(seq);
                 }
             }
             Event::Incoming(Incoming::Publish(p)) => self.on_publish(p).await,
@@ -644,7 +660,7 @@ impl Bridge {
                     retain: false,
                     dedup: Some(format!("alert:{id}:cleared")),
                 };
-                self.push_outbox(vec![msg], None).await;
+                self.pending_out.push(msg);
             }
             Ok(GatewayEvent::Campaign(c)) => self.campaign_status(&c.id).await,
             Ok(GatewayEvent::NodeUp { node_id, .. }) => {
@@ -692,7 +708,20 @@ impl Bridge {
             retain: false,
             dedup: Some(format!("alert:{id}:{event}")),
         };
-        self.push_outbox(vec![msg], watermark).await;
+        self.pending_out.push(msg);
+        if watermark.is_some() {
+            self.pending_watermark = self.pending_watermark.max(watermark);
+        }
+    }
+
+    /// Queues what the last events produced, in one transaction.
+    async fn commit_pending(&mut self) {
+        if self.pending_out.is_empty() {
+            return;
+        }
+        let msgs = std::mem::take(&mut self.pending_out);
+        let w = self.pending_watermark.take();
+        self.push_outbox(msgs, w).await;
     }
 
     async fn push_outbox(&mut self, msgs: Vec<NewMessage>, watermark: Option<i64>) {
@@ -1051,6 +1080,8 @@ impl Bridge {
     /// Moves what waits to the connection: outbox first (it matters most), then discovery,
     /// then state.
     async fn flush(&mut self) {
+        // Before anything else, connected or not: a reconnect re-sends what is still there.
+        self.delete_acked().await;
         if !self.connected {
             return;
         }
@@ -1084,6 +1115,19 @@ impl Bridge {
             if !self.send_now(p.clone()) {
                 self.state.push_front(p);
                 return;
+            }
+        }
+    }
+
+    async fn delete_acked(&mut self) {
+        if !self.acked.is_empty() {
+            let done = std::mem::take(&mut self.acked);
+            let n = done.len() as u64;
+            match self.outbox.run(move |o| o.delete(&done)).await {
+                Ok(()) => {
+                    self.p.metrics.outbox_acked.fetch_add(n, Ordering::Relaxed);
+                }
+                Err(e) => warn!(error = %e, "cannot delete delivered outbox messages"),
             }
         }
     }
@@ -1138,6 +1182,7 @@ impl Bridge {
     /// Says `offline` (retained) and disconnects (a clean DISCONNECT: the broker does not
     /// publish the will); waits up to 2 s for the DISCONNECT to go out.
     async fn goodbye(&mut self, conn_rx: &mut mpsc::Receiver<Conn>) {
+        self.delete_acked().await;
         if !self.connected {
             return;
         }

@@ -77,6 +77,10 @@ impl Outbox {
     pub fn open(path: &Path) -> Result<Self, OutboxError> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(10))?;
+        // As the gateway's own connection: WAL (set by the gateway, kept in the file) with
+        // `synchronous=NORMAL`, so a committed row survives SIGKILL without an fsync per
+        // commit (only an OS crash or power loss can lose the last few).
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
         let has: Option<String> = conn
             .query_row(
                 "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'mqtt_outbox'",
