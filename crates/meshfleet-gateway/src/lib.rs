@@ -21,6 +21,7 @@
 
 pub mod api;
 pub mod config;
+pub mod dashboard;
 pub mod events;
 pub mod ingest;
 pub mod mesh;

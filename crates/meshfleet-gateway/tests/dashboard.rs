@@ -1,0 +1,824 @@
+//! The web dashboard in a real headless Chromium (`docs/dashboard.md`).
+//!
+//! The gateway runs on a fake [`MeshPort`]: a 1,000-node tree and the nodes' status reports
+//! are pushed into the gateway's ingest exactly as the mesh runtime delivers them
+//! (`RuntimeEvent::Nodes`, `RuntimeEvent::Received`), so the monitor, registry, store,
+//! REST API and event stream under the page are the real ones.
+//!
+//! Without chromium the browser tests skip loudly, unless `MESHFLEET_REQUIRE_CHROMIUM` is
+//! set (CI sets it). Screenshots go to `target/screenshots/`.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    unreachable_pub,
+    missing_docs
+)]
+
+#[path = "dashboard/cdp.rs"]
+mod cdp;
+mod common;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use meshfleet_gateway::mesh::MeshPort;
+use meshfleet_gateway::model::Sample;
+use meshfleet_gateway::status::StatusReport;
+use meshfleet_gateway::store::{HistoryStore, SqliteStore};
+use meshfleet_gateway::{now_millis, Gateway, GatewayConfig, Stores};
+use meshfleet_mesh::{NodeId, NodeTree};
+use meshfleet_runtime::{MessageKind, RuntimeEvent, SendError, Stopped};
+use tokio::sync::broadcast;
+
+use cdp::Browser;
+use common::{request, TOKEN};
+
+const GATEWAY: u32 = 4242;
+
+/// A mesh that is only what the test says it is.
+struct FakeMesh {
+    tx: broadcast::Sender<RuntimeEvent>,
+    tree: Mutex<NodeTree>,
+    running: AtomicBool,
+}
+
+impl FakeMesh {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            tx: broadcast::channel(8192).0,
+            tree: Mutex::new(NodeTree::leaf(NodeId(GATEWAY))),
+            running: AtomicBool::new(true),
+        })
+    }
+
+    /// Replaces the tree and tells the gateway its node list changed.
+    fn set_tree(&self, tree: NodeTree) {
+        let mut ids = Vec::new();
+        let mut stack = vec![&tree];
+        while let Some(t) = stack.pop() {
+            if t.node_id.0 != GATEWAY {
+                ids.push(t.node_id);
+            }
+            stack.extend(t.subs.iter());
+        }
+        ids.sort();
+        *self.tree.lock().unwrap() = tree;
+        let _ = self.tx.send(RuntimeEvent::Nodes { nodes: ids });
+    }
+
+    /// A status package broadcast by `from`, as the runtime delivers it.
+    fn report(&self, from: u32, text: String) {
+        let _ = self.tx.send(RuntimeEvent::Received {
+            from: NodeId(from),
+            msg: text,
+            kind: MessageKind::Broadcast,
+        });
+    }
+}
+
+impl MeshPort for FakeMesh {
+    fn node_id(&self) -> NodeId {
+        NodeId(GATEWAY)
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<RuntimeEvent> {
+        self.tx.subscribe()
+    }
+
+    fn topology(&self) -> Pin<Box<dyn Future<Output = Result<NodeTree, Stopped>> + Send + '_>> {
+        let t = self.tree.lock().unwrap().clone();
+        Box::pin(async move { Ok(t) })
+    }
+
+    fn nodes(&self) -> Pin<Box<dyn Future<Output = Result<Vec<NodeId>, Stopped>> + Send + '_>> {
+        let t = self.tree.lock().unwrap().clone();
+        Box::pin(async move {
+            let mut ids = Vec::new();
+            let mut stack = vec![&t];
+            while let Some(n) = stack.pop() {
+                if n.node_id.0 != GATEWAY {
+                    ids.push(n.node_id);
+                }
+                stack.extend(n.subs.iter());
+            }
+            ids.sort();
+            Ok(ids)
+        })
+    }
+
+    fn send_single(
+        &self,
+        _dest: NodeId,
+        _text: String,
+    ) -> Pin<Box<dyn Future<Output = Result<(), SendError>> + Send + '_>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn probe_delay(
+        &self,
+        _dest: NodeId,
+    ) -> Pin<Box<dyn Future<Output = Result<(), SendError>> + Send + '_>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn is_running(&self) -> bool {
+        self.running.load(Ordering::Relaxed)
+    }
+
+    fn shutdown(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        self.running.store(false, Ordering::Relaxed);
+        Box::pin(async {})
+    }
+}
+
+/// A deterministic 1,000-node mesh under the gateway: a random recursive tree (each node
+/// joins a uniformly chosen earlier one, seeded), like nodes joining one by one.
+fn mesh_ids(n: usize) -> (Vec<u32>, Vec<usize>) {
+    let mut seed: u64 = 0x5eed_1234;
+    let mut next = || {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (seed >> 33) as usize
+    };
+    let ids: Vec<u32> = (0..n).map(|i| 2_000_000_000 + (i as u32) * 7_919).collect();
+    // parent[i] is an index into `ids`, or usize::MAX for the gateway. The gateway has a
+    // handful of direct links, as a real root does.
+    let parents = (0..n)
+        .map(|i| if i < 4 { usize::MAX } else { next() % i })
+        .collect();
+    (ids, parents)
+}
+
+fn tree_of(ids: &[u32], parents: &[usize], present: &dyn Fn(usize) -> bool) -> NodeTree {
+    let mut children: Vec<Vec<usize>> = vec![Vec::new(); ids.len()];
+    let mut top = Vec::new();
+    for (i, &p) in parents.iter().enumerate() {
+        if !present(i) {
+            continue;
+        }
+        if p == usize::MAX {
+            top.push(i);
+        } else if present(p) {
+            children[p].push(i);
+        }
+    }
+    fn build(i: usize, ids: &[u32], children: &[Vec<usize>]) -> NodeTree {
+        NodeTree {
+            node_id: NodeId(ids[i]),
+            subs: children[i]
+                .iter()
+                .map(|&c| build(c, ids, children))
+                .collect(),
+            ..NodeTree::default()
+        }
+    }
+    NodeTree {
+        node_id: NodeId(GATEWAY),
+        root: true,
+        subs: top.iter().map(|&i| build(i, ids, &children)).collect(),
+        ..NodeTree::default()
+    }
+}
+
+fn status(from: u32, mem_kb: u32, latency: u32, fw: &str, uptime: u32) -> String {
+    format!(
+        r#"{{"from":{from},"routing":2,"type":604,"status":1,"uptime":{uptime},"mem":{mem_kb},"wifi":72,"fw":"{fw}","fwMD5":"0123456789abcdef0123456789abcdef","nodes":1000,"conns":3,"msgRx":1200,"msgTx":340,"msgDrop":2,"latency":{latency},"loss":1,"throughput":512,"alerts":0,"lastErr":""}}"#
+    )
+}
+
+struct Gw {
+    gateway: Option<Gateway>,
+    db: Arc<SqliteStore>,
+    mesh: Arc<FakeMesh>,
+    http: SocketAddr,
+}
+
+async fn start_gateway(dir: &std::path::Path, http: SocketAddr, mesh: Arc<FakeMesh>) -> Gw {
+    let mut cfg: GatewayConfig = common::config(dir);
+    cfg.http = http;
+    cfg.firmware_key = None;
+    let db = Arc::new(SqliteStore::open(&cfg.db).unwrap());
+    let gateway = Gateway::start(cfg, mesh.clone(), Stores::sqlite(db.clone()), None)
+        .await
+        .unwrap();
+    let http = gateway.http_addr();
+    Gw {
+        gateway: Some(gateway),
+        db,
+        mesh,
+        http,
+    }
+}
+
+impl Gw {
+    async fn stop(mut self) {
+        if let Some(g) = self.gateway.take() {
+            g.shutdown().await;
+        }
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.close())
+            .await
+            .unwrap();
+    }
+
+    fn url(&self, hash: &str) -> String {
+        format!("http://{}/{hash}", self.http)
+    }
+}
+
+/// The 1,000-node mesh with one report from every node (three firmware versions, a few
+/// nodes short of memory or slow), and a day of history for the first node.
+/// Returns a clock for later reports: node `i`'s uptime now is `3600 + i + elapsed` (the
+/// monitor refuses an uptime ahead of the time elapsed since the node's last report).
+async fn populate(gw: &Gw, ids: &[u32], parents: &[usize]) -> Uptime {
+    gw.mesh.set_tree(tree_of(ids, parents, &|_| true));
+    let gw_http = gw.http;
+    common::wait_until("1,000 nodes registered", || async move {
+        let r = request(gw_http, "GET", "/health", &[], &[]).await;
+        r.json()["online"].as_u64() == Some(ids.len() as u64)
+    })
+    .await;
+    let t0 = Instant::now();
+    for (i, &id) in ids.iter().enumerate() {
+        let fw = match i % 10 {
+            0..=5 => "1.4.1",
+            6..=8 => "1.4.2",
+            _ => "1.3.9",
+        };
+        let mem = if i % 97 == 13 { 6 } else { 30 + (i % 7) as u32 };
+        let latency = if i % 89 == 7 {
+            700
+        } else {
+            40 + (i % 13) as u32
+        };
+        gw.mesh
+            .report(id, status(id, mem, latency, fw, Uptime(t0).of(i)));
+        if i % 200 == 199 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    common::wait_until("every node reported", || async move {
+        let r = request(gw_http, "GET", "/status?firmware=1.3.9&limit=1", &[], &[]).await;
+        r.json()["totalNodes"].as_u64() == Some(100)
+    })
+    .await;
+    // A day of history for node 0: a slow leak and one reboot.
+    let now = now_millis();
+    let samples = (0..288)
+        .map(|k| {
+            let ts = now - (288 - k) * 300_000;
+            let uptime = if k < 200 {
+                40_000 + k * 300
+            } else {
+                (k - 200) * 300
+            } as u32;
+            Sample {
+                node_id: ids[0],
+                ts,
+                report: StatusReport {
+                    uptime,
+                    free_memory_kb: (60 - (k % 200) / 8) as u16,
+                    wifi_quality: (70 + (k * 7 % 11)) as u8,
+                    latency_ms: (40 + (k * 13 % 30)) as u16,
+                    packet_loss: (k % 5) as u8,
+                    firmware: "1.4.1".into(),
+                    ..StatusReport::default()
+                },
+            }
+        })
+        .collect();
+    gw.db.append(samples);
+    Uptime(Instant::now())
+}
+
+struct Uptime(Instant);
+
+impl Uptime {
+    fn of(&self, i: usize) -> u32 {
+        3600 + i as u32 + self.0.elapsed().as_secs() as u32
+    }
+}
+
+async fn browser(test: &str) -> Option<Browser> {
+    let exe = cdp::chromium_or_skip(test)?;
+    Some(Browser::start(&exe, 1280, 860).await)
+}
+
+/// Fails with the page's errors, if any.
+fn assert_no_errors(b: &Browser, when: &str) {
+    let errors = b.errors();
+    assert!(errors.is_empty(), "page errors {when}: {errors:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_topology_of_1000_nodes_and_an_alert_within_two_report_periods() {
+    let Some(b) = browser("dashboard views").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = FakeMesh::new();
+    let gw = start_gateway(dir.path(), "127.0.0.1:0".parse().unwrap(), mesh).await;
+    let (ids, parents) = mesh_ids(1000);
+    let uptime = populate(&gw, &ids, &parents).await;
+
+    // Overview: loads with no console errors and counts the fleet.
+    b.goto(&gw.url("#/overview")).await;
+    b.wait_for(
+        "the overview's node count",
+        "document.querySelector('#health-cards .n')?.textContent === '1000'",
+        20,
+    )
+    .await;
+    b.wait_for(
+        "the live indicator",
+        "document.querySelector('#live.on') !== null",
+        10,
+    )
+    .await;
+    let firmware = b
+        .eval("[...document.querySelectorAll('section[aria-labelledby=ov-fw] li')].map(l => l.textContent)")
+        .await;
+    assert_eq!(
+        firmware,
+        serde_json::json!(["1.4.1600", "1.4.2300", "1.3.9100"]),
+        "firmware counts"
+    );
+    b.screenshot("overview").await;
+    assert_no_errors(&b, "on the overview");
+
+    // Topology: every node of the mesh is drawn on the canvas. The page's layout says where
+    // each node is; the pixel there must be a node's colour, not the background.
+    b.goto(&gw.url("#/topology")).await;
+    b.wait_for(
+        "the topology layout",
+        "window.meshfleet?.topology?.layoutSize?.() === 1001",
+        20,
+    )
+    .await;
+    // Let the first frame settle (layout animation is 400 ms).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let check = b
+        .eval(&format!(
+            r#"(() => {{
+                const t = window.meshfleet.topology;
+                const c = t.canvas(); const ctx = c.getContext('2d');
+                const img = ctx.getImageData(0, 0, c.width, c.height).data;
+                const ids = {ids:?};
+                let onScreen = 0, painted = 0; const missing = [];
+                for (const id of ids) {{
+                    const p = t.screenPos(id);
+                    if (!p || p.x < 0 || p.y < 0 || p.x >= c.width || p.y >= c.height) {{ missing.push(id); continue; }}
+                    onScreen++;
+                    const i = (Math.round(p.y) * c.width + Math.round(p.x)) * 4;
+                    // The background is #fbfcfd and links are light grey; nodes are saturated.
+                    const [r, g, b] = [img[i], img[i+1], img[i+2]];
+                    if (Math.max(r, g, b) - Math.min(r, g, b) > 40 || Math.max(r, g, b) < 170) painted++; else missing.push(id);
+                }}
+                const drawn = new Set(t.drawnIds);
+                return {{ onScreen, painted, drawn: ids.filter(id => drawn.has(id)).length, missing: missing.slice(0, 10) }};
+            }})()"#,
+            ids = ids
+        ))
+        .await;
+    assert_eq!(
+        check["drawn"], 1000,
+        "nodes drawn in the last frame: {check}"
+    );
+    assert_eq!(check["onScreen"], 1000, "nodes inside the canvas: {check}");
+    assert_eq!(
+        check["painted"], 1000,
+        "nodes with a node colour at their centre: {check}"
+    );
+    b.screenshot("topology").await;
+    // Find a deep node: it is selected, its path to the gateway listed.
+    b.eval(&format!(
+        "(() => {{ const i = document.getElementById('topo-search'); i.value = '{}'; i.form.requestSubmit(); }})()",
+        ids[999]
+    ))
+    .await;
+    let path = b
+        .wait_for(
+            "the path to the gateway",
+            "[...document.querySelectorAll('.topo-side dd')].map(d => d.textContent).find(t => t.includes('→'))",
+            5,
+        )
+        .await;
+    let path = path.as_str().unwrap();
+    assert!(
+        path.starts_with(&ids[999].to_string()) && path.ends_with(&GATEWAY.to_string()),
+        "{path}"
+    );
+    b.screenshot("topology-selected").await;
+    assert_no_errors(&b, "on the topology");
+
+    // Nodes table: virtualised (a few dozen rows in the DOM for 1,000 nodes), sortable.
+    b.goto(&gw.url("#/nodes")).await;
+    b.wait_for(
+        "the node table",
+        "document.getElementById('nodes-summary')?.textContent === '1000 of 1000 nodes'",
+        20,
+    )
+    .await;
+    let rows = b
+        .eval("document.querySelectorAll('#nodes-table .vt-row').length")
+        .await
+        .as_u64()
+        .unwrap();
+    assert!((10..100).contains(&rows), "{rows} rows in the DOM");
+    b.eval("document.querySelector('.vt-head button[data-key=freeMemory]').click()")
+        .await;
+    let first = b
+        .wait_for(
+            "sorted by free memory",
+            "document.querySelector('.vt-head button[data-key=freeMemory]').getAttribute('aria-sort') === 'ascending' && document.querySelector('.vt-row').dataset.node",
+            5,
+        )
+        .await;
+    // Node 13 is the first of those short of memory (6 KiB).
+    assert_eq!(first, serde_json::json!(ids[13].to_string()));
+    b.screenshot("nodes").await;
+    assert_no_errors(&b, "on the node table");
+
+    // Node detail: charts from the day of history.
+    b.goto(&gw.url(&format!("#/node/{}", ids[0]))).await;
+    b.wait_for(
+        "the history charts",
+        "document.querySelectorAll('#node-charts svg path.line').length === 5",
+        20,
+    )
+    .await;
+    let reboots = b
+        .eval("document.querySelectorAll('#node-charts svg:first-of-type line.reboot').length")
+        .await;
+    assert!(reboots.as_u64().unwrap() >= 1, "the reboot is marked");
+    b.screenshot("node").await;
+    assert_no_errors(&b, "on the node detail");
+
+    // A fault: a node reporting every second runs short of memory. The alert must be on
+    // the page within two report periods (2 s) of the faulty report.
+    b.goto(&gw.url("#/alerts")).await;
+    b.wait_for(
+        "the alert table",
+        "document.getElementById('alerts-list') !== null",
+        10,
+    )
+    .await;
+    let victim = ids[500];
+    for _ in 0..3 {
+        gw.mesh
+            .report(victim, status(victim, 40, 30, "1.4.1", uptime.of(500)));
+        tokio::time::sleep(Duration::from_millis(1050)).await;
+    }
+    b.eval(&format!(
+        r#"(() => {{
+            window.__seen = 0;
+            const look = () => {{
+                if (!window.__seen && document.querySelector('#alerts-list tr[data-node="{victim}"][data-kind="low_memory"]'))
+                    window.__seen = performance.timeOrigin + performance.now();
+            }};
+            new MutationObserver(look).observe(document.body, {{ subtree: true, childList: true }});
+            look();
+        }})()"#
+    ))
+    .await;
+    let injected = now_millis();
+    gw.mesh
+        .report(victim, status(victim, 5, 30, "1.4.1", uptime.of(500)));
+    let seen = b
+        .wait_for("the low-memory alert on the page", "window.__seen", 10)
+        .await
+        .as_f64()
+        .unwrap();
+    let latency_ms = seen - injected as f64;
+    eprintln!("fault to alert on screen: {latency_ms:.0} ms");
+    assert!(
+        latency_ms < 2000.0,
+        "the alert took {latency_ms:.0} ms (more than 2 report periods of 1 s)"
+    );
+    b.screenshot("alerts").await;
+    assert_no_errors(&b, "on the alerts");
+
+    // Firmware & campaigns.
+    b.goto(&gw.url("#/firmware")).await;
+    b.wait_for(
+        "the firmware view",
+        "document.getElementById('fw-list') !== null",
+        10,
+    )
+    .await;
+    b.wait_for(
+        "the campaign list",
+        "document.getElementById('campaign-list').textContent.length > 0",
+        10,
+    )
+    .await;
+    b.screenshot("firmware").await;
+    // On a phone.
+    b.viewport(390, 844, true).await;
+    b.goto(&gw.url("#/overview")).await;
+    b.wait_for(
+        "the overview on a phone",
+        "document.querySelector('#health-cards .n')?.textContent === '1000'",
+        20,
+    )
+    .await;
+    let overflow = b
+        .eval("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        .await;
+    assert_eq!(overflow, 0, "no horizontal scrolling on a phone");
+    b.screenshot("overview-phone").await;
+    assert_no_errors(&b, "on a phone");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_reconnects_after_a_gateway_restart() {
+    let Some(b) = browser("dashboard reconnect").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (ids, parents) = mesh_ids(50);
+    let mesh = FakeMesh::new();
+    let gw = start_gateway(dir.path(), "127.0.0.1:0".parse().unwrap(), mesh).await;
+    let addr = gw.http;
+    // Node 49 is away at first.
+    gw.mesh.set_tree(tree_of(&ids, &parents, &|i| i != 49));
+    b.goto(&gw.url("#/nodes")).await;
+    b.wait_for(
+        "49 nodes",
+        "document.getElementById('nodes-summary')?.textContent === '49 of 49 nodes'",
+        20,
+    )
+    .await;
+    b.wait_for("live", "document.querySelector('#live.on') !== null", 10)
+        .await;
+    gw.stop().await;
+    b.wait_for(
+        "the reconnecting banner",
+        "!document.getElementById('banner').hidden",
+        10,
+    )
+    .await;
+    b.screenshot("reconnecting").await;
+    // The same port, the same database; the mesh now has node 49. Its node_up event is
+    // published before the page is back, so only the full refresh after reconnecting shows
+    // it.
+    let mesh = FakeMesh::new();
+    mesh.set_tree(tree_of(&ids, &parents, &|_| true));
+    let t0 = Instant::now();
+    let gw = start_gateway(dir.path(), addr, mesh).await;
+    b.wait_for(
+        "the banner to go",
+        "document.getElementById('banner').hidden && document.querySelector('#live.on') !== null",
+        20,
+    )
+    .await;
+    b.wait_for(
+        "node 49 after the refresh",
+        "document.getElementById('nodes-summary')?.textContent === '50 of 50 nodes'",
+        10,
+    )
+    .await;
+    eprintln!(
+        "back live {} ms after the restart",
+        t0.elapsed().as_millis()
+    );
+    // Losing the event stream is expected here; anything else is an error.
+    let errors: Vec<String> = b
+        .errors()
+        .into_iter()
+        .filter(|e| !e.contains("/events") && !e.contains("ERR_CONNECTION_REFUSED"))
+        .collect();
+    assert!(errors.is_empty(), "page errors: {errors:#?}");
+    gw.stop().await;
+}
+
+/// The page and its assets: content types, ETag revalidation, the security headers, and
+/// no token needed even when reads require one.
+#[tokio::test]
+async fn assets_are_served_with_types_etags_and_csp() {
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = FakeMesh::new();
+    let mut cfg: GatewayConfig = common::config(dir.path());
+    cfg.firmware_key = None;
+    cfg.read_auth = true;
+    let db = Arc::new(SqliteStore::open(&cfg.db).unwrap());
+    let gateway = Gateway::start(cfg, mesh, Stores::sqlite(db.clone()), None)
+        .await
+        .unwrap();
+    let http = gateway.http_addr();
+    let page = request(http, "GET", "/", &[], &[]).await;
+    assert_eq!(page.status, 200);
+    assert_eq!(
+        page.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    let csp = page.header("content-security-policy").unwrap();
+    assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"));
+    assert!(!csp.contains("unsafe"));
+    assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
+    let html = String::from_utf8(page.body.clone()).unwrap();
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "no CDN"
+    );
+    for (path, ty) in [
+        ("/assets/js/app.js", "text/javascript; charset=utf-8"),
+        ("/assets/style.css", "text/css; charset=utf-8"),
+        ("/assets/icon.svg", "image/svg+xml"),
+    ] {
+        let r = request(http, "GET", path, &[], &[]).await;
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(r.header("content-type"), Some(ty), "{path}");
+        let etag = r.header("etag").unwrap().to_owned();
+        assert_eq!(r.header("cache-control"), Some("no-cache"));
+        let again = request(http, "GET", path, &[("If-None-Match", &etag)], &[]).await;
+        assert_eq!(again.status, 304, "{path} revalidates");
+        assert!(again.body.is_empty());
+    }
+    assert_eq!(
+        request(http, "GET", "/assets/nope.js", &[], &[])
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        request(http, "GET", "/assets/../Cargo.toml", &[], &[])
+            .await
+            .status,
+        404
+    );
+    // The API itself still needs the token for reads here.
+    assert_eq!(request(http, "GET", "/status", &[], &[]).await.status, 401);
+    let auth = format!("Bearer {TOKEN}");
+    assert_eq!(
+        request(http, "GET", "/status", &[("Authorization", &auth)], &[])
+            .await
+            .status,
+        200
+    );
+    gateway.shutdown().await;
+    tokio::task::spawn_blocking(move || db.close())
+        .await
+        .unwrap();
+}
+
+/// Figures for `docs/benchmarks.md`: fps while panning the 1,000-node topology, mesh change
+/// to screen, page weight, gateway CPU per open tab.
+/// `cargo test -p meshfleet-gateway --test dashboard -- --ignored --nocapture bench`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: prints figures"]
+async fn bench_dashboard() {
+    let Some(exe) = cdp::chromium_or_skip("dashboard benchmark") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = FakeMesh::new();
+    let gw = start_gateway(dir.path(), "127.0.0.1:0".parse().unwrap(), mesh).await;
+    let (ids, parents) = mesh_ids(1000);
+    let uptime = populate(&gw, &ids, &parents).await;
+    let b = Browser::start(&exe, 1280, 860).await;
+
+    // Page weight: what a first visit transfers (HTML + assets + API reads).
+    b.call("Network.enable", serde_json::json!({})).await;
+    b.goto(&gw.url("#/topology")).await;
+    b.wait_for(
+        "layout",
+        "window.meshfleet?.topology?.layoutSize?.() === 1001",
+        20,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let weight = b
+        .eval(
+            r#"(() => {
+            const e = performance.getEntriesByType('navigation').concat(performance.getEntriesByType('resource'));
+            const assets = e.filter(x => !x.name.includes('/status') && !x.name.includes('/topology') && !x.name.includes('/alerts') && !x.name.includes('/health') && !x.name.includes('/firmware') && !x.name.includes('/campaigns') && !x.name.includes('/events'));
+            const sum = (l) => l.reduce((s, x) => s + (x.encodedBodySize || x.transferSize || 0), 0);
+            return { assets: sum(assets), files: assets.length, all: sum(e) };
+        })()"#,
+        )
+        .await;
+    eprintln!("page weight: {weight}");
+
+    // fps while panning: a drag across the canvas driven through real input events for 5 s;
+    // the page counts animation frames and the frames the topology actually drew.
+    let canvas = b
+        .eval("(() => { const r = document.getElementById('topo').getBoundingClientRect(); return [r.left + r.width / 2, r.top + r.height / 2]; })()")
+        .await;
+    let (cx, cy) = (canvas[0].as_f64().unwrap(), canvas[1].as_f64().unwrap());
+    b.eval(
+        r#"(() => { window.__raf = 0; window.__drawn0 = window.meshfleet.topology.frames;
+            const tick = () => { window.__raf++; if (!window.__stop) requestAnimationFrame(tick); };
+            requestAnimationFrame(tick); })()"#,
+    )
+    .await;
+    b.mouse("mousePressed", cx, cy, 1).await;
+    let t0 = Instant::now();
+    let mut k = 0u32;
+    while t0.elapsed() < Duration::from_secs(5) {
+        k += 1;
+        let a = f64::from(k) * 0.05;
+        b.mouse(
+            "mouseMoved",
+            cx + 200.0 * a.sin(),
+            cy + 120.0 * (a * 0.7).cos(),
+            1,
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(8)).await;
+    }
+    b.mouse("mouseReleased", cx, cy, 0).await;
+    let secs = t0.elapsed().as_secs_f64();
+    let r = b
+        .eval("(() => { window.__stop = true; return [window.__raf, window.meshfleet.topology.frames - window.__drawn0, window.meshfleet.topology.lastDrawMs]; })()")
+        .await;
+    let raf = r[0].as_f64().unwrap();
+    let drawn = r[1].as_f64().unwrap();
+    eprintln!(
+        "panning 1,000 nodes for {secs:.1} s: {:.1} fps (animation frames), {:.1} topology redraws/s, {k} mouse moves, last draw {:.2} ms",
+        raf / secs,
+        drawn / secs,
+        r[2].as_f64().unwrap()
+    );
+
+    // Mesh change to screen: a node leaves the mesh; time until the node table shows it
+    // offline (node_down event -> status re-read -> repaint). Ten samples.
+    b.goto(&gw.url("#/nodes")).await;
+    b.wait_for(
+        "table",
+        "document.getElementById('nodes-summary')?.textContent === '1000 of 1000 nodes'",
+        20,
+    )
+    .await;
+    let mut lat = Vec::new();
+    for k in 0..10usize {
+        let victim = ids[k];
+        b.eval(&format!(
+            r#"(() => {{ window.__seen = 0;
+                const look = () => {{ const r = document.querySelector('.vt-row[data-node="{victim}"]');
+                    if (!window.__seen && r && r.classList.contains('offline')) window.__seen = performance.timeOrigin + performance.now(); }};
+                new MutationObserver(look).observe(document.getElementById('nodes-table'), {{ subtree: true, childList: true, attributes: true }}); }})()"#
+        ))
+        .await;
+        let t = now_millis();
+        gw.mesh.set_tree(tree_of(&ids, &parents, &|i| i != k));
+        let seen = b
+            .wait_for("offline row", "window.__seen", 10)
+            .await
+            .as_f64()
+            .unwrap();
+        lat.push(seen - t as f64);
+        gw.mesh.set_tree(tree_of(&ids, &parents, &|_| true));
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    lat.sort_by(f64::total_cmp);
+    eprintln!(
+        "mesh change to screen (node leaves -> row offline), 10 samples: median {:.0} ms, max {:.0} ms",
+        lat[5], lat[9]
+    );
+
+    // Gateway CPU per open tab: this process's CPU time (the gateway and the fake mesh
+    // idle) over 20 s with 0 and with 1 open tab on the overview while 20 nodes report
+    // every second.
+    let reporters = 100..120usize;
+    let cpu = || -> f64 {
+        let s = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let f: Vec<&str> = s.rsplit(')').next().unwrap().split_whitespace().collect();
+        (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
+    };
+    let mut figures = Vec::new();
+    for tabs in [0, 1] {
+        if tabs == 0 {
+            b.goto("about:blank").await;
+        } else {
+            b.goto(&gw.url("#/overview")).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let c0 = cpu();
+        let t0 = Instant::now();
+        for _ in 0..20 {
+            for i in reporters.clone() {
+                gw.mesh
+                    .report(ids[i], status(ids[i], 30, 40, "1.4.1", uptime.of(i)));
+            }
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+        }
+        let used = cpu() - c0;
+        figures.push(used / t0.elapsed().as_secs_f64());
+    }
+    eprintln!(
+        "gateway CPU, 20 nodes reporting every second: no tab {:.2} %, one tab on the overview {:.2} % (difference per tab {:.2} % of one core)",
+        figures[0] * 100.0,
+        figures[1] * 100.0,
+        (figures[1] - figures[0]) * 100.0
+    );
+    assert_no_errors(&b, "during the benchmark");
+    gw.stop().await;
+}
