@@ -278,15 +278,16 @@ async fn populate(gw: &Gw, ids: &[u32], parents: &[usize]) -> Uptime {
             } else {
                 (k - 200) * 300
             } as u32;
+            let x = k as f64;
             Sample {
                 node_id: ids[0],
                 ts,
                 report: StatusReport {
                     uptime,
                     free_memory_kb: (60 - (k % 200) / 8) as u16,
-                    wifi_quality: (70 + (k * 7 % 11)) as u8,
-                    latency_ms: (40 + (k * 13 % 30)) as u16,
-                    packet_loss: (k % 5) as u8,
+                    wifi_quality: (72.0 + 6.0 * (x / 20.0).sin()) as u8,
+                    latency_ms: (45.0 + 12.0 * (x / 9.0).sin().abs() + (k % 3) as f64) as u16,
+                    packet_loss: (1.5 + 1.5 * (x / 31.0).sin()) as u8,
                     firmware: "1.4.1".into(),
                     ..StatusReport::default()
                 },

@@ -10,7 +10,7 @@ const W = 600; const H = 150; const L = 44; const R = 8; const T = 10; const B =
  * @param {{from:number, to:number, unit:string, reboots?:number[], digits?:number}} o
  */
 export function lineChart(title, points, o) {
-  const svg = s('svg', { class: 'chart', viewBox: `0 0 ${W} ${H}`, role: 'img', preserveAspectRatio: 'none' });
+  const svg = s('svg', { class: 'chart', viewBox: `0 0 ${W} ${H}`, role: 'img' });
   const vals = points.filter((p) => p.v !== null && Number.isFinite(p.v));
   const label = vals.length
     ? `${title}: ${vals.length} points, last ${fmt(vals[vals.length - 1].v, o)} ${o.unit}`

@@ -16,13 +16,13 @@ export function mount(main) {
   const file = h('input', { type: 'file', id: 'fw-file', accept: '.mfw,application/octet-stream' });
   const artefacts = h('div', { id: 'fw-list' });
   const campaigns = h('div', { id: 'campaign-list' });
-  const create = h('div');
+  const create = h('section', { class: 'panel', 'aria-labelledby': 'nc-h' }, h('h2', { id: 'nc-h' }, 'New campaign'));
   main.append(h('h1', null, 'Firmware & campaigns'), msg,
     h('section', { class: 'panel', 'aria-labelledby': 'fw-h' }, h('h2', { id: 'fw-h' }, 'Artefacts'),
       h('form', { class: 'toolbar', onsubmit: (e) => { e.preventDefault(); upload(); } },
         h('label', { for: 'fw-file' }, 'Upload a signed .mfw'), file, h('button', { type: 'submit', class: 'primary' }, 'Upload')),
       artefacts),
-    h('section', { class: 'panel', 'aria-labelledby': 'nc-h' }, h('h2', { id: 'nc-h' }, 'New campaign'), create),
+    create,
     h('section', { class: 'panel', 'aria-labelledby': 'cl-h' }, h('h2', { id: 'cl-h' }, 'Campaigns'), campaigns));
 
   const say = (text, bad) => { msg.textContent = text; msg.className = bad ? 'error' : 'muted'; };
@@ -104,7 +104,7 @@ export function mount(main) {
 
   function renderCampaigns() {
     clear(campaigns);
-    if (state.campaignsAvailable === false) { campaigns.append(h('p', { class: 'empty' }, 'This gateway has no campaign API yet (GET /campaigns answers 404).')); return; }
+    if (state.campaignsAvailable === false) { campaigns.append(h('p', { class: 'empty' }, 'This gateway has no campaign API yet (its /openapi.json lists no /campaigns).')); return; }
     const list = [...state.campaigns.values()].sort((a, b) => f(b, 'created_at_ms') - f(a, 'created_at_ms'));
     if (!list.length) { campaigns.append(h('p', { class: 'empty' }, 'No campaigns yet.')); return; }
     campaigns.append(h('table', { class: 'simple' },

@@ -12,7 +12,7 @@ let range = 24 * 3600e3;
 export function mount(main, params, id) {
   const nodeId = Number(id);
   const head = h('div');
-  const charts = h('div', { class: 'grid', id: 'node-charts' });
+  const charts = h('div', { class: 'charts', id: 'node-charts' });
   const ota = h('section', { class: 'panel', 'aria-labelledby': 'nd-ota' });
   const alerts = h('section', { class: 'panel', 'aria-labelledby': 'nd-alerts' });
   const ranges = h('div', { class: 'ranges', role: 'group', 'aria-label': 'History range' });

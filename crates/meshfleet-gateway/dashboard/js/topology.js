@@ -60,9 +60,12 @@ export function mount(main) {
 
   function fit() {
     if (!lay) return;
-    const extent = (lay.radius || 100) + 30;
-    view.k = Math.min(width, heightPx) / (2 * extent);
-    view.x = width / 2; view.y = heightPx / 2;
+    // The bounding box of every node, with a margin, centred.
+    let x0 = Infinity; let x1 = -Infinity; let y0 = Infinity; let y1 = -Infinity;
+    for (const p of lay.pos.values()) { x0 = Math.min(x0, p.x); x1 = Math.max(x1, p.x); y0 = Math.min(y0, p.y); y1 = Math.max(y1, p.y); }
+    const w = Math.max(60, x1 - x0) + 40; const hh = Math.max(60, y1 - y0) + 40;
+    view.k = Math.min(width / w, heightPx / hh);
+    view.x = width / 2 - ((x0 + x1) / 2) * view.k; view.y = heightPx / 2 - ((y0 + y1) / 2) * view.k;
     fitted = true; dirty = true;
   }
 
@@ -218,7 +221,9 @@ export function mount(main) {
     if (centre && id !== null) {
       const p = lay.pos.get(id);
       view.k = Math.max(view.k, 2.5);
-      view.x = width / 2 - p.x * view.k; view.y = heightPx / 2 - p.y * view.k;
+      // Centre it in the part of the canvas the side panel leaves free.
+      const free = width > 760 ? width - 300 : width;
+      view.x = free / 2 - p.x * view.k; view.y = heightPx / 2 - p.y * view.k;
     }
     renderSide();
     dirty = true;
