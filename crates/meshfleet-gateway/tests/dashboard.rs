@@ -700,9 +700,11 @@ async fn bench_dashboard() {
         .eval(
             r#"(() => {
             const e = performance.getEntriesByType('navigation').concat(performance.getEntriesByType('resource'));
-            const assets = e.filter(x => !x.name.includes('/status') && !x.name.includes('/topology') && !x.name.includes('/alerts') && !x.name.includes('/health') && !x.name.includes('/firmware') && !x.name.includes('/campaigns') && !x.name.includes('/events'));
-            const sum = (l) => l.reduce((s, x) => s + (x.encodedBodySize || x.transferSize || 0), 0);
-            return { assets: sum(assets), files: assets.length, all: sum(e) };
+            const api = ['/status', '/topology', '/alerts', '/health', '/firmware', '/campaigns', '/events', '/openapi.json'];
+            const assets = e.filter(x => !api.some(p => new URL(x.name).pathname.startsWith(p)));
+            const sum = (l) => l.reduce((s, x) => s + (x.encodedBodySize || 0), 0);
+            const by = Object.fromEntries(api.map(p => [p, sum(e.filter(x => new URL(x.name).pathname.startsWith(p)))]));
+            return { assets: sum(assets), files: assets.length, all: sum(e), api: by };
         })()"#,
         )
         .await;
