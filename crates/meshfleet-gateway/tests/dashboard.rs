@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use meshfleet_gateway::mesh::MeshPort;
+use meshfleet_gateway::mesh::{MeshPort, NodeJob};
 use meshfleet_gateway::model::Sample;
 use meshfleet_gateway::status::StatusReport;
 use meshfleet_gateway::store::{HistoryStore, SqliteStore};
@@ -45,6 +45,9 @@ struct FakeMesh {
     tx: broadcast::Sender<RuntimeEvent>,
     tree: Mutex<NodeTree>,
     running: AtomicBool,
+    /// The gateway's own node, for `run_on_node` (the campaign engine's jobs).
+    node: Mutex<meshfleet_mesh::Node>,
+    started: Instant,
 }
 
 impl FakeMesh {
@@ -53,6 +56,10 @@ impl FakeMesh {
             tx: broadcast::channel(8192).0,
             tree: Mutex::new(NodeTree::leaf(NodeId(GATEWAY))),
             running: AtomicBool::new(true),
+            node: Mutex::new(meshfleet_mesh::Node::new(meshfleet_mesh::Config::new(
+                NodeId(GATEWAY),
+            ))),
+            started: Instant::now(),
         })
     }
 
@@ -134,6 +141,15 @@ impl MeshPort for FakeMesh {
         self.running.store(false, Ordering::Relaxed);
         Box::pin(async {})
     }
+
+    fn run_on_node(
+        &self,
+        job: NodeJob,
+    ) -> Pin<Box<dyn Future<Output = Result<(), Stopped>> + Send + '_>> {
+        let now = meshfleet_mesh::Instant::from_micros(self.started.elapsed().as_micros() as u64);
+        job(&mut self.node.lock().unwrap(), now);
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// A deterministic 1,000-node mesh under the gateway: a random recursive tree (each node
@@ -192,6 +208,11 @@ fn status(from: u32, mem_kb: u32, latency: u32, fw: &str, uptime: u32) -> String
     )
 }
 
+/// The fleet key (fixed, so restarts on the same directory agree).
+fn signing_key() -> meshfleet_firmware::SigningKey {
+    meshfleet_firmware::SigningKey::from_bytes(&[7u8; 32])
+}
+
 struct Gw {
     gateway: Option<Gateway>,
     db: Arc<SqliteStore>,
@@ -200,9 +221,13 @@ struct Gw {
 }
 
 async fn start_gateway(dir: &std::path::Path, http: SocketAddr, mesh: Arc<FakeMesh>) -> Gw {
+    let pub_file = dir.join("fleet.pub");
+    if !pub_file.exists() {
+        meshfleet_firmware::keys::write_public_key(&pub_file, &signing_key().verifying_key())
+            .unwrap();
+    }
     let mut cfg: GatewayConfig = common::config(dir);
     cfg.http = http;
-    cfg.firmware_key = None;
     let db = Arc::new(SqliteStore::open(&cfg.db).unwrap());
     let gateway = Gateway::start(cfg, mesh.clone(), Stores::sqlite(db.clone()), None)
         .await
@@ -519,7 +544,93 @@ async fn views_topology_of_1000_nodes_and_an_alert_within_two_report_periods() {
         10,
     )
     .await;
+    // Upload an artefact from the page: the first change asks for the token.
+    let mfw = dir.path().join("sensor-1.5.0.mfw");
+    std::fs::write(&mfw, common::artefact(Some(&signing_key()), "1.5.0")).unwrap();
+    let input = b
+        .call(
+            "Runtime.evaluate",
+            serde_json::json!({"expression": "document.getElementById('fw-file')"}),
+        )
+        .await;
+    b.call(
+        "DOM.setFileInputFiles",
+        serde_json::json!({"files": [mfw.to_str().unwrap()], "objectId": input["result"]["objectId"]}),
+    )
+    .await;
+    b.eval("document.querySelector('#fw-file').form.requestSubmit()")
+        .await;
+    b.wait_for(
+        "the token dialog",
+        "document.getElementById('token-dialog').open",
+        5,
+    )
+    .await;
+    b.screenshot("token").await;
+    b.eval(&format!(
+        "(() => {{ document.getElementById('token-input').value = '{TOKEN}'; document.getElementById('token-form').requestSubmit(); }})()"
+    ))
+    .await;
+    b.wait_for(
+        "the uploaded artefact in the list",
+        "[...document.querySelectorAll('#fw-list td')].some(td => td.textContent === '1.5.0')",
+        10,
+    )
+    .await;
+    // A campaign for two nodes, created and started from the page, then paused and
+    // cancelled from it.
+    b.eval(&format!(
+        r#"(() => {{ document.getElementById('nc-targets').value = 'nodes';
+            document.getElementById('nc-targets').dispatchEvent(new Event('change'));
+            document.getElementById('nc-target-value').value = '{}, {}';
+            document.getElementById('nc-name').value = 'dashboard test';
+            document.getElementById('campaign-form').requestSubmit(); }})()"#,
+        ids[1], ids[2]
+    ))
+    .await;
+    b.wait_for(
+        "the campaign page",
+        "location.hash.startsWith('#/campaign/c-')",
+        10,
+    )
+    .await;
+    b.wait_for(
+        "the campaign's two nodes",
+        "document.querySelectorAll('#campaign-nodes tbody tr').length === 2",
+        10,
+    )
+    .await;
+    b.wait_for(
+        "the campaign running",
+        "document.querySelector('#main .kv .badge')?.textContent === 'running'",
+        10,
+    )
+    .await;
+    b.screenshot("campaign").await;
+    for (action, state) in [("pause", "paused"), ("cancel", "cancelled")] {
+        b.eval(&format!(
+            "document.querySelector('#main button[data-action={action}]').click()"
+        ))
+        .await;
+        b.wait_for(
+            state,
+            &format!("document.querySelector('#main .kv .badge')?.textContent === '{state}'"),
+            10,
+        )
+        .await;
+    }
+    let listed = request(gw.http, "GET", "/campaigns", &[], &[]).await.json();
+    assert_eq!(listed["campaigns"][0]["state"], "cancelled");
+    assert_eq!(listed["campaigns"][0]["total_nodes"], 2);
+    b.goto(&gw.url("#/firmware")).await;
+    b.wait_for(
+        "the campaign in the list",
+        "document.querySelector('#campaign-list tr[data-campaign]') !== null",
+        10,
+    )
+    .await;
     b.screenshot("firmware").await;
+    assert_no_errors(&b, "on firmware and campaigns");
     // On a phone.
     b.viewport(390, 844, true).await;
     b.goto(&gw.url("#/overview")).await;

@@ -125,7 +125,7 @@ export function mount(main) {
 
 export function progress(p) {
   const bar = h('span'); bar.style.width = `${Math.round((p || 0) * 100)}%`;
-  return h('span', { class: 'toolbar' }, h('span', { class: 'progress', role: 'progressbar', 'aria-valuemin': '0', 'aria-valuemax': '100', 'aria-valuenow': String(Math.round((p || 0) * 100)) }, bar), pct(p));
+  return h('span', { class: 'pcell' }, h('span', { class: 'progress', role: 'progressbar', 'aria-valuemin': '0', 'aria-valuemax': '100', 'aria-valuenow': String(Math.round((p || 0) * 100)) }, bar), pct(p));
 }
 
 /** One campaign with every node's progress. */
