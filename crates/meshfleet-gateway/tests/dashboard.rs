@@ -528,6 +528,45 @@ async fn views_topology_of_1000_nodes_and_an_alert_within_two_report_periods() {
         "the alert took {latency_ms:.0} ms (more than 2 report periods of 1 s)"
     );
     b.screenshot("alerts").await;
+    // Acknowledge it from the page, with a note: the first change asks for the token.
+    b.eval(&format!(
+        "document.querySelector('#alerts-list tr[data-node=\"{victim}\"][data-kind=\"low_memory\"] button').click()"
+    ))
+    .await;
+    b.wait_for(
+        "the note dialog",
+        "document.getElementById('ack-dialog').open",
+        5,
+    )
+    .await;
+    b.eval("(() => { document.getElementById('ack-note').value = 'replacing the sensor'; document.getElementById('ack-form').requestSubmit(); })()")
+        .await;
+    b.wait_for(
+        "the token dialog",
+        "document.getElementById('token-dialog').open",
+        5,
+    )
+    .await;
+    b.screenshot("token").await;
+    b.eval(&format!(
+        "(() => {{ document.getElementById('token-input').value = '{TOKEN}'; document.getElementById('token-form').requestSubmit(); }})()"
+    ))
+    .await;
+    let state = b
+        .wait_for(
+            "the alert acknowledged",
+            &format!("[...document.querySelectorAll('#alerts-list tr[data-node=\"{victim}\"] td')].map(t => t.textContent).find(t => t.startsWith('acknowledged'))"),
+            10,
+        )
+        .await;
+    assert!(
+        state.as_str().unwrap().ends_with(": replacing the sensor"),
+        "{state}"
+    );
+    let stored = request(gw.http, "GET", &format!("/alerts?node={victim}"), &[], &[])
+        .await
+        .json();
+    assert_eq!(stored["alerts"][0]["ackNote"], "replacing the sensor");
     assert_no_errors(&b, "on the alerts");
 
     // Firmware & campaigns.
@@ -544,7 +583,7 @@ async fn views_topology_of_1000_nodes_and_an_alert_within_two_report_periods() {
         10,
     )
     .await;
-    // Upload an artefact from the page: the first change asks for the token.
+    // Upload an artefact from the page.
     let mfw = dir.path().join("sensor-1.5.0.mfw");
     std::fs::write(&mfw, common::artefact(Some(&signing_key()), "1.5.0")).unwrap();
     let input = b
@@ -558,19 +597,9 @@ async fn views_topology_of_1000_nodes_and_an_alert_within_two_report_periods() {
         serde_json::json!({"files": [mfw.to_str().unwrap()], "objectId": input["result"]["objectId"]}),
     )
     .await;
+    // (The token is stored since the acknowledgement.)
     b.eval("document.querySelector('#fw-file').form.requestSubmit()")
         .await;
-    b.wait_for(
-        "the token dialog",
-        "document.getElementById('token-dialog').open",
-        5,
-    )
-    .await;
-    b.screenshot("token").await;
-    b.eval(&format!(
-        "(() => {{ document.getElementById('token-input').value = '{TOKEN}'; document.getElementById('token-form').requestSubmit(); }})()"
-    ))
-    .await;
     b.wait_for(
         "the uploaded artefact in the list",
         "[...document.querySelectorAll('#fw-list td')].some(td => td.textContent === '1.5.0')",

@@ -45,7 +45,7 @@ export function mount(main) {
   }
 
   async function ack(a) {
-    const note = window.prompt(`Acknowledge ${a.kind.replaceAll('_', ' ')} on ${a.nodeId || 'the mesh'}. Note (optional):`, '');
+    const note = await askNote(`${a.severity} ${a.kind.replaceAll('_', ' ')} on ${a.nodeId ? `node ${a.nodeId}` : 'the mesh'}: ${a.message}`);
     if (note === null) return;
     try {
       const r = await api.send('POST', `/alerts/${a.id}/ack`, note ? { note } : {});
@@ -62,4 +62,30 @@ export function mount(main) {
   const unsub = subscribe(render);
   render();
   return unsub;
+}
+
+/** The acknowledgement dialog; resolves with the note ('' for none), or null when cancelled. */
+function askNote(what) {
+  const dlg = document.getElementById('ack-dialog');
+  const form = document.getElementById('ack-form');
+  const input = document.getElementById('ack-note');
+  const cancelBtn = document.getElementById('ack-cancel');
+  document.getElementById('ack-what').textContent = what;
+  input.value = '';
+  return new Promise((resolve) => {
+    const done = (v) => {
+      form.removeEventListener('submit', submit);
+      cancelBtn.removeEventListener('click', cancel);
+      dlg.removeEventListener('cancel', cancel);
+      if (dlg.open) dlg.close();
+      resolve(v);
+    };
+    const submit = (e) => { e.preventDefault(); done(input.value.trim()); };
+    const cancel = (e) => { if (e) e.preventDefault(); done(null); };
+    form.addEventListener('submit', submit);
+    cancelBtn.addEventListener('click', cancel);
+    dlg.addEventListener('cancel', cancel);
+    dlg.showModal();
+    input.focus();
+  });
 }
