@@ -336,6 +336,50 @@ async fn browser(test: &str) -> Option<Browser> {
     Some(Browser::start(&exe, 1280, 860).await)
 }
 
+/// WCAG 2.x contrast of every visible text on the page against its effective background
+/// (the first opaque background up the tree): at least 4.5:1, 3:1 for large text (24 px, or
+/// 18.66 px bold). Disabled controls are exempt, as WCAG exempts inactive components.
+const CONTRAST: &str = r#"(() => {
+    const parse = (c) => { const m = c.match(/rgba?\(([^)]+)\)/); if (!m) return null;
+        const p = m[1].split(/[ ,\/]+/).filter(Boolean).map(Number); return { r: p[0], g: p[1], b: p[2], a: p.length > 3 ? p[3] : 1 }; };
+    const lum = (c) => { const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+        return 0.2126 * f(c.r) + 0.7152 * f(c.g) + 0.0722 * f(c.b); };
+    const bg = (el) => { for (let e = el; e; e = e.parentElement) { const c = parse(getComputedStyle(e).backgroundColor);
+        if (c && c.a > 0.5) return c; } return { r: 255, g: 255, b: 255, a: 1 }; };
+    const bad = [];
+    let checked = 0;
+    const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+    for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+        const el = n.parentElement;
+        if (!n.textContent.trim() || !el || el.closest('option, [hidden], dialog:not([open]), :disabled')) continue;
+        const r = el.getBoundingClientRect();
+        if (r.width === 0 || r.height === 0 || r.bottom < 0 || r.top > innerHeight) continue;
+        const st = getComputedStyle(el);
+        if (st.visibility === 'hidden') continue;
+        const fg = parse(st.color); const b = bg(el);
+        const [l1, l2] = [lum(fg), lum(b)].sort((x, y) => y - x);
+        const ratio = (l1 + 0.05) / (l2 + 0.05);
+        const px = parseFloat(st.fontSize); const bold = Number(st.fontWeight) >= 700;
+        const need = px >= 24 || (bold && px >= 18.66) ? 3 : 4.5;
+        checked++;
+        if (ratio < need) bad.push(`${ratio.toFixed(2)} < ${need}: "${n.textContent.trim().slice(0, 30)}" ${st.color} on rgb(${b.r},${b.g},${b.b})`);
+    }
+    return { checked, bad: bad.slice(0, 10) };
+})()"#;
+
+async fn assert_contrast(b: &Browser, view: &str) {
+    let r = b.eval(CONTRAST).await;
+    assert!(
+        r["checked"].as_u64().unwrap() > 5,
+        "{view}: no text checked: {r}"
+    );
+    assert_eq!(
+        r["bad"],
+        serde_json::json!([]),
+        "{view}: text below WCAG AA contrast"
+    );
+}
+
 /// Fails with the page's errors, if any.
 fn assert_no_errors(b: &Browser, when: &str) {
     let errors = b.errors();
@@ -376,6 +420,19 @@ async fn views_topology_of_1000_nodes_and_an_alert_within_two_report_periods() {
         "firmware counts"
     );
     b.screenshot("overview").await;
+    assert_contrast(&b, "overview").await;
+    // The check itself catches a pale grey on white (2.0:1).
+    b.eval("(() => { const p = document.createElement('p'); p.id = 'pale'; p.textContent = 'pale text'; p.style.color = '#aaaaaa'; p.style.background = '#ffffff'; document.getElementById('main').prepend(p); })()").await;
+    let r = b.eval(CONTRAST).await;
+    assert!(
+        r["bad"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x.as_str().unwrap().contains("pale text")),
+        "{r}"
+    );
+    b.eval("document.getElementById('pale').remove()").await;
     assert_no_errors(&b, "on the overview");
 
     // Topology: every node of the mesh is drawn on the canvas. The page's layout says where
@@ -441,6 +498,7 @@ async fn views_topology_of_1000_nodes_and_an_alert_within_two_report_periods() {
         "{path}"
     );
     b.screenshot("topology-selected").await;
+    assert_contrast(&b, "topology-selected").await;
     assert_no_errors(&b, "on the topology");
 
     // Nodes table: virtualised (a few dozen rows in the DOM for 1,000 nodes), sortable.
@@ -469,6 +527,7 @@ async fn views_topology_of_1000_nodes_and_an_alert_within_two_report_periods() {
     // Node 13 is the first of those short of memory (6 KiB).
     assert_eq!(first, serde_json::json!(ids[13].to_string()));
     b.screenshot("nodes").await;
+    assert_contrast(&b, "nodes").await;
     assert_no_errors(&b, "on the node table");
 
     // Node detail: charts from the day of history.
@@ -484,6 +543,7 @@ async fn views_topology_of_1000_nodes_and_an_alert_within_two_report_periods() {
         .await;
     assert!(reboots.as_u64().unwrap() >= 1, "the reboot is marked");
     b.screenshot("node").await;
+    assert_contrast(&b, "node").await;
     assert_no_errors(&b, "on the node detail");
 
     // A fault: a node reporting every second runs short of memory. The alert must be on
@@ -528,6 +588,7 @@ async fn views_topology_of_1000_nodes_and_an_alert_within_two_report_periods() {
         "the alert took {latency_ms:.0} ms (more than 2 report periods of 1 s)"
     );
     b.screenshot("alerts").await;
+    assert_contrast(&b, "alerts").await;
     // Acknowledge it from the page, with a note: the first change asks for the token.
     b.eval(&format!(
         "document.querySelector('#alerts-list tr[data-node=\"{victim}\"][data-kind=\"low_memory\"] button').click()"
@@ -636,6 +697,7 @@ async fn views_topology_of_1000_nodes_and_an_alert_within_two_report_periods() {
     )
     .await;
     b.screenshot("campaign").await;
+    assert_contrast(&b, "campaign").await;
     for (action, state) in [("pause", "paused"), ("cancel", "cancelled")] {
         b.eval(&format!(
             "document.querySelector('#main button[data-action={action}]').click()"
@@ -659,6 +721,7 @@ async fn views_topology_of_1000_nodes_and_an_alert_within_two_report_periods() {
     )
     .await;
     b.screenshot("firmware").await;
+    assert_contrast(&b, "firmware").await;
     assert_no_errors(&b, "on firmware and campaigns");
     // On a phone.
     b.viewport(390, 844, true).await;
@@ -674,6 +737,7 @@ async fn views_topology_of_1000_nodes_and_an_alert_within_two_report_periods() {
         .await;
     assert_eq!(overflow, 0, "no horizontal scrolling on a phone");
     b.screenshot("overview-phone").await;
+    assert_contrast(&b, "overview-phone").await;
     assert_no_errors(&b, "on a phone");
     gw.stop().await;
 }
