@@ -19,9 +19,12 @@ export const state = {
   connected: false,
   loadedAt: 0,
   lastEventAt: 0,
+  eventAt: {},             // event name -> when the last one arrived (ms since the epoch)
   reconnects: 0,
   error: null,
 };
+// Test and benchmark hook: the page's copy of the fleet (read-only use).
+window.meshfleet = Object.assign(window.meshfleet || {}, { state });
 
 /** Calls `f` after every change (batched per animation frame). Returns an unsubscribe. */
 export function subscribe(f) {
@@ -216,7 +219,8 @@ export function connect() {
   };
   for (const [name, f] of Object.entries(handlers)) {
     es.addEventListener(name, (ev) => {
-      state.lastEventAt = Date.now();
+      state.lastEventAt = performance.timeOrigin + performance.now();
+      state.eventAt[name] = state.lastEventAt;
       let d = null;
       try { d = JSON.parse(ev.data); } catch { return; }
       f(d);
