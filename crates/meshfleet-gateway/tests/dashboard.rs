@@ -498,6 +498,31 @@ async fn views_topology_of_1000_nodes_and_an_alert_within_two_report_periods() {
         "{path}"
     );
     b.screenshot("topology-selected").await;
+    // Keyboard: on the focused canvas, `+` zooms in (a node moves away from the centre) and
+    // Enter opens the selected node.
+    let before = b
+        .eval(&format!("window.meshfleet.topology.screenPos({})", ids[0]))
+        .await;
+    b.eval("document.getElementById('topo').focus()").await;
+    b.key("+").await;
+    let after = b
+        .wait_for(
+            "the zoom",
+            &format!(
+                "(() => {{ const p = window.meshfleet.topology.screenPos({}); return p.x !== {} ? p : null; }})()",
+                ids[0], before["x"]
+            ),
+            5,
+        )
+        .await;
+    assert_ne!(before, after);
+    b.key("Enter").await;
+    b.wait_for(
+        "the node detail from the keyboard",
+        &format!("location.hash === '#/node/{}'", ids[999]),
+        5,
+    )
+    .await;
     assert_contrast(&b, "topology-selected").await;
     assert_no_errors(&b, "on the topology");
 
@@ -527,6 +552,24 @@ async fn views_topology_of_1000_nodes_and_an_alert_within_two_report_periods() {
     // Node 13 is the first of those short of memory (6 KiB).
     assert_eq!(first, serde_json::json!(ids[13].to_string()));
     b.screenshot("nodes").await;
+    // Keyboard: arrow down into the rows, Enter opens one.
+    b.eval("document.querySelector('.vt-scroll').focus()").await;
+    b.key("ArrowDown").await;
+    b.key("ArrowDown").await;
+    let focused = b
+        .wait_for(
+            "a focused row",
+            "document.activeElement.classList.contains('vt-row') && document.activeElement.dataset.node",
+            5,
+        )
+        .await;
+    b.key("Enter").await;
+    b.wait_for(
+        "the node detail from the table",
+        &format!("location.hash === '#/node/{}'", focused.as_str().unwrap()),
+        5,
+    )
+    .await;
     assert_contrast(&b, "nodes").await;
     assert_no_errors(&b, "on the node table");
 

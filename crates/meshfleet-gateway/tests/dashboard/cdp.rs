@@ -332,6 +332,33 @@ impl Browser {
         .await;
     }
 
+    /// Presses and releases a key (`"+"`, `"Enter"`, `"ArrowDown"`...) in the focused element.
+    pub async fn key(&self, key: &str) {
+        let (code, text, vk) = match key {
+            "Enter" => ("Enter", "\r", 13),
+            "ArrowDown" => ("ArrowDown", "", 40),
+            "ArrowUp" => ("ArrowUp", "", 38),
+            "+" => ("Equal", "+", 187),
+            "-" => ("Minus", "-", 189),
+            other => (other, other, 0),
+        };
+        let kind = if text.is_empty() {
+            "rawKeyDown"
+        } else {
+            "keyDown"
+        };
+        self.call(
+            "Input.dispatchKeyEvent",
+            json!({"type": kind, "key": key, "code": code, "text": text, "windowsVirtualKeyCode": vk}),
+        )
+        .await;
+        self.call(
+            "Input.dispatchKeyEvent",
+            json!({"type": "keyUp", "key": key, "code": code, "windowsVirtualKeyCode": vk}),
+        )
+        .await;
+    }
+
     /// Errors the page reported so far (console errors, exceptions, failed loads).
     pub fn errors(&self) -> Vec<String> {
         self.errors.lock().unwrap().clone()
