@@ -781,6 +781,26 @@ async fn views_topology_of_1000_nodes_and_an_alert_within_two_report_periods() {
     assert_eq!(overflow, 0, "no horizontal scrolling on a phone");
     b.screenshot("overview-phone").await;
     assert_contrast(&b, "overview-phone").await;
+    for (view, ready) in [
+        (
+            "topology",
+            "window.meshfleet?.topology?.layoutSize?.() === 1001",
+        ),
+        (
+            "nodes",
+            "document.getElementById('nodes-summary')?.textContent === '1000 of 1000 nodes'",
+        ),
+    ] {
+        b.goto(&gw.url(&format!("#/{view}"))).await;
+        b.wait_for(view, ready, 20).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let overflow = b
+            .eval("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+            .await;
+        assert_eq!(overflow, 0, "no horizontal scrolling on a phone ({view})");
+        b.screenshot(&format!("{view}-phone")).await;
+        assert_contrast(&b, view).await;
+    }
     assert_no_errors(&b, "on a phone");
     gw.stop().await;
 }
