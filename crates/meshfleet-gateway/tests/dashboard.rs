@@ -563,6 +563,23 @@ async fn views_topology_of_1000_nodes_and_an_alert_within_two_report_periods() {
             5,
         )
         .await;
+    // A live update repaints the rows; the focus stays on the same row.
+    b.eval("window.__frames = window.meshfleet.state.eventAt.status || 0")
+        .await;
+    gw.mesh
+        .report(ids[300], status(ids[300], 30, 40, "1.4.1", uptime.of(300)));
+    b.wait_for(
+        "the status event",
+        "(window.meshfleet.state.eventAt.status || 0) > window.__frames",
+        5,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        b.eval("document.activeElement.dataset.node").await,
+        focused,
+        "focus kept across a live update"
+    );
     b.key("Enter").await;
     b.wait_for(
         "the node detail from the table",

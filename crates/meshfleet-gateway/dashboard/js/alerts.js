@@ -4,7 +4,7 @@
 
 import * as api from './api.js';
 import { state, subscribe } from './store.js';
-import { h, clear, ago, time, badge } from './util.js';
+import { h, clear, ago, time, badge, keepFocus } from './util.js';
 
 export function mount(main) {
   const which = h('select', { id: 'alerts-state', 'aria-label': 'State' },
@@ -22,7 +22,8 @@ export function mount(main) {
     render();
   }
 
-  function render() {
+  function render() { keepFocus(list, renderList); }
+  function renderList() {
     let items = which.value === 'all' && all ? all.map((a) => state.alerts.get(a.id) || a) : [...state.alerts.values()].filter((a) => !a.clearedAt);
     if (which.value === 'unacked') items = items.filter((a) => !a.ackedAt);
     if (sev.value) items = items.filter((a) => a.severity === sev.value);
@@ -35,12 +36,12 @@ export function mount(main) {
       h('thead', null, h('tr', null, ['Severity', 'Node', 'Kind', 'Message', 'Raised', 'State', ''].map((x) => h('th', { scope: 'col' }, x)))),
       h('tbody', null, items.slice(0, 500).map((a) => h('tr', { 'data-alert': a.id, 'data-kind': a.kind, 'data-node': a.nodeId },
         h('td', null, badge(a.severity)),
-        h('td', null, a.nodeId ? h('a', { href: `#/node/${a.nodeId}` }, String(a.nodeId)) : 'mesh'),
+        h('td', null, a.nodeId ? h('a', { href: `#/node/${a.nodeId}`, 'data-key': `node-${a.id}` }, String(a.nodeId)) : 'mesh'),
         h('td', null, a.kind.replaceAll('_', ' ')),
         h('td', null, a.message),
         h('td', { title: time(a.raisedAt) }, ago(a.raisedAt)),
         h('td', null, a.clearedAt ? `cleared ${ago(a.clearedAt)}` : a.ackedAt ? `acknowledged by ${a.ackedBy || '?'}${a.ackNote ? `: ${a.ackNote}` : ''}` : 'active'),
-        h('td', null, !a.ackedAt ? h('button', { type: 'button', onclick: () => ack(a) }, 'Acknowledge') : null))))));
+        h('td', null, !a.ackedAt ? h('button', { type: 'button', 'data-key': `ack-${a.id}`, onclick: () => ack(a) }, 'Acknowledge') : null))))));
     if (items.length > 500) list.append(h('p', { class: 'muted' }, `${items.length - 500} more not shown; narrow the filter.`));
   }
 

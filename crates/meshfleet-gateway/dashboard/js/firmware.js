@@ -4,7 +4,7 @@
 
 import * as api from './api.js';
 import { state, subscribe, loadCampaigns } from './store.js';
-import { h, clear, ago, badge, pct, kb } from './util.js';
+import { h, clear, ago, badge, pct, kb, keepFocus } from './util.js';
 
 const ACTIONS = {
   created: ['start', 'cancel'], running: ['pause', 'cancel'], paused: ['resume', 'cancel'],
@@ -49,7 +49,7 @@ export function mount(main) {
       h('thead', null, h('tr', null, ['Role', 'Hardware', 'Version', 'Size', 'Id', 'Uploaded', ''].map((x) => h('th', { scope: 'col' }, x)))),
       h('tbody', null, state.firmware.map((a) => h('tr', null, h('td', null, a.role), h('td', null, a.hardware), h('td', null, a.version),
         h('td', { class: 'num' }, kb(a.size)), h('td', null, h('code', null, `${a.id.slice(0, 12)}…`)), h('td', null, ago(a.uploadedAt)),
-        h('td', null, h('button', { type: 'button', class: 'danger', onclick: () => remove(a) }, 'Delete')))))));
+        h('td', null, h('button', { type: 'button', class: 'danger', 'data-key': `del-${a.id}`, onclick: () => remove(a) }, 'Delete')))))));
   }
 
   // The form is built once (so typing is not lost to live updates); its artefact list is
@@ -110,13 +110,13 @@ export function mount(main) {
     campaigns.append(h('table', { class: 'simple' },
       h('thead', null, h('tr', null, ['Campaign', 'Version', 'State', 'Nodes', 'Progress', ''].map((x) => h('th', { scope: 'col' }, x)))),
       h('tbody', null, list.map((c) => h('tr', { 'data-campaign': c.id },
-        h('td', null, h('a', { href: `#/campaign/${c.id}` }, c.name || c.id)), h('td', null, c.version || '—'), h('td', null, badge(c.state)),
+        h('td', null, h('a', { href: `#/campaign/${c.id}`, 'data-key': `open-${c.id}` }, c.name || c.id)), h('td', null, c.version || '—'), h('td', null, badge(c.state)),
         h('td', null, `${f(c, 'updated_nodes') ?? 0} done, ${f(c, 'failed_nodes') ?? 0} failed of ${f(c, 'total_nodes') ?? 0}`),
         h('td', null, progress(c.progress)),
-        h('td', null, (ACTIONS[c.state] || []).map((a) => h('button', { type: 'button', 'data-action': a, onclick: () => action(c, a) }, a))))))));
+        h('td', null, (ACTIONS[c.state] || []).map((a) => h('button', { type: 'button', 'data-action': a, 'data-key': `${a}-${c.id}`, onclick: () => action(c, a) }, a))))))));
   }
 
-  const render = () => { renderArtefacts(); renderForm(); renderCampaigns(); };
+  const render = () => { keepFocus(artefacts, renderArtefacts); renderForm(); keepFocus(campaigns, renderCampaigns); };
   const unsub = subscribe(render);
   render();
   loadCampaigns();
@@ -155,7 +155,7 @@ export function mountCampaign(main, params, id) {
       h('dt', null, 'Progress'), h('dd', null, progress(c.progress)),
       h('dt', null, 'Nodes'), h('dd', null, `${f(c, 'updated_nodes') ?? 0} updated, ${f(c, 'failed_nodes') ?? 0} failed of ${f(c, 'total_nodes') ?? 0}`),
       h('dt', null, 'Estimated completion'), h('dd', null, f(c, 'estimated_completion_ms') ? new Date(f(c, 'estimated_completion_ms')).toLocaleString() : '—')),
-    h('div', { class: 'actions' }, (ACTIONS[c.state] || []).map((a) => h('button', { type: 'button', 'data-action': a, onclick: async () => {
+    h('div', { class: 'actions' }, (ACTIONS[c.state] || []).map((a) => h('button', { type: 'button', 'data-action': a, 'data-key': `act-${a}`, onclick: async () => {
       try { const r = await api.send('POST', `/campaigns/${id}/${a}`); state.campaigns.set(id, r); } catch (e) { msg.textContent = e.message; }
     } }, a)))));
     const nodes = [...(state.campaignNodes.get(id) || new Map()).values()].sort((a, b) => a.node - b.node);
@@ -165,7 +165,7 @@ export function mountCampaign(main, params, id) {
         h('td', null, h('a', { href: `#/node/${n.node}` }, String(n.node))), h('td', null, badge(n.state)), h('td', null, progress(n.progress)),
         h('td', null, n.from_version || '—'), h('td', null, n.reason || ''))))));
   }
-  const unsub = subscribe(render);
+  const unsub = subscribe(() => keepFocus(main, render));
   load();
   return unsub;
 }

@@ -2,7 +2,7 @@
 // DOM, so 10,000 nodes cost what 30 do), stale rows highlighted.
 
 import { state, subscribe } from './store.js';
-import { h, clear, ago, duration, kb, badge, isStale, HEALTH } from './util.js';
+import { h, clear, ago, duration, kb, badge, isStale, HEALTH, keepFocus } from './util.js';
 
 const ROW = 34;
 const COLS = [
@@ -65,7 +65,7 @@ export function mount(main, params) {
   }
   function row(n, i, now) {
     const stale = isStale(n, now);
-    const r = h('div', { class: `vt-row${stale ? ' stale' : ''}${n.online ? '' : ' offline'}`, role: 'row', tabindex: '-1', 'data-node': n.nodeId },
+    const r = h('div', { class: `vt-row${stale ? ' stale' : ''}${n.online ? '' : ' offline'}`, role: 'row', tabindex: '-1', 'data-node': n.nodeId, 'data-key': `row-${n.nodeId}` },
       h('span', null, String(n.nodeId)),
       h('span', null, badge(n.health)),
       h('span', { class: 'wide' }, n.online ? 'yes' : 'no'),
@@ -79,7 +79,8 @@ export function mount(main, params) {
     r.addEventListener('keydown', (e) => { if (e.key === 'Enter') location.hash = `#/node/${n.nodeId}`; });
     return r;
   }
-  function paint(all) {
+  function paint(all) { keepFocus(space, () => paintRows(all)); }
+  function paintRows(all) {
     const top = scroller.scrollTop;
     const first = Math.max(0, Math.floor(top / ROW) - 10);
     const last = Math.min(rows.length, Math.ceil((top + scroller.clientHeight) / ROW) + 10);

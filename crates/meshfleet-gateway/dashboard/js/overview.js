@@ -1,7 +1,7 @@
 // Overview: counts by health, firmware and role; active alerts; running campaigns.
 
 import { state, subscribe } from './store.js';
-import { h, clear, ago, HEALTH, badge, pct } from './util.js';
+import { h, clear, ago, HEALTH, badge, pct, keepFocus } from './util.js';
 
 export function mount(main) {
   const root = h('div');
@@ -18,8 +18,8 @@ export function mount(main) {
     }
     const total = state.nodes.size;
     root.append(h('div', { class: 'cards', id: 'health-cards' },
-      h('a', { class: 'card', href: '#/nodes' }, h('span', { class: 'n' }, String(total)), 'nodes'),
-      ...HEALTH.map((hl) => h('a', { class: `card ${hl}`, href: `#/nodes?health=${hl}`, 'data-health': hl },
+      h('a', { class: 'card', href: '#/nodes', 'data-key': 'all' }, h('span', { class: 'n' }, String(total)), 'nodes'),
+      ...HEALTH.map((hl) => h('a', { class: `card ${hl}`, href: `#/nodes?health=${hl}`, 'data-health': hl, 'data-key': hl },
         h('span', { class: 'n' }, String(counts[hl])), hl))));
     const active = [...state.alerts.values()].filter((a) => !a.clearedAt).sort((a, b) => b.raisedAt - a.raisedAt);
     const running = [...state.campaigns.values()].filter((c) => c.state === 'running' || c.state === 'paused');
@@ -29,7 +29,7 @@ export function mount(main) {
       h('section', { class: 'panel', 'aria-labelledby': 'ov-alerts' },
         h('h2', { id: 'ov-alerts' }, `Active alerts (${active.length})`),
         active.length ? h('ul', { id: 'overview-alerts' }, active.slice(0, 8).map((a) => h('li', null,
-          badge(a.severity), ' ', h('a', { href: a.nodeId ? `#/node/${a.nodeId}` : '#/alerts' }, a.nodeId ? `node ${a.nodeId}` : 'mesh'),
+          badge(a.severity), ' ', h('a', { href: a.nodeId ? `#/node/${a.nodeId}` : '#/alerts', 'data-key': `alert-${a.id}` }, a.nodeId ? `node ${a.nodeId}` : 'mesh'),
           ` ${a.kind.replaceAll('_', ' ')} `, h('span', { class: 'muted' }, ago(a.raisedAt)))))
           : h('p', { class: 'empty' }, 'No active alerts.'),
         active.length > 8 ? h('a', { href: '#/alerts' }, `All ${active.length} alerts`) : null),
@@ -37,7 +37,7 @@ export function mount(main) {
         h('h2', { id: 'ov-camp' }, 'Running campaigns'),
         state.campaignsAvailable === false ? h('p', { class: 'empty' }, 'This gateway has no campaign API yet.')
           : running.length ? h('ul', null, running.map((c) => h('li', null,
-            h('a', { href: `#/campaign/${c.id}` }, c.name || c.id), ' ', badge(c.state), ' ',
+            h('a', { href: `#/campaign/${c.id}`, 'data-key': `c-${c.id}` }, c.name || c.id), ' ', badge(c.state), ' ',
             `${c.updatedNodes ?? c.updated_nodes ?? 0}/${c.totalNodes ?? c.total_nodes ?? 0} nodes, ${pct(c.progress)}`)))
             : h('p', { class: 'empty' }, 'No campaign is running.')),
     ));
@@ -46,7 +46,7 @@ export function mount(main) {
         `Gateway node ${state.health.gatewayNodeId}, mesh ${state.health.meshRunning ? 'running' : 'stopped'}, ${state.health.online} online. Loaded ${ago(state.loadedAt)}.`));
     }
   };
-  const unsub = subscribe(render);
+  const unsub = subscribe(() => keepFocus(root, render));
   render();
   return unsub;
 }

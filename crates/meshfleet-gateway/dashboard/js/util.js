@@ -85,3 +85,17 @@ export function badge(text, cls) {
 export function clear(e) {
   while (e.firstChild) e.firstChild.remove();
 }
+
+/**
+ * Re-renders `root` with `render()` without losing the keyboard focus: live updates rebuild
+ * lists, so the focused element (identified by its `data-key`) is focused again afterwards.
+ */
+export function keepFocus(root, render) {
+  const a = document.activeElement;
+  const key = a && a !== document.body && root.contains(a) ? a.dataset.key : undefined;
+  render();
+  if (key) {
+    const e = root.querySelector(`[data-key="${CSS.escape(key)}"]`);
+    if (e) e.focus({ preventScroll: true });
+  }
+}
