@@ -552,6 +552,24 @@ async fn views_topology_of_1000_nodes_and_an_alert_within_two_report_periods() {
     // Node 13 is the first of those short of memory (6 KiB).
     assert_eq!(first, serde_json::json!(ids[13].to_string()));
     b.screenshot("nodes").await;
+    // Stale highlighting: eleven minutes later (the page's clock moved on; nothing heard
+    // from the nodes meanwhile) every online row is stale, and "stale only" keeps them.
+    b.eval("(() => { window.__now = Date.now; const t = Date.now() + 11 * 60e3; Date.now = () => t; const c = document.getElementById('nodes-stale'); c.checked = true; c.dispatchEvent(new Event('input')); })()").await;
+    b.wait_for(
+        "stale rows",
+        "document.getElementById('nodes-summary').textContent === '1000 of 1000 nodes' && document.querySelectorAll('.vt-row.stale').length > 10 && document.querySelectorAll('.vt-row:not(.stale)').length === 0",
+        5,
+    )
+    .await;
+    b.screenshot("nodes-stale").await;
+    b.eval("(() => { Date.now = window.__now; const c = document.getElementById('nodes-stale'); c.checked = true; c.dispatchEvent(new Event('input')); })()").await;
+    b.wait_for(
+        "no stale rows now",
+        "document.getElementById('nodes-summary').textContent === '0 of 1000 nodes'",
+        5,
+    )
+    .await;
+    b.eval("(() => { const c = document.getElementById('nodes-stale'); c.checked = false; c.dispatchEvent(new Event('input')); })()").await;
     // Keyboard: arrow down into the rows, Enter opens one.
     b.eval("document.querySelector('.vt-scroll').focus()").await;
     b.key("ArrowDown").await;
