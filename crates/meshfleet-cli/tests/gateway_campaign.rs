@@ -269,6 +269,17 @@ fn campaign_survives_a_sigkilled_gateway_and_completes() {
     });
     let before = campaign(hp);
     assert!(node_progress(&before) < 1.0, "{before}");
+    // Mid-way, an estimate of the end, in the future.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!(
+        before["estimated_completion_ms"]
+            .as_i64()
+            .is_some_and(|t| t > now_ms - 1000),
+        "{before}"
+    );
     let history_before: Vec<usize> = NODES
         .iter()
         .map(|id| {
