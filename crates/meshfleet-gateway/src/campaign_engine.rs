@@ -544,6 +544,12 @@ impl Engine {
                 n.reason = Some(reason.to_owned());
                 n.updated_at_ms = now;
             }
+            // It will never be offered: it ends here (not as the active campaign).
+            c.recount();
+            if c.state == CampaignState::Running {
+                c.state = CampaignState::Failed;
+                c.estimated_completion_ms = None;
+            }
         })
         .await;
     }
