@@ -35,12 +35,15 @@ use meshfleet_wire::{Package, Routing};
 use serde::{Deserialize, Serialize};
 
 use crate::boot;
-use crate::event::{AbandonReason, NodeOutcome, OtaEvent, Refusal};
+use crate::event::{
+    AbandonReason, NodeOutcome, OtaEvent, Refusal, RollbackOutcome, RollbackRefusal,
+};
 use crate::pacing::DelayPacer;
 use crate::proto::{
     campaign_id, decode_binary_chunk, encode_binary_chunk, Bitmap, Caps, ChunkJson, Layout, Nak,
-    Offer, Report, Status, Unit, BINARY_CHUNK_HEADER, CAPS, CHUNK, MAX_CAPS_TEXT, MAX_CODECS,
-    MAX_NAK_RANGES, NAK, OFFER, PROTOCOL_VERSION, REPORT, STATUS, TYPE_FIRST, TYPE_LAST,
+    Offer, Report, Rollback, RollbackResult, Status, Unit, BINARY_CHUNK_HEADER, CAPS, CHUNK,
+    MAX_CAPS_TEXT, MAX_CODECS, MAX_NAK_RANGES, NAK, OFFER, PROTOCOL_VERSION, REPORT, ROLLBACK,
+    ROLLBACK_RESULT, STATUS, TYPE_FIRST, TYPE_LAST,
 };
 use crate::store::{ImageInfo, Slot, SlotStore, StoreError};
 
@@ -445,6 +448,9 @@ pub struct MeshfleetOta {
     outcomes: BTreeMap<NodeId, NodeOutcome>,
     /// A report to send once the origin is reachable: (origin, campaign, outcome).
     pending_report: Option<(u32, u32, NodeOutcome)>,
+    /// A rollback command switched the boot record to this image: the driver restarts
+    /// into it ([`MeshfleetOta::take_reverted`]).
+    reverted: Option<ImageInfo>,
 }
 
 impl std::fmt::Debug for MeshfleetOta {
@@ -482,6 +488,7 @@ impl MeshfleetOta {
             probed: BTreeMap::new(),
             outcomes: BTreeMap::new(),
             pending_report: None,
+            reverted: None,
         };
         me.restore()?;
         Ok(me)
@@ -507,6 +514,7 @@ impl MeshfleetOta {
             probed: BTreeMap::new(),
             outcomes: BTreeMap::new(),
             pending_report: None,
+            reverted: None,
         }
     }
 
@@ -677,6 +685,196 @@ impl MeshfleetOta {
                 s.saturating_sub(at.saturating_since(now).as_micros() / 1_000_000)
             }
         })
+    }
+
+    /// Sends the operator's signed rollback `command` (an [`Intent`] with action
+    /// `rollback`, see [`Intent::rollback_to`]) to `node`, SINGLE-routed through the mesh
+    /// (any node routes it, with or without OTA). Its answer arrives as
+    /// [`OtaEvent::RollbackReport`]. `false` if there is no route to `node` now (send
+    /// again when it joins) or `command` is not a rollback command. Sending the same
+    /// command again is safe: a node that already reverted answers
+    /// [`RollbackOutcome::AlreadyThere`].
+    pub fn send_rollback(&mut self, ctx: &mut Ctx<'_>, node: NodeId, command: &Intent) -> bool {
+        let me = ctx.node_id().0;
+        if command.action != meshfleet_firmware::IntentAction::Rollback || node.0 == me {
+            return false;
+        }
+        let Ok(command) = serde_json::from_slice::<serde_json::Value>(&command.to_json()) else {
+            return false;
+        };
+        let msg = Rollback {
+            from: me,
+            routing: 1,
+            ty: ROLLBACK,
+            dest: node.0,
+            origin: me,
+            command,
+        };
+        Package::from_serialize(&msg).is_ok_and(|pkg| ctx.send(&pkg).is_ok())
+    }
+
+    /// The image a rollback command switched the boot record to, once: the node runs it
+    /// after its next start (an ESP reboots; a Linux driver makes the boot decision again
+    /// and restarts its application). Until then the node refuses offers, as on trial.
+    pub fn take_reverted(&mut self) -> Option<ImageInfo> {
+        self.reverted.take()
+    }
+
+    /// A ROLLBACK addressed to us: check the signed command, carry it out on the boot
+    /// record (one atomic write, [`boot::revert`]), answer the origin.
+    fn handle_rollback(&mut self, ctx: &mut Ctx<'_>, pkg: &Package) {
+        let Ok(msg) = pkg.parse::<Rollback>() else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let me = ctx.node_id().0;
+        if msg.dest != me {
+            self.stats.malformed += 1;
+            return;
+        }
+        let from = pkg.from();
+        let origin = if msg.origin == 0 { from.0 } else { msg.origin };
+        let command = serde_json::to_vec(&msg.command)
+            .map_err(|e| IntentError::Malformed(e.to_string()))
+            .and_then(|b| Intent::from_json(&b));
+        let (outcome, version, issued) = match command {
+            Err(_) => (
+                RollbackOutcome::Refused(RollbackRefusal::Malformed),
+                String::new(),
+                0,
+            ),
+            Ok(cmd) => {
+                let version = cmd.version.to_string();
+                let outcome = self.carry_out_rollback(ctx, &cmd, me);
+                (outcome, version, cmd.issued)
+            }
+        };
+        ctx.emit(Box::new(OtaEvent::RollbackCommand {
+            from,
+            issued,
+            outcome,
+            version: version.clone(),
+        }));
+        // A forged command gets no answer: the unsigned `origin` must not make us send
+        // traffic to whoever a forger names.
+        if outcome == RollbackOutcome::Refused(RollbackRefusal::Signature) || origin == me {
+            return;
+        }
+        let version = match outcome {
+            RollbackOutcome::Reverted | RollbackOutcome::AlreadyThere => version,
+            RollbackOutcome::Refused(_) => self
+                .config
+                .running
+                .as_ref()
+                .map(|i| i.version.clone())
+                .unwrap_or_default(),
+        };
+        let (o, r) = outcome.labels();
+        let answer = RollbackResult {
+            from: me,
+            routing: 1,
+            ty: ROLLBACK_RESULT,
+            dest: origin,
+            issued,
+            outcome: o.to_string(),
+            refusal: r.map(str::to_string),
+            version,
+        };
+        if let Ok(pkg) = Package::from_serialize(&answer) {
+            // No route to the origin: it sends the command again and gets the answer then.
+            let _ = ctx.send(&pkg);
+        }
+    }
+
+    /// Checks `cmd` for this node and carries it out.
+    fn carry_out_rollback(&mut self, ctx: &Ctx<'_>, cmd: &Intent, me: u32) -> RollbackOutcome {
+        let refused = RollbackOutcome::Refused;
+        // Signature, action, role/hardware, scope and expiry first, replay after: the same
+        // command sent again after the node reverted is answered "already there", not
+        // "replayed" (the sender repeats it until it hears back).
+        if let Err(e) = cmd.allows_rollback(
+            me,
+            &self.config.role,
+            &self.config.hardware,
+            self.config.trusted_key.as_ref(),
+            self.unix_now(ctx.now()),
+            0,
+        ) {
+            return refused(match e {
+                IntentError::Signature(_) => RollbackRefusal::Signature,
+                IntentError::WrongAction { .. } => RollbackRefusal::WrongAction,
+                IntentError::OtherImage => RollbackRefusal::OtherRole,
+                IntentError::OutOfScope(_) => RollbackRefusal::OutOfScope,
+                IntentError::Expired { .. } => RollbackRefusal::Expired,
+                IntentError::Replayed { .. } => RollbackRefusal::Replayed,
+                _ => RollbackRefusal::Malformed,
+            });
+        }
+        let rec = match self.store.load_boot() {
+            Ok(r) => r,
+            Err(_) => return refused(RollbackRefusal::StoreFailed),
+        };
+        let sha = cmd.sha256.to_string();
+        let version = cmd.version.to_string();
+        let runs_it = rec.as_ref().is_some_and(|r| {
+            r.pending.is_none()
+                && r.image(r.active)
+                    .is_some_and(|i| i.sha256.eq_ignore_ascii_case(&sha) && i.version == version)
+        });
+        if runs_it {
+            return RollbackOutcome::AlreadyThere;
+        }
+        let used = rec.as_ref().map_or(0, |r| r.intent_issued);
+        if cmd.issued <= used {
+            return refused(RollbackRefusal::Replayed);
+        }
+        match boot::revert(&mut *self.store, &sha, &version, cmd.issued) {
+            Ok(boot::Reverted::AlreadyThere) => RollbackOutcome::AlreadyThere,
+            Ok(boot::Reverted::Switched { to, from, .. }) => {
+                // The image left must not spread from here: drop its campaign (a
+                // complete one would be offered to every neighbour with an older image).
+                let left = from.map(|f| f.sha256);
+                let holds_left = self
+                    .campaign
+                    .as_ref()
+                    .is_some_and(|c| left.as_deref() == Some(&c.manifest.sha256.to_string()));
+                if holds_left {
+                    self.campaign = None;
+                    // Without its record the campaign is not restored after the restart;
+                    // if the delete fails, the rolled-back list still refuses it.
+                    let _ = self.store.clear_state();
+                }
+                // The slot we run is now the inactive one: no offer may erase it before
+                // the restart.
+                self.config.on_trial = true;
+                self.reverted = Some(to);
+                RollbackOutcome::Reverted
+            }
+            Err(boot::RevertError::NotInPreviousSlot { .. }) => {
+                refused(RollbackRefusal::NotInPreviousSlot)
+            }
+            Err(boot::RevertError::Damaged) => refused(RollbackRefusal::Damaged),
+            Err(_) => refused(RollbackRefusal::StoreFailed),
+        }
+    }
+
+    /// A node's answer to a rollback command we sent.
+    fn handle_rollback_result(&mut self, ctx: &mut Ctx<'_>, pkg: &Package) {
+        let Ok(r) = pkg.parse::<RollbackResult>() else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let Some(outcome) = RollbackOutcome::from_labels(&r.outcome, r.refusal.as_deref()) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let version: String = r.version.chars().take(MAX_CAPS_TEXT).collect();
+        ctx.emit(Box::new(OtaEvent::RollbackReport {
+            node: pkg.from(),
+            issued: r.issued,
+            outcome,
+            version,
+        }));
     }
 
     /// Why the node stopped (a store failure), if it did.
@@ -2413,6 +2611,18 @@ impl Plugin for MeshfleetOta {
     }
 
     fn handle_package(&mut self, ctx: &mut Ctx<'_>, link: LinkId, routing: Routing, pkg: &Package) {
+        if pkg.ty() == ROLLBACK || pkg.ty() == ROLLBACK_RESULT {
+            // Self-authenticating (signed) or a plain answer: from anywhere in the mesh,
+            // SINGLE-routed (a neighbour may send it NEIGHBOUR-routed), never flooded.
+            if !matches!(routing, Routing::Single | Routing::Neighbour) {
+                self.stats.malformed += 1;
+            } else if pkg.ty() == ROLLBACK {
+                self.handle_rollback(ctx, pkg);
+            } else {
+                self.handle_rollback_result(ctx, pkg);
+            }
+            return;
+        }
         if pkg.ty() == REPORT {
             // Addressed to the origin, from anywhere in the mesh.
             if routing == Routing::Single {
