@@ -57,13 +57,15 @@ pub enum Refusal {
     Source,
     /// The node's store failed.
     StoreFailed,
+    /// The node is not in the campaign's scope (2.3.2).
+    OutOfScope,
     /// A refusal this build does not know (from a newer peer).
     Other,
 }
 
 impl Refusal {
     /// Every refusal, for parsing.
-    const ALL: [Self; 14] = [
+    const ALL: [Self; 15] = [
         Self::InvalidManifest,
         Self::Signature,
         Self::Role,
@@ -77,6 +79,7 @@ impl Refusal {
         Self::Busy,
         Self::Source,
         Self::StoreFailed,
+        Self::OutOfScope,
         Self::Other,
     ];
 
@@ -96,6 +99,7 @@ impl Refusal {
             Self::Busy => "busy",
             Self::Source => "source",
             Self::StoreFailed => "store_failed",
+            Self::OutOfScope => "out_of_scope",
             Self::Other => "other",
         }
     }

@@ -21,7 +21,7 @@
 //! flow, or an artefact packed with a smaller window). A receiver refuses an offer it cannot
 //! decode in any case, for a sender that ignores CAPS.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -42,8 +42,8 @@ use crate::pacing::DelayPacer;
 use crate::proto::{
     campaign_id, decode_binary_chunk, encode_binary_chunk, Bitmap, Caps, ChunkJson, Layout, Nak,
     Offer, Report, Rollback, RollbackResult, Status, Unit, BINARY_CHUNK_HEADER, CAPS, CHUNK,
-    MAX_CAPS_TEXT, MAX_CODECS, MAX_NAK_RANGES, NAK, OFFER, PROTOCOL_VERSION, REPORT, ROLLBACK,
-    ROLLBACK_RESULT, STATUS, TYPE_FIRST, TYPE_LAST,
+    MAX_CAPS_TEXT, MAX_CODECS, MAX_NAK_RANGES, MAX_SCOPE, NAK, OFFER, PROTOCOL_VERSION, REPORT,
+    ROLLBACK, ROLLBACK_RESULT, STATUS, TYPE_FIRST, TYPE_LAST,
 };
 use crate::store::{ImageInfo, Slot, SlotStore, StoreError};
 
@@ -270,6 +270,9 @@ struct SavedState {
     /// after its reboot (a relay must still update its subtree).
     #[serde(default)]
     complete: bool,
+    /// The campaign's scope (`Offer::scope`): whom this node offers it to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scope: Option<Vec<u32>>,
 }
 
 /// Where chunk bytes come from.
@@ -288,6 +291,9 @@ struct Campaign {
     layout: Layout,
     /// The operator's signed intent, passed on with every OFFER of the campaign.
     intent: Option<Intent>,
+    /// The nodes the campaign is for (`None`: every node that lacks the image): offered
+    /// only to these, passed on unchanged with every OFFER (2.3.2).
+    scope: Option<BTreeSet<u32>>,
     /// The node the campaign started from (0: unknown, e.g. an offer from an older
     /// build): the upstream is the neighbour on the route toward it.
     origin: u32,
@@ -526,6 +532,7 @@ impl MeshfleetOta {
             manifest,
             layout,
             intent,
+            scope: None,
             // Set to our id at the first offer (the node id is not known here).
             origin: 0,
             source: ChunkSource::Payload(Arc::new(artefact)),
@@ -685,6 +692,126 @@ impl MeshfleetOta {
                 s.saturating_sub(at.saturating_since(now).as_micros() / 1_000_000)
             }
         })
+    }
+
+    /// Restricts the campaign this node is the source of to the nodes in `scope` (2.3.2),
+    /// or opens it to every node that lacks the image (`None`, the default). OFFERs carry
+    /// the scope and every relay keeps it, so the campaign reaches no node outside it.
+    /// Nodes already offered keep what they have; add nodes with
+    /// [`MeshfleetOta::target`]. `false` if this node is not a source or `scope` holds more
+    /// than [`MAX_SCOPE`] ids.
+    pub fn set_scope(&mut self, scope: Option<BTreeSet<u32>>) -> bool {
+        let Some(c) = self
+            .campaign
+            .as_mut()
+            .filter(|c| matches!(c.source, ChunkSource::Payload(_)))
+        else {
+            return false;
+        };
+        if scope.as_ref().is_some_and(|s| s.len() > MAX_SCOPE) {
+            return false;
+        }
+        c.scope = scope;
+        true
+    }
+
+    /// Adds `node` to the scope of the campaign this node is the source of and offers it
+    /// the campaign: at once if it is a meshfleet neighbour or remote peer, else through a
+    /// SINGLE-routed CAPS that makes it a remote peer (2.7), wherever it is in the mesh.
+    /// A node offered before (it refused, or was taken out with
+    /// [`MeshfleetOta::untarget`]) is offered again. `false` if this node is not a source,
+    /// the scope is full, `node` is a neighbour that sent no CAPS (a stock node: serve it
+    /// with the stock flow), or there is no route to it now (call again when it joins).
+    pub fn target(&mut self, ctx: &mut Ctx<'_>, node: NodeId) -> bool {
+        let me = ctx.node_id();
+        let Some(c) = self
+            .campaign
+            .as_mut()
+            .filter(|c| matches!(c.source, ChunkSource::Payload(_)))
+        else {
+            return false;
+        };
+        if node == me {
+            return false;
+        }
+        if let Some(s) = c.scope.as_mut() {
+            if !s.contains(&node.0) && s.len() >= MAX_SCOPE {
+                return false;
+            }
+            s.insert(node.0);
+        }
+        if c.origin == 0 {
+            c.origin = me.0;
+        }
+        let link = self
+            .neighbours
+            .iter()
+            .find(|(l, n)| n.peer == node && remote_peer(**l).is_none())
+            .map(|(l, _)| *l)
+            .or_else(|| {
+                let r = remote_link(node);
+                self.neighbours.contains_key(&r).then_some(r)
+            });
+        if let Some(link) = link {
+            let Some(n) = self.neighbours.get_mut(&link) else {
+                return false;
+            };
+            if n.caps.is_none() {
+                return false;
+            }
+            n.offered = None;
+            n.reported = None;
+            self.maybe_offer(ctx, link);
+            return true;
+        }
+        if ctx.route(node).is_none() {
+            return false;
+        }
+        // Make room among the remote peers: one that is done, refused or silent goes.
+        let remotes: Vec<(LinkId, bool)> = self
+            .neighbours
+            .iter()
+            .filter(|(l, _)| remote_peer(**l).is_some())
+            .map(|(l, n)| (*l, n.done || n.rejected || n.caps.is_none()))
+            .collect();
+        if remotes.len() >= MAX_REMOTE_PEERS {
+            match remotes.iter().find(|(_, idle)| *idle) {
+                Some((l, _)) => {
+                    self.neighbours.remove(l);
+                }
+                None => return false,
+            }
+        }
+        let now = ctx.now();
+        self.probed.insert(node.0, now);
+        let caps = self.caps(me.0, node.0, false);
+        Self::send_json(ctx, remote_link(node), &caps);
+        true
+    }
+
+    /// Takes `node` out of the scope of the campaign this node is the source of: no more
+    /// offers or chunks to it from here (a rollout cancelled its transfer). It abandons
+    /// the transfer by itself once no unit arrives for its `campaign_timeout`. `false` if
+    /// this node is not a scoped source.
+    pub fn untarget(&mut self, node: NodeId) -> bool {
+        let Some(c) = self
+            .campaign
+            .as_mut()
+            .filter(|c| matches!(c.source, ChunkSource::Payload(_)))
+        else {
+            return false;
+        };
+        let Some(s) = c.scope.as_mut() else {
+            return false;
+        };
+        s.remove(&node.0);
+        let units = c.layout.units();
+        for n in self.neighbours.values_mut().filter(|n| n.peer == node) {
+            n.want = Bitmap::new(units);
+            n.offer_at = None;
+            n.accepted = false;
+        }
+        true
     }
 
     /// Sends the operator's signed rollback `command` (an [`Intent`] with action
@@ -951,6 +1078,7 @@ impl MeshfleetOta {
                 manifest,
                 layout,
                 intent: saved.intent,
+                scope: saved.scope.map(|s| s.into_iter().collect()),
                 origin: saved.origin,
                 source: ChunkSource::Staged,
                 have,
@@ -975,6 +1103,7 @@ impl MeshfleetOta {
             manifest,
             layout,
             intent: saved.intent,
+            scope: saved.scope.map(|s| s.into_iter().collect()),
             origin: saved.origin,
             source: ChunkSource::Staged,
             have,
@@ -1013,6 +1142,7 @@ impl MeshfleetOta {
             manifest,
             have: c.have.to_hex(),
             complete: c.complete,
+            scope: c.scope.as_ref().map(|s| s.iter().copied().collect()),
         };
         c.unsaved = 0;
         let bytes = serde_json::to_vec(&saved).map_err(|e| StoreError::Corrupt {
@@ -1129,8 +1259,14 @@ impl MeshfleetOta {
                 if targets.len() >= MAX_PROBES {
                     break;
                 }
+                let out_of_scope = self
+                    .campaign
+                    .as_ref()
+                    .and_then(|c| c.scope.as_ref())
+                    .is_some_and(|s| !s.contains(&id.0));
                 if id == peer
                     || id == me
+                    || out_of_scope
                     || self.neighbours.contains_key(&remote_link(id))
                     || self.neighbours.values().any(|n| n.peer == id)
                     || self
@@ -1265,6 +1401,9 @@ impl MeshfleetOta {
             // neighbours are still offered: a part-way child whose link was re-made takes
             // its parent's OFFER as the way back to its upstream.)
             || (remote_peer(link).is_some() && n.offers_campaign == Some(c.id))
+            // Not a node the campaign is for: it is not offered, and not accounted for
+            // (the driver knows whom it left out).
+            || c.scope.as_ref().is_some_and(|s| !s.contains(&n.peer.0))
         {
             return;
         }
@@ -1347,6 +1486,10 @@ impl MeshfleetOta {
         let Some(n) = self.neighbours.get(&link) else {
             return;
         };
+        if c.scope.as_ref().is_some_and(|s| !s.contains(&n.peer.0)) {
+            // Taken out of the scope since the first offer (`untarget`): no retries.
+            return;
+        }
         let m = &c.manifest;
         // The lean manifest: the chunk table follows page by page with the chunks.
         let lean = if m.has_chunk_table() {
@@ -1365,6 +1508,7 @@ impl MeshfleetOta {
                 .as_ref()
                 .and_then(|i| serde_json::from_slice(&i.to_json()).ok()),
             origin: c.origin,
+            scope: c.scope.as_ref().map(|s| s.iter().copied().collect()),
             manifest: serde_json::from_slice(&lean).unwrap_or_default(),
         };
         self.stats.offers_sent += 1;
@@ -2002,6 +2146,22 @@ impl MeshfleetOta {
                 return;
             }
         }
+        // The campaign's scope (2.3.2): unsigned, a rule of cooperating nodes (any node may
+        // take a newer signed image by design), so that a rollout reaches only the nodes
+        // of the waves it started.
+        let scope = match offer.scope {
+            Some(v) if v.len() > MAX_SCOPE => {
+                self.stats.malformed += 1;
+                return;
+            }
+            v => v.map(|v| v.into_iter().collect::<BTreeSet<u32>>()),
+        };
+        if scope.as_ref().is_some_and(|s| !s.contains(&me)) {
+            let reason = "this node is not in the campaign's scope".to_string();
+            let origin = offer.origin;
+            self.refuse(ctx, link, peer, id, Refusal::OutOfScope, reason, origin);
+            return;
+        }
         if let Some((kind, reason)) = self.refuse_reason(&manifest, intent.as_ref(), me, now) {
             self.refuse(ctx, link, peer, id, kind, reason, offer.origin);
             return;
@@ -2029,7 +2189,7 @@ impl MeshfleetOta {
             n.origin = offer.origin;
         }
         let intent = intent.and_then(Result::ok);
-        if let Err(e) = self.begin(ctx, link, id, manifest, intent, offer.origin) {
+        if let Err(e) = self.begin(ctx, link, id, manifest, intent, scope, offer.origin) {
             self.fail(ctx, &e);
         }
     }
@@ -2058,6 +2218,9 @@ impl MeshfleetOta {
         }
     }
 
+    // The offer's parts, each checked by the caller; a struct for one call site would only
+    // move the list.
+    #[allow(clippy::too_many_arguments)]
     fn begin(
         &mut self,
         ctx: &mut Ctx<'_>,
@@ -2065,6 +2228,7 @@ impl MeshfleetOta {
         id: u32,
         manifest: Manifest,
         intent: Option<Intent>,
+        scope: Option<BTreeSet<u32>>,
         origin: u32,
     ) -> Result<(), StoreError> {
         // A committed but not yet booted image sits in the inactive slot: it is superseded.
@@ -2090,6 +2254,7 @@ impl MeshfleetOta {
             manifest: manifest.clone(),
             layout,
             intent,
+            scope,
             origin,
             source: ChunkSource::Staged,
             have: Bitmap::new(chunks),

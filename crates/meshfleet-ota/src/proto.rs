@@ -34,6 +34,9 @@ pub const PROTOCOL_VERSION: u32 = 2;
 /// Most ranges in one NAK. A NAK lists the *first* missing ranges; the rest are asked for
 /// in later intervals, so a peer can never make us walk an unbounded list.
 pub const MAX_NAK_RANGES: usize = 64;
+/// Most node ids in a campaign's scope (`Offer::scope`): 4,096 ids is ~45 KB of JSON per
+/// OFFER; a larger fleet is served without a scope, or in waves.
+pub const MAX_SCOPE: usize = 4096;
 /// Most codec names in a CAPS.
 pub const MAX_CODECS: usize = 8;
 /// Longest string field we keep from a peer's CAPS (role, hardware, version, hash).
@@ -105,6 +108,12 @@ pub struct Offer {
     /// toward the source and never form a cycle. 0: not given.
     #[serde(default)]
     pub origin: u32,
+    /// The nodes the campaign is for (at most [`MAX_SCOPE`]); absent: every node that lacks
+    /// the image. Not signed: a rule of cooperating nodes (a receiver outside it refuses,
+    /// a relay offers only to nodes in it), so a progressive rollout reaches only the
+    /// nodes of the waves it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Vec<u32>>,
     /// The manifest, as a JSON object.
     pub manifest: serde_json::Value,
 }
