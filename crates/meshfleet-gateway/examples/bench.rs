@@ -89,6 +89,10 @@ impl MeshPort for FixedMesh {
     fn shutdown(&self) -> Fut<'_, ()> {
         Box::pin(async {})
     }
+    fn run_on_node(&self, _job: meshfleet_gateway::mesh::NodeJob) -> Fut<'_, Result<(), Stopped>> {
+        // No node here: campaigns are not part of the benchmark.
+        Box::pin(async { Err(Stopped) })
+    }
 }
 
 fn report(i: u64) -> StatusReport {

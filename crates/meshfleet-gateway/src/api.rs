@@ -35,6 +35,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::broadcast::error::RecvError;
 use utoipa::{IntoParams, ToSchema};
 
+use crate::campaign::{Campaign, CampaignAction, CampaignError, CampaignId, CampaignSpec};
 use crate::events::GatewayEvent;
 use crate::model::{Alert, ArtefactInfo, AuditEntry, Health, History, NodeStatus, Resolution};
 use crate::store::StoreError;
@@ -67,6 +68,9 @@ pub fn router(shared: AppState) -> Router {
         .route("/nodes/{node_id}/history", get(history))
         .route("/alerts", get(alerts))
         .route("/alerts/{id}/ack", post(ack_alert))
+        .route("/campaigns", post(create_campaign).get(list_campaigns))
+        .route("/campaigns/{id}", get(get_campaign))
+        .route("/campaigns/{id}/{action}", post(campaign_action))
         .route("/events", get(events))
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
@@ -968,6 +972,151 @@ async fn delete_firmware(
 }
 
 // ---------------------------------------------------------------------------------------
+// Campaigns
+
+impl From<CampaignError> for ApiError {
+    fn from(e: CampaignError) -> Self {
+        let detail = e.to_string();
+        match e {
+            CampaignError::NotFound(_) => Self::not_found(detail),
+            CampaignError::Conflict { .. } => {
+                Self::new(StatusCode::CONFLICT, "campaign_conflict", detail)
+            }
+            CampaignError::InvalidTransition { .. } => {
+                Self::new(StatusCode::CONFLICT, "invalid_transition", detail)
+            }
+            CampaignError::UnknownArtefact(_) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown_artefact", detail)
+            }
+            CampaignError::NoTargets => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "no_targets", detail)
+            }
+            CampaignError::InvalidSpec(_) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_campaign", detail)
+            }
+            CampaignError::Store(e) => e.into(),
+            CampaignError::MeshStopped => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "mesh_stopped", detail)
+            }
+            #[allow(unreachable_patterns)]
+            _ => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", detail),
+        }
+    }
+}
+
+/// `GET /campaigns`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CampaignList {
+    /// Newest first, without their nodes.
+    pub campaigns: Vec<Campaign>,
+}
+
+fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim() == "application/json")
+        })
+}
+
+fn campaign_id(raw: &str) -> Result<CampaignId, ApiError> {
+    // A malformed id names no campaign: 404, like an unknown one.
+    CampaignId::parse(raw).ok_or_else(|| ApiError::not_found(format!("no campaign {raw}")))
+}
+
+/// Creates a campaign: an artefact for a set of nodes (`all`, a `role`, a `hardware`, or
+/// listed `nodes`). `409` if a targeted node is in another campaign that is not finished.
+#[utoipa::path(post, path = "/campaigns", tag = "campaigns",
+    request_body(content = CampaignSpec, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses((status = 201, body = Campaign, description = "Created"),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json"),
+        (status = 413, body = Problem, content_type = "application/problem+json"),
+        (status = 415, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json")))]
+async fn create_campaign(
+    State(s): State<AppState>,
+    actor: axum::Extension<Actor>,
+    headers: axum::http::HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body?;
+    if !is_json(&headers) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "bad_content_type",
+            "the body must be application/json",
+        ));
+    }
+    let spec: CampaignSpec = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("bad_json", format!("invalid campaign: {e}")))?;
+    let c = s
+        .campaigns
+        .create(spec, &format!("http:{}", actor.0 .0))
+        .await?;
+    let mut r = (StatusCode::CREATED, Json(c.clone())).into_response();
+    if let Ok(loc) = HeaderValue::from_str(&format!("/campaigns/{}", c.id)) {
+        r.headers_mut().insert(header::LOCATION, loc);
+    }
+    Ok(r)
+}
+
+/// Every campaign, newest first (without their nodes).
+#[utoipa::path(get, path = "/campaigns", tag = "campaigns",
+    responses((status = 200, body = CampaignList)))]
+async fn list_campaigns(State(s): State<AppState>) -> Result<Json<CampaignList>, ApiError> {
+    Ok(Json(CampaignList {
+        campaigns: s.campaigns.list().await?,
+    }))
+}
+
+/// One campaign with every targeted node's state and reason.
+#[utoipa::path(get, path = "/campaigns/{id}", tag = "campaigns",
+    params(("id" = String, Path, description = "The campaign's id (`c-000001`)")),
+    responses((status = 200, body = Campaign),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+async fn get_campaign(
+    State(s): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+) -> Result<Json<Campaign>, ApiError> {
+    let Path(raw) = p?;
+    Ok(Json(s.campaigns.get(&campaign_id(&raw)?).await?))
+}
+
+/// Starts (created), pauses (running), resumes (paused) or cancels (not finished) a
+/// campaign. `409` for a transition its state does not allow.
+#[utoipa::path(post, path = "/campaigns/{id}/{action}", tag = "campaigns",
+    params(("id" = String, Path, description = "The campaign's id (`c-000001`)"),
+        ("action" = CampaignAction, Path, description = "start, pause, resume or cancel")),
+    security(("bearer" = [])),
+    responses((status = 200, body = Campaign),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json")))]
+async fn campaign_action(
+    State(s): State<AppState>,
+    actor: axum::Extension<Actor>,
+    p: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Json<Campaign>, ApiError> {
+    let Path((raw, action)) = p?;
+    let id = campaign_id(&raw)?;
+    let action = CampaignAction::parse(&action)
+        .ok_or_else(|| ApiError::not_found("no such endpoint (start, pause, resume or cancel)"))?;
+    let c = s
+        .campaigns
+        .act(&id, action, &format!("http:{}", actor.0 .0))
+        .await?;
+    Ok(Json(c))
+}
+
+// ---------------------------------------------------------------------------------------
 // Events, metrics, probes, the document
 
 /// A stream of [`GatewayEvent`]s (server-sent events; the SSE `event` field is the event's
@@ -1074,8 +1223,9 @@ async fn openapi_json() -> Response {
 /// The handlers' path items, for [`openapi`].
 pub(crate) mod paths {
     pub(crate) use super::{
-        __path_ack_alert, __path_alerts, __path_delete_firmware, __path_events,
-        __path_fleet_health, __path_healthz, __path_history, __path_list_firmware,
+        __path_ack_alert, __path_alerts, __path_campaign_action, __path_create_campaign,
+        __path_delete_firmware, __path_events, __path_fleet_health, __path_get_campaign,
+        __path_healthz, __path_history, __path_list_campaigns, __path_list_firmware,
         __path_metrics_text, __path_openapi_json, __path_readyz, __path_status_list,
         __path_status_one, __path_topology, __path_upload_firmware,
     };

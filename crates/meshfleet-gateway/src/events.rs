@@ -6,6 +6,7 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 use utoipa::ToSchema;
 
+use crate::campaign::{Campaign, CampaignNodeEvent};
 use crate::model::{Alert, ArtefactInfo, Health};
 
 /// Events buffered per subscriber.
@@ -88,6 +89,11 @@ pub enum GatewayEvent {
         /// Its id.
         id: String,
     },
+    /// A campaign changed (created, its state, its counts or progress); the campaign
+    /// without its nodes.
+    Campaign(Campaign),
+    /// A node of a campaign changed (at most 4 per second per node).
+    CampaignNode(CampaignNodeEvent),
 }
 
 impl GatewayEvent {
@@ -103,6 +109,8 @@ impl GatewayEvent {
             Self::AlertAcked { .. } => "alert_acked",
             Self::FirmwareAdded { .. } => "firmware_added",
             Self::FirmwareDeleted { .. } => "firmware_deleted",
+            Self::Campaign(_) => "campaign",
+            Self::CampaignNode(_) => "campaign_node",
         }
     }
 }

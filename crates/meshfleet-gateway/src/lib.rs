@@ -20,6 +20,8 @@
 //! node and returns a handle; [`run`] is the whole process (`meshfleet gateway`).
 
 pub mod api;
+pub mod campaign;
+pub mod campaign_engine;
 pub mod config;
 pub mod events;
 pub mod ingest;
@@ -44,13 +46,14 @@ use tracing::{info, warn};
 
 pub use config::GatewayConfig;
 
+use crate::campaign::CampaignService;
 use crate::events::EventBus;
 use crate::mesh::MeshPort;
 use crate::registry::Registry;
 use crate::store::sqlite::Retention;
 use crate::store::{
-    AlertStore, ArtefactStore, AuditLog, HistoryStore, NodeStore, SqliteStore, StoreError,
-    StoreStats,
+    AlertStore, ArtefactStore, AuditLog, CampaignStore, HistoryStore, NodeStore, SqliteStore,
+    StoreError, StoreStats,
 };
 
 /// How often maintenance (rollups, retention, size cap) runs.
@@ -94,6 +97,8 @@ pub struct Stores {
     pub artefacts: Arc<dyn ArtefactStore>,
     /// The audit log.
     pub audit: Arc<dyn AuditLog>,
+    /// Campaigns.
+    pub campaigns: Arc<dyn CampaignStore>,
     /// Liveness and counters.
     pub status: Arc<dyn StoreStatus>,
 }
@@ -107,6 +112,7 @@ impl Stores {
             alerts: db.clone(),
             artefacts: db.clone(),
             audit: db.clone(),
+            campaigns: db.clone(),
             status: db,
         }
     }
@@ -145,6 +151,8 @@ pub struct Shared {
     pub mesh: Arc<dyn MeshPort>,
     /// Counters.
     pub counters: Counters,
+    /// Firmware campaigns.
+    pub campaigns: CampaignService,
     /// Turns true when the gateway shuts down (ends open event streams).
     pub stopping: watch::Receiver<bool>,
 }
@@ -241,6 +249,11 @@ impl Gateway {
             Vec::new()
         });
         info!(nodes = nodes.len(), "registry restored");
+        let campaigns = stores.campaigns.load().await.unwrap_or_else(|e| {
+            warn!(error = %e, "cannot read the stored campaigns; starting without");
+            Vec::new()
+        });
+        info!(campaigns = campaigns.len(), "campaigns restored");
         // Subscribe before anything can happen on the mesh that we should see.
         let events = mesh.subscribe();
         let listener =
@@ -255,7 +268,8 @@ impl Gateway {
             source,
         })?;
         let (shutdown, rx) = watch::channel(false);
-        let shared = Arc::new(Shared {
+        let campaign_store = stores.campaigns.clone();
+        let shared = Arc::new_cyclic(|weak| Shared {
             registry: Registry::restore(nodes),
             token,
             firmware_key,
@@ -263,6 +277,7 @@ impl Gateway {
             bus: EventBus::default(),
             mesh,
             counters: Counters::default(),
+            campaigns: CampaignService::new(weak.clone(), campaign_store, campaigns),
             stopping: rx.clone(),
             config,
         });
@@ -271,6 +286,10 @@ impl Gateway {
             events,
             rx.clone(),
         ))];
+        tasks.push(tokio::spawn(campaign_engine::run(
+            shared.clone(),
+            rx.clone(),
+        )));
         if let Some(db) = maintain {
             tasks.push(tokio::spawn(maintenance(shared.clone(), db, rx.clone())));
         }

@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use meshfleet_mesh::{Config, Node, NodeId, NodeTree};
+use meshfleet_mesh::{Config, Instant, Node, NodeId, NodeTree};
 use meshfleet_runtime::{
     MeshHandle, Runtime, RuntimeConfig, RuntimeEvent, SendError, StartError, Stopped,
 };
@@ -16,6 +16,9 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 use crate::status::StatusPlugin;
+
+/// A job run in the task that owns the node, with the current (mesh-runtime or virtual) time.
+pub type NodeJob = Box<dyn FnOnce(&mut Node, Instant) + Send>;
 
 /// What the gateway uses of the mesh node.
 pub trait MeshPort: Send + Sync + 'static {
@@ -42,6 +45,14 @@ pub trait MeshPort: Send + Sync + 'static {
     fn is_running(&self) -> bool;
     /// Stops the node (closes every link).
     fn shutdown(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+    /// Runs `job` on the gateway's own node between two inputs ([`MeshHandle::with_node`]
+    /// for the TCP runtime; the simulated gateway node for `meshfleet demo`). Frames and
+    /// plugin events it produces go out as usual; plugin events arrive through
+    /// [`MeshPort::subscribe`] as `RuntimeEvent::Plugin { .. }`. Resolves once the job ran.
+    fn run_on_node(
+        &self,
+        job: NodeJob,
+    ) -> Pin<Box<dyn Future<Output = Result<(), Stopped>> + Send + '_>>;
 }
 
 impl MeshPort for MeshHandle {
@@ -82,6 +93,13 @@ impl MeshPort for MeshHandle {
 
     fn shutdown(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         Box::pin(Self::shutdown(self))
+    }
+
+    fn run_on_node(
+        &self,
+        job: NodeJob,
+    ) -> Pin<Box<dyn Future<Output = Result<(), Stopped>> + Send + '_>> {
+        Box::pin(self.with_node(job))
     }
 }
 

@@ -6,8 +6,12 @@ use utoipa::{Modify, OpenApi};
 
 use crate::api::paths::*;
 use crate::api::{
-    AckRequest, AlertList, AlertState, ArtefactList, FleetHealth, Order, Probe, Problem, SortKey,
-    StatusList, Topology, TopologyNode,
+    AckRequest, AlertList, AlertState, ArtefactList, CampaignList, FleetHealth, Order, Probe,
+    Problem, SortKey, StatusList, Topology, TopologyNode,
+};
+use crate::campaign::{
+    Campaign, CampaignAction, CampaignId, CampaignNode, CampaignNodeEvent, CampaignSpec,
+    CampaignState, CampaignStrategy, NodeState, TargetsJson,
 };
 use crate::events::GatewayEvent;
 use crate::model::{
@@ -26,19 +30,23 @@ use crate::status::StatusReport;
     ),
     paths(
         status_list, status_one, fleet_health, topology, history, alerts, ack_alert,
-        upload_firmware, list_firmware, delete_firmware, events, metrics_text, healthz, readyz,
-        openapi_json
+        upload_firmware, list_firmware, delete_firmware, create_campaign, list_campaigns,
+        get_campaign, campaign_action, events, metrics_text, healthz, readyz, openapi_json
     ),
     components(schemas(
         StatusList, NodeStatus, StatusReport, Health, FleetHealth, Topology, TopologyNode,
         History, HistoryPoint, Resolution, Alert, AlertKind, Severity, AlertList, AlertState,
-        AckRequest, ArtefactInfo, ArtefactList, GatewayEvent, Probe, Problem, SortKey, Order
+        AckRequest, ArtefactInfo, ArtefactList, GatewayEvent, Probe, Problem, SortKey, Order,
+        Campaign, CampaignList, CampaignSpec, CampaignId, CampaignNode, CampaignNodeEvent,
+        CampaignState, CampaignStrategy, CampaignAction, NodeState, TargetsJson
     )),
     modifiers(&Bearer),
     tags(
         (name = "fleet", description = "The status service: nodes, health, tree, history"),
         (name = "alerts", description = "Alerts and their acknowledgement"),
         (name = "firmware", description = "Firmware artefacts (.mfw), stored by content hash"),
+        (name = "campaigns", description = "Firmware campaigns: an artefact offered to a set \
+            of nodes, one state per node"),
         (name = "events", description = "Server-sent events"),
         (name = "ops", description = "Metrics, probes, this document")
     )

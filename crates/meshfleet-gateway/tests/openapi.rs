@@ -57,9 +57,23 @@ fn validate(doc: &Value, schema: &Value, v: &Value, at: &str, errors: &mut Vec<S
         return;
     }
     if let Some(all) = s.get("allOf").and_then(Value::as_array) {
+        // One object schema made of the parts: a property declared by any part is
+        // declared (a tagged event is its payload's schema plus the `event` key).
+        let mut merged = serde_json::Map::new();
+        let (mut props, mut required) = (serde_json::Map::new(), Vec::new());
         for part in all {
-            validate(doc, part, v, at, errors);
+            let part = resolve(doc, part);
+            if let Some(p) = part.get("properties").and_then(Value::as_object) {
+                props.extend(p.clone());
+            }
+            if let Some(r) = part.get("required").and_then(Value::as_array) {
+                required.extend(r.iter().cloned());
+            }
         }
+        merged.insert("type".into(), json!("object"));
+        merged.insert("properties".into(), Value::Object(props));
+        merged.insert("required".into(), Value::Array(required));
+        validate(doc, &Value::Object(merged), v, at, errors);
         return;
     }
     match s.get("type") {
@@ -164,6 +178,10 @@ async fn responses_conform_to_the_document() {
         ("/firmware", "post"),
         ("/firmware", "get"),
         ("/firmware/{id}", "delete"),
+        ("/campaigns", "post"),
+        ("/campaigns", "get"),
+        ("/campaigns/{id}", "get"),
+        ("/campaigns/{id}/{action}", "post"),
         ("/events", "get"),
         ("/metrics", "get"),
         ("/healthz", "get"),
@@ -278,6 +296,69 @@ async fn responses_conform_to_the_document() {
         .as_str()
         .unwrap()
         .to_owned();
+
+    // Campaigns: created, listed, read, acted on, and their errors.
+    let spec = json!({"artefact": id, "targets": {"nodes": [5001]}, "name": "doc"}).to_string();
+    let created = f
+        .post("/campaigns", "application/json", spec.as_bytes())
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let campaign_checks: Vec<(&str, &str, Resp)> = vec![
+        ("/campaigns", "post", created),
+        (
+            "/campaigns",
+            "post",
+            f.post("/campaigns", "application/json", spec.as_bytes())
+                .await,
+        ),
+        (
+            "/campaigns",
+            "post",
+            f.post("/campaigns", "application/json", b"{\"artefact\":1}")
+                .await,
+        ),
+        ("/campaigns", "get", f.get("/campaigns").await),
+        ("/campaigns/{id}", "get", f.get("/campaigns/c-000001").await),
+        ("/campaigns/{id}", "get", f.get("/campaigns/c-000077").await),
+        (
+            "/campaigns/{id}/{action}",
+            "post",
+            f.post("/campaigns/c-000001/pause", "application/json", b"")
+                .await,
+        ),
+        (
+            "/campaigns/{id}/{action}",
+            "post",
+            f.post("/campaigns/c-000001/start", "application/json", b"")
+                .await,
+        ),
+        (
+            "/campaigns/{id}/{action}",
+            "post",
+            f.post("/campaigns/c-000001/cancel", "application/json", b"")
+                .await,
+        ),
+    ];
+    for (path, method, r) in &campaign_checks {
+        conforms(&doc, path, method, r);
+    }
+    let full: meshfleet_gateway::campaign::Campaign =
+        serde_json::from_value(f.get("/campaigns/c-000001").await.json()).unwrap();
+    let ev = serde_json::to_value(meshfleet_gateway::events::GatewayEvent::Campaign(
+        full.summary(),
+    ))
+    .unwrap();
+    assert!(ev.get("nodes").is_none(), "{ev}");
+    let mut errors = Vec::new();
+    validate(
+        &doc,
+        &json!({ "$ref": "#/components/schemas/GatewayEvent" }),
+        &ev,
+        "$",
+        &mut errors,
+    );
+    assert!(errors.is_empty(), "{ev}: {errors:?}");
+
     conforms(
         &doc,
         "/firmware/{id}",

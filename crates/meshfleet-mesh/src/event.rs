@@ -85,8 +85,11 @@ impl CloseReason {
 pub enum DropReason {
     /// Larger than the frame cap.
     TooLong,
-    /// Could not be decoded (the wire crate's message).
-    Decode(String),
+    /// Could not be decoded: the wire crate's typed error, kept whole so consumers can
+    /// tell bad UTF-8 from bad JSON from a malformed field.
+    Decode(meshfleet_wire::DecodeError),
+    /// Decoded, but not usable as the library's protocol defines it.
+    Malformed(Malformed),
     /// A SINGLE for a node we have no route to.
     NoRoute(NodeId),
     /// A package type nobody handles.
@@ -96,6 +99,31 @@ pub enum DropReason {
     TreeRefused(TreeRefusal),
     /// A time sync message we do not act on (see [`TimeRefusal`]).
     TimeRefused(TimeRefusal),
+}
+
+/// A frame that decoded but lacks what its type needs ([`DropReason::Malformed`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Malformed {
+    /// A binary (meshfleet) frame with no type tag byte.
+    BinaryWithoutTag,
+    /// A node sync whose tree has no node id.
+    NodeSyncWithoutId,
+    /// A TIME_REPLY missing one of t0, t1, t2.
+    TimeReplyIncomplete,
+    /// A time sync message of a kind the library does not define.
+    UnknownTimeSyncKind(i64),
+}
+
+impl fmt::Display for Malformed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BinaryWithoutTag => f.write_str("binary frame without a type tag"),
+            Self::NodeSyncWithoutId => f.write_str("node sync without a node id"),
+            Self::TimeReplyIncomplete => f.write_str("TIME_REPLY without t0/t1/t2"),
+            Self::UnknownTimeSyncKind(k) => write!(f, "unknown time sync type {k}"),
+        }
+    }
 }
 
 /// Why a time sync message was not acted on ([`DropReason::TimeRefused`]). The library
@@ -205,7 +233,7 @@ impl DropReason {
     pub fn label(&self) -> &'static str {
         match self {
             Self::TooLong => "too_long",
-            Self::Decode(_) => "decode",
+            Self::Decode(_) | Self::Malformed(_) => "decode",
             Self::NoRoute(_) => "no_route",
             Self::Unhandled(_) => "unhandled",
             Self::TreeRefused(r) => r.label(),
@@ -218,7 +246,8 @@ impl fmt::Display for DropReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::TooLong => f.write_str("frame exceeds the size cap"),
-            Self::Decode(e) => f.write_str(e),
+            Self::Decode(e) => fmt::Display::fmt(e, f),
+            Self::Malformed(m) => fmt::Display::fmt(m, f),
             Self::NoRoute(id) => write!(f, "no route to node {id}"),
             Self::Unhandled(ty) => write!(f, "no handler for package type {ty}"),
             Self::TreeRefused(r) => fmt::Display::fmt(r, f),

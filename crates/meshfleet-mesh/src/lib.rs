@@ -25,11 +25,12 @@ pub mod timesync;
 
 pub use config::Config;
 pub use event::{
-    CloseReason, Delivery, DropReason, Event, LinkRole, PluginEvent, TimeRefusal, TreeRefusal,
+    CloseReason, Delivery, DropReason, Event, LinkRole, Malformed, PluginEvent, TimeRefusal,
+    TreeRefusal,
 };
 pub use meshfleet_wire as wire;
 pub use meshfleet_wire::{FlatTree, NodeId, NodeTree};
-pub use node::{binary_tag, Node, Transmit};
+pub use node::{binary_tag, Node, Transmit, Wake};
 pub use plugin::{Ctx, MeshChange, Plugin, SendError};
 pub use rng::Rng;
 pub use stats::Stats;

@@ -10,7 +10,9 @@ use meshfleet_wire::{
 };
 
 use crate::config::Config;
-use crate::event::{CloseReason, Delivery, DropReason, Event, LinkRole, TimeRefusal, TreeRefusal};
+use crate::event::{
+    CloseReason, Delivery, DropReason, Event, LinkRole, Malformed, TimeRefusal, TreeRefusal,
+};
 use crate::plugin::{Ctx, MeshChange, Plugin, SendError};
 use crate::rng::Rng;
 use crate::stats::Stats;
@@ -88,6 +90,22 @@ impl Link {
     }
 }
 
+/// Why the node asks to be woken ([`Node::poll_timeout_reason`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Wake {
+    /// The link's periodic node sync is due.
+    NodeSync(LinkId),
+    /// The link's peer has not answered a node sync in time: the link closes.
+    NodeTimeout(LinkId),
+    /// A time sync round on the link is due.
+    TimeSync(LinkId),
+    /// A TIME_REPLY held back on the link (see [`Config::time_reply_hold`]) goes out.
+    HeldTimeReply(LinkId),
+    /// The named plugin's timer.
+    Plugin(&'static str),
+}
+
 /// A TIME_REPLY held back for `time_reply_hold` (see [`Config::time_reply_hold`]).
 struct HeldReply {
     at: Instant,
@@ -143,6 +161,11 @@ pub(crate) struct Core {
 /// input from a peer drops that frame ([`Event::FrameDropped`]) or closes that link
 /// ([`Event::LinkClosed`]); it never fails the node. Same inputs, same outputs: all
 /// randomness comes from [`Config::seed`].
+///
+/// Time: every `now` a driver passes must come from one monotonic clock (never a wall
+/// clock, which steps) and must never go backwards between calls; the node's timers, its
+/// liveness and the mesh time it serves are all measured against it. Calling later than
+/// [`Node::poll_timeout`] is allowed (the due timers all run); earlier is harmless.
 pub struct Node {
     core: Core,
     plugins: Vec<Box<dyn Plugin>>,
@@ -392,6 +415,7 @@ impl Node {
     }
 
     /// The earliest time at which [`Node::handle_timeout`] must be called.
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         let core = self.core.poll_timeout();
         let plugins = self.plugins.iter().filter_map(|p| p.poll_timeout()).min();
@@ -401,12 +425,47 @@ impl Node {
         }
     }
 
+    /// [`Node::poll_timeout`] together with why the node wants to wake then (for traces
+    /// and for drivers that schedule wake-ups by kind, like str0m's `Reason`).
+    #[must_use]
+    pub fn poll_timeout_reason(&self) -> Option<(Instant, Wake)> {
+        let mut best: Option<(Instant, Wake)> = None;
+        let mut consider = |at: Instant, why: Wake| {
+            if best.map_or(true, |(b, _)| at < b) {
+                best = Some((at, why));
+            }
+        };
+        for l in &self.core.links {
+            for t in LINK_TIMERS {
+                if let Some(at) = l.timer(t) {
+                    let why = match t {
+                        LinkTimer::NodeSync => Wake::NodeSync(l.id),
+                        LinkTimer::NodeTimeout => Wake::NodeTimeout(l.id),
+                        LinkTimer::TimeSync => Wake::TimeSync(l.id),
+                    };
+                    consider(at, why);
+                }
+            }
+        }
+        for h in &self.core.held_replies {
+            consider(h.at, Wake::HeldTimeReply(h.link));
+        }
+        for p in &self.plugins {
+            if let Some(at) = p.poll_timeout() {
+                consider(at, Wake::Plugin(p.name()));
+            }
+        }
+        best
+    }
+
     /// The next frame to send.
+    #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.core.transmits.pop_front()
     }
 
     /// The next event.
+    #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
         self.core.events.pop_front()
     }
@@ -752,10 +811,7 @@ impl Core {
     fn handle_binary(&mut self, link: LinkId, payload: Vec<u8>) {
         self.stats.frames_in += 1;
         if payload.len() < 2 {
-            self.drop_frame(
-                link,
-                DropReason::Decode("binary frame without a type tag".into()),
-            );
+            self.drop_frame(link, DropReason::Malformed(Malformed::BinaryWithoutTag));
             return;
         }
         self.binary_inbox.push_back((link, payload));
@@ -781,7 +837,7 @@ impl Core {
         let parsed = match parse(frame) {
             Ok(p) => p,
             Err(e) => {
-                self.drop_frame(link, DropReason::Decode(alloc::format!("{e}")));
+                self.drop_frame(link, DropReason::Decode(e));
                 return;
             }
         };
@@ -811,7 +867,7 @@ impl Core {
             let (tree, canonical) = match parsed.node_sync_tree() {
                 Ok(t) => t,
                 Err(e) => {
-                    self.drop_frame(link, DropReason::Decode(alloc::format!("{e}")));
+                    self.drop_frame(link, DropReason::Decode(e));
                     return;
                 }
             };
@@ -824,7 +880,7 @@ impl Core {
             } else {
                 None
             };
-            self.handle_node_sync(now, link, tree, subs_text);
+            self.handle_node_sync(now, link, tree, subs_text, ty == NODE_SYNC_REQUEST);
             let Some(idx) = self.link_index(link) else {
                 return;
             };
@@ -844,7 +900,7 @@ impl Core {
         let msg = match parsed.message() {
             Ok(m) => m,
             Err(e) => {
-                self.drop_frame(link, DropReason::Decode(alloc::format!("{e}")));
+                self.drop_frame(link, DropReason::Decode(e));
                 return;
             }
         };
@@ -945,22 +1001,30 @@ impl Core {
     fn unchanged_sync(&mut self, now: Instant, idx: usize, ty: i64) {
         use meshfleet_wire::types::{NODE_SYNC_REPLY, NODE_SYNC_REQUEST};
         let (link, peer) = (self.links[idx].id, self.links[idx].peer);
-        // Unchanged tree: postpone this link's own periodic sync by a full interval, unless
-        // the peer has not heard our current tree yet and this is a reply (a request is
-        // answered below with the current tree). See `handle_node_sync`.
-        let told_current = self.links[idx].sent_digest == Some(self.digest_for(peer));
-        if told_current || ty == NODE_SYNC_REQUEST {
-            self.links[idx].set(
-                LinkTimer::NodeSync,
-                Some(now + self.config.node_sync_interval),
-            );
-        }
+        self.postpone_after_unchanged(now, idx, ty == NODE_SYNC_REQUEST);
         if ty == NODE_SYNC_REQUEST {
             let frame = self.node_sync_frame(NODE_SYNC_REPLY, peer, false);
             self.links[idx].sent_digest = Some(self.digest_for(peer));
             self.push_transmit(link, frame, true);
         } else {
             self.links[idx].set(LinkTimer::NodeTimeout, None);
+        }
+    }
+
+    /// The one rule for a node sync whose tree is unchanged (both the byte-level fast path
+    /// and the parsing path come here): postpone this link's own periodic sync by a full
+    /// interval when the peer already has our current tree, or when this is a request
+    /// (the caller answers it with the current tree at once). Otherwise a re-sync is due
+    /// (another link changed our layout since we last told this peer, and
+    /// `layout_changed` set it to now): postponing it would keep the peer on a stale tree
+    /// for a whole interval. In a line whose links all came up at once, that held the far
+    /// end's node list back by 10 s per hop.
+    fn postpone_after_unchanged(&mut self, now: Instant, idx: usize, request: bool) {
+        let peer = self.links[idx].peer;
+        let told_current = self.links[idx].sent_digest == Some(self.digest_for(peer));
+        if told_current || request {
+            let at = now + self.config.node_sync_interval;
+            self.links[idx].set(LinkTimer::NodeSync, Some(at));
         }
     }
 
@@ -973,6 +1037,7 @@ impl Core {
         link: LinkId,
         tree: FlatTree,
         subs_text: Option<&str>,
+        request: bool,
     ) {
         let Some(idx) = self.link_index(link) else {
             return;
@@ -1005,10 +1070,7 @@ impl Core {
             return;
         }
         if tree_id == NodeId::UNKNOWN {
-            self.drop_frame(
-                link,
-                DropReason::Decode("node sync without a node id".into()),
-            );
+            self.drop_frame(link, DropReason::Malformed(Malformed::NodeSyncWithoutId));
             return;
         }
         let l = &self.links[idx];
@@ -1053,8 +1115,6 @@ impl Core {
                 peer: tree_id,
             });
         }
-        // What this peer last heard from us, against what we would tell it now.
-        let told_current = self.links[idx].sent_digest == Some(self.digest_for(tree_id));
         let l = &mut self.links[idx];
         if let Some((json, range)) = fresh {
             l.tree_json = json;
@@ -1063,18 +1123,9 @@ impl Core {
             l.tree = Some(tree);
             let changed = l.peer;
             self.layout_changed(now, Some(changed));
-        } else if told_current {
-            // Unchanged tree, and the peer has our current one: postpone this link's own
-            // periodic sync by a full interval.
-            l.set(
-                LinkTimer::NodeSync,
-                Some(now + self.config.node_sync_interval),
-            );
+        } else {
+            self.postpone_after_unchanged(now, idx, request);
         }
-        // Otherwise a re-sync is due (another link changed our layout since we last told
-        // this peer, and `layout_changed` set it to now): postponing it would keep the
-        // peer on a stale tree for a whole interval. In a line whose links all came up at
-        // once, that held the far end's node list back by 10 s per hop.
     }
 
     /// Whether to refuse `tree` (serialized: `json_len` bytes) from the link at `idx`: not
@@ -1337,10 +1388,7 @@ impl Core {
             }
             TimeMsg::REPLY => {
                 let (Some(t0), Some(t1), Some(t2)) = (t.msg.t0, t.msg.t1, t.msg.t2) else {
-                    self.drop_frame(
-                        link,
-                        DropReason::Decode("TIME_REPLY without t0/t1/t2".into()),
-                    );
+                    self.drop_frame(link, DropReason::Malformed(Malformed::TimeReplyIncomplete));
                     return;
                 };
                 let Some(idx) = self.link_index(link) else {
@@ -1412,7 +1460,7 @@ impl Core {
             }
             _ => self.drop_frame(
                 link,
-                DropReason::Decode(alloc::format!("unknown time sync type {}", t.msg.kind)),
+                DropReason::Malformed(Malformed::UnknownTimeSyncKind(t.msg.kind)),
             ),
         }
     }

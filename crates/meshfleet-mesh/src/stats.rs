@@ -56,7 +56,7 @@ impl Stats {
     pub(crate) fn count_drop(&mut self, reason: &DropReason) {
         match reason {
             DropReason::TooLong => self.dropped_too_long += 1,
-            DropReason::Decode(_) => self.dropped_decode += 1,
+            DropReason::Decode(_) | DropReason::Malformed(_) => self.dropped_decode += 1,
             DropReason::NoRoute(_) => self.dropped_no_route += 1,
             DropReason::Unhandled(_) => self.unhandled_packages += 1,
             DropReason::TreeRefused(_) => self.refused_trees += 1,

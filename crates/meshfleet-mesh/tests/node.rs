@@ -592,3 +592,30 @@ fn a_line_whose_links_all_come_up_at_once_converges_quickly() {
         assert_eq!(known.len(), 7, "node {} knows {known:?}", i + 1);
     }
 }
+
+#[test]
+fn the_wake_reason_names_the_timer_poll_timeout_reports() {
+    let net = chain();
+    for node in &net.nodes {
+        let (at, why) = node
+            .poll_timeout_reason()
+            .expect("a synced node has timers");
+        assert_eq!(Some(at), node.poll_timeout());
+        // With links up and no plugins, the earliest wake is one of a link's timers.
+        match why {
+            meshfleet_mesh::Wake::NodeSync(l)
+            | meshfleet_mesh::Wake::NodeTimeout(l)
+            | meshfleet_mesh::Wake::TimeSync(l)
+            | meshfleet_mesh::Wake::HeldTimeReply(l) => {
+                assert!(
+                    node.neighbours().iter().any(|(link, _)| *link == l),
+                    "{why:?}"
+                );
+            }
+            other => panic!("unexpected wake reason {other:?}"),
+        }
+    }
+    // A node without links has nothing to wake for.
+    let lone = Node::new(Config::new(NodeId(9)));
+    assert_eq!(lone.poll_timeout_reason(), None);
+}

@@ -15,6 +15,7 @@ pub mod sqlite;
 use std::future::Future;
 use std::pin::Pin;
 
+use crate::campaign::{Campaign, CampaignId, CampaignNode};
 use crate::model::{
     Alert, ArtefactInfo, AuditEntry, History, NewAlert, NodeStatus, Resolution, Sample, Severity,
     UnixMillis,
@@ -129,4 +130,21 @@ pub trait AuditLog: Send + Sync {
     fn record(&self, entry: AuditEntry) -> StoreFuture<'_, ()>;
     /// The newest entries, newest first.
     fn recent(&self, limit: usize) -> StoreFuture<'_, Vec<AuditEntry>>;
+}
+
+/// Campaigns and their nodes' states.
+///
+/// The campaign service keeps every campaign in memory and is the only writer; the store
+/// makes it durable. A NATS backend maps it onto a key-value bucket (`docs/gateway.md`).
+pub trait CampaignStore: Send + Sync {
+    /// Stores a new campaign with its nodes (acknowledged).
+    fn create(&self, campaign: Campaign) -> StoreFuture<'_, ()>;
+    /// Stores a campaign's header (state, counts, times) and the nodes it carries; nodes
+    /// not carried keep what is stored (acknowledged).
+    fn update(&self, campaign: Campaign) -> StoreFuture<'_, ()>;
+    /// Stores node states of campaign `id` (acknowledged; the writer batches them with
+    /// whatever else is queued).
+    fn save_nodes(&self, id: CampaignId, nodes: Vec<CampaignNode>) -> StoreFuture<'_, ()>;
+    /// Every campaign with its nodes, oldest first.
+    fn load(&self) -> StoreFuture<'_, Vec<Campaign>>;
 }

@@ -24,9 +24,10 @@ use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use super::{
-    AlertStore, ArtefactStore, AuditLog, HistoryStore, NodeStore, StoreError, StoreFuture,
-    StoreStats,
+    AlertStore, ArtefactStore, AuditLog, CampaignStore, HistoryStore, NodeStore, StoreError,
+    StoreFuture, StoreStats,
 };
+use crate::campaign::{Campaign, CampaignId, CampaignNode, NodeState};
 use crate::model::{
     Alert, AlertKind, ArtefactInfo, AuditEntry, History, HistoryPoint, NewAlert, NodeStatus,
     Resolution, Sample, Severity, UnixMillis,
@@ -138,6 +139,28 @@ pub const MIGRATIONS: &[&str] = &[
         action TEXT NOT NULL,
         target TEXT NOT NULL
      );",
+    // 2: campaigns (the tables of version 1 were placeholders, never written).
+    "DROP TABLE campaign_nodes;
+     DROP TABLE campaigns;
+     CREATE TABLE campaigns (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        artefact_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        record TEXT NOT NULL
+     );
+     CREATE TABLE campaign_nodes (
+        campaign_seq INTEGER NOT NULL REFERENCES campaigns (seq) ON DELETE CASCADE,
+        node_id INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        progress REAL NOT NULL,
+        reason TEXT,
+        from_version TEXT,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (campaign_seq, node_id)
+     ) WITHOUT ROWID;",
 ];
 
 /// Retention and size settings for [`SqliteStore::maintain`].
@@ -183,6 +206,8 @@ enum Op {
     PutArtefact(Box<ArtefactInfo>, Vec<u8>, Reply<bool>),
     DeleteArtefact(String, Reply<bool>),
     Audit(AuditEntry, Reply<()>),
+    CampaignPut(Box<Campaign>, bool, Reply<()>),
+    CampaignNodes(CampaignId, Vec<CampaignNode>, Reply<()>),
     Maintain(UnixMillis, Retention, Reply<Maintenance>),
 }
 
@@ -453,8 +478,125 @@ fn apply(tx: &Transaction<'_>, op: Op) -> Pending {
             .map(|_| ())
             .map_err(StoreError::from),
         ),
+        Op::CampaignPut(c, create, reply) => hold(reply, put_campaign(tx, &c, create)),
+        Op::CampaignNodes(id, nodes, reply) => hold(reply, put_campaign_nodes(tx, &id, &nodes)),
         Op::Maintain(now, retention, reply) => hold(reply, maintain(tx, now, retention)),
     }
+}
+
+fn campaign_seq(id: &CampaignId) -> Result<i64, StoreError> {
+    id.seq()
+        .and_then(|s| i64::try_from(s).ok())
+        .ok_or_else(|| StoreError::Corrupt(format!("campaign id {id}")))
+}
+
+/// Writes a campaign's header (its JSON without nodes) and the nodes it carries.
+fn put_campaign(tx: &Transaction<'_>, c: &Campaign, create: bool) -> Result<(), StoreError> {
+    let seq = campaign_seq(&c.id)?;
+    let record =
+        serde_json::to_string(&c.summary()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    if create {
+        tx.execute(
+            "INSERT INTO campaigns (seq, id, artefact_id, state, created_at, updated_at, record)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                seq,
+                c.id.0,
+                c.artefact,
+                c.state.label(),
+                c.created_at_ms,
+                c.updated_at_ms,
+                record
+            ],
+        )?;
+    } else {
+        let n = tx.execute(
+            "UPDATE campaigns SET state = ?2, updated_at = ?3, record = ?4 WHERE seq = ?1",
+            params![seq, c.state.label(), c.updated_at_ms, record],
+        )?;
+        if n == 0 {
+            return Err(StoreError::Corrupt(format!("no stored campaign {}", c.id)));
+        }
+    }
+    put_campaign_nodes(tx, &c.id, &c.nodes)
+}
+
+fn put_campaign_nodes(
+    tx: &Transaction<'_>,
+    id: &CampaignId,
+    nodes: &[CampaignNode],
+) -> Result<(), StoreError> {
+    let seq = campaign_seq(id)?;
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO campaign_nodes (campaign_seq, node_id, state, progress, reason,
+         from_version, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (campaign_seq, node_id) DO UPDATE SET state = excluded.state,
+         progress = excluded.progress, reason = excluded.reason,
+         from_version = excluded.from_version, updated_at = excluded.updated_at",
+    )?;
+    for n in nodes {
+        stmt.execute(params![
+            seq,
+            n.node,
+            n.state.label(),
+            n.progress,
+            n.reason,
+            n.from_version,
+            n.updated_at_ms
+        ])?;
+    }
+    Ok(())
+}
+
+fn load_campaigns(c: &Connection) -> Result<Vec<Campaign>, StoreError> {
+    let mut stmt = c.prepare("SELECT seq, record FROM campaigns ORDER BY seq")?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut nodes_stmt = c.prepare(
+        "SELECT node_id, state, progress, reason, from_version, updated_at
+         FROM campaign_nodes WHERE campaign_seq = ?1 ORDER BY node_id",
+    )?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (seq, record) in rows {
+        let mut campaign: Campaign = match serde_json::from_str(&record) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(seq, error = %e, "unreadable campaign record skipped");
+                continue;
+            }
+        };
+        let nodes = nodes_stmt
+            .query_map(params![seq], |r| {
+                Ok((
+                    r.get::<_, u32>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, f64>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, Option<String>>(4)?,
+                    r.get::<_, i64>(5)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        campaign.nodes = nodes
+            .into_iter()
+            .map(|(node, state, progress, reason, from_version, at)| {
+                let state = NodeState::parse(&state)
+                    .ok_or_else(|| StoreError::Corrupt(format!("node state {state:?}")))?;
+                Ok(CampaignNode {
+                    node,
+                    state,
+                    progress,
+                    reason,
+                    from_version,
+                    updated_at_ms: at,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        campaign.recount();
+        out.push(campaign);
+    }
+    Ok(out)
 }
 
 fn save_nodes(tx: &Transaction<'_>, nodes: &[NodeStatus]) -> Result<(), StoreError> {
@@ -883,5 +1025,23 @@ impl AuditLog for SqliteStore {
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
+    }
+}
+
+impl CampaignStore for SqliteStore {
+    fn create(&self, campaign: Campaign) -> StoreFuture<'_, ()> {
+        self.acked(|r| Op::CampaignPut(Box::new(campaign), true, r))
+    }
+
+    fn update(&self, campaign: Campaign) -> StoreFuture<'_, ()> {
+        self.acked(|r| Op::CampaignPut(Box::new(campaign), false, r))
+    }
+
+    fn save_nodes(&self, id: CampaignId, nodes: Vec<CampaignNode>) -> StoreFuture<'_, ()> {
+        self.acked(|r| Op::CampaignNodes(id, nodes, r))
+    }
+
+    fn load(&self) -> StoreFuture<'_, Vec<Campaign>> {
+        self.read(load_campaigns)
     }
 }
