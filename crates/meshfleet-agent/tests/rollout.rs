@@ -6,6 +6,10 @@
 //! crashing 40 s after every boot) is the test's model of the application: it decides when
 //! a node reboots and what its health reports say, never what the OTA layer does.
 //!
+//! Scenarios: a healthy build with a gateway restart 4 minutes into wave 2 (the rollout
+//! saved as JSON, 5 minutes away with every report lost, restored); a crash-looping build;
+//! a leaking one (2 KB/min).
+//!
 //! What the controller hears is what a gateway can know: OTA events of the nodes (in the
 //! field, their REPORTs), the version each node boots (its status package), health samples
 //! every 30 s (uptime, boot counter, free heap, application flag).
@@ -63,6 +67,8 @@ enum Build {
     Healthy,
     /// Crashes (the node reboots) 40 s after every boot.
     CrashLoop,
+    /// Loses 2 KB of heap a minute while it runs.
+    Leak,
 }
 
 /// One node of the fleet and the test's model of its application.
@@ -108,6 +114,10 @@ struct World {
     rollout: ro::Rollout,
     log: Vec<ro::RolloutEvent>,
     old_sha: meshfleet_firmware::Sha256Digest,
+    /// The gateway is down until then: the controller hears nothing, orders nothing.
+    down_until: Option<Instant>,
+    /// The persisted rollout while the gateway is down.
+    saved: Option<String>,
 }
 
 impl World {
@@ -171,6 +181,8 @@ impl World {
             rollout,
             log: Vec::new(),
             old_sha: artefact(OLD).manifest().sha256,
+            down_until: None,
+            saved: None,
         }
     }
 
@@ -277,7 +289,8 @@ impl World {
                     _ => None,
                 })
                 .collect();
-            for e in fresh {
+            let down = self.down_until.is_some();
+            for e in fresh.into_iter().filter(|_| !down) {
                 let report = match e {
                     OtaEvent::OfferAccepted { .. } => {
                         self.devices[k].ever_accepted = true;
@@ -309,7 +322,11 @@ impl World {
                 self.reboot(k);
             }
             let d = &mut self.devices[k];
-            if d.next_sample <= now {
+            if d.next_sample <= now && down {
+                // Lost with the gateway: the node's reports reach nobody.
+                d.next_sample = now + Duration::from_secs(30);
+                d.boot_report = None;
+            } else if d.next_sample <= now {
                 d.next_sample = now + Duration::from_secs(30);
                 if let Some((version, confirmed)) = d.boot_report.take() {
                     self.rollout.handle_report(
@@ -322,15 +339,26 @@ impl World {
                     );
                 }
                 let jitter = (now.as_micros() / 1_000_000 * 7 + u64::from(d.id)) % 2000;
+                let leak = if d.running == NEW && self.build == Build::Leak {
+                    now.saturating_since(d.boot_at).as_micros() / 1_000_000 * 2_000 / 60
+                } else {
+                    0
+                };
                 let sample = ro::HealthSample {
                     uptime: ro::Duration::from_micros(now.saturating_since(d.boot_at).as_micros()),
                     reboots: d.boots,
-                    free_heap: HEAP - jitter as u32,
+                    free_heap: HEAP.saturating_sub((jitter + leak) as u32),
                     alerts: 0,
                     app_ok: Some(true),
                 };
                 self.rollout.handle_health(t, node, sample);
             }
+        }
+        if self.down_until.is_some_and(|u| u <= now) {
+            self.come_back();
+        }
+        if self.down_until.is_some() {
+            return;
         }
         if self.rollout.poll_timeout().is_some_and(|(at, _)| at <= t) {
             self.rollout.handle_timeout(t);
@@ -338,11 +366,77 @@ impl World {
         self.orders();
     }
 
-    fn run(&mut self, limit: Duration) {
+    /// The gateway process stops for `downtime`: its rollout is persisted (serde), its
+    /// node and everything it served go away with it.
+    fn go_down(&mut self, downtime: Duration) {
+        self.saved = Some(serde_json::to_string(&self.rollout).unwrap());
+        self.down_until = Some(self.net.now + downtime);
+        // The gateway's node restarts too: a fresh source, empty scope.
+        let mut gw = Node::new(Config::new(NodeId(1)));
+        let mut c = MeshfleetConfig::new(ROLE, HW);
+        c.running = Some(image_info(&image_of(NEW), NEW));
+        let mut src = MeshfleetOta::source(c, Box::new(MemStore::new()), artefact(NEW), None);
+        assert!(src.set_scope(Some(BTreeSet::new())));
+        gw.add_plugin(Box::new(src));
+        self.net.replace(0, gw);
+        for d in self.devices.iter().filter(|d| d.parent == 0) {
+            self.net.connect(d.idx, 0);
+        }
+    }
+
+    /// The gateway is back: the rollout is restored from its saved form, told how long it
+    /// was away, and re-told what the driver learns from the mesh (presence, and the
+    /// version the nodes it had in flight run now); transfers it had in flight are
+    /// offered again (the source restarted with an empty scope).
+    fn come_back(&mut self) {
+        self.down_until = None;
+        let t = now_ro(&self.net);
+        self.rollout = serde_json::from_str(&self.saved.take().unwrap()).unwrap();
+        self.rollout.handle_restarted(t);
+        for k in 0..self.devices.len() {
+            let id = ro::NodeId(self.devices[k].id);
+            self.rollout.handle_node_online(t, id);
+            let state = self.rollout.node(id).map(ro::NodeRecord::state);
+            match state {
+                Some(ro::NodeState::Installed { .. }) => {
+                    let version = ro::ImageVersion::new(self.devices[k].running.clone()).unwrap();
+                    self.rollout.handle_report(
+                        t,
+                        id,
+                        ro::NodeReport::Booted {
+                            version,
+                            confirmed: true,
+                        },
+                    );
+                }
+                Some(ro::NodeState::Offered { .. } | ro::NodeState::Downloading { .. }) => {
+                    self.gateway(|g, ctx| g.target(ctx, NodeId(id.0)));
+                }
+                _ => {}
+            }
+        }
+        self.orders();
+    }
+
+    fn run(&mut self, limit: Duration, restart: Option<(u16, Duration, Duration)>) {
         let end = self.net.now + limit;
+        let mut restart = restart;
         self.orders();
         while self.net.now < end {
             self.step();
+            // Restart `after` into wave `w`, for `downtime`.
+            if let Some((w, after, downtime)) = restart {
+                let started = self.log.iter().find_map(|e| match e.kind {
+                    ro::EventKind::WaveStarted { wave, .. } if wave == w => Some(e.at),
+                    _ => None,
+                });
+                if started.is_some_and(|s| {
+                    now_ro(&self.net) >= s + ro::Duration::from_micros(after.as_micros())
+                }) {
+                    self.go_down(downtime);
+                    restart = None;
+                }
+            }
             let done = match self.rollout.phase() {
                 ro::Phase::Completed => self.devices.iter().all(|d| d.running == NEW),
                 ro::Phase::Aborted { .. } => self.rollout.summary().restored_s.is_some(),
@@ -365,7 +459,11 @@ impl World {
 #[test]
 fn a_healthy_build_reaches_every_node_wave_by_wave() {
     let mut w = World::new(Build::Healthy, 1);
-    w.run(Duration::from_secs(3 * 3600));
+    // The gateway restarts 4 minutes into wave 2 and is away for 5 minutes.
+    w.run(
+        Duration::from_secs(3 * 3600),
+        Some((2, Duration::from_secs(240), Duration::from_secs(300))),
+    );
     let s = w.rollout.summary();
     eprintln!(
         "healthy: done at {} s: {}",
@@ -396,12 +494,50 @@ fn a_healthy_build_reaches_every_node_wave_by_wave() {
         .collect();
     assert!(started.len() >= 3, "{started:?}");
     assert!(started.windows(2).all(|p| p[0] < p[1]));
+    // The gateway restart mid wave 2 cost no node.
+    assert!(w
+        .log
+        .iter()
+        .any(|e| matches!(e.kind, ro::EventKind::Restarted { .. })));
+    assert!(s.waves.iter().all(|x| x.counts.failed == 0), "{s:?}");
+}
+
+#[test]
+fn a_leaking_build_is_caught_in_the_first_waves_and_rolled_back() {
+    let mut w = World::new(Build::Leak, 3);
+    w.run(Duration::from_secs(2 * 3600), None);
+    let s = w.rollout.summary();
+    eprintln!(
+        "leak: done at {} s: {}",
+        w.net.now.as_micros() / 1_000_000,
+        serde_json::to_string(&s).unwrap()
+    );
+    let ro::Phase::Aborted {
+        reason: ro::AbortReason::FailureThreshold { wave, .. },
+    } = w.rollout.phase()
+    else {
+        panic!("{:?}", w.rollout.phase())
+    };
+    assert!(wave <= 1, "caught in wave {wave}");
+    assert!(w.log.iter().any(|e| matches!(
+        e.kind,
+        ro::EventKind::Failed {
+            reason: ro::FailureReason::Health(
+                ro::HealthFailure::MemoryLeak { .. } | ro::HealthFailure::MemoryRegression { .. }
+            ),
+            ..
+        }
+    )));
+    assert_eq!(s.rolled_back, s.exposed, "{s:?}");
+    for k in 0..w.devices.len() {
+        assert_eq!(w.boots_into(k), OLD, "device {}", w.devices[k].id);
+    }
 }
 
 #[test]
 fn a_crash_looping_build_is_contained_to_the_canary_and_sent_back_by_the_signed_command() {
     let mut w = World::new(Build::CrashLoop, 2);
-    w.run(Duration::from_secs(2 * 3600));
+    w.run(Duration::from_secs(2 * 3600), None);
     let s = w.rollout.summary();
     eprintln!(
         "crash loop: done at {} s: {}",
