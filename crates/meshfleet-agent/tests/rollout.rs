@@ -85,6 +85,8 @@ struct Device {
     next_sample: Instant,
     reboot_at: Option<Instant>,
     ever_accepted: bool,
+    /// Out of the mesh (its link cut) until then.
+    offline_until: Option<Instant>,
 }
 
 fn build_node(id: u32, store: &MemStore) -> Node {
@@ -155,6 +157,7 @@ impl World {
                     next_sample: Instant::ZERO + Duration::from_secs(5 + u64::from(id % 7)),
                     reboot_at: None,
                     ever_accepted: false,
+                    offline_until: None,
                 });
                 infos.push(ro::NodeInfo {
                     role: ROLE.into(),
@@ -279,6 +282,18 @@ impl World {
         for k in 0..self.devices.len() {
             let (idx, id) = (self.devices[k].idx, self.devices[k].id);
             let node = ro::NodeId(id);
+            if let Some(until) = self.devices[k].offline_until {
+                if until > now {
+                    continue;
+                }
+                // Back: its station joins its parent again.
+                self.devices[k].offline_until = None;
+                let parent = self.devices[k].parent;
+                self.net.connect(idx, parent);
+                if self.down_until.is_none() {
+                    self.rollout.handle_node_online(t, node);
+                }
+            }
             // Taken, not copied: the harness keeps every event (and frame) otherwise.
             let fresh: Vec<OtaEvent> = std::mem::take(&mut self.net.events[idx])
                 .iter()
@@ -395,6 +410,10 @@ impl World {
         self.rollout.handle_restarted(t);
         for k in 0..self.devices.len() {
             let id = ro::NodeId(self.devices[k].id);
+            if self.devices[k].offline_until.is_some() {
+                self.rollout.handle_node_offline(t, id);
+                continue;
+            }
             self.rollout.handle_node_online(t, id);
             let state = self.rollout.node(id).map(ro::NodeRecord::state);
             match state {
@@ -438,7 +457,10 @@ impl World {
                 }
             }
             let done = match self.rollout.phase() {
-                ro::Phase::Completed => self.devices.iter().all(|d| d.running == NEW),
+                ro::Phase::Completed => self
+                    .rollout
+                    .nodes()
+                    .all(|(_, r)| matches!(r.state(), ro::NodeState::Healthy { .. })),
                 ro::Phase::Aborted { .. } => self.rollout.summary().restored_s.is_some(),
                 _ => false,
             };
@@ -446,6 +468,26 @@ impl World {
                 break;
             }
         }
+    }
+
+    /// Takes the leaf planned in wave `wave` with the smallest id out of the mesh for
+    /// `away`, from now. Returns its id.
+    fn take_offline(&mut self, wave: u16, away: Duration) -> u32 {
+        let id = self
+            .rollout
+            .nodes()
+            .filter(|(id, r)| r.planned_wave() == wave && id.0 % 100 != 0)
+            .map(|(id, _)| id.0)
+            .min()
+            .unwrap();
+        let k = self.devices.iter().position(|d| d.id == id).unwrap();
+        for wire in self.net.wires_of(self.devices[k].idx) {
+            self.net.cut(wire);
+        }
+        self.devices[k].offline_until = Some(self.net.now + away);
+        self.rollout
+            .handle_node_offline(now_ro(&self.net), ro::NodeId(id));
+        id
     }
 
     fn boots_into(&self, k: usize) -> String {
@@ -459,6 +501,9 @@ impl World {
 #[test]
 fn a_healthy_build_reaches_every_node_wave_by_wave() {
     let mut w = World::new(Build::Healthy, 1);
+    // A wave-2 leaf is away for 55 minutes from the start: past its wave's grace (15 min
+    // from the wave's start, moved by the gateway's downtime).
+    let away = w.take_offline(2, Duration::from_secs(55 * 60));
     // The gateway restarts 4 minutes into wave 2 and is away for 5 minutes.
     w.run(
         Duration::from_secs(3 * 3600),
@@ -494,6 +539,19 @@ fn a_healthy_build_reaches_every_node_wave_by_wave() {
         .collect();
     assert!(started.len() >= 3, "{started:?}");
     assert!(started.windows(2).all(|p| p[0] < p[1]));
+    // The offline node: its wave went on without it, and it was updated when back.
+    assert!(w.log.iter().any(|e| matches!(
+        e.kind,
+        ro::EventKind::Deferred { node, .. } if node.0 == away
+    )));
+    assert!(w.log.iter().any(|e| matches!(
+        e.kind,
+        ro::EventKind::JoinedWave { node, .. } if node.0 == away
+    )));
+    assert!(w.log.iter().any(|e| matches!(
+        e.kind,
+        ro::EventKind::Healthy { node, .. } if node.0 == away
+    )));
     // The gateway restart mid wave 2 cost no node.
     assert!(w
         .log
