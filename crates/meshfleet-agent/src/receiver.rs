@@ -616,6 +616,14 @@ impl<S: SlotStore + 'static> OtaReceiver<S> {
         self.meshfleet.as_ref()
     }
 
+    /// The meshfleet engine, for what a gateway's node does as a source besides receiving:
+    /// [`MeshfleetOta::set_scope`], [`MeshfleetOta::target`], [`MeshfleetOta::untarget`]
+    /// (a progressive rollout's offers) and [`MeshfleetOta::send_rollback`]. Packages and
+    /// timers go through the plugin, never through this.
+    pub fn meshfleet_mut(&mut self) -> Option<&mut MeshfleetOta> {
+        self.meshfleet.as_mut()
+    }
+
     /// The stock receiver, if enabled.
     pub fn stock(&self) -> Option<&StockReceiver> {
         self.stock.as_ref()

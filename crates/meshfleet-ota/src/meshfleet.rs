@@ -193,6 +193,13 @@ pub struct MeshfleetConfig {
     /// Persist the bitmap after this many new chunks (16): a crash re-fetches at most that
     /// many, and flash is not rewritten for every chunk.
     pub save_every: u32,
+    /// The scope of every campaign this node becomes the source of (2.3.2): `None` (the
+    /// default) offers it to every node that lacks the image; `Some` only to these node ids
+    /// (at most [`MAX_SCOPE`]; an empty set offers nothing until
+    /// [`MeshfleetOta::target`]). Set it before [`MeshfleetOta::source`] or
+    /// [`MeshfleetOta::start_source`]: a scope set after the start comes after the first
+    /// offers went out.
+    pub source_scope: Option<BTreeSet<u32>>,
 }
 
 impl MeshfleetConfig {
@@ -218,6 +225,7 @@ impl MeshfleetConfig {
             nak_min: Duration::from_millis(500),
             nak_max: Duration::from_secs(8),
             save_every: 16,
+            source_scope: None,
         }
     }
 }
@@ -510,10 +518,11 @@ impl MeshfleetOta {
         artefact: Artefact,
         intent: Option<Intent>,
     ) -> Self {
+        let scope = config.source_scope.clone();
         Self {
             config,
             store,
-            campaign: Some(Self::source_campaign(artefact, intent)),
+            campaign: Some(Self::source_campaign(artefact, intent, scope)),
             neighbours: BTreeMap::new(),
             stats: MeshfleetStats::default(),
             failed: None,
@@ -524,7 +533,11 @@ impl MeshfleetOta {
         }
     }
 
-    fn source_campaign(artefact: Artefact, intent: Option<Intent>) -> Campaign {
+    fn source_campaign(
+        artefact: Artefact,
+        intent: Option<Intent>,
+        scope: Option<BTreeSet<u32>>,
+    ) -> Campaign {
         let manifest = Arc::new(artefact.manifest().clone());
         let layout = Layout::of(&manifest);
         Campaign {
@@ -532,7 +545,7 @@ impl MeshfleetOta {
             manifest,
             layout,
             intent,
-            scope: None,
+            scope,
             // Set to our id at the first offer (the node id is not known here).
             origin: 0,
             source: ChunkSource::Payload(Arc::new(artefact)),
@@ -580,7 +593,8 @@ impl MeshfleetOta {
             // failure to delete its record only costs a pointless resume after a reboot.
             let _ = self.store.clear_state();
         }
-        self.campaign = Some(Self::source_campaign(artefact, intent));
+        let scope = self.config.source_scope.clone();
+        self.campaign = Some(Self::source_campaign(artefact, intent, scope));
         for n in self.neighbours.values_mut() {
             // Offers of an earlier campaign do not count for this one.
             if n.offered != Some(id) {
@@ -711,7 +725,8 @@ impl MeshfleetOta {
         if scope.as_ref().is_some_and(|s| s.len() > MAX_SCOPE) {
             return false;
         }
-        c.scope = scope;
+        c.scope.clone_from(&scope);
+        self.config.source_scope = scope;
         true
     }
 

@@ -147,6 +147,48 @@ fn a_scoped_campaign_reaches_the_targeted_nodes_only_wherever_they_are() {
 }
 
 #[test]
+fn a_running_node_turned_into_a_scoped_source_offers_nothing_until_it_targets() {
+    // A gateway's node: running, neighbours' CAPS exchanged, then handed the build with
+    // `source_scope` set: its start offers to nobody (a scope set after the start would
+    // come after the first offers).
+    let new = artefact("2.0.0");
+    let gw_store = MemStore::with_image(&image_of("1.0.0"), "1.0.0");
+    let mut c = MeshfleetConfig::new(ROLE, HW);
+    c.trusted_key = Some(key().verifying_key());
+    c.source_scope = Some(BTreeSet::new());
+    let mut gw = Node::new(Config::new(NodeId(1)));
+    gw.add_plugin(Box::new(
+        MeshfleetOta::new(c, Box::new(gw_store.clone())).unwrap(),
+    ));
+    let s2 = MemStore::with_image(&image_of("1.0.0"), "1.0.0");
+    let s3 = MemStore::with_image(&image_of("1.0.0"), "1.0.0");
+    let mut net = Net::new(Duration::from_millis(2));
+    net.add(gw);
+    net.add(receiver(2, &s2));
+    net.add(receiver(3, &s3));
+    net.connect(1, 0);
+    net.connect(2, 0);
+    net.run_for(Duration::from_secs(5));
+    let now = net.now;
+    assert!(net.nodes[0]
+        .with_plugin::<MeshfleetOta, _>(now, |o, ctx| o.start_source(ctx, new.clone(), None))
+        .unwrap());
+    net.drain(0);
+    net.run_for(Duration::from_secs(20));
+    assert_eq!(
+        net.trace.iter().filter(|f| f.ty() == Some(OFFER)).count(),
+        0
+    );
+    assert!(target(&mut net, 0, 3));
+    assert!(
+        net.run_until_cond(Duration::from_millis(100), Duration::from_secs(60), |n| {
+            ota(n, 2).is_complete()
+        })
+    );
+    assert!(ota(&net, 1).progress().is_none());
+}
+
+#[test]
 fn a_node_outside_an_offers_scope_refuses_it() {
     let new = artefact("2.0.0");
     let store = MemStore::with_image(&image_of("1.0.0"), "1.0.0");
