@@ -197,3 +197,95 @@ fn rollout_healthy_total_time_against_a_plain_campaign() {
     // Four waves, each a 10-minute health window at least.
     assert!(out.duration_s >= 4.0 * 600.0);
 }
+
+/// The scenario files (`examples/scenarios/rollout_*.toml`) run through `run_scenario_file`
+/// as `meshfleet sim` runs them; each `summary.json` carries `rollout` within the issue's
+/// bounds.
+#[test]
+fn rollout_scenario_files_write_their_outcome_into_summary_json() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/scenarios");
+    let out = tempfile::tempdir().unwrap();
+    let mut seen = 0;
+    for (name, state) in [
+        ("rollout_healthy", "completed"),
+        ("rollout_crashloop", "aborted"),
+        ("rollout_leak", "aborted"),
+        ("rollout_gateway_restart", "completed"),
+        ("rollout_offline_node", "completed"),
+    ] {
+        let o = out.path().join(name);
+        meshfleet_sim::run_scenario_file(&dir.join(format!("{name}.toml")), None, Some(&o), |_| {})
+            .unwrap();
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(o.join("summary.json")).unwrap())
+                .unwrap();
+        let r = &summary["rollout"];
+        eprintln!("{name}: {r}");
+        assert_eq!(r["state"], state, "{name}");
+        for k in ["exposed", "rolled_back", "restored_s", "waves"] {
+            assert!(r.get(k).is_some(), "{name}: {k}");
+        }
+        let exposed = r["exposed"].as_u64().unwrap();
+        if state == "aborted" {
+            assert!(exposed <= 3, "{name}: {exposed} exposed");
+            assert_eq!(r["rolled_back"], r["exposed"], "{name}");
+            assert!(
+                r["restored_s"].as_f64().is_some_and(|s| s <= 600.0),
+                "{name}"
+            );
+        } else {
+            assert_eq!(exposed, NODES as u64 - 1, "{name}");
+        }
+        seen += 1;
+    }
+    assert_eq!(seen, 5);
+}
+
+#[test]
+fn rollout_table_errors_name_the_field() {
+    let head = "duration_s = 100\n[topology]\nkind = \"line\"\nnodes = 3\n";
+    let ota = "[ota]\nstrategy = \"meshfleet\"\nsynthetic_kib = 4\nstart_s = 30\n";
+    let err = |text: &str| {
+        meshfleet_sim::parse_scenario(text, None)
+            .err()
+            .and_then(|e| e.location().and_then(|l| l.field.clone()))
+    };
+    // No meshfleet campaign to roll out.
+    assert_eq!(
+        err(&format!("{head}[rollout]\nfirmware = \"healthy\"\n")).as_deref(),
+        Some("rollout")
+    );
+    assert_eq!(
+        err(&format!("{head}[ota]\nstrategy = \"stock\"\nsynthetic_kib = 4\nstart_s = 30\n[rollout]\nfirmware = \"healthy\"\n")).as_deref(),
+        Some("rollout")
+    );
+    assert_eq!(
+        err(&format!("{head}{ota}[rollout]\nfirmware = \"bricks\"\n")).as_deref(),
+        Some("rollout.firmware")
+    );
+    assert_eq!(
+        err(&format!(
+            "{head}{ota}[rollout]\nfirmware = \"crashloop\"\ncrash_after_s = -1\n"
+        ))
+        .as_deref(),
+        Some("rollout.crash_after_s")
+    );
+    assert_eq!(
+        err(&format!(
+            "{head}{ota}[rollout]\nfirmware = \"healthy\"\ngateway_restart_wave = 99\n"
+        ))
+        .as_deref(),
+        Some("rollout.gateway_restart_wave")
+    );
+    let ok = meshfleet_sim::parse_scenario(
+        &format!("{head}{ota}[rollout]\nfirmware = \"leak\"\n"),
+        None,
+    )
+    .unwrap();
+    assert!(matches!(
+        ok.rollout.map(|r| r.firmware),
+        Some(Firmware::Leak {
+            bytes_per_min: 2000
+        })
+    ));
+}
