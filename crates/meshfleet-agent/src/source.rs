@@ -121,28 +121,14 @@ impl Source {
         config: &SourceConfig,
     ) -> Result<Offering, OfferError> {
         let m = artefact.manifest().clone();
-        let layout = Layout::of(&m);
         let image_len = image.len() as u64;
-        let mut parts = 0;
         // The stock offer first: it is the one that can refuse the image.
-        let stock = if config.strategy.stock() {
-            let offer = StockOffer::new(image, m.role.clone(), m.hardware.clone(), config.style)?
-                .forced(config.forced);
-            parts = offer.no_part();
-            Some(StockSender::new(offer, config.stock_sender.clone()))
-        } else {
-            None
-        };
+        let stock = Self::stock_sender(&m, image, config)?;
         if config.strategy.meshfleet() {
             let mut cfg = MeshfleetConfig::new(m.role.clone(), m.hardware.clone());
             // Advertised in our CAPS: receivers that hold the campaign then never offer it
             // back to us.
-            cfg.running = Some(ImageInfo {
-                version: m.version.to_string(),
-                sha256: m.sha256.to_hex(),
-                md5: m.md5.to_hex(),
-                size: m.size,
-            });
+            cfg.running = Some(Self::image_info(&m));
             // A source takes no update while it offers: the engine refuses a neighbour's
             // campaign with `Refusal::Source` and keeps serving its own.
             if let Some(rate) = config.link_rate {
@@ -156,19 +142,58 @@ impl Source {
                 config.intent.clone(),
             )));
         }
+        let offering = Self::offering(m, image_len, stock.as_ref(), config);
         if let Some(s) = stock {
             node.add_plugin(Box::new(s));
         }
-        Ok(Offering {
+        Ok(offering)
+    }
+
+    /// The stock sender for `image` (the decoded image of the artefact of manifest `m`),
+    /// or `None` when the strategy has no stock flow. For a driver that holds the sending
+    /// plugins itself (a gateway whose node already runs, `meshfleet-gateway`'s campaigns);
+    /// [`Source::equip`] uses it too.
+    pub fn stock_sender(
+        m: &Manifest,
+        image: Vec<u8>,
+        config: &SourceConfig,
+    ) -> Result<Option<StockSender>, OfferError> {
+        if !config.strategy.stock() {
+            return Ok(None);
+        }
+        let offer = StockOffer::new(image, m.role.clone(), m.hardware.clone(), config.style)?
+            .forced(config.forced);
+        Ok(Some(StockSender::new(offer, config.stock_sender.clone())))
+    }
+
+    /// What a source of manifest `m` offers, in the units the reports use (`image_len`:
+    /// the decoded image's length; `stock`: its stock sender, if any).
+    pub fn offering(
+        m: Manifest,
+        image_len: u64,
+        stock: Option<&StockSender>,
+        config: &SourceConfig,
+    ) -> Offering {
+        Offering {
             chunks: m.chunk_count,
-            units: layout.units(),
-            parts,
+            units: Layout::of(&m).units(),
+            parts: stock.map_or(0, |s| s.offer().no_part()),
             part_size: config.style.raw_part_size(),
             image_len,
             stock_flow: config.strategy.stock(),
             meshfleet: config.strategy.meshfleet(),
             manifest: m,
-        })
+        }
+    }
+
+    /// The running image a source of manifest `m` advertises in its CAPS.
+    pub fn image_info(m: &Manifest) -> ImageInfo {
+        ImageInfo {
+            version: m.version.to_string(),
+            sha256: m.sha256.to_hex(),
+            md5: m.md5.to_hex(),
+            size: m.size,
+        }
     }
 
     /// Starts offering (announces, offers to the neighbours already there).

@@ -797,13 +797,11 @@ impl CampaignService {
     }
 
     /// Wakes the engine.
-    #[allow(dead_code)] // The engine (next commit) uses it.
     pub(crate) fn poke(&self) {
         self.inner.wake.notify_one();
     }
 
     /// Campaigns not finished (created, running, paused), with nodes.
-    #[allow(dead_code)] // The engine (next commit) uses it.
     pub(crate) fn unfinished(&self) -> Vec<Campaign> {
         self.map()
             .values()
@@ -812,30 +810,69 @@ impl CampaignService {
             .collect()
     }
 
-    /// The store (the engine writes node states through it).
-    #[allow(dead_code)] // The engine (next commit) uses it.
-    pub(crate) fn store(&self) -> &Arc<dyn CampaignStore> {
-        &self.inner.store
-    }
-
-    /// Applies `f` to campaign `id` in memory (the engine's node updates), under the
-    /// change lock; returns the campaign after, if it exists and is not finished.
-    #[allow(dead_code)] // The engine (next commit) uses it.
-    pub(crate) async fn engine_update<R>(
+    /// The engine's change to campaign `id`: `f` gets the campaign and the nodes of the
+    /// other unfinished campaigns, under the change lock (so it never races a cancel);
+    /// what changed is written before the lock is released: node state changes and new
+    /// nodes always, the progress of every unfinished node when `save_progress`.
+    /// Returns (finished by this change, nodes that changed, the campaign after); `None`
+    /// if the campaign is not there or already finished.
+    pub(crate) async fn engine_update(
         &self,
         id: &CampaignId,
-        f: impl FnOnce(&mut Campaign) -> R,
-    ) -> Option<(R, Campaign)> {
+        save_progress: bool,
+        f: impl FnOnce(&mut Campaign, &BTreeSet<u32>),
+    ) -> Option<(bool, Vec<CampaignNode>, Campaign)> {
         let seq = id.seq()?;
         let _guard = self.inner.ops.lock().await;
-        let mut map = self.map();
-        let c = map.get_mut(&seq)?;
-        if c.state.is_finished() {
-            return None;
+        let (before, after) = {
+            let mut map = self.map();
+            let others: BTreeSet<u32> = map
+                .iter()
+                .filter(|(s, c)| **s != seq && !c.state.is_finished())
+                .flat_map(|(_, c)| c.nodes.iter().map(|n| n.node))
+                .collect();
+            let c = map.get_mut(&seq)?;
+            if c.state.is_finished() {
+                return None;
+            }
+            let before = c.clone();
+            f(c, &others);
+            c.recount();
+            (before, c.clone())
+        };
+        let old: BTreeMap<u32, &CampaignNode> = before.nodes.iter().map(|n| (n.node, n)).collect();
+        let mut changed = Vec::new();
+        let mut write = Vec::new();
+        for n in &after.nodes {
+            let prev = old.get(&n.node);
+            let state_changed = prev.map_or(true, |p| p.state != n.state || p.reason != n.reason);
+            let progress_changed = prev.is_some_and(|p| (p.progress - n.progress).abs() > 1e-9);
+            if state_changed || progress_changed {
+                changed.push(n.clone());
+            }
+            if state_changed || (save_progress && !n.state.is_terminal()) {
+                write.push(n.clone());
+            }
         }
-        let r = f(c);
-        c.recount();
-        Some((r, c.clone()))
+        let finished = after.state.is_finished();
+        let header_changed = before.state != after.state
+            || before.total_nodes != after.total_nodes
+            || (before.progress - after.progress).abs() > 1e-9;
+        let mut after = after;
+        if !changed.is_empty() || finished {
+            after.updated_at_ms = now_millis();
+            if let Some(c) = self.map().get_mut(&seq) {
+                c.updated_at_ms = after.updated_at_ms;
+            }
+        }
+        if !write.is_empty() || (header_changed && (save_progress || finished)) {
+            let mut c = after.summary();
+            c.nodes = write;
+            if let Err(e) = self.inner.store.update(c).await {
+                warn!(campaign = %id, error = %e, "cannot store the campaign's progress");
+            }
+        }
+        Some((finished, changed, after))
     }
 }
 

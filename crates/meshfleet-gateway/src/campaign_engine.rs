@@ -1,20 +1,892 @@
-//! The campaign engine: runs the `running` campaigns on the gateway's own node.
+//! The campaign engine: runs the `running` campaign on the gateway's own node.
 //!
-//! (This commit: the task exists and follows the service's changes; the OTA driving lands
-//! in the next commit.)
+//! * **The node's side** is [`GatewayOta`], a plugin put on the gateway's node when it
+//!   joins ([`equip`]): a meshfleet OTA engine that is there from the first link (so the
+//!   neighbours' CAPS are known when a campaign starts: [`MeshfleetOta::start_source`]),
+//!   plus the stock sender of the campaign being run (the agent's
+//!   [`Source::stock_sender`]). While no campaign runs it answers offers like any node that
+//!   is not a target (it is of role `gateway`) and serves nothing.
+//! * **One campaign at a time** is offered by the node: the oldest `running` one. Others
+//!   that are `running` wait with their nodes `QUEUED` (the node holds one artefact).
+//! * **Outcomes** come from the OTA engine's typed events ([`OtaEvent`], through
+//!   [`MeshPort::subscribe`]) and from periodic snapshots of the sending plugins, both fed
+//!   to the agent's [`OfferTracker`]; typed refusals keep their [`Refusal`] label. A node
+//!   is `SUCCEEDED` only once its status reports the new version (the registry's
+//!   `firmware`): an image installed but not booted stays `IN_PROGRESS` at progress 1.
+//!   A node with no change for the per-node timeout (`campaign-node-timeout`) while the
+//!   campaign runs is `TIMED_OUT`.
+//! * **Pause** stops the node serving: NAKs and stock data requests are dropped and the
+//!   sending plugins' timers (offers, announces, pacing) are held, so nothing new is
+//!   offered or sent; receivers keep what they hold and resume on the next offer (resume,
+//!   or a gateway restart).
+//! * **Late nodes**: while running, nodes that joined and match the targets (`all`, `role`,
+//!   `hardware`) are added as `QUEUED`, unless another unfinished campaign has them.
+//! * **Persistence**: node state changes are written at once (acknowledged, batched by the
+//!   store's writer with whatever else is queued), progress every few seconds.
+//!
+//! The meshfleet protocol is a broadcast down the tree: every meshfleet node of the
+//! artefact's role and hardware that runs an older version takes it, targeted or not.
+//! Targets say which nodes the campaign waits for and reports on.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::sync::watch;
+use meshfleet_agent::{OfferTracker, Offering, Outcome, Snapshot, Source, SourceConfig};
+use meshfleet_agent::{StopCause, Targets as OfferTargets};
+use meshfleet_firmware::Artefact;
+use meshfleet_mesh::{Ctx, Instant, LinkId, MeshChange, Node, NodeId, Plugin};
+use meshfleet_ota::{
+    ImageInfo, MemStore, MeshfleetConfig, MeshfleetOta, NodeOutcome, OtaEvent, Refusal, StockSender,
+};
+use meshfleet_runtime::RuntimeEvent;
+use meshfleet_wire::{types, Package, Routing};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{oneshot, watch};
+use tracing::{debug, info, warn};
 
-use crate::Shared;
+use crate::campaign::{
+    matches, Campaign, CampaignId, CampaignNode, CampaignNodeEvent, CampaignState, NodeState,
+    Targets,
+};
+use crate::events::GatewayEvent;
+use crate::model::{AuditEntry, UnixMillis};
+use crate::{now_millis, Shared};
+
+/// The plugin's name (`RuntimeEvent::Plugin { plugin, .. }`).
+pub const GATEWAY_OTA_PLUGIN: &str = "gateway-ota";
+
+/// How often the engine looks at the sending plugins and updates node states (so a
+/// node's `campaign_node` events come at most twice a second).
+pub const TICK: Duration = Duration::from_millis(500);
+
+/// Progress-only changes are written this often.
+const PROGRESS_SAVE: Duration = Duration::from_secs(5);
+
+/// The meshfleet package types and the binary chunk tag.
+const MESHFLEET_TYPES: std::ops::RangeInclusive<i64> = 700..=709;
+const NAK: i64 = 704;
+const CHUNK_TAG: u16 = 703;
+
+/// The gateway node's OTA plugin; see the module docs.
+pub struct GatewayOta {
+    meshfleet: MeshfleetOta,
+    stock: Option<StockSender>,
+    /// A campaign was loaded (before that, the meshfleet engine runs as a plain receiver).
+    loaded: bool,
+    /// Serving is held (paused, or no campaign running).
+    held: bool,
+    /// NAKs and data requests dropped while held.
+    pub dropped: u64,
+}
+
+impl std::fmt::Debug for GatewayOta {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayOta")
+            .field("loaded", &self.loaded)
+            .field("held", &self.held)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for GatewayOta {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl GatewayOta {
+    /// A plugin with no campaign.
+    pub fn new() -> Self {
+        // Role `gateway`: offers from elsewhere in the mesh are refused as not for us.
+        let config = MeshfleetConfig::new("gateway", "gateway");
+        let meshfleet = MeshfleetOta::new(config, Box::new(MemStore::new()))
+            .unwrap_or_else(|_| unreachable_store());
+        Self {
+            meshfleet,
+            stock: None,
+            loaded: false,
+            held: false,
+            dropped: 0,
+        }
+    }
+
+    /// Starts offering `artefact` (verified) with `stock` (its stock sender, if the
+    /// strategy has one). `false` if the meshfleet engine refused (it is receiving
+    /// another campaign, which a `gateway` node never accepts).
+    fn start(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        artefact: Artefact,
+        stock: Option<StockSender>,
+        meshfleet: bool,
+    ) -> bool {
+        self.loaded = true;
+        self.held = false;
+        let info: ImageInfo = Source::image_info(artefact.manifest());
+        let mut ok = true;
+        if meshfleet {
+            self.meshfleet.set_running(Some(info), false);
+            ok = self.meshfleet.start_source(ctx, artefact, None);
+        }
+        self.stock = stock;
+        if let Some(s) = &mut self.stock {
+            s.start(ctx);
+        }
+        ok
+    }
+
+    /// Holds or releases serving.
+    fn hold(&mut self, held: bool) {
+        self.held = held;
+    }
+
+    /// The sending plugins' counters and the node list, for the tracker.
+    fn snapshot(&self, node: &Node) -> Snapshot {
+        Snapshot {
+            meshfleet: self
+                .loaded
+                .then(|| (self.meshfleet.stats().clone(), self.meshfleet.peers())),
+            stock: self.stock.as_ref().map(|s| {
+                let progress = s.progress().iter().map(|(n, p)| (*n, p.clone())).collect();
+                (s.stats().clone(), progress)
+            }),
+            nodes: node.nodes(),
+            neighbours: node.neighbours().into_iter().map(|(_, p)| p).collect(),
+        }
+    }
+}
+
+/// `MeshfleetOta::new` over an empty memory store has nothing to restore and cannot fail;
+/// this keeps `unwrap` out.
+fn unreachable_store() -> MeshfleetOta {
+    MeshfleetOta::source(
+        MeshfleetConfig::new("gateway", "gateway"),
+        Box::new(MemStore::new()),
+        placeholder_artefact(),
+        None,
+    )
+}
+
+fn placeholder_artefact() -> Artefact {
+    let opts = meshfleet_firmware::PackOptions::new(
+        "gateway",
+        "gateway",
+        meshfleet_firmware::Version::new(0, 0, 0),
+    );
+    match meshfleet_firmware::pack(b"", opts) {
+        Ok(a) => a,
+        Err(e) => panic!("packing an empty image cannot fail: {e}"),
+    }
+}
+
+impl Plugin for GatewayOta {
+    fn name(&self) -> &'static str {
+        GATEWAY_OTA_PLUGIN
+    }
+
+    fn handles(&self, ty: i64) -> bool {
+        MESHFLEET_TYPES.contains(&ty) || (types::OTA_ANNOUNCE..=types::OTA_DATA).contains(&ty)
+    }
+
+    fn handle_package(&mut self, ctx: &mut Ctx<'_>, link: LinkId, routing: Routing, pkg: &Package) {
+        let ty = pkg.ty();
+        if MESHFLEET_TYPES.contains(&ty) {
+            if self.held && self.loaded && ty == NAK {
+                self.dropped += 1;
+                return;
+            }
+            self.meshfleet.handle_package(ctx, link, routing, pkg);
+            return;
+        }
+        match &mut self.stock {
+            Some(s) if !self.held => s.handle_package(ctx, link, routing, pkg),
+            _ => self.dropped += 1,
+        }
+    }
+
+    fn handles_binary(&self, tag: u16) -> bool {
+        tag == CHUNK_TAG
+    }
+
+    fn handle_binary(&mut self, ctx: &mut Ctx<'_>, link: LinkId, payload: &[u8]) {
+        self.meshfleet.handle_binary(ctx, link, payload);
+    }
+
+    fn handle_change(&mut self, ctx: &mut Ctx<'_>, change: &MeshChange) {
+        self.meshfleet.handle_change(ctx, change);
+        if let Some(s) = &mut self.stock {
+            s.handle_change(ctx, change);
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        if self.held && self.loaded {
+            return None;
+        }
+        let a = self.meshfleet.poll_timeout();
+        let b = self.stock.as_ref().and_then(|s| s.poll_timeout());
+        match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn handle_timeout(&mut self, ctx: &mut Ctx<'_>) {
+        let now = ctx.now();
+        if self.meshfleet.poll_timeout().is_some_and(|t| t <= now) {
+            self.meshfleet.handle_timeout(ctx);
+        }
+        if let Some(s) = &mut self.stock {
+            if s.poll_timeout().is_some_and(|t| t <= now) {
+                s.handle_timeout(ctx);
+            }
+        }
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
+/// Puts the campaign plugin on the gateway's node (before it joins the mesh, so the OTA
+/// capability exchange happens on every link). `mesh::join` does it; a `MeshPort` over
+/// another node (the demo's simulated gateway) should too.
+pub fn equip(node: &mut Node) {
+    node.add_plugin(Box::new(GatewayOta::new()));
+}
+
+/// Runs `f` on the gateway's node (its [`GatewayOta`] added first if it lacks one) and
+/// returns its result; `None` if the node has stopped.
+async fn on_node<R: Send + 'static>(
+    shared: &Shared,
+    f: impl FnOnce(&mut Node, Instant) -> R + Send + 'static,
+) -> Option<R> {
+    let (tx, rx) = oneshot::channel();
+    let job = Box::new(move |node: &mut Node, now: Instant| {
+        if node.plugin::<GatewayOta>().is_none() {
+            // A node built without `equip`: neighbours already linked never exchanged
+            // CAPS with it and look like stock nodes until they reconnect.
+            equip(node);
+        }
+        let _ = tx.send(f(node, now));
+    });
+    shared.mesh.run_on_node(job).await.ok()?;
+    rx.await.ok()
+}
+
+/// What one node's outcome says, as a campaign node state.
+#[derive(Clone, Debug, PartialEq)]
+struct Verdict {
+    state: NodeState,
+    progress: f64,
+    reason: Option<String>,
+}
+
+/// The campaign being offered by the node.
+struct Active {
+    id: CampaignId,
+    version: String,
+    /// The artefact's role and hardware (late nodes must fit them).
+    role: String,
+    hardware: String,
+    tracker: OfferTracker,
+    stock_flow: bool,
+    /// Final outcomes the engine reported with a typed reason, by node.
+    typed: BTreeMap<u32, (NodeState, &'static str)>,
+    /// Transient refusals (busy, on trial), by node: the offer is retried.
+    transient: BTreeMap<u32, &'static str>,
+    /// Serving is held (the campaign is paused).
+    held: bool,
+    /// When it started running in this process (ETA and timeouts count from here).
+    since: UnixMillis,
+    last_progress_save: std::time::Instant,
+}
+
+/// Where a refusal leaves a node: a final state with the label, or a retry.
+fn classify(r: Refusal) -> Option<(NodeState, &'static str)> {
+    match r {
+        Refusal::Busy | Refusal::OnTrial => None,
+        Refusal::StoreFailed => Some((NodeState::Failed, r.label())),
+        other => Some((NodeState::Rejected, other.label())),
+    }
+}
+
+struct Engine {
+    shared: Arc<Shared>,
+    start: std::time::Instant,
+    active: Option<Active>,
+    /// Campaigns whose artefact could not be loaded (not retried every tick).
+    broken: BTreeSet<CampaignId>,
+}
 
 /// Runs until `shutdown` turns true.
 pub(crate) async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let mut events = shared.mesh.subscribe();
+    let mut e = Engine {
+        shared,
+        start: std::time::Instant::now(),
+        active: None,
+        broken: BTreeSet::new(),
+    };
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
-            () = shared.campaigns.changed() => {}
+            () = e.shared.campaigns.changed() => e.reconcile().await,
+            _ = tick.tick() => {
+                e.reconcile().await;
+                e.step().await;
+            }
+            ev = events.recv() => match ev {
+                Ok(RuntimeEvent::Plugin { plugin, data }) if plugin == GATEWAY_OTA_PLUGIN => {
+                    if let Some(ev) = data.downcast_ref::<OtaEvent>() {
+                        e.on_event(ev);
+                    }
+                }
+                Ok(_) => {}
+                Err(RecvError::Lagged(n)) => debug!(missed = n, "campaign engine lagged"),
+                Err(RecvError::Closed) => return,
+            },
         }
+    }
+}
+
+impl Engine {
+    fn now(&self) -> Instant {
+        let us = u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        Instant::from_micros(us)
+    }
+
+    fn on_event(&mut self, ev: &OtaEvent) {
+        let now = self.now();
+        let Some(a) = &mut self.active else {
+            return;
+        };
+        a.tracker.on_event(now, ev, &mut ());
+        let mut final_ = |node: NodeId, v: (NodeState, &'static str)| {
+            a.typed.insert(node.0, v);
+        };
+        match ev {
+            OtaEvent::PeerRefused {
+                peer,
+                kind: Some(r),
+                ..
+            } => match classify(*r) {
+                Some(v) => final_(*peer, v),
+                None => {
+                    a.transient.insert(peer.0, r.label());
+                }
+            },
+            OtaEvent::NodeReport { node, outcome, .. } => match outcome {
+                NodeOutcome::Refused(r) | NodeOutcome::Incompatible(r) => match classify(*r) {
+                    Some(v) => final_(*node, v),
+                    None => {
+                        a.transient.insert(node.0, r.label());
+                    }
+                },
+                NodeOutcome::Failed => final_(*node, (NodeState::Failed, "failed")),
+                NodeOutcome::RolledBack => final_(*node, (NodeState::Failed, "rolled_back")),
+                _ => {}
+            },
+            OtaEvent::PeerCannotDecode { peer, .. } if !a.stock_flow => {
+                final_(*peer, (NodeState::Rejected, "cannot_decode"));
+            }
+            _ => {}
+        }
+    }
+
+    /// Makes the node offer what should be offered: the oldest running campaign; holds
+    /// serving while the active one is paused or none runs.
+    async fn reconcile(&mut self) {
+        let unfinished = self.shared.campaigns.unfinished();
+        let running = unfinished
+            .iter()
+            .filter(|c| c.state == CampaignState::Running && !self.broken.contains(&c.id))
+            .min_by_key(|c| c.id.seq());
+        if let Some((id, was_held)) = self.active.as_ref().map(|a| (a.id.clone(), a.held)) {
+            let state = unfinished.iter().find(|c| c.id == id).map(|c| c.state);
+            let keep = match state {
+                Some(CampaignState::Running) => true,
+                // Paused: kept (resuming continues) unless another campaign runs.
+                Some(CampaignState::Paused) => running.is_none(),
+                _ => false,
+            };
+            if keep {
+                let held = state == Some(CampaignState::Paused);
+                if held != was_held {
+                    let ok = on_node(&self.shared, move |node, _| {
+                        if let Some(p) = node.plugin_mut::<GatewayOta>() {
+                            p.hold(held);
+                        }
+                    })
+                    .await;
+                    if ok.is_some() {
+                        if let Some(a) = &mut self.active {
+                            a.held = held;
+                            if !held {
+                                a.since = now_millis();
+                            }
+                        }
+                        info!(campaign = %id, held, "campaign serving held or resumed");
+                    }
+                }
+                return;
+            }
+            info!(campaign = %id, "campaign no longer offered");
+            self.active = None;
+            let _ = on_node(&self.shared, |node, _| {
+                if let Some(p) = node.plugin_mut::<GatewayOta>() {
+                    p.hold(true);
+                }
+            })
+            .await;
+        }
+        if let Some(c) = running {
+            let c = c.clone();
+            self.activate(c).await;
+        }
+    }
+
+    /// Loads campaign `c`'s artefact and starts offering it.
+    async fn activate(&mut self, c: Campaign) {
+        let loaded = self.load(&c).await;
+        let (artefact, image) = match loaded {
+            Ok(x) => x,
+            Err(reason) => {
+                warn!(campaign = %c.id, reason, "cannot load the campaign's artefact");
+                self.broken.insert(c.id.clone());
+                self.fail_all(&c.id, reason).await;
+                return;
+            }
+        };
+        let config = SourceConfig::new(c.strategy.agent());
+        let m = artefact.manifest().clone();
+        let image_len = image.len() as u64;
+        let stock = match Source::stock_sender(&m, image, &config) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(campaign = %c.id, error = %e, "the stock flow cannot offer this image");
+                self.broken.insert(c.id.clone());
+                self.fail_all(&c.id, "stock_offer").await;
+                return;
+            }
+        };
+        let offering: Offering = Source::offering(m, image_len, stock.as_ref(), &config);
+        let meshfleet = config.strategy.meshfleet();
+        let started = on_node(&self.shared, move |node, now| {
+            node.with_plugin::<GatewayOta, _>(now, |p, ctx| {
+                p.start(ctx, artefact, stock, meshfleet)
+            })
+        })
+        .await;
+        match started {
+            Some(Some(true)) => {}
+            Some(_) => {
+                warn!(campaign = %c.id, "the node's OTA engine refused to offer");
+                return;
+            }
+            None => {
+                debug!(campaign = %c.id, "the mesh node has stopped");
+                return;
+            }
+        }
+        info!(campaign = %c.id, version = %c.version, strategy = c.strategy.agent().label(), "offering");
+        self.active = Some(Active {
+            id: c.id.clone(),
+            version: c.version.clone(),
+            role: offering.manifest.role.clone(),
+            hardware: offering.manifest.hardware.clone(),
+            tracker: OfferTracker::new(offering, self.now()),
+            stock_flow: config.strategy.stock(),
+            typed: BTreeMap::new(),
+            transient: BTreeMap::new(),
+            held: false,
+            since: now_millis(),
+            last_progress_save: std::time::Instant::now(),
+        });
+    }
+
+    /// The artefact of `c`, verified again (it was when uploaded), and its image.
+    async fn load(&self, c: &Campaign) -> Result<(Artefact, Vec<u8>), &'static str> {
+        let bytes = self
+            .shared
+            .stores
+            .artefacts
+            .bytes(c.artefact.clone())
+            .await
+            .map_err(|_| "artefact_unreadable")?
+            .ok_or("artefact_missing")?;
+        let key = self.shared.firmware_key;
+        tokio::task::spawn_blocking(move || {
+            let a = Artefact::from_bytes(&bytes).map_err(|_| "artefact_invalid")?;
+            let image = a
+                .verify(key.as_ref())
+                .map_err(|_| "artefact_invalid")?
+                .into_image();
+            Ok((a, image))
+        })
+        .await
+        .map_err(|_| "artefact_invalid")?
+    }
+
+    /// Marks every unfinished node of `id` FAILED with `reason` (its artefact is gone).
+    async fn fail_all(&self, id: &CampaignId, reason: &'static str) {
+        let now = now_millis();
+        self.commit(id, true, move |c, _| {
+            for n in c.nodes.iter_mut().filter(|n| !n.state.is_terminal()) {
+                n.state = NodeState::Failed;
+                n.reason = Some(reason.to_owned());
+                n.updated_at_ms = now;
+            }
+            // It will never be offered: it ends here (not as the active campaign).
+            c.recount();
+            if c.state == CampaignState::Running {
+                c.state = CampaignState::Failed;
+                c.estimated_completion_ms = None;
+            }
+        })
+        .await;
+    }
+
+    /// One look at the node and the registry: node states, late nodes, the end.
+    async fn step(&mut self) {
+        let Some(a) = &self.active else {
+            return;
+        };
+        let id = a.id.clone();
+        let snap = on_node(&self.shared, |node, _| {
+            node.plugin::<GatewayOta>().map(|p| p.snapshot(node))
+        })
+        .await
+        .flatten();
+        let now = self.now();
+        let Some(a) = &mut self.active else {
+            return;
+        };
+        if let Some(snap) = snap {
+            a.tracker.on_snapshot(now, snap, &mut ());
+        }
+        let report = a
+            .tracker
+            .report(now, StopCause::Idle, OfferTargets::default());
+        let outcomes: BTreeMap<u32, (Outcome, u32, u32)> = report
+            .nodes
+            .into_iter()
+            .map(|n| (n.node_id, (n.outcome, n.have, n.total)))
+            .collect();
+        let version = a.version.clone();
+        let typed = a.typed.clone();
+        let transient = a.transient.clone();
+        let since = a.since;
+        let held = a.held;
+        let save_progress = a.last_progress_save.elapsed() >= PROGRESS_SAVE;
+        if save_progress {
+            a.last_progress_save = std::time::Instant::now();
+        }
+        let timeout_ms = i64::try_from(
+            self.shared
+                .config
+                .campaign_node_timeout
+                .saturating_mul(1000),
+        )
+        .unwrap_or(i64::MAX);
+        let shared = self.shared.clone();
+        let me = shared.mesh.node_id().0;
+        let (role, hardware) = (a.role.clone(), a.hardware.clone());
+        let finished = self
+            .commit(&id, save_progress, move |c, others| {
+                let wall = now_millis();
+                // Late nodes: joined since, match the targets, in no other campaign.
+                if c.state == CampaignState::Running && !matches!(c.targets, Targets::Nodes(_)) {
+                    let have: BTreeSet<u32> = c.nodes.iter().map(|n| n.node).collect();
+                    let art = crate::model::ArtefactInfo {
+                        id: c.artefact.clone(),
+                        role,
+                        hardware,
+                        version: c.version.clone(),
+                        size: 0,
+                        image_size: 0,
+                        image_sha256: String::new(),
+                        key_id: String::new(),
+                        uploaded_at: 0,
+                        uploaded_by: String::new(),
+                    };
+                    let late: Vec<crate::model::NodeStatus> = shared.registry.with_nodes(|it| {
+                        it.filter(|n| n.node_id != me && !have.contains(&n.node_id))
+                            .filter(|n| !others.contains(&n.node_id))
+                            .filter(|n| n.online)
+                            .cloned()
+                            .collect()
+                    });
+                    for n in late {
+                        if matches(&c.targets, &art, &n) {
+                            c.nodes.push(CampaignNode {
+                                node: n.node_id,
+                                state: NodeState::Queued,
+                                progress: 0.0,
+                                reason: None,
+                                from_version: n.firmware.clone(),
+                                updated_at_ms: wall,
+                            });
+                        }
+                    }
+                    c.nodes.sort_by_key(|n| n.node);
+                }
+                for n in c.nodes.iter_mut().filter(|n| !n.state.is_terminal()) {
+                    let reg = shared.registry.get(n.node);
+                    let runs_new = reg
+                        .as_ref()
+                        .and_then(|r| r.firmware.as_deref())
+                        .is_some_and(|f| f == version);
+                    let v = if runs_new {
+                        Verdict {
+                            state: NodeState::Succeeded,
+                            progress: 1.0,
+                            reason: None,
+                        }
+                    } else if let Some((state, label)) = typed.get(&n.node) {
+                        Verdict {
+                            state: *state,
+                            progress: n.progress,
+                            reason: Some((*label).to_owned()),
+                        }
+                    } else {
+                        verdict(n, outcomes.get(&n.node), transient.get(&n.node).copied())
+                    };
+                    let mut v = v;
+                    if !v.state.is_terminal() && c.state == CampaignState::Running && !held {
+                        let last = n.updated_at_ms.max(since);
+                        if wall.saturating_sub(last) > timeout_ms {
+                            v = Verdict {
+                                state: NodeState::TimedOut,
+                                progress: n.progress,
+                                reason: Some("timeout".into()),
+                            };
+                        }
+                    }
+                    let state_changed = v.state != n.state || v.reason != n.reason;
+                    let progress_changed = (v.progress - n.progress).abs() > 1e-9;
+                    if state_changed || progress_changed {
+                        n.state = v.state;
+                        n.reason = v.reason;
+                        n.progress = v.progress;
+                        n.updated_at_ms = wall;
+                    }
+                }
+                // The estimate: the rate so far.
+                c.recount();
+                let elapsed = (wall - since).max(0) as f64;
+                c.estimated_completion_ms =
+                    (c.progress > 0.0 && c.progress < 1.0 && c.state == CampaignState::Running)
+                        .then(|| wall + (elapsed * (1.0 - c.progress) / c.progress) as i64);
+                if c.all_finished() && c.state == CampaignState::Running {
+                    c.state = if c.updated_nodes == c.total_nodes {
+                        CampaignState::Completed
+                    } else {
+                        CampaignState::Failed
+                    };
+                    c.estimated_completion_ms = None;
+                }
+            })
+            .await;
+        if finished == Some(true) {
+            info!(campaign = %id, "campaign finished");
+            self.active = None;
+            let _ = on_node(&self.shared, |node, _| {
+                if let Some(p) = node.plugin_mut::<GatewayOta>() {
+                    p.hold(true);
+                }
+            })
+            .await;
+            self.shared.campaigns.poke();
+        }
+    }
+
+    /// Applies `f` to campaign `id` (with the nodes of the other unfinished campaigns),
+    /// writes what changed, publishes it. Returns whether the campaign is now finished
+    /// (`None`: no such unfinished campaign).
+    async fn commit(
+        &self,
+        id: &CampaignId,
+        save_progress: bool,
+        f: impl FnOnce(&mut Campaign, &BTreeSet<u32>) + Send,
+    ) -> Option<bool> {
+        let (finished, changed, c) = self
+            .shared
+            .campaigns
+            .engine_update(id, save_progress, f)
+            .await?;
+        let s = &self.shared;
+        for n in &changed {
+            s.bus.publish(GatewayEvent::CampaignNode(CampaignNodeEvent {
+                campaign: id.clone(),
+                node: n.node,
+                state: n.state,
+                progress: n.progress,
+                reason: n.reason.clone(),
+            }));
+        }
+        if !changed.is_empty() || finished {
+            s.bus.publish(GatewayEvent::Campaign(c.summary()));
+        }
+        if finished {
+            let entry = AuditEntry {
+                ts: c.updated_at_ms,
+                actor: "gateway".into(),
+                action: format!("campaign.{}", c.state.label()),
+                target: id.0.clone(),
+            };
+            if let Err(e) = s.stores.audit.record(entry).await {
+                warn!(error = %e, "cannot write the audit log");
+            }
+        }
+        Some(finished)
+    }
+}
+
+/// A node's verdict from the tracker's outcome (`have`/`total` units or parts) and a
+/// transient refusal, if any.
+fn verdict(
+    n: &CampaignNode,
+    outcome: Option<&(Outcome, u32, u32)>,
+    transient: Option<&str>,
+) -> Verdict {
+    let keep = Verdict {
+        state: n.state,
+        progress: n.progress,
+        reason: n.reason.clone(),
+    };
+    let Some((o, have, total)) = outcome else {
+        return keep;
+    };
+    let fraction = if *total > 0 {
+        f64::from(*have) / f64::from(*total)
+    } else {
+        0.0
+    };
+    match o {
+        Outcome::AlreadyCurrent => Verdict {
+            state: NodeState::Succeeded,
+            progress: 1.0,
+            reason: None,
+        },
+        // Installed: SUCCEEDED once its status reports the new version.
+        Outcome::Updated => Verdict {
+            state: NodeState::InProgress,
+            progress: 1.0,
+            reason: None,
+        },
+        Outcome::InProgress => Verdict {
+            state: NodeState::InProgress,
+            progress: fraction.max(n.progress).min(1.0),
+            reason: transient.map(str::to_owned),
+        },
+        Outcome::Refused { .. } => match transient {
+            Some(t) => Verdict {
+                state: NodeState::InProgress,
+                progress: n.progress,
+                reason: Some(t.to_owned()),
+            },
+            None => Verdict {
+                state: NodeState::Rejected,
+                progress: n.progress,
+                reason: Some("refused".into()),
+            },
+        },
+        Outcome::Incompatible { kind, .. } => Verdict {
+            state: NodeState::Rejected,
+            progress: n.progress,
+            reason: Some(
+                match kind {
+                    meshfleet_agent::Incompatibility::Role => "role",
+                    meshfleet_agent::Incompatibility::Hardware => "hardware",
+                    meshfleet_agent::Incompatibility::Decoder => "cannot_decode",
+                }
+                .into(),
+            ),
+        },
+        Outcome::Failed { .. } => Verdict {
+            state: NodeState::Failed,
+            progress: n.progress,
+            reason: Some("failed".into()),
+        },
+        Outcome::RolledBack => Verdict {
+            state: NodeState::Failed,
+            progress: n.progress,
+            reason: Some("rolled_back".into()),
+        },
+        _ => keep,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued() -> CampaignNode {
+        CampaignNode {
+            node: 1,
+            state: NodeState::Queued,
+            progress: 0.0,
+            reason: None,
+            from_version: None,
+            updated_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn outcomes_map_to_node_states() {
+        let n = queued();
+        let v = verdict(&n, Some(&(Outcome::InProgress, 25, 100)), None);
+        assert_eq!((v.state, v.progress), (NodeState::InProgress, 0.25));
+        // Installed is not done: SUCCEEDED waits for the node's report of the version.
+        let v = verdict(&n, Some(&(Outcome::Updated, 100, 100)), None);
+        assert_eq!((v.state, v.progress), (NodeState::InProgress, 1.0));
+        let v = verdict(&n, Some(&(Outcome::AlreadyCurrent, 0, 100)), None);
+        assert_eq!(v.state, NodeState::Succeeded);
+        let v = verdict(&n, Some(&(Outcome::RolledBack, 100, 100)), None);
+        assert_eq!(
+            (v.state, v.reason.as_deref()),
+            (NodeState::Failed, Some("rolled_back"))
+        );
+        let refused = Outcome::Refused {
+            reason: "busy".into(),
+        };
+        let v = verdict(&n, Some(&(refused.clone(), 0, 100)), Some("busy"));
+        assert_eq!(
+            (v.state, v.reason.as_deref()),
+            (NodeState::InProgress, Some("busy")),
+            "a transient refusal is retried"
+        );
+        let v = verdict(&n, Some(&(refused, 0, 100)), None);
+        assert_eq!(v.state, NodeState::Rejected);
+        // No outcome (behind a relay, or gone): unchanged.
+        assert_eq!(verdict(&n, None, None).state, NodeState::Queued);
+        let v = verdict(&n, Some(&(Outcome::Unknown, 0, 0)), None);
+        assert_eq!(v.state, NodeState::Queued);
+    }
+
+    #[test]
+    fn refusals_keep_their_label() {
+        assert_eq!(
+            classify(Refusal::Downgrade),
+            Some((NodeState::Rejected, "downgrade"))
+        );
+        assert_eq!(
+            classify(Refusal::Signature),
+            Some((NodeState::Rejected, "signature"))
+        );
+        assert_eq!(
+            classify(Refusal::StoreFailed),
+            Some((NodeState::Failed, "store_failed"))
+        );
+        assert_eq!(classify(Refusal::Busy), None);
+        assert_eq!(classify(Refusal::OnTrial), None);
     }
 }

@@ -48,6 +48,9 @@ pub struct GatewayConfig {
     pub rollup_retention_days: u32,
     /// Database size cap, MiB: above it the oldest raw history goes first, then rollups.
     pub db_size_cap_mb: u64,
+    /// A campaign's node with no progress for this long while the campaign runs ends
+    /// `TIMED_OUT`, seconds.
+    pub campaign_node_timeout: u64,
     /// The fleet monitor's thresholds (`[gateway.monitor]`; `docs/monitoring.md`).
     pub monitor: meshfleet_monitor::MonitorConfig,
 }
@@ -71,6 +74,7 @@ impl Default for GatewayConfig {
             raw_retention_days: 7,
             rollup_retention_days: 90,
             db_size_cap_mb: 1024,
+            campaign_node_timeout: 1800,
             monitor: meshfleet_monitor::MonitorConfig::default(),
         }
     }

@@ -23,6 +23,7 @@ pub mod api;
 pub mod campaign;
 pub mod campaign_engine;
 pub mod config;
+pub mod dashboard;
 pub mod events;
 pub mod ingest;
 pub mod mesh;

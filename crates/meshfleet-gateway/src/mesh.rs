@@ -103,12 +103,14 @@ impl MeshPort for MeshHandle {
     }
 }
 
-/// Starts the gateway's mesh node: `node` with the status plugin, on `runtime`'s sockets.
+/// Starts the gateway's mesh node: `node` with the status plugin and the campaign plugin
+/// ([`crate::campaign_engine::equip`]), on `runtime`'s sockets.
 pub async fn join(
     node: Config,
     runtime: RuntimeConfig,
 ) -> Result<(MeshHandle, JoinHandle<()>), StartError> {
     let mut node = Node::new(node);
     node.add_plugin(Box::new(StatusPlugin));
+    crate::campaign_engine::equip(&mut node);
     Runtime::start(node, runtime).await
 }

@@ -160,3 +160,81 @@ async fn acknowledged_writes_survive_reopen_and_newer_schemas_are_refused() {
         Err(StoreError::SchemaTooNew { found: 99, .. })
     ));
 }
+
+/// Campaigns: created, their header updated, node states saved in batches; all of it read
+/// back after a reopen without close (as a killed process leaves the file), nodes carried
+/// by an update overriding only themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn campaigns_survive_reopen() {
+    use meshfleet_gateway::campaign::{
+        Campaign, CampaignId, CampaignNode, CampaignState, CampaignStrategy, NodeState, Targets,
+    };
+    use meshfleet_gateway::store::CampaignStore;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.db");
+    let db = SqliteStore::open(&path).unwrap();
+    let node = |id, state| CampaignNode {
+        node: id,
+        state,
+        progress: 0.0,
+        reason: None,
+        from_version: Some("1.0.0".into()),
+        updated_at_ms: 5,
+    };
+    let mut c = Campaign {
+        id: CampaignId::from_seq(7),
+        name: "x".into(),
+        artefact: "a".repeat(64),
+        version: "2.0.0".into(),
+        strategy: CampaignStrategy::Broadcast,
+        state: CampaignState::Created,
+        created_at_ms: 1,
+        updated_at_ms: 1,
+        total_nodes: 2,
+        updated_nodes: 0,
+        failed_nodes: 0,
+        progress: 0.0,
+        estimated_completion_ms: None,
+        nodes: vec![node(3, NodeState::Queued), node(4, NodeState::Queued)],
+        targets: Targets::Role("sensor".into()),
+    };
+    CampaignStore::create(&db, c.clone()).await.unwrap();
+    c.state = CampaignState::Running;
+    let mut header = c.summary();
+    header.nodes = vec![CampaignNode {
+        progress: 0.5,
+        ..node(3, NodeState::InProgress)
+    }];
+    db.update(header).await.unwrap();
+    db.save_nodes(
+        c.id.clone(),
+        vec![CampaignNode {
+            reason: Some("hardware".into()),
+            ..node(4, NodeState::Rejected)
+        }],
+    )
+    .await
+    .unwrap();
+    std::mem::forget(db);
+    let db = SqliteStore::open(&path).unwrap();
+    let back = CampaignStore::load(&db).await.unwrap();
+    assert_eq!(back.len(), 1);
+    let b = &back[0];
+    assert_eq!(b.id, c.id);
+    assert_eq!(b.state, CampaignState::Running);
+    assert_eq!(b.strategy, CampaignStrategy::Broadcast);
+    assert_eq!(b.targets, Targets::Role("sensor".into()));
+    assert_eq!(b.nodes.len(), 2);
+    assert_eq!(
+        (b.nodes[0].state, b.nodes[0].progress),
+        (NodeState::InProgress, 0.5)
+    );
+    assert_eq!(b.nodes[1].state, NodeState::Rejected);
+    assert_eq!(b.nodes[1].reason.as_deref(), Some("hardware"));
+    assert_eq!(b.failed_nodes, 1, "counts are recomputed from the nodes");
+    // An update of a campaign that was never created is an error, not a silent no-op.
+    let mut ghost = c.summary();
+    ghost.id = CampaignId::from_seq(99);
+    assert!(db.update(ghost).await.is_err());
+    db.close();
+}

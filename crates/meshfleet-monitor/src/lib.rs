@@ -33,6 +33,7 @@ pub mod query;
 pub mod registry;
 pub mod status;
 pub mod telemetry;
+mod trend;
 
 pub use alert::{Alert, AlertEvent, AlertKey, AlertKind, Severity, Subject};
 pub use config::MonitorConfig;

@@ -35,16 +35,12 @@ use crate::query::{Method, Queries, QueryError, QueryId, QueryResult, QueryTarge
 use crate::registry::{Health, HealthSummary, NodeQuery, NodeRecord, Page, Sources, MAX_PAGE};
 use crate::status::{self, AlertFlags, StatusDecodeError};
 use crate::telemetry::{self, flags, Metric, StreamState, TelemetryDecodeError};
+use crate::trend::{push_spaced, secs, trend};
 
 /// Telemetry reports per node and minute that may skip the flood check because they say they
 /// were buffered (`a`) or answer a query (`r`): a producer's whole buffer (32 by default) and
 /// then some.
 const EXEMPT_PER_MIN: u16 = 48;
-
-/// Seconds in a `Duration`.
-fn secs(d: Duration) -> f64 {
-    d.as_micros() as f64 / 1e6
-}
 
 fn dur_s(s: u32) -> Duration {
     Duration::from_secs(u64::from(s))
@@ -648,6 +644,7 @@ impl Monitor {
             (flags::OTA_FAILED, AlertKind::OtaFailed),
             (flags::SENSOR_ERROR, AlertKind::SensorError),
             (flags::LOST_ROOT, AlertKind::LostRoot),
+            (flags::MEMORY_LEAK, AlertKind::MemoryLeak),
         ] {
             if f & bit != 0 {
                 reported |= kind_bit(kind);
@@ -1126,16 +1123,8 @@ impl Monitor {
         let spacing = Duration::from_micros(
             u64::from(cfg.leak_window_s) * 1_000_000 / (cfg.leak_samples.max(2) as u64 - 1),
         );
-        let due = e
-            .det
-            .heap
-            .back()
-            .map_or(true, |(t, _)| now.saturating_since(*t) >= spacing);
-        if let (Some(h), true) = (e.rec.metrics.free_heap_bytes, due) {
-            e.det.heap.push_back((now, h));
-            while e.det.heap.len() > cfg.leak_samples.max(2) {
-                e.det.heap.pop_front();
-            }
+        if let Some(h) = e.rec.metrics.free_heap_bytes {
+            push_spaced(&mut e.det.heap, now, h, spacing, cfg.leak_samples);
         }
         if let Some(rssi) = e.rec.metrics.rssi_dbm {
             link_sample(cfg, &mut e.det, rssi as f64, &mut self.alerts, now, id);
@@ -1279,16 +1268,28 @@ impl Monitor {
             kind: AlertKind::MemoryLeak,
         };
         let window = dur_s(cfg.leak_window_s);
-        if let Some((slope_per_h, r2, span)) = trend(&e.det.heap, now, window) {
-            let leaking = span >= 0.75 * f64::from(cfg.leak_window_s)
-                && slope_per_h <= -(cfg.leak_bytes_per_hour as f64)
-                && r2 >= cfg.leak_min_r2;
-            let holding = slope_per_h <= -(cfg.leak_bytes_per_hour as f64) / 2.0;
-            let firing = if al.is_active(&key) { holding } else { leaking };
+        // The node's own verdict (telemetry flag, from its 10 s samples: fast) or ours from
+        // the reported values (slow with deltas, but it covers stock nodes too).
+        let node_says = e.det.reported & kind_bit(AlertKind::MemoryLeak) != 0;
+        let fitted = trend(&e.det.heap, now, window);
+        // An active alert is observed even without a fit of ours (the node's flag cleared,
+        // or a reboot emptied our samples), so it can clear.
+        if fitted.is_some() || node_says || al.is_active(&key) {
+            let (slope_per_h, ours) = match fitted {
+                Some((slope_per_h, r2, span)) => {
+                    let leaking = span >= 0.75 * f64::from(cfg.leak_window_s)
+                        && slope_per_h <= -(cfg.leak_bytes_per_hour as f64)
+                        && r2 >= cfg.leak_min_r2;
+                    let holding = slope_per_h <= -(cfg.leak_bytes_per_hour as f64) / 2.0;
+                    let firing = if al.is_active(&key) { holding } else { leaking };
+                    (slope_per_h, firing)
+                }
+                None => (0.0, false),
+            };
             al.observe(
                 now,
                 key,
-                firing,
+                ours || node_says,
                 Severity::Warning,
                 slope_per_h as i64,
                 1,
@@ -1560,50 +1561,6 @@ fn link_sample(
     det.rssi_mean += a * diff;
     det.rssi_var = (1.0 - a) * (det.rssi_var + a * diff * diff);
     det.rssi_n = det.rssi_n.saturating_add(1);
-}
-
-/// Least-squares slope of the heap (bytes per hour), R² of the fit, and the time spanned (s).
-fn trend(
-    samples: &VecDeque<(Instant, i64)>,
-    now: Instant,
-    window: Duration,
-) -> Option<(f64, f64, f64)> {
-    let recent = || {
-        samples
-            .iter()
-            .filter(|(t, _)| now.saturating_since(*t) <= window)
-    };
-    let count = recent().count();
-    if count < 5 {
-        return None;
-    }
-    let t0 = recent().next()?.0;
-    let last = recent().next_back()?.0;
-    let n = count as f64;
-    let (mut sx, mut sy, mut sxx, mut sxy, mut syy) = (0.0, 0.0, 0.0, 0.0, 0.0);
-    for (t, y) in recent() {
-        let x = secs(t.saturating_since(t0)) / 3600.0;
-        let y = *y as f64;
-        sx += x;
-        sy += y;
-        sxx += x * x;
-        sxy += x * y;
-        syy += y * y;
-    }
-    let vx = sxx - sx * sx / n;
-    let vy = syy - sy * sy / n;
-    if vx <= 0.0 {
-        return None;
-    }
-    let cov = sxy - sx * sy / n;
-    let slope = cov / vx;
-    let r2 = if vy <= 0.0 {
-        0.0
-    } else {
-        cov * cov / (vx * vy)
-    };
-    let span = secs(last.saturating_since(t0));
-    Some((slope, r2, span))
 }
 
 /// `|x|` (core has no float `abs` before Rust 1.85).

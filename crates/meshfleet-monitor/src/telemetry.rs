@@ -39,6 +39,7 @@ use meshfleet_wire::NodeId;
 
 use crate::json::{for_each_field, ObjectError, Scalar};
 use crate::status::json_str;
+use crate::trend::{push_spaced, trend};
 
 /// Package type of a telemetry report (node -> gateway).
 pub const TELEMETRY_TYPE: i64 = 710;
@@ -86,6 +87,9 @@ pub mod flags {
     pub const SENSOR_ERROR: i64 = 0x02;
     /// The node lost its route to the mesh root.
     pub const LOST_ROOT: i64 = 0x04;
+    /// The node's own heap samples fall steadily (set by the [`Producer`](super::Producer)
+    /// itself, see [`ProducerConfig::leak_window_s`](super::ProducerConfig)).
+    pub const MEMORY_LEAK: i64 = 0x08;
 }
 
 impl Metric {
@@ -446,6 +450,17 @@ pub struct ProducerConfig {
     pub backoff_max_s: u32,
     /// A query is answered after a random delay below this, ms.
     pub query_spread_ms: u32,
+    /// The node's own leak check fits its heap samples of the last this many seconds
+    /// (0: off). The node samples every few seconds, the gateway sees a value only when it
+    /// moved by the heap threshold, so the node sees a leak long before the gateway could:
+    /// it sets [`flags::MEMORY_LEAK`] and reports at once.
+    pub leak_window_s: u32,
+    /// Most heap samples kept for that fit (spread evenly over the window).
+    pub leak_samples: usize,
+    /// Heap loss rate that is a leak, bytes per hour (the flag clears below half of it).
+    pub leak_bytes_per_hour: i64,
+    /// Least r² of the fit: noise alone does not reach it, a steady fall does.
+    pub leak_min_r2: f64,
 }
 
 impl Default for ProducerConfig {
@@ -464,6 +479,10 @@ impl Default for ProducerConfig {
             backoff_initial_s: 2,
             backoff_max_s: 120,
             query_spread_ms: 2_000,
+            leak_window_s: 600,
+            leak_samples: 31,
+            leak_bytes_per_hour: 8_192,
+            leak_min_r2: 0.8,
         }
     }
 }
@@ -553,6 +572,12 @@ pub struct Producer {
     identity: Option<Identity>,
     rng: Rng,
     stats: ProducerStats,
+    /// Heap samples for the node's own leak check.
+    heap: VecDeque<(Instant, i64)>,
+    /// Flags as the application last recorded them.
+    app_flags: i64,
+    /// Flags the producer sets itself ([`flags::MEMORY_LEAK`]).
+    own_flags: i64,
 }
 
 impl Producer {
@@ -578,6 +603,9 @@ impl Producer {
             identity: None,
             rng: Rng::new(seed),
             stats: ProducerStats::default(),
+            heap: VecDeque::new(),
+            app_flags: 0,
+            own_flags: 0,
         }
     }
 
@@ -601,7 +629,62 @@ impl Producer {
 
     /// Records the current value of a metric. Returns [`Urgency::SendNow`] when the value
     /// crossed into its alert region.
-    pub fn record(&mut self, _now: Instant, m: Metric, value: i64) -> Urgency {
+    pub fn record(&mut self, now: Instant, m: Metric, value: i64) -> Urgency {
+        let value = if m == Metric::Flags {
+            self.app_flags = value;
+            value | self.own_flags
+        } else {
+            value
+        };
+        let u = self.record_slot(m, value);
+        if m == Metric::FreeHeap && self.heap_trend(now, value) == Urgency::SendNow {
+            return Urgency::SendNow;
+        }
+        u
+    }
+
+    /// The node's own leak check on a new heap sample: sets or clears
+    /// [`flags::MEMORY_LEAK`]; setting it is urgent.
+    fn heap_trend(&mut self, now: Instant, heap: i64) -> Urgency {
+        if self.cfg.leak_window_s == 0 {
+            return Urgency::None;
+        }
+        let window_us = u64::from(self.cfg.leak_window_s) * 1_000_000;
+        let spacing = Duration::from_micros(window_us / (self.cfg.leak_samples.max(2) as u64 - 1));
+        push_spaced(&mut self.heap, now, heap, spacing, self.cfg.leak_samples);
+        let Some((slope_per_h, r2, span)) =
+            trend(&self.heap, now, Duration::from_micros(window_us))
+        else {
+            return Urgency::None;
+        };
+        let limit = self.cfg.leak_bytes_per_hour as f64;
+        let was = self.own_flags & flags::MEMORY_LEAK != 0;
+        let is = if was {
+            slope_per_h <= -limit / 2.0
+        } else {
+            span >= 0.75 * f64::from(self.cfg.leak_window_s)
+                && slope_per_h <= -limit
+                && r2 >= self.cfg.leak_min_r2
+        };
+        if is == was {
+            return Urgency::None;
+        }
+        self.own_flags ^= flags::MEMORY_LEAK;
+        let i = Metric::Flags.slot();
+        let f = self.app_flags | self.own_flags;
+        self.current[i] = Some(f);
+        self.forced[i] = true;
+        self.alarmed[i] = f != 0;
+        if is {
+            self.urgent = true;
+            Urgency::SendNow
+        } else {
+            Urgency::None
+        }
+    }
+
+    /// Records `value` into its slot (alert-region crossings are urgent).
+    fn record_slot(&mut self, m: Metric, value: i64) -> Urgency {
         let i = m.slot();
         self.current[i] = Some(value);
         if !self.alarmed[i] && self.cfg.alarming(m, value) {
@@ -981,6 +1064,45 @@ mod tests {
         assert_eq!(s.values[1], Some(40_000));
         assert_eq!(s.values[2], Some(-70));
         assert_eq!(s.uptime_at(t(600)), Some(603));
+    }
+
+    #[test]
+    fn the_node_flags_a_steady_heap_fall_at_once_and_noise_never() {
+        let cfg = ProducerConfig::default();
+        // Noise of ±600 B around a flat heap for 24 h: never flagged.
+        let mut p = Producer::new(cfg.clone(), t(0), 1);
+        let mut rng = Rng::new(7);
+        for s in (0..86_400).step_by(10) {
+            let noise = rng.below(1_201) as i64 - 600;
+            assert_eq!(
+                p.record(t(s), Metric::FreeHeap, 40_000 + noise),
+                Urgency::None
+            );
+        }
+        assert_eq!(p.current[Metric::Flags.slot()], None);
+        // A 20 KB/h leak starting at 1 h, same noise: flagged within two report periods,
+        // urgently, and the application's own flag bits are kept.
+        let mut p = Producer::new(cfg, t(0), 1);
+        p.record(t(0), Metric::Flags, flags::SENSOR_ERROR);
+        let mut flagged = None;
+        for s in (0..3 * 3_600u64).step_by(10) {
+            let leak = s.saturating_sub(3_600) as i64 * 20_000 / 3_600;
+            let noise = rng.below(1_201) as i64 - 600;
+            if p.record(t(s), Metric::FreeHeap, 60_000 - leak + noise) == Urgency::SendNow {
+                flagged.get_or_insert(s);
+            }
+        }
+        let at = flagged.expect("the leak is flagged");
+        assert!((3_600..=3_600 + 600).contains(&at), "flagged at {at} s");
+        assert_eq!(
+            p.current[Metric::Flags.slot()],
+            Some(flags::SENSOR_ERROR | flags::MEMORY_LEAK)
+        );
+        // The leak stops (a flat heap again): the flag clears, the app's bit stays.
+        for s in (3 * 3_600..4 * 3_600).step_by(10) {
+            p.record(t(s), Metric::FreeHeap, 20_000);
+        }
+        assert_eq!(p.current[Metric::Flags.slot()], Some(flags::SENSOR_ERROR));
     }
 
     #[test]

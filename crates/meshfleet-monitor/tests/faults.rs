@@ -530,8 +530,18 @@ fn fault_free_day_raises_nothing_and_faults_are_found() {
                 r.detected,
                 r.injected
             );
+            assert_within_two_periods(*c, r);
         }
     }
+}
+
+/// The bound: p95 detection latency at most two report periods (300 s each).
+fn assert_within_two_periods(c: Class, r: &Row) {
+    let p95 = pct(&r.latencies, 0.95);
+    assert!(
+        p95 <= 600,
+        "{c:?}: p95 detection latency {p95} s > 2 periods"
+    );
 }
 
 #[test]
@@ -546,6 +556,14 @@ fn trace_small() {
 fn thousand_nodes_one_day() {
     let clean = run(1_000, 24, 0, 21);
     print(&clean, "1,000 nodes, 24 h, no faults");
+    assert_eq!(clean.alerts_total, 0, "{:?}", clean.false_alerts);
     let o = run(1_000, 24, 100, 22);
     print(&o, "1,000 nodes, 24 h, 100 faults per class");
+    assert!(o.false_alerts.is_empty(), "{:?}", o.false_alerts);
+    for (c, r) in &o.rows {
+        if *c != Class::ClockJump {
+            assert_eq!(r.detected, r.injected, "{c:?}: recall");
+            assert_within_two_periods(*c, r);
+        }
+    }
 }

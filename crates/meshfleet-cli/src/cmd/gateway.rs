@@ -21,7 +21,13 @@ The gateway keeps every node it has seen (presence from node sync, status packag
 their history (full resolution for 7 days, hourly for 90, under a size cap), alerts, firmware \
 artefacts and an audit log in one SQLite file (--db). The API (GET /openapi.json describes it) \
 serves /status, /status/{nodeId}, /health, /topology, /nodes/{id}/history, /alerts, \
-/firmware, /events (server-sent events), /metrics (Prometheus), /healthz and /readyz.
+/firmware, /campaigns, /events (server-sent events), /metrics (Prometheus), /healthz and /readyz.
+
+Campaigns (POST /campaigns, then /campaigns/{id}/start, pause, resume, cancel) offer an uploaded \
+artefact from the gateway's own node to all nodes, a role, a hardware or listed nodes, and follow \
+every node to an outcome (a node counts as updated once its status reports the new version; \
+`campaign-node-timeout` seconds without progress, 1800 by default, time it out). A running \
+campaign resumes after a restart.
 
 Security: HTTP binds 127.0.0.1:8080 unless --http says otherwise. Every request that changes \
 something needs `Authorization: Bearer <token>` (the first line of --token-file); without a \

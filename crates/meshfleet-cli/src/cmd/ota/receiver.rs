@@ -498,6 +498,28 @@ impl Controller {
                 if let Some(line) = OtaLine::of(a, &self.dir) {
                     line.print(self.out);
                 }
+                // The image that runs now is what the status reports say (the gateway
+                // counts a campaign's node done when its report shows the new version).
+                if let BootAction::Booted { decision, .. } = a {
+                    if let Some(version) = decision.image.as_ref().map(|i| i.version.clone()) {
+                        self.mesh
+                            .with_node(move |node, _| {
+                                let who = node
+                                    .plugin::<Receiver>()
+                                    .map(|r| (r.role().to_owned(), r.hardware().to_owned()));
+                                if let (Some((role, hardware)), Some(t)) =
+                                    (who, node.plugin_mut::<meshfleet_agent::Telemetry>())
+                                {
+                                    t.set_identity(meshfleet_agent::telemetry::Identity {
+                                        firmware: version,
+                                        role,
+                                        hardware,
+                                    });
+                                }
+                            })
+                            .await?;
+                    }
+                }
                 if let BootAction::RunHook(req) = a {
                     let ok = self.run_hook(req).await;
                     self.mesh
