@@ -730,6 +730,13 @@ impl MeshfleetOta {
         true
     }
 
+    /// Sets [`MeshfleetConfig::source_scope`]: the scope of the next campaign this node
+    /// becomes the source of ([`MeshfleetOta::start_source`]). Use [`MeshfleetOta::set_scope`]
+    /// for the campaign it sources now.
+    pub fn set_source_scope(&mut self, scope: Option<BTreeSet<u32>>) {
+        self.config.source_scope = scope;
+    }
+
     /// Adds `node` to the scope of the campaign this node is the source of and offers it
     /// the campaign: at once if it is a meshfleet neighbour or remote peer, else through a
     /// SINGLE-routed CAPS that makes it a remote peer (2.7), wherever it is in the mesh.
