@@ -1796,6 +1796,7 @@ impl Simulation {
             series: self.series.clone(),
             latencies_us: lat,
             ota: None,
+            rollout: None,
         }
     }
 
