@@ -5,6 +5,10 @@ set -euo pipefail
 need=()
 command -v cc >/dev/null || need+=(gcc)
 command -v pkg-config >/dev/null || need+=(pkg-config)
+# Headless Chromium for the dashboard's browser tests (crates/meshfleet-gateway/tests/dashboard.rs).
+command -v chromium >/dev/null || need+=(chromium chromium-driver)
+# The MQTT bridge's tests start a real broker.
+{ command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ]; } || need+=(mosquitto)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"

@@ -336,6 +336,14 @@ pub enum BootAction {
         /// Why.
         reason: SkipReason,
     },
+    /// A signed rollback command (ROLLBACK 707) made the previous slot the one that boots
+    /// ([`ApplyMode::OnRestart`]): restart the node to run `to`. With [`ApplyMode::Now`]
+    /// the receiver makes the boot decision itself ([`BootAction::Booted`] with
+    /// [`BootReason::Rollback`], then the hook if any).
+    RestartForRollback {
+        /// The image the node runs after the restart.
+        to: ImageInfo,
+    },
     /// A store operation of the policy failed.
     Failed {
         /// What was being done.
@@ -608,6 +616,14 @@ impl<S: SlotStore + 'static> OtaReceiver<S> {
         self.meshfleet.as_ref()
     }
 
+    /// The meshfleet engine, for what a gateway's node does as a source besides receiving:
+    /// [`MeshfleetOta::set_scope`], [`MeshfleetOta::target`], [`MeshfleetOta::untarget`]
+    /// (a progressive rollout's offers) and [`MeshfleetOta::send_rollback`]. Packages and
+    /// timers go through the plugin, never through this.
+    pub fn meshfleet_mut(&mut self) -> Option<&mut MeshfleetOta> {
+        self.meshfleet.as_mut()
+    }
+
     /// The stock receiver, if enabled.
     pub fn stock(&self) -> Option<&StockReceiver> {
         self.stock.as_ref()
@@ -820,6 +836,13 @@ impl<S: SlotStore + 'static> OtaReceiver<S> {
     /// After every call into the meshfleet receiver: a new campaign drops a stock fetch;
     /// a campaign that became complete is a committed image.
     fn after_meshfleet(&mut self, ctx: &mut Ctx<'_>) {
+        if let Some(to) = self
+            .meshfleet
+            .as_mut()
+            .and_then(MeshfleetOta::take_reverted)
+        {
+            self.reverted_by_command(to);
+        }
         let Some(m) = self.meshfleet.as_ref() else {
             return;
         };
@@ -841,6 +864,32 @@ impl<S: SlotStore + 'static> OtaReceiver<S> {
         }
         if committed {
             self.on_committed(Via::Meshfleet);
+        }
+    }
+
+    /// A rollback command switched the boot record to the previous slot (`to`): a
+    /// committed image waiting to boot is gone, a trial is over; the previous image runs
+    /// now ([`ApplyMode::Now`]) or after the restart the driver is asked for.
+    fn reverted_by_command(&mut self, to: ImageInfo) {
+        self.applied = None;
+        self.confirm_at = None;
+        self.arm_confirm = false;
+        match self.policy.apply {
+            ApplyMode::OnRestart => self.push(BootAction::RestartForRollback { to }),
+            ApplyMode::Now => match self.boot.on_boot() {
+                Ok(d) => {
+                    self.after_boot();
+                    self.push(BootAction::Booted {
+                        reason: BootReason::Rollback,
+                        decision: d.clone(),
+                    });
+                    self.start_image(&d, BootReason::Rollback);
+                }
+                Err(error) => self.push(BootAction::Failed {
+                    step: BootStep::Rollback,
+                    error,
+                }),
+            },
         }
     }
 
@@ -1189,6 +1238,68 @@ mod tests {
         assert!(!a.iter().any(|x| matches!(x, BootAction::Confirmed { .. })));
         let rec = s.clone().load_boot().unwrap().unwrap();
         assert_eq!(rec.pending, Some(Slot::B), "still on trial");
+    }
+
+    /// A device that confirmed 1.1.0 (slot B) over 1.0.0 (slot A), equipped with `policy`,
+    /// gets a rollback command to 1.0.0 from node 9; returns the actions after it.
+    fn rollback_with(policy: BootPolicy) -> (Vec<BootAction>, MemStore) {
+        let s = pending_store();
+        let mut bm = meshfleet_ota::BootManager::new(s.clone(), 3);
+        bm.on_boot().unwrap();
+        bm.confirm().unwrap();
+        let cfg = ReceiverConfig::new("sensor", "ESP32", policy);
+        let mut r = OtaReceiver::open(cfg, s.clone(), Box::new(s.clone())).unwrap();
+        drain(&mut r);
+        let mut node = Node::new(Config::new(NodeId(7)));
+        node.add_plugin(Box::new(r));
+        let mut net = meshfleet_testkit::Net::new(Duration::from_millis(2));
+        net.add(node);
+        net.add_id(9);
+        let w = net.connect(1, 0);
+        net.run_for(Duration::from_secs(4));
+        let old = image_info(b"old", "1.0.0");
+        let cmd = Intent::rollback_to(
+            "sensor",
+            "ESP32",
+            meshfleet_firmware::Version::parse("1.0.0").unwrap(),
+            old.sha256.parse().unwrap(),
+            vec![7],
+            1,
+            60,
+        );
+        let msg = json!({"from": 9, "routing": 1, "type": 707, "dest": 7, "origin": 9,
+                         "command": serde_json::from_slice::<serde_json::Value>(&cmd.to_json()).unwrap()});
+        let pkg = Package::from_serialize(&msg).unwrap();
+        net.inject(w, 0, format!("{}\0", pkg.text()).as_bytes());
+        let a = net.nodes[0]
+            .plugin_mut::<OtaReceiver<MemStore>>()
+            .map(drain)
+            .unwrap();
+        let rec = s.clone().load_boot().unwrap().unwrap();
+        assert_eq!((rec.active, rec.pending), (Slot::A, None));
+        (a, s)
+    }
+
+    #[test]
+    fn a_rollback_command_restarts_the_previous_image() {
+        // A Linux node: the boot decision at once, and the hook starts the old image.
+        let (a, _) = rollback_with(BootPolicy::linux(true, Duration::from_secs(5)));
+        let [BootAction::Booted {
+            reason: BootReason::Rollback,
+            decision,
+        }, BootAction::RunHook(req)] = &a[..]
+        else {
+            panic!("{a:?}")
+        };
+        assert_eq!((decision.slot, decision.trial), (Slot::A, false));
+        assert_eq!(req.image.version, "1.0.0");
+        assert!(!req.trial && req.reason == BootReason::Rollback);
+        // An ESP: the driver restarts it.
+        let (a, _) = rollback_with(BootPolicy::on_restart());
+        assert!(
+            matches!(&a[..], [BootAction::RestartForRollback { to }] if to.version == "1.0.0"),
+            "{a:?}"
+        );
     }
 
     #[test]

@@ -21,6 +21,18 @@
 //! The signature is Ed25519 over [`INTENT_CONTEXT`] + the compact JSON with
 //! `"signature":null` ([`Intent::signed_bytes`]): a domain separate from manifests, so a
 //! signature over one can never pass for the other.
+//!
+//! # Rollback commands
+//!
+//! The same signed structure with `"action":"rollback"` (right after `format`) is the
+//! operator's **rollback command** (`docs/ota-protocol.md`, ROLLBACK 707): "the nodes in
+//! scope: boot your previous slot, which must hold the image `sha256` of `version`". One
+//! signing scheme, one key, one replay counter: `action` is inside the signed bytes, so a
+//! rollback command is never valid as an install intent ([`Intent::allows`] refuses it)
+//! and an install intent never rolls a node back ([`Intent::allows_rollback`] refuses it).
+//! An install intent leaves `action` out, so its JSON and signed bytes are what they were
+//! before rollback commands existed; a build that does not know `action` refuses a
+//! rollback command as malformed (`deny_unknown_fields`), never as an install intent.
 
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 
@@ -37,6 +49,35 @@ pub const MAX_INTENT_NODES: usize = 256;
 /// Longest intent JSON accepted.
 pub const MAX_INTENT_LEN: usize = 8 * 1024;
 
+/// What a signed [`Intent`] lets a node do.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum IntentAction {
+    /// Install the image it names, although it is not newer or was rolled back (travels
+    /// with an OFFER). The default, left out of the JSON.
+    #[default]
+    Install,
+    /// Boot the previous slot, which must hold the image it names (the ROLLBACK command).
+    Rollback,
+}
+
+impl IntentAction {
+    /// Whether this is [`IntentAction::Install`] (left out of the JSON).
+    pub fn is_install(&self) -> bool {
+        *self == Self::Install
+    }
+
+    /// `install` or `rollback`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Install => "install",
+            Self::Rollback => "rollback",
+        }
+    }
+}
+
 /// The operator's signed permission to install one image that is not newer than what a
 /// node runs, or that the node rolled back. See the module docs.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -44,6 +85,10 @@ pub const MAX_INTENT_LEN: usize = 8 * 1024;
 pub struct Intent {
     /// [`INTENT_FORMAT`].
     pub format: u32,
+    /// What it allows; [`IntentAction::Install`] (left out) unless it is a rollback
+    /// command.
+    #[serde(default, skip_serializing_if = "IntentAction::is_install")]
+    pub action: IntentAction,
     /// Role of the image (must equal the manifest's).
     pub role: String,
     /// Hardware of the image (must equal the manifest's).
@@ -90,6 +135,14 @@ pub enum IntentError {
         /// The node's time, Unix seconds.
         now: u64,
     },
+    /// An install intent presented as a rollback command, or the other way round.
+    #[error("the intent is a {got} intent, {wanted} was needed")]
+    WrongAction {
+        /// What it allows.
+        got: &'static str,
+        /// What the node was asked to do.
+        wanted: &'static str,
+    },
     /// It is not newer than an intent this node already acted on.
     #[error("the intent (issued {issued}) is not newer than one already used here ({used})")]
     Replayed {
@@ -106,10 +159,38 @@ impl Intent {
     pub fn for_manifest(m: &Manifest, nodes: Vec<u32>, issued: u64, valid_for_s: u64) -> Self {
         Self {
             format: INTENT_FORMAT,
+            action: IntentAction::Install,
             role: m.role.clone(),
             hardware: m.hardware.clone(),
             version: m.version.clone(),
             sha256: m.sha256,
+            nodes,
+            issued,
+            expires: issued.saturating_add(valid_for_s),
+            key_id: None,
+            signature: None,
+        }
+    }
+
+    /// An unsigned rollback command: the nodes in `nodes` (empty: every node of `role` and
+    /// `hardware`) boot their previous slot, which must hold the image `sha256` of
+    /// `version`; issued at `issued`, valid for `valid_for_s` seconds.
+    pub fn rollback_to(
+        role: impl Into<String>,
+        hardware: impl Into<String>,
+        version: Version,
+        sha256: Sha256Digest,
+        nodes: Vec<u32>,
+        issued: u64,
+        valid_for_s: u64,
+    ) -> Self {
+        Self {
+            format: INTENT_FORMAT,
+            action: IntentAction::Rollback,
+            role: role.into(),
+            hardware: hardware.into(),
+            version,
+            sha256,
             nodes,
             issued,
             expires: issued.saturating_add(valid_for_s),
@@ -211,6 +292,12 @@ impl Intent {
         if let Some(k) = key {
             self.verify_signature(k)?;
         }
+        if self.action != IntentAction::Install {
+            return Err(IntentError::WrongAction {
+                got: self.action.label(),
+                wanted: IntentAction::Install.label(),
+            });
+        }
         if self.sha256 != m.sha256
             || self.version != m.version
             || self.role != m.role
@@ -218,6 +305,48 @@ impl Intent {
         {
             return Err(IntentError::OtherImage);
         }
+        self.check_scope_time(node, now_unix, used)
+    }
+
+    /// Whether this rollback command applies to node `node` of `role` on `hardware`:
+    /// a rollback command ([`IntentAction::Rollback`]), signed by `key` (when the node
+    /// has one), naming the node's role and hardware, with `node` in scope, not expired at
+    /// `now_unix` (when the node knows the time), and issued after `used` (the last intent
+    /// this node acted on: installed under, or rolled back by). Whether the previous slot
+    /// holds the image it names is the boot record's business
+    /// (`meshfleet_ota::boot::revert`).
+    pub fn allows_rollback(
+        &self,
+        node: u32,
+        role: &str,
+        hardware: &str,
+        key: Option<&VerifyingKey>,
+        now_unix: Option<u64>,
+        used: u64,
+    ) -> Result<(), IntentError> {
+        self.validate()?;
+        if let Some(k) = key {
+            self.verify_signature(k)?;
+        }
+        if self.action != IntentAction::Rollback {
+            return Err(IntentError::WrongAction {
+                got: self.action.label(),
+                wanted: IntentAction::Rollback.label(),
+            });
+        }
+        if self.role != role || self.hardware != hardware {
+            return Err(IntentError::OtherImage);
+        }
+        self.check_scope_time(node, now_unix, used)
+    }
+
+    /// Scope, expiry and replay: the checks an install intent and a rollback command share.
+    fn check_scope_time(
+        &self,
+        node: u32,
+        now_unix: Option<u64>,
+        used: u64,
+    ) -> Result<(), IntentError> {
         if !self.nodes.is_empty() && !self.nodes.contains(&node) {
             return Err(IntentError::OutOfScope(node));
         }
@@ -300,6 +429,74 @@ mod tests {
         signed_m.sign(&key);
         unsigned.signature = signed_m.signature;
         assert!(unsigned.verify_signature(&vk).is_err());
+    }
+
+    #[test]
+    fn rollback_commands_and_install_intents_never_pass_for_each_other() {
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let vk = key.verifying_key();
+        let m = manifest("1.0.0");
+        let mut rb = Intent::rollback_to(
+            "sensor",
+            "ESP32",
+            m.version.clone(),
+            m.sha256,
+            vec![5],
+            2000,
+            100,
+        );
+        rb.sign(&key);
+        let json = String::from_utf8(rb.to_json()).unwrap();
+        assert!(json.starts_with(r#"{"format":1,"action":"rollback","role":"sensor""#));
+        let back = Intent::from_json(json.as_bytes()).unwrap();
+        assert_eq!(back, rb);
+        assert_eq!(
+            back.allows_rollback(5, "sensor", "ESP32", Some(&vk), Some(2050), 1999),
+            Ok(())
+        );
+        assert_eq!(
+            back.allows_rollback(6, "sensor", "ESP32", Some(&vk), None, 0),
+            Err(IntentError::OutOfScope(6))
+        );
+        assert_eq!(
+            back.allows_rollback(5, "relay", "ESP32", Some(&vk), None, 0),
+            Err(IntentError::OtherImage)
+        );
+        assert!(matches!(
+            back.allows_rollback(5, "sensor", "ESP32", Some(&vk), Some(2100), 0),
+            Err(IntentError::Expired { .. })
+        ));
+        assert!(matches!(
+            back.allows_rollback(5, "sensor", "ESP32", Some(&vk), None, 2000),
+            Err(IntentError::Replayed { .. })
+        ));
+        // A rollback command does not install its image...
+        assert!(matches!(
+            back.allows(&m, 5, Some(&vk), None, 0),
+            Err(IntentError::WrongAction { .. })
+        ));
+        // ...and an install intent does not roll back.
+        let mut install = Intent::for_manifest(&m, vec![5], 2000, 100);
+        install.sign(&key);
+        assert!(!String::from_utf8(install.to_json())
+            .unwrap()
+            .contains("action"));
+        assert!(matches!(
+            install.allows_rollback(5, "sensor", "ESP32", Some(&vk), None, 0),
+            Err(IntentError::WrongAction { .. })
+        ));
+        // The action is signed: turning the install intent into a rollback breaks it.
+        let mut forged = install.clone();
+        forged.action = IntentAction::Rollback;
+        assert!(matches!(
+            forged.allows_rollback(5, "sensor", "ESP32", Some(&vk), None, 0),
+            Err(IntentError::Signature(SignatureError::Mismatch { .. }))
+        ));
+        // Without a key only integrity and scope count (as for manifests).
+        assert_eq!(
+            back.allows_rollback(5, "sensor", "ESP32", None, None, 0),
+            Ok(())
+        );
     }
 
     #[test]

@@ -105,7 +105,9 @@ pub use codec::{
     DEFLATE_WINDOW_SIZE, MAX_WINDOW, MIN_WINDOW,
 };
 pub use digest::{ChunkHash, HexValueError, KeyId, ManifestSignature, Md5Digest, Sha256Digest};
-pub use intent::{Intent, IntentError, INTENT_CONTEXT, INTENT_FORMAT, MAX_INTENT_NODES};
+pub use intent::{
+    Intent, IntentAction, IntentError, INTENT_CONTEXT, INTENT_FORMAT, MAX_INTENT_NODES,
+};
 pub use manifest::{
     Manifest, ManifestError, SignatureError, DEFAULT_CHUNK_SIZE, FORMAT_VERSION, MAX_CHUNK_SIZE,
     MAX_IMAGE_SIZE, MAX_MANIFEST_LEN, MAX_PAYLOAD_SIZE, MAX_TEXT_LEN, MIN_CHUNK_SIZE,

@@ -76,6 +76,8 @@ pub fn router(shared: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi_json))
+        .route("/", get(crate::dashboard::index))
+        .route("/assets/{*path}", get(crate::dashboard::asset))
         .layer(DefaultBodyLimit::max(max_body))
         .merge(firmware)
         .fallback(not_found)
@@ -239,7 +241,8 @@ fn token_matches(given: &str, expected: &str) -> bool {
 
 async fn guard(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path();
-    let probe = path == "/healthz" || path == "/readyz";
+    let probe =
+        path == "/healthz" || path == "/readyz" || crate::dashboard::is_dashboard_path(path);
     let read = matches!(*req.method(), Method::GET | Method::HEAD);
     let needs_token = !probe && (!read || s.config.read_auth);
     let peer = req

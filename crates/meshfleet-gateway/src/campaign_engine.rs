@@ -114,12 +114,17 @@ impl GatewayOta {
     /// Starts offering `artefact` (verified) with `stock` (its stock sender, if the
     /// strategy has one). `false` if the meshfleet engine refused (it is receiving
     /// another campaign, which a `gateway` node never accepts).
+    ///
+    /// `scope`: the only nodes the meshfleet campaign is for (`docs/ota-protocol.md`
+    /// 2.3.2), or `None` for every node that lacks the image. With a scope each of them is
+    /// offered at once, a node that is not a neighbour through the mesh (a remote peer).
     fn start(
         &mut self,
         ctx: &mut Ctx<'_>,
         artefact: Artefact,
         stock: Option<StockSender>,
         meshfleet: bool,
+        scope: Option<BTreeSet<u32>>,
     ) -> bool {
         self.loaded = true;
         self.held = false;
@@ -127,7 +132,13 @@ impl GatewayOta {
         let mut ok = true;
         if meshfleet {
             self.meshfleet.set_running(Some(info), false);
+            self.meshfleet.set_source_scope(scope.clone());
             ok = self.meshfleet.start_source(ctx, artefact, None);
+            for id in scope.iter().flatten() {
+                // No route now: the node is offered when its CAPS arrive (a neighbour) or
+                // not at all (stock nodes get the stock flow, if the strategy has one).
+                self.meshfleet.target(ctx, NodeId(*id));
+            }
         }
         self.stock = stock;
         if let Some(s) = &mut self.stock {
@@ -479,9 +490,15 @@ impl Engine {
         };
         let offering: Offering = Source::offering(m, image_len, stock.as_ref(), &config);
         let meshfleet = config.strategy.meshfleet();
+        // A campaign for named nodes reaches those nodes only: without a scope every node of
+        // the role and hardware that lacks the image would take it from the first holder.
+        let scope = match &c.targets {
+            Targets::Nodes(ids) => Some(ids.iter().copied().collect::<BTreeSet<u32>>()),
+            _ => None,
+        };
         let started = on_node(&self.shared, move |node, now| {
             node.with_plugin::<GatewayOta, _>(now, |p, ctx| {
-                p.start(ctx, artefact, stock, meshfleet)
+                p.start(ctx, artefact, stock, meshfleet, scope)
             })
         })
         .await;
@@ -543,6 +560,12 @@ impl Engine {
                 n.state = NodeState::Failed;
                 n.reason = Some(reason.to_owned());
                 n.updated_at_ms = now;
+            }
+            // It will never be offered: it ends here (not as the active campaign).
+            c.recount();
+            if c.state == CampaignState::Running {
+                c.state = CampaignState::Failed;
+                c.estimated_completion_ms = None;
             }
         })
         .await;
@@ -822,6 +845,56 @@ fn verdict(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Gateway (1) with two receivers (2, 3) of the artefact's role and hardware; the
+    /// campaign is started with `scope`; returns whether each took the image.
+    fn run_scoped(scope: Option<BTreeSet<u32>>) -> (bool, bool) {
+        use meshfleet_firmware::{pack, PackOptions, Version};
+        use meshfleet_mesh::Config;
+        let mut o = PackOptions::new("sensor", "ESP32", Version::new(2, 0, 0));
+        o.chunk_size = 256;
+        let image: Vec<u8> = (0..4000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let Ok(artefact) = pack(&image, o) else {
+            panic!("pack")
+        };
+        let mut net = meshfleet_testkit::Net::new(meshfleet_mesh::Duration::from_millis(2));
+        let mut gw = Node::new(Config::new(NodeId(1)));
+        equip(&mut gw);
+        net.add(gw);
+        for id in [2, 3] {
+            let store = MemStore::with_image(b"old firmware", "1.0.0");
+            let mut c = MeshfleetConfig::new("sensor", "ESP32");
+            c.running = Some(meshfleet_ota::store::image_info(b"old firmware", "1.0.0"));
+            let Ok(ota) = MeshfleetOta::new(c, Box::new(store)) else {
+                panic!("store")
+            };
+            let mut n = Node::new(Config::new(NodeId(id)));
+            n.add_plugin(Box::new(ota));
+            let i = net.add(n);
+            net.connect(i, 0);
+        }
+        net.run_for(meshfleet_mesh::Duration::from_secs(5));
+        let now = net.now;
+        let started = net.nodes[0]
+            .with_plugin::<GatewayOta, _>(now, |p, ctx| p.start(ctx, artefact, None, true, scope));
+        assert_eq!(started, Some(true));
+        net.drain(0);
+        net.run_for(meshfleet_mesh::Duration::from_secs(30));
+        let done = |i: usize| {
+            net.nodes[i]
+                .plugin::<MeshfleetOta>()
+                .is_some_and(MeshfleetOta::is_complete)
+        };
+        (done(1), done(2))
+    }
+
+    #[test]
+    fn a_campaign_for_named_nodes_reaches_only_those() {
+        // Without a scope both nodes of the role take the image...
+        assert_eq!(run_scoped(None), (true, true));
+        // ...with the campaign's nodes as its scope only node 3 does.
+        assert_eq!(run_scoped(Some(BTreeSet::from([3]))), (false, true));
+    }
 
     fn queued() -> CampaignNode {
         CampaignNode {

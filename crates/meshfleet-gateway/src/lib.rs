@@ -23,6 +23,7 @@ pub mod api;
 pub mod campaign;
 pub mod campaign_engine;
 pub mod config;
+pub mod dashboard;
 pub mod events;
 pub mod ingest;
 pub mod mesh;
@@ -155,7 +156,49 @@ pub struct Shared {
     pub campaigns: CampaignService,
     /// Turns true when the gateway shuts down (ends open event streams).
     pub stopping: watch::Receiver<bool>,
+    /// Add-ons started on the gateway (the MQTT bridge): their metrics join `/metrics`.
+    pub extensions: Extensions,
 }
+
+/// Something an add-on contributes to `/metrics` (Prometheus text, complete lines).
+pub trait MetricsSource: Send + Sync {
+    /// Appends this source's series to `out`.
+    fn render(&self, out: &mut String);
+}
+
+/// Add-ons registered on a running gateway (see [`Gateway::spawn_extension`]).
+#[derive(Default)]
+pub struct Extensions {
+    metrics: std::sync::Mutex<Vec<Arc<dyn MetricsSource>>>,
+}
+
+impl Extensions {
+    /// Adds a metrics source.
+    pub fn add_metrics(&self, m: Arc<dyn MetricsSource>) {
+        self.metrics
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(m);
+    }
+
+    /// Renders every registered source.
+    pub fn render_metrics(&self, out: &mut String) {
+        let sources = self
+            .metrics
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        for m in sources {
+            m.render(out);
+        }
+    }
+}
+
+/// Starts an add-on on a running gateway: gets the shared state and the shutdown signal
+/// (turns true when the gateway stops), returns its task, which the gateway's shutdown
+/// awaits (bounded) so the add-on can say goodbye (an MQTT bridge publishes `offline`).
+pub type StartHook =
+    Box<dyn FnOnce(Arc<Shared>, watch::Receiver<bool>) -> JoinHandle<()> + Send + 'static>;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -280,6 +323,7 @@ impl Gateway {
             campaigns: CampaignService::new(weak.clone(), campaign_store, campaigns),
             stopping: rx.clone(),
             config,
+            extensions: Extensions::default(),
         });
         let mut tasks = vec![tokio::spawn(ingest::run(
             shared.clone(),
@@ -324,6 +368,12 @@ impl Gateway {
     /// The shared state (tests, embedding).
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// Starts an add-on (see [`StartHook`]); [`Gateway::shutdown`] waits for its task.
+    pub fn spawn_extension(&mut self, hook: StartHook) {
+        let task = hook(self.shared.clone(), self.shared.stopping.clone());
+        self.tasks.push(task);
     }
 
     /// Stops the HTTP server (open event streams end), the ingest task (flushing what it
@@ -371,6 +421,17 @@ pub async fn run(
     runtime: meshfleet_runtime::RuntimeConfig,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), GatewayError> {
+    run_with(config, node, runtime, stop, Vec::new()).await
+}
+
+/// [`run`] with add-ons started once the gateway serves (the CLI's `--mqtt` bridge).
+pub async fn run_with(
+    config: GatewayConfig,
+    node: meshfleet_mesh::Config,
+    runtime: meshfleet_runtime::RuntimeConfig,
+    stop: impl std::future::Future<Output = ()>,
+    hooks: Vec<StartHook>,
+) -> Result<(), GatewayError> {
     let db = Arc::new(
         SqliteStore::open(&config.db).map_err(|source| GatewayError::Store {
             path: config.db.clone(),
@@ -386,13 +447,16 @@ pub async fn run(
         Some(db.clone()),
     )
     .await;
-    let gateway = match gateway {
+    let mut gateway = match gateway {
         Ok(g) => g,
         Err(e) => {
             mesh.shutdown().await;
             return Err(e);
         }
     };
+    for hook in hooks {
+        gateway.spawn_extension(hook);
+    }
     stop.await;
     info!("shutting down");
     gateway.shutdown().await;

@@ -211,5 +211,6 @@ pub fn render(s: &Shared, active_alerts: Option<usize>) -> String {
             label(n.firmware.as_deref().unwrap_or(""))
         );
     }
+    s.extensions.render_metrics(&mut out);
     out
 }

@@ -390,3 +390,45 @@ async fn late_nodes_are_picked_up_while_running() {
     assert_eq!(r.status, 409, "{}", r.text());
     f.stop().await;
 }
+
+/// A campaign whose artefact was deleted before it started ends `failed`, its nodes
+/// `FAILED` with reason `artefact_missing`, and the gateway keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_without_its_artefact_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen();
+    let f = Fixture::start(dir.path().to_owned(), key.clone()).await;
+    let r = f
+        .post(
+            "/firmware",
+            "application/octet-stream",
+            &artefact(Some(&key), "2.0.0"),
+        )
+        .await;
+    let art = r.json()["id"].as_str().unwrap().to_owned();
+    let r = post_json(
+        &f,
+        "/campaigns",
+        &json!({"artefact": art, "targets": {"nodes": [6201]}}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(f.delete(&format!("/firmware/{art}")).await.status, 204);
+    let r = f
+        .post("/campaigns/c-000001/start", "application/json", b"")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_until("campaign failed", || async {
+        f.get("/campaigns/c-000001").await.json()["state"] == "failed"
+    })
+    .await;
+    let c = f.get("/campaigns/c-000001").await.json();
+    assert_eq!(c["nodes"][0]["state"], "FAILED", "{c}");
+    assert_eq!(c["nodes"][0]["reason"], "artefact_missing", "{c}");
+    assert_eq!(c["failed_nodes"], 1);
+    let audit = f.db_audit().await;
+    assert_eq!(audit[0].action, "campaign.failed");
+    assert_eq!(audit[0].actor, "gateway");
+    assert_eq!(f.get("/healthz").await.status, 200);
+    f.stop().await;
+}

@@ -51,6 +51,106 @@ pub fn commit(store: &mut dyn SlotStore, slot: Slot, info: ImageInfo) -> Result<
     store.save_boot(&rec)
 }
 
+/// What [`revert`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reverted {
+    /// The boot record now boots `slot`, which holds `to`; the image that ran (`from`) is
+    /// on the rolled-back list. The node runs `to` after its next start (a Linux node:
+    /// after its next boot decision, [`BootManager::on_boot`]).
+    Switched {
+        /// The slot that boots now.
+        slot: Slot,
+        /// The image it holds.
+        to: ImageInfo,
+        /// The image left, if known.
+        from: Option<ImageInfo>,
+    },
+    /// The node already runs that image (confirmed, nothing pending): nothing changed.
+    AlreadyThere,
+}
+
+/// Why [`revert`] refused: the typed refusals of a rollback command at the boot record.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RevertError {
+    /// The previous slot holds no image, or another one than the command names.
+    #[error("the previous slot does not hold {version} ({sha256}); it holds {holds:?}")]
+    NotInPreviousSlot {
+        /// SHA-256 (hex) the command names.
+        sha256: String,
+        /// Version the command names.
+        version: String,
+        /// What the previous slot holds (SHA-256 hex), if anything.
+        holds: Option<String>,
+    },
+    /// The previous slot's bytes no longer hash to its record: it is never booted.
+    #[error("the previous slot no longer matches its verified sha256")]
+    Damaged,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Carries out a verified rollback command (`docs/ota-protocol.md`, ROLLBACK 707): makes
+/// the previous slot, which must hold the image `sha256` (hex) of `version`, the one that
+/// boots, in **one** boot-record write that also puts the image that ran on the
+/// rolled-back list (so it is not fetched again without an operator intent) and records
+/// `issued` as the last intent acted on (a replayed command is refused).
+///
+/// * A pending image (committed, not booted yet, or running on trial) is abandoned: the
+///   confirmed slot boots, if it holds the named image.
+/// * Otherwise the inactive slot must hold it; its bytes are hashed again first (like a
+///   pending image at boot) and it becomes the active, confirmed slot: it ran confirmed
+///   before the update.
+/// * A node that runs the named image already, with nothing pending, changes nothing.
+pub fn revert(
+    store: &mut dyn SlotStore,
+    sha256: &str,
+    version: &str,
+    issued: u64,
+) -> Result<Reverted, RevertError> {
+    let mut rec = store.load_boot()?.unwrap_or_else(|| BootRecord::new(None));
+    let names = |i: Option<&ImageInfo>| {
+        i.is_some_and(|i| i.sha256.eq_ignore_ascii_case(sha256) && i.version == version)
+    };
+    let target = match rec.pending {
+        // Pending or on trial: the previous image is the confirmed one.
+        Some(_) => rec.active,
+        None if names(rec.image(rec.active)) => return Ok(Reverted::AlreadyThere),
+        None => rec.inactive(),
+    };
+    if !names(rec.image(target)) {
+        return Err(RevertError::NotInPreviousSlot {
+            sha256: sha256.to_string(),
+            version: version.to_string(),
+            holds: rec.image(target).map(|i| i.sha256.clone()),
+        });
+    }
+    let Some(to) = rec.image(target).cloned() else {
+        return Err(RevertError::Damaged);
+    };
+    if target != rec.active {
+        match slot_sha256(store, target, to.size) {
+            Ok(h) if h.eq_ignore_ascii_case(&to.sha256) => {}
+            Ok(_) | Err(StoreError::OutOfRange { .. }) => return Err(RevertError::Damaged),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let left = rec.pending.unwrap_or(rec.active);
+    let from = rec.image(left).cloned();
+    rec.refuse_image_in(left);
+    rec.pending = None;
+    rec.attempts = 0;
+    rec.active = target;
+    rec.intent_issued = rec.intent_issued.max(issued);
+    store.save_boot(&rec)?;
+    Ok(Reverted::Switched {
+        slot: target,
+        to,
+        from,
+    })
+}
+
 /// SHA-256 of the first `size` bytes of `slot`, read in bounded pieces, as hex.
 pub fn slot_sha256(store: &mut dyn SlotStore, slot: Slot, size: u64) -> Result<String, StoreError> {
     const PIECE: u64 = 64 * 1024;
@@ -262,6 +362,72 @@ mod tests {
             d.rolled_back,
             Some("pending image no longer matches its verified sha256")
         );
+    }
+
+    #[test]
+    fn revert_boots_the_previous_slot_in_one_write() {
+        // Confirmed update: B active, A holds the old image.
+        let (s, info) = device();
+        let old = s.clone().load_boot().unwrap().unwrap().images[0]
+            .clone()
+            .unwrap();
+        commit(&mut s.clone(), Slot::B, info.clone()).unwrap();
+        let mut bm = BootManager::new(s.clone(), 3);
+        bm.on_boot().unwrap();
+        bm.confirm().unwrap();
+        let r = revert(&mut s.clone(), &old.sha256, &old.version, 7).unwrap();
+        assert_eq!(
+            r,
+            Reverted::Switched {
+                slot: Slot::A,
+                to: old.clone(),
+                from: Some(info.clone())
+            }
+        );
+        let rec = s.clone().load_boot().unwrap().unwrap();
+        assert_eq!((rec.active, rec.pending), (Slot::A, None));
+        assert_eq!(rec.refused, vec![info.sha256.clone()]);
+        assert_eq!(rec.intent_issued, 7);
+        let d = BootManager::new(s.clone(), 3).on_boot().unwrap();
+        assert_eq!(
+            (d.slot, d.trial, d.image),
+            (Slot::A, false, Some(old.clone()))
+        );
+        // Again: already there.
+        assert_eq!(
+            revert(&mut s.clone(), &old.sha256, &old.version, 8).unwrap(),
+            Reverted::AlreadyThere
+        );
+        // Another image named: refused, nothing written.
+        assert!(matches!(
+            revert(&mut s.clone(), &info.sha256, "9.9.9", 9),
+            Err(RevertError::NotInPreviousSlot { .. })
+        ));
+    }
+
+    #[test]
+    fn revert_abandons_a_trial_image_and_refuses_a_damaged_previous_slot() {
+        let (s, info) = device();
+        let old = s.clone().load_boot().unwrap().unwrap().images[0]
+            .clone()
+            .unwrap();
+        commit(&mut s.clone(), Slot::B, info.clone()).unwrap();
+        BootManager::new(s.clone(), 3).on_boot().unwrap(); // on trial
+        revert(&mut s.clone(), &old.sha256, &old.version, 1).unwrap();
+        let d = BootManager::new(s.clone(), 3).on_boot().unwrap();
+        assert_eq!((d.slot, d.trial), (Slot::A, false));
+        // Confirmed update whose old slot was overwritten since: never booted.
+        let (s, info) = device();
+        commit(&mut s.clone(), Slot::B, info).unwrap();
+        let mut bm = BootManager::new(s.clone(), 3);
+        bm.on_boot().unwrap();
+        bm.confirm().unwrap();
+        s.clone().write_slot(Slot::A, 0, b"X").unwrap();
+        assert!(matches!(
+            revert(&mut s.clone(), &old.sha256, &old.version, 1),
+            Err(RevertError::Damaged)
+        ));
+        assert_eq!(s.clone().load_boot().unwrap().unwrap().active, Slot::B);
     }
 
     #[test]

@@ -57,13 +57,15 @@ pub enum Refusal {
     Source,
     /// The node's store failed.
     StoreFailed,
+    /// The node is not in the campaign's scope (2.3.2).
+    OutOfScope,
     /// A refusal this build does not know (from a newer peer).
     Other,
 }
 
 impl Refusal {
     /// Every refusal, for parsing.
-    const ALL: [Self; 14] = [
+    const ALL: [Self; 15] = [
         Self::InvalidManifest,
         Self::Signature,
         Self::Role,
@@ -77,6 +79,7 @@ impl Refusal {
         Self::Busy,
         Self::Source,
         Self::StoreFailed,
+        Self::OutOfScope,
         Self::Other,
     ];
 
@@ -96,6 +99,7 @@ impl Refusal {
             Self::Busy => "busy",
             Self::Source => "source",
             Self::StoreFailed => "store_failed",
+            Self::OutOfScope => "out_of_scope",
             Self::Other => "other",
         }
     }
@@ -171,6 +175,111 @@ impl NodeOutcome {
         } else {
             Self::Refused(r)
         }
+    }
+}
+
+/// Why a node refused a signed rollback command (ROLLBACK 707): the typed form of the
+/// ROLLBACK_RESULT's `refusal`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum RollbackRefusal {
+    /// The command does not parse or is out of bounds.
+    Malformed,
+    /// Its signature does not verify under the node's key (never answered on the wire:
+    /// a forged command gets no reply; only the node's own event says so).
+    Signature,
+    /// An install intent, not a rollback command.
+    WrongAction,
+    /// It names another role or hardware.
+    OtherRole,
+    /// This node is not in its scope.
+    OutOfScope,
+    /// It expired.
+    Expired,
+    /// It is not newer than the last intent this node acted on.
+    Replayed,
+    /// The previous slot holds no image or another one than it names.
+    NotInPreviousSlot,
+    /// The previous slot no longer hashes to its record.
+    Damaged,
+    /// The node's store failed.
+    StoreFailed,
+    /// A refusal this build does not know (from a newer peer).
+    Other,
+}
+
+impl RollbackRefusal {
+    const ALL: [Self; 11] = [
+        Self::Malformed,
+        Self::Signature,
+        Self::WrongAction,
+        Self::OtherRole,
+        Self::OutOfScope,
+        Self::Expired,
+        Self::Replayed,
+        Self::NotInPreviousSlot,
+        Self::Damaged,
+        Self::StoreFailed,
+        Self::Other,
+    ];
+
+    /// Its snake_case name (the wire form).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::Signature => "signature",
+            Self::WrongAction => "wrong_action",
+            Self::OtherRole => "other_role",
+            Self::OutOfScope => "out_of_scope",
+            Self::Expired => "expired",
+            Self::Replayed => "replayed",
+            Self::NotInPreviousSlot => "not_in_previous_slot",
+            Self::Damaged => "damaged",
+            Self::StoreFailed => "store_failed",
+            Self::Other => "other",
+        }
+    }
+
+    /// Parses [`RollbackRefusal::label`]; unknown names are [`RollbackRefusal::Other`].
+    pub fn from_label(s: &str) -> Self {
+        Self::ALL
+            .into_iter()
+            .find(|r| r.label() == s)
+            .unwrap_or(Self::Other)
+    }
+}
+
+/// What a node did with a signed rollback command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RollbackOutcome {
+    /// Its previous slot boots from its next start on (a driver with
+    /// `ApplyMode::Now` starts it at once); the image it left is on its rolled-back list.
+    Reverted,
+    /// It already runs the named image, nothing pending: nothing to do (also the answer
+    /// to the same command sent again after it reverted).
+    AlreadyThere,
+    /// It refused.
+    Refused(RollbackRefusal),
+}
+
+impl RollbackOutcome {
+    /// The wire form: (`outcome`, `refusal`).
+    pub fn labels(self) -> (&'static str, Option<&'static str>) {
+        match self {
+            Self::Reverted => ("reverted", None),
+            Self::AlreadyThere => ("already_there", None),
+            Self::Refused(r) => ("refused", Some(r.label())),
+        }
+    }
+
+    /// Parses [`RollbackOutcome::labels`].
+    pub fn from_labels(outcome: &str, refusal: Option<&str>) -> Option<Self> {
+        Some(match outcome {
+            "reverted" => Self::Reverted,
+            "already_there" => Self::AlreadyThere,
+            "refused" => Self::Refused(RollbackRefusal::from_label(refusal.unwrap_or(""))),
+            _ => return None,
+        })
     }
 }
 
@@ -418,6 +527,28 @@ pub enum OtaEvent {
         /// Campaign id.
         campaign: u32,
     },
+    /// This node received a signed rollback command and did this with it.
+    RollbackCommand {
+        /// The node that sent it.
+        from: NodeId,
+        /// The command's `issued`.
+        issued: u64,
+        /// What the node did.
+        outcome: RollbackOutcome,
+        /// The version it goes back to (reverted) or runs.
+        version: String,
+    },
+    /// A node answered a rollback command this node sent (ROLLBACK_RESULT).
+    RollbackReport {
+        /// The node ordered back.
+        node: NodeId,
+        /// The command's `issued`.
+        issued: u64,
+        /// What it did.
+        outcome: RollbackOutcome,
+        /// The version it goes back to (reverted) or runs, as it said.
+        version: String,
+    },
 }
 
 impl PluginEvent for OtaEvent {
@@ -533,6 +664,26 @@ impl PluginEvent for OtaEvent {
             }
             Self::PeerDone { peer, campaign } => {
                 json!({"event": "peer_done", "peer": peer.0, "campaign": campaign})
+            }
+            Self::RollbackCommand {
+                from,
+                issued,
+                outcome,
+                version,
+            } => {
+                let (o, r) = outcome.labels();
+                json!({"event": "rollback_command", "from": from.0, "issued": issued,
+                       "outcome": o, "refusal": r, "version": version})
+            }
+            Self::RollbackReport {
+                node,
+                issued,
+                outcome,
+                version,
+            } => {
+                let (o, r) = outcome.labels();
+                json!({"event": "rollback_report", "node": node.0, "issued": issued,
+                       "outcome": o, "refusal": r, "version": version})
             }
         }
     }

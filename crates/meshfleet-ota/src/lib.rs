@@ -63,8 +63,10 @@ pub mod proto;
 pub mod stock;
 pub mod store;
 
-pub use boot::{BootDecision, BootManager, DEFAULT_MAX_BOOT_ATTEMPTS};
-pub use event::{AbandonReason, AnnounceReason, NodeOutcome, OtaEvent, Refusal};
+pub use boot::{BootDecision, BootManager, RevertError, Reverted, DEFAULT_MAX_BOOT_ATTEMPTS};
+pub use event::{
+    AbandonReason, AnnounceReason, NodeOutcome, OtaEvent, Refusal, RollbackOutcome, RollbackRefusal,
+};
 pub use meshfleet::{MeshfleetConfig, MeshfleetOta, MeshfleetStats, OpenError, PeerProgress};
 pub use stock::{
     md5_hex, NodeProgress, OfferError, StockOffer, StockReceiver, StockReceiverConfig, StockSender,

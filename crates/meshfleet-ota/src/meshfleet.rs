@@ -21,7 +21,7 @@
 //! flow, or an artefact packed with a smaller window). A receiver refuses an offer it cannot
 //! decode in any case, for a sender that ignores CAPS.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -35,12 +35,15 @@ use meshfleet_wire::{Package, Routing};
 use serde::{Deserialize, Serialize};
 
 use crate::boot;
-use crate::event::{AbandonReason, NodeOutcome, OtaEvent, Refusal};
+use crate::event::{
+    AbandonReason, NodeOutcome, OtaEvent, Refusal, RollbackOutcome, RollbackRefusal,
+};
 use crate::pacing::DelayPacer;
 use crate::proto::{
     campaign_id, decode_binary_chunk, encode_binary_chunk, Bitmap, Caps, ChunkJson, Layout, Nak,
-    Offer, Report, Status, Unit, BINARY_CHUNK_HEADER, CAPS, CHUNK, MAX_CAPS_TEXT, MAX_CODECS,
-    MAX_NAK_RANGES, NAK, OFFER, PROTOCOL_VERSION, REPORT, STATUS, TYPE_FIRST, TYPE_LAST,
+    Offer, Report, Rollback, RollbackResult, Status, Unit, BINARY_CHUNK_HEADER, CAPS, CHUNK,
+    MAX_CAPS_TEXT, MAX_CODECS, MAX_NAK_RANGES, MAX_SCOPE, NAK, OFFER, PROTOCOL_VERSION, REPORT,
+    ROLLBACK, ROLLBACK_RESULT, STATUS, TYPE_FIRST, TYPE_LAST,
 };
 use crate::store::{ImageInfo, Slot, SlotStore, StoreError};
 
@@ -190,6 +193,13 @@ pub struct MeshfleetConfig {
     /// Persist the bitmap after this many new chunks (16): a crash re-fetches at most that
     /// many, and flash is not rewritten for every chunk.
     pub save_every: u32,
+    /// The scope of every campaign this node becomes the source of (2.3.2): `None` (the
+    /// default) offers it to every node that lacks the image; `Some` only to these node ids
+    /// (at most [`MAX_SCOPE`]; an empty set offers nothing until
+    /// [`MeshfleetOta::target`]). Set it before [`MeshfleetOta::source`] or
+    /// [`MeshfleetOta::start_source`]: a scope set after the start comes after the first
+    /// offers went out.
+    pub source_scope: Option<BTreeSet<u32>>,
 }
 
 impl MeshfleetConfig {
@@ -215,6 +225,7 @@ impl MeshfleetConfig {
             nak_min: Duration::from_millis(500),
             nak_max: Duration::from_secs(8),
             save_every: 16,
+            source_scope: None,
         }
     }
 }
@@ -267,6 +278,9 @@ struct SavedState {
     /// after its reboot (a relay must still update its subtree).
     #[serde(default)]
     complete: bool,
+    /// The campaign's scope (`Offer::scope`): whom this node offers it to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scope: Option<Vec<u32>>,
 }
 
 /// Where chunk bytes come from.
@@ -285,6 +299,9 @@ struct Campaign {
     layout: Layout,
     /// The operator's signed intent, passed on with every OFFER of the campaign.
     intent: Option<Intent>,
+    /// The nodes the campaign is for (`None`: every node that lacks the image): offered
+    /// only to these, passed on unchanged with every OFFER (2.3.2).
+    scope: Option<BTreeSet<u32>>,
     /// The node the campaign started from (0: unknown, e.g. an offer from an older
     /// build): the upstream is the neighbour on the route toward it.
     origin: u32,
@@ -445,6 +462,9 @@ pub struct MeshfleetOta {
     outcomes: BTreeMap<NodeId, NodeOutcome>,
     /// A report to send once the origin is reachable: (origin, campaign, outcome).
     pending_report: Option<(u32, u32, NodeOutcome)>,
+    /// A rollback command switched the boot record to this image: the driver restarts
+    /// into it ([`MeshfleetOta::take_reverted`]).
+    reverted: Option<ImageInfo>,
 }
 
 impl std::fmt::Debug for MeshfleetOta {
@@ -482,6 +502,7 @@ impl MeshfleetOta {
             probed: BTreeMap::new(),
             outcomes: BTreeMap::new(),
             pending_report: None,
+            reverted: None,
         };
         me.restore()?;
         Ok(me)
@@ -497,20 +518,26 @@ impl MeshfleetOta {
         artefact: Artefact,
         intent: Option<Intent>,
     ) -> Self {
+        let scope = config.source_scope.clone();
         Self {
             config,
             store,
-            campaign: Some(Self::source_campaign(artefact, intent)),
+            campaign: Some(Self::source_campaign(artefact, intent, scope)),
             neighbours: BTreeMap::new(),
             stats: MeshfleetStats::default(),
             failed: None,
             probed: BTreeMap::new(),
             outcomes: BTreeMap::new(),
             pending_report: None,
+            reverted: None,
         }
     }
 
-    fn source_campaign(artefact: Artefact, intent: Option<Intent>) -> Campaign {
+    fn source_campaign(
+        artefact: Artefact,
+        intent: Option<Intent>,
+        scope: Option<BTreeSet<u32>>,
+    ) -> Campaign {
         let manifest = Arc::new(artefact.manifest().clone());
         let layout = Layout::of(&manifest);
         Campaign {
@@ -518,6 +545,7 @@ impl MeshfleetOta {
             manifest,
             layout,
             intent,
+            scope,
             // Set to our id at the first offer (the node id is not known here).
             origin: 0,
             source: ChunkSource::Payload(Arc::new(artefact)),
@@ -565,7 +593,8 @@ impl MeshfleetOta {
             // failure to delete its record only costs a pointless resume after a reboot.
             let _ = self.store.clear_state();
         }
-        self.campaign = Some(Self::source_campaign(artefact, intent));
+        let scope = self.config.source_scope.clone();
+        self.campaign = Some(Self::source_campaign(artefact, intent, scope));
         for n in self.neighbours.values_mut() {
             // Offers of an earlier campaign do not count for this one.
             if n.offered != Some(id) {
@@ -679,6 +708,324 @@ impl MeshfleetOta {
         })
     }
 
+    /// Restricts the campaign this node is the source of to the nodes in `scope` (2.3.2),
+    /// or opens it to every node that lacks the image (`None`, the default). OFFERs carry
+    /// the scope and every relay keeps it, so the campaign reaches no node outside it.
+    /// Nodes already offered keep what they have; add nodes with
+    /// [`MeshfleetOta::target`]. `false` if this node is not a source or `scope` holds more
+    /// than [`MAX_SCOPE`] ids.
+    pub fn set_scope(&mut self, scope: Option<BTreeSet<u32>>) -> bool {
+        let Some(c) = self
+            .campaign
+            .as_mut()
+            .filter(|c| matches!(c.source, ChunkSource::Payload(_)))
+        else {
+            return false;
+        };
+        if scope.as_ref().is_some_and(|s| s.len() > MAX_SCOPE) {
+            return false;
+        }
+        c.scope.clone_from(&scope);
+        self.config.source_scope = scope;
+        true
+    }
+
+    /// Sets [`MeshfleetConfig::source_scope`]: the scope of the next campaign this node
+    /// becomes the source of ([`MeshfleetOta::start_source`]). Use [`MeshfleetOta::set_scope`]
+    /// for the campaign it sources now.
+    pub fn set_source_scope(&mut self, scope: Option<BTreeSet<u32>>) {
+        self.config.source_scope = scope;
+    }
+
+    /// Adds `node` to the scope of the campaign this node is the source of and offers it
+    /// the campaign: at once if it is a meshfleet neighbour or remote peer, else through a
+    /// SINGLE-routed CAPS that makes it a remote peer (2.7), wherever it is in the mesh.
+    /// A node offered before (it refused, or was taken out with
+    /// [`MeshfleetOta::untarget`]) is offered again. `false` if this node is not a source,
+    /// the scope is full, `node` is a neighbour that sent no CAPS (a stock node: serve it
+    /// with the stock flow), or there is no route to it now (call again when it joins).
+    pub fn target(&mut self, ctx: &mut Ctx<'_>, node: NodeId) -> bool {
+        let me = ctx.node_id();
+        let Some(c) = self
+            .campaign
+            .as_mut()
+            .filter(|c| matches!(c.source, ChunkSource::Payload(_)))
+        else {
+            return false;
+        };
+        if node == me {
+            return false;
+        }
+        if let Some(s) = c.scope.as_mut() {
+            if !s.contains(&node.0) && s.len() >= MAX_SCOPE {
+                return false;
+            }
+            s.insert(node.0);
+        }
+        if c.origin == 0 {
+            c.origin = me.0;
+        }
+        let link = self
+            .neighbours
+            .iter()
+            .find(|(l, n)| n.peer == node && remote_peer(**l).is_none())
+            .map(|(l, _)| *l)
+            .or_else(|| {
+                let r = remote_link(node);
+                self.neighbours.contains_key(&r).then_some(r)
+            });
+        if let Some(link) = link {
+            let Some(n) = self.neighbours.get_mut(&link) else {
+                return false;
+            };
+            if n.caps.is_none() {
+                return false;
+            }
+            n.offered = None;
+            n.reported = None;
+            self.maybe_offer(ctx, link);
+            return true;
+        }
+        if ctx.route(node).is_none() {
+            return false;
+        }
+        // Make room among the remote peers: one that is done, refused or silent goes.
+        let remotes: Vec<(LinkId, bool)> = self
+            .neighbours
+            .iter()
+            .filter(|(l, _)| remote_peer(**l).is_some())
+            .map(|(l, n)| (*l, n.done || n.rejected || n.caps.is_none()))
+            .collect();
+        if remotes.len() >= MAX_REMOTE_PEERS {
+            match remotes.iter().find(|(_, idle)| *idle) {
+                Some((l, _)) => {
+                    self.neighbours.remove(l);
+                }
+                None => return false,
+            }
+        }
+        let now = ctx.now();
+        self.probed.insert(node.0, now);
+        let caps = self.caps(me.0, node.0, false);
+        Self::send_json(ctx, remote_link(node), &caps);
+        true
+    }
+
+    /// Takes `node` out of the scope of the campaign this node is the source of: no more
+    /// offers or chunks to it from here (a rollout cancelled its transfer). It abandons
+    /// the transfer by itself once no unit arrives for its `campaign_timeout`. `false` if
+    /// this node is not a scoped source.
+    pub fn untarget(&mut self, node: NodeId) -> bool {
+        let Some(c) = self
+            .campaign
+            .as_mut()
+            .filter(|c| matches!(c.source, ChunkSource::Payload(_)))
+        else {
+            return false;
+        };
+        let Some(s) = c.scope.as_mut() else {
+            return false;
+        };
+        s.remove(&node.0);
+        let units = c.layout.units();
+        for n in self.neighbours.values_mut().filter(|n| n.peer == node) {
+            n.want = Bitmap::new(units);
+            n.offer_at = None;
+            n.accepted = false;
+        }
+        true
+    }
+
+    /// Sends the operator's signed rollback `command` (an [`Intent`] with action
+    /// `rollback`, see [`Intent::rollback_to`]) to `node`, SINGLE-routed through the mesh
+    /// (any node routes it, with or without OTA). Its answer arrives as
+    /// [`OtaEvent::RollbackReport`]. `false` if there is no route to `node` now (send
+    /// again when it joins) or `command` is not a rollback command. Sending the same
+    /// command again is safe: a node that already reverted answers
+    /// [`RollbackOutcome::AlreadyThere`].
+    pub fn send_rollback(&mut self, ctx: &mut Ctx<'_>, node: NodeId, command: &Intent) -> bool {
+        let me = ctx.node_id().0;
+        if command.action != meshfleet_firmware::IntentAction::Rollback || node.0 == me {
+            return false;
+        }
+        let Ok(command) = serde_json::from_slice::<serde_json::Value>(&command.to_json()) else {
+            return false;
+        };
+        let msg = Rollback {
+            from: me,
+            routing: 1,
+            ty: ROLLBACK,
+            dest: node.0,
+            origin: me,
+            command,
+        };
+        Package::from_serialize(&msg).is_ok_and(|pkg| ctx.send(&pkg).is_ok())
+    }
+
+    /// The image a rollback command switched the boot record to, once: the node runs it
+    /// after its next start (an ESP reboots; a Linux driver makes the boot decision again
+    /// and restarts its application). Until then the node refuses offers, as on trial.
+    pub fn take_reverted(&mut self) -> Option<ImageInfo> {
+        self.reverted.take()
+    }
+
+    /// A ROLLBACK addressed to us: check the signed command, carry it out on the boot
+    /// record (one atomic write, [`boot::revert`]), answer the origin.
+    fn handle_rollback(&mut self, ctx: &mut Ctx<'_>, pkg: &Package) {
+        let Ok(msg) = pkg.parse::<Rollback>() else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let me = ctx.node_id().0;
+        if msg.dest != me {
+            self.stats.malformed += 1;
+            return;
+        }
+        let from = pkg.from();
+        let origin = if msg.origin == 0 { from.0 } else { msg.origin };
+        let command = serde_json::to_vec(&msg.command)
+            .map_err(|e| IntentError::Malformed(e.to_string()))
+            .and_then(|b| Intent::from_json(&b));
+        let (outcome, version, issued) = match command {
+            Err(_) => (
+                RollbackOutcome::Refused(RollbackRefusal::Malformed),
+                String::new(),
+                0,
+            ),
+            Ok(cmd) => {
+                let version = cmd.version.to_string();
+                let outcome = self.carry_out_rollback(ctx, &cmd, me);
+                (outcome, version, cmd.issued)
+            }
+        };
+        ctx.emit(Box::new(OtaEvent::RollbackCommand {
+            from,
+            issued,
+            outcome,
+            version: version.clone(),
+        }));
+        // A forged command gets no answer: the unsigned `origin` must not make us send
+        // traffic to whoever a forger names.
+        if outcome == RollbackOutcome::Refused(RollbackRefusal::Signature) || origin == me {
+            return;
+        }
+        let version = match outcome {
+            RollbackOutcome::Reverted | RollbackOutcome::AlreadyThere => version,
+            RollbackOutcome::Refused(_) => self
+                .config
+                .running
+                .as_ref()
+                .map(|i| i.version.clone())
+                .unwrap_or_default(),
+        };
+        let (o, r) = outcome.labels();
+        let answer = RollbackResult {
+            from: me,
+            routing: 1,
+            ty: ROLLBACK_RESULT,
+            dest: origin,
+            issued,
+            outcome: o.to_string(),
+            refusal: r.map(str::to_string),
+            version,
+        };
+        if let Ok(pkg) = Package::from_serialize(&answer) {
+            // No route to the origin: it sends the command again and gets the answer then.
+            let _ = ctx.send(&pkg);
+        }
+    }
+
+    /// Checks `cmd` for this node and carries it out.
+    fn carry_out_rollback(&mut self, ctx: &Ctx<'_>, cmd: &Intent, me: u32) -> RollbackOutcome {
+        let refused = RollbackOutcome::Refused;
+        // Signature, action, role/hardware, scope and expiry first, replay after: the same
+        // command sent again after the node reverted is answered "already there", not
+        // "replayed" (the sender repeats it until it hears back).
+        if let Err(e) = cmd.allows_rollback(
+            me,
+            &self.config.role,
+            &self.config.hardware,
+            self.config.trusted_key.as_ref(),
+            self.unix_now(ctx.now()),
+            0,
+        ) {
+            return refused(match e {
+                IntentError::Signature(_) => RollbackRefusal::Signature,
+                IntentError::WrongAction { .. } => RollbackRefusal::WrongAction,
+                IntentError::OtherImage => RollbackRefusal::OtherRole,
+                IntentError::OutOfScope(_) => RollbackRefusal::OutOfScope,
+                IntentError::Expired { .. } => RollbackRefusal::Expired,
+                IntentError::Replayed { .. } => RollbackRefusal::Replayed,
+                _ => RollbackRefusal::Malformed,
+            });
+        }
+        let rec = match self.store.load_boot() {
+            Ok(r) => r,
+            Err(_) => return refused(RollbackRefusal::StoreFailed),
+        };
+        let sha = cmd.sha256.to_string();
+        let version = cmd.version.to_string();
+        let runs_it = rec.as_ref().is_some_and(|r| {
+            r.pending.is_none()
+                && r.image(r.active)
+                    .is_some_and(|i| i.sha256.eq_ignore_ascii_case(&sha) && i.version == version)
+        });
+        if runs_it {
+            return RollbackOutcome::AlreadyThere;
+        }
+        let used = rec.as_ref().map_or(0, |r| r.intent_issued);
+        if cmd.issued <= used {
+            return refused(RollbackRefusal::Replayed);
+        }
+        match boot::revert(&mut *self.store, &sha, &version, cmd.issued) {
+            Ok(boot::Reverted::AlreadyThere) => RollbackOutcome::AlreadyThere,
+            Ok(boot::Reverted::Switched { to, from, .. }) => {
+                // The image left must not spread from here: drop its campaign (a
+                // complete one would be offered to every neighbour with an older image).
+                let left = from.map(|f| f.sha256);
+                let holds_left = self
+                    .campaign
+                    .as_ref()
+                    .is_some_and(|c| left.as_deref() == Some(&c.manifest.sha256.to_string()));
+                if holds_left {
+                    self.campaign = None;
+                    // Without its record the campaign is not restored after the restart;
+                    // if the delete fails, the rolled-back list still refuses it.
+                    let _ = self.store.clear_state();
+                }
+                // The slot we run is now the inactive one: no offer may erase it before
+                // the restart.
+                self.config.on_trial = true;
+                self.reverted = Some(to);
+                RollbackOutcome::Reverted
+            }
+            Err(boot::RevertError::NotInPreviousSlot { .. }) => {
+                refused(RollbackRefusal::NotInPreviousSlot)
+            }
+            Err(boot::RevertError::Damaged) => refused(RollbackRefusal::Damaged),
+            Err(_) => refused(RollbackRefusal::StoreFailed),
+        }
+    }
+
+    /// A node's answer to a rollback command we sent.
+    fn handle_rollback_result(&mut self, ctx: &mut Ctx<'_>, pkg: &Package) {
+        let Ok(r) = pkg.parse::<RollbackResult>() else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let Some(outcome) = RollbackOutcome::from_labels(&r.outcome, r.refusal.as_deref()) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let version: String = r.version.chars().take(MAX_CAPS_TEXT).collect();
+        ctx.emit(Box::new(OtaEvent::RollbackReport {
+            node: pkg.from(),
+            issued: r.issued,
+            outcome,
+            version,
+        }));
+    }
+
     /// Why the node stopped (a store failure), if it did.
     pub fn failure(&self) -> Option<&str> {
         self.failed.as_deref()
@@ -753,6 +1100,7 @@ impl MeshfleetOta {
                 manifest,
                 layout,
                 intent: saved.intent,
+                scope: saved.scope.map(|s| s.into_iter().collect()),
                 origin: saved.origin,
                 source: ChunkSource::Staged,
                 have,
@@ -777,6 +1125,7 @@ impl MeshfleetOta {
             manifest,
             layout,
             intent: saved.intent,
+            scope: saved.scope.map(|s| s.into_iter().collect()),
             origin: saved.origin,
             source: ChunkSource::Staged,
             have,
@@ -815,6 +1164,7 @@ impl MeshfleetOta {
             manifest,
             have: c.have.to_hex(),
             complete: c.complete,
+            scope: c.scope.as_ref().map(|s| s.iter().copied().collect()),
         };
         c.unsaved = 0;
         let bytes = serde_json::to_vec(&saved).map_err(|e| StoreError::Corrupt {
@@ -931,8 +1281,14 @@ impl MeshfleetOta {
                 if targets.len() >= MAX_PROBES {
                     break;
                 }
+                let out_of_scope = self
+                    .campaign
+                    .as_ref()
+                    .and_then(|c| c.scope.as_ref())
+                    .is_some_and(|s| !s.contains(&id.0));
                 if id == peer
                     || id == me
+                    || out_of_scope
                     || self.neighbours.contains_key(&remote_link(id))
                     || self.neighbours.values().any(|n| n.peer == id)
                     || self
@@ -1067,6 +1423,9 @@ impl MeshfleetOta {
             // neighbours are still offered: a part-way child whose link was re-made takes
             // its parent's OFFER as the way back to its upstream.)
             || (remote_peer(link).is_some() && n.offers_campaign == Some(c.id))
+            // Not a node the campaign is for: it is not offered, and not accounted for
+            // (the driver knows whom it left out).
+            || c.scope.as_ref().is_some_and(|s| !s.contains(&n.peer.0))
         {
             return;
         }
@@ -1149,6 +1508,10 @@ impl MeshfleetOta {
         let Some(n) = self.neighbours.get(&link) else {
             return;
         };
+        if c.scope.as_ref().is_some_and(|s| !s.contains(&n.peer.0)) {
+            // Taken out of the scope since the first offer (`untarget`): no retries.
+            return;
+        }
         let m = &c.manifest;
         // The lean manifest: the chunk table follows page by page with the chunks.
         let lean = if m.has_chunk_table() {
@@ -1167,6 +1530,7 @@ impl MeshfleetOta {
                 .as_ref()
                 .and_then(|i| serde_json::from_slice(&i.to_json()).ok()),
             origin: c.origin,
+            scope: c.scope.as_ref().map(|s| s.iter().copied().collect()),
             manifest: serde_json::from_slice(&lean).unwrap_or_default(),
         };
         self.stats.offers_sent += 1;
@@ -1804,6 +2168,22 @@ impl MeshfleetOta {
                 return;
             }
         }
+        // The campaign's scope (2.3.2): unsigned, a rule of cooperating nodes (any node may
+        // take a newer signed image by design), so that a rollout reaches only the nodes
+        // of the waves it started.
+        let scope = match offer.scope {
+            Some(v) if v.len() > MAX_SCOPE => {
+                self.stats.malformed += 1;
+                return;
+            }
+            v => v.map(|v| v.into_iter().collect::<BTreeSet<u32>>()),
+        };
+        if scope.as_ref().is_some_and(|s| !s.contains(&me)) {
+            let reason = "this node is not in the campaign's scope".to_string();
+            let origin = offer.origin;
+            self.refuse(ctx, link, peer, id, Refusal::OutOfScope, reason, origin);
+            return;
+        }
         if let Some((kind, reason)) = self.refuse_reason(&manifest, intent.as_ref(), me, now) {
             self.refuse(ctx, link, peer, id, kind, reason, offer.origin);
             return;
@@ -1831,7 +2211,7 @@ impl MeshfleetOta {
             n.origin = offer.origin;
         }
         let intent = intent.and_then(Result::ok);
-        if let Err(e) = self.begin(ctx, link, id, manifest, intent, offer.origin) {
+        if let Err(e) = self.begin(ctx, link, id, manifest, intent, scope, offer.origin) {
             self.fail(ctx, &e);
         }
     }
@@ -1860,6 +2240,9 @@ impl MeshfleetOta {
         }
     }
 
+    // The offer's parts, each checked by the caller; a struct for one call site would only
+    // move the list.
+    #[allow(clippy::too_many_arguments)]
     fn begin(
         &mut self,
         ctx: &mut Ctx<'_>,
@@ -1867,6 +2250,7 @@ impl MeshfleetOta {
         id: u32,
         manifest: Manifest,
         intent: Option<Intent>,
+        scope: Option<BTreeSet<u32>>,
         origin: u32,
     ) -> Result<(), StoreError> {
         // A committed but not yet booted image sits in the inactive slot: it is superseded.
@@ -1892,6 +2276,7 @@ impl MeshfleetOta {
             manifest: manifest.clone(),
             layout,
             intent,
+            scope,
             origin,
             source: ChunkSource::Staged,
             have: Bitmap::new(chunks),
@@ -2413,6 +2798,18 @@ impl Plugin for MeshfleetOta {
     }
 
     fn handle_package(&mut self, ctx: &mut Ctx<'_>, link: LinkId, routing: Routing, pkg: &Package) {
+        if pkg.ty() == ROLLBACK || pkg.ty() == ROLLBACK_RESULT {
+            // Self-authenticating (signed) or a plain answer: from anywhere in the mesh,
+            // SINGLE-routed (a neighbour may send it NEIGHBOUR-routed), never flooded.
+            if !matches!(routing, Routing::Single | Routing::Neighbour) {
+                self.stats.malformed += 1;
+            } else if pkg.ty() == ROLLBACK {
+                self.handle_rollback(ctx, pkg);
+            } else {
+                self.handle_rollback_result(ctx, pkg);
+            }
+            return;
+        }
         if pkg.ty() == REPORT {
             // Addressed to the origin, from anywhere in the mesh.
             if routing == Routing::Single {

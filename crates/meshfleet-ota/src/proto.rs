@@ -21,6 +21,11 @@ pub const NAK: i64 = 704;
 pub const STATUS: i64 = 705;
 /// REPORT: a node's outcome, SINGLE-routed to the campaign's origin.
 pub const REPORT: i64 = 706;
+/// ROLLBACK: the operator's signed rollback command ([`meshfleet_firmware::Intent`] with
+/// action `rollback`), SINGLE-routed to each node it orders back.
+pub const ROLLBACK: i64 = 707;
+/// ROLLBACK_RESULT: a node's answer to a ROLLBACK, SINGLE-routed to the command's origin.
+pub const ROLLBACK_RESULT: i64 = 708;
 /// The protocol version this build speaks. 2: CHUNK, NAK and STATUS count transfer units
 /// (hash pages interleaved with chunks, [`Layout`]) and OFFER carries the lean manifest
 /// (format 2). A neighbour advertising another version is served as a stock node.
@@ -29,6 +34,9 @@ pub const PROTOCOL_VERSION: u32 = 2;
 /// Most ranges in one NAK. A NAK lists the *first* missing ranges; the rest are asked for
 /// in later intervals, so a peer can never make us walk an unbounded list.
 pub const MAX_NAK_RANGES: usize = 64;
+/// Most node ids in a campaign's scope (`Offer::scope`): 4,096 ids is ~45 KB of JSON per
+/// OFFER; a larger fleet is served without a scope, or in waves.
+pub const MAX_SCOPE: usize = 4096;
 /// Most codec names in a CAPS.
 pub const MAX_CODECS: usize = 8;
 /// Longest string field we keep from a peer's CAPS (role, hardware, version, hash).
@@ -100,6 +108,12 @@ pub struct Offer {
     /// toward the source and never form a cycle. 0: not given.
     #[serde(default)]
     pub origin: u32,
+    /// The nodes the campaign is for (at most [`MAX_SCOPE`]); absent: every node that lacks
+    /// the image. Not signed: a rule of cooperating nodes (a receiver outside it refuses,
+    /// a relay offers only to nodes in it), so a progressive rollout reaches only the
+    /// nodes of the waves it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Vec<u32>>,
     /// The manifest, as a JSON object.
     pub manifest: serde_json::Value,
 }
@@ -200,6 +214,51 @@ pub struct Report {
     /// offer the campaign to (already current, incompatible, not older). 0: the sender.
     #[serde(default)]
     pub node: u32,
+}
+
+/// ROLLBACK (707): "boot your previous slot", signed by the operator, SINGLE-routed from the
+/// node that issues it (the gateway's) to each node in its scope.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Rollback {
+    /// Sender.
+    pub from: u32,
+    /// 1 (SINGLE).
+    pub routing: i64,
+    /// 707.
+    #[serde(rename = "type")]
+    pub ty: i64,
+    /// The node ordered back.
+    pub dest: u32,
+    /// Where the ROLLBACK_RESULT goes (0 or absent: `from`). Not signed: it only says
+    /// where the answer goes.
+    #[serde(default)]
+    pub origin: u32,
+    /// The signed command: an intent with `"action":"rollback"`.
+    pub command: serde_json::Value,
+}
+
+/// ROLLBACK_RESULT (708): what a node did with a ROLLBACK.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackResult {
+    /// The node that was ordered back.
+    pub from: u32,
+    /// 1 (SINGLE).
+    pub routing: i64,
+    /// 708.
+    #[serde(rename = "type")]
+    pub ty: i64,
+    /// The command's origin.
+    pub dest: u32,
+    /// The command's `issued` (which command this answers).
+    pub issued: u64,
+    /// `reverted`, `already_there` or `refused`.
+    pub outcome: String,
+    /// With `refused`: why ([`crate::RollbackRefusal::label`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<String>,
+    /// The version the node will run after its next start (reverted) or runs.
+    #[serde(default)]
+    pub version: String,
 }
 
 /// One transfer unit of a campaign.

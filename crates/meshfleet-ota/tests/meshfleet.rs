@@ -782,6 +782,7 @@ fn offer_frame(art: &Artefact, from: u32, dest: u32) -> Vec<u8> {
         campaign: meshfleet_ota::proto::campaign_id(art.manifest()),
         intent: None,
         origin: from,
+        scope: None,
         manifest: serde_json::from_slice(&art.manifest().lean().to_json()).unwrap(),
     };
     let pkg = meshfleet_wire::Package::from_serialize(&offer).unwrap();

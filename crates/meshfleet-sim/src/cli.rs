@@ -26,6 +26,9 @@ pub enum RunError {
     /// Outputs could not be written.
     #[error(transparent)]
     Write(#[from] WriteError),
+    /// The `[rollout]` could not be planned (the gateway saw no node at the start).
+    #[error("the rollout cannot be planned: {0}")]
+    Rollout(meshfleet_rollout::PlanError),
 }
 
 /// Loads `path`, runs it (with `seed_override` instead of the file's seed, if given),
@@ -52,6 +55,21 @@ pub fn run_scenario(
     progress: impl FnMut(f64) + 'static,
 ) -> Result<SimReport, RunError> {
     let started = WallClock::now();
+    if let (Some(setup), Some(campaign)) = (scenario.rollout.clone(), scenario.ota.clone()) {
+        scenario.validate()?;
+        let mut plain = scenario;
+        plain.ota = None;
+        plain.rollout = None;
+        let out =
+            crate::rollout::run_rollout(plain, campaign, &setup).map_err(RunError::Rollout)?;
+        let mut report = out.report;
+        report.rollout = serde_json::to_value(&out.summary).ok();
+        let wall = started.elapsed().as_secs_f64();
+        if let Some(dir) = out_dir {
+            write_outputs(&report, &RunInfo::new(&report, wall), dir)?;
+        }
+        return Ok(report);
+    }
     let (scenario, ota) = match scenario.ota.clone() {
         Some(campaign) => {
             // Checked here: the attached scenario no longer carries the campaign.

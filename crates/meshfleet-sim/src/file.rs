@@ -144,6 +144,25 @@ struct RawScenario {
     #[serde(default)]
     events: Vec<RawEvent>,
     ota: Option<RawOta>,
+    rollout: Option<RawRollout>,
+}
+
+/// `[rollout]`: a progressive rollout of the `[ota]` campaign's build (meshfleet strategy).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRollout {
+    /// `healthy`, `crashloop` or `leak`.
+    firmware: Spanned<String>,
+    crash_after_s: Sp<f64>,
+    leak_bytes_per_min: Sp<i64>,
+    seed: Sp<i64>,
+    limit_s: Sp<f64>,
+    gateway_restart_wave: Sp<i64>,
+    gateway_restart_after_s: Sp<f64>,
+    gateway_restart_down_s: Sp<f64>,
+    offline_wave: Sp<i64>,
+    offline_from_s: Sp<f64>,
+    offline_to_s: Sp<f64>,
 }
 
 #[derive(Deserialize)]
@@ -538,11 +557,95 @@ fn build(src: &Src<'_>, raw: RawScenario) -> Result<Scenario, ScenarioError> {
     if let Some(o) = &raw.ota {
         s.ota = Some(build_ota(&c, o, n, s.duration)?);
     }
+    if let Some(r) = &raw.rollout {
+        let meshfleet = raw
+            .ota
+            .as_ref()
+            .is_some_and(|o| o.strategy.get_ref() == "meshfleet");
+        if !meshfleet {
+            return Err(c.src.err(
+                r.firmware.span(),
+                Some("rollout".into()),
+                "a rollout needs an `[ota]` table with strategy = \"meshfleet\"",
+            ));
+        }
+        s.rollout = Some(build_rollout(&c, r)?);
+    }
     // Everything above is checked with its span; this catches what only the whole
     // scenario can tell, pointing at the topology.
     s.validate()
         .map_err(|e| src.err(raw.topology.kind.span(), Some(e.field), e.message))?;
     Ok(s)
+}
+
+fn build_rollout(
+    c: &Check<'_, '_>,
+    r: &RawRollout,
+) -> Result<crate::rollout::RolloutSetup, ScenarioError> {
+    use crate::rollout::{Firmware, RolloutSetup};
+    let firmware = match r.firmware.get_ref().as_str() {
+        "healthy" => Firmware::Healthy,
+        "crashloop" => Firmware::CrashLoop {
+            after: match &r.crash_after_s {
+                Some(v) => secs(c.positive("rollout.crash_after_s", v)?),
+                None => Duration::from_secs(40),
+            },
+        },
+        "leak" => Firmware::Leak {
+            bytes_per_min: match &r.leak_bytes_per_min {
+                Some(v) => c.count("rollout.leak_bytes_per_min", v, 1)?,
+                None => 2_000,
+            },
+        },
+        other => {
+            return Err(c.src.err(
+                r.firmware.span(),
+                Some("rollout.firmware".into()),
+                format!("unknown firmware behaviour `{other}` (healthy, crashloop, leak)"),
+            ))
+        }
+    };
+    let seed = match &r.seed {
+        Some(v) => u64::from(c.count("rollout.seed", v, 0)?),
+        None => 1,
+    };
+    let mut setup = RolloutSetup::new(firmware, seed);
+    if let Some(v) = &r.limit_s {
+        setup.limit = secs(c.positive("rollout.limit_s", v)?);
+    }
+    let wave = |field: &str, v: &Spanned<i64>| -> Result<u16, ScenarioError> {
+        let w = c.count(field, v, 0)?;
+        u16::try_from(w)
+            .ok()
+            .filter(|w| usize::from(*w) < meshfleet_rollout::MAX_WAVES)
+            .ok_or_else(|| {
+                c.src
+                    .err(v.span(), Some(field.into()), "not a wave of the plan")
+            })
+    };
+    if let Some(w) = &r.gateway_restart_wave {
+        let after = match &r.gateway_restart_after_s {
+            Some(v) => secs(c.non_negative("rollout.gateway_restart_after_s", v)?),
+            None => Duration::from_secs(240),
+        };
+        let down = match &r.gateway_restart_down_s {
+            Some(v) => secs(c.positive("rollout.gateway_restart_down_s", v)?),
+            None => Duration::from_secs(300),
+        };
+        setup.gateway_restart = Some((wave("rollout.gateway_restart_wave", w)?, after, down));
+    }
+    if let Some(w) = &r.offline_wave {
+        let from = match &r.offline_from_s {
+            Some(v) => secs(c.non_negative("rollout.offline_from_s", v)?),
+            None => Duration::ZERO,
+        };
+        let to = match &r.offline_to_s {
+            Some(v) => secs(c.positive("rollout.offline_to_s", v)?),
+            None => Duration::from_secs(3300),
+        };
+        setup.offline = Some((wave("rollout.offline_wave", w)?, from, to));
+    }
+    Ok(setup)
 }
 
 /// Largest synthetic image (the artefact format's image limit).

@@ -72,6 +72,7 @@ pub mod ota;
 pub mod ota_faults;
 mod output;
 mod queue;
+pub mod rollout;
 mod scenario;
 mod sim;
 mod store;

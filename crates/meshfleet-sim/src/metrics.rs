@@ -403,6 +403,11 @@ pub struct SimReport {
     /// The OTA campaign's results, if the scenario ran one (`run_scenario` fills it in).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ota: Option<crate::ota::OtaReport>,
+    /// The progressive rollout's outcome (`state`, `exposed`, `rolled_back`,
+    /// `restored_s`, per-wave counts: `meshfleet_rollout::RolloutSummary`), when the
+    /// scenario ran one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<serde_json::Value>,
 }
 
 impl SimReport {

@@ -252,6 +252,16 @@ impl OtaCampaign {
         })
     }
 
+    /// When the campaign starts, if scheduled ([`OtaCampaign::start_at`]).
+    pub fn start_time(&self) -> Option<Duration> {
+        self.start
+    }
+
+    /// What the receivers run before the campaign ([`OLD_VERSION`]): a rollback names it.
+    pub fn old_image_info(&self) -> &ImageInfo {
+        &self.payload.old_info
+    }
+
     /// The same image and settings with the artefact packed again with a `window`-byte
     /// DEFLATE window (a power of two from 512 to 32768; see
     /// [`PackOptions::window`](meshfleet_firmware::PackOptions::window)): 8192 is what an

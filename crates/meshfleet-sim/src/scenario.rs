@@ -348,6 +348,10 @@ pub struct Scenario {
     /// [`crate::Simulation`] itself ignores this field, so attach it yourself when driving
     /// a simulation from code.
     pub ota: Option<crate::ota::OtaCampaign>,
+    /// A progressive rollout of the `ota` campaign's build ([`crate::rollout`]):
+    /// `run_scenario` then runs [`crate::rollout::run_rollout`] and puts the controller's
+    /// summary in [`crate::SimReport::rollout`].
+    pub rollout: Option<crate::rollout::RolloutSetup>,
 }
 
 impl fmt::Debug for Scenario {
@@ -393,6 +397,7 @@ impl Scenario {
             sample_interval: Duration::from_secs(1),
             factory: Arc::new(plain_node),
             ota: None,
+            rollout: None,
         }
     }
 

@@ -1815,6 +1815,7 @@ impl Simulation {
             series: self.series.clone(),
             latencies_us: lat,
             ota: None,
+            rollout: None,
         }
     }
 

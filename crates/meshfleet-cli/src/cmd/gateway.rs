@@ -21,7 +21,13 @@ The gateway keeps every node it has seen (presence from node sync, status packag
 their history (full resolution for 7 days, hourly for 90, under a size cap), alerts, firmware \
 artefacts and an audit log in one SQLite file (--db). The API (GET /openapi.json describes it) \
 serves /status, /status/{nodeId}, /health, /topology, /nodes/{id}/history, /alerts, \
-/firmware, /events (server-sent events), /metrics (Prometheus), /healthz and /readyz.
+/firmware, /campaigns, /events (server-sent events), /metrics (Prometheus), /healthz and /readyz.
+
+Campaigns (POST /campaigns, then /campaigns/{id}/start, pause, resume, cancel) offer an uploaded \
+artefact from the gateway's own node to all nodes, a role, a hardware or listed nodes, and follow \
+every node to an outcome (a node counts as updated once its status reports the new version; \
+`campaign-node-timeout` seconds without progress, 1800 by default, time it out). A running \
+campaign resumes after a restart.
 
 Security: HTTP binds 127.0.0.1:8080 unless --http says otherwise. Every request that changes \
 something needs `Authorization: Bearer <token>` (the first line of --token-file); without a \
@@ -86,6 +92,11 @@ pub(crate) struct Args {
     #[arg(long)]
     read_auth: bool,
 
+    /// Bridge to an MQTT broker: mqtt://[user:pass@]host:port (mqtts:// for TLS); the
+    /// [mqtt] table of the config file has the other settings (docs/mqtt.md).
+    #[arg(long, value_name = "URL")]
+    mqtt: Option<String>,
+
     /// Print the effective configuration (file + flags) as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -136,10 +147,22 @@ fn socket_addr(flag: &str, text: &str) -> anyhow::Result<SocketAddr> {
 }
 
 pub(crate) fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
+    let mut mqtt: meshfleet_mqtt::MqttConfig = ctx.section("mqtt")?;
+    if let Some(url) = &args.mqtt {
+        mqtt.url.clone_from(url);
+    }
     let (config, print) = resolve(args, ctx.section("gateway")?)?;
     if print {
         print!("{}", config.to_toml_masked());
+        if mqtt.enabled() {
+            println!("\n[mqtt]\n# url = {}", meshfleet_mqtt::config::mask(&mqtt.url));
+        }
         return Ok(());
+    }
+    let mut hooks = Vec::new();
+    if mqtt.enabled() {
+        let bridge = meshfleet_mqtt::Prepared::new(mqtt).map_err(|e| usage(format!("--mqtt: {e}")))?;
+        hooks.push(bridge.hook());
     }
     let node_id = config.node_id.map_or_else(random_node_id, NodeId);
     let mut node = Config::new(node_id);
@@ -155,7 +178,7 @@ pub(crate) fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
             let name = stop_signal().await;
             info!(signal = name, "stopping");
         };
-        meshfleet_gateway::run(config, node, runtime, stop)
+        meshfleet_gateway::run_with(config, node, runtime, stop, hooks)
             .await
             .context("gateway failed")
     })

@@ -161,6 +161,17 @@ pub const MIGRATIONS: &[&str] = &[
         updated_at INTEGER NOT NULL,
         PRIMARY KEY (campaign_seq, node_id)
      ) WITHOUT ROWID;",
+    // 3: the MQTT outbox (contract §4): alerts and command replies the MQTT bridge must deliver at QoS 1, kept
+    // until the broker's PUBACK, so a broker outage or a gateway restart loses none.
+    // `seq` orders delivery; `dedup` keeps a message from being queued twice.
+    "CREATE TABLE mqtt_outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        topic TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        retain INTEGER NOT NULL DEFAULT 0,
+        dedup TEXT UNIQUE,
+        created_at INTEGER NOT NULL
+     );",
 ];
 
 /// Retention and size settings for [`SqliteStore::maintain`].

@@ -1,0 +1,474 @@
+//! OTA commands over MQTT against a real Mosquitto: bad commands are refused with a reply
+//! and change nothing; a signed create-by-URL / start / pause / status run works, with
+//! the retained campaign status matching the gateway's own view.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use meshfleet_firmware::{keys, pack, PackOptions, SigningKey, Version};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn keygen() -> SigningKey {
+    keys::keygen(&mut rand_core::OsRng)
+}
+
+fn artefact(key: &SigningKey, version: &str) -> Vec<u8> {
+    let image: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let mut opts = PackOptions::new("sensor", "esp32", Version::parse(version).unwrap());
+    opts.signing_key = Some(key);
+    pack(&image, opts).unwrap().to_bytes()
+}
+
+static NONCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn command(op: &str, transaction: &str, extra: Value) -> Value {
+    let n = NONCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut v = json!({
+        "op": op,
+        "transaction": transaction,
+        "ts": meshfleet_gateway::now_millis(),
+        "nonce": format!("nonce-{n:08}-{}", std::process::id()),
+    });
+    if let (Some(m), Value::Object(e)) = (v.as_object_mut(), extra) {
+        m.extend(e);
+    }
+    v
+}
+
+/// Serves `body` over HTTP once per connection, forever.
+async fn http_server(body: Vec<u8>) -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut b = [0u8; 2048];
+                let _ = s.read(&mut b).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(&body).await;
+            });
+        }
+    });
+    format!("http://{addr}/sensor-1.5.0.mfw")
+}
+
+struct Setup {
+    _d: tempfile::TempDir,
+    broker: Broker,
+    gw: Gw,
+    op_key: SigningKey,
+    fleet_key: SigningKey,
+    op: Observer,
+}
+
+async fn setup() -> Option<Setup> {
+    let (d, dir) = tempdir();
+    let broker = Broker::start(&dir)?;
+    let fleet_key = keygen();
+    keys::write_public_key(&dir.join("fleet.pub"), &fleet_key.verifying_key()).unwrap();
+    let op_key = keygen();
+    keys::write_public_key(&dir.join("operator.pub"), &op_key.verifying_key()).unwrap();
+    seed_nodes(&dir, nodes(3, meshfleet_gateway::now_millis()));
+    let mut cfg = mqtt_config(&broker);
+    cfg.commands.operator_keys = vec![dir.join("operator.pub")];
+    let op = Observer::connect(
+        &broker,
+        "operator",
+        "operator",
+        &["mesh/ota/response/#", "mesh/ota/campaign/#"],
+        true,
+    )
+    .await;
+    let gw = Gw::start(&dir, cfg).await;
+    // Wait for the bridge's subscription: a `list` is answered.
+    let ready = command("list", "t-ready", json!({}));
+    for _ in 0..50 {
+        op.publish(
+            "mesh/ota/request/list",
+            meshfleet_mqtt::sign_command(&op_key, &command("list", "t-ready", json!({}))),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if !op.on("mesh/ota/response/t-ready").is_empty() {
+            break;
+        }
+    }
+    let _ = ready;
+    assert!(
+        !op.on("mesh/ota/response/t-ready").is_empty(),
+        "bridge answers"
+    );
+    Some(Setup {
+        _d: d,
+        broker,
+        gw,
+        op_key,
+        fleet_key,
+        op,
+    })
+}
+
+async fn reply(op: &Observer, transaction: &str) -> Value {
+    let topic = format!("mesh/ota/response/{transaction}");
+    op.wait(&topic, 10, |m| m.iter().any(|x| x.topic == topic))
+        .await
+        .into_iter()
+        .rfind(|x| x.topic == topic)
+        .unwrap()
+        .json()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_commands_are_refused_with_a_reply_and_change_nothing() {
+    let Some(s) = setup().await else { return };
+    let (op, key) = (&s.op, &s.op_key);
+    let create = json!({"create": {"artefact": "ab".repeat(32), "targets": {"all": true}}});
+
+    // Unsigned.
+    op.publish(
+        "mesh/ota/request/create",
+        command("create", "t-unsigned", create.clone()).to_string(),
+    )
+    .await;
+    let r = reply(op, "t-unsigned").await;
+    assert_eq!(
+        (r["ok"].clone(), r["error"]["code"].clone()),
+        (json!(false), json!("unsigned")),
+        "{r}"
+    );
+    assert_eq!(r["transaction"], "t-unsigned");
+
+    // Signed by a key that is not an operator's.
+    let other = keygen();
+    op.publish(
+        "mesh/ota/request/create",
+        meshfleet_mqtt::sign_command(&other, &command("create", "t-forged", create.clone())),
+    )
+    .await;
+    assert_eq!(
+        reply(op, "t-forged").await["error"]["code"],
+        "bad_signature"
+    );
+
+    // Tampered after signing.
+    let signed = meshfleet_mqtt::sign_command(key, &command("list", "t-tamper", json!({})));
+    let tampered = signed.replace("t-tamper", "t-tampr2");
+    op.publish("mesh/ota/request/list", tampered).await;
+    assert_eq!(
+        reply(op, "t-tampr2").await["error"]["code"],
+        "bad_signature"
+    );
+
+    // Replayed: the same signed bytes twice.
+    let once = meshfleet_mqtt::sign_command(key, &command("list", "t-replay", json!({})));
+    op.publish("mesh/ota/request/list", once.clone()).await;
+    assert_eq!(reply(op, "t-replay").await["ok"], true);
+    op.clear();
+    op.publish("mesh/ota/request/list", once).await;
+    assert_eq!(reply(op, "t-replay").await["error"]["code"], "replayed");
+
+    // Stale: an hour old.
+    let mut old = command("list", "t-stale", json!({}));
+    old["ts"] = json!(meshfleet_gateway::now_millis() - 3_600_000);
+    op.publish(
+        "mesh/ota/request/list",
+        meshfleet_mqtt::sign_command(key, &old),
+    )
+    .await;
+    assert_eq!(reply(op, "t-stale").await["error"]["code"], "stale");
+
+    // Malformed JSON without a readable transaction: the shared error topic.
+    op.publish("mesh/ota/request/create", "{not json").await;
+    let r = reply(op, "_invalid").await;
+    assert_eq!(r["error"]["code"], "bad_json");
+    assert_eq!(r["transaction"], Value::Null);
+
+    // Wrong types: ts as a string, targets as a number.
+    let mut wrong = command("create", "t-types", create.clone());
+    wrong["ts"] = json!("now");
+    op.publish(
+        "mesh/ota/request/create",
+        meshfleet_mqtt::sign_command(key, &wrong),
+    )
+    .await;
+    assert_eq!(reply(op, "t-types").await["error"]["code"], "bad_command");
+    let wrong = command(
+        "create",
+        "t-types2",
+        json!({"create": {"artefact": "ab".repeat(32), "targets": 5}}),
+    );
+    op.publish(
+        "mesh/ota/request/create",
+        meshfleet_mqtt::sign_command(key, &wrong),
+    )
+    .await;
+    assert_eq!(reply(op, "t-types2").await["error"]["code"], "bad_command");
+
+    // Signed for one operation, sent on another's topic.
+    op.publish(
+        "mesh/ota/request/cancel",
+        meshfleet_mqtt::sign_command(
+            key,
+            &command("start", "t-swap", json!({"campaign": "c-000001"})),
+        ),
+    )
+    .await;
+    assert_eq!(reply(op, "t-swap").await["error"]["code"], "op_mismatch");
+
+    // 10 MB.
+    let mut big = br#"{"transaction":"t-big","pad":""#.to_vec();
+    big.resize(10 * 1024 * 1024, b'x');
+    big.extend_from_slice(b"\"}");
+    op.publish("mesh/ota/request/create", big).await;
+    let r = reply(op, "t-big").await;
+    assert_eq!(r["error"]["code"], "too_large", "{r}");
+
+    // An unknown artefact (signed, well-formed): refused by the campaign service.
+    op.publish(
+        "mesh/ota/request/create",
+        meshfleet_mqtt::sign_command(key, &command("create", "t-noart", create.clone())),
+    )
+    .await;
+    assert_eq!(
+        reply(op, "t-noart").await["error"]["code"],
+        "unknown_artefact"
+    );
+
+    // Rollback: an honest "unsupported" until the rollback command lands.
+    op.publish(
+        "mesh/ota/request/rollback",
+        meshfleet_mqtt::sign_command(
+            key,
+            &command("rollback", "t-rb", json!({"campaign": "c-000001"})),
+        ),
+    )
+    .await;
+    assert_eq!(reply(op, "t-rb").await["error"]["code"], "unsupported");
+
+    // A client the ACL does not let write commands (Home Assistant's user): the broker
+    // drops it; the gateway never sees it.
+    let ha = Observer::connect(&s.broker, "ha", "homeassistant", &[], true).await;
+    ha.publish(
+        "mesh/ota/request/list",
+        meshfleet_mqtt::sign_command(key, &command("list", "t-acl", json!({}))),
+    )
+    .await;
+    // A client with a wrong password is not even connected.
+    let mut bad = rumqttc::MqttOptions::new("intruder", "127.0.0.1", s.broker.port);
+    bad.set_credentials("operator", "wrong");
+    let (_c, mut el) = rumqttc::AsyncClient::new(bad, 10);
+    let refused = loop {
+        match el.poll().await {
+            Ok(rumqttc::Event::Incoming(rumqttc::Incoming::ConnAck(a))) => break Ok(a),
+            Ok(_) => continue,
+            Err(e) => break Err(e),
+        }
+    };
+    assert!(
+        matches!(refused, Err(rumqttc::ConnectionError::ConnectionRefused(_))),
+        "{refused:?}"
+    );
+
+    // Nothing changed: no campaign, no artefact; the gateway still answers.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        op.on("mesh/ota/response/t-acl").is_empty(),
+        "the ACL stopped it"
+    );
+    let shared = s.gw.shared().clone();
+    assert!(shared.campaigns.list().await.unwrap().is_empty());
+    assert!(shared.stores.artefacts.list().await.unwrap().is_empty());
+    op.publish(
+        "mesh/ota/request/list",
+        meshfleet_mqtt::sign_command(key, &command("list", "t-after", json!({}))),
+    )
+    .await;
+    assert_eq!(reply(op, "t-after").await["ok"], true);
+    // Every command that reached the gateway is in the audit log.
+    let audit = shared.stores.audit.recent(100).await.unwrap();
+    for t in [
+        "t-unsigned",
+        "t-forged",
+        "t-tampr2",
+        "t-replay",
+        "t-stale",
+        "t-types",
+        "t-types2",
+        "t-swap",
+        "t-big",
+        "t-noart",
+        "t-rb",
+        "t-after",
+    ] {
+        assert!(
+            audit
+                .iter()
+                .any(|a| a.action.starts_with("mqtt.") && a.target.starts_with(t)),
+            "{t} not audited: {audit:?}"
+        );
+    }
+    assert!(audit.iter().any(|a| a.target.starts_with("- bad_json")));
+    let _ = &s.fleet_key;
+    s.gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_by_url_start_pause_status_over_mqtt() {
+    let Some(s) = setup().await else { return };
+    let (op, key) = (&s.op, &s.op_key);
+    let mfw = artefact(&s.fleet_key, "1.5.0");
+    let url = http_server(mfw.clone()).await;
+
+    // An artefact signed by another key: downloaded, refused, not stored.
+    let rogue = http_server(artefact(&keygen(), "1.5.0")).await;
+    op.publish(
+        "mesh/ota/request/create",
+        meshfleet_mqtt::sign_command(
+            key,
+            &command(
+                "create",
+                "t-rogue",
+                json!({"create": {"url": rogue, "targets": {"nodes": [1000]}}}),
+            ),
+        ),
+    )
+    .await;
+    assert_eq!(
+        reply(op, "t-rogue").await["error"]["code"],
+        "verification_failed"
+    );
+    assert!(s
+        .gw
+        .shared()
+        .stores
+        .artefacts
+        .list()
+        .await
+        .unwrap()
+        .is_empty());
+
+    let create = command(
+        "create",
+        "t-create",
+        json!({"create": {"url": url, "targets": {"nodes": [1000, 1001]}, "name": "over mqtt"}}),
+    );
+    op.publish(
+        "mesh/ota/request/create",
+        meshfleet_mqtt::sign_command(key, &create),
+    )
+    .await;
+    let r = reply(op, "t-create").await;
+    assert_eq!(r["ok"], true, "{r}");
+    let id = r["campaign"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(r["campaign"]["state"], "created");
+    assert_eq!(r["campaign"]["total_nodes"], 2);
+    let stored = s.gw.shared().stores.artefacts.list().await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].version, "1.5.0");
+    assert!(stored[0].uploaded_by.starts_with("mqtt:"));
+
+    // The same transaction again (re-signed, new nonce): the first reply, no second campaign.
+    op.clear();
+    let again = command(
+        "create",
+        "t-create",
+        json!({"create": {"url": url, "targets": {"nodes": [1000, 1001]}}}),
+    );
+    op.publish(
+        "mesh/ota/request/create",
+        meshfleet_mqtt::sign_command(key, &again),
+    )
+    .await;
+    assert_eq!(reply(op, "t-create").await["campaign"]["id"], id.as_str());
+    assert_eq!(s.gw.shared().campaigns.list().await.unwrap().len(), 1);
+
+    // Start, then pause twice (the second is a no-op), each replied.
+    for (op_name, t, want) in [
+        ("start", "t-start", "running"),
+        ("pause", "t-pause", "paused"),
+        ("pause", "t-pause2", "paused"),
+    ] {
+        let c = command(
+            op_name,
+            t,
+            json!({"campaign": id, "response_topic": format!("mesh/ota/response/custom-{t}")}),
+        );
+        op.publish(
+            &format!("mesh/ota/request/{op_name}"),
+            meshfleet_mqtt::sign_command(key, &c),
+        )
+        .await;
+        let r = reply(op, &format!("custom-{t}")).await;
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(r["transaction"], t);
+        assert_eq!(r["campaign"]["state"], want, "{r}");
+    }
+
+    // Status: the reply and the retained topic match the gateway's own view.
+    let c = command("status", "t-status", json!({"campaign": id}));
+    op.publish(
+        "mesh/ota/request/status",
+        meshfleet_mqtt::sign_command(key, &c),
+    )
+    .await;
+    let r = reply(op, "t-status").await;
+    let rest =
+        s.gw.shared()
+            .campaigns
+            .get(&meshfleet_gateway::campaign::CampaignId(id.clone()))
+            .await
+            .unwrap();
+    assert_eq!(r["campaign"]["status"], rest.state.label());
+    assert_eq!(r["campaign"]["total_nodes"], rest.total_nodes);
+    assert_eq!(r["campaign"]["nodes"].as_array().unwrap().len(), 2);
+    let topic = format!("mesh/ota/campaign/{id}");
+    let retained =
+        s.op.wait("retained campaign status", 10, |m| {
+            m.iter()
+                .any(|x| x.topic == topic && x.json()["status"] == "paused")
+        })
+        .await;
+    let last = retained.iter().rfind(|x| x.topic == topic).unwrap().json();
+    assert_eq!(last["status"], rest.state.label());
+    assert_eq!(last["total_nodes"], rest.total_nodes);
+    assert_eq!(last["updated_nodes"], rest.updated_nodes);
+    for n in last["nodes"].as_array().unwrap() {
+        let st = n["status"].as_str().unwrap();
+        assert!(
+            [
+                "QUEUED",
+                "IN_PROGRESS",
+                "SUCCEEDED",
+                "FAILED",
+                "TIMED_OUT",
+                "REJECTED",
+                "CANCELED"
+            ]
+            .contains(&st),
+            "{st}"
+        );
+    }
+    let late = Observer::connect(
+        &s.broker,
+        "late-op",
+        "operator",
+        &["mesh/ota/campaign/#"],
+        true,
+    )
+    .await;
+    late.wait("retained for a late subscriber", 5, |m| {
+        m.iter().any(|x| x.topic == topic && x.retain)
+    })
+    .await;
+    s.gw.stop().await;
+}
