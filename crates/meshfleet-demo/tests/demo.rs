@@ -207,7 +207,10 @@ async fn a_small_fast_demo_shows_its_nodes_tree_firmware_and_scripted_faults() {
         }))
         .await
         .unwrap();
-    assert!(rx.await.unwrap() >= NODES as usize - 2);
+    // It saw the gateway node's own view: other nodes (never itself), how many depends on
+    // which scripted faults (partition, death, reboots) are under way at this instant.
+    let known = rx.await.unwrap();
+    assert!((1..NODES as usize).contains(&known), "{known} nodes");
 
     // The scripted faults raise their alerts: the reboot loop, the leak, the dead node (seen
     // as offline, or as a partition when it took nodes below it along).
