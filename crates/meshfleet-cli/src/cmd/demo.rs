@@ -11,6 +11,7 @@ use serde_json::json;
 use tracing::info;
 
 use crate::context::{outln, tokio_runtime, usage, Context};
+use crate::cmd::gateway::stop_signal;
 
 const LONG_ABOUT: &str = "\
 Run a live fleet on this machine, with no external service: a simulated mesh of a few hundred \
@@ -238,30 +239,5 @@ fn describe(e: &meshfleet_demo::DemoEvent) -> String {
             format!("[{t_s:>6.0} s] node {node_id} installed new firmware and restarts")
         }
         other => format!("{other:?}"),
-    }
-}
-
-async fn stop_signal() -> &'static str {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) {
-            (Ok(mut int), Ok(mut term)) => tokio::select! {
-                _ = int.recv() => "SIGINT",
-                _ = term.recv() => "SIGTERM",
-            },
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-                "Ctrl-C"
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-        "Ctrl-C"
     }
 }

@@ -184,8 +184,8 @@ pub(crate) fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
     })
 }
 
-/// Waits for SIGINT or SIGTERM (Ctrl-C elsewhere).
-async fn stop_signal() -> &'static str {
+/// Waits for SIGINT or SIGTERM (Ctrl-C elsewhere); names the one that came.
+pub(crate) async fn stop_signal() -> &'static str {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
