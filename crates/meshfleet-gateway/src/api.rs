@@ -958,7 +958,8 @@ fn parse_artefact_id(raw: &str) -> Result<String, ApiError> {
     responses((status = 204, description = "Deleted"),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json")))]
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A campaign that has not finished uses it", body = Problem, content_type = "application/problem+json")))]
 async fn delete_firmware(
     State(s): State<AppState>,
     actor: axum::Extension<Actor>,
@@ -966,6 +967,26 @@ async fn delete_firmware(
 ) -> Result<StatusCode, ApiError> {
     let Path(raw) = p?;
     let id = parse_artefact_id(&raw)?;
+    // A campaign that may still offer the image keeps it: deleting it would fail every
+    // node of that campaign that has not finished (`artefact_missing`).
+    let users: Vec<String> = s
+        .campaigns
+        .list()
+        .await?
+        .into_iter()
+        .filter(|c| c.artefact == id && !c.state.is_finished())
+        .map(|c| c.id.to_string())
+        .collect();
+    if !users.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "artefact_in_use",
+            format!(
+                "artefact {id} is used by unfinished campaign(s) {}: cancel them first",
+                users.join(", ")
+            ),
+        ));
+    }
     if !s.stores.artefacts.delete(id.clone()).await? {
         return Err(ApiError::not_found(format!("no artefact {id}")));
     }

@@ -391,8 +391,10 @@ async fn late_nodes_are_picked_up_while_running() {
     f.stop().await;
 }
 
-/// A campaign whose artefact was deleted before it started ends `failed`, its nodes
-/// `FAILED` with reason `artefact_missing`, and the gateway keeps serving.
+/// The API refuses to delete an artefact an unfinished campaign uses (409). A campaign
+/// whose artefact vanished anyway (taken out of the store behind the API's back) ends
+/// `failed`, its nodes `FAILED` with reason `artefact_missing`, and the gateway keeps
+/// serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_campaign_without_its_artefact_fails() {
     let dir = tempfile::tempdir().unwrap();
@@ -413,7 +415,19 @@ async fn a_campaign_without_its_artefact_fails() {
     )
     .await;
     assert_eq!(r.status, 201, "{}", r.text());
-    assert_eq!(f.delete(&format!("/firmware/{art}")).await.status, 204);
+    let r = f.delete(&format!("/firmware/{art}")).await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.json()["code"], "artefact_in_use", "{}", r.text());
+    assert_eq!(
+        f.get("/firmware").await.json()["artefacts"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    {
+        use meshfleet_gateway::store::ArtefactStore;
+        assert!(f.db.delete(art.clone()).await.unwrap());
+    }
     let r = f
         .post("/campaigns/c-000001/start", "application/json", b"")
         .await;
