@@ -747,11 +747,20 @@ impl Monitor {
             }
         }
         let rooted = tree.is_rooted();
-        // Joins and parent changes.
+        // Rejoins and parent changes. A node never seen in the tree before is discovery
+        // (a mesh forming node by node, a new node installed), not instability.
         let mut changes = 0u32;
         for (&id, &(parent, depth)) in &new {
             match self.topo.get(&id) {
-                None => changes += 1,
+                None => {
+                    let seen_before = self
+                        .nodes
+                        .get(&id)
+                        .is_some_and(|e| e.rec.sources.0 & Sources::TOPOLOGY != 0);
+                    if seen_before {
+                        changes += 1;
+                    }
+                }
                 Some(&p) if p != parent => changes += 1,
                 _ => {}
             }

@@ -234,6 +234,43 @@ fn lost_root_and_churn_are_mesh_alerts() {
 }
 
 #[test]
+fn a_mesh_forming_node_by_node_is_discovery_not_churn() {
+    let mut m = Monitor::new(MonitorConfig::default(), GW);
+    // The gateway's first view has one node; then 60 new nodes join one every 5 s, each
+    // below the previous (a line): 60 joins in 5 minutes, twice the churn threshold.
+    let mut view = NodeTree::leaf(GW);
+    view.root = true;
+    let grow = |n: u32| {
+        let mut tip = NodeTree::leaf(NodeId(100 + n));
+        for i in (0..n).rev() {
+            let mut up = NodeTree::leaf(NodeId(100 + i));
+            up.subs.push(tip);
+            tip = up;
+        }
+        let mut g = NodeTree::leaf(GW);
+        g.root = true;
+        g.subs.push(tip);
+        g
+    };
+    m.handle_topology(t(0), &view);
+    for n in 0..60u32 {
+        view = grow(n);
+        m.handle_topology(t(5 + u64::from(n) * 5), &view);
+    }
+    let churn = AlertKey {
+        subject: Subject::Mesh,
+        kind: AlertKind::TopologyChurn,
+    };
+    assert!(m.alert(&churn).is_none(), "new nodes joining raised churn");
+    // The same nodes dropping out and coming back is instability: churn.
+    for i in 0..4u64 {
+        m.handle_topology(t(400 + i * 20), &grow(0));
+        m.handle_topology(t(410 + i * 20), &view);
+    }
+    assert!(m.alert(&churn).is_some(), "rejoins are churn");
+}
+
+#[test]
 fn a_reporter_that_goes_quiet_is_silent_then_offline_when_known_only_by_reports() {
     let mut m = Monitor::new(MonitorConfig::default(), GW);
     // node 7 reports every 30 s and is not in any topology the monitor saw
