@@ -61,7 +61,7 @@ pub(crate) fn usage(msg: impl Into<String>) -> anyhow::Error {
 }
 
 /// The config file's tables that a subcommand reads.
-const READ_TABLES: &[&str] = &["node", "gateway"];
+const READ_TABLES: &[&str] = &["node", "gateway", "mqtt"];
 
 /// The global options, resolved.
 #[derive(Debug, Default)]
@@ -85,9 +85,9 @@ impl Context {
         // table for another command would be silently ignored, so it is refused.
         if let Some(other) = table.keys().find(|k| !READ_TABLES.contains(&k.as_str())) {
             return Err(usage(format!(
-                "config file {}: table [{other}] is not read (only [node] and [gateway] are: \
-                 `meshfleet node` and `meshfleet gateway` take their defaults from the file; \
-                 other commands take flags)",
+                "config file {}: table [{other}] is not read (only [node], [gateway] and [mqtt] \
+                 are: `meshfleet node` and `meshfleet gateway` take their defaults from the \
+                 file; other commands take flags)",
                 path.display()
             )));
         }

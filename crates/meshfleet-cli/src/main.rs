@@ -66,8 +66,9 @@ subcommands! {
 struct Cli {
     /// TOML file with defaults for `meshfleet node` (its `[node]` table, e.g.
     /// `listen = "0.0.0.0:5555"`, `node-id = 1001`, `ota-dir = ...`) and `meshfleet gateway`
-    /// (its `[gateway]` table, see `docs/gateway.md`). Flags override it. Other tables are
-    /// refused: no other command reads the file.
+    /// (its `[gateway]` table, see `docs/gateway.md`, and its MQTT bridge's `[mqtt]` table, see
+    /// `docs/mqtt.md`). Flags override it. Other tables are refused: no other command reads
+    /// the file.
     #[arg(long, global = true, value_name = "FILE", env = "MESHFLEET_CONFIG")]
     config: Option<PathBuf>,
 

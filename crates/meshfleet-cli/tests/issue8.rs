@@ -387,6 +387,19 @@ fn the_gateway_reads_its_config_table() {
     );
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(text(&o).contains("127.0.0.1:9292"), "{}", text(&o));
+    // The MQTT bridge's `[mqtt]` table is read from the same file (it was refused as an
+    // unknown table), and the password in its URL is masked when printed.
+    std::fs::write(
+        d.join("m.toml"),
+        "[gateway]\nhttp = \"127.0.0.1:9191\"\n[mqtt]\nurl = \"mqtt://farm:s3cret@127.0.0.1:1883\"\n",
+    )
+    .unwrap();
+    let o = meshfleet(d, &["--config", "m.toml", "gateway", "--print-config"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = text(&o);
+    assert!(out.contains("[mqtt]"), "{out}");
+    assert!(out.contains("mqtt://farm:****@127.0.0.1:1883"), "{out}");
+    assert!(!out.contains("s3cret"), "{out}");
 }
 
 /// `firmware pack` refuses to replace an artefact unless `--force`.
