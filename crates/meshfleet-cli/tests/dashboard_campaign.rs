@@ -19,47 +19,17 @@
 mod cdp;
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{args, meshfleet, text, Proc};
+use common::{free_port, gateway_command, meshfleet, ota_node, pack, text, Killed, Proc};
 
 const TOKEN: &str = "dashboard-test-token-0123456789";
 const NODES: [u32; 3] = [7101, 7102, 7103];
 const TIMEOUT: Duration = Duration::from_secs(120);
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn get_status(port: u16, path: &str) -> Option<serde_json::Value> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).ok()?;
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    serde_json::from_slice(&raw[split + 4..]).ok()
+    common::http(port, "GET", path, None, "application/json", b"").map(|(_, v)| v)
 }
 
 async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
@@ -71,29 +41,6 @@ async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     panic!("timed out waiting for {what}");
-}
-
-fn node(dir: &Path, id: u32, mesh: u16) -> Proc {
-    let ota = dir.join(format!("ota-{id}"));
-    let a = args(&[
-        "node",
-        "--json",
-        "--node-id",
-        &id.to_string(),
-        "--connect",
-        &format!("127.0.0.1:{mesh}"),
-        "--ota-dir",
-        ota.to_str().unwrap(),
-        "--ota-role",
-        "sensor",
-        "--ota-hardware",
-        "ESP32",
-        "--ota-confirm-after",
-        "1",
-        "--status-interval",
-        "2",
-    ]);
-    Proc::spawn(&format!("node {id}"), Some(dir), &a, TIMEOUT)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,39 +57,21 @@ async fn a_campaign_started_from_the_page_completes_and_the_table_shows_the_new_
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     std::fs::write(d.join("app.bin"), image).unwrap();
-    let o = meshfleet(
+    let o = pack(
         d,
-        &[
-            "firmware",
-            "pack",
-            "app.bin",
-            "--role",
-            "sensor",
-            "--hardware",
-            "ESP32",
-            "--version",
-            "2.0.0",
-            "--sign",
-            "fleet.key",
-            "--out",
-            "app.mfw",
-        ],
+        "app.bin",
+        "ESP32",
+        "2.0.0",
+        Some("fleet.key"),
+        "app.mfw",
+        &[],
     );
     assert!(o.status.success(), "{}", text(&o));
 
     let (hp, mp) = (free_port(), free_port());
     let log = std::fs::File::create(d.join("gw.log")).unwrap();
     let _gw = Killed(
-        Command::new(env!("CARGO_BIN_EXE_meshfleet"))
-            .args(["gateway", "--node-id", "900"])
-            .args(["--listen", &format!("127.0.0.1:{mp}")])
-            .args(["--http", &format!("127.0.0.1:{hp}")])
-            .arg("--db")
-            .arg(d.join("gw.db"))
-            .arg("--token-file")
-            .arg(d.join("token"))
-            .arg("--firmware-key")
-            .arg(d.join("fleet.key.pub"))
+        gateway_command(d, &[], hp, mp, Some("fleet.key.pub"))
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -150,7 +79,10 @@ async fn a_campaign_started_from_the_page_completes_and_the_table_shows_the_new_
             .unwrap(),
     );
     wait_until("the gateway", || get_status(hp, "/healthz").is_some()).await;
-    let _nodes: Vec<Proc> = NODES.iter().map(|&id| node(d, id, mp)).collect();
+    let _nodes: Vec<Proc> = NODES
+        .iter()
+        .map(|&id| ota_node(d, id, mp, "ESP32", false, TIMEOUT))
+        .collect();
     wait_until("nodes online and reporting", || {
         NODES.iter().all(|id| {
             get_status(hp, &format!("/status/{id}")).is_some_and(|n| {

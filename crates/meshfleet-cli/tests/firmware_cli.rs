@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::process::Output;
 
-use common::{meshfleet, text};
+use common::{meshfleet, pack, text};
 
 #[test]
 fn pack_inspect_verify_and_every_rejection() {
@@ -23,42 +23,18 @@ fn pack_inspect_verify_and_every_rejection() {
     let o = meshfleet(d, &["firmware", "keygen", "--out", "other.key"]);
     assert!(o.status.success());
 
-    let o = meshfleet(
+    let o = pack(
         d,
-        &[
-            "firmware",
-            "pack",
-            "app.bin",
-            "--role",
-            "sensor",
-            "--hardware",
-            "ESP32",
-            "--version",
-            "2.1.0",
-            "--sign",
-            "fleet.key",
-            "--out",
-            "app.mfw",
-        ],
+        "app.bin",
+        "ESP32",
+        "2.1.0",
+        Some("fleet.key"),
+        "app.mfw",
+        &[],
     );
     assert!(o.status.success(), "{}", text(&o));
     // Never overwrite an artefact.
-    let o = meshfleet(
-        d,
-        &[
-            "firmware",
-            "pack",
-            "app.bin",
-            "--role",
-            "sensor",
-            "--hardware",
-            "ESP32",
-            "--version",
-            "2.1.0",
-            "--out",
-            "app.mfw",
-        ],
-    );
+    let o = pack(d, "app.bin", "ESP32", "2.1.0", None, "app.mfw", &[]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
 
     let o = meshfleet(d, &["firmware", "inspect", "app.mfw", "--json"]);
@@ -134,42 +110,13 @@ fn pack_inspect_verify_and_every_rejection() {
     );
 
     // Usage errors exit 2.
-    let o = meshfleet(
-        d,
-        &[
-            "firmware",
-            "pack",
-            "app.bin",
-            "--role",
-            "sensor",
-            "--hardware",
-            "ESP32",
-            "--version",
-            "not-a-version",
-            "--out",
-            "x.mfw",
-        ],
-    );
+    let o = pack(d, "app.bin", "ESP32", "not-a-version", None, "x.mfw", &[]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 }
 
-/// `pack ARGS... --out OUT` of `app.bin` for role sensor on ESP8266.
-fn pack(d: &Path, extra: &[&str], out: &str) -> Output {
-    let mut args = vec![
-        "firmware",
-        "pack",
-        "app.bin",
-        "--role",
-        "sensor",
-        "--hardware",
-        "ESP8266",
-        "--version",
-        "1.0.0",
-        "--out",
-        out,
-    ];
-    args.extend_from_slice(extra);
-    meshfleet(d, &args)
+/// `pack ARGS... --out OUT` of `app.bin` for role sensor on ESP8266, unsigned.
+fn pack_esp8266(d: &Path, extra: &[&str], out: &str) -> Output {
+    pack(d, "app.bin", "ESP8266", "1.0.0", None, out, extra)
 }
 
 #[test]
@@ -195,7 +142,7 @@ fn pack_with_a_window_for_small_receivers() {
         ("512", 512),
     ] {
         let out = format!("w{window}.mfw");
-        let o = pack(d, &["--window", arg], &out);
+        let o = pack_esp8266(d, &["--window", arg], &out);
         assert!(o.status.success(), "{arg}: {}", text(&o));
         assert!(
             text(&o).contains(&format!("{} KiB window", f64::from(window) / 1024.0)),
@@ -229,7 +176,7 @@ fn pack_with_a_window_for_small_receivers() {
     assert!(text(&o).contains("window:      8192 bytes"), "{}", text(&o));
 
     // Codec none has no window, whatever --window says.
-    let o = pack(d, &["--codec", "none", "--window", "8K"], "none.mfw");
+    let o = pack_esp8266(d, &["--codec", "none", "--window", "8K"], "none.mfw");
     assert!(o.status.success(), "{}", text(&o));
     let o = meshfleet(d, &["firmware", "inspect", "none.mfw", "--json"]);
     let m: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -237,12 +184,12 @@ fn pack_with_a_window_for_small_receivers() {
 
     // Not a power of two, out of range, not a size: usage errors, nothing written.
     for bad in ["3000", "64K", "256", "0", "8M", "lots"] {
-        let o = pack(d, &["--window", bad], "bad.mfw");
+        let o = pack_esp8266(d, &["--window", bad], "bad.mfw");
         assert_eq!(o.status.code(), Some(2), "{bad}: {}", text(&o));
         assert!(text(&o).contains("--window"), "{bad}: {}", text(&o));
         assert!(!d.join("bad.mfw").exists());
     }
-    let o = pack(d, &["--window", "3000"], "bad.mfw");
+    let o = pack_esp8266(d, &["--window", "3000"], "bad.mfw");
     assert!(
         text(&o).contains("power of two from 512 to 32768"),
         "{}",

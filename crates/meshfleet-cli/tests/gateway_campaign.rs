@@ -8,13 +8,14 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Stdio};
+use std::time::Duration;
 
-use common::{args, meshfleet, text, Proc};
+use common::{
+    free_port, gateway_command, get_json, incompressible_image, meshfleet, ota_node, pack, text,
+    wait_until, Proc,
+};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "campaign-test-token-0123456789";
@@ -22,32 +23,14 @@ const NODES: [u32; 3] = [7001, 7002, 7003];
 /// Generous: CI runs this on 2 busy cores, next to other test binaries.
 const TIMEOUT: Duration = Duration::from_secs(120);
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn gateway(dir: &Path, http: u16, mesh: u16, log: &str) -> Child {
     gateway_with(dir, http, mesh, log, &[])
 }
 
-/// The gateway with global flags `pre` (`--config FILE`).
+/// The gateway with global flags `pre` (`--config FILE`), its log in `dir/log`.
 fn gateway_with(dir: &Path, http: u16, mesh: u16, log: &str, pre: &[&str]) -> Child {
     let log = std::fs::File::create(dir.join(log)).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_meshfleet"))
-        .args(pre)
-        .args(["gateway", "--node-id", "900"])
-        .args(["--listen", &format!("127.0.0.1:{mesh}")])
-        .args(["--http", &format!("127.0.0.1:{http}")])
-        .arg("--db")
-        .arg(dir.join("gw.db"))
-        .arg("--token-file")
-        .arg(dir.join("token"))
-        .arg("--firmware-key")
-        .arg(dir.join("fleet.key.pub"))
+    gateway_command(dir, pre, http, mesh, Some("fleet.key.pub"))
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(log)
@@ -55,90 +38,28 @@ fn gateway_with(dir: &Path, http: u16, mesh: u16, log: &str, pre: &[&str]) -> Ch
         .unwrap()
 }
 
-/// One HTTP/1.1 request (`Connection: close`); `None` if the server is not there.
 fn http(port: u16, method: &str, path: &str, ct: &str, body: &[u8]) -> Option<(u16, Value)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {TOKEN}\r\n\
-         Content-Type: {ct}\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).ok()?;
-    s.write_all(body).ok()?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).ok()?;
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let status = head.split(' ').nth(1)?.parse().ok()?;
-    let body = serde_json::from_slice(&raw[split + 4..]).unwrap_or(Value::Null);
-    Some((status, body))
+    common::http(port, method, path, Some(TOKEN), ct, body)
 }
 
 fn get(port: u16, path: &str) -> Value {
-    http(port, "GET", path, "application/json", b"").map_or(Value::Null, |(_, b)| b)
+    get_json(port, path, Some(TOKEN))
 }
 
-fn wait_for(dir: &Path, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + TIMEOUT;
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let logs: Vec<String> = ["gw1.log", "gw2.log"]
-        .iter()
-        .filter_map(|l| std::fs::read_to_string(dir.join(l)).ok())
-        .map(|t| t.lines().rev().take(40).collect::<Vec<_>>().join("\n"))
-        .collect();
-    panic!("timed out waiting for {what}\n--- gateway logs (newest first):\n{logs:#?}");
-}
-
-/// A deterministic image that does not compress: the transfer takes as long as its size.
-fn incompressible_image(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
+/// Waits for `f`, failing with the newest lines of the gateway's logs.
+fn wait_for(dir: &Path, what: &str, f: impl FnMut() -> bool) {
+    wait_until(what, TIMEOUT, f, || {
+        let logs: Vec<String> = ["gw1.log", "gw2.log"]
+            .iter()
+            .filter_map(|l| std::fs::read_to_string(dir.join(l)).ok())
+            .map(|t| t.lines().rev().take(40).collect::<Vec<_>>().join("\n"))
+            .collect();
+        format!("--- gateway logs (newest first):\n{logs:#?}")
+    });
 }
 
 fn node(dir: &Path, id: u32, mesh: u16) -> Proc {
-    node_on(dir, id, mesh, "ESP32")
-}
-
-fn node_on(dir: &Path, id: u32, mesh: u16, hardware: &str) -> Proc {
-    let ota = dir.join(format!("ota-{id}"));
-    let hook = format!(
-        "printf %s \"$MESHFLEET_OTA_VERSION\" > '{}'",
-        dir.join(format!("hook-{id}.txt")).display()
-    );
-    let a = args(&[
-        "node",
-        "--json",
-        "--node-id",
-        &id.to_string(),
-        "--connect",
-        &format!("127.0.0.1:{mesh}"),
-        "--ota-dir",
-        ota.to_str().unwrap(),
-        "--ota-role",
-        "sensor",
-        "--ota-hardware",
-        hardware,
-        "--ota-hook",
-        &hook,
-        "--ota-confirm-after",
-        "1",
-        "--status-interval",
-        "2",
-    ]);
-    Proc::spawn(&format!("node {id}"), Some(dir), &a, TIMEOUT)
+    ota_node(dir, id, mesh, "ESP32", true, TIMEOUT)
 }
 
 fn campaign(port: u16) -> Value {
@@ -164,23 +85,14 @@ fn campaign_survives_a_sigkilled_gateway_and_completes() {
     let o = meshfleet(d, &["firmware", "keygen", "--out", "fleet.key"]);
     assert!(o.status.success(), "{}", text(&o));
     std::fs::write(d.join("app.bin"), incompressible_image(400_000)).unwrap();
-    let o = meshfleet(
+    let o = pack(
         d,
-        &[
-            "firmware",
-            "pack",
-            "app.bin",
-            "--role",
-            "sensor",
-            "--hardware",
-            "ESP32",
-            "--version",
-            "2.0.0",
-            "--sign",
-            "fleet.key",
-            "--out",
-            "app.mfw",
-        ],
+        "app.bin",
+        "ESP32",
+        "2.0.0",
+        Some("fleet.key"),
+        "app.mfw",
+        &[],
     );
     assert!(o.status.success(), "{}", text(&o));
     let mfw = std::fs::read(d.join("app.mfw")).unwrap();
@@ -398,23 +310,14 @@ fn rejected_and_timed_out_nodes_fail_the_campaign() {
     let o = meshfleet(d, &["firmware", "keygen", "--out", "fleet.key"]);
     assert!(o.status.success(), "{}", text(&o));
     std::fs::write(d.join("app.bin"), incompressible_image(20_000)).unwrap();
-    let o = meshfleet(
+    let o = pack(
         d,
-        &[
-            "firmware",
-            "pack",
-            "app.bin",
-            "--role",
-            "sensor",
-            "--hardware",
-            "ESP32",
-            "--version",
-            "2.0.0",
-            "--sign",
-            "fleet.key",
-            "--out",
-            "app.mfw",
-        ],
+        "app.bin",
+        "ESP32",
+        "2.0.0",
+        Some("fleet.key"),
+        "app.mfw",
+        &[],
     );
     assert!(o.status.success(), "{}", text(&o));
     let mfw = std::fs::read(d.join("app.mfw")).unwrap();
@@ -430,7 +333,7 @@ fn rejected_and_timed_out_nodes_fail_the_campaign() {
     wait_for(d, "gateway up", || {
         http(hp, "GET", "/readyz", "", b"").is_some_and(|(s, _)| s == 200)
     });
-    let mut other = node_on(d, 7101, mp, "ESP8266");
+    let mut other = ota_node(d, 7101, mp, "ESP8266", true, TIMEOUT);
     wait_for(d, "node online", || {
         get(hp, "/status/7101")["online"] == true
     });

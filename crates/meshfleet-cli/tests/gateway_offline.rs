@@ -10,50 +10,20 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{args, Proc};
+use common::{args, free_port, gateway_command, get_json, wait_until, Proc};
 use serde_json::Value;
 
 const TOKEN: &str = "offline-test-token-0123456789";
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn get(port: u16, path: &str) -> Value {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return Value::Null;
-    };
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let head = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    if s.write_all(head.as_bytes()).is_err() {
-        return Value::Null;
-    }
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return Value::Null;
-    };
-    serde_json::from_slice(&raw[split + 4..]).unwrap_or(Value::Null)
+    get_json(port, path, None)
 }
 
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return start.elapsed();
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting for {what}");
+fn wait_for(what: &str, limit: Duration, f: impl FnMut() -> bool) -> Duration {
+    wait_until(what, limit, f, String::new)
 }
 
 #[test]
@@ -67,16 +37,8 @@ fn a_killed_node_is_alerted_after_the_departure_grace() {
     )
     .unwrap();
     let (hp, mp) = (free_port(), free_port());
-    let mut gw = Command::new(env!("CARGO_BIN_EXE_meshfleet"))
-        .arg("--config")
-        .arg(d.join("meshfleet.toml"))
-        .args(["gateway", "--node-id", "900"])
-        .args(["--listen", &format!("127.0.0.1:{mp}")])
-        .args(["--http", &format!("127.0.0.1:{hp}")])
-        .arg("--db")
-        .arg(d.join("gw.db"))
-        .arg("--token-file")
-        .arg(d.join("token"))
+    let config = d.join("meshfleet.toml");
+    let mut gw = gateway_command(d, &["--config", config.to_str().unwrap()], hp, mp, None)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -4,70 +4,39 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+mod common;
+
+use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{free_port, gateway_command, wait_until};
 use meshfleet_firmware::{keys, pack, PackOptions, Version};
 
 const TOKEN: &str = "process-test-token-0123456789";
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn gateway(dir: &Path, http: u16, mesh: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_meshfleet"))
-        .args(["gateway", "--node-id", "900"])
-        .args(["--listen", &format!("127.0.0.1:{mesh}")])
-        .args(["--http", &format!("127.0.0.1:{http}")])
-        .arg("--db")
-        .arg(dir.join("gw.db"))
-        .arg("--token-file")
-        .arg(dir.join("token"))
-        .arg("--firmware-key")
-        .arg(dir.join("fleet.pub"))
+    gateway_command(dir, &[], http, mesh, Some("fleet.pub"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap()
 }
 
-/// One HTTP/1.1 request (`Connection: close`); `None` if the server is not there.
 fn http(port: u16, method: &str, path: &str, body: &[u8]) -> Option<(u16, serde_json::Value)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {TOKEN}\r\n\
-         Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).ok()?;
-    s.write_all(body).ok()?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).ok()?;
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let status = head.split(' ').nth(1)?.parse().ok()?;
-    let body = serde_json::from_slice(&raw[split + 4..]).unwrap_or(serde_json::Value::Null);
-    Some((status, body))
+    common::http(
+        port,
+        method,
+        path,
+        Some(TOKEN),
+        "application/octet-stream",
+        body,
+    )
 }
 
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting for {what}");
+fn wait_for(what: &str, f: impl FnMut() -> bool) {
+    wait_until(what, Duration::from_secs(20), f, String::new);
 }
 
 #[test]

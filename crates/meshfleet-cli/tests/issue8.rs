@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{args, meshfleet, text, Proc};
+use common::{args, incompressible_image, meshfleet, pack, run_ok, text, words, Proc};
 use serde_json::Value;
 
 const TIMEOUT: Duration = Duration::from_secs(90);
@@ -19,38 +19,14 @@ fn spawn(name: &str, dir: &Path, a: &[String]) -> Proc {
     Proc::spawn(name, Some(dir), a, TIMEOUT)
 }
 
-fn run_ok(dir: &Path, a: &[&str]) -> std::process::Output {
-    let o = meshfleet(dir, a);
-    assert!(o.status.success(), "meshfleet {a:?} failed:\n{}", text(&o));
-    o
-}
-
-fn words(s: &str) -> Vec<String> {
-    s.split_whitespace().map(str::to_owned).collect()
-}
-
 /// A small image in `d/app.bin`, packed for `sensor` on `hardware` as `out`.
-fn pack(d: &Path, version: &str, hardware: &str, out: &str) {
+fn pack_small(d: &Path, version: &str, hardware: &str, out: &str) {
     if !d.join("app.bin").exists() {
         let image: Vec<u8> = (0..6000u32).map(|i| (i * 7 % 251) as u8).collect();
         std::fs::write(d.join("app.bin"), image).unwrap();
     }
-    run_ok(
-        d,
-        &[
-            "firmware",
-            "pack",
-            "app.bin",
-            "--role",
-            "sensor",
-            "--hardware",
-            hardware,
-            "--version",
-            version,
-            "--out",
-            out,
-        ],
-    );
+    let o = pack(d, "app.bin", hardware, version, None, out, &[]);
+    assert!(o.status.success(), "pack {out} failed:\n{}", text(&o));
 }
 
 /// A receiving node listening on a free port.
@@ -98,7 +74,7 @@ fn summary(p: &mut Proc) -> Value {
 fn hardware_names_are_normalised_and_checked() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    pack(d, "1.0.0", "esp8266", "a.mfw");
+    pack_small(d, "1.0.0", "esp8266", "a.mfw");
     let o = run_ok(d, &["firmware", "inspect", "a.mfw", "--json"]);
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["hardware"], "ESP8266", "{v}");
@@ -128,10 +104,10 @@ fn hardware_names_are_normalised_and_checked() {
 fn refusals_are_reported_with_their_reason_and_fail_the_offer() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    pack(d, "2.0.0", "ESP32", "new.mfw");
+    pack_small(d, "2.0.0", "ESP32", "new.mfw");
     // Another image: the same bytes would be the image the node runs (already current).
     std::fs::write(d.join("app.bin"), vec![0x5a; 5000]).unwrap();
-    pack(d, "1.0.0", "ESP32", "old.mfw");
+    pack_small(d, "1.0.0", "ESP32", "old.mfw");
 
     // A node of another role.
     let mut other = receiver(d, 401, "actuator", &[]);
@@ -191,7 +167,7 @@ fn refusals_are_reported_with_their_reason_and_fail_the_offer() {
 fn an_offer_that_never_connects_exits_4() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    pack(d, "1.0.0", "ESP32", "a.mfw");
+    pack_small(d, "1.0.0", "ESP32", "a.mfw");
     // A port nobody listens on.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -210,7 +186,7 @@ fn an_offer_that_never_connects_exits_4() {
 fn nothing_updated_exits_6() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    pack(d, "1.0.0", "ESP32", "a.mfw");
+    pack_small(d, "1.0.0", "ESP32", "a.mfw");
     let mut plain = spawn(
         "plain",
         d,
@@ -260,19 +236,9 @@ fn nothing_updated_exits_6() {
 fn an_interrupted_offer_exits_3() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let image: Vec<u8> = {
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        (0..200_000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
-    };
+    let image = incompressible_image(200_000);
     std::fs::write(d.join("app.bin"), image).unwrap();
-    pack(d, "1.0.0", "ESP32", "a.mfw");
+    pack_small(d, "1.0.0", "ESP32", "a.mfw");
     let mut r = receiver(d, 601, "sensor", &[]);
     let port = r.listening_port();
     let mut o = offer(d, "a.mfw", port, "--strategy broadcast --ota-rate 20000");
@@ -292,7 +258,7 @@ fn an_interrupted_offer_exits_3() {
 fn a_closed_pipe_is_not_a_panic() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    pack(d, "1.0.0", "ESP32", "a.mfw");
+    pack_small(d, "1.0.0", "ESP32", "a.mfw");
     std::fs::write(
         d.join("s.toml"),
         "name = \"tiny\"\nseed = 1\nduration_s = 5\n[topology]\nkind = \"line\"\nnodes = 3\n",
@@ -407,7 +373,7 @@ fn the_gateway_reads_its_config_table() {
 fn pack_replaces_an_artefact_only_with_force() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    pack(d, "1.0.0", "ESP32", "a.mfw");
+    pack_small(d, "1.0.0", "ESP32", "a.mfw");
     let base = [
         "firmware",
         "pack",
@@ -464,7 +430,7 @@ fn a_signed_receiver_ignores_stock_announces_quietly() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     run_ok(d, &["firmware", "keygen", "--out", "fleet.key"]);
-    pack(d, "1.0.0", "ESP32", "a.mfw");
+    pack_small(d, "1.0.0", "ESP32", "a.mfw");
     let mut r = receiver(d, 701, "sensor", &["--ota-key", "fleet.key.pub"]);
     let port = r.listening_port();
     let mut o = offer(d, "a.mfw", port, "--strategy auto");
@@ -492,19 +458,9 @@ fn a_signed_receiver_ignores_stock_announces_quietly() {
 fn a_resumed_transfer_starts_at_what_the_node_holds() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let image: Vec<u8> = {
-        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-        (0..150_000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
-    };
+    let image = incompressible_image(150_000);
     std::fs::write(d.join("app.bin"), image).unwrap();
-    pack(d, "1.0.0", "ESP32", "a.mfw");
+    pack_small(d, "1.0.0", "ESP32", "a.mfw");
     let mut r = receiver(d, 801, "sensor", &[]);
     let port = r.listening_port();
     let mut first = offer(d, "a.mfw", port, "--strategy broadcast --ota-rate 20000");

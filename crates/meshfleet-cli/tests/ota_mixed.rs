@@ -21,11 +21,10 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use common::{args, meshfleet, text, Proc};
+use common::{args, incompressible_image, pack, run_ok, sha256_hex, text, words, Proc};
 use meshfleet_mesh::{Config, Node, NodeId};
 use meshfleet_runtime::{Runtime, RuntimeConfig};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 /// Generous: CI runs this on 2 busy cores, next to other test binaries.
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -34,63 +33,25 @@ fn spawn(name: &str, dir: &Path, a: &[String]) -> Proc {
     Proc::spawn(name, Some(dir), a, TIMEOUT)
 }
 
-fn run_ok(dir: &Path, a: &[&str]) {
-    let o = meshfleet(dir, a);
-    assert!(o.status.success(), "meshfleet {a:?} failed:\n{}", text(&o));
-}
-
-fn words(s: &str) -> Vec<String> {
-    s.split_whitespace().map(str::to_owned).collect()
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// Size of the test image: 20 payload chunks.
 const IMAGE_LEN: usize = 20 * 1024;
-
-/// A deterministic image that does not compress (xorshift bytes), `len` bytes: several
-/// chunks, so the transfer is more than one round trip.
-fn image(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
 
 /// A fleet key, and `app.bin` packed for `sensor` on `ESP32` as version 2.0.0 signed with
 /// it (`app.mfw`). Returns the image's SHA-256.
 fn signed_artefact(d: &Path) -> String {
-    let img = image(IMAGE_LEN);
+    let img = incompressible_image(IMAGE_LEN);
     std::fs::write(d.join("app.bin"), &img).unwrap();
     run_ok(d, &["firmware", "keygen", "--out", "fleet.key"]);
-    run_ok(
+    let o = pack(
         d,
-        &[
-            "firmware",
-            "pack",
-            "app.bin",
-            "--role",
-            "sensor",
-            "--hardware",
-            "ESP32",
-            "--version",
-            "2.0.0",
-            "--sign",
-            "fleet.key",
-            "--out",
-            "app.mfw",
-        ],
+        "app.bin",
+        "ESP32",
+        "2.0.0",
+        Some("fleet.key"),
+        "app.mfw",
+        &[],
     );
+    assert!(o.status.success(), "{}", text(&o));
     sha256_hex(&img)
 }
 

@@ -8,8 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{args, meshfleet, text, Proc};
-use sha2::{Digest, Sha256};
+use common::{args, incompressible_image, meshfleet, pack, run_ok, sha256_hex, text, words, Proc};
 
 /// Generous: CI runs this on 2 busy cores, next to other test binaries.
 const TIMEOUT: Duration = Duration::from_secs(90);
@@ -23,56 +22,10 @@ fn spawn(name: &str, dir: &Path, args: &[String]) -> Proc {
     Proc::spawn(name, Some(dir), args, TIMEOUT)
 }
 
-fn run_ok(dir: &Path, a: &[&str]) {
-    let o = meshfleet(dir, a);
-    assert!(o.status.success(), "meshfleet {a:?} failed:\n{}", text(&o));
-}
-
 /// `meshfleet firmware pack IMAGE` for role `sensor` on `ESP32`, signed with `key` if given.
-fn pack(d: &Path, image: &str, version: &str, key: Option<&str>, out: &str) {
-    let mut a = vec![
-        "firmware",
-        "pack",
-        image,
-        "--role",
-        "sensor",
-        "--hardware",
-        "ESP32",
-        "--version",
-        version,
-        "--out",
-        out,
-    ];
-    if let Some(k) = key {
-        a.extend(["--sign", k]);
-    }
-    run_ok(d, &a);
-}
-
-/// Whitespace-separated words, owned (for fixed parts of command lines).
-fn words(s: &str) -> Vec<String> {
-    s.split_whitespace().map(str::to_owned).collect()
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// A deterministic image that does not compress (xorshift bytes): one payload chunk per
-/// KiB of image, so the transfer takes as long as its size says.
-fn incompressible_image(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
+fn pack_esp32(d: &Path, image: &str, version: &str, key: Option<&str>, out: &str) {
+    let o = pack(d, image, "ESP32", version, key, out, &[]);
+    assert!(o.status.success(), "pack {out} failed:\n{}", text(&o));
 }
 
 /// Where a receiving node sits in the mesh.
@@ -164,7 +117,7 @@ fn broadcast_tree_survives_a_killed_relay() {
     let sha = sha256_hex(&image);
     std::fs::write(d.join("app.bin"), &image).unwrap();
     run_ok(d, &["firmware", "keygen", "--out", "fleet.key"]);
-    pack(d, "app.bin", "2.0.0", Some("fleet.key"), "app.mfw");
+    pack_esp32(d, "app.bin", "2.0.0", Some("fleet.key"), "app.mfw");
     // Processes run in `d`: relative paths are fine.
     let secure = ["--ota-key", "fleet.key.pub", "--ota-rate", RATE];
 
@@ -321,7 +274,7 @@ fn one_receiver(
     let image = std::fs::read(shared).unwrap_or_else(|_| incompressible_image(51 * 1024));
     let sha = sha256_hex(&image);
     std::fs::write(d.join("fw.bin"), &image).unwrap();
-    pack(d, "fw.bin", "1.4.0", None, "fw.mfw");
+    pack_esp32(d, "fw.bin", "1.4.0", None, "fw.mfw");
     let r = Spec {
         id,
         listen: Some("127.0.0.1:0".into()),
@@ -426,7 +379,7 @@ fn unsigned_artefact_is_refused_by_a_node_that_trusts_a_key() {
     let d = tmp.path();
     std::fs::write(d.join("app.bin"), incompressible_image(4096)).unwrap();
     run_ok(d, &["firmware", "keygen", "--out", "fleet.key"]);
-    pack(d, "app.bin", "3.0.0", None, "unsigned.mfw");
+    pack_esp32(d, "app.bin", "3.0.0", None, "unsigned.mfw");
     let r = Spec {
         id: 301,
         listen: Some("127.0.0.1:0".into()),
@@ -483,7 +436,7 @@ fn offer_refuses_bad_input() {
     std::fs::write(d.join("app.bin"), incompressible_image(8192)).unwrap();
     run_ok(d, &["firmware", "keygen", "--out", "fleet.key"]);
     run_ok(d, &["firmware", "keygen", "--out", "other.key"]);
-    pack(d, "app.bin", "1.0.0", Some("fleet.key"), "app.mfw");
+    pack_esp32(d, "app.bin", "1.0.0", Some("fleet.key"), "app.mfw");
     let mut bytes = std::fs::read(d.join("app.mfw")).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0x55;
@@ -582,7 +535,7 @@ fn failed_hooks_roll_back_and_unconfirmed_images_retry() {
     let image = incompressible_image(8 * 1024);
     let sha = sha256_hex(&image);
     std::fs::write(d.join("app.bin"), &image).unwrap();
-    pack(d, "app.bin", "1.1.0", None, "app.mfw");
+    pack_esp32(d, "app.bin", "1.1.0", None, "app.mfw");
     let spec = |id, listen: String| Spec {
         id,
         listen: Some(listen),
@@ -667,8 +620,8 @@ fn a_downgrade_needs_the_operators_signed_intent() {
     std::fs::write(d.join("old.bin"), &old).unwrap();
     std::fs::write(d.join("new.bin"), &new).unwrap();
     run_ok(d, &["firmware", "keygen", "--out", "fleet.key"]);
-    pack(d, "old.bin", "1.0.0", Some("fleet.key"), "old.mfw");
-    pack(d, "new.bin", "2.0.0", Some("fleet.key"), "new.mfw");
+    pack_esp32(d, "old.bin", "1.0.0", Some("fleet.key"), "old.mfw");
+    pack_esp32(d, "new.bin", "2.0.0", Some("fleet.key"), "new.mfw");
     let r = Spec {
         id: 401,
         listen: Some("127.0.0.1:0".into()),

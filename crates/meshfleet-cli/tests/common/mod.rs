@@ -4,7 +4,8 @@
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -260,4 +261,208 @@ pub fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
+}
+
+/// Runs `meshfleet ARGS` in `dir` and fails the test with its output unless it succeeds.
+pub fn run_ok(dir: &Path, a: &[&str]) -> Output {
+    let o = meshfleet(dir, a);
+    assert!(o.status.success(), "meshfleet {a:?} failed:\n{}", text(&o));
+    o
+}
+
+/// Whitespace-separated words, owned (for fixed parts of command lines).
+pub fn words(s: &str) -> Vec<String> {
+    s.split_whitespace().map(str::to_owned).collect()
+}
+
+/// A deterministic image that does not compress (xorshift bytes): one payload chunk per
+/// KiB of image, so a transfer takes as long as its size says.
+pub fn incompressible_image(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// `meshfleet firmware pack IMAGE --role sensor --hardware HW --version V --out OUT`, signed
+/// with `key` when given, plus `extra` flags. Returns the run for the caller to check.
+pub fn pack(
+    dir: &Path,
+    image: &str,
+    hardware: &str,
+    version: &str,
+    key: Option<&str>,
+    out: &str,
+    extra: &[&str],
+) -> Output {
+    let mut a = vec![
+        "firmware",
+        "pack",
+        image,
+        "--role",
+        "sensor",
+        "--hardware",
+        hardware,
+        "--version",
+        version,
+        "--out",
+        out,
+    ];
+    if let Some(k) = key {
+        a.extend(["--sign", k]);
+    }
+    a.extend_from_slice(extra);
+    meshfleet(dir, &a)
+}
+
+/// A TCP port free on loopback right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One HTTP/1.1 request to `127.0.0.1:port` (`Connection: close`, a bearer `token` if
+/// given): the status and the body as JSON (`Null` if it is not JSON), or `None` when the
+/// server is not there or the answer is not HTTP.
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    content_type: &str,
+    body: &[u8],
+) -> Option<(u16, Value)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}\
+         Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).ok()?;
+    s.write_all(body).ok()?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).ok()?;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    let body = serde_json::from_slice(&raw[split + 4..]).unwrap_or(Value::Null);
+    Some((status, body))
+}
+
+/// `GET path` as JSON (`Null` when the server is not there).
+pub fn get_json(port: u16, path: &str, token: Option<&str>) -> Value {
+    http(port, "GET", path, token, "application/json", b"").map_or(Value::Null, |(_, b)| b)
+}
+
+/// Polls `f` every 100 ms until it holds, and returns how long that took; after `limit`
+/// the test fails with `what` and whatever `context` says (logs, say).
+pub fn wait_until(
+    what: &str,
+    limit: Duration,
+    mut f: impl FnMut() -> bool,
+    context: impl FnOnce() -> String,
+) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return start.elapsed();
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}\n{}", context());
+}
+
+/// `meshfleet [PRE...] gateway` as node 900, its mesh on `127.0.0.1:mesh`, its API on
+/// `127.0.0.1:http`, its database `gw.db` and token file `token` in `dir`, trusting
+/// `firmware_key` (a file in `dir`) if given; the caller sets up output and spawns it.
+pub fn gateway_command(
+    dir: &Path,
+    pre: &[&str],
+    http: u16,
+    mesh: u16,
+    firmware_key: Option<&str>,
+) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_meshfleet"));
+    c.args(pre)
+        .args(["gateway", "--node-id", "900"])
+        .args(["--listen", &format!("127.0.0.1:{mesh}")])
+        .args(["--http", &format!("127.0.0.1:{http}")])
+        .arg("--db")
+        .arg(dir.join("gw.db"))
+        .arg("--token-file")
+        .arg(dir.join("token"));
+    if let Some(key) = firmware_key {
+        c.arg("--firmware-key").arg(dir.join(key));
+    }
+    c
+}
+
+/// A child process killed (and reaped) when the test ends, passed or failed.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// SHA-256 of `bytes` in lower-case hex, computed independently of the code under test.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A `meshfleet node --json` joining `127.0.0.1:mesh` with an OTA store in `dir/ota-<id>`:
+/// role `sensor` on `hardware`, confirmation after 1 s, a status report every 2 s, and,
+/// when `hook`, an `--ota-hook` that writes the installed version to `dir/hook-<id>.txt`.
+pub fn ota_node(
+    dir: &Path,
+    id: u32,
+    mesh: u16,
+    hardware: &str,
+    hook: bool,
+    timeout: Duration,
+) -> Proc {
+    let ota = dir.join(format!("ota-{id}"));
+    let mut a = args(&[
+        "node",
+        "--json",
+        "--node-id",
+        &id.to_string(),
+        "--connect",
+        &format!("127.0.0.1:{mesh}"),
+        "--ota-dir",
+        ota.to_str().unwrap(),
+        "--ota-role",
+        "sensor",
+        "--ota-hardware",
+        hardware,
+        "--ota-confirm-after",
+        "1",
+        "--status-interval",
+        "2",
+    ]);
+    if hook {
+        let file = dir.join(format!("hook-{id}.txt"));
+        a.push("--ota-hook".to_owned());
+        a.push(format!(
+            "printf %s \"$MESHFLEET_OTA_VERSION\" > '{}'",
+            file.display()
+        ));
+    }
+    Proc::spawn(&format!("node {id}"), Some(dir), &a, timeout)
 }
