@@ -68,6 +68,7 @@ pub fn router(shared: AppState) -> Router {
         .route("/nodes/{node_id}/history", get(history))
         .route("/alerts", get(alerts))
         .route("/alerts/{id}/ack", post(ack_alert))
+        .route("/alerts/{id}/clear", post(clear_alert))
         .route("/campaigns", post(create_campaign).get(list_campaigns))
         .route("/campaigns/{id}", get(get_campaign))
         .route("/campaigns/{id}/{action}", post(campaign_action))
@@ -128,6 +129,10 @@ impl ApiError {
 
     fn not_found(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", detail)
+    }
+
+    fn unavailable(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail)
     }
 }
 
@@ -735,37 +740,9 @@ async fn ack_alert(
 ) -> Result<Json<Alert>, ApiError> {
     let Path(raw) = p?;
     let body = body?;
-    let id: i64 =
-        raw.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-            ApiError::bad_request("bad_alert_id", "an alert id is a positive number")
-        })?;
-    let req: AckRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        AckRequest::default()
-    } else {
-        let json = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                v.split(';')
-                    .next()
-                    .is_some_and(|t| t.trim() == "application/json")
-            });
-        if !json {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "bad_content_type",
-                "the body must be application/json",
-            ));
-        }
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request("bad_json", format!("invalid JSON body: {e}")))?
-    };
-    if req.note.as_ref().is_some_and(|n| n.len() > MAX_NOTE) {
-        return Err(ApiError::bad_request(
-            "bad_json",
-            format!("note is longer than {MAX_NOTE} bytes"),
-        ));
-    }
+    let id = alert_id(&raw)?;
+    let req: AckRequest = note_body(&headers, &body)?;
+    check_note(req.note.as_deref())?;
     let now = now_millis();
     let alert = s
         .stores
@@ -777,6 +754,125 @@ async fn ack_alert(
     s.bus.publish(GatewayEvent::AlertAcked {
         alert: alert.clone(),
     });
+    Ok(Json(alert))
+}
+
+/// A JSON body that may be empty (whitespace): the default then.
+fn note_body<T: Default + serde::de::DeserializeOwned>(
+    headers: &axum::http::HeaderMap,
+    body: &Bytes,
+) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim() == "application/json")
+        });
+    if !json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "bad_content_type",
+            "the body must be application/json",
+        ));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("bad_json", format!("invalid JSON body: {e}")))
+}
+
+fn check_note(note: Option<&str>) -> Result<(), ApiError> {
+    if note.is_some_and(|n| n.len() > MAX_NOTE) {
+        return Err(ApiError::bad_request(
+            "bad_json",
+            format!("note is longer than {MAX_NOTE} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+fn alert_id(raw: &str) -> Result<i64, ApiError> {
+    raw.parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| ApiError::bad_request("bad_alert_id", "an alert id is a positive number"))
+}
+
+/// `POST /alerts/{id}/clear` body (optional).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClearRequest {
+    /// Why, for the record (≤ 500 bytes).
+    pub note: Option<String>,
+}
+
+/// Clears an active alert by hand. The monitor then keeps the same condition on the same node
+/// from raising again until the condition has gone away (as many evaluations without it as
+/// clear an alert by itself) or the monitor's `rearm-after-clear-s` (default 24 h) has
+/// passed; see `docs/monitoring.md`. Audited (`alert.clear`); the event stream carries
+/// `alert_cleared`. An alert that already cleared is a 409 (`alert_not_active`).
+#[utoipa::path(post, path = "/alerts/{id}/clear", tag = "alerts",
+    params(("id" = i64, Path, description = "The alert's id")),
+    request_body(content = Option<ClearRequest>, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses((status = 200, body = Alert),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json"),
+        (status = 413, body = Problem, content_type = "application/problem+json"),
+        (status = 415, body = Problem, content_type = "application/problem+json")))]
+async fn clear_alert(
+    State(s): State<AppState>,
+    actor: axum::Extension<Actor>,
+    headers: axum::http::HeaderMap,
+    p: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Alert>, ApiError> {
+    let Path(raw) = p?;
+    let body = body?;
+    let id = alert_id(&raw)?;
+    let req: ClearRequest = note_body(&headers, &body)?;
+    check_note(req.note.as_deref())?;
+    let not_active = || {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "alert_not_active",
+            format!("alert {id} has already cleared"),
+        )
+    };
+    let found = s.stores.alerts.get(id).await?;
+    match found {
+        None => return Err(ApiError::not_found(format!("no alert {id}"))),
+        Some(a) if a.cleared_at.is_some() => return Err(not_active()),
+        Some(_) => {}
+    }
+    // The monitor first, so the condition cannot raise it again in between; an alert left
+    // from a previous run is unknown to it and only the store changes.
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    s.alert_clears
+        .send(crate::ingest::ClearByOperator { stored: id, reply })
+        .await
+        .map_err(|_| ApiError::unavailable("the gateway is stopping"))?;
+    let _in_monitor = answer
+        .await
+        .map_err(|_| ApiError::unavailable("the gateway is stopping"))?;
+    let now = now_millis();
+    let (alert, changed) = s
+        .stores
+        .alerts
+        .clear_by(id, actor.0 .0.clone(), req.note, now)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no alert {id}")))?;
+    if !changed {
+        // Its condition cleared it between our read and our write.
+        return Err(not_active());
+    }
+    audit(&s, &actor.0 .0, "alert.clear", &id.to_string(), now).await?;
+    s.bus.publish(GatewayEvent::AlertCleared { id, ts: now });
     Ok(Json(alert))
 }
 
@@ -1247,10 +1343,10 @@ async fn openapi_json() -> Response {
 /// The handlers' path items, for [`openapi`].
 pub(crate) mod paths {
     pub(crate) use super::{
-        __path_ack_alert, __path_alerts, __path_campaign_action, __path_create_campaign,
-        __path_delete_firmware, __path_events, __path_fleet_health, __path_get_campaign,
-        __path_healthz, __path_history, __path_list_campaigns, __path_list_firmware,
-        __path_metrics_text, __path_openapi_json, __path_readyz, __path_status_list,
-        __path_status_one, __path_topology, __path_upload_firmware,
+        __path_ack_alert, __path_alerts, __path_campaign_action, __path_clear_alert,
+        __path_create_campaign, __path_delete_firmware, __path_events, __path_fleet_health,
+        __path_get_campaign, __path_healthz, __path_history, __path_list_campaigns,
+        __path_list_firmware, __path_metrics_text, __path_openapi_json, __path_readyz,
+        __path_status_list, __path_status_one, __path_topology, __path_upload_firmware,
     };
 }

@@ -25,11 +25,12 @@ use std::time::Duration;
 
 use meshfleet_mesh::{Instant, NodeId, NodeTree};
 use meshfleet_monitor::{
-    AlertEvent, DropReason, Ingest as Verdict, Monitor, MonitorEvent, Subject, Transmit,
+    AlertEvent, ClearReason, DropReason, Ingest as Verdict, Monitor, MonitorEvent, Subject,
+    Transmit,
 };
 use meshfleet_runtime::RuntimeEvent;
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::events::GatewayEvent;
@@ -38,6 +39,20 @@ use crate::model::{AlertKind, NewAlert, Sample, Severity, UnixMillis};
 use crate::registry::{health_of, Change};
 use crate::status::{self, StatusFrame, STATUS_PLUGIN, STATUS_TYPE};
 use crate::{now_millis, Shared};
+
+/// An operator clears a stored alert by hand (from the API): the monitor closes it and keeps
+/// the condition from raising it again until it re-arms. The reply says whether the monitor
+/// had it active (`false`: it had already cleared, or it is left from a previous run).
+#[derive(Debug)]
+pub(crate) struct ClearByOperator {
+    /// The stored alert's id.
+    pub(crate) stored: i64,
+    /// The answer.
+    pub(crate) reply: oneshot::Sender<bool>,
+}
+
+/// Most operator clears queued for the ingest task (the API waits for each).
+pub(crate) const CLEAR_QUEUE: usize = 64;
 
 /// Most alerts read back at start (to clear those a previous run left active).
 const MAX_STALE_ALERTS: usize = 100_000;
@@ -100,6 +115,7 @@ pub(crate) async fn run(
     shared: Arc<Shared>,
     mut events: broadcast::Receiver<RuntimeEvent>,
     mut shutdown: watch::Receiver<bool>,
+    mut clears: mpsc::Receiver<ClearByOperator>,
 ) {
     let monitor = Monitor::new(shared.config.monitor.clone(), shared.mesh.node_id());
     let mut me = Ingest {
@@ -126,6 +142,18 @@ pub(crate) async fn run(
         tokio::select! {
             _ = shutdown.changed() => break,
             _ = flush.tick() => me.flush(),
+            Some(c) = clears.recv() => {
+                let now = me.clock.now();
+                let monitor_id = me
+                    .alert_ids
+                    .iter()
+                    .find(|(_, stored)| **stored == c.stored)
+                    .map(|(m, _)| *m);
+                let cleared = monitor_id.is_some_and(|m| me.monitor.clear_alert(now, m).is_some());
+                // The API writes the store (with who and why) and publishes the event; the
+                // monitor's own `Cleared { reason: Operator }` only drops the id mapping.
+                let _ = c.reply.send(cleared);
+            }
             _ = tokio::time::sleep_until(wake) => {
                 let now = me.clock.now();
                 me.monitor.handle_timeout(now);
@@ -342,6 +370,13 @@ impl Ingest {
                 {
                     warn!(id = stored, error = %e, "cannot change an alert's severity");
                 }
+            }
+            AlertEvent::Cleared {
+                reason: ClearReason::Operator,
+                id,
+                ..
+            } => {
+                self.alert_ids.remove(&id);
             }
             AlertEvent::Cleared { id, at, .. } => {
                 let Some(stored) = self.alert_ids.remove(&id) else {

@@ -158,6 +158,8 @@ pub struct Shared {
     pub stopping: watch::Receiver<bool>,
     /// Add-ons started on the gateway (the MQTT bridge): their metrics join `/metrics`.
     pub extensions: Extensions,
+    /// Operator clears to the ingest task, which owns the monitor.
+    pub(crate) alert_clears: tokio::sync::mpsc::Sender<ingest::ClearByOperator>,
 }
 
 /// Something an add-on contributes to `/metrics` (Prometheus text, complete lines).
@@ -312,6 +314,7 @@ impl Gateway {
         })?;
         let (shutdown, rx) = watch::channel(false);
         let campaign_store = stores.campaigns.clone();
+        let (alert_clears, clears) = tokio::sync::mpsc::channel(ingest::CLEAR_QUEUE);
         let shared = Arc::new_cyclic(|weak| Shared {
             registry: Registry::restore(nodes),
             token,
@@ -324,11 +327,13 @@ impl Gateway {
             stopping: rx.clone(),
             config,
             extensions: Extensions::default(),
+            alert_clears,
         });
         let mut tasks = vec![tokio::spawn(ingest::run(
             shared.clone(),
             events,
             rx.clone(),
+            clears,
         ))];
         tasks.push(tokio::spawn(campaign_engine::run(
             shared.clone(),

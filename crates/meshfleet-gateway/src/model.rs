@@ -301,6 +301,10 @@ pub struct Alert {
     pub acked_by: Option<String>,
     /// Their note.
     pub ack_note: Option<String>,
+    /// Who cleared it by hand (`None`: its condition cleared, or it is active).
+    pub cleared_by: Option<String>,
+    /// Their note.
+    pub clear_note: Option<String>,
 }
 
 /// An alert about to be raised.

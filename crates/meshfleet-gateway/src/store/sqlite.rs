@@ -46,6 +46,11 @@ const READERS: usize = 2;
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 24 * HOUR_MS;
 
+/// The `dash` migration (issue 12): who cleared an alert by hand, and their note. An alert
+/// its condition cleared keeps both NULL.
+const ALERT_CLEARED_BY: &str = "ALTER TABLE alerts ADD COLUMN cleared_by TEXT;
+     ALTER TABLE alerts ADD COLUMN clear_note TEXT;";
+
 /// The schema, one entry per version (`user_version` = number applied).
 pub const MIGRATIONS: &[&str] = &[
     // 1: the first schema.
@@ -172,6 +177,8 @@ pub const MIGRATIONS: &[&str] = &[
         dedup TEXT UNIQUE,
         created_at INTEGER NOT NULL
      );",
+    // dash (issue 12): alerts cleared by hand.
+    ALERT_CLEARED_BY,
 ];
 
 /// Retention and size settings for [`SqliteStore::maintain`].
@@ -213,6 +220,13 @@ enum Op {
         note: Option<String>,
         at: UnixMillis,
         reply: Reply<Option<Alert>>,
+    },
+    ClearBy {
+        id: i64,
+        actor: String,
+        note: Option<String>,
+        at: UnixMillis,
+        reply: Reply<Option<(Alert, bool)>>,
     },
     PutArtefact(Box<ArtefactInfo>, Vec<u8>, Reply<bool>),
     DeleteArtefact(String, Reply<bool>),
@@ -473,6 +487,13 @@ fn apply(tx: &Transaction<'_>, op: Op) -> Pending {
             at,
             reply,
         } => hold(reply, ack(tx, id, &actor, note.as_deref(), at)),
+        Op::ClearBy {
+            id,
+            actor,
+            note,
+            at,
+            reply,
+        } => hold(reply, clear_by(tx, id, &actor, note.as_deref(), at)),
         Op::PutArtefact(info, bytes, reply) => hold(reply, put_artefact(tx, &info, &bytes)),
         Op::DeleteArtefact(id, reply) => hold(
             reply,
@@ -649,8 +670,8 @@ fn insert_samples(tx: &Transaction<'_>, samples: &[Sample]) -> Result<(), StoreE
     Ok(())
 }
 
-const ALERT_COLUMNS: &str =
-    "id, node_id, kind, severity, message, raised_at, cleared_at, acked_at, acked_by, ack_note";
+const ALERT_COLUMNS: &str = "id, node_id, kind, severity, message, raised_at, cleared_at, acked_at,
+     acked_by, ack_note, cleared_by, clear_note";
 
 fn alert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Alert, StoreError>> {
     let kind: String = r.get(2)?;
@@ -671,6 +692,8 @@ fn alert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Alert, StoreError
         acked_at: r.get(7)?,
         acked_by: r.get(8)?,
         ack_note: r.get(9)?,
+        cleared_by: r.get(10)?,
+        clear_note: r.get(11)?,
     }))
 }
 
@@ -700,6 +723,8 @@ fn raise(tx: &Transaction<'_>, a: NewAlert) -> Result<Alert, StoreError> {
         acked_at: None,
         acked_by: None,
         ack_note: None,
+        cleared_by: None,
+        clear_note: None,
     })
 }
 
@@ -717,6 +742,22 @@ fn ack(
         params![id, at, actor, note],
     )?;
     alert_by_id(tx, id)
+}
+
+fn clear_by(
+    tx: &Transaction<'_>,
+    id: i64,
+    actor: &str,
+    note: Option<&str>,
+    at: UnixMillis,
+) -> Result<Option<(Alert, bool)>, StoreError> {
+    // Only an active alert is cleared; one that already cleared keeps how and when it did.
+    let n = tx.execute(
+        "UPDATE alerts SET cleared_at = ?2, cleared_by = ?3, clear_note = ?4
+         WHERE id = ?1 AND cleared_at IS NULL",
+        params![id, at, actor, note],
+    )?;
+    Ok(alert_by_id(tx, id)?.map(|a| (a, n > 0)))
 }
 
 fn put_artefact(tx: &Transaction<'_>, a: &ArtefactInfo, bytes: &[u8]) -> Result<bool, StoreError> {
@@ -938,6 +979,26 @@ impl AlertStore for SqliteStore {
         at: UnixMillis,
     ) -> StoreFuture<'_, Option<Alert>> {
         self.acked(|reply| Op::Ack {
+            id,
+            actor,
+            note,
+            at,
+            reply,
+        })
+    }
+
+    fn get(&self, id: i64) -> StoreFuture<'_, Option<Alert>> {
+        self.read(move |c| alert_by_id(c, id))
+    }
+
+    fn clear_by(
+        &self,
+        id: i64,
+        actor: String,
+        note: Option<String>,
+        at: UnixMillis,
+    ) -> StoreFuture<'_, Option<(Alert, bool)>> {
+        self.acked(|reply| Op::ClearBy {
             id,
             actor,
             note,
