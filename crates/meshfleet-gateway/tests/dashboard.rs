@@ -707,6 +707,41 @@ async fn views_topology_of_1000_nodes_and_an_alert_within_two_report_periods() {
         .json();
     assert_eq!(stored["alerts"][0]["ackNote"], "replacing the sensor");
     assert_no_errors(&b, "on the alerts");
+    // Clear it by hand, with a note (the token is stored since the acknowledgement): it leaves
+    // the active list, and the store has who and why.
+    let alert_id = stored["alerts"][0]["id"].as_i64().unwrap();
+    b.eval(&format!(
+        "document.querySelector('#alerts-list button[data-key=\"clear-{alert_id}\"]').click()"
+    ))
+    .await;
+    b.wait_for(
+        "the clear dialog",
+        "document.getElementById('ack-dialog').open && document.getElementById('ack-title').textContent === 'Clear alert'",
+        5,
+    )
+    .await;
+    b.screenshot("alert-clear").await;
+    b.eval("(() => { document.getElementById('ack-note').value = 'sensor replaced'; document.getElementById('ack-form').requestSubmit(); })()")
+        .await;
+    b.wait_for(
+        "the alert gone from the active list",
+        &format!("document.querySelector('#alerts-list tr[data-alert=\"{alert_id}\"]') === null && document.getElementById('alerts-list').textContent.length > 0"),
+        10,
+    )
+    .await;
+    let all = request(gw.http, "GET", &format!("/alerts?node={victim}&state=all"), &[], &[])
+        .await
+        .json();
+    let cleared = all["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == alert_id)
+        .cloned()
+        .unwrap();
+    assert_eq!(cleared["clearNote"], "sensor replaced", "{cleared}");
+    assert!(cleared["clearedAt"].is_i64(), "{cleared}");
+    assert_no_errors(&b, "after clearing an alert");
 
     // Firmware & campaigns.
     b.goto(&gw.url("#/firmware")).await;
