@@ -729,9 +729,15 @@ async fn views_topology_of_1000_nodes_and_an_alert_within_two_report_periods() {
         10,
     )
     .await;
-    let all = request(gw.http, "GET", &format!("/alerts?node={victim}&state=all"), &[], &[])
-        .await
-        .json();
+    let all = request(
+        gw.http,
+        "GET",
+        &format!("/alerts?node={victim}&state=all"),
+        &[],
+        &[],
+    )
+    .await
+    .json();
     let cleared = all["alerts"]
         .as_array()
         .unwrap()
