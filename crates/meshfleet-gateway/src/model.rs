@@ -101,6 +101,15 @@ pub struct HistoryPoint {
     pub packet_loss: f64,
     /// Samples with any alert flag set.
     pub alerting: u32,
+    /// Messages received per minute, from the 604 counter's increase since the node's
+    /// previous report (over the hour for a rollup). A counter that went back (a reboot) counts
+    /// from 0, never negative. `None`: no previous report within 2 h to compare with (or a
+    /// rollup made before the gateway kept rates).
+    pub messages_received_per_min: Option<f64>,
+    /// Messages sent per minute (as `messagesReceivedPerMin`).
+    pub messages_sent_per_min: Option<f64>,
+    /// Messages dropped per minute (as `messagesReceivedPerMin`).
+    pub messages_dropped_per_min: Option<f64>,
 }
 
 /// A sample to store: one status report of one node.

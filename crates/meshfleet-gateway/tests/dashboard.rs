@@ -298,10 +298,11 @@ async fn populate(gw: &Gw, ids: &[u32], parents: &[usize]) -> Uptime {
     let samples = (0..288)
         .map(|k| {
             let ts = now - (288 - k) * 300_000;
+            // Rebooted at k = 200 (uptime and message counters restart from 0).
             let uptime = if k < 200 {
                 40_000 + k * 300
             } else {
-                (k - 200) * 300
+                (k - 200) * 300 + 100
             } as u32;
             let x = k as f64;
             Sample {
@@ -314,12 +315,28 @@ async fn populate(gw: &Gw, ids: &[u32], parents: &[usize]) -> Uptime {
                     latency_ms: (45.0 + 12.0 * (x / 9.0).sin().abs() + (k % 3) as f64) as u16,
                     packet_loss: (1.5 + 1.5 * (x / 31.0).sin()) as u8,
                     firmware: "1.4.1".into(),
+                    // 120 received, 60 sent and 6 dropped per minute since boot.
+                    messages_received: uptime * 2,
+                    messages_sent: uptime,
+                    messages_dropped: uptime / 10,
                     ..StatusReport::default()
                 },
             }
         })
         .collect();
     gw.db.append(samples);
+    // Hourly rollups of that day, for the ranges beyond 2 days.
+    gw.db
+        .maintain(
+            now,
+            meshfleet_gateway::store::sqlite::Retention {
+                raw_days: 7,
+                rollup_days: 90,
+                cap_bytes: 1 << 40,
+            },
+        )
+        .await
+        .unwrap();
     Uptime(Instant::now())
 }
 
@@ -612,10 +629,68 @@ async fn views_topology_of_1000_nodes_and_an_alert_within_two_report_periods() {
     b.goto(&gw.url(&format!("#/node/{}", ids[0]))).await;
     b.wait_for(
         "the history charts",
-        "document.querySelectorAll('#node-charts svg path.line').length === 5",
+        "document.querySelectorAll('#node-charts svg path.line').length === 8",
         20,
     )
     .await;
+    // Message rates from the counters, across the reboot (a counter reset is not a negative
+    // rate): raw for 1 h and 24 h, hourly rollups for 7 d and 90 d. The newest raw point is
+    // the node's live report (other counters, after an uptime going back: a reset), so raw
+    // ranges are checked in the history the page charts and rollups by the chart's label.
+    let messages = "[...document.querySelectorAll('#node-charts svg')].map(s => s.getAttribute('aria-label')).find(l => l.startsWith('Messages'))";
+    let day = request(
+        gw.http,
+        "GET",
+        &format!("/nodes/{}/history?resolution=raw", ids[0]),
+        &[],
+        &[],
+    )
+    .await
+    .json();
+    let pts = day["points"].as_array().unwrap();
+    assert!(pts.len() >= 288, "{}", pts.len());
+    for p in &pts[1..pts.len() - 1] {
+        assert_eq!(
+            [
+                &p["messagesReceivedPerMin"],
+                &p["messagesSentPerMin"],
+                &p["messagesDroppedPerMin"]
+            ],
+            [120.0, 60.0, 6.0],
+            "{p}"
+        );
+    }
+    for range in ["1 h", "7 d", "90 d", "24 h"] {
+        b.eval(&format!(
+            "[...document.querySelectorAll('.ranges button')].find(b => b.textContent === '{range}').click()"
+        ))
+        .await;
+        let label = b
+            .wait_for(
+                &format!("the message-rate chart for {range}"),
+                &format!("document.querySelectorAll('#node-charts svg path.line').length === 8 && {messages}"),
+                10,
+            )
+            .await;
+        if range.ends_with(" d") {
+            assert_eq!(
+                label.as_str().unwrap(),
+                "Messages: received last 120.0, sent last 60.0, dropped last 6.0 per min",
+                "{range}"
+            );
+        }
+        let lowest = b
+            .eval("Math.min(...[...document.querySelectorAll('#node-charts figure')].filter(f => f.textContent.startsWith('Messages')).flatMap(f => [...f.querySelectorAll('svg text')]).map(t => Number(t.textContent)).filter(Number.isFinite))")
+            .await;
+        assert!(
+            lowest.as_f64().unwrap() >= 0.0,
+            "{range}: axis down to {lowest}"
+        );
+    }
+    b.eval("[...document.querySelectorAll('#node-charts figure')].find(f => f.textContent.startsWith('Messages')).scrollIntoView()")
+        .await;
+    b.screenshot("node-messages").await;
+    b.eval("window.scrollTo(0, 0)").await;
     let reboots = b
         .eval("document.querySelectorAll('#node-charts svg:first-of-type line.reboot').length")
         .await;
