@@ -73,6 +73,7 @@ pub fn router(shared: AppState) -> Router {
         .route("/campaigns/{id}", get(get_campaign))
         .route("/campaigns/{id}/{action}", post(campaign_action))
         .route("/events", get(events))
+        .route("/events/ticket", post(event_ticket))
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -273,6 +274,32 @@ async fn guard(State(s): State<AppState>, mut req: Request, next: Next) -> Respo
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
+        // The event stream also takes a single-use ticket (crate::tickets): EventSource
+        // cannot send the header. It opens that stream only.
+        if given.is_none() && read && path == "/events" {
+            if let Some(t) = query_param(req.uri().query(), "ticket") {
+                if !s.tickets.redeem(t, std::time::Instant::now()) {
+                    s.counters
+                        .event_tickets_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    return count_error(
+                        &s,
+                        ApiError::new(
+                            StatusCode::UNAUTHORIZED,
+                            "bad_ticket",
+                            "the ticket is unknown, expired or already used; get a new one \
+                             from POST /events/ticket",
+                        )
+                        .into_response(),
+                    );
+                }
+                s.counters
+                    .event_tickets_redeemed
+                    .fetch_add(1, Ordering::Relaxed);
+                req.extensions_mut().insert(Actor(format!("ticket@{peer}")));
+                return count_error(&s, next.run(req).await);
+            }
+        }
         match given {
             None => {
                 return count_error(
@@ -317,6 +344,15 @@ async fn guard(State(s): State<AppState>, mut req: Request, next: Next) -> Respo
         }
     };
     count_error(&s, response)
+}
+
+/// The first value of `name` in a query string (no percent-decoding: tickets are hex).
+fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
 }
 
 fn count_error(s: &Shared, r: Response) -> Response {
@@ -1241,8 +1277,10 @@ async fn campaign_action(
 
 /// A stream of [`GatewayEvent`]s (server-sent events; the SSE `event` field is the event's
 /// name, `data` its JSON). A client that falls behind gets a `lagged` event with the count
-/// it missed.
+/// it missed. With `read-auth`: the bearer header, or `?ticket=` from `POST /events/ticket`.
 #[utoipa::path(get, path = "/events", tag = "events",
+    params(("ticket" = Option<String>, Query,
+        description = "A single-use ticket from POST /events/ticket (when read-auth is on and the client cannot send the header)")),
     responses((status = 200, content_type = "text/event-stream", body = GatewayEvent,
         description = "One SSE message per event")))]
 async fn events(State(s): State<AppState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
@@ -1267,6 +1305,41 @@ async fn events(State(s): State<AppState>) -> Sse<impl Stream<Item = Result<Even
         }
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// `POST /events/ticket` answer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventTicket {
+    /// Open `GET /events?ticket=<this>` within `expiresIn` seconds; good for one stream.
+    pub ticket: String,
+    /// Seconds it stays valid.
+    pub expires_in: u64,
+}
+
+/// Trades the bearer token for a short-lived, single-use ticket that opens the event stream
+/// (`GET /events?ticket=…`): for browsers, whose `EventSource` cannot send the header, when
+/// `read-auth` is on. The token itself never goes into a URL. See `docs/security.md`.
+#[utoipa::path(post, path = "/events/ticket", tag = "events",
+    security(("bearer" = [])),
+    responses((status = 200, body = EventTicket),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json")))]
+async fn event_ticket(State(s): State<AppState>) -> Result<Json<EventTicket>, ApiError> {
+    let ticket = s.tickets.issue(std::time::Instant::now()).map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_tickets",
+            e.to_string(),
+        )
+    })?;
+    s.counters
+        .event_tickets_issued
+        .fetch_add(1, Ordering::Relaxed);
+    Ok(Json(EventTicket {
+        ticket,
+        expires_in: crate::tickets::TICKET_TTL.as_secs(),
+    }))
 }
 
 /// Prometheus text exposition (format 0.0.4).
@@ -1344,9 +1417,10 @@ async fn openapi_json() -> Response {
 pub(crate) mod paths {
     pub(crate) use super::{
         __path_ack_alert, __path_alerts, __path_campaign_action, __path_clear_alert,
-        __path_create_campaign, __path_delete_firmware, __path_events, __path_fleet_health,
-        __path_get_campaign, __path_healthz, __path_history, __path_list_campaigns,
-        __path_list_firmware, __path_metrics_text, __path_openapi_json, __path_readyz,
-        __path_status_list, __path_status_one, __path_topology, __path_upload_firmware,
+        __path_create_campaign, __path_delete_firmware, __path_event_ticket, __path_events,
+        __path_fleet_health, __path_get_campaign, __path_healthz, __path_history,
+        __path_list_campaigns, __path_list_firmware, __path_metrics_text, __path_openapi_json,
+        __path_readyz, __path_status_list, __path_status_one, __path_topology,
+        __path_upload_firmware,
     };
 }

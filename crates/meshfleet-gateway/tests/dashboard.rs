@@ -221,6 +221,15 @@ struct Gw {
 }
 
 async fn start_gateway(dir: &std::path::Path, http: SocketAddr, mesh: Arc<FakeMesh>) -> Gw {
+    start_gateway_with(dir, http, mesh, |_| {}).await
+}
+
+async fn start_gateway_with(
+    dir: &std::path::Path,
+    http: SocketAddr,
+    mesh: Arc<FakeMesh>,
+    tweak: impl FnOnce(&mut GatewayConfig),
+) -> Gw {
     let pub_file = dir.join("fleet.pub");
     if !pub_file.exists() {
         meshfleet_firmware::keys::write_public_key(&pub_file, &signing_key().verifying_key())
@@ -228,6 +237,7 @@ async fn start_gateway(dir: &std::path::Path, http: SocketAddr, mesh: Arc<FakeMe
     }
     let mut cfg: GatewayConfig = common::config(dir);
     cfg.http = http;
+    tweak(&mut cfg);
     let db = Arc::new(SqliteStore::open(&cfg.db).unwrap());
     let gateway = Gateway::start(cfg, mesh.clone(), Stores::sqlite(db.clone()), None)
         .await
@@ -1015,6 +1025,85 @@ async fn the_page_reconnects_after_a_gateway_restart() {
         .filter(|e| !e.contains("/events") && !e.contains("ERR_CONNECTION_REFUSED"))
         .collect();
     assert!(errors.is_empty(), "page errors: {errors:#?}");
+    gw.stop().await;
+}
+
+/// With `read-auth` on, the page asks for the token at its first read, then goes live: its
+/// event stream opens with a single-use ticket (EventSource cannot send the header) and a
+/// fault reported afterwards reaches the page through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_goes_live_with_read_auth_on() {
+    let Some(b) = browser("dashboard read-auth").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (ids, parents) = mesh_ids(20);
+    let gw = start_gateway_with(
+        dir.path(),
+        "127.0.0.1:0".parse().unwrap(),
+        FakeMesh::new(),
+        |c| c.read_auth = true,
+    )
+    .await;
+    gw.mesh.set_tree(tree_of(&ids, &parents, &|_| true));
+    b.goto(&gw.url("#/nodes")).await;
+    b.wait_for(
+        "the token dialog",
+        "document.getElementById('token-dialog').open",
+        10,
+    )
+    .await;
+    let before = b.errors().len();
+    b.eval(&format!(
+        "(() => {{ document.getElementById('token-input').value = '{TOKEN}'; document.getElementById('token-form').requestSubmit(); }})()"
+    ))
+    .await;
+    b.wait_for(
+        "the nodes",
+        "document.getElementById('nodes-summary')?.textContent === '20 of 20 nodes'",
+        20,
+    )
+    .await;
+    b.wait_for("live", "document.querySelector('#live.on') !== null", 10)
+        .await;
+    // A fault now can only reach the page over the event stream.
+    let victim = ids[3];
+    gw.mesh.report(victim, status(victim, 5, 30, "1.4.1", 100));
+    b.wait_for(
+        "the alert count from the event stream",
+        "document.getElementById('alert-count').textContent === '1'",
+        10,
+    )
+    .await;
+    b.screenshot("read-auth-live").await;
+    // The token never went into a URL: the stream was opened with a ticket.
+    let urls = b
+        .eval("performance.getEntriesByType('resource').map(e => e.name).filter(n => n.includes('/events'))")
+        .await;
+    let urls: Vec<String> = serde_json::from_value(urls).unwrap();
+    assert!(urls.iter().all(|u| !u.contains(TOKEN)), "{urls:?}");
+    let auth = format!("Bearer {TOKEN}");
+    let metrics = request(gw.http, "GET", "/metrics", &[("Authorization", &auth)], &[])
+        .await
+        .text();
+    let count = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics"))
+    };
+    assert!(
+        count("meshfleet_gateway_event_tickets_redeemed_total ") >= 1,
+        "the stream was not opened with a ticket"
+    );
+    assert_eq!(count("meshfleet_gateway_event_tickets_refused_total "), 0);
+    // Before the token was given, the reads (and a plain /events) were refused: expected.
+    // Nothing may fail after it.
+    let errors: Vec<String> = b.errors().into_iter().skip(before).collect();
+    assert!(
+        errors.is_empty(),
+        "page errors after the token: {errors:#?}"
+    );
     gw.stop().await;
 }
 
