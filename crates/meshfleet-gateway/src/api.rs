@@ -13,6 +13,8 @@
 //!   hash; ids in paths are parsed into numbers or 64-hex-digit hashes before use.
 //! * **CORS**: none (no `Access-Control-*` headers), so browsers on other origins cannot
 //!   call the API.
+//! * **Compression**: gzip when the client accepts it (`Accept-Encoding`), for the API and the
+//!   dashboard's assets; never for the event stream.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -85,6 +87,11 @@ pub fn router(shared: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(shared.clone(), guard))
+        // Outermost: gzip whatever the client accepts (Accept-Encoding), errors and refusals
+        // included. tower-http's default predicate leaves `text/event-stream` alone, so the
+        // event stream is never buffered by a compressor (tests/compression.rs), nor are
+        // bodies under 32 bytes or raster images.
+        .layer(tower_http::compression::CompressionLayer::new())
         .with_state(shared)
 }
 

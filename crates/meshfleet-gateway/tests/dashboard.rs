@@ -1211,7 +1211,9 @@ async fn bench_dashboard() {
             const assets = e.filter(x => !api.some(p => new URL(x.name).pathname.startsWith(p)));
             const sum = (l) => l.reduce((s, x) => s + (x.encodedBodySize || 0), 0);
             const by = Object.fromEntries(api.map(p => [p, sum(e.filter(x => new URL(x.name).pathname.startsWith(p)))]));
-            return { assets: sum(assets), files: assets.length, all: sum(e), api: by };
+            const decoded = (l) => l.reduce((s, x) => s + (x.decodedBodySize || 0), 0);
+            return { assets: sum(assets), files: assets.length, all: sum(e), api: by,
+                     decoded: { assets: decoded(assets), all: decoded(e) } };
         })()"#,
         )
         .await;
