@@ -131,6 +131,7 @@ impl GatewayOta {
         stock: Option<StockSender>,
         meshfleet: bool,
         scope: Option<BTreeSet<u32>>,
+        stock_scope: Option<BTreeSet<u32>>,
     ) -> bool {
         self.loaded = true;
         self.held = false;
@@ -148,13 +149,29 @@ impl GatewayOta {
         }
         // The stock announce is a broadcast every stock node of the role and hardware acts on
         // (the library has no addressing); with a scope only its nodes' data requests are
-        // answered, so a stock node outside a campaign for named nodes never gets a part.
-        self.stock_scope = scope;
+        // answered, so a stock node outside the campaign never gets a part.
+        self.stock_scope = stock_scope;
         self.stock = stock;
         if let Some(s) = &mut self.stock {
             s.start(ctx);
         }
         ok
+    }
+
+    /// Nodes the stock sender has sent parts to in the current campaign.
+    pub fn stock_served(&self) -> Vec<u32> {
+        self.stock.as_ref().map_or_else(Vec::new, |s| {
+            s.progress()
+                .iter()
+                .filter(|(_, p)| p.served > 0)
+                .map(|(n, _)| n.0)
+                .collect()
+        })
+    }
+
+    /// The nodes whose stock data requests are answered (`None`: every node's).
+    fn set_stock_scope(&mut self, scope: Option<BTreeSet<u32>>) {
+        self.stock_scope = scope;
     }
 
     /// Holds or releases serving.
@@ -325,6 +342,8 @@ struct Active {
     hardware: String,
     tracker: OfferTracker,
     stock_flow: bool,
+    /// The campaign's nodes as last given to the stock sender's scope.
+    stock_scope: BTreeSet<u32>,
     /// Final outcomes the engine reported with a typed reason, by node.
     typed: BTreeMap<u32, (NodeState, &'static str)>,
     /// Transient refusals (busy, on trial), by node: the offer is retried.
@@ -514,9 +533,14 @@ impl Engine {
             Targets::Nodes(ids) => Some(ids.iter().copied().collect::<BTreeSet<u32>>()),
             _ => None,
         };
+        // Stock nodes are served only if the campaign has them (whatever its targets: a role
+        // campaign leaves out stock nodes, which report no role, yet they act on the announce);
+        // `step` widens it as late nodes join the campaign.
+        let stock_scope: BTreeSet<u32> = c.nodes.iter().map(|n| n.node).collect();
+        let first_scope = stock_scope.clone();
         let started = on_node(&self.shared, move |node, now| {
             node.with_plugin::<GatewayOta, _>(now, |p, ctx| {
-                p.start(ctx, artefact, stock, meshfleet, scope)
+                p.start(ctx, artefact, stock, meshfleet, scope, Some(first_scope))
             })
         })
         .await;
@@ -544,6 +568,7 @@ impl Engine {
             held: false,
             since: now_millis(),
             last_progress_save: std::time::Instant::now(),
+            stock_scope,
         });
     }
 
@@ -730,6 +755,23 @@ impl Engine {
                 }
             })
             .await;
+        // Late nodes joined the campaign: the stock sender serves them too from now on.
+        if finished == Some(false) {
+            if let Ok(c) = self.shared.campaigns.get(&id).await {
+                let nodes: BTreeSet<u32> = c.nodes.iter().map(|n| n.node).collect();
+                if self.active.as_ref().is_some_and(|a| a.stock_scope != nodes) {
+                    if let Some(a) = &mut self.active {
+                        a.stock_scope = nodes.clone();
+                    }
+                    let _ = on_node(&self.shared, move |node, _| {
+                        if let Some(p) = node.plugin_mut::<GatewayOta>() {
+                            p.set_stock_scope(Some(nodes));
+                        }
+                    })
+                    .await;
+                }
+            }
+        }
         if finished == Some(true) {
             info!(campaign = %id, "campaign finished");
             self.active = None;
@@ -893,8 +935,9 @@ mod tests {
         }
         net.run_for(meshfleet_mesh::Duration::from_secs(5));
         let now = net.now;
-        let started = net.nodes[0]
-            .with_plugin::<GatewayOta, _>(now, |p, ctx| p.start(ctx, artefact, None, true, scope));
+        let started = net.nodes[0].with_plugin::<GatewayOta, _>(now, |p, ctx| {
+            p.start(ctx, artefact, None, true, scope, None)
+        });
         assert_eq!(started, Some(true));
         net.drain(0);
         net.run_for(meshfleet_mesh::Duration::from_secs(30));
@@ -938,7 +981,7 @@ mod tests {
         net.run_for(meshfleet_mesh::Duration::from_secs(5));
         let now = net.now;
         let started = net.nodes[0].with_plugin::<GatewayOta, _>(now, |p, ctx| {
-            p.start(ctx, artefact, stock, false, scope)
+            p.start(ctx, artefact, stock, false, None, scope)
         });
         assert_eq!(started, Some(true));
         net.drain(0);
