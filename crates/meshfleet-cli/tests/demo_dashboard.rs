@@ -88,6 +88,25 @@ async fn the_page_on_meshfleet_demo_shows_the_mesh_a_fault_and_runs_a_campaign()
     )
     .await;
     b.screenshot("demo-alerts").await;
+    // What a newcomer sees first, and a node with a fault (for the screenshots).
+    b.goto(&format!("{url}/#/overview")).await;
+    b.wait_for(
+        "the overview",
+        "document.querySelectorAll('#main .panel').length > 2",
+        20,
+    )
+    .await;
+    b.screenshot("demo-overview").await;
+    b.goto(&format!("{url}/#/node/{}", BASE + 7)).await;
+    // Node 7 is a meshfleet node: it sends telemetry (710), no 604; its history is kept from
+    // the telemetry, so its memory chart has points (it used to be empty).
+    b.wait_for(
+        "the leaking node's memory chart with points",
+        "document.querySelectorAll('#node-charts svg').length === 6 && /^Free memory: [0-9]+ points/.test(document.querySelector('#node-charts svg').getAttribute('aria-label'))",
+        20,
+    )
+    .await;
+    b.screenshot("demo-node").await;
 
     // A campaign of the demo artefact (in the store from the start) to the role `sensor`
     // (the meshfleet nodes: stock nodes report no role), created and started from the page.

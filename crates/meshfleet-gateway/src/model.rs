@@ -112,6 +112,10 @@ pub struct HistoryPoint {
     pub messages_dropped_per_min: Option<f64>,
 }
 
+/// The message counters of a history sample that has none (made from telemetry, which
+/// carries a rate instead): no message rate is computed across such a sample.
+pub const NO_COUNTERS: u32 = u32::MAX;
+
 /// A sample to store: one status report of one node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Sample {

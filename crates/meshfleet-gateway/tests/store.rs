@@ -330,3 +330,60 @@ async fn message_rates_from_counters_with_a_reboot_raw_and_hourly() {
         close(rates(p), [120.0, 60.0, 6.0], &format!("hour {i}"));
     }
 }
+
+/// A sample made from telemetry has no message counters: no rate is made across it, raw or
+/// hourly (a 0 would be a lie).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn samples_without_counters_make_no_rate() {
+    use meshfleet_gateway::model::NO_COUNTERS;
+    let dir = tempfile::tempdir().unwrap();
+    let db = SqliteStore::open(&dir.path().join("g.db")).unwrap();
+    let h0 = 1_800_000_000_000i64 - 1_800_000_000_000i64 % HOUR;
+    let with = |m: i64, c: u32| {
+        let mut s = sample(9, h0 + m * 60_000, 100);
+        s.report.uptime = 600 + (m * 60) as u32;
+        s.report.messages_received = c;
+        s.report.messages_sent = c;
+        s.report.messages_dropped = c;
+        s
+    };
+    db.append(vec![
+        with(0, 100),
+        with(1, NO_COUNTERS),
+        with(2, 300),
+        with(3, 400),
+    ]);
+    let mut h = db
+        .query(9, h0, h0 + HOUR, Resolution::Raw, 100)
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        if h.points.len() == 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        h = db
+            .query(9, h0, h0 + HOUR, Resolution::Raw, 100)
+            .await
+            .unwrap();
+    }
+    let rx: Vec<Option<f64>> = h
+        .points
+        .iter()
+        .map(|p| p.messages_received_per_min)
+        .collect();
+    assert_eq!(rx, [None, None, None, Some(100.0)]);
+    let wide = Retention {
+        raw_days: 7,
+        rollup_days: 90,
+        cap_bytes: u64::MAX,
+    };
+    db.maintain(h0 + 2 * HOUR, wide).await.unwrap();
+    let hour = db
+        .query(9, h0, h0 + HOUR, Resolution::Hour, 10)
+        .await
+        .unwrap();
+    assert_eq!(hour.points.len(), 1);
+    let r = hour.points[0].messages_received_per_min.unwrap();
+    assert!((r - 100.0).abs() < 1e-6, "only the 3 -> 4 pair counts: {r}");
+}

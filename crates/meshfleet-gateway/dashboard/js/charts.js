@@ -24,9 +24,10 @@ export function multiChart(title, series, o) {
   const svg = s('svg', { class: 'chart', viewBox: `0 0 ${W} ${H}`, role: 'img' });
   const valid = series.map((x) => ({ ...x, vals: x.points.filter((p) => p.v !== null && p.v !== undefined && Number.isFinite(p.v)) }));
   const all = valid.flatMap((x) => x.vals);
-  const label = all.length
-    ? `${title}: ${valid.map((x) => (x.vals.length ? `${x.name} last ${fmt(x.vals[x.vals.length - 1].v, o)}` : `${x.name} no data`)).join(', ')} ${o.unit}`
-    : `${title}: no data in this range`;
+  const last = (x) => fmt(x.vals[x.vals.length - 1].v, o);
+  let label = `${title}: no data in this range`;
+  if (all.length && valid.length === 1) label = `${title}: ${all.length} points, last ${last(valid[0])} ${o.unit}`;
+  else if (all.length) label = `${title}: ${valid.map((x) => (x.vals.length ? `${x.name} last ${last(x)}` : `${x.name} no data`)).join(', ')} ${o.unit}`;
   svg.setAttribute('aria-label', label);
   const x = (t) => L + ((t - o.from) / Math.max(1, o.to - o.from)) * (W - L - R);
   svg.append(s('line', { class: 'axis', x1: L, y1: H - B, x2: W - R, y2: H - B }));

@@ -56,6 +56,9 @@ const DASH_CLEARED_BY_AND_RATES: &str = "ALTER TABLE alerts ADD COLUMN cleared_b
      ALTER TABLE rollups ADD COLUMN drop_inc REAL;
      ALTER TABLE rollups ADD COLUMN rate_span_s REAL;";
 
+// The rollup SQL spells NO_COUNTERS as a literal.
+const _: () = assert!(crate::model::NO_COUNTERS == 4_294_967_295);
+
 /// A sample is paired with the previous one of its node for a message rate only if that one
 /// is at most this old (a longer gap says nothing about the rate in between).
 const RATE_GAP_MS: i64 = 2 * HOUR_MS;
@@ -781,13 +784,15 @@ pub(crate) struct MsgCounters {
 }
 
 /// The counters' increases from `prev` to `cur` and the seconds they cover, or `None` if
-/// `prev` is not earlier or more than [`RATE_GAP_MS`] earlier. A counter or the uptime going
+/// `prev` is not earlier or more than [`RATE_GAP_MS`] earlier, or either has no counters
+/// ([`crate::model::NO_COUNTERS`], a sample made from telemetry). A counter or the uptime going
 /// back is a reboot: the counters restarted from 0, so each increase is the new value, over at
 /// most the uptime (at least 1 s); an increase is never negative. The rollup SQL in
 /// `maintain` applies the same rule.
 pub(crate) fn counter_interval(prev: MsgCounters, cur: MsgCounters) -> Option<([f64; 3], f64)> {
     let dt = cur.ts - prev.ts;
-    if dt <= 0 || dt > RATE_GAP_MS {
+    let none = crate::model::NO_COUNTERS;
+    if dt <= 0 || dt > RATE_GAP_MS || prev.msgs[0] == none || cur.msgs[0] == none {
         return None;
     }
     let secs = dt as f64 / 1000.0;
@@ -940,7 +945,8 @@ fn maintain(
              sum(CASE reset WHEN 1 THEN max(1.0, min((ts - p_ts) / 1000.0, uptime))
                             WHEN 0 THEN (ts - p_ts) / 1000.0 END)
              FROM (
-               SELECT *, CASE WHEN p_ts IS NULL OR ts - p_ts > ?3 THEN NULL
+               SELECT *, CASE WHEN p_ts IS NULL OR ts - p_ts > ?3
+                   OR msg_rx = 4294967295 OR p_rx = 4294967295 THEN NULL
                  ELSE (msg_rx < p_rx OR msg_tx < p_tx OR msg_drop < p_drop OR uptime < p_up)
                  END AS reset
                FROM (
