@@ -181,9 +181,9 @@ mod tests {
     }
 
     #[test]
-    fn etags_differ_and_are_quoted() {
+    fn etags_differ_and_are_weak_and_quoted() {
         let tags = etags();
-        assert!(tags.iter().all(|t| t.starts_with('"') && t.ends_with('"')));
+        assert!(tags.iter().all(|t| t.starts_with("W/\"") && t.ends_with('"')));
         let mut uniq = tags.to_vec();
         uniq.sort();
         uniq.dedup();
