@@ -160,6 +160,12 @@ async fn a_small_fast_demo_shows_its_nodes_tree_firmware_and_scripted_faults() {
     // A campaign of the demo artefact to the meshfleet nodes (they report role `sensor`;
     // stock nodes report no role) is created and started at once, and completes: every
     // targeted node reports the new version.
+    let stock: Vec<u32> = (2..=NODES).filter(|n| kind_of(*n) == Kind::Stock).collect();
+    let mut stock_before = Vec::new();
+    for n in &stock {
+        let s = get(addr, &format!("/status/{}", 3_000_000_000u32 + n)).await;
+        stock_before.push(s["firmware"].clone());
+    }
     let spec = serde_json::json!({"artefact": demo.artefact().id, "targets": {"role": "sensor"},
         "name": "demo test", "start": true});
     let (status, _) = request(addr, "POST", "/campaigns", None, &spec.to_string()).await;
@@ -196,6 +202,39 @@ async fn a_small_fast_demo_shows_its_nodes_tree_firmware_and_scripted_faults() {
     assert_eq!(done["updated_nodes"], meshfleet_nodes, "{done}");
     let s = get(addr, "/status/3000000002").await;
     assert_eq!(s["firmware"], "1.1.0", "{s}");
+    // Stock nodes are not in that campaign (they report no role), yet they hear its stock
+    // announce (a broadcast by role): they asked for parts and were not served, and still run
+    // what they ran (issue 12: they used to take it).
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    demo.gateway()
+        .shared()
+        .mesh
+        .run_on_node(Box::new(move |node, _now| {
+            let _ = tx.send(
+                node.plugin::<meshfleet_gateway::campaign_engine::GatewayOta>()
+                    .map(|p| (p.out_of_scope, p.stock_served())),
+            );
+        }))
+        .await
+        .unwrap();
+    let (unserved, served) = rx.await.unwrap().unwrap();
+    assert!(unserved > 0, "no stock node asked: the test shows nothing");
+    let served_stock: Vec<u32> = served
+        .iter()
+        .filter(|id| stock.iter().any(|n| 3_000_000_000u32 + n == **id))
+        .copied()
+        .collect();
+    assert!(
+        served_stock.is_empty(),
+        "stock nodes outside the campaign were sent parts: {served_stock:?}"
+    );
+    for (n, before) in stock.iter().zip(&stock_before) {
+        let s = get(addr, &format!("/status/{}", 3_000_000_000u32 + n)).await;
+        assert_eq!(
+            &s["firmware"], before,
+            "stock node {n} took the campaign: {s}"
+        );
+    }
 
     // The gateway's jobs run on the simulated gateway node (the campaign engine's way in).
     let (tx, rx) = tokio::sync::oneshot::channel();

@@ -13,6 +13,8 @@
 //!   hash; ids in paths are parsed into numbers or 64-hex-digit hashes before use.
 //! * **CORS**: none (no `Access-Control-*` headers), so browsers on other origins cannot
 //!   call the API.
+//! * **Compression**: gzip when the client accepts it (`Accept-Encoding`), for the API and the
+//!   dashboard's assets; never for the event stream.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -68,10 +70,12 @@ pub fn router(shared: AppState) -> Router {
         .route("/nodes/{node_id}/history", get(history))
         .route("/alerts", get(alerts))
         .route("/alerts/{id}/ack", post(ack_alert))
+        .route("/alerts/{id}/clear", post(clear_alert))
         .route("/campaigns", post(create_campaign).get(list_campaigns))
         .route("/campaigns/{id}", get(get_campaign))
         .route("/campaigns/{id}/{action}", post(campaign_action))
         .route("/events", get(events))
+        .route("/events/ticket", post(event_ticket))
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -83,6 +87,11 @@ pub fn router(shared: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(shared.clone(), guard))
+        // Outermost: gzip whatever the client accepts (Accept-Encoding), errors and refusals
+        // included. tower-http's default predicate leaves `text/event-stream` alone, so the
+        // event stream is never buffered by a compressor (tests/compression.rs), nor are
+        // bodies under 32 bytes or raster images.
+        .layer(tower_http::compression::CompressionLayer::new())
         .with_state(shared)
 }
 
@@ -128,6 +137,10 @@ impl ApiError {
 
     fn not_found(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", detail)
+    }
+
+    fn unavailable(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail)
     }
 }
 
@@ -268,6 +281,32 @@ async fn guard(State(s): State<AppState>, mut req: Request, next: Next) -> Respo
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
+        // The event stream also takes a single-use ticket (crate::tickets): EventSource
+        // cannot send the header. It opens that stream only.
+        if given.is_none() && read && path == "/events" {
+            if let Some(t) = query_param(req.uri().query(), "ticket") {
+                if !s.tickets.redeem(t, std::time::Instant::now()) {
+                    s.counters
+                        .event_tickets_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    return count_error(
+                        &s,
+                        ApiError::new(
+                            StatusCode::UNAUTHORIZED,
+                            "bad_ticket",
+                            "the ticket is unknown, expired or already used; get a new one \
+                             from POST /events/ticket",
+                        )
+                        .into_response(),
+                    );
+                }
+                s.counters
+                    .event_tickets_redeemed
+                    .fetch_add(1, Ordering::Relaxed);
+                req.extensions_mut().insert(Actor(format!("ticket@{peer}")));
+                return count_error(&s, next.run(req).await);
+            }
+        }
         match given {
             None => {
                 return count_error(
@@ -312,6 +351,15 @@ async fn guard(State(s): State<AppState>, mut req: Request, next: Next) -> Respo
         }
     };
     count_error(&s, response)
+}
+
+/// The first value of `name` in a query string (no percent-decoding: tickets are hex).
+fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
 }
 
 fn count_error(s: &Shared, r: Response) -> Response {
@@ -735,37 +783,9 @@ async fn ack_alert(
 ) -> Result<Json<Alert>, ApiError> {
     let Path(raw) = p?;
     let body = body?;
-    let id: i64 =
-        raw.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-            ApiError::bad_request("bad_alert_id", "an alert id is a positive number")
-        })?;
-    let req: AckRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        AckRequest::default()
-    } else {
-        let json = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                v.split(';')
-                    .next()
-                    .is_some_and(|t| t.trim() == "application/json")
-            });
-        if !json {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "bad_content_type",
-                "the body must be application/json",
-            ));
-        }
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request("bad_json", format!("invalid JSON body: {e}")))?
-    };
-    if req.note.as_ref().is_some_and(|n| n.len() > MAX_NOTE) {
-        return Err(ApiError::bad_request(
-            "bad_json",
-            format!("note is longer than {MAX_NOTE} bytes"),
-        ));
-    }
+    let id = alert_id(&raw)?;
+    let req: AckRequest = note_body(&headers, &body)?;
+    check_note(req.note.as_deref())?;
     let now = now_millis();
     let alert = s
         .stores
@@ -777,6 +797,125 @@ async fn ack_alert(
     s.bus.publish(GatewayEvent::AlertAcked {
         alert: alert.clone(),
     });
+    Ok(Json(alert))
+}
+
+/// A JSON body that may be empty (whitespace): the default then.
+fn note_body<T: Default + serde::de::DeserializeOwned>(
+    headers: &axum::http::HeaderMap,
+    body: &Bytes,
+) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim() == "application/json")
+        });
+    if !json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "bad_content_type",
+            "the body must be application/json",
+        ));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("bad_json", format!("invalid JSON body: {e}")))
+}
+
+fn check_note(note: Option<&str>) -> Result<(), ApiError> {
+    if note.is_some_and(|n| n.len() > MAX_NOTE) {
+        return Err(ApiError::bad_request(
+            "bad_json",
+            format!("note is longer than {MAX_NOTE} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+fn alert_id(raw: &str) -> Result<i64, ApiError> {
+    raw.parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| ApiError::bad_request("bad_alert_id", "an alert id is a positive number"))
+}
+
+/// `POST /alerts/{id}/clear` body (optional).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClearRequest {
+    /// Why, for the record (≤ 500 bytes).
+    pub note: Option<String>,
+}
+
+/// Clears an active alert by hand. The monitor then keeps the same condition on the same node
+/// from raising again until the condition has gone away (as many evaluations without it as
+/// clear an alert by itself) or the monitor's `rearm-after-clear-s` (default 24 h) has
+/// passed; see `docs/monitoring.md`. Audited (`alert.clear`); the event stream carries
+/// `alert_cleared`. An alert that already cleared is a 409 (`alert_not_active`).
+#[utoipa::path(post, path = "/alerts/{id}/clear", tag = "alerts",
+    params(("id" = i64, Path, description = "The alert's id")),
+    request_body(content = Option<ClearRequest>, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses((status = 200, body = Alert),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json"),
+        (status = 413, body = Problem, content_type = "application/problem+json"),
+        (status = 415, body = Problem, content_type = "application/problem+json")))]
+async fn clear_alert(
+    State(s): State<AppState>,
+    actor: axum::Extension<Actor>,
+    headers: axum::http::HeaderMap,
+    p: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Alert>, ApiError> {
+    let Path(raw) = p?;
+    let body = body?;
+    let id = alert_id(&raw)?;
+    let req: ClearRequest = note_body(&headers, &body)?;
+    check_note(req.note.as_deref())?;
+    let not_active = || {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "alert_not_active",
+            format!("alert {id} has already cleared"),
+        )
+    };
+    let found = s.stores.alerts.get(id).await?;
+    match found {
+        None => return Err(ApiError::not_found(format!("no alert {id}"))),
+        Some(a) if a.cleared_at.is_some() => return Err(not_active()),
+        Some(_) => {}
+    }
+    // The monitor first, so the condition cannot raise it again in between; an alert left
+    // from a previous run is unknown to it and only the store changes.
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    s.alert_clears
+        .send(crate::ingest::ClearByOperator { stored: id, reply })
+        .await
+        .map_err(|_| ApiError::unavailable("the gateway is stopping"))?;
+    let _in_monitor = answer
+        .await
+        .map_err(|_| ApiError::unavailable("the gateway is stopping"))?;
+    let now = now_millis();
+    let (alert, changed) = s
+        .stores
+        .alerts
+        .clear_by(id, actor.0 .0.clone(), req.note, now)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no alert {id}")))?;
+    if !changed {
+        // Its condition cleared it between our read and our write.
+        return Err(not_active());
+    }
+    audit(&s, &actor.0 .0, "alert.clear", &id.to_string(), now).await?;
+    s.bus.publish(GatewayEvent::AlertCleared { id, ts: now });
     Ok(Json(alert))
 }
 
@@ -1145,8 +1284,10 @@ async fn campaign_action(
 
 /// A stream of [`GatewayEvent`]s (server-sent events; the SSE `event` field is the event's
 /// name, `data` its JSON). A client that falls behind gets a `lagged` event with the count
-/// it missed.
+/// it missed. With `read-auth`: the bearer header, or `?ticket=` from `POST /events/ticket`.
 #[utoipa::path(get, path = "/events", tag = "events",
+    params(("ticket" = Option<String>, Query,
+        description = "A single-use ticket from POST /events/ticket (when read-auth is on and the client cannot send the header)")),
     responses((status = 200, content_type = "text/event-stream", body = GatewayEvent,
         description = "One SSE message per event")))]
 async fn events(State(s): State<AppState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
@@ -1171,6 +1312,41 @@ async fn events(State(s): State<AppState>) -> Sse<impl Stream<Item = Result<Even
         }
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// `POST /events/ticket` answer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventTicket {
+    /// Open `GET /events?ticket=<this>` within `expiresIn` seconds; good for one stream.
+    pub ticket: String,
+    /// Seconds it stays valid.
+    pub expires_in: u64,
+}
+
+/// Trades the bearer token for a short-lived, single-use ticket that opens the event stream
+/// (`GET /events?ticket=…`): for browsers, whose `EventSource` cannot send the header, when
+/// `read-auth` is on. The token itself never goes into a URL. See `docs/security.md`.
+#[utoipa::path(post, path = "/events/ticket", tag = "events",
+    security(("bearer" = [])),
+    responses((status = 200, body = EventTicket),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json")))]
+async fn event_ticket(State(s): State<AppState>) -> Result<Json<EventTicket>, ApiError> {
+    let ticket = s.tickets.issue(std::time::Instant::now()).map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_tickets",
+            e.to_string(),
+        )
+    })?;
+    s.counters
+        .event_tickets_issued
+        .fetch_add(1, Ordering::Relaxed);
+    Ok(Json(EventTicket {
+        ticket,
+        expires_in: crate::tickets::TICKET_TTL.as_secs(),
+    }))
 }
 
 /// Prometheus text exposition (format 0.0.4).
@@ -1247,10 +1423,11 @@ async fn openapi_json() -> Response {
 /// The handlers' path items, for [`openapi`].
 pub(crate) mod paths {
     pub(crate) use super::{
-        __path_ack_alert, __path_alerts, __path_campaign_action, __path_create_campaign,
-        __path_delete_firmware, __path_events, __path_fleet_health, __path_get_campaign,
-        __path_healthz, __path_history, __path_list_campaigns, __path_list_firmware,
-        __path_metrics_text, __path_openapi_json, __path_readyz, __path_status_list,
-        __path_status_one, __path_topology, __path_upload_firmware,
+        __path_ack_alert, __path_alerts, __path_campaign_action, __path_clear_alert,
+        __path_create_campaign, __path_delete_firmware, __path_event_ticket, __path_events,
+        __path_fleet_health, __path_get_campaign, __path_healthz, __path_history,
+        __path_list_campaigns, __path_list_firmware, __path_metrics_text, __path_openapi_json,
+        __path_readyz, __path_status_list, __path_status_one, __path_topology,
+        __path_upload_firmware,
     };
 }

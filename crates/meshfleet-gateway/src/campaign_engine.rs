@@ -72,6 +72,10 @@ const CHUNK_TAG: u16 = 703;
 pub struct GatewayOta {
     meshfleet: MeshfleetOta,
     stock: Option<StockSender>,
+    /// The nodes a campaign for named nodes is for: the stock sender serves no one else.
+    stock_scope: Option<BTreeSet<u32>>,
+    /// Stock packages (data requests) from nodes outside the campaign, not served.
+    pub out_of_scope: u64,
     /// A campaign was loaded (before that, the meshfleet engine runs as a plain receiver).
     loaded: bool,
     /// Serving is held (paused, or no campaign running).
@@ -105,6 +109,8 @@ impl GatewayOta {
         Self {
             meshfleet,
             stock: None,
+            stock_scope: None,
+            out_of_scope: 0,
             loaded: false,
             held: false,
             dropped: 0,
@@ -125,6 +131,7 @@ impl GatewayOta {
         stock: Option<StockSender>,
         meshfleet: bool,
         scope: Option<BTreeSet<u32>>,
+        stock_scope: Option<BTreeSet<u32>>,
     ) -> bool {
         self.loaded = true;
         self.held = false;
@@ -140,11 +147,31 @@ impl GatewayOta {
                 self.meshfleet.target(ctx, NodeId(*id));
             }
         }
+        // The stock announce is a broadcast every stock node of the role and hardware acts on
+        // (the library has no addressing); with a scope only its nodes' data requests are
+        // answered, so a stock node outside the campaign never gets a part.
+        self.stock_scope = stock_scope;
         self.stock = stock;
         if let Some(s) = &mut self.stock {
             s.start(ctx);
         }
         ok
+    }
+
+    /// Nodes the stock sender has sent parts to in the current campaign.
+    pub fn stock_served(&self) -> Vec<u32> {
+        self.stock.as_ref().map_or_else(Vec::new, |s| {
+            s.progress()
+                .iter()
+                .filter(|(_, p)| p.served > 0)
+                .map(|(n, _)| n.0)
+                .collect()
+        })
+    }
+
+    /// The nodes whose stock data requests are answered (`None`: every node's).
+    fn set_stock_scope(&mut self, scope: Option<BTreeSet<u32>>) {
+        self.stock_scope = scope;
     }
 
     /// Holds or releases serving.
@@ -208,6 +235,14 @@ impl Plugin for GatewayOta {
                 return;
             }
             self.meshfleet.handle_package(ctx, link, routing, pkg);
+            return;
+        }
+        if self
+            .stock_scope
+            .as_ref()
+            .is_some_and(|scope| !scope.contains(&pkg.from().0))
+        {
+            self.out_of_scope += 1;
             return;
         }
         match &mut self.stock {
@@ -307,6 +342,8 @@ struct Active {
     hardware: String,
     tracker: OfferTracker,
     stock_flow: bool,
+    /// The campaign's nodes as last given to the stock sender's scope.
+    stock_scope: BTreeSet<u32>,
     /// Final outcomes the engine reported with a typed reason, by node.
     typed: BTreeMap<u32, (NodeState, &'static str)>,
     /// Transient refusals (busy, on trial), by node: the offer is retried.
@@ -496,9 +533,14 @@ impl Engine {
             Targets::Nodes(ids) => Some(ids.iter().copied().collect::<BTreeSet<u32>>()),
             _ => None,
         };
+        // Stock nodes are served only if the campaign has them (whatever its targets: a role
+        // campaign leaves out stock nodes, which report no role, yet they act on the announce);
+        // `step` widens it as late nodes join the campaign.
+        let stock_scope: BTreeSet<u32> = c.nodes.iter().map(|n| n.node).collect();
+        let first_scope = stock_scope.clone();
         let started = on_node(&self.shared, move |node, now| {
             node.with_plugin::<GatewayOta, _>(now, |p, ctx| {
-                p.start(ctx, artefact, stock, meshfleet, scope)
+                p.start(ctx, artefact, stock, meshfleet, scope, Some(first_scope))
             })
         })
         .await;
@@ -526,6 +568,7 @@ impl Engine {
             held: false,
             since: now_millis(),
             last_progress_save: std::time::Instant::now(),
+            stock_scope,
         });
     }
 
@@ -712,6 +755,23 @@ impl Engine {
                 }
             })
             .await;
+        // Late nodes joined the campaign: the stock sender serves them too from now on.
+        if finished == Some(false) {
+            if let Ok(c) = self.shared.campaigns.get(&id).await {
+                let nodes: BTreeSet<u32> = c.nodes.iter().map(|n| n.node).collect();
+                if self.active.as_ref().is_some_and(|a| a.stock_scope != nodes) {
+                    if let Some(a) = &mut self.active {
+                        a.stock_scope = nodes.clone();
+                    }
+                    let _ = on_node(&self.shared, move |node, _| {
+                        if let Some(p) = node.plugin_mut::<GatewayOta>() {
+                            p.set_stock_scope(Some(nodes));
+                        }
+                    })
+                    .await;
+                }
+            }
+        }
         if finished == Some(true) {
             info!(campaign = %id, "campaign finished");
             self.active = None;
@@ -875,8 +935,9 @@ mod tests {
         }
         net.run_for(meshfleet_mesh::Duration::from_secs(5));
         let now = net.now;
-        let started = net.nodes[0]
-            .with_plugin::<GatewayOta, _>(now, |p, ctx| p.start(ctx, artefact, None, true, scope));
+        let started = net.nodes[0].with_plugin::<GatewayOta, _>(now, |p, ctx| {
+            p.start(ctx, artefact, None, true, scope, None)
+        });
         assert_eq!(started, Some(true));
         net.drain(0);
         net.run_for(meshfleet_mesh::Duration::from_secs(30));
@@ -886,6 +947,67 @@ mod tests {
                 .is_some_and(MeshfleetOta::is_complete)
         };
         (done(1), done(2))
+    }
+
+    /// Gateway (1) offering over the stock flow only to two modelled stock nodes (2, 3) of the
+    /// artefact's role and hardware, with `scope`; returns how many updates each installed
+    /// and the data requests the gateway left unserved as out of scope.
+    fn run_stock_scoped(scope: Option<BTreeSet<u32>>) -> (u32, u32, u64) {
+        use meshfleet_firmware::{pack, PackOptions, Version};
+        use meshfleet_mesh::Config;
+        use meshfleet_ota::{StockReceiver, StockReceiverConfig};
+        let mut o = PackOptions::new("sensor", "ESP32", Version::new(2, 0, 0));
+        o.chunk_size = 256;
+        let image: Vec<u8> = (0..4000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let Ok(artefact) = pack(&image, o) else {
+            panic!("pack")
+        };
+        let config = SourceConfig::new(meshfleet_agent::Strategy::Stock);
+        let Ok(stock) = Source::stock_sender(artefact.manifest(), image, &config) else {
+            panic!("stock offer")
+        };
+        let mut net = meshfleet_testkit::Net::new(meshfleet_mesh::Duration::from_millis(2));
+        let mut gw = Node::new(Config::new(NodeId(1)));
+        equip(&mut gw);
+        net.add(gw);
+        for id in [2, 3] {
+            let mut n = Node::new(Config::new(NodeId(id)));
+            n.add_plugin(Box::new(StockReceiver::new(StockReceiverConfig::new(
+                "sensor", "ESP32",
+            ))));
+            let i = net.add(n);
+            net.connect(i, 0);
+        }
+        net.run_for(meshfleet_mesh::Duration::from_secs(5));
+        let now = net.now;
+        let started = net.nodes[0].with_plugin::<GatewayOta, _>(now, |p, ctx| {
+            p.start(ctx, artefact, stock, false, None, scope)
+        });
+        assert_eq!(started, Some(true));
+        net.drain(0);
+        net.run_for(meshfleet_mesh::Duration::from_secs(120));
+        let updates = |i: usize| {
+            net.nodes[i]
+                .plugin::<StockReceiver>()
+                .map_or(0, StockReceiver::updates)
+        };
+        let skipped = net.nodes[0]
+            .plugin::<GatewayOta>()
+            .map_or(0, |p| p.out_of_scope);
+        (updates(1), updates(2), skipped)
+    }
+
+    /// Issue 12: stock nodes in `meshfleet demo` took a campaign for named nodes they were not
+    /// named in (the stock announce is a broadcast by role).
+    #[test]
+    fn stock_nodes_outside_a_campaign_for_named_nodes_are_not_served() {
+        // Without a scope both stock nodes of the role take the image...
+        let (a, b, skipped) = run_stock_scoped(None);
+        assert_eq!((a, b, skipped), (1, 1, 0));
+        // ...a campaign for node 3 reaches node 3 only; node 2's requests go unanswered.
+        let (a, b, skipped) = run_stock_scoped(Some(BTreeSet::from([3])));
+        assert_eq!((a, b), (0, 1));
+        assert!(skipped > 0, "node 2 asked and was not served");
     }
 
     #[test]

@@ -5,8 +5,8 @@
 //! time (`docs/dashboard.md`). The page reads the same REST API and event stream as any
 //! other client; it holds no privileges of its own.
 //!
-//! Every asset is served with its content type, a strong `ETag` (SHA-256 of the bytes,
-//! computed once), `Cache-Control: no-cache` (revalidate, then `304` without a body: the
+//! Every asset is served with its content type, a weak `ETag` (SHA-256 of the bytes, computed
+//! once; weak because the gzip and identity encodings of a file share it), `Cache-Control: no-cache` (revalidate, then `304` without a body: the
 //! file names carry no hash, so a cached copy must never outlive an upgrade) and a strict
 //! `Content-Security-Policy`: scripts, styles and connections only from this origin, no
 //! inline script, no frames, no forms posting elsewhere.
@@ -67,7 +67,7 @@ pub static ASSETS: &[Asset] = &[
     asset!("js/firmware.js", JS),
 ];
 
-/// The strong ETag of each asset, in [`ASSETS`] order.
+/// The (weak) ETag of each asset, in [`ASSETS`] order.
 fn etags() -> &'static [String] {
     static ETAGS: OnceLock<Vec<String>> = OnceLock::new();
     ETAGS.get_or_init(|| {
@@ -76,7 +76,7 @@ fn etags() -> &'static [String] {
             .map(|a| {
                 let d = Sha256::digest(a.bytes);
                 let hex: String = d[..16].iter().map(|b| format!("{b:02x}")).collect();
-                format!("\"{hex}\"")
+                format!("W/\"{hex}\"")
             })
             .collect()
     })
@@ -97,7 +97,13 @@ fn serve(path: &str, headers: &HeaderMap) -> Response {
     let fresh = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+        .is_some_and(|v| {
+            // Weak comparison (RFC 9110 §8.8.3.2): the opaque tags match, W/ or not.
+            let tag = etag.trim_start_matches("W/");
+            v.split(',')
+                .map(|t| t.trim())
+                .any(|t| t == "*" || t.trim_start_matches("W/") == tag)
+        });
     let mut r = if fresh {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
@@ -175,9 +181,9 @@ mod tests {
     }
 
     #[test]
-    fn etags_differ_and_are_quoted() {
+    fn etags_differ_and_are_weak_and_quoted() {
         let tags = etags();
-        assert!(tags.iter().all(|t| t.starts_with('"') && t.ends_with('"')));
+        assert!(tags.iter().all(|t| t.starts_with("W/\"") && t.ends_with('"')));
         let mut uniq = tags.to_vec();
         uniq.sort();
         uniq.dedup();

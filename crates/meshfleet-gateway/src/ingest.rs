@@ -25,11 +25,12 @@ use std::time::Duration;
 
 use meshfleet_mesh::{Instant, NodeId, NodeTree};
 use meshfleet_monitor::{
-    AlertEvent, DropReason, Ingest as Verdict, Monitor, MonitorEvent, Subject, Transmit,
+    AlertEvent, ClearReason, DropReason, Ingest as Verdict, Monitor, MonitorEvent, Subject,
+    Transmit,
 };
 use meshfleet_runtime::RuntimeEvent;
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::events::GatewayEvent;
@@ -38,6 +39,20 @@ use crate::model::{AlertKind, NewAlert, Sample, Severity, UnixMillis};
 use crate::registry::{health_of, Change};
 use crate::status::{self, StatusFrame, STATUS_PLUGIN, STATUS_TYPE};
 use crate::{now_millis, Shared};
+
+/// An operator clears a stored alert by hand (from the API): the monitor closes it and keeps
+/// the condition from raising it again until it re-arms. The reply says whether the monitor
+/// had it active (`false`: it had already cleared, or it is left from a previous run).
+#[derive(Debug)]
+pub(crate) struct ClearByOperator {
+    /// The stored alert's id.
+    pub(crate) stored: i64,
+    /// The answer.
+    pub(crate) reply: oneshot::Sender<bool>,
+}
+
+/// Most operator clears queued for the ingest task (the API waits for each).
+pub(crate) const CLEAR_QUEUE: usize = 64;
 
 /// Most alerts read back at start (to clear those a previous run left active).
 const MAX_STALE_ALERTS: usize = 100_000;
@@ -100,6 +115,7 @@ pub(crate) async fn run(
     shared: Arc<Shared>,
     mut events: broadcast::Receiver<RuntimeEvent>,
     mut shutdown: watch::Receiver<bool>,
+    mut clears: mpsc::Receiver<ClearByOperator>,
 ) {
     let monitor = Monitor::new(shared.config.monitor.clone(), shared.mesh.node_id());
     let mut me = Ingest {
@@ -126,6 +142,18 @@ pub(crate) async fn run(
         tokio::select! {
             _ = shutdown.changed() => break,
             _ = flush.tick() => me.flush(),
+            Some(c) = clears.recv() => {
+                let now = me.clock.now();
+                let monitor_id = me
+                    .alert_ids
+                    .iter()
+                    .find(|(_, stored)| **stored == c.stored)
+                    .map(|(m, _)| *m);
+                let cleared = monitor_id.is_some_and(|m| me.monitor.clear_alert(now, m).is_some());
+                // The API writes the store (with who and why) and publishes the event; the
+                // monitor's own `Cleared { reason: Operator }` only drops the id mapping.
+                let _ = c.reply.send(cleared);
+            }
             _ = tokio::time::sleep_until(wake) => {
                 let now = me.clock.now();
                 me.monitor.handle_timeout(now);
@@ -256,6 +284,17 @@ impl Ingest {
                 }
                 Err(e) => debug!(from = %from, error = %e, "accepted status package not decoded"),
             }
+        } else if ty == meshfleet_monitor::telemetry::TELEMETRY_TYPE {
+            // A meshfleet node's telemetry: its latest values as a history sample, so its
+            // charts are not empty (the demo's meshfleet nodes send no 604). No message
+            // counters: telemetry carries a rate, not the 604 counters.
+            if let Some(r) = self.monitor.node(from) {
+                self.samples.push(Sample {
+                    node_id: from.0,
+                    ts: unix,
+                    report: telemetry_report(&r.metrics),
+                });
+            }
         }
         if let Some(r) = self.monitor.node(from) {
             self.shared.registry.apply(r, self.clock.unix(r.last_seen));
@@ -343,6 +382,13 @@ impl Ingest {
                     warn!(id = stored, error = %e, "cannot change an alert's severity");
                 }
             }
+            AlertEvent::Cleared {
+                reason: ClearReason::Operator,
+                id,
+                ..
+            } => {
+                self.alert_ids.remove(&id);
+            }
             AlertEvent::Cleared { id, at, .. } => {
                 let Some(stored) = self.alert_ids.remove(&id) else {
                     return;
@@ -372,6 +418,25 @@ impl Ingest {
     }
 }
 
+/// A history sample's report from a node's latest telemetry values: unknown values stay 0,
+/// and the message counters are [`crate::model::NO_COUNTERS`] so no rate is made of them.
+fn telemetry_report(m: &meshfleet_monitor::Metrics) -> status::StatusReport {
+    let clamp = |v: Option<i64>, max: i64| v.map_or(0, |v| v.clamp(0, max));
+    status::StatusReport {
+        uptime: m.uptime_s.unwrap_or(0),
+        free_memory_kb: clamp(m.free_heap_bytes.map(|b| b / 1024), i64::from(u16::MAX)) as u16,
+        wifi_quality: m.rssi_dbm.map_or(0, |r| {
+            meshfleet_monitor::status::quality_from_rssi(r.clamp(-200, 0) as i32)
+        }),
+        latency_ms: clamp(m.latency_ms, i64::from(u16::MAX)) as u16,
+        packet_loss: clamp(m.loss_pct, 100) as u8,
+        messages_received: crate::model::NO_COUNTERS,
+        messages_sent: crate::model::NO_COUNTERS,
+        messages_dropped: crate::model::NO_COUNTERS,
+        ..status::StatusReport::default()
+    }
+}
+
 /// A readable description of an alert; `value` is the monitor's (see `AlertKind` in
 /// `docs/monitoring.md` for its unit per kind).
 fn describe(kind: AlertKind, node: u32, value: i64) -> String {
@@ -386,6 +451,22 @@ fn describe(kind: AlertKind, node: u32, value: i64) -> String {
         AlertKind::PacketLoss => format!("{who}: packet loss {value} %"),
         AlertKind::WeakSignal => format!("{who}: WiFi signal {value} dBm"),
         AlertKind::Partition => format!("{who}: subtree of {value} nodes cut off"),
+        AlertKind::RebootLoop => format!("{who}: {value} reboots within the reboot window"),
+        AlertKind::MemoryLeak => format!(
+            "{who}: free memory falling steadily ({} bytes/h)",
+            value.unsigned_abs()
+        ),
+        AlertKind::MessageFlood => format!("{who}: sending {value} messages/min"),
+        AlertKind::TopologyChurn => {
+            format!("{who}: {value} joins, departures or parent changes within the churn window")
+        }
+        AlertKind::LostRoot if node == 0 => "the mesh has lost its root".to_owned(),
+        AlertKind::LostRoot => format!("{who}: reports it has lost its route to the root"),
+        AlertKind::OtaFailed => format!("{who}: a firmware update failed"),
+        AlertKind::SensorError => format!("{who}: reports a sensor error"),
+        AlertKind::LinkDegraded => format!("{who}: link quality well below its own baseline"),
+        AlertKind::NodeSilent => format!("{who}: in the mesh but its reports stopped"),
+        AlertKind::NodeOffline => format!("{who}: left the mesh and has not come back"),
         other => format!("{who}: {} ({value})", other.label()),
     }
 }

@@ -33,6 +33,7 @@ pub mod openapi;
 pub mod registry;
 pub mod status;
 pub mod store;
+pub mod tickets;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -132,6 +133,12 @@ pub struct Counters {
     pub status_rate_limited: AtomicU64,
     /// HTTP requests answered with an error status.
     pub http_errors: AtomicU64,
+    /// Event-stream tickets issued.
+    pub event_tickets_issued: AtomicU64,
+    /// Event streams opened with a ticket.
+    pub event_tickets_redeemed: AtomicU64,
+    /// Event-stream tickets refused (unknown, expired or replayed).
+    pub event_tickets_refused: AtomicU64,
 }
 
 /// What the API and the ingest task share.
@@ -158,6 +165,10 @@ pub struct Shared {
     pub stopping: watch::Receiver<bool>,
     /// Add-ons started on the gateway (the MQTT bridge): their metrics join `/metrics`.
     pub extensions: Extensions,
+    /// Operator clears to the ingest task, which owns the monitor.
+    pub(crate) alert_clears: tokio::sync::mpsc::Sender<ingest::ClearByOperator>,
+    /// Event-stream tickets (`read-auth` with a browser's `EventSource`).
+    pub(crate) tickets: tickets::Tickets,
 }
 
 /// Something an add-on contributes to `/metrics` (Prometheus text, complete lines).
@@ -312,6 +323,7 @@ impl Gateway {
         })?;
         let (shutdown, rx) = watch::channel(false);
         let campaign_store = stores.campaigns.clone();
+        let (alert_clears, clears) = tokio::sync::mpsc::channel(ingest::CLEAR_QUEUE);
         let shared = Arc::new_cyclic(|weak| Shared {
             registry: Registry::restore(nodes),
             token,
@@ -324,11 +336,14 @@ impl Gateway {
             stopping: rx.clone(),
             config,
             extensions: Extensions::default(),
+            alert_clears,
+            tickets: tickets::Tickets::default(),
         });
         let mut tasks = vec![tokio::spawn(ingest::run(
             shared.clone(),
             events,
             rx.clone(),
+            clears,
         ))];
         tasks.push(tokio::spawn(campaign_engine::run(
             shared.clone(),

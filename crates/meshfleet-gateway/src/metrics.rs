@@ -68,6 +68,21 @@ pub fn render(s: &Shared, active_alerts: Option<usize>) -> String {
             "HTTP requests answered with an error.",
             &c.http_errors,
         ),
+        (
+            "meshfleet_gateway_event_tickets_issued_total",
+            "Event-stream tickets issued (POST /events/ticket).",
+            &c.event_tickets_issued,
+        ),
+        (
+            "meshfleet_gateway_event_tickets_redeemed_total",
+            "Event streams opened with a ticket.",
+            &c.event_tickets_redeemed,
+        ),
+        (
+            "meshfleet_gateway_event_tickets_refused_total",
+            "Event-stream tickets refused: unknown, expired or already used.",
+            &c.event_tickets_refused,
+        ),
     ] {
         header(&mut out, name, "counter", help);
         let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));

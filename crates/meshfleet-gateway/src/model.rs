@@ -101,7 +101,20 @@ pub struct HistoryPoint {
     pub packet_loss: f64,
     /// Samples with any alert flag set.
     pub alerting: u32,
+    /// Messages received per minute, from the 604 counter's increase since the node's
+    /// previous report (over the hour for a rollup). A counter that went back (a reboot) counts
+    /// from 0, never negative. `None`: no previous report within 2 h to compare with (or a
+    /// rollup made before the gateway kept rates).
+    pub messages_received_per_min: Option<f64>,
+    /// Messages sent per minute (as `messagesReceivedPerMin`).
+    pub messages_sent_per_min: Option<f64>,
+    /// Messages dropped per minute (as `messagesReceivedPerMin`).
+    pub messages_dropped_per_min: Option<f64>,
 }
+
+/// The message counters of a history sample that has none (made from telemetry, which
+/// carries a rate instead): no message rate is computed across such a sample.
+pub const NO_COUNTERS: u32 = u32::MAX;
 
 /// A sample to store: one status report of one node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -301,6 +314,10 @@ pub struct Alert {
     pub acked_by: Option<String>,
     /// Their note.
     pub ack_note: Option<String>,
+    /// Who cleared it by hand (`None`: its condition cleared, or it is active).
+    pub cleared_by: Option<String>,
+    /// Their note.
+    pub clear_note: Option<String>,
 }
 
 /// An alert about to be raised.

@@ -6,8 +6,8 @@ use utoipa::{Modify, OpenApi};
 
 use crate::api::paths::*;
 use crate::api::{
-    AckRequest, AlertList, AlertState, ArtefactList, CampaignList, FleetHealth, Order, Probe,
-    Problem, SortKey, StatusList, Topology, TopologyNode,
+    AckRequest, AlertList, AlertState, ArtefactList, CampaignList, ClearRequest, EventTicket,
+    FleetHealth, Order, Probe, Problem, SortKey, StatusList, Topology, TopologyNode,
 };
 use crate::campaign::{
     Campaign, CampaignAction, CampaignId, CampaignNode, CampaignNodeEvent, CampaignSpec,
@@ -29,14 +29,14 @@ use crate::status::StatusReport;
             Errors are application/problem+json. Timestamps are milliseconds since the Unix epoch."
     ),
     paths(
-        status_list, status_one, fleet_health, topology, history, alerts, ack_alert,
+        status_list, status_one, fleet_health, topology, history, alerts, ack_alert, clear_alert,
         upload_firmware, list_firmware, delete_firmware, create_campaign, list_campaigns,
-        get_campaign, campaign_action, events, metrics_text, healthz, readyz, openapi_json
+        get_campaign, campaign_action, events, event_ticket, metrics_text, healthz, readyz, openapi_json
     ),
     components(schemas(
         StatusList, NodeStatus, StatusReport, Health, FleetHealth, Topology, TopologyNode,
         History, HistoryPoint, Resolution, Alert, AlertKind, Severity, AlertList, AlertState,
-        AckRequest, ArtefactInfo, ArtefactList, GatewayEvent, Probe, Problem, SortKey, Order,
+        AckRequest, ClearRequest, EventTicket, ArtefactInfo, ArtefactList, GatewayEvent, Probe, Problem, SortKey, Order,
         Campaign, CampaignList, CampaignSpec, CampaignId, CampaignNode, CampaignNodeEvent,
         CampaignState, CampaignStrategy, CampaignAction, NodeState, TargetsJson
     )),

@@ -221,6 +221,15 @@ struct Gw {
 }
 
 async fn start_gateway(dir: &std::path::Path, http: SocketAddr, mesh: Arc<FakeMesh>) -> Gw {
+    start_gateway_with(dir, http, mesh, |_| {}).await
+}
+
+async fn start_gateway_with(
+    dir: &std::path::Path,
+    http: SocketAddr,
+    mesh: Arc<FakeMesh>,
+    tweak: impl FnOnce(&mut GatewayConfig),
+) -> Gw {
     let pub_file = dir.join("fleet.pub");
     if !pub_file.exists() {
         meshfleet_firmware::keys::write_public_key(&pub_file, &signing_key().verifying_key())
@@ -228,6 +237,7 @@ async fn start_gateway(dir: &std::path::Path, http: SocketAddr, mesh: Arc<FakeMe
     }
     let mut cfg: GatewayConfig = common::config(dir);
     cfg.http = http;
+    tweak(&mut cfg);
     let db = Arc::new(SqliteStore::open(&cfg.db).unwrap());
     let gateway = Gateway::start(cfg, mesh.clone(), Stores::sqlite(db.clone()), None)
         .await
@@ -298,10 +308,11 @@ async fn populate(gw: &Gw, ids: &[u32], parents: &[usize]) -> Uptime {
     let samples = (0..288)
         .map(|k| {
             let ts = now - (288 - k) * 300_000;
+            // Rebooted at k = 200 (uptime and message counters restart from 0).
             let uptime = if k < 200 {
                 40_000 + k * 300
             } else {
-                (k - 200) * 300
+                (k - 200) * 300 + 100
             } as u32;
             let x = k as f64;
             Sample {
@@ -314,12 +325,28 @@ async fn populate(gw: &Gw, ids: &[u32], parents: &[usize]) -> Uptime {
                     latency_ms: (45.0 + 12.0 * (x / 9.0).sin().abs() + (k % 3) as f64) as u16,
                     packet_loss: (1.5 + 1.5 * (x / 31.0).sin()) as u8,
                     firmware: "1.4.1".into(),
+                    // 120 received, 60 sent and 6 dropped per minute since boot.
+                    messages_received: uptime * 2,
+                    messages_sent: uptime,
+                    messages_dropped: uptime / 10,
                     ..StatusReport::default()
                 },
             }
         })
         .collect();
     gw.db.append(samples);
+    // Hourly rollups of that day, for the ranges beyond 2 days.
+    gw.db
+        .maintain(
+            now,
+            meshfleet_gateway::store::sqlite::Retention {
+                raw_days: 7,
+                rollup_days: 90,
+                cap_bytes: 1 << 40,
+            },
+        )
+        .await
+        .unwrap();
     Uptime(Instant::now())
 }
 
@@ -612,10 +639,68 @@ async fn views_topology_of_1000_nodes_and_an_alert_within_two_report_periods() {
     b.goto(&gw.url(&format!("#/node/{}", ids[0]))).await;
     b.wait_for(
         "the history charts",
-        "document.querySelectorAll('#node-charts svg path.line').length === 5",
+        "document.querySelectorAll('#node-charts svg path.line').length === 8",
         20,
     )
     .await;
+    // Message rates from the counters, across the reboot (a counter reset is not a negative
+    // rate): raw for 1 h and 24 h, hourly rollups for 7 d and 90 d. The newest raw point is
+    // the node's live report (other counters, after an uptime going back: a reset), so raw
+    // ranges are checked in the history the page charts and rollups by the chart's label.
+    let messages = "[...document.querySelectorAll('#node-charts svg')].map(s => s.getAttribute('aria-label')).find(l => l.startsWith('Messages'))";
+    let day = request(
+        gw.http,
+        "GET",
+        &format!("/nodes/{}/history?resolution=raw", ids[0]),
+        &[],
+        &[],
+    )
+    .await
+    .json();
+    let pts = day["points"].as_array().unwrap();
+    assert!(pts.len() >= 288, "{}", pts.len());
+    for p in &pts[1..pts.len() - 1] {
+        assert_eq!(
+            [
+                &p["messagesReceivedPerMin"],
+                &p["messagesSentPerMin"],
+                &p["messagesDroppedPerMin"]
+            ],
+            [120.0, 60.0, 6.0],
+            "{p}"
+        );
+    }
+    for range in ["1 h", "7 d", "90 d", "24 h"] {
+        b.eval(&format!(
+            "[...document.querySelectorAll('.ranges button')].find(b => b.textContent === '{range}').click()"
+        ))
+        .await;
+        let label = b
+            .wait_for(
+                &format!("the message-rate chart for {range}"),
+                &format!("document.querySelectorAll('#node-charts svg path.line').length === 8 && {messages}"),
+                10,
+            )
+            .await;
+        if range.ends_with(" d") {
+            assert_eq!(
+                label.as_str().unwrap(),
+                "Messages: received last 120.0, sent last 60.0, dropped last 6.0 per min",
+                "{range}"
+            );
+        }
+        let lowest = b
+            .eval("Math.min(...[...document.querySelectorAll('#node-charts figure')].filter(f => f.textContent.startsWith('Messages')).flatMap(f => [...f.querySelectorAll('svg text')]).map(t => Number(t.textContent)).filter(Number.isFinite))")
+            .await;
+        assert!(
+            lowest.as_f64().unwrap() >= 0.0,
+            "{range}: axis down to {lowest}"
+        );
+    }
+    b.eval("[...document.querySelectorAll('#node-charts figure')].find(f => f.textContent.startsWith('Messages')).scrollIntoView()")
+        .await;
+    b.screenshot("node-messages").await;
+    b.eval("window.scrollTo(0, 0)").await;
     let reboots = b
         .eval("document.querySelectorAll('#node-charts svg:first-of-type line.reboot').length")
         .await;
@@ -707,6 +792,47 @@ async fn views_topology_of_1000_nodes_and_an_alert_within_two_report_periods() {
         .json();
     assert_eq!(stored["alerts"][0]["ackNote"], "replacing the sensor");
     assert_no_errors(&b, "on the alerts");
+    // Clear it by hand, with a note (the token is stored since the acknowledgement): it leaves
+    // the active list, and the store has who and why.
+    let alert_id = stored["alerts"][0]["id"].as_i64().unwrap();
+    b.eval(&format!(
+        "document.querySelector('#alerts-list button[data-key=\"clear-{alert_id}\"]').click()"
+    ))
+    .await;
+    b.wait_for(
+        "the clear dialog",
+        "document.getElementById('ack-dialog').open && document.getElementById('ack-title').textContent === 'Clear alert'",
+        5,
+    )
+    .await;
+    b.screenshot("alert-clear").await;
+    b.eval("(() => { document.getElementById('ack-note').value = 'sensor replaced'; document.getElementById('ack-form').requestSubmit(); })()")
+        .await;
+    b.wait_for(
+        "the alert gone from the active list",
+        &format!("document.querySelector('#alerts-list tr[data-alert=\"{alert_id}\"]') === null && document.getElementById('alerts-list').textContent.length > 0"),
+        10,
+    )
+    .await;
+    let all = request(
+        gw.http,
+        "GET",
+        &format!("/alerts?node={victim}&state=all"),
+        &[],
+        &[],
+    )
+    .await
+    .json();
+    let cleared = all["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == alert_id)
+        .cloned()
+        .unwrap();
+    assert_eq!(cleared["clearNote"], "sensor replaced", "{cleared}");
+    assert!(cleared["clearedAt"].is_i64(), "{cleared}");
+    assert_no_errors(&b, "after clearing an alert");
 
     // Firmware & campaigns.
     b.goto(&gw.url("#/firmware")).await;
@@ -902,6 +1028,85 @@ async fn the_page_reconnects_after_a_gateway_restart() {
     gw.stop().await;
 }
 
+/// With `read-auth` on, the page asks for the token at its first read, then goes live: its
+/// event stream opens with a single-use ticket (EventSource cannot send the header) and a
+/// fault reported afterwards reaches the page through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_goes_live_with_read_auth_on() {
+    let Some(b) = browser("dashboard read-auth").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (ids, parents) = mesh_ids(20);
+    let gw = start_gateway_with(
+        dir.path(),
+        "127.0.0.1:0".parse().unwrap(),
+        FakeMesh::new(),
+        |c| c.read_auth = true,
+    )
+    .await;
+    gw.mesh.set_tree(tree_of(&ids, &parents, &|_| true));
+    b.goto(&gw.url("#/nodes")).await;
+    b.wait_for(
+        "the token dialog",
+        "document.getElementById('token-dialog').open",
+        10,
+    )
+    .await;
+    let before = b.errors().len();
+    b.eval(&format!(
+        "(() => {{ document.getElementById('token-input').value = '{TOKEN}'; document.getElementById('token-form').requestSubmit(); }})()"
+    ))
+    .await;
+    b.wait_for(
+        "the nodes",
+        "document.getElementById('nodes-summary')?.textContent === '20 of 20 nodes'",
+        20,
+    )
+    .await;
+    b.wait_for("live", "document.querySelector('#live.on') !== null", 10)
+        .await;
+    // A fault now can only reach the page over the event stream.
+    let victim = ids[3];
+    gw.mesh.report(victim, status(victim, 5, 30, "1.4.1", 100));
+    b.wait_for(
+        "the alert count from the event stream",
+        "document.getElementById('alert-count').textContent === '1'",
+        10,
+    )
+    .await;
+    b.screenshot("read-auth-live").await;
+    // The token never went into a URL: the stream was opened with a ticket.
+    let urls = b
+        .eval("performance.getEntriesByType('resource').map(e => e.name).filter(n => n.includes('/events'))")
+        .await;
+    let urls: Vec<String> = serde_json::from_value(urls).unwrap();
+    assert!(urls.iter().all(|u| !u.contains(TOKEN)), "{urls:?}");
+    let auth = format!("Bearer {TOKEN}");
+    let metrics = request(gw.http, "GET", "/metrics", &[("Authorization", &auth)], &[])
+        .await
+        .text();
+    let count = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics"))
+    };
+    assert!(
+        count("meshfleet_gateway_event_tickets_redeemed_total ") >= 1,
+        "the stream was not opened with a ticket"
+    );
+    assert_eq!(count("meshfleet_gateway_event_tickets_refused_total "), 0);
+    // Before the token was given, the reads (and a plain /events) were refused: expected.
+    // Nothing may fail after it.
+    let errors: Vec<String> = b.errors().into_iter().skip(before).collect();
+    assert!(
+        errors.is_empty(),
+        "page errors after the token: {errors:#?}"
+    );
+    gw.stop().await;
+}
+
 /// The page and its assets: content types, ETag revalidation, the security headers, and
 /// no token needed even when reads require one.
 #[tokio::test]
@@ -1006,7 +1211,9 @@ async fn bench_dashboard() {
             const assets = e.filter(x => !api.some(p => new URL(x.name).pathname.startsWith(p)));
             const sum = (l) => l.reduce((s, x) => s + (x.encodedBodySize || 0), 0);
             const by = Object.fromEntries(api.map(p => [p, sum(e.filter(x => new URL(x.name).pathname.startsWith(p)))]));
-            return { assets: sum(assets), files: assets.length, all: sum(e), api: by };
+            const decoded = (l) => l.reduce((s, x) => s + (x.decodedBodySize || 0), 0);
+            return { assets: sum(assets), files: assets.length, all: sum(e), api: by,
+                     decoded: { assets: decoded(assets), all: decoded(e) } };
         })()"#,
         )
         .await;

@@ -238,3 +238,152 @@ async fn campaigns_survive_reopen() {
     assert!(db.update(ghost).await.is_err());
     db.close();
 }
+
+/// Message rates from the 604 counters, raw and in hourly rollups, across a reboot that
+/// resets the counters (and the uptime): the rate stays the node's real rate, never negative.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_rates_from_counters_with_a_reboot_raw_and_hourly() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = SqliteStore::open(&dir.path().join("g.db")).unwrap();
+    let h0 = 1_800_000_000_000i64 - 1_800_000_000_000i64 % HOUR;
+    // A report a minute for three hours; 120 received, 60 sent and 6 dropped per minute.
+    // At 90 min the node reboots: uptime 30 s, counters restarted from 0 30 s ago.
+    let mut batch = Vec::new();
+    for m in 0..180i64 {
+        let (uptime, since) = if m < 90 {
+            (600 + m * 60, m * 60 + 600)
+        } else {
+            (30 + (m - 90) * 60, 30 + (m - 90) * 60)
+        };
+        let mut s = sample(7, h0 + m * 60_000, 100);
+        s.report.uptime = uptime as u32;
+        s.report.messages_received = (since * 2) as u32;
+        s.report.messages_sent = since as u32;
+        s.report.messages_dropped = (since / 10) as u32;
+        batch.push(s);
+    }
+    db.append(batch);
+    let rates = |p: &serde_json::Value| {
+        [
+            p["messagesReceivedPerMin"].as_f64(),
+            p["messagesSentPerMin"].as_f64(),
+            p["messagesDroppedPerMin"].as_f64(),
+        ]
+    };
+    let close = |r: [Option<f64>; 3], want: [f64; 3], what: &str| {
+        for (got, want) in r.iter().zip(want) {
+            let got = got.unwrap_or_else(|| panic!("{what}: no rate"));
+            assert!((got - want).abs() < 1e-6, "{what}: {got} != {want}");
+        }
+    };
+    // Wait for the writer (append is fire-and-forget), then read raw history.
+    let mut raw = serde_json::Value::Null;
+    for _ in 0..100 {
+        let h = db
+            .query(7, h0, h0 + 3 * HOUR, Resolution::Raw, 1000)
+            .await
+            .unwrap();
+        raw = serde_json::to_value(&h).unwrap();
+        if h.points.len() == 180 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let points = raw["points"].as_array().unwrap();
+    assert_eq!(points.len(), 180);
+    assert_eq!(
+        rates(&points[0]),
+        [None; 3],
+        "no previous report to compare with"
+    );
+    for (i, p) in points.iter().enumerate().skip(1) {
+        close(rates(p), [120.0, 60.0, 6.0], &format!("raw point {i}"));
+    }
+    // A range starting mid-way still has a rate for its first point (the report before it).
+    let mid = db
+        .query(7, h0 + 30 * 60_000, h0 + HOUR, Resolution::Raw, 1000)
+        .await
+        .unwrap();
+    let first = serde_json::to_value(&mid.points[0]).unwrap();
+    close(
+        rates(&first),
+        [120.0, 60.0, 6.0],
+        "first point of a later range",
+    );
+
+    // Hourly rollups: the same rates per hour, the reboot's hour included; an hour's first
+    // report pairs with the previous hour's last.
+    let wide = Retention {
+        raw_days: 7,
+        rollup_days: 90,
+        cap_bytes: u64::MAX,
+    };
+    db.maintain(h0 + 3 * HOUR + 60_000, wide).await.unwrap();
+    let hourly = db
+        .query(7, h0, h0 + 3 * HOUR, Resolution::Hour, 100)
+        .await
+        .unwrap();
+    let hourly = serde_json::to_value(&hourly).unwrap();
+    let points = hourly["points"].as_array().unwrap();
+    assert_eq!(points.len(), 3, "{hourly}");
+    for (i, p) in points.iter().enumerate() {
+        close(rates(p), [120.0, 60.0, 6.0], &format!("hour {i}"));
+    }
+}
+
+/// A sample made from telemetry has no message counters: no rate is made across it, raw or
+/// hourly (a 0 would be a lie).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn samples_without_counters_make_no_rate() {
+    use meshfleet_gateway::model::NO_COUNTERS;
+    let dir = tempfile::tempdir().unwrap();
+    let db = SqliteStore::open(&dir.path().join("g.db")).unwrap();
+    let h0 = 1_800_000_000_000i64 - 1_800_000_000_000i64 % HOUR;
+    let with = |m: i64, c: u32| {
+        let mut s = sample(9, h0 + m * 60_000, 100);
+        s.report.uptime = 600 + (m * 60) as u32;
+        s.report.messages_received = c;
+        s.report.messages_sent = c;
+        s.report.messages_dropped = c;
+        s
+    };
+    db.append(vec![
+        with(0, 100),
+        with(1, NO_COUNTERS),
+        with(2, 300),
+        with(3, 400),
+    ]);
+    let mut h = db
+        .query(9, h0, h0 + HOUR, Resolution::Raw, 100)
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        if h.points.len() == 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        h = db
+            .query(9, h0, h0 + HOUR, Resolution::Raw, 100)
+            .await
+            .unwrap();
+    }
+    let rx: Vec<Option<f64>> = h
+        .points
+        .iter()
+        .map(|p| p.messages_received_per_min)
+        .collect();
+    assert_eq!(rx, [None, None, None, Some(100.0)]);
+    let wide = Retention {
+        raw_days: 7,
+        rollup_days: 90,
+        cap_bytes: u64::MAX,
+    };
+    db.maintain(h0 + 2 * HOUR, wide).await.unwrap();
+    let hour = db
+        .query(9, h0, h0 + HOUR, Resolution::Hour, 10)
+        .await
+        .unwrap();
+    assert_eq!(hour.points.len(), 1);
+    let r = hour.points[0].messages_received_per_min.unwrap();
+    assert!((r - 100.0).abs() < 1e-6, "only the 3 -> 4 pair counts: {r}");
+}

@@ -7,6 +7,13 @@
 //! the detectors add value hysteresis on top (separate raise and clear thresholds). An
 //! acknowledged alert stays active until it clears; if the condition returns later, that is
 //! a new alert with a new id.
+//!
+//! An operator can also clear an active alert by hand ([`ClearReason::Operator`]). Its key is
+//! then *disarmed*: the condition still holding does not raise it again on the next
+//! evaluation. It re-arms when the condition has been absent for `datapoints_to_clear`
+//! evaluations (the same rule that clears an alert by itself; for event detectors, when the
+//! detector itself would clear it), or when `rearm_after_clear_s` has passed, whichever comes
+//! first. After that a condition that is (still or again) present raises a new alert.
 
 use alloc::collections::{BTreeMap, VecDeque};
 use core::fmt;
@@ -155,6 +162,18 @@ pub struct Alert {
     pub acknowledged: bool,
 }
 
+/// Why an alert cleared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClearReason {
+    /// Its condition was absent long enough (the detector's own clear).
+    Resolved,
+    /// Its node was forgotten (evicted from the registry or removed by the caller).
+    Forgotten,
+    /// An operator cleared it by hand; the key stays disarmed until it re-arms (module docs).
+    Operator,
+}
+
 /// A change in the alert set.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AlertEvent {
@@ -169,7 +188,8 @@ pub enum AlertEvent {
         /// The new severity.
         severity: Severity,
     },
-    /// An alert cleared (its condition was absent long enough, or its node was forgotten).
+    /// An alert cleared (its condition was absent long enough, its node was forgotten, or an
+    /// operator cleared it).
     Cleared {
         /// The alert.
         id: u64,
@@ -177,6 +197,8 @@ pub enum AlertEvent {
         key: AlertKey,
         /// When.
         at: Instant,
+        /// Why.
+        reason: ClearReason,
     },
     /// An operator acknowledged it.
     Acknowledged {
@@ -193,12 +215,22 @@ struct Pending {
     quiet: u16,
 }
 
+/// A key an operator cleared by hand: no alert for it until it re-arms.
+#[derive(Clone, Copy, Debug)]
+struct Disarmed {
+    /// It re-arms at this time even if the condition never went away.
+    until: Instant,
+    /// Consecutive evaluations without the condition.
+    quiet: u16,
+}
+
 /// The set of active alerts with their lifecycle. Bounded: keys exist only for known nodes
 /// (the registry's cap) and the mesh.
 #[derive(Debug, Default)]
 pub(crate) struct AlertEngine {
     active: BTreeMap<AlertKey, Alert>,
     pending: BTreeMap<AlertKey, Pending>,
+    disarmed: BTreeMap<AlertKey, Disarmed>,
     next_id: u64,
     pub(crate) events: VecDeque<AlertEvent>,
     pub(crate) raised_total: u64,
@@ -217,6 +249,22 @@ impl AlertEngine {
         to_alarm: u16,
         to_clear: u16,
     ) {
+        if let Some(d) = self.disarmed.get_mut(&key) {
+            if now < d.until {
+                if firing {
+                    d.quiet = 0;
+                    return;
+                }
+                d.quiet = d.quiet.saturating_add(1);
+                if d.quiet >= to_clear.max(1) {
+                    // The condition went away: the next occurrence is a new alert.
+                    self.disarmed.remove(&key);
+                }
+                return;
+            }
+            // The re-arm time passed: evaluate as usual (a persisting condition raises).
+            self.disarmed.remove(&key);
+        }
         if let Some(a) = self.active.get_mut(&key) {
             let p = self.pending.entry(key).or_default();
             if firing {
@@ -236,7 +284,7 @@ impl AlertEngine {
             } else {
                 p.quiet += 1;
                 if p.quiet >= to_clear.max(1) {
-                    self.clear(now, key);
+                    self.clear_as(now, key, ClearReason::Resolved);
                 }
             }
             return;
@@ -256,6 +304,12 @@ impl AlertEngine {
     /// Raises (or refreshes) an alert at once: for event detectors (a partition, a reboot
     /// loop) whose condition is already a conclusion.
     pub(crate) fn raise(&mut self, now: Instant, key: AlertKey, severity: Severity, value: i64) {
+        if let Some(d) = self.disarmed.get(&key) {
+            if now < d.until {
+                return;
+            }
+            self.disarmed.remove(&key);
+        }
         if self.active.contains_key(&key) {
             self.observe(now, key, true, severity, value, 1, 1);
             return;
@@ -276,27 +330,64 @@ impl AlertEngine {
         self.active.insert(key, a);
     }
 
-    /// Clears an alert if active.
+    /// The detector found its condition gone: clears the alert if active, and re-arms the
+    /// key if an operator had cleared it.
     pub(crate) fn clear(&mut self, now: Instant, key: AlertKey) {
+        self.disarmed.remove(&key);
+        self.clear_as(now, key, ClearReason::Resolved);
+    }
+
+    fn clear_as(&mut self, now: Instant, key: AlertKey, reason: ClearReason) {
         self.pending.remove(&key);
         if let Some(a) = self.active.remove(&key) {
             self.events.push_back(AlertEvent::Cleared {
                 id: a.id,
                 key,
                 at: now,
+                reason,
             });
         }
+    }
+
+    /// An operator clears the active alert `id`: it clears now and its key stays disarmed
+    /// until the condition goes away or `rearm_after` passes. `None` if no active alert has
+    /// this id.
+    pub(crate) fn clear_by_operator(
+        &mut self,
+        now: Instant,
+        id: u64,
+        rearm_after: meshfleet_mesh::Duration,
+    ) -> Option<AlertKey> {
+        let key = self.active.values().find(|a| a.id == id)?.key;
+        self.clear_as(now, key, ClearReason::Operator);
+        self.disarmed.insert(
+            key,
+            Disarmed {
+                until: now + rearm_after,
+                quiet: 0,
+            },
+        );
+        Some(key)
     }
 
     /// Forgets everything about a subject (its node was evicted).
     pub(crate) fn forget(&mut self, now: Instant, subject: Subject) {
         for kind in AlertKind::ALL {
-            self.clear(now, AlertKey { subject, kind });
+            let key = AlertKey { subject, kind };
+            self.disarmed.remove(&key);
+            self.clear_as(now, key, ClearReason::Forgotten);
         }
     }
 
     pub(crate) fn is_active(&self, key: &AlertKey) -> bool {
         self.active.contains_key(key)
+    }
+
+    /// Active, or cleared by an operator and not re-armed: detectors judge such a key by its
+    /// clear threshold (value hysteresis), so a value hovering at the raise threshold does
+    /// not re-arm it.
+    pub(crate) fn is_held(&self, key: &AlertKey) -> bool {
+        self.active.contains_key(key) || self.disarmed.contains_key(key)
     }
 
     pub(crate) fn get(&self, key: &AlertKey) -> Option<&Alert> {
@@ -383,5 +474,72 @@ mod tests {
             })
             .collect();
         assert_eq!(kinds, ['r', 'a', 'c']);
+    }
+
+    /// The re-arm rule: an alert cleared by hand stays cleared while its condition persists,
+    /// comes back as a new alert once the condition has gone away (`to_clear` quiet
+    /// evaluations) and returned, and comes back after the re-arm time if it never went away.
+    #[test]
+    fn operator_clear_holds_until_the_condition_goes_away_or_the_rearm_time() {
+        let day = meshfleet_mesh::Duration::from_secs(86_400);
+        let mut e = AlertEngine::default();
+        let key = AlertKey {
+            subject: Subject::Node(NodeId(7)),
+            kind: AlertKind::LowMemory,
+        };
+        e.observe(t(0), key, true, Severity::Critical, 9000, 1, 2);
+        let first = e.get(&key).map(|a| a.id).unwrap_or_default();
+        assert_eq!(e.clear_by_operator(t(1), first, day), Some(key));
+        assert_eq!(
+            e.clear_by_operator(t(1), first, day),
+            None,
+            "no longer active"
+        );
+        assert!(!e.is_active(&key));
+        assert!(matches!(
+            e.events.back(),
+            Some(AlertEvent::Cleared {
+                reason: ClearReason::Operator,
+                ..
+            })
+        ));
+        // The condition persists: no new alert on the next evaluations.
+        for s in 2..10 {
+            e.observe(t(s), key, true, Severity::Critical, 9000, 1, 2);
+            assert!(!e.is_active(&key), "re-raised at {s} s");
+        }
+        // One quiet evaluation is not "gone away" (to_clear = 2), and a return resets it.
+        e.observe(t(10), key, false, Severity::Critical, 20000, 1, 2);
+        e.observe(t(11), key, true, Severity::Critical, 9000, 1, 2);
+        assert!(!e.is_active(&key));
+        // Gone away for two evaluations: re-armed; the next occurrence is a new alert.
+        e.observe(t(12), key, false, Severity::Critical, 20000, 1, 2);
+        e.observe(t(13), key, false, Severity::Critical, 20000, 1, 2);
+        assert!(!e.is_held(&key));
+        e.observe(t(14), key, true, Severity::Critical, 9000, 1, 2);
+        let second = e.get(&key).map(|a| a.id).unwrap_or_default();
+        assert!(second > first, "a new alert with a new id");
+        // Cleared by hand again, the condition never goes away: back after the re-arm time,
+        // and not before. Event detectors (`raise`) follow the same rule.
+        assert!(e.clear_by_operator(t(15), second, day).is_some());
+        e.raise(t(15 + 86_399), key, Severity::Critical, 9000);
+        assert!(!e.is_active(&key));
+        e.observe(t(15 + 86_400), key, true, Severity::Critical, 9000, 1, 2);
+        assert!(e.is_active(&key), "re-armed by time");
+        // A detector's own clear re-arms an event-style key at once.
+        let third = e.get(&key).map(|a| a.id).unwrap_or_default();
+        assert!(e.clear_by_operator(t(100_000), third, day).is_some());
+        e.clear(t(100_001), key);
+        e.raise(t(100_002), key, Severity::Critical, 1);
+        assert!(e.is_active(&key));
+        let reasons: alloc::vec::Vec<_> = e
+            .events
+            .iter()
+            .filter_map(|ev| match ev {
+                AlertEvent::Cleared { reason, .. } => Some(*reason),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(reasons, [ClearReason::Operator; 3]);
     }
 }

@@ -94,6 +94,9 @@ pub struct MonitorConfig {
     pub probe_losses_silent: u32,
     /// Most events queued for the caller; more are dropped (counted).
     pub max_events: usize,
+    /// An alert an operator cleared by hand does not come back while its condition persists;
+    /// it re-arms when the condition goes away, or after this long at the latest, seconds.
+    pub rearm_after_clear_s: u32,
 }
 
 impl Default for MonitorConfig {
@@ -139,6 +142,7 @@ impl Default for MonitorConfig {
             probe_timeout_s: 10,
             probe_losses_silent: 3,
             max_events: 100_000,
+            rearm_after_clear_s: 24 * 3600,
         }
     }
 }

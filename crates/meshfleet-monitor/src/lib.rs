@@ -35,7 +35,7 @@ pub mod status;
 pub mod telemetry;
 mod trend;
 
-pub use alert::{Alert, AlertEvent, AlertKey, AlertKind, Severity, Subject};
+pub use alert::{Alert, AlertEvent, AlertKey, AlertKind, ClearReason, Severity, Subject};
 pub use config::MonitorConfig;
 pub use monitor::{DropReason, Ingest, Monitor, MonitorEvent, MonitorStats, Transmit};
 pub use query::{QueryError, QueryId, QueryResult, QueryTarget};

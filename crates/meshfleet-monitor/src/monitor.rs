@@ -372,6 +372,17 @@ impl Monitor {
         ok
     }
 
+    /// An operator clears the active alert `id` by hand ([`crate::alert::ClearReason::Operator`]):
+    /// a [`crate::AlertEvent::Cleared`] follows, and the same condition does not raise again
+    /// until it has gone away (`datapoints_to_clear` evaluations without it) or
+    /// `rearm_after_clear_s` has passed. `None` if no active alert has this id.
+    pub fn clear_alert(&mut self, now: Instant, id: u64) -> Option<AlertKey> {
+        let rearm = dur_s(self.cfg.rearm_after_clear_s);
+        let key = self.alerts.clear_by_operator(now, id, rearm);
+        self.flush_alert_events();
+        key
+    }
+
     /// The next output event.
     pub fn poll_event(&mut self) -> Option<MonitorEvent> {
         self.events.pop_front()
@@ -1177,11 +1188,7 @@ impl Monitor {
                 kind,
             };
             let Some(v) = value else { return };
-            let firing = if al.is_active(&key) {
-                hold(v)
-            } else {
-                raise(v)
-            };
+            let firing = if al.is_held(&key) { hold(v) } else { raise(v) };
             al.observe(now, key, firing, sev, v, a, c);
         };
         rule(
@@ -1228,12 +1235,8 @@ impl Monitor {
             subject: subj,
             kind: AlertKind::MessageFlood,
         };
-        let firing = if al.is_active(&key) {
-            flood_hold
-        } else {
-            flood
-        };
-        if firing || al.is_active(&key) {
+        let firing = if al.is_held(&key) { flood_hold } else { flood };
+        if firing || al.is_held(&key) {
             al.observe(now, key, firing, Severity::Warning, flood_value, a, c);
         }
         // Node-reported conditions (604 documented bits, telemetry flags, the OTA engine).
@@ -1283,14 +1286,14 @@ impl Monitor {
         let fitted = trend(&e.det.heap, now, window);
         // An active alert is observed even without a fit of ours (the node's flag cleared,
         // or a reboot emptied our samples), so it can clear.
-        if fitted.is_some() || node_says || al.is_active(&key) {
+        if fitted.is_some() || node_says || al.is_held(&key) {
             let (slope_per_h, ours) = match fitted {
                 Some((slope_per_h, r2, span)) => {
                     let leaking = span >= 0.75 * f64::from(cfg.leak_window_s)
                         && slope_per_h <= -(cfg.leak_bytes_per_hour as f64)
                         && r2 >= cfg.leak_min_r2;
                     let holding = slope_per_h <= -(cfg.leak_bytes_per_hour as f64) / 2.0;
-                    let firing = if al.is_active(&key) { holding } else { leaking };
+                    let firing = if al.is_held(&key) { holding } else { leaking };
                     (slope_per_h, firing)
                 }
                 None => (0.0, false),

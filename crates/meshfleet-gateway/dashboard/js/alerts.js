@@ -1,6 +1,8 @@
-// Alerts: filter by state, severity, kind, node; acknowledge (with a note). Alerts clear
-// themselves: the gateway's monitor clears each one, with hysteresis, once its condition
-// is gone; the gateway has no endpoint to clear one by hand.
+// Alerts: filter by state, severity, kind, node; acknowledge or clear (with a note). Alerts
+// also clear themselves: the gateway's monitor clears each one, with hysteresis, once its
+// condition is gone. One cleared by hand does not come back while its condition persists;
+// it comes back (as a new alert) after the condition has gone away and returned, or after
+// the monitor's re-arm time (docs/monitoring.md).
 
 import * as api from './api.js';
 import { state, subscribe } from './store.js';
@@ -40,21 +42,13 @@ export function mount(main) {
         h('td', null, a.kind.replaceAll('_', ' ')),
         h('td', null, a.message),
         h('td', { title: time(a.raisedAt) }, ago(a.raisedAt)),
-        h('td', null, a.clearedAt ? `cleared ${ago(a.clearedAt)}` : a.ackedAt ? `acknowledged by ${a.ackedBy || '?'}${a.ackNote ? `: ${a.ackNote}` : ''}` : 'active'),
-        h('td', null, !a.ackedAt ? h('button', { type: 'button', 'data-key': `ack-${a.id}`, onclick: () => ack(a) }, 'Acknowledge') : null))))));
+        h('td', null, stateText(a)),
+        h('td', null, actionButtons(a, (r, what) => {
+          if (all) all = all.map((x) => (x.id === r.id ? r : x));
+          msg.textContent = `Alert ${a.id} ${what}.`;
+          render();
+        }, (e) => { msg.textContent = e; render(); })))))));
     if (items.length > 500) list.append(h('p', { class: 'muted' }, `${items.length - 500} more not shown; narrow the filter.`));
-  }
-
-  async function ack(a) {
-    const note = await askNote(`${a.severity} ${a.kind.replaceAll('_', ' ')} on ${a.nodeId ? `node ${a.nodeId}` : 'the mesh'}: ${a.message}`);
-    if (note === null) return;
-    try {
-      const r = await api.send('POST', `/alerts/${a.id}/ack`, note ? { note } : {});
-      state.alerts.set(r.id, r);
-      if (all) all = all.map((x) => (x.id === r.id ? r : x));
-      msg.textContent = `Alert ${a.id} acknowledged.`;
-    } catch (e) { msg.textContent = `Cannot acknowledge: ${e.message}`; }
-    render();
   }
 
   which.addEventListener('change', () => (which.value === 'all' ? loadAll() : render()));
@@ -65,12 +59,52 @@ export function mount(main) {
   return unsub;
 }
 
-/** The acknowledgement dialog; resolves with the note ('' for none), or null when cancelled. */
-function askNote(what) {
+/** An alert's state in words: who acknowledged or cleared it, and their note. */
+export function stateText(a) {
+  if (a.clearedAt) {
+    return a.clearedBy ? `cleared by ${a.clearedBy} ${ago(a.clearedAt)}${a.clearNote ? `: ${a.clearNote}` : ''}` : `cleared ${ago(a.clearedAt)}`;
+  }
+  return a.ackedAt ? `acknowledged by ${a.ackedBy || '?'}${a.ackNote ? `: ${a.ackNote}` : ''}` : 'active';
+}
+
+const ACTIONS = {
+  ack: { path: 'ack', title: 'Acknowledge alert', button: 'Acknowledge', done: 'acknowledged', hint: '' },
+  clear: {
+    path: 'clear', title: 'Clear alert', button: 'Clear', done: 'cleared',
+    hint: 'It will not come back while this condition persists; it comes back as a new alert once the condition has gone away and returned, or after the re-arm time (24 h by default).',
+  },
+};
+
+/** Acknowledge and Clear buttons for an active alert (none for a cleared one). `ok(alert, what)`
+ * runs after a change, `fail(message)` on an error. */
+export function actionButtons(a, ok, fail) {
+  if (a.clearedAt) return null;
+  const run = async (kind) => {
+    const act = ACTIONS[kind];
+    const note = await askNote(act, `${a.severity} ${a.kind.replaceAll('_', ' ')} on ${a.nodeId ? `node ${a.nodeId}` : 'the mesh'}: ${a.message}`);
+    if (note === null) return;
+    try {
+      const r = await api.send('POST', `/alerts/${a.id}/${act.path}`, note ? { note } : {});
+      state.alerts.set(r.id, r);
+      ok(r, act.done);
+    } catch (e) { fail(`Cannot ${act.button.toLowerCase()} alert ${a.id}: ${e.message}`); }
+  };
+  return h('div', { class: 'row-actions' },
+    !a.ackedAt ? h('button', { type: 'button', 'data-key': `ack-${a.id}`, onclick: () => run('ack') }, 'Acknowledge') : null,
+    h('button', { type: 'button', 'data-key': `clear-${a.id}`, onclick: () => run('clear') }, 'Clear'));
+}
+
+/** The note dialog; resolves with the note ('' for none), or null when cancelled. */
+function askNote(act, what) {
   const dlg = document.getElementById('ack-dialog');
   const form = document.getElementById('ack-form');
   const input = document.getElementById('ack-note');
   const cancelBtn = document.getElementById('ack-cancel');
+  document.getElementById('ack-title').textContent = act.title;
+  document.getElementById('ack-submit').textContent = act.button;
+  const hint = document.getElementById('ack-hint');
+  hint.textContent = act.hint;
+  hint.hidden = !act.hint;
   document.getElementById('ack-what').textContent = what;
   input.value = '';
   return new Promise((resolve) => {

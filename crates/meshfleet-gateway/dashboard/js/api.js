@@ -17,6 +17,8 @@ export function storedToken() {
 
 function storeToken(t) {
   try { if (t) localStorage.setItem(KEY, t); else localStorage.removeItem(KEY); } catch { /* private mode */ }
+  // The event stream may be waiting for a token (read-auth): tell it at once.
+  if (t) window.dispatchEvent(new Event('meshfleet-token'));
 }
 
 /** Shows the token dialog; resolves with the token, or null when cancelled. */
@@ -53,12 +55,19 @@ async function problem(r) {
   try { return await r.json(); } catch { return null; }
 }
 
+let readAuthKnown;
+/** Resolves at the first read's answer: true if the gateway wants the token for reads too
+ * (read-auth), so the event stream waits for a token instead of trying without one. */
+export const readAuth = new Promise((resolve) => { readAuthKnown = resolve; });
+
 /** GET a JSON document. */
 export async function get(path) {
   const headers = { Accept: 'application/json' };
   const t = storedToken();
   if (t) headers.Authorization = `Bearer ${t}`;
-  const r = await fetch(path, { headers, cache: 'no-store' });
+  let r;
+  try { r = await fetch(path, { headers, cache: 'no-store' }); } catch (e) { readAuthKnown(false); throw e; }
+  readAuthKnown(r.status === 401);
   if (r.status === 401) {
     const tok = await askToken('This gateway requires the token for reads too.');
     if (tok) return get(path);

@@ -4,7 +4,8 @@
 import * as api from './api.js';
 import { state, subscribe } from './store.js';
 import { h, clear, ago, time, duration, kb, badge, isStale } from './util.js';
-import { lineChart } from './charts.js';
+import { lineChart, multiChart } from './charts.js';
+import { actionButtons, stateText } from './alerts.js';
 
 const RANGES = [['1 h', 3600e3], ['6 h', 6 * 3600e3], ['24 h', 24 * 3600e3], ['7 d', 7 * 86400e3], ['30 d', 30 * 86400e3], ['90 d', 90 * 86400e3]];
 let range = 24 * 3600e3;
@@ -67,6 +68,11 @@ export function mount(main, params, id) {
       lineChart('WiFi quality', series((p) => p.wifiQuality), { ...o, unit: '%' }),
       lineChart('Latency', series((p) => p.latencyMs), { ...o, unit: 'ms' }),
       lineChart('Packet loss', series((p) => p.packetLoss), { ...o, unit: '%', digits: 1 }),
+      multiChart('Messages', [
+        { name: 'received', points: series((p) => p.messagesReceivedPerMin) },
+        { name: 'sent', points: series((p) => p.messagesSentPerMin) },
+        { name: 'dropped', points: series((p) => p.messagesDroppedPerMin) },
+      ], { ...o, unit: 'per min', digits: 1, zero: true }),
       lineChart('Uptime', series((p) => p.uptime / 3600), { ...o, unit: 'h', digits: 1 }),
     );
     charts.append(h('p', { class: 'muted' }, `${pts.length} ${hist.resolution === 'hour' ? 'hourly rollups' : 'reports'}${hist.truncated ? ' (truncated)' : ''}; reboots (uptime going back) are dashed red lines: ${reboots.length}.`));
@@ -79,9 +85,10 @@ export function mount(main, params, id) {
       const r = await api.get(`/alerts?state=all&node=${nodeId}&limit=100`);
       if (!alive) return;
       alerts.append(r.alerts.length ? h('table', { class: 'simple' },
-        h('thead', null, h('tr', null, h('th', null, 'Severity'), h('th', null, 'Kind'), h('th', null, 'Raised'), h('th', null, 'State'))),
-        h('tbody', null, r.alerts.map((a) => h('tr', null, h('td', null, badge(a.severity)), h('td', null, a.kind.replaceAll('_', ' ')),
-          h('td', null, ago(a.raisedAt)), h('td', null, a.clearedAt ? 'cleared' : a.ackedAt ? 'acknowledged' : 'active')))))
+        h('thead', null, h('tr', null, h('th', null, 'Severity'), h('th', null, 'Kind'), h('th', null, 'Raised'), h('th', null, 'State'), h('th', null, ''))),
+        h('tbody', null, r.alerts.map((a) => h('tr', { 'data-alert': a.id }, h('td', null, badge(a.severity)), h('td', null, a.kind.replaceAll('_', ' ')),
+          h('td', null, ago(a.raisedAt)), h('td', null, stateText(a)),
+          h('td', null, actionButtons(a, loadAlerts, (e) => alerts.append(h('p', { class: 'error' }, e))))))))
         : h('p', { class: 'empty' }, 'No alerts.'));
     } catch (e) { alerts.append(h('p', { class: 'error' }, e.message)); }
   }

@@ -193,9 +193,45 @@ function setConnected(on) {
   changed();
 }
 
-export function connect() {
+/**
+ * The event stream's URL. EventSource cannot send the bearer header, and the token must never
+ * go into a URL; so with a stored token the page trades it for a single-use, 30-second ticket
+ * (POST /events/ticket) and opens /events?ticket=…, a fresh one for every (re)connection.
+ * This is what makes live updates work when the gateway has read-auth on. Without a token
+ * (or if the trade fails: no token configured, token refused), plain /events, which works
+ * whenever read-auth is off; with read-auth on and no token yet, nothing until one is given.
+ */
+async function eventsUrl() {
+  const token = api.storedToken();
+  // read-auth and no token yet: wait for one (the first read asks for it) rather than open
+  // a stream that can only be refused.
+  if (!token) return (await api.readAuth) ? null : '/events';
+  try {
+    const r = await fetch('/events/ticket', { method: 'POST', headers: { Authorization: `Bearer ${token}` }, cache: 'no-store' });
+    if (r.ok) {
+      const t = await r.json();
+      if (t && typeof t.ticket === 'string' && /^[0-9a-f]{64}$/.test(t.ticket)) return `/events?ticket=${t.ticket}`;
+    }
+  } catch { /* the gateway is down: EventSource's error path retries with back-off */ }
+  return '/events';
+}
+
+// A token just given (read-auth's first prompt): connect now rather than at the next back-off.
+window.addEventListener('meshfleet-token', () => {
+  if (!state.connected && !connecting) { clearTimeout(retryTimer); backoff = 500; connect(); }
+});
+
+let connecting = false;
+
+export async function connect() {
+  if (connecting) return; // one (re)connection at a time: each spends a ticket
+  connecting = true;
   if (es) es.close();
-  es = new EventSource('/events');
+  es = null;
+  let url;
+  try { url = await eventsUrl(); } finally { connecting = false; }
+  if (!url) { setConnected(false); return; } // 'meshfleet-token' connects once there is one
+  es = new EventSource(url);
   es.onopen = () => {
     const again = everConnected;
     everConnected = true;

@@ -40,7 +40,10 @@ export function mount(main) {
   let lay = null;
   let layKey = '';
   let view = { x: 0, y: 0, k: 1 };
-  let fitted = false;
+  // The view follows the mesh (fits it at every layout change) until the user pans, zooms or
+  // centres a node; Fit (or 0) returns to following. A mesh that is still forming when the
+  // page opens (meshfleet demo) would otherwise stay zoomed on its first few nodes.
+  let following = true;
   let selected = null;
   let highlight = new Set();
   let dirty = true;
@@ -64,9 +67,10 @@ export function mount(main) {
     let x0 = Infinity; let x1 = -Infinity; let y0 = Infinity; let y1 = -Infinity;
     for (const p of lay.pos.values()) { x0 = Math.min(x0, p.x); x1 = Math.max(x1, p.x); y0 = Math.min(y0, p.y); y1 = Math.max(y1, p.y); }
     const w = Math.max(60, x1 - x0) + 40; const hh = Math.max(60, y1 - y0) + 40;
-    view.k = Math.min(width / w, heightPx / hh);
+    // At most the zoom a centred node gets: a handful of nodes is not drawn as giant discs.
+    view.k = Math.min(width / w, heightPx / hh, 2.5);
     view.x = width / 2 - ((x0 + x1) / 2) * view.k; view.y = heightPx / 2 - ((y0 + y1) / 2) * view.k;
-    fitted = true; dirty = true;
+    following = true; dirty = true;
   }
 
   function colourOf(id) {
@@ -105,7 +109,7 @@ export function mount(main) {
       animStart = now;
     }
     if (selected !== null) highlight = new Set(pathToRoot(lay, selected));
-    if (!fitted) fit();
+    if (following) fit();
     dirty = true;
   }
 
@@ -221,6 +225,7 @@ export function mount(main) {
     if (centre && id !== null) {
       const p = lay.pos.get(id);
       view.k = Math.max(view.k, 2.5);
+      following = false;
       // Centre it in the part of the canvas the side panel leaves free.
       const free = width > 760 ? width - 300 : width;
       view.x = free / 2 - p.x * view.k; view.y = heightPx / 2 - p.y * view.k;
@@ -299,7 +304,7 @@ export function mount(main) {
       return;
     }
     const dx = e.offsetX - p.x; const dy = e.offsetY - p.y;
-    if (Math.abs(dx) + Math.abs(dy) > 2) moved = true;
+    if (Math.abs(dx) + Math.abs(dy) > 2) { moved = true; following = false; }
     view.x += dx; view.y += dy;
     p.x = e.offsetX; p.y = e.offsetY;
     dirty = true;
@@ -320,8 +325,8 @@ export function mount(main) {
   canvas.addEventListener('keydown', (e) => {
     const step = 60;
     const keys = {
-      ArrowLeft: () => { view.x += step; }, ArrowRight: () => { view.x -= step; },
-      ArrowUp: () => { view.y += step; }, ArrowDown: () => { view.y -= step; },
+      ArrowLeft: () => { view.x += step; following = false; }, ArrowRight: () => { view.x -= step; following = false; },
+      ArrowUp: () => { view.y += step; following = false; }, ArrowDown: () => { view.y -= step; following = false; },
       '+': () => zoomAt(width / 2, heightPx / 2, 1.25), '=': () => zoomAt(width / 2, heightPx / 2, 1.25),
       '-': () => zoomAt(width / 2, heightPx / 2, 0.8), 0: fit,
       Enter: () => { if (selected !== null && selected !== lay.root) location.hash = `#/node/${selected}`; },
@@ -334,14 +339,14 @@ export function mount(main) {
     const k = Math.min(40, Math.max(0.05, view.k * f));
     view.x = sx - ((sx - view.x) * k) / view.k;
     view.y = sy - ((sy - view.y) * k) / view.k;
-    view.k = k; dirty = true;
+    view.k = k; dirty = true; following = false;
   }
   zoomIn.addEventListener('click', () => zoomAt(width / 2, heightPx / 2, 1.25));
   zoomOut.addEventListener('click', () => zoomAt(width / 2, heightPx / 2, 0.8));
   fitBtn.addEventListener('click', fit);
   colour.addEventListener('change', () => { colourBy = colour.value; renderLegend(); dirty = true; });
 
-  const ro = new ResizeObserver(() => { resize(); if (!fitted) fit(); });
+  const ro = new ResizeObserver(() => { resize(); if (following) fit(); });
   ro.observe(canvas);
   resize();
   const update = () => {

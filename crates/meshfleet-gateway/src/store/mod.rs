@@ -102,6 +102,18 @@ pub trait AlertStore: Send + Sync {
         note: Option<String>,
         at: UnixMillis,
     ) -> StoreFuture<'_, Option<Alert>>;
+    /// One alert by id.
+    fn get(&self, id: i64) -> StoreFuture<'_, Option<Alert>>;
+    /// An operator clears an alert by hand, with an optional note; `None` if there is no
+    /// such alert, else the alert and whether this call cleared it (`false`: it had already
+    /// cleared, and keeps how and when) (acknowledged).
+    fn clear_by(
+        &self,
+        id: i64,
+        actor: String,
+        note: Option<String>,
+        at: UnixMillis,
+    ) -> StoreFuture<'_, Option<(Alert, bool)>>;
     /// Alerts, newest first: only active ones (not cleared) or all; at most `limit`.
     fn list(
         &self,

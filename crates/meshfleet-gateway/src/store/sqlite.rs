@@ -46,6 +46,23 @@ const READERS: usize = 2;
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 24 * HOUR_MS;
 
+/// The `dash` migration (issue 12): who cleared an alert by hand, and their note (an alert its
+/// condition cleared keeps both NULL); message counter increases per hourly rollup and the
+/// seconds they cover, so rollups serve message rates (NULL in rollups made before it).
+const DASH_CLEARED_BY_AND_RATES: &str = "ALTER TABLE alerts ADD COLUMN cleared_by TEXT;
+     ALTER TABLE alerts ADD COLUMN clear_note TEXT;
+     ALTER TABLE rollups ADD COLUMN rx_inc REAL;
+     ALTER TABLE rollups ADD COLUMN tx_inc REAL;
+     ALTER TABLE rollups ADD COLUMN drop_inc REAL;
+     ALTER TABLE rollups ADD COLUMN rate_span_s REAL;";
+
+// The rollup SQL spells NO_COUNTERS as a literal.
+const _: () = assert!(crate::model::NO_COUNTERS == 4_294_967_295);
+
+/// A sample is paired with the previous one of its node for a message rate only if that one
+/// is at most this old (a longer gap says nothing about the rate in between).
+const RATE_GAP_MS: i64 = 2 * HOUR_MS;
+
 /// The schema, one entry per version (`user_version` = number applied).
 pub const MIGRATIONS: &[&str] = &[
     // 1: the first schema.
@@ -172,6 +189,8 @@ pub const MIGRATIONS: &[&str] = &[
         dedup TEXT UNIQUE,
         created_at INTEGER NOT NULL
      );",
+    // dash (issue 12): alerts cleared by hand; message rates in rollups.
+    DASH_CLEARED_BY_AND_RATES,
 ];
 
 /// Retention and size settings for [`SqliteStore::maintain`].
@@ -213,6 +232,13 @@ enum Op {
         note: Option<String>,
         at: UnixMillis,
         reply: Reply<Option<Alert>>,
+    },
+    ClearBy {
+        id: i64,
+        actor: String,
+        note: Option<String>,
+        at: UnixMillis,
+        reply: Reply<Option<(Alert, bool)>>,
     },
     PutArtefact(Box<ArtefactInfo>, Vec<u8>, Reply<bool>),
     DeleteArtefact(String, Reply<bool>),
@@ -473,6 +499,13 @@ fn apply(tx: &Transaction<'_>, op: Op) -> Pending {
             at,
             reply,
         } => hold(reply, ack(tx, id, &actor, note.as_deref(), at)),
+        Op::ClearBy {
+            id,
+            actor,
+            note,
+            at,
+            reply,
+        } => hold(reply, clear_by(tx, id, &actor, note.as_deref(), at)),
         Op::PutArtefact(info, bytes, reply) => hold(reply, put_artefact(tx, &info, &bytes)),
         Op::DeleteArtefact(id, reply) => hold(
             reply,
@@ -649,8 +682,8 @@ fn insert_samples(tx: &Transaction<'_>, samples: &[Sample]) -> Result<(), StoreE
     Ok(())
 }
 
-const ALERT_COLUMNS: &str =
-    "id, node_id, kind, severity, message, raised_at, cleared_at, acked_at, acked_by, ack_note";
+const ALERT_COLUMNS: &str = "id, node_id, kind, severity, message, raised_at, cleared_at, acked_at,
+     acked_by, ack_note, cleared_by, clear_note";
 
 fn alert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Alert, StoreError>> {
     let kind: String = r.get(2)?;
@@ -671,6 +704,8 @@ fn alert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Alert, StoreError
         acked_at: r.get(7)?,
         acked_by: r.get(8)?,
         ack_note: r.get(9)?,
+        cleared_by: r.get(10)?,
+        clear_note: r.get(11)?,
     }))
 }
 
@@ -700,6 +735,8 @@ fn raise(tx: &Transaction<'_>, a: NewAlert) -> Result<Alert, StoreError> {
         acked_at: None,
         acked_by: None,
         ack_note: None,
+        cleared_by: None,
+        clear_note: None,
     })
 }
 
@@ -717,6 +754,119 @@ fn ack(
         params![id, at, actor, note],
     )?;
     alert_by_id(tx, id)
+}
+
+fn clear_by(
+    tx: &Transaction<'_>,
+    id: i64,
+    actor: &str,
+    note: Option<&str>,
+    at: UnixMillis,
+) -> Result<Option<(Alert, bool)>, StoreError> {
+    // Only an active alert is cleared; one that already cleared keeps how and when it did.
+    let n = tx.execute(
+        "UPDATE alerts SET cleared_at = ?2, cleared_by = ?3, clear_note = ?4
+         WHERE id = ?1 AND cleared_at IS NULL",
+        params![id, at, actor, note],
+    )?;
+    Ok(alert_by_id(tx, id)?.map(|a| (a, n > 0)))
+}
+
+/// One raw sample's fields needed for message rates.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct MsgCounters {
+    /// When (ms since the epoch).
+    pub ts: i64,
+    /// Seconds since boot.
+    pub uptime: u32,
+    /// `msgRx`, `msgTx`, `msgDrop`.
+    pub msgs: [u32; 3],
+}
+
+/// The counters' increases from `prev` to `cur` and the seconds they cover, or `None` if
+/// `prev` is not earlier or more than [`RATE_GAP_MS`] earlier, or either has no counters
+/// ([`crate::model::NO_COUNTERS`], a sample made from telemetry). A counter or the uptime going
+/// back is a reboot: the counters restarted from 0, so each increase is the new value, over at
+/// most the uptime (at least 1 s); an increase is never negative. The rollup SQL in
+/// `maintain` applies the same rule.
+pub(crate) fn counter_interval(prev: MsgCounters, cur: MsgCounters) -> Option<([f64; 3], f64)> {
+    let dt = cur.ts - prev.ts;
+    let none = crate::model::NO_COUNTERS;
+    if dt <= 0 || dt > RATE_GAP_MS || prev.msgs[0] == none || cur.msgs[0] == none {
+        return None;
+    }
+    let secs = dt as f64 / 1000.0;
+    let reset = cur.uptime < prev.uptime || cur.msgs.iter().zip(prev.msgs).any(|(c, p)| *c < p);
+    if reset {
+        let span = secs.min(f64::from(cur.uptime)).max(1.0);
+        return Some((cur.msgs.map(f64::from), span));
+    }
+    let mut inc = [0.0; 3];
+    for (i, v) in inc.iter_mut().enumerate() {
+        *v = f64::from(cur.msgs[i] - prev.msgs[i]);
+    }
+    Some((inc, secs))
+}
+
+/// Raw history with message rates: every sample in the range and the one before it (for the
+/// first sample's rate).
+fn raw_history(
+    c: &Connection,
+    node: u32,
+    from: UnixMillis,
+    to: UnixMillis,
+    fetch: i64,
+) -> Result<Vec<HistoryPoint>, StoreError> {
+    let counters = |r: &rusqlite::Row<'_>, at: usize| -> rusqlite::Result<MsgCounters> {
+        Ok(MsgCounters {
+            ts: r.get(at)?,
+            uptime: r.get(at + 1)?,
+            msgs: [r.get(at + 2)?, r.get(at + 3)?, r.get(at + 4)?],
+        })
+    };
+    let mut prev: Option<MsgCounters> = c
+        .prepare_cached(
+            "SELECT ts, uptime, msg_rx, msg_tx, msg_drop FROM samples
+             WHERE node_id = ?1 AND ts < ?2 AND ts >= ?3 ORDER BY ts DESC LIMIT 1",
+        )?
+        .query_row(params![node, from, from - RATE_GAP_MS], |r| counters(r, 0))
+        .optional()?;
+    let mut stmt = c.prepare_cached(
+        "SELECT ts, uptime, msg_rx, msg_tx, msg_drop, mem_kb, wifi, latency_ms, loss, alerts != 0
+         FROM samples WHERE node_id = ?1 AND ts >= ?2 AND ts < ?3 ORDER BY ts LIMIT ?4",
+    )?;
+    let rows = stmt.query_map(params![node, from, to, fetch], |r| {
+        Ok((
+            counters(r, 0)?,
+            HistoryPoint {
+                ts: r.get(0)?,
+                samples: 1,
+                uptime: r.get(1)?,
+                free_memory_kb: r.get(5)?,
+                free_memory_kb_min: r.get(5)?,
+                wifi_quality: r.get(6)?,
+                latency_ms: r.get(7)?,
+                packet_loss: r.get(8)?,
+                alerting: r.get(9)?,
+                messages_received_per_min: None,
+                messages_sent_per_min: None,
+                messages_dropped_per_min: None,
+            },
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (cur, mut p) = row?;
+        if let Some((inc, secs)) = prev.and_then(|pr| counter_interval(pr, cur)) {
+            let per_min = |i: f64| i * 60.0 / secs;
+            p.messages_received_per_min = Some(per_min(inc[0]));
+            p.messages_sent_per_min = Some(per_min(inc[1]));
+            p.messages_dropped_per_min = Some(per_min(inc[2]));
+        }
+        prev = Some(cur);
+        out.push(p);
+    }
+    Ok(out)
 }
 
 fn put_artefact(tx: &Transaction<'_>, a: &ArtefactInfo, bytes: &[u8]) -> Result<bool, StoreError> {
@@ -780,12 +930,37 @@ fn maintain(
     };
     if done < this_hour {
         m.rolled_up = tx.execute(
+            // Message counters: the increase between a sample and the previous one of its
+            // node (up to RATE_GAP_MS before, so an hour's first sample pairs with the
+            // previous hour's last). A counter or the uptime going back is a reboot: the
+            // counters restarted from 0, so the increase is the new value, over at most the
+            // uptime; never negative. Same rule as `counter_interval` for raw history.
             "INSERT OR REPLACE INTO rollups (node_id, bucket, n, uptime_max, mem_avg, mem_min,
-             wifi_avg, latency_avg, loss_avg, alerting)
+             wifi_avg, latency_avg, loss_avg, alerting, rx_inc, tx_inc, drop_inc, rate_span_s)
              SELECT node_id, (ts / 3600000) * 3600000, count(*), max(uptime), avg(mem_kb),
-             min(mem_kb), avg(wifi), avg(latency_ms), avg(loss), sum(alerts != 0)
-             FROM samples WHERE ts >= ?1 AND ts < ?2 GROUP BY node_id, ts / 3600000",
-            params![done, this_hour],
+             min(mem_kb), avg(wifi), avg(latency_ms), avg(loss), sum(alerts != 0),
+             sum(CASE reset WHEN 1 THEN msg_rx WHEN 0 THEN msg_rx - p_rx END),
+             sum(CASE reset WHEN 1 THEN msg_tx WHEN 0 THEN msg_tx - p_tx END),
+             sum(CASE reset WHEN 1 THEN msg_drop WHEN 0 THEN msg_drop - p_drop END),
+             sum(CASE reset WHEN 1 THEN max(1.0, min((ts - p_ts) / 1000.0, uptime))
+                            WHEN 0 THEN (ts - p_ts) / 1000.0 END)
+             FROM (
+               SELECT *, CASE WHEN p_ts IS NULL OR ts - p_ts > ?3
+                   OR msg_rx = 4294967295 OR p_rx = 4294967295 THEN NULL
+                 ELSE (msg_rx < p_rx OR msg_tx < p_tx OR msg_drop < p_drop OR uptime < p_up)
+                 END AS reset
+               FROM (
+                 SELECT node_id, ts, uptime, mem_kb, wifi, latency_ms, loss, alerts,
+                   msg_rx, msg_tx, msg_drop,
+                   lag(ts) OVER w AS p_ts, lag(uptime) OVER w AS p_up,
+                   lag(msg_rx) OVER w AS p_rx, lag(msg_tx) OVER w AS p_tx,
+                   lag(msg_drop) OVER w AS p_drop
+                 FROM samples WHERE ts >= ?1 - ?3 AND ts < ?2
+                 WINDOW w AS (PARTITION BY node_id ORDER BY ts)
+               )
+             )
+             WHERE ts >= ?1 GROUP BY node_id, ts / 3600000",
+            params![done, this_hour, RATE_GAP_MS],
         )? as u64;
     }
     tx.execute(
@@ -874,35 +1049,40 @@ impl HistoryStore for SqliteStore {
         limit: usize,
     ) -> StoreFuture<'_, History> {
         self.read(move |c| {
-            let sql = match resolution {
-                Resolution::Raw => {
-                    "SELECT ts, 1, uptime, mem_kb, mem_kb, wifi, latency_ms, loss, alerts != 0
-                     FROM samples WHERE node_id = ?1 AND ts >= ?2 AND ts < ?3 ORDER BY ts LIMIT ?4"
-                }
+            let fetch = i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1);
+            let mut points = match resolution {
+                Resolution::Raw => raw_history(c, node, from, to, fetch)?,
                 Resolution::Hour => {
-                    "SELECT bucket, n, uptime_max, mem_avg, mem_min, wifi_avg, latency_avg,
-                     loss_avg, alerting
-                     FROM rollups WHERE node_id = ?1 AND bucket >= ?2 AND bucket < ?3
-                     ORDER BY bucket LIMIT ?4"
+                    let mut stmt = c.prepare_cached(
+                        "SELECT bucket, n, uptime_max, mem_avg, mem_min, wifi_avg, latency_avg,
+                         loss_avg, alerting, rx_inc, tx_inc, drop_inc, rate_span_s
+                         FROM rollups WHERE node_id = ?1 AND bucket >= ?2 AND bucket < ?3
+                         ORDER BY bucket LIMIT ?4",
+                    )?;
+                    let rows = stmt.query_map(params![node, from, to, fetch], |r| {
+                        let span: Option<f64> = r.get(12)?;
+                        let per_min = |inc: Option<f64>| match (inc, span) {
+                            (Some(i), Some(s)) if s > 0.0 => Some(i.max(0.0) * 60.0 / s),
+                            _ => None,
+                        };
+                        Ok(HistoryPoint {
+                            ts: r.get(0)?,
+                            samples: r.get(1)?,
+                            uptime: r.get(2)?,
+                            free_memory_kb: r.get(3)?,
+                            free_memory_kb_min: r.get(4)?,
+                            wifi_quality: r.get(5)?,
+                            latency_ms: r.get(6)?,
+                            packet_loss: r.get(7)?,
+                            alerting: r.get(8)?,
+                            messages_received_per_min: per_min(r.get(9)?),
+                            messages_sent_per_min: per_min(r.get(10)?),
+                            messages_dropped_per_min: per_min(r.get(11)?),
+                        })
+                    })?;
+                    rows.collect::<Result<Vec<_>, _>>()?
                 }
             };
-            let mut stmt = c.prepare_cached(sql)?;
-            let fetch = i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1);
-            let mut points = stmt
-                .query_map(params![node, from, to, fetch], |r| {
-                    Ok(HistoryPoint {
-                        ts: r.get(0)?,
-                        samples: r.get(1)?,
-                        uptime: r.get(2)?,
-                        free_memory_kb: r.get(3)?,
-                        free_memory_kb_min: r.get(4)?,
-                        wifi_quality: r.get(5)?,
-                        latency_ms: r.get(6)?,
-                        packet_loss: r.get(7)?,
-                        alerting: r.get(8)?,
-                    })
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
             let truncated = points.len() > limit;
             points.truncate(limit);
             Ok(History {
@@ -938,6 +1118,26 @@ impl AlertStore for SqliteStore {
         at: UnixMillis,
     ) -> StoreFuture<'_, Option<Alert>> {
         self.acked(|reply| Op::Ack {
+            id,
+            actor,
+            note,
+            at,
+            reply,
+        })
+    }
+
+    fn get(&self, id: i64) -> StoreFuture<'_, Option<Alert>> {
+        self.read(move |c| alert_by_id(c, id))
+    }
+
+    fn clear_by(
+        &self,
+        id: i64,
+        actor: String,
+        note: Option<String>,
+        at: UnixMillis,
+    ) -> StoreFuture<'_, Option<(Alert, bool)>> {
+        self.acked(|reply| Op::ClearBy {
             id,
             actor,
             note,
