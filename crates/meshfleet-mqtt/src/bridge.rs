@@ -379,7 +379,7 @@ pub async fn run(shared: Arc<Shared>, p: Prepared, stop: watch::Receiver<bool>) 
         replies_tx,
     };
     if let Some(c) = &b.p.commands {
-        c.attach(b.shared.clone(), b.outbox.clone());
+        c.attach(b.shared.clone(), b.outbox.clone()).await;
     }
     b.reconcile_alerts().await;
     info!(url = %mask(&b.p.config.url), client = %b.client_id, "MQTT bridge starting");

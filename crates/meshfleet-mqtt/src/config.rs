@@ -119,6 +119,10 @@ pub struct CommandConfig {
     pub max_payload: usize,
     /// Largest firmware fetched from a URL or streamed over MQTT, bytes.
     pub max_artefact: usize,
+    /// Streamed uploads in progress at most (each up to `max-artefact`, held in memory).
+    pub max_uploads: usize,
+    /// A streamed upload with no piece for this long is dropped, seconds.
+    pub upload_timeout_s: u64,
 }
 
 impl Default for CommandConfig {
@@ -130,6 +134,8 @@ impl Default for CommandConfig {
             window_s: 300,
             max_payload: 64 * 1024,
             max_artefact: 16 * 1024 * 1024,
+            max_uploads: 2,
+            upload_timeout_s: 600,
         }
     }
 }
