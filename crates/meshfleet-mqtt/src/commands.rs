@@ -884,13 +884,15 @@ impl Commands {
         let Ok(list) = svc.list().await else {
             return out;
         };
+        let now = now_millis();
         for c in list.iter().filter(|c| c.state == CampaignState::Running) {
+            // A queued node counts as under way only while its campaign may serve: one
+            // waiting for its start time or maintenance window is not in progress yet.
+            let serving = c.serving_at(now);
             if let Ok(full) = svc.get(&c.id).await {
-                for n in full
-                    .nodes
-                    .iter()
-                    .filter(|n| matches!(n.state, NodeState::InProgress | NodeState::Queued))
-                {
+                for n in full.nodes.iter().filter(|n| {
+                    n.state == NodeState::InProgress || (serving && n.state == NodeState::Queued)
+                }) {
                     out.insert(n.node, n.progress);
                 }
             }
@@ -968,7 +970,7 @@ impl Commands {
             .map_err(|e| refuse("store_error", e.to_string()))?;
         let best = list
             .iter()
-            .filter(|a| a.role == role && a.hardware == hw)
+            .filter(|a| a.role == role && a.hardware.eq_ignore_ascii_case(&hw))
             .filter_map(|a| {
                 meshfleet_firmware::Version::parse(&a.version)
                     .ok()
