@@ -1252,11 +1252,12 @@ async fn get_campaign(
     Ok(Json(s.campaigns.get(&campaign_id(&raw)?).await?))
 }
 
-/// Starts (created), pauses (running), resumes (paused) or cancels (not finished) a
-/// campaign. `409` for a transition its state does not allow.
+/// Starts (created), pauses (running), resumes (paused), cancels (not finished) or
+/// approves (awaiting_approval, with `require-approval`; it then starts if its creation
+/// asked to) a campaign. `409` for a transition its state does not allow.
 #[utoipa::path(post, path = "/campaigns/{id}/{action}", tag = "campaigns",
     params(("id" = String, Path, description = "The campaign's id (`c-000001`)"),
-        ("action" = CampaignAction, Path, description = "start, pause, resume or cancel")),
+        ("action" = CampaignAction, Path, description = "start, pause, resume, cancel or approve")),
     security(("bearer" = [])),
     responses((status = 200, body = Campaign),
         (status = 401, body = Problem, content_type = "application/problem+json"),
@@ -1270,12 +1271,15 @@ async fn campaign_action(
 ) -> Result<Json<Campaign>, ApiError> {
     let Path((raw, action)) = p?;
     let id = campaign_id(&raw)?;
-    let action = CampaignAction::parse(&action)
-        .ok_or_else(|| ApiError::not_found("no such endpoint (start, pause, resume or cancel)"))?;
-    let c = s
-        .campaigns
-        .act(&id, action, &format!("http:{}", actor.0 .0))
-        .await?;
+    let action = CampaignAction::parse(&action).ok_or_else(|| {
+        ApiError::not_found("no such endpoint (start, pause, resume, cancel or approve)")
+    })?;
+    let who = format!("http:{}", actor.0 .0);
+    let c = if action == CampaignAction::Approve {
+        s.campaigns.approve(&id, &who).await?
+    } else {
+        s.campaigns.act(&id, action, &who).await?
+    };
     Ok(Json(c))
 }
 

@@ -12,13 +12,22 @@
 //! Campaign state machine:
 //!
 //! ```text
-//!  created ──start──▶ running ──pause──▶ paused
-//!     │                 │  ▲──resume───────┘ │
-//!     │                 │ (engine: every node finished)
-//!     │                 ▼
-//!     │         completed | failed
-//!     └──cancel (from created, running, paused)──▶ cancelled
+//!  awaiting_approval ──approve──▶ created ──start──▶ running ──pause──▶ paused
+//!  (require-approval)                 │                 │  ▲──resume───────┘ │
+//!                                     │                 │ (engine: every node finished)
+//!                                     │                 ▼
+//!                                     │         completed | failed
+//!  cancel (from awaiting_approval, created, running, paused) ──▶ cancelled
 //! ```
+//!
+//! With `require-approval` every campaign is created `awaiting_approval` and nothing can
+//! start it before an `approve` (audited `campaign.approve`, with the approver); a
+//! creation that asked to start at once starts when approved.
+//!
+//! A campaign may carry a schedule (`start_at`, a maintenance `window`,
+//! [`crate::campaign_schedule`]): while `running` outside it, the engine holds it as if
+//! paused (no node starts; nodes mid-transfer keep what they hold and go on when it
+//! opens again).
 //!
 //! Node states are AWS IoT Jobs' execution statuses: `QUEUED`, `IN_PROGRESS`, then one of
 //! `SUCCEEDED` (the node runs the new version, as its status report says), `FAILED`,
@@ -32,6 +41,7 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 use utoipa::ToSchema;
 
+use crate::campaign_schedule::{Schedule, Window, WindowJson};
 use crate::events::GatewayEvent;
 use crate::model::{ArtefactInfo, AuditEntry, UnixMillis};
 use crate::store::{CampaignStore, StoreError};
@@ -187,15 +197,25 @@ pub struct CampaignSpec {
     /// A label.
     #[serde(default)]
     pub name: Option<String>,
-    /// Start at once (default false).
+    /// Start at once (default false; with `require-approval`, once approved).
     #[serde(default)]
     pub start: bool,
+    /// Serve no node before this (Unix ms).
+    #[serde(default)]
+    pub start_at: Option<UnixMillis>,
+    /// Serve only inside this weekly maintenance window.
+    #[serde(default)]
+    #[schema(value_type = Option<WindowJson>)]
+    pub window: Option<Window>,
 }
 
 /// A campaign's state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CampaignState {
+    /// Created with `require-approval`: waits for an `approve`.
+    #[serde(rename = "awaiting_approval")]
+    AwaitingApproval,
     /// Created, not started.
     Created,
     /// Offering.
@@ -214,6 +234,7 @@ impl CampaignState {
     /// The lowercase label.
     pub fn label(self) -> &'static str {
         match self {
+            Self::AwaitingApproval => "awaiting_approval",
             Self::Created => "created",
             Self::Running => "running",
             Self::Paused => "paused",
@@ -241,6 +262,8 @@ pub enum CampaignAction {
     Resume,
     /// created, running, paused → cancelled.
     Cancel,
+    /// awaiting_approval → created.
+    Approve,
 }
 
 impl CampaignAction {
@@ -251,14 +274,21 @@ impl CampaignAction {
             Self::Pause => "pause",
             Self::Resume => "resume",
             Self::Cancel => "cancel",
+            Self::Approve => "approve",
         }
     }
 
     /// Parses a label.
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Start, Self::Pause, Self::Resume, Self::Cancel]
-            .into_iter()
-            .find(|a| a.label() == s)
+        [
+            Self::Start,
+            Self::Pause,
+            Self::Resume,
+            Self::Cancel,
+            Self::Approve,
+        ]
+        .into_iter()
+        .find(|a| a.label() == s)
     }
 
     /// The state `action` leads to from `from`, if allowed.
@@ -267,7 +297,10 @@ impl CampaignAction {
         match (self, from) {
             (Self::Start, S::Created) | (Self::Resume, S::Paused) => Some(S::Running),
             (Self::Pause, S::Running) => Some(S::Paused),
-            (Self::Cancel, S::Created | S::Running | S::Paused) => Some(S::Cancelled),
+            (Self::Cancel, S::AwaitingApproval | S::Created | S::Running | S::Paused) => {
+                Some(S::Cancelled)
+            }
+            (Self::Approve, S::AwaitingApproval) => Some(S::Created),
             _ => None,
         }
     }
@@ -381,6 +414,16 @@ pub struct Campaign {
     /// What it targets (kept so that nodes joining later can be picked up).
     #[schema(value_type = TargetsJson)]
     pub targets: Targets,
+    /// Serves no node before this (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_at: Option<UnixMillis>,
+    /// Serves only inside this weekly window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<WindowJson>)]
+    pub window: Option<Window>,
+    /// Awaiting approval, and asked to start at once: starts when approved.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub start_on_approval: bool,
 }
 
 impl Campaign {
@@ -431,6 +474,19 @@ impl Campaign {
     /// Whether every node is in a terminal state.
     pub fn all_finished(&self) -> bool {
         self.nodes.iter().all(|n| n.state.is_terminal())
+    }
+
+    /// Its schedule (`start_at`, `window`).
+    pub fn schedule(&self) -> Schedule<'_> {
+        Schedule {
+            start_at: self.start_at,
+            window: self.window.as_ref(),
+        }
+    }
+
+    /// Whether the engine may serve it at `now` (Unix ms): running and inside its schedule.
+    pub fn serving_at(&self, now: UnixMillis) -> bool {
+        self.state == CampaignState::Running && self.schedule().allows(now)
     }
 }
 
@@ -607,6 +663,7 @@ impl CampaignService {
             return Err(CampaignError::Conflict { nodes, campaign });
         }
         let id = CampaignId::from_seq(seq);
+        let approval = shared.config.require_approval;
         let mut c = Campaign {
             name: spec.name.clone().unwrap_or_else(|| {
                 format!(
@@ -618,7 +675,11 @@ impl CampaignService {
             artefact: artefact.id.clone(),
             version: artefact.version.clone(),
             strategy: spec.strategy,
-            state: CampaignState::Created,
+            state: if approval {
+                CampaignState::AwaitingApproval
+            } else {
+                CampaignState::Created
+            },
             created_at_ms: now,
             updated_at_ms: now,
             total_nodes: 0,
@@ -638,6 +699,9 @@ impl CampaignService {
                 })
                 .collect(),
             targets: spec.targets.clone(),
+            start_at: spec.start_at,
+            window: spec.window.clone(),
+            start_on_approval: approval && spec.start,
         };
         c.recount();
         self.inner.store.create(c.clone()).await?;
@@ -647,8 +711,18 @@ impl CampaignService {
         shared.bus.publish(GatewayEvent::Campaign(c.summary()));
         info!(campaign = %id, nodes = c.total_nodes, version = %c.version, "campaign created");
         drop(guard);
-        if spec.start {
+        if spec.start && !approval {
             return self.act(&id, CampaignAction::Start, actor).await;
+        }
+        Ok(c)
+    }
+
+    /// Approves a campaign awaiting approval (`require-approval`): it becomes `created`,
+    /// or `running` if its creation asked to start at once.
+    pub async fn approve(&self, id: &CampaignId, actor: &str) -> Result<Campaign, CampaignError> {
+        let c = self.act(id, CampaignAction::Approve, actor).await?;
+        if c.start_on_approval {
+            return self.act(id, CampaignAction::Start, actor).await;
         }
         Ok(c)
     }
@@ -969,8 +1043,17 @@ mod tests {
         assert_eq!(A::Start.apply(S::Running), None);
         assert_eq!(A::Resume.apply(S::Running), None);
         assert_eq!(A::Pause.apply(S::Created), None);
+        // The approval gate: only approve or cancel leave awaiting_approval.
+        assert_eq!(A::Approve.apply(S::AwaitingApproval), Some(S::Created));
+        assert_eq!(A::Cancel.apply(S::AwaitingApproval), Some(S::Cancelled));
+        assert_eq!(A::Start.apply(S::AwaitingApproval), None);
+        assert_eq!(A::Approve.apply(S::Created), None);
+        assert_eq!(
+            serde_json::to_string(&S::AwaitingApproval).unwrap(),
+            "\"awaiting_approval\""
+        );
         for done in [S::Completed, S::Failed, S::Cancelled] {
-            for a in [A::Start, A::Pause, A::Resume, A::Cancel] {
+            for a in [A::Start, A::Pause, A::Resume, A::Cancel, A::Approve] {
                 assert_eq!(a.apply(done), None);
             }
         }

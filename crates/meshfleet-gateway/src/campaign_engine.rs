@@ -453,20 +453,25 @@ impl Engine {
     /// serving while the active one is paused or none runs.
     async fn reconcile(&mut self) {
         let unfinished = self.shared.campaigns.unfinished();
+        let now = now_millis();
+        // Running and inside its schedule (`start_at`, maintenance window).
         let running = unfinished
             .iter()
-            .filter(|c| c.state == CampaignState::Running && !self.broken.contains(&c.id))
+            .filter(|c| c.serving_at(now) && !self.broken.contains(&c.id))
             .min_by_key(|c| c.id.seq());
         if let Some((id, was_held)) = self.active.as_ref().map(|a| (a.id.clone(), a.held)) {
-            let state = unfinished.iter().find(|c| c.id == id).map(|c| c.state);
+            let current = unfinished.iter().find(|c| c.id == id);
+            let state = current.map(|c| c.state);
+            let serving = current.is_some_and(|c| c.serving_at(now));
             let keep = match state {
-                Some(CampaignState::Running) => true,
-                // Paused: kept (resuming continues) unless another campaign runs.
-                Some(CampaignState::Paused) => running.is_none(),
+                Some(CampaignState::Running) if serving => true,
+                // Paused, or running outside its schedule: kept (held; it goes on when
+                // resumed or when its window opens) unless another campaign serves.
+                Some(CampaignState::Paused | CampaignState::Running) => running.is_none(),
                 _ => false,
             };
             if keep {
-                let held = state == Some(CampaignState::Paused);
+                let held = !serving;
                 if held != was_held {
                     let ok = on_node(&self.shared, move |node, _| {
                         if let Some(p) = node.plugin_mut::<GatewayOta>() {
@@ -481,7 +486,9 @@ impl Engine {
                                 a.since = now_millis();
                             }
                         }
-                        info!(campaign = %id, held, "campaign serving held or resumed");
+                        let outside = state == Some(CampaignState::Running) && held;
+                        info!(campaign = %id, held, outside_schedule = outside,
+                              "campaign serving held or resumed");
                     }
                 }
                 return;

@@ -51,6 +51,9 @@ pub struct GatewayConfig {
     /// A campaign's node with no progress for this long while the campaign runs ends
     /// `TIMED_OUT`, seconds.
     pub campaign_node_timeout: u64,
+    /// A created campaign waits in `awaiting_approval` until someone approves it (REST
+    /// `POST /campaigns/{id}/approve` with the write token, or a signed MQTT `approve`).
+    pub require_approval: bool,
     /// The fleet monitor's thresholds (`[gateway.monitor]`; `docs/monitoring.md`).
     pub monitor: meshfleet_monitor::MonitorConfig,
 }
@@ -75,6 +78,7 @@ impl Default for GatewayConfig {
             rollup_retention_days: 90,
             db_size_cap_mb: 1024,
             campaign_node_timeout: 1800,
+            require_approval: false,
             monitor: meshfleet_monitor::MonitorConfig::default(),
         }
     }

@@ -13,6 +13,7 @@ use crate::campaign::{
     Campaign, CampaignAction, CampaignId, CampaignNode, CampaignNodeEvent, CampaignSpec,
     CampaignState, CampaignStrategy, NodeState, TargetsJson,
 };
+use crate::campaign_schedule::WindowJson;
 use crate::events::GatewayEvent;
 use crate::model::{
     Alert, AlertKind, ArtefactInfo, Health, History, HistoryPoint, NodeStatus, Resolution, Severity,
@@ -38,7 +39,7 @@ use crate::status::StatusReport;
         History, HistoryPoint, Resolution, Alert, AlertKind, Severity, AlertList, AlertState,
         AckRequest, ClearRequest, EventTicket, ArtefactInfo, ArtefactList, GatewayEvent, Probe, Problem, SortKey, Order,
         Campaign, CampaignList, CampaignSpec, CampaignId, CampaignNode, CampaignNodeEvent,
-        CampaignState, CampaignStrategy, CampaignAction, NodeState, TargetsJson
+        CampaignState, CampaignStrategy, CampaignAction, NodeState, TargetsJson, WindowJson
     )),
     modifiers(&Bearer),
     tags(

@@ -197,6 +197,9 @@ async fn campaigns_survive_reopen() {
         estimated_completion_ms: None,
         nodes: vec![node(3, NodeState::Queued), node(4, NodeState::Queued)],
         targets: Targets::Role("sensor".into()),
+        start_at: None,
+        window: None,
+        start_on_approval: false,
     };
     CampaignStore::create(&db, c.clone()).await.unwrap();
     c.state = CampaignState::Running;

@@ -59,6 +59,9 @@ async fn run(n: u32) {
     let mut cfg = mqtt_config(&broker);
     cfg.homeassistant.enabled = true;
     cfg.node_interval_s = 1;
+    // Every cycle's status/nodes is seen, to measure its size; its rate at the defaults
+    // (which scale it with the fleet) is applied below.
+    cfg.status_nodes_per_step = 0;
     let gw = Gw::start(&dir, cfg).await;
     let start = Instant::now();
     // The connect burst: discovery and every state topic once.
@@ -106,8 +109,10 @@ async fn run(n: u32) {
         // One message per interval per topic: per node for node/<id> (each node's state
         // changes between two looks when it reports at least that often).
         let mpc = if *k == "node/<id>" { f64::from(n) } else { 1.0 };
+        let defaults = meshfleet_mqtt::MqttConfig::default();
         let interval = match *k {
-            "status/nodes" | "alerts" | "node/<id>" => 30.0,
+            "status/nodes" => 30.0 * defaults.status_nodes_every(n as usize) as f64,
+            "alerts" | "node/<id>" => 30.0,
             "topology" | "metrics" => 60.0,
             _ => 0.0,
         };

@@ -379,7 +379,7 @@ pub async fn run(shared: Arc<Shared>, p: Prepared, stop: watch::Receiver<bool>) 
         replies_tx,
     };
     if let Some(c) = &b.p.commands {
-        c.attach(b.shared.clone(), b.outbox.clone());
+        c.attach(b.shared.clone(), b.outbox.clone()).await;
     }
     b.reconcile_alerts().await;
     info!(url = %mask(&b.p.config.url), client = %b.client_id, "MQTT bridge starting");
@@ -391,6 +391,8 @@ pub async fn run(shared: Arc<Shared>, p: Prepared, stop: watch::Receiver<bool>) 
         (s > 0, i)
     };
     let (status_on, mut status_tick) = every(b.p.config.status_interval_s);
+    // Ticks since `status/nodes` last went out (it skips ticks in big fleets).
+    let mut status_ticks = 0u64;
     let (topo_on, mut topo_tick) = every(b.p.config.topology_interval_s);
     let (metrics_on, mut metrics_tick) = every(b.p.config.metrics_interval_s);
     let node_s = b.node_interval();
@@ -418,7 +420,12 @@ pub async fn run(shared: Arc<Shared>, p: Prepared, stop: watch::Receiver<bool>) 
             }
             Some(r) = b.replies_rx.recv() => b.on_reply(r).await,
             _ = status_tick.tick(), if status_on => {
-                b.publish_status();
+                status_ticks += 1;
+                let every = b.cfg().status_nodes_every(b.shared.registry.len());
+                if status_ticks >= every {
+                    status_ticks = 0;
+                    b.publish_status();
+                }
                 b.publish_alerts().await;
             }
             _ = topo_tick.tick(), if topo_on => b.publish_topology().await,
@@ -935,9 +942,11 @@ impl Bridge {
                 });
             }
             if ha {
+                // Hardware names are compared without case, as campaigns do (a node
+                // reports `esp32` where the artefact says `ESP32`).
                 let key = (
                     n.role.clone().unwrap_or_default(),
-                    n.hardware.clone().unwrap_or_default(),
+                    n.hardware.clone().unwrap_or_default().to_ascii_lowercase(),
                 );
                 let u = ha::update_state(
                     n,
@@ -968,7 +977,7 @@ impl Bridge {
                 let Ok(v) = meshfleet_firmware::Version::parse(&a.version) else {
                     continue;
                 };
-                let key = (a.role.clone(), a.hardware.clone());
+                let key = (a.role.clone(), a.hardware.to_ascii_lowercase());
                 match out.get(&key) {
                     Some((best, _)) if *best >= v => {}
                     _ => {

@@ -19,6 +19,7 @@
 //! start/pause/resume/cancel on a campaign already in that state succeed without change.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher as _;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use base64::Engine as _;
@@ -28,6 +29,7 @@ use meshfleet_gateway::campaign::{
     Campaign, CampaignAction, CampaignError, CampaignId, CampaignService, CampaignSpec,
     CampaignState, CampaignStrategy, NodeState, Targets,
 };
+use meshfleet_gateway::campaign_schedule::Window;
 use meshfleet_gateway::model::{ArtefactInfo, AuditEntry};
 use meshfleet_gateway::{now_millis, Shared};
 use serde::Deserialize;
@@ -38,6 +40,7 @@ use tracing::{info, warn};
 use crate::bridge::{BridgeError, BridgeMetrics};
 use crate::config::MqttConfig;
 use crate::outbox::{NewMessage, Outbox};
+use crate::upload::{UploadArgs, UploadRefusal, Uploads};
 
 /// Nonces remembered at most (beyond, new commands are refused until old ones age out).
 pub const MAX_NONCES: usize = 100_000;
@@ -46,8 +49,19 @@ pub const MAX_NONCES: usize = 100_000;
 pub const MAX_REMEMBERED: usize = 1024;
 
 /// Operations.
-pub const OPS: [&str; 8] = [
-    "create", "start", "pause", "resume", "cancel", "status", "rollback", "list",
+pub const OPS: [&str; 12] = [
+    "create",
+    "start",
+    "pause",
+    "resume",
+    "cancel",
+    "status",
+    "rollback",
+    "list",
+    "approve",
+    "upload_begin",
+    "upload_piece",
+    "upload_commit",
 ];
 
 /// What a handled command produced (its reply is already in the outbox).
@@ -72,6 +86,12 @@ fn refuse(code: &'static str, message: impl Into<String>) -> Refusal {
     Refusal {
         code,
         message: message.into(),
+    }
+}
+
+impl From<UploadRefusal> for Refusal {
+    fn from(r: UploadRefusal) -> Self {
+        refuse(r.code, r.message)
     }
 }
 
@@ -116,6 +136,12 @@ struct CreateArgs {
     name: Option<String>,
     #[serde(default)]
     start: bool,
+    /// Serve no node before this (Unix ms).
+    #[serde(default)]
+    start_at: Option<i64>,
+    /// Serve only inside this maintenance window.
+    #[serde(default)]
+    window: Option<Window>,
 }
 
 /// A command.
@@ -134,6 +160,9 @@ struct Command {
     /// What to create.
     #[serde(default)]
     create: Option<CreateArgs>,
+    /// A streamed upload's begin, piece or commit.
+    #[serde(default)]
+    upload: Option<UploadArgs>,
 }
 
 struct Inner {
@@ -145,6 +174,9 @@ struct Inner {
     outbox: OnceLock<Outbox>,
     tls: OnceLock<Arc<rustls::ClientConfig>>,
     metrics: Arc<BridgeMetrics>,
+    uploads: Mutex<Uploads>,
+    /// Transactions being carried out now.
+    inflight: Mutex<std::collections::HashSet<String>>,
 }
 
 /// The command handler. Cheap to clone.
@@ -216,6 +248,16 @@ impl Commands {
                 outbox: OnceLock::new(),
                 tls: OnceLock::new(),
                 metrics,
+                inflight: Mutex::new(std::collections::HashSet::new()),
+                uploads: Mutex::new(Uploads::new(
+                    cfg.commands.max_uploads,
+                    cfg.commands.max_artefact as u64,
+                    i64::try_from(cfg.commands.upload_timeout_s)
+                        .unwrap_or(i64::MAX / 4)
+                        .saturating_mul(1000),
+                    // Upload ids differ between gateway runs.
+                    std::collections::hash_map::RandomState::new().hash_one(now_millis()),
+                )),
             }),
         })
     }
@@ -225,9 +267,71 @@ impl Commands {
         let _ = self.inner.tls.set(tls);
     }
 
-    pub(crate) fn attach(&self, shared: Arc<Shared>, outbox: Outbox) {
+    /// Connects the handler to the gateway and loads what it remembered before a restart:
+    /// the nonces still inside the replay window and the recent transactions' replies.
+    pub(crate) async fn attach(&self, shared: Arc<Shared>, outbox: Outbox) {
+        let since = now_millis() - 2 * self.window_ms();
+        let loaded = outbox
+            .run(move |o| Ok((o.nonces(since)?, o.replies()?)))
+            .await;
+        match loaded {
+            Ok((nonces, replies)) => {
+                let n = nonces.len();
+                self.inner
+                    .nonces
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .extend(nonces);
+                let mut m = self
+                    .inner
+                    .remembered
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                for (t, reply) in replies {
+                    if let Ok(v) = serde_json::from_str::<Value>(&reply) {
+                        m.0.insert(t.clone(), v);
+                        m.1.push_back(t);
+                    }
+                }
+                info!(
+                    nonces = n,
+                    transactions = m.1.len(),
+                    "MQTT command memory loaded"
+                );
+            }
+            // Commands are then refused until the store answers (see `persist_nonce`).
+            Err(e) => warn!(error = %e, "cannot load the MQTT command memory"),
+        }
         let _ = self.inner.shared.set(shared);
         let _ = self.inner.outbox.set(outbox);
+    }
+
+    /// The freshness window, ms.
+    fn window_ms(&self) -> i64 {
+        i64::try_from(self.inner.cfg.commands.window_s)
+            .unwrap_or(i64::MAX / 4)
+            .saturating_mul(1000)
+    }
+
+    /// Writes an accepted command's nonce before anything is done, so a replay after a
+    /// restart is refused too. Fails closed: if the store cannot say, the command is
+    /// refused.
+    async fn persist_nonce(&self, cmd: &Command) -> Result<(), Refusal> {
+        let outbox = self
+            .inner
+            .outbox
+            .get()
+            .ok_or_else(|| refuse("not_ready", "the bridge is starting"))?;
+        let (nonce, ts) = (cmd.nonce.clone(), cmd.ts);
+        let forget = now_millis() - 2 * self.window_ms();
+        match outbox
+            .run(move |o| o.remember_nonce(&nonce, ts, forget))
+            .await
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(refuse("replayed", "this nonce was used already")),
+            Err(e) => Err(refuse("store_error", e.to_string())),
+        }
     }
 
     fn campaigns(&self) -> Result<CampaignService, Refusal> {
@@ -255,6 +359,9 @@ impl Commands {
             Ok((cmd, actor)) => {
                 let t = cmd.transaction.clone();
                 let topic = cmd.response_topic.clone();
+                if let Err(r) = self.persist_nonce(&cmd).await {
+                    return self.finish(Some(t), topic, actor, op, Err(r)).await;
+                }
                 let remembered = self
                     .inner
                     .remembered
@@ -274,10 +381,60 @@ impl Commands {
                         code: None,
                     };
                 }
+                // One at a time per transaction: a retry that arrives while the first is
+                // still being carried out (a slow download) must not act a second time.
+                let first = self
+                    .inner
+                    .inflight
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(t.clone());
+                if !first {
+                    let r = refuse(
+                        "in_progress",
+                        "this transaction is being carried out; its reply follows",
+                    );
+                    return self.finish(Some(t), topic, actor, op, Err(r)).await;
+                }
                 let r = self.execute(&cmd, &actor).await;
-                (Some(t), topic, actor, r)
+                let reply = self.finish(Some(t.clone()), topic, actor, op, r).await;
+                self.inner
+                    .inflight
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&t);
+                return reply;
             }
         };
+        self.finish(transaction, reply_topic, actor, op, result)
+            .await
+    }
+
+    /// Keeps `reply` in memory as the answer to retries of transaction `t`.
+    fn remember(&self, t: &str, reply: &Value) {
+        let mut m = self
+            .inner
+            .remembered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        m.0.insert(t.to_owned(), reply.clone());
+        m.1.push_back(t.to_owned());
+        while m.1.len() > MAX_REMEMBERED {
+            if let Some(old) = m.1.pop_front() {
+                m.0.remove(&old);
+            }
+        }
+    }
+
+    /// Replies (and remembers an accepted command's reply), counts, audits.
+    async fn finish(
+        &self,
+        transaction: Option<String>,
+        reply_topic: Option<String>,
+        actor: String,
+        op: &str,
+        result: Result<Value, Refusal>,
+    ) -> CommandReply {
         let (ok, code, body) = match &result {
             Ok(v) => (true, None, v.clone()),
             Err(r) => (
@@ -292,16 +449,14 @@ impl Commands {
         }
         if ok {
             if let Some(t) = &transaction {
-                let mut m = self
-                    .inner
-                    .remembered
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                m.0.insert(t.clone(), reply.clone());
-                m.1.push_back(t.clone());
-                while m.1.len() > MAX_REMEMBERED {
-                    if let Some(old) = m.1.pop_front() {
-                        m.0.remove(&old);
+                self.remember(t, &reply);
+                if let Some(outbox) = self.inner.outbox.get() {
+                    let (t, text) = (t.clone(), reply.to_string());
+                    let r = outbox
+                        .run(move |o| o.remember_reply(&t, &text, now_millis(), MAX_REMEMBERED))
+                        .await;
+                    if let Err(e) = r {
+                        warn!(error = %e, "cannot store an MQTT command's reply");
                     }
                 }
             }
@@ -472,9 +627,7 @@ impl Commands {
             return Err((t, refuse("bad_nonce", "8-64 characters")));
         }
         let now = now_millis();
-        let window = i64::try_from(c.window_s)
-            .unwrap_or(i64::MAX / 4)
-            .saturating_mul(1000);
+        let window = self.window_ms();
         if (now - cmd.ts).abs() > window {
             return Err((
                 t,
@@ -535,11 +688,13 @@ impl Commands {
                     strategy: args.strategy,
                     name: args.name.clone(),
                     start: args.start,
+                    start_at: args.start_at,
+                    window: args.window.clone(),
                 };
                 let c = svc.create(spec, actor).await?;
                 Ok(json!({"campaign": c.summary()}))
             }
-            "start" | "pause" | "resume" | "cancel" => {
+            "start" | "pause" | "resume" | "cancel" | "approve" => {
                 let action = CampaignAction::parse(&cmd.op)
                     .ok_or_else(|| refuse("unknown_op", "unknown operation"))?;
                 let svc = self.campaigns()?;
@@ -552,9 +707,16 @@ impl Commands {
                     }
                     CampaignAction::Pause => current.state == CampaignState::Paused,
                     CampaignAction::Cancel => current.state == CampaignState::Cancelled,
+                    // Approved already (or created where no approval is required).
+                    CampaignAction::Approve => !matches!(
+                        current.state,
+                        CampaignState::AwaitingApproval | CampaignState::Cancelled
+                    ),
                 };
                 let c = if already {
                     current
+                } else if action == CampaignAction::Approve {
+                    svc.approve(&id, actor).await?
                 } else {
                     svc.act(&id, action, actor).await?
                 };
@@ -564,6 +726,13 @@ impl Commands {
                 let svc = self.campaigns()?;
                 let c = svc.get(&campaign_id()?).await?;
                 Ok(json!({"campaign": status_json(&c)}))
+            }
+            "upload_begin" | "upload_piece" | "upload_commit" => {
+                let args = cmd
+                    .upload
+                    .as_ref()
+                    .ok_or_else(|| refuse("bad_command", "`upload` is required"))?;
+                self.upload(&cmd.op, args, actor).await
             }
             "list" => {
                 let svc = self.campaigns()?;
@@ -580,24 +749,75 @@ impl Commands {
         }
     }
 
+    /// A streamed upload's step (`upload.rs`).
+    async fn upload(&self, op: &str, args: &UploadArgs, actor: &str) -> Result<Value, Refusal> {
+        let now = now_millis();
+        let step = {
+            let mut up = self
+                .inner
+                .uploads
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match op {
+                "upload_begin" => {
+                    // Checked before any byte is taken: no key, no upload.
+                    let shared = self
+                        .inner
+                        .shared
+                        .get()
+                        .ok_or_else(|| refuse("not_ready", "the bridge is starting"))?;
+                    if shared.firmware_key.is_none() {
+                        return Err(no_key());
+                    }
+                    let (id, pieces) = up.begin(args, now)?;
+                    return Ok(json!({"upload": id, "pieces": pieces}));
+                }
+                "upload_piece" => {
+                    let o = up.piece(args, now)?;
+                    return Ok(json!({
+                        "upload": args.upload, "index": args.index,
+                        "duplicate": o.duplicate, "missing": o.missing,
+                    }));
+                }
+                _ => up.commit(args, now)?,
+            }
+        };
+        let (id, version) = self.store_artefact(step, actor).await?;
+        Ok(json!({"upload": args.upload, "artefact": id, "version": version}))
+    }
+
     /// Downloads, verifies against the fleet key, stores; the artefact's id.
     async fn fetch_artefact(&self, url: &str, actor: &str) -> Result<String, Refusal> {
+        // Checked before downloading: no key, no download.
+        let shared = self
+            .inner
+            .shared
+            .get()
+            .ok_or_else(|| refuse("not_ready", "the bridge is starting"))?;
+        if shared.firmware_key.is_none() {
+            return Err(no_key());
+        }
+        let cap = self.inner.cfg.commands.max_artefact;
+        let body = crate::fetch::get(url, cap, self.inner.tls.get().cloned())
+            .await
+            .map_err(|e| refuse("download_failed", e.to_string()))?;
+        Ok(self.store_artefact(body, actor).await?.0)
+    }
+
+    /// Verifies `body` (a `.mfw`) against the fleet key and stores it by its hash; its id
+    /// and version.
+    async fn store_artefact(
+        &self,
+        body: Vec<u8>,
+        actor: &str,
+    ) -> Result<(String, String), Refusal> {
         let shared = self
             .inner
             .shared
             .get()
             .ok_or_else(|| refuse("not_ready", "the bridge is starting"))?
             .clone();
-        let key = shared.firmware_key.ok_or_else(|| {
-            refuse(
-                "no_firmware_key",
-                "this gateway has no firmware-key, so it cannot verify artefacts",
-            )
-        })?;
-        let cap = self.inner.cfg.commands.max_artefact;
-        let body = crate::fetch::get(url, cap, self.inner.tls.get().cloned())
-            .await
-            .map_err(|e| refuse("download_failed", e.to_string()))?;
+        let key = shared.firmware_key.ok_or_else(no_key)?;
         let verified = tokio::task::spawn_blocking(move || {
             let id = hex(&Sha256::digest(&body));
             let artefact = Artefact::from_bytes(&body)
@@ -630,7 +850,7 @@ impl Commands {
         .map_err(|_| refuse("internal", "verification task failed"))??;
         let (mut info, body) = verified;
         info.uploaded_by = actor.to_owned();
-        let id = info.id.clone();
+        let (id, version) = (info.id.clone(), info.version.clone());
         shared
             .stores
             .artefacts
@@ -650,8 +870,8 @@ impl Commands {
                 target: id.clone(),
             })
             .await;
-        info!(artefact = %id, "artefact fetched over MQTT command");
-        Ok(id)
+        info!(artefact = %id, "artefact received over MQTT");
+        Ok((id, version))
     }
 
     /// Progress (0..1) of nodes a running campaign is updating now (for Home Assistant's
@@ -664,13 +884,15 @@ impl Commands {
         let Ok(list) = svc.list().await else {
             return out;
         };
+        let now = now_millis();
         for c in list.iter().filter(|c| c.state == CampaignState::Running) {
+            // A queued node counts as under way only while its campaign may serve: one
+            // waiting for its start time or maintenance window is not in progress yet.
+            let serving = c.serving_at(now);
             if let Ok(full) = svc.get(&c.id).await {
-                for n in full
-                    .nodes
-                    .iter()
-                    .filter(|n| matches!(n.state, NodeState::InProgress | NodeState::Queued))
-                {
+                for n in full.nodes.iter().filter(|n| {
+                    n.state == NodeState::InProgress || (serving && n.state == NodeState::Queued)
+                }) {
                     out.insert(n.node, n.progress);
                 }
             }
@@ -748,7 +970,7 @@ impl Commands {
             .map_err(|e| refuse("store_error", e.to_string()))?;
         let best = list
             .iter()
-            .filter(|a| a.role == role && a.hardware == hw)
+            .filter(|a| a.role == role && a.hardware.eq_ignore_ascii_case(&hw))
             .filter_map(|a| {
                 meshfleet_firmware::Version::parse(&a.version)
                     .ok()
@@ -766,6 +988,8 @@ impl Commands {
                     strategy: CampaignStrategy::Auto,
                     name: Some(format!("Home Assistant install on {id}")),
                     start: true,
+                    start_at: None,
+                    window: None,
                 },
                 actor,
             )
@@ -795,6 +1019,13 @@ pub fn status_json(c: &Campaign) -> Value {
             "reason": n.reason,
         })).collect::<Vec<_>>(),
     })
+}
+
+fn no_key() -> Refusal {
+    refuse(
+        "no_firmware_key",
+        "this gateway has no firmware-key, so it cannot verify artefacts",
+    )
 }
 
 fn hex(b: &[u8]) -> String {

@@ -32,8 +32,12 @@ pub struct MqttConfig {
     pub reconnect_min_ms: u64,
     /// Longest reconnect delay, milliseconds.
     pub reconnect_max_ms: u64,
-    /// `<prefix>/status/nodes` every so many seconds (0: never).
+    /// `<prefix>/status/nodes` (and `<prefix>/alerts`) every so many seconds (0: never).
     pub status_interval_s: u64,
+    /// `status/nodes` carries every node (~260 bytes each), so its interval grows with the
+    /// fleet: one `status-interval-s` per this many nodes (30 s up to 100 nodes, 300 s at
+    /// 1,000 by default). 0: always `status-interval-s`.
+    pub status_nodes_per_step: u64,
     /// `<prefix>/topology` every so many seconds (0: never).
     pub topology_interval_s: u64,
     /// `<prefix>/metrics` every so many seconds (0: never).
@@ -63,6 +67,7 @@ impl Default for MqttConfig {
             reconnect_min_ms: 500,
             reconnect_max_ms: 60_000,
             status_interval_s: 30,
+            status_nodes_per_step: 100,
             topology_interval_s: 60,
             metrics_interval_s: 60,
             node_interval_s: 0,
@@ -119,6 +124,10 @@ pub struct CommandConfig {
     pub max_payload: usize,
     /// Largest firmware fetched from a URL or streamed over MQTT, bytes.
     pub max_artefact: usize,
+    /// Streamed uploads in progress at most (each up to `max-artefact`, held in memory).
+    pub max_uploads: usize,
+    /// A streamed upload with no piece for this long is dropped, seconds.
+    pub upload_timeout_s: u64,
 }
 
 impl Default for CommandConfig {
@@ -130,6 +139,8 @@ impl Default for CommandConfig {
             window_s: 300,
             max_payload: 64 * 1024,
             max_artefact: 16 * 1024 * 1024,
+            max_uploads: 2,
+            upload_timeout_s: 600,
         }
     }
 }
@@ -327,12 +338,36 @@ impl MqttConfig {
     pub fn topic(&self, rest: &str) -> String {
         format!("{}/{rest}", self.prefix)
     }
+
+    /// How many status ticks (`status-interval-s` each) apart `status/nodes` goes out for
+    /// a fleet of `nodes` (`status-nodes-per-step`).
+    pub fn status_nodes_every(&self, nodes: usize) -> u64 {
+        match self.status_nodes_per_step {
+            0 => 1,
+            step => (nodes as u64).div_ceil(step).max(1),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn status_nodes_interval_grows_with_the_fleet() {
+        let c = MqttConfig::default();
+        assert_eq!(c.status_nodes_every(0), 1);
+        assert_eq!(c.status_nodes_every(10), 1);
+        assert_eq!(c.status_nodes_every(100), 1);
+        assert_eq!(c.status_nodes_every(101), 2);
+        assert_eq!(c.status_nodes_every(1000), 10);
+        let off = MqttConfig {
+            status_nodes_per_step: 0,
+            ..MqttConfig::default()
+        };
+        assert_eq!(off.status_nodes_every(1000), 1);
+    }
 
     #[test]
     fn urls() {

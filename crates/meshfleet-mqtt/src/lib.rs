@@ -20,6 +20,7 @@ pub mod fetch;
 pub mod ha;
 pub mod outbox;
 pub mod testbroker;
+pub mod upload;
 
 pub use bridge::{run, BridgeError, BridgeMetrics, Prepared};
 pub use commands::{sign_command, Commands};

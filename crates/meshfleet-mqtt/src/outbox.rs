@@ -211,6 +211,68 @@ impl Outbox {
     pub fn is_empty(&self) -> Result<bool, OutboxError> {
         Ok(self.len()? == 0)
     }
+
+    /// Records `nonce` (a command's, sent at `ts`) unless it is there already; forgets
+    /// nonces older than `forget_before` first. `false`: seen before (a replay).
+    pub fn remember_nonce(
+        &self,
+        nonce: &str,
+        ts: i64,
+        forget_before: i64,
+    ) -> Result<bool, OutboxError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            tx.execute("DELETE FROM mqtt_nonces WHERE ts < ?1", [forget_before])?;
+            let n = tx.execute(
+                "INSERT OR IGNORE INTO mqtt_nonces (nonce, ts) VALUES (?1, ?2)",
+                params![nonce, ts],
+            )?;
+            tx.commit()?;
+            Ok(n == 1)
+        })
+    }
+
+    /// Nonces sent at or after `since`, with their `ts`.
+    pub fn nonces(&self, since: i64) -> Result<Vec<(String, i64)>, OutboxError> {
+        self.with(|c| {
+            let mut st = c.prepare("SELECT nonce, ts FROM mqtt_nonces WHERE ts >= ?1")?;
+            let rows = st.query_map([since], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// Keeps the first reply of `transaction` (later ones are ignored), and only the
+    /// newest `keep` transactions.
+    pub fn remember_reply(
+        &self,
+        transaction: &str,
+        reply: &str,
+        at: i64,
+        keep: usize,
+    ) -> Result<(), OutboxError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT OR IGNORE INTO mqtt_transactions (txn, reply, at) VALUES (?1, ?2, ?3)",
+                params![transaction, reply, at],
+            )?;
+            tx.execute(
+                "DELETE FROM mqtt_transactions WHERE seq <= (SELECT max(seq) FROM mqtt_transactions) - ?1",
+                [i64::try_from(keep).unwrap_or(i64::MAX)],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// The remembered replies, oldest first: (transaction, reply JSON).
+    pub fn replies(&self) -> Result<Vec<(String, String)>, OutboxError> {
+        self.with(|c| {
+            let mut st = c.prepare("SELECT txn, reply FROM mqtt_transactions ORDER BY seq")?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
 }
 
 #[cfg(test)]
@@ -261,6 +323,35 @@ mod tests {
         // Survives a reopen.
         let o = Outbox::open(&path).unwrap();
         assert_eq!(o.pending(0, 10).unwrap()[0].topic, "b");
+        store.close();
+    }
+
+    #[test]
+    fn nonces_and_replies_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let o = Outbox::open(&path).unwrap();
+        assert!(o.remember_nonce("n-1", 100, 0).unwrap());
+        assert!(!o.remember_nonce("n-1", 100, 0).unwrap(), "a replay");
+        assert!(o.remember_nonce("n-2", 200, 0).unwrap());
+        for i in 0..5 {
+            o.remember_reply(&format!("t-{i}"), &format!("{{\"i\":{i}}}"), i, 3)
+                .unwrap();
+        }
+        o.remember_reply("t-4", "second", 9, 3).unwrap();
+        drop(o);
+        let o = Outbox::open(&path).unwrap();
+        assert_eq!(o.nonces(150).unwrap(), vec![("n-2".to_owned(), 200)]);
+        // Forgetting old ones: n-1 (ts 100) goes, so it could be used again.
+        assert!(o.remember_nonce("n-3", 300, 150).unwrap());
+        assert_eq!(o.nonces(0).unwrap().len(), 2);
+        let r = o.replies().unwrap();
+        assert_eq!(
+            r.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(),
+            ["t-2", "t-3", "t-4"]
+        );
+        assert_eq!(r[2].1, "{\"i\":4}", "the first reply is kept");
         store.close();
     }
 

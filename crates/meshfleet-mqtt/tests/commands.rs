@@ -472,3 +472,390 @@ async fn create_by_url_start_pause_status_over_mqtt() {
     .await;
     s.gw.stop().await;
 }
+
+/// Nonces and transactions are kept in the gateway's database: a command replayed right
+/// after a gateway restart (inside the window) is refused, and a retry of an accepted
+/// transaction gets its first reply without a second campaign.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_right_after_a_restart_is_refused() {
+    let Some(s) = setup().await else { return };
+    let Setup {
+        _d,
+        broker,
+        gw,
+        op_key,
+        fleet_key,
+        op,
+    } = s;
+    let dir = _d.path().to_owned();
+    let mfw = artefact(&fleet_key, "1.5.0");
+    let url = http_server(mfw).await;
+    let create = meshfleet_mqtt::sign_command(
+        &op_key,
+        &command(
+            "create",
+            "t-before",
+            json!({"create": {"url": url, "targets": {"nodes": [1000]}}}),
+        ),
+    );
+    op.publish("mesh/ota/request/create", create.clone()).await;
+    let first = reply(&op, "t-before").await;
+    assert_eq!(first["ok"], true, "{first}");
+    gw.stop().await;
+
+    let mut cfg = mqtt_config(&broker);
+    cfg.commands.operator_keys = vec![dir.join("operator.pub")];
+    let gw = Gw::start(&dir, cfg).await;
+    op.clear();
+    // The bridge is up when it answers a fresh command.
+    for i in 0..50 {
+        let t = format!("t-up-{i}");
+        op.publish(
+            "mesh/ota/request/list",
+            meshfleet_mqtt::sign_command(&op_key, &command("list", &t, json!({}))),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if !op.on(&format!("mesh/ota/response/{t}")).is_empty() {
+            break;
+        }
+    }
+    // The very same bytes again: refused as a replay, nothing created. (The first reply
+    // may come again too: the outbox delivers at least once across a restart.)
+    op.publish("mesh/ota/request/create", create).await;
+    let topic = "mesh/ota/response/t-before";
+    let got = op
+        .wait("the replay's refusal", 10, |m| {
+            m.iter()
+                .any(|x| x.topic == topic && x.json()["ok"] == false)
+        })
+        .await;
+    let r = got
+        .iter()
+        .find(|x| x.topic == topic && x.json()["ok"] == false)
+        .unwrap()
+        .json();
+    assert_eq!(r["error"]["code"], "replayed", "{r}");
+    assert!(
+        got.iter()
+            .filter(|x| x.topic == topic)
+            .all(|x| x.json()["ok"] == false || x.json() == first),
+        "only the refusal and the first reply"
+    );
+    // The transaction retried (new nonce): its first reply, the same campaign.
+    op.clear();
+    op.publish(
+        "mesh/ota/request/create",
+        meshfleet_mqtt::sign_command(
+            &op_key,
+            &command(
+                "create",
+                "t-before",
+                json!({"create": {"artefact": "00".repeat(32), "targets": {"nodes": [1000]}}}),
+            ),
+        ),
+    )
+    .await;
+    let r = reply(&op, "t-before").await;
+    assert_eq!(r, first, "the first reply again");
+    assert!(
+        op.on(topic).iter().all(|x| x.json() == first),
+        "no other reply to the retry"
+    );
+    assert_eq!(gw.shared().campaigns.list().await.unwrap().len(), 1);
+    gw.stop().await;
+}
+
+fn sha_hex(b: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+/// An artefact streamed over MQTT in hashed pieces: begin, pieces (one corrupted, one
+/// replayed, one sent twice), commit with a piece missing, then complete; verified against
+/// the fleet key, stored by its hash and used by `create`. An oversized upload and an
+/// artefact signed by another key are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_artefact_streamed_in_pieces() {
+    use base64::Engine as _;
+    let Some(s) = setup().await else { return };
+    let (op, key) = (&s.op, &s.op_key);
+    let send = |opname: &'static str, t: String, upload: Value| {
+        let c = command(opname, &t, json!({ "upload": upload }));
+        meshfleet_mqtt::sign_command(key, &c)
+    };
+    // An image that does not compress, so the artefact takes several pieces.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let image: Vec<u8> = (0..20_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    let mut opts = PackOptions::new("sensor", "esp32", Version::parse("1.6.0").unwrap());
+    opts.signing_key = Some(&s.fleet_key);
+    let mfw = pack(&image, opts).unwrap().to_bytes();
+    const PIECE: usize = 4096;
+    let pieces: Vec<&[u8]> = mfw.chunks(PIECE).collect();
+    assert!(pieces.len() >= 3, "{}", mfw.len());
+
+    // Oversized: refused before a byte is taken.
+    op.publish(
+        "mesh/ota/request/upload_begin",
+        send(
+            "upload_begin",
+            "t-big".into(),
+            json!({"size": 16 * 1024 * 1024 + 1, "sha256": sha_hex(&mfw), "piece_size": PIECE}),
+        ),
+    )
+    .await;
+    assert_eq!(reply(op, "t-big").await["error"]["code"], "too_large");
+
+    op.publish(
+        "mesh/ota/request/upload_begin",
+        send(
+            "upload_begin",
+            "t-begin".into(),
+            json!({"size": mfw.len(), "sha256": sha_hex(&mfw), "piece_size": PIECE}),
+        ),
+    )
+    .await;
+    let r = reply(op, "t-begin").await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["pieces"], pieces.len());
+    let id = r["upload"].as_str().unwrap().to_owned();
+    let piece = |i: usize, data: &[u8], hash: &str| {
+        json!({"upload": id, "index": i,
+               "sha256": hash,
+               "data": base64::engine::general_purpose::STANDARD.encode(data)})
+    };
+    // A corrupted piece: its bytes do not match its hash.
+    let mut bad = pieces[0].to_vec();
+    bad[10] ^= 0xff;
+    op.publish(
+        "mesh/ota/request/upload_piece",
+        send(
+            "upload_piece",
+            "t-bad".into(),
+            piece(0, &bad, &sha_hex(pieces[0])),
+        ),
+    )
+    .await;
+    assert_eq!(reply(op, "t-bad").await["error"]["code"], "piece_corrupt");
+    // Every piece but the last, piece 0 sent twice (idempotent), its signed envelope
+    // replayed (refused by nonce).
+    let mut first_envelope = None;
+    for (i, p) in pieces[..pieces.len() - 1].iter().enumerate() {
+        let env = send("upload_piece", format!("t-p{i}"), piece(i, p, &sha_hex(p)));
+        if i == 0 {
+            first_envelope = Some(env.clone());
+        }
+        op.publish("mesh/ota/request/upload_piece", env).await;
+        let r = reply(op, &format!("t-p{i}")).await;
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(r["duplicate"], false, "{r}");
+    }
+    op.clear();
+    op.publish("mesh/ota/request/upload_piece", first_envelope.unwrap())
+        .await;
+    assert_eq!(reply(op, "t-p0").await["error"]["code"], "replayed");
+    op.publish(
+        "mesh/ota/request/upload_piece",
+        send(
+            "upload_piece",
+            "t-p0-again".into(),
+            piece(0, pieces[0], &sha_hex(pieces[0])),
+        ),
+    )
+    .await;
+    let r = reply(op, "t-p0-again").await;
+    assert_eq!(
+        (r["ok"].clone(), r["duplicate"].clone()),
+        (json!(true), json!(true)),
+        "{r}"
+    );
+    // Commit with the last piece missing: refused, the upload stays.
+    op.publish(
+        "mesh/ota/request/upload_commit",
+        send("upload_commit", "t-commit1".into(), json!({"upload": id})),
+    )
+    .await;
+    let r = reply(op, "t-commit1").await;
+    assert_eq!(r["error"]["code"], "missing_pieces", "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&(pieces.len() - 1).to_string()),
+        "{r}"
+    );
+    assert!(s
+        .gw
+        .shared()
+        .stores
+        .artefacts
+        .list()
+        .await
+        .unwrap()
+        .is_empty());
+    let last = pieces.len() - 1;
+    op.publish(
+        "mesh/ota/request/upload_piece",
+        send(
+            "upload_piece",
+            "t-last".into(),
+            piece(last, pieces[last], &sha_hex(pieces[last])),
+        ),
+    )
+    .await;
+    assert_eq!(reply(op, "t-last").await["missing"], 0);
+    op.publish(
+        "mesh/ota/request/upload_commit",
+        send("upload_commit", "t-commit2".into(), json!({"upload": id})),
+    )
+    .await;
+    let r = reply(op, "t-commit2").await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["artefact"], sha_hex(&mfw), "stored by its hash: {r}");
+    assert_eq!(r["version"], "1.6.0");
+    let stored = s.gw.shared().stores.artefacts.list().await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].id, sha_hex(&mfw));
+    // It is what `create` takes.
+    op.publish(
+        "mesh/ota/request/create",
+        meshfleet_mqtt::sign_command(
+            key,
+            &command(
+                "create",
+                "t-use",
+                json!({"create": {"artefact": sha_hex(&mfw), "targets": {"nodes": [1000]}}}),
+            ),
+        ),
+    )
+    .await;
+    assert_eq!(reply(op, "t-use").await["ok"], true);
+
+    // Signed by another key: every piece fine, refused at commit, nothing stored.
+    let rogue = artefact(&keygen(), "1.7.0");
+    op.publish(
+        "mesh/ota/request/upload_begin",
+        send(
+            "upload_begin",
+            "t-rbegin".into(),
+            json!({"size": rogue.len(), "sha256": sha_hex(&rogue), "piece_size": 32768}),
+        ),
+    )
+    .await;
+    let rid = reply(op, "t-rbegin").await["upload"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (i, p) in rogue.chunks(32768).enumerate() {
+        let body = json!({"upload": rid, "index": i, "sha256": sha_hex(p),
+                          "data": base64::engine::general_purpose::STANDARD.encode(p)});
+        op.publish(
+            "mesh/ota/request/upload_piece",
+            send("upload_piece", format!("t-r{i}"), body),
+        )
+        .await;
+        assert_eq!(reply(op, &format!("t-r{i}")).await["ok"], true);
+    }
+    op.publish(
+        "mesh/ota/request/upload_commit",
+        send("upload_commit", "t-rcommit".into(), json!({"upload": rid})),
+    )
+    .await;
+    assert_eq!(
+        reply(op, "t-rcommit").await["error"]["code"],
+        "verification_failed"
+    );
+    assert_eq!(
+        s.gw.shared().stores.artefacts.list().await.unwrap().len(),
+        1
+    );
+    s.gw.stop().await;
+}
+
+/// With `require-approval`, a campaign created over MQTT waits; `start` is refused; a
+/// signed `approve` lets it go (and starts it, as its creation asked); audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approve_over_mqtt() {
+    let (_d, dir) = tempdir();
+    let Some(broker) = Broker::start(&dir) else {
+        return;
+    };
+    let fleet_key = keygen();
+    keys::write_public_key(&dir.join("fleet.pub"), &fleet_key.verifying_key()).unwrap();
+    let op_key = keygen();
+    keys::write_public_key(&dir.join("operator.pub"), &op_key.verifying_key()).unwrap();
+    seed_nodes(&dir, nodes(2, meshfleet_gateway::now_millis()));
+    let mut cfg = mqtt_config(&broker);
+    cfg.commands.operator_keys = vec![dir.join("operator.pub")];
+    let op = Observer::connect(
+        &broker,
+        "operator",
+        "operator",
+        &["mesh/ota/response/#"],
+        true,
+    )
+    .await;
+    let gw = Gw::start_full(&dir, cfg, |_| {}, |c| c.require_approval = true).await;
+    let url = http_server(artefact(&fleet_key, "1.5.0")).await;
+    let signed = |opn: &str, t: &str, extra: Value| {
+        meshfleet_mqtt::sign_command(&op_key, &command(opn, t, extra))
+    };
+    // The bridge needs a moment to subscribe: `list` until it answers.
+    for i in 0..50 {
+        let t = format!("t-up-{i}");
+        op.publish("mesh/ota/request/list", signed("list", &t, json!({})))
+            .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if !op.on(&format!("mesh/ota/response/{t}")).is_empty() {
+            break;
+        }
+    }
+    op.publish(
+        "mesh/ota/request/create",
+        signed(
+            "create",
+            "t-c",
+            json!({"create": {"url": url, "targets": {"nodes": [1000]}, "start": true}}),
+        ),
+    )
+    .await;
+    let r = reply(&op, "t-c").await;
+    assert_eq!(r["campaign"]["state"], "awaiting_approval", "{r}");
+    let id = r["campaign"]["id"].as_str().unwrap().to_owned();
+    op.publish(
+        "mesh/ota/request/start",
+        signed("start", "t-s", json!({"campaign": id})),
+    )
+    .await;
+    assert_eq!(
+        reply(&op, "t-s").await["error"]["code"],
+        "invalid_transition"
+    );
+    op.publish(
+        "mesh/ota/request/approve",
+        signed("approve", "t-a", json!({"campaign": id})),
+    )
+    .await;
+    let r = reply(&op, "t-a").await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["campaign"]["state"], "running", "{r}");
+    use meshfleet_gateway::store::AuditLog as _;
+    let audit = gw.db.recent(50).await.unwrap();
+    let a = audit
+        .iter()
+        .find(|a| a.action == "campaign.approve")
+        .expect("audited");
+    assert!(a.actor.starts_with("mqtt:"), "{a:?}");
+    assert!(audit.iter().any(|a| a.action == "mqtt.approve"));
+    gw.stop().await;
+}

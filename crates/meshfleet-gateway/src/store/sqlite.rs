@@ -189,9 +189,27 @@ pub const MIGRATIONS: &[&str] = &[
         dedup TEXT UNIQUE,
         created_at INTEGER NOT NULL
      );",
-    // dash (issue 12): alerts cleared by hand; message rates in rollups.
+    // 4: the MQTT bridge's command memory (issue 13).
+    MQTT_COMMAND_MEMORY,
+    // 5: alerts cleared by hand; message rates in rollups (issue 12).
     DASH_CLEARED_BY_AND_RATES,
 ];
+
+/// The MQTT bridge's command memory: every nonce seen within the replay window (so a
+/// command replayed right after a gateway restart is still refused) and the first reply of
+/// each recent transaction (so a retry after a restart gets that reply, not a second
+/// action). Written and pruned by `meshfleet-mqtt` on its own connection.
+const MQTT_COMMAND_MEMORY: &str = "CREATE TABLE mqtt_nonces (
+        nonce TEXT PRIMARY KEY,
+        ts INTEGER NOT NULL
+     ) WITHOUT ROWID;
+     CREATE INDEX mqtt_nonces_ts ON mqtt_nonces (ts);
+     CREATE TABLE mqtt_transactions (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        txn TEXT NOT NULL UNIQUE,
+        reply TEXT NOT NULL,
+        at INTEGER NOT NULL
+     );";
 
 /// Retention and size settings for [`SqliteStore::maintain`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

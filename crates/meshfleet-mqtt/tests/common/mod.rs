@@ -81,7 +81,18 @@ impl Gw {
     }
 
     pub async fn start_with(dir: &Path, mqtt: MqttConfig, before: impl FnOnce(&Prepared)) -> Self {
-        let cfg = gateway_config(dir);
+        Self::start_full(dir, mqtt, before, |_| {}).await
+    }
+
+    /// With the gateway's config changed by `tweak`.
+    pub async fn start_full(
+        dir: &Path,
+        mqtt: MqttConfig,
+        before: impl FnOnce(&Prepared),
+        tweak: impl FnOnce(&mut GatewayConfig),
+    ) -> Self {
+        let mut cfg = gateway_config(dir);
+        tweak(&mut cfg);
         let db = Arc::new(SqliteStore::open(&cfg.db).unwrap());
         let (mesh, mesh_task) = mesh::join(
             Config::new(NodeId(GATEWAY_ID)),
