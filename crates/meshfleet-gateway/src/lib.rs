@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod model;
 pub mod openapi;
 pub mod registry;
+pub mod rollout;
 pub mod status;
 pub mod store;
 
@@ -51,10 +52,11 @@ use crate::campaign::CampaignService;
 use crate::events::EventBus;
 use crate::mesh::MeshPort;
 use crate::registry::Registry;
+use crate::rollout::RolloutService;
 use crate::store::sqlite::Retention;
 use crate::store::{
-    AlertStore, ArtefactStore, AuditLog, CampaignStore, HistoryStore, NodeStore, SqliteStore,
-    StoreError, StoreStats,
+    AlertStore, ArtefactStore, AuditLog, CampaignStore, HistoryStore, NodeStore, RolloutStore,
+    SqliteStore, StoreError, StoreStats,
 };
 
 /// How often maintenance (rollups, retention, size cap) runs.
@@ -100,6 +102,8 @@ pub struct Stores {
     pub audit: Arc<dyn AuditLog>,
     /// Campaigns.
     pub campaigns: Arc<dyn CampaignStore>,
+    /// Progressive rollouts.
+    pub rollouts: Arc<dyn RolloutStore>,
     /// Liveness and counters.
     pub status: Arc<dyn StoreStatus>,
 }
@@ -114,6 +118,7 @@ impl Stores {
             artefacts: db.clone(),
             audit: db.clone(),
             campaigns: db.clone(),
+            rollouts: db.clone(),
             status: db,
         }
     }
@@ -154,6 +159,8 @@ pub struct Shared {
     pub counters: Counters,
     /// Firmware campaigns.
     pub campaigns: CampaignService,
+    /// Progressive rollouts.
+    pub rollouts: RolloutService,
     /// Turns true when the gateway shuts down (ends open event streams).
     pub stopping: watch::Receiver<bool>,
     /// Add-ons started on the gateway (the MQTT bridge): their metrics join `/metrics`.
@@ -312,6 +319,7 @@ impl Gateway {
         })?;
         let (shutdown, rx) = watch::channel(false);
         let campaign_store = stores.campaigns.clone();
+        let rollout_store = stores.rollouts.clone();
         let shared = Arc::new_cyclic(|weak| Shared {
             registry: Registry::restore(nodes),
             token,
@@ -321,6 +329,7 @@ impl Gateway {
             mesh,
             counters: Counters::default(),
             campaigns: CampaignService::new(weak.clone(), campaign_store, campaigns),
+            rollouts: RolloutService::new(weak.clone(), rollout_store),
             stopping: rx.clone(),
             config,
             extensions: Extensions::default(),
@@ -334,6 +343,8 @@ impl Gateway {
             shared.clone(),
             rx.clone(),
         )));
+        shared.rollouts.restore().await;
+        tasks.push(tokio::spawn(rollout::run(shared.clone(), rx.clone())));
         if let Some(db) = maintain {
             tasks.push(tokio::spawn(maintenance(shared.clone(), db, rx.clone())));
         }
