@@ -65,6 +65,7 @@ pub static ASSETS: &[Asset] = &[
     asset!("js/node.js", JS),
     asset!("js/alerts.js", JS),
     asset!("js/firmware.js", JS),
+    asset!("js/rollouts.js", JS),
 ];
 
 /// The strong ETag of each asset, in [`ASSETS`] order.
