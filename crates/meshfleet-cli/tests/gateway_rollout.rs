@@ -273,6 +273,11 @@ fn rollouts_complete_roll_back_by_signed_command_and_stop_a_bad_build_in_the_can
             .all(|id| get(hp, &format!("/status/{id}"))["role"] == "sensor")
     });
 
+    // The nodes confirm 1.0.0 one second after booting it (`--ota-confirm-after 1`); until
+    // then they refuse offers as on trial (the rollout would retry them after its offer
+    // deadline, which only makes the test slower).
+    std::thread::sleep(Duration::from_secs(3));
+
     // 2. A rollout of 2.0.0 with the signed rollback intent completes.
     let (s, r) = post(
         hp,
@@ -283,6 +288,7 @@ fn rollouts_complete_roll_back_by_signed_command_and_stop_a_bad_build_in_the_can
         }),
     );
     assert_eq!(s, 201, "{r}");
+    let started = Instant::now();
     assert_eq!(r["auto_rollback"], true);
     assert!(r["nodes"]
         .as_array()
@@ -296,6 +302,10 @@ fn rollouts_complete_roll_back_by_signed_command_and_stop_a_bad_build_in_the_can
                 .as_array()
                 .is_some_and(|n| n.iter().all(|n| n["state"] == "healthy"))
     });
+    eprintln!(
+        "figure: 3-node 2-wave rollout completed in {:.1} s wall (4 s health window)",
+        started.elapsed().as_secs_f64()
+    );
     for id in NODES {
         assert_eq!(firmware(hp, id), "2.0.0");
     }
@@ -321,6 +331,10 @@ fn rollouts_complete_roll_back_by_signed_command_and_stop_a_bad_build_in_the_can
     });
     let r = get(hp, "/rollouts/r-000001");
     assert_eq!(r["rolled_back"], 3, "{r:#}");
+    eprintln!(
+        "figure: emergency rollback of 3 nodes restored in {} s (controller's restored_s)",
+        r["restored_s"]
+    );
     let k = decisions(&r);
     assert!(!k.iter().any(|x| x == "rollback_unavailable"), "{k:?}");
 
@@ -339,6 +353,19 @@ fn rollouts_complete_roll_back_by_signed_command_and_stop_a_bad_build_in_the_can
         get(hp, "/rollouts/r-000002")["state"] == "aborted"
     });
     let r = get(hp, "/rollouts/r-000002");
+    eprintln!(
+        "figure: bad build aborted {:.1} s after its rollout was created",
+        (r["decisions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["kind"] == "aborted")
+            .unwrap()["at_ms"]
+            .as_i64()
+            .unwrap()
+            - r["created_at_ms"].as_i64().unwrap()) as f64
+            / 1000.0
+    );
     let offered: Vec<u64> = r["nodes"]
         .as_array()
         .unwrap()
@@ -358,6 +385,20 @@ fn rollouts_complete_roll_back_by_signed_command_and_stop_a_bad_build_in_the_can
         .cloned();
     assert!(failed.is_some(), "{:?}", decisions(&r));
     eprintln!("bad build: {}", failed.unwrap());
+    if std::env::var_os("ROLLOUT_TRACE").is_some() {
+        for id in ["r-000001", "r-000002"] {
+            let r = get(hp, &format!("/rollouts/{id}"));
+            for d in r["decisions"].as_array().unwrap() {
+                eprintln!("{id} {} {} {}", d["at_ms"], d["kind"], d["detail"]);
+            }
+            for c in r["campaigns"].as_array().unwrap() {
+                eprintln!(
+                    "{}",
+                    get(hp, &format!("/campaigns/{}", c.as_str().unwrap()))
+                );
+            }
+        }
+    }
     let _ = gw.kill();
     let _ = gw.wait();
 }

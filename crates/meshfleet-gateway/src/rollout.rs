@@ -1190,6 +1190,7 @@ impl RolloutService {
         }
         let ids: Vec<ro::NodeId> = rec.controller.nodes().map(|(id, _)| id).collect();
         let target = rec.version.clone();
+        let previous = rec.previous_version.clone();
         for id in ids {
             let reg = shared.registry.get(id.0);
             let seen = rec.driver.nodes.entry(id.0).or_default();
@@ -1210,10 +1211,15 @@ impl RolloutService {
                 .and_then(|cid| campaigns.get(cid))
                 .and_then(|camp| camp.nodes.iter().find(|n| n.node == id.0))
             {
-                let accept = matches!(
-                    cn.state,
-                    CampaignNodeState::InProgress | CampaignNodeState::Succeeded
-                );
+                // A transient refusal (busy, still on trial after its last update) leaves
+                // the node IN_PROGRESS with that reason: not accepted; the offer deadline
+                // retries it.
+                let transient = matches!(cn.reason.as_deref(), Some("busy" | "on_trial"));
+                let accept = match cn.state {
+                    CampaignNodeState::InProgress => !transient || cn.progress > 0.0,
+                    CampaignNodeState::Succeeded => true,
+                    _ => false,
+                };
                 if accept && !seen.accepted {
                     seen.accepted = true;
                     c.handle_report(now, id, ro::NodeReport::OfferAccepted);
@@ -1226,6 +1232,23 @@ impl RolloutService {
                 }
                 if seen.cstate != Some(cn.state) {
                     match cn.state {
+                        // The node's OTA engine reported that it went back to its previous
+                        // image by itself (the new one did not confirm its boot): a boot of
+                        // the previous version, which the controller judges a fall-back.
+                        CampaignNodeState::Failed
+                            if seen.installed && cn.reason.as_deref() == Some("rolled_back") =>
+                        {
+                            if let Ok(version) = ro::ImageVersion::new(previous.clone()) {
+                                c.handle_report(
+                                    now,
+                                    id,
+                                    ro::NodeReport::Booted {
+                                        version,
+                                        confirmed: true,
+                                    },
+                                );
+                            }
+                        }
                         CampaignNodeState::Failed | CampaignNodeState::TimedOut => {
                             c.handle_report(now, id, ro::NodeReport::TransferFailed);
                         }
@@ -1302,9 +1325,6 @@ impl RolloutService {
             }
         }
         let mut notes: Vec<(String, Value)> = Vec::new();
-        if !offers.is_empty() {
-            self.offer(shared, entry, &offers, now, &mut notes).await;
-        }
         if !cancels.is_empty() {
             let mut by: BTreeMap<CampaignId, Vec<u32>> = BTreeMap::new();
             for n in cancels {
@@ -1324,6 +1344,11 @@ impl RolloutService {
                     info!(campaign = %cid, error = %e, "rollout cancel not applied");
                 }
             }
+        }
+        // Offers after cancels: a retry is a cancel of the attempt and a new offer of the same
+        // node, in that order.
+        if !offers.is_empty() {
+            self.offer(shared, entry, &offers, now, &mut notes).await;
         }
         for (node, via) in rollbacks {
             self.rollback(shared, entry, node, via, &mut notes).await;

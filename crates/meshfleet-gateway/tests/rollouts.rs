@@ -38,6 +38,8 @@ struct Device {
     /// Flipped by the test's "OTA layer".
     took_new: bool,
     rolled_back: bool,
+    /// Ignores its first offer (takes the image only once offered again).
+    misses_first_offer: bool,
 }
 
 type Shared = Arc<Mutex<Device>>;
@@ -51,6 +53,7 @@ fn device() -> Shared {
         crash_every: None,
         took_new: false,
         rolled_back: false,
+        misses_first_offer: false,
     }))
 }
 
@@ -116,7 +119,12 @@ fn play_ota(nodes: &[SimNode], rollout: &Value, listed: &[u32]) {
             d.fw = OLD.into();
             d.booted = Instant::now();
             d.rolled_back = true;
-        } else if listed.contains(&n.id) && !d.took_new && !ordered_back {
+        } else {
+            let waits_for_retry =
+                d.misses_first_offer && view.is_some_and(|v| v["offers"].as_u64() < Some(2));
+            if !listed.contains(&n.id) || d.took_new || ordered_back || waits_for_retry {
+                continue;
+            }
             d.fw = NEW.into();
             d.booted = Instant::now();
             d.took_new = true;
@@ -334,15 +342,16 @@ async fn a_crash_looping_build_aborts_in_the_canary_and_is_rolled_back() {
     }
     let old_art = upload(&f, &key, OLD).await;
     let new_art = upload(&f, &key, NEW).await;
+    let mut cfg = fast(json!([
+        {"until": {"count": 2}, "failure": {"count": 1}}, {"until": {"percent": 100}}
+    ]));
+    // A 5 s window: several crashes (uptime resets every 1.5 s) fall inside it even when
+    // the machine is busy and a report or a step comes late.
+    cfg["health"]["window"] = json!(5_000_000u64);
     let r = post_json(
         &f,
         "/rollouts",
-        &json!({
-            "artefact": new_art, "previous_artefact": old_art,
-            "config": fast(json!([
-                {"until": {"count": 2}, "failure": {"count": 1}}, {"until": {"percent": 100}}
-            ]))
-        }),
+        &json!({"artefact": new_art, "previous_artefact": old_art, "config": cfg}),
     )
     .await;
     assert_eq!(r.status, 201, "{}", r.text());
@@ -693,6 +702,51 @@ async fn rollout_requests_are_checked() {
             "no {a} in the audit log"
         );
     }
+    drop(nodes);
+    f.stop().await;
+}
+
+/// A node that does not answer its first offer is cancelled at the offer deadline and
+/// offered again, and then takes the image: the retry's new offer reaches it (the driver
+/// carries out the cancel before the new offer; the other way round the new offer was
+/// cancelled at once and the node failed after its retries).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_misses_its_first_offer_is_retried_and_updated() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen();
+    let f = Fixture::start_with(dir.path().to_owned(), key.clone(), |c| {
+        c.monitor.min_report_gap_ms = 200;
+    })
+    .await;
+    let nodes = fleet(&f, 7601..=7603).await;
+    nodes[0].dev.lock().unwrap().misses_first_offer = true;
+    let old_art = upload(&f, &key, OLD).await;
+    let new_art = upload(&f, &key, NEW).await;
+    let mut cfg = fast(json!([{"until": {"percent": 100}}]));
+    cfg["timeouts"]["offer"] = json!(2_000_000u64);
+    let r = post_json(
+        &f,
+        "/rollouts",
+        &json!({"artefact": new_art, "previous_artefact": old_art, "config": cfg}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let done = drive_until(&f, &nodes, "r-000001", &new_art, "completion", |r| {
+        r["state"] == "completed"
+            && r["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|n| n["state"] == "healthy")
+    })
+    .await;
+    let retried = done["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|d| d["kind"] == "retry" && d["detail"]["node"] == 7601);
+    assert!(retried, "{:?}", kinds(&done));
+    assert_eq!(nodes[0].dev.lock().unwrap().fw, NEW);
     drop(nodes);
     f.stop().await;
 }
