@@ -441,6 +441,9 @@ struct Record {
     previous_version: String,
     strategy: CampaignStrategy,
     app_ok_mask: Option<u8>,
+    /// The rollout is for listed nodes only (no late joiners).
+    #[serde(default)]
+    listed: bool,
     /// The signed rollback intent, JSON text.
     intent: Option<String>,
     intent_expires: Option<u64>,
@@ -969,6 +972,7 @@ impl RolloutService {
             previous_version,
             strategy: spec.strategy.unwrap_or(CampaignStrategy::Broadcast),
             app_ok_mask: spec.app_ok_mask,
+            listed: spec.nodes.is_some(),
             intent_expires: intent.as_ref().map(|i| i.1),
             intent: intent.map(|i| i.0),
             created_at_ms: wall,
@@ -1188,6 +1192,9 @@ impl RolloutService {
                 campaigns.insert(id.clone(), c);
             }
         }
+        if !rec.listed {
+            Self::late_joiners(shared, rec, now).await;
+        }
         let ids: Vec<ro::NodeId> = rec.controller.nodes().map(|(id, _)| id).collect();
         let target = rec.version.clone();
         let previous = rec.previous_version.clone();
@@ -1309,6 +1316,69 @@ impl RolloutService {
                 };
                 c.handle_health(now, id, sample);
             }
+        }
+    }
+
+    /// Nodes that appeared since the rollout was planned and that the artefact is for: told
+    /// to the controller once each (it adds them to the last wave if that wave reaches
+    /// 100 %, so a newcomer is never exposed before the full rollout is).
+    async fn late_joiners(shared: &Shared, rec: &mut Record, now: ro::Instant) {
+        let me = shared.mesh.node_id().0;
+        let fits = |v: &Option<String>, want: &str, ci: bool| {
+            v.as_deref().map_or(true, |x| {
+                if ci {
+                    x.eq_ignore_ascii_case(want)
+                } else {
+                    x == want
+                }
+            })
+        };
+        let new: Vec<crate::model::NodeStatus> = shared.registry.with_nodes(|it| {
+            it.filter(|n| n.node_id != me && n.online)
+                .filter(|n| !rec.driver.nodes.contains_key(&n.node_id))
+                .filter(|n| {
+                    fits(&n.role, &rec.role, false) && fits(&n.hardware, &rec.hardware, true)
+                })
+                .take(256)
+                .cloned()
+                .collect()
+        });
+        if new.is_empty() {
+            return;
+        }
+        let topo = shared
+            .mesh
+            .topology()
+            .await
+            .map(|t| topology_of(&t))
+            .unwrap_or_default();
+        for n in new {
+            let (branch, subtree) = topo.get(&n.node_id).copied().unwrap_or((n.node_id, 1));
+            rec.driver.nodes.insert(
+                n.node_id,
+                Seen {
+                    fw: n.firmware.clone(),
+                    reports: n.reports,
+                    online: n.online,
+                    ..Seen::default()
+                },
+            );
+            rec.controller.handle_node_joined(
+                now,
+                ro::NodeInfo {
+                    kind: if n.role.is_some() {
+                        ro::NodeKind::Meshfleet
+                    } else {
+                        ro::NodeKind::Stock
+                    },
+                    role: n.role.clone().unwrap_or_default(),
+                    hardware: n.hardware.clone().unwrap_or_default(),
+                    branch: ro::NodeId(branch),
+                    subtree_size: subtree,
+                    online: n.online,
+                    ..ro::NodeInfo::leaf(ro::NodeId(n.node_id))
+                },
+            );
         }
     }
 

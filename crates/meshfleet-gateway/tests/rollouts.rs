@@ -750,3 +750,68 @@ async fn a_node_that_misses_its_first_offer_is_retried_and_updated() {
     drop(nodes);
     f.stop().await;
 }
+
+/// A node that joins the mesh after the rollout was planned is added to the last wave
+/// (`node_added`) and updated with it; the first wave never includes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_joins_later_is_updated_in_the_last_wave() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen();
+    let f = Fixture::start_with(dir.path().to_owned(), key.clone(), |c| {
+        c.monitor.min_report_gap_ms = 200;
+    })
+    .await;
+    let mut nodes = fleet(&f, 7701..=7703).await;
+    let old_art = upload(&f, &key, OLD).await;
+    let new_art = upload(&f, &key, NEW).await;
+    let cfg = fast(json!([
+        {"until": {"count": 1}, "then": "pause_for_approval"}, {"until": {"percent": 100}}
+    ]));
+    let r = post_json(
+        &f,
+        "/rollouts",
+        &json!({"artefact": new_art, "previous_artefact": old_art, "config": cfg}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    drive_until(&f, &nodes, "r-000001", &new_art, "the canary passed", |r| {
+        r["state"] == "awaiting_approval"
+    })
+    .await;
+    // A fourth node joins now.
+    nodes.extend(fleet(&f, 7704..=7704).await);
+    let r = drive_until(
+        &f,
+        &nodes,
+        "r-000001",
+        &new_art,
+        "the newcomer planned",
+        |r| r["nodes"].as_array().unwrap().len() == 4,
+    )
+    .await;
+    let late = r["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node"] == 7704)
+        .unwrap();
+    assert_eq!(late["wave"], 1, "{late}");
+    assert_eq!(late["state"], "pending", "{late}");
+    let r = f
+        .post("/rollouts/r-000001/approve", "application/json", b"")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let done = drive_until(&f, &nodes, "r-000001", &new_art, "completion", |r| {
+        r["state"] == "completed"
+            && r["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|n| n["state"] == "healthy")
+    })
+    .await;
+    assert!(kinds(&done).iter().any(|k| k == "node_added"));
+    assert_eq!(nodes[3].dev.lock().unwrap().fw, NEW);
+    drop(nodes);
+    f.stop().await;
+}
