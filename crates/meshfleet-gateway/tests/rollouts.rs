@@ -815,3 +815,65 @@ async fn a_node_that_joins_later_is_updated_in_the_last_wave() {
     drop(nodes);
     f.stop().await;
 }
+
+/// A node that is offline when its wave runs is decided without after the grace
+/// (`deferred`), and offered when it comes back, after the rollout completed: it ends
+/// healthy on the new version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_offline_during_its_wave_is_updated_when_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen();
+    let f = Fixture::start_with(dir.path().to_owned(), key.clone(), |c| {
+        c.monitor.min_report_gap_ms = 200;
+    })
+    .await;
+    let mut nodes = fleet(&f, 7801..=7803).await;
+    // 7803 leaves the mesh (its process stops).
+    drop(nodes.pop());
+    wait_until("7803 offline", || async {
+        f.get("/status/7803").await.json()["online"] == false
+    })
+    .await;
+    let old_art = upload(&f, &key, OLD).await;
+    let new_art = upload(&f, &key, NEW).await;
+    let mut cfg = fast(json!([{"until": {"percent": 100}}]));
+    cfg["timeouts"]["offline_grace"] = json!(3_000_000u64);
+    let r = post_json(
+        &f,
+        "/rollouts",
+        &json!({"artefact": new_art, "previous_artefact": old_art, "config": cfg}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = drive_until(
+        &f,
+        &nodes,
+        "r-000001",
+        &new_art,
+        "completed without 7803",
+        |r| r["state"] == "completed",
+    )
+    .await;
+    assert!(kinds(&r).iter().any(|k| k == "deferred"), "{:?}", kinds(&r));
+    let n = |r: &Value, id: u32| {
+        r["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(n(&r, 7803)["state"], "pending");
+    assert_eq!(n(&r, 7803)["offers"], 0);
+    // It comes back (a fresh process on the old version) and is updated.
+    nodes.extend(fleet(&f, 7803..=7803).await);
+    let done = drive_until(&f, &nodes, "r-000001", &new_art, "7803 updated", |r| {
+        n(r, 7803)["state"] == "healthy"
+    })
+    .await;
+    assert_eq!(done["state"], "completed");
+    assert_eq!(nodes[2].dev.lock().unwrap().fw, NEW);
+    drop(nodes);
+    f.stop().await;
+}
