@@ -785,6 +785,9 @@ impl RolloutService {
                 },
             );
         }
+        drop(map);
+        // Memory holds the newest; the oldest settled ones stay in the store only.
+        self.trim();
     }
 
     /// Creates a rollout and plans it; its first wave starts at once unless its config
@@ -1186,10 +1189,17 @@ impl RolloutService {
     /// Feeds the controller what changed: presence, campaign node states, boots, health.
     async fn observe(&self, shared: &Shared, entry: &mut Entry, now: ro::Instant) {
         let rec = &mut entry.rec;
+        // Only the campaigns of the nodes' current attempts matter.
+        let wanted: BTreeSet<CampaignId> = rec
+            .driver
+            .nodes
+            .values()
+            .filter_map(|s| s.campaign.clone())
+            .collect();
         let mut campaigns: BTreeMap<CampaignId, crate::campaign::Campaign> = BTreeMap::new();
-        for id in rec.driver.campaigns.iter().chain(rec.driver.reoffer.iter()) {
-            if let Ok(c) = shared.campaigns.get(id).await {
-                campaigns.insert(id.clone(), c);
+        for id in wanted {
+            if let Ok(c) = shared.campaigns.get(&id).await {
+                campaigns.insert(id, c);
             }
         }
         if !rec.listed {
