@@ -196,3 +196,52 @@ fn pack_with_a_window_for_small_receivers() {
         text(&o)
     );
 }
+
+/// `firmware intent --rollback`: a signed rollback command to the artefact's image, which
+/// verifies under the fleet key; without the flag the same file gives an install intent.
+#[test]
+fn intent_for_a_rollback() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("app.bin"), vec![7u8; 5000]).unwrap();
+    let o = meshfleet(d, &["firmware", "keygen", "--out", "fleet.key"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = pack(d, &["--sign", "fleet.key"], "old.mfw");
+    assert!(o.status.success(), "{}", text(&o));
+    for (flag, out, action) in [
+        (Some("--rollback"), "rb.intent", "rollback"),
+        (None, "in.intent", "install"),
+    ] {
+        let mut args = vec![
+            "firmware",
+            "intent",
+            "old.mfw",
+            "--sign",
+            "fleet.key",
+            "--node",
+            "5",
+            "--out",
+            out,
+        ];
+        args.extend(flag);
+        let o = meshfleet(d, &args);
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(text(&o).contains(if action == "rollback" {
+            "roll back to"
+        } else {
+            "install"
+        }));
+        let raw = std::fs::read(d.join(out)).unwrap();
+        let i = meshfleet_firmware::Intent::from_json(&raw).unwrap();
+        let want = if action == "rollback" {
+            meshfleet_firmware::IntentAction::Rollback
+        } else {
+            meshfleet_firmware::IntentAction::Install
+        };
+        assert_eq!(i.action, want);
+        assert_eq!(i.nodes, vec![5]);
+        assert_eq!(i.version.to_string(), "1.0.0");
+        let key = meshfleet_firmware::keys::read_public_key(&d.join("fleet.key.pub")).unwrap();
+        i.verify_signature(&key).unwrap();
+    }
+}

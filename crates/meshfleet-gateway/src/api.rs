@@ -40,6 +40,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::campaign::{Campaign, CampaignAction, CampaignError, CampaignId, CampaignSpec};
 use crate::events::GatewayEvent;
 use crate::model::{Alert, ArtefactInfo, AuditEntry, Health, History, NodeStatus, Resolution};
+use crate::rollout::{Rollout, RolloutAction, RolloutError, RolloutId, RolloutList, RolloutSpec};
 use crate::store::StoreError;
 use crate::{metrics, now_millis, openapi, Shared};
 
@@ -74,6 +75,9 @@ pub fn router(shared: AppState) -> Router {
         .route("/campaigns", post(create_campaign).get(list_campaigns))
         .route("/campaigns/{id}", get(get_campaign))
         .route("/campaigns/{id}/{action}", post(campaign_action))
+        .route("/rollouts", post(create_rollout).get(list_rollouts))
+        .route("/rollouts/{id}", get(get_rollout))
+        .route("/rollouts/{id}/{action}", post(rollout_action))
         .route("/events", get(events))
         .route("/events/ticket", post(event_ticket))
         .route("/metrics", get(metrics_text))
@@ -1284,6 +1288,162 @@ async fn campaign_action(
 }
 
 // ---------------------------------------------------------------------------------------
+// Rollouts
+
+impl From<RolloutError> for ApiError {
+    fn from(e: RolloutError) -> Self {
+        let detail = e.to_string();
+        match e {
+            RolloutError::NotFound(_) => Self::not_found(detail),
+            RolloutError::UnknownArtefact(_) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown_artefact", detail)
+            }
+            RolloutError::InvalidSpec(_) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_rollout", detail)
+            }
+            RolloutError::BadIntent(_) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_rollback_intent",
+                detail,
+            ),
+            RolloutError::Plan(_) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "cannot_plan", detail)
+            }
+            RolloutError::Command(_) => {
+                Self::new(StatusCode::CONFLICT, "command_not_applicable", detail)
+            }
+            RolloutError::Store(e) => e.into(),
+            RolloutError::MeshStopped => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "mesh_stopped", detail)
+            }
+            #[allow(unreachable_patterns)]
+            _ => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", detail),
+        }
+    }
+}
+
+fn rollout_id(raw: &str) -> Result<RolloutId, ApiError> {
+    RolloutId::parse(raw).ok_or_else(|| ApiError::not_found(format!("no rollout {raw}")))
+}
+
+/// `POST /rollouts/{id}/skip` body.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SkipRequest {
+    /// The wave to start now (later than the current one).
+    pub to: u16,
+}
+
+/// Creates a progressive rollout of an artefact over the fleet (or listed `nodes`): waves
+/// (5 % canary, 20 %, 75 %, 100 % by default), health gates, automatic rollback with the
+/// operator's pre-signed rollback intent. See `docs/rollouts.md`.
+#[utoipa::path(post, path = "/rollouts", tag = "rollouts",
+    request_body(content = RolloutSpec, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses((status = 201, body = Rollout, description = "Created and planned"),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 413, body = Problem, content_type = "application/problem+json"),
+        (status = 415, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json")))]
+async fn create_rollout(
+    State(s): State<AppState>,
+    actor: axum::Extension<Actor>,
+    headers: axum::http::HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body?;
+    if !is_json(&headers) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "bad_content_type",
+            "the body must be application/json",
+        ));
+    }
+    let spec: RolloutSpec = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("bad_json", format!("invalid rollout: {e}")))?;
+    let r = s
+        .rollouts
+        .create(spec, &format!("http:{}", actor.0 .0))
+        .await?;
+    let mut resp = (StatusCode::CREATED, Json(r.clone())).into_response();
+    if let Ok(loc) = HeaderValue::from_str(&format!("/rollouts/{}", r.id)) {
+        resp.headers_mut().insert(header::LOCATION, loc);
+    }
+    Ok(resp)
+}
+
+/// Every rollout, newest first (without waves, nodes and decisions).
+#[utoipa::path(get, path = "/rollouts", tag = "rollouts",
+    responses((status = 200, body = RolloutList)))]
+async fn list_rollouts(State(s): State<AppState>) -> Result<Json<RolloutList>, ApiError> {
+    Ok(Json(RolloutList {
+        rollouts: s.rollouts.list()?,
+    }))
+}
+
+/// One rollout: its waves with their counts, every node's state, and the newest
+/// decisions with their reasons.
+#[utoipa::path(get, path = "/rollouts/{id}", tag = "rollouts",
+    params(("id" = String, Path, description = "The rollout's id (`r-000001`)")),
+    responses((status = 200, body = Rollout),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+async fn get_rollout(
+    State(s): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+) -> Result<Json<Rollout>, ApiError> {
+    let Path(raw) = p?;
+    Ok(Json(s.rollouts.get(&rollout_id(&raw)?)?))
+}
+
+/// An operator's command: `approve` (the next wave, or past a gate's pause), `pause`,
+/// `resume`, `skip` (body `{"to": N}`), `abort` (roll the current wave back) or
+/// `rollback` (emergency: every node that took the update, from any state). `409` when
+/// the command does not apply in the rollout's state.
+#[utoipa::path(post, path = "/rollouts/{id}/{action}", tag = "rollouts",
+    params(("id" = String, Path, description = "The rollout's id (`r-000001`)"),
+        ("action" = RolloutAction, Path, description = "approve, pause, resume, skip, abort or rollback")),
+    request_body(content = Option<SkipRequest>, content_type = "application/json",
+        description = "`skip` only: the wave to start"),
+    security(("bearer" = [])),
+    responses((status = 200, body = Rollout),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json")))]
+async fn rollout_action(
+    State(s): State<AppState>,
+    actor: axum::Extension<Actor>,
+    p: Result<Path<(String, String)>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Rollout>, ApiError> {
+    let Path((raw, action)) = p?;
+    let id = rollout_id(&raw)?;
+    let action = RolloutAction::parse(&action).ok_or_else(|| {
+        ApiError::not_found("no such endpoint (approve, pause, resume, skip, abort or rollback)")
+    })?;
+    let body = body?;
+    let to = if action == RolloutAction::Skip {
+        let req: SkipRequest = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request("bad_json", format!("skip needs {{\"to\": N}}: {e}"))
+        })?;
+        Some(req.to)
+    } else {
+        None
+    };
+    let command = action
+        .command(to)
+        .ok_or_else(|| ApiError::bad_request("bad_json", "skip needs a wave"))?;
+    let r = s
+        .rollouts
+        .command(&id, command, &format!("http:{}", actor.0 .0))
+        .await?;
+    Ok(Json(r))
+}
+
+// ---------------------------------------------------------------------------------------
 // Events, metrics, probes, the document
 
 /// A stream of [`GatewayEvent`]s (server-sent events; the SSE `event` field is the event's
@@ -1428,10 +1588,11 @@ async fn openapi_json() -> Response {
 pub(crate) mod paths {
     pub(crate) use super::{
         __path_ack_alert, __path_alerts, __path_campaign_action, __path_clear_alert,
-        __path_create_campaign, __path_delete_firmware, __path_event_ticket, __path_events,
-        __path_fleet_health, __path_get_campaign, __path_healthz, __path_history,
-        __path_list_campaigns, __path_list_firmware, __path_metrics_text, __path_openapi_json,
-        __path_readyz, __path_status_list, __path_status_one, __path_topology,
+        __path_create_campaign, __path_create_rollout, __path_delete_firmware, __path_event_ticket,
+        __path_events, __path_fleet_health, __path_get_campaign, __path_get_rollout,
+        __path_healthz, __path_history, __path_list_campaigns, __path_list_firmware,
+        __path_list_rollouts, __path_metrics_text, __path_openapi_json, __path_readyz,
+        __path_rollout_action, __path_status_list, __path_status_one, __path_topology,
         __path_upload_firmware,
     };
 }

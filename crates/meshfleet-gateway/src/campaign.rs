@@ -848,6 +848,154 @@ impl CampaignService {
         Ok(c)
     }
 
+    /// Adds `nodes` to an unfinished campaign for listed nodes (a rollout's offers, see
+    /// `rollout.rs`): new ones are `QUEUED`, ones that ended (a retry) are `QUEUED` again.
+    /// The engine offers them with the campaign's scope, so only they take the image.
+    /// Refused for a finished campaign or one that targets `all`, a role or a hardware
+    /// (`InvalidTransition` / `InvalidSpec`), or nodes of another unfinished campaign.
+    pub async fn add_nodes(
+        &self,
+        id: &CampaignId,
+        nodes: &[u32],
+        actor: &str,
+    ) -> Result<Campaign, CampaignError> {
+        self.edit_nodes(id, nodes, actor, true).await
+    }
+
+    /// Cancels `nodes` of an unfinished campaign (`CANCELED`): the engine takes them out of
+    /// its scope, so nothing more is offered or sent to them (a rollout's `Cancel` order).
+    pub async fn cancel_nodes(
+        &self,
+        id: &CampaignId,
+        nodes: &[u32],
+        actor: &str,
+    ) -> Result<Campaign, CampaignError> {
+        self.edit_nodes(id, nodes, actor, false).await
+    }
+
+    async fn edit_nodes(
+        &self,
+        id: &CampaignId,
+        nodes: &[u32],
+        actor: &str,
+        add: bool,
+    ) -> Result<Campaign, CampaignError> {
+        let shared = self.shared()?;
+        let seq = id
+            .seq()
+            .ok_or_else(|| CampaignError::NotFound(id.clone()))?;
+        if nodes.contains(&0) {
+            return Err(CampaignError::InvalidSpec("node id 0 is not a node".into()));
+        }
+        let guard = self.inner.ops.lock().await;
+        let now = now_millis();
+        let (c, changed) = {
+            let mut map = self.map();
+            if add {
+                let clash = map
+                    .iter()
+                    .filter(|(s, c)| **s != seq && !c.state.is_finished())
+                    .find_map(|(_, c)| {
+                        let clash: Vec<u32> = c
+                            .nodes
+                            .iter()
+                            .map(|n| n.node)
+                            .filter(|n| nodes.contains(n))
+                            .collect();
+                        (!clash.is_empty()).then(|| (clash, c.id.clone()))
+                    });
+                if let Some((nodes, campaign)) = clash {
+                    return Err(CampaignError::Conflict { nodes, campaign });
+                }
+            }
+            let c = map
+                .get_mut(&seq)
+                .ok_or_else(|| CampaignError::NotFound(id.clone()))?;
+            if c.state.is_finished() {
+                return Err(CampaignError::InvalidTransition {
+                    from: c.state,
+                    action: if add {
+                        CampaignAction::Start
+                    } else {
+                        CampaignAction::Cancel
+                    },
+                });
+            }
+            let Targets::Nodes(listed) = &mut c.targets else {
+                return Err(CampaignError::InvalidSpec(
+                    "only a campaign for listed nodes takes nodes one by one".into(),
+                ));
+            };
+            if add && listed.len() + nodes.len() > MAX_LISTED_NODES {
+                return Err(CampaignError::InvalidSpec(format!(
+                    "more than {MAX_LISTED_NODES} nodes"
+                )));
+            }
+            let mut changed = Vec::new();
+            for &node in nodes {
+                if add && !listed.contains(&node) {
+                    listed.push(node);
+                }
+                match c.nodes.iter_mut().find(|n| n.node == node) {
+                    Some(n) if add && n.state.is_terminal() => {
+                        n.state = NodeState::Queued;
+                        n.progress = 0.0;
+                        n.reason = None;
+                        n.updated_at_ms = now;
+                        changed.push(n.clone());
+                    }
+                    Some(n) if !add && !n.state.is_terminal() => {
+                        n.state = NodeState::Canceled;
+                        n.updated_at_ms = now;
+                        changed.push(n.clone());
+                    }
+                    Some(_) => {}
+                    None if add => {
+                        let n = CampaignNode {
+                            node,
+                            state: NodeState::Queued,
+                            progress: 0.0,
+                            reason: None,
+                            from_version: shared.registry.get(node).and_then(|n| n.firmware),
+                            updated_at_ms: now,
+                        };
+                        c.nodes.push(n.clone());
+                        changed.push(n);
+                    }
+                    None => {}
+                }
+            }
+            c.nodes.sort_by_key(|n| n.node);
+            c.updated_at_ms = now;
+            c.recount();
+            (c.clone(), changed)
+        };
+        let mut write = c.summary();
+        write.nodes.clone_from(&changed);
+        self.inner.store.update(write).await?;
+        drop(guard);
+        let action = if add {
+            "campaign.add_nodes"
+        } else {
+            "campaign.cancel_nodes"
+        };
+        audit(&shared, actor, action, id, now).await;
+        for n in &changed {
+            shared
+                .bus
+                .publish(GatewayEvent::CampaignNode(CampaignNodeEvent {
+                    campaign: id.clone(),
+                    node: n.node,
+                    state: n.state,
+                    progress: n.progress,
+                    reason: n.reason.clone(),
+                }));
+        }
+        shared.bus.publish(GatewayEvent::Campaign(c.summary()));
+        self.inner.wake.notify_one();
+        Ok(c)
+    }
+
     /// Drops the oldest finished campaigns from memory beyond [`MAX_CAMPAIGNS`].
     fn trim(&self) {
         let mut map = self.map();

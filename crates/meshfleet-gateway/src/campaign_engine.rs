@@ -174,6 +174,37 @@ impl GatewayOta {
         self.stock_scope = scope;
     }
 
+    /// Brings the scope of a campaign for listed nodes to `want`: offers the nodes not
+    /// offered yet (or re-queued for a retry), takes out the ones that ended or were
+    /// cancelled. Returns the scope.
+    fn retarget(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        targeted: &BTreeSet<u32>,
+        want: &BTreeSet<u32>,
+    ) -> BTreeSet<u32> {
+        for gone in targeted.difference(want) {
+            self.meshfleet.untarget(NodeId(*gone));
+        }
+        for add in want.difference(targeted) {
+            // `false` (no route now) still puts it in the scope: it is offered when its
+            // CAPS arrive, as the nodes listed at the start are.
+            self.meshfleet.target(ctx, NodeId(*add));
+        }
+        want.clone()
+    }
+
+    /// Sends the operator's signed rollback command to `node` (`docs/ota-protocol.md`
+    /// 2.9); `false` if there is no route to it now.
+    pub fn send_rollback(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        node: u32,
+        command: &meshfleet_firmware::Intent,
+    ) -> bool {
+        self.meshfleet.send_rollback(ctx, NodeId(node), command)
+    }
+
     /// Holds or releases serving.
     fn hold(&mut self, held: bool) {
         self.held = held;
@@ -308,7 +339,7 @@ pub fn equip(node: &mut Node) {
 
 /// Runs `f` on the gateway's node (its [`GatewayOta`] added first if it lacks one) and
 /// returns its result; `None` if the node has stopped.
-async fn on_node<R: Send + 'static>(
+pub(crate) async fn on_node<R: Send + 'static>(
     shared: &Shared,
     f: impl FnOnce(&mut Node, Instant) -> R + Send + 'static,
 ) -> Option<R> {
@@ -350,6 +381,9 @@ struct Active {
     transient: BTreeMap<u32, &'static str>,
     /// Serving is held (the campaign is paused).
     held: bool,
+    /// A campaign for listed nodes: the nodes in the OTA engine's scope now (nodes can be
+    /// added and cancelled while it runs: a rollout's offers).
+    targeted: Option<BTreeSet<u32>>,
     /// When it started running in this process (ETA and timeouts count from here).
     since: UnixMillis,
     last_progress_save: std::time::Instant,
@@ -573,6 +607,10 @@ impl Engine {
             typed: BTreeMap::new(),
             transient: BTreeMap::new(),
             held: false,
+            targeted: match &c.targets {
+                Targets::Nodes(ids) => Some(ids.iter().copied().collect()),
+                _ => None,
+            },
             since: now_millis(),
             last_progress_save: std::time::Instant::now(),
             stock_scope,
@@ -627,6 +665,9 @@ impl Engine {
             return;
         };
         let id = a.id.clone();
+        if a.targeted.is_some() {
+            self.retarget(&id).await;
+        }
         let snap = on_node(&self.shared, |node, _| {
             node.plugin::<GatewayOta>().map(|p| p.snapshot(node))
         })
@@ -789,6 +830,40 @@ impl Engine {
             })
             .await;
             self.shared.campaigns.poke();
+        }
+    }
+
+    /// Keeps the OTA engine's scope equal to the campaign's unfinished nodes (a campaign
+    /// for listed nodes can grow and shrink while it runs: `CampaignService::add_nodes`).
+    async fn retarget(&mut self, id: &CampaignId) {
+        let Ok(c) = self.shared.campaigns.get(id).await else {
+            return;
+        };
+        let want: BTreeSet<u32> = c
+            .nodes
+            .iter()
+            .filter(|n| !n.state.is_terminal())
+            .map(|n| n.node)
+            .collect();
+        let Some(a) = &mut self.active else {
+            return;
+        };
+        let targeted = a.targeted.clone().unwrap_or_default();
+        if want == targeted {
+            return;
+        }
+        // A node queued again (a retry) starts over: forget its last attempt's verdict.
+        for n in want.difference(&targeted) {
+            a.typed.remove(n);
+            a.transient.remove(n);
+        }
+        let done = on_node(&self.shared, move |node, now| {
+            node.with_plugin::<GatewayOta, _>(now, |p, ctx| p.retarget(ctx, &targeted, &want))
+        })
+        .await
+        .flatten();
+        if let (Some(done), Some(a)) = (done, &mut self.active) {
+            a.targeted = Some(done);
         }
     }
 

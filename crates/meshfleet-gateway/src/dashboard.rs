@@ -65,6 +65,7 @@ pub static ASSETS: &[Asset] = &[
     asset!("js/node.js", JS),
     asset!("js/alerts.js", JS),
     asset!("js/firmware.js", JS),
+    asset!("js/rollouts.js", JS),
 ];
 
 /// The (weak) ETag of each asset, in [`ASSETS`] order.
@@ -183,7 +184,9 @@ mod tests {
     #[test]
     fn etags_differ_and_are_weak_and_quoted() {
         let tags = etags();
-        assert!(tags.iter().all(|t| t.starts_with("W/\"") && t.ends_with('"')));
+        assert!(tags
+            .iter()
+            .all(|t| t.starts_with("W/\"") && t.ends_with('"')));
         let mut uniq = tags.to_vec();
         uniq.sort();
         uniq.dedup();

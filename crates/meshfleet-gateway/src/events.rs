@@ -8,6 +8,7 @@ use utoipa::ToSchema;
 
 use crate::campaign::{Campaign, CampaignNodeEvent};
 use crate::model::{Alert, ArtefactInfo, Health};
+use crate::rollout::{Rollout, RolloutDecisionEvent};
 
 /// Events buffered per subscriber.
 pub const EVENT_CAPACITY: usize = 1024;
@@ -94,6 +95,11 @@ pub enum GatewayEvent {
     Campaign(Campaign),
     /// A node of a campaign changed (at most 4 per second per node).
     CampaignNode(CampaignNodeEvent),
+    /// A rollout changed (created, a decision, a command); the rollout without its waves,
+    /// nodes and decisions.
+    Rollout(Rollout),
+    /// A rollout's controller decided something (the decision log, live).
+    RolloutDecision(RolloutDecisionEvent),
 }
 
 impl GatewayEvent {
@@ -111,6 +117,8 @@ impl GatewayEvent {
             Self::FirmwareDeleted { .. } => "firmware_deleted",
             Self::Campaign(_) => "campaign",
             Self::CampaignNode(_) => "campaign_node",
+            Self::Rollout(_) => "rollout",
+            Self::RolloutDecision(_) => "rollout_decision",
         }
     }
 }

@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod model;
 pub mod openapi;
 pub mod registry;
+pub mod rollout;
 pub mod status;
 pub mod store;
 pub mod tickets;
@@ -53,10 +54,11 @@ use crate::campaign::CampaignService;
 use crate::events::EventBus;
 use crate::mesh::MeshPort;
 use crate::registry::Registry;
+use crate::rollout::RolloutService;
 use crate::store::sqlite::Retention;
 use crate::store::{
-    AlertStore, ArtefactStore, AuditLog, CampaignStore, HistoryStore, NodeStore, SqliteStore,
-    StoreError, StoreStats,
+    AlertStore, ArtefactStore, AuditLog, CampaignStore, HistoryStore, NodeStore, RolloutStore,
+    SqliteStore, StoreError, StoreStats,
 };
 
 /// How often maintenance (rollups, retention, size cap) runs.
@@ -102,6 +104,8 @@ pub struct Stores {
     pub audit: Arc<dyn AuditLog>,
     /// Campaigns.
     pub campaigns: Arc<dyn CampaignStore>,
+    /// Progressive rollouts.
+    pub rollouts: Arc<dyn RolloutStore>,
     /// Liveness and counters.
     pub status: Arc<dyn StoreStatus>,
 }
@@ -116,6 +120,7 @@ impl Stores {
             artefacts: db.clone(),
             audit: db.clone(),
             campaigns: db.clone(),
+            rollouts: db.clone(),
             status: db,
         }
     }
@@ -162,6 +167,8 @@ pub struct Shared {
     pub counters: Counters,
     /// Firmware campaigns.
     pub campaigns: CampaignService,
+    /// Progressive rollouts.
+    pub rollouts: RolloutService,
     /// Turns true when the gateway shuts down (ends open event streams).
     pub stopping: watch::Receiver<bool>,
     /// Add-ons started on the gateway (the MQTT bridge): their metrics join `/metrics`.
@@ -325,6 +332,7 @@ impl Gateway {
         let (shutdown, rx) = watch::channel(false);
         let campaign_store = stores.campaigns.clone();
         let (alert_clears, clears) = tokio::sync::mpsc::channel(ingest::CLEAR_QUEUE);
+        let rollout_store = stores.rollouts.clone();
         let shared = Arc::new_cyclic(|weak| Shared {
             registry: Registry::restore(nodes),
             token,
@@ -334,6 +342,7 @@ impl Gateway {
             mesh,
             counters: Counters::default(),
             campaigns: CampaignService::new(weak.clone(), campaign_store, campaigns),
+            rollouts: RolloutService::new(weak.clone(), rollout_store),
             stopping: rx.clone(),
             config,
             extensions: Extensions::default(),
@@ -350,6 +359,8 @@ impl Gateway {
             shared.clone(),
             rx.clone(),
         )));
+        shared.rollouts.restore().await;
+        tasks.push(tokio::spawn(rollout::run(shared.clone(), rx.clone())));
         if let Some(db) = maintain {
             tasks.push(tokio::spawn(maintenance(shared.clone(), db, rx.clone())));
         }

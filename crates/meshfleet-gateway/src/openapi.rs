@@ -7,7 +7,7 @@ use utoipa::{Modify, OpenApi};
 use crate::api::paths::*;
 use crate::api::{
     AckRequest, AlertList, AlertState, ArtefactList, CampaignList, ClearRequest, EventTicket,
-    FleetHealth, Order, Probe, Problem, SortKey, StatusList, Topology, TopologyNode,
+    FleetHealth, Order, Probe, Problem, SkipRequest, SortKey, StatusList, Topology, TopologyNode,
 };
 use crate::campaign::{
     Campaign, CampaignAction, CampaignId, CampaignNode, CampaignNodeEvent, CampaignSpec,
@@ -17,6 +17,10 @@ use crate::campaign_schedule::WindowJson;
 use crate::events::GatewayEvent;
 use crate::model::{
     Alert, AlertKind, ArtefactInfo, Health, History, HistoryPoint, NodeStatus, Resolution, Severity,
+};
+use crate::rollout::{
+    Rollout, RolloutAction, RolloutDecision, RolloutDecisionEvent, RolloutId, RolloutList,
+    RolloutNode, RolloutSpec, RolloutWave,
 };
 use crate::status::StatusReport;
 
@@ -32,14 +36,17 @@ use crate::status::StatusReport;
     paths(
         status_list, status_one, fleet_health, topology, history, alerts, ack_alert, clear_alert,
         upload_firmware, list_firmware, delete_firmware, create_campaign, list_campaigns,
-        get_campaign, campaign_action, events, event_ticket, metrics_text, healthz, readyz, openapi_json
+        get_campaign, campaign_action, create_rollout, list_rollouts, get_rollout,
+        rollout_action, events, event_ticket, metrics_text, healthz, readyz, openapi_json
     ),
     components(schemas(
         StatusList, NodeStatus, StatusReport, Health, FleetHealth, Topology, TopologyNode,
         History, HistoryPoint, Resolution, Alert, AlertKind, Severity, AlertList, AlertState,
         AckRequest, ClearRequest, EventTicket, ArtefactInfo, ArtefactList, GatewayEvent, Probe, Problem, SortKey, Order,
         Campaign, CampaignList, CampaignSpec, CampaignId, CampaignNode, CampaignNodeEvent,
-        CampaignState, CampaignStrategy, CampaignAction, NodeState, TargetsJson, WindowJson
+        CampaignState, CampaignStrategy, CampaignAction, NodeState, TargetsJson, WindowJson,
+        Rollout, RolloutList, RolloutSpec, RolloutAction, RolloutWave, RolloutNode,
+        RolloutDecision, RolloutDecisionEvent, RolloutId, SkipRequest
     )),
     modifiers(&Bearer),
     tags(
@@ -48,6 +55,8 @@ use crate::status::StatusReport;
         (name = "firmware", description = "Firmware artefacts (.mfw), stored by content hash"),
         (name = "campaigns", description = "Firmware campaigns: an artefact offered to a set \
             of nodes, one state per node"),
+        (name = "rollouts", description = "Progressive rollouts: waves of campaigns with \
+            health gates, abort and automatic rollback"),
         (name = "events", description = "Server-sent events"),
         (name = "ops", description = "Metrics, probes, this document")
     )

@@ -182,6 +182,10 @@ async fn responses_conform_to_the_document() {
         ("/campaigns", "get"),
         ("/campaigns/{id}", "get"),
         ("/campaigns/{id}/{action}", "post"),
+        ("/rollouts", "post"),
+        ("/rollouts", "get"),
+        ("/rollouts/{id}", "get"),
+        ("/rollouts/{id}/{action}", "post"),
         ("/events", "get"),
         ("/metrics", "get"),
         ("/healthz", "get"),
@@ -358,6 +362,81 @@ async fn responses_conform_to_the_document() {
         &mut errors,
     );
     assert!(errors.is_empty(), "{ev}: {errors:?}");
+
+    // Rollouts: created (waiting for approval), listed, read, commanded, and errors.
+    let spec =
+        json!({"artefact": id, "nodes": [5001], "config": {"start": "await_approval"}}).to_string();
+    let created = f
+        .post("/rollouts", "application/json", spec.as_bytes())
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let rollout_checks: Vec<(&str, &str, Resp)> = vec![
+        ("/rollouts", "post", created),
+        (
+            "/rollouts",
+            "post",
+            f.post("/rollouts", "application/json", b"{\"artefact\":\"00\"}")
+                .await,
+        ),
+        (
+            "/rollouts",
+            "post",
+            f.post("/rollouts", "application/json", b"{\"artefact\":1}")
+                .await,
+        ),
+        ("/rollouts", "get", f.get("/rollouts").await),
+        ("/rollouts/{id}", "get", f.get("/rollouts/r-000001").await),
+        ("/rollouts/{id}", "get", f.get("/rollouts/r-000077").await),
+        (
+            "/rollouts/{id}/{action}",
+            "post",
+            f.post("/rollouts/r-000001/resume", "application/json", b"")
+                .await,
+        ),
+        (
+            "/rollouts/{id}/{action}",
+            "post",
+            f.post("/rollouts/r-000001/approve", "application/json", b"")
+                .await,
+        ),
+        (
+            "/rollouts/{id}/{action}",
+            "post",
+            f.post("/rollouts/r-000001/skip", "application/json", b"[]")
+                .await,
+        ),
+        (
+            "/rollouts/{id}/{action}",
+            "post",
+            request(f.http, "POST", "/rollouts/r-000001/abort", &[], &[]).await,
+        ),
+    ];
+    for (path, method, r) in &rollout_checks {
+        conforms(&doc, path, method, r);
+    }
+    let full: meshfleet_gateway::rollout::Rollout =
+        serde_json::from_value(f.get("/rollouts/r-000001").await.json()).unwrap();
+    assert!(!full.decisions.is_empty() && !full.nodes.is_empty());
+    for ev in [
+        meshfleet_gateway::events::GatewayEvent::Rollout(full.clone()),
+        meshfleet_gateway::events::GatewayEvent::RolloutDecision(
+            meshfleet_gateway::rollout::RolloutDecisionEvent {
+                rollout: full.id.clone(),
+                decision: full.decisions[0].clone(),
+            },
+        ),
+    ] {
+        let ev = serde_json::to_value(ev).unwrap();
+        let mut errors = Vec::new();
+        validate(
+            &doc,
+            &json!({ "$ref": "#/components/schemas/GatewayEvent" }),
+            &ev,
+            "$",
+            &mut errors,
+        );
+        assert!(errors.is_empty(), "{ev}: {errors:?}");
+    }
 
     conforms(
         &doc,

@@ -670,6 +670,21 @@ impl Bridge {
                 self.pending_out.push(msg);
             }
             Ok(GatewayEvent::Campaign(c)) => self.campaign_status(&c.id).await,
+            Ok(GatewayEvent::Rollout(r)) => {
+                // The retained `<prefix>/ota/rollout/<id>` (QoS 1, latest wins).
+                if let Some((rest, payload)) =
+                    crate::rollout_commands::retained(&self.shared, &r.id)
+                {
+                    let topic = self.cfg().topic(&rest);
+                    let p = Pub {
+                        topic: topic.clone(),
+                        payload,
+                        retain: true,
+                        qos: QoS::AtLeastOnce,
+                    };
+                    self.discovery.insert(topic, p);
+                }
+            }
             Ok(GatewayEvent::NodeUp { node_id, .. }) => {
                 if self.cfg().homeassistant.enabled && !self.announced.contains(&node_id) {
                     if let Some(n) = self.shared.registry.get(node_id) {

@@ -77,12 +77,12 @@ pub struct CommandReply {
 
 /// A refusal: a stable code and a message.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Refusal {
+pub(crate) struct Refusal {
     code: &'static str,
     message: String,
 }
 
-fn refuse(code: &'static str, message: impl Into<String>) -> Refusal {
+pub(crate) fn refuse(code: &'static str, message: impl Into<String>) -> Refusal {
     Refusal {
         code,
         message: message.into(),
@@ -163,6 +163,9 @@ struct Command {
     /// A streamed upload's begin, piece or commit.
     #[serde(default)]
     upload: Option<UploadArgs>,
+    /// A rollout command's arguments (`rollout_commands.rs`).
+    #[serde(default)]
+    rollout: Option<Value>,
 }
 
 struct Inner {
@@ -605,7 +608,7 @@ impl Commands {
                 ),
             ));
         }
-        if !OPS.contains(&op) {
+        if !OPS.contains(&op) && !crate::rollout_commands::OPS.contains(&op) {
             return Err((t, refuse("unknown_op", format!("unknown operation {op}"))));
         }
         if let Some(rt) = &cmd.response_topic {
@@ -745,6 +748,14 @@ impl Commands {
                 "unsupported",
                 "rollback over MQTT needs the rollback command (not in this gateway yet)",
             )),
+            op if crate::rollout_commands::OPS.contains(&op) => {
+                let shared = self
+                    .inner
+                    .shared
+                    .get()
+                    .ok_or_else(|| refuse("not_ready", "the bridge is starting"))?;
+                crate::rollout_commands::execute(shared, op, cmd.rollout.as_ref(), actor).await
+            }
             other => Err(refuse("unknown_op", format!("unknown operation {other}"))),
         }
     }

@@ -19,6 +19,7 @@ pub mod config;
 pub mod fetch;
 pub mod ha;
 pub mod outbox;
+pub mod rollout_commands;
 pub mod testbroker;
 pub mod upload;
 

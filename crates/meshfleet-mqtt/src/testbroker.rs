@@ -30,6 +30,7 @@ user operator
 topic write mesh/ota/request/#
 topic read mesh/ota/response/#
 topic read mesh/ota/campaign/#
+topic read mesh/ota/rollout/#
 topic read mesh/bridge/state
 
 # Home Assistant: read state and discovery, announce its birth, press install.

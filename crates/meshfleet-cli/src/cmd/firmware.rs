@@ -92,6 +92,11 @@ enum FirmwareCommand {
     /// with `meshfleet ota offer FILE.mfw --intent FILE.intent`. Nodes check the signature
     /// with their fleet key, the scope (--node) and the expiry; a node that installed an
     /// image under an intent refuses older intents afterwards.
+    ///
+    /// With --rollback it is a rollback command instead (`docs/ota-protocol.md` 2.9): FILE is
+    /// the artefact the nodes run now and go back to; give the intent to a gateway rollout
+    /// (`rollback_intent` of `POST /rollouts`, `docs/rollouts.md`) so the gateway can roll
+    /// nodes back by itself without holding the signing key.
     Intent {
         /// The artefact whose image the intent names.
         file: PathBuf,
@@ -108,6 +113,10 @@ enum FirmwareCommand {
         /// Where to write the intent (JSON). Refuses to overwrite an existing file.
         #[arg(long, value_name = "FILE.intent")]
         out: PathBuf,
+        /// Sign a rollback command to FILE's image (the nodes' previous slot) instead of an
+        /// install intent.
+        #[arg(long)]
+        rollback: bool,
     },
     /// Print an artefact's manifest (role, hardware, version, sizes, hashes, signer).
     Inspect {
@@ -171,8 +180,8 @@ pub(crate) fn run(args: Args, _ctx: &Context) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        FirmwareCommand::Intent { file, sign, nodes, valid_hours, out } => {
-            intent(&file, &sign, nodes, valid_hours, &out)
+        FirmwareCommand::Intent { file, sign, nodes, valid_hours, out, rollback } => {
+            intent(&file, &sign, nodes, valid_hours, &out, rollback)
         }
         FirmwareCommand::Inspect { file, json } => inspect(&file, json),
         FirmwareCommand::Verify { file, key, json } => verify(&file, key.as_deref(), json),
@@ -225,7 +234,14 @@ fn keygen(out: &Path, public: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn intent(file: &Path, sign: &Path, nodes: Vec<u32>, valid_hours: u64, out: &Path) -> anyhow::Result<()> {
+fn intent(
+    file: &Path,
+    sign: &Path,
+    nodes: Vec<u32>,
+    valid_hours: u64,
+    out: &Path,
+    rollback: bool,
+) -> anyhow::Result<()> {
     let artefact = read_artefact(file)?;
     let key = keys::read_secret_key(sign)?;
     let m = artefact.manifest();
@@ -239,12 +255,26 @@ fn intent(file: &Path, sign: &Path, nodes: Vec<u32>, valid_hours: u64, out: &Pat
         .duration_since(std::time::UNIX_EPOCH)
         .map_err(|e| anyhow!("system clock before 1970: {e}"))?
         .as_secs();
-    let mut i = meshfleet_firmware::Intent::for_manifest(m, nodes, now, valid_hours.saturating_mul(3600));
+    let valid = valid_hours.saturating_mul(3600);
+    let mut i = if rollback {
+        meshfleet_firmware::Intent::rollback_to(
+            m.role.clone(),
+            m.hardware.clone(),
+            m.version.clone(),
+            m.sha256,
+            nodes,
+            now,
+            valid,
+        )
+    } else {
+        meshfleet_firmware::Intent::for_manifest(m, nodes, now, valid)
+    };
     i.sign(&key);
     write_new(out, &i.to_json(), false)?;
     println!(
-        "wrote {}: install {} {} {} on {} until Unix time {}",
+        "wrote {}: {} {} {} {} on {} until Unix time {}",
         out.display(),
+        if rollback { "roll back to" } else { "install" },
         m.role,
         m.hardware,
         m.version,

@@ -7,6 +7,7 @@ import * as nodes from './nodes.js';
 import * as node from './node.js';
 import * as alerts from './alerts.js';
 import * as firmware from './firmware.js';
+import * as rollouts from './rollouts.js';
 
 const ROUTES = {
   overview: { nav: 'overview', title: 'Overview', mount: overview.mount },
@@ -16,6 +17,8 @@ const ROUTES = {
   alerts: { nav: 'alerts', title: 'Alerts', mount: alerts.mount },
   firmware: { nav: 'firmware', title: 'Firmware & campaigns', mount: firmware.mount },
   campaign: { nav: 'firmware', title: 'Campaign', mount: firmware.mountCampaign },
+  rollouts: { nav: 'rollouts', title: 'Rollouts', mount: rollouts.mount },
+  rollout: { nav: 'rollouts', title: 'Rollout', mount: rollouts.mountRollout },
 };
 
 let unmount = null;

@@ -160,3 +160,32 @@ pub trait CampaignStore: Send + Sync {
     /// Every campaign with its nodes, oldest first.
     fn load(&self) -> StoreFuture<'_, Vec<Campaign>>;
 }
+
+/// A rollout as stored: its state as one opaque JSON record (the store does not read it)
+/// and its decision log as numbered JSON records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredRollout {
+    /// Sequence number (the id's digits).
+    pub seq: u64,
+    /// Its id (`r-000001`).
+    pub id: String,
+    /// Its phase label (for queries by hand).
+    pub state: String,
+    /// Created (ms since the epoch).
+    pub created_at: UnixMillis,
+    /// Last change.
+    pub updated_at: UnixMillis,
+    /// The whole state, JSON.
+    pub record: String,
+    /// Writing: decisions to append, by number. Loading: every stored decision, in order.
+    pub new_decisions: Vec<(u64, String)>,
+}
+
+/// Progressive rollouts (`rollout.rs`).
+pub trait RolloutStore: Send + Sync {
+    /// Writes the rollout's record (created or replaced) and appends its new decisions,
+    /// in one acknowledged transaction.
+    fn put(&self, rollout: StoredRollout) -> StoreFuture<'_, ()>;
+    /// Every stored rollout with its decisions, oldest first.
+    fn load(&self) -> StoreFuture<'_, Vec<StoredRollout>>;
+}

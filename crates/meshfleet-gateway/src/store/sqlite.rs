@@ -24,8 +24,8 @@ use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use super::{
-    AlertStore, ArtefactStore, AuditLog, CampaignStore, HistoryStore, NodeStore, StoreError,
-    StoreFuture, StoreStats,
+    AlertStore, ArtefactStore, AuditLog, CampaignStore, HistoryStore, NodeStore, RolloutStore,
+    StoreError, StoreFuture, StoreStats, StoredRollout,
 };
 use crate::campaign::{Campaign, CampaignId, CampaignNode, NodeState};
 use crate::model::{
@@ -193,6 +193,8 @@ pub const MIGRATIONS: &[&str] = &[
     MQTT_COMMAND_MEMORY,
     // 5: alerts cleared by hand; message rates in rollups (issue 12).
     DASH_CLEARED_BY_AND_RATES,
+    // 6: progressive rollouts (issue 14).
+    MIGRATION_ROLLOUTS,
 ];
 
 /// The MQTT bridge's command memory: every nonce seen within the replay window (so a
@@ -210,6 +212,24 @@ const MQTT_COMMAND_MEMORY: &str = "CREATE TABLE mqtt_nonces (
         reply TEXT NOT NULL,
         at INTEGER NOT NULL
      );";
+
+/// Progressive rollouts (`rollout.rs`): one row per rollout with its whole state as JSON
+/// (the controller's serde state, the driver's bookkeeping), rewritten after every change,
+/// and its decision log, appended. A gateway restart reads both and resumes.
+const MIGRATION_ROLLOUTS: &str = "CREATE TABLE rollouts (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        state TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        record TEXT NOT NULL
+     );
+     CREATE TABLE rollout_decisions (
+        rollout_seq INTEGER NOT NULL REFERENCES rollouts (seq) ON DELETE CASCADE,
+        n INTEGER NOT NULL,
+        record TEXT NOT NULL,
+        PRIMARY KEY (rollout_seq, n)
+     ) WITHOUT ROWID;";
 
 /// Retention and size settings for [`SqliteStore::maintain`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -264,6 +284,7 @@ enum Op {
     CampaignPut(Box<Campaign>, bool, Reply<()>),
     CampaignNodes(CampaignId, Vec<CampaignNode>, Reply<()>),
     Maintain(UnixMillis, Retention, Reply<Maintenance>),
+    RolloutPut(Box<StoredRollout>, Reply<()>),
 }
 
 /// An answer held until the transaction it belongs to has committed.
@@ -543,7 +564,60 @@ fn apply(tx: &Transaction<'_>, op: Op) -> Pending {
         Op::CampaignPut(c, create, reply) => hold(reply, put_campaign(tx, &c, create)),
         Op::CampaignNodes(id, nodes, reply) => hold(reply, put_campaign_nodes(tx, &id, &nodes)),
         Op::Maintain(now, retention, reply) => hold(reply, maintain(tx, now, retention)),
+        Op::RolloutPut(r, reply) => hold(reply, put_rollout(tx, &r)),
     }
+}
+
+/// Writes a rollout's record (insert or replace) and appends its new decisions.
+fn put_rollout(tx: &Transaction<'_>, r: &StoredRollout) -> Result<(), StoreError> {
+    let seq = i64::try_from(r.seq).map_err(|_| StoreError::Corrupt(format!("rollout {}", r.id)))?;
+    tx.execute(
+        "INSERT INTO rollouts (seq, id, state, created_at, updated_at, record)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (seq) DO UPDATE SET state = excluded.state,
+         updated_at = excluded.updated_at, record = excluded.record",
+        params![seq, r.id, r.state, r.created_at, r.updated_at, r.record],
+    )?;
+    let mut stmt = tx.prepare_cached(
+        "INSERT OR REPLACE INTO rollout_decisions (rollout_seq, n, record) VALUES (?1, ?2, ?3)",
+    )?;
+    for (n, d) in &r.new_decisions {
+        let n = i64::try_from(*n).unwrap_or(i64::MAX);
+        stmt.execute(params![seq, n, d])?;
+    }
+    Ok(())
+}
+
+fn load_rollouts(c: &Connection) -> Result<Vec<StoredRollout>, StoreError> {
+    let mut stmt = c.prepare(
+        "SELECT seq, id, state, created_at, updated_at, record FROM rollouts ORDER BY seq",
+    )?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(StoredRollout {
+                seq: r.get::<_, i64>(0)?.try_into().unwrap_or(0),
+                id: r.get(1)?,
+                state: r.get(2)?,
+                created_at: r.get(3)?,
+                updated_at: r.get(4)?,
+                record: r.get(5)?,
+                new_decisions: Vec::new(),
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut d =
+        c.prepare("SELECT n, record FROM rollout_decisions WHERE rollout_seq = ?1 ORDER BY n")?;
+    let mut out = Vec::with_capacity(rows.len());
+    for mut r in rows {
+        let seq = i64::try_from(r.seq).unwrap_or(i64::MAX);
+        r.new_decisions = d
+            .query_map(params![seq], |row| {
+                Ok((row.get::<_, i64>(0)?.try_into().unwrap_or(0), row.get(1)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        out.push(r);
+    }
+    Ok(out)
 }
 
 fn campaign_seq(id: &CampaignId) -> Result<i64, StoreError> {
@@ -1272,5 +1346,15 @@ impl CampaignStore for SqliteStore {
 
     fn load(&self) -> StoreFuture<'_, Vec<Campaign>> {
         self.read(load_campaigns)
+    }
+}
+
+impl RolloutStore for SqliteStore {
+    fn put(&self, rollout: StoredRollout) -> StoreFuture<'_, ()> {
+        self.acked(|r| Op::RolloutPut(Box::new(rollout), r))
+    }
+
+    fn load(&self) -> StoreFuture<'_, Vec<StoredRollout>> {
+        self.read(load_rollouts)
     }
 }
