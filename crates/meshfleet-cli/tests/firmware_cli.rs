@@ -206,7 +206,7 @@ fn intent_for_a_rollback() {
     std::fs::write(d.join("app.bin"), vec![7u8; 5000]).unwrap();
     let o = meshfleet(d, &["firmware", "keygen", "--out", "fleet.key"]);
     assert!(o.status.success(), "{}", text(&o));
-    let o = pack(d, &["--sign", "fleet.key"], "old.mfw");
+    let o = pack_esp8266(d, &["--sign", "fleet.key"], "old.mfw");
     assert!(o.status.success(), "{}", text(&o));
     for (flag, out, action) in [
         (Some("--rollback"), "rb.intent", "rollback"),
