@@ -164,6 +164,8 @@ pub struct Telemetry {
     /// When the last report (710 or 604) left.
     last_report: Option<Instant>,
     stats: TelemetryStats,
+    /// Seconds added to the uptime the node reports ([`Telemetry::jump_uptime`]).
+    uptime_jump_s: i64,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -197,6 +199,7 @@ impl Telemetry {
             layout_changed: false,
             last_report: None,
             stats: TelemetryStats::default(),
+            uptime_jump_s: 0,
         }
     }
 
@@ -254,6 +257,14 @@ impl Telemetry {
         if let Some(p) = &mut self.producer {
             p.record(now, metric, value);
         }
+    }
+
+    /// The device's uptime counter jumps by `by_s` seconds (a clock stepped under the
+    /// firmware, e.g. an RTC-based uptime corrected by NTP): every uptime reported from now
+    /// on (710 and 604) carries it. The simulator's fault injection uses it; the monitor
+    /// must not take the jump for a reboot. The mesh's timers are not affected.
+    pub fn jump_uptime(&mut self, by_s: i64) {
+        self.uptime_jump_s = self.uptime_jump_s.saturating_add(by_s);
     }
 
     /// Forgets a recorded value (the status package then carries 0 for it, as the library's
@@ -348,8 +359,11 @@ impl Telemetry {
 
         let mut v = self.recorded;
         let started = self.started.unwrap_or(now);
-        v[Metric::Uptime.slot()] =
-            Some((now.saturating_since(started).as_micros() / 1_000_000) as i64);
+        v[Metric::Uptime.slot()] = Some(
+            ((now.saturating_since(started).as_micros() / 1_000_000) as i64)
+                .saturating_add(self.uptime_jump_s)
+                .max(0),
+        );
         v[Metric::TxPerMin.slot()] = Some(rate(cur.tx, base.tx));
         v[Metric::RxPerMin.slot()] = Some(rate(cur.rx, base.rx));
         v[Metric::DropPerMin.slot()] = Some(rate(cur.drop, base.drop));
@@ -371,7 +385,13 @@ impl Telemetry {
         let clamp = |v: Option<i64>, hi: i64| v.map(|v| v.clamp(0, hi));
         let uptime = self
             .started
-            .map(|s| (now.saturating_since(s).as_micros() / 1_000_000).min(u64::from(u32::MAX)));
+            .map(|s| now.saturating_since(s).as_micros() / 1_000_000)
+            .map(|u| {
+                let u = i64::try_from(u)
+                    .unwrap_or(i64::MAX)
+                    .saturating_add(self.uptime_jump_s);
+                u.clamp(0, i64::from(u32::MAX)) as u64
+            });
         let heap_kb = clamp(get(Metric::FreeHeap).map(|b| b / 1024), i64::from(u16::MAX));
         let quality = get(Metric::Rssi).map(|r| quality_from_rssi(r.clamp(-127, 0) as i32));
         let nodes = ctx.nodes().len();

@@ -12,6 +12,7 @@ use crate::output::{write_outputs, RunInfo, WriteError};
 use crate::scenario::{Formation, InvalidScenario, Scenario, Traffic};
 use crate::sim::Simulation;
 use crate::topology::{Topology, ESP8266_MAX_CONN};
+use crate::workload::Workload;
 
 /// A scenario file could not be run.
 #[derive(Debug, thiserror::Error)]
@@ -70,25 +71,46 @@ pub fn run_scenario(
         }
         return Ok(report);
     }
-    let (scenario, ota) = match scenario.ota.clone() {
+    scenario.validate()?;
+    let mut workloads: Vec<Box<dyn Workload>> = scenario
+        .workloads
+        .iter()
+        .map(|w| w.build(&scenario))
+        .collect();
+    let (mut scenario, ota) = match scenario.ota.clone() {
         Some(campaign) => {
-            // Checked here: the attached scenario no longer carries the campaign.
-            scenario.validate()?;
             let (s, run) = campaign.attach(scenario);
             (s, Some(run))
         }
         None => (scenario, None),
     };
+    for w in &mut workloads {
+        scenario = w.attach(scenario);
+    }
     let mut sim = Simulation::try_new(scenario)?;
     if let Some(run) = &ota {
         run.install(&mut sim);
     }
+    for w in &mut workloads {
+        w.install(&mut sim);
+    }
     sim.set_progress(progress);
+    let end = sim.end();
+    crate::workload::drive(&mut sim, &mut workloads, end);
     let mut report = sim.run();
     report.ota = ota.map(|run| run.report(&sim));
+    for w in &mut workloads {
+        report.workloads.insert(w.key().to_owned(), w.report(&sim));
+    }
     let wall = started.elapsed().as_secs_f64();
     if let Some(dir) = out_dir {
         write_outputs(&report, &RunInfo::new(&report, wall), dir)?;
+        for w in &workloads {
+            for (name, svg) in w.plots() {
+                let path = dir.join(name);
+                std::fs::write(&path, svg).map_err(|source| WriteError { path, source })?;
+            }
+        }
     }
     Ok(report)
 }

@@ -77,7 +77,9 @@ mod scenario;
 mod sim;
 mod store;
 mod svg;
+pub mod telemetry;
 mod topology;
+pub mod workload;
 
 pub use channel::{ChannelModel, LinkChange, LinkParams};
 pub use cli::{demo_scenario, run_scenario, run_scenario_file, RunError};
@@ -94,3 +96,4 @@ pub use scenario::{
 pub use sim::{FrameTrace, Simulation};
 pub use store::PersistentStore;
 pub use topology::{Topology, ESP32_MAX_CONN, ESP8266_MAX_CONN};
+pub use workload::{TableError, Workload, WorkloadSpec, WorkloadTable};

@@ -223,7 +223,7 @@ pub struct Simulation {
     progress: Option<ProgressFn>,
     next_progress: Instant,
     trace: Option<TraceFn>,
-    event_hook: Option<EventHookFn>,
+    event_hooks: Vec<EventHookFn>,
     plugin_sink: Option<PluginSinkFn>,
     // Scratch buffers reused across inputs.
     scratch_tx: Vec<Transmit>,
@@ -461,7 +461,7 @@ impl Simulation {
             progress: None,
             next_progress: Instant::ZERO,
             trace: None,
-            event_hook: None,
+            event_hooks: Vec::new(),
             plugin_sink: None,
             scratch_tx: Vec::new(),
             scratch_ev: Vec::new(),
@@ -498,9 +498,10 @@ impl Simulation {
     }
 
     /// Calls `f` for every event a node emits (global time, node id, event), before the
-    /// simulator acts on it. Plugin events arrive here.
+    /// simulator acts on it. Plugin events arrive here. Hooks add up (each workload installs
+    /// its own) and run in the order they were set.
     pub fn set_event_hook(&mut self, f: impl FnMut(Instant, NodeId, &Event) + 'static) {
-        self.event_hook = Some(Box::new(f));
+        self.event_hooks.push(Box::new(f));
     }
 
     /// Takes every plugin event a node emits (global time, node id, plugin name, event),
@@ -836,7 +837,7 @@ impl Simulation {
     }
 
     fn node_event(&mut self, v: usize, e: Event) {
-        if let Some(h) = &mut self.event_hook {
+        for h in &mut self.event_hooks {
             h(self.now, self.slots[v].id, &e);
         }
         match e {
@@ -1816,6 +1817,7 @@ impl Simulation {
             latencies_us: lat,
             ota: None,
             rollout: None,
+            workloads: BTreeMap::new(),
         }
     }
 
