@@ -763,10 +763,12 @@ impl TelemetryWorkload {
         self.take_alerts(now, sim);
         while let Some(tx) = self.monitor.poll_transmit() {
             let _ = sim.with_node(gw, |node, local| match tx {
-                // as the gateway sends it (`meshfleet_gateway::ingest`)
-                meshfleet_monitor::Transmit::Query { to, text } => {
-                    Some(node.send_single(local, to, &text).is_ok())
-                }
+                // A top-level 711 package, as `Transmit::Query` documents: the agent's
+                // plugin claims 711 packages. (The gateway process sends the text as the
+                // message of a SINGLE, which the plugin never sees: found here.)
+                meshfleet_monitor::Transmit::Query { text, .. } => Package::from_text(text)
+                    .ok()
+                    .map(|p| node.send_package(local, &p).is_ok()),
                 meshfleet_monitor::Transmit::DelayProbe { to } => {
                     Some(node.start_delay_measurement(local, to).is_ok())
                 }
