@@ -190,6 +190,9 @@ pub struct TelemetrySetup {
     pub inject_from: Duration,
     /// Seed of the node picks and the device model's noise.
     pub seed: u64,
+    /// Alerts before this are the mesh forming, not faults: counted apart
+    /// (`settling_alerts`), neither detections nor false alerts. Faults start later.
+    pub settle: Duration,
     /// The monitor's configuration.
     pub monitor: MonitorConfig,
 }
@@ -204,6 +207,7 @@ impl Default for TelemetrySetup {
             faults_per_class: 0,
             inject_from: Duration::from_secs(3_600),
             seed: 1,
+            settle: Duration::from_secs(600),
             monitor: MonitorConfig::default(),
         }
     }
@@ -265,6 +269,17 @@ impl WorkloadSpec for TelemetrySetup {
                 }
             }
         }
+        for (i, f) in self.faults.iter().enumerate() {
+            if f.at < self.settle {
+                return Err(format!(
+                    "telemetry.fault[{i}].at_s: must not be before settle_s ({} s)",
+                    self.settle.as_secs_f64()
+                ));
+            }
+        }
+        if self.faults_per_class > 0 && self.inject_from < self.settle {
+            return Err("telemetry.inject_from_s: must not be before settle_s".into());
+        }
         let drawn = self.faults_per_class as usize * FaultClass::ALL.len();
         if self.faults.len() + drawn > MAX_FAULTS {
             return Err(format!(
@@ -317,13 +332,14 @@ pub(crate) fn parse_table(
             "faults_per_class",
             "inject_from_s",
             "seed",
+            "settle_s",
             "fault",
         ]
         .contains(&k.as_str())
         {
             return Err(TableError::new(
                 k.as_str(),
-                "unknown field (report_interval_s, stock_every, fault_stock, faults_per_class, inject_from_s, seed, fault)",
+                "unknown field (report_interval_s, stock_every, fault_stock, faults_per_class, inject_from_s, seed, settle_s, fault)",
             ));
         }
     }
@@ -361,6 +377,9 @@ pub(crate) fn parse_table(
         (MAX_FAULTS / FaultClass::ALL.len()) as f64,
     )? {
         s.faults_per_class = v;
+    }
+    if let Some(x) = num(t, "settle_s", "settle_s")? {
+        s.settle = secs(x, "settle_s", 0.0)?;
     }
     if let Some(x) = num(t, "inject_from_s", "inject_from_s")? {
         s.inject_from = secs(x, "inject_from_s", 0.0)?;
@@ -650,8 +669,12 @@ pub struct TelemetryReport {
     pub detection: BTreeMap<&'static str, DetectionRow>,
     /// Faults that could not be placed (no eligible node when they were due).
     pub not_placed: usize,
-    /// Alerts raised in all.
+    /// Alerts raised in all (settling ones included).
     pub alerts_raised: u64,
+    /// Alerts raised while the mesh was forming (before `settle_s`), in all.
+    pub settling_alerts: usize,
+    /// The first 50 of them.
+    pub settling_alert_list: Vec<FalseAlert>,
     /// Alerts no fault explains, in all.
     pub false_alerts: usize,
     /// The first 50 of them.
@@ -692,6 +715,7 @@ pub struct TelemetryWorkload {
     /// Per node: telemetry/status bytes counted so far this boot, and in earlier boots.
     bytes_seen: Vec<(u64, u64)>,
     alerts_raised: u64,
+    settling: Vec<FalseAlert>,
     false_alerts: Vec<FalseAlert>,
     false_on_class: BTreeMap<FaultClass, usize>,
 }
@@ -722,6 +746,7 @@ impl TelemetryWorkload {
             end: Instant::ZERO + scenario.duration,
             flooding: BTreeMap::new(),
             alerts_raised: 0,
+            settling: Vec::new(),
             false_alerts: Vec::new(),
             false_on_class: BTreeMap::new(),
         }
@@ -787,6 +812,14 @@ impl TelemetryWorkload {
                 Subject::Node(id) => sim.number_of(id),
                 Subject::Mesh => None,
             };
+            if now < Instant::ZERO + self.setup.settle {
+                self.settling.push(FalseAlert {
+                    at_s: now.as_micros() as f64 / 1e6,
+                    kind: a.key.kind,
+                    node,
+                });
+                continue;
+            }
             let within = |f: &Injected| now >= f.start && now <= f.end + TAIL;
             let mut explained = false;
             if let Some(n) = node {
@@ -1156,6 +1189,8 @@ impl TelemetryWorkload {
             detection,
             not_placed: self.not_placed,
             alerts_raised: self.alerts_raised,
+            settling_alerts: self.settling.len(),
+            settling_alert_list: self.settling.iter().take(50).cloned().collect(),
             false_alerts: self.false_alerts.len(),
             false_alert_list: self.false_alerts.iter().take(50).cloned().collect(),
             telemetry_bytes_per_node_hour: per_hour(mf_bytes, mf_clean),
