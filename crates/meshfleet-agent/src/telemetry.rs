@@ -340,12 +340,12 @@ impl Telemetry {
         let s = ctx.stats();
         let cur = Counters {
             at: now,
-            // The application messages the node sent (SINGLE/BROADCAST, the status
-            // broadcast): what a message flood is. Not every frame it originated: mesh
+            // The messages the node sent (application SINGLE/BROADCAST, its status
+            // broadcasts, its telemetry reports): what a message flood is. Not every frame it originated: mesh
             // control traffic (node sync) passed 10 frames/s on relays while a
             // 1,000-node mesh formed in the simulator, and the monitor's flood rule
             // (600/min) then fired on healthy nodes.
-            tx: s.app_sent,
+            tx: s.app_sent + self.stats.reports_sent,
             rx: s.frames_in,
             drop: s.dropped_too_long + s.dropped_decode + s.dropped_no_route + s.unhandled_packages,
         };
@@ -433,7 +433,9 @@ impl Telemetry {
             nodes: Some(u16::try_from(nodes).unwrap_or(u16::MAX)),
             conns: Some(u8::try_from(ctx.links().len()).unwrap_or(u8::MAX)),
             msg_rx: totals.map(|t| u32_of(t.rx)),
-            msg_tx: totals.map(|t| u32_of(t.tx)),
+            // live, counting the package being sent (the first 604 of a node that has sent
+            // nothing else is its first message)
+            msg_tx: Some(u32_of(ctx.stats().app_sent + self.stats.reports_sent + 1)),
             msg_drop: totals.map(|t| u32_of(t.drop)),
             latency_ms: clamp(get(Metric::Latency), i64::from(u16::MAX)).map(|v| v as u16),
             loss_pct: clamp(get(Metric::Loss), 100).map(|v| v as u8),
