@@ -7,7 +7,7 @@ use meshfleet_mesh::Duration;
 
 use crate::file::{load_scenario, ScenarioError};
 use crate::metrics::SimReport;
-use crate::ota::{synthetic_image, OtaCampaign, OtaStrategy};
+use crate::ota::{synthetic_image, OtaCampaign, OtaStrategy, OtaWorkload};
 use crate::output::{write_outputs, RunInfo, WriteError};
 use crate::scenario::{Formation, InvalidScenario, Scenario, Traffic};
 use crate::sim::Simulation;
@@ -48,8 +48,9 @@ pub fn run_scenario_file(
     run_scenario(scenario, out_dir, progress)
 }
 
-/// Runs a scenario, writing outputs into `out_dir` if given. An OTA campaign in the
-/// scenario ([`Scenario::ota()`]) is attached, measured and reported in [`SimReport::ota`].
+/// Runs a scenario, writing outputs into `out_dir` if given. Its workloads
+/// ([`crate::workload`]: the OTA campaign of [`Scenario::ota()`], reported in
+/// [`SimReport::ota`], then [`Scenario::workloads`]) are attached, driven and reported.
 pub fn run_scenario(
     scenario: Scenario,
     out_dir: Option<&Path>,
@@ -72,25 +73,19 @@ pub fn run_scenario(
         return Ok(report);
     }
     scenario.validate()?;
+    // The OTA campaign first: it wraps the node factory before the others do.
     let mut workloads: Vec<Box<dyn Workload>> = scenario
-        .workloads
-        .iter()
-        .map(|w| w.build(&scenario))
+        .ota
+        .clone()
+        .map(|c| Box::new(OtaWorkload::new(c)) as Box<dyn Workload>)
+        .into_iter()
+        .chain(scenario.workloads.iter().map(|w| w.build(&scenario)))
         .collect();
-    let (mut scenario, ota) = match scenario.ota.clone() {
-        Some(campaign) => {
-            let (s, run) = campaign.attach(scenario);
-            (s, Some(run))
-        }
-        None => (scenario, None),
-    };
+    let mut scenario = scenario;
     for w in &mut workloads {
         scenario = w.attach(scenario);
     }
     let mut sim = Simulation::try_new(scenario)?;
-    if let Some(run) = &ota {
-        run.install(&mut sim);
-    }
     for w in &mut workloads {
         w.install(&mut sim);
     }
@@ -98,9 +93,8 @@ pub fn run_scenario(
     let end = sim.end();
     crate::workload::drive(&mut sim, &mut workloads, end);
     let mut report = sim.run();
-    report.ota = ota.map(|run| run.report(&sim));
     for w in &mut workloads {
-        report.workloads.insert(w.key().to_owned(), w.report(&sim));
+        w.finish(&sim, &mut report);
     }
     let wall = started.elapsed().as_secs_f64();
     if let Some(dir) = out_dir {

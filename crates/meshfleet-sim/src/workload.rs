@@ -9,13 +9,13 @@
 //! one line in [`TABLES`]: `Scenario`, `SimReport`, `run_scenario` and the scenario parser
 //! stay as they are.
 //!
-//! [`SimReport::workloads`]: crate::SimReport::workloads
 
 use std::fmt;
 use std::sync::Arc;
 
 use meshfleet_mesh::{Duration, Instant};
 
+use crate::metrics::SimReport;
 use crate::scenario::Scenario;
 use crate::sim::Simulation;
 
@@ -58,6 +58,14 @@ pub trait Workload {
     /// Its metrics for `summary.json` (under [`Workload::key`]), after the run.
     fn report(&mut self, sim: &Simulation) -> serde_json::Value;
 
+    /// Puts its results into the run's report: by default [`Workload::report`] under its
+    /// key in [`SimReport::workloads`]. A workload with a typed place in the report (OTA:
+    /// [`SimReport::ota`]) puts them there instead.
+    fn finish(&mut self, sim: &Simulation, report: &mut SimReport) {
+        let v = self.report(sim);
+        report.workloads.insert(self.key().to_owned(), v);
+    }
+
     /// Its plots: (file name, SVG text), written next to `summary.json`.
     fn plots(&self) -> Vec<(String, String)> {
         Vec::new()
@@ -96,7 +104,8 @@ impl TableError {
 }
 
 /// Every workload a scenario file can name, by its top-level table. (`[ota]` and
-/// `[rollout]` predate the interface and are parsed by the scenario parser itself.)
+/// `[rollout]` predate the interface and are parsed by the scenario parser itself; the OTA
+/// campaign runs as a workload, [`crate::ota::OtaWorkload`].)
 pub const TABLES: &[WorkloadTable] = &[WorkloadTable {
     key: crate::telemetry::KEY,
     parse: crate::telemetry::parse_table,
