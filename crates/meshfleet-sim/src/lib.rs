@@ -25,6 +25,11 @@
 //!   its broadcast mode, or the meshfleet protocol), with per-node simulated flash kept
 //!   across reboots, measured against the lower bound of the channel model
 //!   ([`Scenario::ota()`], the `[ota]` table of scenario files, [`SimReport::ota`]).
+//! * **Workloads** ([`workload`]): what a scenario runs on top of the mesh, as plug-ins that
+//!   own their scenario-file table, node plugins, hooks, ticks and `summary.json` entry. The
+//!   OTA campaign is one; [`telemetry`] is the fleet-monitoring workload (the agent's
+//!   telemetry on every node, the real monitor on the gateway, fault injection and a
+//!   detection table).
 //!
 //! # Run loop
 //!
