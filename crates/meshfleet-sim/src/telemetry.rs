@@ -654,6 +654,10 @@ pub struct FalseAlert {
     pub kind: AlertKind,
     /// The node's number (`null`: about the mesh).
     pub node: Option<u32>,
+    /// For an alert about the mesh: the faults on at the time or ended at most 600 s before
+    /// (`class@node`), to tell what it may belong to.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub faults_near: Vec<String>,
 }
 
 /// The workload's `summary.json` entry.
@@ -817,6 +821,7 @@ impl TelemetryWorkload {
                     at_s: now.as_micros() as f64 / 1e6,
                     kind: a.key.kind,
                     node,
+                    faults_near: Vec::new(),
                 });
                 continue;
             }
@@ -842,10 +847,20 @@ impl TelemetryWorkload {
                     *self.false_on_class.entry(f.class).or_default() += 1;
                 }
             }
+            let faults_near = if node.is_none() {
+                self.injected
+                    .iter()
+                    .filter(|f| now >= f.start && now <= f.end + TAIL)
+                    .map(|f| format!("{}@{}", f.class.label(), f.node))
+                    .collect()
+            } else {
+                Vec::new()
+            };
             self.false_alerts.push(FalseAlert {
                 at_s: now.as_micros() as f64 / 1e6,
                 kind: a.key.kind,
                 node,
+                faults_near,
             });
         }
     }
