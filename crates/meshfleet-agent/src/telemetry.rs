@@ -164,6 +164,8 @@ pub struct Telemetry {
     /// When the last report (710 or 604) left.
     last_report: Option<Instant>,
     stats: TelemetryStats,
+    /// Seconds added to the uptime the node reports ([`Telemetry::jump_uptime`]).
+    uptime_jump_s: i64,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -197,6 +199,7 @@ impl Telemetry {
             layout_changed: false,
             last_report: None,
             stats: TelemetryStats::default(),
+            uptime_jump_s: 0,
         }
     }
 
@@ -254,6 +257,14 @@ impl Telemetry {
         if let Some(p) = &mut self.producer {
             p.record(now, metric, value);
         }
+    }
+
+    /// The device's uptime counter jumps by `by_s` seconds (a clock stepped under the
+    /// firmware, e.g. an RTC-based uptime corrected by NTP): every uptime reported from now
+    /// on (710 and 604) carries it. The simulator's fault injection uses it; the monitor
+    /// must not take the jump for a reboot. The mesh's timers are not affected.
+    pub fn jump_uptime(&mut self, by_s: i64) {
+        self.uptime_jump_s = self.uptime_jump_s.saturating_add(by_s);
     }
 
     /// Forgets a recorded value (the status package then carries 0 for it, as the library's
@@ -329,8 +340,12 @@ impl Telemetry {
         let s = ctx.stats();
         let cur = Counters {
             at: now,
-            // what the node originated: frames out that were not forwards for others
-            tx: s.frames_out.saturating_sub(s.forwarded),
+            // The messages the node sent (application SINGLE/BROADCAST, its status
+            // broadcasts, its telemetry reports): what a message flood is. Not every frame it originated: mesh
+            // control traffic (node sync) passed 10 frames/s on relays while a
+            // 1,000-node mesh formed in the simulator, and the monitor's flood rule
+            // (600/min) then fired on healthy nodes.
+            tx: s.app_sent + self.stats.reports_sent,
             rx: s.frames_in,
             drop: s.dropped_too_long + s.dropped_decode + s.dropped_no_route + s.unhandled_packages,
         };
@@ -348,8 +363,11 @@ impl Telemetry {
 
         let mut v = self.recorded;
         let started = self.started.unwrap_or(now);
-        v[Metric::Uptime.slot()] =
-            Some((now.saturating_since(started).as_micros() / 1_000_000) as i64);
+        v[Metric::Uptime.slot()] = Some(
+            ((now.saturating_since(started).as_micros() / 1_000_000) as i64)
+                .saturating_add(self.uptime_jump_s)
+                .max(0),
+        );
         v[Metric::TxPerMin.slot()] = Some(rate(cur.tx, base.tx));
         v[Metric::RxPerMin.slot()] = Some(rate(cur.rx, base.rx));
         v[Metric::DropPerMin.slot()] = Some(rate(cur.drop, base.drop));
@@ -371,7 +389,13 @@ impl Telemetry {
         let clamp = |v: Option<i64>, hi: i64| v.map(|v| v.clamp(0, hi));
         let uptime = self
             .started
-            .map(|s| (now.saturating_since(s).as_micros() / 1_000_000).min(u64::from(u32::MAX)));
+            .map(|s| now.saturating_since(s).as_micros() / 1_000_000)
+            .map(|u| {
+                let u = i64::try_from(u)
+                    .unwrap_or(i64::MAX)
+                    .saturating_add(self.uptime_jump_s);
+                u.clamp(0, i64::from(u32::MAX)) as u64
+            });
         let heap_kb = clamp(get(Metric::FreeHeap).map(|b| b / 1024), i64::from(u16::MAX));
         let quality = get(Metric::Rssi).map(|r| quality_from_rssi(r.clamp(-127, 0) as i32));
         let nodes = ctx.nodes().len();
@@ -409,7 +433,9 @@ impl Telemetry {
             nodes: Some(u16::try_from(nodes).unwrap_or(u16::MAX)),
             conns: Some(u8::try_from(ctx.links().len()).unwrap_or(u8::MAX)),
             msg_rx: totals.map(|t| u32_of(t.rx)),
-            msg_tx: totals.map(|t| u32_of(t.tx)),
+            // live, counting the package being sent (the first 604 of a node that has sent
+            // nothing else is its first message)
+            msg_tx: Some(u32_of(ctx.stats().app_sent + self.stats.reports_sent + 1)),
             msg_drop: totals.map(|t| u32_of(t.drop)),
             latency_ms: clamp(get(Metric::Latency), i64::from(u16::MAX)).map(|v| v as u16),
             loss_pct: clamp(get(Metric::Loss), 100).map(|v| v as u8),

@@ -1291,7 +1291,8 @@ impl Monitor {
                 Some((slope_per_h, r2, span)) => {
                     let leaking = span >= 0.75 * f64::from(cfg.leak_window_s)
                         && slope_per_h <= -(cfg.leak_bytes_per_hour as f64)
-                        && r2 >= cfg.leak_min_r2;
+                        && r2 >= cfg.leak_min_r2
+                        && -slope_per_h * span / 3600.0 >= cfg.leak_min_fall_bytes as f64;
                     let holding = slope_per_h <= -(cfg.leak_bytes_per_hour as f64) / 2.0;
                     let firing = if al.is_held(&key) { holding } else { leaking };
                     (slope_per_h, firing)

@@ -7,11 +7,12 @@ use meshfleet_mesh::Duration;
 
 use crate::file::{load_scenario, ScenarioError};
 use crate::metrics::SimReport;
-use crate::ota::{synthetic_image, OtaCampaign, OtaStrategy};
+use crate::ota::{synthetic_image, OtaCampaign, OtaStrategy, OtaWorkload};
 use crate::output::{write_outputs, RunInfo, WriteError};
 use crate::scenario::{Formation, InvalidScenario, Scenario, Traffic};
 use crate::sim::Simulation;
 use crate::topology::{Topology, ESP8266_MAX_CONN};
+use crate::workload::Workload;
 
 /// A scenario file could not be run.
 #[derive(Debug, thiserror::Error)]
@@ -47,8 +48,9 @@ pub fn run_scenario_file(
     run_scenario(scenario, out_dir, progress)
 }
 
-/// Runs a scenario, writing outputs into `out_dir` if given. An OTA campaign in the
-/// scenario ([`Scenario::ota()`]) is attached, measured and reported in [`SimReport::ota`].
+/// Runs a scenario, writing outputs into `out_dir` if given. Its workloads
+/// ([`crate::workload`]: the OTA campaign of [`Scenario::ota()`], reported in
+/// [`SimReport::ota`], then [`Scenario::workloads`]) are attached, driven and reported.
 pub fn run_scenario(
     scenario: Scenario,
     out_dir: Option<&Path>,
@@ -70,25 +72,39 @@ pub fn run_scenario(
         }
         return Ok(report);
     }
-    let (scenario, ota) = match scenario.ota.clone() {
-        Some(campaign) => {
-            // Checked here: the attached scenario no longer carries the campaign.
-            scenario.validate()?;
-            let (s, run) = campaign.attach(scenario);
-            (s, Some(run))
-        }
-        None => (scenario, None),
-    };
+    scenario.validate()?;
+    // The OTA campaign first: it wraps the node factory before the others do.
+    let mut workloads: Vec<Box<dyn Workload>> = scenario
+        .ota
+        .clone()
+        .map(|c| Box::new(OtaWorkload::new(c)) as Box<dyn Workload>)
+        .into_iter()
+        .chain(scenario.workloads.iter().map(|w| w.build(&scenario)))
+        .collect();
+    let mut scenario = scenario;
+    for w in &mut workloads {
+        scenario = w.attach(scenario);
+    }
     let mut sim = Simulation::try_new(scenario)?;
-    if let Some(run) = &ota {
-        run.install(&mut sim);
+    for w in &mut workloads {
+        w.install(&mut sim);
     }
     sim.set_progress(progress);
+    let end = sim.end();
+    crate::workload::drive(&mut sim, &mut workloads, end);
     let mut report = sim.run();
-    report.ota = ota.map(|run| run.report(&sim));
+    for w in &mut workloads {
+        w.finish(&sim, &mut report);
+    }
     let wall = started.elapsed().as_secs_f64();
     if let Some(dir) = out_dir {
         write_outputs(&report, &RunInfo::new(&report, wall), dir)?;
+        for w in &workloads {
+            for (name, svg) in w.plots() {
+                let path = dir.join(name);
+                std::fs::write(&path, svg).map_err(|source| WriteError { path, source })?;
+            }
+        }
     }
     Ok(report)
 }

@@ -124,6 +124,8 @@ impl Src<'_> {
 
 type Sp<T> = Option<Spanned<T>>;
 
+/// The scenario's own tables. Workload tables ([`crate::workload::TABLES`]) are taken out
+/// before these are read, so a new workload needs no field here.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawScenario {
@@ -287,11 +289,81 @@ pub fn load_scenario(path: &Path) -> Result<Scenario, ScenarioError> {
 /// the default name and anchors relative edge files.
 pub fn parse_scenario(text: &str, path: Option<&Path>) -> Result<Scenario, ScenarioError> {
     let src = Src { text, path };
-    let raw: RawScenario = toml::from_str(text).map_err(|e| {
+    let toml_err = |e: toml::de::Error| {
         let span = e.span().unwrap_or(0..0);
         src.err(span, None, e.message().trim().to_owned())
-    })?;
-    build(&src, raw)
+    };
+    // Workload tables first: each is parsed by its workload; the rest must be the
+    // scenario's own.
+    let mut top: toml::Table = toml::from_str(text).map_err(toml_err)?;
+    let mut tables = Vec::new();
+    for t in crate::workload::TABLES {
+        if let Some(v) = top.remove(t.key) {
+            tables.push((t, v));
+        }
+    }
+    let raw: RawScenario = if tables.is_empty() {
+        toml::from_str(text).map_err(toml_err)?
+    } else {
+        // Spans of the scenario's own fields matter for errors: blank the workload tables
+        // out of the text (same length, so every other span stays put).
+        toml::from_str(&blank_tables(text, &tables)).map_err(toml_err)?
+    };
+    let mut s = build(&src, raw)?;
+    let nodes = s.topology.node_count();
+    for (t, v) in tables {
+        let spec = (t.parse)(&v, nodes, s.duration).map_err(|e| {
+            let span = table_span(text, t.key);
+            let field = if e.field.is_empty() {
+                t.key.to_owned()
+            } else {
+                format!("{}.{}", t.key, e.field)
+            };
+            src.err(span, Some(field), e.message)
+        })?;
+        s.workloads.push(spec);
+    }
+    s.validate()
+        .map_err(|e| src.err(table_span(text, &e.field), Some(e.field), e.message))?;
+    Ok(s)
+}
+
+/// Where `[key]`, `[[key.…]]` or `key =` starts in the text (for error positions).
+fn table_span(text: &str, key: &str) -> Range<usize> {
+    let first = key.split('.').next().unwrap_or(key);
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        let l = line.trim_start().trim_start_matches('[');
+        if l.starts_with(first) && l[first.len()..].trim_start().starts_with(['.', ']', '=']) {
+            return at..at + line.trim_end().len();
+        }
+        at += line.len();
+    }
+    0..0
+}
+
+/// `text` with the lines of the workload tables `tables` replaced by spaces (kept length).
+fn blank_tables(text: &str, tables: &[(&crate::workload::WorkloadTable, toml::Value)]) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_workload = false;
+    for line in text.split_inclusive('\n') {
+        let l = line.trim_start();
+        if l.starts_with('[') {
+            let name = l
+                .trim_start_matches('[')
+                .split([']', '.'])
+                .next()
+                .unwrap_or("")
+                .trim();
+            in_workload = tables.iter().any(|(t, _)| t.key == name);
+        }
+        if in_workload {
+            out.extend(line.chars().map(|c| if c == '\n' { '\n' } else { ' ' }));
+        } else {
+            out.push_str(line);
+        }
+    }
+    out
 }
 
 /// Field checks: each returns the value or an error at the value's span.

@@ -25,6 +25,11 @@
 //!   its broadcast mode, or the meshfleet protocol), with per-node simulated flash kept
 //!   across reboots, measured against the lower bound of the channel model
 //!   ([`Scenario::ota()`], the `[ota]` table of scenario files, [`SimReport::ota`]).
+//! * **Workloads** ([`workload`]): what a scenario runs on top of the mesh, as plug-ins that
+//!   own their scenario-file table, node plugins, hooks, ticks and `summary.json` entry. The
+//!   OTA campaign is one; [`telemetry`] is the fleet-monitoring workload (the agent's
+//!   telemetry on every node, the real monitor on the gateway, fault injection and a
+//!   detection table).
 //!
 //! # Run loop
 //!
@@ -77,7 +82,9 @@ mod scenario;
 mod sim;
 mod store;
 mod svg;
+pub mod telemetry;
 mod topology;
+pub mod workload;
 
 pub use channel::{ChannelModel, LinkChange, LinkParams};
 pub use cli::{demo_scenario, run_scenario, run_scenario_file, RunError};
@@ -94,3 +101,4 @@ pub use scenario::{
 pub use sim::{FrameTrace, Simulation};
 pub use store::PersistentStore;
 pub use topology::{Topology, ESP32_MAX_CONN, ESP8266_MAX_CONN};
+pub use workload::{TableError, Workload, WorkloadSpec, WorkloadTable};

@@ -408,6 +408,10 @@ pub struct SimReport {
     /// scenario ran one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rollout: Option<serde_json::Value>,
+    /// Each workload's metrics under its key ([`crate::workload`]; `run_scenario` fills it
+    /// in), flattened into `summary.json` (`"telemetry": {...}`).
+    #[serde(flatten)]
+    pub workloads: BTreeMap<String, serde_json::Value>,
 }
 
 impl SimReport {

@@ -799,6 +799,52 @@ pub struct OtaReport {
     pub per_node: Vec<OtaNodeReport>,
 }
 
+/// The campaign as a workload ([`crate::workload`]): `run_scenario` attaches, installs and
+/// reports it like any other, its report in [`crate::SimReport::ota`].
+pub struct OtaWorkload {
+    campaign: OtaCampaign,
+    run: Option<OtaRun>,
+}
+
+impl OtaWorkload {
+    /// A workload running `campaign`.
+    pub fn new(campaign: OtaCampaign) -> Self {
+        Self {
+            campaign,
+            run: None,
+        }
+    }
+}
+
+impl crate::workload::Workload for OtaWorkload {
+    fn key(&self) -> &'static str {
+        "ota"
+    }
+
+    fn attach(&mut self, scenario: Scenario) -> Scenario {
+        let (s, run) = self.campaign.attach(scenario);
+        self.run = Some(run);
+        s
+    }
+
+    fn install(&mut self, sim: &mut Simulation) {
+        if let Some(run) = &self.run {
+            run.install(sim);
+        }
+    }
+
+    fn report(&mut self, sim: &Simulation) -> serde_json::Value {
+        self.run
+            .as_ref()
+            .and_then(|r| serde_json::to_value(r.report(sim)).ok())
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    fn finish(&mut self, sim: &Simulation, report: &mut crate::SimReport) {
+        report.ota = self.run.as_ref().map(|r| r.report(sim));
+    }
+}
+
 /// Observes one run of a scenario equipped by [`OtaCampaign::attach`].
 pub struct OtaRun {
     campaign: OtaCampaign,

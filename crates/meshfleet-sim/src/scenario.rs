@@ -352,6 +352,10 @@ pub struct Scenario {
     /// `run_scenario` then runs [`crate::rollout::run_rollout`] and puts the controller's
     /// summary in [`crate::SimReport::rollout`].
     pub rollout: Option<crate::rollout::RolloutSetup>,
+    /// Workloads run on top of the mesh ([`crate::workload`]): `run_scenario` builds,
+    /// attaches, drives and reports each (its entry in [`crate::SimReport::workloads`]).
+    /// [`crate::Simulation`] itself ignores this field.
+    pub workloads: Vec<Arc<dyn crate::workload::WorkloadSpec>>,
 }
 
 impl fmt::Debug for Scenario {
@@ -367,6 +371,7 @@ impl fmt::Debug for Scenario {
             .field("events", &self.events)
             .field("traffic", &self.traffic)
             .field("ota", &self.ota)
+            .field("workloads", &self.workloads)
             .finish_non_exhaustive()
     }
 }
@@ -398,6 +403,7 @@ impl Scenario {
             factory: Arc::new(plain_node),
             ota: None,
             rollout: None,
+            workloads: Vec::new(),
         }
     }
 
@@ -494,6 +500,12 @@ impl Scenario {
         self
     }
 
+    /// Adds a workload ([`crate::workload`]); one per key.
+    pub fn workload(mut self, spec: impl crate::workload::WorkloadSpec + 'static) -> Self {
+        self.workloads.push(Arc::new(spec));
+        self
+    }
+
     /// Sets the OTA campaign (the `ota` field).
     pub fn ota(mut self, campaign: crate::ota::OtaCampaign) -> Self {
         self.ota = Some(campaign);
@@ -516,6 +528,15 @@ impl Scenario {
         };
         if self.duration == Duration::ZERO {
             return bad("duration", "must be positive".into());
+        }
+        for (i, w) in self.workloads.iter().enumerate() {
+            if self.workloads[..i].iter().any(|o| o.key() == w.key()) {
+                return bad(w.key(), "given twice".into());
+            }
+            if let Err(e) = w.validate(self) {
+                let (field, message) = e.split_once(": ").unwrap_or((w.key(), e.as_str()));
+                return bad(field, message.to_owned());
+            }
         }
         if self.sample_interval == Duration::ZERO {
             return bad("sample_interval", "must be positive".into());

@@ -1,0 +1,938 @@
+//! The simulation engine: virtual time, the event loop, nodes, links and transmitters.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use meshfleet_mesh::{
+    Config, Delivery, Duration, Event, Instant, LinkId, LinkRole, Node, NodeId, PluginEvent, Rng,
+    Transmit,
+};
+
+use crate::channel::{tx_cost, ChannelModel, LinkChange, LinkParams};
+use crate::clock::LocalClock;
+use crate::metrics::{
+    parse_tag, secs, tag, AppMsg, AppReport, Convergence, ConvergenceReport, LatencySummary,
+    LinkReport, MeshTotals, NodeReport, Sample, SimReport, TimeSyncReport, Window,
+};
+use crate::scenario::{
+    InvalidScenario, NodeFactory, NodeInit, Scenario, SimEvent, Traffic, TrafficKind,
+};
+use crate::store::PersistentStore;
+use crate::topology::{dist, CellGrid, Layout};
+
+mod channel_io;
+mod nodes;
+mod report;
+mod timeline;
+
+/// One frame put on the air, as seen by [`Simulation::set_frame_trace`].
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct FrameTrace<'a> {
+    /// When its transmission started.
+    pub start: Instant,
+    /// When it will reach the receiver (unless the link drops first).
+    pub arrival: Instant,
+    /// Sender.
+    pub from: NodeId,
+    /// Receiver.
+    pub to: NodeId,
+    /// The link.
+    pub link: LinkId,
+    /// Bytes on the air (NUL included).
+    pub bytes: usize,
+    /// The frame (NUL included).
+    pub frame: &'a [u8],
+    /// How long it occupies the transmitter (overhead, bytes, retransmitted segments).
+    pub airtime: Duration,
+    /// Whether the node queued it with high priority.
+    pub high_priority: bool,
+    /// TCP segments retransmitted for it.
+    pub retransmissions: u32,
+}
+
+type ProgressFn = Box<dyn FnMut(f64)>;
+type TraceFn = Box<dyn FnMut(&FrameTrace<'_>)>;
+type EventHookFn = Box<dyn FnMut(Instant, NodeId, &Event)>;
+type PluginSinkFn = Box<dyn FnMut(Instant, NodeId, &'static str, Box<dyn PluginEvent>)>;
+
+/// Internal events.
+enum Ev {
+    /// A node's timer (stale unless `gen` matches).
+    Wake { node: usize, gen: u64 },
+    /// A transmitter finished its current airtime.
+    RadioFree { unit: usize },
+    /// A link direction finished its in-flight frame (retransmission stalls included).
+    DirDone { link: LinkId, dir: u8 },
+    /// A frame reaches its receiver.
+    Deliver {
+        link: LinkId,
+        dir: u8,
+        frame: Vec<u8>,
+    },
+    /// TCP gave up on a link.
+    TcpReset { link: LinkId },
+    /// A node learns that a link closed (FIN/RST arrives).
+    PeerDown { node: usize, link: LinkId },
+    /// A station association attempt (`boot`: power the node on first). Automatic retries
+    /// carry the node's retry generation and are skipped once a newer one is scheduled.
+    Join {
+        node: usize,
+        parent: Option<usize>,
+        boot: bool,
+        retry: Option<u64>,
+    },
+    /// The formation's k-th join.
+    FormationJoin { k: usize },
+    /// Timeline event `i` of the scenario.
+    Timeline(usize),
+    /// Application flow `i` sends.
+    Traffic(usize),
+    /// A time-series sample.
+    Sample,
+}
+
+#[derive(Default)]
+struct Dir {
+    hi: VecDeque<Vec<u8>>,
+    lo: VecDeque<Vec<u8>>,
+    queued_bytes: usize,
+    /// Frame being sent (or waiting out retransmission timeouts) and its arrival time.
+    in_flight: Option<(Vec<u8>, Instant)>,
+    /// In its transmitter's ready ring.
+    ready: bool,
+    unit: usize,
+    last_arrival: Instant,
+}
+
+struct LinkState {
+    id: LinkId,
+    /// `[access point, station]`; direction `d` is sent by `ends[d]`.
+    ends: [usize; 2],
+    params: LinkParams,
+    rng: Rng,
+    dirs: [Dir; 2],
+}
+
+struct Radio {
+    busy: bool,
+    ready: VecDeque<(LinkId, u8)>,
+    node: usize,
+    /// Geometric model: queue position while waiting for a clear channel.
+    waiting: Option<u64>,
+    /// Its transmission on the air marks the sender's neighbourhood busy (it started under
+    /// the geometric model, and no channel switch happened since): its end must unmark it.
+    carrier: bool,
+}
+
+impl Radio {
+    fn new(node: usize) -> Self {
+        Self {
+            busy: false,
+            ready: VecDeque::new(),
+            node,
+            waiting: None,
+            carrier: false,
+        }
+    }
+}
+
+struct LinkStat {
+    ends: [usize; 2],
+    opened: Instant,
+    closed: Option<Instant>,
+    frames: [u64; 2],
+    bytes: [u64; 2],
+    retransmissions: u64,
+}
+
+struct Slot {
+    number: u32,
+    id: NodeId,
+    node: Option<Node>,
+    clock: LocalClock,
+    drift_ppb: i64,
+    hung: bool,
+    boots: u32,
+    store: PersistentStore,
+    wake_at: Option<Instant>,
+    wake_gen: u64,
+    /// Open links (either role), in opening order.
+    links: Vec<LinkId>,
+    uplink: Option<LinkId>,
+    /// Stations connected to our access point.
+    children: u32,
+    /// Root, or has an uplink: others may join through us.
+    in_mesh: bool,
+    /// Partition side (0 = default).
+    side: u32,
+    /// Generation of the pending automatic rejoin.
+    retry_gen: u64,
+    queued_bytes: u64,
+    queued_frames: u64,
+    queue_peak_bytes: u64,
+    queue_peak_frames: u64,
+    frames_sent: u64,
+    bytes_sent: u64,
+    app_received: u64,
+    /// Counters of crashed boots, so totals survive reboots.
+    past: MeshTotals,
+}
+
+/// A running simulation. See the crate docs for the model and the run loop.
+pub struct Simulation {
+    name: String,
+    seed: u64,
+    topology_label: &'static str,
+    channel: ChannelModel,
+    id_base: u32,
+    now: Instant,
+    end: Instant,
+    queue: crate::queue::EventQueue<Ev>,
+    slots: Vec<Slot>,
+    layout: Layout,
+    roots: Vec<bool>,
+    formation_order: Vec<usize>,
+    formation_times: Vec<Instant>,
+    link_defaults: LinkParams,
+    pair_changes: BTreeMap<(usize, usize), LinkChange>,
+    blocked_until: BTreeMap<(usize, usize), Instant>,
+    links: Vec<Option<LinkState>>,
+    link_stats: Vec<LinkStat>,
+    radios: Vec<Radio>,
+    interferers: Vec<Vec<usize>>,
+    carrier_busy: Vec<u32>,
+    wait_seq: u64,
+    factory: NodeFactory,
+    config_template: Box<dyn Fn(NodeId) -> Config>,
+    rejoin_scan: Duration,
+    rejoin_rescan: Duration,
+    timeline: Vec<SimEvent>,
+    traffic: Vec<Traffic>,
+    traffic_rng: Rng,
+    sample_interval: Duration,
+    drift_ppm: f64,
+    // Metrics.
+    events_processed: u64,
+    frames_on_air: u64,
+    bytes_on_air: u64,
+    window: Window,
+    drops: BTreeMap<String, u64>,
+    link_closes: BTreeMap<String, u64>,
+    msgs: Vec<AppMsg>,
+    app_sent: u64,
+    app_not_sent: u64,
+    latencies: Vec<u64>,
+    conv: Convergence,
+    series: Vec<Sample>,
+    // Hooks.
+    progress: Option<ProgressFn>,
+    next_progress: Instant,
+    trace: Option<TraceFn>,
+    event_hooks: Vec<EventHookFn>,
+    plugin_sink: Option<PluginSinkFn>,
+    // Scratch buffers reused across inputs.
+    scratch_tx: Vec<Transmit>,
+    scratch_ev: Vec<Event>,
+}
+
+const LINK_SALT: u64 = 0x4C49_4E4B;
+const NODE_SALT: u64 = 0x4E4F_4445;
+
+/// For each node, the nodes within the interference range under `channel` (empty unless
+/// it is geometric and there are positions), sorted.
+fn interferers(
+    channel: &ChannelModel,
+    positions: Option<&[(f64, f64)]>,
+    n: usize,
+) -> Vec<Vec<usize>> {
+    let mut out = vec![Vec::new(); n];
+    if let (
+        ChannelModel::Geometric {
+            interference_range_m,
+        },
+        Some(pos),
+    ) = (channel, positions)
+    {
+        let mut grid = CellGrid::new(*interference_range_m);
+        for (i, p) in pos.iter().enumerate() {
+            grid.insert(*p, i);
+        }
+        for (i, p) in pos.iter().enumerate().take(n) {
+            let mut v = Vec::new();
+            grid.within(*p, *interference_range_m, pos, &mut v);
+            v.retain(|&j| j != i);
+            v.sort_unstable();
+            out[i] = v;
+        }
+    }
+    out
+}
+
+/// A child seed from the run seed, a domain and two numbers: independent of the order in
+/// which things are created, so adding a node or a link does not reshuffle the others.
+fn child_seed(seed: u64, domain: u64, a: u64, b: u64) -> u64 {
+    let mut r = Rng::new(seed ^ domain.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let x = r.next_u64() ^ a.wrapping_mul(0xD6E8_FEB8_6659_FD93);
+    let mut r = Rng::new(x);
+    r.next_u64() ^ b.wrapping_mul(0xA076_1D64_78BD_642F)
+}
+
+fn pair(a: usize, b: usize) -> (usize, usize) {
+    (a.min(b), a.max(b))
+}
+
+impl Simulation {
+    /// Builds the simulation: generates the topology and schedules the formation, the
+    /// timeline and the traffic. Nothing runs until [`Simulation::step`] or `run_*`.
+    ///
+    /// # Panics
+    ///
+    /// If the scenario is invalid ([`Scenario::validate`]); use [`Simulation::try_new`]
+    /// to get the error instead.
+    pub fn new(scenario: Scenario) -> Self {
+        match Self::try_new(scenario) {
+            Ok(s) => s,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Builds the simulation, or says why the scenario cannot run.
+    pub fn try_new(scenario: Scenario) -> Result<Self, InvalidScenario> {
+        scenario.validate()?;
+        let mut master = Rng::new(scenario.seed);
+        let mut topo_rng = master.derive(1);
+        let mut clock_rng = master.derive(2);
+        let mut formation_rng = master.derive(3);
+        let traffic_rng = master.derive(4);
+        let layout = scenario
+            .topology
+            .generate(&mut topo_rng)
+            .map_err(|(f, m)| InvalidScenario {
+                field: format!("topology.{f}"),
+                message: m,
+            })?;
+        let n = scenario.topology.node_count() as usize;
+        let ppb = (scenario.clock.drift_ppm * 1000.0).round() as i64;
+        let slots: Vec<Slot> = (0..n)
+            .map(|i| {
+                let drift = if ppb > 0 {
+                    clock_rng.below(2 * ppb as u64 + 1) as i64 - ppb
+                } else {
+                    0
+                };
+                Slot {
+                    number: i as u32 + 1,
+                    id: scenario.id_of(i as u32 + 1),
+                    node: None,
+                    clock: LocalClock::new(Instant::ZERO, 0, drift),
+                    drift_ppb: drift,
+                    hung: false,
+                    boots: 0,
+                    store: PersistentStore::new(),
+                    wake_at: None,
+                    wake_gen: 0,
+                    links: Vec::new(),
+                    uplink: None,
+                    children: 0,
+                    in_mesh: false,
+                    side: 0,
+                    retry_gen: 0,
+                    queued_bytes: 0,
+                    queued_frames: 0,
+                    queue_peak_bytes: 0,
+                    queue_peak_frames: 0,
+                    frames_sent: 0,
+                    bytes_sent: 0,
+                    app_received: 0,
+                    past: MeshTotals::default(),
+                }
+            })
+            .collect();
+        // Roots: no fixed parent in a fixed layout; the head of each BFS run in a dynamic one.
+        let mut roots = vec![false; n];
+        if layout.dynamic {
+            let mut seen = vec![false; n];
+            for &v in &layout.order {
+                if !layout.neighbours[v].iter().any(|&j| seen[j]) {
+                    roots[v] = true;
+                }
+                seen[v] = true;
+            }
+        } else {
+            for (v, p) in layout.parent.iter().enumerate() {
+                roots[v] = p.is_none();
+            }
+        }
+        // Nodes that join by a timeline event are left out of the formation.
+        let mut late = vec![false; n];
+        for (_, e) in &scenario.events {
+            if let SimEvent::Join { node, .. } = e {
+                late[*node as usize - 1] = true;
+            }
+        }
+        let formation_order: Vec<usize> =
+            layout.order.iter().copied().filter(|&v| !late[v]).collect();
+        let f = &scenario.formation;
+        let formation_times: Vec<Instant> = (0..formation_order.len())
+            .map(|k| {
+                let jitter = if f.jitter > Duration::ZERO {
+                    formation_rng.below(f.jitter.as_micros())
+                } else {
+                    0
+                };
+                Instant::ZERO
+                    + f.start
+                    + Duration::from_micros(f.interval.as_micros() * k as u64 + jitter)
+            })
+            .collect();
+        // Radios 0..n are the nodes' own (the airtime and geometric models); the
+        // independent model adds one per link direction after them. Keeping the node radios
+        // under every model lets the channel model change during a run.
+        let radios: Vec<Radio> = (0..n).map(Radio::new).collect();
+        let interferers = interferers(&scenario.channel, layout.positions.as_deref(), n);
+        let mesh = scenario.mesh.clone();
+        let id_base = scenario.id_base;
+        let config_template = Box::new(move |id: NodeId| {
+            let mut c = Config::new(id);
+            let number = id.0.wrapping_sub(id_base);
+            c.root = mesh.root == Some(number);
+            c.has_time_authority = mesh.time_authority.contains(&number);
+            if let Some(t) = mesh.node_timeout {
+                c.node_timeout = t;
+            }
+            if let Some(t) = mesh.node_sync_interval {
+                c.node_sync_interval = t;
+            }
+            if let Some(t) = mesh.time_sync_interval {
+                c.time_sync_interval = t;
+            }
+            c
+        });
+        let end = Instant::ZERO + scenario.duration;
+        let mut timeline: Vec<(Duration, SimEvent)> = scenario.events.clone();
+        // Stable: events at one time keep their listed order.
+        timeline.sort_by_key(|(t, _)| *t);
+        let mut sim = Self {
+            name: scenario.name.clone(),
+            seed: scenario.seed,
+            topology_label: scenario.topology.label(),
+            channel: scenario.channel.clone(),
+            id_base,
+            now: Instant::ZERO,
+            end,
+            queue: crate::queue::EventQueue::new(),
+            slots,
+            layout,
+            roots,
+            formation_order,
+            formation_times,
+            link_defaults: scenario.link.clone(),
+            pair_changes: BTreeMap::new(),
+            blocked_until: BTreeMap::new(),
+            links: vec![None],
+            link_stats: vec![LinkStat {
+                ends: [0, 0],
+                opened: Instant::ZERO,
+                closed: None,
+                frames: [0; 2],
+                bytes: [0; 2],
+                retransmissions: 0,
+            }],
+            radios,
+            interferers,
+            carrier_busy: vec![0; n],
+            wait_seq: 0,
+            factory: scenario.factory.clone(),
+            config_template,
+            rejoin_scan: scenario.rejoin.scan_delay,
+            rejoin_rescan: scenario.rejoin.rescan_interval,
+            timeline: Vec::new(),
+            traffic: scenario.traffic.clone(),
+            traffic_rng,
+            sample_interval: scenario.sample_interval,
+            drift_ppm: scenario.clock.drift_ppm,
+            events_processed: 0,
+            frames_on_air: 0,
+            bytes_on_air: 0,
+            window: Window::default(),
+            drops: BTreeMap::new(),
+            link_closes: BTreeMap::new(),
+            msgs: Vec::new(),
+            app_sent: 0,
+            app_not_sent: 0,
+            latencies: Vec::new(),
+            conv: Convergence::new(n),
+            series: Vec::new(),
+            progress: None,
+            next_progress: Instant::ZERO,
+            trace: None,
+            event_hooks: Vec::new(),
+            plugin_sink: None,
+            scratch_tx: Vec::new(),
+            scratch_ev: Vec::new(),
+        };
+        for k in 0..sim.formation_order.len() {
+            sim.queue
+                .push(sim.formation_times[k], Ev::FormationJoin { k });
+        }
+        if sim.formation_order.is_empty() {
+            sim.conv.formation_done_at = Some(Instant::ZERO);
+        }
+        for (i, (at, e)) in timeline.into_iter().enumerate() {
+            sim.queue.push(Instant::ZERO + at, Ev::Timeline(i));
+            sim.timeline.push(e);
+        }
+        for (i, t) in sim.traffic.iter().enumerate() {
+            sim.queue.push(Instant::ZERO + t.start, Ev::Traffic(i));
+        }
+        sim.queue
+            .push(Instant::ZERO + sim.sample_interval, Ev::Sample);
+        Ok(sim)
+    }
+
+    // ----- public API -------------------------------------------------------------------
+
+    /// Calls `f` with the fraction of virtual time done (0..=1), about 200 times a run.
+    pub fn set_progress(&mut self, f: impl FnMut(f64) + 'static) {
+        self.progress = Some(Box::new(f));
+    }
+
+    /// Calls `f` for every frame put on the air.
+    pub fn set_frame_trace(&mut self, f: impl FnMut(&FrameTrace<'_>) + 'static) {
+        self.trace = Some(Box::new(f));
+    }
+
+    /// Calls `f` for every event a node emits (global time, node id, event), before the
+    /// simulator acts on it. Plugin events arrive here. Hooks add up (each workload installs
+    /// its own) and run in the order they were set.
+    pub fn set_event_hook(&mut self, f: impl FnMut(Instant, NodeId, &Event) + 'static) {
+        self.event_hooks.push(Box::new(f));
+    }
+
+    /// Takes every plugin event a node emits (global time, node id, plugin name, event),
+    /// after the event hook saw it: for a driver that hands typed events on (the demo's
+    /// gateway port forwards its node's plugin events to its subscribers).
+    pub fn set_plugin_sink(
+        &mut self,
+        f: impl FnMut(Instant, NodeId, &'static str, Box<dyn PluginEvent>) + 'static,
+    ) {
+        self.plugin_sink = Some(Box::new(f));
+    }
+
+    /// Current virtual time.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// The scenario's end.
+    pub fn end(&self) -> Instant {
+        self.end
+    }
+
+    /// Number of nodes in the scenario.
+    pub fn node_count(&self) -> u32 {
+        self.slots.len() as u32
+    }
+
+    /// The id of node number `n` (1-based).
+    pub fn id_of(&self, n: u32) -> NodeId {
+        NodeId(self.id_base.wrapping_add(n))
+    }
+
+    /// The number of node `id`.
+    pub fn number_of(&self, id: NodeId) -> Option<u32> {
+        self.index(id).map(|i| i as u32 + 1)
+    }
+
+    /// Every node id, in number order.
+    pub fn node_ids(&self) -> Vec<NodeId> {
+        self.slots.iter().map(|s| s.id).collect()
+    }
+
+    fn index(&self, id: NodeId) -> Option<usize> {
+        let k = id.0.checked_sub(self.id_base)?;
+        (1..=self.slots.len() as u32)
+            .contains(&k)
+            .then_some(k as usize - 1)
+    }
+
+    /// The node, if it is booted (crashed and not yet booted nodes have none).
+    pub fn node(&self, id: NodeId) -> Option<&Node> {
+        self.slots.get(self.index(id)?)?.node.as_ref()
+    }
+
+    /// The node, mutably. Outputs it produces are picked up at its next input; prefer
+    /// [`Simulation::with_node`], which drains them at once.
+    pub fn node_mut(&mut self, id: NodeId) -> Option<&mut Node> {
+        let i = self.index(id)?;
+        self.slots[i].node.as_mut()
+    }
+
+    /// Runs `f` on a running node with its local time, then drains its outputs into the
+    /// network (the way to make a plugin act from a test).
+    pub fn with_node<R>(
+        &mut self,
+        id: NodeId,
+        f: impl FnOnce(&mut Node, Instant) -> R,
+    ) -> Option<R> {
+        let v = self.index(id)?;
+        if self.slots[v].hung {
+            return None;
+        }
+        let local = self.local(v);
+        let r = f(self.slots[v].node.as_mut()?, local);
+        self.after_input(v);
+        self.finish_event();
+        Some(r)
+    }
+
+    /// The node's local clock now.
+    pub fn local_time(&self, id: NodeId) -> Option<Instant> {
+        let v = self.index(id)?;
+        self.slots[v].node.as_ref()?;
+        Some(self.local(v))
+    }
+
+    /// The node's persistent store (exists for every node, booted or not).
+    pub fn store(&self, id: NodeId) -> Option<&PersistentStore> {
+        Some(&self.slots.get(self.index(id)?)?.store)
+    }
+
+    /// Whether the node is booted and not hung.
+    pub fn is_running(&self, id: NodeId) -> bool {
+        self.index(id)
+            .is_some_and(|v| self.slots[v].node.is_some() && !self.slots[v].hung)
+    }
+
+    /// The open link between two nodes.
+    pub fn link_between(&self, a: NodeId, b: NodeId) -> Option<LinkId> {
+        let (a, b) = (self.index(a)?, self.index(b)?);
+        self.slots[a]
+            .links
+            .iter()
+            .copied()
+            .find(|l| self.link(*l).is_some_and(|s| s.ends.contains(&b)))
+    }
+
+    /// Whether every running node's node list equals the set of the other running nodes
+    /// it is connected to.
+    pub fn converged(&self) -> bool {
+        self.conv.all_ok()
+    }
+
+    /// Connected components among running nodes.
+    pub fn components(&self) -> usize {
+        self.conv.components()
+    }
+
+    /// Largest pairwise mesh-time difference among running nodes of the largest
+    /// component, µs.
+    pub fn mesh_time_spread(&self) -> Option<u64> {
+        let sizes = &self.conv.comp_size;
+        let (big, _) = sizes
+            .iter()
+            .enumerate()
+            .max_by_key(|(i, s)| (**s, std::cmp::Reverse(*i)))?;
+        let mut reference = None;
+        let (mut lo, mut hi) = (0i64, 0i64);
+        for (v, s) in self.slots.iter().enumerate() {
+            if self.conv.comp[v] as usize != big {
+                continue;
+            }
+            let Some(node) = &s.node else { continue };
+            let t = node.mesh_time(s.clock.to_local(self.now));
+            let r = *reference.get_or_insert(t);
+            let d = i64::from(t.wrapping_sub(r) as i32);
+            lo = lo.min(d);
+            hi = hi.max(d);
+        }
+        reference.map(|_| (hi - lo) as u64)
+    }
+
+    /// Schedules a timeline event at absolute virtual time `at`.
+    pub fn schedule(&mut self, at: Instant, event: SimEvent) {
+        self.timeline.push(event);
+        self.queue
+            .push(at.max(self.now), Ev::Timeline(self.timeline.len() - 1));
+    }
+
+    /// Processes the next event. Returns `false` when nothing is left to do.
+    pub fn step(&mut self) -> bool {
+        let Some((t, ev)) = self.queue.pop() else {
+            return false;
+        };
+        self.now = t;
+        if self.handle(ev) {
+            self.events_processed += 1;
+        }
+        self.finish_event();
+        true
+    }
+
+    /// Runs every event up to and including time `t`, then sets the clock to `t`.
+    pub fn run_until(&mut self, t: Instant) {
+        while self.queue.peek_time().is_some_and(|next| next <= t) {
+            self.step();
+            if self.progress.is_some() && self.now >= self.next_progress {
+                self.report_progress();
+            }
+        }
+        self.now = self.now.max(t);
+    }
+
+    /// Runs for `d` of virtual time.
+    pub fn run_for(&mut self, d: Duration) {
+        self.run_until(self.now + d);
+    }
+
+    /// Runs to the scenario's end and returns the report.
+    pub fn run(&mut self) -> SimReport {
+        self.run_until(self.end);
+        if let Some(p) = &mut self.progress {
+            p(1.0);
+        }
+        self.report()
+    }
+
+    fn report_progress(&mut self) {
+        let total = self.end.as_micros().max(1);
+        let frac = (self.now.as_micros() as f64 / total as f64).min(1.0);
+        if let Some(p) = &mut self.progress {
+            p(frac);
+        }
+        self.next_progress = self.now + Duration::from_micros(total / 200 + 1);
+    }
+
+    // ----- event dispatch ---------------------------------------------------------------
+
+    fn local(&self, v: usize) -> Instant {
+        self.slots[v].clock.to_local(self.now)
+    }
+
+    fn drop_frame(&mut self, reason: &str, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.window.drops += n;
+        match self.drops.get_mut(reason) {
+            Some(c) => *c += n,
+            None => {
+                self.drops.insert(reason.to_owned(), n);
+            }
+        }
+    }
+
+    fn link(&self, id: LinkId) -> Option<&LinkState> {
+        self.links.get(id.0 as usize)?.as_ref()
+    }
+
+    /// Returns whether the event did something (stale wakeups do not count).
+    fn handle(&mut self, ev: Ev) -> bool {
+        match ev {
+            Ev::Wake { node, gen } => {
+                let s = &mut self.slots[node];
+                if s.wake_gen != gen || s.hung {
+                    return false;
+                }
+                s.wake_at = None;
+                let local = s.clock.to_local(self.now);
+                let Some(n) = s.node.as_mut() else {
+                    return false;
+                };
+                n.handle_timeout(local);
+                self.after_input(node);
+            }
+            Ev::RadioFree { unit } => self.radio_free(unit),
+            Ev::DirDone { link, dir } => self.dir_done(link, dir),
+            Ev::Deliver { link, dir, frame } => self.deliver(link, dir, frame),
+            Ev::TcpReset { link } => {
+                self.close_link(
+                    link,
+                    "tcp_reset",
+                    [Some(Duration::ZERO), Some(Duration::ZERO)],
+                );
+            }
+            Ev::PeerDown { node, link } => {
+                let local = self.local(node);
+                let s = &mut self.slots[node];
+                if s.hung {
+                    return false;
+                }
+                let Some(n) = s.node.as_mut() else {
+                    return false;
+                };
+                n.handle_link_down(local, link);
+                self.after_input(node);
+            }
+            Ev::Join {
+                node,
+                parent,
+                boot,
+                retry,
+            } => {
+                if retry.is_some_and(|g| g != self.slots[node].retry_gen) {
+                    return false;
+                }
+                self.join(node, parent, boot, false);
+            }
+            Ev::FormationJoin { k } => {
+                let v = self.formation_order[k];
+                let parent = self.layout.parent[v];
+                self.join(v, parent, true, false);
+                if k + 1 == self.formation_order.len() {
+                    self.conv.formation_done_at = Some(self.now);
+                    self.conv.pending.push(("formation".into(), Instant::ZERO));
+                }
+            }
+            Ev::Timeline(i) => self.timeline_event(i),
+            Ev::Traffic(i) => self.traffic_event(i),
+            Ev::Sample => {
+                self.sample();
+                let next = self.now + self.sample_interval;
+                if next <= self.end {
+                    self.queue.push(next, Ev::Sample);
+                }
+            }
+        }
+        true
+    }
+
+    /// Drains a node's outputs after an input and reschedules its wakeup.
+    fn after_input(&mut self, v: usize) {
+        let mut txs = std::mem::take(&mut self.scratch_tx);
+        let mut evs = std::mem::take(&mut self.scratch_ev);
+        while let Some(node) = self.slots[v].node.as_mut() {
+            while let Some(t) = node.poll_transmit() {
+                txs.push(t);
+            }
+            while let Some(e) = node.poll_event() {
+                evs.push(e);
+            }
+            if txs.is_empty() && evs.is_empty() {
+                break;
+            }
+            for t in txs.drain(..) {
+                self.enqueue(v, t);
+            }
+            for e in evs.drain(..) {
+                self.node_event(v, e);
+            }
+        }
+        self.scratch_tx = txs;
+        self.scratch_ev = evs;
+        self.reschedule(v);
+    }
+
+    fn reschedule(&mut self, v: usize) {
+        let s = &mut self.slots[v];
+        let next = s
+            .node
+            .as_ref()
+            .and_then(Node::poll_timeout)
+            .map(|l| s.clock.to_global(l).max(self.now));
+        if next == s.wake_at {
+            return;
+        }
+        s.wake_gen += 1;
+        s.wake_at = next;
+        if let Some(at) = next {
+            let gen = s.wake_gen;
+            self.queue.push(at, Ev::Wake { node: v, gen });
+        }
+    }
+
+    fn node_event(&mut self, v: usize, e: Event) {
+        for h in &mut self.event_hooks {
+            h(self.now, self.slots[v].id, &e);
+        }
+        match e {
+            Event::LinkClosed { link, reason, .. } => {
+                *self
+                    .link_closes
+                    .entry(reason.label().to_owned())
+                    .or_default() += 1;
+                // The node closed the socket: the peer sees FIN one link latency later.
+                let lat = self
+                    .link(link)
+                    .map(|l| l.params.latency)
+                    .unwrap_or_default();
+                let ends = self.link(link).map(|l| l.ends);
+                if let Some(ends) = ends {
+                    let notify = ends.map(|e| (e != v).then_some(lat));
+                    self.close_link(link, "link_closed", notify);
+                }
+            }
+            Event::NodeListChanged { nodes } => {
+                let id = self.slots[v].id;
+                self.conv.set_list(v, id, &nodes);
+            }
+            Event::Received { msg, delivery, .. } => self.app_received(v, &msg, delivery),
+            Event::FrameDropped { reason, .. } => self.drop_frame(reason.label(), 1),
+            Event::Plugin { plugin, event } => {
+                if let Some(sink) = &mut self.plugin_sink {
+                    sink(self.now, self.slots[v].id, plugin, event);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The link parameters new links get (the scenario's, with every `SetLink` for all
+    /// links applied so far).
+    pub fn link_defaults(&self) -> &LinkParams {
+        &self.link_defaults
+    }
+
+    /// The clock drift bound of the run, ppm.
+    pub fn drift_ppm(&self) -> f64 {
+        self.drift_ppm
+    }
+
+    /// Events waiting in the queue (stale wakeups included).
+    pub fn pending_events(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// The channel model in force (the scenario's, or the last [`SimEvent::SetChannel`]).
+    pub fn channel(&self) -> &ChannelModel {
+        &self.channel
+    }
+
+    /// Switches the channel model now: transmissions that start from now on follow
+    /// `channel`; those on the air finish their airtime but stop counting for carrier sense,
+    /// and frames waiting move to their transmitter under the new model. Links, queues,
+    /// loss and everything else stay. Same as scheduling [`SimEvent::SetChannel`] now.
+    ///
+    /// Used to form a mesh under one model and run a measurement under another (the
+    /// benchmarks form big geometric placements under `Independent`, whose formation
+    /// traffic does not silence whole neighbourhoods, and measure under `Geometric`).
+    ///
+    /// # Errors
+    ///
+    /// The geometric model on a topology without positions, or with an interference range
+    /// that is not a positive distance; nothing changes then.
+    pub fn set_channel(&mut self, channel: ChannelModel) -> Result<(), InvalidScenario> {
+        crate::scenario::check_channel(
+            &channel,
+            self.layout.positions.is_some(),
+            self.topology_label,
+        )
+        .map_err(|(field, message)| InvalidScenario {
+            field: format!("channel.{field}"),
+            message,
+        })?;
+        self.switch_channel(channel);
+        Ok(())
+    }
+
+    /// Positions of the nodes, if the topology has them (metres, by number order).
+    pub fn positions(&self) -> Option<&[(f64, f64)]> {
+        self.layout.positions.as_deref()
+    }
+
+    /// Distance between two nodes, if the topology has positions.
+    pub fn distance(&self, a: NodeId, b: NodeId) -> Option<f64> {
+        let p = self.layout.positions.as_ref()?;
+        Some(dist(p[self.index(a)?], p[self.index(b)?]))
+    }
+}

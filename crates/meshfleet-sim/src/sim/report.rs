@@ -1,0 +1,226 @@
+//! Convergence ground truth, the time series and the report.
+
+use super::*;
+
+impl Simulation {
+    // ----- convergence and sampling -----------------------------------------------------
+
+    pub(super) fn finish_event(&mut self) {
+        if self.conv.dirty {
+            self.refresh_components();
+        }
+        self.conv.observe(self.now);
+    }
+
+    /// Recomputes the ground-truth components (BFS over open links between running nodes)
+    /// and every node's verdict.
+    pub(super) fn refresh_components(&mut self) {
+        if !self.conv.dirty {
+            return;
+        }
+        self.conv.dirty = false;
+        let n = self.slots.len();
+        let running = |s: &Slot| s.node.is_some() && !s.hung;
+        self.conv.comp.iter_mut().for_each(|c| *c = u32::MAX);
+        self.conv.comp_hash.clear();
+        self.conv.comp_size.clear();
+        let mut stack = Vec::new();
+        let mut alive = 0;
+        for start in 0..n {
+            if self.conv.comp[start] != u32::MAX || !running(&self.slots[start]) {
+                continue;
+            }
+            let c = self.conv.comp_size.len() as u32;
+            let (mut hash, mut size) = (0u64, 0u32);
+            self.conv.comp[start] = c;
+            stack.push(start);
+            while let Some(v) = stack.pop() {
+                size += 1;
+                hash = hash.wrapping_add(crate::metrics::mix(u64::from(self.slots[v].id.0)));
+                for &link in &self.slots[v].links {
+                    let Some(l) = self.links[link.0 as usize].as_ref() else {
+                        continue;
+                    };
+                    let u = if l.ends[0] == v { l.ends[1] } else { l.ends[0] };
+                    if self.conv.comp[u] == u32::MAX && running(&self.slots[u]) {
+                        self.conv.comp[u] = c;
+                        stack.push(u);
+                    }
+                }
+            }
+            alive += size as usize;
+            self.conv.comp_hash.push(hash);
+            self.conv.comp_size.push(size);
+        }
+        self.conv.num_alive = alive;
+        self.conv.num_ok = 0;
+        for v in 0..n {
+            self.conv.ok[v] = false;
+            let id = self.slots[v].id;
+            self.conv.refresh(v, id);
+        }
+    }
+
+    pub(super) fn sample(&mut self) {
+        self.refresh_components();
+        let w = std::mem::take(&mut self.window);
+        self.series.push(Sample {
+            t_s: secs(self.now),
+            app_sent: w.app_sent,
+            app_delivered: w.app_delivered,
+            frames_on_air: w.frames,
+            bytes_on_air: w.bytes,
+            drops: w.drops,
+            nodes_alive: self.conv.num_alive as u32,
+            nodes_converged: self.conv.num_ok as u32,
+            components: self.conv.components() as u32,
+            queued_bytes: self.slots.iter().map(|s| s.queued_bytes).sum(),
+            time_spread_us: self.mesh_time_spread(),
+        });
+    }
+
+    // ----- report -----------------------------------------------------------------------
+
+    /// The report so far (call after [`Simulation::run`] or any `run_*`).
+    pub fn report(&self) -> SimReport {
+        let mut lat = self.latencies.clone();
+        lat.sort_unstable();
+        let mut app = AppReport {
+            sent: self.app_sent,
+            not_sent: self.app_not_sent,
+            latency: LatencySummary::from_sorted(&lat),
+            ..AppReport::default()
+        };
+        for m in &self.msgs {
+            app.expected_deliveries += u64::from(m.expected);
+            app.delivered += u64::from(m.received);
+            app.duplicates += u64::from(m.duplicates);
+            if m.broadcast {
+                app.broadcasts += 1;
+                if m.received >= m.expected && m.duplicates == 0 {
+                    app.broadcasts_complete += 1;
+                }
+            }
+        }
+        app.delivery_ratio = if app.expected_deliveries > 0 {
+            app.delivered as f64 / app.expected_deliveries as f64
+        } else {
+            1.0
+        };
+        let mut mesh = MeshTotals::default();
+        let per_node = self
+            .slots
+            .iter()
+            .map(|s| {
+                let mut t = s.past.clone();
+                if let Some(n) = &s.node {
+                    let st = n.stats();
+                    t.closed_peer += st.closed_peer;
+                    t.closed_timeout += st.closed_timeout;
+                    t.closed_invalid += st.closed_invalid;
+                    t.layout_changes += st.layout_changes;
+                    t.time_adjustments += st.time_adjustments;
+                    t.forwarded += st.forwarded;
+                }
+                mesh.closed_peer += t.closed_peer;
+                mesh.closed_timeout += t.closed_timeout;
+                mesh.closed_invalid += t.closed_invalid;
+                mesh.layout_changes += t.layout_changes;
+                mesh.time_adjustments += t.time_adjustments;
+                mesh.forwarded += t.forwarded;
+                NodeReport {
+                    node: s.number,
+                    id: s.id.0,
+                    up: s.node.is_some() && !s.hung,
+                    boots: s.boots,
+                    frames_sent: s.frames_sent,
+                    bytes_sent: s.bytes_sent,
+                    queue_peak_bytes: s.queue_peak_bytes,
+                    queue_peak_frames: s.queue_peak_frames,
+                    app_received: s.app_received,
+                    known_nodes: if s.node.is_some() {
+                        self.conv.list_len[s.number as usize - 1]
+                    } else {
+                        0
+                    },
+                }
+            })
+            .collect();
+        let per_link = self
+            .link_stats
+            .iter()
+            .enumerate()
+            .skip(1)
+            .map(|(i, l)| LinkReport {
+                link: i as u64,
+                ap: l.ends[0] as u32 + 1,
+                station: l.ends[1] as u32 + 1,
+                opened_s: secs(l.opened),
+                closed_s: l.closed.map(secs),
+                frames_down: l.frames[0],
+                bytes_down: l.bytes[0],
+                frames_up: l.frames[1],
+                bytes_up: l.bytes[1],
+                retransmissions: l.retransmissions,
+            })
+            .collect();
+        let mut after_events = self.conv.entries.clone();
+        for (cause, at) in &self.conv.pending {
+            after_events.push(crate::metrics::ConvergenceEntry {
+                cause: cause.clone(),
+                at_s: secs(*at),
+                converged_after_s: None,
+            });
+        }
+        let end_s = secs(self.now);
+        let last_minute: Vec<u64> = self
+            .series
+            .iter()
+            .filter(|s| s.t_s >= end_s - 60.0)
+            .filter_map(|s| s.time_spread_us)
+            .collect();
+        let mut below_from = None;
+        for s in &self.series {
+            match s.time_spread_us {
+                Some(x) if x < 1000 => {
+                    below_from.get_or_insert(s.t_s);
+                }
+                _ => below_from = None,
+            }
+        }
+        SimReport {
+            scenario: self.name.clone(),
+            seed: self.seed,
+            topology: self.topology_label.to_owned(),
+            channel: self.channel.label().to_owned(),
+            nodes: self.slots.len() as u32,
+            virtual_time_s: end_s,
+            events_processed: self.events_processed,
+            frames_on_air: self.frames_on_air,
+            bytes_on_air: self.bytes_on_air,
+            app,
+            drops: self.drops.clone(),
+            link_closes: self.link_closes.clone(),
+            convergence: ConvergenceReport {
+                formation_done_s: self.conv.formation_done_at.map(secs),
+                formation_converged_s: self.conv.formation_converged_at.map(secs),
+                after_events,
+                converged_at_end: self.conv.all_ok(),
+                components_at_end: self.conv.components() as u32,
+            },
+            time_sync: TimeSyncReport {
+                final_spread_us: self.mesh_time_spread(),
+                max_spread_last_minute_us: last_minute.iter().copied().max(),
+                below_1ms_from_s: below_from,
+            },
+            mesh,
+            per_node,
+            per_link,
+            series: self.series.clone(),
+            latencies_us: lat,
+            ota: None,
+            rollout: None,
+            workloads: BTreeMap::new(),
+        }
+    }
+}
