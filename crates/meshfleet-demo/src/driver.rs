@@ -349,7 +349,8 @@ impl Driver {
                 });
                 return;
             }
-            let any = event.as_any();
+            // The event, not its `Box` (which is `Any` too).
+            let any = meshfleet_mesh::AnyEvent::any_event(&*event);
             match kind_of(id.0.wrapping_sub(base)) {
                 Kind::Meshfleet => {
                     // The meshfleet engine's commit (`OtaEvent::Applied`: "the driver runs its

@@ -1,7 +1,5 @@
 //! What the OTA plugins tell the application (through [`meshfleet_mesh::Event::Plugin`]).
 
-use std::any::Any;
-
 use meshfleet_mesh::{Duration, NodeId, PluginEvent};
 use serde_json::json;
 
@@ -305,7 +303,7 @@ impl AbandonReason {
     }
 }
 
-/// One OTA happening. Downcast a [`PluginEvent`] with `event.as_any().downcast_ref::<OtaEvent>()`.
+/// One OTA happening. Downcast a [`PluginEvent`] with `event.downcast_ref::<OtaEvent>()`.
 ///
 /// Every variant has a stable JSON form (`{"event": "<snake_case name>", ...}`) for `--json`
 /// output.
@@ -552,10 +550,6 @@ pub enum OtaEvent {
 }
 
 impl PluginEvent for OtaEvent {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
     fn to_json(&self) -> serde_json::Value {
         match self {
             Self::AnnounceSent { reason, remaining } => {

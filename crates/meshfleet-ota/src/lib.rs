@@ -27,8 +27,9 @@
 //! let image = vec![0xe9; 2500];
 //! let offer = StockOffer::new(image, "sensor", "ESP32", StockStyle::ALTERIOM)?;
 //! let mut node = Node::new(Config::new(NodeId(1)));
-//! node.add_plugin(Box::new(StockSender::new(offer, StockSenderConfig::default())));
-//! node.with_plugin::<StockSender, _>(Instant::ZERO, |s, ctx| s.start(ctx));
+//! // The handle reaches the plugin again; a second plugin for types 10-12 is refused.
+//! let sender = node.add_plugin(Box::new(StockSender::new(offer, StockSenderConfig::default())))?;
+//! node.with_plugin_at(sender, Instant::ZERO, |s, ctx| s.start(ctx));
 //! # Ok::<(), meshfleet_ota::OfferError>(())
 //! ```
 //!
@@ -46,7 +47,7 @@
 //! config.running = boot.image.clone();
 //! config.on_trial = boot.trial;
 //! let mut node = Node::new(Config::new(NodeId(2)));
-//! node.add_plugin(Box::new(MeshfleetOta::new(config, Box::new(flash.clone()))?));
+//! node.add_plugin(Box::new(MeshfleetOta::new(config, Box::new(flash.clone()))?))?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!

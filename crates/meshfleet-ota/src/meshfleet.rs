@@ -30,7 +30,7 @@ use meshfleet_firmware::{
     Artefact, ChunkHash, Codec, Intent, IntentError, Manifest, StreamVerifier, VerifyingKey,
     Version,
 };
-use meshfleet_mesh::{Ctx, Duration, Instant, LinkId, MeshChange, NodeId, Plugin};
+use meshfleet_mesh::{Claims, Ctx, Duration, Instant, LinkId, MeshChange, NodeId, Plugin};
 use meshfleet_wire::{Package, Routing};
 use serde::{Deserialize, Serialize};
 
@@ -2789,12 +2789,11 @@ impl Plugin for MeshfleetOta {
         "ota-meshfleet"
     }
 
-    fn handles(&self, ty: i64) -> bool {
-        (TYPE_FIRST..=TYPE_LAST).contains(&ty)
-    }
-
-    fn handles_binary(&self, tag: u16) -> bool {
-        i64::from(tag) == CHUNK
+    fn claims(&self) -> Claims {
+        // The binary chunk frame is tagged with the JSON chunk's type (703).
+        Claims::none()
+            .types(TYPE_FIRST..=TYPE_LAST)
+            .tag(CHUNK as u16)
     }
 
     fn handle_package(&mut self, ctx: &mut Ctx<'_>, link: LinkId, routing: Routing, pkg: &Package) {
@@ -2997,13 +2996,5 @@ impl Plugin for MeshfleetOta {
         }
         self.retry_offers(ctx);
         self.pump(ctx);
-    }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
-        self
     }
 }

@@ -150,10 +150,12 @@ fn transfer(art: &Artefact, store: Box<dyn SlotStore>, running: Option<meshfleet
         Box::new(MemStore::new()),
         art.clone(),
         None,
-    )));
+    )))
+    .unwrap();
     net.add(s);
     let mut r = Node::new(Config::new(NodeId(2)));
-    r.add_plugin(Box::new(MeshfleetOta::new(config(running), store).unwrap()));
+    r.add_plugin(Box::new(MeshfleetOta::new(config(running), store).unwrap()))
+        .unwrap();
     let r = net.add(r);
     net.connect(r, 0);
     net.run_until_cond(Duration::from_millis(50), Duration::from_secs(20), |n| {

@@ -69,7 +69,7 @@ fn receiver_node(id: u32, store: &MemStore) -> Node {
 fn receiver_node_with(id: u32, store: &MemStore, config: MeshfleetConfig) -> Node {
     let mut n = Node::new(Config::new(NodeId(id)));
     let ota = MeshfleetOta::new(config, Box::new(store.clone())).unwrap();
-    n.add_plugin(Box::new(ota));
+    n.add_plugin(Box::new(ota)).unwrap();
     n
 }
 
@@ -84,7 +84,7 @@ fn source_node(id: u32, a: &Artefact) -> Node {
     let mut n = Node::new(Config::new(NodeId(id)));
     let store = MemStore::new();
     let ota = MeshfleetOta::source(config(&store), Box::new(store), a.clone(), None);
-    n.add_plugin(Box::new(ota));
+    n.add_plugin(Box::new(ota)).unwrap();
     n
 }
 
@@ -284,7 +284,8 @@ fn json_chunks_for_a_neighbour_without_binary_frames() {
     c.binary = false;
     n.add_plugin(Box::new(
         MeshfleetOta::new(c, Box::new(store.clone())).unwrap(),
-    ));
+    ))
+    .unwrap();
     let r = net.add(n);
     net.connect(r, 0);
     assert!(
@@ -311,7 +312,8 @@ fn offer_to_one(art: &Artefact, trusted: bool, running_version: &str) -> (Net, M
     let mut n = Node::new(Config::new(NodeId(2)));
     n.add_plugin(Box::new(
         MeshfleetOta::new(c, Box::new(store.clone())).unwrap(),
-    ));
+    ))
+    .unwrap();
     let r = net.add(n);
     net.connect(r, 0);
     net.run_for(Duration::from_secs(10));
@@ -386,7 +388,8 @@ fn refuses_an_image_it_rolled_back_unless_forced() {
     let mut n = Node::new(Config::new(NodeId(2)));
     n.add_plugin(Box::new(
         MeshfleetOta::new(config(&store), Box::new(store.clone())).unwrap(),
-    ));
+    ))
+    .unwrap();
     let r = net.add(n);
     net.connect(r, 0);
     net.run_for(Duration::from_secs(10));
@@ -488,14 +491,16 @@ fn bytes_on_the_wire_per_firmware_byte_stock_vs_meshfleet() {
     let mut net = Net::new(Duration::from_millis(1));
     let s = net.add_id(1);
     let offer = StockOffer::new(img.clone(), ROLE, HW, StockStyle::ALTERIOM).unwrap();
-    net.nodes[s].add_plugin(Box::new(StockSender::new(
-        offer,
-        StockSenderConfig::default(),
-    )));
+    net.nodes[s]
+        .add_plugin(Box::new(StockSender::new(
+            offer,
+            StockSenderConfig::default(),
+        )))
+        .unwrap();
     let mut rn = Node::new(Config::new(NodeId(2)));
     let mut rc = StockReceiverConfig::new(ROLE, HW);
     rc.keep_image = false;
-    rn.add_plugin(Box::new(StockReceiver::new(rc)));
+    rn.add_plugin(Box::new(StockReceiver::new(rc))).unwrap();
     let r = net.add(rn);
     net.connect(r, s);
     net.run_for(Duration::from_secs(1));

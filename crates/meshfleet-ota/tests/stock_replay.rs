@@ -47,7 +47,7 @@ impl Replay {
         }
         while let Some(e) = self.node.poll_event() {
             if let Event::Plugin { event, .. } = e {
-                if let Some(o) = event.as_any().downcast_ref::<OtaEvent>() {
+                if let Some(o) = event.downcast_ref::<OtaEvent>() {
                     self.events.push(o.clone());
                 }
             }
@@ -111,10 +111,12 @@ fn replay_sender(
         Line::Frame { t, .. } | Line::Note { t, .. } => *t,
     };
     let mut r = Replay::new(id, LinkRole::AccessPoint, at(t0, t0));
-    r.node.add_plugin(Box::new(StockSender::new(
-        offer,
-        StockSenderConfig::default(),
-    )));
+    r.node
+        .add_plugin(Box::new(StockSender::new(
+            offer,
+            StockSenderConfig::default(),
+        )))
+        .unwrap();
     for l in &lines {
         if is_start(l) {
             let (Line::Frame { t, .. } | Line::Note { t, .. }) = l;
@@ -235,7 +237,8 @@ fn replay_receiver(name: &str, link: &str, peer_dir: &str, id: u32) -> Replay {
     r.node
         .add_plugin(Box::new(StockReceiver::new(StockReceiverConfig::new(
             "sensor", "ESP32",
-        ))));
+        ))))
+        .unwrap();
     for l in &lines {
         if let Line::Frame {
             t,

@@ -224,7 +224,8 @@ impl PluginData {
 
     /// The event as the plugin's own type, if it is one.
     pub fn downcast_ref<T: 'static>(&self) -> Option<&T> {
-        self.0.as_any().downcast_ref::<T>()
+        // `*self.0`: the event, not the `Arc` (which is `Any` too).
+        meshfleet_mesh::AnyEvent::any_event(&*self.0).downcast_ref::<T>()
     }
 
     /// The typed event.
@@ -262,10 +263,6 @@ impl<'de> Deserialize<'de> for PluginData {
 pub struct JsonEvent(pub serde_json::Value);
 
 impl PluginEvent for JsonEvent {
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
     fn to_json(&self) -> serde_json::Value {
         self.0.clone()
     }

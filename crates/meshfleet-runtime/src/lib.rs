@@ -161,6 +161,15 @@ pub enum StartError {
         /// The OS's reason.
         source: stdio::Error,
     },
+    /// The node's plugins could not be composed (two claim one package type).
+    #[error("{0}")]
+    Plugin(meshfleet_mesh::AddPluginError),
+}
+
+impl From<meshfleet_mesh::AddPluginError> for StartError {
+    fn from(e: meshfleet_mesh::AddPluginError) -> Self {
+        Self::Plugin(e)
+    }
 }
 
 /// Starts runtimes; see the crate docs.

@@ -4,7 +4,7 @@
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use md5::{Digest as _, Md5};
-use meshfleet_mesh::{Ctx, Duration, Instant, LinkId, NodeId, Plugin};
+use meshfleet_mesh::{Claims, Ctx, Duration, Instant, LinkId, NodeId, Plugin};
 use meshfleet_wire::ota::{Announce, Data, DataRequest};
 use meshfleet_wire::{types, Package, Routing};
 
@@ -347,8 +347,8 @@ impl Plugin for StockReceiver {
         "ota-stock-receiver"
     }
 
-    fn handles(&self, ty: i64) -> bool {
-        ty == types::OTA_ANNOUNCE || ty == types::OTA_DATA
+    fn claims(&self) -> Claims {
+        Claims::none().ty(types::OTA_ANNOUNCE).ty(types::OTA_DATA)
     }
 
     fn handle_package(
@@ -371,13 +371,5 @@ impl Plugin for StockReceiver {
 
     fn handle_timeout(&mut self, ctx: &mut Ctx<'_>) {
         self.run_task(ctx);
-    }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
-        self
     }
 }
