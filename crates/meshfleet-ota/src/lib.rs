@@ -11,7 +11,7 @@
 //!   relay and receiver in one type.
 //!
 //! Receiving ends in [`store`] (a [`SlotStore`]: [`MemStore`] for the simulator,
-//! [`FileStore`] for Linux) and [`boot`] (commit, trial boot, confirm, rollback:
+//! `meshfleet-store-fs`'s file store for Linux, at the edge) and [`boot`] (commit, trial boot, confirm, rollback:
 //! [`BootManager`]).
 //!
 //! Like the node, the plugins never read a clock, open a socket or spawn a task: `now` comes
@@ -74,5 +74,6 @@ pub use stock::{
     StockSenderConfig, StockSenderStats, StockStyle,
 };
 pub use store::{
-    BootRecord, FileStore, ImageInfo, MemStore, SharedPages, Slot, SlotStore, StoreError,
+    BootRecord, Corruption, ImageInfo, IoFault, MemStore, SharedPages, Slot, SlotStore, StoreError,
+    StoreOp,
 };

@@ -45,7 +45,7 @@ use crate::proto::{
     MAX_CAPS_TEXT, MAX_CODECS, MAX_NAK_RANGES, MAX_SCOPE, NAK, OFFER, PROTOCOL_VERSION, REPORT,
     ROLLBACK, ROLLBACK_RESULT, STATUS, TYPE_FIRST, TYPE_LAST,
 };
-use crate::store::{ImageInfo, Slot, SlotStore, StoreError};
+use crate::store::{Corruption, ImageInfo, Slot, SlotStore, StoreError};
 
 /// Bytes of one chunk hash in a hash page.
 const CHUNK_HASH_BYTES: usize = 16;
@@ -1167,9 +1167,9 @@ impl MeshfleetOta {
             scope: c.scope.as_ref().map(|s| s.iter().copied().collect()),
         };
         c.unsaved = 0;
-        let bytes = serde_json::to_vec(&saved).map_err(|e| StoreError::Corrupt {
+        let bytes = serde_json::to_vec(&saved).map_err(|_| StoreError::Corrupt {
             what: "state",
-            detail: e.to_string(),
+            why: Corruption::Undecodable,
         })?;
         self.store.save_state(&bytes)
     }
