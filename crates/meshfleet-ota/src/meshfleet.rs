@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::boot;
 use crate::event::{
-    AbandonReason, NodeOutcome, OtaEvent, Refusal, RollbackOutcome, RollbackRefusal,
+    AbandonReason, NodeOutcome, OtaEvent, Refusal, RollbackOutcome, RollbackRefusal, VerifyFailure,
 };
 use crate::pacing::DelayPacer;
 use crate::proto::{
@@ -455,7 +455,7 @@ pub struct MeshfleetOta {
     stats: MeshfleetStats,
     /// Set when a store operation failed: the node stops receiving (a real device would be
     /// rebooting) until it is rebuilt from its store.
-    failed: Option<String>,
+    failed: Option<StoreError>,
     /// Nodes sent a remote CAPS probe, and when (at most `MAX_PROBED`).
     probed: BTreeMap<u32, Instant>,
     /// Outcomes reported by the nodes of the campaign we are the origin of.
@@ -1027,8 +1027,8 @@ impl MeshfleetOta {
     }
 
     /// Why the node stopped (a store failure), if it did.
-    pub fn failure(&self) -> Option<&str> {
-        self.failed.as_deref()
+    pub fn failure(&self) -> Option<&StoreError> {
+        self.failed.as_ref()
     }
 
     /// Gives the store back (a simulated reboot keeps it).
@@ -1180,9 +1180,11 @@ impl MeshfleetOta {
 
     fn fail(&mut self, ctx: &mut Ctx<'_>, e: &StoreError) {
         let campaign = self.campaign.as_ref().map_or(0, |c| c.id);
-        let reason = format!("store failed: {e}");
-        self.failed = Some(reason.clone());
-        ctx.emit(Box::new(OtaEvent::VerifyFailed { campaign, reason }));
+        self.failed = Some(e.clone());
+        ctx.emit(Box::new(OtaEvent::VerifyFailed {
+            campaign,
+            reason: VerifyFailure::Store(e.clone()),
+        }));
     }
 
     // ------------------------------------------------------------------ sending
@@ -2462,8 +2464,8 @@ impl MeshfleetOta {
             return Ok(());
         };
         let verdict = match c.verifier.take() {
-            Some(v) => v.finish().map_err(|e| e.to_string()),
-            None => Err("the payload does not decode".to_string()),
+            Some(v) => v.finish().map_err(VerifyFailure::Image),
+            None => Err(VerifyFailure::Undecodable),
         };
         let m = c.manifest.clone();
         match verdict {

@@ -11,7 +11,7 @@ use meshfleet_mesh::{Config, Duration, Node, NodeId};
 use meshfleet_ota::store::image_info;
 use meshfleet_ota::{
     BootManager, MemStore, MeshfleetConfig, MeshfleetOta, OtaEvent, Slot, SlotStore, StockOffer,
-    StockReceiver, StockReceiverConfig, StockSender, StockSenderConfig, StockStyle,
+    StockReceiver, StockReceiverConfig, StockSender, StockSenderConfig, StockStyle, VerifyFailure,
 };
 
 const ROLE: &str = "sensor";
@@ -463,7 +463,11 @@ fn rejects_a_truncated_image_at_verification() {
     let (net, store) = offer_to_one(&art, false, "1.0.0");
     assert!(net.ota_events(1).iter().any(|e| matches!(
         e,
-        OtaEvent::VerifyFailed { reason, .. } if reason.contains("decod") || reason.contains("incomplete")
+        OtaEvent::VerifyFailed {
+            reason: VerifyFailure::Undecodable
+                | VerifyFailure::Image(meshfleet_firmware::VerifyError::Decode(_)),
+            ..
+        }
     )));
     assert!(!net
         .ota_events(1)

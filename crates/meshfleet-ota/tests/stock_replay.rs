@@ -9,7 +9,7 @@ use common::{at, firmware_from, json, md5_word_swapped, transcript, ty, Line};
 use meshfleet_mesh::{Config, Event, LinkId, LinkRole, Node, NodeId};
 use meshfleet_ota::{
     md5_hex, OtaEvent, StockOffer, StockReceiver, StockReceiverConfig, StockSender,
-    StockSenderConfig, StockStyle,
+    StockSenderConfig, StockStyle, UpdateFailure,
 };
 use serde_json::Value;
 
@@ -284,9 +284,12 @@ fn receiver_requests_what_the_library_requested_06_and_rejects_the_swapped_md5()
     assert_eq!(r.ota_out(&[11]), expected);
     // Q12: the data is right but the announced MD5 is byte-swapped, so the check fails,
     // as it would on an ESP (the transcript's driver reports md5_ok false too).
-    assert!(r
-        .events
-        .iter()
-        .any(|e| matches!(e, OtaEvent::UpdateFailed { reason, .. } if reason.contains("md5"))));
+    assert!(r.events.iter().any(|e| matches!(
+        e,
+        OtaEvent::UpdateFailed {
+            reason: UpdateFailure::Md5Mismatch { .. },
+            ..
+        }
+    )));
     assert_eq!(r.node.plugin::<StockReceiver>().unwrap().updates(), 0);
 }

@@ -9,7 +9,7 @@ use meshfleet_wire::ota::{Announce, Data, DataRequest};
 use meshfleet_wire::{types, Package, Routing};
 
 use super::hex;
-use crate::event::OtaEvent;
+use crate::event::{OtaEvent, UpdateFailure};
 
 /// Default cap on an image a stock receiver accepts (16 MiB, the largest ESP32 flash).
 /// Stock packages carry no size, so without a cap a sender could make us buffer forever.
@@ -244,16 +244,13 @@ impl StockReceiver {
     }
 
     /// `Update.write` of one base64 part.
-    fn write(&mut self, b64: &str) -> Result<(), String> {
-        let bytes = BASE64
-            .decode(b64)
-            .map_err(|e| format!("part is not valid base64: {e}"))?;
+    fn write(&mut self, b64: &str) -> Result<(), UpdateFailure> {
+        let bytes = BASE64.decode(b64).map_err(|_| UpdateFailure::BadPart)?;
         let total = self.update.written.saturating_add(bytes.len() as u64);
         if total > self.config.max_image_size {
-            return Err(format!(
-                "image exceeds {} bytes",
-                self.config.max_image_size
-            ));
+            return Err(UpdateFailure::TooLarge {
+                limit: self.config.max_image_size,
+            });
         }
         self.update.hasher.update(&bytes);
         self.update.written = total;
@@ -279,7 +276,7 @@ impl StockReceiver {
         } else {
             ctx.emit(Box::new(OtaEvent::UpdateFailed {
                 md5: data.md5.clone(),
-                reason: format!("md5 mismatch: image hashes to {md5}"),
+                reason: UpdateFailure::Md5Mismatch { got: md5 },
             }));
             self.update.md5.clear();
             self.update.part_no = 0;

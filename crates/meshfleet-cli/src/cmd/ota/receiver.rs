@@ -174,7 +174,7 @@ pub(crate) fn state(r: &mut Receiver, dir: &Path) -> ReceiverState {
         stats,
         failure: r
             .meshfleet()
-            .and_then(|m| m.failure().map(str::to_owned))
+            .and_then(|m| m.failure().map(ToString::to_string))
             .or(record_error),
     }
 }
