@@ -305,6 +305,43 @@ impl AbandonReason {
     }
 }
 
+/// What a neighbour lacks to decode a campaign's payload ([`OtaEvent::PeerCannotDecode`]),
+/// from its CAPS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecodeGap {
+    /// It does not list the payload's codec.
+    Codec {
+        /// The payload's codec.
+        needed: String,
+        /// The codecs it lists.
+        listed: Vec<String>,
+    },
+    /// Its decompression window is smaller than the payload needs.
+    Window {
+        /// Bytes the payload needs.
+        needed: u32,
+        /// Bytes it can give.
+        offered: u32,
+    },
+}
+
+impl std::fmt::Display for DecodeGap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Codec { needed, listed } => write!(
+                f,
+                "it does not decode codec {needed} (it lists {})",
+                listed.join(", ")
+            ),
+            Self::Window { needed, offered } => write!(
+                f,
+                "the payload needs a {needed}-byte decompression window, it can give {offered}"
+            ),
+        }
+    }
+}
+
 /// Why a stock update failed ([`OtaEvent::UpdateFailed`]); it restarts from part 0.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -527,8 +564,8 @@ pub enum OtaEvent {
         peer: NodeId,
         /// Campaign id.
         campaign: u32,
-        /// Why, for a human.
-        reason: String,
+        /// What it lacks, with the values.
+        reason: DecodeGap,
     },
     /// A neighbour refused the offer we made it (its STATUS `reject`). Distinct from
     /// [`OtaEvent::OfferRejected`], which is *this* node refusing an offer it received, so a
@@ -680,7 +717,7 @@ impl PluginEvent for OtaEvent {
                 campaign,
                 reason,
             } => json!({"event": "peer_cannot_decode", "peer": peer.0, "campaign": campaign,
-                        "reason": reason}),
+                        "reason": reason.to_string()}),
             Self::PeerRefused {
                 peer,
                 campaign,

@@ -66,7 +66,7 @@ pub mod store;
 
 pub use boot::{BootDecision, BootManager, RevertError, Reverted, DEFAULT_MAX_BOOT_ATTEMPTS};
 pub use event::{
-    AbandonReason, AnnounceReason, NodeOutcome, OtaEvent, Refusal, RollbackOutcome,
+    AbandonReason, AnnounceReason, DecodeGap, NodeOutcome, OtaEvent, Refusal, RollbackOutcome,
     RollbackRefusal, UpdateFailure, VerifyFailure,
 };
 pub use meshfleet::{MeshfleetConfig, MeshfleetOta, MeshfleetStats, OpenError, PeerProgress};

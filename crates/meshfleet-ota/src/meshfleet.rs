@@ -36,7 +36,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::boot;
 use crate::event::{
-    AbandonReason, NodeOutcome, OtaEvent, Refusal, RollbackOutcome, RollbackRefusal, VerifyFailure,
+    AbandonReason, DecodeGap, NodeOutcome, OtaEvent, Refusal, RollbackOutcome, RollbackRefusal,
+    VerifyFailure,
 };
 use crate::pacing::DelayPacer;
 use crate::proto::{
@@ -2769,19 +2770,19 @@ impl MeshfleetOta {
 /// the codec is not among its `codecs`, or (DEFLATE) its `window` is smaller than the
 /// manifest's. The receiver would refuse such an offer itself (`refuse_reason`); the sender
 /// does not make it.
-fn cannot_decode_reason(caps: &Caps, m: &Manifest) -> Option<String> {
+fn cannot_decode_reason(caps: &Caps, m: &Manifest) -> Option<DecodeGap> {
     let codec = m.codec.name();
     if !caps.codecs.iter().any(|c| c == codec) {
-        return Some(format!(
-            "it does not decode codec {codec} (it lists {})",
-            caps.codecs.join(", ")
-        ));
+        return Some(DecodeGap::Codec {
+            needed: codec.to_owned(),
+            listed: caps.codecs.clone(),
+        });
     }
     if m.codec == Codec::Deflate && caps.window < m.window {
-        return Some(format!(
-            "the payload needs a {}-byte decompression window, it can give {}",
-            m.window, caps.window
-        ));
+        return Some(DecodeGap::Window {
+            needed: m.window,
+            offered: caps.window,
+        });
     }
     None
 }

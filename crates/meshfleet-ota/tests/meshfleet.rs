@@ -10,8 +10,9 @@ use meshfleet_firmware::{pack, Artefact, Codec, PackOptions, SigningKey, Version
 use meshfleet_mesh::{Config, Duration, Node, NodeId};
 use meshfleet_ota::store::image_info;
 use meshfleet_ota::{
-    BootManager, MemStore, MeshfleetConfig, MeshfleetOta, OtaEvent, Slot, SlotStore, StockOffer,
-    StockReceiver, StockReceiverConfig, StockSender, StockSenderConfig, StockStyle, VerifyFailure,
+    BootManager, DecodeGap, MemStore, MeshfleetConfig, MeshfleetOta, OtaEvent, Slot, SlotStore,
+    StockOffer, StockReceiver, StockReceiverConfig, StockSender, StockSenderConfig, StockStyle,
+    VerifyFailure,
 };
 
 const ROLE: &str = "sensor";
@@ -883,7 +884,10 @@ fn the_sender_does_not_offer_to_a_neighbour_with_a_smaller_window() {
         cannot,
         vec![(
             NodeId(3),
-            "the payload needs a 32768-byte decompression window, it can give 8192".to_string()
+            DecodeGap::Window {
+                needed: 32768,
+                offered: 8192
+            }
         )],
         "reported once"
     );
@@ -906,7 +910,8 @@ fn the_sender_does_not_offer_to_a_neighbour_with_a_smaller_window() {
     assert!(net.ota_events(0).iter().any(|e| matches!(
         e,
         OtaEvent::PeerCannotDecode { reason, .. }
-            if reason == "it does not decode codec deflate (it lists none)"
+            if reason.to_string() == "it does not decode codec deflate (it lists none)"
+                && *reason == DecodeGap::Codec { needed: "deflate".into(), listed: vec!["none".into()] }
     )));
     assert_eq!(chunk_frames(&net, 0, 1), 0);
 }
@@ -956,8 +961,14 @@ fn a_small_window_artefact_reaches_small_window_receivers_end_to_end() {
     assert_eq!(chunk_frames(&net, 1, 3), 0);
     assert!(net.ota_events(1).iter().any(|e| matches!(
         e,
-        OtaEvent::PeerCannotDecode { peer: NodeId(4), reason, .. }
-            if reason.contains("8192-byte decompression window, it can give 4096")
+        OtaEvent::PeerCannotDecode {
+            peer: NodeId(4),
+            reason: DecodeGap::Window {
+                needed: 8192,
+                offered: 4096
+            },
+            ..
+        }
     )));
     still_old_image(&stores[2], &old);
 }
