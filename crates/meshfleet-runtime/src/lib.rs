@@ -133,7 +133,7 @@ use tokio::task::JoinHandle;
 use tracing::info;
 
 pub use config::{BackoffConfig, RuntimeConfig, DEFAULT_QUEUE_CAP};
-pub use event::{JsonEvent, MessageKind, PluginData, RuntimeEvent};
+pub use event::{DropKind, JsonEvent, LinkEnd, MessageKind, PluginData, RuntimeEvent};
 pub use handle::{MeshHandle, RuntimeStats, SendError, Stopped};
 
 use crate::io::{accept_loop, Connector};
