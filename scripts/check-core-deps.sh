@@ -19,6 +19,21 @@ for c in "${core[@]}"; do
     echo "ok: $c has no runtime/socket dependencies ($(echo "$deps" | wc -l) crates)"
   fi
 done
+# std crates of the core (ota, agent) cannot be checked by a no_std build: no file,
+# socket, thread or clock API may appear in their source. File IO lives at the edge
+# (meshfleet-store-fs, the CLI); time comes in as `now`.
+io_api='std::(fs|io|path|net|thread|time|process)::|Instant::now|SystemTime'
+io_ok=1
+for c in "${core[@]}"; do
+  hits=$(grep -rEn "$io_api" "crates/$c/src" | grep -vE '^[^:]+:[0-9]+:\s*//' || true)
+  if [ -n "$hits" ]; then
+    echo "core crate $c uses an OS API:" >&2
+    echo "$hits" >&2
+    status=1
+    io_ok=0
+  fi
+done
+[ "$io_ok" = 1 ] && echo "ok: no file, socket, thread or clock API in ${core[*]}"
 # no_std crates: they must say so, and build on their own, where cargo does not unify
 # in the `std` features that other workspace members enable on serde/serde_json.
 nostd=(meshfleet-wire meshfleet-mesh)

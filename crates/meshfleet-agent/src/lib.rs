@@ -30,7 +30,9 @@
 //! let config = ReceiverConfig::new("sensor", "ESP8266", BootPolicy::on_restart());
 //! let receiver = OtaReceiver::open(config, flash.clone(), Box::new(flash.clone()))?;
 //! let mut node = Node::new(Config::new(NodeId(2)));
-//! Agent::equip(&mut node, AgentConfig { receiver: Some(receiver), extra: Vec::new() });
+//! let handle = Agent::equip(&mut node, AgentConfig { receiver: Some(receiver), extra: Vec::new() })
+//!     .expect("a fresh node has no conflicting plugins");
+//! assert!(handle.is_some_and(|h| node.plugin_at(h).is_some()));
 //! # Ok::<(), meshfleet_agent::ReceiverError>(())
 //! ```
 
@@ -39,7 +41,7 @@ pub mod report;
 pub mod source;
 pub mod telemetry;
 
-use meshfleet_mesh::{Ctx, LinkId, Node, Plugin};
+use meshfleet_mesh::{AddPluginError, Ctx, LinkId, Node, Plugin, PluginHandle};
 use meshfleet_ota::SlotStore;
 use meshfleet_wire::{types, Package, Routing};
 
@@ -80,15 +82,24 @@ impl<S: SlotStore> std::fmt::Debug for AgentConfig<S> {
 pub struct Agent;
 
 impl Agent {
-    /// Puts the plugin set on `node`; see the crate docs.
-    pub fn equip<S: SlotStore + 'static>(node: &mut Node, config: AgentConfig<S>) {
-        match config.receiver {
-            Some(r) => node.add_plugin(Box::new(r)),
-            None => node.add_plugin(Box::new(QuietOta::default())),
-        }
+    /// Puts the plugin set on `node`; see the crate docs. Returns the receiver's handle
+    /// (when there is a receiver). Fails when an extra plugin claims a package type the
+    /// composition already owns (or `node` already had plugins that do).
+    pub fn equip<S: SlotStore + 'static>(
+        node: &mut Node,
+        config: AgentConfig<S>,
+    ) -> Result<Option<PluginHandle<OtaReceiver<S>>>, AddPluginError> {
+        let receiver = match config.receiver {
+            Some(r) => Some(node.add_plugin(Box::new(r))?),
+            None => {
+                node.add_plugin(Box::new(QuietOta::default()))?;
+                None
+            }
+        };
         for p in config.extra {
-            node.add_plugin(p);
+            node.add_dyn_plugin(p)?;
         }
+        Ok(receiver)
     }
 }
 
@@ -106,27 +117,18 @@ impl Plugin for QuietOta {
         "ota-none"
     }
 
-    fn handles(&self, ty: i64) -> bool {
-        (types::OTA_ANNOUNCE..=types::OTA_DATA).contains(&ty) || MESHFLEET_TYPES.contains(&ty)
+    fn claims(&self) -> meshfleet_mesh::Claims {
+        meshfleet_mesh::Claims::none()
+            .types(types::OTA_ANNOUNCE..=types::OTA_DATA)
+            .types(MESHFLEET_TYPES)
+            .tag(CHUNK_TAG)
     }
 
     fn handle_package(&mut self, _: &mut Ctx<'_>, _: LinkId, _: Routing, _: &Package) {
         self.ignored += 1;
     }
 
-    fn handles_binary(&self, tag: u16) -> bool {
-        tag == CHUNK_TAG
-    }
-
     fn handle_binary(&mut self, _: &mut Ctx<'_>, _: LinkId, _: &[u8]) {
         self.ignored += 1;
-    }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
-        self
     }
 }

@@ -38,7 +38,8 @@
 use std::collections::VecDeque;
 
 use meshfleet_firmware::{Artefact, Intent, VerifyingKey};
-use meshfleet_mesh::{Ctx, Duration, Instant, LinkId, MeshChange, Plugin, PluginEvent};
+use meshfleet_mesh::{Claims, Ctx, Duration, Instant, LinkId, MeshChange, Plugin, PluginEvent};
+use meshfleet_ota::proto;
 use meshfleet_ota::store::image_info;
 use meshfleet_ota::{
     boot, BootDecision, BootManager, ImageInfo, MeshfleetConfig, MeshfleetOta, OpenError, Slot,
@@ -354,7 +355,7 @@ pub enum BootAction {
 }
 
 /// Events of the receiver itself (the inner receivers emit their own
-/// [`meshfleet_ota::OtaEvent`]s). Downcast with `event.as_any().downcast_ref()`.
+/// [`meshfleet_ota::OtaEvent`]s). Downcast with `event.downcast_ref()`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ReceiverEvent {
@@ -379,10 +380,6 @@ pub enum ReceiverEvent {
 }
 
 impl PluginEvent for ReceiverEvent {
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
     fn to_json(&self) -> serde_json::Value {
         match self {
             // Same name as the meshfleet receiver's event: "an image is committed".
@@ -1035,28 +1032,30 @@ impl<S: SlotStore + 'static> Plugin for OtaReceiver<S> {
         PLUGIN_NAME
     }
 
-    fn handles(&self, ty: i64) -> bool {
-        self.meshfleet.as_ref().is_some_and(|m| m.handles(ty))
-            || (self.claim_stock && (types::OTA_ANNOUNCE..=types::OTA_DATA).contains(&ty))
+    fn claims(&self) -> Claims {
+        let mut claims = Claims::none();
+        if let Some(m) = &self.meshfleet {
+            claims = claims.with(m.claims());
+        }
+        if self.claim_stock {
+            claims = claims.types(types::OTA_ANNOUNCE..=types::OTA_DATA);
+        }
+        claims
     }
 
     fn handle_package(&mut self, ctx: &mut Ctx<'_>, link: LinkId, routing: Routing, pkg: &Package) {
-        if let Some(m) = self.meshfleet.as_mut().filter(|m| m.handles(pkg.ty())) {
+        let meshfleet_type = (proto::TYPE_FIRST..=proto::TYPE_LAST).contains(&pkg.ty());
+        if let Some(m) = self.meshfleet.as_mut().filter(|_| meshfleet_type) {
             m.handle_package(ctx, link, routing, pkg);
             self.after_meshfleet(ctx);
-        } else if self.stock.as_ref().is_some_and(|s| s.handles(pkg.ty())) {
+        } else if self.stock.is_some() && matches!(pkg.ty(), types::OTA_ANNOUNCE | types::OTA_DATA)
+        {
             self.stock_package(ctx, link, routing, pkg);
         } else {
             // A stock type we do not take (no stock receiver, or a DataRequest meant for
             // a sender): not an error worth a line per announce.
             self.stats.stock_ignored += 1;
         }
-    }
-
-    fn handles_binary(&self, tag: u16) -> bool {
-        self.meshfleet
-            .as_ref()
-            .is_some_and(|m| m.handles_binary(tag))
     }
 
     fn handle_binary(&mut self, ctx: &mut Ctx<'_>, link: LinkId, payload: &[u8]) {
@@ -1119,14 +1118,6 @@ impl<S: SlotStore + 'static> Plugin for OtaReceiver<S> {
             s.handle_timeout(ctx);
             self.after_stock(ctx, before);
         }
-    }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
-        self
     }
 }
 
@@ -1216,7 +1207,7 @@ mod tests {
         );
         let r = OtaReceiver::open(cfg, s.clone(), Box::new(s.clone())).unwrap();
         let mut node = Node::new(Config::new(NodeId(7)));
-        node.add_plugin(Box::new(r));
+        node.add_plugin(Box::new(r)).unwrap();
         // Armed at the first timeout, due 5 s later; alone in the mesh: skipped.
         node.handle_timeout(Instant::ZERO);
         let at = Instant::ZERO + Duration::from_secs(5);
@@ -1251,7 +1242,7 @@ mod tests {
         let mut r = OtaReceiver::open(cfg, s.clone(), Box::new(s.clone())).unwrap();
         drain(&mut r);
         let mut node = Node::new(Config::new(NodeId(7)));
-        node.add_plugin(Box::new(r));
+        node.add_plugin(Box::new(r)).unwrap();
         let mut net = meshfleet_testkit::Net::new(Duration::from_millis(2));
         net.add(node);
         net.add_id(9);

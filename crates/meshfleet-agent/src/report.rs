@@ -298,8 +298,8 @@ pub enum Note {
     CannotDecode {
         /// The node.
         node: NodeId,
-        /// Why.
-        reason: String,
+        /// What it lacks, with the values.
+        reason: meshfleet_ota::DecodeGap,
         /// The stock flow runs: it serves the node if it accepts stock updates.
         stock_flow: bool,
     },
@@ -1118,7 +1118,10 @@ mod tests {
         let ev = OtaEvent::PeerCannotDecode {
             peer: NodeId(5),
             campaign: 1,
-            reason: "the payload needs a 32768-byte decompression window, it can give 8192".into(),
+            reason: meshfleet_ota::DecodeGap::Window {
+                needed: 32768,
+                offered: 8192,
+            },
         };
         t.on_event(at(1), &ev, &mut ());
         for part in 0..3 {

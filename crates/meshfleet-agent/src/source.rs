@@ -140,11 +140,11 @@ impl Source {
                 Box::new(MemStore::new()),
                 artefact,
                 config.intent.clone(),
-            )));
+            )))?;
         }
         let offering = Self::offering(m, image_len, stock.as_ref(), config);
         if let Some(s) = stock {
-            node.add_plugin(Box::new(s));
+            node.add_plugin(Box::new(s))?;
         }
         Ok(offering)
     }

@@ -117,10 +117,6 @@ pub enum TelemetryEvent {
 }
 
 impl PluginEvent for TelemetryEvent {
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
     fn to_json(&self) -> serde_json::Value {
         match self {
             Self::Query { from, id } => {
@@ -515,8 +511,8 @@ impl Plugin for Telemetry {
         "telemetry"
     }
 
-    fn handles(&self, ty: i64) -> bool {
-        ty == QUERY_TYPE
+    fn claims(&self) -> meshfleet_mesh::Claims {
+        meshfleet_mesh::Claims::none().ty(QUERY_TYPE)
     }
 
     fn handle_package(&mut self, ctx: &mut Ctx<'_>, _: LinkId, _: Routing, pkg: &Package) {
@@ -580,13 +576,5 @@ impl Plugin for Telemetry {
                 self.next_status = Some(now + every.max(Duration::from_millis(100)));
             }
         }
-    }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
-        self
     }
 }

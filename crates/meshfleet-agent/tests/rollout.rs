@@ -101,7 +101,8 @@ fn build_node(id: u32, store: &MemStore) -> Node {
             receiver: Some(r),
             extra: Vec::new(),
         },
-    );
+    )
+    .unwrap();
     n
 }
 
@@ -133,7 +134,7 @@ impl World {
         let mut src = MeshfleetOta::source(c, Box::new(MemStore::new()), new, None);
         // Nobody gets the build until the controller names them.
         assert!(src.set_scope(Some(BTreeSet::new())));
-        gw.add_plugin(Box::new(src));
+        gw.add_plugin(Box::new(src)).unwrap();
         net.add(gw);
         let mut devices = Vec::new();
         let mut infos = Vec::new();
@@ -299,7 +300,7 @@ impl World {
                 .iter()
                 .filter_map(|e| match e {
                     meshfleet_mesh::Event::Plugin { event, .. } => {
-                        event.as_any().downcast_ref::<OtaEvent>().cloned()
+                        event.downcast_ref::<OtaEvent>().cloned()
                     }
                     _ => None,
                 })
@@ -392,7 +393,7 @@ impl World {
         c.running = Some(image_info(&image_of(NEW), NEW));
         let mut src = MeshfleetOta::source(c, Box::new(MemStore::new()), artefact(NEW), None);
         assert!(src.set_scope(Some(BTreeSet::new())));
-        gw.add_plugin(Box::new(src));
+        gw.add_plugin(Box::new(src)).unwrap();
         self.net.replace(0, gw);
         for d in self.devices.iter().filter(|d| d.parent == 0) {
             self.net.connect(d.idx, 0);

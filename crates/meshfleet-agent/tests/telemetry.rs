@@ -26,20 +26,14 @@ impl Plugin for Tap {
     fn name(&self) -> &'static str {
         "tap"
     }
-    fn handles(&self, ty: i64) -> bool {
-        ty == telemetry::TELEMETRY_TYPE
+    fn claims(&self) -> meshfleet_mesh::Claims {
+        meshfleet_mesh::Claims::none().ty(telemetry::TELEMETRY_TYPE)
     }
     fn handle_package(&mut self, _: &mut Ctx<'_>, _: LinkId, _: Routing, pkg: &Package) {
         self.0
             .lock()
             .unwrap()
             .push((pkg.from(), pkg.text().to_owned()));
-    }
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
-        self
     }
 }
 
@@ -64,7 +58,7 @@ impl Bench {
         let mut net = Net::new(Duration::from_millis(5));
         let inbox: Inbox = Arc::default();
         let mut gw = Node::new(Config::new(GW));
-        gw.add_plugin(Box::new(Tap(inbox.clone())));
+        gw.add_plugin(Box::new(Tap(inbox.clone()))).unwrap();
         net.add(gw);
         // The sensor as shipped: an OTA receiver (its running version is reported) and the
         // telemetry plugin.
@@ -79,7 +73,8 @@ impl Bench {
                 receiver: Some(receiver),
                 extra: vec![Box::new(plugin)],
             },
-        );
+        )
+        .unwrap();
         net.add(node);
         net.connect(1, 0);
         Self {

@@ -287,7 +287,7 @@ fn gateway_event(e: &Event) -> Option<RuntimeEvent> {
         } => RuntimeEvent::DroppedConnection {
             node_id: *peer,
             link: *link,
-            reason: reason.label().to_owned(),
+            reason: meshfleet_runtime::LinkEnd::from(reason),
             detail: reason.to_string(),
         },
         Event::NodeListChanged { nodes } => RuntimeEvent::Nodes {
@@ -315,7 +315,7 @@ fn gateway_event(e: &Event) -> Option<RuntimeEvent> {
         },
         Event::FrameDropped { link, reason } => RuntimeEvent::FrameDropped {
             link: *link,
-            reason: reason.label().to_owned(),
+            reason: meshfleet_runtime::DropKind::from(reason),
             detail: reason.to_string(),
         },
         _ => return None,
@@ -349,7 +349,8 @@ impl Driver {
                 });
                 return;
             }
-            let any = event.as_any();
+            // The event, not its `Box` (which is `Any` too).
+            let any = meshfleet_mesh::AnyEvent::any_event(&*event);
             match kind_of(id.0.wrapping_sub(base)) {
                 Kind::Meshfleet => {
                     // The meshfleet engine's commit (`OtaEvent::Applied`: "the driver runs its

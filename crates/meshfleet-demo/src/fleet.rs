@@ -119,8 +119,10 @@ impl Fleet {
         match kind_of(n) {
             Kind::Gateway => {
                 // As `meshfleet_gateway::mesh::join` equips the gateway's own node.
-                node.add_plugin(Box::new(StatusPlugin));
-                meshfleet_gateway::campaign_engine::equip(&mut node);
+                node.add_plugin(Box::new(StatusPlugin))
+                    .expect("a fresh node: the status plugin is the first");
+                meshfleet_gateway::campaign_engine::equip(&mut node)
+                    .expect("status (604, 711) and OTA (10-12, 700-709) types are disjoint");
             }
             Kind::Meshfleet => self.equip_meshfleet(&mut node, n),
             Kind::Stock => self.equip_stock(&mut node, n, &init.store),
@@ -172,12 +174,15 @@ impl Fleet {
                         receiver: Some(receiver),
                         extra: vec![Box::new(telemetry)],
                     },
-                );
+                )
+                .expect("OTA and telemetry claim disjoint types");
             }
             Err(e) => {
                 tracing::warn!(node = n, error = %e, "cannot open the simulated flash");
-                node.add_plugin(Box::new(QuietOta::default()));
-                node.add_plugin(Box::new(telemetry));
+                node.add_plugin(Box::new(QuietOta::default()))
+                    .expect("a fresh node");
+                node.add_plugin(Box::new(telemetry))
+                    .expect("OTA and telemetry claim disjoint types");
             }
         }
     }
@@ -193,7 +198,8 @@ impl Fleet {
         c.current_md5 = Some(md5);
         // The library keeps nothing of a transfer across a reboot.
         c.keep_image = false;
-        node.add_plugin(Box::new(StockReceiver::new(c)));
+        node.add_plugin(Box::new(StockReceiver::new(c)))
+            .expect("a fresh node");
         let mut t = Telemetry::new(self.telemetry_config(None, true));
         t.set_identity(Identity {
             firmware: version,
@@ -201,7 +207,8 @@ impl Fleet {
             hardware: HARDWARE.into(),
         });
         self.baseline_values(&mut t, n);
-        node.add_plugin(Box::new(StockStatus(t)));
+        node.add_plugin(Box::new(StockStatus(t)))
+            .expect("the stock status plugin claims no type");
     }
 
     /// A stock node fetched an image with `md5`: it runs it from its next boot.
@@ -234,8 +241,8 @@ impl Plugin for StockStatus {
         "stock-status"
     }
 
-    fn handles(&self, _ty: i64) -> bool {
-        false
+    fn claims(&self) -> meshfleet_mesh::Claims {
+        meshfleet_mesh::Claims::none()
     }
 
     fn handle_package(&mut self, _: &mut Ctx<'_>, _: LinkId, _: Routing, _: &Package) {}
@@ -250,14 +257,6 @@ impl Plugin for StockStatus {
 
     fn handle_timeout(&mut self, ctx: &mut Ctx<'_>) {
         self.0.handle_timeout(ctx);
-    }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
-        self
     }
 }
 

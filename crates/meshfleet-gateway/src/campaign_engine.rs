@@ -35,7 +35,7 @@ use std::time::Duration;
 use meshfleet_agent::{OfferTracker, Offering, Outcome, Snapshot, Source, SourceConfig};
 use meshfleet_agent::{StopCause, Targets as OfferTargets};
 use meshfleet_firmware::Artefact;
-use meshfleet_mesh::{Ctx, Instant, LinkId, MeshChange, Node, NodeId, Plugin};
+use meshfleet_mesh::{AddPluginError, Ctx, Instant, LinkId, MeshChange, Node, NodeId, Plugin};
 use meshfleet_ota::{
     ImageInfo, MemStore, MeshfleetConfig, MeshfleetOta, NodeOutcome, OtaEvent, Refusal, StockSender,
 };
@@ -254,8 +254,11 @@ impl Plugin for GatewayOta {
         GATEWAY_OTA_PLUGIN
     }
 
-    fn handles(&self, ty: i64) -> bool {
-        MESHFLEET_TYPES.contains(&ty) || (types::OTA_ANNOUNCE..=types::OTA_DATA).contains(&ty)
+    fn claims(&self) -> meshfleet_mesh::Claims {
+        meshfleet_mesh::Claims::none()
+            .types(MESHFLEET_TYPES)
+            .types(types::OTA_ANNOUNCE..=types::OTA_DATA)
+            .tag(CHUNK_TAG)
     }
 
     fn handle_package(&mut self, ctx: &mut Ctx<'_>, link: LinkId, routing: Routing, pkg: &Package) {
@@ -280,10 +283,6 @@ impl Plugin for GatewayOta {
             Some(s) if !self.held => s.handle_package(ctx, link, routing, pkg),
             _ => self.dropped += 1,
         }
-    }
-
-    fn handles_binary(&self, tag: u16) -> bool {
-        tag == CHUNK_TAG
     }
 
     fn handle_binary(&mut self, ctx: &mut Ctx<'_>, link: LinkId, payload: &[u8]) {
@@ -320,21 +319,15 @@ impl Plugin for GatewayOta {
             }
         }
     }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
-        self
-    }
 }
 
 /// Puts the campaign plugin on the gateway's node (before it joins the mesh, so the OTA
 /// capability exchange happens on every link). `mesh::join` does it; a `MeshPort` over
 /// another node (the demo's simulated gateway) should too.
-pub fn equip(node: &mut Node) {
-    node.add_plugin(Box::new(GatewayOta::new()));
+///
+/// Fails when the node already has a plugin for the OTA package types.
+pub fn equip(node: &mut Node) -> Result<(), AddPluginError> {
+    node.add_plugin(Box::new(GatewayOta::new())).map(drop)
 }
 
 /// Runs `f` on the gateway's node (its [`GatewayOta`] added first if it lacks one) and
@@ -348,7 +341,11 @@ pub(crate) async fn on_node<R: Send + 'static>(
         if node.plugin::<GatewayOta>().is_none() {
             // A node built without `equip`: neighbours already linked never exchanged
             // CAPS with it and look like stock nodes until they reconnect.
-            equip(node);
+            if let Err(e) = equip(node) {
+                // Another OTA plugin owns the types: the campaign's start reports that
+                // the node cannot offer.
+                tracing::error!(error = %e, "cannot add the campaign plugin to the gateway's node");
+            }
         }
         let _ = tx.send(f(node, now));
     });
@@ -1001,7 +998,9 @@ mod tests {
         };
         let mut net = meshfleet_testkit::Net::new(meshfleet_mesh::Duration::from_millis(2));
         let mut gw = Node::new(Config::new(NodeId(1)));
-        equip(&mut gw);
+        let Ok(()) = equip(&mut gw) else {
+            panic!("equip")
+        };
         net.add(gw);
         for id in [2, 3] {
             let store = MemStore::with_image(b"old firmware", "1.0.0");
@@ -1011,7 +1010,9 @@ mod tests {
                 panic!("store")
             };
             let mut n = Node::new(Config::new(NodeId(id)));
-            n.add_plugin(Box::new(ota));
+            let Ok(_) = n.add_plugin(Box::new(ota)) else {
+                panic!("add_plugin")
+            };
             let i = net.add(n);
             net.connect(i, 0);
         }

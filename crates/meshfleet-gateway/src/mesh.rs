@@ -125,7 +125,7 @@ pub async fn join(
     runtime: RuntimeConfig,
 ) -> Result<(MeshHandle, JoinHandle<()>), StartError> {
     let mut node = Node::new(node);
-    node.add_plugin(Box::new(StatusPlugin));
-    crate::campaign_engine::equip(&mut node);
+    node.add_plugin(Box::new(StatusPlugin))?;
+    crate::campaign_engine::equip(&mut node)?;
     Runtime::start(node, runtime).await
 }

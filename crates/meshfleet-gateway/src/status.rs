@@ -15,8 +15,6 @@
 //! turns an accepted package into the [`StatusReport`] the API shows whole and the history
 //! stores.
 
-use std::any::Any;
-
 use meshfleet_mesh::{Ctx, LinkId, Plugin, PluginEvent};
 use meshfleet_wire::{NodeId, Package, Routing};
 use serde::{Deserialize, Serialize};
@@ -169,10 +167,6 @@ pub struct StatusFrame {
 }
 
 impl PluginEvent for StatusFrame {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
     fn to_json(&self) -> Value {
         serde_json::json!({ "type": self.ty, "from": self.from.0, "text": self.text })
     }
@@ -189,8 +183,10 @@ impl Plugin for StatusPlugin {
         STATUS_PLUGIN
     }
 
-    fn handles(&self, ty: i64) -> bool {
-        ty == STATUS_TYPE || ty == TELEMETRY_TYPE
+    fn claims(&self) -> meshfleet_mesh::Claims {
+        meshfleet_mesh::Claims::none()
+            .ty(STATUS_TYPE)
+            .ty(TELEMETRY_TYPE)
     }
 
     fn handle_package(
@@ -207,14 +203,6 @@ impl Plugin for StatusPlugin {
                 text: pkg.text().to_owned(),
             }));
         }
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }
 

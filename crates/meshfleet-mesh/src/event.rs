@@ -260,11 +260,33 @@ impl fmt::Display for DropReason {
 ///
 /// `Sync` so that a driver can hand one event to several subscribers without copying it
 /// into another form (the runtime shares it behind an `Arc`).
-pub trait PluginEvent: fmt::Debug + Send + Sync {
-    /// For downcasting to the plugin's own type.
-    fn as_any(&self) -> &dyn Any;
+///
+/// Downcast with `<dyn PluginEvent>::downcast_ref` (implementors write no downcasting
+/// code: [`AnyEvent`] is implemented for every type).
+pub trait PluginEvent: AnyEvent + fmt::Debug + Send + Sync {
     /// A JSON form for `--json` output and logs.
     fn to_json(&self) -> serde_json::Value;
+}
+
+/// Downcasting support for every event type (see [`crate::AnyPlugin`] for why it is a
+/// blanket trait). Use `<dyn PluginEvent>::downcast_ref`.
+#[doc(hidden)]
+pub trait AnyEvent: Any {
+    /// `self` as `Any`.
+    fn any_event(&self) -> &dyn Any;
+}
+
+impl<T: Any> AnyEvent for T {
+    fn any_event(&self) -> &dyn Any {
+        self
+    }
+}
+
+impl dyn PluginEvent {
+    /// The event as the plugin's own event type, if it is one.
+    pub fn downcast_ref<T: PluginEvent>(&self) -> Option<&T> {
+        self.any_event().downcast_ref::<T>()
+    }
 }
 
 /// Whether a received application message was unicast or broadcast.

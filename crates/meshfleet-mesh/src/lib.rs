@@ -13,6 +13,8 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
 
 mod config;
 mod event;
@@ -25,13 +27,15 @@ pub mod timesync;
 
 pub use config::Config;
 pub use event::{
-    CloseReason, Delivery, DropReason, Event, LinkRole, Malformed, PluginEvent, TimeRefusal,
-    TreeRefusal,
+    AnyEvent, CloseReason, Delivery, DropReason, Event, LinkRole, Malformed, PluginEvent,
+    TimeRefusal, TreeRefusal,
 };
 pub use meshfleet_wire as wire;
 pub use meshfleet_wire::{FlatTree, NodeId, NodeTree};
 pub use node::{binary_tag, Node, Transmit, Wake};
-pub use plugin::{Ctx, MeshChange, Plugin, SendError};
+pub use plugin::{
+    AddPluginError, AnyPlugin, Claims, Ctx, MeshChange, Plugin, PluginHandle, SendError,
+};
 pub use rng::Rng;
 pub use stats::Stats;
 pub use time::{Duration, Instant};

@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::event::{
     CloseReason, Delivery, DropReason, Event, LinkRole, Malformed, TimeRefusal, TreeRefusal,
 };
-use crate::plugin::{Ctx, MeshChange, Plugin, SendError};
+use crate::plugin::{AddPluginError, Ctx, MeshChange, Plugin, PluginHandle, SendError};
 use crate::rng::Rng;
 use crate::stats::Stats;
 use crate::time::{Duration, Instant};
@@ -169,6 +169,11 @@ pub(crate) struct Core {
 pub struct Node {
     core: Core,
     plugins: Vec<Box<dyn Plugin>>,
+    /// The package-type registry: each claimed type range and the index of its owner in
+    /// `plugins`. Ranges never overlap (`add_plugin` refuses overlaps).
+    type_owners: Vec<(core::ops::RangeInclusive<i64>, usize)>,
+    /// Binary-frame tags and their owners.
+    tag_owners: Vec<(u16, usize)>,
 }
 
 impl Node {
@@ -192,26 +197,93 @@ impl Node {
                 stats: Stats::default(),
             },
             plugins: Vec::new(),
+            type_owners: Vec::new(),
+            tag_owners: Vec::new(),
         }
     }
 
-    /// Registers a plugin; it receives the package types it claims.
-    pub fn add_plugin(&mut self, plugin: Box<dyn Plugin>) {
-        self.plugins.push(plugin);
+    /// Registers a plugin for the package types and binary tags it claims
+    /// ([`Plugin::claims`]) and returns a typed handle to it. Refuses (and drops) a plugin
+    /// that claims a type or tag another plugin already owns.
+    pub fn add_plugin<P: Plugin>(
+        &mut self,
+        plugin: Box<P>,
+    ) -> Result<PluginHandle<P>, AddPluginError> {
+        self.add_dyn_plugin(plugin).map(PluginHandle::new)
     }
 
-    /// The first plugin of type `T`.
+    /// [`Node::add_plugin`] for a plugin whose type is not known statically. Returns its
+    /// slot index.
+    pub fn add_dyn_plugin(&mut self, plugin: Box<dyn Plugin>) -> Result<usize, AddPluginError> {
+        let claims = plugin.claims();
+        let name = plugin.name();
+        for r in claims.type_ranges() {
+            for (owned, owner) in &self.type_owners {
+                let first = (*r.start()).max(*owned.start());
+                if first <= (*r.end()).min(*owned.end()) {
+                    return Err(AddPluginError::TypeClaimed {
+                        plugin: name,
+                        ty: first,
+                        owner: self.plugins[*owner].name(),
+                    });
+                }
+            }
+        }
+        // A plugin's own claims may repeat a type; only other owners conflict.
+        for &tag in claims.tags() {
+            if let Some((_, owner)) = self.tag_owners.iter().find(|(t, _)| *t == tag) {
+                return Err(AddPluginError::TagClaimed {
+                    plugin: name,
+                    tag,
+                    owner: self.plugins[*owner].name(),
+                });
+            }
+        }
+        let index = self.plugins.len();
+        self.type_owners
+            .extend(claims.type_ranges().iter().map(|r| (r.clone(), index)));
+        self.tag_owners
+            .extend(claims.tags().iter().map(|&t| (t, index)));
+        self.plugins.push(plugin);
+        Ok(index)
+    }
+
+    /// The plugin behind `handle`.
+    pub fn plugin_at<P: Plugin>(&self, handle: PluginHandle<P>) -> Option<&P> {
+        // `**p`: the plugin itself, not the `Box` (which is `Any` too).
+        let p: &dyn Plugin = &**self.plugins.get(handle.index)?;
+        p.any_plugin().downcast_ref::<P>()
+    }
+
+    /// The plugin behind `handle`, mutably.
+    pub fn plugin_at_mut<P: Plugin>(&mut self, handle: PluginHandle<P>) -> Option<&mut P> {
+        let p: &mut dyn Plugin = &mut **self.plugins.get_mut(handle.index)?;
+        p.any_plugin_mut().downcast_mut::<P>()
+    }
+
+    /// [`Node::with_plugin`] for the plugin behind `handle`.
+    pub fn with_plugin_at<P: Plugin, R>(
+        &mut self,
+        handle: PluginHandle<P>,
+        now: Instant,
+        f: impl FnOnce(&mut P, &mut Ctx<'_>) -> R,
+    ) -> Option<R> {
+        self.with_plugin_index(handle.index, now, f)
+    }
+
+    /// The first plugin of type `T` (a search by type; [`Node::plugin_at`] with the
+    /// handle from [`Node::add_plugin`] goes straight to it).
     pub fn plugin<T: Plugin>(&self) -> Option<&T> {
         self.plugins
             .iter()
-            .find_map(|p| p.as_any().downcast_ref::<T>())
+            .find_map(|p| (**p).any_plugin().downcast_ref::<T>())
     }
 
     /// The first plugin of type `T`, mutably.
     pub fn plugin_mut<T: Plugin>(&mut self) -> Option<&mut T> {
         self.plugins
             .iter_mut()
-            .find_map(|p| p.as_any_mut().downcast_mut::<T>())
+            .find_map(|p| (**p).any_plugin_mut().downcast_mut::<T>())
     }
 
     /// Runs `f` on plugin `T` with a context, so the application can make it act (for
@@ -221,9 +293,22 @@ impl Node {
         now: Instant,
         f: impl FnOnce(&mut T, &mut Ctx<'_>) -> R,
     ) -> Option<R> {
-        let plugin = self.plugins.iter_mut().find(|p| p.as_any().is::<T>())?;
+        let index = self
+            .plugins
+            .iter()
+            .position(|p| (**p).any_plugin().is::<T>())?;
+        self.with_plugin_index(index, now, f)
+    }
+
+    fn with_plugin_index<T: Plugin, R>(
+        &mut self,
+        index: usize,
+        now: Instant,
+        f: impl FnOnce(&mut T, &mut Ctx<'_>) -> R,
+    ) -> Option<R> {
+        let plugin = self.plugins.get_mut(index)?;
         let name = plugin.name();
-        let typed = plugin.as_any_mut().downcast_mut::<T>()?;
+        let typed = (**plugin).any_plugin_mut().downcast_mut::<T>()?;
         let mut ctx = Ctx {
             now,
             core: &mut self.core,
@@ -538,7 +623,8 @@ impl Node {
         }
         while let Some((link, payload)) = self.core.binary_inbox.pop_front() {
             let tag = binary_tag(&payload);
-            match self.plugins.iter_mut().find(|p| p.handles_binary(tag)) {
+            let owner = self.tag_owners.iter().find(|(t, _)| *t == tag);
+            match owner.and_then(|&(_, i)| self.plugins.get_mut(i)) {
                 Some(p) => {
                     let name = p.name();
                     let mut ctx = Ctx {
@@ -558,20 +644,17 @@ impl Node {
             }
         }
         while let Some((link, routing, pkg)) = self.core.inbox.pop_front() {
-            let mut handled = false;
-            for p in &mut self.plugins {
-                if p.handles(pkg.ty()) {
-                    let name = p.name();
-                    let mut ctx = Ctx {
-                        now,
-                        core: &mut self.core,
-                        plugin: name,
-                    };
-                    p.handle_package(&mut ctx, link, routing, &pkg);
-                    handled = true;
-                }
-            }
-            if !handled {
+            let ty = pkg.ty();
+            let owner = self.type_owners.iter().find(|(r, _)| r.contains(&ty));
+            if let Some(p) = owner.and_then(|&(_, i)| self.plugins.get_mut(i)) {
+                let name = p.name();
+                let mut ctx = Ctx {
+                    now,
+                    core: &mut self.core,
+                    plugin: name,
+                };
+                p.handle_package(&mut ctx, link, routing, &pkg);
+            } else {
                 self.core.stats.unhandled_packages += 1;
                 // Unknown types are silently ignored by the library; we count them and tell.
                 self.core.events.push_back(Event::FrameDropped {

@@ -5,10 +5,20 @@
 //! plugin, with a [`Ctx`] through which it sends, reads the mesh layout and reports events.
 //! Plugins are sans-IO too: they get `now` in the context and say when they next need
 //! [`Plugin::handle_timeout`] through [`Plugin::poll_timeout`].
+//!
+//! The node keeps a registry of package types: a plugin states its [`Claims`] (package
+//! types, binary tags) once, when it is added, and [`crate::Node::add_plugin`] refuses a
+//! plugin whose claims overlap another's ([`AddPluginError`]), so every package has at
+//! most one owner and dispatch is a table lookup rather than a question to every plugin.
+//! `add_plugin` returns a typed [`PluginHandle`] through which the application reaches
+//! its plugin again, without downcasting boilerplate in the plugin.
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::any::Any;
+use core::fmt;
+use core::marker::PhantomData;
+use core::ops::RangeInclusive;
 
 use meshfleet_wire::{FlatTree, NodeId, NodeTree, Package, Routing};
 
@@ -199,22 +209,194 @@ impl Ctx<'_> {
     }
 }
 
+/// The package types and binary-frame tags a plugin owns. Built once per plugin:
+/// `Claims::none().types(700..=709).tag(707)`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Claims {
+    types: Vec<RangeInclusive<i64>>,
+    tags: Vec<u16>,
+}
+
+impl Claims {
+    /// Claims nothing (a plugin that only watches the mesh or sends).
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Adds the package types in `range`.
+    #[must_use]
+    pub fn types(mut self, range: RangeInclusive<i64>) -> Self {
+        if !range.is_empty() {
+            self.types.push(range);
+        }
+        self
+    }
+
+    /// Adds one package type.
+    #[must_use]
+    pub fn ty(self, ty: i64) -> Self {
+        self.types(ty..=ty)
+    }
+
+    /// Adds one binary-frame tag (the first two payload bytes, u16 LE).
+    #[must_use]
+    pub fn tag(mut self, tag: u16) -> Self {
+        self.tags.push(tag);
+        self
+    }
+
+    /// Adds everything `other` claims (for a plugin composed of others).
+    #[must_use]
+    pub fn with(mut self, other: Self) -> Self {
+        self.types.extend(other.types);
+        self.tags.extend(other.tags);
+        self
+    }
+
+    /// Whether package type `ty` is claimed.
+    pub fn has_type(&self, ty: i64) -> bool {
+        self.types.iter().any(|r| r.contains(&ty))
+    }
+
+    /// Whether binary tag `tag` is claimed.
+    pub fn has_tag(&self, tag: u16) -> bool {
+        self.tags.contains(&tag)
+    }
+
+    /// The claimed type ranges.
+    pub fn type_ranges(&self) -> &[RangeInclusive<i64>] {
+        &self.types
+    }
+
+    /// The claimed binary tags.
+    pub fn tags(&self) -> &[u16] {
+        &self.tags
+    }
+}
+
+/// Why [`crate::Node::add_plugin`] refused a plugin: one of its claims is already owned.
+/// Two owners of one package type would each act on it (two OTA engines answering one
+/// offer), so the node refuses the second rather than guess.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AddPluginError {
+    /// Package type `ty` is already claimed by plugin `owner`.
+    TypeClaimed {
+        /// The refused plugin.
+        plugin: &'static str,
+        /// The first type both claim.
+        ty: i64,
+        /// The plugin that owns it.
+        owner: &'static str,
+    },
+    /// Binary tag `tag` is already claimed by plugin `owner`.
+    TagClaimed {
+        /// The refused plugin.
+        plugin: &'static str,
+        /// The tag both claim.
+        tag: u16,
+        /// The plugin that owns it.
+        owner: &'static str,
+    },
+}
+
+impl fmt::Display for AddPluginError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TypeClaimed { plugin, ty, owner } => write!(
+                f,
+                "plugin {plugin} claims package type {ty}, which plugin {owner} already handles"
+            ),
+            Self::TagClaimed { plugin, tag, owner } => write!(
+                f,
+                "plugin {plugin} claims binary tag {tag}, which plugin {owner} already handles"
+            ),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for AddPluginError {}
+
+#[cfg(feature = "std")]
+impl std::error::Error for SendError {}
+
+/// A typed handle to a plugin added with [`crate::Node::add_plugin`]: reach it again with
+/// [`crate::Node::plugin_at`], [`crate::Node::plugin_at_mut`] or
+/// [`crate::Node::with_plugin_at`]. Valid for the node that returned it (plugins are never
+/// removed); on another node the lookup returns `None` unless the same slot holds a `P`.
+pub struct PluginHandle<P> {
+    pub(crate) index: usize,
+    _plugin: PhantomData<fn() -> P>,
+}
+
+impl<P> PluginHandle<P> {
+    pub(crate) fn new(index: usize) -> Self {
+        Self {
+            index,
+            _plugin: PhantomData,
+        }
+    }
+}
+
+impl<P> Clone for PluginHandle<P> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<P> Copy for PluginHandle<P> {}
+
+impl<P> fmt::Debug for PluginHandle<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PluginHandle({})", self.index)
+    }
+}
+
+impl<P> PartialEq for PluginHandle<P> {
+    fn eq(&self, other: &Self) -> bool {
+        self.index == other.index
+    }
+}
+
+impl<P> Eq for PluginHandle<P> {}
+
+/// Downcasting support for every plugin, implemented for all types: plugin authors write
+/// no `as_any` boilerplate. (Trait upcasting would do without it but needs Rust 1.86; the
+/// workspace's MSRV is 1.80.) Use [`crate::Node::plugin_at`] or [`crate::Node::plugin`];
+/// these methods are for the node.
+#[doc(hidden)]
+pub trait AnyPlugin: Any {
+    /// `self` as `Any`.
+    fn any_plugin(&self) -> &dyn Any;
+    /// `self` as `Any`, mutably.
+    fn any_plugin_mut(&mut self) -> &mut dyn Any;
+}
+
+impl<T: Any> AnyPlugin for T {
+    fn any_plugin(&self) -> &dyn Any {
+        self
+    }
+
+    fn any_plugin_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
 /// A handler for one or more package types. See the module docs.
-pub trait Plugin: Any + Send {
+///
+/// Implementors write no downcasting code: [`AnyPlugin`] is implemented for every type.
+pub trait Plugin: AnyPlugin + Send {
     /// A short name for logs and events.
     fn name(&self) -> &'static str;
 
-    /// Whether this plugin handles package type `ty`.
-    fn handles(&self, ty: i64) -> bool;
+    /// The package types and binary tags this plugin handles. Read once, by
+    /// [`crate::Node::add_plugin`]; the node hands the plugin exactly these.
+    fn claims(&self) -> Claims;
 
     /// A package of a claimed type reached us. `link` is where it arrived from;
     /// `routing` tells whether it was broadcast (the node has already flooded it on).
     fn handle_package(&mut self, ctx: &mut Ctx<'_>, link: LinkId, routing: Routing, pkg: &Package);
-
-    /// Whether this plugin handles binary frames tagged `tag` (first two payload bytes).
-    fn handles_binary(&self, _tag: u16) -> bool {
-        false
-    }
 
     /// A binary frame with a claimed tag arrived on `link` (tag included in `payload`).
     fn handle_binary(&mut self, _ctx: &mut Ctx<'_>, _link: LinkId, _payload: &[u8]) {}
@@ -229,10 +411,4 @@ pub trait Plugin: Any + Send {
 
     /// Called when `now` reaches [`Plugin::poll_timeout`].
     fn handle_timeout(&mut self, _ctx: &mut Ctx<'_>) {}
-
-    /// For downcasting (`Node::plugin::<T>()`).
-    fn as_any(&self) -> &dyn Any;
-
-    /// For downcasting (`Node::plugin_mut::<T>()`).
-    fn as_any_mut(&mut self) -> &mut dyn Any;
 }

@@ -17,7 +17,7 @@
 
 use sha2::{Digest as _, Sha256};
 
-use crate::store::{BootRecord, ImageInfo, Slot, SlotStore, StoreError};
+use crate::store::{BootRecord, Corruption, ImageInfo, Slot, SlotStore, StoreError};
 
 /// Default boot attempts of a pending image before it is rolled back.
 pub const DEFAULT_MAX_BOOT_ATTEMPTS: u32 = 3;
@@ -42,7 +42,7 @@ pub fn commit(store: &mut dyn SlotStore, slot: Slot, info: ImageInfo) -> Result<
     if slot == rec.active {
         return Err(StoreError::Corrupt {
             what: "commit",
-            detail: "refusing to commit into the active slot".into(),
+            why: Corruption::ActiveSlot,
         });
     }
     rec.set_image(slot, Some(info));

@@ -1,9 +1,9 @@
 //! What the OTA plugins tell the application (through [`meshfleet_mesh::Event::Plugin`]).
 
-use std::any::Any;
-
 use meshfleet_mesh::{Duration, NodeId, PluginEvent};
 use serde_json::json;
+
+use crate::store::StoreError;
 
 /// Why an announce was sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -305,7 +305,94 @@ impl AbandonReason {
     }
 }
 
-/// One OTA happening. Downcast a [`PluginEvent`] with `event.as_any().downcast_ref::<OtaEvent>()`.
+/// What a neighbour lacks to decode a campaign's payload ([`OtaEvent::PeerCannotDecode`]),
+/// from its CAPS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecodeGap {
+    /// It does not list the payload's codec.
+    Codec {
+        /// The payload's codec.
+        needed: String,
+        /// The codecs it lists.
+        listed: Vec<String>,
+    },
+    /// Its decompression window is smaller than the payload needs.
+    Window {
+        /// Bytes the payload needs.
+        needed: u32,
+        /// Bytes it can give.
+        offered: u32,
+    },
+}
+
+impl std::fmt::Display for DecodeGap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Codec { needed, listed } => write!(
+                f,
+                "it does not decode codec {needed} (it lists {})",
+                listed.join(", ")
+            ),
+            Self::Window { needed, offered } => write!(
+                f,
+                "the payload needs a {needed}-byte decompression window, it can give {offered}"
+            ),
+        }
+    }
+}
+
+/// Why a stock update failed ([`OtaEvent::UpdateFailed`]); it restarts from part 0.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UpdateFailure {
+    /// A part was not valid base64.
+    BadPart,
+    /// The image grew past the configured maximum.
+    TooLarge {
+        /// The maximum, bytes.
+        limit: u64,
+    },
+    /// The received image's MD5 differs from the announced one.
+    Md5Mismatch {
+        /// The MD5 the received bytes hash to.
+        got: String,
+    },
+}
+
+impl std::fmt::Display for UpdateFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::BadPart => f.write_str("part is not valid base64"),
+            Self::TooLarge { limit } => write!(f, "image exceeds {limit} bytes"),
+            Self::Md5Mismatch { got } => write!(f, "md5 mismatch: image hashes to {got}"),
+        }
+    }
+}
+
+/// Why a meshfleet campaign's complete image was not applied ([`OtaEvent::VerifyFailed`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum VerifyFailure {
+    /// The image failed verification (hashes, size, signature, missing chunks).
+    Image(meshfleet_firmware::VerifyError),
+    /// The payload does not decode (a corrupt stream under a valid chunk list).
+    Undecodable,
+    /// The store failed; the node stops taking part until restarted.
+    Store(StoreError),
+}
+
+impl std::fmt::Display for VerifyFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Image(e) => std::fmt::Display::fmt(e, f),
+            Self::Undecodable => f.write_str("the payload does not decode"),
+            Self::Store(e) => write!(f, "store failed: {e}"),
+        }
+    }
+}
+
+/// One OTA happening. Downcast a [`PluginEvent`] with `event.downcast_ref::<OtaEvent>()`.
 ///
 /// Every variant has a stable JSON form (`{"event": "<snake_case name>", ...}`) for `--json`
 /// output.
@@ -394,7 +481,7 @@ pub enum OtaEvent {
         /// MD5 announced.
         md5: String,
         /// Why.
-        reason: String,
+        reason: UpdateFailure,
     },
 
     // ---- meshfleet protocol ----
@@ -466,7 +553,7 @@ pub enum OtaEvent {
         /// Campaign id.
         campaign: u32,
         /// Why.
-        reason: String,
+        reason: VerifyFailure,
     },
     /// A neighbour's CAPS show it cannot decode the campaign's payload (codec not listed, or
     /// a smaller `window` than the manifest needs), so it is not offered the campaign. Once
@@ -477,8 +564,8 @@ pub enum OtaEvent {
         peer: NodeId,
         /// Campaign id.
         campaign: u32,
-        /// Why, for a human.
-        reason: String,
+        /// What it lacks, with the values.
+        reason: DecodeGap,
     },
     /// A neighbour refused the offer we made it (its STATUS `reject`). Distinct from
     /// [`OtaEvent::OfferRejected`], which is *this* node refusing an offer it received, so a
@@ -552,10 +639,6 @@ pub enum OtaEvent {
 }
 
 impl PluginEvent for OtaEvent {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
     fn to_json(&self) -> serde_json::Value {
         match self {
             Self::AnnounceSent { reason, remaining } => {
@@ -590,7 +673,7 @@ impl PluginEvent for OtaEvent {
             Self::GaveUp { md5, part } => json!({"event": "gave_up", "md5": md5, "part": part}),
             Self::Updated { md5, size } => json!({"event": "updated", "md5": md5, "size": size}),
             Self::UpdateFailed { md5, reason } => {
-                json!({"event": "update_failed", "md5": md5, "reason": reason})
+                json!({"event": "update_failed", "md5": md5, "reason": reason.to_string()})
             }
             Self::CapsReceived { peer, binary } => {
                 json!({"event": "caps_received", "peer": peer.0, "bin": binary})
@@ -626,14 +709,15 @@ impl PluginEvent for OtaEvent {
                 json!({"event": "applied", "campaign": campaign, "version": version})
             }
             Self::VerifyFailed { campaign, reason } => {
-                json!({"event": "verify_failed", "campaign": campaign, "reason": reason})
+                json!({"event": "verify_failed", "campaign": campaign,
+                       "reason": reason.to_string()})
             }
             Self::PeerCannotDecode {
                 peer,
                 campaign,
                 reason,
             } => json!({"event": "peer_cannot_decode", "peer": peer.0, "campaign": campaign,
-                        "reason": reason}),
+                        "reason": reason.to_string()}),
             Self::PeerRefused {
                 peer,
                 campaign,

@@ -11,7 +11,7 @@
 //!   relay and receiver in one type.
 //!
 //! Receiving ends in [`store`] (a [`SlotStore`]: [`MemStore`] for the simulator,
-//! [`FileStore`] for Linux) and [`boot`] (commit, trial boot, confirm, rollback:
+//! `meshfleet-store-fs`'s file store for Linux, at the edge) and [`boot`] (commit, trial boot, confirm, rollback:
 //! [`BootManager`]).
 //!
 //! Like the node, the plugins never read a clock, open a socket or spawn a task: `now` comes
@@ -27,8 +27,9 @@
 //! let image = vec![0xe9; 2500];
 //! let offer = StockOffer::new(image, "sensor", "ESP32", StockStyle::ALTERIOM)?;
 //! let mut node = Node::new(Config::new(NodeId(1)));
-//! node.add_plugin(Box::new(StockSender::new(offer, StockSenderConfig::default())));
-//! node.with_plugin::<StockSender, _>(Instant::ZERO, |s, ctx| s.start(ctx));
+//! // The handle reaches the plugin again; a second plugin for types 10-12 is refused.
+//! let sender = node.add_plugin(Box::new(StockSender::new(offer, StockSenderConfig::default())))?;
+//! node.with_plugin_at(sender, Instant::ZERO, |s, ctx| s.start(ctx));
 //! # Ok::<(), meshfleet_ota::OfferError>(())
 //! ```
 //!
@@ -46,7 +47,7 @@
 //! config.running = boot.image.clone();
 //! config.on_trial = boot.trial;
 //! let mut node = Node::new(Config::new(NodeId(2)));
-//! node.add_plugin(Box::new(MeshfleetOta::new(config, Box::new(flash.clone()))?));
+//! node.add_plugin(Box::new(MeshfleetOta::new(config, Box::new(flash.clone()))?))?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
@@ -65,7 +66,8 @@ pub mod store;
 
 pub use boot::{BootDecision, BootManager, RevertError, Reverted, DEFAULT_MAX_BOOT_ATTEMPTS};
 pub use event::{
-    AbandonReason, AnnounceReason, NodeOutcome, OtaEvent, Refusal, RollbackOutcome, RollbackRefusal,
+    AbandonReason, AnnounceReason, DecodeGap, NodeOutcome, OtaEvent, Refusal, RollbackOutcome,
+    RollbackRefusal, UpdateFailure, VerifyFailure,
 };
 pub use meshfleet::{MeshfleetConfig, MeshfleetOta, MeshfleetStats, OpenError, PeerProgress};
 pub use stock::{
@@ -73,5 +75,6 @@ pub use stock::{
     StockSenderConfig, StockSenderStats, StockStyle,
 };
 pub use store::{
-    BootRecord, FileStore, ImageInfo, MemStore, SharedPages, Slot, SlotStore, StoreError,
+    BootRecord, Corruption, ImageInfo, IoFault, MemStore, SharedPages, Slot, SlotStore, StoreError,
+    StoreOp,
 };

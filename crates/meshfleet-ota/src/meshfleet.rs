@@ -30,13 +30,14 @@ use meshfleet_firmware::{
     Artefact, ChunkHash, Codec, Intent, IntentError, Manifest, StreamVerifier, VerifyingKey,
     Version,
 };
-use meshfleet_mesh::{Ctx, Duration, Instant, LinkId, MeshChange, NodeId, Plugin};
+use meshfleet_mesh::{Claims, Ctx, Duration, Instant, LinkId, MeshChange, NodeId, Plugin};
 use meshfleet_wire::{Package, Routing};
 use serde::{Deserialize, Serialize};
 
 use crate::boot;
 use crate::event::{
-    AbandonReason, NodeOutcome, OtaEvent, Refusal, RollbackOutcome, RollbackRefusal,
+    AbandonReason, DecodeGap, NodeOutcome, OtaEvent, Refusal, RollbackOutcome, RollbackRefusal,
+    VerifyFailure,
 };
 use crate::pacing::DelayPacer;
 use crate::proto::{
@@ -45,7 +46,7 @@ use crate::proto::{
     MAX_CAPS_TEXT, MAX_CODECS, MAX_NAK_RANGES, MAX_SCOPE, NAK, OFFER, PROTOCOL_VERSION, REPORT,
     ROLLBACK, ROLLBACK_RESULT, STATUS, TYPE_FIRST, TYPE_LAST,
 };
-use crate::store::{ImageInfo, Slot, SlotStore, StoreError};
+use crate::store::{Corruption, ImageInfo, Slot, SlotStore, StoreError};
 
 /// Bytes of one chunk hash in a hash page.
 const CHUNK_HASH_BYTES: usize = 16;
@@ -455,7 +456,7 @@ pub struct MeshfleetOta {
     stats: MeshfleetStats,
     /// Set when a store operation failed: the node stops receiving (a real device would be
     /// rebooting) until it is rebuilt from its store.
-    failed: Option<String>,
+    failed: Option<StoreError>,
     /// Nodes sent a remote CAPS probe, and when (at most `MAX_PROBED`).
     probed: BTreeMap<u32, Instant>,
     /// Outcomes reported by the nodes of the campaign we are the origin of.
@@ -1027,8 +1028,8 @@ impl MeshfleetOta {
     }
 
     /// Why the node stopped (a store failure), if it did.
-    pub fn failure(&self) -> Option<&str> {
-        self.failed.as_deref()
+    pub fn failure(&self) -> Option<&StoreError> {
+        self.failed.as_ref()
     }
 
     /// Gives the store back (a simulated reboot keeps it).
@@ -1167,9 +1168,9 @@ impl MeshfleetOta {
             scope: c.scope.as_ref().map(|s| s.iter().copied().collect()),
         };
         c.unsaved = 0;
-        let bytes = serde_json::to_vec(&saved).map_err(|e| StoreError::Corrupt {
+        let bytes = serde_json::to_vec(&saved).map_err(|_| StoreError::Corrupt {
             what: "state",
-            detail: e.to_string(),
+            why: Corruption::Undecodable,
         })?;
         self.store.save_state(&bytes)
     }
@@ -1180,9 +1181,11 @@ impl MeshfleetOta {
 
     fn fail(&mut self, ctx: &mut Ctx<'_>, e: &StoreError) {
         let campaign = self.campaign.as_ref().map_or(0, |c| c.id);
-        let reason = format!("store failed: {e}");
-        self.failed = Some(reason.clone());
-        ctx.emit(Box::new(OtaEvent::VerifyFailed { campaign, reason }));
+        self.failed = Some(e.clone());
+        ctx.emit(Box::new(OtaEvent::VerifyFailed {
+            campaign,
+            reason: VerifyFailure::Store(e.clone()),
+        }));
     }
 
     // ------------------------------------------------------------------ sending
@@ -2462,8 +2465,8 @@ impl MeshfleetOta {
             return Ok(());
         };
         let verdict = match c.verifier.take() {
-            Some(v) => v.finish().map_err(|e| e.to_string()),
-            None => Err("the payload does not decode".to_string()),
+            Some(v) => v.finish().map_err(VerifyFailure::Image),
+            None => Err(VerifyFailure::Undecodable),
         };
         let m = c.manifest.clone();
         match verdict {
@@ -2767,19 +2770,19 @@ impl MeshfleetOta {
 /// the codec is not among its `codecs`, or (DEFLATE) its `window` is smaller than the
 /// manifest's. The receiver would refuse such an offer itself (`refuse_reason`); the sender
 /// does not make it.
-fn cannot_decode_reason(caps: &Caps, m: &Manifest) -> Option<String> {
+fn cannot_decode_reason(caps: &Caps, m: &Manifest) -> Option<DecodeGap> {
     let codec = m.codec.name();
     if !caps.codecs.iter().any(|c| c == codec) {
-        return Some(format!(
-            "it does not decode codec {codec} (it lists {})",
-            caps.codecs.join(", ")
-        ));
+        return Some(DecodeGap::Codec {
+            needed: codec.to_owned(),
+            listed: caps.codecs.clone(),
+        });
     }
     if m.codec == Codec::Deflate && caps.window < m.window {
-        return Some(format!(
-            "the payload needs a {}-byte decompression window, it can give {}",
-            m.window, caps.window
-        ));
+        return Some(DecodeGap::Window {
+            needed: m.window,
+            offered: caps.window,
+        });
     }
     None
 }
@@ -2789,12 +2792,11 @@ impl Plugin for MeshfleetOta {
         "ota-meshfleet"
     }
 
-    fn handles(&self, ty: i64) -> bool {
-        (TYPE_FIRST..=TYPE_LAST).contains(&ty)
-    }
-
-    fn handles_binary(&self, tag: u16) -> bool {
-        i64::from(tag) == CHUNK
+    fn claims(&self) -> Claims {
+        // The binary chunk frame is tagged with the JSON chunk's type (703).
+        Claims::none()
+            .types(TYPE_FIRST..=TYPE_LAST)
+            .tag(CHUNK as u16)
     }
 
     fn handle_package(&mut self, ctx: &mut Ctx<'_>, link: LinkId, routing: Routing, pkg: &Package) {
@@ -2997,13 +2999,5 @@ impl Plugin for MeshfleetOta {
         }
         self.retry_offers(ctx);
         self.pump(ctx);
-    }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
-        self
     }
 }

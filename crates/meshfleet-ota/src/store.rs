@@ -6,14 +6,13 @@
 //! boot record says which slot boots. Every change of the boot record is one atomic write,
 //! so a power cut at any moment leaves either the old record or the new one.
 //!
-//! Two implementations: [`MemStore`] for the simulator (clones share one store, so a
-//! simulated reboot that keeps the handle keeps the data) and [`FileStore`] for Linux (a
+//! [`MemStore`] is the simulator's store (clones share one store, so a simulated reboot
+//! that keeps the handle keeps the data). Stores that touch an operating system live at the
+//! edge, outside this sans-IO crate: `meshfleet-store-fs` has the Linux file store (a
 //! directory; small records written with write-temp + fsync + rename + fsync of the
-//! directory).
+//! directory) and the worker that keeps its fsyncs off the node's owner task. They report
+//! OS failures as the typed [`StoreError::Io`].
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
@@ -128,27 +127,24 @@ impl BootRecord {
 }
 
 /// Why a store operation failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// The file system refused.
-    #[error("{op} {path}: {source}")]
+    /// The storage medium refused an operation.
+    #[error("storage {op} failed: {fault}")]
     Io {
         /// What was being done.
-        op: &'static str,
-        /// On which file.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
+        op: StoreOp,
+        /// Why it failed.
+        fault: IoFault,
     },
     /// A record could not be read back.
-    #[error("corrupt {what}: {detail}")]
+    #[error("corrupt {what}: {why}")]
     Corrupt {
         /// Which record.
         what: &'static str,
-        /// Why.
-        detail: String,
+        /// What is wrong with it.
+        why: Corruption,
     },
     /// A read or write outside the prepared area.
     #[error("{what} access out of range (offset {offset}, len {len})")]
@@ -160,9 +156,111 @@ pub enum StoreError {
         /// Length.
         len: usize,
     },
-    /// Injected by a test (a simulated power cut).
-    #[error("simulated crash")]
-    Crash,
+}
+
+/// A storage operation, for [`StoreError::Io`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreOp {
+    /// Opening a file or area.
+    Open,
+    /// Creating one.
+    Create,
+    /// Reading.
+    Read,
+    /// Writing.
+    Write,
+    /// Making writes durable (fsync).
+    Sync,
+    /// Replacing a record (rename).
+    Rename,
+    /// Deleting a record.
+    Remove,
+    /// Reading a size.
+    Stat,
+    /// Emptying or resizing an area.
+    Truncate,
+    /// Positioning within an area.
+    Seek,
+}
+
+impl core::fmt::Display for StoreOp {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Self::Open => "open",
+            Self::Create => "create",
+            Self::Read => "read",
+            Self::Write => "write",
+            Self::Sync => "sync",
+            Self::Rename => "rename",
+            Self::Remove => "remove",
+            Self::Stat => "stat",
+            Self::Truncate => "truncate",
+            Self::Seek => "seek",
+        })
+    }
+}
+
+/// Why a storage operation failed (the edge maps its OS errors to these).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IoFault {
+    /// A file or area that must exist does not.
+    NotFound,
+    /// Not allowed.
+    PermissionDenied,
+    /// No space left.
+    StorageFull,
+    /// The medium is read-only.
+    ReadOnly,
+    /// Fewer bytes than expected.
+    Truncated,
+    /// Interrupted (a power cut, a signal).
+    Interrupted,
+    /// The thread that performs the store's operations is gone.
+    WorkerStopped,
+    /// Anything else the medium reported.
+    Other,
+}
+
+impl core::fmt::Display for IoFault {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Self::NotFound => "not found",
+            Self::PermissionDenied => "permission denied",
+            Self::StorageFull => "no space left",
+            Self::ReadOnly => "read-only storage",
+            Self::Truncated => "shorter than expected",
+            Self::Interrupted => "interrupted",
+            Self::WorkerStopped => "the store's worker has stopped",
+            Self::Other => "I/O error",
+        })
+    }
+}
+
+/// What is wrong with a record ([`StoreError::Corrupt`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Corruption {
+    /// Larger than a record may be.
+    TooLarge {
+        /// The limit, bytes.
+        limit: usize,
+    },
+    /// Not a record of the expected form.
+    Undecodable,
+    /// A commit into the slot that runs (the caller's mistake, refused).
+    ActiveSlot,
+}
+
+impl core::fmt::Display for Corruption {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::TooLarge { limit } => write!(f, "larger than {limit} bytes"),
+            Self::Undecodable => f.write_str("cannot be decoded"),
+            Self::ActiveSlot => f.write_str("refusing to commit into the active slot"),
+        }
+    }
 }
 
 /// Persistent storage of an OTA receiver. See the module docs.
@@ -479,7 +577,7 @@ fn range(
 }
 
 /// Largest slot or staging area (the manifest crate's payload limit).
-const MAX_AREA: u64 = meshfleet_firmware::MAX_PAYLOAD_SIZE;
+pub const MAX_AREA: u64 = meshfleet_firmware::MAX_PAYLOAD_SIZE;
 
 impl SlotStore for MemStore {
     fn load_state(&mut self) -> Result<Option<Vec<u8>>, StoreError> {
@@ -561,284 +659,6 @@ impl SlotStore for MemStore {
     }
 }
 
-// ------------------------------------------------------------------------------ files
-
-/// A [`SlotStore`] in a directory, for Linux nodes:
-///
-/// ```text
-/// slot_a.bin, slot_b.bin   image slots
-/// staging.bin              staged payload chunks (random access)
-/// state.json               transfer state (atomic replace)
-/// boot.json                boot record (atomic replace)
-/// ```
-///
-/// Records are replaced by writing `NAME.tmp`, fsync, rename over `NAME`, fsync of the
-/// directory: after a crash either the old or the new file is there. Area writes are
-/// fsynced before the call returns, so a record written afterwards never points at data
-/// that is not on disk.
-#[derive(Debug)]
-pub struct FileStore {
-    dir: PathBuf,
-}
-
-impl FileStore {
-    /// Opens (creating if needed) the store in `dir`.
-    pub fn open(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
-        let dir = dir.as_ref().to_path_buf();
-        fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
-            op: "create",
-            path: dir.clone(),
-            source,
-        })?;
-        // Leftover temporaries of an interrupted replace are garbage.
-        for name in ["state.json.tmp", "boot.json.tmp"] {
-            let _ = fs::remove_file(dir.join(name));
-        }
-        Ok(Self { dir })
-    }
-
-    /// The directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// The file holding `slot`'s image: what a Linux node runs or hands to its application
-    /// once the image is committed.
-    pub fn slot_path(&self, slot: Slot) -> PathBuf {
-        self.path(Self::slot_name(slot))
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
-    fn slot_name(slot: Slot) -> &'static str {
-        match slot {
-            Slot::A => "slot_a.bin",
-            Slot::B => "slot_b.bin",
-        }
-    }
-
-    fn read_record(&self, name: &'static str) -> Result<Option<Vec<u8>>, StoreError> {
-        let path = self.path(name);
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(StoreError::Io {
-                    op: "open",
-                    path,
-                    source,
-                })
-            }
-        };
-        let mut out = Vec::new();
-        // Bounded read: a damaged or foreign file must not make us allocate without limit.
-        file.take(MAX_STATE_LEN as u64 + 1)
-            .read_to_end(&mut out)
-            .map_err(|source| StoreError::Io {
-                op: "read",
-                path: path.clone(),
-                source,
-            })?;
-        if out.len() > MAX_STATE_LEN {
-            return Err(StoreError::Corrupt {
-                what: name,
-                detail: format!("larger than {MAX_STATE_LEN} bytes"),
-            });
-        }
-        Ok(Some(out))
-    }
-
-    fn replace_record(&self, name: &str, data: &[u8]) -> Result<(), StoreError> {
-        let tmp = self.path(&format!("{name}.tmp"));
-        let dst = self.path(name);
-        let io = |op, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| StoreError::Io { op, path, source }
-        };
-        let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
-        f.write_all(data).map_err(io("write", &tmp))?;
-        f.sync_all().map_err(io("fsync", &tmp))?;
-        drop(f);
-        fs::rename(&tmp, &dst).map_err(io("rename", &dst))?;
-        self.sync_dir()
-    }
-
-    fn sync_dir(&self) -> Result<(), StoreError> {
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|source| StoreError::Io {
-                op: "fsync",
-                path: self.dir.clone(),
-                source,
-            })
-    }
-
-    fn write_at(&self, name: &str, offset: u64, data: &[u8], sync: bool) -> Result<(), StoreError> {
-        let path = self.path(name);
-        let io = |op| {
-            let path = path.clone();
-            move |source| StoreError::Io { op, path, source }
-        };
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io("open"))?;
-        f.seek(SeekFrom::Start(offset)).map_err(io("seek"))?;
-        f.write_all(data).map_err(io("write"))?;
-        if sync {
-            f.sync_data().map_err(io("fsync"))?;
-        }
-        Ok(())
-    }
-
-    fn read_at(&self, name: &'static str, offset: u64, len: usize) -> Result<Vec<u8>, StoreError> {
-        let path = self.path(name);
-        let io = |op| {
-            let path = path.clone();
-            move |source| StoreError::Io { op, path, source }
-        };
-        let mut f = File::open(&path).map_err(io("open"))?;
-        let flen = f.metadata().map_err(io("stat"))?.len();
-        range(name, flen, offset, len)?;
-        f.seek(SeekFrom::Start(offset)).map_err(io("seek"))?;
-        let mut buf = vec![0; len];
-        f.read_exact(&mut buf).map_err(io("read"))?;
-        Ok(buf)
-    }
-
-    fn file_len(&self, name: &str) -> Result<u64, StoreError> {
-        match fs::metadata(self.path(name)) {
-            Ok(m) => Ok(m.len()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
-            Err(source) => Err(StoreError::Io {
-                op: "stat",
-                path: self.path(name),
-                source,
-            }),
-        }
-    }
-
-    fn truncate(&self, name: &str, len: u64) -> Result<(), StoreError> {
-        let path = self.path(name);
-        let io = |op| {
-            let path = path.clone();
-            move |source| StoreError::Io { op, path, source }
-        };
-        let f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(io("create"))?;
-        f.set_len(len).map_err(io("truncate"))?;
-        f.sync_all().map_err(io("fsync"))?;
-        self.sync_dir()
-    }
-}
-
-impl SlotStore for FileStore {
-    fn load_state(&mut self) -> Result<Option<Vec<u8>>, StoreError> {
-        self.read_record("state.json")
-    }
-    fn save_state(&mut self, state: &[u8]) -> Result<(), StoreError> {
-        if state.len() > MAX_STATE_LEN {
-            return Err(StoreError::OutOfRange {
-                what: "state",
-                offset: 0,
-                len: state.len(),
-            });
-        }
-        self.replace_record("state.json", state)
-    }
-    fn clear_state(&mut self) -> Result<(), StoreError> {
-        match fs::remove_file(self.path("state.json")) {
-            Ok(()) => self.sync_dir(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(StoreError::Io {
-                op: "remove",
-                path: self.path("state.json"),
-                source,
-            }),
-        }
-    }
-    fn reset_staging(&mut self, len: u64) -> Result<(), StoreError> {
-        if len > MAX_AREA {
-            return Err(StoreError::OutOfRange {
-                what: "staging",
-                offset: 0,
-                len: usize::MAX,
-            });
-        }
-        self.truncate("staging.bin", len)
-    }
-    fn write_staging(&mut self, offset: u64, data: &[u8]) -> Result<(), StoreError> {
-        range("staging", self.file_len("staging.bin")?, offset, data.len())?;
-        self.write_at("staging.bin", offset, data, true)
-    }
-    fn read_staging(&mut self, offset: u64, len: usize) -> Result<Vec<u8>, StoreError> {
-        self.read_at("staging.bin", offset, len)
-    }
-    fn erase_slot(&mut self, slot: Slot) -> Result<(), StoreError> {
-        self.truncate(Self::slot_name(slot), 0)
-    }
-    fn write_slot(&mut self, slot: Slot, offset: u64, data: &[u8]) -> Result<(), StoreError> {
-        if offset.saturating_add(data.len() as u64) > MAX_AREA {
-            return Err(StoreError::OutOfRange {
-                what: "slot",
-                offset,
-                len: data.len(),
-            });
-        }
-        // Synced once, before the image is committed (`sync_slot`): the boot record is
-        // what makes a slot count, and it is only written after that sync.
-        self.write_at(Self::slot_name(slot), offset, data, false)
-    }
-    fn sync_slot(&mut self, slot: Slot) -> Result<(), StoreError> {
-        let path = self.path(Self::slot_name(slot));
-        OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .and_then(|f| f.sync_all())
-            .map_err(|source| StoreError::Io {
-                op: "fsync",
-                path,
-                source,
-            })
-    }
-    fn read_slot(&mut self, slot: Slot, offset: u64, len: usize) -> Result<Vec<u8>, StoreError> {
-        self.read_at(Self::slot_name(slot), offset, len)
-    }
-    fn slot_len(&mut self, slot: Slot) -> Result<u64, StoreError> {
-        self.file_len(Self::slot_name(slot))
-    }
-    fn load_boot(&mut self) -> Result<Option<BootRecord>, StoreError> {
-        match self.read_record("boot.json")? {
-            None => Ok(None),
-            Some(bytes) => {
-                serde_json::from_slice(&bytes)
-                    .map(Some)
-                    .map_err(|e| StoreError::Corrupt {
-                        what: "boot.json",
-                        detail: e.to_string(),
-                    })
-            }
-        }
-    }
-    fn save_boot(&mut self, record: &BootRecord) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt {
-            what: "boot.json",
-            detail: e.to_string(),
-        })?;
-        self.replace_record("boot.json", &bytes)
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -870,16 +690,6 @@ mod tests {
     #[test]
     fn mem_store() {
         exercise(&mut MemStore::new());
-    }
-
-    #[test]
-    fn file_store() {
-        let dir = tempfile::tempdir().unwrap();
-        exercise(&mut FileStore::open(dir.path()).unwrap());
-        // Reopened: records persist.
-        let mut s = FileStore::open(dir.path()).unwrap();
-        assert!(s.load_boot().unwrap().is_some());
-        assert_eq!(s.read_slot(Slot::B, 0, 5).unwrap(), b"hello");
     }
 
     use proptest::prelude::*;

@@ -76,7 +76,8 @@ fn receiver_with(id: u32, store: &MemStore, c: MeshfleetConfig) -> Node {
     let mut n = Node::new(Config::new(NodeId(id)));
     n.add_plugin(Box::new(
         MeshfleetOta::new(c, Box::new(store.clone())).unwrap(),
-    ));
+    ))
+    .unwrap();
     n
 }
 
@@ -94,7 +95,8 @@ fn source(id: u32, a: &Artefact, intent: Option<Intent>) -> Node {
         Box::new(store),
         a.clone(),
         intent,
-    )));
+    )))
+    .unwrap();
     n
 }
 

@@ -10,8 +10,9 @@ use meshfleet_firmware::{pack, Artefact, Codec, PackOptions, SigningKey, Version
 use meshfleet_mesh::{Config, Duration, Node, NodeId};
 use meshfleet_ota::store::image_info;
 use meshfleet_ota::{
-    BootManager, MemStore, MeshfleetConfig, MeshfleetOta, OtaEvent, Slot, SlotStore, StockOffer,
-    StockReceiver, StockReceiverConfig, StockSender, StockSenderConfig, StockStyle,
+    BootManager, DecodeGap, MemStore, MeshfleetConfig, MeshfleetOta, OtaEvent, Slot, SlotStore,
+    StockOffer, StockReceiver, StockReceiverConfig, StockSender, StockSenderConfig, StockStyle,
+    VerifyFailure,
 };
 
 const ROLE: &str = "sensor";
@@ -69,7 +70,7 @@ fn receiver_node(id: u32, store: &MemStore) -> Node {
 fn receiver_node_with(id: u32, store: &MemStore, config: MeshfleetConfig) -> Node {
     let mut n = Node::new(Config::new(NodeId(id)));
     let ota = MeshfleetOta::new(config, Box::new(store.clone())).unwrap();
-    n.add_plugin(Box::new(ota));
+    n.add_plugin(Box::new(ota)).unwrap();
     n
 }
 
@@ -84,7 +85,7 @@ fn source_node(id: u32, a: &Artefact) -> Node {
     let mut n = Node::new(Config::new(NodeId(id)));
     let store = MemStore::new();
     let ota = MeshfleetOta::source(config(&store), Box::new(store), a.clone(), None);
-    n.add_plugin(Box::new(ota));
+    n.add_plugin(Box::new(ota)).unwrap();
     n
 }
 
@@ -284,7 +285,8 @@ fn json_chunks_for_a_neighbour_without_binary_frames() {
     c.binary = false;
     n.add_plugin(Box::new(
         MeshfleetOta::new(c, Box::new(store.clone())).unwrap(),
-    ));
+    ))
+    .unwrap();
     let r = net.add(n);
     net.connect(r, 0);
     assert!(
@@ -311,7 +313,8 @@ fn offer_to_one(art: &Artefact, trusted: bool, running_version: &str) -> (Net, M
     let mut n = Node::new(Config::new(NodeId(2)));
     n.add_plugin(Box::new(
         MeshfleetOta::new(c, Box::new(store.clone())).unwrap(),
-    ));
+    ))
+    .unwrap();
     let r = net.add(n);
     net.connect(r, 0);
     net.run_for(Duration::from_secs(10));
@@ -386,7 +389,8 @@ fn refuses_an_image_it_rolled_back_unless_forced() {
     let mut n = Node::new(Config::new(NodeId(2)));
     n.add_plugin(Box::new(
         MeshfleetOta::new(config(&store), Box::new(store.clone())).unwrap(),
-    ));
+    ))
+    .unwrap();
     let r = net.add(n);
     net.connect(r, 0);
     net.run_for(Duration::from_secs(10));
@@ -460,7 +464,11 @@ fn rejects_a_truncated_image_at_verification() {
     let (net, store) = offer_to_one(&art, false, "1.0.0");
     assert!(net.ota_events(1).iter().any(|e| matches!(
         e,
-        OtaEvent::VerifyFailed { reason, .. } if reason.contains("decod") || reason.contains("incomplete")
+        OtaEvent::VerifyFailed {
+            reason: VerifyFailure::Undecodable
+                | VerifyFailure::Image(meshfleet_firmware::VerifyError::Decode(_)),
+            ..
+        }
     )));
     assert!(!net
         .ota_events(1)
@@ -488,14 +496,16 @@ fn bytes_on_the_wire_per_firmware_byte_stock_vs_meshfleet() {
     let mut net = Net::new(Duration::from_millis(1));
     let s = net.add_id(1);
     let offer = StockOffer::new(img.clone(), ROLE, HW, StockStyle::ALTERIOM).unwrap();
-    net.nodes[s].add_plugin(Box::new(StockSender::new(
-        offer,
-        StockSenderConfig::default(),
-    )));
+    net.nodes[s]
+        .add_plugin(Box::new(StockSender::new(
+            offer,
+            StockSenderConfig::default(),
+        )))
+        .unwrap();
     let mut rn = Node::new(Config::new(NodeId(2)));
     let mut rc = StockReceiverConfig::new(ROLE, HW);
     rc.keep_image = false;
-    rn.add_plugin(Box::new(StockReceiver::new(rc)));
+    rn.add_plugin(Box::new(StockReceiver::new(rc))).unwrap();
     let r = net.add(rn);
     net.connect(r, s);
     net.run_for(Duration::from_secs(1));
@@ -874,7 +884,10 @@ fn the_sender_does_not_offer_to_a_neighbour_with_a_smaller_window() {
         cannot,
         vec![(
             NodeId(3),
-            "the payload needs a 32768-byte decompression window, it can give 8192".to_string()
+            DecodeGap::Window {
+                needed: 32768,
+                offered: 8192
+            }
         )],
         "reported once"
     );
@@ -897,7 +910,8 @@ fn the_sender_does_not_offer_to_a_neighbour_with_a_smaller_window() {
     assert!(net.ota_events(0).iter().any(|e| matches!(
         e,
         OtaEvent::PeerCannotDecode { reason, .. }
-            if reason == "it does not decode codec deflate (it lists none)"
+            if reason.to_string() == "it does not decode codec deflate (it lists none)"
+                && *reason == DecodeGap::Codec { needed: "deflate".into(), listed: vec!["none".into()] }
     )));
     assert_eq!(chunk_frames(&net, 0, 1), 0);
 }
@@ -947,8 +961,14 @@ fn a_small_window_artefact_reaches_small_window_receivers_end_to_end() {
     assert_eq!(chunk_frames(&net, 1, 3), 0);
     assert!(net.ota_events(1).iter().any(|e| matches!(
         e,
-        OtaEvent::PeerCannotDecode { peer: NodeId(4), reason, .. }
-            if reason.contains("8192-byte decompression window, it can give 4096")
+        OtaEvent::PeerCannotDecode {
+            peer: NodeId(4),
+            reason: DecodeGap::Window {
+                needed: 8192,
+                offered: 4096
+            },
+            ..
+        }
     )));
     still_old_image(&stores[2], &old);
 }

@@ -44,7 +44,8 @@ fn receiver(id: u32, store: &MemStore) -> Node {
     let mut n = Node::new(Config::new(NodeId(id)));
     n.add_plugin(Box::new(
         MeshfleetOta::new(config(store), Box::new(store.clone())).unwrap(),
-    ));
+    ))
+    .unwrap();
     n
 }
 
@@ -72,7 +73,8 @@ fn a_signed_receiver_behind_a_node_without_meshfleet_ota_is_updated() {
         Box::new(MemStore::new()),
         art.clone(),
         None,
-    )));
+    )))
+    .unwrap();
     net.add(src);
     net.add_id(5);
     let s2 = MemStore::with_image(&image(1), "1.0.0");
@@ -129,7 +131,8 @@ fn a_remote_peer_is_bounded_and_made_only_by_a_caps() {
         Box::new(MemStore::new()),
         art.clone(),
         None,
-    )));
+    )))
+    .unwrap();
     net.add(src);
     net.add_id(9);
     let w = net.connect(1, 0);
@@ -155,7 +158,8 @@ fn the_origin_accounts_for_every_node_of_the_mesh() {
         Box::new(MemStore::new()),
         art.clone(),
         None,
-    )));
+    )))
+    .unwrap();
     net.add(src);
     let s1 = MemStore::with_image(&image(1), "1.0.0");
     net.add(receiver(2, &s1));
@@ -165,7 +169,8 @@ fn the_origin_accounts_for_every_node_of_the_mesh() {
     let mut n = Node::new(Config::new(NodeId(3)));
     n.add_plugin(Box::new(
         MeshfleetOta::new(c, Box::new(pump.clone())).unwrap(),
-    ));
+    ))
+    .unwrap();
     net.add(n);
     let current = MemStore::with_image(&image(2), "1.1.0");
     net.add(receiver(4, &current));

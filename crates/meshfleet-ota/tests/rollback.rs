@@ -90,7 +90,8 @@ fn receiver_with(id: u32, store: &MemStore, c: MeshfleetConfig) -> Node {
     let mut n = Node::new(Config::new(NodeId(id)));
     n.add_plugin(Box::new(
         MeshfleetOta::new(c, Box::new(store.clone())).unwrap(),
-    ));
+    ))
+    .unwrap();
     n
 }
 
@@ -105,7 +106,8 @@ fn gateway(id: u32, a: &Artefact) -> Node {
         Box::new(MemStore::new()),
         a.clone(),
         None,
-    )));
+    )))
+    .unwrap();
     n
 }
 

@@ -55,7 +55,8 @@ fn receiver(id: u32, store: &MemStore) -> Node {
     let mut n = Node::new(Config::new(NodeId(id)));
     n.add_plugin(Box::new(
         MeshfleetOta::new(c, Box::new(store.clone())).unwrap(),
-    ));
+    ))
+    .unwrap();
     n
 }
 
@@ -81,7 +82,7 @@ fn a_scoped_campaign_reaches_the_targeted_nodes_only_wherever_they_are() {
     c.running = Some(image_info(&image_of("2.0.0"), "2.0.0"));
     let mut src = MeshfleetOta::source(c, Box::new(MemStore::new()), new.clone(), None);
     assert!(src.set_scope(Some(BTreeSet::new())));
-    gw.add_plugin(Box::new(src));
+    gw.add_plugin(Box::new(src)).unwrap();
     let stores: Vec<MemStore> = (0..4)
         .map(|_| MemStore::with_image(&image_of("1.0.0"), "1.0.0"))
         .collect();
@@ -159,7 +160,8 @@ fn a_running_node_turned_into_a_scoped_source_offers_nothing_until_it_targets() 
     let mut gw = Node::new(Config::new(NodeId(1)));
     gw.add_plugin(Box::new(
         MeshfleetOta::new(c, Box::new(gw_store.clone())).unwrap(),
-    ));
+    ))
+    .unwrap();
     let s2 = MemStore::with_image(&image_of("1.0.0"), "1.0.0");
     let s3 = MemStore::with_image(&image_of("1.0.0"), "1.0.0");
     let mut net = Net::new(Duration::from_millis(2));

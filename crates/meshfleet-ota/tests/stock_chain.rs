@@ -25,7 +25,7 @@ fn receiver_with(id: u32, root: bool, fix_gap: bool) -> Node {
     let mut n = Node::new(c);
     let mut rc = StockReceiverConfig::new("sensor", "ESP32");
     rc.gap_request_from_self = fix_gap;
-    n.add_plugin(Box::new(StockReceiver::new(rc)));
+    n.add_plugin(Box::new(StockReceiver::new(rc))).unwrap();
     n
 }
 
@@ -34,10 +34,12 @@ fn chain(style: StockStyle, img: &[u8], r1_root: bool) -> Net {
     let mut net = Net::new(Duration::from_millis(2));
     let s = net.add_id(1);
     let offer = StockOffer::new(img.to_vec(), "sensor", "ESP32", style).unwrap();
-    net.nodes[s].add_plugin(Box::new(StockSender::new(
-        offer,
-        StockSenderConfig::default(),
-    )));
+    net.nodes[s]
+        .add_plugin(Box::new(StockSender::new(
+            offer,
+            StockSenderConfig::default(),
+        )))
+        .unwrap();
     for id in 2..=4 {
         let i = net.add(receiver(id, id == 2 && r1_root));
         net.connect(i, i - 1);
@@ -121,10 +123,12 @@ fn broadcast_with_gap(fix_gap: bool) -> (Net, Vec<u8>) {
     }));
     let s = net.add_id(1);
     let offer = StockOffer::new(img.clone(), "sensor", "ESP32", style).unwrap();
-    net.nodes[s].add_plugin(Box::new(StockSender::new(
-        offer,
-        StockSenderConfig::default(),
-    )));
+    net.nodes[s]
+        .add_plugin(Box::new(StockSender::new(
+            offer,
+            StockSenderConfig::default(),
+        )))
+        .unwrap();
     for id in 2..=4 {
         let i = net.add(receiver_with(id, id == 2, fix_gap));
         net.connect(i, i - 1);
@@ -210,10 +214,12 @@ fn a_lost_request_is_retried_after_30_s() {
     }));
     let s = net.add_id(1);
     let offer = StockOffer::new(img, "sensor", "ESP32", StockStyle::ALTERIOM).unwrap();
-    net.nodes[s].add_plugin(Box::new(StockSender::new(
-        offer,
-        StockSenderConfig::default(),
-    )));
+    net.nodes[s]
+        .add_plugin(Box::new(StockSender::new(
+            offer,
+            StockSenderConfig::default(),
+        )))
+        .unwrap();
     let r = net.add(receiver(2, false));
     net.connect(r, s);
     net.run_for(Duration::from_secs(2));
@@ -240,10 +246,12 @@ fn gives_up_after_ten_requests_and_resumes_on_the_next_announce() {
     }));
     let s = net.add_id(1);
     let offer = StockOffer::new(img, "sensor", "ESP32", StockStyle::ALTERIOM).unwrap();
-    net.nodes[s].add_plugin(Box::new(StockSender::new(
-        offer,
-        StockSenderConfig::default(),
-    )));
+    net.nodes[s]
+        .add_plugin(Box::new(StockSender::new(
+            offer,
+            StockSenderConfig::default(),
+        )))
+        .unwrap();
     let r = net.add(receiver(2, false));
     net.connect(r, s);
     net.run_for(Duration::from_secs(2));
@@ -281,10 +289,12 @@ fn a_node_joining_mid_campaign_is_announced_to_at_once() {
     let mut net = Net::new(Duration::from_millis(2));
     let s = net.add_id(1);
     let offer = StockOffer::new(img, "sensor", "ESP32", StockStyle::ALTERIOM).unwrap();
-    net.nodes[s].add_plugin(Box::new(StockSender::new(
-        offer,
-        StockSenderConfig::default(),
-    )));
+    net.nodes[s]
+        .add_plugin(Box::new(StockSender::new(
+            offer,
+            StockSenderConfig::default(),
+        )))
+        .unwrap();
     let now = net.now;
     net.nodes[s]
         .with_plugin::<StockSender, _>(now, |s, ctx| s.start(ctx))

@@ -9,7 +9,7 @@ use common::{at, firmware_from, json, md5_word_swapped, transcript, ty, Line};
 use meshfleet_mesh::{Config, Event, LinkId, LinkRole, Node, NodeId};
 use meshfleet_ota::{
     md5_hex, OtaEvent, StockOffer, StockReceiver, StockReceiverConfig, StockSender,
-    StockSenderConfig, StockStyle,
+    StockSenderConfig, StockStyle, UpdateFailure,
 };
 use serde_json::Value;
 
@@ -47,7 +47,7 @@ impl Replay {
         }
         while let Some(e) = self.node.poll_event() {
             if let Event::Plugin { event, .. } = e {
-                if let Some(o) = event.as_any().downcast_ref::<OtaEvent>() {
+                if let Some(o) = event.downcast_ref::<OtaEvent>() {
                     self.events.push(o.clone());
                 }
             }
@@ -111,10 +111,12 @@ fn replay_sender(
         Line::Frame { t, .. } | Line::Note { t, .. } => *t,
     };
     let mut r = Replay::new(id, LinkRole::AccessPoint, at(t0, t0));
-    r.node.add_plugin(Box::new(StockSender::new(
-        offer,
-        StockSenderConfig::default(),
-    )));
+    r.node
+        .add_plugin(Box::new(StockSender::new(
+            offer,
+            StockSenderConfig::default(),
+        )))
+        .unwrap();
     for l in &lines {
         if is_start(l) {
             let (Line::Frame { t, .. } | Line::Note { t, .. }) = l;
@@ -235,7 +237,8 @@ fn replay_receiver(name: &str, link: &str, peer_dir: &str, id: u32) -> Replay {
     r.node
         .add_plugin(Box::new(StockReceiver::new(StockReceiverConfig::new(
             "sensor", "ESP32",
-        ))));
+        ))))
+        .unwrap();
     for l in &lines {
         if let Line::Frame {
             t,
@@ -281,9 +284,12 @@ fn receiver_requests_what_the_library_requested_06_and_rejects_the_swapped_md5()
     assert_eq!(r.ota_out(&[11]), expected);
     // Q12: the data is right but the announced MD5 is byte-swapped, so the check fails,
     // as it would on an ESP (the transcript's driver reports md5_ok false too).
-    assert!(r
-        .events
-        .iter()
-        .any(|e| matches!(e, OtaEvent::UpdateFailed { reason, .. } if reason.contains("md5"))));
+    assert!(r.events.iter().any(|e| matches!(
+        e,
+        OtaEvent::UpdateFailed {
+            reason: UpdateFailure::Md5Mismatch { .. },
+            ..
+        }
+    )));
     assert_eq!(r.node.plugin::<StockReceiver>().unwrap().updates(), 0);
 }

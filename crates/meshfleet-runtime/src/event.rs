@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use std::sync::Arc;
 
-use meshfleet_mesh::{CloseReason, LinkId, LinkRole, NodeId, PluginEvent};
+use meshfleet_mesh::{CloseReason, DropReason, LinkId, LinkRole, NodeId, PluginEvent};
 use serde::{Deserialize, Serialize};
 
 /// Whether a received application message was unicast or broadcast.
@@ -87,9 +87,9 @@ pub enum RuntimeEvent {
         /// The neighbour's node id, if it had synced.
         #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_node_id")]
         node_id: Option<NodeId>,
-        /// Stable label: `eof`, `io_error`, `send_queue_stalled`, `shutdown`, or one of
-        /// [`CloseReason::label`] (`node_sync_timeout`, `duplicate_node`, ...).
-        reason: String,
+        /// Why, typed; serialized as a stable snake_case label (`eof`, `io_error`,
+        /// `node_sync_timeout`, ...).
+        reason: LinkEnd,
         /// Human-readable detail.
         detail: String,
     },
@@ -110,8 +110,8 @@ pub enum RuntimeEvent {
         /// Its connection.
         #[serde(with = "link_id")]
         link: LinkId,
-        /// Stable label, as in [`RuntimeEvent::Disconnected`].
-        reason: String,
+        /// Why, as in [`RuntimeEvent::Disconnected`].
+        reason: LinkEnd,
         /// Human-readable detail.
         detail: String,
     },
@@ -152,8 +152,8 @@ pub enum RuntimeEvent {
         /// Where it came from.
         #[serde(with = "link_id")]
         link: LinkId,
-        /// Stable label ([`meshfleet_mesh::DropReason::label`]).
-        reason: String,
+        /// Why, typed; serialized as [`meshfleet_mesh::DropReason::label`].
+        reason: DropKind,
         /// Human-readable detail.
         detail: String,
     },
@@ -224,7 +224,8 @@ impl PluginData {
 
     /// The event as the plugin's own type, if it is one.
     pub fn downcast_ref<T: 'static>(&self) -> Option<&T> {
-        self.0.as_any().downcast_ref::<T>()
+        // `*self.0`: the event, not the `Arc` (which is `Any` too).
+        meshfleet_mesh::AnyEvent::any_event(&*self.0).downcast_ref::<T>()
     }
 
     /// The typed event.
@@ -262,10 +263,6 @@ impl<'de> Deserialize<'de> for PluginData {
 pub struct JsonEvent(pub serde_json::Value);
 
 impl PluginEvent for JsonEvent {
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
     fn to_json(&self) -> serde_json::Value {
         self.0.clone()
     }
@@ -289,7 +286,7 @@ pub(crate) enum DisconnectReason {
     /// The peer closed its side (FIN).
     Eof,
     /// Reading or writing failed (reset, broken pipe, ...).
-    Io(String),
+    Io(std::io::ErrorKind),
     /// The node closed the link (node sync timeout, loop, duplicate node, ...).
     Node(CloseReason),
     /// The send queue stayed full for the stall timeout.
@@ -301,14 +298,119 @@ pub(crate) enum DisconnectReason {
 }
 
 impl DisconnectReason {
-    pub(crate) fn label(&self) -> &'static str {
+    /// The typed form subscribers get.
+    pub(crate) fn end(&self) -> LinkEnd {
         match self {
-            Self::Eof => "eof",
-            Self::Io(_) => "io_error",
-            Self::Node(r) => r.label(),
-            Self::Stalled => "send_queue_stalled",
-            Self::Evicted => "evicted_unsynced",
-            Self::Shutdown => "shutdown",
+            Self::Eof => LinkEnd::Eof,
+            Self::Io(_) => LinkEnd::IoError,
+            Self::Node(r) => LinkEnd::from(r),
+            Self::Stalled => LinkEnd::SendQueueStalled,
+            Self::Evicted => LinkEnd::EvictedUnsynced,
+            Self::Shutdown => LinkEnd::Shutdown,
+        }
+    }
+}
+
+/// Why a connection ended ([`RuntimeEvent::Disconnected`],
+/// [`RuntimeEvent::DroppedConnection`]). Serialized as a stable snake_case label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum LinkEnd {
+    /// The peer closed its side (FIN).
+    Eof,
+    /// Reading or writing failed (reset, broken pipe, ...).
+    IoError,
+    /// The peer stopped reading: the send queue stayed full for the stall timeout.
+    SendQueueStalled,
+    /// Not synced; its slot went to a new connection.
+    EvictedUnsynced,
+    /// The runtime is shutting down.
+    Shutdown,
+    /// The node learnt the peer closed ([`CloseReason::PeerClosed`]).
+    PeerClosed,
+    /// No node sync in time ([`CloseReason::NodeSyncTimeout`]).
+    NodeSyncTimeout,
+    /// The neighbour's id changed ([`CloseReason::ChangedNodeId`]).
+    ChangedNodeId,
+    /// A loop ([`CloseReason::SenderInOwnSubtree`]).
+    SenderInOwnSubtree,
+    /// The node is already reachable another way ([`CloseReason::DuplicateNode`]).
+    DuplicateNode,
+    /// The peer claims our id ([`CloseReason::ClaimsOurId`]).
+    ClaimsOurId,
+    /// The application asked ([`CloseReason::Requested`]).
+    Requested,
+    /// A reason this version does not know (a newer node's JSON line).
+    #[serde(other)]
+    Other,
+}
+
+impl From<&CloseReason> for LinkEnd {
+    fn from(r: &CloseReason) -> Self {
+        match r {
+            CloseReason::PeerClosed => Self::PeerClosed,
+            CloseReason::NodeSyncTimeout => Self::NodeSyncTimeout,
+            CloseReason::ChangedNodeId { .. } => Self::ChangedNodeId,
+            CloseReason::SenderInOwnSubtree(_) => Self::SenderInOwnSubtree,
+            CloseReason::DuplicateNode(_) => Self::DuplicateNode,
+            CloseReason::ClaimsOurId => Self::ClaimsOurId,
+            CloseReason::Requested => Self::Requested,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// Why a frame was dropped ([`RuntimeEvent::FrameDropped`]), the kinds of
+/// [`DropReason`]. Serialized as [`DropReason::label`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum DropKind {
+    /// Longer than the frame cap.
+    TooLong,
+    /// Not a frame we can decode (or a malformed one).
+    Decode,
+    /// A SINGLE for a node we cannot reach.
+    NoRoute,
+    /// A package type no plugin claims.
+    Unhandled,
+    /// A node sync tree that lists our own id.
+    TreeContainsUs,
+    /// A node sync tree deeper than we relay.
+    TreeTooDeep,
+    /// A node sync larger than we accept.
+    TreeTooLarge,
+    /// Time sync from a link that has not completed node sync.
+    TimeFromUnsyncedLink,
+    /// A time reply that answers no request of ours.
+    TimeReplyUnsolicited,
+    /// A time request from a neighbour we do not take time from.
+    TimeNotOurSource,
+    /// A time step too soon after the previous one.
+    TimeStepTooSoon,
+    /// A reason this version does not know (a newer node's JSON line).
+    #[serde(other)]
+    Other,
+}
+
+impl From<&DropReason> for DropKind {
+    fn from(r: &DropReason) -> Self {
+        // By label: one source of truth for the names (the mesh crate's labels), checked
+        // against the serde names by a test.
+        match r.label() {
+            "too_long" => Self::TooLong,
+            "decode" => Self::Decode,
+            "no_route" => Self::NoRoute,
+            "unhandled" => Self::Unhandled,
+            "tree_contains_us" => Self::TreeContainsUs,
+            "tree_too_deep" => Self::TreeTooDeep,
+            "tree_too_large" => Self::TreeTooLarge,
+            "time_from_unsynced_link" => Self::TimeFromUnsyncedLink,
+            "time_reply_unsolicited" => Self::TimeReplyUnsolicited,
+            "time_not_our_source" => Self::TimeNotOurSource,
+            "time_step_too_soon" => Self::TimeStepTooSoon,
+            _ => Self::Other,
         }
     }
 }
@@ -317,7 +419,7 @@ impl fmt::Display for DisconnectReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Eof => f.write_str("connection closed by peer"),
-            Self::Io(e) => write!(f, "i/o error: {e}"),
+            Self::Io(kind) => write!(f, "i/o error: {kind}"),
             Self::Node(r) => fmt::Display::fmt(r, f),
             Self::Stalled => f.write_str("peer stopped reading: send queue full for too long"),
             Self::Evicted => {
@@ -425,6 +527,53 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// The typed reasons serialize to exactly the mesh crate's labels, so JSON lines are
+    /// what they were when the reasons were strings.
+    #[test]
+    fn typed_reasons_serialize_as_the_mesh_labels() {
+        use meshfleet_mesh::{TimeRefusal, TreeRefusal};
+        let drops = [
+            DropReason::TooLong,
+            DropReason::NoRoute(NodeId(3)),
+            DropReason::Unhandled(900),
+            DropReason::TreeRefused(TreeRefusal::ContainsUs),
+            DropReason::TreeRefused(TreeRefusal::TooDeep { depth: 300 }),
+            DropReason::TreeRefused(TreeRefusal::TooLarge {
+                sync_len: 9,
+                max: 1,
+            }),
+            DropReason::TimeRefused(TimeRefusal::Unsynced),
+            DropReason::TimeRefused(TimeRefusal::Unsolicited),
+            DropReason::TimeRefused(TimeRefusal::NotOurSource),
+            DropReason::TimeRefused(TimeRefusal::TooSoon),
+        ];
+        for d in &drops {
+            let kind = DropKind::from(d);
+            assert_ne!(kind, DropKind::Other, "{d:?}");
+            assert_eq!(serde_json::to_value(kind).unwrap(), json!(d.label()));
+        }
+        let closes = [
+            CloseReason::PeerClosed,
+            CloseReason::NodeSyncTimeout,
+            CloseReason::ChangedNodeId {
+                was: NodeId(1),
+                now: NodeId(2),
+            },
+            CloseReason::SenderInOwnSubtree(NodeId(1)),
+            CloseReason::DuplicateNode(NodeId(1)),
+            CloseReason::ClaimsOurId,
+            CloseReason::Requested,
+        ];
+        for c in &closes {
+            let end = LinkEnd::from(c);
+            assert_ne!(end, LinkEnd::Other, "{c:?}");
+            assert_eq!(serde_json::to_value(end).unwrap(), json!(c.label()));
+        }
+        // A label from a newer version reads back as `Other`, not as an error.
+        let back: DropKind = serde_json::from_value(json!("something_new")).unwrap();
+        assert_eq!(back, DropKind::Other);
+    }
+
     fn round_trip(e: &RuntimeEvent, expected: serde_json::Value) {
         let v = serde_json::to_value(e).unwrap();
         assert_eq!(v, expected);
@@ -453,7 +602,7 @@ mod tests {
             &RuntimeEvent::DroppedConnection {
                 node_id: NodeId(7),
                 link: LinkId(3),
-                reason: "eof".into(),
+                reason: LinkEnd::Eof,
                 detail: "connection closed by peer".into(),
             },
             json!({"event":"dropped_connection","nodeId":7,"link":3,"reason":"eof",
@@ -499,7 +648,7 @@ mod tests {
                 link: LinkId(1),
                 peer: "p".into(),
                 node_id: None,
-                reason: "eof".into(),
+                reason: LinkEnd::Eof,
                 detail: "d".into(),
             },
             json!({"event":"disconnected","link":1,"peer":"p","reason":"eof","detail":"d"}),
@@ -515,7 +664,7 @@ mod tests {
         let e = RuntimeEvent::DroppedConnection {
             node_id: NodeId(1001),
             link: LinkId(1),
-            reason: "node_sync_timeout".into(),
+            reason: LinkEnd::NodeSyncTimeout,
             detail: DisconnectReason::Node(CloseReason::NodeSyncTimeout).to_string(),
         };
         assert_eq!(

@@ -61,7 +61,7 @@ where
                     return;
                 }
             }
-            Err(e) => break DisconnectReason::Io(e.to_string()),
+            Err(e) => break DisconnectReason::Io(e.kind()),
         }
     };
     let _ = tx.send(Input::Closed { link, reason }).await;
@@ -81,7 +81,7 @@ pub(crate) async fn write_loop<W>(
 {
     while let Some(batch) = batches.recv().await {
         if let Err(e) = writer.write_all(&batch).await {
-            let reason = DisconnectReason::Io(e.to_string());
+            let reason = DisconnectReason::Io(e.kind());
             let _ = tx.send(Input::Closed { link, reason }).await;
             return;
         }

@@ -133,7 +133,7 @@ use tokio::task::JoinHandle;
 use tracing::info;
 
 pub use config::{BackoffConfig, RuntimeConfig, DEFAULT_QUEUE_CAP};
-pub use event::{JsonEvent, MessageKind, PluginData, RuntimeEvent};
+pub use event::{DropKind, JsonEvent, LinkEnd, MessageKind, PluginData, RuntimeEvent};
 pub use handle::{MeshHandle, RuntimeStats, SendError, Stopped};
 
 use crate::io::{accept_loop, Connector};
@@ -161,6 +161,15 @@ pub enum StartError {
         /// The OS's reason.
         source: stdio::Error,
     },
+    /// The node's plugins could not be composed (two claim one package type).
+    #[error("{0}")]
+    Plugin(meshfleet_mesh::AddPluginError),
+}
+
+impl From<meshfleet_mesh::AddPluginError> for StartError {
+    fn from(e: meshfleet_mesh::AddPluginError) -> Self {
+        Self::Plugin(e)
+    }
 }
 
 /// Starts runtimes; see the crate docs.

@@ -13,7 +13,7 @@ use tokio::task::AbortHandle;
 use tracing::{debug, info, warn};
 
 use crate::config::RuntimeConfig;
-use crate::event::{DisconnectReason, MessageKind, PluginData, RuntimeEvent};
+use crate::event::{DisconnectReason, DropKind, MessageKind, PluginData, RuntimeEvent};
 use crate::handle::RuntimeStats;
 use crate::io::{read_loop, write_loop, Input};
 use crate::queue::{Push, SendQueue};
@@ -631,7 +631,7 @@ impl Owner {
                 }
                 self.emit(RuntimeEvent::FrameDropped {
                     link,
-                    reason: reason.label().to_owned(),
+                    reason: DropKind::from(&reason),
                     detail: reason.to_string(),
                 });
             }
@@ -667,7 +667,7 @@ impl Owner {
             link,
             peer: l.peer.clone(),
             node_id,
-            reason: reason.label().to_owned(),
+            reason: reason.end(),
             detail: detail.clone(),
         });
         // Like the library, only a neighbour that had synced is reported as dropped.
@@ -675,7 +675,7 @@ impl Owner {
             self.emit(RuntimeEvent::DroppedConnection {
                 node_id,
                 link,
-                reason: reason.label().to_owned(),
+                reason: reason.end(),
                 detail,
             });
         }

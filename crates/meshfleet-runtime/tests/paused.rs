@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{eventually, next_event, Peer};
 use meshfleet_mesh::{Config, LinkRole, Node, NodeId};
-use meshfleet_runtime::{Runtime, RuntimeConfig, RuntimeEvent};
+use meshfleet_runtime::{LinkEnd, Runtime, RuntimeConfig, RuntimeEvent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::time::Instant;
 
@@ -49,9 +49,9 @@ async fn synced_fake_peer(p: &Peer, pipe_capacity: usize) -> DuplexStream {
     theirs
 }
 
-fn disconnect_reason(e: &RuntimeEvent) -> &str {
+fn disconnect_reason(e: &RuntimeEvent) -> LinkEnd {
     match e {
-        RuntimeEvent::Disconnected { reason, .. } => reason,
+        RuntimeEvent::Disconnected { reason, .. } => *reason,
         other => panic!("not a disconnect: {other:?}"),
     }
 }
@@ -72,7 +72,7 @@ async fn a_silent_peer_is_closed_by_the_node_sync_timeout() {
         |e| matches!(e, RuntimeEvent::Disconnected { .. }),
     )
     .await;
-    assert_eq!(disconnect_reason(&e), "node_sync_timeout");
+    assert_eq!(disconnect_reason(&e), LinkEnd::NodeSyncTimeout);
     // PROTOCOL.md §4.9: a station whose AP never answers closes after NODE_TIMEOUT.
     let took = t0.elapsed();
     assert!(
@@ -102,7 +102,7 @@ async fn a_peer_that_stops_reading_is_closed_after_the_stall_timeout() {
         |e| matches!(e, RuntimeEvent::Disconnected { .. }),
     )
     .await;
-    assert_eq!(disconnect_reason(&e), "send_queue_stalled");
+    assert_eq!(disconnect_reason(&e), LinkEnd::SendQueueStalled);
     let took = full_at.elapsed();
     assert!(
         took >= Duration::from_secs(30) && took < Duration::from_millis(30_010),

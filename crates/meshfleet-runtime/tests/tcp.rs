@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{buffered, next_event, start, start_on, wait_nodes, TIMEOUT};
 use meshfleet_mesh::{Config, NodeId};
-use meshfleet_runtime::{MessageKind, RuntimeEvent, SendError};
+use meshfleet_runtime::{DropKind, LinkEnd, MessageKind, RuntimeEvent, SendError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -155,14 +155,30 @@ async fn garbage_and_oversized_frames_are_dropped_and_the_link_survives() {
         &mut a.events,
         "the garbage frame to be dropped",
         TIMEOUT,
-        |e| matches!(e, RuntimeEvent::FrameDropped { reason, .. } if reason == "decode"),
+        |e| {
+            matches!(
+                e,
+                RuntimeEvent::FrameDropped {
+                    reason: DropKind::Decode,
+                    ..
+                }
+            )
+        },
     )
     .await;
     next_event(
         &mut a.events,
         "the oversized frame to be dropped",
         TIMEOUT,
-        |e| matches!(e, RuntimeEvent::FrameDropped { reason, .. } if reason == "too_long"),
+        |e| {
+            matches!(
+                e,
+                RuntimeEvent::FrameDropped {
+                    reason: DropKind::TooLong,
+                    ..
+                }
+            )
+        },
     )
     .await;
     next_event(&mut a.events, "the good frame after the bad ones", TIMEOUT, |e| {
@@ -216,8 +232,8 @@ async fn killing_the_middle_node_is_noticed_at_both_ends() {
             unreachable!()
         };
         assert!(
-            reason == "eof" || reason == "io_error",
-            "{name}: reason {reason}"
+            matches!(reason, LinkEnd::Eof | LinkEnd::IoError),
+            "{name}: reason {reason:?}"
         );
         wait_nodes(name, &p.mesh, &[]).await;
     }
@@ -280,7 +296,15 @@ async fn shutdown_closes_links_and_stops_the_task() {
         &mut a.events,
         "A to see B leave",
         Duration::from_secs(5),
-        |e| matches!(e, RuntimeEvent::DroppedConnection { reason, .. } if reason == "eof"),
+        |e| {
+            matches!(
+                e,
+                RuntimeEvent::DroppedConnection {
+                    reason: LinkEnd::Eof,
+                    ..
+                }
+            )
+        },
     )
     .await;
     drop(a.mesh);

@@ -430,7 +430,8 @@ impl OtaCampaign {
                         // The library's setup() calls offerOTA at every boot: a source
                         // rebooted after the start offers again at once.
                         start_pending: sh.started,
-                    }));
+                    }))
+                    .expect("a fresh node: the campaign's plugin is its first");
                 } else {
                     let mut c = StockReceiverConfig::new(&self.role, &self.hardware);
                     // A stock node keeps nothing of a transfer across a reboot; once
@@ -444,7 +445,8 @@ impl OtaCampaign {
                     c.max_requests = self.stock_max_requests;
                     c.keep_image = false;
                     c.gap_request_from_self = false;
-                    node.add_plugin(Box::new(StockReceiver::new(c)));
+                    node.add_plugin(Box::new(StockReceiver::new(c)))
+                        .expect("a fresh node: the campaign's plugin is its first");
                 }
             }
             OtaStrategy::Meshfleet => {
@@ -480,7 +482,8 @@ impl OtaCampaign {
                                 receiver: Some(receiver),
                                 extra: Vec::new(),
                             },
-                        );
+                        )
+                        .expect("a fresh node: the agent's plugins are its first");
                     }
                     Err(_) => sh.counters.store_errors += 1,
                 }
@@ -529,8 +532,8 @@ impl Plugin for StockSource {
     fn name(&self) -> &'static str {
         self.sender.name()
     }
-    fn handles(&self, ty: i64) -> bool {
-        self.sender.handles(ty)
+    fn claims(&self) -> meshfleet_mesh::Claims {
+        self.sender.claims()
     }
     fn handle_package(&mut self, ctx: &mut Ctx<'_>, link: LinkId, routing: Routing, pkg: &Package) {
         self.sender.handle_package(ctx, link, routing, pkg);
@@ -552,12 +555,6 @@ impl Plugin for StockSource {
             return;
         }
         self.sender.handle_timeout(ctx);
-    }
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
-        self
     }
 }
 
@@ -892,7 +889,7 @@ impl OtaRun {
             let Event::Plugin { event, .. } = e else {
                 return;
             };
-            let Some(ev) = event.as_any().downcast_ref::<OtaEvent>() else {
+            let Some(ev) = event.downcast_ref::<OtaEvent>() else {
                 return;
             };
             let number = id.0.wrapping_sub(base);

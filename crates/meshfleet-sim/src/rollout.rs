@@ -169,7 +169,7 @@ pub fn run_rollout(
     let sink = events.clone();
     sim.set_event_hook(move |_, id, e: &Event| {
         if let Event::Plugin { event, .. } = e {
-            if let Some(ev) = event.as_any().downcast_ref::<OtaEvent>() {
+            if let Some(ev) = event.downcast_ref::<OtaEvent>() {
                 sink.borrow_mut().push((id, ev.clone()));
             }
         }

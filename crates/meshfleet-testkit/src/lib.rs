@@ -4,7 +4,6 @@
 //! (a reboot). Dev-dependency only.
 #![allow(clippy::unwrap_used, clippy::type_complexity, missing_docs)]
 
-use std::any::Any;
 use std::collections::BTreeMap;
 
 use meshfleet_mesh::{
@@ -292,11 +291,11 @@ impl Net {
     }
 
     /// The events of type `T` that node `i`'s plugins reported.
-    pub fn plugin_events<T: Any + Clone>(&self, i: usize) -> Vec<T> {
+    pub fn plugin_events<T: meshfleet_mesh::PluginEvent + Clone>(&self, i: usize) -> Vec<T> {
         self.events[i]
             .iter()
             .filter_map(|e| match e {
-                Event::Plugin { event, .. } => event.as_any().downcast_ref::<T>().cloned(),
+                Event::Plugin { event, .. } => event.downcast_ref::<T>().cloned(),
                 _ => None,
             })
             .collect()

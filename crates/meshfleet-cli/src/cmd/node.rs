@@ -582,7 +582,8 @@ async fn run_node(opts: Options) -> anyhow::Result<()> {
             receiver,
             extra: vec![Box::new(telemetry)],
         },
-    );
+    )
+    .map_err(|e| anyhow::anyhow!("cannot compose the node's plugins: {e}"))?;
     let ota_dir = opts.ota.as_ref().map(|o| o.dir.clone());
     let (mesh, mut task) = Runtime::start(node, opts.runtime)
         .await

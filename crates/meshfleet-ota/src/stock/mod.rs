@@ -93,6 +93,15 @@ pub enum OfferError {
     /// A part size of 0 or one whose base64 would not fit the library's 65,535-char strings.
     #[error("part size {0} is out of range 1..=49152")]
     PartSize(u32),
+    /// The node already has a plugin for the sending plugins' package types.
+    #[error("{0}")]
+    Plugin(meshfleet_mesh::AddPluginError),
+}
+
+impl From<meshfleet_mesh::AddPluginError> for OfferError {
+    fn from(e: meshfleet_mesh::AddPluginError) -> Self {
+        Self::Plugin(e)
+    }
 }
 
 /// Firmware offered to stock nodes: the raw image and how to describe and cut it.

@@ -4,12 +4,12 @@
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use md5::{Digest as _, Md5};
-use meshfleet_mesh::{Ctx, Duration, Instant, LinkId, NodeId, Plugin};
+use meshfleet_mesh::{Claims, Ctx, Duration, Instant, LinkId, NodeId, Plugin};
 use meshfleet_wire::ota::{Announce, Data, DataRequest};
 use meshfleet_wire::{types, Package, Routing};
 
 use super::hex;
-use crate::event::OtaEvent;
+use crate::event::{OtaEvent, UpdateFailure};
 
 /// Default cap on an image a stock receiver accepts (16 MiB, the largest ESP32 flash).
 /// Stock packages carry no size, so without a cap a sender could make us buffer forever.
@@ -244,16 +244,13 @@ impl StockReceiver {
     }
 
     /// `Update.write` of one base64 part.
-    fn write(&mut self, b64: &str) -> Result<(), String> {
-        let bytes = BASE64
-            .decode(b64)
-            .map_err(|e| format!("part is not valid base64: {e}"))?;
+    fn write(&mut self, b64: &str) -> Result<(), UpdateFailure> {
+        let bytes = BASE64.decode(b64).map_err(|_| UpdateFailure::BadPart)?;
         let total = self.update.written.saturating_add(bytes.len() as u64);
         if total > self.config.max_image_size {
-            return Err(format!(
-                "image exceeds {} bytes",
-                self.config.max_image_size
-            ));
+            return Err(UpdateFailure::TooLarge {
+                limit: self.config.max_image_size,
+            });
         }
         self.update.hasher.update(&bytes);
         self.update.written = total;
@@ -279,7 +276,7 @@ impl StockReceiver {
         } else {
             ctx.emit(Box::new(OtaEvent::UpdateFailed {
                 md5: data.md5.clone(),
-                reason: format!("md5 mismatch: image hashes to {md5}"),
+                reason: UpdateFailure::Md5Mismatch { got: md5 },
             }));
             self.update.md5.clear();
             self.update.part_no = 0;
@@ -347,8 +344,8 @@ impl Plugin for StockReceiver {
         "ota-stock-receiver"
     }
 
-    fn handles(&self, ty: i64) -> bool {
-        ty == types::OTA_ANNOUNCE || ty == types::OTA_DATA
+    fn claims(&self) -> Claims {
+        Claims::none().ty(types::OTA_ANNOUNCE).ty(types::OTA_DATA)
     }
 
     fn handle_package(
@@ -371,13 +368,5 @@ impl Plugin for StockReceiver {
 
     fn handle_timeout(&mut self, ctx: &mut Ctx<'_>) {
         self.run_task(ctx);
-    }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
-        self
     }
 }

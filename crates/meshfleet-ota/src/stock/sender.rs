@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use meshfleet_mesh::{Ctx, Duration, Instant, LinkId, MeshChange, NodeId, Plugin};
+use meshfleet_mesh::{Claims, Ctx, Duration, Instant, LinkId, MeshChange, NodeId, Plugin};
 use meshfleet_wire::ota::DataRequest;
 use meshfleet_wire::{types, Package, Routing};
 
@@ -320,13 +320,13 @@ impl Plugin for StockSender {
         "ota-stock-sender"
     }
 
-    fn handles(&self, ty: i64) -> bool {
+    fn claims(&self) -> Claims {
         // Announce and Data are claimed too (and ignored) so that a sender without a
         // receiver does not report other senders' packages as unhandled.
-        matches!(
-            ty,
-            types::OTA_ANNOUNCE | types::OTA_DATA_REQUEST | types::OTA_DATA
-        )
+        Claims::none()
+            .ty(types::OTA_ANNOUNCE)
+            .ty(types::OTA_DATA_REQUEST)
+            .ty(types::OTA_DATA)
     }
 
     fn handle_package(
@@ -372,13 +372,5 @@ impl Plugin for StockSender {
             self.pending_join = None;
             self.announce(ctx, AnnounceReason::Join);
         }
-    }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
-        self
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! The node as shipped (stock/meshfleet arbitration, boot on trial, confirmation, rollback)
 //! is composed in `meshfleet-agent`, the same code the simulator runs. What is left here
-//! is what needs the operating system: the [`FileStore`] directory, the `--ota-hook`
+//! is what needs the operating system: the [`FileStore`] directory (behind a
+//! [`WorkerStore`], so its fsyncs do not stall the node's links and timers), the `--ota-hook`
 //! process and the lines the node prints. [`Controller`] drains the receiver's
 //! [`BootAction`]s, prints them, runs the hook the receiver asks for and reports its
 //! result back ([`OtaReceiver::hook_finished`]).
@@ -12,13 +13,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use meshfleet_agent::{
-    BootAction, BootPolicy, HookRequest, OtaReceiver, ReceiverConfig, ReceiverError,
+    BootAction, BootPolicy, HookRequest, OtaReceiver, ReceiverConfig,
     ReceiverEvent,
 };
 use meshfleet_firmware::VerifyingKey;
 use meshfleet_ota::{
-    BootDecision, FileStore, ImageInfo, MeshfleetConfig, Slot, SlotStore, StockReceiverConfig,
+    BootDecision, ImageInfo, MeshfleetConfig, Slot, SlotStore, StockReceiverConfig,
 };
+use meshfleet_store_fs::{FileStore, WorkerConfig, WorkerStore};
 use meshfleet_runtime::{MeshHandle, RuntimeEvent, Stopped};
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -26,7 +28,7 @@ use tokio::sync::broadcast;
 use crate::cmd::node::Output;
 
 /// The receiver on a Linux node.
-pub(crate) type Receiver = OtaReceiver<FileStore>;
+pub(crate) type Receiver = OtaReceiver<WorkerStore>;
 
 /// Longest a hook may run before it counts as failed (and is killed).
 const HOOK_TIMEOUT: Duration = Duration::from_secs(300);
@@ -58,11 +60,14 @@ pub(crate) struct ReceiverOptions {
 
 /// Opens the store and the agent's receiver (this start's boot decision is its first
 /// action).
-pub(crate) fn open(opts: &ReceiverOptions) -> Result<Receiver, ReceiverError> {
-    // `FileStore` keeps no state but its directory, so the boot manager and the meshfleet
-    // receiver can each have one: every use happens in the owner task.
-    let boot_store = FileStore::open(&opts.dir)?;
-    let ota_store = FileStore::open(&opts.dir)?;
+pub(crate) fn open(opts: &ReceiverOptions) -> anyhow::Result<Receiver> {
+    // One worker thread performs the store's writes in order; the boot manager and the
+    // meshfleet engine hold handles to it, so each reads what the other wrote.
+    // The caller names the directory; the OS's reason is the cause.
+    let files = FileStore::open(&opts.dir).map_err(|e| anyhow::Error::new(e.source))?;
+    let store = WorkerStore::spawn(files, WorkerConfig::default())
+        .map_err(|e| anyhow::anyhow!("cannot start the OTA store's thread: {e}"))?;
+    let (boot_store, ota_store) = (store.clone(), store);
     let after = meshfleet_mesh::Duration::from_micros(
         u64::try_from(opts.confirm_after.as_micros()).unwrap_or(u64::MAX),
     );
@@ -86,13 +91,12 @@ pub(crate) fn open(opts: &ReceiverOptions) -> Result<Receiver, ReceiverError> {
     config.stock = opts
         .stock
         .then(|| StockReceiverConfig::new(opts.role.clone(), opts.hardware.clone()));
-    OtaReceiver::open(config, boot_store, Box::new(ota_store))
+    Ok(OtaReceiver::open(config, boot_store, Box::new(ota_store))?)
 }
 
 /// The file holding `slot`'s image in `dir`.
 fn slot_path(dir: &Path, slot: Slot) -> PathBuf {
-    // A handle on the directory only computes the path.
-    FileStore::open(dir).map_or_else(|_| dir.join(slot_name(slot)), |s| s.slot_path(slot))
+    FileStore::slot_path_in(dir, slot)
 }
 
 /// What the `ota` command prints.
@@ -170,7 +174,7 @@ pub(crate) fn state(r: &mut Receiver, dir: &Path) -> ReceiverState {
         stats,
         failure: r
             .meshfleet()
-            .and_then(|m| m.failure().map(str::to_owned))
+            .and_then(|m| m.failure().map(ToString::to_string))
             .or(record_error),
     }
 }

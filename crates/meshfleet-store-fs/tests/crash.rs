@@ -1,5 +1,7 @@
 //! Power cut at every step of receive-and-apply: the device always boots the verified new
 //! image or the old one, never a broken one, and a restarted node finishes the update.
+//! Once with the file store called directly, once through the store worker (writes
+//! performed behind the engine's back, in order).
 
 #![allow(clippy::unwrap_used)]
 
@@ -13,9 +15,18 @@ use meshfleet_firmware::{pack, Artefact, PackOptions, SigningKey, Version};
 use meshfleet_mesh::{Config, Duration, Node, NodeId};
 use meshfleet_ota::store::image_info;
 use meshfleet_ota::{
-    BootManager, BootRecord, FileStore, MemStore, MeshfleetConfig, MeshfleetOta, Slot, SlotStore,
-    StoreError,
+    BootManager, BootRecord, IoFault, MemStore, MeshfleetConfig, MeshfleetOta, Slot, SlotStore,
+    StoreError, StoreOp,
 };
+use meshfleet_store_fs::{FileStore, WorkerConfig, WorkerStore};
+
+/// What the faulty store reports once the power is gone.
+fn cut() -> StoreError {
+    StoreError::Io {
+        op: StoreOp::Write,
+        fault: IoFault::Interrupted,
+    }
+}
 
 const ROLE: &str = "sensor";
 const HW: &str = "ESP32";
@@ -58,7 +69,7 @@ impl Faulty {
     /// Counts one mutation; `Ok(true)` = perform it, `Ok(false)` = this is the cut.
     fn tick(&mut self) -> Result<bool, StoreError> {
         if self.dead {
-            return Err(StoreError::Crash);
+            return Err(cut());
         }
         let n = self.ops.fetch_add(1, Ordering::SeqCst);
         if n == self.budget {
@@ -78,7 +89,7 @@ impl Faulty {
         if self.budget % 2 == 1 {
             f(&mut self.inner)?; // written, but the power went before we learnt it
         }
-        Err(StoreError::Crash)
+        Err(cut())
     }
 }
 
@@ -100,7 +111,7 @@ impl SlotStore for Faulty {
             return self.inner.write_staging(offset, data);
         }
         self.inner.write_staging(offset, &data[..data.len() / 2])?;
-        Err(StoreError::Crash)
+        Err(cut())
     }
     fn read_staging(&mut self, offset: u64, len: usize) -> Result<Vec<u8>, StoreError> {
         self.inner.read_staging(offset, len)
@@ -114,7 +125,7 @@ impl SlotStore for Faulty {
         }
         self.inner
             .write_slot(slot, offset, &data[..data.len() / 2])?;
-        Err(StoreError::Crash)
+        Err(cut())
     }
     fn sync_slot(&mut self, slot: Slot) -> Result<(), StoreError> {
         self.record(|s| s.sync_slot(slot))
@@ -150,10 +161,12 @@ fn transfer(art: &Artefact, store: Box<dyn SlotStore>, running: Option<meshfleet
         Box::new(MemStore::new()),
         art.clone(),
         None,
-    )));
+    )))
+    .unwrap();
     net.add(s);
     let mut r = Node::new(Config::new(NodeId(2)));
-    r.add_plugin(Box::new(MeshfleetOta::new(config(running), store).unwrap()));
+    r.add_plugin(Box::new(MeshfleetOta::new(config(running), store).unwrap()))
+        .unwrap();
     let r = net.add(r);
     net.connect(r, 0);
     net.run_until_cond(Duration::from_millis(50), Duration::from_secs(20), |n| {
@@ -180,8 +193,25 @@ fn boot(dir: &std::path::Path) -> (Vec<u8>, bool, BootManager<FileStore>) {
     (img, d.trial, bm)
 }
 
+fn store(faulty: Faulty, through_worker: bool) -> Box<dyn SlotStore> {
+    if through_worker {
+        Box::new(WorkerStore::spawn(faulty, WorkerConfig::default()).unwrap())
+    } else {
+        Box::new(faulty)
+    }
+}
+
 #[test]
 fn power_cut_at_every_step_never_leaves_a_broken_image() {
+    power_cut_at_every_step(false);
+}
+
+#[test]
+fn power_cut_at_every_step_through_the_worker_never_leaves_a_broken_image() {
+    power_cut_at_every_step(true);
+}
+
+fn power_cut_at_every_step(through_worker: bool) {
     let old = image(1500, 1);
     let new = image(1500, 2);
     let art = artefact(&new);
@@ -197,7 +227,12 @@ fn power_cut_at_every_step_never_leaves_a_broken_image() {
             ops: ops.clone(),
             dead: false,
         };
-        transfer(&art, Box::new(store), Some(image_info(&old, "1.0.0")));
+        // Dropped at the end of the transfer: the worker has written everything.
+        transfer(
+            &art,
+            self::store(store, through_worker),
+            Some(image_info(&old, "1.0.0")),
+        );
         let (img, trial, _) = boot(dir.path());
         assert_eq!((img, trial), (new.clone(), true));
         ops.load(Ordering::SeqCst)
@@ -214,7 +249,11 @@ fn power_cut_at_every_step_never_leaves_a_broken_image() {
             ops: Arc::new(AtomicUsize::new(0)),
             dead: false,
         };
-        transfer(&art, Box::new(store), Some(image_info(&old, "1.0.0")));
+        transfer(
+            &art,
+            self::store(store, through_worker),
+            Some(image_info(&old, "1.0.0")),
+        );
 
         // Power back: the bootloader decides. Only the old or the verified new image.
         let (img, trial, mut bm) = boot(dir.path());
