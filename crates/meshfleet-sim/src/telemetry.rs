@@ -31,7 +31,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use meshfleet_agent::telemetry::{Identity, Metric};
 use meshfleet_agent::{Telemetry, TelemetryConfig};
 use meshfleet_mesh::{
-    Ctx, Duration, Event, Instant, LinkId, MeshChange, Node, NodeId, Plugin, PluginEvent, Rng,
+    Claims, Ctx, Duration, Event, Instant, LinkId, MeshChange, Node, NodeId, Plugin, PluginEvent,
+    Rng,
 };
 use meshfleet_monitor::telemetry::TELEMETRY_TYPE;
 use meshfleet_monitor::{AlertEvent, AlertKind, Monitor, MonitorConfig, MonitorEvent, Subject};
@@ -480,8 +481,8 @@ impl Plugin for StockStatus {
         "stock-status"
     }
 
-    fn handles(&self, _ty: i64) -> bool {
-        false
+    fn claims(&self) -> Claims {
+        Claims::none()
     }
 
     fn handle_package(&mut self, _: &mut Ctx<'_>, _: LinkId, _: Routing, _: &Package) {}
@@ -497,14 +498,6 @@ impl Plugin for StockStatus {
     fn handle_timeout(&mut self, ctx: &mut Ctx<'_>) {
         self.0.handle_timeout(ctx);
     }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
-        self
-    }
 }
 
 /// The gateway's tap: claims telemetry reports (710) and hands each to the workload as a
@@ -519,10 +512,6 @@ struct Arrived {
 }
 
 impl PluginEvent for Arrived {
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
     fn to_json(&self) -> serde_json::Value {
         serde_json::json!({ "from": self.from.0, "bytes": self.text.len() })
     }
@@ -533,8 +522,8 @@ impl Plugin for GatewayTap {
         "sim-gateway-tap"
     }
 
-    fn handles(&self, ty: i64) -> bool {
-        ty == TELEMETRY_TYPE
+    fn claims(&self) -> Claims {
+        Claims::none().ty(TELEMETRY_TYPE)
     }
 
     fn handle_package(&mut self, ctx: &mut Ctx<'_>, _: LinkId, _: Routing, pkg: &Package) {
@@ -542,14 +531,6 @@ impl Plugin for GatewayTap {
             from: pkg.from(),
             text: pkg.text().to_owned(),
         }));
-    }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
-        self
     }
 }
 
@@ -1252,12 +1233,17 @@ impl Workload for TelemetryWorkload {
                 t.record(Instant::ZERO, Metric::Rssi, d.rssi);
             };
             match kind_of(stock_every, n) {
-                Kind::Gateway => node.add_plugin(Box::new(GatewayTap)),
+                Kind::Gateway => {
+                    node.add_plugin(Box::new(GatewayTap))
+                        .expect("telemetry (710) is claimed by no other workload's plugin");
+                }
                 Kind::Meshfleet => {
                     if node.plugin::<Telemetry>().is_none() {
                         let mut t = Telemetry::new(cfg);
                         healthy(&mut t);
-                        node.add_plugin(Box::new(t));
+                        node.add_plugin(Box::new(t)).expect(
+                            "telemetry (710, 711) is claimed by no other workload's plugin",
+                        );
                     }
                 }
                 Kind::Stock => {
@@ -1270,7 +1256,8 @@ impl Workload for TelemetryWorkload {
                         hardware: "ESP8266".into(),
                     });
                     healthy(&mut t);
-                    node.add_plugin(Box::new(StockStatus(t)));
+                    node.add_plugin(Box::new(StockStatus(t)))
+                        .expect("the stock status plugin claims no package type");
                 }
             }
             node
@@ -1298,7 +1285,7 @@ impl Workload for TelemetryWorkload {
                 }
                 Event::NodeListChanged { .. } => b.topology_changed = true,
                 Event::Plugin { event, .. } => {
-                    if let Some(a) = event.as_any().downcast_ref::<Arrived>() {
+                    if let Some(a) = event.downcast_ref::<Arrived>() {
                         b.items.push((t, Input::Telemetry(a.from, a.text.clone())));
                     }
                 }
