@@ -1051,13 +1051,14 @@ mod tests {
         };
         let mut net = meshfleet_testkit::Net::new(meshfleet_mesh::Duration::from_millis(2));
         let mut gw = Node::new(Config::new(NodeId(1)));
-        equip(&mut gw);
+        equip(&mut gw).expect("a fresh node");
         net.add(gw);
         for id in [2, 3] {
             let mut n = Node::new(Config::new(NodeId(id)));
             n.add_plugin(Box::new(StockReceiver::new(StockReceiverConfig::new(
                 "sensor", "ESP32",
-            ))));
+            ))))
+            .expect("a fresh node");
             let i = net.add(n);
             net.connect(i, 0);
         }

@@ -29,6 +29,7 @@ use meshfleet_monitor::{
     Transmit,
 };
 use meshfleet_runtime::RuntimeEvent;
+use meshfleet_wire::Package;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
@@ -311,11 +312,36 @@ impl Ingest {
         });
     }
 
+    /// Sends the monitor's telemetry query (711) as a package of its own, routed SINGLE to
+    /// `to`: the agent's telemetry plugin claims type 711 packages, so the query's text sent
+    /// as the message of a SINGLE (type 9) never reached it, and a quiet meshfleet node's
+    /// verification went unanswered (found by the simulator's telemetry workload).
+    async fn send_query(&self, to: NodeId, text: String) {
+        let pkg = match Package::from_text(text) {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(to = %to, error = %e, "the monitor's query is not a package; not sent");
+                return;
+            }
+        };
+        let job = Box::new(move |node: &mut meshfleet_mesh::Node, now: Instant| {
+            if let Err(e) = node.send_package(now, &pkg) {
+                debug!(to = %to, error = %e, "telemetry query not sent");
+            }
+        });
+        if self.shared.mesh.run_on_node(job).await.is_err() {
+            debug!(to = %to, "telemetry query not sent: the mesh has stopped");
+        }
+    }
+
     /// Carries out the monitor's transmits and events.
     async fn drain(&mut self) {
         while let Some(t) = self.monitor.poll_transmit() {
             let result = match t {
-                Transmit::Query { to, text } => self.shared.mesh.send_single(to, text).await,
+                Transmit::Query { to, text } => {
+                    self.send_query(to, text).await;
+                    Ok(())
+                }
                 Transmit::DelayProbe { to } => self.shared.mesh.probe_delay(to).await,
                 #[allow(unreachable_patterns)]
                 _ => Ok(()),
