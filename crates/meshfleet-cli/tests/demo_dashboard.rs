@@ -17,23 +17,17 @@
 #[allow(dead_code)]
 #[path = "../../meshfleet-gateway/tests/dashboard/cdp.rs"]
 mod cdp;
+mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use common::Killed;
 
 const NODES: u32 = 40;
 /// Node ids: 3,000,000,000 + n; node 1 is the gateway.
 const BASE: u32 = 3_000_000_000;
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_on_meshfleet_demo_shows_the_mesh_a_fault_and_runs_a_campaign() {

@@ -15,13 +15,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{args, meshfleet, text, Proc};
+use common::{args, free_port, gateway_command, get_json, meshfleet, pack, text, wait_until, Proc};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "rollout-test-token-0123456789";
@@ -29,26 +27,9 @@ const NODES: [u32; 3] = [7501, 7502, 7503];
 /// Generous: CI runs this on 2 busy cores, next to other test binaries.
 const TIMEOUT: Duration = Duration::from_secs(150);
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn gateway(dir: &Path, http: u16, mesh: u16) -> Child {
     let log = std::fs::File::create(dir.join("gw.log")).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_meshfleet"))
-        .args(["gateway", "--node-id", "900"])
-        .args(["--listen", &format!("127.0.0.1:{mesh}")])
-        .args(["--http", &format!("127.0.0.1:{http}")])
-        .arg("--db")
-        .arg(dir.join("gw.db"))
-        .arg("--token-file")
-        .arg(dir.join("token"))
-        .arg("--firmware-key")
-        .arg(dir.join("fleet.key.pub"))
+    gateway_command(dir, &[], http, mesh, Some("fleet.key.pub"))
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(log)
@@ -57,26 +38,11 @@ fn gateway(dir: &Path, http: u16, mesh: u16) -> Child {
 }
 
 fn http(port: u16, method: &str, path: &str, ct: &str, body: &[u8]) -> Option<(u16, Value)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {TOKEN}\r\n\
-         Content-Type: {ct}\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).ok()?;
-    s.write_all(body).ok()?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).ok()?;
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let status = head.split(' ').nth(1)?.parse().ok()?;
-    let body = serde_json::from_slice(&raw[split + 4..]).unwrap_or(Value::Null);
-    Some((status, body))
+    common::http(port, method, path, Some(TOKEN), ct, body)
 }
 
 fn get(port: u16, path: &str) -> Value {
-    http(port, "GET", path, "application/json", b"").map_or(Value::Null, |(_, b)| b)
+    get_json(port, path, Some(TOKEN))
 }
 
 fn post(port: u16, path: &str, body: &Value) -> (u16, Value) {
@@ -90,17 +56,13 @@ fn post(port: u16, path: &str, body: &Value) -> (u16, Value) {
     .unwrap()
 }
 
-fn wait_for(dir: &Path, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + TIMEOUT;
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let log = std::fs::read_to_string(dir.join("gw.log")).unwrap_or_default();
-    let tail: Vec<&str> = log.lines().rev().take(40).collect();
-    panic!("timed out waiting for {what}\n--- gateway log (newest first):\n{tail:#?}");
+/// Waits for `f`, failing with the newest lines of the gateway's log.
+fn wait_for(dir: &Path, what: &str, f: impl FnMut() -> bool) {
+    wait_until(what, TIMEOUT, f, || {
+        let log = std::fs::read_to_string(dir.join("gw.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        format!("--- gateway log (newest first):\n{tail:#?}")
+    });
 }
 
 fn node(dir: &Path, id: u32, mesh: u16) -> Proc {
@@ -136,31 +98,14 @@ fn node(dir: &Path, id: u32, mesh: u16) -> Proc {
     Proc::spawn(&format!("node {id}"), Some(dir), &a, TIMEOUT)
 }
 
-fn pack(d: &Path, version: &str) -> Vec<u8> {
+fn pack_version(d: &Path, version: &str) -> Vec<u8> {
     let image: Vec<u8> = (0..30_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 ^ version.len() as u8)
         .chain(version.bytes())
         .collect();
     std::fs::write(d.join("app.bin"), image).unwrap();
     let out = format!("app-{version}.mfw");
-    let o = meshfleet(
-        d,
-        &[
-            "firmware",
-            "pack",
-            "app.bin",
-            "--role",
-            "sensor",
-            "--hardware",
-            "ESP32",
-            "--version",
-            version,
-            "--sign",
-            "fleet.key",
-            "--out",
-            &out,
-        ],
-    );
+    let o = pack(d, "app.bin", "ESP32", version, Some("fleet.key"), &out, &[]);
     assert!(o.status.success(), "{}", text(&o));
     std::fs::read(d.join(out)).unwrap()
 }
@@ -214,9 +159,9 @@ fn rollouts_complete_roll_back_by_signed_command_and_stop_a_bad_build_in_the_can
     std::fs::write(d.join("token"), format!("{TOKEN}\n")).unwrap();
     let o = meshfleet(d, &["firmware", "keygen", "--out", "fleet.key"]);
     assert!(o.status.success(), "{}", text(&o));
-    let v1 = pack(d, "1.0.0");
-    let v2 = pack(d, "2.0.0");
-    let v3 = pack(d, "3.0.0");
+    let v1 = pack_version(d, "1.0.0");
+    let v2 = pack_version(d, "2.0.0");
+    let v3 = pack_version(d, "3.0.0");
     let o = meshfleet(
         d,
         &[

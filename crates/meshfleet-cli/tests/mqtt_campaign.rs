@@ -15,13 +15,16 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{args, meshfleet, text, Proc};
+use common::{
+    args, free_port, gateway_command, get_json, incompressible_image, meshfleet, pack, text,
+    Killed, Proc,
+};
 use meshfleet_mqtt::testbroker::{Broker, USERS};
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use serde_json::{json, Value};
@@ -30,32 +33,8 @@ const TOKEN: &str = "mqtt-campaign-token-0123456789";
 /// Generous: CI runs this on 2 busy cores, next to other test binaries.
 const TIMEOUT: Duration = Duration::from_secs(120);
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// One HTTP/1.1 GET with the token; `Value::Null` if the server is not there.
 fn get(port: u16, path: &str) -> Value {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return Value::Null;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    let head = format!(
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
-    );
-    if s.write_all(head.as_bytes()).is_err() {
-        return Value::Null;
-    }
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return Value::Null;
-    };
-    serde_json::from_slice(&raw[split + 4..]).unwrap_or(Value::Null)
+    get_json(port, path, Some(TOKEN))
 }
 
 /// Serves `body` to every connection (the artefact's download URL).
@@ -75,19 +54,6 @@ fn http_server(body: Vec<u8>) -> String {
         }
     });
     format!("http://{addr}/sensor-2.0.0.mfw")
-}
-
-/// A deterministic image that does not compress: the transfer takes as long as its size.
-fn incompressible_image(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 fn node(dir: &Path, id: u32, mesh: u16) -> Proc {
@@ -300,58 +266,22 @@ fn assert_update_moved(states: &[Value], node: u32) {
     );
 }
 
-/// The gateway process, killed when the test ends (also when it fails half-way).
-struct Gateway(Child);
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn gateway(dir: &Path, http: u16, mesh: u16) -> Gateway {
+fn gateway(dir: &Path, http: u16, mesh: u16) -> Killed {
     let log = std::fs::File::create(dir.join("gw.log")).unwrap();
     let _ = LOG.set(dir.join("gw.log"));
-    Command::new(env!("CARGO_BIN_EXE_meshfleet"))
-        .arg("--config")
-        .arg(dir.join("meshfleet.toml"))
-        .args(["gateway", "--node-id", "900"])
-        .args(["--listen", &format!("127.0.0.1:{mesh}")])
-        .args(["--http", &format!("127.0.0.1:{http}")])
-        .arg("--db")
-        .arg(dir.join("gw.db"))
-        .arg("--token-file")
-        .arg(dir.join("token"))
-        .arg("--firmware-key")
-        .arg(dir.join("fleet.key.pub"))
+    let config = dir.join("meshfleet.toml");
+    let pre = ["--config", config.to_str().unwrap()];
+    gateway_command(dir, &pre, http, mesh, Some("fleet.key.pub"))
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
-        .map(Gateway)
+        .map(Killed)
         .unwrap()
 }
 
-fn pack(d: &Path, version: &str, image: &str, out: &str) {
-    let o = meshfleet(
-        d,
-        &[
-            "firmware",
-            "pack",
-            image,
-            "--role",
-            "sensor",
-            "--hardware",
-            "ESP32",
-            "--version",
-            version,
-            "--sign",
-            "fleet.key",
-            "--out",
-            out,
-        ],
-    );
+fn pack_signed(d: &Path, version: &str, image: &str, out: &str) {
+    let o = pack(d, image, "ESP32", version, Some("fleet.key"), out, &[]);
     assert!(o.status.success(), "{}", text(&o));
 }
 
@@ -370,7 +300,7 @@ async fn an_mqtt_only_campaign_completes_and_home_assistant_sees_and_installs_it
     let op_key = meshfleet_firmware::keys::read_secret_key(&d.join("operator.key")).unwrap();
     // The nodes start with an empty OTA store; the campaign brings 2.0.0.
     std::fs::write(d.join("app.bin"), incompressible_image(300_000)).unwrap();
-    pack(d, "2.0.0", "app.bin", "app.mfw");
+    pack_signed(d, "2.0.0", "app.bin", "app.mfw");
     let url = http_server(std::fs::read(d.join("app.mfw")).unwrap());
     std::fs::write(
         d.join("meshfleet.toml"),

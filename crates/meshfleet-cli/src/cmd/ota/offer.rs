@@ -405,6 +405,10 @@ async fn offer(plan: Plan) -> anyhow::Result<u8> {
     if plan.json {
         json_line(&started);
     }
+    // Before the node starts: once it runs, a receiver can accept within milliseconds,
+    // and a Ctrl-C that arrived before the handler would kill the process without its
+    // summary and exit code 3.
+    let mut signals = Signals::new()?;
     let (mesh, mut task) = Runtime::start(node, plan.runtime.clone())
         .await
         .context("cannot start the node")?;
@@ -416,7 +420,6 @@ async fn offer(plan: Plan) -> anyhow::Result<u8> {
     let clock = Clock(std::time::Instant::now());
     let mut tracker = OfferTracker::new(offering, clock.now());
     let mut display = Display::new();
-    let mut signals = Signals::new()?;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut task_done = false;
