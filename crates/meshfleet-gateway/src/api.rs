@@ -812,15 +812,17 @@ fn note_body<T: Default + serde::de::DeserializeOwned>(
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    let json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(';')
-                .next()
-                .is_some_and(|t| t.trim() == "application/json")
-        });
-    if !json {
+    json_body(headers, body, "JSON body")
+}
+
+/// A request body that must be `application/json` (`415` otherwise) and decode as `T`
+/// (`400 bad_json` naming `what` otherwise).
+fn json_body<T: serde::de::DeserializeOwned>(
+    headers: &axum::http::HeaderMap,
+    body: &Bytes,
+    what: &str,
+) -> Result<T, ApiError> {
+    if !is_json(headers) {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "bad_content_type",
@@ -828,7 +830,16 @@ fn note_body<T: Default + serde::de::DeserializeOwned>(
         ));
     }
     serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request("bad_json", format!("invalid JSON body: {e}")))
+        .map_err(|e| ApiError::bad_request("bad_json", format!("invalid {what}: {e}")))
+}
+
+/// `201 Created` with `value` as JSON and a `Location` header.
+fn created_at<T: Serialize>(value: &T, location: &str) -> Response {
+    let mut r = (StatusCode::CREATED, Json(value)).into_response();
+    if let Ok(loc) = HeaderValue::from_str(location) {
+        r.headers_mut().insert(header::LOCATION, loc);
+    }
+    r
 }
 
 fn check_note(note: Option<&str>) -> Result<(), ApiError> {
@@ -1063,11 +1074,7 @@ async fn upload_firmware(
     s.bus.publish(GatewayEvent::FirmwareAdded {
         artefact: info.clone(),
     });
-    let mut r = (StatusCode::CREATED, Json(info)).into_response();
-    if let Ok(loc) = HeaderValue::from_str(&format!("/firmware/{id}")) {
-        r.headers_mut().insert(header::LOCATION, loc);
-    }
-    Ok(r)
+    Ok(created_at(&info, &format!("/firmware/{id}")))
 }
 
 /// Stored artefacts.
@@ -1213,25 +1220,12 @@ async fn create_campaign(
     headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body?;
-    if !is_json(&headers) {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "bad_content_type",
-            "the body must be application/json",
-        ));
-    }
-    let spec: CampaignSpec = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("bad_json", format!("invalid campaign: {e}")))?;
+    let spec: CampaignSpec = json_body(&headers, &body?, "campaign")?;
     let c = s
         .campaigns
         .create(spec, &format!("http:{}", actor.0 .0))
         .await?;
-    let mut r = (StatusCode::CREATED, Json(c.clone())).into_response();
-    if let Ok(loc) = HeaderValue::from_str(&format!("/campaigns/{}", c.id)) {
-        r.headers_mut().insert(header::LOCATION, loc);
-    }
-    Ok(r)
+    Ok(created_at(&c, &format!("/campaigns/{}", c.id)))
 }
 
 /// Every campaign, newest first (without their nodes).
@@ -1353,25 +1347,12 @@ async fn create_rollout(
     headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body?;
-    if !is_json(&headers) {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "bad_content_type",
-            "the body must be application/json",
-        ));
-    }
-    let spec: RolloutSpec = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("bad_json", format!("invalid rollout: {e}")))?;
+    let spec: RolloutSpec = json_body(&headers, &body?, "rollout")?;
     let r = s
         .rollouts
         .create(spec, &format!("http:{}", actor.0 .0))
         .await?;
-    let mut resp = (StatusCode::CREATED, Json(r.clone())).into_response();
-    if let Ok(loc) = HeaderValue::from_str(&format!("/rollouts/{}", r.id)) {
-        resp.headers_mut().insert(header::LOCATION, loc);
-    }
-    Ok(resp)
+    Ok(created_at(&r, &format!("/rollouts/{}", r.id)))
 }
 
 /// Every rollout, newest first (without waves, nodes and decisions).
