@@ -28,14 +28,7 @@ async fn a_campaign_waits_for_approval() {
         f.get("/status/6301").await.status == 200
     })
     .await;
-    let r = f
-        .post(
-            "/firmware",
-            "application/octet-stream",
-            &artefact(Some(&key), "2.0.0"),
-        )
-        .await;
-    let art = r.json()["id"].as_str().unwrap().to_owned();
+    let art = f.upload(&artefact(Some(&key), "2.0.0")).await;
 
     // Asked to start at once: it waits instead.
     let r = post_json(
@@ -136,14 +129,7 @@ async fn without_the_setting_campaigns_need_no_approval_and_schedules_are_kept()
     let dir = tempfile::tempdir().unwrap();
     let key = keygen();
     let f = Fixture::start(dir.path().to_owned(), key.clone()).await;
-    let r = f
-        .post(
-            "/firmware",
-            "application/octet-stream",
-            &artefact(Some(&key), "2.0.0"),
-        )
-        .await;
-    let art = r.json()["id"].as_str().unwrap().to_owned();
+    let art = f.upload(&artefact(Some(&key), "2.0.0")).await;
     let window = json!({"days": ["weekends"], "start": "02:00", "duration_min": 240,
                         "utc_offset": "+01:00"});
     let r = post_json(

@@ -353,14 +353,7 @@ async fn late_nodes_are_picked_up_while_running() {
         f.get("/status/6101").await.status == 200
     })
     .await;
-    let r = f
-        .post(
-            "/firmware",
-            "application/octet-stream",
-            &artefact(Some(&key), "2.0.0"),
-        )
-        .await;
-    let art = r.json()["id"].as_str().unwrap().to_owned();
+    let art = f.upload(&artefact(Some(&key), "2.0.0")).await;
     let r = post_json(
         &f,
         "/campaigns",
@@ -400,14 +393,7 @@ async fn a_campaign_without_its_artefact_fails() {
     let dir = tempfile::tempdir().unwrap();
     let key = keygen();
     let f = Fixture::start(dir.path().to_owned(), key.clone()).await;
-    let r = f
-        .post(
-            "/firmware",
-            "application/octet-stream",
-            &artefact(Some(&key), "2.0.0"),
-        )
-        .await;
-    let art = r.json()["id"].as_str().unwrap().to_owned();
+    let art = f.upload(&artefact(Some(&key), "2.0.0")).await;
     let r = post_json(
         &f,
         "/campaigns",

@@ -134,6 +134,17 @@ impl Fixture {
         .await
     }
 
+    /// Uploads an artefact (`POST /firmware`) and returns its id.
+    pub async fn upload(&self, mfw: &[u8]) -> String {
+        let r = self
+            .post("/firmware", "application/octet-stream", mfw)
+            .await;
+        r.json()["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("upload refused: {} {}", r.status, r.json()))
+            .to_owned()
+    }
+
     pub async fn delete(&self, path: &str) -> Resp {
         let auth = format!("Bearer {TOKEN}");
         request(self.http, "DELETE", path, &[("Authorization", &auth)], &[]).await
