@@ -82,7 +82,7 @@ async fn setup() -> Option<Setup> {
     let mut cfg = mqtt_config(&broker);
     cfg.commands.operator_keys = vec![dir.join("operator.pub")];
     let op = Observer::connect(
-        &broker,
+        broker.port,
         "operator",
         "operator",
         &["mesh/ota/response/#", "mesh/ota/campaign/#"],
@@ -244,7 +244,7 @@ async fn bad_commands_are_refused_with_a_reply_and_change_nothing() {
         "unknown_artefact"
     );
 
-    // Rollback: an honest "unsupported" until the rollback command lands.
+    // Rollback without the signed rollback intent (`tests/rollback.rs` has the rest).
     op.publish(
         "mesh/ota/request/rollback",
         meshfleet_mqtt::sign_command(
@@ -253,11 +253,11 @@ async fn bad_commands_are_refused_with_a_reply_and_change_nothing() {
         ),
     )
     .await;
-    assert_eq!(reply(op, "t-rb").await["error"]["code"], "unsupported");
+    assert_eq!(reply(op, "t-rb").await["error"]["code"], "bad_command");
 
     // A client the ACL does not let write commands (Home Assistant's user): the broker
     // drops it; the gateway never sees it.
-    let ha = Observer::connect(&s.broker, "ha", "homeassistant", &[], true).await;
+    let ha = Observer::connect(s.broker.port, "ha", "homeassistant", &[], true).await;
     ha.publish(
         "mesh/ota/request/list",
         meshfleet_mqtt::sign_command(key, &command("list", "t-acl", json!({}))),
@@ -459,7 +459,7 @@ async fn create_by_url_start_pause_status_over_mqtt() {
         );
     }
     let late = Observer::connect(
-        &s.broker,
+        s.broker.port,
         "late-op",
         "operator",
         &["mesh/ota/campaign/#"],
@@ -798,7 +798,7 @@ async fn approve_over_mqtt() {
     let mut cfg = mqtt_config(&broker);
     cfg.commands.operator_keys = vec![dir.join("operator.pub")];
     let op = Observer::connect(
-        &broker,
+        broker.port,
         "operator",
         "operator",
         &["mesh/ota/response/#"],
