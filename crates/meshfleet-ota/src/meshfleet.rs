@@ -21,8 +21,11 @@
 //! flow, or an artefact packed with a smaller window). A receiver refuses an offer it cannot
 //! decode in any case, for a sender that ignores CAPS.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+#[allow(unused_imports)]
+use crate::prelude::*;
+
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
@@ -30,7 +33,9 @@ use meshfleet_firmware::{
     Artefact, ChunkHash, Codec, Intent, IntentError, Manifest, StreamVerifier, VerifyingKey,
     Version,
 };
-use meshfleet_mesh::{Claims, Ctx, Duration, Instant, LinkId, MeshChange, NodeId, Plugin};
+use meshfleet_mesh::{
+    Claims, Ctx, Duration, Instant, LinkId, MeshChange, NodeId, PackageBody, Plugin, TypedPackage,
+};
 use meshfleet_wire::{Package, Routing};
 use serde::{Deserialize, Serialize};
 
@@ -115,7 +120,7 @@ const CAPS_TRIES: u8 = 3;
 /// routing) are kept under link ids with this bit set: `REMOTE | node id`. Real link ids
 /// count up from 1 and never reach it.
 const REMOTE: u64 = 1 << 63;
-/// Most remote peers a node keeps (each one costs a [`Neighbour`]).
+/// Most remote peers a node keeps (each one costs a neighbour record).
 pub const MAX_REMOTE_PEERS: usize = 32;
 /// Most nodes probed (a SINGLE CAPS) per layout change, and most remembered as probed.
 const MAX_PROBES: usize = 64;
@@ -468,8 +473,8 @@ pub struct MeshfleetOta {
     reverted: Option<ImageInfo>,
 }
 
-impl std::fmt::Debug for MeshfleetOta {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl core::fmt::Debug for MeshfleetOta {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("MeshfleetOta")
             .field("campaign", &self.campaign.as_ref().map(|c| c.id))
             .field("have", &self.campaign.as_ref().map(|c| c.have.count()))
@@ -852,15 +857,15 @@ impl MeshfleetOta {
         let Ok(command) = serde_json::from_slice::<serde_json::Value>(&command.to_json()) else {
             return false;
         };
-        let msg = Rollback {
-            from: me,
-            routing: 1,
-            ty: ROLLBACK,
-            dest: node.0,
-            origin: me,
-            command,
-        };
-        Package::from_serialize(&msg).is_ok_and(|pkg| ctx.send(&pkg).is_ok())
+        let msg = TypedPackage::single(
+            NodeId(me),
+            node,
+            Rollback {
+                origin: me,
+                command,
+            },
+        );
+        msg.encode().is_ok_and(|pkg| ctx.send(&pkg).is_ok())
     }
 
     /// The image a rollback command switched the boot record to, once: the node runs it
@@ -873,16 +878,21 @@ impl MeshfleetOta {
     /// A ROLLBACK addressed to us: check the signed command, carry it out on the boot
     /// record (one atomic write, [`boot::revert`]), answer the origin.
     fn handle_rollback(&mut self, ctx: &mut Ctx<'_>, pkg: &Package) {
-        let Ok(msg) = pkg.parse::<Rollback>() else {
+        let Ok(TypedPackage {
+            from,
+            dest,
+            body: msg,
+            ..
+        }) = TypedPackage::<Rollback>::decode(pkg)
+        else {
             self.stats.malformed += 1;
             return;
         };
         let me = ctx.node_id().0;
-        if msg.dest != me {
+        if dest.0 != me {
             self.stats.malformed += 1;
             return;
         }
-        let from = pkg.from();
         let origin = if msg.origin == 0 { from.0 } else { msg.origin };
         let command = serde_json::to_vec(&msg.command)
             .map_err(|e| IntentError::Malformed(e.to_string()))
@@ -920,17 +930,17 @@ impl MeshfleetOta {
                 .unwrap_or_default(),
         };
         let (o, r) = outcome.labels();
-        let answer = RollbackResult {
-            from: me,
-            routing: 1,
-            ty: ROLLBACK_RESULT,
-            dest: origin,
-            issued,
-            outcome: o.to_string(),
-            refusal: r.map(str::to_string),
-            version,
-        };
-        if let Ok(pkg) = Package::from_serialize(&answer) {
+        let answer = TypedPackage::single(
+            NodeId(me),
+            NodeId(origin),
+            RollbackResult {
+                issued,
+                outcome: o.to_string(),
+                refusal: r.map(str::to_string),
+                version,
+            },
+        );
+        if let Ok(pkg) = answer.encode() {
             // No route to the origin: it sends the command again and gets the answer then.
             let _ = ctx.send(&pkg);
         }
@@ -1010,7 +1020,8 @@ impl MeshfleetOta {
 
     /// A node's answer to a rollback command we sent.
     fn handle_rollback_result(&mut self, ctx: &mut Ctx<'_>, pkg: &Package) {
-        let Ok(r) = pkg.parse::<RollbackResult>() else {
+        let Ok(TypedPackage { from, body: r, .. }) = TypedPackage::<RollbackResult>::decode(pkg)
+        else {
             self.stats.malformed += 1;
             return;
         };
@@ -1020,7 +1031,7 @@ impl MeshfleetOta {
         };
         let version: String = r.version.chars().take(MAX_CAPS_TEXT).collect();
         ctx.emit(Box::new(OtaEvent::RollbackReport {
-            node: pkg.from(),
+            node: from,
             issued: r.issued,
             outcome,
             version,
@@ -1190,10 +1201,12 @@ impl MeshfleetOta {
 
     // ------------------------------------------------------------------ sending
 
-    fn send_json<T: Serialize>(ctx: &mut Ctx<'_>, link: LinkId, msg: &T) {
+    fn send_json<B: PackageBody>(ctx: &mut Ctx<'_>, link: LinkId, msg: &TypedPackage<B>) {
         if remote_peer(link).is_some() {
             // A remote peer: the same message, SINGLE-routed (routing 1) through the nodes
-            // between, which forward it like any painlessMesh package.
+            // between, which forward it like any painlessMesh package. Through a `Value`
+            // (keys sorted), as this was always sent: the bytes stay what remote peers of
+            // earlier builds saw.
             let Ok(mut v) = serde_json::to_value(msg) else {
                 return;
             };
@@ -1204,7 +1217,7 @@ impl MeshfleetOta {
             }
             return;
         }
-        if let Ok(pkg) = Package::from_serialize(msg) {
+        if let Ok(pkg) = msg.encode() {
             // The link may have just closed; the NeighbourDown that follows cleans up.
             let _ = ctx.send_on_link(link, &pkg);
         }
@@ -1364,13 +1377,9 @@ impl MeshfleetOta {
         }
     }
 
-    fn caps(&self, me: u32, dest: u32, ack: bool) -> Caps {
+    fn caps(&self, me: u32, dest: u32, ack: bool) -> TypedPackage<Caps> {
         let running = self.config.running.as_ref();
-        Caps {
-            from: me,
-            routing: 0,
-            ty: CAPS,
-            dest,
+        let caps = Caps {
             v: PROTOCOL_VERSION,
             codecs: self
                 .config
@@ -1386,7 +1395,8 @@ impl MeshfleetOta {
             fw: running.map(|r| r.version.clone()).unwrap_or_default(),
             sha256: running.map(|r| r.sha256.clone()).unwrap_or_default(),
             ack,
-        }
+        };
+        TypedPackage::neighbour(NodeId(me), NodeId(dest), caps)
     }
 
     /// Offers the campaign to every neighbour whose CAPS show it lacks the image.
@@ -1419,7 +1429,7 @@ impl MeshfleetOta {
         // else would only earn a refusal (and, from a relay holding an older campaign, an
         // offer the source itself would have to refuse).
         let not_newer = Version::parse(&caps.fw)
-            .is_ok_and(|fw| m.version.cmp_precedence(&fw) != std::cmp::Ordering::Greater);
+            .is_ok_and(|fw| m.version.cmp_precedence(&fw) != core::cmp::Ordering::Greater);
         if Some(link) == c.upstream
             || n.offered == Some(c.id)
             // A remote peer that offered the campaign to us holds it already. (Direct
@@ -1523,10 +1533,6 @@ impl MeshfleetOta {
             m.to_json()
         };
         let offer = Offer {
-            from: ctx.node_id().0,
-            routing: 0,
-            ty: OFFER,
-            dest: n.peer.0,
             campaign: c.id,
             intent: c
                 .intent
@@ -1536,6 +1542,7 @@ impl MeshfleetOta {
             scope: c.scope.as_ref().map(|s| s.iter().copied().collect()),
             manifest: serde_json::from_slice(&lean).unwrap_or_default(),
         };
+        let offer = TypedPackage::neighbour(ctx.node_id(), n.peer, offer);
         self.stats.offers_sent += 1;
         Self::send_json(ctx, link, &offer);
     }
@@ -1651,12 +1658,12 @@ impl MeshfleetOta {
                 // when that much should have drained at the pacing rate.
                 let backlog = Self::backlog(ctx, link).unwrap_or(0) as f64;
                 if backlog >= burst {
-                    let wait = ((backlog - burst + frame_cost) / rate * 1e6).ceil() as u64;
+                    let wait = ceil_u64((backlog - burst + frame_cost) / rate * 1e6);
                     n.pump_at = Some(now + Duration::from_micros(wait.max(1)));
                     break;
                 }
                 if n.tokens < frame_cost {
-                    let wait = ((frame_cost - n.tokens) / rate * 1e6).ceil() as u64;
+                    let wait = ceil_u64((frame_cost - n.tokens) / rate * 1e6);
                     n.pump_at = Some(now + Duration::from_micros(wait.max(1)));
                     break;
                 }
@@ -1677,16 +1684,13 @@ impl MeshfleetOta {
                     payload.len() + 5
                 } else {
                     let msg = ChunkJson {
-                        from: ctx.node_id().0,
-                        routing: 0,
-                        ty: CHUNK,
-                        dest: peer,
                         campaign: id,
                         index,
                         data: BASE64.encode(&data),
                     };
+                    let msg = TypedPackage::neighbour(ctx.node_id(), NodeId(peer), msg);
                     Self::send_json(ctx, link, &msg);
-                    msg.data.len() + 100
+                    msg.body.data.len() + 100
                 };
                 self.stats.chunks_sent += 1;
                 self.stats.chunk_bytes_sent += data.len() as u64;
@@ -1707,10 +1711,6 @@ impl MeshfleetOta {
         if let Some((link, campaign, kind, reason)) = reject {
             let peer = self.neighbours.get(&link).map_or(0, |n| n.peer.0);
             let st = Status {
-                from: ctx.node_id().0,
-                routing: 0,
-                ty: STATUS,
-                dest: peer,
                 campaign,
                 have: 0,
                 chunks: 0,
@@ -1719,6 +1719,7 @@ impl MeshfleetOta {
                 reject: Some(reason),
                 refusal: Some(kind.label().to_string()),
             };
+            let st = TypedPackage::neighbour(ctx.node_id(), NodeId(peer), st);
             Self::send_json(ctx, link, &st);
             return;
         }
@@ -1734,10 +1735,6 @@ impl MeshfleetOta {
         };
         let peer = self.neighbours.get(&link).map_or(0, |n| n.peer.0);
         let st = Status {
-            from: ctx.node_id().0,
-            routing: 0,
-            ty: STATUS,
-            dest: peer,
             campaign: c.id,
             have: c.have.count(),
             chunks: c.layout.units(),
@@ -1746,6 +1743,7 @@ impl MeshfleetOta {
             reject: None,
             refusal: None,
         };
+        let st = TypedPackage::neighbour(ctx.node_id(), NodeId(peer), st);
         Self::send_json(ctx, link, &st);
     }
 
@@ -1761,13 +1759,10 @@ impl MeshfleetOta {
         }
         let peer = self.neighbours.get(&up).map_or(0, |n| n.peer.0);
         let nak = Nak {
-            from: ctx.node_id().0,
-            routing: 0,
-            ty: NAK,
-            dest: peer,
             campaign: c.id,
             missing: c.have.missing_ranges(MAX_NAK_RANGES),
         };
+        let nak = TypedPackage::neighbour(ctx.node_id(), NodeId(peer), nak);
         self.stats.naks_sent += 1;
         Self::send_json(ctx, up, &nak);
     }
@@ -1791,7 +1786,7 @@ impl MeshfleetOta {
     // ------------------------------------------------------------------ receiving
 
     fn handle_caps(&mut self, ctx: &mut Ctx<'_>, link: LinkId, pkg: &Package) {
-        let Ok(caps) = pkg.parse::<Caps>() else {
+        let Ok(TypedPackage { body: caps, .. }) = TypedPackage::<Caps>::decode(pkg) else {
             self.stats.malformed += 1;
             return;
         };
@@ -1931,7 +1926,7 @@ impl MeshfleetOta {
         }
         if let Some(r) = &self.config.running {
             if let Ok(running) = Version::parse(&r.version) {
-                let newer = m.version.cmp_precedence(&running) == std::cmp::Ordering::Greater;
+                let newer = m.version.cmp_precedence(&running) == core::cmp::Ordering::Greater;
                 if !newer && !lifted && !self.config.allow_downgrade {
                     return Some((
                         Refusal::Downgrade,
@@ -1992,17 +1987,13 @@ impl MeshfleetOta {
         }
         let (o, r) = outcome.labels();
         let report = Report {
-            from: me,
-            routing: 1,
-            ty: REPORT,
-            dest: origin,
             campaign,
             outcome: o.to_string(),
             refusal: r.map(str::to_string),
             version,
             node: node.0,
         };
-        if let Ok(pkg) = Package::from_serialize(&report) {
+        if let Ok(pkg) = TypedPackage::single(NodeId(me), NodeId(origin), report).encode() {
             let _ = ctx.send(&pkg);
         }
     }
@@ -2040,10 +2031,6 @@ impl MeshfleetOta {
         }
         let (o, r) = outcome.labels();
         let report = Report {
-            from: me,
-            routing: 1,
-            ty: REPORT,
-            dest: origin,
             campaign,
             outcome: o.to_string(),
             refusal: r.map(str::to_string),
@@ -2055,7 +2042,7 @@ impl MeshfleetOta {
                 .unwrap_or_default(),
             node: 0,
         };
-        if let Ok(pkg) = Package::from_serialize(&report) {
+        if let Ok(pkg) = TypedPackage::single(NodeId(me), NodeId(origin), report).encode() {
             // No route to the origin: nobody to tell.
             let _ = ctx.send(&pkg);
         }
@@ -2063,7 +2050,7 @@ impl MeshfleetOta {
 
     /// A node's REPORT of a campaign we are the origin of.
     fn handle_report(&mut self, ctx: &mut Ctx<'_>, pkg: &Package) {
-        let Ok(r) = pkg.parse::<Report>() else {
+        let Ok(TypedPackage { from, body: r, .. }) = TypedPackage::<Report>::decode(pkg) else {
             self.stats.malformed += 1;
             return;
         };
@@ -2080,12 +2067,17 @@ impl MeshfleetOta {
         };
         // A relay reports the neighbours it did not offer the campaign to (`node`); a node
         // reports itself (`node` 0).
-        let node = NodeId(if r.node == 0 { r.from } else { r.node });
+        let node = if r.node == 0 { from } else { NodeId(r.node) };
+        if node.0 == 0 {
+            // No `from` key (the wire crate reads it as 0): a report about nobody.
+            self.stats.malformed += 1;
+            return;
+        }
         self.record_outcome(ctx, r.campaign, node, outcome, r.version);
     }
 
     fn handle_offer(&mut self, ctx: &mut Ctx<'_>, link: LinkId, pkg: &Package) {
-        let Ok(offer) = pkg.parse::<Offer>() else {
+        let Ok(TypedPackage { body: offer, .. }) = TypedPackage::<Offer>::decode(pkg) else {
             self.stats.malformed += 1;
             return;
         };
@@ -2123,10 +2115,6 @@ impl MeshfleetOta {
             .is_some_and(|r| r.sha256.eq_ignore_ascii_case(&manifest.sha256.to_hex()))
         {
             let st = Status {
-                from: me,
-                routing: 0,
-                ty: STATUS,
-                dest: peer.0,
                 campaign: id,
                 have: Layout::of(&manifest).units(),
                 chunks: Layout::of(&manifest).units(),
@@ -2135,6 +2123,7 @@ impl MeshfleetOta {
                 reject: None,
                 refusal: None,
             };
+            let st = TypedPackage::neighbour(NodeId(me), peer, st);
             Self::send_json(ctx, link, &st);
             self.send_report(ctx, offer.origin, id, NodeOutcome::AlreadyCurrent);
             return;
@@ -2195,8 +2184,8 @@ impl MeshfleetOta {
             // Another campaign half-received: a newer signed version, or the image the
             // operator's intent names, supersedes it; anything else waits for it to finish
             // or to be abandoned (`campaign_timeout`).
-            let newer =
-                manifest.version.cmp_precedence(&c.manifest.version) == std::cmp::Ordering::Greater;
+            let newer = manifest.version.cmp_precedence(&c.manifest.version)
+                == core::cmp::Ordering::Greater;
             let by_intent = matches!(intent, Some(Ok(_)));
             if !newer && !by_intent {
                 let reason = format!(
@@ -2516,7 +2505,7 @@ impl MeshfleetOta {
     }
 
     fn handle_nak(&mut self, ctx: &mut Ctx<'_>, link: LinkId, pkg: &Package) {
-        let Ok(nak) = pkg.parse::<Nak>() else {
+        let Ok(TypedPackage { body: nak, .. }) = TypedPackage::<Nak>::decode(pkg) else {
             self.stats.malformed += 1;
             return;
         };
@@ -2697,7 +2686,7 @@ impl MeshfleetOta {
     }
 
     fn handle_status(&mut self, ctx: &mut Ctx<'_>, link: LinkId, pkg: &Package) {
-        let Ok(st) = pkg.parse::<Status>() else {
+        let Ok(TypedPackage { body: st, .. }) = TypedPackage::<Status>::decode(pkg) else {
             self.stats.malformed += 1;
             return;
         };
@@ -2763,6 +2752,17 @@ impl MeshfleetOta {
             // Our own subtree state may have changed: tell upstream.
             self.send_status(ctx, None);
         }
+    }
+}
+
+/// `x.ceil() as u64` without `f64::ceil`, which `core` lacks (it is in `std`): the same
+/// value for every `x`, NaN and out-of-range values included (`as` saturates).
+fn ceil_u64(x: f64) -> u64 {
+    let t = x as u64;
+    if (t as f64) < x {
+        t.saturating_add(1)
+    } else {
+        t
     }
 }
 
@@ -2864,7 +2864,8 @@ impl Plugin for MeshfleetOta {
             CAPS => self.handle_caps(ctx, link, pkg),
             OFFER => self.handle_offer(ctx, link, pkg),
             CHUNK => {
-                let Ok(c) = pkg.parse::<ChunkJson>() else {
+                let Ok(TypedPackage { body: c, .. }) = TypedPackage::<ChunkJson>::decode(pkg)
+                else {
                     self.stats.malformed += 1;
                     return;
                 };
@@ -2999,5 +3000,43 @@ impl Plugin for MeshfleetOta {
         }
         self.retry_offers(ctx);
         self.pump(ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ceil_u64;
+    use proptest::prelude::*;
+
+    #[test]
+    fn ceil_u64_matches_std_at_the_edges() {
+        let edges = [
+            0.0,
+            -0.0,
+            -0.5,
+            -1.0,
+            0.5,
+            1.0,
+            1.000_000_1,
+            4_503_599_627_370_495.5, // 2^52 - 0.5: the largest with a fraction
+            9_007_199_254_740_993.0, // 2^53 + 1 (rounds to 2^53)
+            18_446_744_073_709_551_615.0, // rounds to 2^64
+            1e30,
+            f64::MAX,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+            f64::MIN_POSITIVE,
+        ];
+        for x in edges {
+            assert_eq!(ceil_u64(x), x.ceil() as u64, "{x}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn ceil_u64_matches_std(x in proptest::num::f64::ANY) {
+            prop_assert_eq!(ceil_u64(x), x.ceil() as u64);
+        }
     }
 }
