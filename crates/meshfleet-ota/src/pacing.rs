@@ -27,7 +27,7 @@
 //! the samples stay far below the target (4 queued frames are ~40 ms) and the rate stays at
 //! the maximum.
 
-use std::collections::VecDeque;
+use alloc::collections::VecDeque;
 
 use meshfleet_mesh::{Duration, Instant};
 
@@ -136,6 +136,7 @@ impl DelayPacer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloc::vec::Vec;
 
     fn at(ms: u64) -> Instant {
         Instant::from_micros(ms * 1000)
