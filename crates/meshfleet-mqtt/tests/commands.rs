@@ -975,6 +975,21 @@ async fn replies_and_campaign_status_survive_a_broker_restart_mid_campaign() {
     let gw = Gw::start(&dir, cfg).await;
     broker.restart();
 
+    // The reply leaves the outbox once the broker has it (PUBACK)...
+    let pending = || {
+        meshfleet_mqtt::outbox::Outbox::open(&gw.shared().config.db)
+            .unwrap()
+            .len()
+            .unwrap()
+    };
+    for _ in 0..600 {
+        if pending() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(pending(), 0, "the reply reached the broker");
+    // ...and the operator's persistent session gets it when it is back.
     let reply_topic = "mesh/ota/response/t-outage";
     let topic = format!("mesh/ota/campaign/{id}");
     let m = ops
