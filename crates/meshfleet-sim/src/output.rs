@@ -97,12 +97,14 @@ fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
 /// The time series as CSV.
 pub(crate) fn timeseries_csv(r: &SimReport) -> String {
     let mut s = String::from(
-        "t_s,app_sent,app_delivered,frames_on_air,bytes_on_air,drops,nodes_alive,nodes_converged,components,queued_bytes,time_spread_us\n",
+        "t_s,app_sent,app_delivered,frames_on_air,bytes_on_air,drops,nodes_alive,nodes_converged,components,queued_bytes,time_spread_us,bytes_node_sync,bytes_time_sync,bytes_ota,bytes_application\n",
     );
-    for x in &r.series {
+    for (k, x) in r.series.iter().enumerate() {
+        // Empty when the run was not driven by `run_scenario` (no class log).
+        let class = |f: fn(&crate::ClassBytes) -> u64| opt(r.air_by_class.get(k).map(f));
         let _ = writeln!(
             s,
-            "{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             x.t_s,
             x.app_sent,
             x.app_delivered,
@@ -113,7 +115,11 @@ pub(crate) fn timeseries_csv(r: &SimReport) -> String {
             x.nodes_converged,
             x.components,
             x.queued_bytes,
-            opt(x.time_spread_us)
+            opt(x.time_spread_us),
+            class(|c| c.node_sync),
+            class(|c| c.time_sync),
+            class(|c| c.ota),
+            class(|c| c.application)
         );
     }
     s

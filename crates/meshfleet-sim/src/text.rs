@@ -190,9 +190,11 @@ pub fn explain_report(r: &SimReport, drift_ppm: f64) -> Vec<String> {
             e.cause,
             e.at_s,
             e.converged_after_s
-                .map_or("never during the run".to_owned(), |d| format!(
-                    "{d:.1} s later"
-                ))
+                .map_or("never during the run".to_owned(), |d| if d < 1.0 {
+                    format!("{:.0} ms later", d * 1e3)
+                } else {
+                    format!("{d:.1} s later")
+                })
         ));
     }
     let t = &r.time_sync;
@@ -201,6 +203,11 @@ pub fn explain_report(r: &SimReport, drift_ppm: f64) -> Vec<String> {
         t.final_spread_us.map_or("not measured".to_owned(), ms),
         t.max_spread_last_minute_us.map_or("not measured".to_owned(), ms),
     );
+    if t.max_spread_last_minute_us.is_some_and(|us| us > 1_000_000) {
+        ts.push_str(
+            "(a node that has not synced yet differs by its boot offset: seconds to minutes); ",
+        );
+    }
     ts.push_str(&match t.below_1ms_from_s {
         Some(s) => format!("it stayed below 1 ms from {s:.1} s on."),
         None => "it did not stay below 1 ms to the end.".to_owned(),

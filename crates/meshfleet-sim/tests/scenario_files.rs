@@ -63,6 +63,25 @@ fn three_chain_runs_from_its_file_and_writes_deterministic_outputs() {
     let csv = read(&a.join("timeseries.csv"));
     assert!(csv.starts_with("t_s,app_sent,app_delivered,"));
     assert_eq!(csv.lines().count(), 181);
+    // The class columns add up to the bytes on air of the whole run.
+    let cols: Vec<Vec<u64>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(|v| v.parse().unwrap_or(0)).collect())
+        .collect();
+    let on_air: u64 = cols.iter().map(|c| c[4]).sum();
+    let by_class: u64 = cols.iter().map(|c| c[11..15].iter().sum::<u64>()).sum();
+    assert!(
+        by_class > 0
+            && csv
+                .lines()
+                .next()
+                .is_some_and(|h| h.ends_with(",bytes_application"))
+    );
+    assert_eq!(
+        by_class, on_air,
+        "node sync + time sync + OTA + application = all"
+    );
     let svg = read(&a.join("latency_cdf.svg"));
     assert!(svg.starts_with("<svg") && svg.contains("latency (ms, log scale)"));
     // Bytes on air are split by traffic class, each with its total in the legend.

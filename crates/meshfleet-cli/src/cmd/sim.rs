@@ -116,7 +116,7 @@ fn print_report(
         outln!("  {line}");
     }
     outln!(
-        "  ran {:.0} virtual s in {wall_s:.1} s of wall time ({:.0}x real time), {} events",
+        "  ran {:.0} virtual s in {wall_s:.1} s of wall time ({:.1}x real time), {} events",
         r.virtual_time_s,
         r.virtual_time_s / wall_s.max(1e-9),
         r.events_processed
