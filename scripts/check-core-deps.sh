@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 core=(meshfleet-wire meshfleet-mesh)
-for c in meshfleet-ota meshfleet-monitor meshfleet-agent meshfleet-rollout; do
+for c in meshfleet-ota meshfleet-monitor meshfleet-agent meshfleet-rollout meshfleet-channel; do
   [ -d "crates/$c" ] && core+=("$c")
 done
 forbidden='^(tokio|mio|socket2|axum|hyper|rumqttc|async-std|smol|reqwest|rusqlite)$'
@@ -19,7 +19,7 @@ for c in "${core[@]}"; do
     echo "ok: $c has no runtime/socket dependencies ($(echo "$deps" | wc -l) crates)"
   fi
 done
-# std crates of the core (ota, agent) cannot be checked by a no_std build: no file,
+# std crates of the core (ota, agent, channel) cannot be checked by a no_std build: no file,
 # socket, thread or clock API may appear in their source. File IO lives at the edge
 # (meshfleet-store-fs, the CLI); time comes in as `now`.
 io_api='std::(fs|io|path|net|thread|time|process)::|Instant::now|SystemTime'

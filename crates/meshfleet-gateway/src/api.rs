@@ -66,6 +66,7 @@ pub fn router(shared: AppState) -> Router {
     Router::new()
         .route("/status", get(status_list))
         .route("/status/{node_id}", get(status_one))
+        .route("/query", post(query_now))
         .route("/health", get(fleet_health))
         .route("/topology", get(topology))
         .route("/nodes/{node_id}/history", get(history))
@@ -522,6 +523,103 @@ async fn status_one(
         .ok_or_else(|| ApiError::not_found(format!("node {id} has never been seen")))
 }
 
+/// `POST /query` body: whom to ask. An empty body asks every node that is not offline.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct QueryRequest {
+    /// One node; absent: every node that is not offline.
+    pub node_id: Option<u32>,
+}
+
+/// `POST /query`: what the nodes said.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueryAnswer {
+    /// The monitor's query id (the `r` of its telemetry queries on the mesh).
+    pub query_id: u32,
+    /// Some targets did not answer within the monitor's query timeout.
+    pub partial: bool,
+    /// Nodes that answered: a telemetry keyframe (meshfleet nodes) or a delay probe (stock).
+    pub answered: Vec<u32>,
+    /// Nodes whose data was younger than the cache TTL: not asked.
+    pub cached: Vec<u32>,
+    /// Nodes that did not answer in time.
+    pub missing: Vec<u32>,
+    /// From the start of the query to its end, milliseconds of the mesh's clock.
+    pub duration_ms: u64,
+    /// The answered and cached nodes as `GET /status/{nodeId}` shows them now.
+    pub nodes: Vec<NodeStatus>,
+}
+
+/// Longest an on-demand query may keep its HTTP request open, whatever the monitor's
+/// timeout: a stuck ingest task must not hold connections for ever.
+const QUERY_WAIT: std::time::Duration = std::time::Duration::from_secs(90);
+
+/// `POST /query`: ask one node, or every node, for fresh data now.
+#[utoipa::path(post, path = "/query", tag = "fleet",
+    request_body(content = Option<QueryRequest>, content_type = "application/json",
+        description = "`{\"nodeId\": N}` for one node; empty for every node that is not offline"),
+    responses((status = 200, body = QueryAnswer,
+            description = "Every target answered, or the monitor's query timeout passed (`partial`)"),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 415, body = Problem, content_type = "application/problem+json"),
+        (status = 429, body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json")))]
+async fn query_now(
+    State(s): State<AppState>,
+    headers: axum::http::HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<QueryAnswer>, ApiError> {
+    let body = body?;
+    let req: QueryRequest = note_body(&headers, &body)?;
+    let target = match req.node_id {
+        Some(id) => meshfleet_monitor::QueryTarget::Node(meshfleet_monitor::NodeId(id)),
+        None => meshfleet_monitor::QueryTarget::All,
+    };
+    let stopping = || ApiError::unavailable("the gateway is stopping");
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    s.to_monitor
+        .send(crate::ingest::ToMonitor::Query(crate::ingest::QueryNow {
+            target,
+            reply,
+        }))
+        .await
+        .map_err(|_| stopping())?;
+    let result = tokio::time::timeout(QUERY_WAIT, answer)
+        .await
+        .map_err(|_| ApiError::unavailable("the query did not finish"))?
+        .map_err(|_| stopping())?
+        .map_err(|e| match e {
+            meshfleet_monitor::QueryError::TooMany => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_queries",
+                "the monitor runs as many queries as it allows; try again in a few seconds",
+            ),
+            meshfleet_monitor::QueryError::UnknownNode(n) => {
+                ApiError::not_found(format!("node {n} has never been seen"))
+            }
+            other => ApiError::unavailable(other.to_string()),
+        })?;
+    let ids = |v: &[meshfleet_monitor::NodeId]| v.iter().map(|n| n.0).collect::<Vec<u32>>();
+    let nodes = result
+        .answered
+        .iter()
+        .chain(&result.cached)
+        .filter_map(|n| s.registry.get(n.0))
+        .collect();
+    Ok(Json(QueryAnswer {
+        query_id: result.id.0,
+        partial: result.partial,
+        answered: ids(&result.answered),
+        cached: ids(&result.cached),
+        missing: ids(&result.missing),
+        duration_ms: result.finished.saturating_since(result.started).as_micros() / 1000,
+        nodes,
+    }))
+}
+
 /// `GET /health`: the fleet summary.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -911,8 +1009,10 @@ async fn clear_alert(
     // The monitor first, so the condition cannot raise it again in between; an alert left
     // from a previous run is unknown to it and only the store changes.
     let (reply, answer) = tokio::sync::oneshot::channel();
-    s.alert_clears
-        .send(crate::ingest::ClearByOperator { stored: id, reply })
+    s.to_monitor
+        .send(crate::ingest::ToMonitor::Clear(
+            crate::ingest::ClearByOperator { stored: id, reply },
+        ))
         .await
         .map_err(|_| ApiError::unavailable("the gateway is stopping"))?;
     let _in_monitor = answer
@@ -1572,8 +1672,8 @@ pub(crate) mod paths {
         __path_create_campaign, __path_create_rollout, __path_delete_firmware, __path_event_ticket,
         __path_events, __path_fleet_health, __path_get_campaign, __path_get_rollout,
         __path_healthz, __path_history, __path_list_campaigns, __path_list_firmware,
-        __path_list_rollouts, __path_metrics_text, __path_openapi_json, __path_readyz,
-        __path_rollout_action, __path_status_list, __path_status_one, __path_topology,
-        __path_upload_firmware,
+        __path_list_rollouts, __path_metrics_text, __path_openapi_json, __path_query_now,
+        __path_readyz, __path_rollout_action, __path_status_list, __path_status_one,
+        __path_topology, __path_upload_firmware,
     };
 }

@@ -25,8 +25,8 @@ use std::time::Duration;
 
 use meshfleet_mesh::{Instant, NodeId, NodeTree};
 use meshfleet_monitor::{
-    AlertEvent, ClearReason, DropReason, Ingest as Verdict, Monitor, MonitorEvent, Subject,
-    Transmit,
+    AlertEvent, ClearReason, DropReason, Ingest as Verdict, Monitor, MonitorEvent, QueryError,
+    QueryId, QueryResult, QueryTarget, Subject, Transmit,
 };
 use meshfleet_runtime::RuntimeEvent;
 use meshfleet_wire::Package;
@@ -52,8 +52,29 @@ pub(crate) struct ClearByOperator {
     pub(crate) reply: oneshot::Sender<bool>,
 }
 
-/// Most operator clears queued for the ingest task (the API waits for each).
-pub(crate) const CLEAR_QUEUE: usize = 64;
+/// An on-demand query from the API: ask nodes for fresh data now (meshfleet nodes with a
+/// telemetry query, stock nodes with painlessMesh's delay probe; data younger than the
+/// monitor's cache TTL is answered from the cache). The reply comes when every target
+/// answered or the monitor's query timeout passed (then it is partial).
+#[derive(Debug)]
+pub(crate) struct QueryNow {
+    /// Whom to ask.
+    pub(crate) target: QueryTarget,
+    /// The answer, or why the query did not start.
+    pub(crate) reply: oneshot::Sender<Result<QueryResult, QueryError>>,
+}
+
+/// What the API asks of the ingest task, which owns the monitor.
+#[derive(Debug)]
+pub(crate) enum ToMonitor {
+    /// An operator clears an alert by hand.
+    Clear(ClearByOperator),
+    /// An on-demand query.
+    Query(QueryNow),
+}
+
+/// Most API requests queued for the ingest task (the API waits for each).
+pub(crate) const MONITOR_QUEUE: usize = 64;
 
 /// Most alerts read back at start (to clear those a previous run left active).
 const MAX_STALE_ALERTS: usize = 100_000;
@@ -109,6 +130,8 @@ struct Ingest {
     /// Stored alert ids by the monitor's alert ids.
     alert_ids: HashMap<u64, i64>,
     samples: Vec<Sample>,
+    /// Running on-demand queries, answered when the monitor finishes them.
+    queries: HashMap<QueryId, oneshot::Sender<Result<QueryResult, QueryError>>>,
 }
 
 /// Runs until `shutdown` turns true or the mesh stops.
@@ -116,7 +139,7 @@ pub(crate) async fn run(
     shared: Arc<Shared>,
     mut events: broadcast::Receiver<RuntimeEvent>,
     mut shutdown: watch::Receiver<bool>,
-    mut clears: mpsc::Receiver<ClearByOperator>,
+    mut commands: mpsc::Receiver<ToMonitor>,
 ) {
     let monitor = Monitor::new(shared.config.monitor.clone(), shared.mesh.node_id());
     let mut me = Ingest {
@@ -128,6 +151,7 @@ pub(crate) async fn run(
         },
         alert_ids: HashMap::new(),
         samples: Vec::new(),
+        queries: HashMap::new(),
         shared,
     };
     me.clear_stale_alerts().await;
@@ -143,18 +167,7 @@ pub(crate) async fn run(
         tokio::select! {
             _ = shutdown.changed() => break,
             _ = flush.tick() => me.flush(),
-            Some(c) = clears.recv() => {
-                let now = me.clock.now();
-                let monitor_id = me
-                    .alert_ids
-                    .iter()
-                    .find(|(_, stored)| **stored == c.stored)
-                    .map(|(m, _)| *m);
-                let cleared = monitor_id.is_some_and(|m| me.monitor.clear_alert(now, m).is_some());
-                // The API writes the store (with who and why) and publishes the event; the
-                // monitor's own `Cleared { reason: Operator }` only drops the id mapping.
-                let _ = c.reply.send(cleared);
-            }
+            Some(c) = commands.recv() => me.command(c),
             _ = tokio::time::sleep_until(wake) => {
                 let now = me.clock.now();
                 me.monitor.handle_timeout(now);
@@ -177,6 +190,34 @@ pub(crate) async fn run(
 }
 
 impl Ingest {
+    fn command(&mut self, c: ToMonitor) {
+        let now = self.clock.now();
+        match c {
+            ToMonitor::Clear(c) => {
+                let monitor_id = self
+                    .alert_ids
+                    .iter()
+                    .find(|(_, stored)| **stored == c.stored)
+                    .map(|(m, _)| *m);
+                let cleared =
+                    monitor_id.is_some_and(|m| self.monitor.clear_alert(now, m).is_some());
+                // The API writes the store (with who and why) and publishes the event; the
+                // monitor's own `Cleared { reason: Operator }` only drops the id mapping.
+                let _ = c.reply.send(cleared);
+            }
+            ToMonitor::Query(q) => match self.monitor.start_query(now, q.target) {
+                // Registered before `drain` runs: a query answered from the cache alone is
+                // finished at once and its `QueryDone` is among the events drained next.
+                Ok(id) => {
+                    self.queries.insert(id, q.reply);
+                }
+                Err(e) => {
+                    let _ = q.reply.send(Err(e));
+                }
+            },
+        }
+    }
+
     async fn clear_stale_alerts(&mut self) {
         let alerts = &self.shared.stores.alerts;
         match alerts.list(true, None, MAX_STALE_ALERTS).await {
@@ -366,6 +407,12 @@ impl Ingest {
                     }
                 }
                 MonitorEvent::Alert(a) => self.alert(a).await,
+                MonitorEvent::QueryDone(r) => {
+                    if let Some(reply) = self.queries.remove(&r.id) {
+                        // The caller may have gone (a closed HTTP request): nothing to do.
+                        let _ = reply.send(Ok(r));
+                    }
+                }
                 _ => {}
             }
         }

@@ -173,8 +173,8 @@ pub struct Shared {
     pub stopping: watch::Receiver<bool>,
     /// Add-ons started on the gateway (the MQTT bridge): their metrics join `/metrics`.
     pub extensions: Extensions,
-    /// Operator clears to the ingest task, which owns the monitor.
-    pub(crate) alert_clears: tokio::sync::mpsc::Sender<ingest::ClearByOperator>,
+    /// Operator clears and on-demand queries to the ingest task, which owns the monitor.
+    pub(crate) to_monitor: tokio::sync::mpsc::Sender<ingest::ToMonitor>,
     /// Event-stream tickets (`read-auth` with a browser's `EventSource`).
     pub(crate) tickets: tickets::Tickets,
 }
@@ -331,7 +331,7 @@ impl Gateway {
         })?;
         let (shutdown, rx) = watch::channel(false);
         let campaign_store = stores.campaigns.clone();
-        let (alert_clears, clears) = tokio::sync::mpsc::channel(ingest::CLEAR_QUEUE);
+        let (to_monitor, commands) = tokio::sync::mpsc::channel(ingest::MONITOR_QUEUE);
         let rollout_store = stores.rollouts.clone();
         let shared = Arc::new_cyclic(|weak| Shared {
             registry: Registry::restore(nodes),
@@ -346,14 +346,14 @@ impl Gateway {
             stopping: rx.clone(),
             config,
             extensions: Extensions::default(),
-            alert_clears,
+            to_monitor,
             tickets: tickets::Tickets::default(),
         });
         let mut tasks = vec![tokio::spawn(ingest::run(
             shared.clone(),
             events,
             rx.clone(),
-            clears,
+            commands,
         ))];
         tasks.push(tokio::spawn(campaign_engine::run(
             shared.clone(),

@@ -7,7 +7,8 @@ use utoipa::{Modify, OpenApi};
 use crate::api::paths::*;
 use crate::api::{
     AckRequest, AlertList, AlertState, ArtefactList, CampaignList, ClearRequest, EventTicket,
-    FleetHealth, Order, Probe, Problem, SkipRequest, SortKey, StatusList, Topology, TopologyNode,
+    FleetHealth, Order, Probe, Problem, QueryAnswer, QueryRequest, SkipRequest, SortKey,
+    StatusList, Topology, TopologyNode,
 };
 use crate::campaign::{
     Campaign, CampaignAction, CampaignId, CampaignNode, CampaignNodeEvent, CampaignSpec,
@@ -34,7 +35,7 @@ use crate::status::StatusReport;
             Errors are application/problem+json. Timestamps are milliseconds since the Unix epoch."
     ),
     paths(
-        status_list, status_one, fleet_health, topology, history, alerts, ack_alert, clear_alert,
+        status_list, status_one, query_now, fleet_health, topology, history, alerts, ack_alert, clear_alert,
         upload_firmware, list_firmware, delete_firmware, create_campaign, list_campaigns,
         get_campaign, campaign_action, create_rollout, list_rollouts, get_rollout,
         rollout_action, events, event_ticket, metrics_text, healthz, readyz, openapi_json
@@ -42,7 +43,7 @@ use crate::status::StatusReport;
     components(schemas(
         StatusList, NodeStatus, StatusReport, Health, FleetHealth, Topology, TopologyNode,
         History, HistoryPoint, Resolution, Alert, AlertKind, Severity, AlertList, AlertState,
-        AckRequest, ClearRequest, EventTicket, ArtefactInfo, ArtefactList, GatewayEvent, Probe, Problem, SortKey, Order,
+        AckRequest, ClearRequest, QueryRequest, QueryAnswer, EventTicket, ArtefactInfo, ArtefactList, GatewayEvent, Probe, Problem, SortKey, Order,
         Campaign, CampaignList, CampaignSpec, CampaignId, CampaignNode, CampaignNodeEvent,
         CampaignState, CampaignStrategy, CampaignAction, NodeState, TargetsJson, WindowJson,
         Rollout, RolloutList, RolloutSpec, RolloutAction, RolloutWave, RolloutNode,

@@ -834,6 +834,33 @@ async fn views_topology_of_1000_nodes_and_an_alert_within_two_report_periods() {
     assert!(cleared["clearedAt"].is_i64(), "{cleared}");
     assert_no_errors(&b, "after clearing an alert");
 
+    // Ask the node now, from its page (the token is stored): it reported a second ago, so the
+    // monitor answers from its cache without asking the mesh.
+    b.goto(&gw.url(&format!("#/node/{victim}"))).await;
+    b.wait_for(
+        "the node page",
+        "document.getElementById('node-ask') !== null",
+        10,
+    )
+    .await;
+    b.eval("document.getElementById('node-ask').click()").await;
+    let asked = b
+        .wait_for(
+            "the answer to Ask now",
+            "(() => { const t = document.getElementById('node-query').textContent; return t && t !== 'Asking…' ? t : false; })()",
+            10,
+        )
+        .await;
+    assert!(
+        asked
+            .as_str()
+            .unwrap()
+            .starts_with("Not asked: its data is recent"),
+        "{asked}"
+    );
+    b.screenshot("node-ask").await;
+    assert_no_errors(&b, "after Ask now");
+
     // Firmware & campaigns.
     b.goto(&gw.url("#/firmware")).await;
     b.wait_for(

@@ -34,7 +34,8 @@ pub use meshfleet_wire as wire;
 pub use meshfleet_wire::{FlatTree, NodeId, NodeTree};
 pub use node::{binary_tag, Node, NodeSyncTiming, Priority, Transmit, Wake};
 pub use plugin::{
-    AddPluginError, AnyPlugin, Claims, Ctx, MeshChange, Plugin, PluginHandle, SendError,
+    AddPluginError, AnyPlugin, Claims, Ctx, MeshChange, PackageBody, Plugin, PluginHandle,
+    SendError, TypedPackage,
 };
 pub use rng::Rng;
 pub use stats::Stats;

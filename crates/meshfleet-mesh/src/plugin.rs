@@ -12,6 +12,12 @@
 //! most one owner and dispatch is a table lookup rather than a question to every plugin.
 //! `add_plugin` returns a typed [`PluginHandle`] through which the application reaches
 //! its plugin again, without downcasting boilerplate in the plugin.
+//!
+//! A plugin's messages are [`TypedPackage`]s: the header every package carries (`from`,
+//! `routing`, `type`, `dest`) once, and a body type ([`PackageBody`]) that names its package
+//! type and holds only its own keys. The node has already read the header when it routes
+//! a package, so a plugin decodes only the body ([`TypedPackage::decode`]), and a body
+//! struct cannot disagree with its type number.
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -20,7 +26,9 @@ use core::fmt;
 use core::marker::PhantomData;
 use core::ops::RangeInclusive;
 
-use meshfleet_wire::{FlatTree, NodeId, NodeTree, Package, Routing};
+use meshfleet_wire::{DecodeError, FlatTree, NodeId, NodeTree, Package, Routing};
+use serde::de::DeserializeOwned;
+use serde::{Serialize, Serializer};
 
 use crate::event::{Event, LinkRole, PluginEvent};
 use crate::node::{Core, NodeSyncTiming, Priority};
@@ -449,4 +457,108 @@ pub trait Plugin: AnyPlugin + Send {
 
     /// Called when `now` reaches [`Plugin::poll_timeout`].
     fn handle_timeout(&mut self, _ctx: &mut Ctx<'_>) {}
+}
+
+/// The body of a plugin package: every key after the header, and the package type it is
+/// sent as. Implemented by each message struct of a plugin protocol
+/// (`impl PackageBody for Caps { const TYPE: i64 = 700; }`).
+///
+/// The body must not declare `from`, `routing`, `type` or `dest` itself:
+/// [`TypedPackage`] writes them, and decoding ignores them in the body (serde skips keys
+/// a struct does not name).
+pub trait PackageBody: Serialize + DeserializeOwned {
+    /// The package type (`type` key) this body is sent as.
+    const TYPE: i64;
+}
+
+/// A plugin package with a typed body: the painlessMesh package header once, then `B`'s
+/// keys, written as `{"from":F,"routing":R,"type":B::TYPE,"dest":D,...body}` (the order
+/// the library's `plugin.hpp` packages use, so the bytes are those of a struct declaring
+/// all four fields first).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TypedPackage<B> {
+    /// Sender.
+    pub from: NodeId,
+    /// How it travels.
+    pub routing: Routing,
+    /// Destination (the neighbour for NEIGHBOUR routing; 0 for BROADCAST).
+    pub dest: NodeId,
+    /// Everything else.
+    pub body: B,
+}
+
+impl<B: PackageBody> TypedPackage<B> {
+    /// A package of `body` from `from` to `dest`, routed as `routing`.
+    pub fn new(from: NodeId, routing: Routing, dest: NodeId, body: B) -> Self {
+        Self {
+            from,
+            routing,
+            dest,
+            body,
+        }
+    }
+
+    /// A NEIGHBOUR-routed package (one hop, on a link the sender chooses).
+    pub fn neighbour(from: NodeId, dest: NodeId, body: B) -> Self {
+        Self::new(from, Routing::Neighbour, dest, body)
+    }
+
+    /// A SINGLE-routed package (along the tree to `dest`).
+    pub fn single(from: NodeId, dest: NodeId, body: B) -> Self {
+        Self::new(from, Routing::Single, dest, body)
+    }
+
+    /// The package type.
+    pub fn ty(&self) -> i64 {
+        B::TYPE
+    }
+
+    /// Reads `pkg` as a `B` package: the header is the one the node read when it routed
+    /// `pkg` (`from`/`dest` 0 when absent or not a uint32, as the library reads them); only
+    /// the body is decoded here. Fails if `pkg` is of another type or its body does not
+    /// decode as `B`.
+    pub fn decode(pkg: &Package) -> Result<Self, DecodeError> {
+        if pkg.ty() != B::TYPE {
+            return Err(DecodeError::Field {
+                ty: pkg.ty(),
+                field: "type",
+                reason: alloc::format!("expected {}", B::TYPE),
+            });
+        }
+        Ok(Self {
+            from: pkg.from(),
+            routing: pkg.routing(),
+            dest: pkg.dest(),
+            body: pkg.parse::<B>()?,
+        })
+    }
+
+    /// The package as the node sends it.
+    pub fn encode(&self) -> Result<Package, DecodeError> {
+        Package::from_serialize(self)
+    }
+}
+
+impl<B: PackageBody> Serialize for TypedPackage<B> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        /// The header, then the body's keys in the same JSON object.
+        #[derive(Serialize)]
+        struct Flat<'a, B> {
+            from: u32,
+            routing: i64,
+            #[serde(rename = "type")]
+            ty: i64,
+            dest: u32,
+            #[serde(flatten)]
+            body: &'a B,
+        }
+        Flat {
+            from: self.from.0,
+            routing: self.routing.code(),
+            ty: B::TYPE,
+            dest: self.dest.0,
+            body: &self.body,
+        }
+        .serialize(serializer)
+    }
 }

@@ -70,8 +70,9 @@ pub struct MonitorConfig {
     pub link_drop_db: f64,
     /// Drop below the baseline that is a degradation, in baseline standard deviations.
     pub link_drop_sigma: f64,
-    /// Topology changes (joins, departures, parent changes) within `churn_window_s` that
-    /// raise `topology_churn`.
+    /// Topology events within `churn_window_s` that raise `topology_churn`. An event is a
+    /// subtree that left, rejoined or moved to another parent; a subtree that moves together
+    /// counts once, whatever its size (one link flap is one event).
     pub churn_changes: u32,
     /// The churn window, seconds.
     pub churn_window_s: u32,

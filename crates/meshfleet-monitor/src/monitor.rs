@@ -225,7 +225,9 @@ pub struct Monitor {
     /// The last topology: node -> parent (the gateway's direct links have parent `None`).
     topo: BTreeMap<NodeId, Option<NodeId>>,
     rooted: bool,
-    churn: VecDeque<Instant>,
+    /// Topology events inside the churn window, oldest first: when, and the top node of the
+    /// subtree that left, rejoined or moved (a subtree that moves together is one event).
+    churn: VecDeque<(Instant, NodeId)>,
     partitions: BTreeMap<NodeId, Partition>,
     queries: Queries,
     probe_tokens: f64,
@@ -760,7 +762,7 @@ impl Monitor {
         let rooted = tree.is_rooted();
         // Rejoins and parent changes. A node never seen in the tree before is discovery
         // (a mesh forming node by node, a new node installed), not instability.
-        let mut changes = 0u32;
+        let mut moved: BTreeSet<NodeId> = BTreeSet::new();
         for (&id, &(parent, depth)) in &new {
             match self.topo.get(&id) {
                 None => {
@@ -769,10 +771,12 @@ impl Monitor {
                         .get(&id)
                         .is_some_and(|e| e.rec.sources.0 & Sources::TOPOLOGY != 0);
                     if seen_before {
-                        changes += 1;
+                        moved.insert(id);
                     }
                 }
-                Some(&p) if p != parent => changes += 1,
+                Some(&p) if p != parent => {
+                    moved.insert(id);
+                }
                 _ => {}
             }
             if self.admit(now, id, Admit::Topology).is_err() {
@@ -798,7 +802,20 @@ impl Monitor {
             .filter(|id| !new.contains_key(id))
             .copied()
             .collect();
-        changes += left.len() as u32;
+        // Churn counts topology events, not nodes: a subtree that rejoins or moves together is
+        // one event (its top: a moved node whose new parent did not move with it), as is a
+        // subtree that leaves together (below). Counting nodes made one link flap under a
+        // 40-node subtree look like 40 changes, and a few injected faults (a relay's reboot,
+        // a partition) raised a mesh-wide churn alert on top of their own alerts.
+        let mut events: Vec<NodeId> = moved
+            .iter()
+            .filter(|id| {
+                !new.get(id)
+                    .and_then(|&(p, _)| p)
+                    .is_some_and(|p| moved.contains(&p))
+            })
+            .copied()
+            .collect();
         let mut groups: BTreeMap<NodeId, Vec<NodeId>> = BTreeMap::new();
         for &id in &left {
             let mut top = id;
@@ -818,6 +835,7 @@ impl Monitor {
                 e.rec.depth = None;
             }
         }
+        events.extend(groups.keys().copied());
         for (top, members) in groups {
             if members.len() >= self.cfg.partition_min_nodes.max(2) {
                 for m in &members {
@@ -877,11 +895,11 @@ impl Monitor {
         let window = dur_s(self.cfg.churn_window_s);
         if self.topo.is_empty() {
             // The first view (gateway start, or the mesh forming): discovery, not churn.
-            changes = 0;
+            events.clear();
         }
         let cap = (self.cfg.churn_changes as usize).saturating_mul(2).max(16);
-        for _ in 0..changes.min(cap as u32) {
-            self.churn.push_back(now);
+        for top in events.into_iter().take(cap) {
+            self.churn.push_back((now, top));
         }
         while self.churn.len() > cap {
             self.churn.pop_front();
@@ -893,6 +911,14 @@ impl Monitor {
             self.update_health(id);
         }
         self.flush_alert_events();
+    }
+
+    /// The topology events the churn rule holds (inside its window, at most twice the
+    /// threshold), oldest first: when, and the top node of the subtree that left, rejoined
+    /// or moved. What a `topology_churn` alert counts, so an operator (or a test) can see
+    /// which parts of the mesh are moving.
+    pub fn churn_events(&self) -> impl Iterator<Item = (Instant, NodeId)> + '_ {
+        self.churn.iter().copied()
     }
 
     /// Time-driven work: silence and offline verdicts, partitions after their grace,
@@ -1315,7 +1341,7 @@ impl Monitor {
         while self
             .churn
             .front()
-            .is_some_and(|t| now.saturating_since(*t) >= window)
+            .is_some_and(|(t, _)| now.saturating_since(*t) >= window)
         {
             self.churn.pop_front();
         }

@@ -223,13 +223,23 @@ fn lost_root_and_churn_are_mesh_alerts() {
     assert!(m.alert(&mesh(AlertKind::LostRoot)).is_some());
     m.handle_topology(t(20), &tree(true));
     assert!(m.alert(&mesh(AlertKind::LostRoot)).is_none());
-    // 11's subtree flaps: 3 leaves + 3 joins per cycle; 30 changes in 10 min is churn
-    for i in 0..6 {
+    // 11's subtree (3 nodes) flaps: it leaves and rejoins as one piece, 2 events per cycle
+    // (not 6: a subtree that moves together is one event); 30 events in 10 min is churn
+    for i in 0..14 {
         m.handle_topology(t(30 + i * 20), &tree(false));
         m.handle_topology(t(40 + i * 20), &tree(true));
     }
+    assert!(
+        m.alert(&mesh(AlertKind::TopologyChurn)).is_none(),
+        "28 events are below the threshold"
+    );
+    m.handle_topology(t(330), &tree(false));
+    m.handle_topology(t(340), &tree(true));
     assert!(m.alert(&mesh(AlertKind::TopologyChurn)).is_some());
-    m.handle_timeout(t(30 + 600 + 200));
+    // every event names the subtree's top, node 11
+    assert_eq!(m.churn_events().count(), 30);
+    assert!(m.churn_events().all(|(_, top)| top == NodeId(11)));
+    m.handle_timeout(t(340 + 600));
     assert!(m.alert(&mesh(AlertKind::TopologyChurn)).is_none());
 }
 
@@ -262,12 +272,61 @@ fn a_mesh_forming_node_by_node_is_discovery_not_churn() {
         kind: AlertKind::TopologyChurn,
     };
     assert!(m.alert(&churn).is_none(), "new nodes joining raised churn");
-    // The same nodes dropping out and coming back is instability: churn.
-    for i in 0..4u64 {
+    // The same nodes dropping out and coming back, again and again, is instability: churn
+    // (each drop and each return of the 59-node line below node 100 is one event).
+    for i in 0..15u64 {
         m.handle_topology(t(400 + i * 20), &grow(0));
         m.handle_topology(t(410 + i * 20), &view);
     }
     assert!(m.alert(&churn).is_some(), "rejoins are churn");
+}
+
+#[test]
+fn a_big_subtree_cut_off_once_is_a_partition_not_churn() {
+    // The gateway, a relay 100 under it and a 40-node line below the relay: the link
+    // 100 -> 101 breaks (a partition of 40 nodes), heals 5 minutes later, and later a
+    // single leaf moves. Counting nodes, the cut alone was 40 "changes" (threshold 30) and
+    // raised a mesh-wide churn alert beside the partition alert; it is two events.
+    let mut m = Monitor::new(MonitorConfig::default(), GW);
+    let line = |with_tail: bool| {
+        let mut relay = NodeTree::leaf(NodeId(100));
+        if with_tail {
+            let mut tip = NodeTree::leaf(NodeId(140));
+            for i in (101..140).rev() {
+                let mut up = NodeTree::leaf(NodeId(i));
+                up.subs.push(tip);
+                tip = up;
+            }
+            relay.subs.push(tip);
+        }
+        let mut g = NodeTree::leaf(GW);
+        g.root = true;
+        g.subs.push(relay);
+        g
+    };
+    m.handle_topology(t(0), &NodeTree::leaf(GW));
+    m.handle_topology(t(10), &line(true));
+    m.handle_topology(t(100), &line(false));
+    m.handle_timeout(t(300));
+    assert!(
+        m.alert(&key(101, AlertKind::Partition)).is_some(),
+        "the cut-off subtree is a partition"
+    );
+    m.handle_topology(t(400), &line(true));
+    let churn = AlertKey {
+        subject: Subject::Mesh,
+        kind: AlertKind::TopologyChurn,
+    };
+    assert!(
+        m.alert(&churn).is_none(),
+        "one cut and one heal are not churn"
+    );
+    let events: Vec<NodeId> = m.churn_events().map(|(_, top)| top).collect();
+    assert_eq!(
+        events,
+        vec![NodeId(101), NodeId(101)],
+        "each event names the top"
+    );
 }
 
 #[test]

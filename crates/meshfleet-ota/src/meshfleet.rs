@@ -30,7 +30,9 @@ use meshfleet_firmware::{
     Artefact, ChunkHash, Codec, Intent, IntentError, Manifest, StreamVerifier, VerifyingKey,
     Version,
 };
-use meshfleet_mesh::{Claims, Ctx, Duration, Instant, LinkId, MeshChange, NodeId, Plugin};
+use meshfleet_mesh::{
+    Claims, Ctx, Duration, Instant, LinkId, MeshChange, NodeId, PackageBody, Plugin, TypedPackage,
+};
 use meshfleet_wire::{Package, Routing};
 use serde::{Deserialize, Serialize};
 
@@ -115,7 +117,7 @@ const CAPS_TRIES: u8 = 3;
 /// routing) are kept under link ids with this bit set: `REMOTE | node id`. Real link ids
 /// count up from 1 and never reach it.
 const REMOTE: u64 = 1 << 63;
-/// Most remote peers a node keeps (each one costs a [`Neighbour`]).
+/// Most remote peers a node keeps (each one costs a neighbour record).
 pub const MAX_REMOTE_PEERS: usize = 32;
 /// Most nodes probed (a SINGLE CAPS) per layout change, and most remembered as probed.
 const MAX_PROBES: usize = 64;
@@ -870,15 +872,15 @@ impl MeshfleetOta {
         let Ok(command) = serde_json::from_slice::<serde_json::Value>(&command.to_json()) else {
             return false;
         };
-        let msg = Rollback {
-            from: me,
-            routing: 1,
-            ty: ROLLBACK,
-            dest: node.0,
-            origin: me,
-            command,
-        };
-        Package::from_serialize(&msg).is_ok_and(|pkg| ctx.send(&pkg).is_ok())
+        let msg = TypedPackage::single(
+            NodeId(me),
+            node,
+            Rollback {
+                origin: me,
+                command,
+            },
+        );
+        msg.encode().is_ok_and(|pkg| ctx.send(&pkg).is_ok())
     }
 
     /// The image a rollback command switched the boot record to, once: the node runs it
@@ -891,16 +893,21 @@ impl MeshfleetOta {
     /// A ROLLBACK addressed to us: check the signed command, carry it out on the boot
     /// record (one atomic write, [`boot::revert`]), answer the origin.
     fn handle_rollback(&mut self, ctx: &mut Ctx<'_>, pkg: &Package) {
-        let Ok(msg) = pkg.parse::<Rollback>() else {
+        let Ok(TypedPackage {
+            from,
+            dest,
+            body: msg,
+            ..
+        }) = TypedPackage::<Rollback>::decode(pkg)
+        else {
             self.stats.malformed += 1;
             return;
         };
         let me = ctx.node_id().0;
-        if msg.dest != me {
+        if dest.0 != me {
             self.stats.malformed += 1;
             return;
         }
-        let from = pkg.from();
         let origin = if msg.origin == 0 { from.0 } else { msg.origin };
         let command = serde_json::to_vec(&msg.command)
             .map_err(|e| IntentError::Malformed(e.to_string()))
@@ -938,17 +945,17 @@ impl MeshfleetOta {
                 .unwrap_or_default(),
         };
         let (o, r) = outcome.labels();
-        let answer = RollbackResult {
-            from: me,
-            routing: 1,
-            ty: ROLLBACK_RESULT,
-            dest: origin,
-            issued,
-            outcome: o.to_string(),
-            refusal: r.map(str::to_string),
-            version,
-        };
-        if let Ok(pkg) = Package::from_serialize(&answer) {
+        let answer = TypedPackage::single(
+            NodeId(me),
+            NodeId(origin),
+            RollbackResult {
+                issued,
+                outcome: o.to_string(),
+                refusal: r.map(str::to_string),
+                version,
+            },
+        );
+        if let Ok(pkg) = answer.encode() {
             // No route to the origin: it sends the command again and gets the answer then.
             let _ = ctx.send(&pkg);
         }
@@ -1028,7 +1035,8 @@ impl MeshfleetOta {
 
     /// A node's answer to a rollback command we sent.
     fn handle_rollback_result(&mut self, ctx: &mut Ctx<'_>, pkg: &Package) {
-        let Ok(r) = pkg.parse::<RollbackResult>() else {
+        let Ok(TypedPackage { from, body: r, .. }) = TypedPackage::<RollbackResult>::decode(pkg)
+        else {
             self.stats.malformed += 1;
             return;
         };
@@ -1038,7 +1046,7 @@ impl MeshfleetOta {
         };
         let version: String = r.version.chars().take(MAX_CAPS_TEXT).collect();
         ctx.emit(Box::new(OtaEvent::RollbackReport {
-            node: pkg.from(),
+            node: from,
             issued: r.issued,
             outcome,
             version,
@@ -1208,10 +1216,12 @@ impl MeshfleetOta {
 
     // ------------------------------------------------------------------ sending
 
-    fn send_json<T: Serialize>(ctx: &mut Ctx<'_>, link: LinkId, msg: &T) {
+    fn send_json<B: PackageBody>(ctx: &mut Ctx<'_>, link: LinkId, msg: &TypedPackage<B>) {
         if remote_peer(link).is_some() {
             // A remote peer: the same message, SINGLE-routed (routing 1) through the nodes
-            // between, which forward it like any painlessMesh package.
+            // between, which forward it like any painlessMesh package. Through a `Value`
+            // (keys sorted), as this was always sent: the bytes stay what remote peers of
+            // earlier builds saw.
             let Ok(mut v) = serde_json::to_value(msg) else {
                 return;
             };
@@ -1222,7 +1232,7 @@ impl MeshfleetOta {
             }
             return;
         }
-        if let Ok(pkg) = Package::from_serialize(msg) {
+        if let Ok(pkg) = msg.encode() {
             // The link may have just closed; the NeighbourDown that follows cleans up.
             let _ = ctx.send_on_link(link, &pkg);
         }
@@ -1382,13 +1392,9 @@ impl MeshfleetOta {
         }
     }
 
-    fn caps(&self, me: u32, dest: u32, ack: bool) -> Caps {
+    fn caps(&self, me: u32, dest: u32, ack: bool) -> TypedPackage<Caps> {
         let running = self.config.running.as_ref();
-        Caps {
-            from: me,
-            routing: 0,
-            ty: CAPS,
-            dest,
+        let caps = Caps {
             v: PROTOCOL_VERSION,
             codecs: self
                 .config
@@ -1404,7 +1410,8 @@ impl MeshfleetOta {
             fw: running.map(|r| r.version.clone()).unwrap_or_default(),
             sha256: running.map(|r| r.sha256.clone()).unwrap_or_default(),
             ack,
-        }
+        };
+        TypedPackage::neighbour(NodeId(me), NodeId(dest), caps)
     }
 
     /// Offers the campaign to every neighbour whose CAPS show it lacks the image.
@@ -1541,10 +1548,6 @@ impl MeshfleetOta {
             m.to_json()
         };
         let offer = Offer {
-            from: ctx.node_id().0,
-            routing: 0,
-            ty: OFFER,
-            dest: n.peer.0,
             campaign: c.id,
             intent: c
                 .intent
@@ -1554,6 +1557,7 @@ impl MeshfleetOta {
             scope: c.scope.as_ref().map(|s| s.iter().copied().collect()),
             manifest: serde_json::from_slice(&lean).unwrap_or_default(),
         };
+        let offer = TypedPackage::neighbour(ctx.node_id(), n.peer, offer);
         self.stats.offers_sent += 1;
         Self::send_json(ctx, link, &offer);
     }
@@ -1703,21 +1707,18 @@ impl MeshfleetOta {
                     payload.len() + 5
                 } else {
                     let msg = ChunkJson {
-                        from: ctx.node_id().0,
-                        routing: 0,
-                        ty: CHUNK,
-                        dest: peer,
                         campaign: id,
                         index,
                         data: BASE64.encode(&data),
                     };
+                    let msg = TypedPackage::neighbour(ctx.node_id(), NodeId(peer), msg);
                     if remote_peer(link).is_some() {
                         Self::send_json(ctx, link, &msg);
-                    } else if let Ok(pkg) = Package::from_serialize(&msg) {
+                    } else if let Ok(pkg) = msg.encode() {
                         // Bulk class, as binary chunks; the link may have just closed.
                         let _ = ctx.send_bulk_on_link(link, &pkg);
                     }
-                    msg.data.len() + 100
+                    msg.body.data.len() + 100
                 };
                 self.stats.chunks_sent += 1;
                 self.stats.chunk_bytes_sent += data.len() as u64;
@@ -1738,10 +1739,6 @@ impl MeshfleetOta {
         if let Some((link, campaign, kind, reason)) = reject {
             let peer = self.neighbours.get(&link).map_or(0, |n| n.peer.0);
             let st = Status {
-                from: ctx.node_id().0,
-                routing: 0,
-                ty: STATUS,
-                dest: peer,
                 campaign,
                 have: 0,
                 chunks: 0,
@@ -1750,6 +1747,7 @@ impl MeshfleetOta {
                 reject: Some(reason),
                 refusal: Some(kind.label().to_string()),
             };
+            let st = TypedPackage::neighbour(ctx.node_id(), NodeId(peer), st);
             Self::send_json(ctx, link, &st);
             return;
         }
@@ -1765,10 +1763,6 @@ impl MeshfleetOta {
         };
         let peer = self.neighbours.get(&link).map_or(0, |n| n.peer.0);
         let st = Status {
-            from: ctx.node_id().0,
-            routing: 0,
-            ty: STATUS,
-            dest: peer,
             campaign: c.id,
             have: c.have.count(),
             chunks: c.layout.units(),
@@ -1777,6 +1771,7 @@ impl MeshfleetOta {
             reject: None,
             refusal: None,
         };
+        let st = TypedPackage::neighbour(ctx.node_id(), NodeId(peer), st);
         Self::send_json(ctx, link, &st);
     }
 
@@ -1792,13 +1787,10 @@ impl MeshfleetOta {
         }
         let peer = self.neighbours.get(&up).map_or(0, |n| n.peer.0);
         let nak = Nak {
-            from: ctx.node_id().0,
-            routing: 0,
-            ty: NAK,
-            dest: peer,
             campaign: c.id,
             missing: c.have.missing_ranges(MAX_NAK_RANGES),
         };
+        let nak = TypedPackage::neighbour(ctx.node_id(), NodeId(peer), nak);
         self.stats.naks_sent += 1;
         Self::send_json(ctx, up, &nak);
     }
@@ -1822,7 +1814,7 @@ impl MeshfleetOta {
     // ------------------------------------------------------------------ receiving
 
     fn handle_caps(&mut self, ctx: &mut Ctx<'_>, link: LinkId, pkg: &Package) {
-        let Ok(caps) = pkg.parse::<Caps>() else {
+        let Ok(TypedPackage { body: caps, .. }) = TypedPackage::<Caps>::decode(pkg) else {
             self.stats.malformed += 1;
             return;
         };
@@ -2023,17 +2015,13 @@ impl MeshfleetOta {
         }
         let (o, r) = outcome.labels();
         let report = Report {
-            from: me,
-            routing: 1,
-            ty: REPORT,
-            dest: origin,
             campaign,
             outcome: o.to_string(),
             refusal: r.map(str::to_string),
             version,
             node: node.0,
         };
-        if let Ok(pkg) = Package::from_serialize(&report) {
+        if let Ok(pkg) = TypedPackage::single(NodeId(me), NodeId(origin), report).encode() {
             let _ = ctx.send(&pkg);
         }
     }
@@ -2071,10 +2059,6 @@ impl MeshfleetOta {
         }
         let (o, r) = outcome.labels();
         let report = Report {
-            from: me,
-            routing: 1,
-            ty: REPORT,
-            dest: origin,
             campaign,
             outcome: o.to_string(),
             refusal: r.map(str::to_string),
@@ -2086,7 +2070,7 @@ impl MeshfleetOta {
                 .unwrap_or_default(),
             node: 0,
         };
-        if let Ok(pkg) = Package::from_serialize(&report) {
+        if let Ok(pkg) = TypedPackage::single(NodeId(me), NodeId(origin), report).encode() {
             // No route to the origin: nobody to tell.
             let _ = ctx.send(&pkg);
         }
@@ -2094,7 +2078,7 @@ impl MeshfleetOta {
 
     /// A node's REPORT of a campaign we are the origin of.
     fn handle_report(&mut self, ctx: &mut Ctx<'_>, pkg: &Package) {
-        let Ok(r) = pkg.parse::<Report>() else {
+        let Ok(TypedPackage { from, body: r, .. }) = TypedPackage::<Report>::decode(pkg) else {
             self.stats.malformed += 1;
             return;
         };
@@ -2111,12 +2095,17 @@ impl MeshfleetOta {
         };
         // A relay reports the neighbours it did not offer the campaign to (`node`); a node
         // reports itself (`node` 0).
-        let node = NodeId(if r.node == 0 { r.from } else { r.node });
+        let node = if r.node == 0 { from } else { NodeId(r.node) };
+        if node.0 == 0 {
+            // No `from` key (the wire crate reads it as 0): a report about nobody.
+            self.stats.malformed += 1;
+            return;
+        }
         self.record_outcome(ctx, r.campaign, node, outcome, r.version);
     }
 
     fn handle_offer(&mut self, ctx: &mut Ctx<'_>, link: LinkId, pkg: &Package) {
-        let Ok(offer) = pkg.parse::<Offer>() else {
+        let Ok(TypedPackage { body: offer, .. }) = TypedPackage::<Offer>::decode(pkg) else {
             self.stats.malformed += 1;
             return;
         };
@@ -2154,10 +2143,6 @@ impl MeshfleetOta {
             .is_some_and(|r| r.sha256.eq_ignore_ascii_case(&manifest.sha256.to_hex()))
         {
             let st = Status {
-                from: me,
-                routing: 0,
-                ty: STATUS,
-                dest: peer.0,
                 campaign: id,
                 have: Layout::of(&manifest).units(),
                 chunks: Layout::of(&manifest).units(),
@@ -2166,6 +2151,7 @@ impl MeshfleetOta {
                 reject: None,
                 refusal: None,
             };
+            let st = TypedPackage::neighbour(NodeId(me), peer, st);
             Self::send_json(ctx, link, &st);
             self.send_report(ctx, offer.origin, id, NodeOutcome::AlreadyCurrent);
             return;
@@ -2547,7 +2533,7 @@ impl MeshfleetOta {
     }
 
     fn handle_nak(&mut self, ctx: &mut Ctx<'_>, link: LinkId, pkg: &Package) {
-        let Ok(nak) = pkg.parse::<Nak>() else {
+        let Ok(TypedPackage { body: nak, .. }) = TypedPackage::<Nak>::decode(pkg) else {
             self.stats.malformed += 1;
             return;
         };
@@ -2739,7 +2725,7 @@ impl MeshfleetOta {
     }
 
     fn handle_status(&mut self, ctx: &mut Ctx<'_>, link: LinkId, pkg: &Package) {
-        let Ok(st) = pkg.parse::<Status>() else {
+        let Ok(TypedPackage { body: st, .. }) = TypedPackage::<Status>::decode(pkg) else {
             self.stats.malformed += 1;
             return;
         };
@@ -2906,7 +2892,8 @@ impl Plugin for MeshfleetOta {
             CAPS => self.handle_caps(ctx, link, pkg),
             OFFER => self.handle_offer(ctx, link, pkg),
             CHUNK => {
-                let Ok(c) = pkg.parse::<ChunkJson>() else {
+                let Ok(TypedPackage { body: c, .. }) = TypedPackage::<ChunkJson>::decode(pkg)
+                else {
                     self.stats.malformed += 1;
                     return;
                 };

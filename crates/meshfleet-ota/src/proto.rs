@@ -1,7 +1,14 @@
 //! The meshfleet OTA wire messages (package types 700-709, `docs/ota-protocol.md`) and the
 //! chunk bitmap.
+//!
+//! Each message struct is a package *body* ([`PackageBody`]): it holds its own keys only
+//! and travels in a [`TypedPackage`](meshfleet_mesh::TypedPackage), which writes the
+//! header (`from`, `routing`, `type`, `dest`) once and takes `type` from the body. The
+//! bytes are those of a struct declaring the four header fields first, as these did
+//! before the envelope.
 
 use meshfleet_firmware::Manifest;
+use meshfleet_mesh::PackageBody;
 use serde::{Deserialize, Serialize};
 
 /// First package type of the meshfleet OTA range (700-709). The range avoids the Alteriom
@@ -42,22 +49,33 @@ pub const MAX_CODECS: usize = 8;
 /// Longest string field we keep from a peer's CAPS (role, hardware, version, hash).
 pub const MAX_CAPS_TEXT: usize = 80;
 
+// Each message's package type, so `TypedPackage<Caps>` is always sent as 700.
+macro_rules! body {
+    ($($t:ty => $ty:expr),* $(,)?) => {$(
+        impl PackageBody for $t {
+            const TYPE: i64 = $ty;
+        }
+    )*};
+}
+
+body! {
+    Caps => CAPS,
+    Offer => OFFER,
+    ChunkJson => CHUNK,
+    Nak => NAK,
+    Status => STATUS,
+    Report => REPORT,
+    Rollback => ROLLBACK,
+    RollbackResult => ROLLBACK_RESULT,
+}
+
 /// Bytes before the chunk data in a binary CHUNK payload: tag u16, campaign u32, index u32
 /// (all little endian).
 pub const BINARY_CHUNK_HEADER: usize = 10;
 
-/// CAPS (700).
+/// CAPS (700), NEIGHBOUR-routed to the neighbour (SINGLE to a remote peer).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Caps {
-    /// Sender.
-    pub from: u32,
-    /// 0 (NEIGHBOUR).
-    pub routing: i64,
-    /// 700.
-    #[serde(rename = "type")]
-    pub ty: i64,
-    /// The neighbour.
-    pub dest: u32,
     /// Protocol version.
     pub v: u32,
     /// Payload codecs it decodes ("none", "deflate").
@@ -83,18 +101,9 @@ pub struct Caps {
     pub ack: bool,
 }
 
-/// OFFER (701).
+/// OFFER (701), NEIGHBOUR-routed to the neighbour offered to.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Offer {
-    /// Sender.
-    pub from: u32,
-    /// 0 (NEIGHBOUR).
-    pub routing: i64,
-    /// 701.
-    #[serde(rename = "type")]
-    pub ty: i64,
-    /// The neighbour.
-    pub dest: u32,
     /// Campaign id (see [`campaign_id`]).
     pub campaign: u32,
     /// The operator's signed intent ([`meshfleet_firmware::Intent`]) for this image, if the
@@ -118,18 +127,9 @@ pub struct Offer {
     pub manifest: serde_json::Value,
 }
 
-/// CHUNK (703) as JSON, for neighbours without binary frames.
+/// CHUNK (703) as JSON, for neighbours without binary frames; NEIGHBOUR-routed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkJson {
-    /// Sender.
-    pub from: u32,
-    /// 0 (NEIGHBOUR).
-    pub routing: i64,
-    /// 703.
-    #[serde(rename = "type")]
-    pub ty: i64,
-    /// The neighbour.
-    pub dest: u32,
     /// Campaign id.
     pub campaign: u32,
     /// Chunk index.
@@ -138,18 +138,9 @@ pub struct ChunkJson {
     pub data: String,
 }
 
-/// NAK (704).
+/// NAK (704), NEIGHBOUR-routed to the upstream neighbour.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Nak {
-    /// Sender.
-    pub from: u32,
-    /// 0 (NEIGHBOUR).
-    pub routing: i64,
-    /// 704.
-    #[serde(rename = "type")]
-    pub ty: i64,
-    /// The upstream neighbour.
-    pub dest: u32,
     /// Campaign id.
     pub campaign: u32,
     /// Missing chunks as half-open ranges `[start, end)`, ascending, at most
@@ -157,18 +148,9 @@ pub struct Nak {
     pub missing: Vec<[u32; 2]>,
 }
 
-/// STATUS (705).
+/// STATUS (705), NEIGHBOUR-routed to the upstream neighbour.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
-    /// Sender.
-    pub from: u32,
-    /// 0 (NEIGHBOUR).
-    pub routing: i64,
-    /// 705.
-    #[serde(rename = "type")]
-    pub ty: i64,
-    /// The upstream neighbour.
-    pub dest: u32,
     /// Campaign id.
     pub campaign: u32,
     /// Chunks held.
@@ -188,18 +170,10 @@ pub struct Status {
     pub refusal: Option<String>,
 }
 
-/// REPORT (706): a node's outcome of a campaign, SINGLE-routed to the campaign's origin.
+/// REPORT (706): a node's outcome of a campaign, SINGLE-routed to the campaign's origin
+/// (`from` is the reporting node).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
-    /// The reporting node.
-    pub from: u32,
-    /// 1 (SINGLE).
-    pub routing: i64,
-    /// 706.
-    #[serde(rename = "type")]
-    pub ty: i64,
-    /// The campaign's origin.
-    pub dest: u32,
     /// Campaign id.
     pub campaign: u32,
     /// `updated`, `already_current`, `refused`, `incompatible`, `failed`, `rolled_back`.
@@ -217,18 +191,10 @@ pub struct Report {
 }
 
 /// ROLLBACK (707): "boot your previous slot", signed by the operator, SINGLE-routed from the
-/// node that issues it (the gateway's) to each node in its scope.
+/// node that issues it (the gateway's) to each node in its scope (`dest`: the node ordered
+/// back).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Rollback {
-    /// Sender.
-    pub from: u32,
-    /// 1 (SINGLE).
-    pub routing: i64,
-    /// 707.
-    #[serde(rename = "type")]
-    pub ty: i64,
-    /// The node ordered back.
-    pub dest: u32,
     /// Where the ROLLBACK_RESULT goes (0 or absent: `from`). Not signed: it only says
     /// where the answer goes.
     #[serde(default)]
@@ -237,18 +203,10 @@ pub struct Rollback {
     pub command: serde_json::Value,
 }
 
-/// ROLLBACK_RESULT (708): what a node did with a ROLLBACK.
+/// ROLLBACK_RESULT (708): what a node did with a ROLLBACK, SINGLE-routed from the node
+/// ordered back to the command's origin.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RollbackResult {
-    /// The node that was ordered back.
-    pub from: u32,
-    /// 1 (SINGLE).
-    pub routing: i64,
-    /// 708.
-    #[serde(rename = "type")]
-    pub ty: i64,
-    /// The command's origin.
-    pub dest: u32,
     /// The command's `issued` (which command this answers).
     pub issued: u64,
     /// `reverted`, `already_there` or `refused`.
@@ -511,6 +469,8 @@ impl Bitmap {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use meshfleet_mesh::{NodeId, TypedPackage};
+    use meshfleet_wire::{Package, Routing};
     use proptest::prelude::*;
 
     #[test]
@@ -525,6 +485,133 @@ mod tests {
         assert_eq!(b.first_common(&f, 10), Some(64));
         assert_eq!(b.first_common(&f, 70), None);
         assert!(Bitmap::full(130).is_full());
+    }
+
+    /// Encodes `body` from node 1 to node 2 and decodes it back through the wire crate.
+    fn round_trip<B: PackageBody + PartialEq + core::fmt::Debug>(
+        routing: Routing,
+        body: B,
+    ) -> String {
+        let msg = TypedPackage::new(NodeId(1), routing, NodeId(2), body);
+        let pkg = msg.encode().unwrap();
+        assert_eq!(
+            (pkg.ty(), pkg.routing(), pkg.from(), pkg.dest()),
+            (B::TYPE, routing, NodeId(1), NodeId(2))
+        );
+        assert_eq!(TypedPackage::<B>::decode(&pkg).unwrap(), msg);
+        pkg.text().to_string()
+    }
+
+    /// The envelope writes exactly the bytes the structs wrote when each declared
+    /// `from, routing, type, dest` itself (the strings below are that encoding, key by
+    /// key): nodes of either build understand each other.
+    #[test]
+    fn envelope_bytes_are_unchanged() {
+        let s = |x: &str| x.to_string();
+        let caps = Caps {
+            v: 2,
+            codecs: vec![s("none"), s("deflate")],
+            window: 8192,
+            mem: 1 << 20,
+            bin: true,
+            role: s("sensor"),
+            hardware: s("ESP32"),
+            fw: s("1.0.0"),
+            sha256: s("ab"),
+            ack: false,
+        };
+        assert_eq!(
+            round_trip(Routing::Neighbour, caps),
+            r#"{"from":1,"routing":0,"type":700,"dest":2,"v":2,"codecs":["none","deflate"],"window":8192,"mem":1048576,"bin":true,"role":"sensor","hardware":"ESP32","fw":"1.0.0","sha256":"ab","ack":false}"#
+        );
+        let offer = Offer {
+            campaign: 7,
+            intent: None,
+            origin: 1,
+            scope: Some(vec![2, 3]),
+            manifest: serde_json::json!({"format": 2}),
+        };
+        assert_eq!(
+            round_trip(Routing::Neighbour, offer),
+            r#"{"from":1,"routing":0,"type":701,"dest":2,"campaign":7,"origin":1,"scope":[2,3],"manifest":{"format":2}}"#
+        );
+        let chunk = ChunkJson {
+            campaign: 7,
+            index: 3,
+            data: s("AAE="),
+        };
+        assert_eq!(
+            round_trip(Routing::Neighbour, chunk),
+            r#"{"from":1,"routing":0,"type":703,"dest":2,"campaign":7,"index":3,"data":"AAE="}"#
+        );
+        let nak = Nak {
+            campaign: 7,
+            missing: vec![[0, 4], [9, 10]],
+        };
+        assert_eq!(
+            round_trip(Routing::Neighbour, nak),
+            r#"{"from":1,"routing":0,"type":704,"dest":2,"campaign":7,"missing":[[0,4],[9,10]]}"#
+        );
+        let status = Status {
+            campaign: 7,
+            have: 0,
+            chunks: 0,
+            done: false,
+            subtree_done: false,
+            reject: Some(s("busy")),
+            refusal: Some(s("busy")),
+        };
+        assert_eq!(
+            round_trip(Routing::Neighbour, status),
+            r#"{"from":1,"routing":0,"type":705,"dest":2,"campaign":7,"have":0,"chunks":0,"done":false,"subtree_done":false,"reject":"busy","refusal":"busy"}"#
+        );
+        let report = Report {
+            campaign: 7,
+            outcome: s("updated"),
+            refusal: None,
+            version: s("1.1.0"),
+            node: 0,
+        };
+        assert_eq!(
+            round_trip(Routing::Single, report),
+            r#"{"from":1,"routing":1,"type":706,"dest":2,"campaign":7,"outcome":"updated","version":"1.1.0","node":0}"#
+        );
+        let rollback = Rollback {
+            origin: 1,
+            command: serde_json::json!({"action": "rollback"}),
+        };
+        assert_eq!(
+            round_trip(Routing::Single, rollback),
+            r#"{"from":1,"routing":1,"type":707,"dest":2,"origin":1,"command":{"action":"rollback"}}"#
+        );
+        let result = RollbackResult {
+            issued: 5,
+            outcome: s("refused"),
+            refusal: Some(s("replayed")),
+            version: s("1.0.0"),
+        };
+        assert_eq!(
+            round_trip(Routing::Single, result),
+            r#"{"from":1,"routing":1,"type":708,"dest":2,"issued":5,"outcome":"refused","refusal":"replayed","version":"1.0.0"}"#
+        );
+    }
+
+    /// The header is the one the wire crate read; a package of another type is not
+    /// taken for this one.
+    #[test]
+    fn decode_checks_the_type_and_reads_the_header_once() {
+        let text = r#"{"from":4,"routing":0,"type":704,"dest":9,"campaign":7,"missing":[]}"#;
+        let pkg = Package::from_text(text.to_string()).unwrap();
+        let nak = TypedPackage::<Nak>::decode(&pkg).unwrap();
+        assert_eq!(
+            (nak.from, nak.dest, nak.routing),
+            (NodeId(4), NodeId(9), Routing::Neighbour)
+        );
+        assert!(TypedPackage::<Status>::decode(&pkg).is_err());
+        // A body key of the wrong type is a decode error, not a default.
+        let bad = r#"{"from":4,"routing":0,"type":704,"dest":9,"campaign":"x","missing":[]}"#;
+        let pkg = Package::from_text(bad.to_string()).unwrap();
+        assert!(TypedPackage::<Nak>::decode(&pkg).is_err());
     }
 
     #[test]

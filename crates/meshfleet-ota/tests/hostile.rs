@@ -9,7 +9,7 @@ mod common;
 
 use common::{Net, OtaEvents};
 use meshfleet_firmware::{pack, Artefact, Intent, PackOptions, SigningKey, Version};
-use meshfleet_mesh::{Config, Duration, Node, NodeId};
+use meshfleet_mesh::{Config, Duration, Node, NodeId, TypedPackage};
 use meshfleet_ota::proto::{campaign_id, encode_binary_chunk, Layout, Nak, NAK};
 use meshfleet_ota::{
     AbandonReason, BootManager, MemStore, MeshfleetConfig, MeshfleetOta, OtaEvent, SlotStore,
@@ -467,19 +467,55 @@ fn a_nak_without_our_offer_pulls_nothing() {
     net.run_for(Duration::from_secs(5));
     let units = Layout::of(art.manifest()).units();
     let nak = Nak {
-        from: 9,
-        routing: 0,
-        ty: NAK,
-        dest: 1,
         campaign: campaign_id(art.manifest()),
         missing: vec![[0, units]],
     };
-    let pkg = Package::from_serialize(&nak).unwrap();
+    let pkg = TypedPackage::neighbour(NodeId(9), NodeId(1), nak)
+        .encode()
+        .unwrap();
     net.inject(w, 0, format!("{}\0", pkg.text()).as_bytes());
     net.run_for(Duration::from_secs(5));
     assert_eq!(frames(&net, 0, 1, 703), 0);
     assert_eq!(ota(&net, 0).stats().naks_unsolicited, 1);
     assert_eq!(ota(&net, 0).stats().chunks_sent, 0);
+}
+
+/// A REPORT without `from` (the wire crate reads it as node 0, as the library does) is a
+/// report about nobody: counted as malformed, never listed as node 0's outcome. The same
+/// REPORT with a `from` is taken, so the first one reached the check.
+#[test]
+fn a_report_without_a_sender_is_not_an_outcome() {
+    let art = artefact("1.1.0");
+    let mut net = Net::new(Duration::from_millis(2));
+    net.add(source(1, &art, None));
+    // A receiver, so that the source offers and becomes the campaign's origin.
+    let store = MemStore::with_image(&image_of("1.0.0"), "1.0.0");
+    net.add(receiver(2, &store));
+    let w = net.connect(1, 0);
+    net.run_for(Duration::from_secs(20));
+    let id = campaign_id(art.manifest());
+    let report = |from: &str| {
+        format!(
+            r#"{{{from}"routing":1,"type":706,"dest":1,"campaign":{id},"outcome":"updated","version":"1.1.0"}}{}"#,
+            '\0'
+        )
+    };
+    let before = ota(&net, 0).stats().malformed;
+    net.inject(w, 0, report("").as_bytes());
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(ota(&net, 0).stats().malformed, before + 1);
+    net.inject(w, 0, report(r#""from":9,"#).as_bytes());
+    net.run_for(Duration::from_millis(100));
+    let reported: Vec<NodeId> = net
+        .ota_events(0)
+        .iter()
+        .filter_map(|e| match e {
+            OtaEvent::NodeReport { node, .. } => Some(*node),
+            _ => None,
+        })
+        .collect();
+    // Node 2's own outcome, then the forged one for 9; never node 0.
+    assert_eq!(reported, vec![NodeId(2), NodeId(9)]);
 }
 
 // ------------------------------------------------------------------ item 5: relay reboot

@@ -785,17 +785,15 @@ fn a_neighbour_speaking_another_protocol_version_is_served_as_stock() {
 /// An OFFER of `art` as a source that ignored the receiver's CAPS would send it.
 fn offer_frame(art: &Artefact, from: u32, dest: u32) -> Vec<u8> {
     let offer = meshfleet_ota::proto::Offer {
-        from,
-        routing: 0,
-        ty: meshfleet_ota::proto::OFFER,
-        dest,
         campaign: meshfleet_ota::proto::campaign_id(art.manifest()),
         intent: None,
         origin: from,
         scope: None,
         manifest: serde_json::from_slice(&art.manifest().lean().to_json()).unwrap(),
     };
-    let pkg = meshfleet_wire::Package::from_serialize(&offer).unwrap();
+    let pkg = meshfleet_mesh::TypedPackage::neighbour(NodeId(from), NodeId(dest), offer)
+        .encode()
+        .unwrap();
     format!("{}\0", pkg.text()).into_bytes()
 }
 

@@ -10,11 +10,11 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use meshfleet_channel::{ChannelModel, LinkChange, LinkParams};
 use meshfleet_mesh::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::channel::{ChannelModel, LinkChange, LinkParams};
 use crate::ota::{synthetic_image, OtaCampaign, OtaStrategy};
 use crate::scenario::{
     check_change, check_traffic, ClockParams, Formation, MeshParams, RejoinParams, Scenario,

@@ -12,7 +12,7 @@
 //!   ±20 ppm): each node is called with *its* local time, and its timers are converted back
 //!   to global time, so time sync has real offsets and real drift to correct.
 //! * **Links** are TCP connections between a station and its access point, modelled by the
-//!   channel module ([`LinkParams`], [`ChannelModel`]): goodput, per-frame overhead,
+//!   `meshfleet-channel` crate ([`LinkParams`], [`ChannelModel`]): goodput, per-frame overhead,
 //!   latency, FIFO send queues with a high-priority lane and a byte cap, and radio loss as
 //!   TCP retransmissions (delay and goodput, then a reset). See `docs/simulator.md`.
 //! * **Topology** ([`Topology`]) only says who can hear whom and when nodes join; the mesh
@@ -68,7 +68,6 @@
 //! assert_eq!(report.app.duplicates, 0);
 //! ```
 
-mod channel;
 mod cli;
 mod clock;
 mod file;
@@ -86,9 +85,9 @@ pub mod telemetry;
 mod topology;
 pub mod workload;
 
-pub use channel::{ChannelModel, LinkChange, LinkParams};
 pub use cli::{demo_scenario, run_scenario, run_scenario_file, RunError};
 pub use file::{load_scenario, parse_scenario, Located, ScenarioError};
+pub use meshfleet_channel::{ChannelModel, LinkChange, LinkParams};
 pub use metrics::{
     AppReport, ConvergenceEntry, ConvergenceReport, LatencySummary, LinkReport, MeshTotals,
     NodeReport, Sample, SimReport, TimeSyncReport,

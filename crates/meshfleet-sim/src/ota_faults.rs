@@ -12,9 +12,9 @@
 //! node) and paced at 8 KB/s per link, so that an undisturbed run ([`OtaFault::None`]) takes
 //! ~6 s and the faults land mid-transfer.
 
+use meshfleet_channel::{LinkChange, LinkParams};
 use meshfleet_mesh::{Duration, Instant};
 
-use crate::channel::{LinkChange, LinkParams};
 use crate::ota::{synthetic_image, OtaCampaign, OtaStrategy};
 use crate::scenario::{Scenario, SimEvent};
 use crate::sim::Simulation;

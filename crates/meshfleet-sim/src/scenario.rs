@@ -3,9 +3,9 @@
 use std::fmt;
 use std::sync::Arc;
 
+use meshfleet_channel::{ChannelModel, LinkChange, LinkParams};
 use meshfleet_mesh::{Config, Duration, Instant, Node, NodeId, Rng};
 
-use crate::channel::{ChannelModel, LinkChange, LinkParams};
 use crate::store::PersistentStore;
 use crate::topology::Topology;
 

@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use meshfleet_agent::telemetry::{Identity, Metric};
 use meshfleet_agent::{Telemetry, TelemetryConfig};
+use meshfleet_channel::LinkChange;
 use meshfleet_mesh::{
     Claims, Ctx, Duration, Event, Instant, LinkId, MeshChange, Node, NodeId, Plugin, PluginEvent,
     Rng,
@@ -39,7 +40,6 @@ use meshfleet_monitor::{AlertEvent, AlertKind, Monitor, MonitorConfig, MonitorEv
 use meshfleet_wire::{NodeTree, Package, Routing};
 use serde::Serialize;
 
-use crate::channel::LinkChange;
 use crate::scenario::{NodeInit, Scenario, SimEvent};
 use crate::sim::Simulation;
 use crate::workload::{TableError, Workload, WorkloadSpec};
@@ -1076,20 +1076,14 @@ impl TelemetryWorkload {
                         start,
                         SimEvent::SetLink {
                             between: Some(pair),
-                            change: LinkChange {
-                                latency: Some(base + SLOW_LINK_EXTRA),
-                                ..LinkChange::default()
-                            },
+                            change: LinkChange::latency(base + SLOW_LINK_EXTRA),
                         },
                     );
                     sim.schedule(
                         end,
                         SimEvent::SetLink {
                             between: Some(pair),
-                            change: LinkChange {
-                                latency: Some(base),
-                                ..LinkChange::default()
-                            },
+                            change: LinkChange::latency(base),
                         },
                     );
                 }

@@ -8,6 +8,7 @@
 //! with a free slot at join time, as a station picks the strongest AP. The mesh itself then
 //! forms through the nodes' real node sync: no routing table is ever prebuilt.
 
+use meshfleet_channel::{dist, CellGrid};
 use meshfleet_mesh::Rng;
 use meshfleet_wire::MAX_TREE_DEPTH;
 
@@ -342,56 +343,6 @@ fn place(n: usize, w: f64, h: f64, range: f64, rng: &mut Rng) -> Vec<(f64, f64)>
         pos.push(p);
     }
     pos
-}
-
-/// Buckets of `cell`-sized squares for neighbour queries in O(local density).
-pub(crate) struct CellGrid {
-    cell: f64,
-    map: std::collections::HashMap<(i64, i64), Vec<usize>>,
-}
-
-impl CellGrid {
-    pub(crate) fn new(cell: f64) -> Self {
-        Self {
-            cell: cell.max(1e-9),
-            map: std::collections::HashMap::new(),
-        }
-    }
-
-    fn key(&self, p: (f64, f64)) -> (i64, i64) {
-        (
-            (p.0 / self.cell).floor() as i64,
-            (p.1 / self.cell).floor() as i64,
-        )
-    }
-
-    pub(crate) fn insert(&mut self, p: (f64, f64), i: usize) {
-        self.map.entry(self.key(p)).or_default().push(i);
-    }
-
-    /// Indices within `r` (≤ cell) of `p`, in insertion order per cell, cells scanned in a
-    /// fixed order: deterministic (the HashMap is only looked up, never iterated).
-    pub(crate) fn within(&self, p: (f64, f64), r: f64, pos: &[(f64, f64)], out: &mut Vec<usize>) {
-        let (cx, cy) = self.key(p);
-        let reach = (r / self.cell).ceil() as i64;
-        for dx in -reach..=reach {
-            for dy in -reach..=reach {
-                if let Some(v) = self.map.get(&(cx + dx, cy + dy)) {
-                    out.extend(v.iter().copied().filter(|&j| dist(pos[j], p) <= r));
-                }
-            }
-        }
-    }
-
-    fn any_within(&self, p: (f64, f64), r: f64, pos: &[(f64, f64)]) -> bool {
-        let mut v = Vec::new();
-        self.within(p, r, pos, &mut v);
-        !v.is_empty()
-    }
-}
-
-pub(crate) fn dist(a: (f64, f64), b: (f64, f64)) -> f64 {
-    ((a.0 - b.0).powi(2) + (a.1 - b.1).powi(2)).sqrt()
 }
 
 /// A generated topology (indices are node numbers minus one).

@@ -17,7 +17,12 @@ export function mount(main, params, id) {
   const ota = h('section', { class: 'panel', 'aria-labelledby': 'nd-ota' });
   const alerts = h('section', { class: 'panel', 'aria-labelledby': 'nd-alerts' });
   const ranges = h('div', { class: 'ranges', role: 'group', 'aria-label': 'History range' });
-  main.append(h('p', null, h('a', { href: '#/nodes' }, '← Nodes')), h('h1', null, `Node ${nodeId}`), head,
+  // Ask the node now (POST /query): a meshfleet node answers a telemetry query, a stock node
+  // painlessMesh's delay probe; data younger than the monitor's cache TTL is not asked for.
+  const askResult = h('span', { id: 'node-query', role: 'status', 'aria-live': 'polite' });
+  const askBtn = h('button', { type: 'button', id: 'node-ask', onclick: () => askNow() }, 'Ask now');
+  const ask = h('div', { class: 'toolbar' }, askBtn, askResult);
+  main.append(h('p', null, h('a', { href: '#/nodes' }, '← Nodes')), h('h1', null, `Node ${nodeId}`), head, ask,
     h('div', { class: 'toolbar' }, h('span', null, 'Range:'), ranges), charts, h('div', { class: 'grid' }, ota, alerts));
   let alive = true;
 
@@ -46,6 +51,26 @@ export function mount(main, params, id) {
       h('dt', null, 'First seen'), h('dd', null, time(n.firstSeen)),
       h('dt', null, 'Reports'), h('dd', null, String(n.reports)),
       h('dt', null, 'Last error'), h('dd', null, st.lastError || '—'))));
+  }
+
+  async function askNow() {
+    askBtn.disabled = true;
+    askResult.className = 'muted';
+    askResult.textContent = 'Asking…';
+    try {
+      const r = await api.send('POST', '/query', { nodeId });
+      if (!alive) return;
+      const n = r.nodes.find((x) => x.nodeId === nodeId);
+      if (n) { state.nodes.set(nodeId, n); renderHead(); }
+      askResult.className = r.partial ? 'error' : 'muted';
+      askResult.textContent = r.answered.includes(nodeId) ? `Answered in ${r.durationMs} ms.`
+        : r.cached.includes(nodeId) ? `Not asked: its data is recent (seen ${ago(n ? n.lastSeen : Date.now())}).`
+          : `No answer within ${(r.durationMs / 1000).toFixed(1)} s.`;
+    } catch (e) {
+      if (!alive) return;
+      askResult.className = 'error';
+      askResult.textContent = `Cannot ask: ${e.message}`;
+    } finally { askBtn.disabled = false; }
   }
 
   async function loadHistory() {

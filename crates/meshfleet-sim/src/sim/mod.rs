@@ -2,12 +2,12 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use meshfleet_channel::{dist, interferers, tx_cost, ChannelModel, LinkChange, LinkParams};
 use meshfleet_mesh::{
     Config, Delivery, Duration, Event, Instant, LinkId, LinkRole, Node, NodeId, PluginEvent,
     Priority, Rng, Transmit,
 };
 
-use crate::channel::{tx_cost, ChannelModel, LinkChange, LinkParams};
 use crate::clock::LocalClock;
 use crate::metrics::{
     parse_tag, secs, tag, AppMsg, AppReport, Convergence, ConvergenceReport, LatencySummary,
@@ -17,7 +17,7 @@ use crate::scenario::{
     InvalidScenario, NodeFactory, NodeInit, Scenario, SimEvent, Traffic, TrafficKind,
 };
 use crate::store::PersistentStore;
-use crate::topology::{dist, CellGrid, Layout};
+use crate::topology::Layout;
 
 mod channel_io;
 mod nodes;
@@ -239,36 +239,6 @@ pub struct Simulation {
 
 const LINK_SALT: u64 = 0x4C49_4E4B;
 const NODE_SALT: u64 = 0x4E4F_4445;
-
-/// For each node, the nodes within the interference range under `channel` (empty unless
-/// it is geometric and there are positions), sorted.
-fn interferers(
-    channel: &ChannelModel,
-    positions: Option<&[(f64, f64)]>,
-    n: usize,
-) -> Vec<Vec<usize>> {
-    let mut out = vec![Vec::new(); n];
-    if let (
-        ChannelModel::Geometric {
-            interference_range_m,
-        },
-        Some(pos),
-    ) = (channel, positions)
-    {
-        let mut grid = CellGrid::new(*interference_range_m);
-        for (i, p) in pos.iter().enumerate() {
-            grid.insert(*p, i);
-        }
-        for (i, p) in pos.iter().enumerate().take(n) {
-            let mut v = Vec::new();
-            grid.within(*p, *interference_range_m, pos, &mut v);
-            v.retain(|&j| j != i);
-            v.sort_unstable();
-            out[i] = v;
-        }
-    }
-    out
-}
 
 /// A child seed from the run seed, a domain and two numbers: independent of the order in
 /// which things are created, so adding a node or a link does not reshuffle the others.

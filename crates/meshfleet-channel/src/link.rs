@@ -1,21 +1,4 @@
-//! The link and channel model: how long a frame takes over painlessMesh's TCP-over-WiFi.
-//!
-//! painlessMesh runs TCP over WiFi, so the application never sees a lost frame: radio loss
-//! becomes retransmissions (extra delay, less goodput) and, past the retransmission limit,
-//! a reset connection. Each direction of a link is a FIFO send queue (high-priority frames
-//! jump ahead of queued normal ones, never the one being sent) feeding a transmitter. The
-//! channel model decides what a transmitter is:
-//!
-//! * [`ChannelModel::Independent`]: every link direction is its own transmitter.
-//! * [`ChannelModel::Airtime`]: one transmitter per node; its links take turns (round robin),
-//!   so a broadcast to k neighbours costs k transmissions of that node's airtime.
-//! * [`ChannelModel::Geometric`]: as `Airtime`, and a transmission also keeps every node
-//!   within the interference range of the sender from starting one (carrier sense, with
-//!   FIFO arbitration among the waiting nodes).
-//!
-//! The service time of one frame of `b` bytes is `frame_overhead + b / goodput` plus, for
-//! each lost TCP segment, its retransmission and a retransmission timeout. See
-//! `docs/simulator.md` for the calibration and what the model leaves out.
+//! One link: its parameters, run-time changes, and what a frame costs on it.
 
 use meshfleet_mesh::{Duration, Rng};
 
@@ -65,33 +48,6 @@ impl Default for LinkParams {
     }
 }
 
-/// How transmissions share the radio. See the module docs.
-#[derive(Clone, Debug, PartialEq)]
-#[non_exhaustive]
-pub enum ChannelModel {
-    /// Every link direction transmits independently of all others.
-    Independent,
-    /// One transmitter per node shared by all its links.
-    Airtime,
-    /// One transmitter per node, and a transmission silences every node within
-    /// `interference_range_m` of the sender. Needs a topology with positions.
-    Geometric {
-        /// Distance within which a transmission blocks others, in metres.
-        interference_range_m: f64,
-    },
-}
-
-impl ChannelModel {
-    /// A short name for reports.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Self::Independent => "independent",
-            Self::Airtime => "airtime",
-            Self::Geometric { .. } => "geometric",
-        }
-    }
-}
-
 /// A change of link parameters at run time (fields left `None` keep their value).
 #[derive(Clone, Debug, Default, PartialEq)]
 #[non_exhaustive]
@@ -129,7 +85,8 @@ impl LinkChange {
         }
     }
 
-    pub(crate) fn apply(&self, p: &mut LinkParams) {
+    /// Applies the change to `p`.
+    pub fn apply(&self, p: &mut LinkParams) {
         if let Some(l) = self.loss {
             p.loss = l;
         }
@@ -144,15 +101,16 @@ impl LinkChange {
 
 /// What sending one frame costs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct TxCost {
+#[non_exhaustive]
+pub struct TxCost {
     /// Time the transmitter is busy (overhead, first transmission, retransmissions).
-    pub(crate) airtime: Duration,
+    pub airtime: Duration,
     /// Time the connection waits in retransmission timeouts (the transmitter is free).
-    pub(crate) stall: Duration,
+    pub stall: Duration,
     /// Segments retransmitted.
-    pub(crate) retransmissions: u32,
+    pub retransmissions: u32,
     /// TCP gave up: the connection resets after `airtime + stall`.
-    pub(crate) reset: bool,
+    pub reset: bool,
 }
 
 fn micros_for(bytes: usize, goodput: f64) -> u64 {
@@ -163,7 +121,7 @@ fn micros_for(bytes: usize, goodput: f64) -> u64 {
 /// The cost of one frame of `len` bytes (NUL included), drawing segment losses from `rng`.
 /// With `loss == 0` no random numbers are drawn, so lossless runs do not depend on frame
 /// sizes through the RNG stream.
-pub(crate) fn tx_cost(len: usize, p: &LinkParams, rng: &mut Rng) -> TxCost {
+pub fn tx_cost(len: usize, p: &LinkParams, rng: &mut Rng) -> TxCost {
     let mut airtime = p.frame_overhead.as_micros() + micros_for(len, p.goodput_bytes_per_s);
     let mut stall = 0u64;
     let mut retransmissions = 0;
@@ -198,6 +156,40 @@ pub(crate) fn tx_cost(len: usize, p: &LinkParams, rng: &mut Rng) -> TxCost {
         retransmissions,
         reset: false,
     }
+}
+
+/// Expected cost of one frame of `bytes` bytes under the simulator's TCP model
+/// ([`tx_cost`]): `(link, radio)` seconds, where `radio` is the transmitter's busy
+/// time (overhead, first transmission and retransmitted segments) and `link` adds the
+/// retransmission timeouts, during which the connection stalls but the radio is free.
+pub fn expected_frame_cost(bytes: u64, p: &LinkParams) -> (f64, f64) {
+    let g = p.goodput_bytes_per_s;
+    let mut radio = secs(p.frame_overhead) + bytes as f64 / g;
+    let mut stall = 0.0;
+    if p.loss > 0.0 {
+        let mss = p.mss.max(1) as u64;
+        let mut left = bytes;
+        while left > 0 {
+            let seg = left.min(mss);
+            left -= seg;
+            // The k-th consecutive loss of a segment (k <= max_retransmits) costs its
+            // airtime again and the k-th timeout; it happens with probability p^k.
+            let mut pk = 1.0;
+            let mut rto = secs(p.min_rto);
+            for _ in 0..p.max_retransmits {
+                pk *= p.loss;
+                radio += pk * seg as f64 / g;
+                stall += pk * rto;
+                rto = (rto * 2.0).min(secs(p.max_rto));
+            }
+        }
+    }
+    (radio + stall, radio)
+}
+
+/// Seed of the stochastic bounds' Monte Carlo: fixed, so that a bound depends only on the
+fn secs(d: Duration) -> f64 {
+    d.as_micros() as f64 / 1e6
 }
 
 #[cfg(test)]
@@ -239,5 +231,18 @@ mod tests {
         assert!(total_stall > 0);
         p.loss = 1.0;
         assert!(tx_cost(10, &p, &mut rng).reset);
+    }
+
+    #[test]
+    fn loss_costs_retransmissions_and_timeouts() {
+        let p = LinkParams {
+            loss: 0.05,
+            ..LinkParams::default()
+        };
+        let (link, radio) = expected_frame_cost(1000, &p);
+        let clean = 1.665e-3 + 1000.0 / 131_000.0;
+        assert!(radio > clean && radio < clean * 1.06);
+        // ≈ 0.05 * 200 ms + 0.0025 * 400 ms + …
+        assert!((link - radio - 0.01111).abs() < 1e-4, "{}", link - radio);
     }
 }
