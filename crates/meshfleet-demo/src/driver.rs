@@ -31,6 +31,9 @@ use crate::fleet::{baseline, kind_of, record, Fleet, Kind};
 const STEP: Duration = Duration::from_millis(100);
 /// Most wall time spent simulating before commands are served again.
 const BUDGET: WallDuration = WallDuration::from_millis(40);
+/// Longest virtual time the driver runs at start waiting for the gateway's node to boot
+/// (it boots at 0).
+const BOOT_WAIT: Instant = Instant::from_micros(1_000_000);
 /// Wall time the driver waits for a command when the simulation has caught up.
 const IDLE: WallDuration = WallDuration::from_millis(10);
 /// How often a leaking node's heap is re-recorded (virtual).
@@ -410,6 +413,13 @@ impl Driver {
     }
 
     fn run(&mut self, rx: &mpsc::Receiver<Command>) {
+        // Boot the gateway's node before serving any command: the gateway's first calls
+        // (ingest's node list, an early GET /topology) are queued before this thread has run
+        // the simulation at all, and were answered `Stopped` (a 503 `mesh_stopped` at start).
+        while self.sim.node(self.gateway).is_none() && self.sim.now() < BOOT_WAIT {
+            let next = self.sim.now() + Duration::from_millis(1);
+            self.sim.run_until(next);
+        }
         let wall0 = std::time::Instant::now();
         loop {
             loop {

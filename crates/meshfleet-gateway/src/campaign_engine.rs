@@ -421,6 +421,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
             _ = tick.tick() => {
                 e.reconcile().await;
                 e.step().await;
+                e.shared.campaigns.refresh_rollbacks().await;
             }
             ev = events.recv() => match ev {
                 Ok(RuntimeEvent::Plugin { plugin, data }) if plugin == GATEWAY_OTA_PLUGIN => {

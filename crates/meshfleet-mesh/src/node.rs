@@ -98,6 +98,9 @@ pub(crate) struct Link {
     subs_range: Option<(usize, usize)>,
     /// Round trips of our node syncs on this link (see [`NodeSyncTiming`]).
     pub(crate) sync_timing: NodeSyncTiming,
+    /// Where each node of `tree` starts in `tree_json`, so that the next node sync, which
+    /// usually differs in one small region, is read only there (`reread_node_sync`).
+    offsets: Vec<u32>,
 }
 
 /// How this node's own node-sync exchanges on one link fare: the round trip of our
@@ -176,6 +179,10 @@ pub(crate) struct Core {
     inbox: VecDeque<(LinkId, Routing, Package)>,
     binary_inbox: VecDeque<(LinkId, Vec<u8>)>,
     held_replies: Vec<HeldReply>,
+    /// The node list (`nodes()`: every id in the synced links' trees but ours, sorted),
+    /// kept up to date from what re-read trees change (a few ids) instead of sorting
+    /// every tree on each layout change. `None` when it must be made from scratch.
+    node_list: Option<Vec<NodeId>>,
     pub(crate) rng: Rng,
     pub(crate) stats: Stats,
 }
@@ -239,6 +246,7 @@ impl Node {
                 inbox: VecDeque::new(),
                 binary_inbox: VecDeque::new(),
                 held_replies: Vec::new(),
+                node_list: None,
                 rng,
                 stats: Stats::default(),
             },
@@ -450,6 +458,7 @@ impl Node {
             tree_digest: 0,
             subs_range: None,
             sync_timing: NodeSyncTiming::default(),
+            offsets: Vec::new(),
         };
         l.set(LinkTimer::NodeSync, Some(first_sync));
         c.links.push(l);
@@ -721,30 +730,98 @@ impl Node {
     }
 }
 
-/// A link tree's compact JSON (`{"nodeId":..[,"root":true][,"hasTimeAuthority":true][,"subs":[..]]}`,
-/// the library's key order) and the byte range of its `subs` array. `subs_text`, if
-/// given, is the received `subs` text, known to be exactly what `write_json` would write
-/// (`Frame::node_sync_tree`): it is copied instead.
-fn link_tree_json(tree: &FlatTree, subs_text: Option<&str>) -> (Vec<u8>, Option<(usize, usize)>) {
-    let mut out = Vec::new();
-    match subs_text {
-        Some(subs) if tree.size() > 1 => {
-            out.reserve(subs.len() + 64);
-            let top = FlatTree::single(tree.node_id(), tree.root(), tree.has_time_authority());
-            top.write_json(&mut out);
-            out.pop(); // its closing brace
-            out.extend_from_slice(br#","subs":"#);
-            let start = out.len();
-            out.extend_from_slice(subs.as_bytes());
-            let end = out.len();
-            out.push(b'}');
-            (out, Some((start, end)))
-        }
-        _ => {
-            let range = tree.write_json(&mut out);
-            (out, range)
+/// How a new link tree's JSON is made: from the received `subs` text (canonical: exactly
+/// what `write_json` writes), or written.
+enum TreeJson<'a> {
+    Subs(&'a [u8]),
+    Written(Vec<u8>, Option<(usize, usize)>),
+}
+
+impl TreeJson<'_> {
+    /// The JSON's length for `tree`.
+    fn len(&self, tree: &FlatTree) -> usize {
+        match self {
+            TreeJson::Subs(subs) => {
+                let mut head = Vec::with_capacity(48);
+                FlatTree::single(tree.node_id(), tree.root(), tree.has_time_authority())
+                    .write_json(&mut head);
+                // The head without its `}`, `,"subs":`, the subs, `}`.
+                head.len() - 1 + br#","subs":"#.len() + subs.len() + 1
+            }
+            TreeJson::Written(json, _) => json.len(),
         }
     }
+}
+
+/// How a re-read tree differs from the link's previous one (`meshfleet_wire::Reread`).
+struct Splice {
+    offsets: Vec<u32>,
+    replaced: core::ops::Range<usize>,
+    inserted: core::ops::Range<usize>,
+}
+
+/// Writes a link tree's compact JSON (`{"nodeId":..[,"root":true][,"hasTimeAuthority":true],"subs":[..]}`,
+/// the library's key order) into `out`, reusing its allocation, from `subs`, the received
+/// `subs` text, known to be exactly what `write_json` would write
+/// (`Frame::node_sync_tree`); returns the byte range of the `subs` array.
+fn link_tree_json_into(out: &mut Vec<u8>, tree: &FlatTree, subs: &[u8]) -> (usize, usize) {
+    out.clear();
+    out.reserve(subs.len() + 64);
+    let top = FlatTree::single(tree.node_id(), tree.root(), tree.has_time_authority());
+    top.write_json(out);
+    out.pop(); // its closing brace
+    out.extend_from_slice(br#","subs":"#);
+    let start = out.len();
+    out.extend_from_slice(subs);
+    let end = out.len();
+    out.push(b'}');
+    (start, end)
+}
+
+/// The ids that `added` has and `removed` has not, and the other way round (as multisets).
+///
+/// A re-read region holds mostly the same ids before and after (the nodes between two
+/// changes), so both lists are sorted and what they share cancels: only the ids that
+/// really came or went are left to look up.
+fn id_delta(removed: &[NodeId], added: &[NodeId]) -> (Vec<NodeId>, Vec<NodeId>) {
+    let (mut gone, mut came) = (removed.to_vec(), added.to_vec());
+    gone.sort_unstable();
+    came.sort_unstable();
+    let (mut i, mut j) = (0, 0);
+    let (mut net_gone, mut net_came) = (Vec::new(), Vec::new());
+    loop {
+        match (gone.get(i), came.get(j)) {
+            (Some(a), Some(b)) if a == b => (i, j) = (i + 1, j + 1),
+            (Some(a), Some(b)) if a < b => {
+                net_gone.push(*a);
+                i += 1;
+            }
+            (Some(a), None) => {
+                net_gone.push(*a);
+                i += 1;
+            }
+            (_, Some(b)) => {
+                net_came.push(*b);
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    (net_gone, net_came)
+}
+
+/// The type of a node sync's tail as the library writes it, `,"type":5|6,"dest":D,"from":F}`
+/// with plain numbers and nothing after it.
+fn node_sync_tail(tail: &[u8]) -> Option<i64> {
+    use meshfleet_wire::types::{NODE_SYNC_REPLY, NODE_SYNC_REQUEST};
+    let (ty, rest) = match tail.strip_prefix(br#","type":"#)? {
+        [b'5', rest @ ..] => (NODE_SYNC_REQUEST, rest),
+        [b'6', rest @ ..] => (NODE_SYNC_REPLY, rest),
+        _ => return None,
+    };
+    let rest = plain_u32(rest.strip_prefix(br#","dest":"#)?)?;
+    let rest = plain_u32(rest.strip_prefix(br#","from":"#)?)?;
+    (rest == b"}").then_some(ty)
 }
 
 /// `text` after a JSON number that is plain (1-10 digits, no leading zero) and a u32.
@@ -874,6 +951,9 @@ impl Core {
     }
 
     pub(crate) fn nodes(&self) -> Vec<NodeId> {
+        if let Some(list) = &self.node_list {
+            return list.clone();
+        }
         let mut out = Vec::new();
         for l in &self.links {
             if let (Some(t), true) = (&l.tree, l.peer != NodeId::UNKNOWN) {
@@ -884,6 +964,36 @@ impl Core {
         out.sort_unstable();
         out.dedup();
         out
+    }
+
+    /// Brings the node list up to date after the link at `idx` got a re-read tree: `gone`
+    /// and `came` are the ids its re-read region lost and gained. An id that came is in
+    /// the list (unless it is us or 0); one that went stays if a tree still holds it.
+    fn update_node_list(&mut self, gone: &[NodeId], came: &[NodeId]) {
+        let Some(mut list) = self.node_list.take() else {
+            return;
+        };
+        let me = self.config.node_id;
+        for &id in came {
+            if id == NodeId::UNKNOWN || id == me {
+                continue;
+            }
+            if let Err(i) = list.binary_search(&id) {
+                list.insert(i, id);
+            }
+        }
+        for &id in gone {
+            let held = self
+                .links
+                .iter()
+                .any(|l| l.peer != NodeId::UNKNOWN && l.contains(id));
+            if !held {
+                if let Ok(i) = list.binary_search(&id) {
+                    list.remove(i);
+                }
+            }
+        }
+        self.node_list = Some(list);
     }
 
     /// First synced link (in link order) whose tree contains `dest` (`findRoute`).
@@ -972,6 +1082,24 @@ impl Core {
             self.unchanged_sync(now, idx, ty);
             return;
         }
+        if let Some((ty, reread, subs)) = self.reread_node_sync(link, frame) {
+            let subs = frame.get(subs.0..subs.1);
+            let request = ty == NODE_SYNC_REQUEST;
+            let meshfleet_wire::Reread {
+                tree,
+                offsets,
+                replaced,
+                inserted,
+            } = reread;
+            let splice = Splice {
+                offsets,
+                replaced,
+                inserted,
+            };
+            self.handle_node_sync(now, link, tree, subs, Some(splice), request);
+            self.after_node_sync(now, link, ty);
+            return;
+        }
         let parsed = match parse(frame) {
             Ok(p) => p,
             Err(e) => {
@@ -1014,26 +1142,12 @@ impl Core {
                 self.stats.forwarded += self.flood_frame(&bytes, Some(link)) as u64;
             }
             let subs_text = if canonical {
-                parsed.raw_field("subs")
+                parsed.raw_field("subs").map(str::as_bytes)
             } else {
                 None
             };
-            self.handle_node_sync(now, link, tree, subs_text, ty == NODE_SYNC_REQUEST);
-            let Some(idx) = self.link_index(link) else {
-                return;
-            };
-            if ty == NODE_SYNC_REQUEST {
-                let peer = self.links[idx].peer;
-                let frame = self.node_sync_frame(NODE_SYNC_REPLY, peer, false);
-                self.links[idx].sent_digest = Some(self.digest_for(peer));
-                self.push_transmit(link, frame, Priority::Control);
-            } else if self.links[idx].peer != NodeId::UNKNOWN {
-                // A link whose first tree was refused is not synced: its timeout stays, so
-                // a peer that only ever sends refused trees does not keep the link (and
-                // its slot) for ever.
-                self.links[idx].set(LinkTimer::NodeTimeout, None);
-                self.links[idx].sync_timing.answered_at(now);
-            }
+            self.handle_node_sync(now, link, tree, subs_text, None, ty == NODE_SYNC_REQUEST);
+            self.after_node_sync(now, link, ty);
             return;
         }
         let msg = match parsed.message() {
@@ -1070,6 +1184,56 @@ impl Core {
             }
             Message::Package(p) => self.inbox.push_back((link, routing, p)),
         }
+    }
+
+    /// After a node sync of type `ty` on `link` was handled: answer a request, or stop
+    /// waiting for the reply.
+    fn after_node_sync(&mut self, now: Instant, link: LinkId, ty: i64) {
+        use meshfleet_wire::types::{NODE_SYNC_REPLY, NODE_SYNC_REQUEST};
+        let Some(idx) = self.link_index(link) else {
+            return;
+        };
+        if ty == NODE_SYNC_REQUEST {
+            let peer = self.links[idx].peer;
+            let frame = self.node_sync_frame(NODE_SYNC_REPLY, peer, false);
+            self.links[idx].sent_digest = Some(self.digest_for(peer));
+            self.push_transmit(link, frame, Priority::Control);
+        } else if self.links[idx].peer != NodeId::UNKNOWN {
+            // A link whose first tree was refused is not synced: its timeout stays, so
+            // a peer that only ever sends refused trees does not keep the link (and
+            // its slot) for ever.
+            self.links[idx].set(LinkTimer::NodeTimeout, None);
+            self.links[idx].sync_timing.answered_at(now);
+        }
+    }
+
+    /// A node sync from a synced link, written the library's way, whose tree differs from
+    /// the one we hold from that link: read only where its text differs from our JSON of
+    /// the held tree (`meshfleet_wire::reread_changed`), which in a big mesh is a few
+    /// nodes of thousands. Returns the type, the tree (what the full reader gives for the
+    /// frame) with its node offsets, and where its `subs` text is in `frame`; `None` sends
+    /// the frame down the full path.
+    fn reread_node_sync(
+        &self,
+        link: LinkId,
+        frame: &[u8],
+    ) -> Option<(i64, meshfleet_wire::Reread, (usize, usize))> {
+        let idx = self.link_index(link)?;
+        let l = &self.links[idx];
+        let tree = l.tree.as_ref()?;
+        let (subs_start, _) = l.subs_range?;
+        // The tail `,"type":5|6,"dest":D,"from":F}` is at most 47 bytes.
+        let from = frame.len().saturating_sub(48);
+        let body_len = from
+            + frame
+                .get(from..)?
+                .windows(8)
+                .rposition(|w| w == br#","type":"#)?;
+        let ty = node_sync_tail(frame.get(body_len..)?)?;
+        let old = l.tree_json.get(..l.tree_json.len().checked_sub(1)?)?;
+        let new = frame.get(..body_len)?;
+        let reread = meshfleet_wire::reread_changed(tree, &l.offsets, old, new, MAX_TREE_DEPTH)?;
+        Some((ty, reread, (subs_start, body_len)))
     }
 
     /// The common case of node sync: a synced link re-sends exactly the tree we hold.
@@ -1119,21 +1283,13 @@ impl Core {
     /// a frame is valid JSON and `unchanged_node_sync` would accept it; anything else
     /// takes the general path.
     fn unchanged_node_sync_bytes(&self, link: LinkId, frame: &[u8]) -> Option<(usize, i64)> {
-        use meshfleet_wire::types::{NODE_SYNC_REPLY, NODE_SYNC_REQUEST};
         let idx = self.link_index(link)?;
         let l = &self.links[idx];
         l.tree.as_ref()?;
         // Our JSON of the tree without its closing brace.
         let head = l.tree_json.get(..l.tree_json.len().checked_sub(1)?)?;
-        let tail = frame.strip_prefix(head)?;
-        let (ty, rest) = match tail.strip_prefix(br#","type":"#)? {
-            [b'5', rest @ ..] => (NODE_SYNC_REQUEST, rest),
-            [b'6', rest @ ..] => (NODE_SYNC_REPLY, rest),
-            _ => return None,
-        };
-        let rest = plain_u32(rest.strip_prefix(br#","dest":"#)?)?;
-        let rest = plain_u32(rest.strip_prefix(br#","from":"#)?)?;
-        (rest == b"}").then_some((idx, ty))
+        let ty = node_sync_tail(frame.strip_prefix(head)?)?;
+        Some((idx, ty))
     }
 
     /// What an unchanged node sync of type `ty` on the link at `idx` does.
@@ -1170,13 +1326,15 @@ impl Core {
 
     /// router.hpp `handleNodeSync`.
     /// `subs_text`: the frame's `subs` text if it is exactly what we would write for the
-    /// tree (kept as our JSON of the tree instead of writing it again).
+    /// tree (kept as our JSON of the tree instead of writing it again); `splice`: how the
+    /// tree differs from the link's previous one, when it was read that way.
     fn handle_node_sync(
         &mut self,
         now: Instant,
         link: LinkId,
         tree: FlatTree,
-        subs_text: Option<&str>,
+        subs_text: Option<&[u8]>,
+        splice: Option<Splice>,
         request: bool,
     ) {
         let Some(idx) = self.link_index(link) else {
@@ -1214,14 +1372,22 @@ impl Core {
             return;
         }
         let l = &self.links[idx];
-        // A tree we hold already passed the checks below; only a new one is serialized.
+        // A tree we hold already passed the checks below; only a new one is serialized
+        // (received canonical text is copied into the link's buffer when it is kept).
         let fresh = if l.tree.as_ref() != Some(&tree) {
-            let (json, range) = link_tree_json(&tree, subs_text);
-            if let Some(refusal) = self.refusal(idx, &tree, json.len()) {
+            let json = match subs_text {
+                Some(subs) if tree.size() > 1 => TreeJson::Subs(subs),
+                _ => {
+                    let mut json = Vec::new();
+                    let range = tree.write_json(&mut json);
+                    TreeJson::Written(json, range)
+                }
+            };
+            if let Some(refusal) = self.refusal(idx, &tree, json.len(&tree)) {
                 self.drop_frame(link, DropReason::TreeRefused(refusal));
                 return;
             }
-            Some((json, range))
+            Some(json)
         } else {
             None
         };
@@ -1255,13 +1421,38 @@ impl Core {
                 peer: tree_id,
             });
         }
-        let l = &mut self.links[idx];
-        if let Some((json, range)) = fresh {
-            l.tree_json = json;
-            l.subs_range = range;
+        if let Some(json) = fresh {
+            // The node list changes by what the splice replaced; any other new tree
+            // (a first one, one read in full) has it counted again.
+            let delta = match (&splice, &self.links[idx].tree) {
+                (Some(sp), Some(old)) => {
+                    let removed = old.ids().get(sp.replaced.clone()).unwrap_or_default();
+                    let added = tree.ids().get(sp.inserted.clone()).unwrap_or_default();
+                    Some(id_delta(removed, added))
+                }
+                _ => None,
+            };
+            let l = &mut self.links[idx];
+            match json {
+                TreeJson::Subs(subs) => {
+                    l.subs_range = Some(link_tree_json_into(&mut l.tree_json, &tree, subs));
+                }
+                TreeJson::Written(json, range) => {
+                    l.tree_json = json;
+                    l.subs_range = range;
+                }
+            }
+            match splice {
+                Some(sp) => l.offsets = sp.offsets,
+                None => meshfleet_wire::node_offsets(&l.tree_json, &mut l.offsets),
+            }
             l.tree_digest = tree.digest();
             l.tree = Some(tree);
-            let changed = l.peer;
+            match delta {
+                Some((gone, came)) => self.update_node_list(&gone, &came),
+                None => self.node_list = None,
+            }
+            let changed = self.links[idx].peer;
             self.layout_changed(now, Some(changed));
         } else {
             self.postpone_after_unchanged(now, idx, request);
@@ -1326,9 +1517,18 @@ impl Core {
             }
         }
         self.stats.layout_changes += 1;
-        self.events.push_back(Event::NodeListChanged {
-            nodes: self.nodes(),
-        });
+        // The list is kept by hand on a hot path: every debug build (all the tests)
+        // checks it against the list made from scratch.
+        #[cfg(debug_assertions)]
+        if let Some(kept) = self.node_list.take() {
+            debug_assert_eq!(kept, self.nodes(), "node list drifted");
+            self.node_list = Some(kept);
+        }
+        let nodes = self.nodes();
+        if self.node_list.is_none() {
+            self.node_list = Some(nodes.clone());
+        }
+        self.events.push_back(Event::NodeListChanged { nodes });
         self.changes.push_back(MeshChange::LayoutChanged);
     }
 
@@ -1337,6 +1537,9 @@ impl Core {
             return;
         };
         let l = self.links.remove(idx);
+        if l.tree.is_some() {
+            self.node_list = None;
+        }
         self.held_replies.retain(|h| h.link != link);
         self.stats.count_close(&reason);
         let peer = (l.peer != NodeId::UNKNOWN).then_some(l.peer);

@@ -163,7 +163,14 @@ async fn thousand_node_discovery_is_fast_and_valid() {
         return;
     };
     seed_nodes(&dir, nodes(1000, meshfleet_gateway::now_millis()));
-    let obs = Observer::connect(&broker, "ha-obs", "observer", &["homeassistant/#"], true).await;
+    let obs = Observer::connect(
+        broker.port,
+        "ha-obs",
+        "observer",
+        &["homeassistant/#"],
+        true,
+    )
+    .await;
     let mut cfg = mqtt_config(&broker);
     cfg.homeassistant.enabled = true;
     cfg.status_interval_s = 30;
@@ -202,7 +209,7 @@ async fn thousand_node_discovery_is_fast_and_valid() {
     // Home Assistant restarts: its birth message brings every config again.
     let before = configs(&obs.messages()).len();
     let ha = Observer::connect(
-        &broker,
+        broker.port,
         "ha",
         "homeassistant",
         &["mesh/node/1000/update"],
@@ -237,7 +244,7 @@ async fn departed_nodes_are_removed_and_install_needs_the_setting() {
     ns[1].last_seen = now - 120_000;
     seed_nodes(&dir, ns);
     let obs = Observer::connect(
-        &broker,
+        broker.port,
         "ha-obs",
         "observer",
         &["homeassistant/#", "mesh/#"],
@@ -277,7 +284,7 @@ async fn departed_nodes_are_removed_and_install_needs_the_setting() {
     );
 
     // The install button with no artefact in the store: refused, audited, nothing created.
-    let ha = Observer::connect(&broker, "ha", "homeassistant", &[], true).await;
+    let ha = Observer::connect(broker.port, "ha", "homeassistant", &[], true).await;
     ha.publish("mesh/ha/install/1000", "install").await;
     let shared = gw.shared().clone();
     let mut audited = Vec::new();

@@ -21,8 +21,11 @@
 //! flow, or an artefact packed with a smaller window). A receiver refuses an offer it cannot
 //! decode in any case, for a sender that ignores CAPS.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+#[allow(unused_imports)]
+use crate::prelude::*;
+
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
@@ -478,8 +481,8 @@ pub struct MeshfleetOta {
     brake: SyncBrake,
 }
 
-impl std::fmt::Debug for MeshfleetOta {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl core::fmt::Debug for MeshfleetOta {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("MeshfleetOta")
             .field("campaign", &self.campaign.as_ref().map(|c| c.id))
             .field("have", &self.campaign.as_ref().map(|c| c.have.count()))
@@ -1444,7 +1447,7 @@ impl MeshfleetOta {
         // else would only earn a refusal (and, from a relay holding an older campaign, an
         // offer the source itself would have to refuse).
         let not_newer = Version::parse(&caps.fw)
-            .is_ok_and(|fw| m.version.cmp_precedence(&fw) != std::cmp::Ordering::Greater);
+            .is_ok_and(|fw| m.version.cmp_precedence(&fw) != core::cmp::Ordering::Greater);
         if Some(link) == c.upstream
             || n.offered == Some(c.id)
             // A remote peer that offered the campaign to us holds it already. (Direct
@@ -1681,12 +1684,12 @@ impl MeshfleetOta {
                 // when that much should have drained at the pacing rate.
                 let backlog = Self::backlog(ctx, link).unwrap_or(0) as f64;
                 if backlog >= burst {
-                    let wait = ((backlog - burst + frame_cost) / rate * 1e6).ceil() as u64;
+                    let wait = ceil_u64((backlog - burst + frame_cost) / rate * 1e6);
                     n.pump_at = Some(now + Duration::from_micros(wait.max(1)));
                     break;
                 }
                 if n.tokens < frame_cost {
-                    let wait = ((frame_cost - n.tokens) / rate * 1e6).ceil() as u64;
+                    let wait = ceil_u64((frame_cost - n.tokens) / rate * 1e6);
                     n.pump_at = Some(now + Duration::from_micros(wait.max(1)));
                     break;
                 }
@@ -1954,7 +1957,7 @@ impl MeshfleetOta {
         }
         if let Some(r) = &self.config.running {
             if let Ok(running) = Version::parse(&r.version) {
-                let newer = m.version.cmp_precedence(&running) == std::cmp::Ordering::Greater;
+                let newer = m.version.cmp_precedence(&running) == core::cmp::Ordering::Greater;
                 if !newer && !lifted && !self.config.allow_downgrade {
                     return Some((
                         Refusal::Downgrade,
@@ -2212,8 +2215,8 @@ impl MeshfleetOta {
             // Another campaign half-received: a newer signed version, or the image the
             // operator's intent names, supersedes it; anything else waits for it to finish
             // or to be abandoned (`campaign_timeout`).
-            let newer =
-                manifest.version.cmp_precedence(&c.manifest.version) == std::cmp::Ordering::Greater;
+            let newer = manifest.version.cmp_precedence(&c.manifest.version)
+                == core::cmp::Ordering::Greater;
             let by_intent = matches!(intent, Some(Ok(_)));
             if !newer && !by_intent {
                 let reason = format!(
@@ -2794,6 +2797,17 @@ impl MeshfleetOta {
     }
 }
 
+/// `x.ceil() as u64` without `f64::ceil`, which `core` lacks (it is in `std`): the same
+/// value for every `x`, NaN and out-of-range values included (`as` saturates).
+fn ceil_u64(x: f64) -> u64 {
+    let t = x as u64;
+    if (t as f64) < x {
+        t.saturating_add(1)
+    } else {
+        t
+    }
+}
+
 /// Why a neighbour with these CAPS cannot decode the payload `m` describes, if it cannot:
 /// the codec is not among its `codecs`, or (DEFLATE) its `window` is smaller than the
 /// manifest's. The receiver would refuse such an offer itself (`refuse_reason`); the sender
@@ -3028,5 +3042,43 @@ impl Plugin for MeshfleetOta {
         }
         self.retry_offers(ctx);
         self.pump(ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ceil_u64;
+    use proptest::prelude::*;
+
+    #[test]
+    fn ceil_u64_matches_std_at_the_edges() {
+        let edges = [
+            0.0,
+            -0.0,
+            -0.5,
+            -1.0,
+            0.5,
+            1.0,
+            1.000_000_1,
+            4_503_599_627_370_495.5, // 2^52 - 0.5: the largest with a fraction
+            9_007_199_254_740_993.0, // 2^53 + 1 (rounds to 2^53)
+            18_446_744_073_709_551_615.0, // rounds to 2^64
+            1e30,
+            f64::MAX,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+            f64::MIN_POSITIVE,
+        ];
+        for x in edges {
+            assert_eq!(ceil_u64(x), x.ceil() as u64, "{x}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn ceil_u64_matches_std(x in proptest::num::f64::ANY) {
+            prop_assert_eq!(ceil_u64(x), x.ceil() as u64);
+        }
     }
 }

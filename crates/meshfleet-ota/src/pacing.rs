@@ -43,7 +43,7 @@
 //!   epoch, back to 1 in 16 s.
 //! * Every link of the node sends at its delay-controlled rate times that scale.
 
-use std::collections::{BTreeMap, VecDeque};
+use alloc::collections::{BTreeMap, VecDeque};
 
 use meshfleet_mesh::{Duration, Instant, LinkId, NodeSyncTiming};
 
@@ -227,6 +227,7 @@ impl SyncBrake {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloc::vec::Vec;
 
     fn at(ms: u64) -> Instant {
         Instant::from_micros(ms * 1000)

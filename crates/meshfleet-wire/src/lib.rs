@@ -57,6 +57,7 @@ mod message;
 mod nesting;
 pub mod ota;
 mod package;
+mod splice;
 mod tree;
 
 pub use framer::{binary_frame, FrameError, FrameRef, Framer, BINARY_FRAME_MARK};
@@ -66,6 +67,7 @@ pub use message::{
 };
 pub use nesting::MAX_JSON_NESTING;
 pub use package::Package;
+pub use splice::{common_prefix, common_suffix, node_offsets, reread_changed, Reread};
 pub use tree::{FlatTree, NodeTree, MAX_TREE_DEPTH};
 
 /// Default cap on one frame, NUL excluded: 1 MiB.

@@ -128,9 +128,9 @@ impl Serialize for NodeTree {
 }
 
 /// Bits of [`FlatTree`]'s per-node word: the level below the top, and the two flags.
-const LEVEL_MASK: u16 = 0x3fff;
-const ROOT_BIT: u16 = 1 << 14;
-const AUTHORITY_BIT: u16 = 1 << 15;
+pub(crate) const LEVEL_MASK: u16 = 0x3fff;
+pub(crate) const ROOT_BIT: u16 = 1 << 14;
+pub(crate) const AUTHORITY_BIT: u16 = 1 << 15;
 
 /// A node tree stored flat: every node in pre-order (as a node sync's text lists them),
 /// each with its level below the top node. Two allocations whatever the tree's size,
@@ -155,6 +155,31 @@ impl FlatTree {
         let mut t = Self::default();
         t.push(node_id, 0, root, has_time_authority);
         t
+    }
+
+    /// An empty tree with room for `n` nodes.
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        Self {
+            ids: Vec::with_capacity(n),
+            meta: Vec::with_capacity(n),
+        }
+    }
+
+    /// The per-node words (level and flags, see [`LEVEL_MASK`]), in pre-order.
+    pub(crate) fn meta(&self) -> &[u16] {
+        &self.meta
+    }
+
+    /// Appends nodes as they are (ids and their words); the caller keeps the invariant.
+    pub(crate) fn extend_raw(&mut self, ids: &[NodeId], meta: &[u16]) {
+        self.ids.extend_from_slice(ids);
+        self.meta.extend_from_slice(meta);
+    }
+
+    /// Appends one node with its word; the caller keeps the invariant.
+    pub(crate) fn push_raw(&mut self, id: NodeId, meta: u16) {
+        self.ids.push(id);
+        self.meta.push(meta);
     }
 
     fn push(&mut self, id: NodeId, level: u16, root: bool, authority: bool) {

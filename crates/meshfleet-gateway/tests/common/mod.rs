@@ -168,19 +168,24 @@ pub fn status_text(from: u32, mem_kb: u32, alerts: u32, fw: &str) -> String {
     )
 }
 
-/// Polls `f` every 50 ms for up to 10 s.
+/// Polls `f` every 50 ms until it holds; fails after 30 s of wall time. The conditions are
+/// positive (something arrives), so the bound only matters when it never does: it was 10 s,
+/// which a loaded CI machine running every test binary at once overran (e2e.rs, once).
 pub async fn wait_until<F, Fut>(what: &str, mut f: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    for _ in 0..200 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
         if f().await {
             return;
         }
+        if std::time::Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("timed out waiting for {what}");
 }
 
 pub fn keygen() -> SigningKey {
