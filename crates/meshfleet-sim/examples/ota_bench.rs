@@ -415,6 +415,30 @@ fn run_cell(a: &Args, base: &OtaCampaign, n: u32, loss: f64, ch: &str, s: OtaStr
         eprintln!("drops {drops:?} closes {:?}", sim.report().link_closes);
         // Where the receivers that did not update stand at the end.
         let (mut no_campaign, mut partial, mut isolated, mut nodes_seen) = (0, 0, 0, 0);
+        // Where the bytes above one copy per receiver go (receivers' own counters).
+        let mut sum = meshfleet_ota::MeshfleetStats::default();
+        for id in sim.node_ids() {
+            let Some(ota) = sim
+                .node(id)
+                .and_then(|n| n.plugin::<meshfleet_agent::OtaReceiver<meshfleet_ota::MemStore>>())
+                .and_then(|r| r.meshfleet())
+            else {
+                continue;
+            };
+            let st = ota.stats();
+            sum.chunks_sent += st.chunks_sent;
+            sum.chunks_received += st.chunks_received;
+            sum.duplicates += st.duplicates;
+            sum.naks_sent += st.naks_sent;
+            sum.offers_sent += st.offers_sent;
+            sum.offers_retried += st.offers_retried;
+            sum.upstream_changes += st.upstream_changes;
+        }
+        eprintln!(
+            "receivers: {} chunks received ({} duplicates), {} relayed; {} NAKs, {} offers ({} retried), {} upstream changes",
+            sum.chunks_received, sum.duplicates, sum.chunks_sent, sum.naks_sent, sum.offers_sent,
+            sum.offers_retried, sum.upstream_changes
+        );
         for id in sim.node_ids() {
             let Some(node) = sim.node(id) else { continue };
             let Some(ota) = node
