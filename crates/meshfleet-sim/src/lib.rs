@@ -13,7 +13,7 @@
 //!   to global time, so time sync has real offsets and real drift to correct.
 //! * **Links** are TCP connections between a station and its access point, modelled by the
 //!   `meshfleet-channel` crate ([`LinkParams`], [`ChannelModel`]): goodput, per-frame overhead,
-//!   latency, FIFO send queues with a high-priority lane and a byte cap, and radio loss as
+//!   latency, send queues with control, normal and bulk lanes and a byte cap, and radio loss as
 //!   TCP retransmissions (delay and goodput, then a reset). See `docs/simulator.md`.
 //! * **Topology** ([`Topology`]) only says who can hear whom and when nodes join; the mesh
 //!   forms through the nodes' own node sync.

@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use meshfleet_channel::{dist, interferers, tx_cost, ChannelModel, LinkChange, LinkParams};
 use meshfleet_mesh::{
-    Config, Delivery, Duration, Event, Instant, LinkId, LinkRole, Node, NodeId, PluginEvent, Rng,
-    Transmit,
+    Config, Delivery, Duration, Event, Instant, LinkId, LinkRole, Node, NodeId, PluginEvent,
+    Priority, Rng, Transmit,
 };
 
 use crate::clock::LocalClock;
@@ -44,8 +44,8 @@ pub struct FrameTrace<'a> {
     pub frame: &'a [u8],
     /// How long it occupies the transmitter (overhead, bytes, retransmitted segments).
     pub airtime: Duration,
-    /// Whether the node queued it with high priority.
-    pub high_priority: bool,
+    /// The queue class the node gave it.
+    pub priority: Priority,
     /// TCP segments retransmitted for it.
     pub retransmissions: u32,
 }
@@ -93,8 +93,10 @@ enum Ev {
 
 #[derive(Default)]
 struct Dir {
+    /// One FIFO per [`Priority`], in sending order (control, normal, bulk).
     hi: VecDeque<Vec<u8>>,
     lo: VecDeque<Vec<u8>>,
+    bulk: VecDeque<Vec<u8>>,
     queued_bytes: usize,
     /// Frame being sent (or waiting out retransmission timeouts) and its arrival time.
     in_flight: Option<(Vec<u8>, Instant)>,
