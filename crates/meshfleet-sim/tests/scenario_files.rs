@@ -43,6 +43,8 @@ fn three_chain_runs_from_its_file_and_writes_deterministic_outputs() {
         "bytes_on_air.svg",
         "bytes_per_node.svg",
         "latency_cdf.svg",
+        "convergence.svg",
+        "time_sync.svg",
     ] {
         assert!(a.join(f).is_file(), "{f} written");
     }
@@ -62,7 +64,14 @@ fn three_chain_runs_from_its_file_and_writes_deterministic_outputs() {
     assert!(csv.starts_with("t_s,app_sent,app_delivered,"));
     assert_eq!(csv.lines().count(), 181);
     let svg = read(&a.join("latency_cdf.svg"));
-    assert!(svg.starts_with("<svg") && svg.contains("latency (ms)"));
+    assert!(svg.starts_with("<svg") && svg.contains("latency (ms, log scale)"));
+    // Bytes on air are split by traffic class, each with its total in the legend.
+    let air = read(&a.join("bytes_on_air.svg"));
+    for class in ["node sync (", "time sync (", "application ("] {
+        assert!(air.contains(class), "{class} in bytes_on_air.svg");
+    }
+    // Sent and delivered are on separate axes (two panels).
+    assert_eq!(read(&a.join("delivered.svg")).matches("<svg").count(), 3);
     let other = run_scenario_file(&path, Some(2), None, |_| {}).expect("runs");
     assert_ne!(other.to_json(), r.to_json());
 }
@@ -402,4 +411,22 @@ fn geometric_channel_needs_positions() {
     ));
     assert_eq!((l, f.as_deref()), (6, Some("channel.model")));
     assert!(m.contains("needs node positions"), "{m}");
+}
+
+#[test]
+fn plots_without_data_are_not_written() {
+    // No application traffic: no "0 sent" plot and no empty latency CDF.
+    let scenario = meshfleet_sim::Scenario::new(meshfleet_sim::Topology::Line {
+        nodes: 3,
+        spacing_m: 30.0,
+    })
+    .duration(meshfleet_mesh::Duration::from_secs(20));
+    let dir = tempfile::tempdir().expect("tempdir");
+    meshfleet_sim::run_scenario(scenario, Some(dir.path()), |_| {}).expect("runs");
+    for f in ["delivered.svg", "latency_cdf.svg"] {
+        assert!(!dir.path().join(f).exists(), "{f} written without traffic");
+    }
+    for f in ["bytes_on_air.svg", "convergence.svg", "time_sync.svg"] {
+        assert!(dir.path().join(f).is_file(), "{f} missing");
+    }
 }

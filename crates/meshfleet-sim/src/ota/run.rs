@@ -15,6 +15,7 @@ use super::report::{final_image, meshfleet_memory, stock_memory};
 use super::{secs, secs_at, FinalImage, OtaCampaign, OtaNodeReport, OtaReport, OtaStrategy};
 use crate::scenario::Scenario;
 use crate::sim::{FrameTrace, Simulation};
+use crate::svg::{Chart, Series};
 
 /// What the frame trace counts.
 #[derive(Default)]
@@ -62,6 +63,8 @@ pub fn frame_type(frame: &[u8]) -> Option<i64> {
 pub struct OtaWorkload {
     campaign: OtaCampaign,
     run: Option<OtaRun>,
+    /// The report `finish` made, for the plots.
+    last: Option<OtaReport>,
 }
 
 impl OtaWorkload {
@@ -70,6 +73,7 @@ impl OtaWorkload {
         Self {
             campaign,
             run: None,
+            last: None,
         }
     }
 }
@@ -100,7 +104,70 @@ impl crate::workload::Workload for OtaWorkload {
 
     fn finish(&mut self, sim: &Simulation, report: &mut crate::SimReport) {
         report.ota = self.run.as_ref().map(|r| r.report(sim));
+        self.last.clone_from(&report.ota);
     }
+
+    fn plots(&self) -> Vec<(String, String)> {
+        self.last
+            .as_ref()
+            .and_then(progress_plot)
+            .map(|svg| vec![("ota_progress.svg".to_owned(), svg)])
+            .unwrap_or_default()
+    }
+}
+
+/// Receivers updated over time since the campaign's start, with the lower bounds as
+/// markers; `None` before the start.
+pub(crate) fn progress_plot(o: &OtaReport) -> Option<String> {
+    o.started_s?;
+    let mut times: Vec<f64> = o
+        .per_node
+        .iter()
+        .filter_map(|n| n.updated_after_s)
+        .collect();
+    times.sort_by(f64::total_cmp);
+    let mut pts = vec![(0.0, 0.0)];
+    for (k, t) in times.iter().enumerate() {
+        // A step: k receivers until t, k + 1 from t.
+        pts.push((*t, k as f64));
+        pts.push((*t, (k + 1) as f64));
+    }
+    let observed = o.observed_s.unwrap_or(0.0);
+    // Once everyone is updated, the rest of the run is a flat line: show the campaign and
+    // its bounds, with a quarter more for context.
+    let end = match (o.makespan_s, &o.lower_bound) {
+        (Some(m), Some(b)) => (m.max(b.combined_bound_s) * 1.25).min(observed),
+        (Some(m), None) => (m * 1.25).min(observed),
+        _ => observed,
+    };
+    pts.push((end, times.len() as f64));
+    let mut c = Chart::new(
+        format!(
+            "OTA ({}): {} of {} receivers updated",
+            o.strategy, o.updated, o.receivers
+        ),
+        "seconds since the campaign started",
+        "receivers holding the new image",
+    )
+    .series(Series::new(o.strategy.clone(), pts))
+    .series(
+        Series::new(
+            "all receivers",
+            vec![(0.0, f64::from(o.receivers)), (end, f64::from(o.receivers))],
+        )
+        .dashed(),
+    )
+    .x_range(0.0, end.max(1e-3));
+    if let Some(b) = &o.lower_bound {
+        c = c.marker(b.bound_s, format!("mean-value bound {:.1} s", b.bound_s));
+        if b.combined_bound_s > b.bound_s {
+            c = c.marker(
+                b.combined_bound_s,
+                format!("with stall propagation {:.1} s", b.combined_bound_s),
+            );
+        }
+    }
+    Some(c.render())
 }
 
 /// Observes one run of a scenario equipped by [`OtaCampaign::attach`].
@@ -114,8 +181,8 @@ pub struct OtaRun {
 }
 
 impl OtaRun {
-    /// Installs the frame trace and the event hook that measure the campaign (replacing
-    /// any set before). Call before running.
+    /// Installs the frame trace and the event hook that measure the campaign (traces and
+    /// hooks add up to those set before). Call before running.
     pub fn install(&self, sim: &mut Simulation) {
         let air = self.air.clone();
         sim.set_frame_trace(move |f: &FrameTrace<'_>| {
