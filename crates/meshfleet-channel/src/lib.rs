@@ -3,8 +3,9 @@
 //!
 //! painlessMesh runs TCP over WiFi, so the application never sees a lost frame: radio loss
 //! becomes retransmissions (extra delay, less goodput) and, past the retransmission limit,
-//! a reset connection. Each direction of a link is a FIFO send queue (high-priority frames
-//! jump ahead of queued normal ones, never the one being sent) feeding a transmitter. The
+//! a reset connection. Each direction of a link is a send queue with one FIFO per
+//! `meshfleet_mesh::Priority` (control frames before normal ones, bulk OTA chunks last,
+//! never interrupting the one being sent) feeding a transmitter. The
 //! channel model ([`ChannelModel`]) decides what a transmitter is:
 //!
 //! * [`ChannelModel::Independent`]: every link direction is its own transmitter.

@@ -1,13 +1,23 @@
 //! `.mfw` files: packing an image, serialising, parsing and chunk access.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use ed25519_dalek::SigningKey;
 
-use crate::codec::{self, Codec, DeflateError, StreamDecoder, MAX_LEVEL, MAX_WINDOW};
-use crate::digest::{ChunkHash, Md5Digest, Sha256Digest};
+use crate::codec::MAX_WINDOW;
+use crate::digest::ChunkHash;
+use crate::manifest::{Manifest, ManifestError, MAX_MANIFEST_LEN};
+// Packing (the `std` feature).
+#[cfg(feature = "std")]
+use crate::codec::{self, Codec, DeflateError, StreamDecoder, MAX_LEVEL};
+#[cfg(feature = "std")]
+use crate::digest::{Md5Digest, Sha256Digest};
+#[cfg(feature = "std")]
 use crate::manifest::{
-    valid_text, Manifest, ManifestError, DEFAULT_CHUNK_SIZE, FORMAT_VERSION, MAX_CHUNK_SIZE,
-    MAX_IMAGE_SIZE, MAX_MANIFEST_LEN, MIN_CHUNK_SIZE,
+    valid_text, DEFAULT_CHUNK_SIZE, FORMAT_VERSION, MAX_CHUNK_SIZE, MAX_IMAGE_SIZE, MIN_CHUNK_SIZE,
 };
+#[cfg(feature = "std")]
 use crate::version::Version;
 
 /// First four bytes of every `.mfw` file.
@@ -47,6 +57,7 @@ impl core::fmt::Debug for Artefact {
 }
 
 /// What [`pack`] should produce.
+#[cfg(feature = "std")]
 #[derive(Clone, Debug)]
 pub struct PackOptions<'a> {
     /// painlessMesh node role, e.g. `"sensor"`.
@@ -73,6 +84,7 @@ pub struct PackOptions<'a> {
     pub signing_key: Option<&'a SigningKey>,
 }
 
+#[cfg(feature = "std")]
 impl PackOptions<'_> {
     /// Options with the defaults: deflate at [`DEFAULT_LEVEL`] with a [`DEFAULT_WINDOW`]
     /// window, [`DEFAULT_CHUNK_SIZE`] chunks, no timestamp, unsigned.
@@ -92,6 +104,7 @@ impl PackOptions<'_> {
 }
 
 /// Why [`pack`] refused.
+#[cfg(feature = "std")]
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PackError {
@@ -188,6 +201,7 @@ fn magic_hint(found: &[u8; 4]) -> &'static str {
 /// Deterministic: the same image and options give byte-identical output. The payload is
 /// decoded again with a [`StreamDecoder`] of the manifest's window before returning, so an
 /// artefact that a receiver with that window could not decode is never produced.
+#[cfg(feature = "std")]
 pub fn pack(image: &[u8], opts: PackOptions<'_>) -> Result<Artefact, PackError> {
     let size = image.len() as u64;
     // Refuse what `validate` would refuse before spending time compressing.
@@ -265,6 +279,7 @@ pub fn pack(image: &[u8], opts: PackOptions<'_>) -> Result<Artefact, PackError> 
 }
 
 /// Decodes `payload` the way a receiver will and compares with `image`, without buffering.
+#[cfg(feature = "std")]
 fn self_check(image: &[u8], payload: &[u8], codec: Codec, window: u32) -> Result<(), PackError> {
     let mut decoder = StreamDecoder::new(codec, window, image.len() as u64)
         .map_err(|_| PackError::SelfCheck("invalid window"))?;

@@ -35,12 +35,18 @@
 //! returns. Output is handed to a sink in slices of the window as soon as it is produced.
 //! [`decoder_footprint`] is the total.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use core::fmt;
 use core::mem::size_of;
 
+#[cfg(feature = "std")]
 use std::io::Write as _;
 
+#[cfg(feature = "std")]
 use flate2::write::ZlibEncoder;
+#[cfg(feature = "std")]
 use flate2::{Compress, Compression};
 use miniz_oxide::inflate::core::{
     decompress, inflate_flags::TINFL_FLAG_HAS_MORE_INPUT, DecompressorOxide,
@@ -156,6 +162,7 @@ pub enum WindowError {
 }
 
 /// Why [`deflate`] produced nothing.
+#[cfg(feature = "std")]
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DeflateError {
@@ -183,7 +190,8 @@ pub enum DeflateError {
 /// is 0.2-0.3% smaller than `miniz_oxide` level 10 on the three ESP8266 images, 0.2-0.3%
 /// larger on the two ath9k images; so the default level, 9, is zlib's, and level 10 takes
 /// the better of the two for every image. Deterministic: the same input, level and window
-/// always give the same bytes.
+/// always give the same bytes. Needs the `std` feature (the compressor is `flate2`'s).
+#[cfg(feature = "std")]
 pub fn deflate(image: &[u8], level: u8, window: u32) -> Result<Vec<u8>, DeflateError> {
     if level > MAX_LEVEL {
         return Err(DeflateError::Level { level });
@@ -201,6 +209,7 @@ pub fn deflate(image: &[u8], level: u8, window: u32) -> Result<Vec<u8>, DeflateE
     Ok(zlib)
 }
 
+#[cfg(feature = "std")]
 fn zlib_deflate(image: &[u8], level: u8, window_bits: u8) -> Result<Vec<u8>, DeflateError> {
     // `zlib_header = false`: raw DEFLATE. The encoder type is named for the format it writes
     // by default; the header (and Adler-32) come from the `Compress` it drives, which has

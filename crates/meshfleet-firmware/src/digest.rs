@@ -1,5 +1,8 @@
 //! Fixed-size binary values that appear in manifests as lowercase hex strings.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use core::fmt;
 use core::str::FromStr;
 

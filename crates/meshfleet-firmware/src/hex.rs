@@ -3,6 +3,9 @@
 //! Decoding accepts lowercase only: every digest, key and signature has exactly one textual
 //! form, so the canonical (signed) manifest bytes never depend on how a file spelled a value.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 const DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 /// Appends the lowercase hex form of `bytes` to `out`.

@@ -34,6 +34,9 @@
 //! before rollback commands existed; a build that does not know `action` refuses a
 //! rollback command as malformed (`deny_unknown_fields`), never as an install intent.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 
 use crate::digest::{KeyId, ManifestSignature, Sha256Digest};

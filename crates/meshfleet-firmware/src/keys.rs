@@ -17,9 +17,8 @@
 //! rather than a wrong key. Line ends may be `\n` or `\r\n`; a final newline is optional.
 //! Written secret key files are created with mode 0600 on Unix, and never overwrite a file.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read as _, Write as _};
-use std::path::{Path, PathBuf};
+#[allow(unused_imports)]
+use crate::prelude::*;
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use rand_core::CryptoRngCore;
@@ -32,6 +31,7 @@ pub const SECRET_KEY_HEADER: &str = "meshfleet-ed25519-secret-key-v1";
 
 /// Largest key file read; both formats are under 100 bytes, so anything bigger is the wrong
 /// file and is not read into memory.
+#[cfg(feature = "std")]
 const MAX_KEY_FILE_LEN: u64 = 4096;
 
 /// Generates a signing key from `rng`. Deterministic for a seeded RNG; pass `OsRng` for real
@@ -70,42 +70,6 @@ pub enum KeyError {
     /// The 32 bytes are not a valid Ed25519 public key (not a curve point, or of small order).
     #[error("not a valid Ed25519 public key")]
     InvalidPublicKey,
-}
-
-/// Why a key file could not be read or written.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum KeyFileError {
-    /// The file could not be opened, read or written.
-    #[error("{}: {source}", .path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: io::Error,
-    },
-    /// Refused to overwrite an existing file.
-    #[error("{} already exists; refusing to overwrite a key file (move or delete it first)", .path.display())]
-    Exists {
-        /// The file.
-        path: PathBuf,
-    },
-    /// The file is larger than any key file.
-    #[error("{} is not a key file (larger than {MAX_KEY_FILE_LEN} bytes)", .path.display())]
-    TooLarge {
-        /// The file.
-        path: PathBuf,
-    },
-    /// The contents are not a key of the expected kind.
-    #[error("{}: {source}", .path.display())]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong with the contents.
-        #[source]
-        source: KeyError,
-    },
 }
 
 /// Non-empty lines, with `\r` stripped, numbered from 1.
@@ -188,79 +152,130 @@ pub fn decode_public_key(text: &str) -> Result<VerifyingKey, KeyError> {
     Ok(key)
 }
 
-fn read_text(path: &Path) -> Result<String, KeyFileError> {
-    let io_err = |source| KeyFileError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let file = File::open(path).map_err(io_err)?;
-    let mut text = String::new();
-    // Read one byte past the limit to detect an oversized file without reading it all.
-    file.take(MAX_KEY_FILE_LEN + 1)
-        .read_to_string(&mut text)
-        .map_err(io_err)?;
-    if text.len() as u64 > MAX_KEY_FILE_LEN {
-        return Err(KeyFileError::TooLarge {
-            path: path.to_owned(),
-        });
-    }
-    Ok(text)
-}
+#[cfg(feature = "std")]
+pub use file::{
+    read_public_key, read_secret_key, write_public_key, write_secret_key, KeyFileError,
+};
 
-fn write_new(path: &Path, text: &str, secret: bool) -> Result<(), KeyFileError> {
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    if secret {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
+/// Key files (the `std` feature).
+#[cfg(feature = "std")]
+mod file {
+    use std::fs::{File, OpenOptions};
+    use std::io::{self, Read as _, Write as _};
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+
+    /// Why a key file could not be read or written.
+    #[derive(Debug, thiserror::Error)]
+    #[non_exhaustive]
+    pub enum KeyFileError {
+        /// The file could not be opened, read or written.
+        #[error("{}: {source}", .path.display())]
+        Io {
+            /// The file.
+            path: PathBuf,
+            /// The OS error.
+            #[source]
+            source: io::Error,
+        },
+        /// Refused to overwrite an existing file.
+        #[error("{} already exists; refusing to overwrite a key file (move or delete it first)", .path.display())]
+        Exists {
+            /// The file.
+            path: PathBuf,
+        },
+        /// The file is larger than any key file.
+        #[error("{} is not a key file (larger than {MAX_KEY_FILE_LEN} bytes)", .path.display())]
+        TooLarge {
+            /// The file.
+            path: PathBuf,
+        },
+        /// The contents are not a key of the expected kind.
+        #[error("{}: {source}", .path.display())]
+        Invalid {
+            /// The file.
+            path: PathBuf,
+            /// What is wrong with the contents.
+            #[source]
+            source: KeyError,
+        },
     }
-    #[cfg(not(unix))]
-    let _ = secret;
-    let mut file = options.open(path).map_err(|source| {
-        if source.kind() == io::ErrorKind::AlreadyExists {
-            KeyFileError::Exists {
+
+    fn read_text(path: &Path) -> Result<String, KeyFileError> {
+        let io_err = |source| KeyFileError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let file = File::open(path).map_err(io_err)?;
+        let mut text = String::new();
+        // Read one byte past the limit to detect an oversized file without reading it all.
+        file.take(MAX_KEY_FILE_LEN + 1)
+            .read_to_string(&mut text)
+            .map_err(io_err)?;
+        if text.len() as u64 > MAX_KEY_FILE_LEN {
+            return Err(KeyFileError::TooLarge {
                 path: path.to_owned(),
+            });
+        }
+        Ok(text)
+    }
+
+    fn write_new(path: &Path, text: &str, secret: bool) -> Result<(), KeyFileError> {
+        let mut options = OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        if secret {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            options.mode(0o600);
+        }
+        #[cfg(not(unix))]
+        let _ = secret;
+        let mut file = options.open(path).map_err(|source| {
+            if source.kind() == io::ErrorKind::AlreadyExists {
+                KeyFileError::Exists {
+                    path: path.to_owned(),
+                }
+            } else {
+                KeyFileError::Io {
+                    path: path.to_owned(),
+                    source,
+                }
             }
-        } else {
-            KeyFileError::Io {
+        })?;
+        file.write_all(text.as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(|source| KeyFileError::Io {
                 path: path.to_owned(),
                 source,
-            }
-        }
-    })?;
-    file.write_all(text.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(|source| KeyFileError::Io {
+            })
+    }
+
+    /// Reads a secret key file.
+    pub fn read_secret_key(path: &Path) -> Result<SigningKey, KeyFileError> {
+        decode_secret_key(&read_text(path)?).map_err(|source| KeyFileError::Invalid {
             path: path.to_owned(),
             source,
         })
-}
+    }
 
-/// Reads a secret key file.
-pub fn read_secret_key(path: &Path) -> Result<SigningKey, KeyFileError> {
-    decode_secret_key(&read_text(path)?).map_err(|source| KeyFileError::Invalid {
-        path: path.to_owned(),
-        source,
-    })
-}
+    /// Reads a public key file.
+    pub fn read_public_key(path: &Path) -> Result<VerifyingKey, KeyFileError> {
+        decode_public_key(&read_text(path)?).map_err(|source| KeyFileError::Invalid {
+            path: path.to_owned(),
+            source,
+        })
+    }
 
-/// Reads a public key file.
-pub fn read_public_key(path: &Path) -> Result<VerifyingKey, KeyFileError> {
-    decode_public_key(&read_text(path)?).map_err(|source| KeyFileError::Invalid {
-        path: path.to_owned(),
-        source,
-    })
-}
+    /// Writes a new secret key file (mode 0600 on Unix). Fails if `path` exists.
+    pub fn write_secret_key(path: &Path, key: &SigningKey) -> Result<(), KeyFileError> {
+        write_new(path, &encode_secret_key(key), true)
+    }
 
-/// Writes a new secret key file (mode 0600 on Unix). Fails if `path` exists.
-pub fn write_secret_key(path: &Path, key: &SigningKey) -> Result<(), KeyFileError> {
-    write_new(path, &encode_secret_key(key), true)
-}
-
-/// Writes a new public key file. Fails if `path` exists.
-pub fn write_public_key(path: &Path, key: &VerifyingKey) -> Result<(), KeyFileError> {
-    write_new(path, &encode_public_key(key), false)
+    /// Writes a new public key file. Fails if `path` exists.
+    pub fn write_public_key(path: &Path, key: &VerifyingKey) -> Result<(), KeyFileError> {
+        write_new(path, &encode_public_key(key), false)
+    }
 }
 
 #[cfg(test)]

@@ -85,6 +85,31 @@
 //! tables ([`codec::INFLATER_STATE_SIZE`]); no input is buffered. 43,336 bytes for the
 //! default 32 KiB window (an ESP32 has the room), 18,760 for an 8 KiB window (an ESP8266,
 //! with about 40 KB free, has the room for that). See [`codec`] for details.
+//!
+//! # `no_std`
+//!
+//! The crate is `#![no_std]` with `alloc`. Its `std` feature (on by default) adds what needs
+//! the standard library: [`pack`] and [`codec::deflate`] (the compressor), and the key file
+//! functions of [`keys`]. Without it, parsing, verifying and stream-decoding an artefact,
+//! intents, versions and key generation/encoding remain: what a device receiving OTA needs
+//! (`cargo build -p meshfleet-firmware --no-default-features --target thumbv7em-none-eabihf`,
+//! run by `scripts/check-core-deps.sh`). The error types implement `core::error::Error`,
+//! which needs Rust 1.81 for that build; the default `std` build keeps the workspace MSRV.
+#![no_std]
+
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
+/// What the std prelude would give every module.
+mod prelude {
+    pub(crate) use alloc::borrow::ToOwned;
+    pub(crate) use alloc::boxed::Box;
+    pub(crate) use alloc::format;
+    pub(crate) use alloc::string::{String, ToString};
+    pub(crate) use alloc::vec;
+    pub(crate) use alloc::vec::Vec;
+}
 
 mod artefact;
 pub mod codec;
@@ -96,13 +121,14 @@ mod manifest;
 mod verify;
 mod version;
 
-pub use artefact::{
-    pack, Artefact, PackError, PackOptions, ParseError, DEFAULT_LEVEL, DEFAULT_WINDOW, HEADER_LEN,
-    MAGIC,
-};
+#[cfg(feature = "std")]
+pub use artefact::{pack, PackError, PackOptions};
+pub use artefact::{Artefact, ParseError, DEFAULT_LEVEL, DEFAULT_WINDOW, HEADER_LEN, MAGIC};
+#[cfg(feature = "std")]
+pub use codec::DeflateError;
 pub use codec::{
-    decoder_footprint, Codec, DecodeError, DeflateError, StreamDecoder, WindowError,
-    DEFLATE_WINDOW_SIZE, MAX_WINDOW, MIN_WINDOW,
+    decoder_footprint, Codec, DecodeError, StreamDecoder, WindowError, DEFLATE_WINDOW_SIZE,
+    MAX_WINDOW, MIN_WINDOW,
 };
 pub use digest::{ChunkHash, HexValueError, KeyId, ManifestSignature, Md5Digest, Sha256Digest};
 pub use intent::{

@@ -1,5 +1,8 @@
 //! The manifest: what an artefact contains, how it is encoded and chunked, and who signed it.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use core::ops::Range;
 
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
@@ -247,8 +250,10 @@ struct Probe {
 }
 
 /// Counts serialised bytes without storing them.
+#[cfg(feature = "std")]
 struct Counter(usize);
 
+#[cfg(feature = "std")]
 impl std::io::Write for Counter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.0 += buf.len();
@@ -299,15 +304,32 @@ impl Manifest {
     pub(crate) fn write_json(&self, out: &mut Vec<u8>) {
         // Cannot fail: every field is a string, integer, list or null, and Vec<u8> is an
         // infallible writer.
+        #[cfg(feature = "std")]
         serde_json::to_writer(out, self).expect("manifest serialisation is infallible");
+        // serde_json has no writer API without std: serialise, then append.
+        #[cfg(not(feature = "std"))]
+        out.extend_from_slice(
+            &serde_json::to_vec(self).expect("manifest serialisation is infallible"),
+        );
     }
 
-    /// Length of [`Manifest::to_json`], without building it.
+    /// Length of [`Manifest::to_json`], without building it (with the `std` feature; without
+    /// it, by building it).
     pub fn json_len(&self) -> usize {
-        let mut counter = Counter(0);
-        // Same reasoning as `write_json`; the counter never fails.
-        serde_json::to_writer(&mut counter, self).expect("manifest serialisation is infallible");
-        counter.0
+        #[cfg(feature = "std")]
+        {
+            let mut counter = Counter(0);
+            // Same reasoning as `write_json`; the counter never fails.
+            serde_json::to_writer(&mut counter, self)
+                .expect("manifest serialisation is infallible");
+            counter.0
+        }
+        #[cfg(not(feature = "std"))]
+        {
+            let mut out = Vec::new();
+            self.write_json(&mut out);
+            out.len()
+        }
     }
 
     /// Checks the internal consistency of the manifest (sizes, chunk list, text fields).

@@ -1,5 +1,8 @@
 //! Verification: of a whole artefact, or chunk by chunk as a receiver gets them.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use core::borrow::Borrow;
 use core::fmt;
 

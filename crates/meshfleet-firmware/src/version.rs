@@ -1,5 +1,8 @@
 //! Firmware version numbers: semver-ish strings with a total order.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use core::cmp::Ordering;
 use core::fmt;
 use core::str::FromStr;

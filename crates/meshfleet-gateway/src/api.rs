@@ -38,6 +38,7 @@ use tokio::sync::broadcast::error::RecvError;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::campaign::{Campaign, CampaignAction, CampaignError, CampaignId, CampaignSpec};
+use crate::campaign_rollback::RollbackRequest;
 use crate::events::GatewayEvent;
 use crate::model::{Alert, ArtefactInfo, AuditEntry, Health, History, NodeStatus, Resolution};
 use crate::rollout::{Rollout, RolloutAction, RolloutError, RolloutId, RolloutList, RolloutSpec};
@@ -75,6 +76,7 @@ pub fn router(shared: AppState) -> Router {
         .route("/alerts/{id}/clear", post(clear_alert))
         .route("/campaigns", post(create_campaign).get(list_campaigns))
         .route("/campaigns/{id}", get(get_campaign))
+        .route("/campaigns/{id}/rollback", post(rollback_campaign))
         .route("/campaigns/{id}/{action}", post(campaign_action))
         .route("/rollouts", post(create_rollout).get(list_rollouts))
         .route("/rollouts/{id}", get(get_rollout))
@@ -1272,6 +1274,14 @@ impl From<CampaignError> for ApiError {
             CampaignError::MeshStopped => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "mesh_stopped", detail)
             }
+            CampaignError::BadIntent(_) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_rollback_intent",
+                detail,
+            ),
+            CampaignError::NothingToRollBack => {
+                Self::new(StatusCode::CONFLICT, "nothing_to_roll_back", detail)
+            }
             #[allow(unreachable_patterns)]
             _ => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", detail),
         }
@@ -1378,6 +1388,41 @@ async fn campaign_action(
     } else {
         s.campaigns.act(&id, action, &who).await?
     };
+    Ok(Json(c))
+}
+
+/// Rolls back the campaign's updated nodes with the operator's signed rollback intent
+/// (`meshfleet firmware intent --rollback`): meshfleet nodes get the signed ROLLBACK,
+/// stock nodes the previous artefact again if it is stored. A campaign not finished is
+/// cancelled first. The campaign's `rollback` then follows each node. The same intent
+/// again changes nothing. `422` for an intent that is not usable, `409` if no node took
+/// the update.
+#[utoipa::path(post, path = "/campaigns/{id}/rollback", tag = "campaigns",
+    params(("id" = String, Path, description = "The campaign's id (`c-000001`)")),
+    request_body(content = RollbackRequest, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses((status = 200, body = Campaign),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json"),
+        (status = 415, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json")))]
+async fn rollback_campaign(
+    State(s): State<AppState>,
+    actor: axum::Extension<Actor>,
+    headers: axum::http::HeaderMap,
+    p: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Campaign>, ApiError> {
+    let Path(raw) = p?;
+    let id = campaign_id(&raw)?;
+    let req: RollbackRequest = json_body(&headers, &body?, "rollback")?;
+    let c = s
+        .campaigns
+        .rollback(&id, &req.intent, &format!("http:{}", actor.0 .0))
+        .await?;
     Ok(Json(c))
 }
 
@@ -1673,7 +1718,7 @@ pub(crate) mod paths {
         __path_events, __path_fleet_health, __path_get_campaign, __path_get_rollout,
         __path_healthz, __path_history, __path_list_campaigns, __path_list_firmware,
         __path_list_rollouts, __path_metrics_text, __path_openapi_json, __path_query_now,
-        __path_readyz, __path_rollout_action, __path_status_list, __path_status_one,
-        __path_topology, __path_upload_firmware,
+        __path_readyz, __path_rollback_campaign, __path_rollout_action, __path_status_list,
+        __path_status_one, __path_topology, __path_upload_firmware,
     };
 }

@@ -41,6 +41,7 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 use utoipa::ToSchema;
 
+use crate::campaign_rollback::CampaignRollback;
 use crate::campaign_schedule::{Schedule, Window, WindowJson};
 use crate::events::GatewayEvent;
 use crate::model::{ArtefactInfo, AuditEntry, UnixMillis};
@@ -424,6 +425,9 @@ pub struct Campaign {
     /// Awaiting approval, and asked to start at once: starts when approved.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub start_on_approval: bool,
+    /// Its rollback, once asked for ([`CampaignService::rollback`]), with a state per node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<CampaignRollback>,
 }
 
 impl Campaign {
@@ -543,6 +547,13 @@ pub enum CampaignError {
     /// The gateway's mesh node has stopped (503).
     #[error("the mesh node has stopped")]
     MeshStopped,
+    /// The rollback intent is not usable (422): not signed by the fleet key, not a
+    /// rollback, for another role or hardware, expired, or not covering the nodes.
+    #[error("rollback intent: {0}")]
+    BadIntent(String),
+    /// No node of the campaign took its update (409).
+    #[error("no node of the campaign runs its version; nothing to roll back")]
+    NothingToRollBack,
 }
 
 /// The in-process facade; see the module docs. Cheap to clone.
@@ -591,7 +602,7 @@ impl CampaignService {
         }
     }
 
-    fn shared(&self) -> Result<Arc<Shared>, CampaignError> {
+    pub(crate) fn shared(&self) -> Result<Arc<Shared>, CampaignError> {
         self.inner
             .shared
             .upgrade()
@@ -702,6 +713,7 @@ impl CampaignService {
             start_at: spec.start_at,
             window: spec.window.clone(),
             start_on_approval: approval && spec.start,
+            rollback: None,
         };
         c.recount();
         self.inner.store.create(c.clone()).await?;
@@ -996,6 +1008,46 @@ impl CampaignService {
         Ok(c)
     }
 
+    /// Runs `f` over the campaigns in memory.
+    pub(crate) fn with_campaigns<R>(
+        &self,
+        f: impl FnOnce(std::collections::btree_map::Values<'_, u64, Campaign>) -> R,
+    ) -> R {
+        f(self.map().values())
+    }
+
+    /// Changes campaign `id`'s rollback view under the change lock: `f` returns whether it
+    /// changed it; then the header is written (acknowledged) and the campaign published.
+    pub(crate) async fn set_rollback(
+        &self,
+        id: &CampaignId,
+        f: impl FnOnce(&mut Option<CampaignRollback>) -> bool,
+    ) -> Result<Campaign, CampaignError> {
+        let shared = self.shared()?;
+        let seq = id
+            .seq()
+            .ok_or_else(|| CampaignError::NotFound(id.clone()))?;
+        let guard = self.inner.ops.lock().await;
+        let mut c = self
+            .map()
+            .get(&seq)
+            .cloned()
+            .ok_or_else(|| CampaignError::NotFound(id.clone()))?;
+        if !f(&mut c.rollback) {
+            return Ok(c);
+        }
+        c.updated_at_ms = now_millis();
+        self.inner.store.update(c.summary()).await?;
+        if let Some(slot) = self.map().get_mut(&seq) {
+            slot.rollback.clone_from(&c.rollback);
+            slot.updated_at_ms = c.updated_at_ms;
+            c = slot.clone();
+        }
+        drop(guard);
+        shared.bus.publish(GatewayEvent::Campaign(c.summary()));
+        Ok(c)
+    }
+
     /// Drops the oldest finished campaigns from memory beyond [`MAX_CAMPAIGNS`].
     fn trim(&self) {
         let mut map = self.map();
@@ -1142,7 +1194,13 @@ pub(crate) fn matches(
     }
 }
 
-async fn audit(shared: &Shared, actor: &str, action: &str, id: &CampaignId, ts: UnixMillis) {
+pub(crate) async fn audit(
+    shared: &Shared,
+    actor: &str,
+    action: &str,
+    id: &CampaignId,
+    ts: UnixMillis,
+) {
     let entry = AuditEntry {
         ts,
         actor: actor.to_owned(),

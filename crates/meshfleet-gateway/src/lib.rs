@@ -22,6 +22,7 @@
 pub mod api;
 pub mod campaign;
 pub mod campaign_engine;
+pub mod campaign_rollback;
 pub mod campaign_schedule;
 pub mod config;
 pub mod dashboard;

@@ -14,6 +14,9 @@ use crate::campaign::{
     Campaign, CampaignAction, CampaignId, CampaignNode, CampaignNodeEvent, CampaignSpec,
     CampaignState, CampaignStrategy, NodeState, TargetsJson,
 };
+use crate::campaign_rollback::{
+    CampaignRollback, RollbackNode, RollbackRequest, RollbackState, RollbackVia,
+};
 use crate::campaign_schedule::WindowJson;
 use crate::events::GatewayEvent;
 use crate::model::{
@@ -37,7 +40,7 @@ use crate::status::StatusReport;
     paths(
         status_list, status_one, query_now, fleet_health, topology, history, alerts, ack_alert, clear_alert,
         upload_firmware, list_firmware, delete_firmware, create_campaign, list_campaigns,
-        get_campaign, campaign_action, create_rollout, list_rollouts, get_rollout,
+        get_campaign, campaign_action, rollback_campaign, create_rollout, list_rollouts, get_rollout,
         rollout_action, events, event_ticket, metrics_text, healthz, readyz, openapi_json
     ),
     components(schemas(
@@ -46,6 +49,7 @@ use crate::status::StatusReport;
         AckRequest, ClearRequest, QueryRequest, QueryAnswer, EventTicket, ArtefactInfo, ArtefactList, GatewayEvent, Probe, Problem, SortKey, Order,
         Campaign, CampaignList, CampaignSpec, CampaignId, CampaignNode, CampaignNodeEvent,
         CampaignState, CampaignStrategy, CampaignAction, NodeState, TargetsJson, WindowJson,
+        CampaignRollback, RollbackNode, RollbackRequest, RollbackState, RollbackVia,
         Rollout, RolloutList, RolloutSpec, RolloutAction, RolloutWave, RolloutNode,
         RolloutDecision, RolloutDecisionEvent, RolloutId, SkipRequest
     )),

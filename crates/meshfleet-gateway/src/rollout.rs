@@ -662,12 +662,12 @@ fn topology_of(tree: &meshfleet_wire::NodeTree) -> BTreeMap<u32, (u32, u32)> {
 
 /// Checks the operator's rollback intent against the rollout; returns its JSON text and
 /// expiry.
-fn check_intent(
+pub(crate) fn check_intent(
     shared: &Shared,
     raw: &Value,
     role: &str,
     hardware: &str,
-    previous: &str,
+    previous: Option<&str>,
     previous_sha: Option<&str>,
     nodes: &BTreeSet<u32>,
 ) -> Result<(String, u64), RolloutError> {
@@ -689,16 +689,19 @@ fn check_intent(
             intent.role, intent.hardware
         )));
     }
-    let want = Version::parse(previous).map_err(|e| {
-        bad(format!(
-            "the previous version {previous:?} is not a version: {e}"
-        ))
-    })?;
-    if intent.version != want {
-        return Err(bad(format!(
-            "it names version {}, the rollout goes back to {previous}",
-            intent.version
-        )));
+    // A campaign's rollback goes back to whatever the intent names (`None`).
+    if let Some(previous) = previous {
+        let want = Version::parse(previous).map_err(|e| {
+            bad(format!(
+                "the previous version {previous:?} is not a version: {e}"
+            ))
+        })?;
+        if intent.version != want {
+            return Err(bad(format!(
+                "it names version {}, the rollout goes back to {previous}",
+                intent.version
+            )));
+        }
     }
     if let Some(sha) = previous_sha {
         if !intent.sha256.to_string().eq_ignore_ascii_case(sha) {
@@ -896,7 +899,7 @@ impl RolloutService {
                     raw,
                     &art.role,
                     &art.hardware,
-                    &previous_version,
+                    Some(&previous_version),
                     prev_art.as_ref().map(|p| p.image_sha256.as_str()),
                     &nodes,
                 )
@@ -1615,7 +1618,7 @@ impl RolloutService {
 /// campaign is approved at once: the rollout has its own approvals (the operator created it
 /// and approves each wave), so a second gate per wave would only stall it. The approval is
 /// audited under the rollout's actor like every other step.
-async fn create_wave_campaign(
+pub(crate) async fn create_wave_campaign(
     shared: &Shared,
     spec: CampaignSpec,
     actor: &str,

@@ -200,6 +200,7 @@ async fn campaigns_survive_reopen() {
         start_at: None,
         window: None,
         start_on_approval: false,
+        rollback: None,
     };
     CampaignStore::create(&db, c.clone()).await.unwrap();
     c.state = CampaignState::Running;

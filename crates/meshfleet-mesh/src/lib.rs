@@ -32,7 +32,7 @@ pub use event::{
 };
 pub use meshfleet_wire as wire;
 pub use meshfleet_wire::{FlatTree, NodeId, NodeTree};
-pub use node::{binary_tag, Node, Transmit, Wake};
+pub use node::{binary_tag, Node, NodeSyncTiming, Priority, Transmit, Wake};
 pub use plugin::{
     AddPluginError, AnyPlugin, Claims, Ctx, MeshChange, PackageBody, Plugin, PluginHandle,
     SendError, TypedPackage,

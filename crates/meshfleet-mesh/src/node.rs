@@ -27,9 +27,29 @@ pub struct Transmit {
     pub link: LinkId,
     /// One frame, NUL included.
     pub frame: Vec<u8>,
-    /// The library sends NODE_SYNC_REPLY and TIME_SYNC with high priority: ahead of queued
-    /// normal frames (never interrupting a frame already being written).
-    pub high_priority: bool,
+    /// Which of the driver's queues for the link it joins ([`Priority`]).
+    pub priority: Priority,
+}
+
+/// The class of a frame in the driver's send queue for its link. A driver sends the oldest
+/// frame of the most urgent non-empty class first (never interrupting a frame already being
+/// written), so a class never waits behind a later one. Variants are in sending order.
+///
+/// The library sends NODE_SYNC_REPLY and TIME_SYNC with high priority and everything else
+/// in one FIFO. meshfleet adds two things, both local (nothing on the wire changes):
+/// its own NODE_SYNC_REQUEST is a control frame too (the peer's node timeout counts from
+/// it, so a request stuck behind bulk data costs the link just as a late reply does), and
+/// bulk transfers (OTA chunks) go last, behind application traffic, so a campaign can
+/// never delay the mesh's own upkeep by more than the frame being written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Priority {
+    /// Node sync and time sync: the mesh's upkeep. A driver queues these even when the
+    /// link's queue is full (evicting bulk, then normal frames if it must).
+    Control,
+    /// Application messages and everything routed through the node.
+    Normal,
+    /// Bulk data a plugin paces itself (OTA chunks): sent only when nothing else waits.
+    Bulk,
 }
 
 /// Per-link timers, one slot each (quinn-style timer table).
@@ -76,9 +96,35 @@ pub(crate) struct Link {
     /// Where the `subs` array sits in `tree_json`, if the tree has subs: a node sync
     /// whose raw `subs` text equals it carries the tree we hold (see `unchanged_node_sync`).
     subs_range: Option<(usize, usize)>,
+    /// Round trips of our node syncs on this link (see [`NodeSyncTiming`]).
+    pub(crate) sync_timing: NodeSyncTiming,
     /// Where each node of `tree` starts in `tree_json`, so that the next node sync, which
     /// usually differs in one small region, is read only there (`reread_node_sync`).
     offsets: Vec<u32>,
+}
+
+/// How this node's own node-sync exchanges on one link fare: the round trip of our
+/// NODE_SYNC_REQUEST to the peer's reply. It is what the library's node timeout (10 s)
+/// measures, and it includes waiting for the medium at both ends, so it is a signal of the
+/// load around both neighbours that a real node has without any help from the radio.
+/// Read it with [`crate::Ctx::node_sync_timing`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeSyncTiming {
+    /// When the request now awaiting its reply was queued (`None`: none is pending).
+    pub pending_since: Option<Instant>,
+    /// The round trip of the last answered request.
+    pub last_round_trip: Option<Duration>,
+    /// Requests answered so far on this link (tells a new sample from the last one).
+    pub answered: u32,
+}
+
+impl NodeSyncTiming {
+    fn answered_at(&mut self, now: Instant) {
+        if let Some(at) = self.pending_since.take() {
+            self.last_round_trip = Some(now.saturating_since(at));
+            self.answered = self.answered.wrapping_add(1);
+        }
+    }
 }
 
 impl Link {
@@ -411,6 +457,7 @@ impl Node {
             tree_json: Vec::new(),
             tree_digest: 0,
             subs_range: None,
+            sync_timing: NodeSyncTiming::default(),
             offsets: Vec::new(),
         };
         l.set(LinkTimer::NodeSync, Some(first_sync));
@@ -429,6 +476,14 @@ impl Node {
         if let Some(idx) = self.core.link_index(link) {
             self.core.links[idx].backlog = queued_bytes;
         }
+    }
+
+    /// How our node-sync exchanges on `link` fare ([`NodeSyncTiming`]); `None` for an
+    /// unknown link. Plugins read the same through [`crate::Ctx::node_sync_timing`].
+    pub fn node_sync_timing(&self, link: LinkId) -> Option<NodeSyncTiming> {
+        self.core
+            .link_index(link)
+            .map(|i| self.core.links[i].sync_timing)
     }
 
     /// The TCP connection closed (or failed). Nothing more will be sent on it.
@@ -949,18 +1004,18 @@ impl Core {
             .map(|l| l.id)
     }
 
-    pub(crate) fn push_transmit(&mut self, link: LinkId, frame: Vec<u8>, high_priority: bool) {
+    pub(crate) fn push_transmit(&mut self, link: LinkId, frame: Vec<u8>, priority: Priority) {
         self.stats.frames_out += 1;
         self.stats.bytes_out += frame.len() as u64;
         self.transmits.push_back(Transmit {
             link,
             frame,
-            high_priority,
+            priority,
         });
     }
 
-    fn send_msg(&mut self, link: LinkId, msg: &Message, high_priority: bool) {
-        self.push_transmit(link, msg.encode_frame(), high_priority);
+    fn send_msg(&mut self, link: LinkId, msg: &Message, priority: Priority) {
+        self.push_transmit(link, msg.encode_frame(), priority);
     }
 
     /// Sends on every synced link except `except`; returns the count.
@@ -976,7 +1031,7 @@ impl Core {
             .map(|l| l.id)
             .collect();
         for &t in &targets {
-            self.push_transmit(t, frame.to_vec(), false);
+            self.push_transmit(t, frame.to_vec(), Priority::Normal);
         }
         targets.len()
     }
@@ -995,7 +1050,7 @@ impl Core {
             _ => {
                 let dest = msg.dest();
                 let link = self.route(dest).ok_or(SendError::NoRoute(dest))?;
-                self.send_msg(link, msg, false);
+                self.send_msg(link, msg, Priority::Normal);
                 Ok(())
             }
         }
@@ -1011,8 +1066,8 @@ impl Core {
     }
 
     /// Sends a binary frame (meshfleet peers only; see `meshfleet_wire::binary_frame`).
-    pub(crate) fn send_binary(&mut self, link: LinkId, payload: &[u8]) {
-        self.push_transmit(link, binary_frame(payload), false);
+    pub(crate) fn send_binary(&mut self, link: LinkId, payload: &[u8], priority: Priority) {
+        self.push_transmit(link, binary_frame(payload), priority);
     }
 
     fn drop_frame(&mut self, link: LinkId, reason: DropReason) {
@@ -1042,7 +1097,7 @@ impl Core {
                 inserted,
             };
             self.handle_node_sync(now, link, tree, subs, Some(splice), request);
-            self.after_node_sync(link, ty);
+            self.after_node_sync(now, link, ty);
             return;
         }
         let parsed = match parse(frame) {
@@ -1062,7 +1117,7 @@ impl Core {
                 Some(out) => {
                     self.stats.forwarded += 1;
                     let bytes = with_nul(parsed.text());
-                    self.push_transmit(out, bytes, false);
+                    self.push_transmit(out, bytes, Priority::Normal);
                 }
                 None => self.drop_frame(link, DropReason::NoRoute(parsed.dest())),
             }
@@ -1092,7 +1147,7 @@ impl Core {
                 None
             };
             self.handle_node_sync(now, link, tree, subs_text, None, ty == NODE_SYNC_REQUEST);
-            self.after_node_sync(link, ty);
+            self.after_node_sync(now, link, ty);
             return;
         }
         let msg = match parsed.message() {
@@ -1133,7 +1188,7 @@ impl Core {
 
     /// After a node sync of type `ty` on `link` was handled: answer a request, or stop
     /// waiting for the reply.
-    fn after_node_sync(&mut self, link: LinkId, ty: i64) {
+    fn after_node_sync(&mut self, now: Instant, link: LinkId, ty: i64) {
         use meshfleet_wire::types::{NODE_SYNC_REPLY, NODE_SYNC_REQUEST};
         let Some(idx) = self.link_index(link) else {
             return;
@@ -1142,12 +1197,13 @@ impl Core {
             let peer = self.links[idx].peer;
             let frame = self.node_sync_frame(NODE_SYNC_REPLY, peer, false);
             self.links[idx].sent_digest = Some(self.digest_for(peer));
-            self.push_transmit(link, frame, true);
+            self.push_transmit(link, frame, Priority::Control);
         } else if self.links[idx].peer != NodeId::UNKNOWN {
             // A link whose first tree was refused is not synced: its timeout stays, so
             // a peer that only ever sends refused trees does not keep the link (and
             // its slot) for ever.
             self.links[idx].set(LinkTimer::NodeTimeout, None);
+            self.links[idx].sync_timing.answered_at(now);
         }
     }
 
@@ -1244,9 +1300,10 @@ impl Core {
         if ty == NODE_SYNC_REQUEST {
             let frame = self.node_sync_frame(NODE_SYNC_REPLY, peer, false);
             self.links[idx].sent_digest = Some(self.digest_for(peer));
-            self.push_transmit(link, frame, true);
+            self.push_transmit(link, frame, Priority::Control);
         } else {
             self.links[idx].set(LinkTimer::NodeTimeout, None);
+            self.links[idx].sync_timing.answered_at(now);
         }
     }
 
@@ -1517,7 +1574,7 @@ impl Core {
             if self.held_replies[i].at <= now {
                 let mut h = self.held_replies.swap_remove(i);
                 h.packet.msg.t2 = Some(self.mesh_time(now));
-                self.send_msg(h.link, &Message::TimeSync(h.packet), true);
+                self.send_msg(h.link, &Message::TimeSync(h.packet), Priority::Control);
             } else {
                 i += 1;
             }
@@ -1554,7 +1611,9 @@ impl Core {
         );
         // restartDelayed: the timeout counts from the latest request.
         l.set(LinkTimer::NodeTimeout, Some(now + self.config.node_timeout));
-        self.push_transmit(link, frame, false);
+        l.sync_timing.pending_since = Some(now);
+        // A control frame (the library queues it as a normal one): see `Priority`.
+        self.push_transmit(link, frame, Priority::Control);
     }
 
     /// mesh.hpp `startTimeSync` / ntp.hpp `initTimeSync`.
@@ -1595,7 +1654,7 @@ impl Core {
             msg,
             extra: Vec::new(),
         };
-        self.send_msg(link, &Message::TimeSync(p), true);
+        self.send_msg(link, &Message::TimeSync(p), Priority::Control);
     }
 
     /// Whether we take our time from the neighbour on the link at `idx` (the library's
@@ -1650,7 +1709,7 @@ impl Core {
                     },
                     extra: Vec::new(),
                 };
-                self.send_msg(link, &Message::TimeSync(reply), true);
+                self.send_msg(link, &Message::TimeSync(reply), Priority::Control);
             }
             TimeMsg::REQUEST => {
                 let packet = TimePacket {

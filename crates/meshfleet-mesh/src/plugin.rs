@@ -31,7 +31,7 @@ use serde::de::DeserializeOwned;
 use serde::{Serialize, Serializer};
 
 use crate::event::{Event, LinkRole, PluginEvent};
-use crate::node::Core;
+use crate::node::{Core, NodeSyncTiming, Priority};
 use crate::rng::Rng;
 use crate::time::Instant;
 use crate::LinkId;
@@ -117,7 +117,22 @@ impl Ctx<'_> {
         self.core.push_transmit(
             link,
             meshfleet_wire::Message::Package(pkg.clone()).encode_frame(),
-            false,
+            Priority::Normal,
+        );
+        Ok(())
+    }
+
+    /// As [`Ctx::send_on_link`], in the driver's bulk class ([`Priority::Bulk`]): behind
+    /// every node-sync, time-sync and application frame queued on the link. For data the
+    /// plugin paces itself (OTA chunks).
+    pub fn send_bulk_on_link(&mut self, link: LinkId, pkg: &Package) -> Result<(), SendError> {
+        if !self.core.links.iter().any(|l| l.id == link) {
+            return Err(SendError::NoSuchLink(link));
+        }
+        self.core.push_transmit(
+            link,
+            meshfleet_wire::Message::Package(pkg.clone()).encode_frame(),
+            Priority::Bulk,
         );
         Ok(())
     }
@@ -129,8 +144,31 @@ impl Ctx<'_> {
         if !self.core.links.iter().any(|l| l.id == link) {
             return Err(SendError::NoSuchLink(link));
         }
-        self.core.send_binary(link, payload);
+        self.core.send_binary(link, payload, Priority::Normal);
         Ok(())
+    }
+
+    /// As [`Ctx::send_binary_on_link`], in the driver's bulk class ([`Priority::Bulk`]).
+    pub fn send_bulk_binary_on_link(
+        &mut self,
+        link: LinkId,
+        payload: &[u8],
+    ) -> Result<(), SendError> {
+        if !self.core.links.iter().any(|l| l.id == link) {
+            return Err(SendError::NoSuchLink(link));
+        }
+        self.core.send_binary(link, payload, Priority::Bulk);
+        Ok(())
+    }
+
+    /// How our node-sync exchanges on `link` fare ([`NodeSyncTiming`]); `None` for an
+    /// unknown link. Pacing reads it to see the load around its neighbours.
+    pub fn node_sync_timing(&self, link: LinkId) -> Option<NodeSyncTiming> {
+        self.core
+            .links
+            .iter()
+            .find(|l| l.id == link)
+            .map(|l| l.sync_timing)
     }
 
     /// Sends `msg` to every node as an ordinary BROADCAST (type 8), like the application's

@@ -6,6 +6,7 @@ mod common;
 use common::Net;
 use meshfleet_mesh::{
     CloseReason, Config, Delivery, Duration, Event, Instant, LinkId, LinkRole, Node, NodeId,
+    Priority,
 };
 use serde_json::Value;
 
@@ -618,4 +619,40 @@ fn the_wake_reason_names_the_timer_poll_timeout_reports() {
     // A node without links has nothing to wake for.
     let lone = Node::new(Config::new(NodeId(9)));
     assert_eq!(lone.poll_timeout_reason(), None);
+}
+
+#[test]
+fn node_syncs_are_control_frames_and_their_round_trip_is_timed() {
+    let mut n = Node::new(Config::new(NodeId(5)));
+    let link = LinkId(1);
+    // A station sends its first NODE_SYNC_REQUEST at once: a control frame (the library
+    // queues requests as normal frames; see `Priority`).
+    n.handle_link_up(Instant::ZERO, link, LinkRole::Station);
+    let t = n.poll_transmit().unwrap();
+    let v: Value = serde_json::from_slice(&t.frame[..t.frame.len() - 1]).unwrap();
+    assert_eq!(v["type"], 5);
+    assert_eq!(t.priority, Priority::Control);
+    let pending = n.node_sync_timing(link).unwrap();
+    assert_eq!(pending.pending_since, Some(Instant::ZERO));
+    assert_eq!(pending.answered, 0);
+    // The reply comes 300 ms later: one sample, nothing pending.
+    n.handle_bytes(
+        Instant::from_micros(300_000),
+        link,
+        b"{\"nodeId\":9,\"type\":6,\"dest\":5,\"from\":9}\0",
+    );
+    let done = n.node_sync_timing(link).unwrap();
+    assert_eq!(done.pending_since, None);
+    assert_eq!(done.last_round_trip, Some(Duration::from_millis(300)));
+    assert_eq!(done.answered, 1);
+    // The peer's own request is answered with a control frame too.
+    n.handle_bytes(
+        Instant::from_micros(400_000),
+        link,
+        b"{\"nodeId\":9,\"type\":5,\"dest\":5,\"from\":9}\0",
+    );
+    let replies: Vec<_> = std::iter::from_fn(|| n.poll_transmit()).collect();
+    assert!(!replies.is_empty());
+    assert!(replies.iter().all(|t| t.priority == Priority::Control));
+    assert_eq!(n.node_sync_timing(LinkId(2)), None);
 }

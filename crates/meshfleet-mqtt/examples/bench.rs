@@ -55,7 +55,7 @@ async fn run(n: u32) {
     let (_d, dir) = tempdir();
     let broker = Broker::start(&dir).expect("mosquitto installed");
     seed_nodes(&dir, nodes(n, meshfleet_gateway::now_millis()));
-    let obs = Observer::connect(&broker, "bench", "observer", &["#"], true).await;
+    let obs = Observer::connect(broker.port, "bench", "observer", &["#"], true).await;
     let mut cfg = mqtt_config(&broker);
     cfg.homeassistant.enabled = true;
     cfg.node_interval_s = 1;
@@ -141,7 +141,7 @@ async fn throughput() {
     let (_d, dir) = tempdir();
     let broker = Broker::start(&dir).expect("mosquitto installed");
     let obs = Observer::connect(
-        &broker,
+        broker.port,
         "bench-tp",
         "observer",
         &["mesh/alerts/events"],

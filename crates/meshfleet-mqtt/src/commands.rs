@@ -105,6 +105,8 @@ impl From<CampaignError> for Refusal {
             CampaignError::NoTargets => "no_targets",
             CampaignError::InvalidSpec(_) => "invalid_spec",
             CampaignError::MeshStopped => "mesh_stopped",
+            CampaignError::BadIntent(_) => "invalid_rollback_intent",
+            CampaignError::NothingToRollBack => "nothing_to_roll_back",
             _ => "store_error",
         };
         refuse(code, e.to_string())
@@ -166,6 +168,10 @@ struct Command {
     /// A rollout command's arguments (`rollout_commands.rs`).
     #[serde(default)]
     rollout: Option<Value>,
+    /// `rollback`: the operator's signed rollback intent (`meshfleet firmware intent
+    /// --rollback`, JSON), checked against the fleet key by the campaign service.
+    #[serde(default)]
+    intent: Option<Value>,
 }
 
 struct Inner {
@@ -742,12 +748,21 @@ impl Commands {
                 let list = svc.list().await?;
                 Ok(json!({"campaigns": list}))
             }
-            // The signed rollback command is another helper's (issue 14); until it lands
-            // the answer is an honest "unsupported".
-            "rollback" => Err(refuse(
-                "unsupported",
-                "rollback over MQTT needs the rollback command (not in this gateway yet)",
-            )),
+            // The same function as `POST /campaigns/{id}/rollback`: the intent is checked
+            // there (signed by the fleet key, for the campaign's role and hardware, not
+            // expired, covering the nodes); the reply carries the per-node view.
+            "rollback" => {
+                let svc = self.campaigns()?;
+                let id = campaign_id()?;
+                let intent = cmd.intent.as_ref().ok_or_else(|| {
+                    refuse(
+                        "bad_command",
+                        "`intent` (the signed rollback intent) is required",
+                    )
+                })?;
+                let c = svc.rollback(&id, intent, actor).await?;
+                Ok(json!({"campaign": status_json(&c)}))
+            }
             op if crate::rollout_commands::OPS.contains(&op) => {
                 let shared = self
                     .inner
@@ -969,9 +984,27 @@ impl Commands {
             .registry
             .get(id)
             .ok_or_else(|| refuse("not_found", "unknown node"))?;
+        // A node that does not say its role and hardware in telemetry: what the gateway
+        // knows otherwise (its CAPS, the campaigns that updated it).
+        let known = if n.role.is_none() || n.hardware.is_none() {
+            meshfleet_gateway::campaign_engine::node_identities(
+                shared,
+                &std::iter::once(id).collect(),
+            )
+            .await
+            .remove(&id)
+        } else {
+            None
+        };
         let (role, hw) = (
-            n.role.clone().unwrap_or_default(),
-            n.hardware.clone().unwrap_or_default(),
+            n.role
+                .clone()
+                .or_else(|| known.as_ref().map(|k| k.0.clone()))
+                .unwrap_or_default(),
+            n.hardware
+                .clone()
+                .or_else(|| known.as_ref().map(|k| k.1.clone()))
+                .unwrap_or_default(),
         );
         let list = shared
             .stores
@@ -1029,6 +1062,15 @@ pub fn status_json(c: &Campaign) -> Value {
             "progress": n.progress,
             "reason": n.reason,
         })).collect::<Vec<_>>(),
+        // The rollback's view without the intent's text (on REST and in the store).
+        "rollback": c.rollback.as_ref().map(|r| json!({
+            "version": r.version,
+            "requested_at": r.requested_at_ms,
+            "requested_by": r.requested_by,
+            "intent_expires": r.intent_expires,
+            "rolled_back": r.rolled_back,
+            "nodes": r.nodes,
+        })),
     })
 }
 

@@ -21,6 +21,7 @@ pub mod ha;
 pub mod outbox;
 pub mod rollout_commands;
 pub mod testbroker;
+pub mod testclient;
 pub mod upload;
 
 pub use bridge::{run, BridgeError, BridgeMetrics, Prepared};

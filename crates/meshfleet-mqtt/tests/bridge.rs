@@ -16,7 +16,7 @@ async fn status_topics_birth_and_clean_offline() {
     };
     let now = meshfleet_gateway::now_millis();
     seed_nodes(&dir, nodes(3, now));
-    let obs = Observer::connect(&broker, "obs1", "observer", &["mesh/#"], true).await;
+    let obs = Observer::connect(broker.port, "obs1", "observer", &["mesh/#"], true).await;
     let mut cfg = mqtt_config(&broker);
     cfg.node_interval_s = 1;
     let gw = Gw::start(&dir, cfg).await;
@@ -53,7 +53,7 @@ async fn status_topics_birth_and_clean_offline() {
     .await;
 
     // State topics are retained: a late subscriber gets them at once.
-    let late = Observer::connect(&broker, "late", "observer", &["mesh/#"], true).await;
+    let late = Observer::connect(broker.port, "late", "observer", &["mesh/#"], true).await;
     let got = late
         .wait("retained state", 5, |m| {
             m.iter().any(|x| x.topic == "mesh/status/nodes" && x.retain)
@@ -124,7 +124,7 @@ async fn state_queue_is_bounded_while_the_broker_is_away() {
     assert!(text.contains("meshfleet_mqtt_connected 0"), "{text}");
     // Back: reconnects (back-off at most 500 ms here) and publishes again.
     broker.restart();
-    let obs = Observer::connect(&broker, "obs", "observer", &["mesh/#"], true).await;
+    let obs = Observer::connect(broker.port, "obs", "observer", &["mesh/#"], true).await;
     obs.wait("fresh state after reconnect", 10, |m| {
         m.iter().any(|x| x.topic == "mesh/status/nodes")
     })
@@ -158,7 +158,7 @@ async fn outbox_survives_a_broker_outage_and_a_gateway_restart() {
     // A persistent QoS 1 session: the broker keeps what arrives while we are away, also
     // across its own restart (persistence on).
     let obs = Observer::connect(
-        &broker,
+        broker.port,
         "alerts-obs",
         "observer",
         &["mesh/alerts/events"],

@@ -82,7 +82,7 @@ async fn setup() -> Option<Setup> {
     let mut cfg = mqtt_config(&broker);
     cfg.commands.operator_keys = vec![dir.join("operator.pub")];
     let op = Observer::connect(
-        &broker,
+        broker.port,
         "operator",
         "operator",
         &["mesh/ota/response/#", "mesh/ota/campaign/#"],
@@ -244,7 +244,7 @@ async fn bad_commands_are_refused_with_a_reply_and_change_nothing() {
         "unknown_artefact"
     );
 
-    // Rollback: an honest "unsupported" until the rollback command lands.
+    // Rollback without the signed rollback intent (`tests/rollback.rs` has the rest).
     op.publish(
         "mesh/ota/request/rollback",
         meshfleet_mqtt::sign_command(
@@ -253,11 +253,11 @@ async fn bad_commands_are_refused_with_a_reply_and_change_nothing() {
         ),
     )
     .await;
-    assert_eq!(reply(op, "t-rb").await["error"]["code"], "unsupported");
+    assert_eq!(reply(op, "t-rb").await["error"]["code"], "bad_command");
 
     // A client the ACL does not let write commands (Home Assistant's user): the broker
     // drops it; the gateway never sees it.
-    let ha = Observer::connect(&s.broker, "ha", "homeassistant", &[], true).await;
+    let ha = Observer::connect(s.broker.port, "ha", "homeassistant", &[], true).await;
     ha.publish(
         "mesh/ota/request/list",
         meshfleet_mqtt::sign_command(key, &command("list", "t-acl", json!({}))),
@@ -459,7 +459,7 @@ async fn create_by_url_start_pause_status_over_mqtt() {
         );
     }
     let late = Observer::connect(
-        &s.broker,
+        s.broker.port,
         "late-op",
         "operator",
         &["mesh/ota/campaign/#"],
@@ -798,7 +798,7 @@ async fn approve_over_mqtt() {
     let mut cfg = mqtt_config(&broker);
     cfg.commands.operator_keys = vec![dir.join("operator.pub")];
     let op = Observer::connect(
-        &broker,
+        broker.port,
         "operator",
         "operator",
         &["mesh/ota/response/#"],
@@ -857,5 +857,290 @@ async fn approve_over_mqtt() {
         .expect("audited");
     assert!(a.actor.starts_with("mqtt:"), "{a:?}");
     assert!(audit.iter().any(|a| a.action == "mqtt.approve"));
+    gw.stop().await;
+}
+
+/// Serves `body` once a `release` arrives for the request (a slow download), telling
+/// `seen` when a request came in.
+async fn slow_http_server(
+    body: Vec<u8>,
+    seen: tokio::sync::mpsc::UnboundedSender<()>,
+    release: std::sync::Arc<tokio::sync::Notify>,
+) -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let (body, seen, release) = (body.clone(), seen.clone(), release.clone());
+            tokio::spawn(async move {
+                let mut b = [0u8; 2048];
+                let _ = s.read(&mut b).await;
+                let _ = seen.send(());
+                release.notified().await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(&body).await;
+            });
+        }
+    });
+    format!("http://{addr}/sensor-1.5.0.mfw")
+}
+
+/// The "broker restarted mid-campaign and gateway restarted mid-outage": a command
+/// whose reply is produced while the broker is down (a create by URL whose download is
+/// held until the broker has stopped), a campaign that starts and changes state during the
+/// outage, and the gateway restarted mid-outage. After the broker is back: the reply
+/// arrives (every copy identical, the transaction echoed), the campaign's status topic
+/// arrives with its state after the outage and in order of `updated_at`, and commands work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_and_campaign_status_survive_a_broker_restart_mid_campaign() {
+    let Some(s) = setup().await else { return };
+    let Setup {
+        _d,
+        mut broker,
+        gw,
+        op_key,
+        fleet_key,
+        op,
+    } = s;
+    let dir = _d.path().to_owned();
+    // A persistent QoS 1 session: the broker keeps what arrives for it while it is away,
+    // across its own restart (persistence on).
+    let ops = Observer::connect(
+        broker.port,
+        "operator-persistent",
+        "operator",
+        &["mesh/ota/response/#", "mesh/ota/campaign/#"],
+        false,
+    )
+    .await;
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let url = slow_http_server(artefact(&fleet_key, "1.5.0"), seen_tx, release.clone()).await;
+    op.publish(
+        "mesh/ota/request/create",
+        meshfleet_mqtt::sign_command(
+            &op_key,
+            &command(
+                "create",
+                "t-outage",
+                json!({"create": {"url": url, "targets": {"nodes": [1000, 1001]},
+                                  "start": true}}),
+            ),
+        ),
+    )
+    .await;
+    // The gateway is downloading: stop the broker, then let the download finish. The
+    // campaign is created and started, and the reply queued, while the broker is down.
+    tokio::time::timeout(Duration::from_secs(10), seen.recv())
+        .await
+        .expect("the gateway fetches the artefact")
+        .unwrap();
+    broker.stop();
+    release.notify_one();
+    let svc = gw.shared().campaigns.clone();
+    let mut id = None;
+    for _ in 0..100 {
+        if let Some(c) = svc.list().await.unwrap().first() {
+            id = Some(c.id.clone());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let id = id.expect("campaign created during the outage");
+    // Its nodes are records only (no node answers): it stays running. Paused and resumed
+    // during the outage (REST's calls), so its status changes while nobody can see it.
+    svc.pause(&id, "http:test").await.unwrap();
+    svc.resume(&id, "http:test").await.unwrap();
+    let outbox_has_reply = || {
+        meshfleet_mqtt::outbox::Outbox::open(&gw.shared().config.db)
+            .unwrap()
+            .len()
+            .unwrap()
+    };
+    for _ in 0..100 {
+        if outbox_has_reply() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(outbox_has_reply() > 0, "the reply waits in the outbox");
+    // The gateway restarts mid-outage.
+    gw.stop().await;
+    let mut cfg = mqtt_config(&broker);
+    cfg.commands.operator_keys = vec![dir.join("operator.pub")];
+    let gw = Gw::start(&dir, cfg).await;
+    broker.restart();
+
+    // The reply leaves the outbox once the broker has it (PUBACK)...
+    let pending = || {
+        meshfleet_mqtt::outbox::Outbox::open(&gw.shared().config.db)
+            .unwrap()
+            .len()
+            .unwrap()
+    };
+    for _ in 0..600 {
+        if pending() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(pending(), 0, "the reply reached the broker");
+    // ...and the operator's persistent session gets it when it is back.
+    let reply_topic = "mesh/ota/response/t-outage";
+    let topic = format!("mesh/ota/campaign/{id}");
+    let m = ops
+        .wait(
+            "the reply and the campaign status after the outage",
+            30,
+            |m| {
+                m.iter().any(|x| x.topic == reply_topic)
+                    && m.iter()
+                        .any(|x| x.topic == topic && x.json()["status"] == "running")
+            },
+        )
+        .await;
+    let replies: Vec<Value> = m
+        .iter()
+        .filter(|x| x.topic == reply_topic)
+        .map(|x| x.json())
+        .collect();
+    assert_eq!(replies[0]["ok"], true, "{replies:?}");
+    assert_eq!(replies[0]["transaction"], "t-outage");
+    assert_eq!(replies[0]["campaign"]["id"], id.0.as_str());
+    assert!(
+        replies.iter().all(|r| *r == replies[0]),
+        "a redelivery is the same reply: {replies:?}"
+    );
+    let stamps: Vec<i64> = m
+        .iter()
+        .filter(|x| x.topic == topic)
+        .map(|x| x.json()["updated_at"].as_i64().unwrap())
+        .collect();
+    assert!(
+        stamps.windows(2).all(|w| w[0] <= w[1]),
+        "campaign status in order: {stamps:?}"
+    );
+    // The status the broker now holds is the campaign as the gateway has it.
+    let now = svc_status(&gw, &id).await;
+    let last = m.iter().rfind(|x| x.topic == topic).unwrap().json();
+    assert_eq!(last["updated_at"], now["updated_at"], "{last} vs {now}");
+    assert_eq!(last["status"], "running");
+    // Commands work again.
+    op.publish(
+        "mesh/ota/request/status",
+        meshfleet_mqtt::sign_command(
+            &op_key,
+            &command("status", "t-after", json!({"campaign": id})),
+        ),
+    )
+    .await;
+    let r = ops.reply("t-after", 15).await;
+    assert_eq!(r["campaign"]["status"], "running", "{r}");
+    gw.stop().await;
+}
+
+async fn svc_status(gw: &Gw, id: &meshfleet_gateway::campaign::CampaignId) -> Value {
+    meshfleet_mqtt::commands::status_json(&gw.shared().campaigns.get(id).await.unwrap())
+}
+
+/// Streamed uploads are held in memory (`docs/mqtt.md`, "Streamed upload"): a gateway
+/// restart mid-upload drops the upload; the next piece is refused `unknown_upload` with a
+/// message that says to begin again, and a new upload of the same artefact completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_interrupted_by_a_restart_is_refused_and_begun_again() {
+    use base64::Engine as _;
+    let Some(s) = setup().await else { return };
+    let Setup {
+        _d,
+        broker,
+        gw,
+        op_key,
+        fleet_key,
+        op,
+    } = s;
+    let dir = _d.path().to_owned();
+    let send = |opname: &str, t: &str, upload: Value| {
+        meshfleet_mqtt::sign_command(&op_key, &command(opname, t, json!({ "upload": upload })))
+    };
+    let mfw = artefact(&fleet_key, "1.7.0");
+    const PIECE: usize = 1024;
+    let pieces: Vec<&[u8]> = mfw.chunks(PIECE).collect();
+    assert!(pieces.len() >= 2, "{}", mfw.len());
+    let piece = |id: &str, i: usize| {
+        json!({"upload": id, "index": i, "sha256": sha_hex(pieces[i]),
+               "data": base64::engine::general_purpose::STANDARD.encode(pieces[i])})
+    };
+    let begin = json!({"size": mfw.len(), "sha256": sha_hex(&mfw), "piece_size": PIECE});
+    op.publish(
+        "mesh/ota/request/upload_begin",
+        send("upload_begin", "t-b1", begin.clone()),
+    )
+    .await;
+    let r = reply(&op, "t-b1").await;
+    let id = r["upload"].as_str().unwrap().to_owned();
+    op.publish(
+        "mesh/ota/request/upload_piece",
+        send("upload_piece", "t-p0", piece(&id, 0)),
+    )
+    .await;
+    assert_eq!(reply(&op, "t-p0").await["ok"], true);
+
+    gw.stop().await;
+    let mut cfg = mqtt_config(&broker);
+    cfg.commands.operator_keys = vec![dir.join("operator.pub")];
+    let gw = Gw::start(&dir, cfg).await;
+    // The next piece after the restart: refused, with what to do.
+    let mut r = Value::Null;
+    for i in 0..50 {
+        let t = format!("t-p1-{i}");
+        op.publish(
+            "mesh/ota/request/upload_piece",
+            send("upload_piece", &t, piece(&id, 1)),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Some(m) = op.on(&format!("mesh/ota/response/{t}")).pop() {
+            r = m.json();
+            break;
+        }
+    }
+    assert_eq!(r["ok"], false, "{r}");
+    assert_eq!(r["error"]["code"], "unknown_upload", "{r}");
+    let msg = r["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("restarted") && msg.contains("begin again"),
+        "{msg}"
+    );
+
+    // Begun again: every piece, commit, stored.
+    op.publish(
+        "mesh/ota/request/upload_begin",
+        send("upload_begin", "t-b2", begin),
+    )
+    .await;
+    let r = reply(&op, "t-b2").await;
+    let id2 = r["upload"].as_str().unwrap().to_owned();
+    assert_ne!(id2, id, "upload ids differ between gateway runs");
+    for i in 0..pieces.len() {
+        let t = format!("t-q{i}");
+        op.publish(
+            "mesh/ota/request/upload_piece",
+            send("upload_piece", &t, piece(&id2, i)),
+        )
+        .await;
+        assert_eq!(reply(&op, &t).await["ok"], true);
+    }
+    op.publish(
+        "mesh/ota/request/upload_commit",
+        send("upload_commit", "t-c", json!({"upload": id2})),
+    )
+    .await;
+    let r = reply(&op, "t-c").await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["version"], "1.7.0", "{r}");
     gw.stop().await;
 }

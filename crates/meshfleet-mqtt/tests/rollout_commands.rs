@@ -93,7 +93,7 @@ async fn rollouts_are_driven_by_signed_commands_with_a_retained_status() {
     let mut cfg = mqtt_config(&broker);
     cfg.commands.operator_keys = vec![dir.join("operator.pub")];
     let op = Observer::connect(
-        &broker,
+        broker.port,
         "operator",
         "operator",
         &["mesh/ota/response/#", "mesh/ota/rollout/#"],
@@ -222,7 +222,14 @@ async fn rollouts_are_driven_by_signed_commands_with_a_retained_status() {
     let s = retained_status(&op, "aborted").await;
     assert_eq!(s["status_detail"]["reason"], "emergency", "{s}");
     // A client that connects later gets the last status, retained.
-    let late = Observer::connect(&broker, "late", "operator", &["mesh/ota/rollout/#"], true).await;
+    let late = Observer::connect(
+        broker.port,
+        "late",
+        "operator",
+        &["mesh/ota/rollout/#"],
+        true,
+    )
+    .await;
     let m = late
         .wait("the retained status", 10, |m| !m.is_empty())
         .await;

@@ -15,6 +15,9 @@
 //! Each step is one atomic write of the boot record, so a power cut anywhere leaves the
 //! device on the verified new image or on the old one.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use sha2::{Digest as _, Sha256};
 
 use crate::store::{BootRecord, Corruption, ImageInfo, Slot, SlotStore, StoreError};

@@ -1,5 +1,8 @@
 //! What the OTA plugins tell the application (through [`meshfleet_mesh::Event::Plugin`]).
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use meshfleet_mesh::{Duration, NodeId, PluginEvent};
 use serde_json::json;
 
@@ -326,8 +329,8 @@ pub enum DecodeGap {
     },
 }
 
-impl std::fmt::Display for DecodeGap {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl core::fmt::Display for DecodeGap {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Self::Codec { needed, listed } => write!(
                 f,
@@ -360,8 +363,8 @@ pub enum UpdateFailure {
     },
 }
 
-impl std::fmt::Display for UpdateFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl core::fmt::Display for UpdateFailure {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Self::BadPart => f.write_str("part is not valid base64"),
             Self::TooLarge { limit } => write!(f, "image exceeds {limit} bytes"),
@@ -382,10 +385,10 @@ pub enum VerifyFailure {
     Store(StoreError),
 }
 
-impl std::fmt::Display for VerifyFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl core::fmt::Display for VerifyFailure {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            Self::Image(e) => std::fmt::Display::fmt(e, f),
+            Self::Image(e) => core::fmt::Display::fmt(e, f),
             Self::Undecodable => f.write_str("the payload does not decode"),
             Self::Store(e) => write!(f, "store failed: {e}"),
         }

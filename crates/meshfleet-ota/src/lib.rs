@@ -54,7 +54,30 @@
 //! A meshfleet source is `MeshfleetOta::source(config, store, artefact, intent)`; it offers
 //! to every meshfleet neighbour after the CAPS exchange. Put a [`StockSender`] for the same
 //! image on the same node to serve stock nodes.
+//!
+//! # `no_std`
+//!
+//! The crate is `#![no_std]` with `alloc` (`cargo build -p meshfleet-ota
+//! --no-default-features --target thumbv7em-none-eabihf`, run by
+//! `scripts/check-core-deps.sh`). Its `std` feature, on by default, adds [`MemStore`] and
+//! [`SharedPages`] (in-memory stores shared between threads, for the simulator and tests);
+//! a device implements [`SlotStore`] on its flash.
+#![no_std]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
+/// What the std prelude would give every module.
+mod prelude {
+    pub(crate) use alloc::borrow::ToOwned;
+    pub(crate) use alloc::boxed::Box;
+    pub(crate) use alloc::format;
+    pub(crate) use alloc::string::{String, ToString};
+    pub(crate) use alloc::vec;
+    pub(crate) use alloc::vec::Vec;
+}
 
 pub mod boot;
 mod event;
@@ -74,7 +97,6 @@ pub use stock::{
     md5_hex, NodeProgress, OfferError, StockOffer, StockReceiver, StockReceiverConfig, StockSender,
     StockSenderConfig, StockSenderStats, StockStyle,
 };
-pub use store::{
-    BootRecord, Corruption, ImageInfo, IoFault, MemStore, SharedPages, Slot, SlotStore, StoreError,
-    StoreOp,
-};
+pub use store::{BootRecord, Corruption, ImageInfo, IoFault, Slot, SlotStore, StoreError, StoreOp};
+#[cfg(feature = "std")]
+pub use store::{MemStore, SharedPages};

@@ -26,10 +26,26 @@
 //! wait about the target, leaving the mesh's own traffic room. On a link that is not shared
 //! the samples stay far below the target (4 queued frames are ~40 ms) and the rate stays at
 //! the maximum.
+//!
+//! A sender's own frames see only the medium around the sender. The node a chunk goes to
+//! may sit in a busier place (within range of senders the sender cannot hear), and there
+//! its frames, node syncs included, wait. So every node also brakes all its OTA links
+//! on the one signal painlessMesh does give about its neighbours' surroundings: the round
+//! trip of its own node syncs ([`SyncBrake`], reading
+//! [`meshfleet_mesh::Ctx::node_sync_timing`]). That exchange is the one whose 10 s
+//! timeout closes links, it crosses the medium at both ends, and on an idle mesh it takes
+//! the airtime of two node-sync frames (well under a second even at 1,000 nodes).
+//!
+//! * Per epoch, the worst of: a round trip answered since the last epoch, and the age of
+//!   a request still unanswered.
+//! * Above the brake target (1 s by default, a tenth of the node timeout): the node's
+//!   OTA scale x 0.5, at most once per epoch, never below 1/64. Otherwise: + 1/32 per
+//!   epoch, back to 1 in 16 s.
+//! * Every link of the node sends at its delay-controlled rate times that scale.
 
-use std::collections::VecDeque;
+use alloc::collections::{BTreeMap, VecDeque};
 
-use meshfleet_mesh::{Duration, Instant};
+use meshfleet_mesh::{Duration, Instant, LinkId, NodeSyncTiming};
 
 /// Length of one control epoch.
 const EPOCH: Duration = Duration::from_millis(500);
@@ -77,6 +93,14 @@ impl DelayPacer {
     /// The rate to pace at now, bytes per second.
     pub(crate) fn rate(&self) -> f64 {
         self.rate
+    }
+
+    /// How long the oldest chunk frame not yet seen leaving the driver has waited (as of
+    /// the last [`DelayPacer::observe`]).
+    pub(crate) fn oldest_waiting(&self, now: Instant) -> Option<Duration> {
+        self.outstanding
+            .front()
+            .map(|&(at, _)| now.saturating_since(at))
     }
 
     /// A frame of `bytes` was handed to the driver.
@@ -133,9 +157,77 @@ impl DelayPacer {
     }
 }
 
+/// Multiplicative decrease of the node's scale when its node syncs are slow.
+const BRAKE: f64 = 0.5;
+/// Additive recovery per epoch otherwise.
+const RELEASE: f64 = 1.0 / 32.0;
+/// The lowest scale.
+const BRAKE_FLOOR: f64 = 1.0 / 64.0;
+
+/// The node-wide brake on OTA sending from the node's own node-sync round trips (module
+/// docs).
+#[derive(Debug)]
+pub(crate) struct SyncBrake {
+    target: Duration,
+    scale: f64,
+    epoch_start: Instant,
+    /// Answered count per link at the last look: a round trip is a sample once.
+    seen: BTreeMap<LinkId, u32>,
+}
+
+impl SyncBrake {
+    /// A brake that acts when node syncs take longer than `target`.
+    pub(crate) fn new(target: Duration, now: Instant) -> Self {
+        Self {
+            target,
+            scale: 1.0,
+            epoch_start: now,
+            seen: BTreeMap::new(),
+        }
+    }
+
+    /// The factor (1/64 to 1) every OTA link's rate is multiplied by.
+    pub(crate) fn scale(&self) -> f64 {
+        self.scale
+    }
+
+    /// Whether an epoch has passed since the last control step: the caller then gathers
+    /// the timings and calls [`SyncBrake::observe`].
+    pub(crate) fn due(&self, now: Instant) -> bool {
+        now.saturating_since(self.epoch_start) >= EPOCH
+    }
+
+    /// One control step from the node-sync timings of every link of the node.
+    pub(crate) fn observe(
+        &mut self,
+        now: Instant,
+        timings: impl IntoIterator<Item = (LinkId, NodeSyncTiming)>,
+    ) {
+        let mut worst = Duration::ZERO;
+        let mut seen = BTreeMap::new();
+        for (link, t) in timings {
+            if self.seen.get(&link).is_some_and(|&a| a != t.answered) {
+                worst = worst.max(t.last_round_trip.unwrap_or(Duration::ZERO));
+            }
+            if let Some(at) = t.pending_since {
+                worst = worst.max(now.saturating_since(at));
+            }
+            seen.insert(link, t.answered);
+        }
+        self.seen = seen;
+        self.scale = if worst > self.target {
+            (self.scale * BRAKE).max(BRAKE_FLOOR)
+        } else {
+            (self.scale + RELEASE).min(1.0)
+        };
+        self.epoch_start = now;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloc::vec::Vec;
 
     fn at(ms: u64) -> Instant {
         Instant::from_micros(ms * 1000)
@@ -224,5 +316,84 @@ mod tests {
             p.observe(at(t), Some(0));
         }
         assert_eq!(p.rate(), 100_000.0);
+    }
+
+    fn timing(pending_since: Option<u64>, rtt_ms: Option<u64>, answered: u32) -> NodeSyncTiming {
+        NodeSyncTiming {
+            pending_since: pending_since.map(at),
+            last_round_trip: rtt_ms.map(Duration::from_millis),
+            answered,
+        }
+    }
+
+    #[test]
+    fn a_slow_node_sync_brakes_and_fast_ones_release() {
+        let target = Duration::from_secs(1);
+        let mut b = SyncBrake::new(target, at(0));
+        let (l1, l2) = (LinkId(1), LinkId(2));
+        // Idle links with an old slow sample already seen at the first look: no brake.
+        b.observe(
+            at(500),
+            [
+                (l1, timing(None, Some(5000), 3)),
+                (l2, timing(None, None, 0)),
+            ],
+        );
+        assert_eq!(b.scale(), 1.0);
+        // A request on l2 is pending for 300 ms: fine.
+        b.observe(
+            at(1000),
+            [
+                (l1, timing(None, Some(5000), 3)),
+                (l2, timing(Some(700), None, 0)),
+            ],
+        );
+        assert_eq!(b.scale(), 1.0);
+        // ... and for 1.3 s, then 1.8 s: brake twice.
+        b.observe(
+            at(2000),
+            [
+                (l1, timing(None, Some(5000), 3)),
+                (l2, timing(Some(700), None, 0)),
+            ],
+        );
+        b.observe(
+            at(2500),
+            [
+                (l1, timing(None, Some(5000), 3)),
+                (l2, timing(Some(700), None, 0)),
+            ],
+        );
+        assert_eq!(b.scale(), 0.25);
+        // Answered after 2 s: the new sample brakes once more, then fast exchanges release.
+        b.observe(
+            at(3000),
+            [
+                (l1, timing(None, Some(5000), 3)),
+                (l2, timing(None, Some(2000), 1)),
+            ],
+        );
+        assert_eq!(b.scale(), 0.125);
+        let mut t = 3000;
+        for k in 0..40u32 {
+            t += 500;
+            b.observe(
+                at(t),
+                [
+                    (l1, timing(None, Some(200), 4 + k)),
+                    (l2, timing(None, Some(2000), 1)),
+                ],
+            );
+        }
+        assert_eq!(b.scale(), 1.0);
+    }
+
+    #[test]
+    fn the_brake_has_a_floor() {
+        let mut b = SyncBrake::new(Duration::from_secs(1), at(0));
+        for k in 1..100u64 {
+            b.observe(at(k * 500), [(LinkId(1), timing(Some(0), None, 0))]);
+        }
+        assert_eq!(b.scale(), 1.0 / 64.0);
     }
 }

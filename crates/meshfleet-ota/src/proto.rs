@@ -7,6 +7,9 @@
 //! bytes are those of a struct declaring the four header fields first, as these did
 //! before the envelope.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use meshfleet_firmware::Manifest;
 use meshfleet_mesh::PackageBody;
 use serde::{Deserialize, Serialize};
@@ -449,7 +452,7 @@ impl Bitmap {
         }
         let mut b = Self::new(len);
         for (k, pair) in hex.as_bytes().chunks(2).enumerate() {
-            let s = std::str::from_utf8(pair).ok()?;
+            let s = core::str::from_utf8(pair).ok()?;
             let byte = u8::from_str_radix(s, 16).ok()?;
             for bit in 0..8 {
                 if byte & (1 << bit) != 0 {

@@ -58,15 +58,17 @@
 //! Each link has a send queue in the owner task, capped in bytes
 //! ([`RuntimeConfig::queue_cap`], default 256 KiB):
 //!
-//! * **Priority.** High-priority transmits (the node marks NODE_SYNC_REPLY and TIME_SYNC
-//!   as such, like the library) go ahead of queued normal frames, in FIFO order among
-//!   themselves. They never interrupt a frame being written: frames are handed to the
-//!   writer whole, in batches of at most 16 KiB (a single larger frame goes alone), so a
-//!   high-priority frame waits for at most one batch.
-//! * **Overflow.** When a normal frame does not fit, it is dropped and counted
-//!   ([`RuntimeStats::queue_dropped`]). When a high-priority frame does not fit, the
-//!   oldest normal frames are evicted until it does ([`RuntimeStats::queue_evicted`]); if
-//!   only high-priority frames are queued, it is dropped
+//! * **Priority.** Three FIFOs, one per [`meshfleet_mesh::Priority`]: control frames (the
+//!   node marks node sync and time sync so, as the library marks NODE_SYNC_REPLY and
+//!   TIME_SYNC high priority) go ahead of queued normal frames, and bulk frames (OTA
+//!   chunks) go only when nothing else waits, so a campaign never delays the mesh's
+//!   upkeep or the application. No frame interrupts one being written: frames are handed
+//!   to the writer whole, in batches of at most 16 KiB (a single larger frame goes alone),
+//!   so a control frame waits for at most one batch.
+//! * **Overflow.** When a normal or bulk frame does not fit, it is dropped and counted
+//!   ([`RuntimeStats::queue_dropped`]). When a control frame does not fit, the oldest bulk,
+//!   then normal frames are evicted until it does ([`RuntimeStats::queue_evicted`]); if
+//!   only control frames are queued, it is dropped
 //!   ([`RuntimeStats::queue_dropped_high`]). A frame larger than the cap is accepted
 //!   only into an empty queue, so a link's queue never holds more than
 //!   `max(queue_cap, one frame)`. Drops are logged at `debug` each and at `warn` at

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use meshfleet_mesh::{Event, Instant, LinkId, LinkRole, Node, NodeId, Transmit};
+use meshfleet_mesh::{Event, Instant, LinkId, LinkRole, Node, NodeId, Priority, Transmit};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::AbortHandle;
@@ -519,7 +519,7 @@ impl Owner {
             return;
         };
         let len = t.frame.len();
-        let outcome = l.queue.push(t.frame, t.high_priority);
+        let outcome = l.queue.push(t.frame, t.priority);
         let wall = tokio::time::Instant::now();
         match outcome {
             Push::Queued => return,
@@ -531,7 +531,7 @@ impl Owner {
                     "high-priority frame evicted queued frames"
                 );
             }
-            Push::Dropped if t.high_priority => {
+            Push::Dropped if t.priority == Priority::Control => {
                 self.counters.queue_dropped_high += 1;
                 debug!(
                     link = t.link.0,

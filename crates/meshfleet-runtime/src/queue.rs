@@ -2,19 +2,22 @@
 
 use std::collections::VecDeque;
 
+use meshfleet_mesh::Priority;
+
 /// What [`SendQueue::push`] did with a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Push {
     /// Queued; nothing else was touched.
     Queued,
-    /// Queued after evicting this many older normal-priority frames to make room.
+    /// Queued after evicting this many older bulk or normal frames to make room.
     QueuedAfterEvicting(usize),
-    /// Refused: the queue is full. A normal frame is refused when it does not fit; a
-    /// high-priority one only when evicting every normal frame would still not make room.
+    /// Refused: the queue is full. A normal or bulk frame is refused when it does not fit;
+    /// a control frame only when evicting every other frame would still not make room.
     Dropped,
 }
 
-/// Frames waiting for a link's writer, in two FIFOs: high priority goes first.
+/// Frames waiting for a link's writer, one FIFO per [`Priority`]: control frames go
+/// first, then normal ones, bulk (OTA chunks) last.
 ///
 /// Memory is bounded by `cap` bytes, except that a frame larger than `cap` is accepted
 /// into an *empty* queue (otherwise a legitimate big frame, such as the node sync of a
@@ -23,6 +26,7 @@ pub(crate) enum Push {
 pub(crate) struct SendQueue {
     high: VecDeque<Vec<u8>>,
     normal: VecDeque<Vec<u8>>,
+    bulk: VecDeque<Vec<u8>>,
     bytes: usize,
     cap: usize,
 }
@@ -32,6 +36,7 @@ impl SendQueue {
         Self {
             high: VecDeque::new(),
             normal: VecDeque::new(),
+            bulk: VecDeque::new(),
             bytes: 0,
             cap,
         }
@@ -43,7 +48,7 @@ impl SendQueue {
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.high.is_empty() && self.normal.is_empty()
+        self.high.is_empty() && self.normal.is_empty() && self.bulk.is_empty()
     }
 
     /// The capacity in bytes.
@@ -56,22 +61,26 @@ impl SendQueue {
     }
 
     /// Queues `frame` under the policy described on [`Push`].
-    pub(crate) fn push(&mut self, frame: Vec<u8>, high_priority: bool) -> Push {
+    pub(crate) fn push(&mut self, frame: Vec<u8>, priority: Priority) -> Push {
         let len = frame.len();
-        if !high_priority {
+        if priority != Priority::Control {
             if !self.fits(len) {
                 return Push::Dropped;
             }
             self.bytes += len;
-            self.normal.push_back(frame);
+            if priority == Priority::Bulk {
+                self.bulk.push_back(frame);
+            } else {
+                self.normal.push_back(frame);
+            }
             return Push::Queued;
         }
-        // Node sync replies and time sync must get through a congested link: losing
-        // them costs the link (node timeout) or the clock, losing a normal frame costs
-        // one message. So they displace the oldest normal frames.
+        // Node sync and time sync must get through a congested link: losing them costs
+        // the link (node timeout) or the clock, losing a normal frame costs one message
+        // and a bulk one a repair. So they displace the oldest bulk, then normal frames.
         let mut evicted = 0;
         while !self.fits(len) {
-            let Some(old) = self.normal.pop_front() else {
+            let Some(old) = self.bulk.pop_front().or_else(|| self.normal.pop_front()) else {
                 break;
             };
             self.bytes -= old.len();
@@ -94,12 +103,17 @@ impl SendQueue {
         self.high
             .front()
             .or_else(|| self.normal.front())
+            .or_else(|| self.bulk.front())
             .map(Vec::len)
     }
 
-    /// The next frame: the oldest high-priority one, else the oldest normal one.
+    /// The next frame: the oldest of the most urgent non-empty class.
     pub(crate) fn pop(&mut self) -> Option<Vec<u8>> {
-        let frame = self.high.pop_front().or_else(|| self.normal.pop_front())?;
+        let frame = self
+            .high
+            .pop_front()
+            .or_else(|| self.normal.pop_front())
+            .or_else(|| self.bulk.pop_front())?;
         self.bytes -= frame.len();
         Some(frame)
     }
@@ -109,6 +123,10 @@ impl SendQueue {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    const C: Priority = Priority::Control;
+    const N: Priority = Priority::Normal;
+    const B: Priority = Priority::Bulk;
 
     fn f(tag: u8, len: usize) -> Vec<u8> {
         vec![tag; len]
@@ -121,11 +139,11 @@ mod tests {
     #[test]
     fn high_priority_jumps_ahead_and_keeps_fifo_order() {
         let mut q = SendQueue::new(1000);
-        q.push(f(1, 10), false);
-        q.push(f(2, 10), false);
-        q.push(f(3, 10), true);
-        q.push(f(4, 10), false);
-        q.push(f(5, 10), true);
+        q.push(f(1, 10), N);
+        q.push(f(2, 10), N);
+        q.push(f(3, 10), C);
+        q.push(f(4, 10), N);
+        q.push(f(5, 10), C);
         assert_eq!(drain(&mut q), [3, 5, 1, 2, 4]);
         assert_eq!(q.bytes(), 0);
     }
@@ -133,9 +151,9 @@ mod tests {
     #[test]
     fn full_queue_drops_new_normal_frames() {
         let mut q = SendQueue::new(30);
-        assert_eq!(q.push(f(1, 10), false), Push::Queued);
-        assert_eq!(q.push(f(2, 20), false), Push::Queued);
-        assert_eq!(q.push(f(3, 1), false), Push::Dropped);
+        assert_eq!(q.push(f(1, 10), N), Push::Queued);
+        assert_eq!(q.push(f(2, 20), N), Push::Queued);
+        assert_eq!(q.push(f(3, 1), N), Push::Dropped);
         assert_eq!(q.bytes(), 30);
         assert_eq!(drain(&mut q), [1, 2]);
     }
@@ -143,10 +161,10 @@ mod tests {
     #[test]
     fn high_priority_evicts_the_oldest_normal_frames() {
         let mut q = SendQueue::new(30);
-        q.push(f(1, 10), false);
-        q.push(f(2, 10), false);
-        q.push(f(3, 10), false);
-        assert_eq!(q.push(f(9, 15), true), Push::QueuedAfterEvicting(2));
+        q.push(f(1, 10), N);
+        q.push(f(2, 10), N);
+        q.push(f(3, 10), N);
+        assert_eq!(q.push(f(9, 15), C), Push::QueuedAfterEvicting(2));
         assert_eq!(q.bytes(), 25);
         assert_eq!(drain(&mut q), [9, 3]);
     }
@@ -154,19 +172,31 @@ mod tests {
     #[test]
     fn high_priority_is_dropped_when_only_high_priority_is_queued() {
         let mut q = SendQueue::new(20);
-        q.push(f(1, 15), true);
-        assert_eq!(q.push(f(2, 10), true), Push::Dropped);
+        q.push(f(1, 15), C);
+        assert_eq!(q.push(f(2, 10), C), Push::Dropped);
         assert_eq!(drain(&mut q), [1]);
     }
 
     #[test]
     fn an_oversized_frame_passes_an_empty_queue_only() {
         let mut q = SendQueue::new(10);
-        assert_eq!(q.push(f(1, 50), false), Push::Queued);
-        assert_eq!(q.push(f(2, 1), false), Push::Dropped);
+        assert_eq!(q.push(f(1, 50), N), Push::Queued);
+        assert_eq!(q.push(f(2, 1), N), Push::Dropped);
         assert_eq!(q.peek_len(), Some(50));
         q.pop();
         assert!(q.is_empty());
-        assert_eq!(q.push(f(3, 5), false), Push::Queued);
+        assert_eq!(q.push(f(3, 5), N), Push::Queued);
+    }
+
+    #[test]
+    fn bulk_goes_after_normal_and_is_evicted_first() {
+        let mut q = SendQueue::new(40);
+        q.push(f(1, 10), B);
+        q.push(f(2, 10), N);
+        q.push(f(3, 10), B);
+        q.push(f(4, 10), N);
+        // Full: a control frame evicts the oldest bulk frame, not the older normal one.
+        assert_eq!(q.push(f(9, 10), C), Push::QueuedAfterEvicting(1));
+        assert_eq!(drain(&mut q), [9, 2, 4, 3]);
     }
 }

@@ -278,6 +278,8 @@ struct Row {
     strategy: String,
     formed_s: Option<f64>,
     report: Option<OtaReport>,
+    /// Links closed during the campaign: (by the node-sync timeout, for any reason).
+    closes: Option<(u64, u64)>,
     wall_s: f64,
     note: String,
 }
@@ -313,6 +315,7 @@ fn run_cell(a: &Args, base: &OtaCampaign, n: u32, loss: f64, ch: &str, s: OtaStr
                 strategy: s.label().to_owned(),
                 formed_s: None,
                 report: None,
+                closes: None,
                 wall_s: wall.elapsed().as_secs_f64(),
                 note,
             };
@@ -359,6 +362,8 @@ fn run_cell(a: &Args, base: &OtaCampaign, n: u32, loss: f64, ch: &str, s: OtaStr
         );
         sim.run_for(Duration::ZERO);
     }
+    // Links closed before the campaign (formation) are not the campaign's.
+    let closes_before = link_closes(&sim);
     run.start(&mut sim);
     let start = sim.now();
     let cap_at = start + a.cap;
@@ -388,6 +393,11 @@ fn run_cell(a: &Args, base: &OtaCampaign, n: u32, loss: f64, ch: &str, s: OtaStr
         );
     }
     let report = run.report(&sim);
+    let closes_after = link_closes(&sim);
+    let closes = Some((
+        closes_after.0 - closes_before.0,
+        closes_after.1 - closes_before.1,
+    ));
     let c = &report.counters;
     if c.broadcast_gaps + c.gave_up > 0 {
         let _ = write!(
@@ -405,6 +415,30 @@ fn run_cell(a: &Args, base: &OtaCampaign, n: u32, loss: f64, ch: &str, s: OtaStr
         eprintln!("drops {drops:?} closes {:?}", sim.report().link_closes);
         // Where the receivers that did not update stand at the end.
         let (mut no_campaign, mut partial, mut isolated, mut nodes_seen) = (0, 0, 0, 0);
+        // Where the bytes above one copy per receiver go (receivers' own counters).
+        let mut sum = meshfleet_ota::MeshfleetStats::default();
+        for id in sim.node_ids() {
+            let Some(ota) = sim
+                .node(id)
+                .and_then(|n| n.plugin::<meshfleet_agent::OtaReceiver<meshfleet_ota::MemStore>>())
+                .and_then(|r| r.meshfleet())
+            else {
+                continue;
+            };
+            let st = ota.stats();
+            sum.chunks_sent += st.chunks_sent;
+            sum.chunks_received += st.chunks_received;
+            sum.duplicates += st.duplicates;
+            sum.naks_sent += st.naks_sent;
+            sum.offers_sent += st.offers_sent;
+            sum.offers_retried += st.offers_retried;
+            sum.upstream_changes += st.upstream_changes;
+        }
+        eprintln!(
+            "receivers: {} chunks received ({} duplicates), {} relayed; {} NAKs, {} offers ({} retried), {} upstream changes",
+            sum.chunks_received, sum.duplicates, sum.chunks_sent, sum.naks_sent, sum.offers_sent,
+            sum.offers_retried, sum.upstream_changes
+        );
         for id in sim.node_ids() {
             let Some(node) = sim.node(id) else { continue };
             let Some(ota) = node
@@ -450,9 +484,23 @@ fn run_cell(a: &Args, base: &OtaCampaign, n: u32, loss: f64, ch: &str, s: OtaStr
         strategy: s.label().to_owned(),
         formed_s: formed,
         report: Some(report),
+        closes,
         wall_s: wall.elapsed().as_secs_f64(),
         note,
     }
+}
+
+/// Links closed so far: (by the node-sync timeout, for any reason).
+fn link_closes(sim: &Simulation) -> (u64, u64) {
+    let closes = sim.report().link_closes;
+    (
+        closes.get("node_sync_timeout").copied().unwrap_or(0),
+        closes.values().sum(),
+    )
+}
+
+fn closes_cell(c: Option<(u64, u64)>) -> String {
+    c.map_or_else(String::new, |(t, all)| format!("{t} / {all}"))
 }
 
 fn mb(b: u64) -> String {
@@ -483,7 +531,7 @@ fn short_binding(b: &str) -> &str {
 fn md_row(r: &Row) -> String {
     let Some(o) = &r.report else {
         return format!(
-            "| {} | {:.0}% | {} | {} | not run | | | | | | | | | | | | | | {:.0} | {} |\n",
+            "| {} | {:.0}% | {} | {} | not run | | | | | | | | | | | | | | | {:.0} | {} |\n",
             r.n,
             r.loss * 100.0,
             r.channel,
@@ -501,7 +549,7 @@ fn md_row(r: &Row) -> String {
     };
     let ratio = |x: Option<f64>| x.map_or_else(|| "–".into(), |x| format!("{x:.2}"));
     format!(
-        "| {} | {:.0}% | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {:.1} | {}/{} | {:.0} | {} |\n",
+        "| {} | {:.0}% | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {:.1} | {}/{} | {} | {:.0} | {} |\n",
         r.n,
         r.loss * 100.0,
         r.channel,
@@ -543,6 +591,7 @@ fn md_row(r: &Row) -> String {
         o.peak_node_ota_memory_bytes as f64 / 1024.0,
         o.updated,
         o.receivers,
+        closes_cell(r.closes),
         r.wall_s,
         r.note.trim()
     )
@@ -554,7 +603,7 @@ fn csv_row(r: &Row) -> String {
     let opt = |v: Option<f64>| v.map_or_else(String::new, |x| format!("{x:.3}"));
     let opt4 = |v: Option<f64>| v.map_or_else(String::new, |x| format!("{x:.4}"));
     format!(
-        "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.1},\"{}\"\n",
+        "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.1},\"{}\"\n",
         r.n,
         r.loss,
         r.channel,
@@ -589,6 +638,8 @@ fn csv_row(r: &Row) -> String {
         o.map_or(String::new(), |o| o.peak_node_ota_memory_bytes.to_string()),
         o.map_or(String::new(), |o| o.updated.to_string()),
         o.map_or(String::new(), |o| o.receivers.to_string()),
+        r.closes.map_or(String::new(), |c| c.0.to_string()),
+        r.closes.map_or(String::new(), |c| c.1.to_string()),
         r.wall_s,
         r.note.trim().replace('"', "'")
     )
@@ -602,8 +653,8 @@ fn csv_row(r: &Row) -> String {
 /// stochastic bounds are on the expected makespan; one run scatters around its mean (the
 /// tree's standard deviation `sd`), and is shorter than the 5% quantile with probability
 /// at most 5%.
-const MD_HEAD: &str = "| N | loss | channel | strategy | makespan s | mean-value bound s | stochastic s, any frames: path / tree ±95% | stochastic s, frames ≤ c: path / tree ±95% (tree: sd, 5% quantile) | combined bound s | makespan / mean-value | makespan / stochastic any | makespan / combined | depth | OTA MB on air | on air / ((N-1)·S) | source MB sent | peak node OTA KiB | updated | wall s | note |\n| ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n";
-const CSV_HEAD: &str = "nodes,loss,channel,strategy,formed_s,makespan_s,last_update_s,lower_bound_s,binding,depth,ratio_to_bound,stochastic_pipeline_s,stochastic_pipeline_se_s,stochastic_tree_s,stochastic_tree_se_s,stochastic_pipeline_chunked_s,stochastic_pipeline_chunked_se_s,stochastic_tree_chunked_s,stochastic_tree_chunked_se_s,stochastic_tree_sd_s,stochastic_tree_chunked_sd_s,stochastic_tree_chunked_q05_s,combined_bound_s,combined_binding,ratio_to_combined_bound,ota_bytes_on_air,bytes_on_air_until_last_update,source_bytes,payload_bytes,peak_node_ota_memory_bytes,updated,receivers,wall_s,note\n";
+const MD_HEAD: &str = "| N | loss | channel | strategy | makespan s | mean-value bound s | stochastic s, any frames: path / tree ±95% | stochastic s, frames ≤ c: path / tree ±95% (tree: sd, 5% quantile) | combined bound s | makespan / mean-value | makespan / stochastic any | makespan / combined | depth | OTA MB on air | on air / ((N-1)·S) | source MB sent | peak node OTA KiB | updated | links closed in the campaign: node-sync timeout / all | wall s | note |\n| ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n";
+const CSV_HEAD: &str = "nodes,loss,channel,strategy,formed_s,makespan_s,last_update_s,lower_bound_s,binding,depth,ratio_to_bound,stochastic_pipeline_s,stochastic_pipeline_se_s,stochastic_tree_s,stochastic_tree_se_s,stochastic_pipeline_chunked_s,stochastic_pipeline_chunked_se_s,stochastic_tree_chunked_s,stochastic_tree_chunked_se_s,stochastic_tree_sd_s,stochastic_tree_chunked_sd_s,stochastic_tree_chunked_q05_s,combined_bound_s,combined_binding,ratio_to_combined_bound,ota_bytes_on_air,bytes_on_air_until_last_update,source_bytes,payload_bytes,peak_node_ota_memory_bytes,updated,receivers,node_sync_timeouts,link_closes,wall_s,note\n";
 
 fn main() {
     let a = parse_args();
@@ -639,6 +690,7 @@ fn main() {
                             strategy: st.label().to_owned(),
                             formed_s: None,
                             report: None,
+                            closes: None,
                             wall_s: 0.0,
                             note: format!("stock runs above {} nodes skipped (--stock-max-nodes): see the estimate in docs/benchmarks.md", a.stock_max_nodes),
                         }

@@ -4,8 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use meshfleet_gateway::events::GatewayEvent;
 use meshfleet_gateway::model::{Alert, AlertKind, NewAlert, NodeStatus, Severity};
@@ -15,7 +14,6 @@ use meshfleet_gateway::{mesh, Gateway, GatewayConfig, Stores};
 use meshfleet_mesh::{Config, NodeId};
 use meshfleet_mqtt::{MqttConfig, Prepared};
 use meshfleet_runtime::{MeshHandle, RuntimeConfig};
-use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use tokio::task::JoinHandle;
 
 pub use meshfleet_mqtt::testbroker::Broker;
@@ -170,136 +168,8 @@ pub fn seed_nodes(dir: &Path, nodes: Vec<NodeStatus>) {
     db.close();
 }
 
-/// One received message.
-#[derive(Clone, Debug)]
-pub struct Msg {
-    pub topic: String,
-    pub payload: Vec<u8>,
-    pub retain: bool,
-    pub at: Instant,
-}
-
-impl Msg {
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.payload).unwrap_or(serde_json::Value::Null)
-    }
-}
-
-/// A test client recording what it receives on `topics`.
-pub struct Observer {
-    pub client: AsyncClient,
-    pub got: Arc<Mutex<Vec<Msg>>>,
-    task: JoinHandle<()>,
-}
-
-impl Observer {
-    pub async fn connect(
-        broker: &Broker,
-        id: &str,
-        user: &str,
-        topics: &[&str],
-        clean: bool,
-    ) -> Self {
-        let pass = meshfleet_mqtt::testbroker::USERS
-            .iter()
-            .find(|(u, _)| *u == user)
-            .unwrap()
-            .1;
-        let mut o = MqttOptions::new(id, "127.0.0.1", broker.port);
-        o.set_credentials(user, pass);
-        o.set_clean_session(clean);
-        o.set_keep_alive(Duration::from_secs(5));
-        o.set_max_packet_size(32 << 20, 32 << 20);
-        let (client, mut el) = AsyncClient::new(o, 4096);
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let g = got.clone();
-        let c = client.clone();
-        let topics: Vec<String> = topics.iter().map(|t| (*t).to_owned()).collect();
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let mut ready = Some(ready_tx);
-        let task = tokio::spawn(async move {
-            loop {
-                match el.poll().await {
-                    Ok(Event::Incoming(Incoming::ConnAck(_))) => {
-                        for t in &topics {
-                            c.subscribe(t.clone(), QoS::AtLeastOnce).await.unwrap();
-                        }
-                        if topics.is_empty() {
-                            if let Some(r) = ready.take() {
-                                let _ = r.send(());
-                            }
-                        }
-                    }
-                    Ok(Event::Incoming(Incoming::SubAck(_))) => {
-                        if let Some(r) = ready.take() {
-                            let _ = r.send(());
-                        }
-                    }
-                    Ok(Event::Incoming(Incoming::Publish(p))) => g.lock().unwrap().push(Msg {
-                        topic: p.topic.clone(),
-                        payload: p.payload.to_vec(),
-                        retain: p.retain,
-                        at: Instant::now(),
-                    }),
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                }
-            }
-        });
-        tokio::time::timeout(Duration::from_secs(10), ready_rx)
-            .await
-            .expect("observer subscribed")
-            .unwrap();
-        Self { client, got, task }
-    }
-
-    pub fn messages(&self) -> Vec<Msg> {
-        self.got.lock().unwrap().clone()
-    }
-
-    pub fn on(&self, topic: &str) -> Vec<Msg> {
-        self.messages()
-            .into_iter()
-            .filter(|m| m.topic == topic)
-            .collect()
-    }
-
-    pub fn clear(&self) {
-        self.got.lock().unwrap().clear();
-    }
-
-    /// Waits until `f` holds on what was received (panics after `secs`).
-    pub async fn wait(&self, what: &str, secs: u64, f: impl Fn(&[Msg]) -> bool) -> Vec<Msg> {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            let m = self.messages();
-            if f(&m) {
-                return m;
-            }
-            if Instant::now() > deadline {
-                let topics: Vec<_> = m.iter().map(|m| m.topic.clone()).take(30).collect();
-                panic!(
-                    "timed out waiting for {what}; got {} messages: {topics:?}",
-                    m.len()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
-        self.client
-            .publish(topic, QoS::AtLeastOnce, false, payload.into())
-            .await
-            .unwrap();
-    }
-}
-
-impl Drop for Observer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+#[allow(unused_imports)]
+pub use meshfleet_mqtt::testclient::{Msg, Observer};
 
 /// A bridge config for `broker` as user `gateway`, 1 s intervals.
 pub fn mqtt_config(broker: &Broker) -> MqttConfig {

@@ -12,6 +12,9 @@
 //! drops out of broadcast mode and requests the missing parts by unicast ("unicast after a
 //! gap").
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 mod receiver;
 mod sender;
 
@@ -237,7 +240,7 @@ mod tests {
             let parts: Vec<&str> = text
                 .as_bytes()
                 .chunks(1024)
-                .map(|c| std::str::from_utf8(c).unwrap())
+                .map(|c| core::str::from_utf8(c).unwrap())
                 .collect();
             assert_eq!(offer.no_part() as usize, parts.len(), "len {len}");
             for (i, p) in parts.iter().enumerate() {

@@ -1,6 +1,9 @@
 //! The stock receiver: the library's receive flow (Alteriom `ota.hpp`
 //! `addReceivePackageCallback`), as the faithful model of an unmodified node.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use md5::{Digest as _, Md5};
@@ -262,14 +265,14 @@ impl StockReceiver {
 
     /// The last part: `Update.end(true)` checks the MD5.
     fn finish(&mut self, ctx: &mut Ctx<'_>, data: &Data) {
-        let md5 = hex(&std::mem::take(&mut self.update.hasher).finalize());
+        let md5 = hex(&core::mem::take(&mut self.update.hasher).finalize());
         // The request task is disabled without its give-up handler either way.
         self.update.task = None;
         if md5.eq_ignore_ascii_case(&self.update.md5) {
             let size = self.update.written;
             self.current_md5 = md5.clone();
             self.updates += 1;
-            self.installed = Some(std::mem::take(&mut self.update.image));
+            self.installed = Some(core::mem::take(&mut self.update.image));
             // The library reboots 2 s later: model the rebooted state.
             self.update = UpdateState::default();
             ctx.emit(Box::new(OtaEvent::Updated { md5, size }));
@@ -311,7 +314,7 @@ impl StockReceiver {
         if task.left == 0 {
             let part = task.request.part_no;
             self.update.task = None;
-            let md5 = std::mem::take(&mut self.update.md5);
+            let md5 = core::mem::take(&mut self.update.md5);
             ctx.emit(Box::new(OtaEvent::GaveUp { md5, part }));
         }
     }

@@ -1,6 +1,9 @@
 //! The stock sender: offers a raw image to unmodified painlessMesh nodes.
 
-use std::collections::{BTreeMap, BTreeSet};
+#[allow(unused_imports)]
+use crate::prelude::*;
+
+use alloc::collections::{BTreeMap, BTreeSet};
 
 use meshfleet_mesh::{Claims, Ctx, Duration, Instant, LinkId, MeshChange, NodeId, Plugin};
 use meshfleet_wire::ota::DataRequest;

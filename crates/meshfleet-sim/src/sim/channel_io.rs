@@ -23,15 +23,16 @@ impl Simulation {
         let dir = &mut l.dirs[d];
         let len = t.frame.len();
         // A frame larger than the cap still gets through an empty queue, or it never could.
-        if !t.high_priority && dir.queued_bytes > 0 && dir.queued_bytes + len > cap {
+        let control = t.priority == Priority::Control;
+        if !control && dir.queued_bytes > 0 && dir.queued_bytes + len > cap {
             self.drop_frame("queue_full", 1);
             return;
         }
         dir.queued_bytes += len;
-        if t.high_priority {
-            dir.hi.push_back(t.frame);
-        } else {
-            dir.lo.push_back(t.frame);
+        match t.priority {
+            Priority::Control => dir.hi.push_back(t.frame),
+            Priority::Normal => dir.lo.push_back(t.frame),
+            Priority::Bulk => dir.bulk.push_back(t.frame),
         }
         let wake = dir.in_flight.is_none() && !dir.ready;
         let unit = dir.unit;
@@ -127,6 +128,39 @@ impl Simulation {
             }
             return;
         }
+        // The node's transmitter serves its links in turn, but a link with a control frame
+        // waiting (node sync, time sync) goes before links with only other frames, and one
+        // with normal frames before links with only bulk (OTA) ones: the driver's share of
+        // "control traffic ahead of OTA in every queue the node controls". Rings are a few
+        // links long.
+        let urgent = {
+            let ring = &self.radios[unit].ready;
+            let class = |&(link, d): &(LinkId, u8)| {
+                self.links
+                    .get(link.0 as usize)
+                    .and_then(Option::as_ref)
+                    .map_or(0, |l| {
+                        let dir = &l.dirs[d as usize];
+                        if !dir.hi.is_empty() {
+                            0
+                        } else if !dir.lo.is_empty() {
+                            1
+                        } else {
+                            2
+                        }
+                    })
+            };
+            ring.iter()
+                .enumerate()
+                .min_by_key(|(i, e)| (class(e), *i))
+                .map_or(0, |(i, _)| i)
+        };
+        if urgent > 0 {
+            let ring = &mut self.radios[unit].ready;
+            if let Some(e) = ring.remove(urgent) {
+                ring.push_front(e);
+            }
+        }
         while let Some((link, d)) = self.radios[unit].ready.pop_front() {
             let now = self.now;
             let Some(l) = self.links.get_mut(link.0 as usize).and_then(Option::as_mut) else {
@@ -134,11 +168,14 @@ impl Simulation {
             };
             let dir = &mut l.dirs[d as usize];
             dir.ready = false;
-            let (frame, hi) = match dir.hi.pop_front() {
-                Some(f) => (f, true),
+            let (frame, priority) = match dir.hi.pop_front() {
+                Some(f) => (f, Priority::Control),
                 None => match dir.lo.pop_front() {
-                    Some(f) => (f, false),
-                    None => continue,
+                    Some(f) => (f, Priority::Normal),
+                    None => match dir.bulk.pop_front() {
+                        Some(f) => (f, Priority::Bulk),
+                        None => continue,
+                    },
                 },
             };
             let len = frame.len();
@@ -152,8 +189,8 @@ impl Simulation {
             ls.frames[d as usize] += 1;
             ls.bytes[d as usize] += len as u64;
             ls.retransmissions += u64::from(cost.retransmissions);
-            if let Some(tr) = &mut self.trace {
-                tr(&FrameTrace {
+            if !self.traces.is_empty() {
+                let f = FrameTrace {
                     start: now,
                     arrival,
                     from: self.slots[from].id,
@@ -162,9 +199,12 @@ impl Simulation {
                     bytes: len,
                     frame: &frame,
                     airtime: cost.airtime,
-                    high_priority: hi,
+                    priority,
                     retransmissions: cost.retransmissions,
-                });
+                };
+                for tr in &mut self.traces {
+                    tr(&f);
+                }
             }
             let backlog = dir.queued_bytes;
             dir.in_flight = Some((frame, arrival));
@@ -240,7 +280,7 @@ impl Simulation {
                 frame,
             },
         );
-        if !dir.hi.is_empty() || !dir.lo.is_empty() {
+        if !dir.hi.is_empty() || !dir.lo.is_empty() || !dir.bulk.is_empty() {
             dir.ready = true;
             let unit = dir.unit;
             self.radios[unit].ready.push_back((link, d));

@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use meshfleet_channel::{dist, interferers, tx_cost, ChannelModel, LinkChange, LinkParams};
 use meshfleet_mesh::{
-    Config, Delivery, Duration, Event, Instant, LinkId, LinkRole, Node, NodeId, PluginEvent, Rng,
-    Transmit,
+    Config, Delivery, Duration, Event, Instant, LinkId, LinkRole, Node, NodeId, PluginEvent,
+    Priority, Rng, Transmit,
 };
 
 use crate::clock::LocalClock;
@@ -44,8 +44,8 @@ pub struct FrameTrace<'a> {
     pub frame: &'a [u8],
     /// How long it occupies the transmitter (overhead, bytes, retransmitted segments).
     pub airtime: Duration,
-    /// Whether the node queued it with high priority.
-    pub high_priority: bool,
+    /// The queue class the node gave it.
+    pub priority: Priority,
     /// TCP segments retransmitted for it.
     pub retransmissions: u32,
 }
@@ -93,8 +93,10 @@ enum Ev {
 
 #[derive(Default)]
 struct Dir {
+    /// One FIFO per [`Priority`], in sending order (control, normal, bulk).
     hi: VecDeque<Vec<u8>>,
     lo: VecDeque<Vec<u8>>,
+    bulk: VecDeque<Vec<u8>>,
     queued_bytes: usize,
     /// Frame being sent (or waiting out retransmission timeouts) and its arrival time.
     in_flight: Option<(Vec<u8>, Instant)>,
@@ -227,7 +229,7 @@ pub struct Simulation {
     // Hooks.
     progress: Option<ProgressFn>,
     next_progress: Instant,
-    trace: Option<TraceFn>,
+    traces: Vec<TraceFn>,
     event_hooks: Vec<EventHookFn>,
     plugin_sink: Option<PluginSinkFn>,
     // Scratch buffers reused across inputs.
@@ -435,7 +437,7 @@ impl Simulation {
             series: Vec::new(),
             progress: None,
             next_progress: Instant::ZERO,
-            trace: None,
+            traces: Vec::new(),
             event_hooks: Vec::new(),
             plugin_sink: None,
             scratch_tx: Vec::new(),
@@ -467,9 +469,11 @@ impl Simulation {
         self.progress = Some(Box::new(f));
     }
 
-    /// Calls `f` for every frame put on the air.
+    /// Calls `f` for every frame put on the air. Traces add up (the OTA workload counts its
+    /// frames, the readable report splits the air by traffic class) and run in the order
+    /// they were set.
     pub fn set_frame_trace(&mut self, f: impl FnMut(&FrameTrace<'_>) + 'static) {
-        self.trace = Some(Box::new(f));
+        self.traces.push(Box::new(f));
     }
 
     /// Calls `f` for every event a node emits (global time, node id, event), before the

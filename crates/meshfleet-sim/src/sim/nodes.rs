@@ -186,7 +186,7 @@ impl Simulation {
         let mut lost = 0;
         for (d, dir) in l.dirs.iter_mut().enumerate() {
             let sender = l.ends[d];
-            let frames = (dir.hi.len() + dir.lo.len()) as u64;
+            let frames = (dir.hi.len() + dir.lo.len() + dir.bulk.len()) as u64;
             self.slots[sender].queued_bytes -= dir.queued_bytes as u64;
             self.slots[sender].queued_frames -= frames;
             lost += frames + u64::from(dir.in_flight.is_some());
