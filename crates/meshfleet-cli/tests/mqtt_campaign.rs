@@ -8,7 +8,10 @@
 //!    OTA: `in_progress` true, `update_percentage` rising, then `installed_version` the new
 //!    version with `in_progress` false.
 //! 3. Home Assistant's install button (`allow-install`) on the third node starts a
-//!    one-node campaign that updates it, seen on its `update` entity.
+//!    one-node campaign that updates it, seen on its `update` entity. That node sends no
+//!    telemetry: its role and hardware come from its CAPS to the gateway's node.
+//!
+//! The campaign's strategy is `auto`; the untargeted third node keeps its firmware.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -57,7 +60,7 @@ fn http_server(body: Vec<u8>) -> String {
 
 fn node(dir: &Path, id: u32, mesh: u16) -> Proc {
     let ota = dir.join(format!("ota-{id}"));
-    let a = args(&[
+    let mut a = args(&[
         "node",
         "--json",
         "--node-id",
@@ -76,11 +79,13 @@ fn node(dir: &Path, id: u32, mesh: u16) -> Proc {
         "1",
         "--status-interval",
         "1",
-        // Telemetry keyframes tell the gateway the node's role and hardware, which Home
-        // Assistant's install button needs to pick the artefact.
-        "--telemetry-to",
-        "900",
     ]);
+    // Telemetry keyframes tell the gateway the node's role and hardware. 7003 sends none:
+    // Home Assistant's view of it (the `update` entity's latest version, the install
+    // button's artefact) must come from what else the gateway knows (its CAPS).
+    if id != 7003 {
+        a.extend(args(&["--telemetry-to", "900"]));
+    }
     Proc::spawn(&format!("node {id}"), Some(dir), &a, TIMEOUT)
 }
 
@@ -241,7 +246,9 @@ async fn an_mqtt_only_campaign_completes_and_home_assistant_sees_and_installs_it
     let start = Instant::now();
     while ![7001, 7002, 7003].iter().all(|id| {
         let n = get(hp, &format!("/status/{id}"));
-        n["online"] == true && n["reports"].as_u64().is_some_and(|r| r > 0) && n["role"] == "sensor"
+        n["online"] == true
+            && n["reports"].as_u64().is_some_and(|r| r > 0)
+            && (*id == 7003 || n["role"] == "sensor")
     }) {
         assert!(
             start.elapsed() < TIMEOUT,

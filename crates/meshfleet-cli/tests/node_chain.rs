@@ -206,7 +206,25 @@ fn end_of_stdin_keeps_the_node_running() {
     let port = a.listening_port();
     // A harness may close stdin: the node must stay up (and keep listening).
     a.close_stdin();
-    thread::sleep(Duration::from_millis(300));
+    // Not "sleep, then see that it did not exit": wait until the node has read the end of
+    // its input (it says so on stderr), then check that it is still running.
+    let deadline = Instant::now() + TIMEOUT;
+    while !a
+        .stderr_lines()
+        .iter()
+        .any(|l| l.contains("end of stdin: running until SIGINT or SIGTERM"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "A never reported the end of its input: {:?}",
+            a.stderr_lines()
+        );
+        assert!(
+            a.child.try_wait().unwrap().is_none(),
+            "A exited at end of stdin"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
     assert!(
         a.child.try_wait().unwrap().is_none(),
         "A exited at end of stdin"

@@ -205,6 +205,17 @@ impl GatewayOta {
         self.meshfleet.send_rollback(ctx, NodeId(node), command)
     }
 
+    /// Role and hardware of the meshfleet peers whose CAPS this node holds (what they
+    /// said they run), by node id.
+    pub fn peer_identities(&self) -> Vec<(u32, String, String)> {
+        self.meshfleet
+            .peers()
+            .into_iter()
+            .filter_map(|p| Some((p.peer.0, p.role?, p.hardware?)))
+            .filter(|(_, r, h)| !r.is_empty() && !h.is_empty())
+            .collect()
+    }
+
     /// Holds or releases serving.
     fn hold(&mut self, held: bool) {
         self.held = held;
@@ -351,6 +362,62 @@ pub(crate) async fn on_node<R: Send + 'static>(
     });
     shared.mesh.run_on_node(job).await.ok()?;
     rx.await.ok()
+}
+
+/// How many of the newest campaigns [`node_identities`] looks through.
+const IDENTITY_CAMPAIGNS: usize = 20;
+
+/// Role and hardware of the nodes in `wanted`, for nodes that do not say them in telemetry
+/// (Home Assistant's device entry and `update` entity, its install button): first what a
+/// meshfleet node said in its CAPS to the gateway's node, then the artefact of the newest
+/// campaign (of the last [`IDENTITY_CAMPAIGNS`]) in which the node `SUCCEEDED` (it runs
+/// that artefact). Nodes neither source knows are left out.
+pub async fn node_identities(
+    shared: &Shared,
+    wanted: &BTreeSet<u32>,
+) -> BTreeMap<u32, (String, String)> {
+    let mut out = BTreeMap::new();
+    if wanted.is_empty() {
+        return out;
+    }
+    let caps = on_node(shared, |node, _| {
+        node.plugin::<GatewayOta>()
+            .map(GatewayOta::peer_identities)
+            .unwrap_or_default()
+    })
+    .await
+    .unwrap_or_default();
+    for (node, role, hw) in caps {
+        if wanted.contains(&node) {
+            out.insert(node, (role, hw));
+        }
+    }
+    if out.len() == wanted.len() {
+        return out;
+    }
+    let Ok(list) = shared.campaigns.list().await else {
+        return out;
+    };
+    let Ok(artefacts) = shared.stores.artefacts.list().await else {
+        return out;
+    };
+    for summary in list.iter().take(IDENTITY_CAMPAIGNS) {
+        let Some(a) = artefacts.iter().find(|a| a.id == summary.artefact) else {
+            continue;
+        };
+        let Ok(c) = shared.campaigns.get(&summary.id).await else {
+            continue;
+        };
+        for n in c.nodes.iter().filter(|n| n.state == NodeState::Succeeded) {
+            if wanted.contains(&n.node) && !out.contains_key(&n.node) {
+                out.insert(n.node, (a.role.clone(), a.hardware.clone()));
+            }
+        }
+        if out.len() == wanted.len() {
+            break;
+        }
+    }
+    out
 }
 
 /// What one node's outcome says, as a campaign node state.

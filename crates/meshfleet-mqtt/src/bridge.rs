@@ -322,6 +322,9 @@ struct Bridge {
     pending_watermark: Option<i64>,
     // Home Assistant.
     announced: BTreeSet<u32>,
+    /// The role and hardware each node's discovery config was announced with (a node
+    /// whose identity becomes known later is announced again).
+    announced_with: HashMap<u32, (Option<String>, Option<String>)>,
     removed: BTreeSet<u32>,
     /// Last published per-node state, to publish changes only.
     node_last: HashMap<u32, Vec<u8>>,
@@ -372,6 +375,7 @@ pub async fn run(shared: Arc<Shared>, p: Prepared, stop: watch::Receiver<bool>) 
         pending_out: Vec::new(),
         pending_watermark: None,
         announced: BTreeSet::new(),
+        announced_with: HashMap::new(),
         removed: BTreeSet::new(),
         node_last: HashMap::new(),
         update_last: HashMap::new(),
@@ -926,12 +930,36 @@ impl Bridge {
             Some(c) if ha => c.node_progress().await,
             _ => HashMap::new(),
         };
+        // Nodes that do not say their role and hardware in telemetry (no `--telemetry-to`,
+        // stock nodes): what the gateway knows otherwise (their CAPS, the campaigns that
+        // updated them), so the device entry and the update entity are complete.
+        let identities = if ha {
+            let missing: BTreeSet<u32> = nodes
+                .iter()
+                .filter(|n| n.role.is_none() || n.hardware.is_none())
+                .map(|n| n.node_id)
+                .collect();
+            meshfleet_gateway::campaign_engine::node_identities(&self.shared, &missing).await
+        } else {
+            std::collections::BTreeMap::new()
+        };
         let now = now_millis();
         let remove_ms = i64::try_from(self.cfg().homeassistant.remove_after_s)
             .unwrap_or(i64::MAX / 2)
             .saturating_mul(1000);
         for n in &nodes {
             let id = n.node_id;
+            let filled;
+            let n = match identities.get(&id) {
+                Some((role, hw)) => {
+                    let mut c = n.clone();
+                    c.role = c.role.or_else(|| Some(role.clone()));
+                    c.hardware = c.hardware.or_else(|| Some(hw.clone()));
+                    filled = c;
+                    &filled
+                }
+                None => n,
+            };
             if ha {
                 let gone = !n.online && now.saturating_sub(n.last_seen) > remove_ms;
                 if gone {
@@ -940,7 +968,9 @@ impl Bridge {
                     }
                     continue;
                 }
-                if !self.announced.contains(&id) {
+                let identity = (n.role.clone(), n.hardware.clone());
+                if !self.announced.contains(&id) || self.announced_with.get(&id) != Some(&identity)
+                {
                     self.announce(n);
                 }
             }
@@ -1017,6 +1047,8 @@ impl Bridge {
             },
         );
         self.announced.insert(n.node_id);
+        self.announced_with
+            .insert(n.node_id, (n.role.clone(), n.hardware.clone()));
         self.removed.remove(&n.node_id);
     }
 
@@ -1074,6 +1106,7 @@ impl Bridge {
             });
         }
         self.announced.remove(&id);
+        self.announced_with.remove(&id);
         self.removed.insert(id);
         self.node_last.remove(&id);
         self.update_last.remove(&id);

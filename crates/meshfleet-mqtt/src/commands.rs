@@ -984,9 +984,27 @@ impl Commands {
             .registry
             .get(id)
             .ok_or_else(|| refuse("not_found", "unknown node"))?;
+        // A node that does not say its role and hardware in telemetry: what the gateway
+        // knows otherwise (its CAPS, the campaigns that updated it).
+        let known = if n.role.is_none() || n.hardware.is_none() {
+            meshfleet_gateway::campaign_engine::node_identities(
+                shared,
+                &std::iter::once(id).collect(),
+            )
+            .await
+            .remove(&id)
+        } else {
+            None
+        };
         let (role, hw) = (
-            n.role.clone().unwrap_or_default(),
-            n.hardware.clone().unwrap_or_default(),
+            n.role
+                .clone()
+                .or_else(|| known.as_ref().map(|k| k.0.clone()))
+                .unwrap_or_default(),
+            n.hardware
+                .clone()
+                .or_else(|| known.as_ref().map(|k| k.1.clone()))
+                .unwrap_or_default(),
         );
         let list = shared
             .stores

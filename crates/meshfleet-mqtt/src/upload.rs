@@ -21,6 +21,15 @@ use base64::Engine as _;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+/// The refusal for an upload id the gateway does not hold: uploads live in memory, so
+/// after a gateway restart (or expiry) the sender must begin again.
+fn unknown(id: &str) -> String {
+    format!(
+        "no upload {id}: it expired, was committed, or the gateway restarted \
+         (uploads are held in memory); begin again"
+    )
+}
+
 /// Smallest piece, bytes.
 pub const MIN_PIECE: u32 = 1024;
 /// Largest piece, bytes (base64 of it plus the envelope fits the default 64 KiB payload).
@@ -215,7 +224,7 @@ impl Uploads {
             .ok_or_else(|| no("bad_command", "`upload` is required"))?;
         self.open
             .get_mut(id)
-            .ok_or_else(|| no("unknown_upload", format!("no upload {id} (expired?)")))
+            .ok_or_else(|| no("unknown_upload", unknown(id)))
     }
 
     /// Stores one piece.
@@ -305,7 +314,7 @@ impl Uploads {
         }
         let id = a.upload.clone().unwrap_or_default();
         let Some(u) = self.open.remove(&id) else {
-            return Err(no("unknown_upload", "no such upload"));
+            return Err(no("unknown_upload", unknown(&id)));
         };
         let got: [u8; 32] = Sha256::digest(&u.data).into();
         if got != u.sha256 {

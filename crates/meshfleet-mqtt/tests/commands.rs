@@ -975,6 +975,21 @@ async fn replies_and_campaign_status_survive_a_broker_restart_mid_campaign() {
     let gw = Gw::start(&dir, cfg).await;
     broker.restart();
 
+    // The reply leaves the outbox once the broker has it (PUBACK)...
+    let pending = || {
+        meshfleet_mqtt::outbox::Outbox::open(&gw.shared().config.db)
+            .unwrap()
+            .len()
+            .unwrap()
+    };
+    for _ in 0..600 {
+        if pending() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(pending(), 0, "the reply reached the broker");
+    // ...and the operator's persistent session gets it when it is back.
     let reply_topic = "mesh/ota/response/t-outage";
     let topic = format!("mesh/ota/campaign/{id}");
     let m = ops
@@ -1030,4 +1045,102 @@ async fn replies_and_campaign_status_survive_a_broker_restart_mid_campaign() {
 
 async fn svc_status(gw: &Gw, id: &meshfleet_gateway::campaign::CampaignId) -> Value {
     meshfleet_mqtt::commands::status_json(&gw.shared().campaigns.get(id).await.unwrap())
+}
+
+/// Streamed uploads are held in memory (`docs/mqtt.md`, "Streamed upload"): a gateway
+/// restart mid-upload drops the upload; the next piece is refused `unknown_upload` with a
+/// message that says to begin again, and a new upload of the same artefact completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_interrupted_by_a_restart_is_refused_and_begun_again() {
+    use base64::Engine as _;
+    let Some(s) = setup().await else { return };
+    let Setup {
+        _d,
+        broker,
+        gw,
+        op_key,
+        fleet_key,
+        op,
+    } = s;
+    let dir = _d.path().to_owned();
+    let send = |opname: &str, t: &str, upload: Value| {
+        meshfleet_mqtt::sign_command(&op_key, &command(opname, t, json!({ "upload": upload })))
+    };
+    let mfw = artefact(&fleet_key, "1.7.0");
+    const PIECE: usize = 1024;
+    let pieces: Vec<&[u8]> = mfw.chunks(PIECE).collect();
+    assert!(pieces.len() >= 2, "{}", mfw.len());
+    let piece = |id: &str, i: usize| {
+        json!({"upload": id, "index": i, "sha256": sha_hex(pieces[i]),
+               "data": base64::engine::general_purpose::STANDARD.encode(pieces[i])})
+    };
+    let begin = json!({"size": mfw.len(), "sha256": sha_hex(&mfw), "piece_size": PIECE});
+    op.publish(
+        "mesh/ota/request/upload_begin",
+        send("upload_begin", "t-b1", begin.clone()),
+    )
+    .await;
+    let r = reply(&op, "t-b1").await;
+    let id = r["upload"].as_str().unwrap().to_owned();
+    op.publish(
+        "mesh/ota/request/upload_piece",
+        send("upload_piece", "t-p0", piece(&id, 0)),
+    )
+    .await;
+    assert_eq!(reply(&op, "t-p0").await["ok"], true);
+
+    gw.stop().await;
+    let mut cfg = mqtt_config(&broker);
+    cfg.commands.operator_keys = vec![dir.join("operator.pub")];
+    let gw = Gw::start(&dir, cfg).await;
+    // The next piece after the restart: refused, with what to do.
+    let mut r = Value::Null;
+    for i in 0..50 {
+        let t = format!("t-p1-{i}");
+        op.publish(
+            "mesh/ota/request/upload_piece",
+            send("upload_piece", &t, piece(&id, 1)),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Some(m) = op.on(&format!("mesh/ota/response/{t}")).pop() {
+            r = m.json();
+            break;
+        }
+    }
+    assert_eq!(r["ok"], false, "{r}");
+    assert_eq!(r["error"]["code"], "unknown_upload", "{r}");
+    let msg = r["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("restarted") && msg.contains("begin again"),
+        "{msg}"
+    );
+
+    // Begun again: every piece, commit, stored.
+    op.publish(
+        "mesh/ota/request/upload_begin",
+        send("upload_begin", "t-b2", begin),
+    )
+    .await;
+    let r = reply(&op, "t-b2").await;
+    let id2 = r["upload"].as_str().unwrap().to_owned();
+    assert_ne!(id2, id, "upload ids differ between gateway runs");
+    for i in 0..pieces.len() {
+        let t = format!("t-q{i}");
+        op.publish(
+            "mesh/ota/request/upload_piece",
+            send("upload_piece", &t, piece(&id2, i)),
+        )
+        .await;
+        assert_eq!(reply(&op, &t).await["ok"], true);
+    }
+    op.publish(
+        "mesh/ota/request/upload_commit",
+        send("upload_commit", "t-c", json!({"upload": id2})),
+    )
+    .await;
+    let r = reply(&op, "t-c").await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["version"], "1.7.0", "{r}");
+    gw.stop().await;
 }

@@ -350,3 +350,128 @@ fn schema_checks_catch_mistakes() {
         assert!(check_payload(what, &v).is_err(), "{what} not caught");
     }
 }
+
+/// Stores a signed `version` artefact for (sensor, esp32) as an upload would; its id.
+async fn store_artefact(gw: &Gw, version: &str) -> String {
+    use meshfleet_firmware::{keys, pack, PackOptions, Version};
+    use sha2::Digest as _;
+    let key = keys::keygen(&mut rand_core::OsRng);
+    let image: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let mut opts = PackOptions::new("sensor", "esp32", Version::parse(version).unwrap());
+    opts.signing_key = Some(&key);
+    let a = pack(&image, opts).unwrap();
+    let bytes = a.to_bytes();
+    let m = a.manifest();
+    let id: String = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let info = meshfleet_gateway::model::ArtefactInfo {
+        id: id.clone(),
+        role: m.role.clone(),
+        hardware: m.hardware.clone(),
+        version: m.version.to_string(),
+        size: bytes.len() as u64,
+        image_size: m.size,
+        image_sha256: m.sha256.to_string(),
+        key_id: keys::key_id(&key.verifying_key()).to_string(),
+        uploaded_at: meshfleet_gateway::now_millis(),
+        uploaded_by: "test".into(),
+    };
+    gw.shared().stores.artefacts.put(info, bytes).await.unwrap();
+    id
+}
+
+/// A node that says no role or hardware in telemetry (no `--telemetry-to`, or a stock
+/// node): once a campaign has updated it, Home Assistant's device entry names its hardware
+/// and its `update` entity offers the newest stored firmware for the campaign artefact's
+/// role and hardware. Before, the model is the generic one and `latest_version` is the
+/// installed one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_telemetry_gets_its_role_and_hardware_from_what_the_gateway_knows() {
+    let (_d, dir) = tempdir();
+    let Some(broker) = Broker::start(&dir) else {
+        return;
+    };
+    let now = meshfleet_gateway::now_millis();
+    let mut ns = nodes(2, now);
+    ns[1].role = None;
+    ns[1].hardware = None;
+    seed_nodes(&dir, ns);
+    let obs = Observer::connect(
+        broker.port,
+        "ha-obs",
+        "observer",
+        &["homeassistant/device/1001/config", "mesh/node/1001/#"],
+        true,
+    )
+    .await;
+    let mut cfg = mqtt_config(&broker);
+    cfg.homeassistant.enabled = true;
+    let gw = Gw::start(&dir, cfg).await;
+    let config = "homeassistant/device/1001/config";
+    let m = obs
+        .wait("1001's config and update state", 10, |m| {
+            m.iter().any(|x| x.topic == config)
+                && m.iter().any(|x| x.topic == "mesh/node/1001/update")
+        })
+        .await;
+    let first = m.iter().find(|x| x.topic == config).unwrap().json();
+    assert_eq!(first["dev"]["model"], "painlessMesh node", "{first}");
+    let u = m
+        .iter()
+        .rfind(|x| x.topic == "mesh/node/1001/update")
+        .unwrap()
+        .json();
+    assert_eq!(u["latest_version"], "1.4.1", "nothing known yet: {u}");
+
+    // A campaign of 1.4.1 (sensor, esp32) for it: it reports 1.4.1, so it SUCCEEDED. Then
+    // 2.0.0 for (sensor, esp32) is stored.
+    let a = store_artefact(&gw, "1.4.1").await;
+    let c = gw
+        .shared()
+        .campaigns
+        .create(
+            meshfleet_gateway::campaign::CampaignSpec {
+                artefact: a,
+                targets: meshfleet_gateway::campaign::Targets::Nodes(vec![1001]),
+                strategy: meshfleet_gateway::campaign::CampaignStrategy::Auto,
+                name: None,
+                start: true,
+                start_at: None,
+                window: None,
+            },
+            "test",
+        )
+        .await
+        .unwrap();
+    store_artefact(&gw, "2.0.0").await;
+    let m = obs
+        .wait(
+            "1001 announced again with its hardware, 2.0.0 offered",
+            15,
+            |m| {
+                m.iter()
+                    .any(|x| x.topic == config && x.json()["dev"]["model"] == "esp32")
+                    && m.iter().any(|x| {
+                        x.topic == "mesh/node/1001/update" && x.json()["latest_version"] == "2.0.0"
+                    })
+            },
+        )
+        .await;
+    let again = m.iter().rfind(|x| x.topic == config).unwrap().json();
+    check_payload("1001", &again).unwrap();
+    let state = m
+        .iter()
+        .rfind(|x| x.topic == "mesh/node/1001")
+        .unwrap()
+        .json();
+    assert_eq!(state["role"], "sensor", "{state}");
+    assert_eq!(
+        gw.shared().campaigns.get(&c.id).await.unwrap().nodes[0].state,
+        meshfleet_gateway::campaign::NodeState::Succeeded
+    );
+    // The registry itself is unchanged: a rollout still counts it as a stock node.
+    assert_eq!(gw.shared().registry.get(1001).unwrap().role, None);
+    gw.stop().await;
+}

@@ -67,6 +67,36 @@ fn received(events: &[RuntimeEvent]) -> Vec<(NodeId, String, MessageKind)> {
         .collect()
 }
 
+/// What `rx` receives until every one of `markers` has arrived, markers left out.
+async fn received_until(
+    rx: &mut tokio::sync::broadcast::Receiver<RuntimeEvent>,
+    markers: &[&str],
+) -> Vec<(NodeId, String, MessageKind)> {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut left: Vec<&str> = markers.to_vec();
+    let mut other = Vec::new();
+    let wait = async {
+        while !left.is_empty() {
+            match rx.recv().await {
+                Ok(RuntimeEvent::Received { from, msg, kind }) => {
+                    match left.iter().position(|m| *m == msg) {
+                        Some(i) => {
+                            left.remove(i);
+                        }
+                        None => other.push((from, msg, kind)),
+                    }
+                }
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => panic!("runtime stopped while draining"),
+            }
+        }
+    };
+    if tokio::time::timeout(TIMEOUT, wait).await.is_err() {
+        panic!("markers {markers:?} did not all arrive within {TIMEOUT:?}");
+    }
+    other
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_in_a_chain_route_single_and_flood_broadcast_once() {
     let (mut a, mut b, mut c) = chain().await;
@@ -104,19 +134,40 @@ async fn three_in_a_chain_route_single_and_flood_broadcast_once() {
     next_event(&mut b.events, "B to get the broadcast", TIMEOUT, bcast).await;
     next_event(&mut c.events, "C to get the broadcast", TIMEOUT, bcast).await;
 
-    // Give duplicates or echoes time to show up, then check there were none.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // No duplicates or echoes: drain to idle instead of sleeping. Every node broadcasts a
+    // marker; frames on a link arrive in order, so a duplicate or echo made before a marker
+    // was sent arrives before it. Once a node has every other node's marker, nothing else
+    // may have reached it.
     assert_eq!(received(&buffered(&mut a.events)), []);
     assert_eq!(received(&buffered(&mut c.events)), []);
     let b_got = received(&buffered(&mut b.events));
     assert_eq!(b_got, [], "B relayed the singles without delivering them");
+    for (p, m) in [(&a, "drain A"), (&b, "drain B"), (&c, "drain C")] {
+        p.mesh.broadcast(m).await.unwrap();
+    }
+    assert_eq!(
+        received_until(&mut a.events, &["drain B", "drain C"]).await,
+        []
+    );
+    assert_eq!(
+        received_until(&mut c.events, &["drain A", "drain B"]).await,
+        []
+    );
+    assert_eq!(
+        received_until(&mut b.events, &["drain A", "drain C"]).await,
+        [],
+        "B relayed the singles without delivering them"
+    );
     let stats = b.mesh.stats().await.unwrap();
     assert!(
         stats.node.forwarded >= 3,
         "B forwarded {}",
         stats.node.forwarded
     );
-    assert_eq!(stats.node.app_received, 1, "B got only the broadcast");
+    assert_eq!(
+        stats.node.app_received, 3,
+        "B got only the broadcast and the two markers"
+    );
 
     // SINGLE to an unknown node fails like the library's sendSingle returning false.
     assert_eq!(

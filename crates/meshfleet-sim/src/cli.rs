@@ -5,6 +5,7 @@ use std::time::Instant as WallClock;
 
 use meshfleet_mesh::Duration;
 
+use crate::air::AirLog;
 use crate::file::{load_scenario, ScenarioError};
 use crate::metrics::SimReport;
 use crate::ota::{synthetic_image, OtaCampaign, OtaStrategy, OtaWorkload};
@@ -85,14 +86,17 @@ pub fn run_scenario(
     for w in &mut workloads {
         scenario = w.attach(scenario);
     }
+    let interval = scenario.sample_interval;
     let mut sim = Simulation::try_new(scenario)?;
     for w in &mut workloads {
         w.install(&mut sim);
     }
+    let air = AirLog::install(&mut sim, interval);
     sim.set_progress(progress);
     let end = sim.end();
     crate::workload::drive(&mut sim, &mut workloads, end);
     let mut report = sim.run();
+    report.air_by_class = air.borrow().per_sample(report.series.len());
     for w in &mut workloads {
         w.finish(&sim, &mut report);
     }

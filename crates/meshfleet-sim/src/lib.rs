@@ -68,6 +68,7 @@
 //! assert_eq!(report.app.duplicates, 0);
 //! ```
 
+mod air;
 mod cli;
 mod clock;
 mod file;
@@ -82,9 +83,11 @@ mod sim;
 mod store;
 mod svg;
 pub mod telemetry;
+mod text;
 mod topology;
 pub mod workload;
 
+pub use air::{ClassBytes, TrafficClass};
 pub use cli::{demo_scenario, run_scenario, run_scenario_file, RunError};
 pub use file::{load_scenario, parse_scenario, Located, ScenarioError};
 pub use meshfleet_channel::{ChannelModel, LinkChange, LinkParams};
@@ -99,5 +102,6 @@ pub use scenario::{
 };
 pub use sim::{FrameTrace, Simulation};
 pub use store::PersistentStore;
+pub use text::{describe_scenario, explain_report};
 pub use topology::{Topology, ESP32_MAX_CONN, ESP8266_MAX_CONN};
 pub use workload::{TableError, Workload, WorkloadSpec, WorkloadTable};

@@ -400,6 +400,11 @@ pub struct SimReport {
     /// Every delivery latency in µs, sorted (for the CDF plot).
     #[serde(skip)]
     pub latencies_us: Vec<u64>,
+    /// Bytes on the air by traffic class, one entry per sample of `series` (filled in by
+    /// `run_scenario`; empty when the simulation was driven from code). Not in
+    /// `summary.json`: written to `timeseries.csv` and plotted.
+    #[serde(skip)]
+    pub air_by_class: Vec<crate::air::ClassBytes>,
     /// The OTA campaign's results, if the scenario ran one (`run_scenario` fills it in).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ota: Option<crate::ota::OtaReport>,

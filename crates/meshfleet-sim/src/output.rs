@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::air::TrafficClass;
 use crate::metrics::SimReport;
-use crate::svg::{bar_chart, line_chart};
+use crate::svg::{bar_chart, panels, Chart, Series};
 
 /// Wall-clock facts about a run: kept out of `summary.json` so that it stays a pure
 /// function of the scenario and seed.
@@ -68,7 +69,9 @@ fn write(dir: &Path, name: &str, contents: &str) -> Result<(), WriteError> {
 /// * `run.json`: wall time, speed, peak memory,
 /// * `timeseries.csv`: one row per sample,
 /// * `nodes.csv`, `links.csv`: per-node and per-link tables,
-/// * `delivered.svg`, `bytes_on_air.svg`, `bytes_per_node.svg`, `latency_cdf.svg`.
+/// * plots (each only when it has data): `delivered.svg` (sent and delivered on separate
+///   axes), `bytes_on_air.svg` (by traffic class), `convergence.svg`, `time_sync.svg`,
+///   `bytes_per_node.svg`, `latency_cdf.svg` (log axis).
 pub fn write_outputs(report: &SimReport, run: &RunInfo, dir: &Path) -> Result<(), WriteError> {
     std::fs::create_dir_all(dir).map_err(|source| WriteError {
         path: dir.to_path_buf(),
@@ -94,12 +97,14 @@ fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
 /// The time series as CSV.
 pub(crate) fn timeseries_csv(r: &SimReport) -> String {
     let mut s = String::from(
-        "t_s,app_sent,app_delivered,frames_on_air,bytes_on_air,drops,nodes_alive,nodes_converged,components,queued_bytes,time_spread_us\n",
+        "t_s,app_sent,app_delivered,frames_on_air,bytes_on_air,drops,nodes_alive,nodes_converged,components,queued_bytes,time_spread_us,bytes_node_sync,bytes_time_sync,bytes_ota,bytes_application\n",
     );
-    for x in &r.series {
+    for (k, x) in r.series.iter().enumerate() {
+        // Empty when the run was not driven by `run_scenario` (no class log).
+        let class = |f: fn(&crate::ClassBytes) -> u64| opt(r.air_by_class.get(k).map(f));
         let _ = writeln!(
             s,
-            "{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             x.t_s,
             x.app_sent,
             x.app_delivered,
@@ -110,7 +115,11 @@ pub(crate) fn timeseries_csv(r: &SimReport) -> String {
             x.nodes_converged,
             x.components,
             x.queued_bytes,
-            opt(x.time_spread_us)
+            opt(x.time_spread_us),
+            class(|c| c.node_sync),
+            class(|c| c.time_sync),
+            class(|c| c.ota),
+            class(|c| c.application)
         );
     }
     s
@@ -158,6 +167,37 @@ fn links_csv(r: &SimReport) -> String {
     s
 }
 
+/// The run's events as chart markers: formation, convergence, OTA start, timeline events.
+pub(crate) fn markers(r: &SimReport) -> Vec<(f64, String)> {
+    let c = &r.convergence;
+    let mut m = Vec::new();
+    if let Some(t) = c.formation_done_s.filter(|t| *t > 0.0) {
+        m.push((t, "joins done".to_owned()));
+    }
+    if let Some(t) = c.formation_converged_s {
+        m.push((t, "mesh converged".to_owned()));
+    }
+    if let Some(t) = r.ota.as_ref().and_then(|o| o.started_s) {
+        m.push((t, "OTA start".to_owned()));
+    }
+    // One marker per distinct event time (a partition of 20 nodes is one line, not 20).
+    let mut last = f64::NEG_INFINITY;
+    for e in c.after_events.iter().filter(|e| e.cause != "formation") {
+        if e.at_s > last {
+            m.push((e.at_s, e.cause.clone()));
+            last = e.at_s;
+        }
+    }
+    m
+}
+
+fn with_markers(mut c: Chart, m: &[(f64, String)]) -> Chart {
+    for (x, l) in m {
+        c = c.marker(*x, l.clone());
+    }
+    c
+}
+
 fn plots(r: &SimReport) -> Vec<(&'static str, String)> {
     let interval = match r.series.as_slice() {
         [a, b, ..] => b.t_s - a.t_s,
@@ -171,27 +211,138 @@ fn plots(r: &SimReport) -> Vec<(&'static str, String)> {
             .map(|x| (x.t_s, f(x) as f64 / interval))
             .collect()
     };
-    let delivered = line_chart(
-        &format!("{}: application messages", r.scenario),
-        "virtual time (s)",
-        "messages per second",
-        &[
-            ("delivered (all receivers)", per_s(|x| x.app_delivered)),
-            ("sent", per_s(|x| x.app_sent)),
-        ],
+    let marks = markers(r);
+    let t_end = r.virtual_time_s;
+    let mut out = Vec::new();
+    if r.app.sent > 0 {
+        // Sent and delivered differ by the fan-out (a broadcast is one message sent and N-1
+        // deliveries): each on its own axis.
+        let sent = with_markers(
+            Chart::new(
+                format!("{}: application messages sent", r.scenario),
+                "virtual time (s)",
+                "messages sent per second",
+            )
+            .series(Series::new("sent", per_s(|x| x.app_sent)))
+            .x_range(0.0, t_end),
+            &marks,
+        );
+        let delivered = with_markers(
+            Chart::new(
+                format!(
+                    "deliveries ({} of {} expected, {} duplicates)",
+                    r.app.delivered, r.app.expected_deliveries, r.app.duplicates
+                ),
+                "virtual time (s)",
+                "deliveries per second",
+            )
+            .series(Series::new("delivered", per_s(|x| x.app_delivered)))
+            .x_range(0.0, t_end),
+            &marks,
+        );
+        out.push((
+            "delivered.svg",
+            panels(&[sent.render(), delivered.render()]),
+        ));
+    }
+    let air_title = format!(
+        "{}: bytes on air ({:.1} MB in all)",
+        r.scenario,
+        r.bytes_on_air as f64 / 1e6
     );
-    let air = line_chart(
-        &format!("{}: bytes on air", r.scenario),
+    let mut air = Chart::new(
+        air_title,
         "virtual time (s)",
-        "kB per second (all links)",
-        &[(
+        "kB/s put on the air (all links)",
+    )
+    .x_range(0.0, t_end);
+    if r.air_by_class.len() == r.series.len() && !r.series.is_empty() {
+        air = air.stacked();
+        for class in TrafficClass::ALL {
+            let total: u64 = r.air_by_class.iter().map(|c| c.of(class)).sum();
+            let pts = r
+                .series
+                .iter()
+                .zip(&r.air_by_class)
+                .map(|(x, c)| (x.t_s, c.of(class) as f64 / interval / 1e3))
+                .collect();
+            air = air.series(Series::new(
+                format!("{} ({:.1} MB)", class.label(), total as f64 / 1e6),
+                pts,
+            ));
+        }
+    } else {
+        air = air.series(Series::new(
             "bytes on air",
             r.series
                 .iter()
                 .map(|x| (x.t_s, x.bytes_on_air as f64 / interval / 1e3))
                 .collect(),
-        )],
-    );
+        ));
+    }
+    out.push(("bytes_on_air.svg", with_markers(air, &marks).render()));
+    if !r.series.is_empty() {
+        let nodes = with_markers(
+            Chart::new(
+                format!("{}: node-list convergence", r.scenario),
+                "virtual time (s)",
+                "nodes",
+            )
+            .series(Series::new(
+                "running",
+                r.series
+                    .iter()
+                    .map(|x| (x.t_s, f64::from(x.nodes_alive)))
+                    .collect(),
+            ))
+            .series(Series::new(
+                "node list right",
+                r.series
+                    .iter()
+                    .map(|x| (x.t_s, f64::from(x.nodes_converged)))
+                    .collect(),
+            ))
+            .x_range(0.0, t_end),
+            &marks,
+        );
+        let comps = with_markers(
+            Chart::new(
+                "connected components among running nodes",
+                "virtual time (s)",
+                "components",
+            )
+            .series(Series::new(
+                "components",
+                r.series
+                    .iter()
+                    .map(|x| (x.t_s, f64::from(x.components)))
+                    .collect(),
+            ))
+            .integer_y()
+            .x_range(0.0, t_end),
+            &marks,
+        );
+        out.push(("convergence.svg", panels(&[nodes.render(), comps.render()])));
+    }
+    let spread: Vec<(f64, f64)> = r
+        .series
+        .iter()
+        .filter_map(|x| x.time_spread_us.map(|us| (x.t_s, us.max(1) as f64 / 1e3)))
+        .collect();
+    if !spread.is_empty() {
+        let chart = with_markers(
+            Chart::new(
+                format!("{}: mesh-time spread (largest component)", r.scenario),
+                "virtual time (s)",
+                "largest clock difference, ms (log)",
+            )
+            .series(Series::new("spread", spread))
+            .log_y()
+            .x_range(0.0, t_end),
+            &marks,
+        );
+        out.push(("time_sync.svg", chart.render()));
+    }
     let bars: Vec<(String, f64)> = if r.per_node.len() <= 60 {
         r.per_node
             .iter()
@@ -226,37 +377,40 @@ fn plots(r: &SimReport) -> Vec<(&'static str, String)> {
     } else {
         ("kB sent on air (bin centre)", "nodes")
     };
-    let per_node = bar_chart(
-        &format!("{}: bytes on air per node", r.scenario),
-        xl,
-        yl,
-        &bars,
-    );
-    let lat = &r.latencies_us;
-    let step = (lat.len() / 500).max(1);
-    let mut cdf: Vec<(f64, f64)> = lat
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| i % step == 0)
-        .map(|(i, v)| (*v as f64 / 1e3, (i + 1) as f64 / lat.len() as f64))
-        .collect();
-    if let Some(last) = lat.last() {
-        cdf.push((*last as f64 / 1e3, 1.0));
-    }
-    let cdf = line_chart(
-        &format!(
-            "{}: delivery latency CDF ({} deliveries)",
-            r.scenario,
-            lat.len()
+    out.push((
+        "bytes_per_node.svg",
+        bar_chart(
+            &format!("{}: bytes on air per node", r.scenario),
+            xl,
+            yl,
+            &bars,
         ),
-        "latency (ms)",
-        "fraction of deliveries",
-        &[("latency", cdf)],
-    );
-    vec![
-        ("delivered.svg", delivered),
-        ("bytes_on_air.svg", air),
-        ("bytes_per_node.svg", per_node),
-        ("latency_cdf.svg", cdf),
-    ]
+    ));
+    let lat = &r.latencies_us;
+    if !lat.is_empty() {
+        let step = (lat.len() / 500).max(1);
+        let mut cdf: Vec<(f64, f64)> = lat
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % step == 0)
+            .map(|(i, v)| ((*v).max(1) as f64 / 1e3, (i + 1) as f64 / lat.len() as f64))
+            .collect();
+        if let Some(last) = lat.last() {
+            cdf.push(((*last).max(1) as f64 / 1e3, 1.0));
+        }
+        let chart = Chart::new(
+            format!(
+                "{}: delivery latency CDF ({} deliveries)",
+                r.scenario,
+                lat.len()
+            ),
+            "latency (ms, log scale)",
+            "fraction of deliveries",
+        )
+        .series(Series::new("latency", cdf))
+        .y_max(1.0)
+        .log_x();
+        out.push(("latency_cdf.svg", chart.render()));
+    }
+    out
 }

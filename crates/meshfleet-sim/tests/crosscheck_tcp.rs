@@ -118,9 +118,15 @@ fn record(pending: &mut Vec<u8>, bytes: &[u8], key: (u32, u32), trace: &Mutex<Tr
     }
 }
 
+/// The real chain on tokio's paused clock: the sleeps and the runtime's timers (node sync
+/// every 10 s, time sync) advance virtual time the moment every task waits, so the 14 s
+/// take as long as the frames need, and the trace does not depend on the machine's load.
+/// The sockets are real loopback TCP: data written to one end is readable at the other
+/// before the clock may advance (the I/O driver is polled first).
 fn tcp_trace() -> Trace {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .start_paused(true)
         .build()
         .unwrap();
     rt.block_on(async {
@@ -178,10 +184,10 @@ fn three_chain_puts_the_same_frames_on_each_link_in_the_simulator_and_over_tcp()
             s[l].len(),
             sim[l].len()
         );
-        // The real run's clock is the machine's: on a loaded machine the last periodic node
-        // sync (10 s after an accept) can fall just inside or just outside the 14 s window
-        // on one side only. So the sequences must agree frame for frame as far as both go,
-        // and may differ by that one trailing frame at most.
+        // The sequences must agree frame for frame as far as both go, and may differ by one
+        // trailing frame: the last periodic node sync (10 s after an accept) can fall just
+        // inside the 14 s window on one side and just outside on the other, as the real
+        // chain's joins are not exactly 1 s apart (each waits for its listener).
         let n = s[l].len().min(t[l].len());
         assert!(
             n >= 2,

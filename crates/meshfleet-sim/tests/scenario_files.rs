@@ -43,6 +43,8 @@ fn three_chain_runs_from_its_file_and_writes_deterministic_outputs() {
         "bytes_on_air.svg",
         "bytes_per_node.svg",
         "latency_cdf.svg",
+        "convergence.svg",
+        "time_sync.svg",
     ] {
         assert!(a.join(f).is_file(), "{f} written");
     }
@@ -61,8 +63,34 @@ fn three_chain_runs_from_its_file_and_writes_deterministic_outputs() {
     let csv = read(&a.join("timeseries.csv"));
     assert!(csv.starts_with("t_s,app_sent,app_delivered,"));
     assert_eq!(csv.lines().count(), 181);
+    // The class columns add up to the bytes on air of the whole run.
+    let cols: Vec<Vec<u64>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(|v| v.parse().unwrap_or(0)).collect())
+        .collect();
+    let on_air: u64 = cols.iter().map(|c| c[4]).sum();
+    let by_class: u64 = cols.iter().map(|c| c[11..15].iter().sum::<u64>()).sum();
+    assert!(
+        by_class > 0
+            && csv
+                .lines()
+                .next()
+                .is_some_and(|h| h.ends_with(",bytes_application"))
+    );
+    assert_eq!(
+        by_class, on_air,
+        "node sync + time sync + OTA + application = all"
+    );
     let svg = read(&a.join("latency_cdf.svg"));
-    assert!(svg.starts_with("<svg") && svg.contains("latency (ms)"));
+    assert!(svg.starts_with("<svg") && svg.contains("latency (ms, log scale)"));
+    // Bytes on air are split by traffic class, each with its total in the legend.
+    let air = read(&a.join("bytes_on_air.svg"));
+    for class in ["node sync (", "time sync (", "application ("] {
+        assert!(air.contains(class), "{class} in bytes_on_air.svg");
+    }
+    // Sent and delivered are on separate axes (two panels).
+    assert_eq!(read(&a.join("delivered.svg")).matches("<svg").count(), 3);
     let other = run_scenario_file(&path, Some(2), None, |_| {}).expect("runs");
     assert_ne!(other.to_json(), r.to_json());
 }
@@ -402,4 +430,22 @@ fn geometric_channel_needs_positions() {
     ));
     assert_eq!((l, f.as_deref()), (6, Some("channel.model")));
     assert!(m.contains("needs node positions"), "{m}");
+}
+
+#[test]
+fn plots_without_data_are_not_written() {
+    // No application traffic: no "0 sent" plot and no empty latency CDF.
+    let scenario = meshfleet_sim::Scenario::new(meshfleet_sim::Topology::Line {
+        nodes: 3,
+        spacing_m: 30.0,
+    })
+    .duration(meshfleet_mesh::Duration::from_secs(20));
+    let dir = tempfile::tempdir().expect("tempdir");
+    meshfleet_sim::run_scenario(scenario, Some(dir.path()), |_| {}).expect("runs");
+    for f in ["delivered.svg", "latency_cdf.svg"] {
+        assert!(!dir.path().join(f).exists(), "{f} written without traffic");
+    }
+    for f in ["bytes_on_air.svg", "convergence.svg", "time_sync.svg"] {
+        assert!(dir.path().join(f).is_file(), "{f} missing");
+    }
 }

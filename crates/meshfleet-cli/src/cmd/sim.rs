@@ -6,7 +6,10 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
-use meshfleet_sim::{demo_scenario, run_scenario, run_scenario_file, RunError, SimReport};
+use meshfleet_sim::{
+    demo_scenario, describe_scenario, explain_report, load_scenario, run_scenario, RunError,
+    SimReport,
+};
 
 use crate::context::{outln, usage, Context};
 
@@ -72,18 +75,19 @@ pub(crate) fn run(args: Args, _ctx: &Context) -> anyhow::Result<()> {
     };
     let b = bar.clone();
     let progress = move |f: f64| b.set_position((f.clamp(0.0, 1.0) * 1000.0) as u64);
-    let started = std::time::Instant::now();
-    let result = match (&args.scenario, args.demo) {
-        (_, true) => {
-            let mut s = demo_scenario();
-            if let Some(seed) = args.seed {
-                s = s.seed(seed);
-            }
-            run_scenario(s, args.out.as_deref(), progress)
-        }
-        (Some(path), false) => run_scenario_file(path, args.seed, args.out.as_deref(), progress),
+    let scenario = match (&args.scenario, args.demo) {
+        (_, true) => demo_scenario(),
+        (Some(path), false) => load_scenario(path).map_err(|e| usage(e.to_string()))?,
         (None, false) => return Err(usage("give a scenario file or --demo")),
     };
+    let scenario = match args.seed {
+        Some(seed) => scenario.seed(seed),
+        None => scenario,
+    };
+    let drift_ppm = scenario.clock.drift_ppm;
+    let description = describe_scenario(&scenario);
+    let started = std::time::Instant::now();
+    let result = run_scenario(scenario, args.out.as_deref(), progress);
     bar.finish_and_clear();
     let report = result.map_err(|e| match e {
         // A bad scenario is the user's input: exit status 2, with the line and field.
@@ -93,7 +97,7 @@ pub(crate) fn run(args: Args, _ctx: &Context) -> anyhow::Result<()> {
     if args.json {
         outln!("{}", serde_json::to_string(&report).context("cannot serialize the report")?);
     } else {
-        print_report(&report, started.elapsed().as_secs_f64())?;
+        print_report(&description, &report, drift_ppm, started.elapsed().as_secs_f64())?;
         if let Some(dir) = &args.out {
             outln!("outputs: {}", dir.display());
         }
@@ -101,72 +105,25 @@ pub(crate) fn run(args: Args, _ctx: &Context) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn opt_s(v: Option<f64>) -> String {
-    v.map_or_else(|| "never".to_owned(), |s| format!("{s:.1} s"))
-}
-
-fn print_report(r: &SimReport, wall_s: f64) -> anyhow::Result<()> {
+fn print_report(
+    description: &[String],
+    r: &SimReport,
+    drift_ppm: f64,
+    wall_s: f64,
+) -> anyhow::Result<()> {
+    outln!("What was simulated");
+    for line in description {
+        outln!("  {line}");
+    }
     outln!(
-        "{}: {} nodes, {} topology, {} channel, seed {}",
-        r.scenario, r.nodes, r.topology, r.channel, r.seed
-    );
-    outln!(
-        "simulated {:.0} virtual s in {wall_s:.1} s wall ({:.0}x), {} events",
+        "  ran {:.0} virtual s in {wall_s:.1} s of wall time ({:.1}x real time), {} events",
         r.virtual_time_s,
         r.virtual_time_s / wall_s.max(1e-9),
         r.events_processed
     );
-    outln!(
-        "mesh formed: joins done {}, node lists converged {}; converged at end: {} ({} component(s))",
-        opt_s(r.convergence.formation_done_s),
-        opt_s(r.convergence.formation_converged_s),
-        r.convergence.converged_at_end,
-        r.convergence.components_at_end
-    );
-    outln!(
-        "time sync: spread at end {}, below 1 ms from {}",
-        r.time_sync.final_spread_us.map_or_else(|| "n/a".to_owned(), |us| format!("{us} us")),
-        opt_s(r.time_sync.below_1ms_from_s)
-    );
-    outln!(
-        "air: {} frames, {:.1} MB",
-        r.frames_on_air,
-        r.bytes_on_air as f64 / 1e6
-    );
-    outln!(
-        "app messages: {} sent, {}/{} deliveries ({:.1}%), {} duplicates",
-        r.app.sent,
-        r.app.delivered,
-        r.app.expected_deliveries,
-        100.0 * r.app.delivery_ratio,
-        r.app.duplicates
-    );
-    if let Some(o) = &r.ota {
-        outln!(
-            "ota ({}): {}/{} nodes updated, makespan {}, {:.1} MB of OTA frames on air ({:.2}x (N-1) x payload), source sent {:.1} KB",
-            o.strategy,
-            o.updated,
-            o.receivers,
-            o.makespan_s.map_or_else(|| "n/a (not all updated)".to_owned(), |s| format!("{s:.1} s")),
-            o.ota_bytes_on_air as f64 / 1e6,
-            o.ota_bytes_on_air as f64 / (f64::from(o.receivers.max(1)) * o.payload_bytes.max(1) as f64),
-            o.source_ota_bytes as f64 / 1e3,
-        );
-        outln!(
-            "     image {} KB -> payload {} KB; ends: {} new, {} old, {} broken; makespan / lower bound: {} (mean-value), {} (with stall propagation)",
-            o.image_bytes / 1024,
-            o.payload_bytes / 1024,
-            o.final_new,
-            o.final_old,
-            o.final_broken,
-            o.ratio_to_bound.map_or_else(|| "n/a".to_owned(), |x| format!("{x:.2}x")),
-            o.ratio_to_combined_bound
-                .map_or_else(|| "n/a".to_owned(), |x| format!("{x:.2}x")),
-        );
-    }
-    if !r.drops.is_empty() {
-        let drops: Vec<String> = r.drops.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        outln!("drops: {}", drops.join(", "));
+    outln!("Results");
+    for line in explain_report(r, drift_ppm) {
+        outln!("  {line}");
     }
     Ok(())
 }

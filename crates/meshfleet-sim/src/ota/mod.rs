@@ -74,7 +74,7 @@ pub use campaign::OtaCampaign;
 pub use image::synthetic_image;
 pub use meshfleet_channel::expected_frame_cost;
 pub use report::{FinalImage, OtaCounters, OtaNodeReport, OtaReport};
-pub use run::{frame_type, OtaRun, OtaWorkload};
+pub use run::{frame_type, progress_plot, OtaRun, OtaWorkload};
 
 /// Version of the firmware every receiver runs before the campaign.
 pub const OLD_VERSION: &str = "1.0.0";

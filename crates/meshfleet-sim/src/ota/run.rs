@@ -15,6 +15,7 @@ use super::report::{final_image, meshfleet_memory, stock_memory};
 use super::{secs, secs_at, FinalImage, OtaCampaign, OtaNodeReport, OtaReport, OtaStrategy};
 use crate::scenario::Scenario;
 use crate::sim::{FrameTrace, Simulation};
+use crate::svg::{Chart, Series};
 
 /// What the frame trace counts.
 #[derive(Default)]
@@ -62,6 +63,8 @@ pub fn frame_type(frame: &[u8]) -> Option<i64> {
 pub struct OtaWorkload {
     campaign: OtaCampaign,
     run: Option<OtaRun>,
+    /// The report `finish` made, for the plots.
+    last: Option<OtaReport>,
 }
 
 impl OtaWorkload {
@@ -70,6 +73,7 @@ impl OtaWorkload {
         Self {
             campaign,
             run: None,
+            last: None,
         }
     }
 }
@@ -100,7 +104,81 @@ impl crate::workload::Workload for OtaWorkload {
 
     fn finish(&mut self, sim: &Simulation, report: &mut crate::SimReport) {
         report.ota = self.run.as_ref().map(|r| r.report(sim));
+        self.last.clone_from(&report.ota);
     }
+
+    fn plots(&self) -> Vec<(String, String)> {
+        self.last
+            .as_ref()
+            .and_then(|o| progress_plot(std::slice::from_ref(o)))
+            .map(|svg| vec![("ota_progress.svg".to_owned(), svg)])
+            .unwrap_or_default()
+    }
+}
+
+/// Receivers updated over time since each campaign's start, one step curve per report (say,
+/// one per strategy on the same scenario), the number of receivers dashed and the first
+/// report's lower bounds as markers; `None` if no campaign started. `run_scenario` writes it
+/// for its campaign as `ota_progress.svg`.
+pub fn progress_plot(reports: &[OtaReport]) -> Option<String> {
+    let started: Vec<&OtaReport> = reports.iter().filter(|o| o.started_s.is_some()).collect();
+    let first = *started.first()?;
+    let mut end = 0.0f64;
+    let mut curves = Vec::new();
+    for o in &started {
+        let mut times: Vec<f64> = o
+            .per_node
+            .iter()
+            .filter_map(|n| n.updated_after_s)
+            .collect();
+        times.sort_by(f64::total_cmp);
+        let mut pts = vec![(0.0, 0.0)];
+        for (k, t) in times.iter().enumerate() {
+            // A step: k receivers until t, k + 1 from t.
+            pts.push((*t, k as f64));
+            pts.push((*t, (k + 1) as f64));
+        }
+        let observed = o.observed_s.unwrap_or(0.0);
+        // Once everyone is updated, the rest of the run is a flat line: show the campaign
+        // and its bounds, with a quarter more for context.
+        let this_end = match (o.makespan_s, &o.lower_bound) {
+            (Some(m), Some(b)) => (m.max(b.combined_bound_s) * 1.25).min(observed),
+            (Some(m), None) => (m * 1.25).min(observed),
+            _ => observed,
+        };
+        end = end.max(this_end);
+        curves.push((o.strategy.clone(), pts, times.len()));
+    }
+    let title = match started.as_slice() {
+        [o] => format!(
+            "OTA ({}): {} of {} receivers updated",
+            o.strategy, o.updated, o.receivers
+        ),
+        _ => format!("OTA progress: {} receivers", first.receivers),
+    };
+    let mut c = Chart::new(
+        title,
+        "seconds since the campaign started",
+        "receivers holding the new image",
+    );
+    for (name, mut pts, n) in curves {
+        pts.push((end, n as f64));
+        c = c.series(Series::new(name, pts));
+    }
+    let all = f64::from(first.receivers);
+    c = c
+        .series(Series::new("all receivers", vec![(0.0, all), (end, all)]).dashed())
+        .x_range(0.0, end.max(1e-3));
+    if let Some(b) = &first.lower_bound {
+        c = c.marker(b.bound_s, format!("mean-value bound {:.1} s", b.bound_s));
+        if b.combined_bound_s > b.bound_s {
+            c = c.marker(
+                b.combined_bound_s,
+                format!("with stall propagation {:.1} s", b.combined_bound_s),
+            );
+        }
+    }
+    Some(c.render())
 }
 
 /// Observes one run of a scenario equipped by [`OtaCampaign::attach`].
@@ -114,8 +192,8 @@ pub struct OtaRun {
 }
 
 impl OtaRun {
-    /// Installs the frame trace and the event hook that measure the campaign (replacing
-    /// any set before). Call before running.
+    /// Installs the frame trace and the event hook that measure the campaign (traces and
+    /// hooks add up to those set before). Call before running.
     pub fn install(&self, sim: &mut Simulation) {
         let air = self.air.clone();
         sim.set_frame_trace(move |f: &FrameTrace<'_>| {

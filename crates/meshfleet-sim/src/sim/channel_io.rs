@@ -189,8 +189,8 @@ impl Simulation {
             ls.frames[d as usize] += 1;
             ls.bytes[d as usize] += len as u64;
             ls.retransmissions += u64::from(cost.retransmissions);
-            if let Some(tr) = &mut self.trace {
-                tr(&FrameTrace {
+            if !self.traces.is_empty() {
+                let f = FrameTrace {
                     start: now,
                     arrival,
                     from: self.slots[from].id,
@@ -201,7 +201,10 @@ impl Simulation {
                     airtime: cost.airtime,
                     priority,
                     retransmissions: cost.retransmissions,
-                });
+                };
+                for tr in &mut self.traces {
+                    tr(&f);
+                }
             }
             let backlog = dir.queued_bytes;
             dir.in_flight = Some((frame, arrival));

@@ -229,7 +229,7 @@ pub struct Simulation {
     // Hooks.
     progress: Option<ProgressFn>,
     next_progress: Instant,
-    trace: Option<TraceFn>,
+    traces: Vec<TraceFn>,
     event_hooks: Vec<EventHookFn>,
     plugin_sink: Option<PluginSinkFn>,
     // Scratch buffers reused across inputs.
@@ -437,7 +437,7 @@ impl Simulation {
             series: Vec::new(),
             progress: None,
             next_progress: Instant::ZERO,
-            trace: None,
+            traces: Vec::new(),
             event_hooks: Vec::new(),
             plugin_sink: None,
             scratch_tx: Vec::new(),
@@ -469,9 +469,11 @@ impl Simulation {
         self.progress = Some(Box::new(f));
     }
 
-    /// Calls `f` for every frame put on the air.
+    /// Calls `f` for every frame put on the air. Traces add up (the OTA workload counts its
+    /// frames, the readable report splits the air by traffic class) and run in the order
+    /// they were set.
     pub fn set_frame_trace(&mut self, f: impl FnMut(&FrameTrace<'_>) + 'static) {
-        self.trace = Some(Box::new(f));
+        self.traces.push(Box::new(f));
     }
 
     /// Calls `f` for every event a node emits (global time, node id, event), before the

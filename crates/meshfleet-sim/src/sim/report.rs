@@ -218,6 +218,7 @@ impl Simulation {
             per_link,
             series: self.series.clone(),
             latencies_us: lat,
+            air_by_class: Vec::new(),
             ota: None,
             rollout: None,
             workloads: BTreeMap::new(),

@@ -3,7 +3,7 @@
 //! end to end (fleet and controller together). CPU time is this thread's time on a CPU
 //! (`/proc/thread-self/schedstat`), so other load on the machine does not inflate it.
 //!
-//! `cargo run --release -p meshfleet-rollout --example scale [-- 100 1000 5000]`
+//! `cargo run --release -p meshfleet-rollout --example step_cost [-- 100 1000 5000]`
 #![allow(clippy::unwrap_used, missing_docs)]
 
 #[path = "../tests/common/mod.rs"]
