@@ -27,8 +27,8 @@ pub struct LinkParams {
     /// connection (lwIP `TCP_MAXRTX` = 12).
     pub max_retransmits: u32,
     /// Bytes queued per link direction (frames waiting, not the one on the air) beyond
-    /// which new normal and bulk frames are dropped ("queue_full"). Control frames (node
-    /// sync, time sync) are always queued.
+    /// which new normal and bulk frames are dropped ("queue_full"). Control frames
+    /// (NODE_SYNC_REPLY, TIME_SYNC) are always queued.
     pub queue_cap_bytes: usize,
 }
 

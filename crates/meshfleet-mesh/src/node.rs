@@ -36,15 +36,14 @@ pub struct Transmit {
 /// written), so a class never waits behind a later one. Variants are in sending order.
 ///
 /// The library sends NODE_SYNC_REPLY and TIME_SYNC with high priority and everything else
-/// in one FIFO. meshfleet adds two things, both local (nothing on the wire changes):
-/// its own NODE_SYNC_REQUEST is a control frame too (the peer's node timeout counts from
-/// it, so a request stuck behind bulk data costs the link just as a late reply does), and
-/// bulk transfers (OTA chunks) go last, behind application traffic, so a campaign can
-/// never delay the mesh's own upkeep by more than the frame being written.
+/// (its NODE_SYNC_REQUEST included) in one FIFO. meshfleet adds a third class, local
+/// (nothing on the wire changes): bulk transfers (OTA chunks) go last, behind every other
+/// frame, so a campaign can never delay the mesh's own upkeep by more than the frame being
+/// written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Priority {
-    /// Node sync and time sync: the mesh's upkeep. A driver queues these even when the
-    /// link's queue is full (evicting bulk, then normal frames if it must).
+    /// NODE_SYNC_REPLY and TIME_SYNC: the mesh's upkeep. A driver queues these even when
+    /// the link's queue is full (evicting bulk, then normal frames if it must).
     Control,
     /// Application messages and everything routed through the node.
     Normal,
@@ -1612,8 +1611,10 @@ impl Core {
         // restartDelayed: the timeout counts from the latest request.
         l.set(LinkTimer::NodeTimeout, Some(now + self.config.node_timeout));
         l.sync_timing.pending_since = Some(now);
-        // A control frame (the library queues it as a normal one): see `Priority`.
-        self.push_transmit(link, frame, Priority::Control);
+        // A normal frame, as the library queues it (ahead of bulk OTA data). As a control
+        // frame it made formation storms worse: the 1,000-node random-tree scenario put
+        // 3.6x the bytes on the air and delivered 12% fewer broadcasts.
+        self.push_transmit(link, frame, Priority::Normal);
     }
 
     /// mesh.hpp `startTimeSync` / ntp.hpp `initTimeSync`.

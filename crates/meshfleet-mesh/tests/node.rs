@@ -622,16 +622,16 @@ fn the_wake_reason_names_the_timer_poll_timeout_reports() {
 }
 
 #[test]
-fn node_syncs_are_control_frames_and_their_round_trip_is_timed() {
+fn node_sync_replies_are_control_frames_and_the_round_trip_is_timed() {
     let mut n = Node::new(Config::new(NodeId(5)));
     let link = LinkId(1);
-    // A station sends its first NODE_SYNC_REQUEST at once: a control frame (the library
-    // queues requests as normal frames; see `Priority`).
+    // A station sends its first NODE_SYNC_REQUEST at once: a normal frame, as the library
+    // queues it (ahead of bulk data; see `Priority`).
     n.handle_link_up(Instant::ZERO, link, LinkRole::Station);
     let t = n.poll_transmit().unwrap();
     let v: Value = serde_json::from_slice(&t.frame[..t.frame.len() - 1]).unwrap();
     assert_eq!(v["type"], 5);
-    assert_eq!(t.priority, Priority::Control);
+    assert_eq!(t.priority, Priority::Normal);
     let pending = n.node_sync_timing(link).unwrap();
     assert_eq!(pending.pending_since, Some(Instant::ZERO));
     assert_eq!(pending.answered, 0);

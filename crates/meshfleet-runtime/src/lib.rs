@@ -59,8 +59,8 @@
 //! ([`RuntimeConfig::queue_cap`], default 256 KiB):
 //!
 //! * **Priority.** Three FIFOs, one per [`meshfleet_mesh::Priority`]: control frames (the
-//!   node marks node sync and time sync so, as the library marks NODE_SYNC_REPLY and
-//!   TIME_SYNC high priority) go ahead of queued normal frames, and bulk frames (OTA
+//!   node marks NODE_SYNC_REPLY and TIME_SYNC so, as the library marks them high
+//!   priority) go ahead of queued normal frames, and bulk frames (OTA
 //!   chunks) go only when nothing else waits, so a campaign never delays the mesh's
 //!   upkeep or the application. No frame interrupts one being written: frames are handed
 //!   to the writer whole, in batches of at most 16 KiB (a single larger frame goes alone),

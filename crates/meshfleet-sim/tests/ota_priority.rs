@@ -19,7 +19,7 @@ fn frame_type(frame: &[u8]) -> Option<i64> {
 }
 
 #[test]
-fn chunks_go_as_bulk_and_node_and_time_sync_as_control() {
+fn chunks_go_as_bulk_and_node_and_time_sync_ahead_of_them() {
     let c = OtaCampaign::new(OtaStrategy::Meshfleet, synthetic_image(32 * 1024, 5))
         .expect("packs")
         .start_at(Duration::from_secs(20));
@@ -51,17 +51,24 @@ fn chunks_go_as_bulk_and_node_and_time_sync_as_control() {
         seen.iter().filter(|(q, t)| *q == p && f(*t)).count()
     };
     let binary = |t: Option<i64>| t.is_none();
-    let upkeep = |t: Option<i64>| matches!(t, Some(4..=6));
+    let upkeep = |t: Option<i64>| matches!(t, Some(4 | 6));
+    let request = |t: Option<i64>| t == Some(5);
     // Every binary frame here is an OTA chunk: all bulk, and there were many.
     assert!(count(Priority::Bulk, &binary) > 100);
     assert_eq!(
         count(Priority::Control, &binary) + count(Priority::Normal, &binary),
         0
     );
-    // Time sync (4), node-sync requests (5) and replies (6): all control frames.
+    // Time sync (4) and node-sync replies (6): all control frames; requests (5) normal,
+    // as the library queues them, never bulk.
     assert!(count(Priority::Control, &upkeep) > 10);
     assert_eq!(
         count(Priority::Normal, &upkeep) + count(Priority::Bulk, &upkeep),
+        0
+    );
+    assert!(count(Priority::Normal, &request) > 5);
+    assert_eq!(
+        count(Priority::Control, &request) + count(Priority::Bulk, &request),
         0
     );
 }
