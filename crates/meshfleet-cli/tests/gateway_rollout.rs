@@ -19,7 +19,10 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{args, free_port, gateway_command, get_json, meshfleet, pack, text, wait_until, Proc};
+use common::{
+    free_port, gateway_command, get_json, meshfleet, pack_version, telemetry_ota_node, text,
+    wait_until, Proc,
+};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "rollout-test-token-0123456789";
@@ -66,48 +69,14 @@ fn wait_for(dir: &Path, what: &str, f: impl FnMut() -> bool) {
 }
 
 fn node(dir: &Path, id: u32, mesh: u16) -> Proc {
-    let ota = dir.join(format!("ota-{id}"));
     // The application's start-up: 3.0.0 is a bad build that fails it.
-    let hook = "test \"$MESHFLEET_OTA_VERSION\" != 3.0.0";
-    let a = args(&[
-        "node",
-        "--json",
-        "--node-id",
-        &id.to_string(),
-        "--connect",
-        &format!("127.0.0.1:{mesh}"),
-        "--ota-dir",
-        ota.to_str().unwrap(),
-        "--ota-role",
-        "sensor",
-        "--ota-hardware",
-        "ESP32",
-        "--ota-hook",
-        hook,
-        "--ota-confirm-after",
-        "1",
-        "--status-interval",
-        "1",
-        // The meshfleet telemetry names the node's OTA role: the gateway then knows it as a
-        // meshfleet node (rolled back by the signed command, not by a re-offer).
-        "--telemetry-to",
-        "900",
-        "--telemetry-interval",
-        "2",
-    ]);
-    Proc::spawn(&format!("node {id}"), Some(dir), &a, TIMEOUT)
-}
-
-fn pack_version(d: &Path, version: &str) -> Vec<u8> {
-    let image: Vec<u8> = (0..30_000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 ^ version.len() as u8)
-        .chain(version.bytes())
-        .collect();
-    std::fs::write(d.join("app.bin"), image).unwrap();
-    let out = format!("app-{version}.mfw");
-    let o = pack(d, "app.bin", "ESP32", version, Some("fleet.key"), &out, &[]);
-    assert!(o.status.success(), "{}", text(&o));
-    std::fs::read(d.join(out)).unwrap()
+    telemetry_ota_node(
+        dir,
+        id,
+        mesh,
+        "test \"$MESHFLEET_OTA_VERSION\" != 3.0.0",
+        TIMEOUT,
+    )
 }
 
 fn upload(hp: u16, bytes: &[u8]) -> String {

@@ -24,7 +24,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{
-    args, free_port, gateway_command, get_json, http, meshfleet, pack, text, Killed, Proc,
+    free_port, gateway_command, get_json, http, meshfleet, pack, pack_version, telemetry_ota_node,
+    text, Killed, Proc,
 };
 use meshfleet_mqtt::testbroker::Broker;
 use meshfleet_mqtt::testclient::Observer;
@@ -40,46 +41,7 @@ fn get(port: u16, path: &str) -> Value {
 }
 
 fn node(dir: &Path, id: u32, mesh: u16) -> Proc {
-    let ota = dir.join(format!("ota-{id}"));
-    let a = args(&[
-        "node",
-        "--json",
-        "--node-id",
-        &id.to_string(),
-        "--connect",
-        &format!("127.0.0.1:{mesh}"),
-        "--ota-dir",
-        ota.to_str().unwrap(),
-        "--ota-role",
-        "sensor",
-        "--ota-hardware",
-        "ESP32",
-        "--ota-hook",
-        "true",
-        "--ota-confirm-after",
-        "1",
-        "--status-interval",
-        "1",
-        // The meshfleet telemetry names the node's OTA role: the gateway then knows it as a
-        // meshfleet node (rolled back by the signed command, not by a re-offer).
-        "--telemetry-to",
-        "900",
-        "--telemetry-interval",
-        "2",
-    ]);
-    Proc::spawn(&format!("node {id}"), Some(dir), &a, TIMEOUT)
-}
-
-fn pack_version(d: &Path, version: &str) -> Vec<u8> {
-    let image: Vec<u8> = (0..30_000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 ^ version.len() as u8)
-        .chain(version.bytes())
-        .collect();
-    std::fs::write(d.join("app.bin"), image).unwrap();
-    let out = format!("app-{version}.mfw");
-    let o = pack(d, "app.bin", "ESP32", version, Some("fleet.key"), &out, &[]);
-    assert!(o.status.success(), "{}", text(&o));
-    std::fs::read(d.join(out)).unwrap()
+    telemetry_ota_node(dir, id, mesh, "true", TIMEOUT)
 }
 
 fn upload(hp: u16, bytes: &[u8]) -> String {

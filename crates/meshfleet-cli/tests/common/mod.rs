@@ -466,3 +466,51 @@ pub fn ota_node(
     }
     Proc::spawn(&format!("node {id}"), Some(dir), &a, timeout)
 }
+
+/// A `meshfleet node` for the gateway's rollout and rollback tests: an OTA receiver (role
+/// `sensor`, `ESP32`) whose start-up `hook` decides whether an image is confirmed (after 1 s),
+/// a status package every second, and telemetry to the gateway's node 900 every 2 s, which
+/// names its OTA role: the gateway then knows it as a meshfleet node (rolled back by the
+/// signed command, not by a re-offer).
+pub fn telemetry_ota_node(dir: &Path, id: u32, mesh: u16, hook: &str, timeout: Duration) -> Proc {
+    let ota = dir.join(format!("ota-{id}"));
+    let a = args(&[
+        "node",
+        "--json",
+        "--node-id",
+        &id.to_string(),
+        "--connect",
+        &format!("127.0.0.1:{mesh}"),
+        "--ota-dir",
+        ota.to_str().unwrap(),
+        "--ota-role",
+        "sensor",
+        "--ota-hardware",
+        "ESP32",
+        "--ota-hook",
+        hook,
+        "--ota-confirm-after",
+        "1",
+        "--status-interval",
+        "1",
+        "--telemetry-to",
+        "900",
+        "--telemetry-interval",
+        "2",
+    ]);
+    Proc::spawn(&format!("node {id}"), Some(dir), &a, timeout)
+}
+
+/// Packs a 30 KB ESP32 image (its bytes depend on `version`) as `app-<version>.mfw` in `d`,
+/// signed with `d/fleet.key`, and returns the artefact's bytes.
+pub fn pack_version(d: &Path, version: &str) -> Vec<u8> {
+    let image: Vec<u8> = (0..30_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 ^ version.len() as u8)
+        .chain(version.bytes())
+        .collect();
+    std::fs::write(d.join("app.bin"), image).unwrap();
+    let out = format!("app-{version}.mfw");
+    let o = pack(d, "app.bin", "ESP32", version, Some("fleet.key"), &out, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    std::fs::read(d.join(out)).unwrap()
+}
