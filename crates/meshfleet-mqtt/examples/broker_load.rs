@@ -6,7 +6,7 @@
 //! * publish throughput: QoS 1 outbox messages (alerts) and QoS 0 per-node state,
 //!   end to end (gateway → broker → subscriber).
 //!
-//! `cargo run --release -p meshfleet-mqtt --example bench`
+//! `cargo run --release -p meshfleet-mqtt --example broker_load`
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
