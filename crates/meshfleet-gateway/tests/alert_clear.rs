@@ -68,6 +68,8 @@ async fn an_operator_clears_an_alert_and_a_persisting_condition_does_not_reraise
         f.get("/status/1001").await.status == 200 && f.get("/status/1002").await.status == 200
     })
     .await;
+    joined(&f, &a, 1001).await;
+    joined(&f, &b, 1002).await;
 
     send(&a, report(1001, 5, 100)).await;
     wait_until("the low-memory alert", || async {

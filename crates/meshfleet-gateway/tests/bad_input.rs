@@ -53,10 +53,7 @@ async fn bad_input_table() {
 
     // One real node with one real alert, so "unknown id" cases are not trivially empty.
     let (n, _task) = node(2001, f.mesh_addr).await;
-    wait_until("node online", || async {
-        f.get("/status/2001").await.status == 200
-    })
-    .await;
+    joined(&f, &n, 2001).await;
     n.broadcast(status_text(2001, 5, 0, "1.0.0")).await.unwrap();
     wait_until("alert raised", || async {
         f.get("/alerts").await.json()["alerts"]
@@ -541,10 +538,7 @@ async fn bad_status_packages_are_counted_and_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let f = Fixture::start(dir.path().to_owned(), keygen()).await;
     let (n, _task) = node(3001, f.mesh_addr).await;
-    wait_until("node online", || async {
-        f.get("/status/3001").await.status == 200
-    })
-    .await;
+    joined(&f, &n, 3001).await;
     for bad in [
         r#"{"type":604,"mem":-1}"#.to_owned(),
         r#"{"type":604,"uptime":"long"}"#.to_owned(),

@@ -38,10 +38,7 @@ async fn a_rollout_is_created_and_approved_from_the_page() {
     let mut nodes = Vec::new();
     for id in 7401..=7404u32 {
         let (n, t) = node(id, f.mesh_addr).await;
-        wait_until("node joined", || async {
-            f.get(&format!("/status/{id}")).await.status == 200
-        })
-        .await;
+        joined(&f, &n, id).await;
         n.broadcast(status(id, "1.0.0")).await.unwrap();
         nodes.push((n, t));
     }

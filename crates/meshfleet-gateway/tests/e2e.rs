@@ -48,6 +48,8 @@ async fn nodes_to_gateway_to_rest_and_restart() {
         node_field(&f, 1001, "online").await == true && node_field(&f, 1002, "online").await == true
     })
     .await;
+    joined(&f, &a, 1001).await;
+    joined(&f, &b, 1002).await;
 
     // Node 1002 sends its status as broadcast text (what the library's examples do);
     // node 1001 as a top-level type-604 package (what its documentation shows).

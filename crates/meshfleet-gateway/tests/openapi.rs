@@ -207,10 +207,7 @@ async fn responses_conform_to_the_document() {
 
     // Real data: a node with a report, an alert, an artefact.
     let (n, _t) = node(5001, f.mesh_addr).await;
-    wait_until("node", || async {
-        f.get("/status/5001").await.status == 200
-    })
-    .await;
+    joined(&f, &n, 5001).await;
     n.broadcast(status_text(5001, 8, 3, "3.1.4")).await.unwrap();
     wait_until("history", || async {
         f.get("/nodes/5001/history").await.json()["points"]

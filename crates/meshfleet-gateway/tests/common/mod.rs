@@ -188,6 +188,20 @@ where
     }
 }
 
+/// Waits until the gateway lists node `id` and `n` has learned the gateway's id. The two
+/// happen in that order (the gateway learns the node from its sync request, the node learns
+/// the gateway from the reply), and a node floods a broadcast only to links whose peer it
+/// knows: a status broadcast sent in between reaches nobody, and a test that sends it once
+/// then waits for it times out (openapi.rs did, once, in CI).
+pub async fn joined(f: &Fixture, n: &MeshHandle, id: u32) {
+    let gateway = NodeId(GATEWAY_ID);
+    wait_until("node joined", || async {
+        f.get(&format!("/status/{id}")).await.status == 200
+            && n.nodes().await.is_ok_and(|v| v.contains(&gateway))
+    })
+    .await;
+}
+
 pub fn keygen() -> SigningKey {
     keys::keygen(&mut rand_core::OsRng)
 }
