@@ -18,6 +18,7 @@ extern crate std;
 
 mod config;
 mod event;
+mod frame;
 mod node;
 mod plugin;
 mod rng;
@@ -30,6 +31,7 @@ pub use event::{
     AnyEvent, CloseReason, Delivery, DropReason, Event, LinkRole, Malformed, PluginEvent,
     TimeRefusal, TreeRefusal,
 };
+pub use frame::{SharedFrame, SharedTransmit};
 pub use meshfleet_wire as wire;
 pub use meshfleet_wire::{FlatTree, NodeId, NodeTree};
 pub use node::{binary_tag, Node, NodeSyncTiming, Priority, Transmit, Wake};

@@ -2,6 +2,7 @@
 
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 use meshfleet_wire::{
@@ -13,6 +14,7 @@ use crate::config::Config;
 use crate::event::{
     CloseReason, Delivery, DropReason, Event, LinkRole, Malformed, TimeRefusal, TreeRefusal,
 };
+use crate::frame::{SharedFrame, SharedTransmit};
 use crate::plugin::{AddPluginError, Ctx, MeshChange, Plugin, PluginHandle, SendError};
 use crate::rng::Rng;
 use crate::stats::Stats;
@@ -88,8 +90,9 @@ pub(crate) struct Link {
     /// Digest of the tree we last told this link (request or reply).
     sent_digest: Option<u64>,
     /// `tree` serialized once on receipt: node syncs to our other links embed it as is,
-    /// so a layout change costs a copy per link, not a clone and a re-serialization.
-    tree_json: Vec<u8>,
+    /// shared (a node sync is handed out as pieces, [`SharedFrame`]), so a layout change
+    /// costs a reference per link, not a copy, a clone or a re-serialization.
+    tree_json: Arc<Vec<u8>>,
     /// `tree.digest()`, for [`Core::digest_for`].
     tree_digest: u64,
     /// Where the `subs` array sits in `tree_json`, if the tree has subs: a node sync
@@ -172,7 +175,7 @@ pub(crate) struct Core {
     clock_set: bool,
     /// When the last time step was applied: steps are at least `time_sync_retry` apart.
     last_time_step: Option<Instant>,
-    transmits: VecDeque<Transmit>,
+    transmits: VecDeque<SharedTransmit>,
     pub(crate) events: VecDeque<Event>,
     changes: VecDeque<MeshChange>,
     inbox: VecDeque<(LinkId, Routing, Package)>,
@@ -453,7 +456,7 @@ impl Node {
             time_request: None,
             backlog: 0,
             sent_digest: None,
-            tree_json: Vec::new(),
+            tree_json: Arc::new(Vec::new()),
             tree_digest: 0,
             subs_range: None,
             sync_timing: NodeSyncTiming::default(),
@@ -609,6 +612,19 @@ impl Node {
     /// The next frame to send.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        let t = self.core.transmits.pop_front()?;
+        Some(Transmit {
+            link: t.link,
+            frame: t.frame.into_vec(),
+            priority: t.priority,
+        })
+    }
+
+    /// The next frame to send, its bytes possibly shared with the node's state
+    /// ([`SharedFrame`]): for drivers that hold many frames at once (the simulator). Same
+    /// frames, in the same order, as [`Node::poll_transmit`]; use one or the other.
+    #[must_use]
+    pub fn poll_transmit_shared(&mut self) -> Option<SharedTransmit> {
         self.core.transmits.pop_front()
     }
 
@@ -777,6 +793,16 @@ fn link_tree_json_into(out: &mut Vec<u8>, tree: &FlatTree, subs: &[u8]) -> (usiz
     (start, end)
 }
 
+/// The buffer behind `json` to write a new tree into: its own allocation when no frame
+/// still shares it, else a new one (the frames keep the old text, which is what they send).
+fn unshared(json: &mut Arc<Vec<u8>>) -> &mut Vec<u8> {
+    if Arc::get_mut(json).is_none() {
+        *json = Arc::new(Vec::new());
+    }
+    // Unshared now: `make_mut` does not copy.
+    Arc::make_mut(json)
+}
+
 /// The ids that `added` has and `removed` has not, and the other way round (as multisets).
 ///
 /// A re-read region holds mostly the same ids before and after (the nodes between two
@@ -913,13 +939,16 @@ impl Core {
     }
 
     /// A NODE_SYNC_REQUEST/REPLY frame for `peer`: our tree minus its branch, keys in the
-    /// library's order (`nodeId[,root][,hasTimeAuthority][,subs],type,dest,from`), built from
-    /// the per-link JSON cached at receipt.
-    fn node_sync_frame(&self, ty: i64, peer: NodeId, with_authority: bool) -> Vec<u8> {
+    /// library's order (`nodeId[,root][,hasTimeAuthority][,subs],type,dest,from`), made of
+    /// the per-link JSON kept at receipt (shared, not copied: [`SharedFrame`]).
+    fn node_sync_frame(&self, ty: i64, peer: NodeId, with_authority: bool) -> SharedFrame {
         use core::fmt::Write as _;
         let c = &self.config;
-        let body: usize = self.subs_for(peer).map(|l| l.tree_json.len() + 1).sum();
-        let mut head = alloc::string::String::with_capacity(48);
+        let trees: Vec<Arc<Vec<u8>>> = self
+            .subs_for(peer)
+            .map(|l| Arc::clone(&l.tree_json))
+            .collect();
+        let mut head = alloc::string::String::with_capacity(64);
         let _ = write!(head, "{{\"nodeId\":{}", c.node_id.0);
         if c.root {
             head.push_str(",\"root\":true");
@@ -927,26 +956,17 @@ impl Core {
         if with_authority && c.has_time_authority {
             head.push_str(",\"hasTimeAuthority\":true");
         }
-        let mut out = Vec::with_capacity(head.len() + body + 64);
-        out.extend_from_slice(head.as_bytes());
-        let mut first = true;
-        for l in self.subs_for(peer) {
-            out.extend_from_slice(if first { b",\"subs\":[" } else { b"," });
-            out.extend_from_slice(&l.tree_json);
-            first = false;
-        }
-        if !first {
-            out.push(b']');
-        }
         let mut tail = alloc::string::String::with_capacity(48);
+        if !trees.is_empty() {
+            head.push_str(",\"subs\":[");
+            tail.push(']');
+        }
         let _ = write!(
             tail,
-            ",\"type\":{ty},\"dest\":{},\"from\":{}}}",
+            ",\"type\":{ty},\"dest\":{},\"from\":{}}}\0",
             peer.0, c.node_id.0
         );
-        out.extend_from_slice(tail.as_bytes());
-        out.push(0);
-        out
+        SharedFrame::joined(head.as_bytes(), trees, tail.as_bytes())
     }
 
     pub(crate) fn nodes(&self) -> Vec<NodeId> {
@@ -1004,9 +1024,13 @@ impl Core {
     }
 
     pub(crate) fn push_transmit(&mut self, link: LinkId, frame: Vec<u8>, priority: Priority) {
+        self.push_shared(link, frame.into(), priority);
+    }
+
+    fn push_shared(&mut self, link: LinkId, frame: SharedFrame, priority: Priority) {
         self.stats.frames_out += 1;
         self.stats.bytes_out += frame.len() as u64;
-        self.transmits.push_back(Transmit {
+        self.transmits.push_back(SharedTransmit {
             link,
             frame,
             priority,
@@ -1196,7 +1220,7 @@ impl Core {
             let peer = self.links[idx].peer;
             let frame = self.node_sync_frame(NODE_SYNC_REPLY, peer, false);
             self.links[idx].sent_digest = Some(self.digest_for(peer));
-            self.push_transmit(link, frame, Priority::Control);
+            self.push_shared(link, frame, Priority::Control);
         } else if self.links[idx].peer != NodeId::UNKNOWN {
             // A link whose first tree was refused is not synced: its timeout stays, so
             // a peer that only ever sends refused trees does not keep the link (and
@@ -1299,7 +1323,7 @@ impl Core {
         if ty == NODE_SYNC_REQUEST {
             let frame = self.node_sync_frame(NODE_SYNC_REPLY, peer, false);
             self.links[idx].sent_digest = Some(self.digest_for(peer));
-            self.push_transmit(link, frame, Priority::Control);
+            self.push_shared(link, frame, Priority::Control);
         } else {
             self.links[idx].set(LinkTimer::NodeTimeout, None);
             self.links[idx].sync_timing.answered_at(now);
@@ -1434,10 +1458,11 @@ impl Core {
             let l = &mut self.links[idx];
             match json {
                 TreeJson::Subs(subs) => {
-                    l.subs_range = Some(link_tree_json_into(&mut l.tree_json, &tree, subs));
+                    let buf = unshared(&mut l.tree_json);
+                    l.subs_range = Some(link_tree_json_into(buf, &tree, subs));
                 }
                 TreeJson::Written(json, range) => {
-                    l.tree_json = json;
+                    l.tree_json = Arc::new(json);
                     l.subs_range = range;
                 }
             }
@@ -1614,7 +1639,7 @@ impl Core {
         // A normal frame, as the library queues it (ahead of bulk OTA data). As a control
         // frame it made formation storms worse: the 1,000-node random-tree scenario put
         // 3.6x the bytes on the air and delivered 12% fewer broadcasts.
-        self.push_transmit(link, frame, Priority::Normal);
+        self.push_shared(link, frame, Priority::Normal);
     }
 
     /// mesh.hpp `startTimeSync` / ntp.hpp `initTimeSync`.

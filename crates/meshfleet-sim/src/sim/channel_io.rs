@@ -6,7 +6,7 @@ use super::*;
 impl Simulation {
     // ----- channel ----------------------------------------------------------------------
 
-    pub(super) fn enqueue(&mut self, v: usize, t: Transmit) {
+    pub(super) fn enqueue(&mut self, v: usize, t: SharedTransmit) {
         let Some(l) = self
             .links
             .get_mut(t.link.0 as usize)
@@ -190,6 +190,15 @@ impl Simulation {
             ls.bytes[d as usize] += len as u64;
             ls.retransmissions += u64::from(cost.retransmissions);
             if !self.traces.is_empty() {
+                let mut flat = std::mem::take(&mut self.scratch_frame);
+                flat.clear();
+                let bytes = match frame.as_contiguous() {
+                    Some(b) => b,
+                    None => {
+                        frame.write_to(&mut flat);
+                        &flat
+                    }
+                };
                 let f = FrameTrace {
                     start: now,
                     arrival,
@@ -197,7 +206,7 @@ impl Simulation {
                     to: self.slots[to].id,
                     link,
                     bytes: len,
-                    frame: &frame,
+                    frame: bytes,
                     airtime: cost.airtime,
                     priority,
                     retransmissions: cost.retransmissions,
@@ -205,6 +214,7 @@ impl Simulation {
                 for tr in &mut self.traces {
                     tr(&f);
                 }
+                self.scratch_frame = flat;
             }
             let backlog = dir.queued_bytes;
             dir.in_flight = Some((frame, arrival));
@@ -288,7 +298,7 @@ impl Simulation {
         }
     }
 
-    pub(super) fn deliver(&mut self, link: LinkId, d: u8, frame: Vec<u8>) {
+    pub(super) fn deliver(&mut self, link: LinkId, d: u8, frame: SharedFrame) {
         let Some(l) = self.link(link) else {
             self.drop_frame("link_closed", 1);
             return;
@@ -303,15 +313,26 @@ impl Simulation {
             self.drop_frame("node_down", 1);
             return;
         };
+        // A frame in pieces is laid out once, here, in a buffer reused for every delivery.
+        let mut flat = std::mem::take(&mut self.scratch_frame);
+        let frame = match frame.as_contiguous() {
+            Some(b) => b,
+            None => {
+                flat.clear();
+                frame.write_to(&mut flat);
+                &flat
+            }
+        };
         if frame.first() == Some(&meshfleet_wire::BINARY_FRAME_MARK) {
             // A binary frame (meshfleet OTA chunks) has no NUL: the node's own framer reads
             // its length header. Frames always arrive whole, so the framer starts empty.
-            node.handle_bytes(local, link, &frame);
+            node.handle_bytes(local, link, frame);
         } else {
             // JSON frames carry their NUL on the air; the node takes them pre-framed without it.
-            let body = frame.strip_suffix(&[0]).unwrap_or(&frame);
+            let body = frame.strip_suffix(&[0]).unwrap_or(frame);
             node.handle_frame(local, link, body);
         }
+        self.scratch_frame = flat;
         self.after_input(to);
     }
 }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, VecDeque};
 use meshfleet_channel::{dist, interferers, tx_cost, ChannelModel, LinkChange, LinkParams};
 use meshfleet_mesh::{
     Config, Delivery, Duration, Event, Instant, LinkId, LinkRole, Node, NodeId, PluginEvent,
-    Priority, Rng, Transmit,
+    Priority, Rng, SharedFrame, SharedTransmit,
 };
 
 use crate::clock::LocalClock;
@@ -67,7 +67,7 @@ enum Ev {
     Deliver {
         link: LinkId,
         dir: u8,
-        frame: Vec<u8>,
+        frame: SharedFrame,
     },
     /// TCP gave up on a link.
     TcpReset { link: LinkId },
@@ -94,12 +94,15 @@ enum Ev {
 #[derive(Default)]
 struct Dir {
     /// One FIFO per [`Priority`], in sending order (control, normal, bulk).
-    hi: VecDeque<Vec<u8>>,
-    lo: VecDeque<Vec<u8>>,
-    bulk: VecDeque<Vec<u8>>,
+    /// Frames are held as the node made them: a node sync's trees stay shared with the
+    /// sender's state ([`SharedFrame`]) until the receiver reads the bytes, so the frames
+    /// queued and in flight of a big mesh cost pointers, not copies.
+    hi: VecDeque<SharedFrame>,
+    lo: VecDeque<SharedFrame>,
+    bulk: VecDeque<SharedFrame>,
     queued_bytes: usize,
     /// Frame being sent (or waiting out retransmission timeouts) and its arrival time.
-    in_flight: Option<(Vec<u8>, Instant)>,
+    in_flight: Option<(SharedFrame, Instant)>,
     /// In its transmitter's ready ring.
     ready: bool,
     unit: usize,
@@ -233,7 +236,9 @@ pub struct Simulation {
     event_hooks: Vec<EventHookFn>,
     plugin_sink: Option<PluginSinkFn>,
     // Scratch buffers reused across inputs.
-    scratch_tx: Vec<Transmit>,
+    scratch_tx: Vec<SharedTransmit>,
+    /// A frame in pieces is laid out here for its receiver (and for frame traces).
+    scratch_frame: Vec<u8>,
     scratch_ev: Vec<Event>,
 }
 
@@ -441,6 +446,7 @@ impl Simulation {
             event_hooks: Vec::new(),
             plugin_sink: None,
             scratch_tx: Vec::new(),
+            scratch_frame: Vec::new(),
             scratch_ev: Vec::new(),
         };
         for k in 0..sim.formation_order.len() {
@@ -776,7 +782,7 @@ impl Simulation {
         let mut txs = std::mem::take(&mut self.scratch_tx);
         let mut evs = std::mem::take(&mut self.scratch_ev);
         while let Some(node) = self.slots[v].node.as_mut() {
-            while let Some(t) = node.poll_transmit() {
+            while let Some(t) = node.poll_transmit_shared() {
                 txs.push(t);
             }
             while let Some(e) = node.poll_event() {
