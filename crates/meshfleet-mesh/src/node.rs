@@ -986,33 +986,102 @@ impl Core {
     }
 
     /// Brings the node list up to date after the link at `idx` got a re-read tree: `gone`
-    /// and `came` are the ids its re-read region lost and gained. An id that came is in
-    /// the list (unless it is us or 0); one that went stays if a tree still holds it.
+    /// and `came` (both sorted, as [`id_delta`] makes them) are the ids its re-read region
+    /// lost and gained. An id that came is in the list (unless it is us or 0); one that
+    /// went stays if a tree still holds it.
     fn update_node_list(&mut self, gone: &[NodeId], came: &[NodeId]) {
         let Some(mut list) = self.node_list.take() else {
             return;
         };
         let me = self.config.node_id;
-        for &id in came {
-            if id == NodeId::UNKNOWN || id == me {
-                continue;
+        let removed = self.gone_for_good(gone);
+        let came = came
+            .iter()
+            .copied()
+            .filter(|&id| id != NodeId::UNKNOWN && id != me);
+        // A few changes are inserted and removed in place; many (a big re-read region
+        // during formation) in one merge pass instead of a memmove of the list each.
+        if removed.len() + came.clone().count() <= 8 {
+            for id in came {
+                if let Err(i) = list.binary_search(&id) {
+                    list.insert(i, id);
+                }
             }
-            if let Err(i) = list.binary_search(&id) {
-                list.insert(i, id);
-            }
-        }
-        for &id in gone {
-            let held = self
-                .links
-                .iter()
-                .any(|l| l.peer != NodeId::UNKNOWN && l.contains(id));
-            if !held {
+            for id in removed {
                 if let Ok(i) = list.binary_search(&id) {
                     list.remove(i);
                 }
             }
+        } else {
+            let mut merged = Vec::with_capacity(list.len() + came.clone().count());
+            let mut came = came.peekable();
+            let mut removed = removed.iter().peekable();
+            // `came` may repeat an id (a tree can hold one twice for a moment).
+            let push = |merged: &mut Vec<NodeId>, id: NodeId| {
+                if merged.last() != Some(&id) {
+                    merged.push(id);
+                }
+            };
+            for &id in &list {
+                while let Some(c) = came.next_if(|c| *c < id) {
+                    push(&mut merged, c);
+                }
+                while came.next_if_eq(&id).is_some() {}
+                while removed.next_if(|r| **r < id).is_some() {}
+                if removed.next_if(|r| **r == id).is_none() {
+                    push(&mut merged, id);
+                }
+            }
+            for c in came {
+                push(&mut merged, c);
+            }
+            list = merged;
         }
         self.node_list = Some(list);
+    }
+
+    /// The ids of `gone` (sorted) that no synced link's tree holds any more, once each. A handful is
+    /// looked up tree by tree; more in one pass over the trees with a 4,096-bit filter in
+    /// front of the lookup (an id per tree per id was the largest single cost of a
+    /// 3,000-node formation).
+    fn gone_for_good(&self, gone: &[NodeId]) -> Vec<NodeId> {
+        let synced = || {
+            self.links
+                .iter()
+                .filter(|l| l.peer != NodeId::UNKNOWN)
+                .filter_map(|l| l.tree.as_ref())
+        };
+        // `gone` may repeat an id (as `came` may): look each up once.
+        let mut gone = gone.to_vec();
+        gone.dedup();
+        if gone.len() <= 4 {
+            return gone
+                .into_iter()
+                .filter(|&id| !synced().any(|t| t.contains(id)))
+                .collect();
+        }
+        let bit = |id: NodeId| (id.0.wrapping_mul(0x9E37_79B1) >> 20) as usize;
+        let mut filter = [0u64; 64];
+        for &id in &gone {
+            let b = bit(id);
+            filter[b >> 6] |= 1 << (b & 63);
+        }
+        let mut held = alloc::vec![false; gone.len()];
+        for t in synced() {
+            for &id in t.ids() {
+                let b = bit(id);
+                if filter[b >> 6] >> (b & 63) & 1 != 0 {
+                    if let Ok(i) = gone.binary_search(&id) {
+                        held[i] = true;
+                    }
+                }
+            }
+        }
+        gone.iter()
+            .zip(held)
+            .filter(|(_, h)| !h)
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// First synced link (in link order) whose tree contains `dest` (`findRoute`).

@@ -113,3 +113,39 @@ proptest! {
         }
     }
 }
+
+/// Trees with ids that repeat and that overlap link 1's fixed tree (900-902).
+fn arb_overlapping_tree() -> impl Strategy<Value = NodeTree> {
+    let node = (0u32..40).prop_map(|id| NodeTree::leaf(NodeId(895 + id)));
+    node.clone().prop_recursive(5, 50, 5, move |inner| {
+        (node.clone(), prop::collection::vec(inner, 0..5)).prop_map(|(mut n, subs)| {
+            n.subs = subs;
+            n
+        })
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+    /// Whole trees replaced at once: re-read regions holding many ids that come and go
+    /// (the node list's merge pass and its filtered lookup of ids other trees still hold).
+    #[test]
+    fn replacing_whole_trees_keeps_the_node_list(
+        trees in prop::collection::vec(prop::collection::vec(arb_overlapping_tree(), 1..4), 2..6),
+    ) {
+        let mut a = node();
+        for (step, subs) in trees.into_iter().enumerate() {
+            let tree = NodeTree { node_id: NodeId(500), root: false, has_time_authority: false, subs };
+            let frame = reply(&tree);
+            let t = 1 + step as u64;
+            let (sent_a, list_a) = feed(&mut a, &frame, t);
+            let mut b = node();
+            let (sent_b, list_b) = feed(&mut b, &frame, t);
+            prop_assert_eq!(a.nodes(), b.nodes());
+            if list_a.is_some() {
+                prop_assert_eq!(list_a, list_b);
+                prop_assert_eq!(sent_a, sent_b);
+            }
+        }
+    }
+}

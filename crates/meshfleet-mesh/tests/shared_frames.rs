@@ -22,7 +22,9 @@ fn fan(first: u32, n: u32) -> NodeTree {
         node_id: NodeId(first),
         root: false,
         has_time_authority: false,
-        subs: (first + 1..first + n).map(|id| NodeTree::leaf(NodeId(id))).collect(),
+        subs: (first + 1..first + n)
+            .map(|id| NodeTree::leaf(NodeId(id)))
+            .collect(),
     }
 }
 
@@ -50,11 +52,7 @@ fn run(shared: bool) -> Vec<(LinkId, Vec<u8>, bool)> {
     for k in 0..3u64 {
         let now = Instant::from_micros(k * 1000);
         n.handle_link_up(now, LinkId(k), LinkRole::AccessPoint);
-        n.handle_bytes(
-            now,
-            LinkId(k),
-            &reply(&fan(1000 * (k as u32 + 1), 100), me),
-        );
+        n.handle_bytes(now, LinkId(k), &reply(&fan(1000 * (k as u32 + 1), 100), me));
         n.handle_timeout(now);
         drain(&mut n);
     }
