@@ -68,6 +68,7 @@ mod image;
 mod report;
 mod run;
 mod stock_source;
+mod table;
 
 pub use bound::{lower_bound, LowerBound, MonteCarlo, TreeShape};
 pub use campaign::OtaCampaign;
@@ -75,6 +76,8 @@ pub use image::synthetic_image;
 pub use meshfleet_channel::expected_frame_cost;
 pub use report::{FinalImage, OtaCounters, OtaNodeReport, OtaReport};
 pub use run::{frame_type, progress_plot, OtaRun, OtaWorkload};
+pub(crate) use table::parse_table;
+pub use table::{campaign, KEY};
 
 /// Version of the firmware every receiver runs before the campaign.
 pub const OLD_VERSION: &str = "1.0.0";
