@@ -1,8 +1,10 @@
 //! The simulation engine: virtual time, the event loop, nodes, links and transmitters.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
-use meshfleet_channel::{dist, interferers, tx_cost, ChannelModel, LinkChange, LinkParams};
+use meshfleet_channel::{
+    dist, Channel, ChannelModel, DropReason, LinkChange, LinkParams, Output, Sent, Timer,
+};
 use meshfleet_mesh::{
     Config, Duration, Event, Instant, LinkId, LinkRole, Node, NodeId, PluginEvent, Priority, Rng,
     Transmit,
@@ -64,18 +66,9 @@ pub struct TimerHook(u32);
 enum Ev {
     /// A node's timer (stale unless `gen` matches).
     Wake { node: usize, gen: u64 },
-    /// A transmitter finished its current airtime.
-    RadioFree { unit: usize },
-    /// A link direction finished its in-flight frame (retransmission stalls included).
-    DirDone { link: LinkId, dir: u8 },
-    /// A frame reaches its receiver.
-    Deliver {
-        link: LinkId,
-        dir: u8,
-        frame: Vec<u8>,
-    },
-    /// TCP gave up on a link.
-    TcpReset { link: LinkId },
+    /// A wakeup the channel asked for (a transmitter free, a frame sent or arriving, a
+    /// TCP reset).
+    Channel(Timer),
     /// A node learns that a link closed (FIN/RST arrives).
     PeerDown { node: usize, link: LinkId },
     /// A station association attempt (`boot`: power the node on first). Automatic retries
@@ -96,49 +89,46 @@ enum Ev {
     Sample,
 }
 
-#[derive(Default)]
-struct Dir {
-    /// One FIFO per [`Priority`], in sending order (control, normal, bulk).
-    hi: VecDeque<Vec<u8>>,
-    lo: VecDeque<Vec<u8>>,
-    bulk: VecDeque<Vec<u8>>,
-    queued_bytes: usize,
-    /// Frame being sent (or waiting out retransmission timeouts) and its arrival time.
-    in_flight: Option<(Vec<u8>, Instant)>,
-    /// In its transmitter's ready ring.
-    ready: bool,
-    unit: usize,
-    last_arrival: Instant,
+/// Why a link closed, as the simulator counts the frames it took with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CloseCause {
+    /// TCP gave up after its retransmissions ([`Output::Reset`]).
+    TcpReset,
+    /// One end closed the socket (the node's `LinkClosed`).
+    NodeClosed,
+    /// A timeline `LinkDown` or `Move`.
+    LinkDown,
+    /// A timeline `Partition` cut it.
+    Partition,
+    /// One end crashed or was powered off.
+    NodeCrash,
 }
 
-struct LinkState {
-    id: LinkId,
-    /// `[access point, station]`; direction `d` is sent by `ends[d]`.
-    ends: [usize; 2],
-    params: LinkParams,
-    rng: Rng,
-    dirs: [Dir; 2],
+/// Why frames are lost; the report's `drops` count them by [`Loss::label`] (next to the
+/// nodes' own [`meshfleet_mesh::DropReason`] labels).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Loss {
+    /// Refused or lost by the channel (`queue_full`, `link_closed`).
+    Channel(DropReason),
+    /// Queued or being sent when its link closed.
+    Closed(CloseCause),
+    /// Arrived at a hung node.
+    NodeHung,
+    /// Arrived at a node that is powered off.
+    NodeDown,
 }
 
-struct Radio {
-    busy: bool,
-    ready: VecDeque<(LinkId, u8)>,
-    node: usize,
-    /// Geometric model: queue position while waiting for a clear channel.
-    waiting: Option<u64>,
-    /// Its transmission on the air marks the sender's neighbourhood busy (it started under
-    /// the geometric model, and no channel switch happened since): its end must unmark it.
-    carrier: bool,
-}
-
-impl Radio {
-    fn new(node: usize) -> Self {
-        Self {
-            busy: false,
-            ready: VecDeque::new(),
-            node,
-            waiting: None,
-            carrier: false,
+impl Loss {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Channel(r) => r.label(),
+            Self::Closed(CloseCause::TcpReset) => "tcp_reset",
+            Self::Closed(CloseCause::NodeClosed) => "link_closed",
+            Self::Closed(CloseCause::LinkDown) => "link_down",
+            Self::Closed(CloseCause::Partition) => "partition",
+            Self::Closed(CloseCause::NodeCrash) => "node_crash",
+            Self::NodeHung => "node_hung",
+            Self::NodeDown => "node_down",
         }
     }
 }
@@ -174,10 +164,6 @@ struct Slot {
     side: u32,
     /// Generation of the pending automatic rejoin.
     retry_gen: u64,
-    queued_bytes: u64,
-    queued_frames: u64,
-    queue_peak_bytes: u64,
-    queue_peak_frames: u64,
     frames_sent: u64,
     bytes_sent: u64,
     /// Counters of crashed boots, so totals survive reboots.
@@ -189,7 +175,6 @@ pub struct Simulation {
     name: String,
     seed: u64,
     topology_label: &'static str,
-    channel: ChannelModel,
     id_base: u32,
     now: Instant,
     end: Instant,
@@ -202,12 +187,10 @@ pub struct Simulation {
     link_defaults: LinkParams,
     pair_changes: BTreeMap<(usize, usize), LinkChange>,
     blocked_until: BTreeMap<(usize, usize), Instant>,
-    links: Vec<Option<LinkState>>,
+    /// The links' queues, the transmitters and the air (`meshfleet-channel`).
+    channel: Channel<Vec<u8>>,
+    /// By link id, closed links included.
     link_stats: Vec<LinkStat>,
-    radios: Vec<Radio>,
-    interferers: Vec<Vec<usize>>,
-    carrier_busy: Vec<u32>,
-    wait_seq: u64,
     factory: NodeFactory,
     config_template: Box<dyn Fn(NodeId) -> Config>,
     rejoin_scan: Duration,
@@ -321,10 +304,6 @@ impl Simulation {
                     in_mesh: false,
                     side: 0,
                     retry_gen: 0,
-                    queued_bytes: 0,
-                    queued_frames: 0,
-                    queue_peak_bytes: 0,
-                    queue_peak_frames: 0,
                     frames_sent: 0,
                     bytes_sent: 0,
                     past: MeshTotals::default(),
@@ -368,11 +347,7 @@ impl Simulation {
                     + Duration::from_micros(f.interval.as_micros() * k as u64 + jitter)
             })
             .collect();
-        // Radios 0..n are the nodes' own (the airtime and geometric models); the
-        // independent model adds one per link direction after them. Keeping the node radios
-        // under every model lets the channel model change during a run.
-        let radios: Vec<Radio> = (0..n).map(Radio::new).collect();
-        let interferers = interferers(&scenario.channel, layout.positions.as_deref(), n);
+        let channel = Channel::new(scenario.channel.clone(), n, layout.positions.as_deref());
         let mesh = scenario.mesh.clone();
         let id_base = scenario.id_base;
         let config_template = Box::new(move |id: NodeId| {
@@ -399,7 +374,6 @@ impl Simulation {
             name: scenario.name.clone(),
             seed: scenario.seed,
             topology_label: scenario.topology.label(),
-            channel: scenario.channel.clone(),
             id_base,
             now: Instant::ZERO,
             end,
@@ -412,7 +386,7 @@ impl Simulation {
             link_defaults: scenario.link.clone(),
             pair_changes: BTreeMap::new(),
             blocked_until: BTreeMap::new(),
-            links: vec![None],
+            channel,
             link_stats: vec![LinkStat {
                 ends: [0, 0],
                 opened: Instant::ZERO,
@@ -421,10 +395,6 @@ impl Simulation {
                 bytes: [0; 2],
                 retransmissions: 0,
             }],
-            radios,
-            interferers,
-            carrier_busy: vec![0; n],
-            wait_seq: 0,
             factory: scenario.factory.clone(),
             config_template,
             rejoin_scan: scenario.rejoin.scan_delay,
@@ -637,7 +607,7 @@ impl Simulation {
             .links
             .iter()
             .copied()
-            .find(|l| self.link(*l).is_some_and(|s| s.ends.contains(&b)))
+            .find(|l| self.link(*l).is_some_and(|s| s.ends().contains(&b)))
     }
 
     /// Whether every running node's node list equals the set of the other running nodes
@@ -741,7 +711,11 @@ impl Simulation {
         self.slots[v].clock.to_local(self.now)
     }
 
-    fn drop_frame(&mut self, reason: &str, n: u64) {
+    fn lose(&mut self, loss: Loss, n: u64) {
+        self.drop_frame(loss.label(), n);
+    }
+
+    fn drop_frame(&mut self, reason: &'static str, n: u64) {
         if n == 0 {
             return;
         }
@@ -754,8 +728,8 @@ impl Simulation {
         }
     }
 
-    fn link(&self, id: LinkId) -> Option<&LinkState> {
-        self.links.get(id.0 as usize)?.as_ref()
+    fn link(&self, id: LinkId) -> Option<&meshfleet_channel::Link<Vec<u8>>> {
+        self.channel.link(id)
     }
 
     /// Returns whether the event did something (stale wakeups do not count).
@@ -774,15 +748,9 @@ impl Simulation {
                 n.handle_timeout(local);
                 self.after_input(node);
             }
-            Ev::RadioFree { unit } => self.radio_free(unit),
-            Ev::DirDone { link, dir } => self.dir_done(link, dir),
-            Ev::Deliver { link, dir, frame } => self.deliver(link, dir, frame),
-            Ev::TcpReset { link } => {
-                self.close_link(
-                    link,
-                    "tcp_reset",
-                    [Some(Duration::ZERO), Some(Duration::ZERO)],
-                );
+            Ev::Channel(timer) => {
+                self.channel.handle_timer(self.now, timer);
+                self.drain_channel();
             }
             Ev::PeerDown { node, link } => {
                 let local = self.local(node);
@@ -892,12 +860,12 @@ impl Simulation {
                 // The node closed the socket: the peer sees FIN one link latency later.
                 let lat = self
                     .link(link)
-                    .map(|l| l.params.latency)
+                    .map(|l| l.params().latency)
                     .unwrap_or_default();
-                let ends = self.link(link).map(|l| l.ends);
+                let ends = self.link(link).map(|l| l.ends());
                 if let Some(ends) = ends {
                     let notify = ends.map(|e| (e != v).then_some(lat));
-                    self.close_link(link, "link_closed", notify);
+                    self.close_link(link, CloseCause::NodeClosed, notify);
                 }
             }
             Event::NodeListChanged { nodes } => {
@@ -932,7 +900,7 @@ impl Simulation {
 
     /// The channel model in force (the scenario's, or the last [`SimEvent::SetChannel`]).
     pub fn channel(&self) -> &ChannelModel {
-        &self.channel
+        self.channel.model()
     }
 
     /// Switches the channel model now: transmissions that start from now on follow

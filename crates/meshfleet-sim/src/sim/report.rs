@@ -38,10 +38,11 @@ impl Simulation {
                 size += 1;
                 hash = hash.wrapping_add(crate::metrics::mix(u64::from(self.slots[v].id.0)));
                 for &link in &self.slots[v].links {
-                    let Some(l) = self.links[link.0 as usize].as_ref() else {
+                    let Some(l) = self.channel.link(link) else {
                         continue;
                     };
-                    let u = if l.ends[0] == v { l.ends[1] } else { l.ends[0] };
+                    let [a, b] = l.ends();
+                    let u = if a == v { b } else { a };
                     if self.conv.comp[u] == u32::MAX && running(&self.slots[u]) {
                         self.conv.comp[u] = c;
                         stack.push(u);
@@ -74,7 +75,9 @@ impl Simulation {
             nodes_alive: self.conv.num_alive as u32,
             nodes_converged: self.conv.num_ok as u32,
             components: self.conv.components() as u32,
-            queued_bytes: self.slots.iter().map(|s| s.queued_bytes).sum(),
+            queued_bytes: (0..self.slots.len())
+                .map(|v| self.channel.node_backlog(v).bytes)
+                .sum(),
             time_spread_us: self.mesh_time_spread(),
         };
         for h in &mut self.sample_hooks {
@@ -91,7 +94,8 @@ impl Simulation {
         let per_node = self
             .slots
             .iter()
-            .map(|s| {
+            .enumerate()
+            .map(|(v, s)| {
                 let mut t = s.past.clone();
                 if let Some(n) = &s.node {
                     let st = n.stats();
@@ -115,8 +119,8 @@ impl Simulation {
                     boots: s.boots,
                     frames_sent: s.frames_sent,
                     bytes_sent: s.bytes_sent,
-                    queue_peak_bytes: s.queue_peak_bytes,
-                    queue_peak_frames: s.queue_peak_frames,
+                    queue_peak_bytes: self.channel.node_backlog(v).peak_bytes,
+                    queue_peak_frames: self.channel.node_backlog(v).peak_frames,
                     app_received: 0,
                     known_nodes: if s.node.is_some() {
                         self.conv.list_len[s.number as usize - 1]
@@ -172,7 +176,7 @@ impl Simulation {
             scenario: self.name.clone(),
             seed: self.seed,
             topology: self.topology_label.to_owned(),
-            channel: self.channel.label().to_owned(),
+            channel: self.channel.model().label().to_owned(),
             nodes: self.slots.len() as u32,
             virtual_time_s: end_s,
             events_processed: self.events_processed,

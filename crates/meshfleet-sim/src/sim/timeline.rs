@@ -16,10 +16,10 @@ impl Simulation {
             SimEvent::Join { node, parent } => {
                 self.join(idx(*node), parent.map(idx), true, parent.is_some());
             }
-            SimEvent::Crash { node } => self.crash(idx(*node), "node_crash"),
+            SimEvent::Crash { node } => self.crash(idx(*node), CloseCause::NodeCrash),
             SimEvent::Reboot { node } => {
                 let v = idx(*node);
-                self.crash(v, "node_crash");
+                self.crash(v, CloseCause::NodeCrash);
                 self.boot(v);
                 let parent = self.layout.parent[v];
                 self.join(v, parent, false, false);
@@ -39,8 +39,8 @@ impl Simulation {
                     self.blocked_until.insert(pair(a, b), self.now + *h);
                 }
                 if let Some(link) = self.link_between(self.slots[a].id, self.slots[b].id) {
-                    let sta = self.link(link).map(|l| l.ends[1]);
-                    self.close_link(link, "link_down", [Some(Duration::ZERO); 2]);
+                    let sta = self.link(link).map(|l| l.ends()[1]);
+                    self.close_link(link, CloseCause::LinkDown, [Some(Duration::ZERO); 2]);
                     if let (Some(h), Some(sta)) = (hold, sta) {
                         let parent = self.layout.parent[sta];
                         self.schedule_rejoin(sta, *h, parent);
@@ -50,7 +50,7 @@ impl Simulation {
             SimEvent::Move { node, parent } => {
                 let v = idx(*node);
                 if let Some(up) = self.slots[v].uplink {
-                    self.close_link(up, "link_down", [Some(Duration::ZERO); 2]);
+                    self.close_link(up, CloseCause::LinkDown, [Some(Duration::ZERO); 2]);
                 }
                 self.join(v, Some(idx(*parent)), false, true);
             }
@@ -60,14 +60,16 @@ impl Simulation {
                     self.slots[idx(*n)].side = side;
                 }
                 let cut: Vec<LinkId> = self
-                    .links
-                    .iter()
-                    .flatten()
-                    .filter(|l| self.slots[l.ends[0]].side != self.slots[l.ends[1]].side)
-                    .map(|l| l.id)
+                    .channel
+                    .links()
+                    .filter(|l| {
+                        let [a, b] = l.ends();
+                        self.slots[a].side != self.slots[b].side
+                    })
+                    .map(|l| l.id())
                     .collect();
                 for link in cut {
-                    self.close_link(link, "partition", [Some(Duration::ZERO); 2]);
+                    self.close_link(link, CloseCause::Partition, [Some(Duration::ZERO); 2]);
                 }
             }
             SimEvent::Heal => {
@@ -85,9 +87,7 @@ impl Simulation {
             SimEvent::SetLink { between, change } => match between {
                 None => {
                     change.apply(&mut self.link_defaults);
-                    for l in self.links.iter_mut().flatten() {
-                        change.apply(&mut l.params);
-                    }
+                    self.channel.change_all_links(change);
                     for c in self.pair_changes.values_mut() {
                         // A global change overrides earlier per-link values of the same field.
                         if change.loss.is_some() {
@@ -111,9 +111,7 @@ impl Simulation {
                     if let Some(link) =
                         self.link_between(self.slots[key.0].id, self.slots[key.1].id)
                     {
-                        if let Some(l) = self.links[link.0 as usize].as_mut() {
-                            change.apply(&mut l.params);
-                        }
+                        self.channel.change_link(link, change);
                     }
                 }
             },
