@@ -139,10 +139,6 @@ struct Device {
     offline: bool,
 }
 
-fn t(now: Instant) -> ro::Instant {
-    ro::Instant::from_micros(now.as_micros())
-}
-
 /// The controller's view of node `n` in the gateway's tree: its branch (the gateway's
 /// child it hangs under) and its subtree size.
 fn fleet_info(tree: &NodeTree, role: &str, hardware: &str) -> Vec<ro::NodeInfo> {
@@ -413,7 +409,7 @@ impl RolloutWorkload {
             .map(|i| i.id.0)
             .collect();
         // An empty fleet (the gateway saw no mesh at the start) or a bad config: no rollout.
-        let rollout = ro::Rollout::new(t(sim.now()), setup.config.clone(), infos)?;
+        let rollout = ro::Rollout::new(sim.now(), setup.config.clone(), infos)?;
         let old = campaign.old_image_info().clone();
         let devices: Vec<Device> = rollout
             .nodes()
@@ -558,7 +554,7 @@ impl Active {
         events: &RefCell<Vec<(NodeId, OtaEvent)>>,
     ) -> bool {
         let now = sim.now();
-        let tn = t(now);
+        let tn = now;
         let down = self.down_until.is_some();
         let rollout = &mut self.rollout;
         // OTA events of the nodes.
@@ -662,7 +658,7 @@ impl Active {
                     _ => 0,
                 };
                 let sample = ro::HealthSample {
-                    uptime: ro::Duration::from_micros(up.as_micros()),
+                    uptime: up,
                     reboots: d.boots,
                     free_heap: setup
                         .heap
@@ -682,7 +678,7 @@ impl Active {
                     ro::EventKind::WaveStarted { wave, .. } if wave == w => Some(e.at),
                     _ => None,
                 });
-            if started.is_some_and(|s| tn >= s + ro::Duration::from_micros(after.as_micros())) {
+            if started.is_some_and(|s| tn >= s + after) {
                 self.saved = serde_json::to_string(&*rollout).ok();
                 self.down_until = Some(now + downtime);
                 sim.schedule(
