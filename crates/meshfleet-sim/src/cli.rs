@@ -8,12 +8,12 @@ use meshfleet_mesh::Duration;
 use crate::air::AirLog;
 use crate::file::{load_scenario, ScenarioError};
 use crate::metrics::SimReport;
-use crate::ota::{synthetic_image, OtaCampaign, OtaStrategy, OtaWorkload};
+use crate::ota::{synthetic_image, OtaCampaign, OtaStrategy};
 use crate::output::{write_outputs, RunInfo, WriteError};
-use crate::scenario::{Formation, InvalidScenario, Scenario, Traffic};
-use crate::sim::Simulation;
+use crate::scenario::{Formation, InvalidScenario, Scenario};
 use crate::topology::{Topology, ESP8266_MAX_CONN};
-use crate::workload::Workload;
+use crate::traffic::Traffic;
+use crate::workload::Run;
 
 /// A scenario file could not be run.
 #[derive(Debug, thiserror::Error)]
@@ -50,64 +50,29 @@ pub fn run_scenario_file(
 }
 
 /// Runs a scenario, writing outputs into `out_dir` if given. Its workloads
-/// ([`crate::workload`]: the OTA campaign of [`Scenario::ota()`], reported in
-/// [`SimReport::ota`], then [`Scenario::workloads`]) are attached, driven and reported.
+/// ([`Scenario::workloads`], [`crate::workload`]) are attached, driven and reported
+/// ([`crate::workload::Run`]), and their plots written beside the run's.
 pub fn run_scenario(
     scenario: Scenario,
     out_dir: Option<&Path>,
     progress: impl FnMut(f64) + 'static,
 ) -> Result<SimReport, RunError> {
     let started = WallClock::now();
-    if let (Some(setup), Some(campaign)) = (scenario.rollout.clone(), scenario.ota.clone()) {
-        scenario.validate()?;
-        let mut plain = scenario;
-        plain.ota = None;
-        plain.rollout = None;
-        let out =
-            crate::rollout::run_rollout(plain, campaign, &setup).map_err(RunError::Rollout)?;
-        let mut report = out.report;
-        report.rollout = serde_json::to_value(&out.summary).ok();
-        let wall = started.elapsed().as_secs_f64();
-        if let Some(dir) = out_dir {
-            write_outputs(&report, &RunInfo::new(&report, wall), dir)?;
-        }
-        return Ok(report);
-    }
-    scenario.validate()?;
-    // The OTA campaign first: it wraps the node factory before the others do.
-    let mut workloads: Vec<Box<dyn Workload>> = scenario
-        .ota
-        .clone()
-        .map(|c| Box::new(OtaWorkload::new(c)) as Box<dyn Workload>)
-        .into_iter()
-        .chain(scenario.workloads.iter().map(|w| w.build(&scenario)))
-        .collect();
-    let mut scenario = scenario;
-    for w in &mut workloads {
-        scenario = w.attach(scenario);
-    }
     let interval = scenario.sample_interval;
-    let mut sim = Simulation::try_new(scenario)?;
-    for w in &mut workloads {
-        w.install(&mut sim);
+    let mut run = Run::new(scenario)?;
+    let air = AirLog::install(run.sim_mut(), interval);
+    run.sim_mut().set_progress(progress);
+    let mut report = run.run();
+    if let Some(e) = run.take_error() {
+        return Err(e);
     }
-    let air = AirLog::install(&mut sim, interval);
-    sim.set_progress(progress);
-    let end = sim.end();
-    crate::workload::drive(&mut sim, &mut workloads, end);
-    let mut report = sim.run();
     report.air_by_class = air.borrow().per_sample(report.series.len());
-    for w in &mut workloads {
-        w.finish(&sim, &mut report);
-    }
     let wall = started.elapsed().as_secs_f64();
     if let Some(dir) = out_dir {
         write_outputs(&report, &RunInfo::new(&report, wall), dir)?;
-        for w in &workloads {
-            for (name, svg) in w.plots() {
-                let path = dir.join(name);
-                std::fs::write(&path, svg).map_err(|source| WriteError { path, source })?;
-            }
+        for (name, svg) in run.plots() {
+            let path = dir.join(name);
+            std::fs::write(&path, svg).map_err(|source| WriteError { path, source })?;
         }
     }
     Ok(report)

@@ -4,7 +4,9 @@
 //! error names the file, line, column and field.
 //!
 //! The format is documented in `docs/simulator.md`; `examples/scenarios/` has examples.
-//! An `[ota]` table adds an OTA campaign ([`crate::ota`]).
+//! Workloads' tables (`[ota]`, `[rollout]`, `[telemetry]`, `[[traffic]]`) are parsed by
+//! their workloads ([`crate::workload::TABLES`]); this parser hands each its table, the
+//! file's text (for positions) and path.
 
 use std::fmt;
 use std::ops::Range;
@@ -15,10 +17,8 @@ use meshfleet_mesh::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::ota::{synthetic_image, OtaCampaign, OtaStrategy};
 use crate::scenario::{
-    check_change, check_traffic, ClockParams, Formation, MeshParams, RejoinParams, Scenario,
-    SimEvent, Traffic, TrafficKind,
+    check_change, ClockParams, Formation, MeshParams, RejoinParams, Scenario, SimEvent,
 };
 use crate::topology::{parse_edges, Topology, ESP8266_MAX_CONN};
 
@@ -142,42 +142,7 @@ struct RawScenario {
     mesh: Option<RawMesh>,
     rejoin: Option<RawRejoin>,
     #[serde(default)]
-    traffic: Vec<RawTraffic>,
-    #[serde(default)]
     events: Vec<RawEvent>,
-    ota: Option<RawOta>,
-    rollout: Option<RawRollout>,
-}
-
-/// `[rollout]`: a progressive rollout of the `[ota]` campaign's build (meshfleet strategy).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRollout {
-    /// `healthy`, `crashloop` or `leak`.
-    firmware: Spanned<String>,
-    crash_after_s: Sp<f64>,
-    leak_bytes_per_min: Sp<i64>,
-    seed: Sp<i64>,
-    limit_s: Sp<f64>,
-    gateway_restart_wave: Sp<i64>,
-    gateway_restart_after_s: Sp<f64>,
-    gateway_restart_down_s: Sp<f64>,
-    offline_wave: Sp<i64>,
-    offline_from_s: Sp<f64>,
-    offline_to_s: Sp<f64>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawOta {
-    strategy: Spanned<String>,
-    image: Sp<String>,
-    synthetic_kib: Sp<i64>,
-    source: Sp<i64>,
-    start_s: Spanned<f64>,
-    role: Sp<String>,
-    hardware: Sp<String>,
-    broadcast_root: Sp<i64>,
 }
 
 #[derive(Deserialize)]
@@ -250,18 +215,6 @@ struct RawRejoin {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawTraffic {
-    kind: Spanned<String>,
-    from: Sp<i64>,
-    to: Sp<i64>,
-    rate_per_s: Spanned<f64>,
-    payload_bytes: Sp<i64>,
-    start_s: Sp<f64>,
-    stop_s: Sp<f64>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawEvent {
     at_s: Spanned<f64>,
     kind: Spanned<String>,
@@ -312,10 +265,28 @@ pub fn parse_scenario(text: &str, path: Option<&Path>) -> Result<Scenario, Scena
     let mut s = build(&src, raw)?;
     let nodes = s.topology.node_count();
     for (t, v) in tables {
-        let spec = (t.parse)(&v, nodes, s.duration).map_err(|e| {
-            let span = table_span(text, t.key);
+        let input = crate::workload::TableSource {
+            value: &v,
+            text,
+            path,
+            nodes,
+            duration: s.duration,
+            earlier: &s.workloads,
+        };
+        let spec = (t.parse)(&input).map_err(|e| {
+            if let Some((path, kind)) = e.unreadable {
+                return ScenarioError::Read {
+                    path,
+                    source: std::io::Error::new(kind, e.message),
+                };
+            }
+            let span = e.span.unwrap_or_else(|| table_span(text, t.key));
+            // `fault[2].kind` is `telemetry.fault[2].kind`; `[2].kind` (an array of
+            // tables) is `traffic[2].kind`.
             let field = if e.field.is_empty() {
                 t.key.to_owned()
+            } else if e.field.starts_with('[') {
+                format!("{}{}", t.key, e.field)
             } else {
                 format!("{}.{}", t.key, e.field)
             };
@@ -619,231 +590,15 @@ fn build(src: &Src<'_>, raw: RawScenario) -> Result<Scenario, ScenarioError> {
         }
         s.rejoin = p;
     }
-    for (i, t) in raw.traffic.iter().enumerate() {
-        s.traffic.push(build_traffic(&c, t, i, n)?);
-    }
     for (i, e) in raw.events.iter().enumerate() {
         let at = secs(c.non_negative(&format!("events[{i}].at_s"), &e.at_s)?);
         s.events.push((at, build_event(&c, e, i, n)?));
-    }
-    if let Some(o) = &raw.ota {
-        s.ota = Some(build_ota(&c, o, n, s.duration)?);
-    }
-    if let Some(r) = &raw.rollout {
-        let meshfleet = raw
-            .ota
-            .as_ref()
-            .is_some_and(|o| o.strategy.get_ref() == "meshfleet");
-        if !meshfleet {
-            return Err(c.src.err(
-                r.firmware.span(),
-                Some("rollout".into()),
-                "a rollout needs an `[ota]` table with strategy = \"meshfleet\"",
-            ));
-        }
-        s.rollout = Some(build_rollout(&c, r)?);
     }
     // Everything above is checked with its span; this catches what only the whole
     // scenario can tell, pointing at the topology.
     s.validate()
         .map_err(|e| src.err(raw.topology.kind.span(), Some(e.field), e.message))?;
     Ok(s)
-}
-
-fn build_rollout(
-    c: &Check<'_, '_>,
-    r: &RawRollout,
-) -> Result<crate::rollout::RolloutSetup, ScenarioError> {
-    use crate::rollout::{Firmware, RolloutSetup};
-    let firmware = match r.firmware.get_ref().as_str() {
-        "healthy" => Firmware::Healthy,
-        "crashloop" => Firmware::CrashLoop {
-            after: match &r.crash_after_s {
-                Some(v) => secs(c.positive("rollout.crash_after_s", v)?),
-                None => Duration::from_secs(40),
-            },
-        },
-        "leak" => Firmware::Leak {
-            bytes_per_min: match &r.leak_bytes_per_min {
-                Some(v) => c.count("rollout.leak_bytes_per_min", v, 1)?,
-                None => 2_000,
-            },
-        },
-        other => {
-            return Err(c.src.err(
-                r.firmware.span(),
-                Some("rollout.firmware".into()),
-                format!("unknown firmware behaviour `{other}` (healthy, crashloop, leak)"),
-            ))
-        }
-    };
-    let seed = match &r.seed {
-        Some(v) => u64::from(c.count("rollout.seed", v, 0)?),
-        None => 1,
-    };
-    let mut setup = RolloutSetup::new(firmware, seed);
-    if let Some(v) = &r.limit_s {
-        setup.limit = secs(c.positive("rollout.limit_s", v)?);
-    }
-    let wave = |field: &str, v: &Spanned<i64>| -> Result<u16, ScenarioError> {
-        let w = c.count(field, v, 0)?;
-        u16::try_from(w)
-            .ok()
-            .filter(|w| usize::from(*w) < meshfleet_rollout::MAX_WAVES)
-            .ok_or_else(|| {
-                c.src
-                    .err(v.span(), Some(field.into()), "not a wave of the plan")
-            })
-    };
-    if let Some(w) = &r.gateway_restart_wave {
-        let after = match &r.gateway_restart_after_s {
-            Some(v) => secs(c.non_negative("rollout.gateway_restart_after_s", v)?),
-            None => Duration::from_secs(240),
-        };
-        let down = match &r.gateway_restart_down_s {
-            Some(v) => secs(c.positive("rollout.gateway_restart_down_s", v)?),
-            None => Duration::from_secs(300),
-        };
-        setup.gateway_restart = Some((wave("rollout.gateway_restart_wave", w)?, after, down));
-    }
-    if let Some(w) = &r.offline_wave {
-        let from = match &r.offline_from_s {
-            Some(v) => secs(c.non_negative("rollout.offline_from_s", v)?),
-            None => Duration::ZERO,
-        };
-        let to = match &r.offline_to_s {
-            Some(v) => secs(c.positive("rollout.offline_to_s", v)?),
-            None => Duration::from_secs(3300),
-        };
-        setup.offline = Some((wave("rollout.offline_wave", w)?, from, to));
-    }
-    Ok(setup)
-}
-
-/// Largest synthetic image (the artefact format's image limit).
-const MAX_SYNTHETIC_KIB: i64 = (meshfleet_firmware::MAX_IMAGE_SIZE / 1024) as i64;
-
-fn build_ota(
-    c: &Check<'_, '_>,
-    o: &RawOta,
-    n: u32,
-    duration: Duration,
-) -> Result<OtaCampaign, ScenarioError> {
-    let strategy = OtaStrategy::from_label(o.strategy.get_ref()).ok_or_else(|| {
-        c.src.err(
-            o.strategy.span(),
-            Some("ota.strategy".into()),
-            format!(
-                "unknown OTA strategy `{}` (expected stock, stock_broadcasted or meshfleet)",
-                o.strategy.get_ref()
-            ),
-        )
-    })?;
-    let image = match (&o.image, &o.synthetic_kib) {
-        (Some(_), Some(k)) => {
-            return Err(c.src.err(
-                k.span(),
-                Some("ota.synthetic_kib".into()),
-                "give either `image` or `synthetic_kib`, not both",
-            ))
-        }
-        (None, None) => {
-            return Err(c.src.err(
-                o.strategy.span(),
-                Some("ota.image".into()),
-                "an OTA campaign needs `image = \"path\"` or `synthetic_kib = N`",
-            ))
-        }
-        (None, Some(k)) => {
-            let kib = c.count("ota.synthetic_kib", k, 1)?;
-            if i64::from(kib) > MAX_SYNTHETIC_KIB {
-                return Err(c.src.err(
-                    k.span(),
-                    Some("ota.synthetic_kib".into()),
-                    format!("must be at most {MAX_SYNTHETIC_KIB} (64 MiB, the image limit)"),
-                ));
-            }
-            // A fixed seed: the image is the campaign's input, not part of the run's
-            // randomness, so `--seed` does not change it.
-            synthetic_image(kib as usize * 1024, 1)
-        }
-        (Some(f), None) => {
-            let rel = Path::new(f.get_ref());
-            let path = match c.src.path.and_then(Path::parent) {
-                Some(dir) if rel.is_relative() => dir.join(rel),
-                _ => rel.to_path_buf(),
-            };
-            let bytes = std::fs::read(&path).map_err(|source| ScenarioError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            if bytes.is_empty() {
-                return Err(c.src.err(
-                    f.span(),
-                    Some("ota.image".into()),
-                    format!("{} is empty", path.display()),
-                ));
-            }
-            bytes
-        }
-    };
-    let role = o
-        .role
-        .as_ref()
-        .map_or(crate::ota::DEFAULT_ROLE, |r| r.get_ref().as_str());
-    let hardware = o
-        .hardware
-        .as_ref()
-        .map_or(crate::ota::DEFAULT_HARDWARE, |h| h.get_ref().as_str());
-    let mut campaign = OtaCampaign::for_target(strategy, image, role, hardware).map_err(|e| {
-        let span = o
-            .role
-            .as_ref()
-            .or(o.hardware.as_ref())
-            .map_or(o.strategy.span(), Spanned::span);
-        c.src.err(span, Some("ota".into()), e.to_string())
-    })?;
-    if let Some(v) = &o.source {
-        campaign.source = c.node("ota.source", v, n)?;
-    }
-    if n < 2 {
-        return Err(c.src.err(
-            o.strategy.span(),
-            Some("ota".into()),
-            "an OTA campaign needs at least two nodes",
-        ));
-    }
-    let start = secs(c.non_negative("ota.start_s", &o.start_s)?);
-    if start >= duration {
-        return Err(c.src.err(
-            o.start_s.span(),
-            Some("ota.start_s".into()),
-            format!(
-                "must be before the end of the run (duration_s = {})",
-                duration.as_micros() as f64 / 1e6
-            ),
-        ));
-    }
-    campaign.start = Some(start);
-    if let Some(v) = &o.broadcast_root {
-        if strategy != OtaStrategy::StockBroadcasted {
-            return Err(c.src.err(
-                v.span(),
-                Some("ota.broadcast_root".into()),
-                format!("not used by strategy `{}`", strategy.label()),
-            ));
-        }
-        let r = c.node("ota.broadcast_root", v, n)?;
-        if r == campaign.source {
-            return Err(c.src.err(
-                v.span(),
-                Some("ota.broadcast_root".into()),
-                "the root must be a receiver: in broadcast mode only the root requests parts",
-            ));
-        }
-        campaign.broadcast_root = Some(r);
-    }
-    Ok(campaign)
 }
 
 fn build_topology(c: &Check<'_, '_>, t: &RawTopology) -> Result<Topology, ScenarioError> {
@@ -1080,62 +835,6 @@ fn build_link(c: &Check<'_, '_>, l: &RawLink) -> Result<LinkParams, ScenarioErro
         p.queue_cap_bytes = c.count("link.queue_cap_bytes", v, 1)? as usize;
     }
     Ok(p)
-}
-
-fn build_traffic(
-    c: &Check<'_, '_>,
-    t: &RawTraffic,
-    i: usize,
-    n: u32,
-) -> Result<Traffic, ScenarioError> {
-    let f = |name: &str| format!("traffic[{i}].{name}");
-    let from = t
-        .from
-        .as_ref()
-        .map(|v| c.node(&f("from"), v, n))
-        .transpose()?;
-    let to = t.to.as_ref().map(|v| c.node(&f("to"), v, n)).transpose()?;
-    let kind = match t.kind.get_ref().as_str() {
-        "broadcast" => {
-            c.unused(&f("to"), &t.to, "by broadcasts")?;
-            TrafficKind::Broadcast
-        }
-        "single" => TrafficKind::Single { to },
-        other => {
-            return Err(c.src.err(
-                t.kind.span(),
-                Some(f("kind")),
-                format!("unknown traffic kind `{other}` (expected broadcast or single)"),
-            ))
-        }
-    };
-    let mut tr = Traffic {
-        kind,
-        from,
-        rate_per_s: c.positive(&f("rate_per_s"), &t.rate_per_s)?,
-        payload_bytes: 64,
-        start: Duration::ZERO,
-        stop: None,
-    };
-    if let Some(v) = &t.payload_bytes {
-        tr.payload_bytes = c.count(&f("payload_bytes"), v, 0)? as usize;
-    }
-    if let Some(v) = &t.start_s {
-        tr.start = secs(c.non_negative(&f("start_s"), v)?);
-    }
-    if let Some(v) = &t.stop_s {
-        tr.stop = Some(secs(c.non_negative(&f("stop_s"), v)?));
-    }
-    check_traffic(&tr, n).map_err(|(field, m)| {
-        let span = match field {
-            "payload_bytes" => t.payload_bytes.as_ref().map(Spanned::span),
-            "stop_s" => t.stop_s.as_ref().map(Spanned::span),
-            "to" => t.to.as_ref().map(Spanned::span),
-            _ => None,
-        };
-        c.src.err(span.unwrap_or(t.kind.span()), Some(f(field)), m)
-    })?;
-    Ok(tr)
 }
 
 fn build_event(
