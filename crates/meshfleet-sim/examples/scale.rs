@@ -2,11 +2,14 @@
 //! broadcast per second. Run with `--release`:
 //!
 //! ```text
-//! cargo run -p meshfleet-sim --release --example scale -- [NODES] [VIRTUAL_MINUTES] [JOIN_INTERVAL_MS] [CHANNEL]
+//! cargo run -p meshfleet-sim --release --example scale -- [NODES] [VIRTUAL_MINUTES] [JOIN_INTERVAL_MS] [CHANNEL] [MAX_WALL_S]
 //! ```
 //!
-//! Defaults: 1000 nodes, 10 minutes, 20 ms between joins, independent links. Prints wall
-//! time, virtual seconds per wall second, events processed and peak RSS (VmHWM).
+//! Defaults: 1000 nodes, 10 minutes, 20 ms between joins, independent links, no wall-time
+//! limit. Prints wall time, virtual seconds per wall second, events processed and peak RSS
+//! (VmHWM). With `MAX_WALL_S`, a run that has used that much wall time stops at the next
+//! 10-virtual-second step and prints its summary so far, marked as stopped (a 10,000-node
+//! run on a busy machine can take hours; a stopped run still says how far it got).
 
 use std::time::Instant as Wall;
 
@@ -30,6 +33,7 @@ fn main() {
         Some("airtime") => ChannelModel::Airtime,
         _ => ChannelModel::Independent,
     };
+    let max_wall_s: f64 = arg(5, f64::INFINITY);
     let formation = Duration::from_millis(join_ms * u64::from(nodes));
     let scenario = Scenario::new(Topology::RandomTree {
         nodes,
@@ -52,7 +56,12 @@ fn main() {
     let sim = run.sim_mut();
     let mut formed_at = None;
     let step = Duration::from_secs(10);
+    let mut stopped = false;
     while sim.now() < sim.end() {
+        if started.elapsed().as_secs_f64() >= max_wall_s {
+            stopped = true;
+            break;
+        }
         let next = (sim.now() + step).min(sim.end());
         sim.run_until(next);
         if formed_at.is_none()
@@ -71,9 +80,16 @@ fn main() {
             sim.pending_events()
         );
     }
+    let stopped_at = sim.now().as_micros() as f64 / 1e6;
     let report = run.report();
     let wall = started.elapsed().as_secs_f64();
     println!("nodes                 {nodes}");
+    if stopped {
+        println!(
+            "STOPPED               at {stopped_at:.0} virtual s: the wall-time limit ({max_wall_s} s) \
+             was reached; the figures below are those of the run so far"
+        );
+    }
     println!(
         "virtual time          {:.0} s (formation {:.0} s + {minutes} min)",
         report.virtual_time_s,
