@@ -7,18 +7,16 @@ use meshfleet_channel::{
     Timer,
 };
 use meshfleet_mesh::{
-    Config, Delivery, Duration, Event, Instant, LinkId, LinkRole, Node, NodeId, PluginEvent,
-    Priority, Rng, Transmit,
+    Config, Duration, Event, Instant, LinkId, LinkRole, Node, NodeId, PluginEvent, Priority, Rng,
+    Transmit,
 };
 
 use crate::clock::LocalClock;
 use crate::metrics::{
-    parse_tag, secs, tag, AppMsg, AppReport, Convergence, ConvergenceReport, LatencySummary,
-    LinkReport, MeshTotals, NodeReport, Sample, SimReport, TimeSyncReport, Window,
+    secs, AppReport, Convergence, ConvergenceReport, LinkReport, MeshTotals, NodeReport, Sample,
+    SimReport, TimeSyncReport, Window,
 };
-use crate::scenario::{
-    InvalidScenario, NodeFactory, NodeInit, Scenario, SimEvent, Traffic, TrafficKind,
-};
+use crate::scenario::{InvalidScenario, NodeFactory, NodeInit, Scenario, SimEvent};
 use crate::store::PersistentStore;
 use crate::topology::Layout;
 
@@ -57,6 +55,13 @@ type ProgressFn = Box<dyn FnMut(f64)>;
 type TraceFn = Box<dyn FnMut(&FrameTrace<'_>)>;
 type EventHookFn = Box<dyn FnMut(Instant, NodeId, &Event)>;
 type PluginSinkFn = Box<dyn FnMut(Instant, NodeId, &'static str, Box<dyn PluginEvent>)>;
+type TimerFn = Box<dyn FnMut(&mut Simulation, u64)>;
+type SampleHookFn = Box<dyn FnMut(&mut Sample)>;
+
+/// A timer hook installed with [`Simulation::add_timer_hook`]: what
+/// [`Simulation::set_timer`] wakes up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimerHook(u32);
 
 /// Internal events.
 enum Ev {
@@ -79,8 +84,8 @@ enum Ev {
     FormationJoin { k: usize },
     /// Timeline event `i` of the scenario.
     Timeline(usize),
-    /// Application flow `i` sends.
-    Traffic(usize),
+    /// A workload's timer: its hook runs with the token.
+    Timer { hook: u32, token: u64 },
     /// A time-series sample.
     Sample,
 }
@@ -157,7 +162,6 @@ struct Slot {
     side: u32,
     /// Generation of the pending automatic rejoin.
     retry_gen: u64,
-    app_received: u64,
     /// Counters of crashed boots, so totals survive reboots.
     past: MeshTotals,
 }
@@ -188,8 +192,6 @@ pub struct Simulation {
     rejoin_scan: Duration,
     rejoin_rescan: Duration,
     timeline: Vec<SimEvent>,
-    traffic: Vec<Traffic>,
-    traffic_rng: Rng,
     sample_interval: Duration,
     drift_ppm: f64,
     // Metrics.
@@ -199,10 +201,6 @@ pub struct Simulation {
     window: Window,
     drops: BTreeMap<String, u64>,
     link_closes: BTreeMap<String, u64>,
-    msgs: Vec<AppMsg>,
-    app_sent: u64,
-    app_not_sent: u64,
-    latencies: Vec<u64>,
     conv: Convergence,
     series: Vec<Sample>,
     // Hooks.
@@ -211,6 +209,9 @@ pub struct Simulation {
     traces: Vec<TraceFn>,
     event_hooks: Vec<EventHookFn>,
     plugin_sink: Option<PluginSinkFn>,
+    /// Taken out while one runs (it gets the simulation).
+    timer_hooks: Vec<Option<TimerFn>>,
+    sample_hooks: Vec<SampleHookFn>,
     // Scratch buffers reused across inputs.
     scratch_tx: Vec<Transmit>,
     scratch_ev: Vec<Event>,
@@ -249,12 +250,23 @@ impl Simulation {
 
     /// Builds the simulation, or says why the scenario cannot run.
     pub fn try_new(scenario: Scenario) -> Result<Self, InvalidScenario> {
+        Self::try_new_with(scenario, |_| {})
+    }
+
+    /// [`Simulation::try_new`], running `before_start` once everything of the scenario is
+    /// scheduled and before the first sample is ([`crate::workload::Run`] installs the
+    /// workloads there).
+    pub(crate) fn try_new_with(
+        scenario: Scenario,
+        before_start: impl FnOnce(&mut Self),
+    ) -> Result<Self, InvalidScenario> {
         scenario.validate()?;
         let mut master = Rng::new(scenario.seed);
         let mut topo_rng = master.derive(1);
         let mut clock_rng = master.derive(2);
         let mut formation_rng = master.derive(3);
-        let traffic_rng = master.derive(4);
+        // The fourth child stream (`derive(4)`) belongs to the traffic workload, which
+        // derives it from the seed itself.
         let layout = scenario
             .topology
             .generate(&mut topo_rng)
@@ -288,7 +300,6 @@ impl Simulation {
                     in_mesh: false,
                     side: 0,
                     retry_gen: 0,
-                    app_received: 0,
                     past: MeshTotals::default(),
                 }
             })
@@ -380,8 +391,6 @@ impl Simulation {
             rejoin_scan: scenario.rejoin.scan_delay,
             rejoin_rescan: scenario.rejoin.rescan_interval,
             timeline: Vec::new(),
-            traffic: scenario.traffic.clone(),
-            traffic_rng,
             sample_interval: scenario.sample_interval,
             drift_ppm: scenario.clock.drift_ppm,
             events_processed: 0,
@@ -389,10 +398,6 @@ impl Simulation {
             window: Window::default(),
             drops: BTreeMap::new(),
             link_closes: BTreeMap::new(),
-            msgs: Vec::new(),
-            app_sent: 0,
-            app_not_sent: 0,
-            latencies: Vec::new(),
             conv: Convergence::new(n),
             series: Vec::new(),
             progress: None,
@@ -400,6 +405,8 @@ impl Simulation {
             traces: Vec::new(),
             event_hooks: Vec::new(),
             plugin_sink: None,
+            timer_hooks: Vec::new(),
+            sample_hooks: Vec::new(),
             scratch_tx: Vec::new(),
             scratch_ev: Vec::new(),
         };
@@ -414,9 +421,9 @@ impl Simulation {
             sim.queue.push(Instant::ZERO + at, Ev::Timeline(i));
             sim.timeline.push(e);
         }
-        for (i, t) in sim.traffic.iter().enumerate() {
-            sim.queue.push(Instant::ZERO + t.start, Ev::Traffic(i));
-        }
+        // Workloads install their hooks and first timers before the first sample is
+        // scheduled: a timer at the first sample's time runs before it.
+        before_start(&mut sim);
         sim.queue
             .push(Instant::ZERO + sim.sample_interval, Ev::Sample);
         Ok(sim)
@@ -452,6 +459,51 @@ impl Simulation {
         f: impl FnMut(Instant, NodeId, &'static str, Box<dyn PluginEvent>) + 'static,
     ) {
         self.plugin_sink = Some(Box::new(f));
+    }
+
+    /// Installs a timer hook: `f(sim, token)` runs at each time [`Simulation::set_timer`]
+    /// sets for it, as an event among the others of that instant (in scheduling order).
+    /// For workloads that act at exact times (the traffic workload's sends).
+    pub fn add_timer_hook(&mut self, f: impl FnMut(&mut Self, u64) + 'static) -> TimerHook {
+        self.timer_hooks.push(Some(Box::new(f)));
+        TimerHook(self.timer_hooks.len() as u32 - 1)
+    }
+
+    /// Wakes `hook` with `token` at `at` (now, if `at` has passed).
+    pub fn set_timer(&mut self, hook: TimerHook, at: Instant, token: u64) {
+        self.queue.push(
+            at.max(self.now),
+            Ev::Timer {
+                hook: hook.0,
+                token,
+            },
+        );
+    }
+
+    /// Calls `f` on every sample of the time series before it is stored: a workload fills
+    /// in its columns (the traffic workload's `app_sent`, `app_delivered`).
+    pub fn set_sample_hook(&mut self, f: impl FnMut(&mut Sample) + 'static) {
+        self.sample_hooks.push(Box::new(f));
+    }
+
+    /// Running nodes that are in a mesh (a root, or a station with an access point), in
+    /// number order: who an application may pick to send.
+    pub fn mesh_members(&self) -> Vec<NodeId> {
+        self.slots
+            .iter()
+            .filter(|s| s.node.is_some() && !s.hung && s.in_mesh)
+            .map(|s| s.id)
+            .collect()
+    }
+
+    /// The running node's connected component in the ground truth (open links between
+    /// running nodes): (its index, its size). Two nodes can reach each other exactly when
+    /// they are in the same component.
+    pub fn component_of(&mut self, id: NodeId) -> Option<(u32, u32)> {
+        self.refresh_components();
+        let c = *self.conv.comp.get(self.index(id)?)?;
+        let size = *self.conv.comp_size.get(c as usize)?;
+        Some((c, size))
     }
 
     /// Current virtual time.
@@ -719,7 +771,13 @@ impl Simulation {
                 }
             }
             Ev::Timeline(i) => self.timeline_event(i),
-            Ev::Traffic(i) => self.traffic_event(i),
+            Ev::Timer { hook, token } => {
+                let slot = self.timer_hooks.get_mut(hook as usize);
+                if let Some(mut f) = slot.and_then(Option::take) {
+                    f(self, token);
+                    self.timer_hooks[hook as usize] = Some(f);
+                }
+            }
             Ev::Sample => {
                 self.sample();
                 let next = self.now + self.sample_interval;
@@ -800,7 +858,6 @@ impl Simulation {
                 let id = self.slots[v].id;
                 self.conv.set_list(v, id, &nodes);
             }
-            Event::Received { msg, delivery, .. } => self.app_received(v, &msg, delivery),
             Event::FrameDropped { reason, .. } => self.drop_frame(reason.label(), 1),
             Event::Plugin { plugin, event } => {
                 if let Some(sink) = &mut self.plugin_sink {

@@ -69,10 +69,10 @@ impl Simulation {
         self.window.bytes = air.bytes - self.air_mark.bytes;
         self.air_mark = air;
         let w = std::mem::take(&mut self.window);
-        self.series.push(Sample {
+        let mut sample = Sample {
             t_s: secs(self.now),
-            app_sent: w.app_sent,
-            app_delivered: w.app_delivered,
+            app_sent: 0,
+            app_delivered: 0,
             frames_on_air: w.frames,
             bytes_on_air: w.bytes,
             drops: w.drops,
@@ -83,37 +83,17 @@ impl Simulation {
                 .map(|v| self.channel.node_backlog(v).bytes)
                 .sum(),
             time_spread_us: self.mesh_time_spread(),
-        });
+        };
+        for h in &mut self.sample_hooks {
+            h(&mut sample);
+        }
+        self.series.push(sample);
     }
 
     // ----- report -----------------------------------------------------------------------
 
     /// The report so far (call after [`Simulation::run`] or any `run_*`).
     pub fn report(&self) -> SimReport {
-        let mut lat = self.latencies.clone();
-        lat.sort_unstable();
-        let mut app = AppReport {
-            sent: self.app_sent,
-            not_sent: self.app_not_sent,
-            latency: LatencySummary::from_sorted(&lat),
-            ..AppReport::default()
-        };
-        for m in &self.msgs {
-            app.expected_deliveries += u64::from(m.expected);
-            app.delivered += u64::from(m.received);
-            app.duplicates += u64::from(m.duplicates);
-            if m.broadcast {
-                app.broadcasts += 1;
-                if m.received >= m.expected && m.duplicates == 0 {
-                    app.broadcasts_complete += 1;
-                }
-            }
-        }
-        app.delivery_ratio = if app.expected_deliveries > 0 {
-            app.delivered as f64 / app.expected_deliveries as f64
-        } else {
-            1.0
-        };
         let mut mesh = MeshTotals::default();
         let per_node = self
             .slots
@@ -145,7 +125,7 @@ impl Simulation {
                     bytes_sent: self.channel.node_air(v).bytes,
                     queue_peak_bytes: self.channel.node_backlog(v).peak_bytes,
                     queue_peak_frames: self.channel.node_backlog(v).peak_frames,
-                    app_received: s.app_received,
+                    app_received: 0,
                     known_nodes: if s.node.is_some() {
                         self.conv.list_len[s.number as usize - 1]
                     } else {
@@ -209,7 +189,8 @@ impl Simulation {
             events_processed: self.events_processed,
             frames_on_air: self.channel.air().frames,
             bytes_on_air: self.channel.air().bytes,
-            app,
+            // The traffic workload's (`crate::traffic`) when a scenario has traffic.
+            app: AppReport::none(),
             drops: self.drops.clone(),
             link_closes: self.link_closes.clone(),
             convergence: ConvergenceReport {
@@ -228,7 +209,7 @@ impl Simulation {
             per_node,
             per_link,
             series: self.series.clone(),
-            latencies_us: lat,
+            latencies_us: Vec::new(),
             air_by_class: Vec::new(),
             ota: None,
             rollout: None,

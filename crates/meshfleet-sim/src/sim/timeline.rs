@@ -1,9 +1,9 @@
-//! Timeline events (crash, reboot, partitions, link changes, ...) and application traffic.
+//! Timeline events (crash, reboot, partitions, link changes, ...).
 
 use super::*;
 
 impl Simulation {
-    // ----- timeline and traffic ---------------------------------------------------------
+    // ----- timeline ---------------------------------------------------------------------
 
     pub(super) fn timeline_event(&mut self, i: usize) {
         let e = self.timeline[i].clone();
@@ -138,109 +138,5 @@ impl Simulation {
             self.conv.pending.push((cause, self.now));
             self.conv.converged = false;
         }
-    }
-
-    /// Running, non-hung, in-mesh nodes, for random senders.
-    pub(super) fn pick_node(&mut self, except: Option<usize>) -> Option<usize> {
-        let live: Vec<usize> = (0..self.slots.len())
-            .filter(|&v| {
-                let s = &self.slots[v];
-                s.node.is_some() && !s.hung && s.in_mesh && Some(v) != except
-            })
-            .collect();
-        if live.is_empty() {
-            return None;
-        }
-        Some(live[self.traffic_rng.below(live.len() as u64) as usize])
-    }
-
-    pub(super) fn traffic_event(&mut self, i: usize) {
-        let t = self.traffic[i].clone();
-        let interval = Duration::from_micros((1e6 / t.rate_per_s).round().max(1.0) as u64);
-        let next = self.now + interval;
-        if next < self.end && t.stop.map_or(true, |s| next < Instant::ZERO + s) {
-            self.queue.push(next, Ev::Traffic(i));
-        }
-        self.refresh_components();
-        let from = match t.from {
-            Some(n) => Some(n as usize - 1),
-            None => self.pick_node(None),
-        };
-        let Some(from) = from.filter(|&v| self.slots[v].node.is_some() && !self.slots[v].hung)
-        else {
-            self.app_not_sent += 1;
-            return;
-        };
-        let id = self.msgs.len();
-        let mut text = tag(id, self.now);
-        while text.len() < t.payload_bytes {
-            text.push('.');
-        }
-        let local = self.local(from);
-        let comp = self.conv.comp[from];
-        let (ok, broadcast, expected) = match t.kind {
-            TrafficKind::Broadcast => {
-                let size = self.conv.comp_size.get(comp as usize).copied().unwrap_or(1);
-                let Some(node) = self.slots[from].node.as_mut() else {
-                    return;
-                };
-                node.send_broadcast(local, &text);
-                (true, true, size - 1)
-            }
-            TrafficKind::Single { to } => {
-                let to = match to {
-                    Some(n) => Some(n as usize - 1),
-                    None => self.pick_node(Some(from)),
-                };
-                let Some(to) = to else {
-                    self.app_not_sent += 1;
-                    return;
-                };
-                let dest = self.slots[to].id;
-                let reachable = u32::from(comp != u32::MAX && self.conv.comp[to] == comp);
-                let Some(node) = self.slots[from].node.as_mut() else {
-                    return;
-                };
-                (
-                    node.send_single(local, dest, &text).is_ok(),
-                    false,
-                    reachable,
-                )
-            }
-        };
-        if !ok {
-            self.app_not_sent += 1;
-            return;
-        }
-        self.app_sent += 1;
-        self.window.app_sent += 1;
-        self.msgs.push(AppMsg {
-            broadcast,
-            expected,
-            received: 0,
-            duplicates: 0,
-            seen: vec![0; self.slots.len().div_ceil(64)],
-        });
-        self.after_input(from);
-    }
-
-    pub(super) fn app_received(&mut self, v: usize, msg: &str, _delivery: Delivery) {
-        let Some((id, sent)) = parse_tag(msg) else {
-            return;
-        };
-        let Some(m) = self.msgs.get_mut(id) else {
-            return;
-        };
-        let (w, b) = (v / 64, 1u64 << (v % 64));
-        if m.seen[w] & b != 0 {
-            m.duplicates += 1;
-            return;
-        }
-        m.seen[w] |= b;
-        m.received += 1;
-        self.slots[v].app_received += 1;
-        self.window.app_delivered += 1;
-        self.latencies
-            .push(self.now.saturating_since(sent).as_micros());
     }
 }
