@@ -35,7 +35,7 @@
 //!
 //! ```
 //! use meshfleet_channel::{Channel, ChannelModel, LinkParams, Output};
-//! use meshfleet_mesh::{Instant, Priority, Rng};
+//! use meshfleet_mesh::{Duration, Instant, Priority, Rng};
 //!
 //! let mut ch: Channel<Vec<u8>> = Channel::new(ChannelModel::Independent, 2, None);
 //! let link = ch.open_link(0, 1, LinkParams::default(), Rng::new(1));
@@ -58,9 +58,10 @@
 //!     let (at, timer) = timers.remove(next);
 //!     ch.handle_timer(at, timer, &mut timers);
 //! }
-//! // 1 665 µs of overhead, 6 bytes at 131 kB/s, 320 µs of latency.
 //! assert_eq!(delivered, Some((0, b"hello\0".to_vec())));
+//! // One frame: 1 665 µs of overhead plus 6 bytes at 131 kB/s (46 µs, rounded up).
 //! assert_eq!(ch.air().frames, 1);
+//! assert_eq!(ch.air().airtime, Duration::from_micros(1_711));
 //! ```
 //!
 //! # Sans-IO
