@@ -207,7 +207,7 @@ async fn bad_commands_are_refused_with_a_reply_and_change_nothing() {
     );
     let shared = s.gw.shared().clone();
     assert!(shared.campaigns.list().await.unwrap().is_empty());
-    assert!(shared.stores.artefacts.list().await.unwrap().is_empty());
+    assert!(s.gw.artefacts().await.is_empty());
     // Every command that reached the gateway is in the audit log.
     let audit = shared.stores.audit.recent(100).await.unwrap();
     for t in [
@@ -254,15 +254,7 @@ async fn create_by_url_start_pause_status_over_mqtt() {
         s.reply("t-rogue").await["error"]["code"],
         "verification_failed"
     );
-    assert!(s
-        .gw
-        .shared()
-        .stores
-        .artefacts
-        .list()
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(s.gw.artefacts().await.is_empty());
 
     let create = command(
         "create",
@@ -279,7 +271,7 @@ async fn create_by_url_start_pause_status_over_mqtt() {
     let id = r["campaign"]["id"].as_str().unwrap().to_owned();
     assert_eq!(r["campaign"]["state"], "created");
     assert_eq!(r["campaign"]["total_nodes"], 2);
-    let stored = s.gw.shared().stores.artefacts.list().await.unwrap();
+    let stored = s.gw.artefacts().await;
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].version, "1.5.0");
     assert!(stored[0].uploaded_by.starts_with("mqtt:"));
@@ -562,15 +554,7 @@ async fn an_artefact_streamed_in_pieces() {
             .contains(&(pieces.len() - 1).to_string()),
         "{r}"
     );
-    assert!(s
-        .gw
-        .shared()
-        .stores
-        .artefacts
-        .list()
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(s.gw.artefacts().await.is_empty());
     let last = pieces.len() - 1;
     op.publish(
         "mesh/ota/request/upload_piece",
@@ -591,7 +575,7 @@ async fn an_artefact_streamed_in_pieces() {
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(r["artefact"], sha_hex(&mfw), "stored by its hash: {r}");
     assert_eq!(r["version"], "1.6.0");
-    let stored = s.gw.shared().stores.artefacts.list().await.unwrap();
+    let stored = s.gw.artefacts().await;
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].id, sha_hex(&mfw));
     // It is what `create` takes.
@@ -637,10 +621,7 @@ async fn an_artefact_streamed_in_pieces() {
         s.reply("t-rcommit").await["error"]["code"],
         "verification_failed"
     );
-    assert_eq!(
-        s.gw.shared().stores.artefacts.list().await.unwrap().len(),
-        1
-    );
+    assert_eq!(s.gw.artefacts().await.len(), 1);
     s.gw.stop().await;
 }
 
