@@ -128,14 +128,10 @@ async fn bad_commands_are_refused_with_a_reply_and_change_nothing() {
     )
     .await;
     assert_eq!(s.reply("t-types").await["error"]["code"], "bad_command");
-    let wrong = command(
+    s.send(
         "create",
         "t-types2",
         json!({"create": {"artefact": "ab".repeat(32), "targets": 5}}),
-    );
-    op.publish(
-        "mesh/ota/request/create",
-        meshfleet_mqtt::sign_command(key, &wrong),
     )
     .await;
     assert_eq!(s.reply("t-types2").await["error"]["code"], "bad_command");
@@ -238,7 +234,7 @@ async fn bad_commands_are_refused_with_a_reply_and_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_by_url_start_pause_status_over_mqtt() {
     let Some(s) = setup().await else { return };
-    let (op, key) = (&s.op, &s.op_key);
+    let op = &s.op;
     let mfw = artefact(&s.fleet_key, "1.5.0");
     let url = http_server(mfw.clone()).await;
 
@@ -256,14 +252,10 @@ async fn create_by_url_start_pause_status_over_mqtt() {
     );
     assert!(s.gw.artefacts().await.is_empty());
 
-    let create = command(
+    s.send(
         "create",
         "t-create",
         json!({"create": {"url": url, "targets": {"nodes": [1000, 1001]}, "name": "over mqtt"}}),
-    );
-    op.publish(
-        "mesh/ota/request/create",
-        meshfleet_mqtt::sign_command(key, &create),
     )
     .await;
     let r = s.reply("t-create").await;
@@ -278,14 +270,10 @@ async fn create_by_url_start_pause_status_over_mqtt() {
 
     // The same transaction again (re-signed, new nonce): the first reply, no second campaign.
     op.clear();
-    let again = command(
+    s.send(
         "create",
         "t-create",
         json!({"create": {"url": url, "targets": {"nodes": [1000, 1001]}}}),
-    );
-    op.publish(
-        "mesh/ota/request/create",
-        meshfleet_mqtt::sign_command(key, &again),
     )
     .await;
     assert_eq!(s.reply("t-create").await["campaign"]["id"], id.as_str());
@@ -297,14 +285,10 @@ async fn create_by_url_start_pause_status_over_mqtt() {
         ("pause", "t-pause", "paused"),
         ("pause", "t-pause2", "paused"),
     ] {
-        let c = command(
+        s.send(
             op_name,
             t,
             json!({"campaign": id, "response_topic": format!("mesh/ota/response/custom-{t}")}),
-        );
-        op.publish(
-            &format!("mesh/ota/request/{op_name}"),
-            meshfleet_mqtt::sign_command(key, &c),
         )
         .await;
         let r = s.reply(&format!("custom-{t}")).await;
@@ -314,12 +298,7 @@ async fn create_by_url_start_pause_status_over_mqtt() {
     }
 
     // Status: the reply and the retained topic match the gateway's own view.
-    let c = command("status", "t-status", json!({"campaign": id}));
-    op.publish(
-        "mesh/ota/request/status",
-        meshfleet_mqtt::sign_command(key, &c),
-    )
-    .await;
+    s.send("status", "t-status", json!({"campaign": id})).await;
     let r = s.reply("t-status").await;
     let rest =
         s.gw.shared()
