@@ -657,7 +657,12 @@ async fn replies_and_campaign_status_survive_a_broker_restart_mid_campaign() {
         &["mesh/ota/response/#", "mesh/ota/campaign/#"],
         false,
     )
-    .await;
+    .await
+    .with_context({
+        // The broker's log says who connected, subscribed and got what when a wait fails.
+        let log = s.broker.dir.join("mosquitto.log");
+        move || std::fs::read_to_string(&log).unwrap_or_default()
+    });
     let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
     let release = std::sync::Arc::new(tokio::sync::Notify::new());
     let url = held_http_server(
