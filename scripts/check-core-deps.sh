@@ -3,7 +3,7 @@
 # (DEVELOPERS.md, STYLE.md). `cargo tree` lists every normal dependency, transitively.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-core=(meshfleet-wire meshfleet-mesh)
+core=(meshfleet-time meshfleet-wire meshfleet-mesh)
 for c in meshfleet-ota meshfleet-monitor meshfleet-agent meshfleet-rollout meshfleet-channel; do
   [ -d "crates/$c" ] && core+=("$c")
 done
@@ -36,7 +36,7 @@ done
 [ "$io_ok" = 1 ] && echo "ok: no file, socket, thread or clock API in ${core[*]}"
 # no_std crates: they must say so, and build on their own, where cargo does not unify
 # in the `std` features that other workspace members enable on serde/serde_json.
-nostd=(meshfleet-wire meshfleet-mesh)
+nostd=(meshfleet-time meshfleet-wire meshfleet-mesh)
 for c in meshfleet-monitor meshfleet-rollout; do
   [ -d "crates/$c" ] && nostd+=("$c")
 done

@@ -106,8 +106,9 @@ fn build_node(id: u32, store: &MemStore) -> Node {
     n
 }
 
+/// The controller's clock is the mesh's (one `meshfleet_time` type).
 fn now_ro(net: &Net) -> ro::Instant {
-    ro::Instant::from_micros(net.now.as_micros())
+    net.now
 }
 
 struct World {
@@ -361,7 +362,7 @@ impl World {
                     0
                 };
                 let sample = ro::HealthSample {
-                    uptime: ro::Duration::from_micros(now.saturating_since(d.boot_at).as_micros()),
+                    uptime: now.saturating_since(d.boot_at),
                     reboots: d.boots,
                     free_heap: HEAP.saturating_sub((jitter + leak) as u32),
                     alerts: 0,
@@ -450,9 +451,7 @@ impl World {
                     ro::EventKind::WaveStarted { wave, .. } if wave == w => Some(e.at),
                     _ => None,
                 });
-                if started.is_some_and(|s| {
-                    now_ro(&self.net) >= s + ro::Duration::from_micros(after.as_micros())
-                }) {
+                if started.is_some_and(|s| now_ro(&self.net) >= s + after) {
                     self.go_down(downtime);
                     restart = None;
                 }

@@ -19,21 +19,70 @@
 //! each lost TCP segment, its retransmission and a retransmission timeout ([`tx_cost`]);
 //! [`expected_frame_cost`] is its expectation in closed form, for lower bounds.
 //!
+//! # The state machine
+//!
+//! [`Channel`] owns the link directions' queues and the transmitters and runs the model:
+//! it is fed [`Channel::enqueue`] (a node hands a frame to a link) and
+//! [`Channel::handle_timer`] (a wakeup it asked for is due), each with the caller's `now`,
+//! and answers through [`Channel::poll_output`]: [`Output::Timer`] (wake me then),
+//! [`Output::Backlog`] (bytes waiting in a link direction, for the sender's pacing),
+//! [`Output::Sent`] (a frame went on the air, with its [`TxCost`]),
+//! [`Output::Delivered`], [`Output::Dropped`] and [`Output::Reset`]. Refusals are typed
+//! ([`DropReason`]). It is generic over the frame type ([`Payload`]: only the length
+//! matters), so a driver can share frame bodies between links.
+//!
+//! ```
+//! use meshfleet_channel::{Channel, ChannelModel, LinkParams, Output};
+//! use meshfleet_mesh::{Instant, Priority, Rng};
+//!
+//! let mut ch: Channel<Vec<u8>> = Channel::new(ChannelModel::Independent, 2, None);
+//! let link = ch.open_link(0, 1, LinkParams::default(), Rng::new(1));
+//! ch.enqueue(Instant::ZERO, 1, link, Priority::Normal, b"hello\0".to_vec())
+//!     .expect("an open link with an empty queue takes any frame");
+//! // A driver loop: a list of pending timers stands in for an event heap.
+//! let mut timers = Vec::new();
+//! let mut delivered = None;
+//! loop {
+//!     while let Some(out) = ch.poll_output() {
+//!         match out {
+//!             Output::Timer { at, timer } => timers.push((at, timer)),
+//!             Output::Delivered { to, frame, .. } => delivered = Some((to, frame)),
+//!             _ => {}
+//!         }
+//!     }
+//!     timers.sort_by_key(|(at, _)| *at); // stable: ties keep their order
+//!     if timers.is_empty() {
+//!         break;
+//!     }
+//!     let (at, timer) = timers.remove(0);
+//!     ch.handle_timer(at, timer);
+//! }
+//! assert_eq!(delivered, Some((0, b"hello\0".to_vec())));
+//! ```
+//!
 //! # Sans-IO
 //!
 //! Like str0m's `netem`, this crate reads no clock, opens no socket and keeps no global
 //! state: durations are [`meshfleet_mesh::Duration`]s the caller adds to its own (virtual)
 //! time, and every random draw comes from a [`meshfleet_mesh::Rng`] the caller seeds and
 //! owns (one per link in the simulator, so adding a link does not reshuffle the others).
-//! The same inputs give the same outputs, bit for bit. The driver (the simulator's event
-//! loop in `meshfleet-sim`) owns the queues and the event heap and asks this crate what a
-//! frame costs and who may transmit.
+//! The same inputs give the same outputs, bit for bit. Unlike `netem`, whose single
+//! `poll_timeout` suits one emulated path, every wakeup is its own [`Output::Timer`]: the
+//! simulator puts them into its one event heap beside its nodes' timers, ordered by (time,
+//! insertion), which keeps a run's tie order, and so its results, independent of how the
+//! channel is packaged.
 //!
 //! See `docs/simulator.md` for the calibration and what the model leaves out.
 
+mod channel;
 mod geometry;
 mod link;
 mod model;
+
+pub use channel::{
+    Channel, ClosedLink, Direction, DropReason, Link, NodeBacklog, Output, Payload, Sent, Timer,
+    TimerReason,
+};
 
 pub use geometry::{dist, interferers, CellGrid};
 pub use link::{expected_frame_cost, tx_cost, LinkChange, LinkParams, TxCost};

@@ -761,13 +761,16 @@ impl CampaignService {
 
     /// One campaign, with its nodes.
     pub async fn get(&self, id: &CampaignId) -> Result<Campaign, CampaignError> {
-        let seq = id
-            .seq()
-            .ok_or_else(|| CampaignError::NotFound(id.clone()))?;
-        self.map()
-            .get(&seq)
-            .cloned()
-            .ok_or_else(|| CampaignError::NotFound(id.clone()))
+        self.copy_of(id).map(|(_, c)| c)
+    }
+
+    /// Campaign `id`'s key in the map and a copy of it (changes are made on the copy, written
+    /// to the store, then put back), or `NotFound`.
+    fn copy_of(&self, id: &CampaignId) -> Result<(u64, Campaign), CampaignError> {
+        let not_found = || CampaignError::NotFound(id.clone());
+        let seq = id.seq().ok_or_else(not_found)?;
+        let c = self.map().get(&seq).cloned().ok_or_else(not_found)?;
+        Ok((seq, c))
     }
 
     /// Every campaign, newest first, without nodes.
@@ -783,15 +786,8 @@ impl CampaignService {
         actor: &str,
     ) -> Result<Campaign, CampaignError> {
         let shared = self.shared()?;
-        let seq = id
-            .seq()
-            .ok_or_else(|| CampaignError::NotFound(id.clone()))?;
         let guard = self.inner.ops.lock().await;
-        let mut c = self
-            .map()
-            .get(&seq)
-            .cloned()
-            .ok_or_else(|| CampaignError::NotFound(id.clone()))?;
+        let (seq, mut c) = self.copy_of(id)?;
         let to = action
             .apply(c.state)
             .ok_or(CampaignError::InvalidTransition {
@@ -1024,15 +1020,8 @@ impl CampaignService {
         f: impl FnOnce(&mut Option<CampaignRollback>) -> bool,
     ) -> Result<Campaign, CampaignError> {
         let shared = self.shared()?;
-        let seq = id
-            .seq()
-            .ok_or_else(|| CampaignError::NotFound(id.clone()))?;
         let guard = self.inner.ops.lock().await;
-        let mut c = self
-            .map()
-            .get(&seq)
-            .cloned()
-            .ok_or_else(|| CampaignError::NotFound(id.clone()))?;
+        let (seq, mut c) = self.copy_of(id)?;
         if !f(&mut c.rollback) {
             return Ok(c);
         }

@@ -11,8 +11,7 @@ use std::time::Duration;
 use common::*;
 use meshfleet_runtime::MeshHandle;
 use meshfleet_wire::Package;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncReadExt;
 
 /// A 604 report with a given free heap (KiB) and uptime (s).
 fn report(from: u32, mem_kb: u32, uptime: u32) -> Package {
@@ -58,10 +57,7 @@ async fn an_operator_clears_an_alert_and_a_persisting_condition_does_not_reraise
         c.monitor.min_report_gap_ms = 10;
     })
     .await;
-    let mut sse = TcpStream::connect(f.http).await.unwrap();
-    sse.write_all(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let (mut sse, head) = open_events(&f).await;
     let (a, a_task) = node(1001, f.mesh_addr).await;
     let (b, b_task) = node(1002, f.mesh_addr).await;
     wait_until("both nodes known", || async {
@@ -173,7 +169,7 @@ async fn an_operator_clears_an_alert_and_a_persisting_condition_does_not_reraise
     .await;
     assert!(active_low_memory(&f, 1001).await[0] > id);
 
-    let mut seen = String::new();
+    let mut seen = head;
     let mut buf = [0u8; 4096];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !seen.contains(&format!("\"id\":{id}")) || !seen.contains("event: alert_cleared") {

@@ -208,13 +208,7 @@ async fn campaign_api_state_machine_and_bad_input() {
     assert_eq!(f.get("/campaigns").await.json(), json!({"campaigns": []}));
 
     // SSE: the campaign events arrive on /events.
-    let mut sse = tokio::net::TcpStream::connect(f.http).await.unwrap();
-    {
-        use tokio::io::AsyncWriteExt;
-        sse.write_all(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-    }
+    let (mut sse, head) = open_events(&f).await;
 
     // Create (not started): every targeted node QUEUED.
     let r = post_json(
@@ -322,7 +316,7 @@ async fn campaign_api_state_machine_and_bad_input() {
         .all(|e| !e.action.starts_with("campaign.") || e.actor.starts_with("http:token@")));
 
     // The event stream carried the campaign's changes.
-    let mut seen = String::new();
+    let mut seen = head;
     {
         use tokio::io::AsyncReadExt;
         let mut buf = vec![0u8; 65536];

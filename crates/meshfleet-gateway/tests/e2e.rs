@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use meshfleet_wire::Package;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncReadExt;
 
 async fn node_field(f: &Fixture, id: u32, field: &str) -> serde_json::Value {
     let r = f.get(&format!("/status/{id}")).await;
@@ -37,10 +36,7 @@ async fn nodes_to_gateway_to_rest_and_restart() {
     let f = Fixture::start(dir.path().to_owned(), key.clone()).await;
 
     // The event stream, open before anything happens.
-    let mut sse = TcpStream::connect(f.http).await.unwrap();
-    sse.write_all(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let (mut sse, head) = open_events(&f).await;
 
     let (a, a_task) = node(1001, f.mesh_addr).await;
     let (b, b_task) = node(1002, f.mesh_addr).await;
@@ -189,7 +185,7 @@ async fn nodes_to_gateway_to_rest_and_restart() {
         .starts_with("token@"));
 
     // The event stream saw it all, in order of happening.
-    let mut seen = String::new();
+    let mut seen = head;
     let mut buf = [0u8; 4096];
     let needed = [
         "event: node_up",

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,6 +39,8 @@ type Context = Arc<dyn Fn() -> String + Send + Sync>;
 pub struct Observer {
     pub client: AsyncClient,
     pub got: Arc<Mutex<Vec<Msg>>>,
+    /// PUBACKs received: the broker has taken a QoS 1 publish of ours.
+    acks: Arc<AtomicU64>,
     task: JoinHandle<()>,
     context: Option<Context>,
 }
@@ -61,6 +64,8 @@ impl Observer {
         let (client, mut el) = AsyncClient::new(o, 4096);
         let got = Arc::new(Mutex::new(Vec::new()));
         let g = got.clone();
+        let acks = Arc::new(AtomicU64::new(0));
+        let a = acks.clone();
         let c = client.clone();
         let topics: Vec<String> = topics.iter().map(|t| (*t).to_owned()).collect();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
@@ -90,6 +95,9 @@ impl Observer {
                         at: Instant::now(),
                         at_ms: unix_ms(),
                     }),
+                    Ok(Event::Incoming(Incoming::PubAck(_))) => {
+                        a.fetch_add(1, Ordering::SeqCst);
+                    }
                     Ok(_) => {}
                     Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                 }
@@ -102,6 +110,7 @@ impl Observer {
         Self {
             client,
             got,
+            acks,
             task,
             context: None,
         }
@@ -168,6 +177,26 @@ impl Observer {
             .publish(topic, QoS::AtLeastOnce, false, payload.into())
             .await
             .unwrap();
+    }
+}
+
+impl Observer {
+    /// Publishes like [`Observer::publish`] and returns once the broker has acknowledged it
+    /// (PUBACK): the broker has then dealt with it, so whatever it forwards of it reaches a
+    /// subscriber before anything published after this returns. A broker that refuses it by
+    /// its ACL still acknowledges it (MQTT 3.1.1), which makes this the barrier for "the
+    /// broker dropped it". Meant for one publish at a time on this client.
+    pub async fn publish_acked(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        let before = self.acks.load(Ordering::SeqCst);
+        self.publish(topic, payload).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.acks.load(Ordering::SeqCst) <= before {
+            assert!(
+                Instant::now() < deadline,
+                "no PUBACK for {topic} within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 

@@ -258,7 +258,7 @@ async fn bad_commands_are_refused_with_a_reply_and_change_nothing() {
     // A client the ACL does not let write commands (Home Assistant's user): the broker
     // drops it; the gateway never sees it.
     let ha = Observer::connect(s.broker.port, "ha", "homeassistant", &[], true).await;
-    ha.publish(
+    ha.publish_acked(
         "mesh/ota/request/list",
         meshfleet_mqtt::sign_command(key, &command("list", "t-acl", json!({}))),
     )
@@ -279,8 +279,16 @@ async fn bad_commands_are_refused_with_a_reply_and_change_nothing() {
         "{refused:?}"
     );
 
-    // Nothing changed: no campaign, no artefact; the gateway still answers.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Nothing changed: no campaign, no artefact; the gateway still answers. The broker
+    // acknowledged t-acl before t-after was sent, so had it forwarded t-acl, the gateway
+    // would have read it first (the broker keeps one subscriber's order) and its reply
+    // would be here by the time t-after's is.
+    op.publish(
+        "mesh/ota/request/list",
+        meshfleet_mqtt::sign_command(key, &command("list", "t-after", json!({}))),
+    )
+    .await;
+    assert_eq!(reply(op, "t-after").await["ok"], true);
     assert!(
         op.on("mesh/ota/response/t-acl").is_empty(),
         "the ACL stopped it"
@@ -288,12 +296,6 @@ async fn bad_commands_are_refused_with_a_reply_and_change_nothing() {
     let shared = s.gw.shared().clone();
     assert!(shared.campaigns.list().await.unwrap().is_empty());
     assert!(shared.stores.artefacts.list().await.unwrap().is_empty());
-    op.publish(
-        "mesh/ota/request/list",
-        meshfleet_mqtt::sign_command(key, &command("list", "t-after", json!({}))),
-    )
-    .await;
-    assert_eq!(reply(op, "t-after").await["ok"], true);
     // Every command that reached the gateway is in the audit log.
     let audit = shared.stores.audit.recent(100).await.unwrap();
     for t in [

@@ -12,7 +12,7 @@ use std::time::Instant as Wall;
 
 use meshfleet_mesh::Duration;
 use meshfleet_sim::{
-    peak_rss_kib, ChannelModel, Formation, Scenario, Simulation, Topology, Traffic, ESP32_MAX_CONN,
+    peak_rss_kib, ChannelModel, Formation, Run, Scenario, Topology, Traffic, ESP32_MAX_CONN,
 };
 
 fn arg<T: std::str::FromStr>(i: usize, default: T) -> T {
@@ -47,7 +47,9 @@ fn main() {
     .traffic(Traffic::broadcast(Some(1), 1.0, formation).payload(100))
     .sample_interval(Duration::from_secs(10));
     let started = Wall::now();
-    let mut sim = Simulation::new(scenario);
+    // The broadcast is a workload: `Run` installs it (it runs on the simulation's timers).
+    let mut run = Run::new(scenario).expect("a valid scenario");
+    let sim = run.sim_mut();
     let mut formed_at = None;
     let step = Duration::from_secs(10);
     while sim.now() < sim.end() {
@@ -69,7 +71,7 @@ fn main() {
             sim.pending_events()
         );
     }
-    let report = sim.report();
+    let report = run.report();
     let wall = started.elapsed().as_secs_f64();
     println!("nodes                 {nodes}");
     println!(

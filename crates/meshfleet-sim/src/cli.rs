@@ -8,12 +8,12 @@ use meshfleet_mesh::Duration;
 use crate::air::AirLog;
 use crate::file::{load_scenario, ScenarioError};
 use crate::metrics::SimReport;
-use crate::ota::{synthetic_image, OtaCampaign, OtaStrategy, OtaWorkload};
+use crate::ota::{synthetic_image, OtaCampaign, OtaStrategy};
 use crate::output::{write_outputs, RunInfo, WriteError};
-use crate::scenario::{Formation, InvalidScenario, Scenario, Traffic};
-use crate::sim::Simulation;
+use crate::scenario::{Formation, InvalidScenario, Scenario};
 use crate::topology::{Topology, ESP8266_MAX_CONN};
-use crate::workload::Workload;
+use crate::traffic::Traffic;
+use crate::workload::Run;
 
 /// A scenario file could not be run.
 #[derive(Debug, thiserror::Error)]
@@ -73,41 +73,18 @@ pub fn run_scenario(
         }
         return Ok(report);
     }
-    scenario.validate()?;
-    // The OTA campaign first: it wraps the node factory before the others do.
-    let mut workloads: Vec<Box<dyn Workload>> = scenario
-        .ota
-        .clone()
-        .map(|c| Box::new(OtaWorkload::new(c)) as Box<dyn Workload>)
-        .into_iter()
-        .chain(scenario.workloads.iter().map(|w| w.build(&scenario)))
-        .collect();
-    let mut scenario = scenario;
-    for w in &mut workloads {
-        scenario = w.attach(scenario);
-    }
     let interval = scenario.sample_interval;
-    let mut sim = Simulation::try_new(scenario)?;
-    for w in &mut workloads {
-        w.install(&mut sim);
-    }
-    let air = AirLog::install(&mut sim, interval);
-    sim.set_progress(progress);
-    let end = sim.end();
-    crate::workload::drive(&mut sim, &mut workloads, end);
-    let mut report = sim.run();
+    let mut run = Run::new(scenario)?;
+    let air = AirLog::install(run.sim_mut(), interval);
+    run.sim_mut().set_progress(progress);
+    let mut report = run.run();
     report.air_by_class = air.borrow().per_sample(report.series.len());
-    for w in &mut workloads {
-        w.finish(&sim, &mut report);
-    }
     let wall = started.elapsed().as_secs_f64();
     if let Some(dir) = out_dir {
         write_outputs(&report, &RunInfo::new(&report, wall), dir)?;
-        for w in &workloads {
-            for (name, svg) in w.plots() {
-                let path = dir.join(name);
-                std::fs::write(&path, svg).map_err(|source| WriteError { path, source })?;
-            }
+        for (name, svg) in run.plots() {
+            let path = dir.join(name);
+            std::fs::write(&path, svg).map_err(|source| WriteError { path, source })?;
         }
     }
     Ok(report)

@@ -17,8 +17,7 @@ use toml::Spanned;
 
 use crate::ota::{synthetic_image, OtaCampaign, OtaStrategy};
 use crate::scenario::{
-    check_change, check_traffic, ClockParams, Formation, MeshParams, RejoinParams, Scenario,
-    SimEvent, Traffic, TrafficKind,
+    check_change, ClockParams, Formation, MeshParams, RejoinParams, Scenario, SimEvent,
 };
 use crate::topology::{parse_edges, Topology, ESP8266_MAX_CONN};
 
@@ -142,8 +141,6 @@ struct RawScenario {
     mesh: Option<RawMesh>,
     rejoin: Option<RawRejoin>,
     #[serde(default)]
-    traffic: Vec<RawTraffic>,
-    #[serde(default)]
     events: Vec<RawEvent>,
     ota: Option<RawOta>,
     rollout: Option<RawRollout>,
@@ -250,18 +247,6 @@ struct RawRejoin {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawTraffic {
-    kind: Spanned<String>,
-    from: Sp<i64>,
-    to: Sp<i64>,
-    rate_per_s: Spanned<f64>,
-    payload_bytes: Sp<i64>,
-    start_s: Sp<f64>,
-    stop_s: Sp<f64>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawEvent {
     at_s: Spanned<f64>,
     kind: Spanned<String>,
@@ -312,10 +297,22 @@ pub fn parse_scenario(text: &str, path: Option<&Path>) -> Result<Scenario, Scena
     let mut s = build(&src, raw)?;
     let nodes = s.topology.node_count();
     for (t, v) in tables {
-        let spec = (t.parse)(&v, nodes, s.duration).map_err(|e| {
-            let span = table_span(text, t.key);
+        let input = crate::workload::TableSource {
+            value: &v,
+            text,
+            path,
+            nodes,
+            duration: s.duration,
+            earlier: &s.workloads,
+        };
+        let spec = (t.parse)(&input).map_err(|e| {
+            let span = e.span.unwrap_or_else(|| table_span(text, t.key));
+            // `fault[2].kind` is `telemetry.fault[2].kind`; `[2].kind` (an array of
+            // tables) is `traffic[2].kind`.
             let field = if e.field.is_empty() {
                 t.key.to_owned()
+            } else if e.field.starts_with('[') {
+                format!("{}{}", t.key, e.field)
             } else {
                 format!("{}.{}", t.key, e.field)
             };
@@ -618,9 +615,6 @@ fn build(src: &Src<'_>, raw: RawScenario) -> Result<Scenario, ScenarioError> {
             p.rescan_interval = millis(c.positive("rejoin.rescan_interval_ms", v)?);
         }
         s.rejoin = p;
-    }
-    for (i, t) in raw.traffic.iter().enumerate() {
-        s.traffic.push(build_traffic(&c, t, i, n)?);
     }
     for (i, e) in raw.events.iter().enumerate() {
         let at = secs(c.non_negative(&format!("events[{i}].at_s"), &e.at_s)?);
@@ -1080,62 +1074,6 @@ fn build_link(c: &Check<'_, '_>, l: &RawLink) -> Result<LinkParams, ScenarioErro
         p.queue_cap_bytes = c.count("link.queue_cap_bytes", v, 1)? as usize;
     }
     Ok(p)
-}
-
-fn build_traffic(
-    c: &Check<'_, '_>,
-    t: &RawTraffic,
-    i: usize,
-    n: u32,
-) -> Result<Traffic, ScenarioError> {
-    let f = |name: &str| format!("traffic[{i}].{name}");
-    let from = t
-        .from
-        .as_ref()
-        .map(|v| c.node(&f("from"), v, n))
-        .transpose()?;
-    let to = t.to.as_ref().map(|v| c.node(&f("to"), v, n)).transpose()?;
-    let kind = match t.kind.get_ref().as_str() {
-        "broadcast" => {
-            c.unused(&f("to"), &t.to, "by broadcasts")?;
-            TrafficKind::Broadcast
-        }
-        "single" => TrafficKind::Single { to },
-        other => {
-            return Err(c.src.err(
-                t.kind.span(),
-                Some(f("kind")),
-                format!("unknown traffic kind `{other}` (expected broadcast or single)"),
-            ))
-        }
-    };
-    let mut tr = Traffic {
-        kind,
-        from,
-        rate_per_s: c.positive(&f("rate_per_s"), &t.rate_per_s)?,
-        payload_bytes: 64,
-        start: Duration::ZERO,
-        stop: None,
-    };
-    if let Some(v) = &t.payload_bytes {
-        tr.payload_bytes = c.count(&f("payload_bytes"), v, 0)? as usize;
-    }
-    if let Some(v) = &t.start_s {
-        tr.start = secs(c.non_negative(&f("start_s"), v)?);
-    }
-    if let Some(v) = &t.stop_s {
-        tr.stop = Some(secs(c.non_negative(&f("stop_s"), v)?));
-    }
-    check_traffic(&tr, n).map_err(|(field, m)| {
-        let span = match field {
-            "payload_bytes" => t.payload_bytes.as_ref().map(Spanned::span),
-            "stop_s" => t.stop_s.as_ref().map(Spanned::span),
-            "to" => t.to.as_ref().map(Spanned::span),
-            _ => None,
-        };
-        c.src.err(span.unwrap_or(t.kind.span()), Some(f(field)), m)
-    })?;
-    Ok(tr)
 }
 
 fn build_event(

@@ -19,17 +19,18 @@
 //!   forms through the nodes' own node sync.
 //! * **Timeline** ([`SimEvent`]): crashes, reboots (the node is rebuilt from the factory,
 //!   its [`PersistentStore`] kept), hangs, link drops, moves, partitions, link changes.
-//! * **Traffic** ([`Traffic`]): periodic broadcasts and singles, tagged with an id and the
-//!   send time so deliveries, duplicates and latency are measured at the receivers.
 //! * **OTA campaigns** ([`ota`]): the real OTA engine on every node (stock painlessMesh OTA,
 //!   its broadcast mode, or the meshfleet protocol), with per-node simulated flash kept
 //!   across reboots, measured against the lower bound of the channel model
 //!   ([`Scenario::ota()`], the `[ota]` table of scenario files, [`SimReport::ota`]).
 //! * **Workloads** ([`workload`]): what a scenario runs on top of the mesh, as plug-ins that
-//!   own their scenario-file table, node plugins, hooks, ticks and `summary.json` entry. The
-//!   OTA campaign is one; [`telemetry`] is the fleet-monitoring workload (the agent's
-//!   telemetry on every node, the real monitor on the gateway, fault injection and a
-//!   detection table).
+//!   own their scenario-file table, node plugins, hooks, ticks and `summary.json` entry.
+//!   [`traffic`] is application traffic ([`Traffic`]: periodic broadcasts and singles,
+//!   tagged with an id and the send time so deliveries, duplicates and latency are
+//!   measured at the receivers); the OTA campaign is one; [`telemetry`] is the
+//!   fleet-monitoring workload (the agent's telemetry on every node, the real monitor on
+//!   the gateway, fault injection and a detection table). The [`Simulation`] itself runs
+//!   no workload: [`workload::Run`] (and [`run_scenario`]) attach, install and drive them.
 //!
 //! # Run loop
 //!
@@ -41,11 +42,13 @@
 //!   peer closed                            -> node.handle_link_down(local(now), link)
 //!   association                            -> handle_link_up on the AP, then the station
 //!   transmitter free / direction done      -> start the next queued frame
-//!   timeline, traffic, sample              -> as described
+//!   timeline, sample                       -> as described
+//!   workload timer                         -> the workload's hook (Simulation::set_timer)
 //! after every input to a node:
 //!   drain poll_transmit  -> per-link send queues
 //!   drain poll_event     -> LinkClosed closes the link (peer told one latency later),
-//!                           NodeListChanged / Received feed the metrics
+//!                           NodeListChanged feeds the metrics; every event goes to
+//!                           the event hooks (workloads measure deliveries there)
 //!   poll_timeout         -> one pending wakeup per node (older ones become stale)
 //! ```
 //!
@@ -57,13 +60,13 @@
 //!
 //! ```
 //! use meshfleet_mesh::Duration;
-//! use meshfleet_sim::{Scenario, Simulation, Topology, Traffic};
+//! use meshfleet_sim::{Run, Scenario, Topology, Traffic};
 //!
 //! let scenario = Scenario::new(Topology::Line { nodes: 3, spacing_m: 30.0 })
 //!     .seed(7)
 //!     .duration(Duration::from_secs(30))
 //!     .traffic(Traffic::broadcast(Some(1), 1.0, Duration::from_secs(5)));
-//! let report = Simulation::new(scenario).run();
+//! let report = Run::new(scenario).expect("a valid scenario").run();
 //! assert!(report.convergence.converged_at_end);
 //! assert_eq!(report.app.duplicates, 0);
 //! ```
@@ -85,6 +88,7 @@ mod svg;
 pub mod telemetry;
 mod text;
 mod topology;
+pub mod traffic;
 pub mod workload;
 
 pub use air::{ClassBytes, TrafficClass};
@@ -98,10 +102,11 @@ pub use metrics::{
 pub use output::{peak_rss_kib, write_outputs, RunInfo, WriteError};
 pub use scenario::{
     plain_node, ClockParams, Formation, InvalidScenario, MeshParams, NodeAction, NodeFactory,
-    NodeInit, RejoinParams, Scenario, SimEvent, Traffic, TrafficKind, MAX_PAYLOAD_BYTES,
+    NodeInit, RejoinParams, Scenario, SimEvent, MAX_PAYLOAD_BYTES,
 };
-pub use sim::{FrameTrace, Simulation};
+pub use sim::{FrameTrace, Simulation, TimerHook};
 pub use store::PersistentStore;
 pub use text::{describe_scenario, explain_report};
 pub use topology::{Topology, ESP32_MAX_CONN, ESP8266_MAX_CONN};
-pub use workload::{TableError, Workload, WorkloadSpec, WorkloadTable};
+pub use traffic::{Traffic, TrafficKind};
+pub use workload::{Run, TableError, TableSource, Workload, WorkloadSpec, WorkloadTable};

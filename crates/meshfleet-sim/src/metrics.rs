@@ -117,35 +117,9 @@ pub(crate) fn secs(t: Instant) -> f64 {
     t.as_micros() as f64 / 1e6
 }
 
-/// One application message sent by a flow.
-pub(crate) struct AppMsg {
-    pub(crate) broadcast: bool,
-    pub(crate) expected: u32,
-    pub(crate) received: u32,
-    pub(crate) duplicates: u32,
-    /// Receivers so far, one bit per node.
-    pub(crate) seen: Vec<u64>,
-}
-
-/// The tag at the start of every simulator app message: `mf|<id>|<sent µs>|`.
-pub(crate) fn tag(id: usize, sent: Instant) -> String {
-    format!("mf|{id}|{}|", sent.as_micros())
-}
-
-pub(crate) fn parse_tag(msg: &str) -> Option<(usize, Instant)> {
-    let rest = msg.strip_prefix("mf|")?;
-    let mut it = rest.splitn(3, '|');
-    let id = it.next()?.parse().ok()?;
-    let sent = it.next()?.parse().ok()?;
-    it.next()?;
-    Some((id, Instant::from_micros(sent)))
-}
-
 /// Running totals between two samples.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Window {
-    pub(crate) app_sent: u64,
-    pub(crate) app_delivered: u64,
     pub(crate) frames: u64,
     pub(crate) bytes: u64,
     pub(crate) drops: u64,
@@ -157,9 +131,10 @@ pub(crate) struct Window {
 pub struct Sample {
     /// Virtual time at the end of the interval, seconds.
     pub t_s: f64,
-    /// App messages sent in the interval.
+    /// App messages sent in the interval (filled in by the traffic workload,
+    /// [`crate::traffic`]).
     pub app_sent: u64,
-    /// App message deliveries in the interval.
+    /// App message deliveries in the interval (the traffic workload's).
     pub app_delivered: u64,
     /// Frames put on the air in the interval.
     pub frames_on_air: u64,
@@ -241,6 +216,17 @@ pub struct AppReport {
     pub broadcasts: u64,
     /// Delivery latency.
     pub latency: LatencySummary,
+}
+
+impl AppReport {
+    /// A run without application traffic: nothing sent, nothing expected, so every
+    /// expected delivery happened (ratio 1).
+    pub(crate) fn none() -> Self {
+        Self {
+            delivery_ratio: 1.0,
+            ..Self::default()
+        }
+    }
 }
 
 /// Traffic on one link (both directions), over its whole life.
@@ -432,17 +418,6 @@ impl SimReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tags_round_trip() {
-        let t = tag(42, Instant::from_micros(123_456));
-        assert_eq!(
-            parse_tag(&format!("{t}....")),
-            Some((42, Instant::from_micros(123_456)))
-        );
-        assert_eq!(parse_tag("hello"), None);
-        assert_eq!(parse_tag("mf|x|1|"), None);
-    }
 
     #[test]
     fn percentiles_are_nearest_rank() {

@@ -69,9 +69,10 @@ fn write(dir: &Path, name: &str, contents: &str) -> Result<(), WriteError> {
 /// * `run.json`: wall time, speed, peak memory,
 /// * `timeseries.csv`: one row per sample,
 /// * `nodes.csv`, `links.csv`: per-node and per-link tables,
-/// * plots (each only when it has data): `delivered.svg` (sent and delivered on separate
-///   axes), `bytes_on_air.svg` (by traffic class), `convergence.svg`, `time_sync.svg`,
-///   `bytes_per_node.svg`, `latency_cdf.svg` (log axis).
+/// * plots (each only when it has data): `bytes_on_air.svg` (by traffic class),
+///   `convergence.svg`, `time_sync.svg`, `bytes_per_node.svg`. Workloads add their own
+///   ([`crate::workload::Workload::plots`]; the traffic workload's `delivered.svg` and
+///   `latency_cdf.svg`), written by `run_scenario`.
 pub fn write_outputs(report: &SimReport, run: &RunInfo, dir: &Path) -> Result<(), WriteError> {
     std::fs::create_dir_all(dir).map_err(|source| WriteError {
         path: dir.to_path_buf(),
@@ -191,7 +192,7 @@ pub(crate) fn markers(r: &SimReport) -> Vec<(f64, String)> {
     m
 }
 
-fn with_markers(mut c: Chart, m: &[(f64, String)]) -> Chart {
+pub(crate) fn with_markers(mut c: Chart, m: &[(f64, String)]) -> Chart {
     for (x, l) in m {
         c = c.marker(*x, l.clone());
     }
@@ -205,46 +206,9 @@ fn plots(r: &SimReport) -> Vec<(&'static str, String)> {
         [] => 1.0,
     }
     .max(1e-9);
-    let per_s = |f: fn(&crate::Sample) -> u64| -> Vec<(f64, f64)> {
-        r.series
-            .iter()
-            .map(|x| (x.t_s, f(x) as f64 / interval))
-            .collect()
-    };
     let marks = markers(r);
     let t_end = r.virtual_time_s;
     let mut out = Vec::new();
-    if r.app.sent > 0 {
-        // Sent and delivered differ by the fan-out (a broadcast is one message sent and N-1
-        // deliveries): each on its own axis.
-        let sent = with_markers(
-            Chart::new(
-                format!("{}: application messages sent", r.scenario),
-                "virtual time (s)",
-                "messages sent per second",
-            )
-            .series(Series::new("sent", per_s(|x| x.app_sent)))
-            .x_range(0.0, t_end),
-            &marks,
-        );
-        let delivered = with_markers(
-            Chart::new(
-                format!(
-                    "deliveries ({} of {} expected, {} duplicates)",
-                    r.app.delivered, r.app.expected_deliveries, r.app.duplicates
-                ),
-                "virtual time (s)",
-                "deliveries per second",
-            )
-            .series(Series::new("delivered", per_s(|x| x.app_delivered)))
-            .x_range(0.0, t_end),
-            &marks,
-        );
-        out.push((
-            "delivered.svg",
-            panels(&[sent.render(), delivered.render()]),
-        ));
-    }
     let air_title = format!(
         "{}: bytes on air ({:.1} MB in all)",
         r.scenario,
@@ -386,31 +350,5 @@ fn plots(r: &SimReport) -> Vec<(&'static str, String)> {
             &bars,
         ),
     ));
-    let lat = &r.latencies_us;
-    if !lat.is_empty() {
-        let step = (lat.len() / 500).max(1);
-        let mut cdf: Vec<(f64, f64)> = lat
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| i % step == 0)
-            .map(|(i, v)| ((*v).max(1) as f64 / 1e3, (i + 1) as f64 / lat.len() as f64))
-            .collect();
-        if let Some(last) = lat.last() {
-            cdf.push(((*last).max(1) as f64 / 1e3, 1.0));
-        }
-        let chart = Chart::new(
-            format!(
-                "{}: delivery latency CDF ({} deliveries)",
-                r.scenario,
-                lat.len()
-            ),
-            "latency (ms, log scale)",
-            "fraction of deliveries",
-        )
-        .series(Series::new("latency", cdf))
-        .y_max(1.0)
-        .log_x();
-        out.push(("latency_cdf.svg", chart.render()));
-    }
     out
 }

@@ -172,72 +172,6 @@ impl fmt::Debug for SimEvent {
     }
 }
 
-/// Whether an application flow broadcasts or sends to one node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum TrafficKind {
-    /// BROADCAST (8) to every node.
-    Broadcast,
-    /// SINGLE (9) to `to`, or a random other node each time if `None`.
-    Single {
-        /// Destination node number.
-        to: Option<u32>,
-    },
-}
-
-/// A periodic application flow. Messages carry an id and their send time in their text so
-/// the simulator measures delivery and latency from the receivers' `Event::Received`.
-#[derive(Clone, Debug, PartialEq)]
-#[non_exhaustive]
-pub struct Traffic {
-    /// Broadcast or single.
-    pub kind: TrafficKind,
-    /// Sender node number, or a random node in the mesh each time if `None`.
-    pub from: Option<u32>,
-    /// Messages per second (> 0).
-    pub rate_per_s: f64,
-    /// Length of the message text in bytes (at least the tag's length, ~25 bytes).
-    pub payload_bytes: usize,
-    /// First message at this time.
-    pub start: Duration,
-    /// No messages at or after this time.
-    pub stop: Option<Duration>,
-}
-
-impl Traffic {
-    /// One broadcast per `1 / rate_per_s` seconds from `from`, starting at `start`.
-    pub fn broadcast(from: Option<u32>, rate_per_s: f64, start: Duration) -> Self {
-        Self {
-            kind: TrafficKind::Broadcast,
-            from,
-            rate_per_s,
-            payload_bytes: 64,
-            start,
-            stop: None,
-        }
-    }
-
-    /// Singles from `from` to `to`.
-    pub fn single(from: Option<u32>, to: Option<u32>, rate_per_s: f64, start: Duration) -> Self {
-        Self {
-            kind: TrafficKind::Single { to },
-            ..Self::broadcast(from, rate_per_s, start)
-        }
-    }
-
-    /// With this payload length.
-    pub fn payload(mut self, bytes: usize) -> Self {
-        self.payload_bytes = bytes;
-        self
-    }
-
-    /// Stopping at `stop`.
-    pub fn until(mut self, stop: Duration) -> Self {
-        self.stop = Some(stop);
-        self
-    }
-}
-
 /// When the nodes of the initial formation boot and join.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Formation {
@@ -314,7 +248,7 @@ impl Default for RejoinParams {
 pub struct Scenario {
     /// Name for reports.
     pub name: String,
-    /// Seed of the whole run: topology, clocks, node seeds, losses, traffic.
+    /// Seed of the whole run: topology, clocks, node seeds, losses, workloads.
     pub seed: u64,
     /// Virtual time simulated.
     pub duration: Duration,
@@ -337,8 +271,6 @@ pub struct Scenario {
     pub rejoin: RejoinParams,
     /// Timeline, sorted by time when the simulation starts.
     pub events: Vec<(Duration, SimEvent)>,
-    /// Application flows.
-    pub traffic: Vec<Traffic>,
     /// Period of the time-series samples.
     pub sample_interval: Duration,
     /// Builds every node.
@@ -369,7 +301,6 @@ impl fmt::Debug for Scenario {
             .field("link", &self.link)
             .field("channel", &self.channel)
             .field("events", &self.events)
-            .field("traffic", &self.traffic)
             .field("ota", &self.ota)
             .field("workloads", &self.workloads)
             .finish_non_exhaustive()
@@ -398,7 +329,6 @@ impl Scenario {
             mesh: MeshParams::default(),
             rejoin: RejoinParams::default(),
             events: Vec::new(),
-            traffic: Vec::new(),
             sample_interval: Duration::from_secs(1),
             factory: Arc::new(plain_node),
             ota: None,
@@ -476,12 +406,6 @@ impl Scenario {
     /// Adds a timeline event at `at`.
     pub fn event(mut self, at: Duration, e: SimEvent) -> Self {
         self.events.push((at, e));
-        self
-    }
-
-    /// Adds an application flow.
-    pub fn traffic(mut self, t: Traffic) -> Self {
-        self.traffic.push(t);
         self
     }
 
@@ -576,11 +500,6 @@ impl Scenario {
                 );
             }
         }
-        for (i, t) in self.traffic.iter().enumerate() {
-            if let Err((f, m)) = check_traffic(t, n) {
-                return bad(&format!("traffic[{i}].{f}"), m);
-            }
-        }
         for (i, (_, e)) in self.events.iter().enumerate() {
             if let Err((f, m)) = check_event(e, n) {
                 return bad(&format!("events[{i}].{f}"), m);
@@ -648,47 +567,6 @@ pub(crate) fn check_change(c: &LinkChange) -> Result<(), (&'static str, String)>
 
 /// The largest message painlessMesh accepts (ArduinoJson string limit, PROTOCOL.md §4.10).
 pub const MAX_PAYLOAD_BYTES: usize = 65_535;
-
-pub(crate) fn check_traffic(t: &Traffic, n: u32) -> Result<(), (&'static str, String)> {
-    if !(t.rate_per_s > 0.0 && t.rate_per_s.is_finite()) {
-        return Err((
-            "rate_per_s",
-            format!("must be a positive rate (got {})", t.rate_per_s),
-        ));
-    }
-    if t.payload_bytes > MAX_PAYLOAD_BYTES {
-        return Err((
-            "payload_bytes",
-            format!(
-                "painlessMesh drops strings longer than {MAX_PAYLOAD_BYTES} characters (got {})",
-                t.payload_bytes
-            ),
-        ));
-    }
-    if let Some(stop) = t.stop {
-        if stop <= t.start {
-            return Err(("stop_s", "must be after start_s".into()));
-        }
-    }
-    let check = |field, v: Option<u32>| match v {
-        Some(v) if v == 0 || v > n => Err((
-            field,
-            format!("names node {v}, but nodes are numbered 1..={n}"),
-        )),
-        _ => Ok(()),
-    };
-    check("from", t.from)?;
-    if let TrafficKind::Single { to } = t.kind {
-        check("to", to)?;
-        if to.is_some() && to == t.from {
-            return Err(("to", "a node does not send singles to itself".into()));
-        }
-        if n < 2 {
-            return Err(("kind", "singles need at least two nodes".into()));
-        }
-    }
-    Ok(())
-}
 
 /// A channel model a run can use: the geometric one needs positions and a positive range.
 pub(crate) fn check_channel(

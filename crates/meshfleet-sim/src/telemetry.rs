@@ -42,7 +42,7 @@ use serde::Serialize;
 
 use crate::scenario::{NodeInit, Scenario, SimEvent};
 use crate::sim::Simulation;
-use crate::workload::{TableError, Workload, WorkloadSpec};
+use crate::workload::{TableError, TableSource, Workload, WorkloadSpec};
 
 /// The workload's key (`[telemetry]`, `summary.json` → `telemetry`).
 pub const KEY: &str = "telemetry";
@@ -290,6 +290,10 @@ impl WorkloadSpec for TelemetrySetup {
         Ok(())
     }
 
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     fn build(&self, scenario: &Scenario) -> Box<dyn Workload> {
         Box::new(TelemetryWorkload::new(self.clone(), scenario))
     }
@@ -298,11 +302,8 @@ impl WorkloadSpec for TelemetrySetup {
 // ----- parsing --------------------------------------------------------------------------
 
 /// Parses the `[telemetry]` table.
-pub(crate) fn parse_table(
-    v: &toml::Value,
-    nodes: u32,
-    duration: Duration,
-) -> Result<Arc<dyn WorkloadSpec>, TableError> {
+pub(crate) fn parse_table(src: &TableSource<'_>) -> Result<Arc<dyn WorkloadSpec>, TableError> {
+    let (v, nodes, duration) = (src.value, src.nodes, src.duration);
     let t = v
         .as_table()
         .ok_or_else(|| TableError::new("", "must be a table"))?;

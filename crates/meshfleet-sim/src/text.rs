@@ -6,7 +6,7 @@
 
 use crate::air::TrafficClass;
 use crate::metrics::SimReport;
-use crate::scenario::{Scenario, TrafficKind};
+use crate::scenario::Scenario;
 use crate::topology::Topology;
 use crate::ChannelModel;
 
@@ -103,26 +103,11 @@ pub fn describe_scenario(s: &Scenario) -> Vec<String> {
             "clocks: no drift".to_owned()
         },
     ];
-    if s.traffic.is_empty() {
+    if crate::traffic::flows(s).is_empty() {
         out.push("application traffic: none".to_owned());
     }
-    for t in &s.traffic {
-        let from = t
-            .from
-            .map_or("a random node".to_owned(), |n| format!("node {n}"));
-        let kind = match t.kind {
-            TrafficKind::Broadcast => "broadcast".to_owned(),
-            TrafficKind::Single { to } => format!(
-                "single to {}",
-                to.map_or("a random node".to_owned(), |n| format!("node {n}"))
-            ),
-        };
-        out.push(format!(
-            "application traffic: {} per second, {kind}, {} bytes, from {from}, starting at {:.0} s",
-            t.rate_per_s,
-            t.payload_bytes,
-            secs(t.start)
-        ));
+    for w in &s.workloads {
+        out.extend(w.describe());
     }
     if let Some(o) = &s.ota {
         out.push(format!(
@@ -137,7 +122,8 @@ pub fn describe_scenario(s: &Scenario) -> Vec<String> {
     if !s.events.is_empty() {
         out.push(format!("timeline: {} event(s)", s.events.len()));
     }
-    for w in &s.workloads {
+    // Workloads that do not describe themselves are at least named.
+    for w in s.workloads.iter().filter(|w| w.describe().is_empty()) {
         out.push(format!("workload: {}", w.key()));
     }
     out
@@ -352,7 +338,7 @@ mod tests {
         .seed(7)
         .duration(Duration::from_secs(30))
         .traffic(Traffic::broadcast(Some(1), 1.0, Duration::from_secs(5)));
-        let r = Simulation::new(s.clone()).run();
+        let r = crate::Run::new(s.clone()).expect("valid").run();
         let text = explain_report(&r, s.clock.drift_ppm).join("\n");
         assert!(text.contains("deliveries expected"), "{text}");
         assert!(text.contains("latency from send to delivery"), "{text}");

@@ -10,13 +10,16 @@
 //! stay as they are.
 //!
 
+use std::any::Any;
 use std::fmt;
+use std::ops::Range;
+use std::path::Path;
 use std::sync::Arc;
 
 use meshfleet_mesh::{Duration, Instant};
 
 use crate::metrics::SimReport;
-use crate::scenario::Scenario;
+use crate::scenario::{InvalidScenario, Scenario};
 use crate::sim::Simulation;
 
 /// A workload's description, as a scenario holds it (cloneable, printable, shareable).
@@ -32,6 +35,17 @@ pub trait WorkloadSpec: fmt::Debug + Send + Sync {
 
     /// A fresh running instance for one run.
     fn build(&self, scenario: &Scenario) -> Box<dyn Workload>;
+
+    /// The spec as [`Any`], so that code holding a scenario can find its own workload's
+    /// spec again (`Scenario::traffic` adds a flow to the traffic spec already there).
+    /// Implement it as `self`.
+    fn as_any(&self) -> &dyn Any;
+
+    /// What it simulates, in words, one line each (`meshfleet sim` prints them before the
+    /// run, [`crate::describe_scenario`]).
+    fn describe(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// One running workload.
@@ -72,15 +86,49 @@ pub trait Workload {
     }
 }
 
-/// A workload table's parser: (the table, the scenario's node count, its duration).
-pub type ParseTable = fn(&toml::Value, u32, Duration) -> Result<Arc<dyn WorkloadSpec>, TableError>;
+/// What a workload's table parser gets from the scenario file.
+#[non_exhaustive]
+pub struct TableSource<'a> {
+    /// The table's value (what the file has under the workload's key).
+    pub value: &'a toml::Value,
+    /// The whole file's text: a parser that wants the position of each value deserializes
+    /// its key from it with [`toml::Spanned`] fields and reports errors with
+    /// [`TableError::at`] (spans are byte ranges of this text).
+    pub text: &'a str,
+    /// The scenario file, if loaded from one (to resolve relative paths, e.g. an image).
+    pub path: Option<&'a Path>,
+    /// The scenario's node count.
+    pub nodes: u32,
+    /// The scenario's duration.
+    pub duration: Duration,
+    /// Specs of the workloads whose tables come earlier in [`TABLES`] (a rollout reads
+    /// the OTA campaign's build from here).
+    pub earlier: &'a [Arc<dyn WorkloadSpec>],
+}
+
+impl TableSource<'_> {
+    /// Deserializes this workload's part of the file with spans: `T` is a struct with the
+    /// workload's key as its one field (serde ignores the file's other keys), so its
+    /// [`toml::Spanned`] values point into [`TableSource::text`]. TOML errors (an unknown
+    /// key, a wrong type) come back with their position.
+    pub fn deserialize<T: serde::de::DeserializeOwned>(&self) -> Result<T, TableError> {
+        toml::from_str(self.text).map_err(|e| TableError {
+            field: String::new(),
+            message: e.message().trim().to_owned(),
+            span: e.span(),
+        })
+    }
+}
+
+/// A workload table's parser.
+pub type ParseTable = fn(&TableSource<'_>) -> Result<Arc<dyn WorkloadSpec>, TableError>;
 
 /// A scenario file's table for a workload: parses the table's value into a spec. Errors
 /// name the field (`"fault[2].kind"`, relative to the table) and say what is wrong.
 pub struct WorkloadTable {
     /// The top-level key.
     pub key: &'static str,
-    /// The parser: (the table, the scenario's node count, its duration).
+    /// The parser.
     pub parse: ParseTable,
 }
 
@@ -91,25 +139,132 @@ pub struct TableError {
     pub field: String,
     /// What is wrong.
     pub message: String,
+    /// Where, as a byte range of the file ([`TableSource::text`]); `None`: the table's
+    /// first line.
+    pub span: Option<Range<usize>>,
 }
 
 impl TableError {
-    /// An error about `field`.
+    /// An error about `field`, reported at the table's first line.
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             field: field.into(),
             message: message.into(),
+            span: None,
+        }
+    }
+
+    /// An error about `field` at `span` of the file.
+    pub fn at(span: Range<usize>, field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            span: Some(span),
+            ..Self::new(field, message)
         }
     }
 }
 
-/// Every workload a scenario file can name, by its top-level table. (`[ota]` and
-/// `[rollout]` predate the interface and are parsed by the scenario parser itself; the OTA
-/// campaign runs as a workload, [`crate::ota::OtaWorkload`].)
-pub const TABLES: &[WorkloadTable] = &[WorkloadTable {
-    key: crate::telemetry::KEY,
-    parse: crate::telemetry::parse_table,
-}];
+/// Every workload a scenario file can name, by its top-level table, in the order they are
+/// parsed, attached and reported.
+pub const TABLES: &[WorkloadTable] = &[
+    WorkloadTable {
+        key: crate::telemetry::KEY,
+        parse: crate::telemetry::parse_table,
+    },
+    WorkloadTable {
+        key: crate::traffic::KEY,
+        parse: crate::traffic::parse_table,
+    },
+];
+
+/// A simulation with its scenario's workloads attached, installed and driven: what
+/// [`crate::run_scenario`] runs, for code that also wants the [`Simulation`] (hooks,
+/// stepping, its nodes) while the workloads run.
+///
+/// ```
+/// use meshfleet_mesh::Duration;
+/// use meshfleet_sim::workload::Run;
+/// use meshfleet_sim::{Scenario, Topology, Traffic};
+///
+/// let scenario = Scenario::new(Topology::Line { nodes: 3, spacing_m: 30.0 })
+///     .duration(Duration::from_secs(20))
+///     .traffic(Traffic::broadcast(Some(1), 1.0, Duration::from_secs(5)));
+/// let mut run = Run::new(scenario).expect("a valid scenario");
+/// run.sim_mut().set_frame_trace(|_frame| {});
+/// let report = run.run();
+/// assert_eq!(report.app.broadcasts_complete, report.app.broadcasts);
+/// ```
+pub struct Run {
+    sim: Simulation,
+    workloads: Vec<Box<dyn Workload>>,
+}
+
+impl Run {
+    /// Builds the scenario's workloads (the OTA campaign of [`Scenario::ota()`] first, then
+    /// [`Scenario::workloads`] in order), lets each wrap the scenario ([`Workload::attach`]),
+    /// builds the simulation and installs each ([`Workload::install`]) before anything runs.
+    pub fn new(scenario: Scenario) -> Result<Self, InvalidScenario> {
+        scenario.validate()?;
+        // The OTA campaign first: it wraps the node factory before the others do.
+        let mut workloads: Vec<Box<dyn Workload>> = scenario
+            .ota
+            .clone()
+            .map(|c| Box::new(crate::ota::OtaWorkload::new(c)) as Box<dyn Workload>)
+            .into_iter()
+            .chain(scenario.workloads.iter().map(|w| w.build(&scenario)))
+            .collect();
+        let mut scenario = scenario;
+        for w in &mut workloads {
+            scenario = w.attach(scenario);
+        }
+        let sim = Simulation::try_new_with(scenario, |sim| {
+            for w in &mut workloads {
+                w.install(sim);
+            }
+        })?;
+        Ok(Self { sim, workloads })
+    }
+
+    /// The simulation.
+    pub fn sim(&self) -> &Simulation {
+        &self.sim
+    }
+
+    /// The simulation, mutably (hooks, actions, stepping: the workloads' own timers run
+    /// inside it; their ticks need [`Run::run_until`]).
+    pub fn sim_mut(&mut self) -> &mut Simulation {
+        &mut self.sim
+    }
+
+    /// Runs to `t`, giving each workload its ticks.
+    pub fn run_until(&mut self, t: Instant) {
+        drive(&mut self.sim, &mut self.workloads, t);
+    }
+
+    /// Runs to the scenario's end and returns the report with every workload's results.
+    pub fn run(&mut self) -> SimReport {
+        let end = self.sim.end();
+        self.run_until(end);
+        let mut report = self.sim.run();
+        for w in &mut self.workloads {
+            w.finish(&self.sim, &mut report);
+        }
+        report
+    }
+
+    /// The report so far, with every workload's results.
+    pub fn report(&mut self) -> SimReport {
+        let mut report = self.sim.report();
+        for w in &mut self.workloads {
+            w.finish(&self.sim, &mut report);
+        }
+        report
+    }
+
+    /// Every workload's plots (after [`Run::run`] or [`Run::report`]).
+    pub fn plots(&self) -> Vec<(String, String)> {
+        self.workloads.iter().flat_map(|w| w.plots()).collect()
+    }
+}
 
 /// Runs `sim` to `end`, giving each workload its ticks in time order (ties: in the order
 /// of `workloads`).

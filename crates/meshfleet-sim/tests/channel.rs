@@ -6,21 +6,26 @@ use std::rc::Rc;
 
 use meshfleet_mesh::{Duration, Instant, NodeId};
 use meshfleet_sim::{
-    ChannelModel, LinkChange, LinkParams, Scenario, SimEvent, Simulation, Topology, Traffic,
+    ChannelModel, LinkChange, LinkParams, Run, Scenario, SimEvent, Simulation, Topology, Traffic,
 };
 
 type Air = Rc<RefCell<Vec<(Instant, Instant, NodeId, NodeId)>>>;
 
+/// The simulation with the scenario's workloads (its traffic) installed.
+fn run_of(s: Scenario) -> Run {
+    Run::new(s).expect("a valid scenario")
+}
+
 /// Runs and returns every transmission as (start, end of airtime, from, to).
 fn on_air(s: Scenario) -> (Air, meshfleet_sim::SimReport) {
-    let mut sim = Simulation::new(s);
+    let mut run = run_of(s);
     let air: Air = Rc::default();
     let a = air.clone();
-    sim.set_frame_trace(move |f| {
+    run.sim_mut().set_frame_trace(move |f| {
         a.borrow_mut()
             .push((f.start, f.start + f.airtime, f.from, f.to))
     });
-    let r = sim.run();
+    let r = run.run();
     (air, r)
 }
 
@@ -85,16 +90,16 @@ fn geometric_channel_silences_the_neighbourhood_only() {
             .payload(2000)
             .until(Duration::from_secs(18)),
     );
-    let mut sim = Simulation::new(s.clone());
-    let ids: Vec<NodeId> = sim.node_ids();
+    let mut run = run_of(s.clone());
+    let ids: Vec<NodeId> = run.sim().node_ids();
     let pos = |id: NodeId| ids.iter().position(|x| *x == id).unwrap_or(0) as i64;
     let air: Air = Rc::default();
     let a = air.clone();
-    sim.set_frame_trace(move |f| {
+    run.sim_mut().set_frame_trace(move |f| {
         a.borrow_mut()
             .push((f.start, f.start + f.airtime, f.from, f.to))
     });
-    let r = sim.run();
+    let r = run.run();
     assert_eq!(
         overlaps(&air, |a, b| (pos(a) - pos(b)).abs() <= 1),
         0,
@@ -125,7 +130,7 @@ fn full_queues_drop_normal_frames() {
             .payload(1000)
             .until(Duration::from_secs(8)),
     );
-    let r = Simulation::new(s).run();
+    let r = run_of(s).run();
     let full = r.drops.get("queue_full").copied().unwrap_or(0);
     assert!(full > 0, "{:?}", r.drops);
     assert_eq!(
@@ -162,7 +167,7 @@ fn loss_costs_retransmissions_and_time_not_frames() {
                 .payload(3000)
                 .until(Duration::from_secs(45)),
         );
-        Simulation::new(s).run()
+        run_of(s).run()
     };
     let clean = run(0.0, LinkParams::default());
     let lossy = run(0.1, LinkParams::default());
@@ -313,20 +318,20 @@ fn the_channel_model_can_change_during_a_run() {
             .payload(3000)
             .until(Duration::from_secs(22)),
     );
-    let mut sim = Simulation::new(s);
-    let ids: Vec<NodeId> = sim.node_ids();
+    let mut run = run_of(s);
+    let ids: Vec<NodeId> = run.sim().node_ids();
     let pos = |id: NodeId| ids.iter().position(|x| *x == id).unwrap_or(0) as i64;
     let near = |a: NodeId, b: NodeId| (pos(a) - pos(b)).abs() <= 1;
     let air: Air = Rc::default();
     let a = air.clone();
-    sim.set_frame_trace(move |f| {
+    run.sim_mut().set_frame_trace(move |f| {
         a.borrow_mut()
             .push((f.start, f.start + f.airtime, f.from, f.to))
     });
-    assert_eq!(sim.channel(), &ChannelModel::Independent);
-    sim.run_until(at(12));
-    assert_eq!(sim.channel().label(), "geometric");
-    let r = sim.run();
+    assert_eq!(run.sim().channel(), &ChannelModel::Independent);
+    run.run_until(at(12));
+    assert_eq!(run.sim().channel().label(), "geometric");
+    let r = run.run();
     assert!(
         overlaps_in(&air, at(2)..at(8), near) > 0,
         "independent: neighbours overlap"
@@ -352,7 +357,8 @@ fn the_channel_model_can_change_during_a_run() {
 
 #[test]
 fn set_channel_refuses_the_geometric_model_without_positions() {
-    let mut sim = Simulation::new(star_flood(ChannelModel::Airtime));
+    let mut run = run_of(star_flood(ChannelModel::Airtime));
+    let sim = run.sim_mut();
     let e = sim
         .set_channel(ChannelModel::Geometric {
             interference_range_m: 100.0,
@@ -379,6 +385,6 @@ fn set_channel_refuses_the_geometric_model_without_positions() {
         a.borrow_mut()
             .push((f.start, f.start + f.airtime, f.from, f.to))
     });
-    sim.run();
+    run.run();
     assert!(overlaps(&air, |a, b| a == b) > 0);
 }

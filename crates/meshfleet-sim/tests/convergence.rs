@@ -2,9 +2,12 @@
 //! exactly once, singles arrive, and time sync brings mesh times together.
 
 use meshfleet_mesh::Duration;
-use meshfleet_sim::{
-    Formation, Scenario, SimReport, Simulation, Topology, Traffic, ESP8266_MAX_CONN,
-};
+use meshfleet_sim::{Formation, Run, Scenario, SimReport, Topology, Traffic, ESP8266_MAX_CONN};
+
+/// Runs the scenario with its workloads (its traffic).
+fn run(s: Scenario) -> SimReport {
+    Run::new(s).expect("a valid scenario").run()
+}
 
 fn check_traffic(r: &SimReport) {
     assert!(r.convergence.converged_at_end, "{:#?}", r.convergence);
@@ -32,7 +35,7 @@ fn three_chain_converges_and_delivers() {
     })
     .seed(3)
     .duration(Duration::from_secs(240));
-    let r = Simulation::new(with_traffic(s, 3, Duration::from_secs(5))).run();
+    let r = run(with_traffic(s, 3, Duration::from_secs(5)));
     check_traffic(&r);
     // One and two hops at the calibrated 2.49 ms per hop.
     assert!(
@@ -57,7 +60,7 @@ fn time_sync_without_drift_agrees_within_a_millisecond() {
     .seed(11)
     .drift_ppm(0.0)
     .duration(Duration::from_secs(180));
-    let r = Simulation::new(s).run();
+    let r = run(s);
     let spread = r.time_sync.max_spread_last_minute_us.expect("sampled");
     println!("3-chain, no drift: mesh-time spread over the last minute {spread} us");
     assert!(spread < 1_000, "{spread}");
@@ -73,7 +76,7 @@ fn time_sync_with_drift_is_bounded_by_drift_between_syncs() {
     })
     .seed(11)
     .duration(Duration::from_secs(300));
-    let r = Simulation::new(s).run();
+    let r = run(s);
     let spread = r.time_sync.max_spread_last_minute_us.expect("sampled");
     println!("3-chain, ±20 ppm: mesh-time spread over the last minute {spread} us");
     assert!(spread < 5_000, "{spread}");
@@ -90,7 +93,7 @@ fn grid_converges_and_delivers() {
     .seed(5)
     .drift_ppm(0.0)
     .duration(Duration::from_secs(200));
-    let r = Simulation::new(with_traffic(s, 25, Duration::from_secs(10))).run();
+    let r = run(with_traffic(s, 25, Duration::from_secs(10)));
     check_traffic(&r);
     // Over several hops the spread is set by the channel, not by drift: a TIME_SYNC request
     // stamped with t0 when queued waits behind the node-sync frame on the air (the timers
@@ -122,7 +125,7 @@ fn ideal_channel_time_sync_is_exact() {
     .drift_ppm(0.0)
     .link(link)
     .duration(Duration::from_secs(150));
-    let r = Simulation::new(s).run();
+    let r = run(s);
     let spread = r.time_sync.max_spread_last_minute_us.expect("sampled");
     println!("grid 5x5, ideal channel, no drift: spread {spread} us");
     assert!(spread < 100, "{spread}");
@@ -141,7 +144,7 @@ fn random_tree_200_converges_and_delivers() {
         jitter: Duration::ZERO,
     })
     .duration(Duration::from_secs(90));
-    let r = Simulation::new(with_traffic(s, 200, Duration::from_secs(30))).run();
+    let r = run(with_traffic(s, 200, Duration::from_secs(30)));
     check_traffic(&r);
     println!(
         "random tree 200: formed after {:?} s, spread {:?} us, latency p50 {} ms p99 {} ms",

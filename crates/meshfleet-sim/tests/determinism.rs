@@ -2,7 +2,7 @@
 //! seed gives another run.
 
 use meshfleet_mesh::Duration;
-use meshfleet_sim::{ChannelModel, LinkChange, Scenario, SimEvent, Simulation, Topology, Traffic};
+use meshfleet_sim::{ChannelModel, LinkChange, Run, Scenario, SimEvent, Topology, Traffic};
 
 fn scenario(seed: u64) -> Scenario {
     Scenario::new(Topology::Grid {
@@ -32,19 +32,23 @@ fn scenario(seed: u64) -> Scenario {
 
 #[test]
 fn same_seed_same_summary_other_seed_other_summary() {
-    let a = Simulation::new(scenario(42)).run().to_json();
-    let b = Simulation::new(scenario(42)).run().to_json();
+    let run = |seed| Run::new(scenario(seed)).expect("valid").run().to_json();
+    let a = run(42);
+    let b = run(42);
     assert_eq!(a, b);
-    let c = Simulation::new(scenario(43)).run().to_json();
+    let c = run(43);
     assert_ne!(a, c);
 }
 
 #[test]
 fn stepping_and_running_agree() {
-    let mut stepped = Simulation::new(scenario(7));
-    while stepped.now() < stepped.end() && stepped.step() {}
-    let mut run = Simulation::new(scenario(7));
-    run.run_until(run.end());
+    // The traffic runs on the simulation's own timers: stepping the simulation runs it.
+    let mut stepped = Run::new(scenario(7)).expect("valid");
+    let sim = stepped.sim_mut();
+    while sim.now() < sim.end() && sim.step() {}
+    let mut run = Run::new(scenario(7)).expect("valid");
+    let end = run.sim().end();
+    run.run_until(end);
     // `step` may run past the end by the events at the end time; both stop at the end.
     assert_eq!(stepped.report().frames_on_air, run.report().frames_on_air);
 }

@@ -202,6 +202,28 @@ pub async fn joined(f: &Fixture, n: &MeshHandle, id: u32) {
     .await;
 }
 
+/// Opens `GET /events` and reads up to the end of the response head, which it returns (with
+/// any bytes after it). The handler subscribes to the event bus before it answers, so once
+/// the head is here no later event can be missed; writing the request and going straight on
+/// raced the subscription (e2e.rs missed `node_up` on a loaded machine).
+pub async fn open_events(f: &Fixture) -> (TcpStream, String) {
+    let mut sse = TcpStream::connect(f.http).await.unwrap();
+    sse.write_all(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !seen.contains("\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(30), sse.read(&mut buf))
+            .await
+            .expect("the event stream's head in time")
+            .unwrap();
+        assert!(n > 0, "the event stream closed: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    (sse, seen)
+}
+
 pub fn keygen() -> SigningKey {
     keys::keygen(&mut rand_core::OsRng)
 }

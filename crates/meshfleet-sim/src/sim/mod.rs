@@ -1,21 +1,21 @@
 //! The simulation engine: virtual time, the event loop, nodes, links and transmitters.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
-use meshfleet_channel::{dist, interferers, tx_cost, ChannelModel, LinkChange, LinkParams};
+use meshfleet_channel::{
+    dist, Channel, ChannelModel, DropReason, LinkChange, LinkParams, Output, Sent, Timer,
+};
 use meshfleet_mesh::{
-    Config, Delivery, Duration, Event, Instant, LinkId, LinkRole, Node, NodeId, PluginEvent,
-    Priority, Rng, Transmit,
+    Config, Duration, Event, Instant, LinkId, LinkRole, Node, NodeId, PluginEvent, Priority, Rng,
+    Transmit,
 };
 
 use crate::clock::LocalClock;
 use crate::metrics::{
-    parse_tag, secs, tag, AppMsg, AppReport, Convergence, ConvergenceReport, LatencySummary,
-    LinkReport, MeshTotals, NodeReport, Sample, SimReport, TimeSyncReport, Window,
+    secs, AppReport, Convergence, ConvergenceReport, LinkReport, MeshTotals, NodeReport, Sample,
+    SimReport, TimeSyncReport, Window,
 };
-use crate::scenario::{
-    InvalidScenario, NodeFactory, NodeInit, Scenario, SimEvent, Traffic, TrafficKind,
-};
+use crate::scenario::{InvalidScenario, NodeFactory, NodeInit, Scenario, SimEvent};
 use crate::store::PersistentStore;
 use crate::topology::Layout;
 
@@ -54,23 +54,21 @@ type ProgressFn = Box<dyn FnMut(f64)>;
 type TraceFn = Box<dyn FnMut(&FrameTrace<'_>)>;
 type EventHookFn = Box<dyn FnMut(Instant, NodeId, &Event)>;
 type PluginSinkFn = Box<dyn FnMut(Instant, NodeId, &'static str, Box<dyn PluginEvent>)>;
+type TimerFn = Box<dyn FnMut(&mut Simulation, u64)>;
+type SampleHookFn = Box<dyn FnMut(&mut Sample)>;
+
+/// A timer hook installed with [`Simulation::add_timer_hook`]: what
+/// [`Simulation::set_timer`] wakes up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimerHook(u32);
 
 /// Internal events.
 enum Ev {
     /// A node's timer (stale unless `gen` matches).
     Wake { node: usize, gen: u64 },
-    /// A transmitter finished its current airtime.
-    RadioFree { unit: usize },
-    /// A link direction finished its in-flight frame (retransmission stalls included).
-    DirDone { link: LinkId, dir: u8 },
-    /// A frame reaches its receiver.
-    Deliver {
-        link: LinkId,
-        dir: u8,
-        frame: Vec<u8>,
-    },
-    /// TCP gave up on a link.
-    TcpReset { link: LinkId },
+    /// A wakeup the channel asked for (a transmitter free, a frame sent or arriving, a
+    /// TCP reset).
+    Channel(Timer),
     /// A node learns that a link closed (FIN/RST arrives).
     PeerDown { node: usize, link: LinkId },
     /// A station association attempt (`boot`: power the node on first). Automatic retries
@@ -85,55 +83,52 @@ enum Ev {
     FormationJoin { k: usize },
     /// Timeline event `i` of the scenario.
     Timeline(usize),
-    /// Application flow `i` sends.
-    Traffic(usize),
+    /// A workload's timer: its hook runs with the token.
+    Timer { hook: u32, token: u64 },
     /// A time-series sample.
     Sample,
 }
 
-#[derive(Default)]
-struct Dir {
-    /// One FIFO per [`Priority`], in sending order (control, normal, bulk).
-    hi: VecDeque<Vec<u8>>,
-    lo: VecDeque<Vec<u8>>,
-    bulk: VecDeque<Vec<u8>>,
-    queued_bytes: usize,
-    /// Frame being sent (or waiting out retransmission timeouts) and its arrival time.
-    in_flight: Option<(Vec<u8>, Instant)>,
-    /// In its transmitter's ready ring.
-    ready: bool,
-    unit: usize,
-    last_arrival: Instant,
+/// Why a link closed, as the simulator counts the frames it took with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CloseCause {
+    /// TCP gave up after its retransmissions ([`Output::Reset`]).
+    TcpReset,
+    /// One end closed the socket (the node's `LinkClosed`).
+    NodeClosed,
+    /// A timeline `LinkDown` or `Move`.
+    LinkDown,
+    /// A timeline `Partition` cut it.
+    Partition,
+    /// One end crashed or was powered off.
+    NodeCrash,
 }
 
-struct LinkState {
-    id: LinkId,
-    /// `[access point, station]`; direction `d` is sent by `ends[d]`.
-    ends: [usize; 2],
-    params: LinkParams,
-    rng: Rng,
-    dirs: [Dir; 2],
+/// Why frames are lost; the report's `drops` count them by [`Loss::label`] (next to the
+/// nodes' own [`meshfleet_mesh::DropReason`] labels).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Loss {
+    /// Refused or lost by the channel (`queue_full`, `link_closed`).
+    Channel(DropReason),
+    /// Queued or being sent when its link closed.
+    Closed(CloseCause),
+    /// Arrived at a hung node.
+    NodeHung,
+    /// Arrived at a node that is powered off.
+    NodeDown,
 }
 
-struct Radio {
-    busy: bool,
-    ready: VecDeque<(LinkId, u8)>,
-    node: usize,
-    /// Geometric model: queue position while waiting for a clear channel.
-    waiting: Option<u64>,
-    /// Its transmission on the air marks the sender's neighbourhood busy (it started under
-    /// the geometric model, and no channel switch happened since): its end must unmark it.
-    carrier: bool,
-}
-
-impl Radio {
-    fn new(node: usize) -> Self {
-        Self {
-            busy: false,
-            ready: VecDeque::new(),
-            node,
-            waiting: None,
-            carrier: false,
+impl Loss {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Channel(r) => r.label(),
+            Self::Closed(CloseCause::TcpReset) => "tcp_reset",
+            Self::Closed(CloseCause::NodeClosed) => "link_closed",
+            Self::Closed(CloseCause::LinkDown) => "link_down",
+            Self::Closed(CloseCause::Partition) => "partition",
+            Self::Closed(CloseCause::NodeCrash) => "node_crash",
+            Self::NodeHung => "node_hung",
+            Self::NodeDown => "node_down",
         }
     }
 }
@@ -169,13 +164,8 @@ struct Slot {
     side: u32,
     /// Generation of the pending automatic rejoin.
     retry_gen: u64,
-    queued_bytes: u64,
-    queued_frames: u64,
-    queue_peak_bytes: u64,
-    queue_peak_frames: u64,
     frames_sent: u64,
     bytes_sent: u64,
-    app_received: u64,
     /// Counters of crashed boots, so totals survive reboots.
     past: MeshTotals,
 }
@@ -185,7 +175,6 @@ pub struct Simulation {
     name: String,
     seed: u64,
     topology_label: &'static str,
-    channel: ChannelModel,
     id_base: u32,
     now: Instant,
     end: Instant,
@@ -198,19 +187,15 @@ pub struct Simulation {
     link_defaults: LinkParams,
     pair_changes: BTreeMap<(usize, usize), LinkChange>,
     blocked_until: BTreeMap<(usize, usize), Instant>,
-    links: Vec<Option<LinkState>>,
+    /// The links' queues, the transmitters and the air (`meshfleet-channel`).
+    channel: Channel<Vec<u8>>,
+    /// By link id, closed links included.
     link_stats: Vec<LinkStat>,
-    radios: Vec<Radio>,
-    interferers: Vec<Vec<usize>>,
-    carrier_busy: Vec<u32>,
-    wait_seq: u64,
     factory: NodeFactory,
     config_template: Box<dyn Fn(NodeId) -> Config>,
     rejoin_scan: Duration,
     rejoin_rescan: Duration,
     timeline: Vec<SimEvent>,
-    traffic: Vec<Traffic>,
-    traffic_rng: Rng,
     sample_interval: Duration,
     drift_ppm: f64,
     // Metrics.
@@ -220,10 +205,6 @@ pub struct Simulation {
     window: Window,
     drops: BTreeMap<String, u64>,
     link_closes: BTreeMap<String, u64>,
-    msgs: Vec<AppMsg>,
-    app_sent: u64,
-    app_not_sent: u64,
-    latencies: Vec<u64>,
     conv: Convergence,
     series: Vec<Sample>,
     // Hooks.
@@ -232,6 +213,9 @@ pub struct Simulation {
     traces: Vec<TraceFn>,
     event_hooks: Vec<EventHookFn>,
     plugin_sink: Option<PluginSinkFn>,
+    /// Taken out while one runs (it gets the simulation).
+    timer_hooks: Vec<Option<TimerFn>>,
+    sample_hooks: Vec<SampleHookFn>,
     // Scratch buffers reused across inputs.
     scratch_tx: Vec<Transmit>,
     scratch_ev: Vec<Event>,
@@ -270,12 +254,23 @@ impl Simulation {
 
     /// Builds the simulation, or says why the scenario cannot run.
     pub fn try_new(scenario: Scenario) -> Result<Self, InvalidScenario> {
+        Self::try_new_with(scenario, |_| {})
+    }
+
+    /// [`Simulation::try_new`], running `before_start` once everything of the scenario is
+    /// scheduled and before the first sample is ([`crate::workload::Run`] installs the
+    /// workloads there).
+    pub(crate) fn try_new_with(
+        scenario: Scenario,
+        before_start: impl FnOnce(&mut Self),
+    ) -> Result<Self, InvalidScenario> {
         scenario.validate()?;
         let mut master = Rng::new(scenario.seed);
         let mut topo_rng = master.derive(1);
         let mut clock_rng = master.derive(2);
         let mut formation_rng = master.derive(3);
-        let traffic_rng = master.derive(4);
+        // The fourth child stream (`derive(4)`) belongs to the traffic workload, which
+        // derives it from the seed itself.
         let layout = scenario
             .topology
             .generate(&mut topo_rng)
@@ -309,13 +304,8 @@ impl Simulation {
                     in_mesh: false,
                     side: 0,
                     retry_gen: 0,
-                    queued_bytes: 0,
-                    queued_frames: 0,
-                    queue_peak_bytes: 0,
-                    queue_peak_frames: 0,
                     frames_sent: 0,
                     bytes_sent: 0,
-                    app_received: 0,
                     past: MeshTotals::default(),
                 }
             })
@@ -357,11 +347,7 @@ impl Simulation {
                     + Duration::from_micros(f.interval.as_micros() * k as u64 + jitter)
             })
             .collect();
-        // Radios 0..n are the nodes' own (the airtime and geometric models); the
-        // independent model adds one per link direction after them. Keeping the node radios
-        // under every model lets the channel model change during a run.
-        let radios: Vec<Radio> = (0..n).map(Radio::new).collect();
-        let interferers = interferers(&scenario.channel, layout.positions.as_deref(), n);
+        let channel = Channel::new(scenario.channel.clone(), n, layout.positions.as_deref());
         let mesh = scenario.mesh.clone();
         let id_base = scenario.id_base;
         let config_template = Box::new(move |id: NodeId| {
@@ -388,7 +374,6 @@ impl Simulation {
             name: scenario.name.clone(),
             seed: scenario.seed,
             topology_label: scenario.topology.label(),
-            channel: scenario.channel.clone(),
             id_base,
             now: Instant::ZERO,
             end,
@@ -401,7 +386,7 @@ impl Simulation {
             link_defaults: scenario.link.clone(),
             pair_changes: BTreeMap::new(),
             blocked_until: BTreeMap::new(),
-            links: vec![None],
+            channel,
             link_stats: vec![LinkStat {
                 ends: [0, 0],
                 opened: Instant::ZERO,
@@ -410,17 +395,11 @@ impl Simulation {
                 bytes: [0; 2],
                 retransmissions: 0,
             }],
-            radios,
-            interferers,
-            carrier_busy: vec![0; n],
-            wait_seq: 0,
             factory: scenario.factory.clone(),
             config_template,
             rejoin_scan: scenario.rejoin.scan_delay,
             rejoin_rescan: scenario.rejoin.rescan_interval,
             timeline: Vec::new(),
-            traffic: scenario.traffic.clone(),
-            traffic_rng,
             sample_interval: scenario.sample_interval,
             drift_ppm: scenario.clock.drift_ppm,
             events_processed: 0,
@@ -429,10 +408,6 @@ impl Simulation {
             window: Window::default(),
             drops: BTreeMap::new(),
             link_closes: BTreeMap::new(),
-            msgs: Vec::new(),
-            app_sent: 0,
-            app_not_sent: 0,
-            latencies: Vec::new(),
             conv: Convergence::new(n),
             series: Vec::new(),
             progress: None,
@@ -440,6 +415,8 @@ impl Simulation {
             traces: Vec::new(),
             event_hooks: Vec::new(),
             plugin_sink: None,
+            timer_hooks: Vec::new(),
+            sample_hooks: Vec::new(),
             scratch_tx: Vec::new(),
             scratch_ev: Vec::new(),
         };
@@ -454,9 +431,9 @@ impl Simulation {
             sim.queue.push(Instant::ZERO + at, Ev::Timeline(i));
             sim.timeline.push(e);
         }
-        for (i, t) in sim.traffic.iter().enumerate() {
-            sim.queue.push(Instant::ZERO + t.start, Ev::Traffic(i));
-        }
+        // Workloads install their hooks and first timers before the first sample is
+        // scheduled: a timer at the first sample's time runs before it.
+        before_start(&mut sim);
         sim.queue
             .push(Instant::ZERO + sim.sample_interval, Ev::Sample);
         Ok(sim)
@@ -491,6 +468,51 @@ impl Simulation {
         f: impl FnMut(Instant, NodeId, &'static str, Box<dyn PluginEvent>) + 'static,
     ) {
         self.plugin_sink = Some(Box::new(f));
+    }
+
+    /// Installs a timer hook: `f(sim, token)` runs at each time [`Simulation::set_timer`]
+    /// sets for it, as an event among the others of that instant (in scheduling order).
+    /// For workloads that act at exact times (the traffic workload's sends).
+    pub fn add_timer_hook(&mut self, f: impl FnMut(&mut Self, u64) + 'static) -> TimerHook {
+        self.timer_hooks.push(Some(Box::new(f)));
+        TimerHook(self.timer_hooks.len() as u32 - 1)
+    }
+
+    /// Wakes `hook` with `token` at `at` (now, if `at` has passed).
+    pub fn set_timer(&mut self, hook: TimerHook, at: Instant, token: u64) {
+        self.queue.push(
+            at.max(self.now),
+            Ev::Timer {
+                hook: hook.0,
+                token,
+            },
+        );
+    }
+
+    /// Calls `f` on every sample of the time series before it is stored: a workload fills
+    /// in its columns (the traffic workload's `app_sent`, `app_delivered`).
+    pub fn set_sample_hook(&mut self, f: impl FnMut(&mut Sample) + 'static) {
+        self.sample_hooks.push(Box::new(f));
+    }
+
+    /// Running nodes that are in a mesh (a root, or a station with an access point), in
+    /// number order: who an application may pick to send.
+    pub fn mesh_members(&self) -> Vec<NodeId> {
+        self.slots
+            .iter()
+            .filter(|s| s.node.is_some() && !s.hung && s.in_mesh)
+            .map(|s| s.id)
+            .collect()
+    }
+
+    /// The running node's connected component in the ground truth (open links between
+    /// running nodes): (its index, its size). Two nodes can reach each other exactly when
+    /// they are in the same component.
+    pub fn component_of(&mut self, id: NodeId) -> Option<(u32, u32)> {
+        self.refresh_components();
+        let c = *self.conv.comp.get(self.index(id)?)?;
+        let size = *self.conv.comp_size.get(c as usize)?;
+        Some((c, size))
     }
 
     /// Current virtual time.
@@ -585,7 +607,7 @@ impl Simulation {
             .links
             .iter()
             .copied()
-            .find(|l| self.link(*l).is_some_and(|s| s.ends.contains(&b)))
+            .find(|l| self.link(*l).is_some_and(|s| s.ends().contains(&b)))
     }
 
     /// Whether every running node's node list equals the set of the other running nodes
@@ -683,7 +705,11 @@ impl Simulation {
         self.slots[v].clock.to_local(self.now)
     }
 
-    fn drop_frame(&mut self, reason: &str, n: u64) {
+    fn lose(&mut self, loss: Loss, n: u64) {
+        self.drop_frame(loss.label(), n);
+    }
+
+    fn drop_frame(&mut self, reason: &'static str, n: u64) {
         if n == 0 {
             return;
         }
@@ -696,8 +722,8 @@ impl Simulation {
         }
     }
 
-    fn link(&self, id: LinkId) -> Option<&LinkState> {
-        self.links.get(id.0 as usize)?.as_ref()
+    fn link(&self, id: LinkId) -> Option<&meshfleet_channel::Link<Vec<u8>>> {
+        self.channel.link(id)
     }
 
     /// Returns whether the event did something (stale wakeups do not count).
@@ -716,15 +742,9 @@ impl Simulation {
                 n.handle_timeout(local);
                 self.after_input(node);
             }
-            Ev::RadioFree { unit } => self.radio_free(unit),
-            Ev::DirDone { link, dir } => self.dir_done(link, dir),
-            Ev::Deliver { link, dir, frame } => self.deliver(link, dir, frame),
-            Ev::TcpReset { link } => {
-                self.close_link(
-                    link,
-                    "tcp_reset",
-                    [Some(Duration::ZERO), Some(Duration::ZERO)],
-                );
+            Ev::Channel(timer) => {
+                self.channel.handle_timer(self.now, timer);
+                self.drain_channel();
             }
             Ev::PeerDown { node, link } => {
                 let local = self.local(node);
@@ -759,7 +779,13 @@ impl Simulation {
                 }
             }
             Ev::Timeline(i) => self.timeline_event(i),
-            Ev::Traffic(i) => self.traffic_event(i),
+            Ev::Timer { hook, token } => {
+                let slot = self.timer_hooks.get_mut(hook as usize);
+                if let Some(mut f) = slot.and_then(Option::take) {
+                    f(self, token);
+                    self.timer_hooks[hook as usize] = Some(f);
+                }
+            }
             Ev::Sample => {
                 self.sample();
                 let next = self.now + self.sample_interval;
@@ -828,19 +854,18 @@ impl Simulation {
                 // The node closed the socket: the peer sees FIN one link latency later.
                 let lat = self
                     .link(link)
-                    .map(|l| l.params.latency)
+                    .map(|l| l.params().latency)
                     .unwrap_or_default();
-                let ends = self.link(link).map(|l| l.ends);
+                let ends = self.link(link).map(|l| l.ends());
                 if let Some(ends) = ends {
                     let notify = ends.map(|e| (e != v).then_some(lat));
-                    self.close_link(link, "link_closed", notify);
+                    self.close_link(link, CloseCause::NodeClosed, notify);
                 }
             }
             Event::NodeListChanged { nodes } => {
                 let id = self.slots[v].id;
                 self.conv.set_list(v, id, &nodes);
             }
-            Event::Received { msg, delivery, .. } => self.app_received(v, &msg, delivery),
             Event::FrameDropped { reason, .. } => self.drop_frame(reason.label(), 1),
             Event::Plugin { plugin, event } => {
                 if let Some(sink) = &mut self.plugin_sink {
@@ -869,7 +894,7 @@ impl Simulation {
 
     /// The channel model in force (the scenario's, or the last [`SimEvent::SetChannel`]).
     pub fn channel(&self) -> &ChannelModel {
-        &self.channel
+        self.channel.model()
     }
 
     /// Switches the channel model now: transmissions that start from now on follow

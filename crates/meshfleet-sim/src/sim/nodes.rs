@@ -36,15 +36,15 @@ impl Simulation {
         self.after_input(v);
     }
 
-    pub(super) fn crash(&mut self, v: usize, reason: &str) {
+    pub(super) fn crash(&mut self, v: usize, cause: CloseCause) {
         if self.slots[v].node.is_none() {
             return;
         }
         for link in self.slots[v].links.clone() {
             let Some(l) = self.link(link) else { continue };
-            let lat = l.params.latency;
-            let notify = l.ends.map(|e| (e != v).then_some(lat));
-            self.close_link(link, reason, notify);
+            let lat = l.params().latency;
+            let notify = l.ends().map(|e| (e != v).then_some(lat));
+            self.close_link(link, cause, notify);
         }
         let s = &mut self.slots[v];
         if let Some(node) = s.node.take() {
@@ -131,23 +131,17 @@ impl Simulation {
     }
 
     pub(super) fn connect(&mut self, sta: usize, ap: usize) {
-        let id = LinkId(self.links.len() as u64);
         let mut params = self.link_defaults.clone();
         if let Some(c) = self.pair_changes.get(&pair(sta, ap)) {
             c.apply(&mut params);
         }
-        let mut dirs = [Dir::default(), Dir::default()];
-        for (d, dir) in dirs.iter_mut().enumerate() {
-            let sender = if d == 0 { ap } else { sta };
-            dir.unit = self.unit_for(sender);
-        }
-        self.links.push(Some(LinkState {
-            id,
-            ends: [ap, sta],
-            params,
-            rng: Rng::new(child_seed(self.seed, LINK_SALT, id.0, 0)),
-            dirs,
-        }));
+        let rng = Rng::new(child_seed(
+            self.seed,
+            LINK_SALT,
+            self.channel.next_link_id().0,
+            0,
+        ));
+        let id = self.channel.open_link(ap, sta, params, rng);
         self.link_stats.push(LinkStat {
             ends: [ap, sta],
             opened: self.now,
@@ -177,21 +171,18 @@ impl Simulation {
         }
     }
 
-    /// Removes a link from the network. Frames queued or in flight are lost (`reason`);
+    /// Removes a link from the network. Frames queued or in flight are lost (`cause`);
     /// `notify[i]` = when end `i` hears of it (`None`: it closed it itself, or is gone).
-    pub(super) fn close_link(&mut self, id: LinkId, reason: &str, notify: [Option<Duration>; 2]) {
-        let Some(mut l) = self.links.get_mut(id.0 as usize).and_then(Option::take) else {
+    pub(super) fn close_link(
+        &mut self,
+        id: LinkId,
+        cause: CloseCause,
+        notify: [Option<Duration>; 2],
+    ) {
+        let Some(l) = self.channel.close_link(id) else {
             return;
         };
-        let mut lost = 0;
-        for (d, dir) in l.dirs.iter_mut().enumerate() {
-            let sender = l.ends[d];
-            let frames = (dir.hi.len() + dir.lo.len() + dir.bulk.len()) as u64;
-            self.slots[sender].queued_bytes -= dir.queued_bytes as u64;
-            self.slots[sender].queued_frames -= frames;
-            lost += frames + u64::from(dir.in_flight.is_some());
-        }
-        self.drop_frame(reason, lost);
+        self.lose(Loss::Closed(cause), l.lost_frames);
         self.link_stats[id.0 as usize].closed = Some(self.now);
         let [ap, sta] = l.ends;
         for v in [ap, sta] {

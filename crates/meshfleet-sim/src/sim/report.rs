@@ -38,10 +38,11 @@ impl Simulation {
                 size += 1;
                 hash = hash.wrapping_add(crate::metrics::mix(u64::from(self.slots[v].id.0)));
                 for &link in &self.slots[v].links {
-                    let Some(l) = self.links[link.0 as usize].as_ref() else {
+                    let Some(l) = self.channel.link(link) else {
                         continue;
                     };
-                    let u = if l.ends[0] == v { l.ends[1] } else { l.ends[0] };
+                    let [a, b] = l.ends();
+                    let u = if a == v { b } else { a };
                     if self.conv.comp[u] == u32::MAX && running(&self.slots[u]) {
                         self.conv.comp[u] = c;
                         stack.push(u);
@@ -64,54 +65,37 @@ impl Simulation {
     pub(super) fn sample(&mut self) {
         self.refresh_components();
         let w = std::mem::take(&mut self.window);
-        self.series.push(Sample {
+        let mut sample = Sample {
             t_s: secs(self.now),
-            app_sent: w.app_sent,
-            app_delivered: w.app_delivered,
+            app_sent: 0,
+            app_delivered: 0,
             frames_on_air: w.frames,
             bytes_on_air: w.bytes,
             drops: w.drops,
             nodes_alive: self.conv.num_alive as u32,
             nodes_converged: self.conv.num_ok as u32,
             components: self.conv.components() as u32,
-            queued_bytes: self.slots.iter().map(|s| s.queued_bytes).sum(),
+            queued_bytes: (0..self.slots.len())
+                .map(|v| self.channel.node_backlog(v).bytes)
+                .sum(),
             time_spread_us: self.mesh_time_spread(),
-        });
+        };
+        for h in &mut self.sample_hooks {
+            h(&mut sample);
+        }
+        self.series.push(sample);
     }
 
     // ----- report -----------------------------------------------------------------------
 
     /// The report so far (call after [`Simulation::run`] or any `run_*`).
     pub fn report(&self) -> SimReport {
-        let mut lat = self.latencies.clone();
-        lat.sort_unstable();
-        let mut app = AppReport {
-            sent: self.app_sent,
-            not_sent: self.app_not_sent,
-            latency: LatencySummary::from_sorted(&lat),
-            ..AppReport::default()
-        };
-        for m in &self.msgs {
-            app.expected_deliveries += u64::from(m.expected);
-            app.delivered += u64::from(m.received);
-            app.duplicates += u64::from(m.duplicates);
-            if m.broadcast {
-                app.broadcasts += 1;
-                if m.received >= m.expected && m.duplicates == 0 {
-                    app.broadcasts_complete += 1;
-                }
-            }
-        }
-        app.delivery_ratio = if app.expected_deliveries > 0 {
-            app.delivered as f64 / app.expected_deliveries as f64
-        } else {
-            1.0
-        };
         let mut mesh = MeshTotals::default();
         let per_node = self
             .slots
             .iter()
-            .map(|s| {
+            .enumerate()
+            .map(|(v, s)| {
                 let mut t = s.past.clone();
                 if let Some(n) = &s.node {
                     let st = n.stats();
@@ -135,9 +119,9 @@ impl Simulation {
                     boots: s.boots,
                     frames_sent: s.frames_sent,
                     bytes_sent: s.bytes_sent,
-                    queue_peak_bytes: s.queue_peak_bytes,
-                    queue_peak_frames: s.queue_peak_frames,
-                    app_received: s.app_received,
+                    queue_peak_bytes: self.channel.node_backlog(v).peak_bytes,
+                    queue_peak_frames: self.channel.node_backlog(v).peak_frames,
+                    app_received: 0,
                     known_nodes: if s.node.is_some() {
                         self.conv.list_len[s.number as usize - 1]
                     } else {
@@ -192,13 +176,14 @@ impl Simulation {
             scenario: self.name.clone(),
             seed: self.seed,
             topology: self.topology_label.to_owned(),
-            channel: self.channel.label().to_owned(),
+            channel: self.channel.model().label().to_owned(),
             nodes: self.slots.len() as u32,
             virtual_time_s: end_s,
             events_processed: self.events_processed,
             frames_on_air: self.frames_on_air,
             bytes_on_air: self.bytes_on_air,
-            app,
+            // The traffic workload's (`crate::traffic`) when a scenario has traffic.
+            app: AppReport::none(),
             drops: self.drops.clone(),
             link_closes: self.link_closes.clone(),
             convergence: ConvergenceReport {
@@ -217,7 +202,7 @@ impl Simulation {
             per_node,
             per_link,
             series: self.series.clone(),
-            latencies_us: lat,
+            latencies_us: Vec::new(),
             air_by_class: Vec::new(),
             ota: None,
             rollout: None,

@@ -1,9 +1,9 @@
-//! Timeline events (crash, reboot, partitions, link changes, ...) and application traffic.
+//! Timeline events (crash, reboot, partitions, link changes, ...).
 
 use super::*;
 
 impl Simulation {
-    // ----- timeline and traffic ---------------------------------------------------------
+    // ----- timeline ---------------------------------------------------------------------
 
     pub(super) fn timeline_event(&mut self, i: usize) {
         let e = self.timeline[i].clone();
@@ -16,10 +16,10 @@ impl Simulation {
             SimEvent::Join { node, parent } => {
                 self.join(idx(*node), parent.map(idx), true, parent.is_some());
             }
-            SimEvent::Crash { node } => self.crash(idx(*node), "node_crash"),
+            SimEvent::Crash { node } => self.crash(idx(*node), CloseCause::NodeCrash),
             SimEvent::Reboot { node } => {
                 let v = idx(*node);
-                self.crash(v, "node_crash");
+                self.crash(v, CloseCause::NodeCrash);
                 self.boot(v);
                 let parent = self.layout.parent[v];
                 self.join(v, parent, false, false);
@@ -39,8 +39,8 @@ impl Simulation {
                     self.blocked_until.insert(pair(a, b), self.now + *h);
                 }
                 if let Some(link) = self.link_between(self.slots[a].id, self.slots[b].id) {
-                    let sta = self.link(link).map(|l| l.ends[1]);
-                    self.close_link(link, "link_down", [Some(Duration::ZERO); 2]);
+                    let sta = self.link(link).map(|l| l.ends()[1]);
+                    self.close_link(link, CloseCause::LinkDown, [Some(Duration::ZERO); 2]);
                     if let (Some(h), Some(sta)) = (hold, sta) {
                         let parent = self.layout.parent[sta];
                         self.schedule_rejoin(sta, *h, parent);
@@ -50,7 +50,7 @@ impl Simulation {
             SimEvent::Move { node, parent } => {
                 let v = idx(*node);
                 if let Some(up) = self.slots[v].uplink {
-                    self.close_link(up, "link_down", [Some(Duration::ZERO); 2]);
+                    self.close_link(up, CloseCause::LinkDown, [Some(Duration::ZERO); 2]);
                 }
                 self.join(v, Some(idx(*parent)), false, true);
             }
@@ -60,14 +60,16 @@ impl Simulation {
                     self.slots[idx(*n)].side = side;
                 }
                 let cut: Vec<LinkId> = self
-                    .links
-                    .iter()
-                    .flatten()
-                    .filter(|l| self.slots[l.ends[0]].side != self.slots[l.ends[1]].side)
-                    .map(|l| l.id)
+                    .channel
+                    .links()
+                    .filter(|l| {
+                        let [a, b] = l.ends();
+                        self.slots[a].side != self.slots[b].side
+                    })
+                    .map(|l| l.id())
                     .collect();
                 for link in cut {
-                    self.close_link(link, "partition", [Some(Duration::ZERO); 2]);
+                    self.close_link(link, CloseCause::Partition, [Some(Duration::ZERO); 2]);
                 }
             }
             SimEvent::Heal => {
@@ -85,9 +87,7 @@ impl Simulation {
             SimEvent::SetLink { between, change } => match between {
                 None => {
                     change.apply(&mut self.link_defaults);
-                    for l in self.links.iter_mut().flatten() {
-                        change.apply(&mut l.params);
-                    }
+                    self.channel.change_all_links(change);
                     for c in self.pair_changes.values_mut() {
                         // A global change overrides earlier per-link values of the same field.
                         if change.loss.is_some() {
@@ -111,9 +111,7 @@ impl Simulation {
                     if let Some(link) =
                         self.link_between(self.slots[key.0].id, self.slots[key.1].id)
                     {
-                        if let Some(l) = self.links[link.0 as usize].as_mut() {
-                            change.apply(&mut l.params);
-                        }
+                        self.channel.change_link(link, change);
                     }
                 }
             },
@@ -140,109 +138,5 @@ impl Simulation {
             self.conv.pending.push((cause, self.now));
             self.conv.converged = false;
         }
-    }
-
-    /// Running, non-hung, in-mesh nodes, for random senders.
-    pub(super) fn pick_node(&mut self, except: Option<usize>) -> Option<usize> {
-        let live: Vec<usize> = (0..self.slots.len())
-            .filter(|&v| {
-                let s = &self.slots[v];
-                s.node.is_some() && !s.hung && s.in_mesh && Some(v) != except
-            })
-            .collect();
-        if live.is_empty() {
-            return None;
-        }
-        Some(live[self.traffic_rng.below(live.len() as u64) as usize])
-    }
-
-    pub(super) fn traffic_event(&mut self, i: usize) {
-        let t = self.traffic[i].clone();
-        let interval = Duration::from_micros((1e6 / t.rate_per_s).round().max(1.0) as u64);
-        let next = self.now + interval;
-        if next < self.end && t.stop.map_or(true, |s| next < Instant::ZERO + s) {
-            self.queue.push(next, Ev::Traffic(i));
-        }
-        self.refresh_components();
-        let from = match t.from {
-            Some(n) => Some(n as usize - 1),
-            None => self.pick_node(None),
-        };
-        let Some(from) = from.filter(|&v| self.slots[v].node.is_some() && !self.slots[v].hung)
-        else {
-            self.app_not_sent += 1;
-            return;
-        };
-        let id = self.msgs.len();
-        let mut text = tag(id, self.now);
-        while text.len() < t.payload_bytes {
-            text.push('.');
-        }
-        let local = self.local(from);
-        let comp = self.conv.comp[from];
-        let (ok, broadcast, expected) = match t.kind {
-            TrafficKind::Broadcast => {
-                let size = self.conv.comp_size.get(comp as usize).copied().unwrap_or(1);
-                let Some(node) = self.slots[from].node.as_mut() else {
-                    return;
-                };
-                node.send_broadcast(local, &text);
-                (true, true, size - 1)
-            }
-            TrafficKind::Single { to } => {
-                let to = match to {
-                    Some(n) => Some(n as usize - 1),
-                    None => self.pick_node(Some(from)),
-                };
-                let Some(to) = to else {
-                    self.app_not_sent += 1;
-                    return;
-                };
-                let dest = self.slots[to].id;
-                let reachable = u32::from(comp != u32::MAX && self.conv.comp[to] == comp);
-                let Some(node) = self.slots[from].node.as_mut() else {
-                    return;
-                };
-                (
-                    node.send_single(local, dest, &text).is_ok(),
-                    false,
-                    reachable,
-                )
-            }
-        };
-        if !ok {
-            self.app_not_sent += 1;
-            return;
-        }
-        self.app_sent += 1;
-        self.window.app_sent += 1;
-        self.msgs.push(AppMsg {
-            broadcast,
-            expected,
-            received: 0,
-            duplicates: 0,
-            seen: vec![0; self.slots.len().div_ceil(64)],
-        });
-        self.after_input(from);
-    }
-
-    pub(super) fn app_received(&mut self, v: usize, msg: &str, _delivery: Delivery) {
-        let Some((id, sent)) = parse_tag(msg) else {
-            return;
-        };
-        let Some(m) = self.msgs.get_mut(id) else {
-            return;
-        };
-        let (w, b) = (v / 64, 1u64 << (v % 64));
-        if m.seen[w] & b != 0 {
-            m.duplicates += 1;
-            return;
-        }
-        m.seen[w] |= b;
-        m.received += 1;
-        self.slots[v].app_received += 1;
-        self.window.app_delivered += 1;
-        self.latencies
-            .push(self.now.saturating_since(sent).as_micros());
     }
 }
