@@ -9,47 +9,45 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use meshfleet_firmware::{keys, pack, PackOptions, SigningKey, Version};
+use meshfleet_firmware::{pack, PackOptions, Version};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn keygen() -> SigningKey {
-    keys::keygen(&mut rand_core::OsRng)
-}
+/// The operator's subscriptions: replies and campaign status.
+const OPERATOR: &[&str] = &["mesh/ota/response/#", "mesh/ota/campaign/#"];
 
-fn artefact(key: &SigningKey, version: &str) -> Vec<u8> {
-    let image: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    let mut opts = PackOptions::new("sensor", "esp32", Version::parse(version).unwrap());
-    opts.signing_key = Some(key);
-    pack(&image, opts).unwrap().to_bytes()
-}
-
-static NONCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-fn command(op: &str, transaction: &str, extra: Value) -> Value {
-    let n = NONCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut v = json!({
-        "op": op,
-        "transaction": transaction,
-        "ts": meshfleet_gateway::now_millis(),
-        "nonce": format!("nonce-{n:08}-{}", std::process::id()),
-    });
-    if let (Some(m), Value::Object(e)) = (v.as_object_mut(), extra) {
-        m.extend(e);
-    }
-    v
+/// Three seeded nodes, the operator on [`OPERATOR`].
+async fn setup() -> Option<Commanded> {
+    Commanded::start(Opts::nodes(3).topics(OPERATOR)).await
 }
 
 /// Serves `body` over HTTP once per connection, forever.
 async fn http_server(body: Vec<u8>) -> String {
+    held_http_server(body, None).await
+}
+
+/// A download the test holds: each request is told to `seen`, then answered once `release`
+/// is notified.
+type Hold = (
+    tokio::sync::mpsc::UnboundedSender<()>,
+    std::sync::Arc<tokio::sync::Notify>,
+);
+
+/// Serves `body` over HTTP once per connection, forever; with `hold`, each answer waits
+/// for its release (a slow download).
+async fn held_http_server(body: Vec<u8>, hold: Option<Hold>) -> String {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
-            let body = body.clone();
+            let (body, hold) = (body.clone(), hold.clone());
             tokio::spawn(async move {
                 let mut b = [0u8; 2048];
                 let _ = s.read(&mut b).await;
+                if let Some((seen, release)) = hold {
+                    let _ = seen.send(());
+                    release.notified().await;
+                }
                 let head = format!(
                     "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\n\r\n",
                     body.len()
@@ -60,72 +58,6 @@ async fn http_server(body: Vec<u8>) -> String {
         }
     });
     format!("http://{addr}/sensor-1.5.0.mfw")
-}
-
-struct Setup {
-    _d: tempfile::TempDir,
-    broker: Broker,
-    gw: Gw,
-    op_key: SigningKey,
-    fleet_key: SigningKey,
-    op: Observer,
-}
-
-async fn setup() -> Option<Setup> {
-    let (d, dir) = tempdir();
-    let broker = Broker::start(&dir)?;
-    let fleet_key = keygen();
-    keys::write_public_key(&dir.join("fleet.pub"), &fleet_key.verifying_key()).unwrap();
-    let op_key = keygen();
-    keys::write_public_key(&dir.join("operator.pub"), &op_key.verifying_key()).unwrap();
-    seed_nodes(&dir, nodes(3, meshfleet_gateway::now_millis()));
-    let mut cfg = mqtt_config(&broker);
-    cfg.commands.operator_keys = vec![dir.join("operator.pub")];
-    let op = Observer::connect(
-        broker.port,
-        "operator",
-        "operator",
-        &["mesh/ota/response/#", "mesh/ota/campaign/#"],
-        true,
-    )
-    .await;
-    let gw = Gw::start(&dir, cfg).await;
-    // Wait for the bridge's subscription: a `list` is answered.
-    let ready = command("list", "t-ready", json!({}));
-    for _ in 0..50 {
-        op.publish(
-            "mesh/ota/request/list",
-            meshfleet_mqtt::sign_command(&op_key, &command("list", "t-ready", json!({}))),
-        )
-        .await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if !op.on("mesh/ota/response/t-ready").is_empty() {
-            break;
-        }
-    }
-    let _ = ready;
-    assert!(
-        !op.on("mesh/ota/response/t-ready").is_empty(),
-        "bridge answers"
-    );
-    Some(Setup {
-        _d: d,
-        broker,
-        gw,
-        op_key,
-        fleet_key,
-        op,
-    })
-}
-
-async fn reply(op: &Observer, transaction: &str) -> Value {
-    let topic = format!("mesh/ota/response/{transaction}");
-    op.wait(&topic, 10, |m| m.iter().any(|x| x.topic == topic))
-        .await
-        .into_iter()
-        .rfind(|x| x.topic == topic)
-        .unwrap()
-        .json()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,7 +72,7 @@ async fn bad_commands_are_refused_with_a_reply_and_change_nothing() {
         command("create", "t-unsigned", create.clone()).to_string(),
     )
     .await;
-    let r = reply(op, "t-unsigned").await;
+    let r = s.reply("t-unsigned").await;
     assert_eq!(
         (r["ok"].clone(), r["error"]["code"].clone()),
         (json!(false), json!("unsigned")),
@@ -155,27 +87,21 @@ async fn bad_commands_are_refused_with_a_reply_and_change_nothing() {
         meshfleet_mqtt::sign_command(&other, &command("create", "t-forged", create.clone())),
     )
     .await;
-    assert_eq!(
-        reply(op, "t-forged").await["error"]["code"],
-        "bad_signature"
-    );
+    assert_eq!(s.reply("t-forged").await["error"]["code"], "bad_signature");
 
     // Tampered after signing.
     let signed = meshfleet_mqtt::sign_command(key, &command("list", "t-tamper", json!({})));
     let tampered = signed.replace("t-tamper", "t-tampr2");
     op.publish("mesh/ota/request/list", tampered).await;
-    assert_eq!(
-        reply(op, "t-tampr2").await["error"]["code"],
-        "bad_signature"
-    );
+    assert_eq!(s.reply("t-tampr2").await["error"]["code"], "bad_signature");
 
     // Replayed: the same signed bytes twice.
     let once = meshfleet_mqtt::sign_command(key, &command("list", "t-replay", json!({})));
     op.publish("mesh/ota/request/list", once.clone()).await;
-    assert_eq!(reply(op, "t-replay").await["ok"], true);
+    assert_eq!(s.reply("t-replay").await["ok"], true);
     op.clear();
     op.publish("mesh/ota/request/list", once).await;
-    assert_eq!(reply(op, "t-replay").await["error"]["code"], "replayed");
+    assert_eq!(s.reply("t-replay").await["error"]["code"], "replayed");
 
     // Stale: an hour old.
     let mut old = command("list", "t-stale", json!({}));
@@ -185,11 +111,11 @@ async fn bad_commands_are_refused_with_a_reply_and_change_nothing() {
         meshfleet_mqtt::sign_command(key, &old),
     )
     .await;
-    assert_eq!(reply(op, "t-stale").await["error"]["code"], "stale");
+    assert_eq!(s.reply("t-stale").await["error"]["code"], "stale");
 
     // Malformed JSON without a readable transaction: the shared error topic.
     op.publish("mesh/ota/request/create", "{not json").await;
-    let r = reply(op, "_invalid").await;
+    let r = s.reply("_invalid").await;
     assert_eq!(r["error"]["code"], "bad_json");
     assert_eq!(r["transaction"], Value::Null);
 
@@ -201,7 +127,7 @@ async fn bad_commands_are_refused_with_a_reply_and_change_nothing() {
         meshfleet_mqtt::sign_command(key, &wrong),
     )
     .await;
-    assert_eq!(reply(op, "t-types").await["error"]["code"], "bad_command");
+    assert_eq!(s.reply("t-types").await["error"]["code"], "bad_command");
     let wrong = command(
         "create",
         "t-types2",
@@ -212,7 +138,7 @@ async fn bad_commands_are_refused_with_a_reply_and_change_nothing() {
         meshfleet_mqtt::sign_command(key, &wrong),
     )
     .await;
-    assert_eq!(reply(op, "t-types2").await["error"]["code"], "bad_command");
+    assert_eq!(s.reply("t-types2").await["error"]["code"], "bad_command");
 
     // Signed for one operation, sent on another's topic.
     op.publish(
@@ -223,37 +149,27 @@ async fn bad_commands_are_refused_with_a_reply_and_change_nothing() {
         ),
     )
     .await;
-    assert_eq!(reply(op, "t-swap").await["error"]["code"], "op_mismatch");
+    assert_eq!(s.reply("t-swap").await["error"]["code"], "op_mismatch");
 
     // 10 MB.
     let mut big = br#"{"transaction":"t-big","pad":""#.to_vec();
     big.resize(10 * 1024 * 1024, b'x');
     big.extend_from_slice(b"\"}");
     op.publish("mesh/ota/request/create", big).await;
-    let r = reply(op, "t-big").await;
+    let r = s.reply("t-big").await;
     assert_eq!(r["error"]["code"], "too_large", "{r}");
 
     // An unknown artefact (signed, well-formed): refused by the campaign service.
-    op.publish(
-        "mesh/ota/request/create",
-        meshfleet_mqtt::sign_command(key, &command("create", "t-noart", create.clone())),
-    )
-    .await;
+    s.send("create", "t-noart", create.clone()).await;
     assert_eq!(
-        reply(op, "t-noart").await["error"]["code"],
+        s.reply("t-noart").await["error"]["code"],
         "unknown_artefact"
     );
 
     // Rollback without the signed rollback intent (`tests/rollback.rs` has the rest).
-    op.publish(
-        "mesh/ota/request/rollback",
-        meshfleet_mqtt::sign_command(
-            key,
-            &command("rollback", "t-rb", json!({"campaign": "c-000001"})),
-        ),
-    )
-    .await;
-    assert_eq!(reply(op, "t-rb").await["error"]["code"], "bad_command");
+    s.send("rollback", "t-rb", json!({"campaign": "c-000001"}))
+        .await;
+    assert_eq!(s.reply("t-rb").await["error"]["code"], "bad_command");
 
     // A client the ACL does not let write commands (Home Assistant's user): the broker
     // drops it; the gateway never sees it.
@@ -283,12 +199,8 @@ async fn bad_commands_are_refused_with_a_reply_and_change_nothing() {
     // acknowledged t-acl before t-after was sent, so had it forwarded t-acl, the gateway
     // would have read it first (the broker keeps one subscriber's order) and its reply
     // would be here by the time t-after's is.
-    op.publish(
-        "mesh/ota/request/list",
-        meshfleet_mqtt::sign_command(key, &command("list", "t-after", json!({}))),
-    )
-    .await;
-    assert_eq!(reply(op, "t-after").await["ok"], true);
+    s.send("list", "t-after", json!({})).await;
+    assert_eq!(s.reply("t-after").await["ok"], true);
     assert!(
         op.on("mesh/ota/response/t-acl").is_empty(),
         "the ACL stopped it"
@@ -320,7 +232,6 @@ async fn bad_commands_are_refused_with_a_reply_and_change_nothing() {
         );
     }
     assert!(audit.iter().any(|a| a.target.starts_with("- bad_json")));
-    let _ = &s.fleet_key;
     s.gw.stop().await;
 }
 
@@ -333,20 +244,14 @@ async fn create_by_url_start_pause_status_over_mqtt() {
 
     // An artefact signed by another key: downloaded, refused, not stored.
     let rogue = http_server(artefact(&keygen(), "1.5.0")).await;
-    op.publish(
-        "mesh/ota/request/create",
-        meshfleet_mqtt::sign_command(
-            key,
-            &command(
-                "create",
-                "t-rogue",
-                json!({"create": {"url": rogue, "targets": {"nodes": [1000]}}}),
-            ),
-        ),
+    s.send(
+        "create",
+        "t-rogue",
+        json!({"create": {"url": rogue, "targets": {"nodes": [1000]}}}),
     )
     .await;
     assert_eq!(
-        reply(op, "t-rogue").await["error"]["code"],
+        s.reply("t-rogue").await["error"]["code"],
         "verification_failed"
     );
     assert!(s
@@ -369,7 +274,7 @@ async fn create_by_url_start_pause_status_over_mqtt() {
         meshfleet_mqtt::sign_command(key, &create),
     )
     .await;
-    let r = reply(op, "t-create").await;
+    let r = s.reply("t-create").await;
     assert_eq!(r["ok"], true, "{r}");
     let id = r["campaign"]["id"].as_str().unwrap().to_owned();
     assert_eq!(r["campaign"]["state"], "created");
@@ -391,7 +296,7 @@ async fn create_by_url_start_pause_status_over_mqtt() {
         meshfleet_mqtt::sign_command(key, &again),
     )
     .await;
-    assert_eq!(reply(op, "t-create").await["campaign"]["id"], id.as_str());
+    assert_eq!(s.reply("t-create").await["campaign"]["id"], id.as_str());
     assert_eq!(s.gw.shared().campaigns.list().await.unwrap().len(), 1);
 
     // Start, then pause twice (the second is a no-op), each replied.
@@ -410,7 +315,7 @@ async fn create_by_url_start_pause_status_over_mqtt() {
             meshfleet_mqtt::sign_command(key, &c),
         )
         .await;
-        let r = reply(op, &format!("custom-{t}")).await;
+        let r = s.reply(&format!("custom-{t}")).await;
         assert_eq!(r["ok"], true, "{r}");
         assert_eq!(r["transaction"], t);
         assert_eq!(r["campaign"]["state"], want, "{r}");
@@ -423,7 +328,7 @@ async fn create_by_url_start_pause_status_over_mqtt() {
         meshfleet_mqtt::sign_command(key, &c),
     )
     .await;
-    let r = reply(op, "t-status").await;
+    let r = s.reply("t-status").await;
     let rest =
         s.gw.shared()
             .campaigns
@@ -480,48 +385,23 @@ async fn create_by_url_start_pause_status_over_mqtt() {
 /// transaction gets its first reply without a second campaign.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_right_after_a_restart_is_refused() {
-    let Some(s) = setup().await else { return };
-    let Setup {
-        _d,
-        broker,
-        gw,
-        op_key,
-        fleet_key,
-        op,
-    } = s;
-    let dir = _d.path().to_owned();
-    let mfw = artefact(&fleet_key, "1.5.0");
+    let Some(mut s) = setup().await else { return };
+    let mfw = artefact(&s.fleet_key, "1.5.0");
     let url = http_server(mfw).await;
-    let create = meshfleet_mqtt::sign_command(
-        &op_key,
-        &command(
-            "create",
-            "t-before",
-            json!({"create": {"url": url, "targets": {"nodes": [1000]}}}),
-        ),
+    let create = s.sign(
+        "create",
+        "t-before",
+        json!({"create": {"url": url, "targets": {"nodes": [1000]}}}),
     );
-    op.publish("mesh/ota/request/create", create.clone()).await;
-    let first = reply(&op, "t-before").await;
-    assert_eq!(first["ok"], true, "{first}");
-    gw.stop().await;
-
-    let mut cfg = mqtt_config(&broker);
-    cfg.commands.operator_keys = vec![dir.join("operator.pub")];
-    let gw = Gw::start(&dir, cfg).await;
-    op.clear();
-    // The bridge is up when it answers a fresh command.
-    for i in 0..50 {
-        let t = format!("t-up-{i}");
-        op.publish(
-            "mesh/ota/request/list",
-            meshfleet_mqtt::sign_command(&op_key, &command("list", &t, json!({}))),
-        )
+    s.op.publish("mesh/ota/request/create", create.clone())
         .await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        if !op.on(&format!("mesh/ota/response/{t}")).is_empty() {
-            break;
-        }
-    }
+    let first = s.reply("t-before").await;
+    assert_eq!(first["ok"], true, "{first}");
+
+    s.restart_gateway().await;
+    s.op.clear();
+    s.wait_ready().await;
+    let op = &s.op;
     // The very same bytes again: refused as a replay, nothing created. (The first reply
     // may come again too: the outbox delivers at least once across a restart.)
     op.publish("mesh/ota/request/create", create).await;
@@ -546,34 +426,20 @@ async fn a_replay_right_after_a_restart_is_refused() {
     );
     // The transaction retried (new nonce): its first reply, the same campaign.
     op.clear();
-    op.publish(
-        "mesh/ota/request/create",
-        meshfleet_mqtt::sign_command(
-            &op_key,
-            &command(
-                "create",
-                "t-before",
-                json!({"create": {"artefact": "00".repeat(32), "targets": {"nodes": [1000]}}}),
-            ),
-        ),
+    s.send(
+        "create",
+        "t-before",
+        json!({"create": {"artefact": "00".repeat(32), "targets": {"nodes": [1000]}}}),
     )
     .await;
-    let r = reply(&op, "t-before").await;
+    let r = s.reply("t-before").await;
     assert_eq!(r, first, "the first reply again");
     assert!(
         op.on(topic).iter().all(|x| x.json() == first),
         "no other reply to the retry"
     );
-    assert_eq!(gw.shared().campaigns.list().await.unwrap().len(), 1);
-    gw.stop().await;
-}
-
-fn sha_hex(b: &[u8]) -> String {
-    use sha2::Digest as _;
-    sha2::Sha256::digest(b)
-        .iter()
-        .map(|x| format!("{x:02x}"))
-        .collect()
+    assert_eq!(s.gw.shared().campaigns.list().await.unwrap().len(), 1);
+    s.stop().await;
 }
 
 /// An artefact streamed over MQTT in hashed pieces: begin, pieces (one corrupted, one
@@ -616,7 +482,7 @@ async fn an_artefact_streamed_in_pieces() {
         ),
     )
     .await;
-    assert_eq!(reply(op, "t-big").await["error"]["code"], "too_large");
+    assert_eq!(s.reply("t-big").await["error"]["code"], "too_large");
 
     op.publish(
         "mesh/ota/request/upload_begin",
@@ -627,7 +493,7 @@ async fn an_artefact_streamed_in_pieces() {
         ),
     )
     .await;
-    let r = reply(op, "t-begin").await;
+    let r = s.reply("t-begin").await;
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(r["pieces"], pieces.len());
     let id = r["upload"].as_str().unwrap().to_owned();
@@ -648,7 +514,7 @@ async fn an_artefact_streamed_in_pieces() {
         ),
     )
     .await;
-    assert_eq!(reply(op, "t-bad").await["error"]["code"], "piece_corrupt");
+    assert_eq!(s.reply("t-bad").await["error"]["code"], "piece_corrupt");
     // Every piece but the last, piece 0 sent twice (idempotent), its signed envelope
     // replayed (refused by nonce).
     let mut first_envelope = None;
@@ -658,14 +524,14 @@ async fn an_artefact_streamed_in_pieces() {
             first_envelope = Some(env.clone());
         }
         op.publish("mesh/ota/request/upload_piece", env).await;
-        let r = reply(op, &format!("t-p{i}")).await;
+        let r = s.reply(&format!("t-p{i}")).await;
         assert_eq!(r["ok"], true, "{r}");
         assert_eq!(r["duplicate"], false, "{r}");
     }
     op.clear();
     op.publish("mesh/ota/request/upload_piece", first_envelope.unwrap())
         .await;
-    assert_eq!(reply(op, "t-p0").await["error"]["code"], "replayed");
+    assert_eq!(s.reply("t-p0").await["error"]["code"], "replayed");
     op.publish(
         "mesh/ota/request/upload_piece",
         send(
@@ -675,7 +541,7 @@ async fn an_artefact_streamed_in_pieces() {
         ),
     )
     .await;
-    let r = reply(op, "t-p0-again").await;
+    let r = s.reply("t-p0-again").await;
     assert_eq!(
         (r["ok"].clone(), r["duplicate"].clone()),
         (json!(true), json!(true)),
@@ -687,7 +553,7 @@ async fn an_artefact_streamed_in_pieces() {
         send("upload_commit", "t-commit1".into(), json!({"upload": id})),
     )
     .await;
-    let r = reply(op, "t-commit1").await;
+    let r = s.reply("t-commit1").await;
     assert_eq!(r["error"]["code"], "missing_pieces", "{r}");
     assert!(
         r["error"]["message"]
@@ -715,13 +581,13 @@ async fn an_artefact_streamed_in_pieces() {
         ),
     )
     .await;
-    assert_eq!(reply(op, "t-last").await["missing"], 0);
+    assert_eq!(s.reply("t-last").await["missing"], 0);
     op.publish(
         "mesh/ota/request/upload_commit",
         send("upload_commit", "t-commit2".into(), json!({"upload": id})),
     )
     .await;
-    let r = reply(op, "t-commit2").await;
+    let r = s.reply("t-commit2").await;
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(r["artefact"], sha_hex(&mfw), "stored by its hash: {r}");
     assert_eq!(r["version"], "1.6.0");
@@ -729,19 +595,13 @@ async fn an_artefact_streamed_in_pieces() {
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].id, sha_hex(&mfw));
     // It is what `create` takes.
-    op.publish(
-        "mesh/ota/request/create",
-        meshfleet_mqtt::sign_command(
-            key,
-            &command(
-                "create",
-                "t-use",
-                json!({"create": {"artefact": sha_hex(&mfw), "targets": {"nodes": [1000]}}}),
-            ),
-        ),
+    s.send(
+        "create",
+        "t-use",
+        json!({"create": {"artefact": sha_hex(&mfw), "targets": {"nodes": [1000]}}}),
     )
     .await;
-    assert_eq!(reply(op, "t-use").await["ok"], true);
+    assert_eq!(s.reply("t-use").await["ok"], true);
 
     // Signed by another key: every piece fine, refused at commit, nothing stored.
     let rogue = artefact(&keygen(), "1.7.0");
@@ -754,7 +614,7 @@ async fn an_artefact_streamed_in_pieces() {
         ),
     )
     .await;
-    let rid = reply(op, "t-rbegin").await["upload"]
+    let rid = s.reply("t-rbegin").await["upload"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -766,7 +626,7 @@ async fn an_artefact_streamed_in_pieces() {
             send("upload_piece", format!("t-r{i}"), body),
         )
         .await;
-        assert_eq!(reply(op, &format!("t-r{i}")).await["ok"], true);
+        assert_eq!(s.reply(&format!("t-r{i}")).await["ok"], true);
     }
     op.publish(
         "mesh/ota/request/upload_commit",
@@ -774,7 +634,7 @@ async fn an_artefact_streamed_in_pieces() {
     )
     .await;
     assert_eq!(
-        reply(op, "t-rcommit").await["error"]["code"],
+        s.reply("t-rcommit").await["error"]["code"],
         "verification_failed"
     );
     assert_eq!(
@@ -788,107 +648,35 @@ async fn an_artefact_streamed_in_pieces() {
 /// signed `approve` lets it go (and starts it, as its creation asked); audited.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approve_over_mqtt() {
-    let (_d, dir) = tempdir();
-    let Some(broker) = Broker::start(&dir) else {
+    let opts = Opts::nodes(2).tweak(|c| c.require_approval = true);
+    let Some(s) = Commanded::start(opts).await else {
         return;
     };
-    let fleet_key = keygen();
-    keys::write_public_key(&dir.join("fleet.pub"), &fleet_key.verifying_key()).unwrap();
-    let op_key = keygen();
-    keys::write_public_key(&dir.join("operator.pub"), &op_key.verifying_key()).unwrap();
-    seed_nodes(&dir, nodes(2, meshfleet_gateway::now_millis()));
-    let mut cfg = mqtt_config(&broker);
-    cfg.commands.operator_keys = vec![dir.join("operator.pub")];
-    let op = Observer::connect(
-        broker.port,
-        "operator",
-        "operator",
-        &["mesh/ota/response/#"],
-        true,
+    let url = http_server(artefact(&s.fleet_key, "1.5.0")).await;
+    s.send(
+        "create",
+        "t-c",
+        json!({"create": {"url": url, "targets": {"nodes": [1000]}, "start": true}}),
     )
     .await;
-    let gw = Gw::start_full(&dir, cfg, |_| {}, |c| c.require_approval = true).await;
-    let url = http_server(artefact(&fleet_key, "1.5.0")).await;
-    let signed = |opn: &str, t: &str, extra: Value| {
-        meshfleet_mqtt::sign_command(&op_key, &command(opn, t, extra))
-    };
-    // The bridge needs a moment to subscribe: `list` until it answers.
-    for i in 0..50 {
-        let t = format!("t-up-{i}");
-        op.publish("mesh/ota/request/list", signed("list", &t, json!({})))
-            .await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        if !op.on(&format!("mesh/ota/response/{t}")).is_empty() {
-            break;
-        }
-    }
-    op.publish(
-        "mesh/ota/request/create",
-        signed(
-            "create",
-            "t-c",
-            json!({"create": {"url": url, "targets": {"nodes": [1000]}, "start": true}}),
-        ),
-    )
-    .await;
-    let r = reply(&op, "t-c").await;
+    let r = s.reply("t-c").await;
     assert_eq!(r["campaign"]["state"], "awaiting_approval", "{r}");
     let id = r["campaign"]["id"].as_str().unwrap().to_owned();
-    op.publish(
-        "mesh/ota/request/start",
-        signed("start", "t-s", json!({"campaign": id})),
-    )
-    .await;
-    assert_eq!(
-        reply(&op, "t-s").await["error"]["code"],
-        "invalid_transition"
-    );
-    op.publish(
-        "mesh/ota/request/approve",
-        signed("approve", "t-a", json!({"campaign": id})),
-    )
-    .await;
-    let r = reply(&op, "t-a").await;
+    s.send("start", "t-s", json!({"campaign": id})).await;
+    assert_eq!(s.reply("t-s").await["error"]["code"], "invalid_transition");
+    s.send("approve", "t-a", json!({"campaign": id})).await;
+    let r = s.reply("t-a").await;
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(r["campaign"]["state"], "running", "{r}");
     use meshfleet_gateway::store::AuditLog as _;
-    let audit = gw.db.recent(50).await.unwrap();
+    let audit = s.gw.db.recent(50).await.unwrap();
     let a = audit
         .iter()
         .find(|a| a.action == "campaign.approve")
         .expect("audited");
     assert!(a.actor.starts_with("mqtt:"), "{a:?}");
     assert!(audit.iter().any(|a| a.action == "mqtt.approve"));
-    gw.stop().await;
-}
-
-/// Serves `body` once a `release` arrives for the request (a slow download), telling
-/// `seen` when a request came in.
-async fn slow_http_server(
-    body: Vec<u8>,
-    seen: tokio::sync::mpsc::UnboundedSender<()>,
-    release: std::sync::Arc<tokio::sync::Notify>,
-) -> String {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let (body, seen, release) = (body.clone(), seen.clone(), release.clone());
-            tokio::spawn(async move {
-                let mut b = [0u8; 2048];
-                let _ = s.read(&mut b).await;
-                let _ = seen.send(());
-                release.notified().await;
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\n\r\n",
-                    body.len()
-                );
-                let _ = s.write_all(head.as_bytes()).await;
-                let _ = s.write_all(&body).await;
-            });
-        }
-    });
-    format!("http://{addr}/sensor-1.5.0.mfw")
+    s.stop().await;
 }
 
 /// The issue's "broker restarted mid-campaign and gateway restarted mid-outage": a command
@@ -899,20 +687,11 @@ async fn slow_http_server(
 /// arrives with its state after the outage and in order of `updated_at`, and commands work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_and_campaign_status_survive_a_broker_restart_mid_campaign() {
-    let Some(s) = setup().await else { return };
-    let Setup {
-        _d,
-        mut broker,
-        gw,
-        op_key,
-        fleet_key,
-        op,
-    } = s;
-    let dir = _d.path().to_owned();
+    let Some(mut s) = setup().await else { return };
     // A persistent QoS 1 session: the broker keeps what arrives for it while it is away,
     // across its own restart (persistence on).
     let ops = Observer::connect(
-        broker.port,
+        s.broker.port,
         "operator-persistent",
         "operator",
         &["mesh/ota/response/#", "mesh/ota/campaign/#"],
@@ -921,18 +700,15 @@ async fn replies_and_campaign_status_survive_a_broker_restart_mid_campaign() {
     .await;
     let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
     let release = std::sync::Arc::new(tokio::sync::Notify::new());
-    let url = slow_http_server(artefact(&fleet_key, "1.5.0"), seen_tx, release.clone()).await;
-    op.publish(
-        "mesh/ota/request/create",
-        meshfleet_mqtt::sign_command(
-            &op_key,
-            &command(
-                "create",
-                "t-outage",
-                json!({"create": {"url": url, "targets": {"nodes": [1000, 1001]},
-                                  "start": true}}),
-            ),
-        ),
+    let url = held_http_server(
+        artefact(&s.fleet_key, "1.5.0"),
+        Some((seen_tx, release.clone())),
+    )
+    .await;
+    s.send(
+        "create",
+        "t-outage",
+        json!({"create": {"url": url, "targets": {"nodes": [1000, 1001]}, "start": true}}),
     )
     .await;
     // The gateway is downloading: stop the broker, then let the download finish. The
@@ -941,9 +717,9 @@ async fn replies_and_campaign_status_survive_a_broker_restart_mid_campaign() {
         .await
         .expect("the gateway fetches the artefact")
         .unwrap();
-    broker.stop();
+    s.broker.stop();
     release.notify_one();
-    let svc = gw.shared().campaigns.clone();
+    let svc = s.gw.shared().campaigns.clone();
     let mut id = None;
     for _ in 0..100 {
         if let Some(c) = svc.list().await.unwrap().first() {
@@ -957,40 +733,25 @@ async fn replies_and_campaign_status_survive_a_broker_restart_mid_campaign() {
     // during the outage (REST's calls), so its status changes while nobody can see it.
     svc.pause(&id, "http:test").await.unwrap();
     svc.resume(&id, "http:test").await.unwrap();
-    let outbox_has_reply = || {
-        meshfleet_mqtt::outbox::Outbox::open(&gw.shared().config.db)
-            .unwrap()
-            .len()
-            .unwrap()
-    };
     for _ in 0..100 {
-        if outbox_has_reply() > 0 {
+        if outbox_len(&s.gw) > 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(outbox_has_reply() > 0, "the reply waits in the outbox");
+    assert!(outbox_len(&s.gw) > 0, "the reply waits in the outbox");
     // The gateway restarts mid-outage.
-    gw.stop().await;
-    let mut cfg = mqtt_config(&broker);
-    cfg.commands.operator_keys = vec![dir.join("operator.pub")];
-    let gw = Gw::start(&dir, cfg).await;
-    broker.restart();
+    s.restart_gateway().await;
+    s.broker.restart();
 
     // The reply leaves the outbox once the broker has it (PUBACK)...
-    let pending = || {
-        meshfleet_mqtt::outbox::Outbox::open(&gw.shared().config.db)
-            .unwrap()
-            .len()
-            .unwrap()
-    };
     for _ in 0..600 {
-        if pending() == 0 {
+        if outbox_len(&s.gw) == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(pending(), 0, "the reply reached the broker");
+    assert_eq!(outbox_len(&s.gw), 0, "the reply reached the broker");
     // ...and the operator's persistent session gets it when it is back.
     let reply_topic = "mesh/ota/response/t-outage";
     let topic = format!("mesh/ota/campaign/{id}");
@@ -1027,22 +788,23 @@ async fn replies_and_campaign_status_survive_a_broker_restart_mid_campaign() {
         "campaign status in order: {stamps:?}"
     );
     // The status the broker now holds is the campaign as the gateway has it.
-    let now = svc_status(&gw, &id).await;
+    let now = svc_status(&s.gw, &id).await;
     let last = m.iter().rfind(|x| x.topic == topic).unwrap().json();
     assert_eq!(last["updated_at"], now["updated_at"], "{last} vs {now}");
     assert_eq!(last["status"], "running");
     // Commands work again.
-    op.publish(
-        "mesh/ota/request/status",
-        meshfleet_mqtt::sign_command(
-            &op_key,
-            &command("status", "t-after", json!({"campaign": id})),
-        ),
-    )
-    .await;
+    s.send("status", "t-after", json!({"campaign": id})).await;
     let r = ops.reply("t-after", 15).await;
     assert_eq!(r["campaign"]["status"], "running", "{r}");
-    gw.stop().await;
+    s.stop().await;
+}
+
+/// Replies waiting in `gw`'s outbox for the broker.
+fn outbox_len(gw: &Gw) -> u64 {
+    meshfleet_mqtt::outbox::Outbox::open(&gw.shared().config.db)
+        .unwrap()
+        .len()
+        .unwrap()
 }
 
 async fn svc_status(gw: &Gw, id: &meshfleet_gateway::campaign::CampaignId) -> Value {
@@ -1055,20 +817,10 @@ async fn svc_status(gw: &Gw, id: &meshfleet_gateway::campaign::CampaignId) -> Va
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_interrupted_by_a_restart_is_refused_and_begun_again() {
     use base64::Engine as _;
-    let Some(s) = setup().await else { return };
-    let Setup {
-        _d,
-        broker,
-        gw,
-        op_key,
-        fleet_key,
-        op,
-    } = s;
-    let dir = _d.path().to_owned();
-    let send = |opname: &str, t: &str, upload: Value| {
-        meshfleet_mqtt::sign_command(&op_key, &command(opname, t, json!({ "upload": upload })))
-    };
-    let mfw = artefact(&fleet_key, "1.7.0");
+    let Some(mut s) = setup().await else { return };
+    // Upload commands carry their arguments under `upload`.
+    let up = |args: Value| json!({ "upload": args });
+    let mfw = artefact(&s.fleet_key, "1.7.0");
     const PIECE: usize = 1024;
     let pieces: Vec<&[u8]> = mfw.chunks(PIECE).collect();
     assert!(pieces.len() >= 2, "{}", mfw.len());
@@ -1077,39 +829,17 @@ async fn an_upload_interrupted_by_a_restart_is_refused_and_begun_again() {
                "data": base64::engine::general_purpose::STANDARD.encode(pieces[i])})
     };
     let begin = json!({"size": mfw.len(), "sha256": sha_hex(&mfw), "piece_size": PIECE});
-    op.publish(
-        "mesh/ota/request/upload_begin",
-        send("upload_begin", "t-b1", begin.clone()),
-    )
-    .await;
-    let r = reply(&op, "t-b1").await;
+    s.send("upload_begin", "t-b1", up(begin.clone())).await;
+    let r = s.reply("t-b1").await;
     let id = r["upload"].as_str().unwrap().to_owned();
-    op.publish(
-        "mesh/ota/request/upload_piece",
-        send("upload_piece", "t-p0", piece(&id, 0)),
-    )
-    .await;
-    assert_eq!(reply(&op, "t-p0").await["ok"], true);
+    s.send("upload_piece", "t-p0", up(piece(&id, 0))).await;
+    assert_eq!(s.reply("t-p0").await["ok"], true);
 
-    gw.stop().await;
-    let mut cfg = mqtt_config(&broker);
-    cfg.commands.operator_keys = vec![dir.join("operator.pub")];
-    let gw = Gw::start(&dir, cfg).await;
+    s.restart_gateway().await;
+    s.wait_ready().await;
     // The next piece after the restart: refused, with what to do.
-    let mut r = Value::Null;
-    for i in 0..50 {
-        let t = format!("t-p1-{i}");
-        op.publish(
-            "mesh/ota/request/upload_piece",
-            send("upload_piece", &t, piece(&id, 1)),
-        )
-        .await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        if let Some(m) = op.on(&format!("mesh/ota/response/{t}")).pop() {
-            r = m.json();
-            break;
-        }
-    }
+    s.send("upload_piece", "t-p1", up(piece(&id, 1))).await;
+    let r = s.reply("t-p1").await;
     assert_eq!(r["ok"], false, "{r}");
     assert_eq!(r["error"]["code"], "unknown_upload", "{r}");
     let msg = r["error"]["message"].as_str().unwrap();
@@ -1119,30 +849,19 @@ async fn an_upload_interrupted_by_a_restart_is_refused_and_begun_again() {
     );
 
     // Begun again: every piece, commit, stored.
-    op.publish(
-        "mesh/ota/request/upload_begin",
-        send("upload_begin", "t-b2", begin),
-    )
-    .await;
-    let r = reply(&op, "t-b2").await;
+    s.send("upload_begin", "t-b2", up(begin)).await;
+    let r = s.reply("t-b2").await;
     let id2 = r["upload"].as_str().unwrap().to_owned();
     assert_ne!(id2, id, "upload ids differ between gateway runs");
     for i in 0..pieces.len() {
         let t = format!("t-q{i}");
-        op.publish(
-            "mesh/ota/request/upload_piece",
-            send("upload_piece", &t, piece(&id2, i)),
-        )
-        .await;
-        assert_eq!(reply(&op, &t).await["ok"], true);
+        s.send("upload_piece", &t, up(piece(&id2, i))).await;
+        assert_eq!(s.reply(&t).await["ok"], true);
     }
-    op.publish(
-        "mesh/ota/request/upload_commit",
-        send("upload_commit", "t-c", json!({"upload": id2})),
-    )
-    .await;
-    let r = reply(&op, "t-c").await;
+    s.send("upload_commit", "t-c", up(json!({"upload": id2})))
+        .await;
+    let r = s.reply("t-c").await;
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(r["version"], "1.7.0", "{r}");
-    gw.stop().await;
+    s.stop().await;
 }

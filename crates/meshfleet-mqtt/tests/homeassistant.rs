@@ -351,35 +351,10 @@ fn schema_checks_catch_mistakes() {
     }
 }
 
-/// Stores a signed `version` artefact for (sensor, esp32) as an upload would; its id.
+/// Stores a `version` artefact for (sensor, esp32), signed by a fresh key (nothing here
+/// checks the signer), as an upload would; its id.
 async fn store_artefact(gw: &Gw, version: &str) -> String {
-    use meshfleet_firmware::{keys, pack, PackOptions, Version};
-    use sha2::Digest as _;
-    let key = keys::keygen(&mut rand_core::OsRng);
-    let image: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    let mut opts = PackOptions::new("sensor", "esp32", Version::parse(version).unwrap());
-    opts.signing_key = Some(&key);
-    let a = pack(&image, opts).unwrap();
-    let bytes = a.to_bytes();
-    let m = a.manifest();
-    let id: String = sha2::Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let info = meshfleet_gateway::model::ArtefactInfo {
-        id: id.clone(),
-        role: m.role.clone(),
-        hardware: m.hardware.clone(),
-        version: m.version.to_string(),
-        size: bytes.len() as u64,
-        image_size: m.size,
-        image_sha256: m.sha256.to_string(),
-        key_id: keys::key_id(&key.verifying_key()).to_string(),
-        uploaded_at: meshfleet_gateway::now_millis(),
-        uploaded_by: "test".into(),
-    };
-    gw.shared().stores.artefacts.put(info, bytes).await.unwrap();
-    id
+    store(gw, &keygen(), version).await.0
 }
 
 /// A node that says no role or hardware in telemetry (no `--telemetry-to`, or a stock

@@ -6,64 +6,8 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
-use meshfleet_firmware::{keys, pack, Artefact, PackOptions, SigningKey, Version};
-use meshfleet_gateway::model::ArtefactInfo;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
-
-static NONCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-fn command(op: &str, transaction: &str, rollout: Value) -> Value {
-    let n = NONCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    json!({
-        "op": op,
-        "transaction": transaction,
-        "ts": meshfleet_gateway::now_millis(),
-        "nonce": format!("rnonce-{n:08}-{}", std::process::id()),
-        "rollout": rollout,
-    })
-}
-
-/// Stores a signed 2.0.0 artefact for the seeded nodes (sensor, esp32) as an upload would.
-async fn store_artefact(gw: &Gw, key: &SigningKey) -> String {
-    let image: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    let mut opts = PackOptions::new("sensor", "esp32", Version::parse("2.0.0").unwrap());
-    opts.signing_key = Some(key);
-    let bytes = pack(&image, opts).unwrap().to_bytes();
-    let a = Artefact::from_bytes(&bytes).unwrap();
-    let m = a.manifest();
-    let id: String = Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let info = ArtefactInfo {
-        id: id.clone(),
-        role: m.role.clone(),
-        hardware: m.hardware.clone(),
-        version: m.version.to_string(),
-        size: bytes.len() as u64,
-        image_size: m.size,
-        image_sha256: m.sha256.to_string(),
-        key_id: keys::key_id(&key.verifying_key()).to_string(),
-        uploaded_at: meshfleet_gateway::now_millis(),
-        uploaded_by: "test".into(),
-    };
-    gw.shared().stores.artefacts.put(info, bytes).await.unwrap();
-    id
-}
-
-async fn reply(op: &Observer, transaction: &str) -> Value {
-    let topic = format!("mesh/ota/response/{transaction}");
-    op.wait(&topic, 10, |m| m.iter().any(|x| x.topic == topic))
-        .await
-        .into_iter()
-        .rfind(|x| x.topic == topic)
-        .unwrap()
-        .json()
-}
 
 async fn retained_status(op: &Observer, want: &str) -> Value {
     let topic = "mesh/ota/rollout/r-000001";
@@ -81,44 +25,21 @@ async fn retained_status(op: &Observer, want: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollouts_are_driven_by_signed_commands_with_a_retained_status() {
-    let (_d, dir) = tempdir();
-    let Some(broker) = Broker::start(&dir) else {
+    let opts = Opts::nodes(3).topics(&["mesh/ota/response/#", "mesh/ota/rollout/#"]);
+    let Some(s) = Commanded::start(opts).await else {
         return;
     };
-    let fleet_key = keys::keygen(&mut rand_core::OsRng);
-    keys::write_public_key(&dir.join("fleet.pub"), &fleet_key.verifying_key()).unwrap();
-    let op_key = keys::keygen(&mut rand_core::OsRng);
-    keys::write_public_key(&dir.join("operator.pub"), &op_key.verifying_key()).unwrap();
-    seed_nodes(&dir, nodes(3, meshfleet_gateway::now_millis()));
-    let mut cfg = mqtt_config(&broker);
-    cfg.commands.operator_keys = vec![dir.join("operator.pub")];
-    let op = Observer::connect(
-        broker.port,
-        "operator",
-        "operator",
-        &["mesh/ota/response/#", "mesh/ota/rollout/#"],
-        true,
+    let (op, gw) = (&s.op, &s.gw);
+    // Rollout commands carry their arguments under `rollout`.
+    let rollout = |args: Value| json!({ "rollout": args });
+    let send = |opname: &str, t: &str, args: Value| s.sign(opname, t, rollout(args));
+    let (art, _) = store(gw, &s.fleet_key, "2.0.0").await;
+    op.publish(
+        "mesh/ota/request/rollout_status",
+        send("rollout_status", "t-unknown", json!({"id": "r-000009"})),
     )
     .await;
-    let gw = Gw::start(&dir, cfg).await;
-    let art = store_artefact(&gw, &fleet_key).await;
-    let send = |opname: &str, t: &str, args: Value| {
-        meshfleet_mqtt::sign_command(&op_key, &command(opname, t, args))
-    };
-    // The bridge subscribes after connecting: retry a status until it answers.
-    for i in 0..50 {
-        let t = format!("t-ready-{i}");
-        op.publish(
-            "mesh/ota/request/rollout_status",
-            send("rollout_status", &t, json!({"id": "r-000009"})),
-        )
-        .await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if !op.on(&format!("mesh/ota/response/{t}")).is_empty() {
-            assert_eq!(reply(&op, &t).await["error"]["code"], "not_found");
-            break;
-        }
-    }
+    assert_eq!(s.reply("t-unknown").await["error"]["code"], "not_found");
 
     // Create, waiting for approval.
     op.publish(
@@ -131,22 +52,30 @@ async fn rollouts_are_driven_by_signed_commands_with_a_retained_status() {
         ),
     )
     .await;
-    let r = reply(&op, "t-create").await;
+    let r = s.reply("t-create").await;
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(r["rollout"]["id"], "r-000001");
     assert_eq!(r["rollout"]["previous_version"], "1.4.1");
-    let s = retained_status(&op, "awaiting_approval").await;
-    assert_eq!(s["version"], "2.0.0");
-    assert!(s["waves"].as_array().is_some_and(|w| !w.is_empty()), "{s}");
+    let status = retained_status(op, "awaiting_approval").await;
+    assert_eq!(status["version"], "2.0.0");
+    assert!(
+        status["waves"].as_array().is_some_and(|w| !w.is_empty()),
+        "{status}"
+    );
 
     // Refusals change nothing: unsigned, a command that does not apply, a skip without
     // its wave, missing arguments, an unknown field.
     op.publish(
         "mesh/ota/request/rollout_approve",
-        command("rollout_approve", "t-unsigned", json!({"id": "r-000001"})).to_string(),
+        command(
+            "rollout_approve",
+            "t-unsigned",
+            rollout(json!({"id": "r-000001"})),
+        )
+        .to_string(),
     )
     .await;
-    assert_eq!(reply(&op, "t-unsigned").await["error"]["code"], "unsigned");
+    assert_eq!(s.reply("t-unsigned").await["error"]["code"], "unsigned");
     for (opname, t, args, code) in [
         (
             "rollout_resume",
@@ -176,7 +105,7 @@ async fn rollouts_are_driven_by_signed_commands_with_a_retained_status() {
     ] {
         op.publish(&format!("mesh/ota/request/{opname}"), send(opname, t, args))
             .await;
-        let r = reply(&op, t).await;
+        let r = s.reply(t).await;
         assert_eq!(
             (r["ok"].clone(), r["error"]["code"].clone()),
             (json!(false), json!(code)),
@@ -192,16 +121,16 @@ async fn rollouts_are_driven_by_signed_commands_with_a_retained_status() {
         send("rollout_approve", "t-approve", json!({"id": "r-000001"})),
     )
     .await;
-    let r = reply(&op, "t-approve").await;
+    let r = s.reply("t-approve").await;
     assert_eq!(r["rollout"]["status"], "running", "{r}");
-    retained_status(&op, "running").await;
+    retained_status(op, "running").await;
     // Status: the whole rollout with its nodes.
     op.publish(
         "mesh/ota/request/rollout_status",
         send("rollout_status", "t-status", json!({"id": "r-000001"})),
     )
     .await;
-    let r = reply(&op, "t-status").await;
+    let r = s.reply("t-status").await;
     assert_eq!(r["rollout"]["nodes"].as_array().unwrap().len(), 3, "{r}");
     // Pause, then the emergency rollback.
     op.publish(
@@ -209,21 +138,18 @@ async fn rollouts_are_driven_by_signed_commands_with_a_retained_status() {
         send("rollout_pause", "t-pause", json!({"id": "r-000001"})),
     )
     .await;
-    assert_eq!(reply(&op, "t-pause").await["rollout"]["status"], "paused");
+    assert_eq!(s.reply("t-pause").await["rollout"]["status"], "paused");
     op.publish(
         "mesh/ota/request/rollout_rollback",
         send("rollout_rollback", "t-rollback", json!({"id": "r-000001"})),
     )
     .await;
-    assert_eq!(
-        reply(&op, "t-rollback").await["rollout"]["status"],
-        "aborted"
-    );
-    let s = retained_status(&op, "aborted").await;
-    assert_eq!(s["status_detail"]["reason"], "emergency", "{s}");
+    assert_eq!(s.reply("t-rollback").await["rollout"]["status"], "aborted");
+    let status = retained_status(op, "aborted").await;
+    assert_eq!(status["status_detail"]["reason"], "emergency", "{status}");
     // A client that connects later gets the last status, retained.
     let late = Observer::connect(
-        broker.port,
+        s.broker.port,
         "late",
         "operator",
         &["mesh/ota/rollout/#"],
@@ -255,7 +181,7 @@ async fn rollouts_are_driven_by_signed_commands_with_a_retained_status() {
         );
     }
     assert!(audit.iter().any(|e| e.action == "mqtt.rolloutapprove"));
-    gw.stop().await;
+    s.stop().await;
 }
 
 trait ParseId {

@@ -50,34 +50,22 @@ pub fn run_scenario_file(
 }
 
 /// Runs a scenario, writing outputs into `out_dir` if given. Its workloads
-/// ([`crate::workload`]: the OTA campaign of [`Scenario::ota()`], reported in
-/// [`SimReport::ota`], then [`Scenario::workloads`]) are attached, driven and reported.
+/// ([`Scenario::workloads`], [`crate::workload`]) are attached, driven and reported
+/// ([`crate::workload::Run`]), and their plots written beside the run's.
 pub fn run_scenario(
     scenario: Scenario,
     out_dir: Option<&Path>,
     progress: impl FnMut(f64) + 'static,
 ) -> Result<SimReport, RunError> {
     let started = WallClock::now();
-    if let (Some(setup), Some(campaign)) = (scenario.rollout.clone(), scenario.ota.clone()) {
-        scenario.validate()?;
-        let mut plain = scenario;
-        plain.ota = None;
-        plain.rollout = None;
-        let out =
-            crate::rollout::run_rollout(plain, campaign, &setup).map_err(RunError::Rollout)?;
-        let mut report = out.report;
-        report.rollout = serde_json::to_value(&out.summary).ok();
-        let wall = started.elapsed().as_secs_f64();
-        if let Some(dir) = out_dir {
-            write_outputs(&report, &RunInfo::new(&report, wall), dir)?;
-        }
-        return Ok(report);
-    }
     let interval = scenario.sample_interval;
     let mut run = Run::new(scenario)?;
     let air = AirLog::install(run.sim_mut(), interval);
     run.sim_mut().set_progress(progress);
     let mut report = run.run();
+    if let Some(e) = run.take_error() {
+        return Err(e);
+    }
     report.air_by_class = air.borrow().per_sample(report.series.len());
     let wall = started.elapsed().as_secs_f64();
     if let Some(dir) = out_dir {

@@ -4,7 +4,9 @@
 //! error names the file, line, column and field.
 //!
 //! The format is documented in `docs/simulator.md`; `examples/scenarios/` has examples.
-//! An `[ota]` table adds an OTA campaign ([`crate::ota`]).
+//! Workloads' tables (`[ota]`, `[rollout]`, `[telemetry]`, `[[traffic]]`) are parsed by
+//! their workloads ([`crate::workload::TABLES`]); this parser hands each its table, the
+//! file's text (for positions) and path.
 
 use std::fmt;
 use std::ops::Range;
@@ -15,7 +17,6 @@ use meshfleet_mesh::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::ota::{synthetic_image, OtaCampaign, OtaStrategy};
 use crate::scenario::{
     check_change, ClockParams, Formation, MeshParams, RejoinParams, Scenario, SimEvent,
 };
@@ -142,39 +143,6 @@ struct RawScenario {
     rejoin: Option<RawRejoin>,
     #[serde(default)]
     events: Vec<RawEvent>,
-    ota: Option<RawOta>,
-    rollout: Option<RawRollout>,
-}
-
-/// `[rollout]`: a progressive rollout of the `[ota]` campaign's build (meshfleet strategy).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRollout {
-    /// `healthy`, `crashloop` or `leak`.
-    firmware: Spanned<String>,
-    crash_after_s: Sp<f64>,
-    leak_bytes_per_min: Sp<i64>,
-    seed: Sp<i64>,
-    limit_s: Sp<f64>,
-    gateway_restart_wave: Sp<i64>,
-    gateway_restart_after_s: Sp<f64>,
-    gateway_restart_down_s: Sp<f64>,
-    offline_wave: Sp<i64>,
-    offline_from_s: Sp<f64>,
-    offline_to_s: Sp<f64>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawOta {
-    strategy: Spanned<String>,
-    image: Sp<String>,
-    synthetic_kib: Sp<i64>,
-    source: Sp<i64>,
-    start_s: Spanned<f64>,
-    role: Sp<String>,
-    hardware: Sp<String>,
-    broadcast_root: Sp<i64>,
 }
 
 #[derive(Deserialize)]
@@ -306,6 +274,12 @@ pub fn parse_scenario(text: &str, path: Option<&Path>) -> Result<Scenario, Scena
             earlier: &s.workloads,
         };
         let spec = (t.parse)(&input).map_err(|e| {
+            if let Some((path, kind)) = e.unreadable {
+                return ScenarioError::Read {
+                    path,
+                    source: std::io::Error::new(kind, e.message),
+                };
+            }
             let span = e.span.unwrap_or_else(|| table_span(text, t.key));
             // `fault[2].kind` is `telemetry.fault[2].kind`; `[2].kind` (an array of
             // tables) is `traffic[2].kind`.
@@ -620,224 +594,11 @@ fn build(src: &Src<'_>, raw: RawScenario) -> Result<Scenario, ScenarioError> {
         let at = secs(c.non_negative(&format!("events[{i}].at_s"), &e.at_s)?);
         s.events.push((at, build_event(&c, e, i, n)?));
     }
-    if let Some(o) = &raw.ota {
-        s.ota = Some(build_ota(&c, o, n, s.duration)?);
-    }
-    if let Some(r) = &raw.rollout {
-        let meshfleet = raw
-            .ota
-            .as_ref()
-            .is_some_and(|o| o.strategy.get_ref() == "meshfleet");
-        if !meshfleet {
-            return Err(c.src.err(
-                r.firmware.span(),
-                Some("rollout".into()),
-                "a rollout needs an `[ota]` table with strategy = \"meshfleet\"",
-            ));
-        }
-        s.rollout = Some(build_rollout(&c, r)?);
-    }
     // Everything above is checked with its span; this catches what only the whole
     // scenario can tell, pointing at the topology.
     s.validate()
         .map_err(|e| src.err(raw.topology.kind.span(), Some(e.field), e.message))?;
     Ok(s)
-}
-
-fn build_rollout(
-    c: &Check<'_, '_>,
-    r: &RawRollout,
-) -> Result<crate::rollout::RolloutSetup, ScenarioError> {
-    use crate::rollout::{Firmware, RolloutSetup};
-    let firmware = match r.firmware.get_ref().as_str() {
-        "healthy" => Firmware::Healthy,
-        "crashloop" => Firmware::CrashLoop {
-            after: match &r.crash_after_s {
-                Some(v) => secs(c.positive("rollout.crash_after_s", v)?),
-                None => Duration::from_secs(40),
-            },
-        },
-        "leak" => Firmware::Leak {
-            bytes_per_min: match &r.leak_bytes_per_min {
-                Some(v) => c.count("rollout.leak_bytes_per_min", v, 1)?,
-                None => 2_000,
-            },
-        },
-        other => {
-            return Err(c.src.err(
-                r.firmware.span(),
-                Some("rollout.firmware".into()),
-                format!("unknown firmware behaviour `{other}` (healthy, crashloop, leak)"),
-            ))
-        }
-    };
-    let seed = match &r.seed {
-        Some(v) => u64::from(c.count("rollout.seed", v, 0)?),
-        None => 1,
-    };
-    let mut setup = RolloutSetup::new(firmware, seed);
-    if let Some(v) = &r.limit_s {
-        setup.limit = secs(c.positive("rollout.limit_s", v)?);
-    }
-    let wave = |field: &str, v: &Spanned<i64>| -> Result<u16, ScenarioError> {
-        let w = c.count(field, v, 0)?;
-        u16::try_from(w)
-            .ok()
-            .filter(|w| usize::from(*w) < meshfleet_rollout::MAX_WAVES)
-            .ok_or_else(|| {
-                c.src
-                    .err(v.span(), Some(field.into()), "not a wave of the plan")
-            })
-    };
-    if let Some(w) = &r.gateway_restart_wave {
-        let after = match &r.gateway_restart_after_s {
-            Some(v) => secs(c.non_negative("rollout.gateway_restart_after_s", v)?),
-            None => Duration::from_secs(240),
-        };
-        let down = match &r.gateway_restart_down_s {
-            Some(v) => secs(c.positive("rollout.gateway_restart_down_s", v)?),
-            None => Duration::from_secs(300),
-        };
-        setup.gateway_restart = Some((wave("rollout.gateway_restart_wave", w)?, after, down));
-    }
-    if let Some(w) = &r.offline_wave {
-        let from = match &r.offline_from_s {
-            Some(v) => secs(c.non_negative("rollout.offline_from_s", v)?),
-            None => Duration::ZERO,
-        };
-        let to = match &r.offline_to_s {
-            Some(v) => secs(c.positive("rollout.offline_to_s", v)?),
-            None => Duration::from_secs(3300),
-        };
-        setup.offline = Some((wave("rollout.offline_wave", w)?, from, to));
-    }
-    Ok(setup)
-}
-
-/// Largest synthetic image (the artefact format's image limit).
-const MAX_SYNTHETIC_KIB: i64 = (meshfleet_firmware::MAX_IMAGE_SIZE / 1024) as i64;
-
-fn build_ota(
-    c: &Check<'_, '_>,
-    o: &RawOta,
-    n: u32,
-    duration: Duration,
-) -> Result<OtaCampaign, ScenarioError> {
-    let strategy = OtaStrategy::from_label(o.strategy.get_ref()).ok_or_else(|| {
-        c.src.err(
-            o.strategy.span(),
-            Some("ota.strategy".into()),
-            format!(
-                "unknown OTA strategy `{}` (expected stock, stock_broadcasted or meshfleet)",
-                o.strategy.get_ref()
-            ),
-        )
-    })?;
-    let image = match (&o.image, &o.synthetic_kib) {
-        (Some(_), Some(k)) => {
-            return Err(c.src.err(
-                k.span(),
-                Some("ota.synthetic_kib".into()),
-                "give either `image` or `synthetic_kib`, not both",
-            ))
-        }
-        (None, None) => {
-            return Err(c.src.err(
-                o.strategy.span(),
-                Some("ota.image".into()),
-                "an OTA campaign needs `image = \"path\"` or `synthetic_kib = N`",
-            ))
-        }
-        (None, Some(k)) => {
-            let kib = c.count("ota.synthetic_kib", k, 1)?;
-            if i64::from(kib) > MAX_SYNTHETIC_KIB {
-                return Err(c.src.err(
-                    k.span(),
-                    Some("ota.synthetic_kib".into()),
-                    format!("must be at most {MAX_SYNTHETIC_KIB} (64 MiB, the image limit)"),
-                ));
-            }
-            // A fixed seed: the image is the campaign's input, not part of the run's
-            // randomness, so `--seed` does not change it.
-            synthetic_image(kib as usize * 1024, 1)
-        }
-        (Some(f), None) => {
-            let rel = Path::new(f.get_ref());
-            let path = match c.src.path.and_then(Path::parent) {
-                Some(dir) if rel.is_relative() => dir.join(rel),
-                _ => rel.to_path_buf(),
-            };
-            let bytes = std::fs::read(&path).map_err(|source| ScenarioError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            if bytes.is_empty() {
-                return Err(c.src.err(
-                    f.span(),
-                    Some("ota.image".into()),
-                    format!("{} is empty", path.display()),
-                ));
-            }
-            bytes
-        }
-    };
-    let role = o
-        .role
-        .as_ref()
-        .map_or(crate::ota::DEFAULT_ROLE, |r| r.get_ref().as_str());
-    let hardware = o
-        .hardware
-        .as_ref()
-        .map_or(crate::ota::DEFAULT_HARDWARE, |h| h.get_ref().as_str());
-    let mut campaign = OtaCampaign::for_target(strategy, image, role, hardware).map_err(|e| {
-        let span = o
-            .role
-            .as_ref()
-            .or(o.hardware.as_ref())
-            .map_or(o.strategy.span(), Spanned::span);
-        c.src.err(span, Some("ota".into()), e.to_string())
-    })?;
-    if let Some(v) = &o.source {
-        campaign.source = c.node("ota.source", v, n)?;
-    }
-    if n < 2 {
-        return Err(c.src.err(
-            o.strategy.span(),
-            Some("ota".into()),
-            "an OTA campaign needs at least two nodes",
-        ));
-    }
-    let start = secs(c.non_negative("ota.start_s", &o.start_s)?);
-    if start >= duration {
-        return Err(c.src.err(
-            o.start_s.span(),
-            Some("ota.start_s".into()),
-            format!(
-                "must be before the end of the run (duration_s = {})",
-                duration.as_micros() as f64 / 1e6
-            ),
-        ));
-    }
-    campaign.start = Some(start);
-    if let Some(v) = &o.broadcast_root {
-        if strategy != OtaStrategy::StockBroadcasted {
-            return Err(c.src.err(
-                v.span(),
-                Some("ota.broadcast_root".into()),
-                format!("not used by strategy `{}`", strategy.label()),
-            ));
-        }
-        let r = c.node("ota.broadcast_root", v, n)?;
-        if r == campaign.source {
-            return Err(c.src.err(
-                v.span(),
-                Some("ota.broadcast_root".into()),
-                "the root must be a receiver: in broadcast mode only the root requests parts",
-            ));
-        }
-        campaign.broadcast_root = Some(r);
-    }
-    Ok(campaign)
 }
 
 fn build_topology(c: &Check<'_, '_>, t: &RawTopology) -> Result<Topology, ScenarioError> {

@@ -22,7 +22,7 @@
 //! * **OTA campaigns** ([`ota`]): the real OTA engine on every node (stock painlessMesh OTA,
 //!   its broadcast mode, or the meshfleet protocol), with per-node simulated flash kept
 //!   across reboots, measured against the lower bound of the channel model
-//!   ([`Scenario::ota()`], the `[ota]` table of scenario files, [`SimReport::ota`]).
+//!   (a workload: [`Scenario::ota`], the `[ota]` table of scenario files, [`SimReport::ota`]).
 //! * **Workloads** ([`workload`]): what a scenario runs on top of the mesh, as plug-ins that
 //!   own their scenario-file table, node plugins, hooks, ticks and `summary.json` entry.
 //!   [`traffic`] is application traffic ([`Traffic`]: periodic broadcasts and singles,

@@ -275,18 +275,10 @@ pub struct Scenario {
     pub sample_interval: Duration,
     /// Builds every node.
     pub factory: NodeFactory,
-    /// An OTA campaign to run ([`crate::ota`]). `run_scenario` attaches it
-    /// ([`crate::ota::OtaCampaign::attach`]) and puts its report in [`crate::SimReport::ota`];
-    /// [`crate::Simulation`] itself ignores this field, so attach it yourself when driving
-    /// a simulation from code.
-    pub ota: Option<crate::ota::OtaCampaign>,
-    /// A progressive rollout of the `ota` campaign's build ([`crate::rollout`]):
-    /// `run_scenario` then runs [`crate::rollout::run_rollout`] and puts the controller's
-    /// summary in [`crate::SimReport::rollout`].
-    pub rollout: Option<crate::rollout::RolloutSetup>,
-    /// Workloads run on top of the mesh ([`crate::workload`]): `run_scenario` builds,
-    /// attaches, drives and reports each (its entry in [`crate::SimReport::workloads`]).
-    /// [`crate::Simulation`] itself ignores this field.
+    /// Workloads run on top of the mesh ([`crate::workload`]): application traffic
+    /// ([`Scenario::traffic`]), an OTA campaign ([`Scenario::ota`]), a rollout of its build,
+    /// telemetry. `run_scenario` (or [`crate::workload::Run`]) builds, attaches, drives and
+    /// reports each; [`crate::Simulation`] itself ignores this field.
     pub workloads: Vec<Arc<dyn crate::workload::WorkloadSpec>>,
 }
 
@@ -301,7 +293,6 @@ impl fmt::Debug for Scenario {
             .field("link", &self.link)
             .field("channel", &self.channel)
             .field("events", &self.events)
-            .field("ota", &self.ota)
             .field("workloads", &self.workloads)
             .finish_non_exhaustive()
     }
@@ -331,8 +322,6 @@ impl Scenario {
             events: Vec::new(),
             sample_interval: Duration::from_secs(1),
             factory: Arc::new(plain_node),
-            ota: None,
-            rollout: None,
             workloads: Vec::new(),
         }
     }
@@ -430,12 +419,6 @@ impl Scenario {
         self
     }
 
-    /// Sets the OTA campaign (the `ota` field).
-    pub fn ota(mut self, campaign: crate::ota::OtaCampaign) -> Self {
-        self.ota = Some(campaign);
-        self
-    }
-
     /// The id of node number `n`.
     pub fn id_of(&self, n: u32) -> NodeId {
         NodeId(self.id_base.wrapping_add(n))
@@ -512,11 +495,6 @@ impl Scenario {
                 ) {
                     return bad(&format!("events[{i}].channel.{f}"), m);
                 }
-            }
-        }
-        if let Some(c) = &self.ota {
-            if let Err((f, m)) = c.check(n) {
-                return bad(&format!("ota.{f}"), m);
             }
         }
         Ok(())

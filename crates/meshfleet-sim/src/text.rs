@@ -109,16 +109,6 @@ pub fn describe_scenario(s: &Scenario) -> Vec<String> {
     for w in &s.workloads {
         out.extend(w.describe());
     }
-    if let Some(o) = &s.ota {
-        out.push(format!(
-            "OTA: {} strategy, a {} KiB image from node {}{}",
-            o.strategy.label(),
-            o.image().len() / 1024,
-            o.source,
-            o.start_time()
-                .map_or(String::new(), |t| format!(", starting at {:.0} s", secs(t)))
-        ));
-    }
     if !s.events.is_empty() {
         out.push(format!("timeline: {} event(s)", s.events.len()));
     }

@@ -1,7 +1,7 @@
 //! The application-traffic workload: periodic broadcasts and singles between nodes, with
 //! deliveries, duplicates and latency measured at the receivers.
 //!
-//! It owns the `[[traffic]]` tables of scenario files (one per flow, [`parse_table`]), and
+//! It owns the `[[traffic]]` tables of scenario files (one per flow), and
 //! [`Scenario::traffic`] adds a flow from code. Its results keep the places consumers read:
 //! [`SimReport::app`], [`SimReport::latencies_us`], the `app_sent` / `app_delivered` columns
 //! of the time series and `app_received` per node; its plots are `delivered.svg` (sent and
@@ -34,7 +34,7 @@ use crate::output::{markers, with_markers};
 use crate::scenario::{Scenario, MAX_PAYLOAD_BYTES};
 use crate::sim::{Simulation, TimerHook};
 use crate::svg::{panels, Chart, Series};
-use crate::workload::{TableError, TableSource, Workload, WorkloadSpec};
+use crate::workload::{check, TableError, TableSource, Workload, WorkloadSpec};
 
 /// The workload's key: the scenario file's `[[traffic]]` tables.
 pub const KEY: &str = "traffic";
@@ -252,45 +252,6 @@ fn at(v: &Spanned<impl Sized>) -> Range<usize> {
     v.span()
 }
 
-fn positive(field: String, v: &Spanned<f64>) -> Result<f64, TableError> {
-    let x = *v.get_ref();
-    if x > 0.0 && x.is_finite() {
-        Ok(x)
-    } else {
-        Err(TableError::at(
-            at(v),
-            field,
-            format!("must be positive (got {x})"),
-        ))
-    }
-}
-
-fn non_negative(field: String, v: &Spanned<f64>) -> Result<Duration, TableError> {
-    let x = *v.get_ref();
-    if x >= 0.0 && x.is_finite() {
-        Ok(Duration::from_micros((x * 1e6).round() as u64))
-    } else {
-        Err(TableError::at(
-            at(v),
-            field,
-            format!("must not be negative (got {x})"),
-        ))
-    }
-}
-
-fn node(field: String, v: &Spanned<i64>, n: u32) -> Result<u32, TableError> {
-    let x = *v.get_ref();
-    if x >= 1 && x <= i64::from(n) {
-        Ok(x as u32)
-    } else {
-        Err(TableError::at(
-            at(v),
-            field,
-            format!("names node {x}, but nodes are numbered 1..={n}"),
-        ))
-    }
-}
-
 /// Parses the `[[traffic]]` tables: one flow each, fields checked where they are written.
 pub(crate) fn parse_table(src: &TableSource<'_>) -> Result<Arc<dyn WorkloadSpec>, TableError> {
     let file: File = src.deserialize()?;
@@ -299,8 +260,15 @@ pub(crate) fn parse_table(src: &TableSource<'_>) -> Result<Arc<dyn WorkloadSpec>
     for (i, t) in file.traffic.iter().enumerate() {
         // Relative to the table: the file parser puts `traffic.` in front.
         let f = |name: &str| format!("[{i}].{name}");
-        let from = t.from.as_ref().map(|v| node(f("from"), v, n)).transpose()?;
-        let to = t.to.as_ref().map(|v| node(f("to"), v, n)).transpose()?;
+        let from = t
+            .from
+            .as_ref()
+            .map(|v| check::node(&f("from"), v, n))
+            .transpose()?;
+        let to =
+            t.to.as_ref()
+                .map(|v| check::node(&f("to"), v, n))
+                .transpose()?;
         let kind = match t.kind.get_ref().as_str() {
             "broadcast" => {
                 if let Some(v) = &t.to {
@@ -320,29 +288,19 @@ pub(crate) fn parse_table(src: &TableSource<'_>) -> Result<Arc<dyn WorkloadSpec>
         let mut tr = Traffic {
             kind,
             from,
-            rate_per_s: positive(f("rate_per_s"), &t.rate_per_s)?,
+            rate_per_s: check::positive(&f("rate_per_s"), &t.rate_per_s)?,
             payload_bytes: 64,
             start: Duration::ZERO,
             stop: None,
         };
         if let Some(v) = &t.payload_bytes {
-            let x = *v.get_ref();
-            if x < 0 {
-                return Err(TableError::at(
-                    at(v),
-                    f("payload_bytes"),
-                    format!("must be at least 0 (got {x})"),
-                ));
-            }
-            tr.payload_bytes = u32::try_from(x).map_err(|_| {
-                TableError::at(at(v), f("payload_bytes"), format!("{x} is too large"))
-            })? as usize;
+            tr.payload_bytes = check::count(&f("payload_bytes"), v, 0)? as usize;
         }
         if let Some(v) = &t.start_s {
-            tr.start = non_negative(f("start_s"), v)?;
+            tr.start = check::secs(check::non_negative(&f("start_s"), v)?);
         }
         if let Some(v) = &t.stop_s {
-            tr.stop = Some(non_negative(f("stop_s"), v)?);
+            tr.stop = Some(check::secs(check::non_negative(&f("stop_s"), v)?));
         }
         check_traffic(&tr, n).map_err(|(field, m)| {
             let span = match field {

@@ -9,11 +9,25 @@
 //! one line in [`TABLES`]: `Scenario`, `SimReport`, `run_scenario` and the scenario parser
 //! stay as they are.
 //!
+//! The workloads today: [`crate::traffic`] (`[[traffic]]`: application messages, delivery
+//! and latency, all on simulation hooks: timers, the event hook, the sample hook),
+//! [`crate::ota`] (`[ota]`: a firmware campaign, attached through the node factory and a
+//! timeline action, observed through the frame trace and the event hook),
+//! [`crate::rollout`] (`[rollout]`: the rollout controller on the gateway, a tick state
+//! machine that takes the `[ota]` campaign over and ends the run at its verdict) and
+//! [`crate::telemetry`] (`[telemetry]`: the agent's telemetry, the monitor and faults).
+//!
+//! Two ways to act in time: a hook installed on the simulation
+//! ([`Simulation::add_timer_hook`]) runs *among* the events of its instant, in scheduling
+//! order, as the event loop's own events do; a tick ([`Workload::next_tick`]) runs once
+//! every event up to its time has run, with the whole simulation at hand. A workload may
+//! end the run ([`Workload::finished`]) or fail it ([`Workload::take_error`]).
+//!
 
 use std::any::Any;
 use std::fmt;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use meshfleet_mesh::{Duration, Instant};
@@ -45,6 +59,12 @@ pub trait WorkloadSpec: fmt::Debug + Send + Sync {
     /// run, [`crate::describe_scenario`]).
     fn describe(&self) -> Vec<String> {
         Vec::new()
+    }
+
+    /// Keys of workloads this one runs itself, so that they are not built on their own
+    /// (a rollout distributes the `ota` campaign's build through its own controller).
+    fn takes_over(&self) -> &'static [&'static str] {
+        &[]
     }
 }
 
@@ -84,6 +104,18 @@ pub trait Workload {
     fn plots(&self) -> Vec<(String, String)> {
         Vec::new()
     }
+
+    /// Whether the run is over because of it (a rollout that reached its verdict): the
+    /// run stops after this tick and reports up to now.
+    fn finished(&self) -> bool {
+        false
+    }
+
+    /// Why it could not run, if it could not (then it is finished too; `run_scenario`
+    /// returns the error).
+    fn take_error(&mut self) -> Option<crate::RunError> {
+        None
+    }
 }
 
 /// What a workload's table parser gets from the scenario file.
@@ -113,9 +145,8 @@ impl TableSource<'_> {
     /// key, a wrong type) come back with their position.
     pub fn deserialize<T: serde::de::DeserializeOwned>(&self) -> Result<T, TableError> {
         toml::from_str(self.text).map_err(|e| TableError {
-            field: String::new(),
-            message: e.message().trim().to_owned(),
             span: e.span(),
+            ..TableError::new("", e.message().trim())
         })
     }
 }
@@ -142,6 +173,9 @@ pub struct TableError {
     /// Where, as a byte range of the file ([`TableSource::text`]); `None`: the table's
     /// first line.
     pub span: Option<Range<usize>>,
+    /// A file the table names could not be read (the path, and why): the scenario
+    /// parser reports it as [`crate::ScenarioError::Read`].
+    pub unreadable: Option<(PathBuf, std::io::ErrorKind)>,
 }
 
 impl TableError {
@@ -151,6 +185,7 @@ impl TableError {
             field: field.into(),
             message: message.into(),
             span: None,
+            unreadable: None,
         }
     }
 
@@ -166,6 +201,16 @@ impl TableError {
 /// Every workload a scenario file can name, by its top-level table, in the order they are
 /// parsed, attached and reported.
 pub const TABLES: &[WorkloadTable] = &[
+    // The OTA campaign first: it wraps the node factory before the others do.
+    WorkloadTable {
+        key: crate::ota::KEY,
+        parse: crate::ota::parse_table,
+    },
+    // After `ota`: it reads the campaign.
+    WorkloadTable {
+        key: crate::rollout::KEY,
+        parse: crate::rollout::parse_table,
+    },
     WorkloadTable {
         key: crate::telemetry::KEY,
         parse: crate::telemetry::parse_table,
@@ -199,18 +244,22 @@ pub struct Run {
 }
 
 impl Run {
-    /// Builds the scenario's workloads (the OTA campaign of [`Scenario::ota()`] first, then
-    /// [`Scenario::workloads`] in order), lets each wrap the scenario ([`Workload::attach`]),
-    /// builds the simulation and installs each ([`Workload::install`]) before anything runs.
+    /// Builds the scenario's workloads ([`Scenario::workloads`] in order, but for those
+    /// another one takes over, [`WorkloadSpec::takes_over`]), lets each wrap the scenario
+    /// ([`Workload::attach`]), builds the simulation and installs each
+    /// ([`Workload::install`]) before anything runs.
     pub fn new(scenario: Scenario) -> Result<Self, InvalidScenario> {
         scenario.validate()?;
-        // The OTA campaign first: it wraps the node factory before the others do.
+        let taken: Vec<&str> = scenario
+            .workloads
+            .iter()
+            .flat_map(|w| w.takes_over().iter().copied())
+            .collect();
         let mut workloads: Vec<Box<dyn Workload>> = scenario
-            .ota
-            .clone()
-            .map(|c| Box::new(crate::ota::OtaWorkload::new(c)) as Box<dyn Workload>)
-            .into_iter()
-            .chain(scenario.workloads.iter().map(|w| w.build(&scenario)))
+            .workloads
+            .iter()
+            .filter(|w| !taken.contains(&w.key()))
+            .map(|w| w.build(&scenario))
             .collect();
         let mut scenario = scenario;
         for w in &mut workloads {
@@ -235,16 +284,21 @@ impl Run {
         &mut self.sim
     }
 
-    /// Runs to `t`, giving each workload its ticks.
-    pub fn run_until(&mut self, t: Instant) {
-        drive(&mut self.sim, &mut self.workloads, t);
+    /// Runs to `t` (or until a workload finishes the run, [`Workload::finished`]), giving
+    /// each workload its ticks. Returns whether a workload finished the run.
+    pub fn run_until(&mut self, t: Instant) -> bool {
+        drive(&mut self.sim, &mut self.workloads, t)
     }
 
-    /// Runs to the scenario's end and returns the report with every workload's results.
+    /// Runs to the scenario's end (or until a workload finishes the run) and returns the
+    /// report with every workload's results.
     pub fn run(&mut self) -> SimReport {
         let end = self.sim.end();
-        self.run_until(end);
-        let mut report = self.sim.run();
+        let mut report = if self.run_until(end) {
+            self.sim.stop()
+        } else {
+            self.sim.run()
+        };
         for w in &mut self.workloads {
             w.finish(&self.sim, &mut report);
         }
@@ -264,11 +318,21 @@ impl Run {
     pub fn plots(&self) -> Vec<(String, String)> {
         self.workloads.iter().flat_map(|w| w.plots()).collect()
     }
+
+    /// The first error a workload met ([`Workload::take_error`]).
+    pub fn take_error(&mut self) -> Option<crate::RunError> {
+        self.workloads.iter_mut().find_map(|w| w.take_error())
+    }
 }
 
 /// Runs `sim` to `end`, giving each workload its ticks in time order (ties: in the order
-/// of `workloads`).
-pub(crate) fn drive(sim: &mut Simulation, workloads: &mut [Box<dyn Workload>], end: Instant) {
+/// of `workloads`). Stops early, right after the tick, when a workload finishes the run;
+/// returns whether one did.
+pub(crate) fn drive(
+    sim: &mut Simulation,
+    workloads: &mut [Box<dyn Workload>],
+    end: Instant,
+) -> bool {
     loop {
         let next = workloads
             .iter()
@@ -278,9 +342,82 @@ pub(crate) fn drive(sim: &mut Simulation, workloads: &mut [Box<dyn Workload>], e
             .min();
         let Some((t, i)) = next else {
             sim.run_until(end);
-            return;
+            return false;
         };
         sim.run_until(t.max(sim.now()));
         workloads[i].tick(sim);
+        if workloads[i].finished() {
+            return true;
+        }
+    }
+}
+
+/// Checks of one value of a workload's table, each returning the value or a
+/// [`TableError`] at the value's place in the file (the messages the scenario parser gives
+/// its own fields). `field` is relative to the table.
+pub mod check {
+    use toml::Spanned;
+
+    use super::TableError;
+    use meshfleet_mesh::Duration;
+
+    /// A positive, finite number.
+    pub fn positive(field: &str, v: &Spanned<f64>) -> Result<f64, TableError> {
+        let x = *v.get_ref();
+        if x > 0.0 && x.is_finite() {
+            Ok(x)
+        } else {
+            Err(TableError::at(
+                v.span(),
+                field,
+                format!("must be positive (got {x})"),
+            ))
+        }
+    }
+
+    /// A finite number, zero or more.
+    pub fn non_negative(field: &str, v: &Spanned<f64>) -> Result<f64, TableError> {
+        let x = *v.get_ref();
+        if x >= 0.0 && x.is_finite() {
+            Ok(x)
+        } else {
+            Err(TableError::at(
+                v.span(),
+                field,
+                format!("must not be negative (got {x})"),
+            ))
+        }
+    }
+
+    /// An integer from `min` that fits 32 bits.
+    pub fn count(field: &str, v: &Spanned<i64>, min: i64) -> Result<u32, TableError> {
+        let x = *v.get_ref();
+        if x < min {
+            return Err(TableError::at(
+                v.span(),
+                field,
+                format!("must be at least {min} (got {x})"),
+            ));
+        }
+        u32::try_from(x).map_err(|_| TableError::at(v.span(), field, format!("{x} is too large")))
+    }
+
+    /// A node number of a scenario with `n` nodes.
+    pub fn node(field: &str, v: &Spanned<i64>, n: u32) -> Result<u32, TableError> {
+        let x = *v.get_ref();
+        if x >= 1 && x <= i64::from(n) {
+            Ok(x as u32)
+        } else {
+            Err(TableError::at(
+                v.span(),
+                field,
+                format!("names node {x}, but nodes are numbered 1..={n}"),
+            ))
+        }
+    }
+
+    /// Seconds as a duration (µs, rounded).
+    pub fn secs(x: f64) -> Duration {
+        Duration::from_micros((x * 1e6).round() as u64)
     }
 }

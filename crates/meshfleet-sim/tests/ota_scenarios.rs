@@ -116,7 +116,7 @@ fn shipped_ota_scenarios_load_with_their_campaign() {
     ] {
         let s = load_scenario(&scenarios_dir().join(file)).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(s.topology.node_count(), nodes);
-        let c = s.ota.as_ref().expect("campaign");
+        let c = meshfleet_sim::ota::campaign(&s).expect("campaign");
         assert_eq!(c.strategy.label(), strategy);
         assert_eq!(c.source, 1);
         assert!(c.start.is_some());
@@ -211,7 +211,10 @@ fn an_image_file_is_read_relative_to_the_scenario() {
     let path = dir.path().join("s.toml");
     std::fs::write(&path, &text).expect("write");
     let s = load_scenario(&path).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(s.ota.as_ref().map(|c| c.image().len()), Some(5000));
+    assert_eq!(
+        meshfleet_sim::ota::campaign(&s).map(|c| c.image().len()),
+        Some(5000)
+    );
     // A missing file is a read error naming it.
     std::fs::remove_file(dir.path().join("fw.bin")).expect("rm");
     match load_scenario(&path) {

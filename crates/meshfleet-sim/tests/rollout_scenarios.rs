@@ -283,7 +283,7 @@ fn rollout_table_errors_name_the_field() {
     )
     .unwrap();
     assert!(matches!(
-        ok.rollout.map(|r| r.firmware),
+        meshfleet_sim::rollout::setup(&ok).map(|r| r.firmware),
         Some(Firmware::Leak {
             bytes_per_min: 2000
         })

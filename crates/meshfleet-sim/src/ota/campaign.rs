@@ -39,8 +39,9 @@ pub(super) struct Payload {
 }
 
 /// An OTA campaign: one image, one source, one strategy. Build with [`OtaCampaign::new`],
-/// adjust with the setters, then [`OtaCampaign::attach`] it to a scenario (or put it in
-/// the `ota` field of a [`Scenario`] and use `run_scenario`).
+/// adjust with the setters, then [`OtaCampaign::attach`] it to a scenario (or add it to a
+/// [`Scenario`] with [`Scenario::ota`] and use `run_scenario`: it is a workload, its table
+/// `[ota]`).
 #[derive(Clone)]
 pub struct OtaCampaign {
     /// How the image is distributed.
@@ -245,11 +246,10 @@ impl OtaCampaign {
     /// (wrapping the scenario's own factory), the start is scheduled if
     /// [`OtaCampaign::start`] is set, and for [`OtaStrategy::StockBroadcasted`] a root is
     /// named if the scenario has none. The returned [`OtaRun`] observes one run of the
-    /// returned scenario: call [`OtaRun::install`] on its [`Simulation`] before running.
+    /// returned scenario: call [`OtaRun::install`] on its [`Simulation`](crate::Simulation) before running.
     ///
     /// The per-node stores live in the `OtaRun`: attach again for another run.
     pub fn attach(&self, mut scenario: Scenario) -> (Scenario, OtaRun) {
-        scenario.ota = None;
         if self.strategy == OtaStrategy::StockBroadcasted && scenario.mesh.root.is_none() {
             scenario.mesh.root = Some(self.default_broadcast_root());
         }

@@ -31,8 +31,9 @@
 //! image of every node (checked in its store: new, old or broken), and the lower bound of
 //! `docs/ota-protocol.md` ("Lower bound") computed from the tree formed at the start.
 //!
-//! `run_scenario` does all of this for a scenario whose `ota` field is set (scenario
-//! files: the `[ota]` table). From code:
+//! The campaign is a workload ([`crate::workload`]): `run_scenario` does all of this for a
+//! scenario given one with [`Scenario::ota`](crate::Scenario::ota) (scenario files: the
+//! `[ota]` table, parsed here). By hand, from code:
 //!
 //! ```no_run
 //! use meshfleet_mesh::Duration;
@@ -54,7 +55,8 @@
 //!
 //! The module is split along its seams: `campaign` (what to distribute and how, the node
 //! factory and the start), `stock_source` (the stock sender as the library runs it),
-//! `run` (what a run measures: the frame trace, the event hook, the workload), `report`
+//! `run` (what a run measures: the frame trace, the event hook, the workload), `table`
+//! (the workload's spec and its `[ota]` table), `report`
 //! (the report and the per-node memory model), `bound` (the lower bound: the mean-value
 //! terms and the stochastic last-passage Monte Carlo) and `image` (synthetic firmware).
 
@@ -68,6 +70,7 @@ mod image;
 mod report;
 mod run;
 mod stock_source;
+mod table;
 
 pub use bound::{lower_bound, LowerBound, MonteCarlo, TreeShape};
 pub use campaign::OtaCampaign;
@@ -75,6 +78,8 @@ pub use image::synthetic_image;
 pub use meshfleet_channel::expected_frame_cost;
 pub use report::{FinalImage, OtaCounters, OtaNodeReport, OtaReport};
 pub use run::{frame_type, progress_plot, OtaRun, OtaWorkload};
+pub(crate) use table::parse_table;
+pub use table::{campaign, KEY};
 
 /// Version of the firmware every receiver runs before the campaign.
 pub const OLD_VERSION: &str = "1.0.0";

@@ -684,6 +684,12 @@ impl Simulation {
     /// Runs to the scenario's end and returns the report.
     pub fn run(&mut self) -> SimReport {
         self.run_until(self.end);
+        self.stop()
+    }
+
+    /// Ends the run now (a workload reached its verdict before the scenario's end): the
+    /// progress callback hears 100 %, and the report covers the run up to now.
+    pub fn stop(&mut self) -> SimReport {
         if let Some(p) = &mut self.progress {
             p(1.0);
         }
