@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 
-use meshfleet_mesh::{Instant, LinkId, Priority, Rng};
+use meshfleet_mesh::{Duration, Instant, LinkId, Priority, Rng};
 
 use crate::{interferers, tx_cost, ChannelModel, LinkChange, LinkParams, TxCost};
 
@@ -111,8 +111,9 @@ impl std::fmt::Display for DropReason {
 
 impl std::error::Error for DropReason {}
 
-/// A wakeup the channel asked for ([`Output::Timer`]); the driver hands it back to
-/// [`Channel::handle_timer`] at its time. Small and `Copy`: frames stay in the channel.
+/// A wakeup the channel asks its driver for ([`Scheduler::schedule`]); the driver hands
+/// it back to [`Channel::handle_timer`] at its time. Small and `Copy`: frames stay in the
+/// channel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timer(TimerKind);
 
@@ -162,6 +163,29 @@ impl Timer {
     }
 }
 
+/// Where the channel puts its wakeups: the driver's timer queue.
+///
+/// Every wakeup is scheduled on its own, at the moment the channel decides it, so a
+/// driver with one event heap ordered by (time, insertion order) for everything (the
+/// simulator) interleaves the channel's wakeups with its nodes' exactly as if the channel
+/// were part of its own loop: runs stay reproducible bit for bit. (A single
+/// `poll_timeout`, as in str0m's `netem`, would reorder ties between the channel and the
+/// rest.) Timers go straight to the scheduler rather than through [`Output`]: the
+/// simulator handles millions of them, three per frame.
+pub trait Scheduler {
+    /// Call [`Channel::handle_timer`] with `timer` at `at`. Timers due at the same instant
+    /// must be handed back in the order they were scheduled.
+    fn schedule(&mut self, at: Instant, timer: Timer);
+}
+
+/// A list of pending timers in scheduling order, for simple drivers and tests: take the
+/// earliest (the first among equal times) next.
+impl Scheduler for Vec<(Instant, Timer)> {
+    fn schedule(&mut self, at: Instant, timer: Timer) {
+        self.push((at, timer));
+    }
+}
+
 /// A frame that went on the air ([`Output::Sent`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -191,16 +215,9 @@ pub struct Sent {
 /// input, in order.
 #[derive(Debug)]
 pub enum Output<F> {
-    /// Call [`Channel::handle_timer`] with `timer` at `at`. Timers due at the same instant
-    /// must be handed back in the order they were output (a FIFO among equal times).
-    Timer {
-        /// When.
-        at: Instant,
-        /// What to hand back.
-        timer: Timer,
-    },
-    /// The bytes waiting in one link direction changed (a frame was queued or went on the
-    /// air): what a driver reports to the sending node, which may pace on it.
+    /// The bytes waiting in one link direction went down: a frame went on the air. What a
+    /// driver reports to the sending node, which may pace on it ([`Channel::enqueue`]
+    /// returns the new backlog when it goes up).
     Backlog {
         /// The sender (the caller's node index).
         node: usize,
@@ -209,9 +226,10 @@ pub enum Output<F> {
         /// Bytes waiting in that direction, the frame on the air not included.
         queued_bytes: usize,
     },
-    /// A frame went on the air. [`Channel::in_flight`] shows its bytes until its
-    /// [`TimerReason::TxDone`] timer.
-    Sent(Sent),
+    /// A frame went on the air (only with [`Channel::set_sent_outputs`]: the counters
+    /// ([`Channel::air`], [`Channel::link_air`], [`Channel::node_air`]) need no output).
+    /// [`Channel::in_flight`] shows its bytes until its [`TimerReason::TxDone`] timer.
+    Sent(Box<Sent>),
     /// A frame reached its receiver.
     Delivered {
         /// The link it came over.
@@ -250,6 +268,30 @@ pub struct NodeBacklog {
     pub peak_bytes: u64,
     /// The most frames ever waiting at once.
     pub peak_frames: u64,
+}
+
+/// What went on the air: of one link direction, one node or the whole channel. Kept after
+/// a link closes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AirCounters {
+    /// Frames put on the air.
+    pub frames: u64,
+    /// Their bytes (retransmitted segments not counted again).
+    pub bytes: u64,
+    /// TCP segments retransmitted.
+    pub retransmissions: u64,
+    /// Transmitter time they took (overhead, bytes, retransmitted segments).
+    pub airtime: Duration,
+}
+
+impl AirCounters {
+    fn add(&mut self, bytes: usize, cost: &TxCost) {
+        self.frames += 1;
+        self.bytes += bytes as u64;
+        self.retransmissions += u64::from(cost.retransmissions);
+        self.airtime = self.airtime + cost.airtime;
+    }
 }
 
 /// What [`Channel::close_link`] removed.
@@ -378,16 +420,14 @@ impl Radio {
 /// Inputs are calls with the caller's current time `now` (never earlier than the previous
 /// call's): [`Channel::open_link`], [`Channel::enqueue`] (a node hands a frame to its link),
 /// [`Channel::handle_timer`] (a wakeup the channel asked for is due),
-/// [`Channel::close_link`], [`Channel::set_model`] and the parameter changes. After every
-/// input the driver drains [`Channel::poll_output`] until it returns `None`, in order:
+/// [`Channel::close_link`], [`Channel::set_model`] and the parameter changes. Inputs that
+/// can start a transmission take the driver's [`Scheduler`], into which the channel puts
+/// its wakeups as it decides them. After every input the driver drains
+/// [`Channel::poll_output`] until it returns `None`, in order:
 ///
-/// * [`Output::Timer`]: schedule the timer; hand it back at its time. Unlike a single
-///   `poll_timeout`, every wakeup is its own output, so a driver with one event heap
-///   ordered by (time, insertion order) for everything (the simulator) interleaves the
-///   channel's wakeups with its nodes' exactly as if the channel were part of its loop:
-///   runs stay reproducible bit for bit.
-/// * [`Output::Backlog`], [`Output::Sent`]: tell the sending node its backlog; count and
-///   trace the frame.
+/// * [`Output::Backlog`]: tell the sending node its backlog (after applying the one
+///   [`Channel::enqueue`] returned, which is older).
+/// * [`Output::Sent`] (if asked for): trace the frame.
 /// * [`Output::Delivered`]: give the frame to the receiver (whose outputs may be more
 ///   [`Channel::enqueue`] calls: fine while draining).
 /// * [`Output::Dropped`], [`Output::Reset`]: count the loss; close the reset link.
@@ -416,6 +456,12 @@ pub struct Channel<F> {
     /// under every model lets the model change at run time.
     radios: Vec<Radio>,
     nodes: Vec<NodeBacklog>,
+    /// By link id (closed links included): what each direction put on the air.
+    link_air: Vec<[AirCounters; 2]>,
+    /// By node: what it put on the air.
+    node_air: Vec<AirCounters>,
+    air: AirCounters,
+    sent_outputs: bool,
     interferers: Vec<Vec<usize>>,
     /// Per node: transmissions on the air within interference range (geometric model).
     carrier_busy: Vec<u32>,
@@ -434,6 +480,10 @@ impl<F: Payload> Channel<F> {
             links: vec![None],
             radios: (0..nodes).map(Radio::new).collect(),
             nodes: vec![NodeBacklog::default(); nodes],
+            link_air: vec![[AirCounters::default(); 2]],
+            node_air: vec![AirCounters::default(); nodes],
+            air: AirCounters::default(),
+            sent_outputs: false,
             carrier_busy: vec![0; nodes],
             wait_seq: 0,
             out: VecDeque::new(),
@@ -446,8 +496,31 @@ impl<F: Payload> Channel<F> {
     }
 
     /// The next output, if any. Drain after every input.
+    #[inline]
     pub fn poll_output(&mut self) -> Option<Output<F>> {
         self.out.pop_front()
+    }
+
+    /// Whether to output [`Output::Sent`] for every frame put on the air (off at first):
+    /// for a driver that traces frames. Counting needs no outputs.
+    pub fn set_sent_outputs(&mut self, on: bool) {
+        self.sent_outputs = on;
+    }
+
+    /// What the whole channel put on the air.
+    pub fn air(&self) -> AirCounters {
+        self.air
+    }
+
+    /// What link `id` put on the air, by [`Direction::index`] (also after it closed;
+    /// `None` for an id never opened).
+    pub fn link_air(&self, id: LinkId) -> Option<[AirCounters; 2]> {
+        self.link_air.get(id.0 as usize).copied()
+    }
+
+    /// What node `node` put on the air (zero for an unknown node).
+    pub fn node_air(&self, node: usize) -> AirCounters {
+        self.node_air.get(node).copied().unwrap_or_default()
     }
 
     /// The id the next [`Channel::open_link`] returns (ids count up from 1 and are never
@@ -480,6 +553,7 @@ impl<F: Payload> Channel<F> {
             rng,
             dirs,
         }));
+        self.link_air.push([AirCounters::default(); 2]);
         id
     }
 
@@ -524,21 +598,24 @@ impl<F: Payload> Channel<F> {
         l.dirs[direction.index()].in_flight.as_ref().map(|(f, _)| f)
     }
 
-    /// Node `from` hands `frame` to link `link` with `priority`.
+    /// Node `from` hands `frame` to link `link` with `priority`. Returns the bytes now
+    /// waiting in that link direction (the frame may already be on the air: then an
+    /// [`Output::Backlog`] follows with less), for the sender's pacing.
     ///
     /// # Errors
     ///
     /// [`DropReason::LinkClosed`] if the link is not open or `from` is not one of its ends;
     /// [`DropReason::QueueFull`] for a normal or bulk frame over the queue cap. The frame is
     /// dropped then.
-    pub fn enqueue(
+    pub fn enqueue<S: Scheduler>(
         &mut self,
         now: Instant,
         from: usize,
         link: LinkId,
         priority: Priority,
         frame: F,
-    ) -> Result<(), DropReason> {
+        timers: &mut S,
+    ) -> Result<usize, DropReason> {
         let Some(l) = self.links.get_mut(link.0 as usize).and_then(Option::as_mut) else {
             return Err(DropReason::LinkClosed);
         };
@@ -566,23 +643,18 @@ impl<F: Payload> Channel<F> {
         n.frames += 1;
         n.peak_bytes = n.peak_bytes.max(n.bytes);
         n.peak_frames = n.peak_frames.max(n.frames);
-        self.out.push_back(Output::Backlog {
-            node: from,
-            link,
-            queued_bytes,
-        });
         if wake {
             self.radios[radio].ready.push_back((link, d as u8));
-            self.try_start(now, radio);
+            self.try_start(now, radio, timers);
         }
-        Ok(())
+        Ok(queued_bytes)
     }
 
-    /// A timer from [`Output::Timer`] is due.
-    pub fn handle_timer(&mut self, now: Instant, timer: Timer) {
+    /// A timer the channel scheduled is due.
+    pub fn handle_timer<S: Scheduler>(&mut self, now: Instant, timer: Timer, timers: &mut S) {
         match timer.0 {
-            TimerKind::RadioFree { radio } => self.radio_free(now, radio as usize),
-            TimerKind::TxDone { link, dir } => self.tx_done(now, link, dir),
+            TimerKind::RadioFree { radio } => self.radio_free(now, radio as usize, timers),
+            TimerKind::TxDone { link, dir } => self.tx_done(now, link, dir, timers),
             TimerKind::TcpReset { link } => self.out.push_back(Output::Reset { link }),
             TimerKind::Arrival { link, dir } => self.arrival(link, dir),
         }
@@ -612,11 +684,12 @@ impl<F: Payload> Channel<F> {
     /// `model`; those on the air finish their airtime but stop counting for carrier sense,
     /// and frames waiting move to their transmitter under the new model (in link order).
     /// Links, queues and loss stay.
-    pub fn set_model(
+    pub fn set_model<S: Scheduler>(
         &mut self,
         now: Instant,
         model: ChannelModel,
         positions: Option<&[(f64, f64)]>,
+        timers: &mut S,
     ) {
         // Only the new model's transmissions occupy the medium: unmark what the old ones
         // marked.
@@ -658,7 +731,7 @@ impl<F: Payload> Channel<F> {
         wake.sort_unstable();
         wake.dedup();
         for radio in wake {
-            self.try_start(now, radio);
+            self.try_start(now, radio, timers);
         }
     }
 
@@ -675,7 +748,7 @@ impl<F: Payload> Channel<F> {
         u32::try_from(radio).expect("fewer than 2^32 transmitters")
     }
 
-    fn try_start(&mut self, now: Instant, radio: usize) {
+    fn try_start<S: Scheduler>(&mut self, now: Instant, radio: usize, timers: &mut S) {
         if self.radios[radio].busy {
             return;
         }
@@ -745,17 +818,22 @@ impl<F: Payload> Channel<F> {
             let n = &mut self.nodes[from];
             n.bytes -= len as u64;
             n.frames -= 1;
-            self.out.push_back(Output::Sent(Sent {
-                link,
-                direction: Direction::of(d),
-                from,
-                to,
-                start: now,
-                arrival,
-                bytes: len,
-                priority,
-                cost,
-            }));
+            self.link_air[link.0 as usize][d as usize].add(len, &cost);
+            self.node_air[from].add(len, &cost);
+            self.air.add(len, &cost);
+            if self.sent_outputs {
+                self.out.push_back(Output::Sent(Box::new(Sent {
+                    link,
+                    direction: Direction::of(d),
+                    from,
+                    to,
+                    start: now,
+                    arrival,
+                    bytes: len,
+                    priority,
+                    cost,
+                })));
+            }
             self.out.push_back(Output::Backlog {
                 node: from,
                 link,
@@ -771,26 +849,23 @@ impl<F: Payload> Channel<F> {
                     self.carrier_busy[j] += 1;
                 }
             }
-            self.out.push_back(Output::Timer {
-                at: now + cost.airtime,
-                timer: Timer(TimerKind::RadioFree {
+            timers.schedule(
+                now + cost.airtime,
+                Timer(TimerKind::RadioFree {
                     radio: radio as u32,
                 }),
-            });
+            );
             let timer = if cost.reset {
                 TimerKind::TcpReset { link }
             } else {
                 TimerKind::TxDone { link, dir: d }
             };
-            self.out.push_back(Output::Timer {
-                at: done,
-                timer: Timer(timer),
-            });
+            timers.schedule(done, Timer(timer));
             return;
         }
     }
 
-    fn radio_free(&mut self, now: Instant, radio: usize) {
+    fn radio_free<S: Scheduler>(&mut self, now: Instant, radio: usize, timers: &mut S) {
         self.radios[radio].busy = false;
         // Only a transmission that marked the neighbourhood unmarks it: one that started
         // before a model switch did not, or was unmarked by the switch.
@@ -808,13 +883,13 @@ impl<F: Payload> Channel<F> {
             // Longest-waiting first; the sender itself goes after everyone who waited.
             waiting.sort_unstable();
             for (_, j) in waiting {
-                self.try_start(now, j);
+                self.try_start(now, j, timers);
             }
         }
-        self.try_start(now, radio);
+        self.try_start(now, radio, timers);
     }
 
-    fn tx_done(&mut self, now: Instant, link: LinkId, d: u8) {
+    fn tx_done<S: Scheduler>(&mut self, now: Instant, link: LinkId, d: u8, timers: &mut S) {
         let Some(l) = self.links.get_mut(link.0 as usize).and_then(Option::as_mut) else {
             return;
         };
@@ -823,15 +898,12 @@ impl<F: Payload> Channel<F> {
             return;
         };
         dir.arriving.push_back(frame);
-        self.out.push_back(Output::Timer {
-            at: arrival,
-            timer: Timer(TimerKind::Arrival { link, dir: d }),
-        });
+        timers.schedule(arrival, Timer(TimerKind::Arrival { link, dir: d }));
         if dir.has_queued() {
             dir.ready = true;
             let radio = dir.radio as usize;
             self.radios[radio].ready.push_back((link, d));
-            self.try_start(now, radio);
+            self.try_start(now, radio, timers);
         }
     }
 
@@ -849,5 +921,449 @@ impl<F: Payload> Channel<F> {
             let to = l.ends[1 - d as usize];
             self.out.push_back(Output::Delivered { link, to, frame });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use meshfleet_mesh::Duration;
+
+    /// A driver for one channel: pending timers in scheduling order, outputs collected.
+    struct Harness {
+        ch: Channel<Vec<u8>>,
+        timers: Vec<(Instant, Timer)>,
+        now: Instant,
+        /// (arrival time, link, receiver, frame)
+        delivered: Vec<(Instant, LinkId, usize, Vec<u8>)>,
+        sent: Vec<Sent>,
+        backlog: Vec<(usize, LinkId, usize)>,
+        dropped: Vec<(LinkId, DropReason)>,
+        resets: Vec<LinkId>,
+    }
+
+    impl Harness {
+        fn new(model: ChannelModel, nodes: usize, positions: Option<&[(f64, f64)]>) -> Self {
+            let mut ch = Channel::new(model, nodes, positions);
+            ch.set_sent_outputs(true);
+            Self {
+                ch,
+                timers: Vec::new(),
+                now: Instant::ZERO,
+                delivered: Vec::new(),
+                sent: Vec::new(),
+                backlog: Vec::new(),
+                dropped: Vec::new(),
+                resets: Vec::new(),
+            }
+        }
+
+        fn open(&mut self, ap: usize, sta: usize, params: LinkParams) -> LinkId {
+            let seed = self.ch.next_link_id().0;
+            self.ch.open_link(ap, sta, params, Rng::new(seed))
+        }
+
+        fn send(
+            &mut self,
+            from: usize,
+            link: LinkId,
+            p: Priority,
+            len: usize,
+            tag: u8,
+        ) -> Result<usize, DropReason> {
+            let r = self
+                .ch
+                .enqueue(self.now, from, link, p, vec![tag; len], &mut self.timers);
+            self.drain();
+            r
+        }
+
+        fn drain(&mut self) {
+            while let Some(o) = self.ch.poll_output() {
+                match o {
+                    Output::Backlog {
+                        node,
+                        link,
+                        queued_bytes,
+                    } => {
+                        self.backlog.push((node, link, queued_bytes));
+                    }
+                    Output::Sent(s) => self.sent.push(*s),
+                    Output::Delivered { link, to, frame } => {
+                        self.delivered.push((self.now, link, to, frame));
+                    }
+                    Output::Dropped { link, reason } => self.dropped.push((link, reason)),
+                    Output::Reset { link } => self.resets.push(link),
+                }
+            }
+        }
+
+        /// Runs every timer due up to `until`, in (time, scheduling) order.
+        fn run_until(&mut self, until: Instant) {
+            while let Some(i) = (0..self.timers.len())
+                .filter(|&i| self.timers[i].0 <= until)
+                .min_by_key(|&i| (self.timers[i].0, i))
+            {
+                let (at, timer) = self.timers.remove(i);
+                assert!(at >= self.now, "timers never go back in time");
+                self.now = at;
+                self.ch.handle_timer(at, timer, &mut self.timers);
+                self.drain();
+            }
+            self.now = self.now.max(until);
+        }
+
+        fn run(&mut self) {
+            self.run_until(Instant::ZERO + Duration::from_secs(3600));
+            assert!(self.timers.is_empty());
+        }
+
+        fn tags(&self) -> Vec<u8> {
+            self.delivered.iter().map(|d| d.3[0]).collect()
+        }
+    }
+
+    fn lossless() -> LinkParams {
+        LinkParams::default()
+    }
+
+    fn at_us(us: u64) -> Instant {
+        Instant::ZERO + Duration::from_micros(us)
+    }
+
+    #[test]
+    fn one_frame_costs_overhead_bytes_and_latency() {
+        let mut h = Harness::new(ChannelModel::Independent, 2, None);
+        let l = h.open(0, 1, lossless());
+        assert_eq!(h.send(1, l, Priority::Normal, 131, 7), Ok(131));
+        // It went on the air at once: the direction's backlog is back to zero.
+        assert_eq!(h.backlog, vec![(1, l, 0)]);
+        assert_eq!(h.sent.len(), 1);
+        let s = h.sent[0];
+        assert_eq!(
+            (s.from, s.to, s.bytes, s.direction),
+            (1, 0, 131, Direction::FromStation)
+        );
+        // 1 665 µs overhead + 131 B at 131 kB/s (1 000 µs); arrival 320 µs later.
+        assert_eq!(s.cost.airtime, Duration::from_micros(2_665));
+        assert_eq!(s.arrival, at_us(2_985));
+        assert_eq!(
+            h.ch.in_flight(l, Direction::FromStation),
+            Some(&vec![7; 131])
+        );
+        h.run();
+        assert_eq!(h.delivered, vec![(at_us(2_985), l, 0, vec![7; 131])]);
+        let air = h.ch.air();
+        assert_eq!(
+            (air.frames, air.bytes, air.airtime),
+            (1, 131, Duration::from_micros(2_665))
+        );
+        assert_eq!(h.ch.link_air(l).map(|a| a[1].frames), Some(1));
+        assert_eq!(h.ch.node_air(1).bytes, 131);
+        assert_eq!(h.ch.node_air(0).frames, 0);
+    }
+
+    #[test]
+    fn control_before_normal_before_bulk_without_preempting_the_frame_on_the_air() {
+        let mut h = Harness::new(ChannelModel::Independent, 2, None);
+        let l = h.open(0, 1, lossless());
+        // The first frame (bulk) goes on the air at once; the rest wait and leave by class.
+        for (p, tag) in [
+            (Priority::Bulk, 1),
+            (Priority::Bulk, 2),
+            (Priority::Normal, 3),
+            (Priority::Bulk, 4),
+            (Priority::Control, 5),
+            (Priority::Normal, 6),
+            (Priority::Control, 7),
+        ] {
+            h.send(0, l, p, 100, tag).unwrap();
+        }
+        h.run();
+        assert_eq!(h.tags(), vec![1, 5, 7, 3, 6, 2, 4]);
+        let prios: Vec<Priority> = h.sent.iter().map(|s| s.priority).collect();
+        assert_eq!(prios[1], Priority::Control);
+        assert_eq!(prios[6], Priority::Bulk);
+    }
+
+    #[test]
+    fn the_cap_refuses_normal_and_bulk_frames_but_never_control_or_into_an_empty_queue() {
+        let mut h = Harness::new(ChannelModel::Independent, 2, None);
+        let l = h.open(
+            0,
+            1,
+            LinkParams {
+                queue_cap_bytes: 1000,
+                ..lossless()
+            },
+        );
+        // Queued, then on the air at once (the backlog output says so); the frame on the
+        // air never counts against the cap.
+        assert_eq!(h.send(0, l, Priority::Normal, 5000, 1), Ok(5000));
+        assert_eq!(h.backlog.last(), Some(&(0, l, 0)));
+        // Bigger than the cap, into an empty queue: accepted, or it could never be sent.
+        assert_eq!(h.send(0, l, Priority::Bulk, 3000, 2), Ok(3000));
+        assert_eq!(
+            h.send(0, l, Priority::Normal, 10, 3),
+            Err(DropReason::QueueFull)
+        );
+        assert_eq!(
+            h.send(0, l, Priority::Bulk, 10, 4),
+            Err(DropReason::QueueFull)
+        );
+        // Control frames always pass (the mesh's upkeep); nothing is evicted for them.
+        assert_eq!(h.send(0, l, Priority::Control, 900, 5), Ok(3900));
+        assert_eq!(
+            h.ch.link(l)
+                .map(|k| k.queued_frames(Direction::FromAccessPoint)),
+            Some(2)
+        );
+        // The peak counts the first frame too: it was queued for an instant.
+        let b = h.ch.node_backlog(0);
+        assert_eq!(
+            (b.bytes, b.frames, b.peak_bytes, b.peak_frames),
+            (3900, 2, 5000, 2)
+        );
+        // The other direction has its own queue.
+        assert_eq!(h.send(1, l, Priority::Normal, 10, 6), Ok(10));
+        h.run();
+        assert_eq!(h.tags(), vec![6, 1, 5, 2]);
+        assert_eq!(DropReason::QueueFull.label(), "queue_full");
+        assert_eq!(h.ch.node_backlog(0).bytes, 0);
+    }
+
+    #[test]
+    fn unknown_links_and_strangers_are_refused_as_link_closed() {
+        let mut h = Harness::new(ChannelModel::Independent, 3, None);
+        let l = h.open(0, 1, lossless());
+        assert_eq!(
+            h.send(2, l, Priority::Normal, 10, 1),
+            Err(DropReason::LinkClosed)
+        );
+        assert_eq!(
+            h.send(0, LinkId(99), Priority::Normal, 10, 1),
+            Err(DropReason::LinkClosed)
+        );
+        assert_eq!(DropReason::LinkClosed.label(), "link_closed");
+        assert!(h.sent.is_empty() && h.timers.is_empty());
+    }
+
+    #[test]
+    fn closing_loses_queued_and_sending_frames_now_and_propagating_ones_on_arrival() {
+        let mut h = Harness::new(ChannelModel::Independent, 2, None);
+        let l = h.open(0, 1, lossless());
+        h.send(0, l, Priority::Normal, 100, 1).unwrap(); // on the air until 2 429 µs
+        h.send(0, l, Priority::Normal, 100, 2).unwrap(); // waits
+                                                         // At 2 429 µs frame 1 is done and propagates (arrives at 2 749 µs); frame 2 starts.
+        h.run_until(at_us(2_500));
+        let closed = h.ch.close_link(l).unwrap();
+        assert_eq!((closed.ends, closed.lost_frames), ([0, 1], 1));
+        h.send(0, l, Priority::Normal, 100, 3).unwrap_err();
+        h.run();
+        assert!(h.delivered.is_empty());
+        assert_eq!(h.dropped, vec![(l, DropReason::LinkClosed)]);
+        assert_eq!(h.ch.node_backlog(0).bytes, 0);
+        assert!(h.ch.link(l).is_none() && h.ch.close_link(l).is_none());
+        // Counters outlive the link.
+        assert_eq!(h.ch.link_air(l).map(|a| a[0].frames), Some(2));
+    }
+
+    #[test]
+    fn frames_of_one_direction_arrive_in_order_even_when_latency_drops() {
+        let mut h = Harness::new(ChannelModel::Independent, 2, None);
+        let l = h.open(
+            0,
+            1,
+            LinkParams {
+                latency: Duration::from_millis(50),
+                ..lossless()
+            },
+        );
+        for tag in 1..=3 {
+            h.send(0, l, Priority::Normal, 10, tag).unwrap();
+        }
+        // Frame 1 is done at 1 742 µs; frame 2 goes on the air with the 50 ms latency.
+        h.run_until(at_us(1_800));
+        assert!(h.ch.change_link(l, &LinkChange::latency(Duration::ZERO)));
+        h.run();
+        assert_eq!(h.tags(), vec![1, 2, 3]);
+        let arrivals: Vec<Instant> = h.delivered.iter().map(|d| d.0).collect();
+        assert_eq!(arrivals[0], at_us(51_742));
+        assert_eq!(arrivals[1], at_us(53_484));
+        // Frame 3 leaves at 3 484 µs with no latency, but TCP keeps order: it cannot
+        // arrive before frame 2.
+        assert_eq!(arrivals[2], arrivals[1]);
+    }
+
+    #[test]
+    fn one_radio_per_node_serialises_its_links_and_serves_control_first() {
+        // Node 0 is the access point of stations 1, 2 and 3.
+        for model in [ChannelModel::Independent, ChannelModel::Airtime] {
+            let mut h = Harness::new(model.clone(), 4, None);
+            let links: Vec<LinkId> = (1..4).map(|s| h.open(0, s, lossless())).collect();
+            h.send(0, links[0], Priority::Bulk, 1000, 1).unwrap();
+            h.send(0, links[1], Priority::Bulk, 1000, 2).unwrap();
+            h.send(0, links[2], Priority::Control, 100, 3).unwrap();
+            h.run();
+            // Link k carries frame k + 1: (frame, start) in the order they went on the air.
+            let starts: Vec<(usize, Instant)> = h
+                .sent
+                .iter()
+                .map(|s| {
+                    (
+                        links.iter().position(|l| *l == s.link).unwrap_or(9) + 1,
+                        s.start,
+                    )
+                })
+                .collect();
+            if model == ChannelModel::Independent {
+                // Three transmitters: all start at once.
+                assert!(
+                    starts.iter().all(|(_, t)| *t == Instant::ZERO),
+                    "{starts:?}"
+                );
+            } else {
+                // One: frame 1 was already on the air; then the control frame jumps the
+                // ring ahead of link 2's bulk frame, which had waited longer.
+                let order: Vec<usize> = starts.iter().map(|(frame, _)| *frame).collect();
+                assert_eq!(order, vec![1, 3, 2]);
+                assert_eq!(starts[1].1, Instant::ZERO + h.sent[0].cost.airtime);
+                assert_eq!(starts[2].1, starts[1].1 + h.sent[1].cost.airtime);
+            }
+            assert_eq!(h.delivered.len(), 3);
+        }
+    }
+
+    #[test]
+    fn carrier_sense_defers_neighbours_and_serves_the_longest_waiting_first() {
+        // A line 30 m apart, interference range 40 m: 1 silences 0 and 2, not 3.
+        let pos = [
+            (0.0, 0.0),
+            (30.0, 0.0),
+            (60.0, 0.0),
+            (90.0, 0.0),
+            (120.0, 0.0),
+        ];
+        let geo = ChannelModel::Geometric {
+            interference_range_m: 40.0,
+        };
+        let mut h = Harness::new(geo, 5, Some(&pos));
+        let l01 = h.open(0, 1, lossless());
+        let l12 = h.open(1, 2, lossless());
+        let l23 = h.open(2, 3, lossless());
+        let l34 = h.open(3, 4, lossless());
+        h.send(1, l12, Priority::Normal, 1000, 1).unwrap(); // 1 transmits: 0 and 2 must wait
+        h.send(2, l23, Priority::Normal, 1000, 2).unwrap(); // deferred (2 waits first)
+        h.send(0, l01, Priority::Normal, 1000, 3).unwrap(); // deferred (0 waits second)
+        h.send(3, l34, Priority::Normal, 1000, 4).unwrap(); // 3 is 60 m from 1: starts now
+        let t1 = h.sent[0].cost.airtime;
+        assert_eq!(h.sent.len(), 2);
+        assert_eq!((h.sent[1].from, h.sent[1].start), (3, Instant::ZERO));
+        h.run();
+        let start_of = |from: usize| h.sent.iter().find(|s| s.from == from).map(|s| s.start);
+        // 3's transmission silences 2 as well, until the same instant (same frame size).
+        assert_eq!(start_of(2), Some(Instant::ZERO + t1));
+        // 2 waited first and, once on the air, silences 1 and 3 but not 0 (60 m away):
+        // 0 starts at the same moment.
+        assert_eq!(start_of(0), Some(Instant::ZERO + t1));
+        assert_eq!(h.delivered.len(), 4);
+
+        // Without positions the geometric model has no interferers: all start at once.
+        let mut h = Harness::new(
+            ChannelModel::Geometric {
+                interference_range_m: 40.0,
+            },
+            3,
+            None,
+        );
+        let a = h.open(0, 1, lossless());
+        let b = h.open(1, 2, lossless());
+        h.send(0, a, Priority::Normal, 1000, 1).unwrap();
+        h.send(1, b, Priority::Normal, 1000, 2).unwrap();
+        assert!(h.sent.iter().all(|s| s.start == Instant::ZERO));
+    }
+
+    #[test]
+    fn waiting_nodes_start_in_the_order_they_began_to_wait() {
+        // 1 in the middle of 0 and 2 (30 m each side, 35 m range): 0 and 2 hear 1 but not
+        // each other. 1 sends; 2, then 0 start to wait; when 1 ends they start in that
+        // order, and 1's next frame waits until both are done.
+        let pos = [(0.0, 0.0), (30.0, 0.0), (60.0, 0.0)];
+        let geo = ChannelModel::Geometric {
+            interference_range_m: 35.0,
+        };
+        let mut h = Harness::new(geo, 3, Some(&pos));
+        let a = h.open(1, 0, lossless());
+        let b = h.open(1, 2, lossless());
+        h.send(1, a, Priority::Normal, 1000, 1).unwrap();
+        h.send(2, b, Priority::Normal, 10, 2).unwrap();
+        h.send(0, a, Priority::Normal, 10, 3).unwrap();
+        // 1 also has a second frame waiting: it goes after everyone who waited.
+        h.send(1, b, Priority::Normal, 10, 4).unwrap();
+        h.run();
+        let order: Vec<usize> = h.sent.iter().map(|s| s.from).collect();
+        assert_eq!(order, vec![1, 2, 0, 1]);
+        let t = h.sent[0].cost.airtime;
+        assert_eq!(h.sent[1].start, Instant::ZERO + t);
+        assert_eq!(h.sent[2].start, Instant::ZERO + t);
+        // 1 must wait for both 0 and 2 to finish.
+        assert!(h.sent[3].start >= h.sent[1].start + h.sent[1].cost.airtime);
+    }
+
+    #[test]
+    fn loss_costs_retransmissions_and_a_hopeless_link_resets() {
+        let mut h = Harness::new(ChannelModel::Independent, 2, None);
+        let l = h.open(
+            0,
+            1,
+            LinkParams {
+                loss: 1.0,
+                ..lossless()
+            },
+        );
+        h.send(0, l, Priority::Normal, 100, 1).unwrap();
+        h.send(0, l, Priority::Normal, 100, 2).unwrap();
+        assert!(h.sent[0].cost.reset);
+        assert_eq!(h.sent[0].cost.retransmissions, 12);
+        h.run();
+        // The reset comes after the timeouts; the link stays open until the driver closes it.
+        assert_eq!(h.resets, vec![l]);
+        assert!(h.delivered.is_empty());
+        assert_eq!(h.ch.close_link(l).map(|c| c.lost_frames), Some(2));
+        assert_eq!(h.ch.link_air(l).map(|a| a[0].retransmissions), Some(12));
+    }
+
+    #[test]
+    fn switching_the_model_moves_waiting_frames_to_the_new_transmitters() {
+        let mut h = Harness::new(ChannelModel::Airtime, 3, None);
+        let a = h.open(0, 1, lossless());
+        let b = h.open(0, 2, lossless());
+        h.send(0, a, Priority::Normal, 1000, 1).unwrap();
+        h.send(0, b, Priority::Normal, 1000, 2).unwrap(); // waits for node 0's radio
+        h.send(0, a, Priority::Normal, 1000, 3).unwrap(); // waits behind frame 1
+        assert_eq!(h.sent.len(), 1);
+        h.ch.set_model(h.now, ChannelModel::Independent, None, &mut h.timers);
+        h.drain();
+        // Link b's direction has its own transmitter now and starts at once; link a's
+        // waits for its frame on the air as before.
+        assert_eq!(h.sent.len(), 2);
+        assert_eq!((h.sent[1].link, h.sent[1].start), (b, Instant::ZERO));
+        assert_eq!(h.ch.model(), &ChannelModel::Independent);
+        h.run();
+        assert_eq!(h.delivered.len(), 3);
+    }
+
+    #[test]
+    fn timers_say_why_they_wake() {
+        let mut h = Harness::new(ChannelModel::Independent, 2, None);
+        let l = h.open(0, 1, lossless());
+        h.send(0, l, Priority::Normal, 10, 1).unwrap();
+        let reasons: Vec<TimerReason> = h.timers.iter().map(|(_, t)| t.reason()).collect();
+        assert_eq!(reasons, vec![TimerReason::RadioFree, TimerReason::TxDone]);
+        assert_eq!(h.timers[0].1.link(), None);
+        assert_eq!(h.timers[1].1.link(), Some(l));
+        assert_eq!(Payload::len(&vec![0u8; 3]), 3);
+        assert!(Payload::is_empty(&std::rc::Rc::<[u8]>::from(&[][..])));
     }
 }

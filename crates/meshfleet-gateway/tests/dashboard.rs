@@ -408,6 +408,29 @@ async fn assert_contrast(b: &Browser, view: &str) {
 }
 
 /// Fails with the page's errors, if any.
+/// The overview counts the 1,000-node fleet.
+const OVERVIEW_COUNTS_1000: &str =
+    "document.querySelector('#health-cards .n')?.textContent === '1000'";
+/// The topology view has laid out the gateway and its 1,000 nodes.
+const TOPOLOGY_LAID_OUT: &str = "window.meshfleet?.topology?.layoutSize?.() === 1001";
+/// The node table lists the whole 1,000-node fleet.
+const ALL_1000_LISTED: &str =
+    "document.getElementById('nodes-summary')?.textContent === '1000 of 1000 nodes'";
+
+/// Opens the page at `hash` and waits up to `secs` until `ready` (a JS expression) holds;
+/// what it evaluated to.
+async fn open(
+    b: &Browser,
+    gw: &Gw,
+    hash: &str,
+    what: &str,
+    ready: &str,
+    secs: u64,
+) -> serde_json::Value {
+    b.goto(&gw.url(hash)).await;
+    b.wait_for(what, ready, secs).await
+}
+
 fn assert_no_errors(b: &Browser, when: &str) {
     let errors = b.errors();
     assert!(errors.is_empty(), "page errors {when}: {errors:#?}");
@@ -425,10 +448,12 @@ async fn views_topology_of_1000_nodes_and_an_alert_within_two_report_periods() {
     let uptime = populate(&gw, &ids, &parents).await;
 
     // Overview: loads with no console errors and counts the fleet.
-    b.goto(&gw.url("#/overview")).await;
-    b.wait_for(
+    open(
+        &b,
+        &gw,
+        "#/overview",
         "the overview's node count",
-        "document.querySelector('#health-cards .n')?.textContent === '1000'",
+        OVERVIEW_COUNTS_1000,
         20,
     )
     .await;
@@ -464,10 +489,12 @@ async fn views_topology_of_1000_nodes_and_an_alert_within_two_report_periods() {
 
     // Topology: every node of the mesh is drawn on the canvas. The page's layout says where
     // each node is; the pixel there must be a node's colour, not the background.
-    b.goto(&gw.url("#/topology")).await;
-    b.wait_for(
+    open(
+        &b,
+        &gw,
+        "#/topology",
         "the topology layout",
-        "window.meshfleet?.topology?.layoutSize?.() === 1001",
+        TOPOLOGY_LAID_OUT,
         20,
     )
     .await;
@@ -554,13 +581,7 @@ async fn views_topology_of_1000_nodes_and_an_alert_within_two_report_periods() {
     assert_no_errors(&b, "on the topology");
 
     // Nodes table: virtualised (a few dozen rows in the DOM for 1,000 nodes), sortable.
-    b.goto(&gw.url("#/nodes")).await;
-    b.wait_for(
-        "the node table",
-        "document.getElementById('nodes-summary')?.textContent === '1000 of 1000 nodes'",
-        20,
-    )
-    .await;
+    open(&b, &gw, "#/nodes", "the node table", ALL_1000_LISTED, 20).await;
     let rows = b
         .eval("document.querySelectorAll('#nodes-table .vt-row').length")
         .await
@@ -636,8 +657,10 @@ async fn views_topology_of_1000_nodes_and_an_alert_within_two_report_periods() {
     assert_no_errors(&b, "on the node table");
 
     // Node detail: charts from the day of history.
-    b.goto(&gw.url(&format!("#/node/{}", ids[0]))).await;
-    b.wait_for(
+    open(
+        &b,
+        &gw,
+        &format!("#/node/{}", ids[0]),
         "the history charts",
         "document.querySelectorAll('#node-charts svg path.line').length === 8",
         20,
@@ -711,8 +734,10 @@ async fn views_topology_of_1000_nodes_and_an_alert_within_two_report_periods() {
 
     // A fault: a node reporting every second runs short of memory. The alert must be on
     // the page within two report periods (2 s) of the faulty report.
-    b.goto(&gw.url("#/alerts")).await;
-    b.wait_for(
+    open(
+        &b,
+        &gw,
+        "#/alerts",
         "the alert table",
         "document.getElementById('alerts-list') !== null",
         10,
@@ -836,8 +861,10 @@ async fn views_topology_of_1000_nodes_and_an_alert_within_two_report_periods() {
 
     // Ask the node now, from its page (the token is stored): it reported a second ago, so the
     // monitor answers from its cache without asking the mesh.
-    b.goto(&gw.url(&format!("#/node/{victim}"))).await;
-    b.wait_for(
+    open(
+        &b,
+        &gw,
+        &format!("#/node/{victim}"),
         "the node page",
         "document.getElementById('node-ask') !== null",
         10,
@@ -862,8 +889,10 @@ async fn views_topology_of_1000_nodes_and_an_alert_within_two_report_periods() {
     assert_no_errors(&b, "after Ask now");
 
     // Firmware & campaigns.
-    b.goto(&gw.url("#/firmware")).await;
-    b.wait_for(
+    open(
+        &b,
+        &gw,
+        "#/firmware",
         "the firmware view",
         "document.getElementById('fw-list') !== null",
         10,
@@ -944,8 +973,10 @@ async fn views_topology_of_1000_nodes_and_an_alert_within_two_report_periods() {
     let listed = request(gw.http, "GET", "/campaigns", &[], &[]).await.json();
     assert_eq!(listed["campaigns"][0]["state"], "cancelled");
     assert_eq!(listed["campaigns"][0]["total_nodes"], 2);
-    b.goto(&gw.url("#/firmware")).await;
-    b.wait_for(
+    open(
+        &b,
+        &gw,
+        "#/firmware",
         "the campaign in the list",
         "document.querySelector('#campaign-list tr[data-campaign]') !== null",
         10,
@@ -956,10 +987,12 @@ async fn views_topology_of_1000_nodes_and_an_alert_within_two_report_periods() {
     assert_no_errors(&b, "on firmware and campaigns");
     // On a phone.
     b.viewport(390, 844, true).await;
-    b.goto(&gw.url("#/overview")).await;
-    b.wait_for(
+    open(
+        &b,
+        &gw,
+        "#/overview",
         "the overview on a phone",
-        "document.querySelector('#health-cards .n')?.textContent === '1000'",
+        OVERVIEW_COUNTS_1000,
         20,
     )
     .await;
@@ -969,18 +1002,8 @@ async fn views_topology_of_1000_nodes_and_an_alert_within_two_report_periods() {
     assert_eq!(overflow, 0, "no horizontal scrolling on a phone");
     b.screenshot("overview-phone").await;
     assert_contrast(&b, "overview-phone").await;
-    for (view, ready) in [
-        (
-            "topology",
-            "window.meshfleet?.topology?.layoutSize?.() === 1001",
-        ),
-        (
-            "nodes",
-            "document.getElementById('nodes-summary')?.textContent === '1000 of 1000 nodes'",
-        ),
-    ] {
-        b.goto(&gw.url(&format!("#/{view}"))).await;
-        b.wait_for(view, ready, 20).await;
+    for (view, ready) in [("topology", TOPOLOGY_LAID_OUT), ("nodes", ALL_1000_LISTED)] {
+        open(&b, &gw, &format!("#/{view}"), view, ready, 20).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let overflow = b
             .eval("document.documentElement.scrollWidth - document.documentElement.clientWidth")
@@ -1005,8 +1028,10 @@ async fn the_page_reconnects_after_a_gateway_restart() {
     let addr = gw.http;
     // Node 49 is away at first.
     gw.mesh.set_tree(tree_of(&ids, &parents, &|i| i != 49));
-    b.goto(&gw.url("#/nodes")).await;
-    b.wait_for(
+    open(
+        &b,
+        &gw,
+        "#/nodes",
         "49 nodes",
         "document.getElementById('nodes-summary')?.textContent === '49 of 49 nodes'",
         20,
@@ -1073,8 +1098,10 @@ async fn the_page_goes_live_with_read_auth_on() {
     )
     .await;
     gw.mesh.set_tree(tree_of(&ids, &parents, &|_| true));
-    b.goto(&gw.url("#/nodes")).await;
-    b.wait_for(
+    open(
+        &b,
+        &gw,
+        "#/nodes",
         "the token dialog",
         "document.getElementById('token-dialog').open",
         10,
@@ -1222,13 +1249,7 @@ async fn bench_dashboard() {
 
     // Page weight: what a first visit transfers (HTML + assets + API reads).
     b.call("Network.enable", serde_json::json!({})).await;
-    b.goto(&gw.url("#/topology")).await;
-    b.wait_for(
-        "layout",
-        "window.meshfleet?.topology?.layoutSize?.() === 1001",
-        20,
-    )
-    .await;
+    open(&b, &gw, "#/topology", "layout", TOPOLOGY_LAID_OUT, 20).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     let weight = b
         .eval(
@@ -1289,13 +1310,7 @@ async fn bench_dashboard() {
 
     // Mesh change to screen: a node leaves the mesh; time until the node table shows it
     // offline (node_down event -> status re-read -> repaint). Ten samples.
-    b.goto(&gw.url("#/nodes")).await;
-    b.wait_for(
-        "table",
-        "document.getElementById('nodes-summary')?.textContent === '1000 of 1000 nodes'",
-        20,
-    )
-    .await;
+    open(&b, &gw, "#/nodes", "table", ALL_1000_LISTED, 20).await;
     let mut lat = Vec::new();
     let mut page = Vec::new();
     for k in 0..10usize {

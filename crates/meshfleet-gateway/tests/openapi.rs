@@ -158,6 +158,55 @@ fn conforms(doc: &Value, path: &str, method: &str, r: &Resp) {
     }
 }
 
+/// `ev` (an event as `/events` sends it) conforms to the `GatewayEvent` schema.
+fn event_conforms(doc: &Value, ev: &Value) {
+    let schema = json!({ "$ref": "#/components/schemas/GatewayEvent" });
+    let mut errors = Vec::new();
+    validate(doc, &schema, ev, "$", &mut errors);
+    assert!(errors.is_empty(), "{ev}: {errors:?}");
+}
+
+/// A resource's responses (campaigns, rollouts) conform to the document: `created` (the
+/// first POST to `base`), a POST of each `bad` body, the list, the resource `ids.0` and an
+/// unknown `ids.1`, then each `(action, body)` POSTed on `ids.0`, in that order.
+async fn check_resource(
+    f: &Fixture,
+    doc: &Value,
+    base: &str,
+    created: Resp,
+    bad: &[&[u8]],
+    ids: (&str, &str),
+    actions: &[(&str, &[u8])],
+) {
+    let (one, action) = (
+        format!("{base}/{{id}}"),
+        format!("{base}/{{id}}/{{action}}"),
+    );
+    conforms(doc, base, "post", &created);
+    for body in bad {
+        conforms(
+            doc,
+            base,
+            "post",
+            &f.post(base, "application/json", body).await,
+        );
+    }
+    conforms(doc, base, "get", &f.get(base).await);
+    for id in [ids.0, ids.1] {
+        conforms(doc, &one, "get", &f.get(&format!("{base}/{id}")).await);
+    }
+    for (name, body) in actions {
+        let r = f
+            .post(
+                &format!("{base}/{}/{name}", ids.0),
+                "application/json",
+                body,
+            )
+            .await;
+        conforms(doc, &action, "post", &r);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn responses_conform_to_the_document() {
     let dir = tempfile::tempdir().unwrap();
@@ -304,45 +353,16 @@ async fn responses_conform_to_the_document() {
         .post("/campaigns", "application/json", spec.as_bytes())
         .await;
     assert_eq!(created.status, 201, "{}", created.text());
-    let campaign_checks: Vec<(&str, &str, Resp)> = vec![
-        ("/campaigns", "post", created),
-        (
-            "/campaigns",
-            "post",
-            f.post("/campaigns", "application/json", spec.as_bytes())
-                .await,
-        ),
-        (
-            "/campaigns",
-            "post",
-            f.post("/campaigns", "application/json", b"{\"artefact\":1}")
-                .await,
-        ),
-        ("/campaigns", "get", f.get("/campaigns").await),
-        ("/campaigns/{id}", "get", f.get("/campaigns/c-000001").await),
-        ("/campaigns/{id}", "get", f.get("/campaigns/c-000077").await),
-        (
-            "/campaigns/{id}/{action}",
-            "post",
-            f.post("/campaigns/c-000001/pause", "application/json", b"")
-                .await,
-        ),
-        (
-            "/campaigns/{id}/{action}",
-            "post",
-            f.post("/campaigns/c-000001/start", "application/json", b"")
-                .await,
-        ),
-        (
-            "/campaigns/{id}/{action}",
-            "post",
-            f.post("/campaigns/c-000001/cancel", "application/json", b"")
-                .await,
-        ),
-    ];
-    for (path, method, r) in &campaign_checks {
-        conforms(&doc, path, method, r);
-    }
+    check_resource(
+        &f,
+        &doc,
+        "/campaigns",
+        created,
+        &[spec.as_bytes(), b"{\"artefact\":1}"],
+        ("c-000001", "c-000077"),
+        &[("pause", b""), ("start", b""), ("cancel", b"")],
+    )
+    .await;
     let full: meshfleet_gateway::campaign::Campaign =
         serde_json::from_value(f.get("/campaigns/c-000001").await.json()).unwrap();
     let ev = serde_json::to_value(meshfleet_gateway::events::GatewayEvent::Campaign(
@@ -350,15 +370,7 @@ async fn responses_conform_to_the_document() {
     ))
     .unwrap();
     assert!(ev.get("nodes").is_none(), "{ev}");
-    let mut errors = Vec::new();
-    validate(
-        &doc,
-        &json!({ "$ref": "#/components/schemas/GatewayEvent" }),
-        &ev,
-        "$",
-        &mut errors,
-    );
-    assert!(errors.is_empty(), "{ev}: {errors:?}");
+    event_conforms(&doc, &ev);
 
     // Rollouts: created (waiting for approval), listed, read, commanded, and errors.
     let spec =
@@ -367,50 +379,22 @@ async fn responses_conform_to_the_document() {
         .post("/rollouts", "application/json", spec.as_bytes())
         .await;
     assert_eq!(created.status, 201, "{}", created.text());
-    let rollout_checks: Vec<(&str, &str, Resp)> = vec![
-        ("/rollouts", "post", created),
-        (
-            "/rollouts",
-            "post",
-            f.post("/rollouts", "application/json", b"{\"artefact\":\"00\"}")
-                .await,
-        ),
-        (
-            "/rollouts",
-            "post",
-            f.post("/rollouts", "application/json", b"{\"artefact\":1}")
-                .await,
-        ),
-        ("/rollouts", "get", f.get("/rollouts").await),
-        ("/rollouts/{id}", "get", f.get("/rollouts/r-000001").await),
-        ("/rollouts/{id}", "get", f.get("/rollouts/r-000077").await),
-        (
-            "/rollouts/{id}/{action}",
-            "post",
-            f.post("/rollouts/r-000001/resume", "application/json", b"")
-                .await,
-        ),
-        (
-            "/rollouts/{id}/{action}",
-            "post",
-            f.post("/rollouts/r-000001/approve", "application/json", b"")
-                .await,
-        ),
-        (
-            "/rollouts/{id}/{action}",
-            "post",
-            f.post("/rollouts/r-000001/skip", "application/json", b"[]")
-                .await,
-        ),
-        (
-            "/rollouts/{id}/{action}",
-            "post",
-            request(f.http, "POST", "/rollouts/r-000001/abort", &[], &[]).await,
-        ),
-    ];
-    for (path, method, r) in &rollout_checks {
-        conforms(&doc, path, method, r);
-    }
+    check_resource(
+        &f,
+        &doc,
+        "/rollouts",
+        created,
+        &[b"{\"artefact\":\"00\"}", b"{\"artefact\":1}"],
+        ("r-000001", "r-000077"),
+        &[("resume", b""), ("approve", b""), ("skip", b"[]")],
+    )
+    .await;
+    conforms(
+        &doc,
+        "/rollouts/{id}/{action}",
+        "post",
+        &request(f.http, "POST", "/rollouts/r-000001/abort", &[], &[]).await,
+    );
     let full: meshfleet_gateway::rollout::Rollout =
         serde_json::from_value(f.get("/rollouts/r-000001").await.json()).unwrap();
     assert!(!full.decisions.is_empty() && !full.nodes.is_empty());
@@ -424,15 +408,7 @@ async fn responses_conform_to_the_document() {
         ),
     ] {
         let ev = serde_json::to_value(ev).unwrap();
-        let mut errors = Vec::new();
-        validate(
-            &doc,
-            &json!({ "$ref": "#/components/schemas/GatewayEvent" }),
-            &ev,
-            "$",
-            &mut errors,
-        );
-        assert!(errors.is_empty(), "{ev}: {errors:?}");
+        event_conforms(&doc, &ev);
     }
 
     conforms(
@@ -443,7 +419,6 @@ async fn responses_conform_to_the_document() {
     );
 
     // The event stream's payloads conform to the GatewayEvent schema.
-    let ev_schema = json!({ "$ref": "#/components/schemas/GatewayEvent" });
     for ev in [
         json!({"event":"node_up","nodeId":1,"ts":5}),
         serde_json::to_value(meshfleet_gateway::events::GatewayEvent::Health {
@@ -453,9 +428,7 @@ async fn responses_conform_to_the_document() {
         })
         .unwrap(),
     ] {
-        let mut errors = Vec::new();
-        validate(&doc, &ev_schema, &ev, "$", &mut errors);
-        assert!(errors.is_empty(), "{ev}: {errors:?}");
+        event_conforms(&doc, &ev);
     }
 
     // The validator can fail: a wrong type, a missing field, an extra field.

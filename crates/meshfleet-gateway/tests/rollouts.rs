@@ -18,10 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use meshfleet_gateway::store::SqliteStore;
-use meshfleet_gateway::{mesh, Gateway, Stores};
-use meshfleet_mesh::{Config, NodeId};
-use meshfleet_runtime::{MeshHandle, RuntimeConfig};
+use meshfleet_gateway::GatewayConfig;
+use meshfleet_runtime::MeshHandle;
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 
@@ -228,6 +226,62 @@ async fn fleet(f: &Fixture, ids: impl Iterator<Item = u32>) -> Vec<SimNode> {
     nodes
 }
 
+/// A rollout test's world: a gateway in a temp dir (reports every 200 ms count), the
+/// nodes on [`OLD`], both artefacts uploaded.
+struct World {
+    f: Fixture,
+    nodes: Vec<SimNode>,
+    key: meshfleet_firmware::SigningKey,
+    old_art: String,
+    new_art: String,
+    /// Bind it by name (not `..`): the directory goes when it is dropped.
+    _dir: tempfile::TempDir,
+}
+
+async fn world(ids: impl Iterator<Item = u32>) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen();
+    let f = Fixture::start_with(dir.path().to_owned(), key.clone(), fast_reports).await;
+    let nodes = fleet(&f, ids).await;
+    let old_art = upload(&f, &key, OLD).await;
+    let new_art = upload(&f, &key, NEW).await;
+    World {
+        f,
+        nodes,
+        key,
+        old_art,
+        new_art,
+        _dir: dir,
+    }
+}
+
+/// The nodes report every 400 ms: let the monitor take a report every 200 ms.
+fn fast_reports(c: &mut GatewayConfig) {
+    c.monitor.min_report_gap_ms = 200;
+}
+
+/// Creates rollout `r-000001` from `old_art` to `new_art` with `config` (201 asserted).
+async fn create(f: &Fixture, old_art: &str, new_art: &str, config: Value) {
+    let body = json!({"artefact": new_art, "previous_artefact": old_art, "config": config});
+    let r = post_json(f, "/rollouts", &body).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+}
+
+/// A command without a body (`/rollouts/<id>/<command>`).
+async fn post_empty(f: &Fixture, path: &str) -> Resp {
+    f.post(path, "application/json", b"").await
+}
+
+/// The rollout completed with every node healthy.
+fn all_healthy(r: &Value) -> bool {
+    r["state"] == "completed"
+        && r["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["state"] == "healthy")
+}
+
 fn kinds(r: &Value) -> Vec<String> {
     r["decisions"]
         .as_array()
@@ -240,15 +294,14 @@ fn kinds(r: &Value) -> Vec<String> {
 /// A healthy build goes through every wave; nodes count only after their health window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_rollout_completes_wave_by_wave() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = keygen();
-    let f = Fixture::start_with(dir.path().to_owned(), key.clone(), |c| {
-        c.monitor.min_report_gap_ms = 200;
-    })
-    .await;
-    let nodes = fleet(&f, 7001..=7006).await;
-    let old_art = upload(&f, &key, OLD).await;
-    let new_art = upload(&f, &key, NEW).await;
+    let World {
+        f,
+        nodes,
+        old_art,
+        new_art,
+        _dir,
+        ..
+    } = world(7001..=7006).await;
     let r = post_json(
         &f,
         "/rollouts",
@@ -277,15 +330,7 @@ async fn a_healthy_rollout_completes_wave_by_wave() {
         .json();
     assert_eq!(c["total_nodes"], 2, "{c:#}");
 
-    let done = drive_until(&f, &nodes, "r-000001", &new_art, "completion", |r| {
-        r["state"] == "completed"
-            && r["nodes"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|n| n["state"] == "healthy")
-    })
-    .await;
+    let done = drive_until(&f, &nodes, "r-000001", &new_art, "completion", all_healthy).await;
     let k = kinds(&done);
     for want in [
         "planned",
@@ -330,31 +375,24 @@ async fn a_healthy_rollout_completes_wave_by_wave() {
 /// were exposed, and each of them is ordered back and reports the old version again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_looping_build_aborts_in_the_canary_and_is_rolled_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = keygen();
-    let f = Fixture::start_with(dir.path().to_owned(), key.clone(), |c| {
-        c.monitor.min_report_gap_ms = 200;
-    })
-    .await;
-    let nodes = fleet(&f, 7101..=7108).await;
+    let World {
+        f,
+        nodes,
+        old_art,
+        new_art,
+        _dir,
+        ..
+    } = world(7101..=7108).await;
     for n in &nodes {
         n.dev.lock().unwrap().crash_every = Some(Duration::from_millis(1500));
     }
-    let old_art = upload(&f, &key, OLD).await;
-    let new_art = upload(&f, &key, NEW).await;
     let mut cfg = fast(json!([
         {"until": {"count": 2}, "failure": {"count": 1}}, {"until": {"percent": 100}}
     ]));
     // A 5 s window: several crashes (uptime resets every 1.5 s) fall inside it even when
     // the machine is busy and a report or a step comes late.
     cfg["health"]["window"] = json!(5_000_000u64);
-    let r = post_json(
-        &f,
-        "/rollouts",
-        &json!({"artefact": new_art, "previous_artefact": old_art, "config": cfg}),
-    )
-    .await;
-    assert_eq!(r.status, 201, "{}", r.text());
+    create(&f, &old_art, &new_art, cfg).await;
     let done = drive_until(&f, &nodes, "r-000001", &new_art, "abort and restore", |r| {
         r["state"] == "aborted" && !r["restored_s"].is_null()
     })
@@ -407,39 +445,8 @@ async fn start_at(
     key: meshfleet_firmware::SigningKey,
     mesh_port: u16,
 ) -> Fixture {
-    let pub_file = dir.join("fleet.pub");
-    if !pub_file.exists() {
-        meshfleet_firmware::keys::write_public_key(&pub_file, &key.verifying_key()).unwrap();
-    }
-    let mut cfg = config(dir);
-    cfg.monitor.min_report_gap_ms = 200;
-    let db = Arc::new(SqliteStore::open(&cfg.db).unwrap());
     let listen = std::net::SocketAddr::from(([127, 0, 0, 1], mesh_port));
-    let (mesh, mesh_task) = mesh::join(
-        Config::new(NodeId(GATEWAY_ID)),
-        RuntimeConfig::default().with_listen(listen),
-    )
-    .await
-    .unwrap();
-    let gateway = Gateway::start(
-        cfg,
-        Arc::new(mesh.clone()),
-        Stores::sqlite(db.clone()),
-        None,
-    )
-    .await
-    .unwrap();
-    let http = gateway.http_addr();
-    Fixture {
-        dir: dir.to_owned(),
-        gateway: Some(gateway),
-        mesh,
-        mesh_task: Some(mesh_task),
-        db,
-        http,
-        mesh_addr: listen,
-        key,
-    }
+    Fixture::start_listening(dir.to_owned(), key, listen, fast_reports).await
 }
 
 /// A gateway restart in the middle of wave 2: the rollout is read back from SQLite,
@@ -459,13 +466,7 @@ async fn a_gateway_restart_mid_wave_resumes_the_rollout() {
     let mut cfg = fast(json!([{"until": {"count": 2}}, {"until": {"percent": 100}}]));
     // A longer window in wave 2, so the restart lands inside it.
     cfg["health"]["window"] = json!(6_000_000u64);
-    let r = post_json(
-        &f,
-        "/rollouts",
-        &json!({"artefact": new_art, "previous_artefact": old_art, "config": cfg}),
-    )
-    .await;
-    assert_eq!(r.status, 201, "{}", r.text());
+    create(&f, &old_art, &new_art, cfg).await;
     let mid = drive_until(&f, &nodes, "r-000001", &new_art, "wave 2 under way", |r| {
         r["current_wave"] == 1
             && r["nodes"]
@@ -488,14 +489,7 @@ async fn a_gateway_restart_mid_wave_resumes_the_rollout() {
         "r-000001",
         &new_art,
         "completion after restart",
-        |r| {
-            r["state"] == "completed"
-                && r["nodes"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .all(|n| n["state"] == "healthy")
-        },
+        all_healthy,
     )
     .await;
     let k = kinds(&done);
@@ -515,15 +509,14 @@ async fn a_gateway_restart_mid_wave_resumes_the_rollout() {
 /// Bad input: problem+json with a stable code, nothing created.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollout_requests_are_checked() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = keygen();
-    let f = Fixture::start_with(dir.path().to_owned(), key.clone(), |c| {
-        c.monitor.min_report_gap_ms = 200;
-    })
-    .await;
-    let nodes = fleet(&f, 7301..=7303).await;
-    let old_art = upload(&f, &key, OLD).await;
-    let new_art = upload(&f, &key, NEW).await;
+    let World {
+        f,
+        nodes,
+        old_art,
+        new_art,
+        _dir,
+        key,
+    } = world(7301..=7303).await;
     let code = |r: &Resp| r.json()["code"].as_str().unwrap_or("").to_owned();
 
     let r = f.post("/rollouts", "application/json", b"{").await;
@@ -638,13 +631,9 @@ async fn rollout_requests_are_checked() {
     assert_eq!(v["state"], "awaiting_approval");
     assert_eq!(v["auto_rollback"], true);
     assert_eq!(v["campaigns"], json!([]));
-    let r = f
-        .post("/rollouts/r-000001/resume", "application/json", b"")
-        .await;
+    let r = post_empty(&f, "/rollouts/r-000001/resume").await;
     assert_eq!((r.status, code(&r)), (409, "command_not_applicable".into()));
-    let r = f
-        .post("/rollouts/r-000001/skip", "application/json", b"")
-        .await;
+    let r = post_empty(&f, "/rollouts/r-000001/skip").await;
     assert_eq!((r.status, code(&r)), (400, "bad_json".into()));
     let r = f
         .post(
@@ -654,41 +643,27 @@ async fn rollout_requests_are_checked() {
         )
         .await;
     assert_eq!((r.status, code(&r)), (409, "command_not_applicable".into()));
-    let r = f
-        .post("/rollouts/r-000001/launch", "application/json", b"")
-        .await;
+    let r = post_empty(&f, "/rollouts/r-000001/launch").await;
     assert_eq!(r.status, 404);
-    let r = f
-        .post("/rollouts/r-9/approve", "application/json", b"")
-        .await;
+    let r = post_empty(&f, "/rollouts/r-9/approve").await;
     assert_eq!(r.status, 404);
-    let r = f
-        .post("/rollouts/r-000002/approve", "application/json", b"")
-        .await;
+    let r = post_empty(&f, "/rollouts/r-000002/approve").await;
     assert_eq!(r.status, 404);
     assert_eq!(f.get("/rollouts/r-00000x").await.status, 404);
     let r = request(f.http, "POST", "/rollouts/r-000001/approve", &[], b"").await;
     assert_eq!(r.status, 401);
     // Approve: the canary's campaign opens.
-    let r = f
-        .post("/rollouts/r-000001/approve", "application/json", b"")
-        .await;
+    let r = post_empty(&f, "/rollouts/r-000001/approve").await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["state"], "running");
     assert_eq!(r.json()["campaigns"].as_array().unwrap().len(), 1);
     // Pause, then the emergency rollback from the paused state.
-    let r = f
-        .post("/rollouts/r-000001/pause", "application/json", b"")
-        .await;
+    let r = post_empty(&f, "/rollouts/r-000001/pause").await;
     assert_eq!(r.json()["state"], "paused");
-    let r = f
-        .post("/rollouts/r-000001/rollback", "application/json", b"")
-        .await;
+    let r = post_empty(&f, "/rollouts/r-000001/rollback").await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["state"], "aborted");
-    let r = f
-        .post("/rollouts/r-000001/abort", "application/json", b"")
-        .await;
+    let r = post_empty(&f, "/rollouts/r-000001/abort").await;
     assert_eq!((r.status, code(&r)), (409, "command_not_applicable".into()));
     let audit = f.db_audit().await;
     for a in [
@@ -712,34 +687,19 @@ async fn rollout_requests_are_checked() {
 /// cancelled at once and the node failed after its retries).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_misses_its_first_offer_is_retried_and_updated() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = keygen();
-    let f = Fixture::start_with(dir.path().to_owned(), key.clone(), |c| {
-        c.monitor.min_report_gap_ms = 200;
-    })
-    .await;
-    let nodes = fleet(&f, 7601..=7603).await;
+    let World {
+        f,
+        nodes,
+        old_art,
+        new_art,
+        _dir,
+        ..
+    } = world(7601..=7603).await;
     nodes[0].dev.lock().unwrap().misses_first_offer = true;
-    let old_art = upload(&f, &key, OLD).await;
-    let new_art = upload(&f, &key, NEW).await;
     let mut cfg = fast(json!([{"until": {"percent": 100}}]));
     cfg["timeouts"]["offer"] = json!(2_000_000u64);
-    let r = post_json(
-        &f,
-        "/rollouts",
-        &json!({"artefact": new_art, "previous_artefact": old_art, "config": cfg}),
-    )
-    .await;
-    assert_eq!(r.status, 201, "{}", r.text());
-    let done = drive_until(&f, &nodes, "r-000001", &new_art, "completion", |r| {
-        r["state"] == "completed"
-            && r["nodes"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|n| n["state"] == "healthy")
-    })
-    .await;
+    create(&f, &old_art, &new_art, cfg).await;
+    let done = drive_until(&f, &nodes, "r-000001", &new_art, "completion", all_healthy).await;
     let retried = done["decisions"]
         .as_array()
         .unwrap()
@@ -755,25 +715,18 @@ async fn a_node_that_misses_its_first_offer_is_retried_and_updated() {
 /// (`node_added`) and updated with it; the first wave never includes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_joins_later_is_updated_in_the_last_wave() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = keygen();
-    let f = Fixture::start_with(dir.path().to_owned(), key.clone(), |c| {
-        c.monitor.min_report_gap_ms = 200;
-    })
-    .await;
-    let mut nodes = fleet(&f, 7701..=7703).await;
-    let old_art = upload(&f, &key, OLD).await;
-    let new_art = upload(&f, &key, NEW).await;
+    let World {
+        f,
+        mut nodes,
+        old_art,
+        new_art,
+        _dir,
+        ..
+    } = world(7701..=7703).await;
     let cfg = fast(json!([
         {"until": {"count": 1}, "then": "pause_for_approval"}, {"until": {"percent": 100}}
     ]));
-    let r = post_json(
-        &f,
-        "/rollouts",
-        &json!({"artefact": new_art, "previous_artefact": old_art, "config": cfg}),
-    )
-    .await;
-    assert_eq!(r.status, 201, "{}", r.text());
+    create(&f, &old_art, &new_art, cfg).await;
     drive_until(&f, &nodes, "r-000001", &new_art, "the canary passed", |r| {
         r["state"] == "awaiting_approval"
     })
@@ -797,19 +750,9 @@ async fn a_node_that_joins_later_is_updated_in_the_last_wave() {
         .unwrap();
     assert_eq!(late["wave"], 1, "{late}");
     assert_eq!(late["state"], "pending", "{late}");
-    let r = f
-        .post("/rollouts/r-000001/approve", "application/json", b"")
-        .await;
+    let r = post_empty(&f, "/rollouts/r-000001/approve").await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let done = drive_until(&f, &nodes, "r-000001", &new_art, "completion", |r| {
-        r["state"] == "completed"
-            && r["nodes"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|n| n["state"] == "healthy")
-    })
-    .await;
+    let done = drive_until(&f, &nodes, "r-000001", &new_art, "completion", all_healthy).await;
     assert!(kinds(&done).iter().any(|k| k == "node_added"));
     assert_eq!(nodes[3].dev.lock().unwrap().fw, NEW);
     drop(nodes);
@@ -821,30 +764,23 @@ async fn a_node_that_joins_later_is_updated_in_the_last_wave() {
 /// healthy on the new version.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_offline_during_its_wave_is_updated_when_it_returns() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = keygen();
-    let f = Fixture::start_with(dir.path().to_owned(), key.clone(), |c| {
-        c.monitor.min_report_gap_ms = 200;
-    })
-    .await;
-    let mut nodes = fleet(&f, 7801..=7803).await;
+    let World {
+        f,
+        mut nodes,
+        old_art,
+        new_art,
+        _dir,
+        ..
+    } = world(7801..=7803).await;
     // 7803 leaves the mesh (its process stops).
     drop(nodes.pop());
     wait_until("7803 offline", || async {
         f.get("/status/7803").await.json()["online"] == false
     })
     .await;
-    let old_art = upload(&f, &key, OLD).await;
-    let new_art = upload(&f, &key, NEW).await;
     let mut cfg = fast(json!([{"until": {"percent": 100}}]));
     cfg["timeouts"]["offline_grace"] = json!(3_000_000u64);
-    let r = post_json(
-        &f,
-        "/rollouts",
-        &json!({"artefact": new_art, "previous_artefact": old_art, "config": cfg}),
-    )
-    .await;
-    assert_eq!(r.status, 201, "{}", r.text());
+    create(&f, &old_art, &new_art, cfg).await;
     let r = drive_until(
         &f,
         &nodes,

@@ -124,11 +124,13 @@ impl Ctx<'_> {
 
     /// As [`Ctx::send_on_link`], in the driver's bulk class ([`Priority::Bulk`]): behind
     /// every node-sync, time-sync and application frame queued on the link. For data the
-    /// plugin paces itself (OTA chunks).
+    /// plugin paces itself (OTA chunks). For the node timeout after it, the node's own
+    /// node-sync requests are control frames ([`Priority`]: the medium is crowded).
     pub fn send_bulk_on_link(&mut self, link: LinkId, pkg: &Package) -> Result<(), SendError> {
         if !self.core.links.iter().any(|l| l.id == link) {
             return Err(SendError::NoSuchLink(link));
         }
+        self.core.last_bulk = Some(self.now);
         self.core.push_transmit(
             link,
             meshfleet_wire::Message::Package(pkg.clone()).encode_frame(),
@@ -157,6 +159,7 @@ impl Ctx<'_> {
         if !self.core.links.iter().any(|l| l.id == link) {
             return Err(SendError::NoSuchLink(link));
         }
+        self.core.last_bulk = Some(self.now);
         self.core.send_binary(link, payload, Priority::Bulk);
         Ok(())
     }

@@ -4,9 +4,10 @@
 mod common;
 
 use common::Net;
+use meshfleet_mesh::wire::{Package, Routing};
 use meshfleet_mesh::{
-    CloseReason, Config, Delivery, Duration, Event, Instant, LinkId, LinkRole, Node, NodeId,
-    Priority,
+    Claims, CloseReason, Config, Ctx, Delivery, Duration, Event, Instant, LinkId, LinkRole, Node,
+    NodeId, Plugin, Priority,
 };
 use serde_json::Value;
 
@@ -655,4 +656,86 @@ fn node_sync_replies_are_control_frames_and_the_round_trip_is_timed() {
     assert!(!replies.is_empty());
     assert!(replies.iter().all(|t| t.priority == Priority::Control));
     assert_eq!(n.node_sync_timing(LinkId(2)), None);
+}
+
+/// A plugin that only sends bulk frames when told to.
+struct Bulk;
+
+impl Plugin for Bulk {
+    fn name(&self) -> &'static str {
+        "bulk"
+    }
+
+    fn claims(&self) -> Claims {
+        Claims::none()
+    }
+
+    fn handle_package(&mut self, _: &mut Ctx<'_>, _: LinkId, _: Routing, _: &Package) {}
+}
+
+/// Runs the node's timers, answering each node-sync request 300 ms later, until it sends
+/// its next request; returns when and in which class.
+fn next_request(n: &mut Node, link: LinkId) -> (Instant, Priority) {
+    for _ in 0..10_000 {
+        let t = n.poll_timeout().unwrap();
+        n.handle_timeout(t);
+        while let Some(tx) = n.poll_transmit() {
+            if tx.frame.first() == Some(&0x01) {
+                continue;
+            }
+            let v: Value = serde_json::from_slice(&tx.frame[..tx.frame.len() - 1]).unwrap();
+            if v["type"] == 5 {
+                n.handle_bytes(
+                    t + Duration::from_millis(300),
+                    link,
+                    b"{\"nodeId\":9,\"type\":6,\"dest\":5,\"from\":9}\0",
+                );
+                while n.poll_transmit().is_some() {}
+                return (t, tx.priority);
+            }
+        }
+    }
+    panic!("no node-sync request");
+}
+
+#[test]
+fn node_sync_requests_are_control_frames_while_the_node_sends_bulk_data() {
+    let mut n = Node::new(Config::new(NodeId(5)));
+    n.add_plugin(Box::new(Bulk)).unwrap();
+    let link = LinkId(1);
+    n.handle_link_up(Instant::ZERO, link, LinkRole::Station);
+    let first = n.poll_transmit().unwrap();
+    assert_eq!(first.priority, Priority::Normal);
+    n.handle_bytes(
+        Instant::from_micros(300_000),
+        link,
+        b"{\"nodeId\":9,\"type\":6,\"dest\":5,\"from\":9}\0",
+    );
+    while n.poll_transmit().is_some() {}
+    // No bulk data: requests are normal frames, as the library queues them.
+    let (t1, p1) = next_request(&mut n, link);
+    assert_eq!(p1, Priority::Normal);
+    // A bulk frame 5 s before the next request (60 s later): that request is a control
+    // frame.
+    let bulk_at = t1 + Duration::from_secs(55);
+    n.with_plugin::<Bulk, _>(bulk_at, |_, ctx| {
+        ctx.send_bulk_binary_on_link(link, &[0x99, 0x03, 1, 2, 3])
+            .unwrap();
+    })
+    .unwrap();
+    let bulk = n.poll_transmit().unwrap();
+    assert_eq!(bulk.priority, Priority::Bulk);
+    let (t2, p2) = next_request(&mut n, link);
+    assert!(
+        t2.saturating_since(bulk_at) < Duration::from_secs(10),
+        "{t2:?}"
+    );
+    assert_eq!(p2, Priority::Control);
+    // More than the node timeout (10 s) after the last bulk frame: normal again.
+    let (t3, p3) = next_request(&mut n, link);
+    assert!(
+        t3.saturating_since(bulk_at) >= Duration::from_secs(10),
+        "{t3:?}"
+    );
+    assert_eq!(p3, Priority::Normal);
 }

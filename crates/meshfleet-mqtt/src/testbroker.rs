@@ -100,11 +100,16 @@ impl Broker {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
+        // `user root`: started as root (CI, containers), Mosquitto otherwise drops to the
+        // `mosquitto` user, which cannot write into the 0700 temp dir: no log and, worse, no
+        // persistence file, so a "restart" lost every persistent session and the outage
+        // test passed only when the operator resubscribed before the gateway's outbox
+        // flushed. As any other user the line has no effect.
         let conf = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {pw}\n\
+            "user root\nlistener {port} 127.0.0.1\nallow_anonymous false\npassword_file {pw}\n\
              acl_file {acl}\npersistence true\npersistence_location {dir}/\n\
              autosave_interval 1\nmax_queued_messages 100000\nlog_dest file {dir}/mosquitto.log\n\
-             log_type error\nlog_type warning\nlog_type notice\n",
+             log_type error\nlog_type warning\nlog_type notice\nlog_type information\nlog_type subscribe\nconnection_messages true\nlog_timestamp_format %H:%M:%S\n",
             pw = pw.display(),
             acl = dir.join("acl").display(),
             dir = dir.display(),

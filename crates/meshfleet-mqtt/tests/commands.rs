@@ -128,14 +128,10 @@ async fn bad_commands_are_refused_with_a_reply_and_change_nothing() {
     )
     .await;
     assert_eq!(s.reply("t-types").await["error"]["code"], "bad_command");
-    let wrong = command(
+    s.send(
         "create",
         "t-types2",
         json!({"create": {"artefact": "ab".repeat(32), "targets": 5}}),
-    );
-    op.publish(
-        "mesh/ota/request/create",
-        meshfleet_mqtt::sign_command(key, &wrong),
     )
     .await;
     assert_eq!(s.reply("t-types2").await["error"]["code"], "bad_command");
@@ -207,7 +203,7 @@ async fn bad_commands_are_refused_with_a_reply_and_change_nothing() {
     );
     let shared = s.gw.shared().clone();
     assert!(shared.campaigns.list().await.unwrap().is_empty());
-    assert!(shared.stores.artefacts.list().await.unwrap().is_empty());
+    assert!(s.gw.artefacts().await.is_empty());
     // Every command that reached the gateway is in the audit log.
     let audit = shared.stores.audit.recent(100).await.unwrap();
     for t in [
@@ -238,7 +234,7 @@ async fn bad_commands_are_refused_with_a_reply_and_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_by_url_start_pause_status_over_mqtt() {
     let Some(s) = setup().await else { return };
-    let (op, key) = (&s.op, &s.op_key);
+    let op = &s.op;
     let mfw = artefact(&s.fleet_key, "1.5.0");
     let url = http_server(mfw.clone()).await;
 
@@ -254,24 +250,12 @@ async fn create_by_url_start_pause_status_over_mqtt() {
         s.reply("t-rogue").await["error"]["code"],
         "verification_failed"
     );
-    assert!(s
-        .gw
-        .shared()
-        .stores
-        .artefacts
-        .list()
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(s.gw.artefacts().await.is_empty());
 
-    let create = command(
+    s.send(
         "create",
         "t-create",
         json!({"create": {"url": url, "targets": {"nodes": [1000, 1001]}, "name": "over mqtt"}}),
-    );
-    op.publish(
-        "mesh/ota/request/create",
-        meshfleet_mqtt::sign_command(key, &create),
     )
     .await;
     let r = s.reply("t-create").await;
@@ -279,21 +263,17 @@ async fn create_by_url_start_pause_status_over_mqtt() {
     let id = r["campaign"]["id"].as_str().unwrap().to_owned();
     assert_eq!(r["campaign"]["state"], "created");
     assert_eq!(r["campaign"]["total_nodes"], 2);
-    let stored = s.gw.shared().stores.artefacts.list().await.unwrap();
+    let stored = s.gw.artefacts().await;
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].version, "1.5.0");
     assert!(stored[0].uploaded_by.starts_with("mqtt:"));
 
     // The same transaction again (re-signed, new nonce): the first reply, no second campaign.
     op.clear();
-    let again = command(
+    s.send(
         "create",
         "t-create",
         json!({"create": {"url": url, "targets": {"nodes": [1000, 1001]}}}),
-    );
-    op.publish(
-        "mesh/ota/request/create",
-        meshfleet_mqtt::sign_command(key, &again),
     )
     .await;
     assert_eq!(s.reply("t-create").await["campaign"]["id"], id.as_str());
@@ -305,14 +285,10 @@ async fn create_by_url_start_pause_status_over_mqtt() {
         ("pause", "t-pause", "paused"),
         ("pause", "t-pause2", "paused"),
     ] {
-        let c = command(
+        s.send(
             op_name,
             t,
             json!({"campaign": id, "response_topic": format!("mesh/ota/response/custom-{t}")}),
-        );
-        op.publish(
-            &format!("mesh/ota/request/{op_name}"),
-            meshfleet_mqtt::sign_command(key, &c),
         )
         .await;
         let r = s.reply(&format!("custom-{t}")).await;
@@ -322,12 +298,7 @@ async fn create_by_url_start_pause_status_over_mqtt() {
     }
 
     // Status: the reply and the retained topic match the gateway's own view.
-    let c = command("status", "t-status", json!({"campaign": id}));
-    op.publish(
-        "mesh/ota/request/status",
-        meshfleet_mqtt::sign_command(key, &c),
-    )
-    .await;
+    s.send("status", "t-status", json!({"campaign": id})).await;
     let r = s.reply("t-status").await;
     let rest =
         s.gw.shared()
@@ -562,15 +533,7 @@ async fn an_artefact_streamed_in_pieces() {
             .contains(&(pieces.len() - 1).to_string()),
         "{r}"
     );
-    assert!(s
-        .gw
-        .shared()
-        .stores
-        .artefacts
-        .list()
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(s.gw.artefacts().await.is_empty());
     let last = pieces.len() - 1;
     op.publish(
         "mesh/ota/request/upload_piece",
@@ -591,7 +554,7 @@ async fn an_artefact_streamed_in_pieces() {
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(r["artefact"], sha_hex(&mfw), "stored by its hash: {r}");
     assert_eq!(r["version"], "1.6.0");
-    let stored = s.gw.shared().stores.artefacts.list().await.unwrap();
+    let stored = s.gw.artefacts().await;
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].id, sha_hex(&mfw));
     // It is what `create` takes.
@@ -637,10 +600,7 @@ async fn an_artefact_streamed_in_pieces() {
         s.reply("t-rcommit").await["error"]["code"],
         "verification_failed"
     );
-    assert_eq!(
-        s.gw.shared().stores.artefacts.list().await.unwrap().len(),
-        1
-    );
+    assert_eq!(s.gw.artefacts().await.len(), 1);
     s.gw.stop().await;
 }
 
@@ -697,7 +657,12 @@ async fn replies_and_campaign_status_survive_a_broker_restart_mid_campaign() {
         &["mesh/ota/response/#", "mesh/ota/campaign/#"],
         false,
     )
-    .await;
+    .await
+    .with_context({
+        // The broker's log says who connected, subscribed and got what when a wait fails.
+        let log = s.broker.dir.join("mosquitto.log");
+        move || std::fs::read_to_string(&log).unwrap_or_default()
+    });
     let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
     let release = std::sync::Arc::new(tokio::sync::Notify::new());
     let url = held_http_server(

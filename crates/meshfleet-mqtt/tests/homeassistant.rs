@@ -156,26 +156,51 @@ fn configs(m: &[Msg]) -> Vec<&Msg> {
         .collect()
 }
 
+/// A gateway with Home Assistant discovery on: `nodes` seeded, the bridge's config changed
+/// by `tweak`, an observer (user `observer`) on `topics`.
+struct Ha {
+    obs: Observer,
+    gw: Gw,
+    broker: Broker,
+    /// Taken just before the gateway started.
+    started: Instant,
+    _d: tempfile::TempDir,
+}
+
+impl Ha {
+    /// `None` without Mosquitto.
+    async fn start(
+        nodes: Vec<meshfleet_gateway::model::NodeStatus>,
+        topics: &[&str],
+        tweak: fn(&mut meshfleet_mqtt::MqttConfig),
+    ) -> Option<Self> {
+        let (d, dir) = tempdir();
+        let broker = Broker::start(&dir)?;
+        seed_nodes(&dir, nodes);
+        let obs = Observer::connect(broker.port, "ha-obs", "observer", topics, true).await;
+        let mut cfg = mqtt_config(&broker);
+        cfg.homeassistant.enabled = true;
+        tweak(&mut cfg);
+        let started = Instant::now();
+        let gw = Gw::start(&dir, cfg).await;
+        Some(Self {
+            obs,
+            gw,
+            broker,
+            started,
+            _d: d,
+        })
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_node_discovery_is_fast_and_valid() {
-    let (_d, dir) = tempdir();
-    let Some(broker) = Broker::start(&dir) else {
+    let seeded = nodes(1000, meshfleet_gateway::now_millis());
+    let Some(h) = Ha::start(seeded, &["homeassistant/#"], |c| c.status_interval_s = 30).await
+    else {
         return;
     };
-    seed_nodes(&dir, nodes(1000, meshfleet_gateway::now_millis()));
-    let obs = Observer::connect(
-        broker.port,
-        "ha-obs",
-        "observer",
-        &["homeassistant/#"],
-        true,
-    )
-    .await;
-    let mut cfg = mqtt_config(&broker);
-    cfg.homeassistant.enabled = true;
-    cfg.status_interval_s = 30;
-    let started = Instant::now();
-    let gw = Gw::start(&dir, cfg).await;
+    let (obs, started) = (&h.obs, h.started);
     let m = obs
         .wait("1,001 discovery configs", 30, |m| configs(m).len() >= 1001)
         .await;
@@ -209,7 +234,7 @@ async fn thousand_node_discovery_is_fast_and_valid() {
     // Home Assistant restarts: its birth message brings every config again.
     let before = configs(&obs.messages()).len();
     let ha = Observer::connect(
-        broker.port,
+        h.broker.port,
         "ha",
         "homeassistant",
         &["mesh/node/1000/update"],
@@ -228,34 +253,25 @@ async fn thousand_node_discovery_is_fast_and_valid() {
         .json();
     assert_eq!(u["installed_version"], "1.4.1", "{u}");
     assert_eq!(u["in_progress"], false);
-    gw.stop().await;
+    h.gw.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn departed_nodes_are_removed_and_install_needs_the_setting() {
-    let (_d, dir) = tempdir();
-    let Some(broker) = Broker::start(&dir) else {
-        return;
-    };
     let now = meshfleet_gateway::now_millis();
     let mut ns = nodes(2, now);
     // Node 1001 left two minutes ago; the removal time is one minute.
     ns[1].online = false;
     ns[1].last_seen = now - 120_000;
-    seed_nodes(&dir, ns);
-    let obs = Observer::connect(
-        broker.port,
-        "ha-obs",
-        "observer",
-        &["homeassistant/#", "mesh/#"],
-        true,
-    )
-    .await;
-    let mut cfg = mqtt_config(&broker);
-    cfg.homeassistant.enabled = true;
-    cfg.homeassistant.remove_after_s = 60;
-    cfg.homeassistant.allow_install = true;
-    let gw = Gw::start(&dir, cfg).await;
+    let Some(h) = Ha::start(ns, &["homeassistant/#", "mesh/#"], |c| {
+        c.homeassistant.remove_after_s = 60;
+        c.homeassistant.allow_install = true;
+    })
+    .await
+    else {
+        return;
+    };
+    let obs = &h.obs;
     let m = obs
         .wait("node 1000's config and 1001's removal", 10, |m| {
             m.iter()
@@ -284,9 +300,9 @@ async fn departed_nodes_are_removed_and_install_needs_the_setting() {
     );
 
     // The install button with no artefact in the store: refused, audited, nothing created.
-    let ha = Observer::connect(broker.port, "ha", "homeassistant", &[], true).await;
+    let ha = Observer::connect(h.broker.port, "ha", "homeassistant", &[], true).await;
     ha.publish("mesh/ha/install/1000", "install").await;
-    let shared = gw.shared().clone();
+    let shared = h.gw.shared().clone();
     let mut audited = Vec::new();
     for _ in 0..100 {
         audited = shared.stores.audit.recent(10).await.unwrap();
@@ -302,7 +318,7 @@ async fn departed_nodes_are_removed_and_install_needs_the_setting() {
     assert_eq!(a.actor, "mqtt:homeassistant");
     assert!(a.target.contains("unknown_artefact"), "{a:?}");
     assert!(shared.campaigns.list().await.unwrap().is_empty());
-    gw.stop().await;
+    h.gw.stop().await;
 }
 
 /// The checks above can fail: each mistake Home Assistant would reject is caught.
@@ -364,26 +380,15 @@ async fn store_artefact(gw: &Gw, version: &str) -> String {
 /// installed one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_without_telemetry_gets_its_role_and_hardware_from_what_the_gateway_knows() {
-    let (_d, dir) = tempdir();
-    let Some(broker) = Broker::start(&dir) else {
-        return;
-    };
     let now = meshfleet_gateway::now_millis();
     let mut ns = nodes(2, now);
     ns[1].role = None;
     ns[1].hardware = None;
-    seed_nodes(&dir, ns);
-    let obs = Observer::connect(
-        broker.port,
-        "ha-obs",
-        "observer",
-        &["homeassistant/device/1001/config", "mesh/node/1001/#"],
-        true,
-    )
-    .await;
-    let mut cfg = mqtt_config(&broker);
-    cfg.homeassistant.enabled = true;
-    let gw = Gw::start(&dir, cfg).await;
+    let topics = ["homeassistant/device/1001/config", "mesh/node/1001/#"];
+    let Some(h) = Ha::start(ns, &topics, |_| {}).await else {
+        return;
+    };
+    let (obs, gw) = (&h.obs, &h.gw);
     let config = "homeassistant/device/1001/config";
     let m = obs
         .wait("1001's config and update state", 10, |m| {
@@ -402,7 +407,7 @@ async fn a_node_without_telemetry_gets_its_role_and_hardware_from_what_the_gatew
 
     // A campaign of 1.4.1 (sensor, esp32) for it: it reports 1.4.1, so it SUCCEEDED. Then
     // 2.0.0 for (sensor, esp32) is stored.
-    let a = store_artefact(&gw, "1.4.1").await;
+    let a = store_artefact(gw, "1.4.1").await;
     let c = gw
         .shared()
         .campaigns
@@ -420,7 +425,7 @@ async fn a_node_without_telemetry_gets_its_role_and_hardware_from_what_the_gatew
         )
         .await
         .unwrap();
-    store_artefact(&gw, "2.0.0").await;
+    store_artefact(gw, "2.0.0").await;
     let m = obs
         .wait(
             "1001 announced again with its hardware, 2.0.0 offered",
@@ -448,5 +453,5 @@ async fn a_node_without_telemetry_gets_its_role_and_hardware_from_what_the_gatew
     );
     // The registry itself is unchanged: a rollout still counts it as a stock node.
     assert_eq!(gw.shared().registry.get(1001).unwrap().role, None);
-    gw.stop().await;
+    h.gw.stop().await;
 }

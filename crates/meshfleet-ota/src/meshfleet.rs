@@ -1574,6 +1574,10 @@ impl MeshfleetOta {
     fn retry_offers(&mut self, ctx: &mut Ctx<'_>) {
         let now = ctx.now();
         let Some(id) = self.campaign.as_ref().map(|c| c.id) else {
+            // No campaign to offer: no offer timer stays armed (see `poll_timeout`).
+            for n in self.neighbours.values_mut() {
+                n.offer_at = None;
+            }
             return;
         };
         let links: Vec<LinkId> = self
@@ -1641,6 +1645,10 @@ impl MeshfleetOta {
     fn pump(&mut self, ctx: &mut Ctx<'_>) {
         let now = ctx.now();
         let Some(c) = self.campaign.as_ref() else {
+            // Nothing to send any more: no pacing timer stays armed (see `poll_timeout`).
+            for n in self.neighbours.values_mut() {
+                n.pump_at = None;
+            }
             return;
         };
         let (id, chunk_size) = (c.id, u64::from(c.manifest.chunk_size));
@@ -2961,10 +2969,22 @@ impl Plugin for MeshfleetOta {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
+        // Pacing and offer timers belong to a campaign: once it is gone (abandoned, failed
+        // verification, rolled back) their handlers return at once without re-arming them,
+        // so a stale one would be a wakeup in the past for ever (at 500 nodes on the
+        // geometric channel a relay whose campaign was abandoned while it paced a
+        // neighbour kept the simulation at one instant).
+        let campaign = self.campaign.is_some();
         let n = self
             .neighbours
             .values()
-            .flat_map(|n| [n.caps_deadline, n.pump_at, n.offer_at])
+            .flat_map(|n| {
+                [
+                    n.caps_deadline,
+                    n.pump_at.filter(|_| campaign),
+                    n.offer_at.filter(|_| campaign),
+                ]
+            })
             .flatten();
         let c = self.campaign.as_ref().and_then(|c| c.nak_at);
         let abandon = self.abandon_at();

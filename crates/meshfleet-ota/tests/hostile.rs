@@ -415,6 +415,62 @@ fn a_newer_version_supersedes_the_stale_campaign_also_after_a_restart() {
     assert_eq!(booted(&store), image_of("3.0.0"));
 }
 
+/// A relay whose campaign is abandoned while it still paces chunks to a neighbour drops
+/// its pacing timer. Before the fix the timer stayed armed in the past, the engine's
+/// handler returned at once without a campaign, and the node asked to be woken at that
+/// instant for ever (found at 500 nodes on the geometric channel, where the simulation
+/// then spun at one virtual instant; here the harness fails on the spin).
+#[test]
+fn a_relay_that_abandons_its_campaign_while_pacing_a_neighbour_goes_quiet() {
+    let v2 = artefact("2.0.0");
+    let mut net = Net::new(Duration::from_millis(2));
+    let s = net.add(source(1, &v2, None));
+    let relay_store = MemStore::with_image(&image_of("1.0.0"), "1.0.0");
+    let mut slow = config(&relay_store);
+    // About one chunk frame per 100 s towards the neighbour: it still wants most of what
+    // the relay holds when the relay gives up.
+    slow.link_rate = 3;
+    let r = net.add(receiver_with(2, &relay_store, slow));
+    let down_store = MemStore::with_image(&image_of("1.0.0"), "1.0.0");
+    let d = net.add(receiver(3, &down_store));
+    let up = net.connect(r, s);
+    net.connect(d, r);
+    // The source goes away once the relay holds a part of the image.
+    assert!(
+        net.run_until_cond(Duration::from_millis(1), Duration::from_secs(30), |n| {
+            ota(n, r).progress().is_some_and(|p| p.1 >= 12)
+        })
+    );
+    net.cut(up);
+    let (_, held, units) = ota(&net, r).progress().unwrap();
+    assert!(held < units, "the relay's transfer is unfinished");
+    // The relay abandons the campaign 10 minutes later (no unit arrives), while its
+    // neighbour still wants units it holds.
+    net.run_for(Duration::from_secs(590));
+    let (_, got, _) = ota(&net, d).progress().unwrap();
+    assert!(
+        got + 3 < held,
+        "the neighbour still wants units: {got} of {held}"
+    );
+    let mark = net.trace.len();
+    net.run_for(Duration::from_secs(60));
+    assert!(ota(&net, r).progress().is_none());
+    assert!(net.ota_events(r).iter().any(|e| matches!(
+        e,
+        OtaEvent::CampaignAbandoned {
+            reason: AbandonReason::NoProgress,
+            ..
+        }
+    )));
+    // Quiet: no wakeup in the past, and no chunk after the abandon.
+    assert!(net.nodes[r].poll_timeout().is_some_and(|t| t > net.now));
+    let chunks_after = net.trace[mark..]
+        .iter()
+        .filter(|f| f.from == r && f.to == d && f.tag.is_some())
+        .count();
+    assert!(chunks_after <= 1, "{chunks_after} chunks after the abandon");
+}
+
 #[test]
 fn an_unfinished_campaign_without_progress_is_abandoned_after_the_timeout() {
     let (mut net, store) = stale_v2();

@@ -7,7 +7,8 @@
 //!     [--channel independent,airtime,geometric] \
 //!     [--strategy stock,stock_broadcasted,meshfleet] [--image-kib 1024] [--window 8192] \
 //!     [--seed 1] [--cap-min 60] [--max-wall-s 1200] [--stock-max-nodes N] [--join-ms 50] \
-//!     [--random-tree-from N] [--form-independent-from N] [--formation-cap-s 900] [--out DIR]
+//!     [--random-tree-from N] [--form-independent-from N] [--formation-cap-s 900]
+//!     [--idle-before-s S] [--out DIR]
 //! ```
 //!
 //! `--window BYTES` (or `8K`): the DEFLATE window the meshfleet artefact is packed with, a
@@ -26,10 +27,14 @@
 //! at 500-1,000 nodes (node-sync frames of ~15-30 KB silence whole neighbourhoods while the
 //! tree changes under them); what it forms is still a tree over the same placement, but
 //! not necessarily the same tree (formation timing decides some parents).
+//! `--idle-before-s S`: a control run: after formation, with the cell's channel and loss in
+//! place, the mesh runs S virtual seconds without the campaign first, and the note says how
+//! many links closed meanwhile (what the mesh does without OTA traffic).
 //! `--max-wall-s`: a cell still running (forming or distributing) after that much wall time
 //! is stopped and reported as such (never silently). `--stock-max-nodes`: stock cells above
 //! that size are skipped, and the row says so. `OTA_BENCH_DEBUG=1` prints formation
-//! progress, counters and drops.
+//! progress, the campaign's progress every 10 virtual s (updated, links closed, components,
+//! wall time), counters and drops.
 //!
 //! Every cell: a geometric placement (ESP8266: 50 m radio range, at most 4 stations per
 //! access point, one node per ~1,000 m², as `meshfleet sim --demo`), one join every 50 ms
@@ -72,6 +77,7 @@ struct Args {
     join_ms: u64,
     random_tree_from: Option<u32>,
     form_independent_from: Option<u32>,
+    idle_before: Duration,
     out: PathBuf,
 }
 
@@ -102,6 +108,7 @@ fn parse_args() -> Args {
         join_ms: 50,
         random_tree_from: None,
         form_independent_from: None,
+        idle_before: Duration::ZERO,
         out: PathBuf::from("target/ota_bench"),
     };
     let mut it = std::env::args().skip(1);
@@ -139,6 +146,10 @@ fn parse_args() -> Args {
                     v.parse()
                         .unwrap_or_else(|_| die("bad --form-independent-from")),
                 );
+            }
+            "--idle-before-s" => {
+                a.idle_before =
+                    Duration::from_secs(v.parse().unwrap_or_else(|_| die("bad --idle-before-s")));
             }
             "--join-ms" => a.join_ms = v.parse().unwrap_or_else(|_| die("bad --join-ms")),
             "--out" => a.out = PathBuf::from(v),
@@ -362,7 +373,26 @@ fn run_cell(a: &Args, base: &OtaCampaign, n: u32, loss: f64, ch: &str, s: OtaStr
         );
         sim.run_for(Duration::ZERO);
     }
-    // Links closed before the campaign (formation) are not the campaign's.
+    if a.idle_before > Duration::ZERO {
+        // The control: the same mesh, channel and loss without a campaign.
+        let from = link_closes(&sim);
+        let t0 = sim.now();
+        sim.run_for(a.idle_before);
+        let to = link_closes(&sim);
+        let _ = write!(
+            note,
+            "without the campaign for {:.0} s first: {} / {} links closed, {} components, converged {}. ",
+            sim.now().saturating_since(t0).as_micros() as f64 / 1e6,
+            to.0 - from.0,
+            to.1 - from.1,
+            sim.components(),
+            sim.converged()
+        );
+        if debug {
+            eprintln!("{note}");
+        }
+    }
+    // Links closed before the campaign (formation, the idle control) are not the campaign's.
     let closes_before = link_closes(&sim);
     run.start(&mut sim);
     let start = sim.now();
@@ -376,6 +406,22 @@ fn run_cell(a: &Args, base: &OtaCampaign, n: u32, loss: f64, ch: &str, s: OtaStr
                 wall_capped = true;
                 break 'campaign;
             }
+        }
+        if debug && sim.now().saturating_since(start).as_micros() % 10_000_000 == 0 {
+            // Where the campaign stands in virtual time: tells a stall (nothing updated,
+            // links closing) from a run that is only slow on the host.
+            let (t, all) = link_closes(&sim);
+            eprintln!(
+                "  campaign: {:.0} virtual s, {} / {} updated, links closed {} / {} (node-sync timeout / all), {} components, converged {}, {:.1} wall s",
+                sim.now().saturating_since(start).as_micros() as f64 / 1e6,
+                run.updated(),
+                run.receivers(),
+                t - closes_before.0,
+                all - closes_before.1,
+                sim.components(),
+                sim.converged(),
+                wall.elapsed().as_secs_f64()
+            );
         }
     }
     if wall_capped {

@@ -21,6 +21,7 @@ use crate::scenario::{
     check_change, ClockParams, Formation, MeshParams, RejoinParams, Scenario, SimEvent,
 };
 use crate::topology::{parse_edges, Topology, ESP8266_MAX_CONN};
+use crate::workload::check;
 
 /// A scenario file could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -343,30 +344,18 @@ struct Check<'a, 'b> {
 }
 
 impl Check<'_, '_> {
+    /// A shared check's error at its span, the field as given (absolute here).
+    fn table(&self, e: crate::workload::TableError) -> ScenarioError {
+        self.src
+            .err(e.span.unwrap_or(0..0), Some(e.field), e.message)
+    }
+
     fn positive(&self, field: &str, v: &Spanned<f64>) -> Result<f64, ScenarioError> {
-        let x = *v.get_ref();
-        if x > 0.0 && x.is_finite() {
-            Ok(x)
-        } else {
-            Err(self.src.err(
-                v.span(),
-                Some(field.into()),
-                format!("must be positive (got {x})"),
-            ))
-        }
+        check::positive(field, v).map_err(|e| self.table(e))
     }
 
     fn non_negative(&self, field: &str, v: &Spanned<f64>) -> Result<f64, ScenarioError> {
-        let x = *v.get_ref();
-        if x >= 0.0 && x.is_finite() {
-            Ok(x)
-        } else {
-            Err(self.src.err(
-                v.span(),
-                Some(field.into()),
-                format!("must not be negative (got {x})"),
-            ))
-        }
+        check::non_negative(field, v).map_err(|e| self.table(e))
     }
 
     fn probability(&self, field: &str, v: &Spanned<f64>) -> Result<f64, ScenarioError> {
@@ -383,31 +372,11 @@ impl Check<'_, '_> {
     }
 
     fn count(&self, field: &str, v: &Spanned<i64>, min: i64) -> Result<u32, ScenarioError> {
-        let x = *v.get_ref();
-        if x < min {
-            return Err(self.src.err(
-                v.span(),
-                Some(field.into()),
-                format!("must be at least {min} (got {x})"),
-            ));
-        }
-        u32::try_from(x).map_err(|_| {
-            self.src
-                .err(v.span(), Some(field.into()), format!("{x} is too large"))
-        })
+        check::count(field, v, min).map_err(|e| self.table(e))
     }
 
     fn node(&self, field: &str, v: &Spanned<i64>, n: u32) -> Result<u32, ScenarioError> {
-        let x = *v.get_ref();
-        if x >= 1 && x <= i64::from(n) {
-            Ok(x as u32)
-        } else {
-            Err(self.src.err(
-                v.span(),
-                Some(field.into()),
-                format!("names node {x}, but nodes are numbered 1..={n}"),
-            ))
-        }
+        check::node(field, v, n).map_err(|e| self.table(e))
     }
 
     fn nodes(&self, field: &str, v: &Spanned<Vec<i64>>, n: u32) -> Result<Vec<u32>, ScenarioError> {

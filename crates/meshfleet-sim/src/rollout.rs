@@ -175,10 +175,10 @@ impl WorkloadSpec for RolloutSetup {
     }
 
     fn build(&self, scenario: &Scenario) -> Box<dyn Workload> {
-        // `validate` made sure the campaign is there.
         match crate::ota::campaign(scenario) {
             Some(c) => Box::new(RolloutWorkload::new(c.clone(), self.clone())),
-            None => Box::new(RolloutWorkload::failed()),
+            // `validate` refuses this before a run; built anyway, the run fails.
+            None => Box::new(NoCampaign),
         }
     }
 
@@ -206,6 +206,28 @@ impl WorkloadSpec for RolloutSetup {
 
     fn takes_over(&self) -> &'static [&'static str] {
         &[crate::ota::KEY]
+    }
+}
+
+/// A rollout built from a scenario without its campaign: fails the run.
+struct NoCampaign;
+
+impl Workload for NoCampaign {
+    fn key(&self) -> &'static str {
+        KEY
+    }
+
+    fn report(&mut self, _sim: &Simulation) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
+    fn finish(&mut self, _sim: &Simulation, _report: &mut SimReport) {}
+
+    fn take_error(&mut self) -> Option<crate::RunError> {
+        Some(crate::RunError::Invalid(crate::InvalidScenario {
+            field: KEY.to_owned(),
+            message: NEEDS_CAMPAIGN.to_owned(),
+        }))
     }
 }
 
@@ -379,17 +401,6 @@ impl RolloutWorkload {
             error: None,
             finished: false,
         }
-    }
-
-    /// A spec built without its campaign (`validate` refuses that): does nothing.
-    fn failed() -> Self {
-        let mut w = Self::new(
-            OtaCampaign::new(OtaStrategy::Meshfleet, vec![0; 1])
-                .unwrap_or_else(|_| unreachable!("a one-byte image packs")),
-            RolloutSetup::new(Firmware::Healthy, 0),
-        );
-        w.next = None;
-        w
     }
 
     /// Plans the waves from the gateway's view of the mesh and carries out the first

@@ -294,6 +294,19 @@ impl WorkloadSpec for TelemetrySetup {
         self
     }
 
+    fn describe(&self) -> Vec<String> {
+        let stock = match self.stock_every {
+            0 => "no stock nodes".to_owned(),
+            n => format!("every {n}th node a stock node sending its status package"),
+        };
+        vec![format!(
+            "telemetry: nodes report every {:.0} s to the monitor on node 1 ({stock}); {} fixed fault(s) and {} per class drawn",
+            self.report_interval.as_secs_f64(),
+            self.faults.len(),
+            self.faults_per_class
+        )]
+    }
+
     fn build(&self, scenario: &Scenario) -> Box<dyn Workload> {
         Box::new(TelemetryWorkload::new(self.clone(), scenario))
     }

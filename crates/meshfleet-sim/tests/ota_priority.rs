@@ -1,16 +1,18 @@
 //! A campaign's frames are the lowest class in the driver's queues, and the mesh's own
 //! upkeep the highest (issue 9: node-sync and time-sync frames ahead of OTA in every queue
-//! a node controls), observed through the frame trace of a real campaign.
+//! a node controls; a node's own node-sync requests are control frames while it sends
+//! bulk data), observed through the frame trace of a real campaign.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use meshfleet_mesh::{Duration, Priority};
+use meshfleet_mesh::{Duration, NodeId, Priority};
 use meshfleet_sim::ota::{synthetic_image, OtaCampaign, OtaStrategy};
 use meshfleet_sim::{ChannelModel, Scenario, Simulation, Topology};
 
-/// (priority, JSON type or `None` for a binary frame) of every frame put on the air.
-type Seen = Rc<RefCell<Vec<(Priority, Option<i64>)>>>;
+/// (priority, JSON type or `None` for a binary frame, sender, start on the air in s) of
+/// every frame put on the air.
+type Seen = Rc<RefCell<Vec<(Priority, Option<i64>, NodeId, f64)>>>;
 
 fn frame_type(frame: &[u8]) -> Option<i64> {
     let text = std::str::from_utf8(frame.strip_suffix(&[0]).unwrap_or(frame)).ok()?;
@@ -20,9 +22,11 @@ fn frame_type(frame: &[u8]) -> Option<i64> {
 
 #[test]
 fn chunks_go_as_bulk_and_node_and_time_sync_ahead_of_them() {
-    let c = OtaCampaign::new(OtaStrategy::Meshfleet, synthetic_image(32 * 1024, 5))
+    // Big enough that chunks still flow when the links' periodic node syncs come due, a
+    // minute after they first synced.
+    let c = OtaCampaign::new(OtaStrategy::Meshfleet, synthetic_image(1024 * 1024, 5))
         .expect("packs")
-        .start_at(Duration::from_secs(20));
+        .start_at(Duration::from_secs(45));
     let scenario = Scenario::new(Topology::RandomTree {
         nodes: 6,
         max_children: 2,
@@ -42,13 +46,14 @@ fn chunks_go_as_bulk_and_node_and_time_sync_ahead_of_them() {
         } else {
             frame_type(f.frame)
         };
-        s.borrow_mut().push((f.priority, ty));
+        s.borrow_mut()
+            .push((f.priority, ty, f.from, f.start.as_micros() as f64 / 1e6));
     });
     sim.run();
     assert!(run.all_updated(), "the campaign completes");
     let seen = seen.borrow();
     let count = |p: Priority, f: &dyn Fn(Option<i64>) -> bool| {
-        seen.iter().filter(|(q, t)| *q == p && f(*t)).count()
+        seen.iter().filter(|(q, t, _, _)| *q == p && f(*t)).count()
     };
     let binary = |t: Option<i64>| t.is_none();
     let upkeep = |t: Option<i64>| matches!(t, Some(4 | 6));
@@ -59,16 +64,39 @@ fn chunks_go_as_bulk_and_node_and_time_sync_ahead_of_them() {
         count(Priority::Control, &binary) + count(Priority::Normal, &binary),
         0
     );
-    // Time sync (4) and node-sync replies (6): all control frames; requests (5) normal,
-    // as the library queues them, never bulk.
+    // Time sync (4) and node-sync replies (6): all control frames.
     assert!(count(Priority::Control, &upkeep) > 10);
     assert_eq!(
         count(Priority::Normal, &upkeep) + count(Priority::Bulk, &upkeep),
         0
     );
-    assert!(count(Priority::Normal, &request) > 5);
+    // Requests (5): never bulk; normal frames, as the library queues them, until the node
+    // sends bulk data, then control frames (see `meshfleet_mesh::Priority`).
+    assert_eq!(count(Priority::Bulk, &request), 0);
+    let requests = |p: Priority| {
+        seen.iter()
+            .filter(move |(q, t, _, _)| *q == p && request(*t))
+            .map(|(_, _, from, at)| (*from, *at))
+    };
+    let before = |at: f64| at < 45.0;
+    assert!(
+        requests(Priority::Normal)
+            .filter(|(_, at)| before(*at))
+            .count()
+            > 5
+    );
     assert_eq!(
-        count(Priority::Control, &request) + count(Priority::Bulk, &request),
+        requests(Priority::Control)
+            .filter(|(_, at)| before(*at))
+            .count(),
         0
     );
+    let bulk_senders: Vec<NodeId> = seen
+        .iter()
+        .filter(|(q, _, _, _)| *q == Priority::Bulk)
+        .map(|(_, _, from, _)| *from)
+        .collect();
+    let control: Vec<(NodeId, f64)> = requests(Priority::Control).collect();
+    assert!(!control.is_empty(), "requests of nodes sending chunks");
+    assert!(control.iter().all(|(from, _)| bulk_senders.contains(from)));
 }

@@ -51,6 +51,9 @@ struct Wire {
     mute_to: Option<usize>,
 }
 
+/// Timer firings of one node at one instant after which [`Net::run_until`] gives up.
+pub const MAX_FIRINGS_AT_ONE_INSTANT: u32 = 100_000;
+
 pub struct Net {
     pub now: Instant,
     pub nodes: Vec<Node>,
@@ -228,7 +231,12 @@ impl Net {
     }
 
     /// Runs until `until`, delivering frames and firing timers in time order.
+    ///
+    /// Panics when one node's timer fires [`MAX_FIRINGS_AT_ONE_INSTANT`] times in a row
+    /// without time moving: a timer its handler does not re-arm would otherwise spin here
+    /// for ever (a test then fails instead of hanging).
     pub fn run_until(&mut self, until: Instant) {
+        let mut same_instant = (Instant::ZERO, usize::MAX, 0u32);
         loop {
             let next_frame = self.queue.keys().next().map(|k| k.0);
             let next_timer = self
@@ -261,6 +269,17 @@ impl Net {
             } else {
                 let i = next_timer.unwrap().1;
                 let now = self.now;
+                if same_instant.0 == now && same_instant.1 == i {
+                    same_instant.2 += 1;
+                    assert!(
+                        same_instant.2 < MAX_FIRINGS_AT_ONE_INSTANT,
+                        "node {i}'s timer fired {} times at {now:?} without time moving: \
+                         a wakeup its handler does not re-arm",
+                        same_instant.2
+                    );
+                } else {
+                    same_instant = (now, i, 1);
+                }
                 self.nodes[i].handle_timeout(now);
                 self.drain(i);
             }

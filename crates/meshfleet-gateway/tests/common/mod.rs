@@ -62,6 +62,18 @@ impl Fixture {
         key: SigningKey,
         tweak: impl FnOnce(&mut GatewayConfig),
     ) -> Self {
+        let any_port = "127.0.0.1:0".parse().unwrap();
+        Self::start_listening(dir, key, any_port, tweak).await
+    }
+
+    /// With the gateway's mesh node listening on `listen` (a fixed port: nodes reconnect
+    /// to it after a restart).
+    pub async fn start_listening(
+        dir: PathBuf,
+        key: SigningKey,
+        listen: SocketAddr,
+        tweak: impl FnOnce(&mut GatewayConfig),
+    ) -> Self {
         let pub_file = dir.join("fleet.pub");
         if !pub_file.exists() {
             keys::write_public_key(&pub_file, &key.verifying_key()).unwrap();
@@ -71,7 +83,7 @@ impl Fixture {
         let db = Arc::new(SqliteStore::open(&cfg.db).unwrap());
         let (mesh, mesh_task) = mesh::join(
             Config::new(NodeId(GATEWAY_ID)),
-            RuntimeConfig::default().with_listen("127.0.0.1:0".parse().unwrap()),
+            RuntimeConfig::default().with_listen(listen),
         )
         .await
         .unwrap();

@@ -130,6 +130,11 @@ impl Gw {
         self.gateway.as_ref().unwrap().shared()
     }
 
+    /// The artefacts in the gateway's store.
+    pub async fn artefacts(&self) -> Vec<ArtefactInfo> {
+        self.shared().stores.artefacts.list().await.unwrap()
+    }
+
     /// Raises an alert as the ingest task does: stored, then published.
     pub async fn raise(&self, node: u32, message: &str) -> Alert {
         let s = self.shared();

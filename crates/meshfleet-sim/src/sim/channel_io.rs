@@ -1,41 +1,57 @@
 //! The simulator as the driver of `meshfleet-channel`: frames from nodes go into the
 //! [`Channel`], its timers into the event heap, and its outputs back to nodes and metrics.
 
+use meshfleet_channel::Scheduler;
+
 use super::*;
+
+/// The channel's wakeups go into the simulator's one event heap, as they are decided: ties
+/// with the nodes' events then run in the order they were scheduled.
+pub(super) struct Timers<'a>(pub(super) &'a mut crate::queue::EventQueue<Ev>);
+
+impl Scheduler for Timers<'_> {
+    fn schedule(&mut self, at: Instant, timer: Timer) {
+        self.0.push(at, Ev::Channel(timer));
+    }
+}
 
 impl Simulation {
     // ----- channel ----------------------------------------------------------------------
 
     /// A node's transmit goes to its link's queue.
     pub(super) fn enqueue(&mut self, v: usize, t: SharedTransmit) {
-        if let Err(reason) = self
+        let mut timers = Timers(&mut self.queue);
+        match self
             .channel
-            .enqueue(self.now, v, t.link, t.priority, Frame(t.frame))
+            .enqueue(self.now, v, t.link, t.priority, Frame(t.frame), &mut timers)
         {
-            self.lose(Loss::Channel(reason), 1);
+            // Like a driver, tell the node what waits in its send queue (plugins pace on
+            // it); a frame that went on the air at once updates it again below.
+            Ok(queued_bytes) => {
+                if let Some(n) = self.slots[v].node.as_mut() {
+                    n.set_link_backlog(t.link, queued_bytes);
+                }
+            }
+            Err(reason) => self.lose(Loss::Channel(reason), 1),
         }
         self.drain_channel();
     }
 
-    /// Acts on everything the channel has to say, in order: its timers go into the event
-    /// heap (so they interleave with the nodes' by (time, insertion order)), frames on
-    /// the air are counted and traced, arrivals go to their node.
+    /// Acts on everything the channel has to say, in order: backlogs go to the senders,
+    /// frames on the air to the traces (the channel counts them), arrivals to their node.
     pub(super) fn drain_channel(&mut self) {
         while let Some(out) = self.channel.poll_output() {
             match out {
-                Output::Timer { at, timer } => self.queue.push(at, Ev::Channel(timer)),
                 Output::Backlog {
                     node,
                     link,
                     queued_bytes,
                 } => {
-                    // Like a driver, tell the node what waits in its send queue (plugins
-                    // pace on it).
                     if let Some(n) = self.slots[node].node.as_mut() {
                         n.set_link_backlog(link, queued_bytes);
                     }
                 }
-                Output::Sent(sent) => self.frame_sent(&sent),
+                Output::Sent(sent) => self.trace_frame(&sent),
                 Output::Delivered { link, to, frame } => self.deliver(link, to, frame),
                 Output::Dropped { reason, .. } => self.lose(Loss::Channel(reason), 1),
                 Output::Reset { link } => self.close_link(
@@ -47,49 +63,40 @@ impl Simulation {
         }
     }
 
-    fn frame_sent(&mut self, s: &Sent) {
-        let len = s.bytes as u64;
-        let d = s.direction.index();
-        let ls = &mut self.link_stats[s.link.0 as usize];
-        ls.frames[d] += 1;
-        ls.bytes[d] += len;
-        ls.retransmissions += u64::from(s.cost.retransmissions);
-        if !self.traces.is_empty() {
-            let mut scratch = std::mem::take(&mut self.scratch_frame);
-            let frame = self
-                .channel
-                .in_flight(s.link, s.direction)
-                .map_or(&[][..], |f| f.bytes(&mut scratch));
-            let f = FrameTrace {
-                start: s.start,
-                arrival: s.arrival,
-                from: self.slots[s.from].id,
-                to: self.slots[s.to].id,
-                link: s.link,
-                bytes: s.bytes,
-                frame,
-                airtime: s.cost.airtime,
-                priority: s.priority,
-                retransmissions: s.cost.retransmissions,
-            };
-            for tr in &mut self.traces {
-                tr(&f);
-            }
-            self.scratch_frame = scratch;
+    /// Hands a frame put on the air to the frame traces (the channel outputs `Sent` only
+    /// once a trace is set).
+    fn trace_frame(&mut self, s: &Sent) {
+        let mut scratch = std::mem::take(&mut self.scratch_frame);
+        let frame = self
+            .channel
+            .in_flight(s.link, s.direction)
+            .map_or(&[][..], |f| f.bytes(&mut scratch));
+        let f = FrameTrace {
+            start: s.start,
+            arrival: s.arrival,
+            from: self.slots[s.from].id,
+            to: self.slots[s.to].id,
+            link: s.link,
+            bytes: s.bytes,
+            frame,
+            airtime: s.cost.airtime,
+            priority: s.priority,
+            retransmissions: s.cost.retransmissions,
+        };
+        for tr in &mut self.traces {
+            tr(&f);
         }
-        let slot = &mut self.slots[s.from];
-        slot.frames_sent += 1;
-        slot.bytes_sent += len;
-        self.frames_on_air += 1;
-        self.bytes_on_air += len;
-        self.window.frames += 1;
-        self.window.bytes += len;
+        self.scratch_frame = scratch;
     }
 
     /// Switches the channel model now (see [`Simulation::set_channel`]).
     pub(super) fn switch_channel(&mut self, channel: ChannelModel) {
-        self.channel
-            .set_model(self.now, channel, self.layout.positions.as_deref());
+        self.channel.set_model(
+            self.now,
+            channel,
+            self.layout.positions.as_deref(),
+            &mut Timers(&mut self.queue),
+        );
         self.drain_channel();
     }
 

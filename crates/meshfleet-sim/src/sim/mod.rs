@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 
 use meshfleet_channel::{
-    dist, Channel, ChannelModel, DropReason, LinkChange, LinkParams, Output, Sent, Timer,
+    dist, AirCounters, Channel, ChannelModel, DropReason, LinkChange, LinkParams, Output, Sent,
+    Timer,
 };
 use meshfleet_mesh::{
     Config, Duration, Event, Instant, LinkId, LinkRole, Node, NodeId, PluginEvent, Priority, Rng,
@@ -162,9 +163,6 @@ struct LinkStat {
     ends: [usize; 2],
     opened: Instant,
     closed: Option<Instant>,
-    frames: [u64; 2],
-    bytes: [u64; 2],
-    retransmissions: u64,
 }
 
 struct Slot {
@@ -189,8 +187,6 @@ struct Slot {
     side: u32,
     /// Generation of the pending automatic rejoin.
     retry_gen: u64,
-    frames_sent: u64,
-    bytes_sent: u64,
     /// Counters of crashed boots, so totals survive reboots.
     past: MeshTotals,
 }
@@ -225,8 +221,8 @@ pub struct Simulation {
     drift_ppm: f64,
     // Metrics.
     events_processed: u64,
-    frames_on_air: u64,
-    bytes_on_air: u64,
+    /// The channel's totals at the last sample (the window counts from there).
+    air_mark: AirCounters,
     window: Window,
     drops: BTreeMap<String, u64>,
     link_closes: BTreeMap<String, u64>,
@@ -331,8 +327,6 @@ impl Simulation {
                     in_mesh: false,
                     side: 0,
                     retry_gen: 0,
-                    frames_sent: 0,
-                    bytes_sent: 0,
                     past: MeshTotals::default(),
                 }
             })
@@ -418,9 +412,6 @@ impl Simulation {
                 ends: [0, 0],
                 opened: Instant::ZERO,
                 closed: None,
-                frames: [0; 2],
-                bytes: [0; 2],
-                retransmissions: 0,
             }],
             factory: scenario.factory.clone(),
             config_template,
@@ -430,8 +421,7 @@ impl Simulation {
             sample_interval: scenario.sample_interval,
             drift_ppm: scenario.clock.drift_ppm,
             events_processed: 0,
-            frames_on_air: 0,
-            bytes_on_air: 0,
+            air_mark: AirCounters::default(),
             window: Window::default(),
             drops: BTreeMap::new(),
             link_closes: BTreeMap::new(),
@@ -479,6 +469,7 @@ impl Simulation {
     /// they were set.
     pub fn set_frame_trace(&mut self, f: impl FnMut(&FrameTrace<'_>) + 'static) {
         self.traces.push(Box::new(f));
+        self.channel.set_sent_outputs(true);
     }
 
     /// Calls `f` for every event a node emits (global time, node id, event), before the
@@ -777,7 +768,8 @@ impl Simulation {
                 self.after_input(node);
             }
             Ev::Channel(timer) => {
-                self.channel.handle_timer(self.now, timer);
+                let mut timers = channel_io::Timers(&mut self.queue);
+                self.channel.handle_timer(self.now, timer, &mut timers);
                 self.drain_channel();
             }
             Ev::PeerDown { node, link } => {

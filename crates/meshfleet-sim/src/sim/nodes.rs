@@ -146,9 +146,6 @@ impl Simulation {
             ends: [ap, sta],
             opened: self.now,
             closed: None,
-            frames: [0; 2],
-            bytes: [0; 2],
-            retransmissions: 0,
         });
         self.slots[sta].links.push(id);
         self.slots[sta].uplink = Some(id);

@@ -64,6 +64,10 @@ impl Simulation {
 
     pub(super) fn sample(&mut self) {
         self.refresh_components();
+        let air = self.channel.air();
+        self.window.frames = air.frames - self.air_mark.frames;
+        self.window.bytes = air.bytes - self.air_mark.bytes;
+        self.air_mark = air;
         let w = std::mem::take(&mut self.window);
         let mut sample = Sample {
             t_s: secs(self.now),
@@ -117,8 +121,8 @@ impl Simulation {
                     id: s.id.0,
                     up: s.node.is_some() && !s.hung,
                     boots: s.boots,
-                    frames_sent: s.frames_sent,
-                    bytes_sent: s.bytes_sent,
+                    frames_sent: self.channel.node_air(v).frames,
+                    bytes_sent: self.channel.node_air(v).bytes,
                     queue_peak_bytes: self.channel.node_backlog(v).peak_bytes,
                     queue_peak_frames: self.channel.node_backlog(v).peak_frames,
                     app_received: 0,
@@ -135,17 +139,20 @@ impl Simulation {
             .iter()
             .enumerate()
             .skip(1)
-            .map(|(i, l)| LinkReport {
-                link: i as u64,
-                ap: l.ends[0] as u32 + 1,
-                station: l.ends[1] as u32 + 1,
-                opened_s: secs(l.opened),
-                closed_s: l.closed.map(secs),
-                frames_down: l.frames[0],
-                bytes_down: l.bytes[0],
-                frames_up: l.frames[1],
-                bytes_up: l.bytes[1],
-                retransmissions: l.retransmissions,
+            .map(|(i, l)| {
+                let [down, up] = self.channel.link_air(LinkId(i as u64)).unwrap_or_default();
+                LinkReport {
+                    link: i as u64,
+                    ap: l.ends[0] as u32 + 1,
+                    station: l.ends[1] as u32 + 1,
+                    opened_s: secs(l.opened),
+                    closed_s: l.closed.map(secs),
+                    frames_down: down.frames,
+                    bytes_down: down.bytes,
+                    frames_up: up.frames,
+                    bytes_up: up.bytes,
+                    retransmissions: down.retransmissions + up.retransmissions,
+                }
             })
             .collect();
         let mut after_events = self.conv.entries.clone();
@@ -180,8 +187,8 @@ impl Simulation {
             nodes: self.slots.len() as u32,
             virtual_time_s: end_s,
             events_processed: self.events_processed,
-            frames_on_air: self.frames_on_air,
-            bytes_on_air: self.bytes_on_air,
+            frames_on_air: self.channel.air().frames,
+            bytes_on_air: self.channel.air().bytes,
             // The traffic workload's (`crate::traffic`) when a scenario has traffic.
             app: AppReport::none(),
             drops: self.drops.clone(),
