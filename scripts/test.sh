@@ -7,5 +7,7 @@ if [ ! -d ../shared/painlessmesh ]; then
 fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# Public docs build without broken links (rustdoc's lints as errors).
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 scripts/check-core-deps.sh
 cargo test --workspace --locked

@@ -9,7 +9,7 @@
 //! * **One campaign at a time** is offered by the node: the oldest `running` one. Others
 //!   that are `running` wait with their nodes `QUEUED` (the node holds one artefact).
 //! * **Outcomes** come from the OTA engine's typed events ([`OtaEvent`], through
-//!   [`MeshPort::subscribe`]) and from periodic snapshots of the sending plugins, both fed
+//!   [`MeshPort::subscribe`](crate::mesh::MeshPort::subscribe)) and from periodic snapshots of the sending plugins, both fed
 //!   to the agent's [`OfferTracker`]; typed refusals keep their [`Refusal`] label. A node
 //!   is `SUCCEEDED` only once its status reports the new version (the registry's
 //!   `firmware`): an image installed but not booted stays `IN_PROGRESS` at progress 1.
@@ -370,7 +370,7 @@ const IDENTITY_CAMPAIGNS: usize = 20;
 /// Role and hardware of the nodes in `wanted`, for nodes that do not say them in telemetry
 /// (Home Assistant's device entry and `update` entity, its install button): first what a
 /// meshfleet node said in its CAPS to the gateway's node, then the artefact of the newest
-/// campaign (of the last [`IDENTITY_CAMPAIGNS`]) in which the node `SUCCEEDED` (it runs
+/// campaign (of the last `IDENTITY_CAMPAIGNS`) in which the node `SUCCEEDED` (it runs
 /// that artefact). Nodes neither source knows are left out.
 pub async fn node_identities(
     shared: &Shared,

@@ -18,7 +18,7 @@
 //!   happen.
 //!
 //! The per-node states live in the campaign (`rollback`, persisted with its record) and
-//! move on the engine's tick ([`CampaignService::refresh_rollbacks`]): `ROLLED_BACK` when
+//! move on the engine's tick (`CampaignService::refresh_rollbacks`): `ROLLED_BACK` when
 //! the node reports the intent's version; a ROLLBACK that found no route is sent again.
 //! A campaign that is not finished is cancelled first. Asking again with the same intent
 //! changes nothing (the nodes still pending get the command again); every request is

@@ -15,8 +15,8 @@
 //! * **Offers** go through the campaign service: the rollout's open campaign targets listed
 //!   nodes, so the meshfleet OFFER carries their ids as its `scope` (`docs/ota-protocol.md`
 //!   2.3.2) and only they take the image. More offers join that campaign
-//!   ([`CampaignService::add_nodes`]); a cancel takes a node out of it
-//!   ([`CampaignService::cancel_nodes`]); when it has finished, the next offers open a new
+//!   ([`CampaignService::add_nodes`](crate::campaign::CampaignService::add_nodes)); a cancel takes a node out of it
+//!   ([`CampaignService::cancel_nodes`](crate::campaign::CampaignService::cancel_nodes)); when it has finished, the next offers open a new
 //!   one. The campaign's node states become the controller's reports: `IN_PROGRESS` is
 //!   `OfferAccepted`, progress 1 or `SUCCEEDED` is `Installed` (never a success by itself),
 //!   `FAILED`/`TIMED_OUT` is `TransferFailed`, `REJECTED` is `OfferRejected`.

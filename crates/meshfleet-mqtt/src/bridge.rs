@@ -262,7 +262,8 @@ impl Prepared {
         self.metrics.clone()
     }
 
-    /// The command handler, to plug a campaign service in ([`Commands::set_campaigns`]).
+    /// The command handler (`None` when commands are off); it reaches the campaign service
+    /// through the gateway it runs in.
     pub fn commands(&self) -> Option<&Commands> {
         self.commands.as_ref()
     }

@@ -92,8 +92,9 @@ pub(crate) struct Args {
     #[arg(long)]
     read_auth: bool,
 
-    /// Bridge to an MQTT broker: mqtt://[user:pass@]host:port (mqtts:// for TLS); the
-    /// [mqtt] table of the config file has the other settings (docs/mqtt.md).
+    /// Bridge to an MQTT broker: mqtt://host:port, mqtt://user:pass@host:port, or
+    /// mqtts://... for TLS; the config file's `[mqtt]` table has the other settings
+    /// (docs/mqtt.md).
     #[arg(long, value_name = "URL")]
     mqtt: Option<String>,
 

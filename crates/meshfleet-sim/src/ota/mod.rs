@@ -5,8 +5,8 @@
 //! An [`OtaCampaign`] says what to distribute and how ([`OtaStrategy`]):
 //!
 //! * [`OtaStrategy::Stock`]: stock painlessMesh OTA. The source runs a
-//!   [`StockSender`] (announce at start, then every 60 s, 60 times); every other node a
-//!   [`StockReceiver`] with the library's timers (a request every 30 s, 10 tries), fetching
+//!   [`StockSender`](meshfleet_ota::StockSender) (announce at start, then every 60 s, 60 times); every other node a
+//!   [`StockReceiver`](meshfleet_ota::StockReceiver) with the library's timers (a request every 30 s, 10 tries), fetching
 //!   the raw image part by part (1 KiB parts, base64 in JSON), each node on its own.
 //! * [`OtaStrategy::StockBroadcasted`]: the library's `broadcasted` mode. Only the mesh root
 //!   requests; Data goes out as BROADCAST and every receiver writes the parts in order; a
@@ -17,14 +17,16 @@
 //! * [`OtaStrategy::Meshfleet`]: the meshfleet protocol ([`meshfleet_ota::MeshfleetOta`]):
 //!   the signed, deflated artefact, hop by hop, pipelined, NAK repair. Every node runs the
 //!   node as shipped ([`meshfleet_agent::Agent`], as `meshfleet node` does), with the
-//!   boot policy of an ESP ([`BootPolicy::on_restart`]). Each has a [`MemStore`] (A/B
-//!   slots, staging, boot record) that the campaign keeps per node number, so a simulated
-//!   reboot rebuilds the node over the same "flash" and the transfer resumes.
+//!   boot policy of an ESP
+//!   ([`BootPolicy::on_restart`](meshfleet_agent::BootPolicy::on_restart)). Each has a
+//!   [`MemStore`](meshfleet_ota::MemStore) (A/B slots, staging, boot record) that the
+//!   campaign keeps per node number, so a simulated reboot rebuilds the node over the same
+//!   "flash" and the transfer resumes.
 //!
 //! The stock strategies model nodes running the C++ library (its sender and receiver
 //! flows), not meshfleet nodes, so they run the engine's stock plugins directly.
 //!
-//! The campaign is attached to a [`Scenario`] through its node factory
+//! The campaign is attached to a [`Scenario`](crate::Scenario) through its node factory
 //! ([`OtaCampaign::attach`]), which also schedules the start. [`OtaRun`] observes the run
 //! (frame trace and node events) and writes an [`OtaReport`]: per-node update times,
 //! makespan, success, bytes on air, bytes sent by the source, per-node OTA memory, the final
@@ -32,7 +34,7 @@
 //! `docs/ota-protocol.md` ("Lower bound") computed from the tree formed at the start.
 //!
 //! The campaign is a workload ([`crate::workload`]): `run_scenario` does all of this for a
-//! scenario given one with [`Scenario::ota`](crate::Scenario::ota) (scenario files: the
+//! scenario given one with [`Scenario::workload`](crate::Scenario::workload) (find it again with [`campaign`]) (scenario files: the
 //! `[ota]` table, parsed here). By hand, from code:
 //!
 //! ```no_run
