@@ -48,6 +48,17 @@ pub struct Config {
     pub initial_time_offset: u32,
     /// Seed of this node's PRNG (plugins derive theirs from it).
     pub seed: u64,
+    /// At most one NODE_SYNC_REQUEST of ours awaits its reply on a link (default: on).
+    /// The library sends one on every other link at each layout change, whatever is still
+    /// unanswered, and each carries our whole tree; in a big mesh forming or healing, joins
+    /// come faster than those trees cross a link, the requests pile up in the queues, and
+    /// a reply waits behind them past the 10 s node timeout, which closes the link and
+    /// starts another wave. With this on, a sync that falls due while a request is
+    /// unanswered is held until the reply, then sent only if the peer still lacks our
+    /// current tree (answering its requests tells it too). Nothing on the wire changes: a
+    /// peer just receives fewer requests, each with the newest tree. `false` is the
+    /// library's behaviour, for side-by-side runs.
+    pub one_request_in_flight: bool,
 }
 
 impl Config {
@@ -68,6 +79,7 @@ impl Config {
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             initial_time_offset: 0,
             seed: u64::from(node_id.0),
+            one_request_in_flight: true,
         }
     }
 }

@@ -112,6 +112,9 @@ pub(crate) struct Link {
     subs_range: Option<(usize, usize)>,
     /// Round trips of our node syncs on this link (see [`NodeSyncTiming`]).
     pub(crate) sync_timing: NodeSyncTiming,
+    /// A node sync fell due while our request awaited its reply and was held back
+    /// ([`Config::one_request_in_flight`]): the reply decides whether it is still needed.
+    sync_held: bool,
     /// Where each node of `tree` starts in `tree_json`, so that the next node sync, which
     /// usually differs in one small region, is read only there (`reread_node_sync`).
     offsets: Vec<u32>,
@@ -476,6 +479,7 @@ impl Node {
             tree_digest: 0,
             subs_range: None,
             sync_timing: NodeSyncTiming::default(),
+            sync_held: false,
             offsets: Vec::new(),
         };
         l.set(LinkTimer::NodeSync, Some(first_sync));
@@ -1310,8 +1314,26 @@ impl Core {
             // A link whose first tree was refused is not synced: its timeout stays, so
             // a peer that only ever sends refused trees does not keep the link (and
             // its slot) for ever.
-            self.links[idx].set(LinkTimer::NodeTimeout, None);
-            self.links[idx].sync_timing.answered_at(now);
+            self.reply_arrived(now, idx);
+        }
+    }
+
+    /// Our request on the link at `idx` is answered: stop waiting, and send the node sync
+    /// held back meanwhile if the peer still lacks our current tree (its own requests,
+    /// which we answered with the current tree, may have told it since).
+    fn reply_arrived(&mut self, now: Instant, idx: usize) {
+        let peer = self.links[idx].peer;
+        let stale = self.links[idx].sent_digest != Some(self.digest_for(peer));
+        let l = &mut self.links[idx];
+        l.set(LinkTimer::NodeTimeout, None);
+        l.sync_timing.answered_at(now);
+        if core::mem::take(&mut l.sync_held) {
+            let at = if stale {
+                now
+            } else {
+                now + self.config.node_sync_interval
+            };
+            l.set(LinkTimer::NodeSync, Some(at));
         }
     }
 
@@ -1410,8 +1432,7 @@ impl Core {
             self.links[idx].sent_digest = Some(self.digest_for(peer));
             self.push_shared(link, frame, Priority::Control);
         } else {
-            self.links[idx].set(LinkTimer::NodeTimeout, None);
-            self.links[idx].sync_timing.answered_at(now);
+            self.reply_arrived(now, idx);
         }
     }
 
@@ -1701,7 +1722,17 @@ impl Core {
                     LinkTimer::NodeTimeout => {
                         self.close_link(now, id, CloseReason::NodeSyncTimeout);
                     }
-                    LinkTimer::NodeSync => self.send_node_sync_request(now, idx),
+                    LinkTimer::NodeSync => {
+                        let l = &mut self.links[idx];
+                        if self.config.one_request_in_flight
+                            && l.sync_timing.pending_since.is_some()
+                        {
+                            l.set(LinkTimer::NodeSync, None);
+                            l.sync_held = true;
+                        } else {
+                            self.send_node_sync_request(now, idx);
+                        }
+                    }
                     LinkTimer::TimeSync => self.start_time_sync(now, idx),
                 }
             }

@@ -739,3 +739,121 @@ fn node_sync_requests_are_control_frames_while_the_node_sends_bulk_data() {
     );
     assert_eq!(p3, Priority::Normal);
 }
+
+/// The NODE_SYNC_REQUESTs node 5 sent on `link` among its queued frames, as trees.
+fn requests_on(n: &mut Node, link: LinkId) -> Vec<Value> {
+    std::iter::from_fn(|| n.poll_transmit())
+        .filter(|t| t.link == link && t.frame.first() != Some(&0x01))
+        .map(|t| serde_json::from_slice::<Value>(&t.frame[..t.frame.len() - 1]).unwrap())
+        .filter(|v| v["type"] == 5)
+        .collect()
+}
+
+/// Node 5 with a synced link to node 9 (link 1, our request pending there) and a link 2
+/// whose peer (node 20) sends growing trees.
+fn hub(one_in_flight: bool) -> Node {
+    let mut n = Node::new(Config {
+        one_request_in_flight: one_in_flight,
+        ..Config::new(NodeId(5))
+    });
+    n.handle_link_up(Instant::ZERO, LinkId(1), LinkRole::Station);
+    n.handle_bytes(
+        Instant::ZERO,
+        LinkId(1),
+        b"{\"nodeId\":9,\"type\":6,\"dest\":5,\"from\":9}\0",
+    );
+    n.handle_link_up(Instant::ZERO, LinkId(2), LinkRole::Station);
+    while n.poll_transmit().is_some() {}
+    n
+}
+
+/// Node 20's reply on link 2 with leaves 21..21+k below it.
+fn grown(k: u32) -> Vec<u8> {
+    let subs: Vec<String> = (21..21 + k).map(|i| format!("{{\"nodeId\":{i}}}")).collect();
+    let subs = if subs.is_empty() {
+        String::new()
+    } else {
+        format!(",\"subs\":[{}]", subs.join(","))
+    };
+    format!("{{\"nodeId\":20{subs},\"type\":6,\"dest\":5,\"from\":20}}\0").into_bytes()
+}
+
+#[test]
+fn a_link_carries_one_unanswered_request_and_then_the_newest_tree() {
+    let ms = |m: u64| Instant::ZERO + Duration::from_millis(m);
+    let mut n = hub(true);
+    // Link 2 syncs: the layout changed, link 1 gets a request with node 20 in it.
+    n.handle_bytes(ms(10), LinkId(2), &grown(0));
+    n.handle_timeout(ms(10));
+    let first = requests_on(&mut n, LinkId(1));
+    assert_eq!(first.len(), 1);
+    // Three more changes before node 9 answers: nothing more goes to link 1.
+    for k in 1..=3 {
+        n.handle_bytes(ms(10 + 100 * k as u64), LinkId(2), &grown(k));
+        n.handle_timeout(ms(10 + 100 * k as u64));
+        assert!(requests_on(&mut n, LinkId(1)).is_empty(), "change {k}");
+    }
+    // Node 9's reply: one request follows at once, with the newest tree (leaves 21-23).
+    n.handle_bytes(
+        ms(500),
+        LinkId(1),
+        b"{\"nodeId\":9,\"type\":6,\"dest\":5,\"from\":9}\0",
+    );
+    n.handle_timeout(ms(500));
+    let next = requests_on(&mut n, LinkId(1));
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0]["subs"][0]["subs"].as_array().unwrap().len(), 3);
+    // The library's way sends one per change.
+    let mut stock = hub(false);
+    stock.handle_bytes(ms(10), LinkId(2), &grown(0));
+    stock.handle_timeout(ms(10));
+    let mut sent = requests_on(&mut stock, LinkId(1)).len();
+    for k in 1..=3 {
+        stock.handle_bytes(ms(10 + 100 * k as u64), LinkId(2), &grown(k));
+        stock.handle_timeout(ms(10 + 100 * k as u64));
+        sent += requests_on(&mut stock, LinkId(1)).len();
+    }
+    assert_eq!(sent, 4);
+}
+
+#[test]
+fn a_held_sync_is_dropped_when_answering_the_peer_told_it_already() {
+    let ms = |m: u64| Instant::ZERO + Duration::from_millis(m);
+    let mut n = hub(true);
+    n.handle_bytes(ms(10), LinkId(2), &grown(0));
+    n.handle_timeout(ms(10));
+    assert_eq!(requests_on(&mut n, LinkId(1)).len(), 1);
+    n.handle_bytes(ms(100), LinkId(2), &grown(1));
+    n.handle_timeout(ms(100));
+    assert!(requests_on(&mut n, LinkId(1)).is_empty());
+    // Node 9 asks first: our reply carries the newest tree...
+    n.handle_bytes(
+        ms(200),
+        LinkId(1),
+        b"{\"nodeId\":9,\"type\":5,\"dest\":5,\"from\":9}\0",
+    );
+    let replies: Vec<Value> = std::iter::from_fn(|| n.poll_transmit())
+        .filter(|t| t.link == LinkId(1))
+        .map(|t| serde_json::from_slice(&t.frame[..t.frame.len() - 1]).unwrap())
+        .collect();
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0]["type"], 6);
+    assert_eq!(replies[0]["subs"][0]["subs"].as_array().unwrap().len(), 1);
+    // ...so its answer to our old request sends nothing more, and the periodic sync
+    // comes a full interval later.
+    n.handle_bytes(
+        ms(300),
+        LinkId(1),
+        b"{\"nodeId\":9,\"type\":6,\"dest\":5,\"from\":9}\0",
+    );
+    n.handle_timeout(ms(300));
+    assert!(requests_on(&mut n, LinkId(1)).is_empty());
+    let at = loop {
+        let t = n.poll_timeout().unwrap();
+        n.handle_timeout(t);
+        if !requests_on(&mut n, LinkId(1)).is_empty() {
+            break t;
+        }
+    };
+    assert_eq!(at, ms(300) + Duration::from_secs(60));
+}
