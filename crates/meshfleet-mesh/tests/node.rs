@@ -769,7 +769,9 @@ fn hub(one_in_flight: bool) -> Node {
 
 /// Node 20's reply on link 2 with leaves 21..21+k below it.
 fn grown(k: u32) -> Vec<u8> {
-    let subs: Vec<String> = (21..21 + k).map(|i| format!("{{\"nodeId\":{i}}}")).collect();
+    let subs: Vec<String> = (21..21 + k)
+        .map(|i| format!("{{\"nodeId\":{i}}}"))
+        .collect();
     let subs = if subs.is_empty() {
         String::new()
     } else {

@@ -2,11 +2,12 @@
 //! broadcast per second. Run with `--release`:
 //!
 //! ```text
-//! cargo run -p meshfleet-sim --release --example scale -- [NODES] [VIRTUAL_MINUTES] [JOIN_INTERVAL_MS] [CHANNEL] [MAX_WALL_S]
+//! cargo run -p meshfleet-sim --release --example scale -- [NODES] [VIRTUAL_MINUTES] [JOIN_INTERVAL_MS] [CHANNEL] [MAX_WALL_S] [SYNC]
 //! ```
 //!
 //! Defaults: 1000 nodes, 10 minutes, 20 ms between joins, independent links, no wall-time
-//! limit. Prints wall time, virtual seconds per wall second, events processed and peak RSS
+//! limit, meshfleet's node sync (`SYNC` = `library`: the library's, a request on every
+//! layout change whatever is unanswered; `Config::one_request_in_flight`). Prints wall time, virtual seconds per wall second, events processed and peak RSS
 //! (VmHWM). With `MAX_WALL_S`, a run that has used that much wall time stops at the next
 //! 10-virtual-second step and prints its summary so far, marked as stopped (a 10,000-node
 //! run on a busy machine can take hours; a stopped run still says how far it got).
@@ -34,8 +35,9 @@ fn main() {
         _ => ChannelModel::Independent,
     };
     let max_wall_s: f64 = arg(5, f64::INFINITY);
+    let library_sync = std::env::args().nth(6).as_deref() == Some("library");
     let formation = Duration::from_millis(join_ms * u64::from(nodes));
-    let scenario = Scenario::new(Topology::RandomTree {
+    let mut scenario = Scenario::new(Topology::RandomTree {
         nodes,
         max_children: ESP32_MAX_CONN,
     })
@@ -50,6 +52,7 @@ fn main() {
     .channel(channel)
     .traffic(Traffic::broadcast(Some(1), 1.0, formation).payload(100))
     .sample_interval(Duration::from_secs(10));
+    scenario.mesh.one_request_in_flight = Some(!library_sync);
     let started = Wall::now();
     // The broadcast is a workload: `Run` installs it (it runs on the simulation's timers).
     let mut run = Run::new(scenario).expect("a valid scenario");
@@ -84,6 +87,14 @@ fn main() {
     let report = run.report();
     let wall = started.elapsed().as_secs_f64();
     println!("nodes                 {nodes}");
+    println!(
+        "node sync             {}",
+        if library_sync {
+            "the library's (a request per layout change)"
+        } else {
+            "one unanswered request per link"
+        }
+    );
     if stopped {
         println!(
             "STOPPED               at {stopped_at:.0} virtual s: the wall-time limit ({max_wall_s} s) \

@@ -205,6 +205,7 @@ struct RawMesh {
     node_timeout_ms: Sp<f64>,
     node_sync_interval_ms: Sp<f64>,
     time_sync_interval_ms: Sp<f64>,
+    one_request_in_flight: Sp<bool>,
 }
 
 #[derive(Deserialize)]
@@ -546,6 +547,9 @@ fn build(src: &Src<'_>, raw: RawScenario) -> Result<Scenario, ScenarioError> {
         }
         if let Some(v) = &m.time_sync_interval_ms {
             p.time_sync_interval = Some(millis(c.positive("mesh.time_sync_interval_ms", v)?));
+        }
+        if let Some(v) = &m.one_request_in_flight {
+            p.one_request_in_flight = Some(*v.get_ref());
         }
         s.mesh = p;
     }

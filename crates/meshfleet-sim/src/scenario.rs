@@ -220,6 +220,9 @@ pub struct MeshParams {
     pub node_sync_interval: Option<Duration>,
     /// Overrides `Config::time_sync_interval`.
     pub time_sync_interval: Option<Duration>,
+    /// Overrides `Config::one_request_in_flight` (`false`: the library's node sync, a
+    /// request on every layout change whatever is unanswered).
+    pub one_request_in_flight: Option<bool>,
 }
 
 /// How stations without an access point find one again (the library's station scan).

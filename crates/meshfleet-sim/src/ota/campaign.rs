@@ -245,13 +245,20 @@ impl OtaCampaign {
     /// Equips `scenario` for this campaign: its factory adds the OTA plugins to every node
     /// (wrapping the scenario's own factory), the start is scheduled if
     /// [`OtaCampaign::start`] is set, and for [`OtaStrategy::StockBroadcasted`] a root is
-    /// named if the scenario has none. The returned [`OtaRun`] observes one run of the
+    /// named if the scenario has none. The stock strategies run the library's node sync
+    /// (`MeshParams::one_request_in_flight` = false) unless the scenario sets it. The returned [`OtaRun`] observes one run of the
     /// returned scenario: call [`OtaRun::install`] on its [`Simulation`](crate::Simulation) before running.
     ///
     /// The per-node stores live in the `OtaRun`: attach again for another run.
     pub fn attach(&self, mut scenario: Scenario) -> (Scenario, OtaRun) {
         if self.strategy == OtaStrategy::StockBroadcasted && scenario.mesh.root.is_none() {
             scenario.mesh.root = Some(self.default_broadcast_root());
+        }
+        // A stock campaign runs on stock nodes: the library's node sync too, unless the
+        // scenario says otherwise.
+        if self.strategy != OtaStrategy::Meshfleet && scenario.mesh.one_request_in_flight.is_none()
+        {
+            scenario.mesh.one_request_in_flight = Some(false);
         }
         let shared = Arc::new(Mutex::new(Shared::default()));
         let inner = scenario.factory.clone();

@@ -385,6 +385,9 @@ impl Simulation {
             if let Some(t) = mesh.time_sync_interval {
                 c.time_sync_interval = t;
             }
+            if let Some(one) = mesh.one_request_in_flight {
+                c.one_request_in_flight = one;
+            }
             c
         });
         let end = Instant::ZERO + scenario.duration;
