@@ -48,17 +48,32 @@ pub struct Config {
     pub initial_time_offset: u32,
     /// Seed of this node's PRNG (plugins derive theirs from it).
     pub seed: u64,
-    /// At most one NODE_SYNC_REQUEST of ours awaits its reply on a link (default: on).
-    /// The library sends one on every other link at each layout change, whatever is still
-    /// unanswered, and each carries our whole tree; in a big mesh forming or healing, joins
-    /// come faster than those trees cross a link, the requests pile up in the queues, and
-    /// a reply waits behind them past the 10 s node timeout, which closes the link and
-    /// starts another wave. With this on, a sync that falls due while a request is
-    /// unanswered is held until the reply, then sent only if the peer still lacks our
-    /// current tree (answering its requests tells it too). Nothing on the wire changes: a
-    /// peer just receives fewer requests, each with the newest tree. `false` is the
-    /// library's behaviour, for side-by-side runs.
-    pub one_request_in_flight: bool,
+    /// How node syncs are paced and timed out ([`NodeSyncPolicy`]; default meshfleet's).
+    pub node_sync: NodeSyncPolicy,
+}
+
+/// How a node paces its node syncs and times them out. Both policies speak the same wire
+/// protocol (a peer sees valid requests and replies either way); they differ in when a
+/// request is sent and when an unanswered one closes the link.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NodeSyncPolicy {
+    /// The library's: a request on every other link at each layout change, whatever is
+    /// still unanswered there, and the link closes 10 s (`node_timeout`) after the latest
+    /// request unless a reply came. For side-by-side runs and stock models.
+    Library,
+    /// meshfleet's. Two local rules:
+    /// - **One request in flight per link.** A sync that falls due while our request
+    ///   awaits its reply is held until the reply, then sent only if the peer still lacks
+    ///   our current tree (answering its requests tells it too). In a big mesh forming or
+    ///   healing, joins come faster than whole trees cross a link: the library's requests
+    ///   pile up, and a reply waits behind them past the timeout.
+    /// - **A peer that is syncing is alive.** While our request is unanswered, each node
+    ///   sync the peer sends us restarts the timeout: the reply is queued behind the
+    ///   frames it is writing. At 10,000 nodes one tree is ~260 KB, 2 s of a link, and
+    ///   with a few of them ahead a reply is due after the 10 s; a hung peer, silent, is
+    ///   still dropped 10 s after the request.
+    #[default]
+    Meshfleet,
 }
 
 impl Config {
@@ -79,7 +94,7 @@ impl Config {
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             initial_time_offset: 0,
             seed: u64::from(node_id.0),
-            one_request_in_flight: true,
+            node_sync: NodeSyncPolicy::Meshfleet,
         }
     }
 }

@@ -113,6 +113,9 @@ pub enum Malformed {
     TimeReplyIncomplete,
     /// A time sync message of a kind the library does not define.
     UnknownTimeSyncKind(i64),
+    /// A meshfleet digest sync (type 95) of no known kind, or a request or reply from a
+    /// link that has not completed node sync.
+    DigestSync,
 }
 
 impl fmt::Display for Malformed {
@@ -122,6 +125,7 @@ impl fmt::Display for Malformed {
             Self::NodeSyncWithoutId => f.write_str("node sync without a node id"),
             Self::TimeReplyIncomplete => f.write_str("TIME_REPLY without t0/t1/t2"),
             Self::UnknownTimeSyncKind(k) => write!(f, "unknown time sync type {k}"),
+            Self::DigestSync => f.write_str("digest sync of no known kind, or before node sync"),
         }
     }
 }

@@ -7,10 +7,10 @@ use alloc::vec::Vec;
 
 use meshfleet_wire::{
     binary_frame, parse, FlatTree, FrameRef, Framer, Message, MsgText, NodeId, NodeTree, Package,
-    Routing, Text, TimeMsg, TimePacket, MAX_TREE_DEPTH,
+    Routing, SyncDigest, Text, TimeMsg, TimePacket, MAX_TREE_DEPTH,
 };
 
-use crate::config::Config;
+use crate::config::{Config, NodeSyncPolicy};
 use crate::event::{
     CloseReason, Delivery, DropReason, Event, LinkRole, Malformed, TimeRefusal, TreeRefusal,
 };
@@ -113,8 +113,10 @@ pub(crate) struct Link {
     /// Round trips of our node syncs on this link (see [`NodeSyncTiming`]).
     pub(crate) sync_timing: NodeSyncTiming,
     /// A node sync fell due while our request awaited its reply and was held back
-    /// ([`Config::one_request_in_flight`]): the reply decides whether it is still needed.
+    /// ([`NodeSyncPolicy::Meshfleet`]): the reply decides whether it is still needed.
     sync_held: bool,
+    /// The peer said it speaks meshfleet's digest sync ([`NodeSyncPolicy::Meshfleet`]).
+    digest_peer: bool,
     /// Where each node of `tree` starts in `tree_json`, so that the next node sync, which
     /// usually differs in one small region, is read only there (`reread_node_sync`).
     offsets: Vec<u32>,
@@ -153,6 +155,36 @@ impl Link {
     }
     fn contains(&self, id: NodeId) -> bool {
         self.tree.as_ref().is_some_and(|t| t.contains(id))
+    }
+}
+
+/// The kinds of meshfleet's digest sync frame (type 95, `"sync"` key).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DigestKind {
+    /// "I speak digest sync": sent once on a link when its first node sync is accepted.
+    Hello,
+    /// A NODE_SYNC_REQUEST whose tree the peer already holds: the digest stands for it.
+    Request,
+    /// A NODE_SYNC_REPLY likewise.
+    Reply,
+    /// "The digest did not match what I hold from you: send the whole tree".
+    Resend,
+}
+
+impl DigestKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Hello => "hello",
+            Self::Request => "request",
+            Self::Reply => "reply",
+            Self::Resend => "resend",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        [Self::Hello, Self::Request, Self::Reply, Self::Resend]
+            .into_iter()
+            .find(|k| k.as_str() == s)
     }
 }
 
@@ -480,6 +512,7 @@ impl Node {
             subs_range: None,
             sync_timing: NodeSyncTiming::default(),
             sync_held: false,
+            digest_peer: false,
             offsets: Vec::new(),
         };
         l.set(LinkTimer::NodeSync, Some(first_sync));
@@ -1235,6 +1268,12 @@ impl Core {
             }
             return;
         }
+        if parsed.ty() == meshfleet_wire::types::MESHFLEET_SYNC
+            && self.config.node_sync == NodeSyncPolicy::Meshfleet
+        {
+            self.handle_digest_sync(now, link, &parsed);
+            return;
+        }
         if self.unchanged_node_sync(now, link, &parsed) {
             return;
         }
@@ -1301,20 +1340,139 @@ impl Core {
     /// After a node sync of type `ty` on `link` was handled: answer a request, or stop
     /// waiting for the reply.
     fn after_node_sync(&mut self, now: Instant, link: LinkId, ty: i64) {
-        use meshfleet_wire::types::{NODE_SYNC_REPLY, NODE_SYNC_REQUEST};
+        use meshfleet_wire::types::NODE_SYNC_REQUEST;
         let Some(idx) = self.link_index(link) else {
             return;
         };
         if ty == NODE_SYNC_REQUEST {
-            let peer = self.links[idx].peer;
-            let frame = self.node_sync_frame(NODE_SYNC_REPLY, peer, false);
-            self.links[idx].sent_digest = Some(self.digest_for(peer));
-            self.push_shared(link, frame, Priority::Control);
+            self.peer_is_syncing(now, idx);
+            self.send_reply(idx);
         } else if self.links[idx].peer != NodeId::UNKNOWN {
             // A link whose first tree was refused is not synced: its timeout stays, so
             // a peer that only ever sends refused trees does not keep the link (and
             // its slot) for ever.
             self.reply_arrived(now, idx);
+        }
+    }
+
+    /// Answers a node-sync request on the link at `idx`: a digest reply when the peer
+    /// speaks digest sync and holds our current tree, else the whole tree.
+    fn send_reply(&mut self, idx: usize) {
+        let (link, peer) = (self.links[idx].id, self.links[idx].peer);
+        if self.digest_will_do(idx) {
+            self.stats.digest_syncs_sent += 1;
+            let frame = self.digest_frame(DigestKind::Reply, peer);
+            self.push_transmit(link, frame, Priority::Control);
+        } else {
+            let frame = self.node_sync_frame(meshfleet_wire::types::NODE_SYNC_REPLY, peer, false);
+            self.links[idx].sent_digest = Some(self.digest_for(peer));
+            self.push_shared(link, frame, Priority::Control);
+        }
+    }
+
+    /// Whether a node sync to the link at `idx` can be a digest: the peer speaks digest
+    /// sync and the last whole tree we sent it is still our tree (a peer that holds
+    /// something else finds out from the digest and asks for the tree).
+    fn digest_will_do(&self, idx: usize) -> bool {
+        let l = &self.links[idx];
+        self.config.node_sync == NodeSyncPolicy::Meshfleet
+            && l.digest_peer
+            && l.sent_digest == Some(self.digest_for(l.peer))
+    }
+
+    /// `{"type":95,"routing":0,"dest":..,"from":..,"sync":kind[,"digest":"hex"]}`: a
+    /// NEIGHBOUR frame of a type the library ignores. Requests and replies carry the
+    /// [`SyncDigest`] of the tree we would send `peer`.
+    fn digest_frame(&self, kind: DigestKind, peer: NodeId) -> Vec<u8> {
+        use core::fmt::Write as _;
+        let mut s = alloc::string::String::with_capacity(112);
+        let _ = write!(
+            s,
+            "{{\"type\":{},\"routing\":0,\"dest\":{},\"from\":{},\"sync\":\"{}\"",
+            meshfleet_wire::types::MESHFLEET_SYNC,
+            peer.0,
+            self.config.node_id.0,
+            kind.as_str()
+        );
+        if matches!(kind, DigestKind::Request | DigestKind::Reply) {
+            let mut d = SyncDigest::new(self.config.node_id, self.config.root);
+            for l in self.subs_for(peer) {
+                if let Some(t) = &l.tree {
+                    d.add_sub(t);
+                }
+            }
+            let _ = write!(s, ",\"digest\":\"{:016x}\"", d.finish());
+        }
+        s.push('}');
+        with_nul(&s)
+    }
+
+    /// A digest sync from a meshfleet neighbour ([`NodeSyncPolicy::Meshfleet`]).
+    fn handle_digest_sync(
+        &mut self,
+        now: Instant,
+        link: LinkId,
+        parsed: &meshfleet_wire::Frame<'_>,
+    ) {
+        use meshfleet_wire::types::{NODE_SYNC_REPLY, NODE_SYNC_REQUEST};
+        let Some(idx) = self.link_index(link) else {
+            return;
+        };
+        let kind = parsed
+            .raw_field("sync")
+            .and_then(|k| k.strip_prefix('"')?.strip_suffix('"'))
+            .and_then(DigestKind::parse);
+        let synced = self.links[idx].peer != NodeId::UNKNOWN;
+        match kind {
+            Some(DigestKind::Hello) => self.links[idx].digest_peer = true,
+            Some(DigestKind::Resend) if synced => {
+                // The peer holds something else than what we last sent: the whole tree next.
+                let l = &mut self.links[idx];
+                l.sent_digest = None;
+                l.set(LinkTimer::NodeSync, Some(now));
+            }
+            Some(k @ (DigestKind::Request | DigestKind::Reply)) if synced => {
+                let digest = parsed
+                    .raw_field("digest")
+                    .and_then(|d| d.strip_prefix('"')?.strip_suffix('"'))
+                    .and_then(|h| u64::from_str_radix(h, 16).ok());
+                let held = self.links[idx].tree.as_ref().map(FlatTree::sync_digest);
+                let request = k == DigestKind::Request;
+                if digest.is_some() && digest == held {
+                    let ty = if request {
+                        NODE_SYNC_REQUEST
+                    } else {
+                        NODE_SYNC_REPLY
+                    };
+                    self.unchanged_sync(now, idx, ty);
+                    return;
+                }
+                self.stats.digest_mismatches += 1;
+                if request {
+                    self.peer_is_syncing(now, idx);
+                    self.send_reply(idx);
+                } else {
+                    self.reply_arrived(now, idx);
+                }
+                let peer = self.links[idx].peer;
+                let resend = self.digest_frame(DigestKind::Resend, peer);
+                self.push_transmit(link, resend, Priority::Control);
+            }
+            _ => self.drop_frame(link, DropReason::Malformed(Malformed::DigestSync)),
+        }
+    }
+
+    /// The synced peer of the link at `idx` sent us a node-sync request: under
+    /// [`NodeSyncPolicy::Meshfleet`] the timeout of our own unanswered request restarts
+    /// (the peer is alive, and its reply is queued behind what it is writing).
+    fn peer_is_syncing(&mut self, now: Instant, idx: usize) {
+        let timeout = self.config.node_timeout;
+        let l = &mut self.links[idx];
+        if self.config.node_sync == NodeSyncPolicy::Meshfleet
+            && l.peer != NodeId::UNKNOWN
+            && l.timer(LinkTimer::NodeTimeout).is_some()
+        {
+            l.set(LinkTimer::NodeTimeout, Some(now + timeout));
         }
     }
 
@@ -1424,13 +1582,11 @@ impl Core {
 
     /// What an unchanged node sync of type `ty` on the link at `idx` does.
     fn unchanged_sync(&mut self, now: Instant, idx: usize, ty: i64) {
-        use meshfleet_wire::types::{NODE_SYNC_REPLY, NODE_SYNC_REQUEST};
-        let (link, peer) = (self.links[idx].id, self.links[idx].peer);
+        use meshfleet_wire::types::NODE_SYNC_REQUEST;
         self.postpone_after_unchanged(now, idx, ty == NODE_SYNC_REQUEST);
         if ty == NODE_SYNC_REQUEST {
-            let frame = self.node_sync_frame(NODE_SYNC_REPLY, peer, false);
-            self.links[idx].sent_digest = Some(self.digest_for(peer));
-            self.push_shared(link, frame, Priority::Control);
+            self.peer_is_syncing(now, idx);
+            self.send_reply(idx);
         } else {
             self.reply_arrived(now, idx);
         }
@@ -1540,6 +1696,10 @@ impl Core {
             let sent = self.links[idx].sent_digest;
             if sent.is_some() && sent != Some(self.digest_for(tree_id)) {
                 self.links[idx].set(LinkTimer::NodeSync, Some(now));
+            }
+            if self.config.node_sync == NodeSyncPolicy::Meshfleet {
+                let hello = self.digest_frame(DigestKind::Hello, tree_id);
+                self.push_transmit(link, hello, Priority::Control);
             }
             self.events.push_back(Event::NewConnection {
                 link,
@@ -1724,7 +1884,7 @@ impl Core {
                     }
                     LinkTimer::NodeSync => {
                         let l = &mut self.links[idx];
-                        if self.config.one_request_in_flight
+                        if self.config.node_sync == NodeSyncPolicy::Meshfleet
                             && l.sync_timing.pending_since.is_some()
                         {
                             l.set(LinkTimer::NodeSync, None);
@@ -1741,10 +1901,15 @@ impl Core {
 
     fn send_node_sync_request(&mut self, now: Instant, idx: usize) {
         let (link, peer) = (self.links[idx].id, self.links[idx].peer);
-        let frame = self.node_sync_frame(meshfleet_wire::types::NODE_SYNC_REQUEST, peer, true);
-        let digest = self.digest_for(peer);
+        let frame = if self.digest_will_do(idx) {
+            self.stats.digest_syncs_sent += 1;
+            SharedFrame::from(self.digest_frame(DigestKind::Request, peer))
+        } else {
+            let frame = self.node_sync_frame(meshfleet_wire::types::NODE_SYNC_REQUEST, peer, true);
+            self.links[idx].sent_digest = Some(self.digest_for(peer));
+            frame
+        };
         let l = &mut self.links[idx];
-        l.sent_digest = Some(digest);
         l.set(
             LinkTimer::NodeSync,
             Some(now + self.config.node_sync_interval),

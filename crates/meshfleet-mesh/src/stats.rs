@@ -50,6 +50,10 @@ pub struct Stats {
     pub layout_changes: u64,
     /// Non-zero time corrections applied.
     pub time_adjustments: u64,
+    /// Node syncs sent as a digest instead of the whole tree ([`crate::NodeSyncPolicy`]).
+    pub digest_syncs_sent: u64,
+    /// Digests that did not match the tree we hold from the peer: we asked it to resend.
+    pub digest_mismatches: u64,
 }
 
 impl Stats {

@@ -7,7 +7,7 @@ use common::Net;
 use meshfleet_mesh::wire::{Package, Routing};
 use meshfleet_mesh::{
     Claims, CloseReason, Config, Ctx, Delivery, Duration, Event, Instant, LinkId, LinkRole, Node,
-    NodeId, Plugin, Priority,
+    NodeId, NodeSyncPolicy, Plugin, Priority,
 };
 use serde_json::Value;
 
@@ -40,7 +40,10 @@ fn mask(mut v: Value) -> Value {
 }
 
 /// Plays one side of transcript 01's connection opening against our node, which plays
-/// the other side; our node must send exactly the frames the library sent.
+/// the other side; our node must send exactly the frames the library sent, plus one:
+/// meshfleet's digest-sync hello (type 95, NEIGHBOUR), which the library ignores
+/// (PROTOCOL.md §4.7: unknown types are routed by `routing`, then silently dropped). It
+/// is checked and set aside here.
 fn replay_opening(ours: &str) {
     let frames: Vec<Value> = transcript("01_two_node.jsonl")
         .into_iter()
@@ -56,6 +59,20 @@ fn replay_opening(ours: &str) {
     let mut node = Node::new(Config::new(NodeId(id)));
     let link = LinkId(1);
     let mut now = Instant::ZERO;
+    let mut hellos = 0;
+    let mut next_frame = |node: &mut Node| {
+        while let Some(t) = node.poll_transmit() {
+            let v: Value = serde_json::from_slice(&t.frame[..t.frame.len() - 1]).unwrap();
+            if v["type"] == 95 {
+                assert_eq!(v["routing"], 0, "{v}");
+                assert_eq!(v["sync"], "hello", "{v}");
+                hellos += 1;
+                continue;
+            }
+            return Some(t);
+        }
+        None
+    };
     node.handle_link_up(now, link, role);
     for f in &frames {
         now = now.max(Instant::from_micros(
@@ -65,7 +82,7 @@ fn replay_opening(ours: &str) {
             // Let timers due by now (and the 1 ms reply hold) run, then expect the frame.
             let deadline = now + Duration::from_millis(2);
             let sent = loop {
-                if let Some(t) = node.poll_transmit() {
+                if let Some(t) = next_frame(&mut node) {
                     break t;
                 }
                 let at = node.poll_timeout().expect("a timer is pending");
@@ -87,8 +104,9 @@ fn replay_opening(ours: &str) {
             node.handle_bytes(now, link, &bytes);
         }
     }
-    assert!(node.poll_transmit().is_none());
+    assert!(next_frame(&mut node).is_none());
     assert_eq!(node.nodes().len(), 1);
+    assert_eq!(hellos, 1, "one hello once the link is synced");
 }
 
 #[test]
@@ -753,7 +771,11 @@ fn requests_on(n: &mut Node, link: LinkId) -> Vec<Value> {
 /// whose peer (node 20) sends growing trees.
 fn hub(one_in_flight: bool) -> Node {
     let mut n = Node::new(Config {
-        one_request_in_flight: one_in_flight,
+        node_sync: if one_in_flight {
+            NodeSyncPolicy::Meshfleet
+        } else {
+            NodeSyncPolicy::Library
+        },
         ..Config::new(NodeId(5))
     });
     n.handle_link_up(Instant::ZERO, LinkId(1), LinkRole::Station);
@@ -858,4 +880,52 @@ fn a_held_sync_is_dropped_when_answering_the_peer_told_it_already() {
         }
     };
     assert_eq!(at, ms(300) + Duration::from_secs(60));
+}
+
+/// Node 5's link to node 9, synced; node 5's request goes out at 60 s and node 9, busy,
+/// sends its own requests at 65 s and 72 s and answers at 79 s. Returns whether the link
+/// was still up at the answer.
+fn busy_peer_answers_late(policy: NodeSyncPolicy) -> bool {
+    let s = |x: u64| Instant::ZERO + Duration::from_secs(x);
+    let mut n = Node::new(Config {
+        node_sync: policy,
+        ..Config::new(NodeId(5))
+    });
+    let link = LinkId(1);
+    n.handle_link_up(Instant::ZERO, link, LinkRole::Station);
+    let reply = b"{\"nodeId\":9,\"type\":6,\"dest\":5,\"from\":9}\0";
+    let request = b"{\"nodeId\":9,\"type\":5,\"dest\":5,\"from\":9}\0";
+    n.handle_bytes(Instant::ZERO, link, reply);
+    let mut closed = false;
+    let mut run_to = |n: &mut Node, t: Instant| {
+        while let Some(at) = n.poll_timeout().filter(|at| *at <= t) {
+            n.handle_timeout(at);
+        }
+        while n.poll_transmit().is_some() {}
+        closed |=
+            std::iter::from_fn(|| n.poll_event()).any(|e| matches!(e, Event::LinkClosed { .. }));
+    };
+    run_to(&mut n, s(60));
+    assert!(n.node_sync_timing(link).unwrap().pending_since.is_some());
+    for at in [65, 72] {
+        run_to(&mut n, s(at));
+        n.handle_bytes(s(at), link, request);
+    }
+    run_to(&mut n, s(79));
+    let up = !closed && n.node_sync_timing(link).is_some();
+    if up {
+        n.handle_bytes(s(79), link, reply);
+        assert_eq!(
+            n.node_sync_timing(link).unwrap().last_round_trip,
+            Some(Duration::from_secs(19))
+        );
+    }
+    up
+}
+
+#[test]
+fn a_peer_that_keeps_syncing_keeps_the_link_past_the_node_timeout() {
+    // meshfleet: each of node 9's requests restarts the 10 s; the library closes at 70 s.
+    assert!(busy_peer_answers_late(NodeSyncPolicy::Meshfleet));
+    assert!(!busy_peer_answers_late(NodeSyncPolicy::Library));
 }

@@ -4,7 +4,9 @@
 //! node syncs sent on its other links.
 #![allow(clippy::unwrap_used)]
 
-use meshfleet_mesh::{Config, Event, Instant, LinkId, LinkRole, Node, NodeId, NodeTree};
+use meshfleet_mesh::{
+    Config, Event, Instant, LinkId, LinkRole, Node, NodeId, NodeSyncPolicy, NodeTree,
+};
 use meshfleet_wire::{Message, NodeSync};
 use proptest::prelude::*;
 
@@ -24,7 +26,7 @@ fn node() -> Node {
     // Link 1's peer never answers our requests here: with one request in flight the
     // node would hold every re-sync after the first, and there would be nothing to compare.
     let mut n = Node::new(Config {
-        one_request_in_flight: false,
+        node_sync: NodeSyncPolicy::Library,
         ..Config::new(NodeId(1))
     });
     let fixed = NodeTree {

@@ -3,7 +3,7 @@
 //! shared rather than copied.
 #![allow(clippy::unwrap_used)]
 
-use meshfleet_mesh::{Config, Instant, LinkId, LinkRole, Node, NodeId, NodeTree};
+use meshfleet_mesh::{Config, Instant, LinkId, LinkRole, Node, NodeId, NodeSyncPolicy, NodeTree};
 use meshfleet_wire::{Message, NodeSync};
 
 fn reply(t: &NodeTree, dest: NodeId) -> Vec<u8> {
@@ -33,10 +33,10 @@ fn fan(first: u32, n: u32) -> NodeTree {
 fn run(shared: bool) -> Vec<(LinkId, Vec<u8>, bool)> {
     let me = NodeId(1);
     // The peers here never answer: without this the node would hold its re-syncs behind
-    // the first unanswered request (`Config::one_request_in_flight`), and few frames
+    // the first unanswered request (`NodeSyncPolicy::Meshfleet`), and few frames
     // would be left to compare.
     let mut n = Node::new(Config {
-        one_request_in_flight: false,
+        node_sync: NodeSyncPolicy::Library,
         ..Config::new(me)
     });
     let mut out = Vec::new();

@@ -7,7 +7,7 @@
 //!
 //! Defaults: 1000 nodes, 10 minutes, 20 ms between joins, independent links, no wall-time
 //! limit, meshfleet's node sync (`SYNC` = `library`: the library's, a request on every
-//! layout change whatever is unanswered; `Config::one_request_in_flight`). Prints wall time, virtual seconds per wall second, events processed and peak RSS
+//! layout change whatever is unanswered; `NodeSyncPolicy`). Prints wall time, virtual seconds per wall second, events processed and peak RSS
 //! (VmHWM). With `MAX_WALL_S`, a run that has used that much wall time stops at the next
 //! 10-virtual-second step and prints its summary so far, marked as stopped (a 10,000-node
 //! run on a busy machine can take hours; a stopped run still says how far it got).
@@ -52,7 +52,11 @@ fn main() {
     .channel(channel)
     .traffic(Traffic::broadcast(Some(1), 1.0, formation).payload(100))
     .sample_interval(Duration::from_secs(10));
-    scenario.mesh.one_request_in_flight = Some(!library_sync);
+    scenario.mesh.node_sync = Some(if library_sync {
+        meshfleet_mesh::NodeSyncPolicy::Library
+    } else {
+        meshfleet_mesh::NodeSyncPolicy::Meshfleet
+    });
     let started = Wall::now();
     // The broadcast is a workload: `Run` installs it (it runs on the simulation's timers).
     let mut run = Run::new(scenario).expect("a valid scenario");
@@ -92,7 +96,7 @@ fn main() {
         if library_sync {
             "the library's (a request per layout change)"
         } else {
-            "one unanswered request per link"
+            "meshfleet's (one request in flight; a syncing peer is alive)"
         }
     );
     if stopped {

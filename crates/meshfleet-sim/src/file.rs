@@ -205,7 +205,7 @@ struct RawMesh {
     node_timeout_ms: Sp<f64>,
     node_sync_interval_ms: Sp<f64>,
     time_sync_interval_ms: Sp<f64>,
-    one_request_in_flight: Sp<bool>,
+    node_sync: Sp<String>,
 }
 
 #[derive(Deserialize)]
@@ -548,8 +548,18 @@ fn build(src: &Src<'_>, raw: RawScenario) -> Result<Scenario, ScenarioError> {
         if let Some(v) = &m.time_sync_interval_ms {
             p.time_sync_interval = Some(millis(c.positive("mesh.time_sync_interval_ms", v)?));
         }
-        if let Some(v) = &m.one_request_in_flight {
-            p.one_request_in_flight = Some(*v.get_ref());
+        if let Some(v) = &m.node_sync {
+            p.node_sync = Some(match v.get_ref().as_str() {
+                "meshfleet" => meshfleet_mesh::NodeSyncPolicy::Meshfleet,
+                "library" => meshfleet_mesh::NodeSyncPolicy::Library,
+                other => {
+                    return Err(c.src.err(
+                        v.span(),
+                        Some("mesh.node_sync".into()),
+                        format!("must be \"meshfleet\" or \"library\" (got {other:?})"),
+                    ))
+                }
+            });
         }
         s.mesh = p;
     }

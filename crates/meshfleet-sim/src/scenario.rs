@@ -220,9 +220,8 @@ pub struct MeshParams {
     pub node_sync_interval: Option<Duration>,
     /// Overrides `Config::time_sync_interval`.
     pub time_sync_interval: Option<Duration>,
-    /// Overrides `Config::one_request_in_flight` (`false`: the library's node sync, a
-    /// request on every layout change whatever is unanswered).
-    pub one_request_in_flight: Option<bool>,
+    /// Overrides `Config::node_sync` (`NodeSyncPolicy::Library`: the library's node sync).
+    pub node_sync: Option<meshfleet_mesh::NodeSyncPolicy>,
 }
 
 /// How stations without an access point find one again (the library's station scan).

@@ -68,7 +68,7 @@ pub use message::{
 pub use nesting::MAX_JSON_NESTING;
 pub use package::Package;
 pub use splice::{common_prefix, common_suffix, node_offsets, reread_changed, Reread};
-pub use tree::{FlatTree, NodeTree, MAX_TREE_DEPTH};
+pub use tree::{FlatTree, NodeTree, SyncDigest, MAX_TREE_DEPTH};
 
 /// Default cap on one frame, NUL excluded: 1 MiB.
 ///
@@ -116,6 +116,9 @@ pub mod types {
     pub const OTA_DATA_REQUEST: i64 = 11;
     /// OTA data (plugin).
     pub const OTA_DATA: i64 = 12;
+    /// meshfleet's digest node sync between meshfleet neighbours (NEIGHBOUR-routed; the
+    /// library ignores a type it does not know). See `meshfleet_mesh::NodeSyncPolicy`.
+    pub const MESHFLEET_SYNC: i64 = 95;
 }
 
 /// How a frame travels (the library's `routing()`; an explicit `"routing"` key wins).

@@ -149,6 +149,50 @@ pub struct FlatTree {
     meta: Vec<u16>,
 }
 
+/// A digest of a node-sync tree (ids, root flags, authority flags below the top, and
+/// shape) made the way it is sent: the top node, then each subtree one level down, in
+/// order. A sender folds the trees it holds without joining them; the receiver gets the
+/// same number from the tree it holds ([`FlatTree::sync_digest`]). The top node's
+/// `hasTimeAuthority` is left out: the library writes it in requests and not in replies,
+/// so the tree a neighbour holds from us depends on which came last.
+#[derive(Clone, Copy, Debug)]
+pub struct SyncDigest {
+    h: u64,
+    n: u64,
+}
+
+impl SyncDigest {
+    /// Starts with the top node.
+    pub fn new(top: NodeId, root: bool) -> Self {
+        let mut d = Self {
+            h: 0x6d65_7368_666c_6565,
+            n: 0,
+        };
+        d.eat(top, if root { ROOT_BIT } else { 0 });
+        d
+    }
+
+    fn eat(&mut self, id: NodeId, meta: u16) {
+        let h = (self.h ^ (u64::from(id.0) | u64::from(meta) << 32))
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.h = h ^ h >> 29;
+        self.n += 1;
+    }
+
+    /// Adds `sub` (a tree we hold from one of our links) as a subtree of the top node.
+    pub fn add_sub(&mut self, sub: &FlatTree) {
+        for (&id, &m) in sub.ids.iter().zip(&sub.meta) {
+            let level = (m & LEVEL_MASK).saturating_add(1) & LEVEL_MASK;
+            self.eat(id, (m & !LEVEL_MASK) | level);
+        }
+    }
+
+    /// The digest.
+    pub fn finish(self) -> u64 {
+        self.h ^ self.n
+    }
+}
+
 impl FlatTree {
     /// A tree of one node.
     pub fn single(node_id: NodeId, root: bool, has_time_authority: bool) -> Self {
@@ -291,6 +335,17 @@ impl FlatTree {
             h ^= h >> 29;
         }
         h ^ self.ids.len() as u64
+    }
+
+    /// The digest of this tree that meshfleet's digest node sync sends
+    /// ([`SyncDigest`]): what a neighbour that sent us this tree computes for the tree it
+    /// would send now, if nothing changed since.
+    pub fn sync_digest(&self) -> u64 {
+        let mut d = SyncDigest::new(self.node_id(), self.root());
+        for (&id, &m) in self.ids.iter().zip(&self.meta).skip(1) {
+            d.eat(id, m);
+        }
+        d.finish()
     }
 
     /// Appends the tree's compact JSON as the library writes it
@@ -1040,6 +1095,44 @@ mod tests {
                 n
             })
         })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        /// The digest a sender folds from the trees it holds is the one the receiver
+        /// computes for the tree it got, whatever the top node's authority flag said;
+        /// another tree (one node more, or moved) gives another digest.
+        #[test]
+        fn sync_digest_folded_by_the_sender_is_the_receivers(
+            subs in prop::collection::vec(arb_tree(), 0..4),
+            root in any::<bool>(),
+            authority in any::<bool>(),
+        ) {
+            let sent = NodeTree { node_id: NodeId(77), root, has_time_authority: authority, subs };
+            let mut d = SyncDigest::new(NodeId(77), root);
+            for s in &sent.subs {
+                d.add_sub(&FlatTree::from_tree(s).expect("shallow"));
+            }
+            let held = FlatTree::from_tree(&sent).expect("shallow");
+            prop_assert_eq!(d.finish(), held.sync_digest());
+            let mut other = sent.clone();
+            other.has_time_authority = !authority;
+            prop_assert_eq!(FlatTree::from_tree(&other).expect("shallow").sync_digest(), held.sync_digest());
+            let mut grown = sent.clone();
+            grown.subs.push(NodeTree::leaf(NodeId(78)));
+            prop_assert_ne!(FlatTree::from_tree(&grown).expect("shallow").sync_digest(), held.sync_digest());
+            if let Some(first) = sent.subs.first() {
+                // The same nodes one level deeper: the shape counts.
+                let mut deeper = sent.clone();
+                deeper.subs = vec![NodeTree { subs: vec![first.clone()], ..NodeTree::leaf(NodeId(79)) }];
+                let mut flat = sent.clone();
+                flat.subs = vec![NodeTree::leaf(NodeId(79)), first.clone()];
+                prop_assert_ne!(
+                    FlatTree::from_tree(&deeper).expect("shallow").sync_digest(),
+                    FlatTree::from_tree(&flat).expect("shallow").sync_digest()
+                );
+            }
+        }
     }
 
     #[test]

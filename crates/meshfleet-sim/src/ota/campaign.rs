@@ -246,7 +246,7 @@ impl OtaCampaign {
     /// (wrapping the scenario's own factory), the start is scheduled if
     /// [`OtaCampaign::start`] is set, and for [`OtaStrategy::StockBroadcasted`] a root is
     /// named if the scenario has none. The stock strategies run the library's node sync
-    /// (`MeshParams::one_request_in_flight` = false) unless the scenario sets it. The returned [`OtaRun`] observes one run of the
+    /// (`MeshParams::node_sync` = `NodeSyncPolicy::Library`) unless the scenario sets it. The returned [`OtaRun`] observes one run of the
     /// returned scenario: call [`OtaRun::install`] on its [`Simulation`](crate::Simulation) before running.
     ///
     /// The per-node stores live in the `OtaRun`: attach again for another run.
@@ -256,9 +256,8 @@ impl OtaCampaign {
         }
         // A stock campaign runs on stock nodes: the library's node sync too, unless the
         // scenario says otherwise.
-        if self.strategy != OtaStrategy::Meshfleet && scenario.mesh.one_request_in_flight.is_none()
-        {
-            scenario.mesh.one_request_in_flight = Some(false);
+        if self.strategy != OtaStrategy::Meshfleet && scenario.mesh.node_sync.is_none() {
+            scenario.mesh.node_sync = Some(meshfleet_mesh::NodeSyncPolicy::Library);
         }
         let shared = Arc::new(Mutex::new(Shared::default()));
         let inner = scenario.factory.clone();

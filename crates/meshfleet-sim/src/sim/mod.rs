@@ -385,8 +385,8 @@ impl Simulation {
             if let Some(t) = mesh.time_sync_interval {
                 c.time_sync_interval = t;
             }
-            if let Some(one) = mesh.one_request_in_flight {
-                c.one_request_in_flight = one;
+            if let Some(policy) = mesh.node_sync {
+                c.node_sync = policy;
             }
             c
         });
