@@ -117,6 +117,10 @@ pub(crate) struct Link {
     sync_held: bool,
     /// The peer said it speaks meshfleet's digest sync ([`NodeSyncPolicy::Meshfleet`]).
     digest_peer: bool,
+    /// Our last whole tree to this peer was a request: the library writes
+    /// `hasTimeAuthority` in requests only, so only then does the peer know our clock is
+    /// authoritative.
+    told_authority: bool,
     /// Where each node of `tree` starts in `tree_json`, so that the next node sync, which
     /// usually differs in one small region, is read only there (`reread_node_sync`).
     offsets: Vec<u32>,
@@ -513,6 +517,7 @@ impl Node {
             sync_timing: NodeSyncTiming::default(),
             sync_held: false,
             digest_peer: false,
+            told_authority: false,
             offsets: Vec::new(),
         };
         l.set(LinkTimer::NodeSync, Some(first_sync));
@@ -1364,8 +1369,10 @@ impl Core {
             let frame = self.digest_frame(DigestKind::Reply, peer);
             self.push_transmit(link, frame, Priority::Control);
         } else {
-            let frame = self.node_sync_frame(meshfleet_wire::types::NODE_SYNC_REPLY, peer, false);
+            let ty = meshfleet_wire::types::NODE_SYNC_REPLY;
+            let frame = self.node_sync_frame(ty, peer, false);
             self.links[idx].sent_digest = Some(self.digest_for(peer));
+            self.links[idx].told_authority = false;
             self.push_shared(link, frame, Priority::Control);
         }
     }
@@ -1901,12 +1908,17 @@ impl Core {
 
     fn send_node_sync_request(&mut self, now: Instant, idx: usize) {
         let (link, peer) = (self.links[idx].id, self.links[idx].peer);
-        let frame = if self.digest_will_do(idx) {
+        // A time authority whose last whole tree here was a reply (which has no
+        // `hasTimeAuthority`) sends the whole tree, so the peer learns it.
+        let authority_known = !self.config.has_time_authority || self.links[idx].told_authority;
+        let frame = if self.digest_will_do(idx) && authority_known {
             self.stats.digest_syncs_sent += 1;
             SharedFrame::from(self.digest_frame(DigestKind::Request, peer))
         } else {
-            let frame = self.node_sync_frame(meshfleet_wire::types::NODE_SYNC_REQUEST, peer, true);
+            let ty = meshfleet_wire::types::NODE_SYNC_REQUEST;
+            let frame = self.node_sync_frame(ty, peer, true);
             self.links[idx].sent_digest = Some(self.digest_for(peer));
+            self.links[idx].told_authority = true;
             frame
         };
         let l = &mut self.links[idx];

@@ -265,3 +265,54 @@ fn bad_digest_syncs_are_dropped_and_the_library_policy_ignores_them() {
     }
     assert_eq!(stock.link_count(), 1);
 }
+
+#[test]
+fn a_time_authority_tells_its_flag_in_a_whole_request_before_it_sends_digests() {
+    // Node 5 has the clock; node 9 speaks digest sync. The library writes
+    // `hasTimeAuthority` in requests only: after our whole reply node 9 holds "no
+    // authority", so our next request is a whole one; then digests.
+    let mut n = Node::new(Config {
+        has_time_authority: true,
+        ..Config::new(NodeId(5))
+    });
+    let link = LinkId(1);
+    n.handle_link_up(Instant::ZERO, link, LinkRole::AccessPoint);
+    n.handle_bytes(
+        Instant::ZERO,
+        link,
+        b"{\"type\":95,\"routing\":0,\"dest\":5,\"from\":9,\"sync\":\"hello\"}\0",
+    );
+    // Node 9's first request: answered with our whole tree (a reply, no authority flag).
+    n.handle_bytes(
+        Instant::ZERO,
+        link,
+        b"{\"nodeId\":9,\"type\":5,\"dest\":5,\"from\":9}\0",
+    );
+    let out: Vec<_> = sent(&mut n)
+        .into_iter()
+        .filter(|v| v["type"] == 6)
+        .collect();
+    assert_eq!(out.len(), 1);
+    assert!(out[0].get("hasTimeAuthority").is_none());
+    // Our requests from then on, each answered by a digest reply from node 9.
+    let nine = meshfleet_wire::SyncDigest::new(NodeId(9), false).finish();
+    let reply = format!(
+        "{{\"type\":95,\"routing\":0,\"dest\":5,\"from\":9,\"sync\":\"reply\",\"digest\":\"{nine:016x}\"}}\0"
+    );
+    let mut requests = vec![];
+    while requests.len() < 3 {
+        let at = n.poll_timeout().unwrap();
+        n.handle_timeout(at);
+        for v in sent(&mut n) {
+            if v["type"] == 5 || v["sync"] == "request" {
+                requests.push(v);
+                n.handle_bytes(at, link, reply.as_bytes());
+            }
+        }
+    }
+    assert_eq!(requests[0]["type"], 5, "{requests:?}");
+    assert_eq!(requests[0]["hasTimeAuthority"], true);
+    assert_eq!(requests[1]["sync"], "request", "{requests:?}");
+    assert_eq!(requests[2]["sync"], "request", "{requests:?}");
+    assert_eq!(n.stats().digest_mismatches, 0);
+}

@@ -61,6 +61,17 @@ fn main() {
     // The broadcast is a workload: `Run` installs it (it runs on the simulation's timers).
     let mut run = Run::new(scenario).expect("a valid scenario");
     let sim = run.sim_mut();
+    // Links closed so far (node-sync timeout / all), for the progress lines: where a big
+    // mesh comes apart, this says why.
+    let closes = std::rc::Rc::new(std::cell::Cell::new((0u64, 0u64)));
+    let seen = closes.clone();
+    sim.set_event_hook(move |_, _, e| {
+        if let meshfleet_mesh::Event::LinkClosed { reason, .. } = e {
+            let (t, all) = seen.get();
+            let timeout = u64::from(*reason == meshfleet_mesh::CloseReason::NodeSyncTimeout);
+            seen.set((t + timeout, all + 1));
+        }
+    });
     let mut formed_at = None;
     let step = Duration::from_secs(10);
     let mut stopped = false;
@@ -78,8 +89,9 @@ fn main() {
         {
             formed_at = Some((sim.now(), started.elapsed()));
         }
+        let (timeouts, all) = closes.get();
         eprintln!(
-            "t={:>6.0}s wall={:>6.1}s converged={} components={} queue={}",
+            "t={:>6.0}s wall={:>6.1}s converged={} components={} queue={} closed={timeouts}/{all} (node-sync timeout/all)",
             sim.now().as_micros() as f64 / 1e6,
             started.elapsed().as_secs_f64(),
             sim.converged(),
