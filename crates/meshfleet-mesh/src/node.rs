@@ -43,9 +43,17 @@ pub struct Transmit {
 /// frame, so a campaign can never delay the mesh's own upkeep by more than the frame being
 /// written.
 ///
-/// One more local rule: while the node sends bulk data (it queued a bulk frame within the
-/// node timeout), its own NODE_SYNC_REQUESTs are control frames too. Bulk data means a
-/// crowded medium, where every frame waits for the air; a request in the normal class then
+/// Under [`NodeSyncPolicy::Meshfleet`] the node's own NODE_SYNC_REQUESTs are control frames
+/// too, so every node sync it sends on a link (request, reply, digest) leaves in the order
+/// it was made: the library's reply can overtake its own earlier request, and the peer
+/// then ends up holding the older tree of the two while we believe it holds the newer (in
+/// the library the next request repairs that; with one request in flight and digests
+/// there may be no next request for a minute: `grid_100` converged at 72 s instead of
+/// 12 s). With one request in flight they cannot pile up (below).
+///
+/// Under the library's policy, one more local rule: while the node sends bulk data (it
+/// queued a bulk frame within the node timeout), its own NODE_SYNC_REQUESTs are control
+/// frames too. Bulk data means a crowded medium, where every frame waits for the air; a request in the normal class then
 /// waits behind every control frame of the node's other links (their replies are whole
 /// trees) and its exchange overran the 10 s node timeout: at 500 nodes on the geometric
 /// channel links closed from 400 s into a campaign on and 3 of 499 nodes were updated in
@@ -55,8 +63,8 @@ pub struct Transmit {
 /// random-tree scenario put 3.6x the bytes on the air).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Priority {
-    /// NODE_SYNC_REPLY and TIME_SYNC (and NODE_SYNC_REQUEST while the node sends bulk
-    /// data): the mesh's upkeep. A driver queues these even when the link's queue is full
+    /// NODE_SYNC_REPLY and TIME_SYNC (and NODE_SYNC_REQUEST under meshfleet's policy, or
+    /// while the node sends bulk data): the mesh's upkeep. A driver queues these even when the link's queue is full
     /// (evicting bulk, then normal frames if it must).
     Control,
     /// Application messages and everything routed through the node.
@@ -1744,6 +1752,17 @@ impl Core {
                 None => meshfleet_wire::node_offsets(&l.tree_json, &mut l.offsets),
             }
             l.tree_digest = tree.digest();
+            #[cfg(debug_assertions)]
+            {
+                let mut written = Vec::new();
+                tree.write_json(&mut written);
+                debug_assert!(
+                    written == *l.tree_json,
+                    "tree_json drifted from the tree:\n{}\n{}",
+                    alloc::string::String::from_utf8_lossy(&written),
+                    alloc::string::String::from_utf8_lossy(&l.tree_json)
+                );
+            }
             l.tree = Some(tree);
             match delta {
                 Some((gone, came)) => self.update_node_list(&gone, &came),
@@ -1929,12 +1948,12 @@ impl Core {
         // restartDelayed: the timeout counts from the latest request.
         l.set(LinkTimer::NodeTimeout, Some(now + self.config.node_timeout));
         l.sync_timing.pending_since = Some(now);
-        // A normal frame, as the library queues it, unless the node sends bulk data: then
-        // a control frame (see `Priority`).
+        // Under the library's policy a normal frame, as the library queues it, unless the
+        // node sends bulk data; under meshfleet's always a control frame (see `Priority`).
         let sending_bulk = self
             .last_bulk
             .is_some_and(|t| now.saturating_since(t) < self.config.node_timeout);
-        let priority = if sending_bulk {
+        let priority = if sending_bulk || self.config.node_sync == NodeSyncPolicy::Meshfleet {
             Priority::Control
         } else {
             Priority::Normal

@@ -316,3 +316,50 @@ fn a_time_authority_tells_its_flag_in_a_whole_request_before_it_sends_digests() 
     assert_eq!(requests[2]["sync"], "request", "{requests:?}");
     assert_eq!(n.stats().digest_mismatches, 0);
 }
+
+#[test]
+fn every_node_sync_leaves_in_the_order_it_was_made() {
+    // Under meshfleet's policy requests are control frames like replies: a reply must not
+    // overtake an earlier request in the driver's queue, or the peer would end up holding
+    // the older tree while we believe (and our digests say) it holds the newer.
+    let (mut n, link) = scripted();
+    let t = Instant::ZERO + Duration::from_secs(1);
+    n.handle_bytes(
+        t,
+        link,
+        b"{\"type\":95,\"routing\":0,\"dest\":5,\"from\":9,\"sync\":\"request\",\"digest\":\"0000000000000001\"}\0",
+    );
+    n.handle_bytes(
+        t,
+        link,
+        b"{\"type\":95,\"routing\":0,\"dest\":5,\"from\":9,\"sync\":\"resend\"}\0",
+    );
+    n.handle_timeout(t);
+    n.handle_bytes(
+        t,
+        link,
+        b"{\"nodeId\":9,\"type\":5,\"dest\":5,\"from\":9}\0",
+    );
+    let out: Vec<_> = std::iter::from_fn(|| n.poll_transmit()).collect();
+    let kinds: Vec<String> = out
+        .iter()
+        .map(|t| {
+            let v: serde_json::Value =
+                serde_json::from_slice(&t.frame[..t.frame.len() - 1]).unwrap();
+            format!("{}{}", v["type"], v["sync"].as_str().unwrap_or(""))
+        })
+        .collect();
+    // A digest reply and "resend"; our whole request (node 9 asked for it); node 9's
+    // whole request, answered by a digest (it now holds our tree).
+    let syncs: Vec<&str> = kinds
+        .iter()
+        .map(String::as_str)
+        .filter(|k| *k != "4")
+        .collect();
+    assert_eq!(syncs, ["95reply", "95resend", "5", "95reply"]);
+    for (t, k) in out.iter().zip(&kinds) {
+        if k.as_str() != "4" {
+            assert_eq!(t.priority, meshfleet_mesh::Priority::Control, "{k}");
+        }
+    }
+}

@@ -642,10 +642,17 @@ fn the_wake_reason_names_the_timer_poll_timeout_reports() {
 
 #[test]
 fn node_sync_replies_are_control_frames_and_the_round_trip_is_timed() {
-    let mut n = Node::new(Config::new(NodeId(5)));
+    // Under meshfleet's policy requests are control frames too (see `Priority`).
+    let mut ours = Node::new(Config::new(NodeId(5)));
+    ours.handle_link_up(Instant::ZERO, LinkId(1), LinkRole::Station);
+    assert_eq!(ours.poll_transmit().unwrap().priority, Priority::Control);
+    let mut n = Node::new(Config {
+        node_sync: NodeSyncPolicy::Library,
+        ..Config::new(NodeId(5))
+    });
     let link = LinkId(1);
-    // A station sends its first NODE_SYNC_REQUEST at once: a normal frame, as the library
-    // queues it (ahead of bulk data; see `Priority`).
+    // A station sends its first NODE_SYNC_REQUEST at once: under the library's policy a
+    // normal frame, as the library queues it (ahead of bulk data; see `Priority`).
     n.handle_link_up(Instant::ZERO, link, LinkRole::Station);
     let t = n.poll_transmit().unwrap();
     let v: Value = serde_json::from_slice(&t.frame[..t.frame.len() - 1]).unwrap();
@@ -718,7 +725,11 @@ fn next_request(n: &mut Node, link: LinkId) -> (Instant, Priority) {
 
 #[test]
 fn node_sync_requests_are_control_frames_while_the_node_sends_bulk_data() {
-    let mut n = Node::new(Config::new(NodeId(5)));
+    // The library's policy (under meshfleet's, requests are always control frames).
+    let mut n = Node::new(Config {
+        node_sync: NodeSyncPolicy::Library,
+        ..Config::new(NodeId(5))
+    });
     n.add_plugin(Box::new(Bulk)).unwrap();
     let link = LinkId(1);
     n.handle_link_up(Instant::ZERO, link, LinkRole::Station);
