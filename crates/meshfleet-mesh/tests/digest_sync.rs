@@ -199,7 +199,7 @@ fn a_matching_digest_is_an_unchanged_tree() {
     assert_eq!(out[0]["sync"], "reply");
     assert_eq!(n.stats().digest_mismatches, 0);
     // And like an unchanged request, it postpones our own periodic sync by a minute.
-    assert_eq!(n.poll_timeout_reason().is_some(), true);
+    assert!(n.poll_timeout_reason().is_some());
     let mut next = t;
     while let Some(at) = n.poll_timeout() {
         n.handle_timeout(at);
