@@ -441,14 +441,13 @@ impl Driver {
                 }
                 self.sim.run_until(until);
                 self.act();
-                self.clock
-                    .now_us
-                    .store(self.sim.now().as_micros(), Ordering::Release);
+                let now_us = self.sim.now().as_micros();
+                self.clock.now_us.store(now_us, Ordering::Release);
+                // Per step, not per batch: a fault told at 40 s and a stop right after it
+                // must not report 39.8 virtual seconds.
+                self.stats.virtual_us.store(now_us, Ordering::Relaxed);
             }
             let now = self.sim.now();
-            self.stats
-                .virtual_us
-                .store(now.as_micros(), Ordering::Relaxed);
             self.stats
                 .lag_us
                 .store(target.saturating_since(now).as_micros(), Ordering::Relaxed);

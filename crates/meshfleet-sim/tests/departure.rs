@@ -84,8 +84,13 @@ fn hung_node_is_found_by_the_node_sync_timeout() {
     let (mut sim, log) = logged(s);
     let requests: Rc<RefCell<Vec<(Instant, NodeId, NodeId)>>> = Rc::default();
     let q = requests.clone();
+    // Node-sync requests: whole (type 5) or, between meshfleet nodes, digests (type 95).
     sim.set_frame_trace(move |f| {
-        if f.frame.starts_with(b"{\"nodeId\"") && f.frame.windows(8).any(|w| w == b"\"type\":5") {
+        let whole =
+            f.frame.starts_with(b"{\"nodeId\"") && f.frame.windows(8).any(|w| w == b"\"type\":5");
+        let digest = f.frame.starts_with(b"{\"type\":95")
+            && f.frame.windows(16).any(|w| w == b"\"sync\":\"request\"");
+        if whole || digest {
             q.borrow_mut().push((f.start, f.from, f.to));
         }
     });

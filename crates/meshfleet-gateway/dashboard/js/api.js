@@ -55,6 +55,14 @@ async function problem(r) {
   try { return await r.json(); } catch { return null; }
 }
 
+let asking = null;
+/** One token dialog for every read that met a 401 meanwhile (the page's first reads go out
+ * together): a second dialog would clear the token typed into the first. */
+function askTokenOnce(message) {
+  if (!asking) asking = askToken(message).finally(() => { asking = null; });
+  return asking;
+}
+
 let readAuthKnown;
 /** Resolves at the first read's answer: true if the gateway wants the token for reads too
  * (read-auth), so the event stream waits for a token instead of trying without one. */
@@ -69,7 +77,10 @@ export async function get(path) {
   try { r = await fetch(path, { headers, cache: 'no-store' }); } catch (e) { readAuthKnown(false); throw e; }
   readAuthKnown(r.status === 401);
   if (r.status === 401) {
-    const tok = await askToken('This gateway requires the token for reads too.');
+    // The token may have been given while this read was out: try it before asking.
+    const now = storedToken();
+    if (now && now !== t) return get(path);
+    const tok = await askTokenOnce('This gateway requires the token for reads too.');
     if (tok) return get(path);
   }
   if (!r.ok) throw new ApiError(r.status, await problem(r));
