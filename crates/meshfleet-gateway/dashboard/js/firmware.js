@@ -3,7 +3,7 @@
 // Campaign JSON follows the campaign contract (snake_case fields).
 
 import * as api from './api.js';
-import { state, subscribe, loadCampaigns } from './store.js';
+import { state, subscribe, loadCampaigns, loadFirmware } from './store.js';
 import { h, clear, ago, badge, pct, kb, keepFocus } from './util.js';
 
 const ACTIONS = {
@@ -34,12 +34,16 @@ export function mount(main) {
       const r = await api.send('POST', '/firmware', await fl.arrayBuffer(), 'application/octet-stream');
       say(`Stored ${r.role} ${r.version} for ${r.hardware} (${r.id.slice(0, 12)}…).`);
       file.value = '';
-    } catch (e) { say(`Upload refused: ${e.message}`, true); }
+    } catch (e) { say(`Upload refused: ${e.message}`, true); return; }
+    // The event stream tells every page, but may not be up yet (or be reconnecting): the
+    // page that uploaded shows the list as the gateway has it now.
+    await loadFirmware().catch(() => {});
   }
 
   async function remove(a) {
     if (!window.confirm(`Delete ${a.role} ${a.version} (${a.id.slice(0, 12)}…)?`)) return;
-    try { await api.send('DELETE', `/firmware/${a.id}`); say('Deleted.'); } catch (e) { say(e.message, true); }
+    try { await api.send('DELETE', `/firmware/${a.id}`); say('Deleted.'); } catch (e) { say(e.message, true); return; }
+    await loadFirmware().catch(() => {});
   }
 
   function renderArtefacts() {
