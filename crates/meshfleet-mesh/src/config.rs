@@ -64,7 +64,8 @@ pub enum NodeSyncPolicy {
     /// meshfleet's. Two local rules:
     /// - **One request in flight per link.** A sync that falls due while our request
     ///   awaits its reply is held until the reply, then sent only if the peer still lacks
-    ///   our current tree (answering its requests tells it too). In a big mesh forming or
+    ///   our current tree (answering its requests tells it too); the timeout restarts as
+    ///   if it had been sent, as the library's does. In a big mesh forming or
     ///   healing, joins come faster than whole trees cross a link: the library's requests
     ///   pile up, and a reply waits behind them past the timeout.
     /// - **A peer that is syncing is alive.** While our request is unanswered, each node
