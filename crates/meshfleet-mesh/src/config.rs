@@ -61,7 +61,7 @@ pub enum NodeSyncPolicy {
     /// still unanswered there, and the link closes 10 s (`node_timeout`) after the latest
     /// request unless a reply came. For side-by-side runs and stock models.
     Library,
-    /// meshfleet's. Two local rules:
+    /// meshfleet's. Local rules (nothing a stock peer sees changes but one ignored frame):
     /// - **One request in flight per link.** A sync that falls due while our request
     ///   awaits its reply is held until the reply, then sent only if the peer still lacks
     ///   our current tree (answering its requests tells it too); the timeout restarts as
@@ -73,6 +73,12 @@ pub enum NodeSyncPolicy {
     ///   frames it is writing. At 10,000 nodes one tree is ~260 KB, 2 s of a link, and
     ///   with a few of them ahead a reply is due after the 10 s; a hung peer, silent, is
     ///   still dropped 10 s after the request.
+    /// - **Digests between meshfleet neighbours.** Once a link is synced the node says
+    ///   hello (a NEIGHBOUR frame of type 95, which the library ignores); between two that
+    ///   did, a tree the peer already holds travels as a 64-bit `SyncDigest`, and a
+    ///   mismatch brings the whole tree.
+    /// - **Requests are control frames**, so no reply overtakes an earlier request (see
+    ///   [`crate::Priority`]).
     #[default]
     Meshfleet,
 }

@@ -53,9 +53,9 @@ pub struct Transmit {
 ///
 /// Under the library's policy, one more local rule: while the node sends bulk data (it
 /// queued a bulk frame within the node timeout), its own NODE_SYNC_REQUESTs are control
-/// frames too. Bulk data means a crowded medium, where every frame waits for the air; a request in the normal class then
-/// waits behind every control frame of the node's other links (their replies are whole
-/// trees) and its exchange overran the 10 s node timeout: at 500 nodes on the geometric
+/// frames too. Bulk data means a crowded medium, where every frame waits for the air; a
+/// request in the normal class then waits behind every control frame of the node's other
+/// links (their replies are whole trees) and its exchange overran the 10 s node timeout: at 500 nodes on the geometric
 /// channel links closed from 400 s into a campaign on and 3 of 499 nodes were updated in
 /// 1,180 s, against 499/499 in 858.5 s with requests as control frames. Without bulk data
 /// requests stay normal frames, as the library queues them: as control frames they are
@@ -64,8 +64,8 @@ pub struct Transmit {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Priority {
     /// NODE_SYNC_REPLY and TIME_SYNC (and NODE_SYNC_REQUEST under meshfleet's policy, or
-    /// while the node sends bulk data): the mesh's upkeep. A driver queues these even when the link's queue is full
-    /// (evicting bulk, then normal frames if it must).
+    /// while the node sends bulk data): the mesh's upkeep. A driver queues these even when
+    /// the link's queue is full (evicting bulk, then normal frames if it must).
     Control,
     /// Application messages and everything routed through the node.
     Normal,
