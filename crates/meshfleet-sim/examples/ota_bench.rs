@@ -8,7 +8,7 @@
 //!     [--strategy stock,stock_broadcasted,meshfleet] [--image-kib 1024] [--window 8192] \
 //!     [--seed 1] [--cap-min 60] [--max-wall-s 1200] [--stock-max-nodes N] [--join-ms 50] \
 //!     [--random-tree-from N] [--form-independent-from N] [--formation-cap-s 900]
-//!     [--idle-before-s S] [--out DIR]
+//!     [--idle-before-s S] [--tree-memory fast|lean] [--out DIR]
 //! ```
 //!
 //! `--window BYTES` (or `8K`): the DEFLATE window the meshfleet artefact is packed with, a
@@ -27,6 +27,8 @@
 //! at 500-1,000 nodes (node-sync frames of ~15-30 KB silence whole neighbourhoods while the
 //! tree changes under them); what it forms is still a tree over the same placement, but
 //! not necessarily the same tree (formation timing decides some parents).
+//! `--tree-memory lean`: nodes keep each link's tree flat only, not also as its JSON
+//! (`meshfleet_mesh::TreeMemory`): less host memory for big cells, more CPU.
 //! `--idle-before-s S`: a control run: after formation, with the cell's channel and loss in
 //! place, the mesh runs S virtual seconds without the campaign first, and the note says how
 //! many links closed meanwhile (what the mesh does without OTA traffic).
@@ -78,6 +80,7 @@ struct Args {
     random_tree_from: Option<u32>,
     form_independent_from: Option<u32>,
     idle_before: Duration,
+    tree_memory: meshfleet_mesh::TreeMemory,
     out: PathBuf,
 }
 
@@ -109,6 +112,7 @@ fn parse_args() -> Args {
         random_tree_from: None,
         form_independent_from: None,
         idle_before: Duration::ZERO,
+        tree_memory: meshfleet_mesh::TreeMemory::Fast,
         out: PathBuf::from("target/ota_bench"),
     };
     let mut it = std::env::args().skip(1);
@@ -150,6 +154,13 @@ fn parse_args() -> Args {
             "--idle-before-s" => {
                 a.idle_before =
                     Duration::from_secs(v.parse().unwrap_or_else(|_| die("bad --idle-before-s")));
+            }
+            "--tree-memory" => {
+                a.tree_memory = match v.as_str() {
+                    "fast" => meshfleet_mesh::TreeMemory::Fast,
+                    "lean" => meshfleet_mesh::TreeMemory::Lean,
+                    _ => die("--tree-memory is fast or lean"),
+                }
             }
             "--join-ms" => a.join_ms = v.parse().unwrap_or_else(|_| die("bad --join-ms")),
             "--out" => a.out = PathBuf::from(v),
@@ -262,7 +273,7 @@ fn scenario(n: u32, ch: &str, a: &Args) -> Scenario {
     } else {
         channel(ch)
     };
-    Scenario::new(topology)
+    let mut s = Scenario::new(topology)
         .name(format!("ota n{n} {ch}"))
         .seed(seed)
         .duration(Duration::from_secs(6 * 3600))
@@ -273,7 +284,9 @@ fn scenario(n: u32, ch: &str, a: &Args) -> Scenario {
             start: Duration::ZERO,
             interval: Duration::from_millis(join_ms),
             jitter: Duration::from_millis(join_ms * 4 / 5),
-        })
+        });
+    s.mesh.tree_memory = Some(a.tree_memory);
+    s
 }
 
 /// Whether the cell forms under the independent model and switches to `ch` at the start.
@@ -333,11 +346,12 @@ fn run_cell(a: &Args, base: &OtaCampaign, n: u32, loss: f64, ch: &str, s: OtaStr
         }
         if debug && sim.now().as_micros() % 10_000_000 == 0 {
             eprintln!(
-                "  forming: {:.0} virtual s, {:.1} wall s, {} components, converged {}",
+                "  forming: {:.0} virtual s, {:.1} wall s, {} components, converged {}, rss {} MiB",
                 sim.now().as_micros() as f64 / 1e6,
                 wall.elapsed().as_secs_f64(),
                 sim.components(),
-                sim.converged()
+                sim.converged(),
+                meshfleet_sim::rss_kib().unwrap_or(0) / 1024
             );
         }
         let all_up = sim.node_ids().iter().all(|id| sim.is_running(*id));
@@ -412,7 +426,7 @@ fn run_cell(a: &Args, base: &OtaCampaign, n: u32, loss: f64, ch: &str, s: OtaStr
             // links closing) from a run that is only slow on the host.
             let (t, all) = link_closes(&sim);
             eprintln!(
-                "  campaign: {:.0} virtual s, {} / {} updated, links closed {} / {} (node-sync timeout / all), {} components, converged {}, {:.1} wall s",
+                "  campaign: {:.0} virtual s, {} / {} updated, links closed {} / {} (node-sync timeout / all), {} components, converged {}, {:.1} wall s, rss {} MiB",
                 sim.now().saturating_since(start).as_micros() as f64 / 1e6,
                 run.updated(),
                 run.receivers(),
@@ -420,7 +434,8 @@ fn run_cell(a: &Args, base: &OtaCampaign, n: u32, loss: f64, ch: &str, s: OtaStr
                 all - closes_before.1,
                 sim.components(),
                 sim.converged(),
-                wall.elapsed().as_secs_f64()
+                wall.elapsed().as_secs_f64(),
+                meshfleet_sim::rss_kib().unwrap_or(0) / 1024
             );
         }
     }

@@ -2,12 +2,13 @@
 //! broadcast per second. Run with `--release`:
 //!
 //! ```text
-//! cargo run -p meshfleet-sim --release --example scale -- [NODES] [VIRTUAL_MINUTES] [JOIN_INTERVAL_MS] [CHANNEL] [MAX_WALL_S] [SYNC]
+//! cargo run -p meshfleet-sim --release --example scale -- [NODES] [VIRTUAL_MINUTES] [JOIN_INTERVAL_MS] [CHANNEL] [MAX_WALL_S] [SYNC] [TREES]
 //! ```
 //!
 //! Defaults: 1000 nodes, 10 minutes, 20 ms between joins, independent links, no wall-time
 //! limit, meshfleet's node sync (`SYNC` = `library`: the library's, a request on every
-//! layout change whatever is unanswered; `NodeSyncPolicy`). Prints wall time, virtual seconds per wall second, events processed and peak RSS
+//! layout change whatever is unanswered; `NodeSyncPolicy`), each link's tree kept
+//! as flat tree and text (`TREES` = `lean`: flat only; `TreeMemory`). Prints wall time, virtual seconds per wall second, events processed and peak RSS
 //! (VmHWM). With `MAX_WALL_S`, a run that has used that much wall time stops at the next
 //! 10-virtual-second step and prints its summary so far, marked as stopped (a 10,000-node
 //! run on a busy machine can take hours; a stopped run still says how far it got).
@@ -36,6 +37,7 @@ fn main() {
     };
     let max_wall_s: f64 = arg(5, f64::INFINITY);
     let library_sync = std::env::args().nth(6).as_deref() == Some("library");
+    let lean = std::env::args().nth(7).as_deref() == Some("lean");
     let formation = Duration::from_millis(join_ms * u64::from(nodes));
     let mut scenario = Scenario::new(Topology::RandomTree {
         nodes,
@@ -57,6 +59,9 @@ fn main() {
     } else {
         meshfleet_mesh::NodeSyncPolicy::Meshfleet
     });
+    if lean {
+        scenario.mesh.tree_memory = Some(meshfleet_mesh::TreeMemory::Lean);
+    }
     let started = Wall::now();
     // The broadcast is a workload: `Run` installs it (it runs on the simulation's timers).
     let mut run = Run::new(scenario).expect("a valid scenario");
@@ -91,12 +96,13 @@ fn main() {
         }
         let (timeouts, all) = closes.get();
         eprintln!(
-            "t={:>6.0}s wall={:>6.1}s converged={} components={} queue={} closed={timeouts}/{all} (node-sync timeout/all)",
+            "t={:>6.0}s wall={:>6.1}s converged={} components={} queue={} closed={timeouts}/{all} (node-sync timeout/all) rss={} MiB",
             sim.now().as_micros() as f64 / 1e6,
             started.elapsed().as_secs_f64(),
             sim.converged(),
             sim.components(),
-            sim.pending_events()
+            sim.pending_events(),
+            meshfleet_sim::rss_kib().unwrap_or(0) / 1024
         );
     }
     let stopped_at = sim.now().as_micros() as f64 / 1e6;

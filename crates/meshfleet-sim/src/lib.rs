@@ -99,7 +99,7 @@ pub use metrics::{
     AppReport, ConvergenceEntry, ConvergenceReport, LatencySummary, LinkReport, MeshTotals,
     NodeReport, Sample, SimReport, TimeSyncReport,
 };
-pub use output::{peak_rss_kib, write_outputs, RunInfo, WriteError};
+pub use output::{peak_rss_kib, rss_kib, write_outputs, RunInfo, WriteError};
 pub use scenario::{
     plain_node, ClockParams, Formation, InvalidScenario, MeshParams, NodeAction, NodeFactory,
     NodeInit, RejoinParams, Scenario, SimEvent, MAX_PAYLOAD_BYTES,

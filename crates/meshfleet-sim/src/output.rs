@@ -43,8 +43,19 @@ impl RunInfo {
 /// Peak resident set size of this process in KiB (`VmHWM` in `/proc/self/status`), on
 /// Linux; `None` elsewhere.
 pub fn peak_rss_kib() -> Option<u64> {
+    status_kib("VmHWM:")
+}
+
+/// This process's resident memory now (VmRSS), in KiB, on Linux; `None` elsewhere. Beside
+/// [`peak_rss_kib`] it tells a transient peak (formation's frames in flight) from state
+/// that stays.
+pub fn rss_kib() -> Option<u64> {
+    status_kib("VmRSS:")
+}
+
+fn status_kib(key: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
