@@ -50,26 +50,6 @@ pub struct Config {
     pub seed: u64,
     /// How node syncs are paced and timed out ([`NodeSyncPolicy`]; default meshfleet's).
     pub node_sync: NodeSyncPolicy,
-    /// What a node keeps of each link's tree ([`TreeMemory`]; default `Fast`).
-    pub tree_memory: TreeMemory,
-}
-
-/// What a node keeps of the tree each neighbour sent: a memory-for-time trade that
-/// nothing on the wire shows (both write and read the same frames).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum TreeMemory {
-    /// The flat tree (6 bytes per node of the mesh) and its JSON as received (~38 bytes
-    /// per node, plus 4 for where each node starts in it): an unchanged node sync is
-    /// recognised by one memcmp, a changed one is re-read only where its text differs,
-    /// and node syncs to other links embed the kept text, shared, without writing it.
-    /// For a real node, which holds one copy of the mesh.
-    #[default]
-    Fast,
-    /// The flat tree only: each node sync is read in full and compared as a tree, and
-    /// each one we send is written from the flat trees. Per node of the mesh, 6 bytes
-    /// kept instead of ~48; for simulating thousands of nodes in one process, where the
-    /// kept text is N copies of an N-node mesh.
-    Lean,
 }
 
 /// How a node paces its node syncs and times them out. Both policies speak the same wire
@@ -122,7 +102,6 @@ impl Config {
             initial_time_offset: 0,
             seed: u64::from(node_id.0),
             node_sync: NodeSyncPolicy::Meshfleet,
-            tree_memory: TreeMemory::Fast,
         }
     }
 }

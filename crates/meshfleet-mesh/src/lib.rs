@@ -26,7 +26,7 @@ mod stats;
 pub mod time;
 pub mod timesync;
 
-pub use config::{Config, NodeSyncPolicy, TreeMemory};
+pub use config::{Config, NodeSyncPolicy};
 pub use event::{
     AnyEvent, CloseReason, Delivery, DropReason, Event, LinkRole, Malformed, PluginEvent,
     TimeRefusal, TreeRefusal,

@@ -10,7 +10,7 @@ use meshfleet_wire::{
     Routing, SyncDigest, Text, TimeMsg, TimePacket, MAX_TREE_DEPTH,
 };
 
-use crate::config::{Config, NodeSyncPolicy, TreeMemory};
+use crate::config::{Config, NodeSyncPolicy};
 use crate::event::{
     CloseReason, Delivery, DropReason, Event, LinkRole, Malformed, TimeRefusal, TreeRefusal,
 };
@@ -112,10 +112,7 @@ pub(crate) struct Link {
     /// `tree` serialized once on receipt: node syncs to our other links embed it as is,
     /// shared (a node sync is handed out as pieces, [`SharedFrame`]), so a layout change
     /// costs a reference per link, not a copy, a clone or a re-serialization.
-    /// Empty under [`TreeMemory::Lean`].
     tree_json: Arc<Vec<u8>>,
-    /// The length of `tree`'s JSON (kept or not): what a node sync embedding it costs.
-    json_len: usize,
     /// `tree.digest()`, for [`Core::digest_for`].
     tree_digest: u64,
     /// Where the `subs` array sits in `tree_json`, if the tree has subs: a node sync
@@ -523,7 +520,6 @@ impl Node {
             backlog: 0,
             sent_digest: None,
             tree_json: Arc::new(Vec::new()),
-            json_len: 0,
             tree_digest: 0,
             subs_range: None,
             sync_timing: NodeSyncTiming::default(),
@@ -1016,14 +1012,7 @@ impl Core {
         let c = &self.config;
         let trees: Vec<Arc<Vec<u8>>> = self
             .subs_for(peer)
-            .map(|l| match (c.tree_memory, &l.tree) {
-                (TreeMemory::Lean, Some(tree)) => {
-                    let mut json = Vec::with_capacity(l.json_len);
-                    tree.write_json(&mut json);
-                    Arc::new(json)
-                }
-                _ => Arc::clone(&l.tree_json),
-            })
+            .map(|l| Arc::clone(&l.tree_json))
             .collect();
         let mut head = alloc::string::String::with_capacity(64);
         let _ = write!(head, "{{\"nodeId\":{}", c.node_id.0);
@@ -1571,10 +1560,6 @@ impl Core {
         };
         let l = &self.links[idx];
         let Some(tree) = &l.tree else { return false };
-        // Without the kept text, `subs_range` says nothing: compare as trees.
-        if self.config.tree_memory == TreeMemory::Lean {
-            return false;
-        }
         let flag = |k: &str| parsed.raw_field(k) == Some("true");
         let same_top = parsed
             .raw_field("nodeId")
@@ -1751,11 +1736,8 @@ impl Core {
                 }
                 _ => None,
             };
-            let lean = self.config.tree_memory == TreeMemory::Lean;
             let l = &mut self.links[idx];
-            l.json_len = json.len(&tree);
             match json {
-                _ if lean => {}
                 TreeJson::Subs(subs) => {
                     let buf = unshared(&mut l.tree_json);
                     l.subs_range = Some(link_tree_json_into(buf, &tree, subs));
@@ -1766,13 +1748,12 @@ impl Core {
                 }
             }
             match splice {
-                _ if lean => {}
                 Some(sp) => l.offsets = sp.offsets,
                 None => meshfleet_wire::node_offsets(&l.tree_json, &mut l.offsets),
             }
             l.tree_digest = tree.digest();
             #[cfg(debug_assertions)]
-            if !lean {
+            {
                 let mut written = Vec::new();
                 tree.write_json(&mut written);
                 debug_assert!(
@@ -1817,7 +1798,7 @@ impl Core {
             .iter()
             .enumerate()
             .filter(|(i, l)| *i != idx && l.peer != NodeId::UNKNOWN && l.tree.is_some())
-            .map(|(_, l)| l.json_len + 1)
+            .map(|(_, l)| l.tree_json.len() + 1)
             .sum();
         let sync_len = self.node_sync_overhead() + others + json_len + 1;
         let max = self.config.max_frame_len;

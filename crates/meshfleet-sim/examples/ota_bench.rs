@@ -8,7 +8,7 @@
 //!     [--strategy stock,stock_broadcasted,meshfleet] [--image-kib 1024] [--window 8192] \
 //!     [--seed 1] [--cap-min 60] [--max-wall-s 1200] [--stock-max-nodes N] [--join-ms 50] \
 //!     [--random-tree-from N] [--form-independent-from N] [--formation-cap-s 900]
-//!     [--idle-before-s S] [--tree-memory fast|lean] [--out DIR]
+//!     [--idle-before-s S] [--out DIR]
 //! ```
 //!
 //! `--window BYTES` (or `8K`): the DEFLATE window the meshfleet artefact is packed with, a
@@ -27,8 +27,6 @@
 //! at 500-1,000 nodes (node-sync frames of ~15-30 KB silence whole neighbourhoods while the
 //! tree changes under them); what it forms is still a tree over the same placement, but
 //! not necessarily the same tree (formation timing decides some parents).
-//! `--tree-memory lean`: nodes keep each link's tree flat only, not also as its JSON
-//! (`meshfleet_mesh::TreeMemory`): less host memory for big cells, more CPU.
 //! `--idle-before-s S`: a control run: after formation, with the cell's channel and loss in
 //! place, the mesh runs S virtual seconds without the campaign first, and the note says how
 //! many links closed meanwhile (what the mesh does without OTA traffic).
@@ -80,7 +78,6 @@ struct Args {
     random_tree_from: Option<u32>,
     form_independent_from: Option<u32>,
     idle_before: Duration,
-    tree_memory: meshfleet_mesh::TreeMemory,
     out: PathBuf,
 }
 
@@ -112,7 +109,6 @@ fn parse_args() -> Args {
         random_tree_from: None,
         form_independent_from: None,
         idle_before: Duration::ZERO,
-        tree_memory: meshfleet_mesh::TreeMemory::Fast,
         out: PathBuf::from("target/ota_bench"),
     };
     let mut it = std::env::args().skip(1);
@@ -154,13 +150,6 @@ fn parse_args() -> Args {
             "--idle-before-s" => {
                 a.idle_before =
                     Duration::from_secs(v.parse().unwrap_or_else(|_| die("bad --idle-before-s")));
-            }
-            "--tree-memory" => {
-                a.tree_memory = match v.as_str() {
-                    "fast" => meshfleet_mesh::TreeMemory::Fast,
-                    "lean" => meshfleet_mesh::TreeMemory::Lean,
-                    _ => die("--tree-memory is fast or lean"),
-                }
             }
             "--join-ms" => a.join_ms = v.parse().unwrap_or_else(|_| die("bad --join-ms")),
             "--out" => a.out = PathBuf::from(v),
@@ -273,7 +262,7 @@ fn scenario(n: u32, ch: &str, a: &Args) -> Scenario {
     } else {
         channel(ch)
     };
-    let mut s = Scenario::new(topology)
+    Scenario::new(topology)
         .name(format!("ota n{n} {ch}"))
         .seed(seed)
         .duration(Duration::from_secs(6 * 3600))
@@ -284,9 +273,7 @@ fn scenario(n: u32, ch: &str, a: &Args) -> Scenario {
             start: Duration::ZERO,
             interval: Duration::from_millis(join_ms),
             jitter: Duration::from_millis(join_ms * 4 / 5),
-        });
-    s.mesh.tree_memory = Some(a.tree_memory);
-    s
+        })
 }
 
 /// Whether the cell forms under the independent model and switches to `ch` at the start.

@@ -2,13 +2,12 @@
 //! broadcast per second. Run with `--release`:
 //!
 //! ```text
-//! cargo run -p meshfleet-sim --release --example scale -- [NODES] [VIRTUAL_MINUTES] [JOIN_INTERVAL_MS] [CHANNEL] [MAX_WALL_S] [SYNC] [TREES]
+//! cargo run -p meshfleet-sim --release --example scale -- [NODES] [VIRTUAL_MINUTES] [JOIN_INTERVAL_MS] [CHANNEL] [MAX_WALL_S] [SYNC]
 //! ```
 //!
 //! Defaults: 1000 nodes, 10 minutes, 20 ms between joins, independent links, no wall-time
 //! limit, meshfleet's node sync (`SYNC` = `library`: the library's, a request on every
-//! layout change whatever is unanswered; `NodeSyncPolicy`), each link's tree kept
-//! as flat tree and text (`TREES` = `lean`: flat only; `TreeMemory`). Prints wall time, virtual seconds per wall second, events processed and peak RSS
+//! layout change whatever is unanswered; `NodeSyncPolicy`). Prints wall time, virtual seconds per wall second, events processed and peak RSS
 //! (VmHWM). With `MAX_WALL_S`, a run that has used that much wall time stops at the next
 //! 10-virtual-second step and prints its summary so far, marked as stopped (a 10,000-node
 //! run on a busy machine can take hours; a stopped run still says how far it got).
@@ -37,7 +36,6 @@ fn main() {
     };
     let max_wall_s: f64 = arg(5, f64::INFINITY);
     let library_sync = std::env::args().nth(6).as_deref() == Some("library");
-    let lean = std::env::args().nth(7).as_deref() == Some("lean");
     let formation = Duration::from_millis(join_ms * u64::from(nodes));
     let mut scenario = Scenario::new(Topology::RandomTree {
         nodes,
@@ -59,9 +57,6 @@ fn main() {
     } else {
         meshfleet_mesh::NodeSyncPolicy::Meshfleet
     });
-    if lean {
-        scenario.mesh.tree_memory = Some(meshfleet_mesh::TreeMemory::Lean);
-    }
     let started = Wall::now();
     // The broadcast is a workload: `Run` installs it (it runs on the simulation's timers).
     let mut run = Run::new(scenario).expect("a valid scenario");

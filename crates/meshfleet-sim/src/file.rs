@@ -206,7 +206,6 @@ struct RawMesh {
     node_sync_interval_ms: Sp<f64>,
     time_sync_interval_ms: Sp<f64>,
     node_sync: Sp<String>,
-    tree_memory: Sp<String>,
 }
 
 #[derive(Deserialize)]
@@ -558,19 +557,6 @@ fn build(src: &Src<'_>, raw: RawScenario) -> Result<Scenario, ScenarioError> {
                         v.span(),
                         Some("mesh.node_sync".into()),
                         format!("must be \"meshfleet\" or \"library\" (got {other:?})"),
-                    ))
-                }
-            });
-        }
-        if let Some(v) = &m.tree_memory {
-            p.tree_memory = Some(match v.get_ref().as_str() {
-                "fast" => meshfleet_mesh::TreeMemory::Fast,
-                "lean" => meshfleet_mesh::TreeMemory::Lean,
-                other => {
-                    return Err(c.src.err(
-                        v.span(),
-                        Some("mesh.tree_memory".into()),
-                        format!("must be \"fast\" or \"lean\" (got {other:?})"),
                     ))
                 }
             });

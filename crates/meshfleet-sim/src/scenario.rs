@@ -222,9 +222,6 @@ pub struct MeshParams {
     pub time_sync_interval: Option<Duration>,
     /// Overrides `Config::node_sync` (`NodeSyncPolicy::Library`: the library's node sync).
     pub node_sync: Option<meshfleet_mesh::NodeSyncPolicy>,
-    /// Overrides `Config::tree_memory` (`TreeMemory::Lean`: flat trees only, for runs of
-    /// thousands of nodes that would not fit in memory otherwise).
-    pub tree_memory: Option<meshfleet_mesh::TreeMemory>,
 }
 
 /// How stations without an access point find one again (the library's station scan).

@@ -388,9 +388,6 @@ impl Simulation {
             if let Some(policy) = mesh.node_sync {
                 c.node_sync = policy;
             }
-            if let Some(kept) = mesh.tree_memory {
-                c.tree_memory = kept;
-            }
             c
         });
         let end = Instant::ZERO + scenario.duration;
