@@ -30,7 +30,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use meshfleet_firmware::{keys, pack, PackOptions, Sha256Digest, SigningKey, Version};
+use meshfleet_firmware::{keys, pack, PackOptions, SigningKey, Version};
 use meshfleet_gateway::model::ArtefactInfo;
 use meshfleet_gateway::store::SqliteStore;
 use meshfleet_gateway::{Gateway, GatewayConfig, GatewayError, Stores};
@@ -393,18 +393,7 @@ fn demo_artefact(image: &[u8], key: &SigningKey) -> Result<(Vec<u8>, ArtefactInf
         .map(|d| d.as_secs());
     let artefact = pack(image, opts).map_err(|e| DemoError::Pack(e.to_string()))?;
     let bytes = artefact.to_bytes();
-    let m = artefact.manifest();
-    let info = ArtefactInfo {
-        id: Sha256Digest::of(&bytes).to_hex(),
-        role: m.role.clone(),
-        hardware: m.hardware.clone(),
-        version: m.version.to_string(),
-        size: bytes.len() as u64,
-        image_size: m.size,
-        image_sha256: m.sha256.to_string(),
-        key_id: keys::key_id(&key.verifying_key()).to_string(),
-        uploaded_at: meshfleet_gateway::now_millis(),
-        uploaded_by: "demo".into(),
-    };
+    let key_id = keys::key_id(&key.verifying_key());
+    let info = ArtefactInfo::verified(&bytes, artefact.manifest(), &key_id, "demo");
     Ok((bytes, info))
 }

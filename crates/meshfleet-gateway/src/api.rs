@@ -1065,10 +1065,6 @@ pub struct ArtefactList {
     pub artefacts: Vec<ArtefactInfo>,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Uploads a `.mfw` artefact. It is parsed and fully verified (signature by the gateway's
 /// `firmware-key`, every chunk hash, payload and image hashes) before anything is stored;
 /// it is stored by the SHA-256 of the file, so uploading it again changes nothing.
@@ -1103,8 +1099,8 @@ async fn upload_firmware(
         ));
     }
     // Parsing and verifying decode the whole image: CPU work, off the async workers.
+    let uploader = actor.0 .0.clone();
     let verified = tokio::task::spawn_blocking(move || {
-        let id = hex(&Sha256::digest(&body));
         let artefact = Artefact::from_bytes(&body).map_err(|e| {
             ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -1126,16 +1122,7 @@ async fn upload_firmware(
                 "the signature was not checked",
             ));
         };
-        let m = artefact.manifest();
-        let info = (
-            id,
-            m.role.clone(),
-            m.hardware.clone(),
-            m.version.to_string(),
-            m.size,
-            m.sha256.to_string(),
-            key_id.to_string(),
-        );
+        let info = ArtefactInfo::verified(&body, artefact.manifest(), &key_id, &uploader);
         Ok::<_, ApiError>((info, body))
     })
     .await
@@ -1146,20 +1133,8 @@ async fn upload_firmware(
             "verification task failed",
         )
     })??;
-    let ((id, role, hardware, version, image_size, image_sha256, key_id), body) = verified;
-    let now = now_millis();
-    let info = ArtefactInfo {
-        id: id.clone(),
-        role,
-        hardware,
-        version,
-        size: body.len() as u64,
-        image_size,
-        image_sha256,
-        key_id,
-        uploaded_at: now,
-        uploaded_by: actor.0 .0.clone(),
-    };
+    let (info, body) = verified;
+    let (id, now) = (info.id.clone(), info.uploaded_at);
     let created = s.stores.artefacts.put(info.clone(), body.to_vec()).await?;
     if !created {
         let existing = s

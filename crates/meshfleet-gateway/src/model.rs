@@ -361,6 +361,31 @@ pub struct ArtefactInfo {
     pub uploaded_by: String,
 }
 
+impl ArtefactInfo {
+    /// What the store lists for a verified artefact: `bytes` is the whole `.mfw` file
+    /// (its SHA-256 is the id), `key_id` the key its signature was checked with, stamped
+    /// now as uploaded by `uploaded_by`.
+    pub fn verified(
+        bytes: &[u8],
+        manifest: &meshfleet_firmware::Manifest,
+        key_id: &meshfleet_firmware::KeyId,
+        uploaded_by: &str,
+    ) -> Self {
+        Self {
+            id: meshfleet_firmware::Sha256Digest::of(bytes).to_hex(),
+            role: manifest.role.clone(),
+            hardware: manifest.hardware.clone(),
+            version: manifest.version.to_string(),
+            size: bytes.len() as u64,
+            image_size: manifest.size,
+            image_sha256: manifest.sha256.to_string(),
+            key_id: key_id.to_string(),
+            uploaded_at: crate::now_millis(),
+            uploaded_by: uploaded_by.to_owned(),
+        }
+    }
+}
+
 /// One audit log entry: who did what, when.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]

@@ -34,7 +34,6 @@ use meshfleet_gateway::model::{ArtefactInfo, AuditEntry};
 use meshfleet_gateway::{now_millis, Shared};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use crate::bridge::{BridgeError, BridgeMetrics};
@@ -844,8 +843,8 @@ impl Commands {
             .ok_or_else(|| refuse("not_ready", "the bridge is starting"))?
             .clone();
         let key = shared.firmware_key.ok_or_else(no_key)?;
+        let actor_name = actor.to_owned();
         let verified = tokio::task::spawn_blocking(move || {
-            let id = hex(&Sha256::digest(&body));
             let artefact = Artefact::from_bytes(&body)
                 .map_err(|e| refuse("bad_artefact", format!("not a valid .mfw file: {e}")))?;
             let v = artefact
@@ -857,25 +856,12 @@ impl Commands {
                     "the signature was not checked",
                 ));
             };
-            let m = artefact.manifest();
-            let info = ArtefactInfo {
-                id,
-                role: m.role.clone(),
-                hardware: m.hardware.clone(),
-                version: m.version.to_string(),
-                size: body.len() as u64,
-                image_size: m.size,
-                image_sha256: m.sha256.to_string(),
-                key_id: key_id.to_string(),
-                uploaded_at: now_millis(),
-                uploaded_by: String::new(),
-            };
+            let info = ArtefactInfo::verified(&body, artefact.manifest(), &key_id, &actor_name);
             Ok((info, body))
         })
         .await
         .map_err(|_| refuse("internal", "verification task failed"))??;
-        let (mut info, body) = verified;
-        info.uploaded_by = actor.to_owned();
+        let (info, body) = verified;
         let (id, version) = (info.id.clone(), info.version.clone());
         shared
             .stores
@@ -1079,10 +1065,6 @@ fn no_key() -> Refusal {
         "no_firmware_key",
         "this gateway has no firmware-key, so it cannot verify artefacts",
     )
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //!     [--strategy stock,stock_broadcasted,meshfleet] [--image-kib 1024] [--window 8192] \
 //!     [--seed 1] [--cap-min 60] [--max-wall-s 1200] [--stock-max-nodes N] [--join-ms 50] \
 //!     [--random-tree-from N] [--form-independent-from N] [--formation-cap-s 900]
-//!     [--idle-before-s S] [--out DIR]
+//!     [--idle-before-s S] [--node-sync meshfleet|library] [--out DIR]
 //! ```
 //!
 //! `--window BYTES` (or `8K`): the DEFLATE window the meshfleet artefact is packed with, a
@@ -27,6 +27,9 @@
 //! at 500-1,000 nodes (node-sync frames of ~15-30 KB silence whole neighbourhoods while the
 //! tree changes under them); what it forms is still a tree over the same placement, but
 //! not necessarily the same tree (formation timing decides some parents).
+//! `--node-sync library`: every cell's nodes run the library's node sync
+//! (`meshfleet_mesh::NodeSyncPolicy`; default: meshfleet's for the meshfleet strategy, the
+//! library's for the stock ones), to compare the two on one commit.
 //! `--idle-before-s S`: a control run: after formation, with the cell's channel and loss in
 //! place, the mesh runs S virtual seconds without the campaign first, and the note says how
 //! many links closed meanwhile (what the mesh does without OTA traffic).
@@ -78,6 +81,7 @@ struct Args {
     random_tree_from: Option<u32>,
     form_independent_from: Option<u32>,
     idle_before: Duration,
+    node_sync: Option<meshfleet_mesh::NodeSyncPolicy>,
     out: PathBuf,
 }
 
@@ -109,6 +113,7 @@ fn parse_args() -> Args {
         random_tree_from: None,
         form_independent_from: None,
         idle_before: Duration::ZERO,
+        node_sync: None,
         out: PathBuf::from("target/ota_bench"),
     };
     let mut it = std::env::args().skip(1);
@@ -150,6 +155,13 @@ fn parse_args() -> Args {
             "--idle-before-s" => {
                 a.idle_before =
                     Duration::from_secs(v.parse().unwrap_or_else(|_| die("bad --idle-before-s")));
+            }
+            "--node-sync" => {
+                a.node_sync = Some(match v.as_str() {
+                    "meshfleet" => meshfleet_mesh::NodeSyncPolicy::Meshfleet,
+                    "library" => meshfleet_mesh::NodeSyncPolicy::Library,
+                    _ => die("--node-sync is meshfleet or library"),
+                })
             }
             "--join-ms" => a.join_ms = v.parse().unwrap_or_else(|_| die("bad --join-ms")),
             "--out" => a.out = PathBuf::from(v),
@@ -262,7 +274,7 @@ fn scenario(n: u32, ch: &str, a: &Args) -> Scenario {
     } else {
         channel(ch)
     };
-    Scenario::new(topology)
+    let mut s = Scenario::new(topology)
         .name(format!("ota n{n} {ch}"))
         .seed(seed)
         .duration(Duration::from_secs(6 * 3600))
@@ -273,7 +285,9 @@ fn scenario(n: u32, ch: &str, a: &Args) -> Scenario {
             start: Duration::ZERO,
             interval: Duration::from_millis(join_ms),
             jitter: Duration::from_millis(join_ms * 4 / 5),
-        })
+        });
+    s.mesh.node_sync = a.node_sync;
+    s
 }
 
 /// Whether the cell forms under the independent model and switches to `ch` at the start.

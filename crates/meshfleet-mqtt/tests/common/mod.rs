@@ -244,19 +244,8 @@ pub async fn store(gw: &Gw, key: &SigningKey, version: &str) -> (String, Sha256D
     let a = pack_artefact(key, version);
     let bytes = a.to_bytes();
     let m = a.manifest();
-    let id = sha_hex(&bytes);
-    let info = ArtefactInfo {
-        id: id.clone(),
-        role: m.role.clone(),
-        hardware: m.hardware.clone(),
-        version: m.version.to_string(),
-        size: bytes.len() as u64,
-        image_size: m.size,
-        image_sha256: m.sha256.to_string(),
-        key_id: keys::key_id(&key.verifying_key()).to_string(),
-        uploaded_at: meshfleet_gateway::now_millis(),
-        uploaded_by: "test".into(),
-    };
+    let info = ArtefactInfo::verified(&bytes, m, &keys::key_id(&key.verifying_key()), "test");
+    let id = info.id.clone();
     gw.shared().stores.artefacts.put(info, bytes).await.unwrap();
     (id, m.sha256)
 }
