@@ -10,7 +10,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{args, incompressible_image, meshfleet, pack, run_ok, text, words, Proc};
+use common::{
+    args, incompressible_image, meshfleet, ota_receiver_args, pack, run_ok, text, words, Proc,
+};
 use serde_json::Value;
 
 const TIMEOUT: Duration = Duration::from_secs(90);
@@ -31,23 +33,7 @@ fn pack_small(d: &Path, version: &str, hardware: &str, out: &str) {
 
 /// A receiving node listening on a free port.
 fn receiver(d: &Path, id: u32, role: &str, extra: &[&str]) -> Proc {
-    let dir = d.join(format!("ota-{id}"));
-    let mut a = args(&[
-        "node",
-        "--json",
-        "--node-id",
-        &id.to_string(),
-        "--listen",
-        "127.0.0.1:0",
-        "--ota-dir",
-        dir.to_str().unwrap(),
-        "--ota-role",
-        role,
-        "--ota-hardware",
-        "ESP32",
-        "--ota-confirm-after",
-        "1",
-    ]);
+    let mut a = ota_receiver_args(d, id, ["--listen", "127.0.0.1:0"], role, "ESP32");
     a.extend(extra.iter().map(|s| (*s).to_owned()));
     spawn(&format!("receiver {id}"), d, &a)
 }

@@ -24,8 +24,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{
-    args, free_port, gateway_command, get_json, incompressible_image, meshfleet, pack, text,
-    Killed, Proc,
+    args, free_port, gateway_command, get_json, incompressible_image, meshfleet, ota_receiver_args,
+    pack, text, Killed, Proc,
 };
 use meshfleet_mqtt::testbroker::Broker;
 use meshfleet_mqtt::testclient::{Msg, Observer};
@@ -59,27 +59,9 @@ fn http_server(body: Vec<u8>) -> String {
 }
 
 fn node(dir: &Path, id: u32, mesh: u16) -> Proc {
-    let ota = dir.join(format!("ota-{id}"));
-    let mut a = args(&[
-        "node",
-        "--json",
-        "--node-id",
-        &id.to_string(),
-        "--connect",
-        &format!("127.0.0.1:{mesh}"),
-        "--ota-dir",
-        ota.to_str().unwrap(),
-        "--ota-role",
-        "sensor",
-        "--ota-hardware",
-        "ESP32",
-        "--ota-hook",
-        "true",
-        "--ota-confirm-after",
-        "1",
-        "--status-interval",
-        "1",
-    ]);
+    let connect = format!("127.0.0.1:{mesh}");
+    let mut a = ota_receiver_args(dir, id, ["--connect", &connect], "sensor", "ESP32");
+    a.extend(args(&["--ota-hook", "true", "--status-interval", "1"]));
     // Telemetry keyframes tell the gateway the node's role and hardware. 7003 sends none:
     // Home Assistant's view of it (the `update` entity's latest version, the install
     // button's artefact) must come from what else the gateway knows (its CAPS).

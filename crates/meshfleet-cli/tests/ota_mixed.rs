@@ -21,7 +21,9 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use common::{args, incompressible_image, pack, run_ok, sha256_hex, text, words, Proc};
+use common::{
+    args, incompressible_image, ota_receiver_args, pack, run_ok, sha256_hex, text, words, Proc,
+};
 use meshfleet_mesh::{Config, Node, NodeId};
 use meshfleet_runtime::{Runtime, RuntimeConfig};
 use serde_json::Value;
@@ -59,31 +61,12 @@ fn signed_artefact(d: &Path) -> String {
 /// `fleet.key.pub`, its store in `ota-<id>`, a hook that writes the version to
 /// `hook-<id>.txt`, confirmation after 1 s.
 fn signed_receiver(d: &Path, id: u32) -> Proc {
-    let dir = d.join(format!("ota-{id}"));
     let hook = format!(
         "printf %s \"$MESHFLEET_OTA_VERSION\" > '{}'",
         d.join(format!("hook-{id}.txt")).display()
     );
-    let a = args(&[
-        "node",
-        "--json",
-        "--node-id",
-        &id.to_string(),
-        "--listen",
-        "127.0.0.1:0",
-        "--ota-dir",
-        dir.to_str().unwrap(),
-        "--ota-role",
-        "sensor",
-        "--ota-hardware",
-        "ESP32",
-        "--ota-key",
-        "fleet.key.pub",
-        "--ota-hook",
-        &hook,
-        "--ota-confirm-after",
-        "1",
-    ]);
+    let mut a = ota_receiver_args(d, id, ["--listen", "127.0.0.1:0"], "sensor", "ESP32");
+    a.extend(args(&["--ota-key", "fleet.key.pub", "--ota-hook", &hook]));
     spawn(&format!("receiver {id}"), d, &a)
 }
 

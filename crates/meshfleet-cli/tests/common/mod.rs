@@ -245,6 +245,36 @@ pub fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| (*s).to_owned()).collect()
 }
 
+/// The arguments of a `meshfleet node --json` that receives OTA: node `id`, its store in
+/// `dir/ota-<id>`, role `role` on `hardware`, confirmation after 1 s; `net` is how it meets
+/// the mesh (`["--connect", "127.0.0.1:PORT"]`, `["--listen", "127.0.0.1:0"]`). Callers
+/// add their hooks, keys and intervals.
+pub fn ota_receiver_args(
+    dir: &Path,
+    id: u32,
+    net: [&str; 2],
+    role: &str,
+    hardware: &str,
+) -> Vec<String> {
+    let ota = dir.join(format!("ota-{id}"));
+    args(&[
+        "node",
+        "--json",
+        "--node-id",
+        &id.to_string(),
+        net[0],
+        net[1],
+        "--ota-dir",
+        ota.to_str().unwrap(),
+        "--ota-role",
+        role,
+        "--ota-hardware",
+        hardware,
+        "--ota-confirm-after",
+        "1",
+    ])
+}
+
 /// Runs `meshfleet ARGS` in `dir` to completion.
 pub fn meshfleet(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_meshfleet"))
@@ -437,25 +467,9 @@ pub fn ota_node(
     hook: bool,
     timeout: Duration,
 ) -> Proc {
-    let ota = dir.join(format!("ota-{id}"));
-    let mut a = args(&[
-        "node",
-        "--json",
-        "--node-id",
-        &id.to_string(),
-        "--connect",
-        &format!("127.0.0.1:{mesh}"),
-        "--ota-dir",
-        ota.to_str().unwrap(),
-        "--ota-role",
-        "sensor",
-        "--ota-hardware",
-        hardware,
-        "--ota-confirm-after",
-        "1",
-        "--status-interval",
-        "2",
-    ]);
+    let connect = format!("127.0.0.1:{mesh}");
+    let mut a = ota_receiver_args(dir, id, ["--connect", &connect], "sensor", hardware);
+    a.extend(args(&["--status-interval", "2"]));
     if hook {
         let file = dir.join(format!("hook-{id}.txt"));
         a.push("--ota-hook".to_owned());
@@ -473,31 +487,18 @@ pub fn ota_node(
 /// names its OTA role: the gateway then knows it as a meshfleet node (rolled back by the
 /// signed command, not by a re-offer).
 pub fn telemetry_ota_node(dir: &Path, id: u32, mesh: u16, hook: &str, timeout: Duration) -> Proc {
-    let ota = dir.join(format!("ota-{id}"));
-    let a = args(&[
-        "node",
-        "--json",
-        "--node-id",
-        &id.to_string(),
-        "--connect",
-        &format!("127.0.0.1:{mesh}"),
-        "--ota-dir",
-        ota.to_str().unwrap(),
-        "--ota-role",
-        "sensor",
-        "--ota-hardware",
-        "ESP32",
+    let connect = format!("127.0.0.1:{mesh}");
+    let mut a = ota_receiver_args(dir, id, ["--connect", &connect], "sensor", "ESP32");
+    a.extend(args(&[
         "--ota-hook",
         hook,
-        "--ota-confirm-after",
-        "1",
         "--status-interval",
         "1",
         "--telemetry-to",
         "900",
         "--telemetry-interval",
         "2",
-    ]);
+    ]));
     Proc::spawn(&format!("node {id}"), Some(dir), &a, timeout)
 }
 
