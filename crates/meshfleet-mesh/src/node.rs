@@ -55,12 +55,12 @@ pub struct Transmit {
 /// queued a bulk frame within the node timeout), its own NODE_SYNC_REQUESTs are control
 /// frames too. Bulk data means a crowded medium, where every frame waits for the air; a
 /// request in the normal class then waits behind every control frame of the node's other
-/// links (their replies are whole trees) and its exchange overran the 10 s node timeout: at 500 nodes on the geometric
-/// channel links closed from 400 s into a campaign on and 3 of 499 nodes were updated in
-/// 1,180 s, against 499/499 in 858.5 s with requests as control frames. Without bulk data
-/// requests stay normal frames, as the library queues them: as control frames they are
-/// never dropped at a full queue, and in formation storms they piled up (the 1,000-node
-/// random-tree scenario put 3.6x the bytes on the air).
+/// links (their replies are whole trees) and its exchange overran the 10 s node timeout: at
+/// 500 nodes on the geometric channel links closed from 400 s into a campaign on and 3 of
+/// 499 nodes were updated in 1,180 s, against 499/499 in 858.5 s with requests as control
+/// frames. Without bulk data requests stay normal frames, as the library queues them: as
+/// control frames they are never dropped at a full queue, and in formation storms they
+/// piled up (the 1,000-node random-tree scenario put 3.6x the bytes on the air).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Priority {
     /// NODE_SYNC_REPLY and TIME_SYNC (and NODE_SYNC_REQUEST under meshfleet's policy, or
