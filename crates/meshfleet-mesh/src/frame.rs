@@ -17,6 +17,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 use crate::node::Priority;
+use crate::rope::{join_parts, Pieces, TreeText};
 use crate::LinkId;
 
 /// One frame (NUL included), either as its bytes or as pieces shared with the node that
@@ -36,7 +37,7 @@ struct Parts {
     /// `head` followed by `tail`, split at `split`: one allocation for both.
     ends: Vec<u8>,
     split: usize,
-    trees: Vec<Arc<Vec<u8>>>,
+    trees: Vec<Arc<TreeText>>,
     len: usize,
 }
 
@@ -47,7 +48,7 @@ pub(crate) const SHARE_FROM: usize = 1024;
 impl SharedFrame {
     /// `head`, then `trees` joined by `,`, then `tail`: kept as pieces when large, copied
     /// into one buffer when small.
-    pub(crate) fn joined(head: &[u8], trees: Vec<Arc<Vec<u8>>>, tail: &[u8]) -> Self {
+    pub(crate) fn joined(head: &[u8], trees: Vec<Arc<TreeText>>, tail: &[u8]) -> Self {
         let commas = trees.len().saturating_sub(1);
         let len = head.len() + tail.len() + commas + trees.iter().map(|t| t.len()).sum::<usize>();
         let mut ends = Vec::with_capacity(if len < SHARE_FROM {
@@ -57,7 +58,7 @@ impl SharedFrame {
         });
         ends.extend_from_slice(head);
         if len < SHARE_FROM {
-            join_trees(&trees, &mut ends);
+            join_parts(&trees, &mut ends);
             ends.extend_from_slice(tail);
             return Self(Repr::Bytes(ends));
         }
@@ -91,7 +92,20 @@ impl SharedFrame {
                 .ends
                 .get(..p.split)
                 .and_then(|h| h.first().copied())
-                .or_else(|| p.trees.first().and_then(|t| t.first().copied())),
+                .or_else(|| p.trees.first().and_then(|t| t.first())),
+        }
+    }
+
+    /// The head, the shared trees and the tail, if the frame is in pieces: a receiver
+    /// keeps the trees as they are instead of a copy of their text
+    /// ([`crate::Node::handle_shared_frame`]).
+    pub(crate) fn pieces(&self) -> Option<Pieces<'_>> {
+        match &self.0 {
+            Repr::Bytes(_) => None,
+            Repr::Parts(p) => {
+                let (head, tail) = p.ends.split_at(p.split);
+                Some((head, &p.trees, tail))
+            }
         }
     }
 
@@ -111,7 +125,7 @@ impl SharedFrame {
                 out.reserve(p.len);
                 let (head, tail) = p.ends.split_at(p.split);
                 out.extend_from_slice(head);
-                join_trees(&p.trees, out);
+                join_parts(&p.trees, out);
                 out.extend_from_slice(tail);
             }
         }
@@ -139,15 +153,6 @@ impl From<Vec<u8>> for SharedFrame {
     }
 }
 
-fn join_trees(trees: &[Arc<Vec<u8>>], out: &mut Vec<u8>) {
-    for (i, t) in trees.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(t);
-    }
-}
-
 /// A frame to send on a link, its bytes possibly shared ([`SharedFrame`]). Drain with
 /// [`crate::Node::poll_transmit_shared`]; [`crate::Transmit`] is the same with the bytes
 /// flat.
@@ -166,8 +171,8 @@ mod tests {
     use super::*;
     use alloc::vec;
 
-    fn tree(byte: u8, n: usize) -> Arc<Vec<u8>> {
-        Arc::new(vec![byte; n])
+    fn tree(byte: u8, n: usize) -> Arc<TreeText> {
+        Arc::new(TreeText::Flat(vec![byte; n]))
     }
 
     #[test]
@@ -190,7 +195,7 @@ mod tests {
                 if i > 0 {
                     want.push(b',');
                 }
-                want.extend_from_slice(t);
+                t.write_to(&mut want);
             }
             want.extend_from_slice(b"]tail}\0");
             assert_eq!(f.to_vec(), want, "{sizes:?}");

@@ -22,6 +22,7 @@ mod frame;
 mod node;
 mod plugin;
 mod rng;
+mod rope;
 mod stats;
 pub mod time;
 pub mod timesync;

@@ -17,6 +17,7 @@ use crate::event::{
 use crate::frame::{SharedFrame, SharedTransmit};
 use crate::plugin::{AddPluginError, Ctx, MeshChange, Plugin, PluginHandle, SendError};
 use crate::rng::Rng;
+use crate::rope::{same_parts, TreeText};
 use crate::stats::Stats;
 use crate::time::{Duration, Instant};
 use crate::timesync::{adopt_by_size, clock_offset, trip_delay, TIME_SYNC_ACCURACY};
@@ -111,8 +112,10 @@ pub(crate) struct Link {
     sent_digest: Option<u64>,
     /// `tree` serialized once on receipt: node syncs to our other links embed it as is,
     /// shared (a node sync is handed out as pieces, [`SharedFrame`]), so a layout change
-    /// costs a reference per link, not a copy, a clone or a re-serialization.
-    tree_json: Arc<Vec<u8>>,
+    /// costs a reference per link, not a copy, a clone or a re-serialization. A tree that
+    /// arrived in pieces ([`Node::handle_shared_frame`]) is kept as those pieces, shared
+    /// with the sender's text ([`TreeText`]), not copied.
+    tree_json: Arc<TreeText>,
     /// `tree.digest()`, for [`Core::digest_for`].
     tree_digest: u64,
     /// Where the `subs` array sits in `tree_json`, if the tree has subs: a node sync
@@ -519,7 +522,7 @@ impl Node {
             time_request: None,
             backlog: 0,
             sent_digest: None,
-            tree_json: Arc::new(Vec::new()),
+            tree_json: Arc::new(TreeText::default()),
             tree_digest: 0,
             subs_range: None,
             sync_timing: NodeSyncTiming::default(),
@@ -609,6 +612,57 @@ impl Node {
             self.core.drop_frame(link, DropReason::TooLong);
         } else if !frame.is_empty() {
             self.core.handle_frame(now, link, frame);
+        }
+        self.dispatch(now);
+    }
+
+    /// Hands a whole frame, as [`Node::poll_transmit_shared`] made it (NUL included), to
+    /// the node: for drivers that pass frames on without laying them out (the
+    /// simulator). The node does what [`Node::handle_bytes`] does with a binary frame and
+    /// [`Node::handle_frame`] with the bytes of a JSON one minus the NUL, except that a
+    /// node sync in pieces whose trees it keeps is kept as those pieces, shared with the
+    /// sender's text, instead of a copy: in a big mesh every node would otherwise hold
+    /// its own copy of nearly the whole mesh's JSON. `scratch` is where the frame is laid
+    /// out when it must be read; reuse one across calls.
+    pub fn handle_shared_frame(
+        &mut self,
+        now: Instant,
+        link: LinkId,
+        frame: &SharedFrame,
+        scratch: &mut Vec<u8>,
+    ) {
+        // Node syncs in pieces end with their NUL (`node_sync_frame`); anything else is
+        // read flat, exactly as a socket driver's frames are.
+        let in_pieces = frame
+            .pieces()
+            .is_some_and(|(_, _, tail)| tail.last() == Some(&0));
+        if !in_pieces {
+            let bytes: &[u8] = match frame.as_contiguous() {
+                Some(b) => b,
+                None => {
+                    scratch.clear();
+                    frame.write_to(scratch);
+                    scratch
+                }
+            };
+            if bytes.first() == Some(&meshfleet_wire::BINARY_FRAME_MARK) {
+                self.handle_bytes(now, link, bytes);
+            } else {
+                let body = bytes.strip_suffix(&[0]).unwrap_or(bytes);
+                self.handle_frame(now, link, body);
+            }
+            return;
+        }
+        if self.core.link_index(link).is_none() {
+            return;
+        }
+        // What `handle_frame` counts and checks for the frame's bytes minus the NUL.
+        let body_len = frame.len() - 1;
+        self.core.stats.bytes_in += body_len as u64 + 1;
+        if body_len > self.core.config.max_frame_len {
+            self.core.drop_frame(link, DropReason::TooLong);
+        } else if body_len > 0 {
+            self.core.handle_shared_frame(now, link, frame, scratch);
         }
         self.dispatch(now);
     }
@@ -811,10 +865,14 @@ impl Node {
     }
 }
 
+/// A node sync's `subs` text, and the frame's shared trees if the text is exactly them.
+type SubsText<'a> = (&'a [u8], Option<&'a [Arc<TreeText>]>);
+
 /// How a new link tree's JSON is made: from the received `subs` text (canonical: exactly
-/// what `write_json` writes), or written.
+/// what `write_json` writes), kept as the frame's shared trees when it is exactly those
+/// (`[` + the trees + `]`) or else copied; or written.
 enum TreeJson<'a> {
-    Subs(&'a [u8]),
+    Subs(&'a [u8], Option<&'a [Arc<TreeText>]>),
     Written(Vec<u8>, Option<(usize, usize)>),
 }
 
@@ -822,7 +880,7 @@ impl TreeJson<'_> {
     /// The JSON's length for `tree`.
     fn len(&self, tree: &FlatTree) -> usize {
         match self {
-            TreeJson::Subs(subs) => {
+            TreeJson::Subs(subs, _) => {
                 let mut head = Vec::with_capacity(48);
                 FlatTree::single(tree.node_id(), tree.root(), tree.has_time_authority())
                     .write_json(&mut head);
@@ -859,14 +917,52 @@ fn link_tree_json_into(out: &mut Vec<u8>, tree: &FlatTree, subs: &[u8]) -> (usiz
     (start, end)
 }
 
+/// A link tree's JSON as `head`, the received trees `parts`, and `tail` (see
+/// `link_tree_json_into` for the text; here the `subs` text is `[` + `parts` joined + `]`):
+/// shared with the sender instead of copied. Returns the byte range of the `subs` array.
+fn link_tree_json_shared(tree: &FlatTree, parts: &[Arc<TreeText>]) -> (TreeText, (usize, usize)) {
+    let mut head = Vec::with_capacity(64);
+    FlatTree::single(tree.node_id(), tree.root(), tree.has_time_authority()).write_json(&mut head);
+    head.pop(); // its closing brace
+    head.extend_from_slice(br#","subs":["#);
+    let text = TreeText::joined(&head, parts.to_vec(), b"]}");
+    let range = (head.len() - 1, text.len() - 1);
+    (text, range)
+}
+
+/// The frame's shared trees, if `subs`, a slice of `flat` (the frame laid out, NUL
+/// excluded), is exactly `[` + those trees joined + `]`: then the receiver may keep the
+/// trees themselves as its text (same bytes).
+fn shared_subs<'f>(
+    shared: Option<&'f SharedFrame>,
+    flat: &[u8],
+    subs: &[u8],
+) -> Option<&'f [Arc<TreeText>]> {
+    let frame = shared?;
+    let (head, parts, tail) = frame.pieces()?;
+    let start = (subs.as_ptr() as usize).checked_sub(flat.as_ptr() as usize)?;
+    let end = start + subs.len();
+    let whole = head.last() == Some(&b'[')
+        && tail.first() == Some(&b']')
+        && !parts.is_empty()
+        && end <= flat.len()
+        && start + 1 == head.len()
+        && end + tail.len() == frame.len() + 1;
+    whole.then_some(parts)
+}
+
 /// The buffer behind `json` to write a new tree into: its own allocation when no frame
-/// still shares it, else a new one (the frames keep the old text, which is what they send).
-fn unshared(json: &mut Arc<Vec<u8>>) -> &mut Vec<u8> {
-    if Arc::get_mut(json).is_none() {
-        *json = Arc::new(Vec::new());
+/// still shares it and it is flat, else a new one (the frames keep the old text, which is
+/// what they send).
+fn unshared(json: &mut Arc<TreeText>) -> &mut Vec<u8> {
+    if !matches!(Arc::get_mut(json), Some(TreeText::Flat(_))) {
+        *json = Arc::new(TreeText::Flat(Vec::new()));
     }
-    // Unshared now: `make_mut` does not copy.
-    Arc::make_mut(json)
+    match Arc::make_mut(json) {
+        TreeText::Flat(buf) => buf,
+        // Flat and unshared now (`make_mut` does not copy).
+        TreeText::Joined(_) => unreachable!("made flat above"),
+    }
 }
 
 /// The ids that `added` has and `removed` has not, and the other way round (as multisets).
@@ -1010,7 +1106,7 @@ impl Core {
     fn node_sync_frame(&self, ty: i64, peer: NodeId, with_authority: bool) -> SharedFrame {
         use core::fmt::Write as _;
         let c = &self.config;
-        let trees: Vec<Arc<Vec<u8>>> = self
+        let trees: Vec<Arc<TreeText>> = self
             .subs_for(peer)
             .map(|l| Arc::clone(&l.tree_json))
             .collect();
@@ -1234,6 +1330,39 @@ impl Core {
     }
 
     fn handle_frame(&mut self, now: Instant, link: LinkId, frame: &[u8]) {
+        self.handle_frame_from(now, link, frame, None);
+    }
+
+    /// A frame in pieces ([`Node::handle_shared_frame`]; NUL included): an unchanged
+    /// node sync made of the very trees we keep is recognised by their pointers, without
+    /// laying the frame out; anything else is read flat from `scratch`, keeping the
+    /// frame's trees if they become our text.
+    fn handle_shared_frame(
+        &mut self,
+        now: Instant,
+        link: LinkId,
+        frame: &SharedFrame,
+        scratch: &mut Vec<u8>,
+    ) {
+        if let Some((idx, ty)) = self.unchanged_node_sync_pieces(link, frame) {
+            self.stats.frames_in += 1;
+            self.unchanged_sync(now, idx, ty);
+            return;
+        }
+        scratch.clear();
+        frame.write_to(scratch);
+        let body = scratch.strip_suffix(&[0]).unwrap_or(scratch);
+        self.handle_frame_from(now, link, body, Some(frame));
+    }
+
+    /// `frame` (NUL excluded); `shared`: the same frame in pieces, if it came that way.
+    fn handle_frame_from(
+        &mut self,
+        now: Instant,
+        link: LinkId,
+        frame: &[u8],
+        shared: Option<&SharedFrame>,
+    ) {
         use meshfleet_wire::types::{NODE_SYNC_REPLY, NODE_SYNC_REQUEST};
         self.stats.frames_in += 1;
         if let Some((idx, ty)) = self.unchanged_node_sync_bytes(link, frame) {
@@ -1242,6 +1371,7 @@ impl Core {
         }
         if let Some((ty, reread, subs)) = self.reread_node_sync(link, frame) {
             let subs = frame.get(subs.0..subs.1);
+            let subs = subs.map(|s| (s, shared_subs(shared, frame, s)));
             let request = ty == NODE_SYNC_REQUEST;
             let meshfleet_wire::Reread {
                 tree,
@@ -1310,7 +1440,9 @@ impl Core {
             } else {
                 None
             };
-            self.handle_node_sync(now, link, tree, subs_text, None, ty == NODE_SYNC_REQUEST);
+            let subs_text = subs_text.map(|s| (s, shared_subs(shared, frame, s)));
+            let request = ty == NODE_SYNC_REQUEST;
+            self.handle_node_sync(now, link, tree, subs_text, None, request);
             self.after_node_sync(now, link, ty);
             return;
         }
@@ -1533,7 +1665,9 @@ impl Core {
                 .windows(8)
                 .rposition(|w| w == br#","type":"#)?;
         let ty = node_sync_tail(frame.get(body_len..)?)?;
-        let old = l.tree_json.get(..l.tree_json.len().checked_sub(1)?)?;
+        // Laid out for the reread only (transient) when the text is kept in pieces.
+        let old = l.tree_json.flat();
+        let old = old.get(..old.len().checked_sub(1)?)?;
         let new = frame.get(..body_len)?;
         let reread = meshfleet_wire::reread_changed(tree, &l.offsets, old, new, MAX_TREE_DEPTH)?;
         Some((ty, reread, (subs_start, body_len)))
@@ -1568,7 +1702,9 @@ impl Core {
             && flag("root") == tree.root()
             && flag("hasTimeAuthority") == tree.has_time_authority();
         let same_subs = match (parsed.raw_field("subs"), l.subs_range) {
-            (Some(raw), Some((a, b))) => raw.as_bytes() == &l.tree_json[a..b],
+            (Some(raw), Some((a, b))) => {
+                raw.len() == b - a && l.tree_json.flat().get(a..b) == Some(raw.as_bytes())
+            }
             (None, None) => true,
             _ => false,
         };
@@ -1589,9 +1725,36 @@ impl Core {
         let idx = self.link_index(link)?;
         let l = &self.links[idx];
         l.tree.as_ref()?;
-        // Our JSON of the tree without its closing brace.
-        let head = l.tree_json.get(..l.tree_json.len().checked_sub(1)?)?;
-        let ty = node_sync_tail(frame.strip_prefix(head)?)?;
+        // Our JSON of the tree without its closing brace (compared piece by piece when it
+        // is kept in pieces: no flat copy, and it stops at the first difference).
+        let head = l.tree_json.len().checked_sub(1)?;
+        if l.tree_json.common_prefix(frame) < head {
+            return None;
+        }
+        let ty = node_sync_tail(frame.get(head..)?)?;
+        Some((idx, ty))
+    }
+
+    /// `unchanged_node_sync_bytes` for a frame in pieces, from the pieces: our id and
+    /// flags, then the very trees we keep (pointer-equal, so equal text), then the
+    /// library's tail. Anything else (`None`) is laid out and read flat, which gives the
+    /// same answer for the same bytes.
+    fn unchanged_node_sync_pieces(
+        &self,
+        link: LinkId,
+        frame: &SharedFrame,
+    ) -> Option<(usize, i64)> {
+        let (head, parts, tail) = frame.pieces()?;
+        let idx = self.link_index(link)?;
+        let l = &self.links[idx];
+        l.tree.as_ref()?;
+        let (kept_head, kept_parts, kept_tail) = l.tree_json.pieces()?;
+        if head != kept_head || !same_parts(parts, kept_parts) {
+            return None;
+        }
+        // Our tail is `]}`; the frame's is `]` + the library's tail + NUL.
+        let rest = tail.strip_prefix(kept_tail.strip_suffix(b"}")?)?;
+        let ty = node_sync_tail(rest.strip_suffix(&[0])?)?;
         Some((idx, ty))
     }
 
@@ -1626,14 +1789,15 @@ impl Core {
 
     /// router.hpp `handleNodeSync`.
     /// `subs_text`: the frame's `subs` text if it is exactly what we would write for the
-    /// tree (kept as our JSON of the tree instead of writing it again); `splice`: how the
+    /// tree (kept as our JSON of the tree instead of writing it again), with the frame's
+    /// shared trees if that text is exactly them (kept instead of a copy); `splice`: how the
     /// tree differs from the link's previous one, when it was read that way.
     fn handle_node_sync(
         &mut self,
         now: Instant,
         link: LinkId,
         tree: FlatTree,
-        subs_text: Option<&[u8]>,
+        subs_text: Option<SubsText<'_>>,
         splice: Option<Splice>,
         request: bool,
     ) {
@@ -1676,7 +1840,7 @@ impl Core {
         // (received canonical text is copied into the link's buffer when it is kept).
         let fresh = if l.tree.as_ref() != Some(&tree) {
             let json = match subs_text {
-                Some(subs) if tree.size() > 1 => TreeJson::Subs(subs),
+                Some((subs, parts)) if tree.size() > 1 => TreeJson::Subs(subs, parts),
                 _ => {
                     let mut json = Vec::new();
                     let range = tree.write_json(&mut json);
@@ -1738,29 +1902,35 @@ impl Core {
             };
             let l = &mut self.links[idx];
             match json {
-                TreeJson::Subs(subs) => {
+                TreeJson::Subs(_, Some(parts)) => {
+                    let (text, range) = link_tree_json_shared(&tree, parts);
+                    l.tree_json = Arc::new(text);
+                    l.subs_range = Some(range);
+                }
+                TreeJson::Subs(subs, None) => {
                     let buf = unshared(&mut l.tree_json);
                     l.subs_range = Some(link_tree_json_into(buf, &tree, subs));
                 }
                 TreeJson::Written(json, range) => {
-                    l.tree_json = Arc::new(json);
+                    l.tree_json = Arc::new(TreeText::Flat(json));
                     l.subs_range = range;
                 }
             }
             match splice {
                 Some(sp) => l.offsets = sp.offsets,
-                None => meshfleet_wire::node_offsets(&l.tree_json, &mut l.offsets),
+                None => meshfleet_wire::node_offsets(&l.tree_json.flat(), &mut l.offsets),
             }
             l.tree_digest = tree.digest();
             #[cfg(debug_assertions)]
             {
                 let mut written = Vec::new();
                 tree.write_json(&mut written);
+                let kept = l.tree_json.flat();
                 debug_assert!(
-                    written == *l.tree_json,
+                    written == *kept,
                     "tree_json drifted from the tree:\n{}\n{}",
                     alloc::string::String::from_utf8_lossy(&written),
-                    alloc::string::String::from_utf8_lossy(&l.tree_json)
+                    alloc::string::String::from_utf8_lossy(&kept)
                 );
             }
             l.tree = Some(tree);
@@ -2194,5 +2364,119 @@ impl Core {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{LinkRole, NodeTree};
+    use meshfleet_wire::{Message, NodeSync};
+
+    fn reply(t: &NodeTree, dest: NodeId) -> Vec<u8> {
+        Message::NodeSyncReply(NodeSync {
+            tree: t.clone(),
+            dest,
+            from: t.node_id,
+            extra: Vec::new(),
+        })
+        .encode_frame()
+    }
+
+    /// `first` with `n - 1` leaves below it.
+    fn fan(first: u32, n: u32) -> NodeTree {
+        NodeTree {
+            node_id: NodeId(first),
+            root: false,
+            has_time_authority: false,
+            subs: (first + 1..first + n)
+                .map(|id| NodeTree::leaf(NodeId(id)))
+                .collect(),
+        }
+    }
+
+    fn node(id: u32) -> Node {
+        // Library sync: nothing is held back for a reply the fans never send.
+        Node::new(Config {
+            node_sync: NodeSyncPolicy::Library,
+            ..Config::new(NodeId(id))
+        })
+    }
+
+    /// A relay with two big fans behind it sends its node syncs (in pieces) to two
+    /// identical nodes, one fed the flat bytes as a socket driver would, one fed the
+    /// pieces: both keep the same text, offsets and counters and answer the same frames,
+    /// and the one fed pieces keeps them shared.
+    #[test]
+    fn a_node_fed_pieces_keeps_the_text_of_a_node_fed_bytes() {
+        let relay_id = NodeId(2);
+        let mut relay = node(2);
+        let (mut flat, mut shared) = (node(1), node(1));
+        let t0 = Instant::from_micros(0);
+        relay.handle_link_up(t0, LinkId(0), LinkRole::AccessPoint);
+        relay.handle_link_up(t0, LinkId(1), LinkRole::AccessPoint);
+        relay.handle_link_up(t0, LinkId(2), LinkRole::Station);
+        flat.handle_link_up(t0, LinkId(9), LinkRole::AccessPoint);
+        shared.handle_link_up(t0, LinkId(9), LinkRole::AccessPoint);
+        let mut scratch = Vec::new();
+        let mut kept_in_pieces = 0;
+        let mut unchanged_pieces = 0;
+        for step in 0..60u64 {
+            let now = Instant::from_micros(step * 400_000);
+            // The fans re-send their trees (keeps the links alive); one changes twice.
+            let second = match step {
+                0..=7 => fan(2000, 100),
+                8..=15 => fan(2000, 130),
+                _ => fan(2000, 40),
+            };
+            relay.handle_bytes(now, LinkId(0), &reply(&fan(1000, 100), relay_id));
+            relay.handle_bytes(now, LinkId(1), &reply(&second, relay_id));
+            relay.handle_timeout(now);
+            while let Some(t) = relay.poll_transmit_shared() {
+                if t.link != LinkId(2) {
+                    continue;
+                }
+                if t.frame.as_contiguous().is_none() {
+                    let before = shared.core.stats.frames_in;
+                    let fast = shared.core.unchanged_node_sync_pieces(LinkId(9), &t.frame);
+                    unchanged_pieces += usize::from(fast.is_some());
+                    assert_eq!(shared.core.stats.frames_in, before);
+                }
+                let bytes = t.frame.to_vec();
+                if bytes.first() == Some(&meshfleet_wire::BINARY_FRAME_MARK) {
+                    flat.handle_bytes(now, LinkId(9), &bytes);
+                } else {
+                    flat.handle_frame(now, LinkId(9), &bytes[..bytes.len() - 1]);
+                }
+                shared.handle_shared_frame(now, LinkId(9), &t.frame, &mut scratch);
+            }
+            flat.handle_timeout(now);
+            shared.handle_timeout(now);
+            let (a, b) = (&flat.core.links[0], &shared.core.links[0]);
+            assert_eq!(a.tree_json.flat(), b.tree_json.flat(), "step {step}");
+            assert_eq!(a.tree_json.len(), b.tree_json.len());
+            assert_eq!(a.subs_range, b.subs_range);
+            assert_eq!(a.offsets, b.offsets);
+            assert_eq!(a.tree, b.tree);
+            assert!(a.tree_json.pieces().is_none());
+            kept_in_pieces += usize::from(b.tree_json.pieces().is_some());
+            assert_eq!(flat.stats(), shared.stats(), "step {step}");
+            loop {
+                let (x, y) = (flat.poll_transmit(), shared.poll_transmit());
+                assert_eq!(x, y, "step {step}");
+                let Some(x) = x else { break };
+                relay.handle_bytes(now, LinkId(2), &x.frame);
+            }
+        }
+        assert!(
+            kept_in_pieces > 10,
+            "{kept_in_pieces} steps with the text in pieces"
+        );
+        assert!(
+            unchanged_pieces > 0,
+            "no unchanged sync recognised by its pieces"
+        );
+        let tree = shared.core.links[0].tree.as_ref().expect("synced");
+        assert_eq!(tree.size(), 1 + 100 + 40);
     }
 }
