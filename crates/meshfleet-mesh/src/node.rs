@@ -1366,6 +1366,9 @@ impl Core {
         use meshfleet_wire::types::{NODE_SYNC_REPLY, NODE_SYNC_REQUEST};
         self.stats.frames_in += 1;
         if let Some((idx, ty)) = self.unchanged_node_sync_bytes(link, frame) {
+            if let Some(shared) = shared {
+                self.adopt_pieces(idx, shared, frame.len());
+            }
             self.unchanged_sync(now, idx, ty);
             return;
         }
@@ -1756,6 +1759,42 @@ impl Core {
         let rest = tail.strip_prefix(kept_tail.strip_suffix(b"}")?)?;
         let ty = node_sync_tail(rest.strip_suffix(&[0])?)?;
         Some((idx, ty))
+    }
+
+    /// After `unchanged_node_sync_bytes` accepted `frame` (`body_len` bytes without its
+    /// NUL) on the link at `idx`: when the frame's trees are other pieces than those we
+    /// keep (the same text, as the bytes matched), keep the frame's instead. Ours may be
+    /// old versions that the sender has since replaced: holding on to them would keep them
+    /// (and whatever they hold) alive, and their pointers would never match the sender's
+    /// again, so every later unchanged sync would be laid out to be recognised.
+    fn adopt_pieces(&mut self, idx: usize, frame: &SharedFrame, body_len: usize) {
+        let Some((head, parts, tail)) = frame.pieces() else {
+            return;
+        };
+        let l = &mut self.links[idx];
+        let Some((start, _)) = l.subs_range else {
+            return;
+        };
+        if let Some((_, kept, _)) = l.tree_json.pieces() {
+            if same_parts(kept, parts) {
+                return;
+            }
+        }
+        // The frame is our text without its `}` (so it starts with our head, `[` included,
+        // `start + 1` bytes), then the library's tail; when the frame's head and tail are
+        // exactly those, its parts are exactly our `subs` array's contents.
+        let ours = l.tree_json.len() - 1;
+        let exact = head.len() == start + 1
+            && head.last() == Some(&b'[')
+            && tail.first() == Some(&b']')
+            && !parts.is_empty()
+            && tail.len() + ours == body_len + 2;
+        if !exact {
+            return;
+        }
+        let text = TreeText::joined(head, parts.to_vec(), b"]}");
+        debug_assert_eq!(text.flat(), l.tree_json.flat());
+        l.tree_json = Arc::new(text);
     }
 
     /// What an unchanged node sync of type `ty` on the link at `idx` does.
@@ -2430,6 +2469,11 @@ mod tests {
                 _ => fan(2000, 40),
             };
             relay.handle_bytes(now, LinkId(0), &reply(&fan(1000, 100), relay_id));
+            if step == 30 {
+                // Changed and back before the relay syncs: its next sync is the text we
+                // keep made of new pieces, which the receiver takes over.
+                relay.handle_bytes(now, LinkId(1), &reply(&fan(2000, 130), relay_id));
+            }
             relay.handle_bytes(now, LinkId(1), &reply(&second, relay_id));
             relay.handle_timeout(now);
             while let Some(t) = relay.poll_transmit_shared() {
@@ -2478,5 +2522,12 @@ mod tests {
         );
         let tree = shared.core.links[0].tree.as_ref().expect("synced");
         assert_eq!(tree.size(), 1 + 100 + 40);
+        // What the receiver keeps are the relay's current texts, not older versions.
+        let (_, kept, _) = shared.core.links[0].tree_json.pieces().expect("in pieces");
+        let current: Vec<_> = relay.core.links[..2]
+            .iter()
+            .map(|l| Arc::clone(&l.tree_json))
+            .collect();
+        assert!(same_parts(kept, &current));
     }
 }
