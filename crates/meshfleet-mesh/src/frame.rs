@@ -11,6 +11,11 @@
 //! The bytes are exactly those of the flat frame ([`SharedFrame::to_vec`]); drivers that
 //! write to a socket use [`crate::Node::poll_transmit`], which flattens, and see no
 //! difference.
+//!
+//! A driver that also hands the frame over as it is ([`crate::Node::handle_shared_frame`])
+//! lets the receiver keep those trees as its own text of the link's tree, shared rather
+//! than copied: then every node of the mesh holds pointers to the texts, not a copy of
+//! nearly the whole mesh's JSON each.
 
 use alloc::boxed::Box;
 use alloc::sync::Arc;

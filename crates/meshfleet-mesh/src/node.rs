@@ -1876,7 +1876,8 @@ impl Core {
         }
         let l = &self.links[idx];
         // A tree we hold already passed the checks below; only a new one is serialized
-        // (received canonical text is copied into the link's buffer when it is kept).
+        // (received canonical text is kept: as the frame's shared trees when it is exactly
+        // them, else copied into the link's buffer).
         let fresh = if l.tree.as_ref() != Some(&tree) {
             let json = match subs_text {
                 Some((subs, parts)) if tree.size() > 1 => TreeJson::Subs(subs, parts),

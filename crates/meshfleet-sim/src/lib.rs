@@ -38,7 +38,7 @@
 //! pop the earliest event (time, seq); now = its time
 //! match event:
 //!   node wakeup (current generation only) -> node.handle_timeout(local(now))
-//!   frame arrival                          -> node.handle_frame(local(now), link, frame)
+//!   frame arrival                          -> node.handle_shared_frame(local(now), link, frame)
 //!   peer closed                            -> node.handle_link_down(local(now), link)
 //!   association                            -> handle_link_up on the AP, then the station
 //!   transmitter free / direction done      -> start the next queued frame
