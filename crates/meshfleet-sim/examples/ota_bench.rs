@@ -8,7 +8,7 @@
 //!     [--strategy stock,stock_broadcasted,meshfleet] [--image-kib 1024] [--window 8192] \
 //!     [--seed 1] [--cap-min 60] [--max-wall-s 1200] [--stock-max-nodes N] [--join-ms 50] \
 //!     [--random-tree-from N] [--form-independent-from N] [--formation-cap-s 900]
-//!     [--idle-before-s S] [--node-sync meshfleet|library] [--out DIR]
+//!     [--idle-before-s S] [--node-sync meshfleet|library] [--tree-text copied|shared] [--out DIR]
 //! ```
 //!
 //! `--window BYTES` (or `8K`): the DEFLATE window the meshfleet artefact is packed with, a
@@ -30,6 +30,9 @@
 //! `--node-sync library`: every cell's nodes run the library's node sync
 //! (`meshfleet_mesh::NodeSyncPolicy`; default: meshfleet's for the meshfleet strategy, the
 //! library's for the stock ones), to compare the two on one commit.
+//! `--tree-text shared`: node syncs reach their receivers in pieces and nodes keep the
+//! trees' text shared instead of copied (`meshfleet_sim::TreeText`): the same results in
+//! about 0.6x the host memory for more CPU, for cells that would not fit otherwise.
 //! `--idle-before-s S`: a control run: after formation, with the cell's channel and loss in
 //! place, the mesh runs S virtual seconds without the campaign first, and the note says how
 //! many links closed meanwhile (what the mesh does without OTA traffic).
@@ -82,6 +85,7 @@ struct Args {
     form_independent_from: Option<u32>,
     idle_before: Duration,
     node_sync: Option<meshfleet_mesh::NodeSyncPolicy>,
+    tree_text: meshfleet_sim::TreeText,
     out: PathBuf,
 }
 
@@ -114,6 +118,7 @@ fn parse_args() -> Args {
         form_independent_from: None,
         idle_before: Duration::ZERO,
         node_sync: None,
+        tree_text: meshfleet_sim::TreeText::Copied,
         out: PathBuf::from("target/ota_bench"),
     };
     let mut it = std::env::args().skip(1);
@@ -162,6 +167,13 @@ fn parse_args() -> Args {
                     "library" => meshfleet_mesh::NodeSyncPolicy::Library,
                     _ => die("--node-sync is meshfleet or library"),
                 })
+            }
+            "--tree-text" => {
+                a.tree_text = match v.as_str() {
+                    "copied" => meshfleet_sim::TreeText::Copied,
+                    "shared" => meshfleet_sim::TreeText::Shared,
+                    _ => die("--tree-text is copied or shared"),
+                }
             }
             "--join-ms" => a.join_ms = v.parse().unwrap_or_else(|_| die("bad --join-ms")),
             "--out" => a.out = PathBuf::from(v),
@@ -287,6 +299,7 @@ fn scenario(n: u32, ch: &str, a: &Args) -> Scenario {
             jitter: Duration::from_millis(join_ms * 4 / 5),
         });
     s.mesh.node_sync = a.node_sync;
+    s.mesh.tree_text = a.tree_text;
     s
 }
 

@@ -206,6 +206,7 @@ struct RawMesh {
     node_sync_interval_ms: Sp<f64>,
     time_sync_interval_ms: Sp<f64>,
     node_sync: Sp<String>,
+    tree_text: Sp<String>,
 }
 
 #[derive(Deserialize)]
@@ -560,6 +561,19 @@ fn build(src: &Src<'_>, raw: RawScenario) -> Result<Scenario, ScenarioError> {
                     ))
                 }
             });
+        }
+        if let Some(v) = &m.tree_text {
+            p.tree_text = match v.get_ref().as_str() {
+                "copied" => crate::TreeText::Copied,
+                "shared" => crate::TreeText::Shared,
+                other => {
+                    return Err(c.src.err(
+                        v.span(),
+                        Some("mesh.tree_text".into()),
+                        format!("must be \"copied\" or \"shared\" (got {other:?})"),
+                    ))
+                }
+            };
         }
         s.mesh = p;
     }

@@ -102,7 +102,7 @@ pub use metrics::{
 pub use output::{peak_rss_kib, rss_kib, write_outputs, RunInfo, WriteError};
 pub use scenario::{
     plain_node, ClockParams, Formation, InvalidScenario, MeshParams, NodeAction, NodeFactory,
-    NodeInit, RejoinParams, Scenario, SimEvent, MAX_PAYLOAD_BYTES,
+    NodeInit, RejoinParams, Scenario, SimEvent, TreeText, MAX_PAYLOAD_BYTES,
 };
 pub use sim::{FrameTrace, Simulation, TimerHook};
 pub use store::PersistentStore;

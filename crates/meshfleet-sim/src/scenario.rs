@@ -222,6 +222,25 @@ pub struct MeshParams {
     pub time_sync_interval: Option<Duration>,
     /// Overrides `Config::node_sync` (`NodeSyncPolicy::Library`: the library's node sync).
     pub node_sync: Option<meshfleet_mesh::NodeSyncPolicy>,
+    /// How node syncs reach their receivers, which decides how nodes keep the trees they
+    /// hold: host memory against CPU, nothing simulated changes.
+    pub tree_text: TreeText,
+}
+
+/// How the simulator hands a node sync to its receiver. Every simulated byte, time and
+/// figure is the same either way (the snapshot tests run both); what differs is the
+/// host's memory and CPU (measured in `docs/benchmarks.md`, "the rope").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TreeText {
+    /// Laid out flat, as a socket would deliver it: each node copies the text of the
+    /// trees it keeps (~40 bytes per node of the mesh, per node). The fastest.
+    #[default]
+    Copied,
+    /// In the pieces the sender made it of (`meshfleet_mesh::Node::handle_shared_frame`):
+    /// each node keeps the sender's texts shared instead of a copy. About 0.6x the peak
+    /// host memory at 1,000-10,000 nodes for up to 1.26x the CPU (at 10,000): for runs that would not
+    /// fit in memory otherwise.
+    Shared,
 }
 
 /// How stations without an access point find one again (the library's station scan).

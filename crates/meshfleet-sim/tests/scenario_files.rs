@@ -449,3 +449,20 @@ fn plots_without_data_are_not_written() {
         assert!(dir.path().join(f).is_file(), "{f} missing");
     }
 }
+
+#[test]
+fn mesh_tree_text_is_copied_or_shared() {
+    let topo = "kind = \"line\"\nnodes = 3\n";
+    let parse =
+        |v: &str| parse_scenario(&format!("{HEAD}{topo}[mesh]\ntree_text = \"{v}\"\n"), None);
+    let shared = parse("shared").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(shared.mesh.tree_text, meshfleet_sim::TreeText::Shared);
+    let copied = parse("copied").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(copied.mesh.tree_text, meshfleet_sim::TreeText::Copied);
+    expect(
+        &format!("{topo}[mesh]\ntree_text = \"rope\"\n"),
+        6,
+        Some("mesh.tree_text"),
+        "\"copied\" or \"shared\"",
+    );
+}

@@ -1,7 +1,9 @@
 //! Snapshot tests: every shipped scenario in `examples/scenarios/` writes exactly the
 //! `summary.json` recorded in `tests/snapshots/NAME.summary.json` (issue 9: refactors of the
 //! simulator must not move a result). The snapshots of the scenarios that existed before the
-//! workload interface were recorded before it was introduced.
+//! workload interface were recorded before it was introduced. Each scenario runs twice, with
+//! node syncs handed over flat and in shared pieces ([`TreeText`]): how nodes keep their
+//! trees' text must not move a result either.
 //!
 //! A change that moves results on purpose re-records them:
 //! `MESHFLEET_UPDATE_SNAPSHOTS=1 cargo test -p meshfleet-sim --test scenario_snapshots -- --include-ignored`
@@ -9,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-use meshfleet_sim::run_scenario_file;
+use meshfleet_sim::{load_scenario, run_scenario, TreeText};
 
 /// Too slow for a debug build in CI (146 s of CPU): run with `--ignored`.
 const SLOW: &[&str] = &["random_tree_1000"];
@@ -19,12 +21,21 @@ fn dir(sub: &str) -> PathBuf {
 }
 
 fn check(name: &str) {
+    check_with(name, TreeText::Copied);
+    check_with(name, TreeText::Shared);
+}
+
+fn check_with(name: &str, tree_text: TreeText) {
     let path = dir("../../examples/scenarios").join(format!("{name}.toml"));
-    let report =
-        run_scenario_file(&path, None, None, |_| {}).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let mut scenario = load_scenario(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+    // The shipped files leave it at its default; the second run shares.
+    assert_eq!(scenario.mesh.tree_text, TreeText::Copied, "{name}");
+    scenario.mesh.tree_text = tree_text;
+    let report = run_scenario(scenario, None, |_| {})
+        .unwrap_or_else(|e| panic!("{name} ({tree_text:?}): {e}"));
     let got = report.to_json();
     let snap = dir("tests/snapshots").join(format!("{name}.summary.json"));
-    if std::env::var_os("MESHFLEET_UPDATE_SNAPSHOTS").is_some() {
+    if std::env::var_os("MESHFLEET_UPDATE_SNAPSHOTS").is_some() && tree_text == TreeText::Copied {
         std::fs::write(&snap, &got).expect("snapshot written");
         return;
     }
@@ -46,7 +57,7 @@ fn check(name: &str) {
             .flat_map(|o| o.keys())
             .filter(|k| g.get(k.as_str()) != w.get(k.as_str()))
             .collect();
-        panic!("{name}: summary.json differs from its snapshot in {keys:?}");
+        panic!("{name} ({tree_text:?}): summary.json differs from its snapshot in {keys:?}");
     }
 }
 

@@ -110,13 +110,31 @@ impl Simulation {
             self.lose(Loss::NodeDown, 1);
             return;
         };
-        // The node takes the frame as it was made: a binary frame (meshfleet OTA chunks,
-        // no NUL) goes to its framer, which starts empty since frames arrive whole; a JSON
-        // frame loses its NUL; a node sync in pieces keeps its trees shared, so the
-        // receiver holds pointers to the sender's text, not a copy. A frame that must be
-        // read is laid out in a buffer reused for every delivery.
         let mut scratch = std::mem::take(&mut self.scratch_frame);
-        node.handle_shared_frame(local, link, &frame.0, &mut scratch);
+        match self.tree_text {
+            // The node takes the frame as it was made: a node sync in pieces keeps its
+            // trees shared, so the receiver holds pointers to the sender's text, not a
+            // copy; a frame that must be read is laid out in `scratch`.
+            crate::TreeText::Shared => {
+                node.handle_shared_frame(local, link, &frame.0, &mut scratch)
+            }
+            // As a socket delivers it: laid out once, here, in a buffer reused for every
+            // delivery.
+            crate::TreeText::Copied => {
+                let frame = frame.bytes(&mut scratch);
+                if frame.first() == Some(&meshfleet_wire::BINARY_FRAME_MARK) {
+                    // A binary frame (meshfleet OTA chunks) has no NUL: the node's own
+                    // framer reads its length header. Frames always arrive whole, so the
+                    // framer starts empty.
+                    node.handle_bytes(local, link, frame);
+                } else {
+                    // JSON frames carry their NUL on the air; the node takes them
+                    // pre-framed without it.
+                    let body = frame.strip_suffix(&[0]).unwrap_or(frame);
+                    node.handle_frame(local, link, body);
+                }
+            }
+        }
         self.scratch_frame = scratch;
         self.after_input(to);
     }

@@ -241,6 +241,8 @@ pub struct Simulation {
     scratch_tx: Vec<SharedTransmit>,
     /// A frame in pieces is laid out here for its receiver (and for frame traces).
     scratch_frame: Vec<u8>,
+    /// How node syncs reach their receivers ([`crate::TreeText`]).
+    tree_text: crate::TreeText,
     scratch_ev: Vec<Event>,
 }
 
@@ -440,6 +442,7 @@ impl Simulation {
             scratch_tx: Vec::new(),
             scratch_ev: Vec::new(),
             scratch_frame: Vec::new(),
+            tree_text: scenario.mesh.tree_text,
         };
         for k in 0..sim.formation_order.len() {
             sim.queue
