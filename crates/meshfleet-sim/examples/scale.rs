@@ -7,9 +7,9 @@
 //!
 //! Defaults: 1000 nodes, 10 minutes, 20 ms between joins, independent links, no wall-time
 //! limit, meshfleet's node sync (`SYNC` = `library`: the library's, a request on every
-//! layout change whatever is unanswered; `NodeSyncPolicy`), trees' text copied by each node
-//! (`TREE_TEXT` = `shared`: kept shared between nodes, `meshfleet_sim::TreeText`: less host
-//! memory, more CPU, the same results). Prints wall time, virtual seconds per wall second, events processed and peak RSS
+//! layout change whatever is unanswered; `NodeSyncPolicy`), trees' text shared between nodes
+//! (`TREE_TEXT` = `copied`: each node copies it, `meshfleet_sim::TreeText`: more host
+//! memory, less CPU, the same results). Prints wall time, virtual seconds per wall second, events processed and peak RSS
 //! (VmHWM). With `MAX_WALL_S`, a run that has used that much wall time stops at the next
 //! 10-virtual-second step and prints its summary so far, marked as stopped (a 10,000-node
 //! run on a busy machine can take hours; a stopped run still says how far it got).
@@ -38,7 +38,7 @@ fn main() {
     };
     let max_wall_s: f64 = arg(5, f64::INFINITY);
     let library_sync = std::env::args().nth(6).as_deref() == Some("library");
-    let shared_text = std::env::args().nth(7).as_deref() == Some("shared");
+    let copied_text = std::env::args().nth(7).as_deref() == Some("copied");
     let formation = Duration::from_millis(join_ms * u64::from(nodes));
     let mut scenario = Scenario::new(Topology::RandomTree {
         nodes,
@@ -60,8 +60,8 @@ fn main() {
     } else {
         meshfleet_mesh::NodeSyncPolicy::Meshfleet
     });
-    if shared_text {
-        scenario.mesh.tree_text = meshfleet_sim::TreeText::Shared;
+    if copied_text {
+        scenario.mesh.tree_text = meshfleet_sim::TreeText::Copied;
     }
     let started = Wall::now();
     // The broadcast is a workload: `Run` installs it (it runs on the simulation's timers).

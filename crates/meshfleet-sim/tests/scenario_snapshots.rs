@@ -28,14 +28,15 @@ fn check(name: &str) {
 fn check_with(name: &str, tree_text: TreeText) {
     let path = dir("../../examples/scenarios").join(format!("{name}.toml"));
     let mut scenario = load_scenario(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
-    // The shipped files leave it at its default; the second run shares.
-    assert_eq!(scenario.mesh.tree_text, TreeText::Copied, "{name}");
+    // The shipped files leave it at its default (shared); it is set both ways here.
+    assert_eq!(scenario.mesh.tree_text, TreeText::default(), "{name}");
     scenario.mesh.tree_text = tree_text;
     let report = run_scenario(scenario, None, |_| {})
         .unwrap_or_else(|e| panic!("{name} ({tree_text:?}): {e}"));
     let got = report.to_json();
     let snap = dir("tests/snapshots").join(format!("{name}.summary.json"));
-    if std::env::var_os("MESHFLEET_UPDATE_SNAPSHOTS").is_some() && tree_text == TreeText::Copied {
+    if std::env::var_os("MESHFLEET_UPDATE_SNAPSHOTS").is_some() && tree_text == TreeText::default()
+    {
         std::fs::write(&snap, &got).expect("snapshot written");
         return;
     }
