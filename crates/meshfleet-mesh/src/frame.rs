@@ -17,34 +17,18 @@
 //! than copied: then every node of the mesh holds pointers to the texts, not a copy of
 //! nearly the whole mesh's JSON each.
 
-use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 use crate::node::Priority;
-use crate::rope::{join_parts, Pieces, TreeText};
+use crate::rope::{join_parts, joined_len, Pieces, TreeText};
 use crate::LinkId;
 
 /// One frame (NUL included), either as its bytes or as pieces shared with the node that
-/// made it (see the module docs). Compare frames by [`SharedFrame::to_vec`].
+/// made it (see the module docs): the same text a node keeps of a link's tree
+/// ([`TreeText`]), flat or joined. Compare frames by [`SharedFrame::to_vec`].
 #[derive(Clone, Debug)]
-pub struct SharedFrame(Repr);
-
-#[derive(Clone, Debug)]
-enum Repr {
-    Bytes(Vec<u8>),
-    Parts(Box<Parts>),
-}
-
-/// `head`, then `trees` joined by `,`, then `tail`.
-#[derive(Clone, Debug)]
-struct Parts {
-    /// `head` followed by `tail`, split at `split`: one allocation for both.
-    ends: Vec<u8>,
-    split: usize,
-    trees: Vec<Arc<TreeText>>,
-    len: usize,
-}
+pub struct SharedFrame(TreeText);
 
 /// Below this size a node sync is copied into one buffer: sharing pays only when the trees
 /// are large, and small frames then cost one allocation, as before.
@@ -54,34 +38,20 @@ impl SharedFrame {
     /// `head`, then `trees` joined by `,`, then `tail`: kept as pieces when large, copied
     /// into one buffer when small.
     pub(crate) fn joined(head: &[u8], trees: Vec<Arc<TreeText>>, tail: &[u8]) -> Self {
-        let commas = trees.len().saturating_sub(1);
-        let len = head.len() + tail.len() + commas + trees.iter().map(|t| t.len()).sum::<usize>();
-        let mut ends = Vec::with_capacity(if len < SHARE_FROM {
-            len
-        } else {
-            head.len() + tail.len()
-        });
-        ends.extend_from_slice(head);
-        if len < SHARE_FROM {
-            join_parts(&trees, &mut ends);
-            ends.extend_from_slice(tail);
-            return Self(Repr::Bytes(ends));
+        let len = joined_len(head, &trees, tail);
+        if len >= SHARE_FROM {
+            return Self(TreeText::joined(head, trees, tail));
         }
-        ends.extend_from_slice(tail);
-        Self(Repr::Parts(Box::new(Parts {
-            ends,
-            split: head.len(),
-            trees,
-            len,
-        })))
+        let mut bytes = Vec::with_capacity(len);
+        bytes.extend_from_slice(head);
+        join_parts(&trees, &mut bytes);
+        bytes.extend_from_slice(tail);
+        Self(TreeText::Flat(bytes))
     }
 
     /// Length in bytes, NUL included.
     pub fn len(&self) -> usize {
-        match &self.0 {
-            Repr::Bytes(b) => b.len(),
-            Repr::Parts(p) => p.len,
-        }
+        self.0.len()
     }
 
     /// Whether the frame has no bytes (never true for a frame a node made).
@@ -91,70 +61,46 @@ impl SharedFrame {
 
     /// The first byte (tells a binary frame from a JSON one).
     pub fn first(&self) -> Option<u8> {
-        match &self.0 {
-            Repr::Bytes(b) => b.first().copied(),
-            Repr::Parts(p) => p
-                .ends
-                .get(..p.split)
-                .and_then(|h| h.first().copied())
-                .or_else(|| p.trees.first().and_then(|t| t.first())),
-        }
+        self.0.first()
     }
 
     /// The head, the shared trees and the tail, if the frame is in pieces: a receiver
     /// keeps the trees as they are instead of a copy of their text
     /// ([`crate::Node::handle_shared_frame`]).
     pub(crate) fn pieces(&self) -> Option<Pieces<'_>> {
-        match &self.0 {
-            Repr::Bytes(_) => None,
-            Repr::Parts(p) => {
-                let (head, tail) = p.ends.split_at(p.split);
-                Some((head, &p.trees, tail))
-            }
-        }
+        self.0.pieces()
     }
 
     /// The bytes, if they are held in one piece.
     pub fn as_contiguous(&self) -> Option<&[u8]> {
         match &self.0 {
-            Repr::Bytes(b) => Some(b),
-            Repr::Parts(_) => None,
+            TreeText::Flat(b) => Some(b),
+            TreeText::Joined(_) => None,
         }
     }
 
     /// Appends the frame's bytes to `out`.
     pub fn write_to(&self, out: &mut Vec<u8>) {
-        match &self.0 {
-            Repr::Bytes(b) => out.extend_from_slice(b),
-            Repr::Parts(p) => {
-                out.reserve(p.len);
-                let (head, tail) = p.ends.split_at(p.split);
-                out.extend_from_slice(head);
-                join_parts(&p.trees, out);
-                out.extend_from_slice(tail);
-            }
-        }
+        self.0.write_to(out);
     }
 
     /// The frame's bytes in one buffer (no copy when they already are).
     pub fn into_vec(self) -> Vec<u8> {
         match self.0 {
-            Repr::Bytes(b) => b,
-            Repr::Parts(_) => self.to_vec(),
+            TreeText::Flat(b) => b,
+            TreeText::Joined(_) => self.to_vec(),
         }
     }
 
     /// A copy of the frame's bytes.
     pub fn to_vec(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.len());
-        self.write_to(&mut out);
-        out
+        self.0.flat().into_owned()
     }
 }
 
 impl From<Vec<u8>> for SharedFrame {
     fn from(bytes: Vec<u8>) -> Self {
-        Self(Repr::Bytes(bytes))
+        Self(TreeText::Flat(bytes))
     }
 }
 

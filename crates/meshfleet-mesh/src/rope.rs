@@ -46,10 +46,7 @@ impl Default for TreeText {
 impl TreeText {
     /// `head`, then `parts` joined by `,`, then `tail`.
     pub(crate) fn joined(head: &[u8], parts: Vec<Arc<Self>>, tail: &[u8]) -> Self {
-        let len = head.len()
-            + tail.len()
-            + parts.len().saturating_sub(1)
-            + parts.iter().map(|p| p.len()).sum::<usize>();
+        let len = joined_len(head, &parts, tail);
         let mut ends = Vec::with_capacity(head.len() + tail.len());
         ends.extend_from_slice(head);
         ends.extend_from_slice(tail);
@@ -155,6 +152,14 @@ impl TreeText {
             }
         }
     }
+}
+
+/// The length of `head`, then `parts` joined by `,`, then `tail`.
+pub(crate) fn joined_len(head: &[u8], parts: &[Arc<TreeText>], tail: &[u8]) -> usize {
+    head.len()
+        + tail.len()
+        + parts.len().saturating_sub(1)
+        + parts.iter().map(|p| p.len()).sum::<usize>()
 }
 
 /// `parts` joined by `,`, appended to `out`.

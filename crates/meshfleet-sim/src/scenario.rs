@@ -234,11 +234,11 @@ pub struct MeshParams {
 pub enum TreeText {
     /// Laid out flat, as a socket would deliver it: each node copies the text of the
     /// trees it keeps (~40 bytes per node of the mesh, per node): ~1.7x the host memory
-    /// of `Shared`, and 0-20% less CPU (most in big OTA campaigns).
+    /// of `Shared`, and 3-21% less CPU (most in big OTA campaigns).
     Copied,
     /// In the pieces the sender made it of (`meshfleet_mesh::Node::handle_shared_frame`):
     /// each node keeps the sender's texts shared instead of a copy. About 0.6x the peak
-    /// host memory of `Copied` at 1,000-10,000 nodes, for 1.02-1.04x its CPU in mesh
+    /// host memory of `Copied` at 1,000-10,000 nodes, for 1.03-1.15x its CPU in mesh
     /// runs and up to 1.26x in a 10,000-node OTA campaign.
     #[default]
     Shared,
