@@ -26,7 +26,7 @@ use crate::LinkId;
 
 /// One frame (NUL included), either as its bytes or as pieces shared with the node that
 /// made it (see the module docs): the same text a node keeps of a link's tree
-/// ([`TreeText`]), flat or joined. Compare frames by [`SharedFrame::to_vec`].
+/// (`TreeText`), flat or joined. Compare frames by [`SharedFrame::to_vec`].
 #[derive(Clone, Debug)]
 pub struct SharedFrame(TreeText);
 
